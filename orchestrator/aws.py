@@ -1,0 +1,102 @@
+"""The one AWS client factory, and the call ledger that counts every request per step.
+
+Region and profile come from the manifest or the usual AWS variables; `endpoint_url` (or
+`AWS_ENDPOINT_URL`) sends every service to an emulator. botocore's standard retry mode handles
+transient errors and throttling inside each call; `orchestrator.retry` adds the bounded retries
+for eventual consistency.
+"""
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections import Counter
+from dataclasses import dataclass
+
+#: Which step the current thread is working for; the ledger files each call under it.
+current_step: contextvars.ContextVar[str] = contextvars.ContextVar("current_step", default="engine")
+
+READ_PREFIXES = ("Describe", "Get", "List", "Head", "BatchGet", "Query", "Scan", "Lookup", "Discover",
+                 "Search", "Select", "Check")
+
+
+def is_mutating(operation: str) -> bool:
+    return not operation.startswith(READ_PREFIXES)
+
+
+@dataclass(frozen=True)
+class Call:
+    step: str
+    service: str
+    operation: str
+
+    @property
+    def mutating(self) -> bool:
+        return is_mutating(self.operation)
+
+
+class CallLedger:
+    """Counts each API request as it leaves (retries included), filed under the current step."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls: list[Call] = []
+
+    def record(self, service: str, operation: str) -> None:
+        with self._lock:
+            self.calls.append(Call(current_step.get(), service, operation))
+
+    def count(self, *, step: str | None = None, mutating: bool | None = None) -> int:
+        return sum(1 for call in self.calls
+                   if (step is None or call.step == step) and (mutating is None or call.mutating == mutating))
+
+    def by_operation(self, *, mutating: bool | None = None) -> Counter:
+        return Counter(f"{c.service}:{c.operation}" for c in self.calls
+                       if mutating is None or c.mutating == mutating)
+
+
+class Aws:
+    """Hands out one boto3 client per service, shared by all threads (clients are thread-safe;
+    sessions are not, so clients are built under a lock)."""
+
+    def __init__(self, region: str, profile: str | None = None, endpoint_url: str | None = None,
+                 max_attempts: int = 6):
+        import boto3
+        from botocore.config import Config
+
+        self.region = region
+        self.endpoint_url = endpoint_url
+        self._session = boto3.session.Session(profile_name=profile, region_name=region)
+        self._config = Config(retries={"mode": "standard", "max_attempts": max_attempts},
+                              connect_timeout=10, read_timeout=60, max_pool_connections=32,
+                              user_agent_extra="gamepulse-orchestrator")
+        self._clients: dict[str, object] = {}
+        self._lock = threading.Lock()
+        self.ledger = CallLedger()
+        self._account_id: str | None = None
+
+    def client(self, service: str):
+        with self._lock:
+            client = self._clients.get(service)
+            if client is None:
+                client = self._session.client(service, config=self._config, endpoint_url=self.endpoint_url)
+                client.meta.events.register("before-send", self._count_request)
+                self._clients[service] = client
+            return client
+
+    def _count_request(self, request, **kwargs) -> None:
+        # before-send fires once per attempt, so retried requests are counted as AWS sees them.
+        context = getattr(request, "context", {}) or {}
+        model = context.get("operation_name") or kwargs.get("event_name", "").rsplit(".", 1)[-1]
+        service = kwargs.get("event_name", "before-send.unknown.x").split(".")[1]
+        self.ledger.record(service, model)
+
+    def account_id(self) -> str:
+        if self._account_id is None:
+            self._account_id = self.client("sts").get_caller_identity()["Account"]
+        return self._account_id
+
+
+def error_code(error: Exception) -> str:
+    """The AWS error code of a botocore ClientError, or '' for anything else."""
+    response = getattr(error, "response", None) or {}
+    return response.get("Error", {}).get("Code", "")

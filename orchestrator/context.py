@@ -1,0 +1,64 @@
+"""What a step sees while it observes and applies: clients, tags, tokens, waits, logging."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import structlog
+
+from orchestrator import tags as tagging
+from orchestrator import waiters
+from orchestrator.aws import Aws
+from orchestrator.log import redactor
+
+
+@dataclass
+class StepContext:
+    aws: Aws
+    manifest: object  # orchestrator.schema.Manifest
+    step: str
+    #: Flags the user passed that unlock guarded changes, e.g. {"delete-data"}.
+    allow: frozenset[str] = frozenset()
+    log: object = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.log is None:
+            self.log = structlog.get_logger("orchestrator.step").bind(step=self.step)
+
+    def client(self, service: str):
+        return self.aws.client(service)
+
+    @property
+    def app(self) -> str:
+        return self.manifest.app
+
+    @property
+    def env(self) -> str:
+        return self.manifest.environment
+
+    @property
+    def region(self) -> str:
+        return self.manifest.region
+
+    def tags(self) -> dict[str, str]:
+        """The ownership tags for everything this step creates, plus the manifest's tags."""
+        return tagging.ownership_tags(self.app, self.env, self.step, self.manifest.tags)
+
+    def token(self, logical: str, salt: str = "") -> str:
+        """An idempotency token derived from app, env, step and the resource's logical name.
+
+        `salt` distinguishes a deliberate re-creation (a replacement) from a retry of the same
+        create. 32 hex characters fit every API's token limit (EFS allows 64, EC2 64).
+        """
+        basis = f"{self.app}/{self.env}/{self.step}/{logical}/{salt}"
+        return hashlib.sha256(basis.encode()).hexdigest()[:32]
+
+    def wait(self, what: str, check: Callable[[], tuple[bool, str]], **kwargs) -> str:
+        return waiters.wait_until(what, check, log=self.log, **kwargs)
+
+    @staticmethod
+    def secret(value: str) -> str:
+        """Register a secret value so that no log line or error can ever show it."""
+        redactor.register(value)
+        return value

@@ -1,0 +1,395 @@
+"""The manifest's shape: one pydantic model per section, every field typed and documented.
+
+Each section is read by the step that owns that slice of the platform. Unknown keys are
+errors (``extra="forbid"``) so a typo never passes silently. `orchestrator schema` prints the
+JSON Schema of `Manifest` for editors.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- state --------------------------------------------------------------------------------
+
+
+class StateSpec(Section):
+    table: str = Field(pattern=r"^[A-Za-z0-9_.-]{3,255}$", description="DynamoDB table for state and lock")
+    lock_lease_seconds: int = Field(60, ge=10, le=3600, description="lock expires this long after the last heartbeat")
+    run_retention_days: int = Field(90, ge=1, le=3650, description="run records expire (TTL) after this")
+    deletion_protection: bool = False
+
+
+class ProtectionSpec(Section):
+    refuse_destroy: bool = Field(False, description="`destroy` refuses to run for this environment")
+
+
+class LoggingSpec(Section):
+    retention_days: Literal[1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192,
+                            2557, 2922, 3288, 3653] = Field(30, description="CloudWatch log and Loki retention")
+
+
+# --- network (step vpc) --------------------------------------------------------------------
+
+
+class IngressRule(Section):
+    ports: list[int] = Field(min_length=1, description="TCP ports")
+    sources: list[str] = Field(
+        min_length=1, description="a CIDR, the name of another security group of this manifest, or 'vpc'")
+    description: str = ""
+
+    @field_validator("ports")
+    @classmethod
+    def _ports_in_range(cls, ports: list[int]) -> list[int]:
+        for port in ports:
+            if not 0 < port < 65536:
+                raise ValueError(f"port {port} is not between 1 and 65535")
+        return ports
+
+
+class SecurityGroupSpec(Section):
+    description: str
+    ingress: list[IngressRule] = []
+
+
+class EndpointsSpec(Section):
+    gateway: list[Literal["s3", "dynamodb"]] = ["s3"]
+    interface: list[str] = ["ecr.api", "ecr.dkr", "secretsmanager", "logs"]
+    security_group: str = Field("endpoints", description="security group the interface endpoints use")
+
+
+class NetworkSpec(Section):
+    cidr: str = Field(description="VPC IPv4 range, e.g. 10.20.0.0/16")
+    zones: int = Field(2, description="number of availability zones (2 or more)")
+    availability_zones: list[str] | None = Field(
+        None, description="explicit zone names; default: the region's first `zones` zones, a, b, c …")
+    nat_gateways: Literal["single", "per_zone", "none"] = "single"
+    public_subnet_prefix: int = Field(24, ge=16, le=28)
+    private_subnet_prefix: int = Field(20, ge=16, le=28)
+    public_cidrs: list[str] | None = Field(None, description="explicit public subnet CIDRs, one per zone")
+    private_cidrs: list[str] | None = Field(None, description="explicit private subnet CIDRs, one per zone")
+    security_groups: dict[str, SecurityGroupSpec]
+    endpoints: EndpointsSpec = EndpointsSpec()
+
+    @field_validator("cidr")
+    @classmethod
+    def _vpc_cidr(cls, value: str) -> str:
+        net = _network(value)
+        if not 16 <= net.prefixlen <= 28:
+            raise ValueError(f"VPC range {value} must be between /16 and /28")
+        return value
+
+    @field_validator("zones")
+    @classmethod
+    def _enough_zones(cls, zones: int) -> int:
+        if zones < 2:
+            raise ValueError(f"{zones} zone(s) is too few: an Application Load Balancer needs at least 2")
+        if zones > 6:
+            raise ValueError(f"{zones} zones is more than any region offers here (at most 6)")
+        return zones
+
+    @field_validator("public_cidrs", "private_cidrs")
+    @classmethod
+    def _valid_cidrs(cls, cidrs: list[str] | None) -> list[str] | None:
+        for cidr in cidrs or []:
+            _network(cidr)
+        return cidrs
+
+    @field_validator("security_groups")
+    @classmethod
+    def _group_names(cls, groups: dict[str, SecurityGroupSpec]) -> dict[str, SecurityGroupSpec]:
+        for name in groups:
+            if not re.match(NAME, name):
+                raise ValueError(f"security group name {name!r} must be lower-case letters, digits and dashes")
+        return groups
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "NetworkSpec":
+        if self.availability_zones is not None and len(self.availability_zones) != self.zones:
+            raise ValueError(f"availability_zones lists {len(self.availability_zones)} zones but zones is {self.zones}")
+        for kind in ("public_cidrs", "private_cidrs"):
+            given = getattr(self, kind)
+            if given is not None and len(given) != self.zones:
+                raise ValueError(f"{kind} lists {len(given)} ranges but zones is {self.zones}")
+        self.subnet_cidrs()  # raises when the subnets do not fit or overlap
+        for group, spec in self.security_groups.items():
+            for rule in spec.ingress:
+                for source in rule.sources:
+                    if source == "vpc" or source in self.security_groups:
+                        continue
+                    try:
+                        _network(source)
+                    except ValueError:
+                        raise ValueError(
+                            f"security group {group!r}: source {source!r} is neither a CIDR, 'vpc', "
+                            f"nor a security group of this manifest ({', '.join(sorted(self.security_groups))})"
+                        ) from None
+        if self.endpoints.interface and self.endpoints.security_group not in self.security_groups:
+            raise ValueError(f"endpoints.security_group {self.endpoints.security_group!r} is not a security group "
+                             "of this manifest")
+        return self
+
+    def zone_names(self, region: str) -> list[str]:
+        if self.availability_zones:
+            return list(self.availability_zones)
+        return [f"{region}{letter}" for letter in "abcdef"[: self.zones]]
+
+    def subnet_cidrs(self) -> tuple[list[str], list[str]]:
+        """(public, private) CIDRs, one per zone: given explicitly, or carved from the VPC range.
+
+        Carving takes the largest blocks first, each at the next aligned free address, so the
+        result is deterministic and leaves the end of the range free for later growth.
+        """
+        vpc = _network(self.cidr)
+        wanted = [("private", self.private_subnet_prefix), ("public", self.public_subnet_prefix)]
+        carved: dict[str, list[str]] = {"public": [], "private": []}
+        taken: list[ipaddress.IPv4Network] = []
+        for kind, prefix in sorted(wanted, key=lambda item: item[1]):
+            explicit = getattr(self, f"{kind}_cidrs")
+            for index in range(self.zones):
+                if explicit is not None:
+                    net = _network(explicit[index])
+                else:
+                    net = _next_free(vpc, prefix, taken)
+                    if net is None:
+                        raise ValueError(
+                            f"{self.zones} {kind} subnets of /{prefix} do not fit in {self.cidr} "
+                            "next to the other subnets")
+                if not net.subnet_of(vpc):
+                    raise ValueError(f"{kind} subnet {net} is outside the VPC range {self.cidr}")
+                clash = next((other for other in taken if other.overlaps(net)), None)
+                if clash is not None:
+                    raise ValueError(f"{kind} subnet {net} overlaps subnet {clash}")
+                taken.append(net)
+                carved[kind].append(str(net))
+        return carved["public"], carved["private"]
+
+
+def _network(value: str) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(value, strict=True)
+    except ValueError as err:
+        raise ValueError(f"{value!r} is not a valid IPv4 CIDR ({err})") from None
+
+
+def _next_free(vpc: ipaddress.IPv4Network, prefix: int, taken: list[ipaddress.IPv4Network]):
+    if prefix < vpc.prefixlen:
+        return None
+    for candidate in vpc.subnets(new_prefix=prefix):
+        if not any(candidate.overlaps(other) for other in taken):
+            return candidate
+    return None
+
+
+# --- identity (step iam) -------------------------------------------------------------------
+
+Grant = Literal["config-read", "loki-bucket", "cloudwatch-read", "ecs-describe"]
+
+
+class TaskRoleSpec(Section):
+    grants: list[Grant] = Field([], description="what the task may do; each grant names its actions and resources")
+
+
+class IamSpec(Section):
+    task_roles: dict[str, TaskRoleSpec]
+    execution_role_managed_policies: list[str] = [
+        "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"]
+
+
+# --- images (step ecr) ---------------------------------------------------------------------
+
+
+class RepositorySpec(Section):
+    scan_on_push: bool = True
+    tag_mutability: Literal["IMMUTABLE", "MUTABLE"] = "IMMUTABLE"
+    encryption: Literal["AES256", "KMS"] = "AES256"
+    expire_untagged_days: int = Field(7, ge=1)
+    keep_tagged: int = Field(30, ge=1)
+
+
+class ImagesSpec(Section):
+    repositories: dict[str, RepositorySpec]
+
+
+# --- secrets (step secrets) ----------------------------------------------------------------
+
+
+class SecretSpec(Section):
+    description: str = ""
+    source: Literal["env", "file", "generate"]
+    env: str | None = Field(None, description="environment variable holding the value (source: env)")
+    path: str | None = Field(None, description="file holding the value (source: file)")
+    length: int = Field(32, ge=16, le=4096, description="length of a generated value (source: generate)")
+
+    @model_validator(mode="after")
+    def _source_has_its_field(self) -> "SecretSpec":
+        if self.source == "env" and not self.env:
+            raise ValueError("source 'env' needs the field 'env' (the variable's name)")
+        if self.source == "file" and not self.path:
+            raise ValueError("source 'file' needs the field 'path'")
+        return self
+
+
+class SecretsSpec(Section):
+    recovery_window_days: int = Field(7, ge=7, le=30)
+    values: dict[str, SecretSpec] = Field(description="secret name (under APP/ENV/) → where its value comes from")
+
+
+# --- storage (steps storage and efs) -------------------------------------------------------
+
+
+class BucketSpec(Section):
+    purpose: str
+    versioning: bool = True
+    expire_days: int | None = Field(None, ge=1, description="expire objects after this; default: logging retention "
+                                                            "for buckets that hold logs, never for others")
+    holds_logs: bool = False
+
+
+class StorageSpec(Section):
+    buckets: dict[str, BucketSpec]
+
+
+class AccessPointSpec(Section):
+    path: str = Field(pattern=r"^/[A-Za-z0-9_./-]*$")
+    uid: int = Field(ge=0)
+    gid: int = Field(ge=0)
+    permissions: str = Field("0755", pattern=r"^[0-7]{3,4}$")
+
+
+class EfsSpec(Section):
+    performance_mode: Literal["generalPurpose", "maxIO"] = "generalPurpose"
+    throughput_mode: Literal["bursting", "elastic"] = "bursting"
+    transition_to_ia: Literal["AFTER_7_DAYS", "AFTER_14_DAYS", "AFTER_30_DAYS", "AFTER_60_DAYS",
+                              "AFTER_90_DAYS"] | None = "AFTER_30_DAYS"
+    backups: bool = False
+    security_group: str = "efs"
+    access_points: dict[str, AccessPointSpec]
+
+
+# --- cluster (step ecs) --------------------------------------------------------------------
+
+
+class CapacityStrategy(Section):
+    provider: Literal["FARGATE", "FARGATE_SPOT"]
+    weight: int = Field(1, ge=0, le=1000)
+    base: int = Field(0, ge=0, le=100000)
+
+
+class ClusterSpec(Section):
+    container_insights: bool = True
+    capacity_providers: list[Literal["FARGATE", "FARGATE_SPOT"]] = ["FARGATE", "FARGATE_SPOT"]
+    default_strategy: list[CapacityStrategy] = [CapacityStrategy(provider="FARGATE", weight=1)]
+    log_groups: list[str] = Field(description="one per task family")
+    namespace: str | None = Field(None, description="Cloud Map private DNS namespace; default APP-ENV.local")
+
+    @model_validator(mode="after")
+    def _strategy_uses_listed_providers(self) -> "ClusterSpec":
+        for item in self.default_strategy:
+            if item.provider not in self.capacity_providers:
+                raise ValueError(f"default_strategy uses {item.provider}, which capacity_providers does not list")
+        return self
+
+
+# --- load balancer (step alb) --------------------------------------------------------------
+
+
+class HealthCheckSpec(Section):
+    path: str = Field("/", pattern=r"^/")
+    matcher: str = "200"
+    interval_seconds: int = Field(30, ge=5, le=300)
+    timeout_seconds: int = Field(5, ge=2, le=120)
+    healthy_threshold: int = Field(3, ge=2, le=10)
+    unhealthy_threshold: int = Field(3, ge=2, le=10)
+
+
+class TargetGroupSpec(Section):
+    port: int = Field(ge=1, le=65535)
+    protocol: Literal["HTTP", "HTTPS"] = "HTTP"
+    deregistration_delay_seconds: int = Field(30, ge=0, le=3600)
+    health_check: HealthCheckSpec = HealthCheckSpec()
+
+
+class PathRuleSpec(Section):
+    paths: list[str] = Field(min_length=1)
+    target: str
+    priority: int = Field(ge=1, le=50000)
+
+
+class LoadBalancerSpec(Section):
+    security_group: str = "alb"
+    idle_timeout_seconds: int = Field(60, ge=1, le=4000)
+    deletion_protection: bool = False
+    certificate_arn: str | None = Field(None, pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/.+$")
+    ssl_policy: str = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+    target_groups: dict[str, TargetGroupSpec]
+    default_target: str
+    rules: list[PathRuleSpec] = []
+
+    @model_validator(mode="after")
+    def _targets_exist(self) -> "LoadBalancerSpec":
+        names = set(self.target_groups)
+        if self.default_target not in names:
+            raise ValueError(f"default_target {self.default_target!r} is not one of the target groups "
+                             f"({', '.join(sorted(names))})")
+        for rule in self.rules:
+            if rule.target not in names:
+                raise ValueError(f"rule for {rule.paths} targets {rule.target!r}, which is not a target group")
+        priorities = [rule.priority for rule in self.rules]
+        if len(priorities) != len(set(priorities)):
+            raise ValueError("two rules share a priority; each rule needs its own")
+        return self
+
+
+# --- the whole manifest --------------------------------------------------------------------
+
+
+class Manifest(Section):
+    app: str = Field(pattern=NAME)
+    environment: str = Field(pattern=NAME, description="set from the overlay's file name")
+    region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+    account_id: str | None = Field(None, pattern=r"^\d{12}$",
+                                   description="refuse to run against any other account")
+    tags: dict[str, str] = {}
+    state: StateSpec
+    protection: ProtectionSpec = ProtectionSpec()
+    logging: LoggingSpec = LoggingSpec()
+    network: NetworkSpec
+    iam: IamSpec
+    images: ImagesSpec
+    secrets: SecretsSpec
+    storage: StorageSpec
+    efs: EfsSpec
+    cluster: ClusterSpec
+    load_balancer: LoadBalancerSpec
+
+    @field_validator("tags")
+    @classmethod
+    def _no_reserved_tags(cls, tags: dict[str, str]) -> dict[str, str]:
+        for key in tags:
+            if key.startswith(("orchestrator:", "aws:")):
+                raise ValueError(f"tag {key!r} uses a reserved prefix (orchestrator: and aws: are set by the tool)")
+        return tags
+
+    @model_validator(mode="after")
+    def _cross_section_references(self) -> "Manifest":
+        groups = self.network.security_groups
+        for where, group in (("efs.security_group", self.efs.security_group),
+                             ("load_balancer.security_group", self.load_balancer.security_group)):
+            if group not in groups:
+                raise ValueError(f"{where} {group!r} is not a security group in network.security_groups")
+        return self
+
+    @property
+    def prefix(self) -> str:
+        """Every resource name starts with this: `gamepulse-dev`."""
+        return f"{self.app}-{self.environment}"

@@ -1,0 +1,37 @@
+"""The one tagging helper: ownership tags and the shapes the AWS APIs want them in."""
+from __future__ import annotations
+
+APP, ENV, STEP = "orchestrator:app", "orchestrator:env", "orchestrator:step"
+
+
+def ownership_tags(app: str, env: str, step: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The manifest's own tags plus the three ownership tags (which always win)."""
+    return {**(extra or {}), APP: app, ENV: env, STEP: step}
+
+
+def is_owned(tags: dict[str, str], app: str, env: str) -> bool:
+    return tags.get(APP) == app and tags.get(ENV) == env
+
+
+def tag_list(tags: dict[str, str], key: str = "Key", value: str = "Value") -> list[dict[str, str]]:
+    """`{"k": "v"}` → `[{"Key": "k", "Value": "v"}]` (ECS wants `key`/`value`)."""
+    return [{key: k, value: v} for k, v in sorted(tags.items())]
+
+
+def tag_dict(items: list[dict] | None, key: str = "Key", value: str = "Value") -> dict[str, str]:
+    """The inverse of `tag_list`; tolerates None (a resource without tags)."""
+    return {item[key]: item.get(value, "") for item in items or []}
+
+
+def ec2_tag_specifications(resource_type: str, tags: dict[str, str], name: str | None = None) -> list[dict]:
+    """`TagSpecifications` for an EC2 create call, with the `Name` tag the console shows."""
+    all_tags = {**tags, **({"Name": name} if name else {})}
+    return [{"ResourceType": resource_type, "Tags": tag_list(all_tags)}]
+
+
+def owner_filters(app: str, env: str, step: str | None = None) -> list[dict]:
+    """EC2-style `Filters` that select what this environment (and step) owns."""
+    filters = [{"Name": f"tag:{APP}", "Values": [app]}, {"Name": f"tag:{ENV}", "Values": [env]}]
+    if step:
+        filters.append({"Name": f"tag:{STEP}", "Values": [step]})
+    return filters

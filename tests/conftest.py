@@ -1,0 +1,81 @@
+"""Shared fixtures: fake credentials, a socket guard, one fresh `mock_aws` per test, the
+default manifests, and a call ledger to count what a run sends to AWS."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFESTS = ROOT / "manifests"
+
+FAKE_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_CONFIG_FILE": "/dev/null",
+    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+    # moto gap: AWS-managed policies (AmazonECSTaskExecutionRolePolicy) load only when asked.
+    "MOTO_IAM_LOAD_MANAGED_POLICIES": "true",
+    # moto gap: requested certificates stay PENDING_VALIDATION for 60 s unless told otherwise.
+    "MOTO_ACM_VALIDATION_WAIT": "0",
+    # Secrets the default manifests read from the environment.
+    "GAMEPULSE_DB_CONNECTION": "Host=db.test;Username=gp;Password=test-db-password-123",
+    "GAMEPULSE_SLACK_WEBHOOK": "https://hooks.slack.example/services/TEST/webhook-secret-456",
+}
+
+
+@pytest.fixture(autouse=True)
+def fake_aws_env(monkeypatch):
+    for key, value in FAKE_ENV.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "ORCHESTRATOR_MANIFESTS"):
+        monkeypatch.delenv(key, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Refuse any connection that is not to loopback, so a client the mock missed fails loudly."""
+    real_connect = socket.socket.connect
+
+    def guarded(sock, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and not (host.startswith("127.") or host in ("localhost", "::1")) \
+                and sock.family in (socket.AF_INET, socket.AF_INET6):
+            raise RuntimeError(f"test tried to reach the network: {address!r}")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+@pytest.fixture(autouse=True)
+def no_waiting(monkeypatch):
+    """Retry and wait loops back off without taking wall time."""
+    from orchestrator import retry, waiters
+    monkeypatch.setattr(retry, "sleep", lambda seconds: None)
+    monkeypatch.setattr(waiters, "sleep", lambda seconds: None)
+
+
+@pytest.fixture
+def mock(fake_aws_env):
+    """A fresh in-process AWS for one test."""
+    from moto import mock_aws
+    with mock_aws(config={"iam": {"load_aws_managed_policies": True}}):
+        yield
+
+
+@pytest.fixture
+def manifest():
+    from orchestrator.manifest import load_manifest
+    return load_manifest(MANIFESTS, "dev")
+
+
+@pytest.fixture
+def aws(mock):
+    from orchestrator.aws import Aws
+    return Aws("us-east-1")
