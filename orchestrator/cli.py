@@ -1,0 +1,340 @@
+"""The `orchestrator` command line. Heavy modules (boto3, the steps) load only when a command
+needs them, so `validate`, `graph` and `--help` start fast."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from orchestrator.errors import OrchestratorError
+
+ENV_ARG = click.argument("env")
+TARGET_OPT = click.option("--target", "targets", multiple=True, metavar="STEP",
+                          help="Only this step and what it depends on (repeatable).")
+
+
+@dataclass
+class Options:
+    manifests: Path
+    endpoint_url: str | None
+    profile: str | None
+    use_sandbox: bool
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="orchestrator", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except OrchestratorError as error:
+        from orchestrator.log import redactor
+        click.echo(f"Error: {redactor.clean(str(error))}", err=True)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--manifests", type=click.Path(file_okay=False, path_type=Path), envvar="ORCHESTRATOR_MANIFESTS",
+              default="manifests", show_default=True, help="Directory of the manifests.")
+@click.option("--endpoint-url", envvar="AWS_ENDPOINT_URL", default=None,
+              help="Send every AWS call here (an emulator). Also AWS_ENDPOINT_URL.")
+@click.option("--profile", envvar="AWS_PROFILE", default=None, help="AWS profile. Also AWS_PROFILE.")
+@click.option("--sandbox", "use_sandbox", is_flag=True, help="Use the local sandbox started by `sandbox start`.")
+@click.option("--log-format", type=click.Choice(["console", "json"]), default=None,
+              help="Progress as readable lines (default on a terminal) or one JSON object per line.")
+@click.option("-v", "--verbose", count=True, help="More detail.")
+@click.version_option(package_name="gamepulse-orchestrator")
+@click.pass_context
+def cli(ctx, manifests, endpoint_url, profile, use_sandbox, log_format, verbose):
+    """Deploy the GamePulse platform onto AWS ECS Fargate."""
+    from orchestrator import log
+    fmt = log_format or ("json" if os.environ.get("CI") else "console")
+    log.configure(fmt, verbose)
+    ctx.obj = Options(manifests, endpoint_url, profile, use_sandbox)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def load(options: Options, env: str):
+    from orchestrator.manifest import load_manifest
+    return load_manifest(options.manifests, env)
+
+
+def connect(options: Options, manifest):
+    """The AWS client factory for this manifest, refusing the wrong account."""
+    from orchestrator.aws import Aws
+    endpoint = options.endpoint_url
+    if options.use_sandbox:
+        from orchestrator import sandbox
+        endpoint = sandbox.endpoint()
+        os.environ.update(sandbox.SANDBOX_CREDENTIALS)
+    aws = Aws(manifest.region, profile=None if options.use_sandbox else options.profile, endpoint_url=endpoint)
+    if manifest.account_id and aws.account_id() != manifest.account_id:
+        raise OrchestratorError(f"the credentials are for account {aws.account_id()}, but the {manifest.environment} "
+                                f"manifest is for account {manifest.account_id}; nothing was changed")
+    return aws
+
+
+def build_graph():
+    from orchestrator.graph import StepGraph
+    from steps import all_steps
+    return StepGraph(all_steps())
+
+
+def store_for(aws, manifest):
+    from orchestrator.state import StateStore
+    return StateStore(aws, manifest)
+
+
+def failed_steps(results: dict) -> list[str]:
+    return [f"{name} ({r.error})" for name, r in results.items() if r.status == "failed"]
+
+
+def run_locked(options: Options, env: str, command: str, targets, lock_timeout: float, work, *,
+               allow: frozenset[str] = frozenset(), parallelism: int | None = None):
+    """Load, connect, take the lock, run `work(engine)`, record the run, release the lock."""
+    from orchestrator.engine import Engine
+    from orchestrator.manifest import manifest_hash
+    from orchestrator.render import run_summary
+
+    manifest = load(options, env)
+    graph = build_graph()
+    graph.select(targets)  # unknown targets fail before any AWS call
+    aws = connect(options, manifest)
+    store = store_for(aws, manifest)
+    store.ensure_table()
+    run_id = uuid.uuid4().hex[:12]
+    lease = store.acquire(run_id, command, wait_seconds=lock_timeout)
+    lease.start_heartbeat()
+    results: dict = {}
+    outcome = "interrupted"
+    started = time.monotonic()
+    try:
+        store.start_run(lease, command, manifest_hash(manifest))
+        engine = Engine(manifest, aws, graph, store=store, lease=lease, allow=allow, parallelism=parallelism)
+        results = work(engine)
+        outcome = "failed" if failed_steps(results) else "ok"
+    finally:
+        summary = {name: r.summary() for name, r in results.items()}
+        summary["_calls"] = {"total": aws.ledger.count(), "mutating": aws.ledger.count(mutating=True),
+                             "seconds": round(time.monotonic() - started, 2)}
+        try:
+            if not lease.lost:
+                store.finish_run(lease, outcome, summary)
+        finally:
+            lease.release()
+    click.echo(run_summary(f"{command} {env}: {outcome} in {time.monotonic() - started:.1f}s", results, aws.ledger))
+    failures = failed_steps(results)
+    if failures:
+        raise OrchestratorError(f"{len(failures)} step(s) failed: " + "; ".join(failures))
+    return results
+
+
+def allow_flags(func):
+    """--delete-data and --delete-secrets: the only ways to let a run delete what holds data."""
+    func = click.option("--delete-secrets", is_flag=True,
+                        help="Allow deleting secrets (with their recovery window).")(func)
+    return click.option("--delete-data", is_flag=True,
+                        help="Allow deleting resources that hold data (buckets with objects, file systems, "
+                             "log groups, repositories with images).")(func)
+
+
+def allowed(delete_data: bool, delete_secrets: bool) -> frozenset[str]:
+    return frozenset(name for name, on in (("delete-data", delete_data), ("delete-secrets", delete_secrets)) if on)
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+@cli.command()
+@ENV_ARG
+@click.pass_obj
+def validate(options: Options, env: str):
+    """Check the manifests of ENV; no AWS call."""
+    manifest = load(options, env)
+    build_graph()
+    public, private = manifest.network.subnet_cidrs()
+    click.echo(f"{options.manifests}/{env}.yaml is valid: {manifest.prefix} in {manifest.region}, "
+               f"{manifest.network.zones} zones, public {', '.join(public)}, private {', '.join(private)}")
+
+
+@cli.command()
+@ENV_ARG
+@TARGET_OPT
+@click.option("--json", "as_json", is_flag=True, help="The plan as JSON.")
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when changes are pending, 0 when none.")
+@click.pass_obj
+def plan(options: Options, env: str, targets, as_json: bool, detailed_exitcode: bool):
+    """Show what `apply` would change; read-only."""
+    from orchestrator.engine import Engine
+    from orchestrator.render import plan_json, plan_text
+
+    manifest = load(options, env)
+    graph = build_graph()
+    graph.select(targets)
+    aws = connect(options, manifest)
+    results = Engine(manifest, aws, graph, store=store_for(aws, manifest)).plan(targets)
+    click.echo(plan_json(env, results) if as_json else
+               plan_text(f"Plan for {manifest.prefix} ({manifest.region}):", results))
+    failures = failed_steps(results)
+    if failures:
+        raise OrchestratorError(f"could not plan {len(failures)} step(s): " + "; ".join(failures))
+    if detailed_exitcode and any(r.changes for r in results.values()):
+        sys.exit(2)
+
+
+@cli.command()
+@ENV_ARG
+@TARGET_OPT
+@click.option("--parallelism", type=click.IntRange(1, 64), default=None,
+              help="At most this many steps at once (default: every ready step).")
+@click.option("--lock-timeout", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Seconds to wait for another run's lock before giving up.")
+@allow_flags
+@click.pass_obj
+def apply(options: Options, env: str, targets, parallelism, lock_timeout, delete_data, delete_secrets):
+    """Converge AWS to the manifest of ENV."""
+    run_locked(options, env, "apply", targets, lock_timeout, lambda engine: engine.apply(targets),
+               allow=allowed(delete_data, delete_secrets), parallelism=parallelism)
+
+
+@cli.command()
+@ENV_ARG
+@TARGET_OPT
+@click.option("--yes", is_flag=True, help="Confirm: delete what this environment owns.")
+@click.option("--parallelism", type=click.IntRange(1, 64), default=None)
+@click.option("--lock-timeout", type=click.FloatRange(0), default=0.0, show_default=True)
+@allow_flags
+@click.pass_obj
+def destroy(options: Options, env: str, targets, yes: bool, parallelism, lock_timeout, delete_data,
+            delete_secrets):
+    """Delete what ENV owns, in reverse dependency order."""
+    manifest = load(options, env)
+    if manifest.protection.refuse_destroy:
+        raise OrchestratorError(f"{env} refuses destroy (protection.refuse_destroy in its manifest); nothing changed")
+    if not yes:
+        raise click.UsageError("destroy deletes resources: pass --yes to confirm")
+    run_locked(options, env, "destroy", targets, lock_timeout, lambda engine: engine.destroy(targets),
+               allow=allowed(delete_data, delete_secrets), parallelism=parallelism)
+
+
+@cli.command()
+@ENV_ARG
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def status(options: Options, env: str, as_json: bool):
+    """What the state table says of ENV: steps, outputs, lock, last runs."""
+    from orchestrator.render import status_text
+    manifest = load(options, env)
+    store = store_for(connect(options, manifest), manifest)
+    if not store.exists():
+        records, holder, runs = {}, None, []
+    else:
+        records, holder, runs = store.steps(), store.lock_holder(), store.runs(5)
+    if as_json:
+        click.echo(json.dumps({"environment": env, "lock": holder, "steps": records, "runs": runs},
+                              indent=2, default=str))
+    else:
+        click.echo(status_text(env, records, holder, runs, time.time()))
+
+
+@cli.command()
+@ENV_ARG
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def outputs(options: Options, env: str, as_json: bool):
+    """Each step's outputs: ALB DNS name, role ARNs, ids."""
+    manifest = load(options, env)
+    store = store_for(connect(options, manifest), manifest)
+    records = store.steps() if store.exists() else {}
+    values = {name: record.get("outputs", {}) for name, record in records.items()}
+    if as_json:
+        click.echo(json.dumps(values, indent=2, default=str))
+        return
+    if not values:
+        click.echo(f"{env}: nothing applied yet")
+    for name, step_outputs in values.items():
+        click.echo(f"{name}:")
+        for key, value in sorted(step_outputs.items()):
+            click.echo(f"  {key}: {json.dumps(value) if not isinstance(value, str) else value}")
+
+
+@cli.command()
+@ENV_ARG
+@click.option("--format", "fmt", type=click.Choice(["text", "dot", "mermaid"]), default="text", show_default=True)
+@click.pass_obj
+def graph(options: Options, env: str, fmt: str):
+    """The step graph."""
+    load(options, env)
+    click.echo(build_graph().render(fmt))
+
+
+@cli.command()
+@ENV_ARG
+@click.option("--force", is_flag=True, help="Confirm: break the lock even if its holder may still run.")
+@click.pass_obj
+def unlock(options: Options, env: str, force: bool):
+    """Break a stale lock of ENV."""
+    if not force:
+        raise click.UsageError("unlock breaks another run's lock: pass --force to confirm")
+    manifest = load(options, env)
+    store = store_for(connect(options, manifest), manifest)
+    holder = store.break_lock() if store.exists() else None
+    if holder:
+        click.echo(f"broke the lock of run {holder.get('run_id')} ({holder.get('user')}@{holder.get('host')}, "
+                   f"{holder.get('command')})")
+    else:
+        click.echo(f"{env} was not locked")
+
+
+@cli.command()
+def schema():
+    """The manifest's JSON Schema, for editors."""
+    from orchestrator.manifest import json_schema
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+@cli.group()
+def sandbox():
+    """The local AWS emulator (a moto server on 127.0.0.1)."""
+
+
+@sandbox.command("start")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Default: a free port.")
+def sandbox_start(port):
+    from orchestrator import sandbox as box
+    record = box.start(port)
+    state = "already running" if record.get("already_running") else "started"
+    click.echo(f"sandbox {state} at {record['url']} (pid {record['pid']}); "
+               f"use `orchestrator --sandbox COMMAND`")
+
+
+@sandbox.command("stop")
+def sandbox_stop():
+    from orchestrator import sandbox as box
+    record = box.stop()
+    click.echo(f"sandbox at {record['url']} stopped" if record else "no sandbox was running")
+
+
+@sandbox.command("status")
+def sandbox_status():
+    from orchestrator import sandbox as box
+    record = box.read_record()
+    if box.is_alive(record):
+        click.echo(f"sandbox running at {record['url']} (pid {record['pid']})")
+    else:
+        click.echo("sandbox not running")
+        sys.exit(1)

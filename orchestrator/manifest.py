@@ -1,0 +1,221 @@
+"""Load an environment's manifest: the base YAML deep-merged with the environment's overlay,
+validated by `orchestrator.schema.Manifest`.
+
+Every problem is reported at once as ``FILE:LINE: FIELD.PATH: message``, at the line of the
+file that supplied the value after the merge. PyYAML's constructed dicts keep no line numbers
+(and silently keep the last of two duplicate keys), so we compose the YAML nodes and build the
+data ourselves, noting where each field came from.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from orchestrator.errors import ManifestError
+from orchestrator.schema import Manifest
+
+DEFAULT_BASE = "gamepulse.yaml"
+
+FieldPath = tuple[str | int, ...]  # mapping keys and list indices, from the top of the manifest
+Where = tuple[str, int]  # (file as given, 1-based line)
+Problem = tuple[Where, str]  # where it is, and the line the user sees
+
+
+def load_manifest(directory: Path | str, env: str) -> Manifest:
+    """The validated manifest for `env`: `<directory>/<env>.yaml` merged onto its base.
+
+    The overlay may name its base with a top-level `base:` key (a path relative to the
+    overlay's directory); otherwise the base is `gamepulse.yaml`.
+    """
+    directory = Path(directory)
+    environments = list_environments(directory)
+    overlay_file = directory / f"{env}.yaml"
+    if env not in environments:
+        raise ManifestError([f"{overlay_file}: no such environment file; the environments in {directory} are: "
+                             f"{', '.join(environments) or 'none'}"])
+    overlay = _read(overlay_file)
+    base = _read(_base_file(directory, overlay))
+    for parsed in (base, overlay):
+        _forbid_environment(parsed, env)
+    problems = base.problems + overlay.problems
+    data = _merge(base.data, overlay.data)
+    data["environment"] = env
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as err:
+        where = _merged_where(data, base.where, overlay.where)
+        problems += [_pydantic_problem(error, where) for error in err.errors(include_url=False)]
+    if problems:
+        file_order = {base.label: 0, overlay.label: 1}
+        problems.sort(key=lambda problem: (file_order[problem[0][0]], problem[0][1]))
+        raise ManifestError([text for _, text in problems])
+    return manifest
+
+
+def list_environments(directory: Path | str) -> list[str]:
+    """The environments a directory defines: its `*.yaml` files other than the base."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ManifestError([f"{directory}: manifests directory not found"])
+    return sorted(file.stem for file in directory.glob("*.yaml") if file.name != DEFAULT_BASE)
+
+
+def manifest_hash(manifest: Manifest) -> str:
+    """sha256 of the manifest's canonical JSON: equal manifests hash equal, whatever their YAML looked like."""
+    canonical = json.dumps(manifest.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def json_schema() -> dict:
+    """The JSON Schema of a manifest, for editors (`orchestrator schema`)."""
+    return Manifest.model_json_schema()
+
+
+# --- reading one file ----------------------------------------------------------------------
+
+
+@dataclass
+class _Parsed:
+    """One YAML file as plain data, with the line of every field and the problems found reading it."""
+
+    label: str
+    data: dict = field(default_factory=dict)
+    where: dict[FieldPath, Where] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    def build(self, node: yaml.Node, path: FieldPath, line: int, loader: yaml.SafeLoader) -> Any:
+        """The value of `node`; `line` is where the field starts (its key's line, for a mapping entry)."""
+        self.where[path] = (self.label, line)
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path, loader)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, path + (index,), _line(item), loader) for index, item in enumerate(node.value)]
+        return loader.construct_object(node)
+
+    def _mapping(self, node: yaml.MappingNode, path: FieldPath, loader: yaml.SafeLoader) -> dict:
+        result: dict = {}
+        first_lines: dict = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a key must be a plain name, not a list or a mapping", key_node.start_mark)
+            key = loader.construct_object(key_node)
+            line = _line(key_node)
+            if key in first_lines:
+                self.problems.append(_problem((self.label, line), path + (key,),
+                                              f"duplicate key (first set at line {first_lines[key]})"))
+            first_lines.setdefault(key, line)
+            result[key] = self.build(value_node, path + (key,), line, loader)
+        return result
+
+
+def _read(file: Path) -> _Parsed:
+    parsed = _Parsed(str(file))
+    loader = yaml.SafeLoader(file.read_text(encoding="utf-8"))
+    try:
+        root = loader.get_single_node()
+        if root is None:  # an empty file: an overlay that changes nothing
+            parsed.where[()] = (parsed.label, 1)
+        elif isinstance(root, yaml.MappingNode):
+            parsed.data = parsed.build(root, (), _line(root), loader)
+        else:
+            raise ManifestError([f"{parsed.label}:1: the top level must be a mapping of field names to values"])
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        raise ManifestError([f"{parsed.label}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {err.problem}"]) from None
+    finally:
+        loader.dispose()
+    return parsed
+
+
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _base_file(directory: Path, overlay: _Parsed) -> Path:
+    """The base the overlay names with `base:`, else the default; the key is removed from the data."""
+    name = overlay.data.pop("base", DEFAULT_BASE)
+    file = directory / name if isinstance(name, str) else None
+    if file is not None and file.is_file():
+        return file
+    if ("base",) not in overlay.where:
+        raise ManifestError([f"{file}: base manifest not found (an overlay may name another with 'base:')"])
+    problem = f"{file} not found" if file is not None else "must be a file name"
+    raise ManifestError([_problem(overlay.where[("base",)], ("base",), problem)[1]])
+
+
+def _forbid_environment(parsed: _Parsed, env: str) -> None:
+    """A manifest may not set `environment`: it is the overlay's file name, so the two never disagree."""
+    if "environment" in parsed.data:
+        del parsed.data["environment"]
+        parsed.problems.append(_problem(parsed.where[("environment",)], ("environment",),
+                                        f"may not be set in a manifest; it comes from the overlay's file name ({env})"))
+
+
+# --- merging and reporting -----------------------------------------------------------------
+
+
+def _merge(base: Any, overlay: Any) -> Any:
+    """Maps merge key by key, recursively; any other value in the overlay replaces the base's."""
+    if isinstance(base, dict) and isinstance(overlay, dict):
+        merged = dict(base)
+        for key, value in overlay.items():
+            merged[key] = _merge(base[key], value) if key in base else value
+        return merged
+    return overlay
+
+
+def _merged_where(data: dict, base: dict[FieldPath, Where], overlay: dict[FieldPath, Where]) -> dict[FieldPath, Where]:
+    """Where each merged field came from: the overlay if it set it, else the base.
+
+    A base field survives only if the merged data still has it (an overlay list or scalar that
+    replaced its parent took it away).
+    """
+    return {**{path: where for path, where in base.items() if _has(data, path)}, **overlay}
+
+
+def _has(data: Any, path: FieldPath) -> bool:
+    for part in path:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+        else:
+            return False
+    return True
+
+
+def _pydantic_problem(error: dict, where: dict[FieldPath, Where]) -> Problem:
+    path = error["loc"]
+    # A missing field (or any location the data lacks) is reported at its nearest present parent.
+    located = next(where[path[:end]] for end in range(len(path), -1, -1) if path[:end] in where)
+    return _problem(located, path, _human(error))
+
+
+def _human(error: dict) -> str:
+    """Pydantic's message in the words of a manifest, with the offending value where that helps."""
+    kind, value = error["type"], error["input"]
+    if kind == "missing":
+        return "field required"
+    if kind == "extra_forbidden":
+        return f"unknown field {error['loc'][-1]!r}"
+    if kind == "literal_error":
+        return f"must be one of {error['ctx']['expected']} (got {value!r})"
+    if kind == "value_error":
+        return error["msg"].removeprefix("Value error, ")
+    message = error["msg"].removeprefix("Input ")
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        message += f" (got {value!r})"
+    return message
+
+
+def _problem(where: Where, path: FieldPath, message: str) -> Problem:
+    file, line = where
+    dotted = ".".join(str(part) for part in path)
+    return where, f"{file}:{line}: {dotted}: {message}" if dotted else f"{file}:{line}: {message}"

@@ -1,0 +1,120 @@
+"""What the user reads: plans as a diff per resource, run summaries, status tables."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from orchestrator.model import SENSITIVE, Change
+
+SYMBOL = {"create": "+", "update": "~", "replace": "-/+", "delete": "-"}
+
+
+def show_value(value: Any, limit: int = 120) -> str:
+    if value is None:
+        return "(none)"
+    if isinstance(value, str):
+        text = value
+    else:
+        text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def change_lines(change: Change) -> list[str]:
+    head = f"  {SYMBOL[change.action]:>3} {change.action} {change.kind} {change.name}"
+    if change.blocked:
+        head += f"   [refused without --{change.blocked}]"
+    lines = [head]
+    if change.note:
+        lines.append(f"        note: {change.note}")
+    for diff in change.diffs:
+        if diff.sensitive:
+            lines.append(f"        {diff.field}: {SENSITIVE} (value will change)")
+        elif change.action == "create":
+            lines.append(f"        {diff.field}: {show_value(diff.new)}")
+        else:
+            lines.append(f"        {diff.field}: {show_value(diff.old)} → {show_value(diff.new)}")
+    return lines
+
+
+def plan_text(title: str, results: dict) -> str:
+    lines = [title, ""]
+    totals: Counter = Counter()
+    refused = 0
+    for name, result in results.items():
+        if result.status == "failed":
+            lines.append(f"{name}: could not plan: {result.error}")
+            continue
+        if result.status == "skipped":
+            lines.append(f"{name}: not planned ({result.error})")
+            continue
+        if not result.changes:
+            lines.append(f"{name}: up to date")
+            continue
+        lines.append(f"{name}:")
+        for change in result.changes:
+            lines.extend(change_lines(change))
+            if change.blocked:
+                refused += 1
+            else:
+                totals[change.action] += 1
+    lines.append("")
+    if not totals and not refused:
+        lines.append("No changes. AWS matches the manifest.")
+    else:
+        summary = ", ".join(f"{totals[a]} to {a}" for a in ("create", "update", "replace", "delete"))
+        lines.append(f"Plan: {summary}." + (f" {refused} refused (needs a flag; see above)." if refused else ""))
+    return "\n".join(lines)
+
+
+def plan_json(env: str, results: dict) -> str:
+    return json.dumps({
+        "environment": env,
+        "steps": {name: {"status": r.status, "error": r.error, "changes": [c.to_dict() for c in r.changes]}
+                  for name, r in results.items()},
+        "pending": sum(len(r.changes) for r in results.values()),
+    }, indent=2, default=str)
+
+
+def run_summary(title: str, results: dict, ledger) -> str:
+    width = max([len(name) for name in results] + [4])
+    lines = ["", title, f"  {'step':<{width}}  {'result':<8} {'changes':>7} {'calls':>6} {'time':>7}"]
+    for name, result in results.items():
+        calls = ledger.count(step=name)
+        lines.append(f"  {name:<{width}}  {result.status:<8} {len(result.applied):>7} {calls:>6} "
+                     f"{result.seconds:>6.1f}s")
+        for change in result.refused:
+            lines.append(f"  {'':<{width}}  kept {change.kind} {change.name}: "
+                         f"{change.note or 'needs --' + str(change.blocked)}")
+        if result.error:
+            lines.append(f"  {'':<{width}}  {result.error}")
+    total = ledger.count()
+    mutating = ledger.count(mutating=True)
+    state = ledger.count(step="engine")
+    lines.append(f"  API calls: {total} ({mutating} mutating; {state} of them for the state table and lock)")
+    return "\n".join(lines)
+
+
+def status_text(env: str, records: dict, holder: dict | None, runs: list[dict], now: float) -> str:
+    lines = [f"Environment {env}"]
+    if holder:
+        age = now - float(holder.get("acquired_at", now))
+        lines.append(f"  locked by {holder.get('user')}@{holder.get('host')} (pid {holder.get('pid')}, "
+                     f"{holder.get('command')}, run {holder.get('run_id')}) for {age:.0f}s")
+    else:
+        lines.append("  not locked")
+    if not records:
+        lines.append("  nothing applied yet")
+    for name, record in records.items():
+        lines.append(f"  {name:<10} {record.get('status', '?'):<9} last run {record.get('last_run', '-')} "
+                     f"at {record.get('updated_at', '-')}")
+        if record.get("error"):
+            lines.append(f"  {'':<10} error: {record['error']}")
+        for key, value in sorted((record.get("outputs") or {}).items()):
+            lines.append(f"  {'':<10} {key}: {show_value(value, 100)}")
+    if runs:
+        lines.append("  last runs:")
+        for run in runs:
+            lines.append(f"    {run.get('started_at', '?')}  {run.get('command', '?'):<8} "
+                         f"{run.get('result', 'running'):<8} run {run.get('run_id')}")
+    return "\n".join(lines)

@@ -1,0 +1,114 @@
+"""The local sandbox: a moto server on 127.0.0.1 in the background, for offline use.
+
+Its address is recorded in `.orchestrator/sandbox.json` (under the current directory, or
+`ORCHESTRATOR_HOME`), so `orchestrator --sandbox …` finds it. The server is started with the
+settings that make moto behave like AWS for this platform (each names the moto gap it covers).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from orchestrator.errors import OrchestratorError
+
+#: moto falls short of AWS without these (see MOTO-NOTES.md).
+EMULATOR_SETTINGS = {
+    # AWS-managed policies (AmazonECSTaskExecutionRolePolicy) are not loaded by default.
+    "MOTO_IAM_LOAD_MANAGED_POLICIES": "true",
+    # Requested certificates otherwise stay PENDING_VALIDATION for 60 s.
+    "MOTO_ACM_VALIDATION_WAIT": "0",
+    # Services otherwise never report running tasks, so no deployment ever becomes stable.
+    "MOTO_ECS_SERVICE_RUNNING": "1",
+}
+
+#: Credentials for the sandbox: never a real key, whatever the user's environment holds.
+SANDBOX_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "sandbox", "AWS_SECRET_ACCESS_KEY": "sandbox",
+                       "AWS_SESSION_TOKEN": "sandbox"}
+
+
+def home() -> Path:
+    return Path(os.environ.get("ORCHESTRATOR_HOME", ".orchestrator"))
+
+
+def record_path() -> Path:
+    return home() / "sandbox.json"
+
+
+def read_record() -> dict | None:
+    try:
+        return json.loads(record_path().read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_alive(record: dict | None) -> bool:
+    if not record:
+        return False
+    try:
+        with urllib.request.urlopen(f"{record['url']}/moto-api/data.json", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(port: int | None = None, timeout: float = 30.0) -> dict:
+    """Start the sandbox unless it already runs; return its record (url, pid, port)."""
+    record = read_record()
+    if is_alive(record):
+        return {**record, "already_running": True}
+    port = port or free_port()
+    home().mkdir(parents=True, exist_ok=True)
+    log_file = open(home() / "sandbox.log", "ab")
+    env = {**os.environ, **EMULATOR_SETTINGS}
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    record = {"url": f"http://127.0.0.1:{port}", "pid": process.pid, "port": port, "started_at": time.time()}
+    deadline = time.monotonic() + timeout
+    while not is_alive(record):
+        if process.poll() is not None:
+            raise OrchestratorError(f"the sandbox exited at start (code {process.returncode}); "
+                                    f"see {home() / 'sandbox.log'}")
+        if time.monotonic() > deadline:
+            process.terminate()
+            raise OrchestratorError(f"the sandbox did not answer within {timeout:.0f}s; see {home() / 'sandbox.log'}")
+        time.sleep(0.1)
+    record_path().write_text(json.dumps(record))
+    return record
+
+
+def stop() -> dict | None:
+    """Stop the recorded sandbox; return its record, or None when none was running."""
+    record = read_record()
+    if not record:
+        return None
+    try:
+        os.kill(int(record["pid"]), signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    for _ in range(50):
+        if not is_alive(record):
+            break
+        time.sleep(0.1)
+    record_path().unlink(missing_ok=True)
+    return record
+
+
+def endpoint() -> str:
+    """The running sandbox's URL, or a clear error telling how to start it."""
+    record = read_record()
+    if not is_alive(record):
+        raise OrchestratorError("the sandbox is not running: start it with `orchestrator sandbox start`")
+    return record["url"]

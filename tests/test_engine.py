@@ -1,0 +1,176 @@
+"""The engine, graph and scheduler with in-memory steps: no AWS at all."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import pytest
+
+from orchestrator.aws import CallLedger
+from orchestrator.engine import Engine
+from orchestrator.errors import OrchestratorError
+from orchestrator.graph import StepGraph
+from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step
+from orchestrator.scheduler import run_concurrently
+
+
+class FakeAws:
+    region = "us-east-1"
+
+    def __init__(self):
+        self.ledger = CallLedger()
+
+    def account_id(self):
+        return "123456789012"
+
+
+@dataclass
+class FakeManifest:
+    app: str = "gamepulse"
+    environment: str = "dev"
+    region: str = "us-east-1"
+    tags: dict = field(default_factory=dict)
+
+
+class ThingStep(Step):
+    """Owns one 'thing' in a dict standing for the cloud; its output is the thing's id."""
+
+    def __init__(self, name, depends_on=(), cloud=None, fail=False, barrier=None, blocked=None):
+        self.name = name
+        self.depends_on = tuple(depends_on)
+        self.cloud = cloud if cloud is not None else {}
+        self.fail = fail
+        self.barrier = barrier
+        self.blocked = blocked
+        self.seen_inputs = None
+
+    def desired(self, manifest, inputs):
+        self.seen_inputs = {dep: inputs.output(dep, "id") for dep in self.depends_on}
+        return {"name": self.name, "after": sorted(self.seen_inputs.items())}
+
+    def observe(self, ctx, desired):
+        if self.barrier:
+            self.barrier.wait()
+        return {"thing": self.cloud.get(self.name)}
+
+    def plan(self, desired, observed, recorded):
+        if observed["thing"] == desired:
+            return []
+        action = "create" if observed["thing"] is None else "update"
+        return [Change(action, "thing", self.name, diffs=(FieldDiff("after", None, desired["after"]),),
+                       payload=desired, record={"after": desired["after"]})]
+
+    def apply(self, ctx, change, observed):
+        if self.fail:
+            raise RuntimeError(f"{self.name} broke")
+        self.cloud[self.name] = change.payload
+        observed["thing"] = change.payload
+
+    def outputs(self, desired, observed):
+        return {"id": f"id-{self.name}" if observed["thing"] else KNOWN_AFTER_APPLY}
+
+    def plan_destroy(self, observed):
+        if observed["thing"] is None:
+            return []
+        return [Change("delete", "thing", self.name, payload=None, blocked=self.blocked)]
+
+
+def engine_for(steps, **kwargs):
+    return Engine(FakeManifest(), FakeAws(), StepGraph(steps), **kwargs)
+
+
+def test_plan_from_nothing_shows_creates_and_unknown_upstream_values():
+    cloud = {}
+    results = engine_for([ThingStep("a", cloud=cloud), ThingStep("b", ["a"], cloud=cloud)]).plan()
+    assert [c.action for c in results["a"].changes] == ["create"]
+    assert results["b"].changes[0].diffs[0].new == [("a", KNOWN_AFTER_APPLY)]
+    assert cloud == {}, "plan must not change anything"
+
+
+def test_apply_feeds_outputs_downstream_and_second_apply_changes_nothing():
+    cloud = {}
+    steps = [ThingStep("a", cloud=cloud), ThingStep("b", ["a"], cloud=cloud)]
+    engine_for(steps).apply()
+    assert cloud["b"]["after"] == [("a", "id-a")]
+    again = engine_for(steps).apply()
+    assert all(not r.changes for r in again.values())
+
+
+def test_failed_step_skips_dependants_and_independent_branch_finishes():
+    cloud = {}
+    steps = [ThingStep("a", cloud=cloud, fail=True), ThingStep("b", ["a"], cloud=cloud),
+             ThingStep("c", ["b"], cloud=cloud), ThingStep("x", cloud=cloud)]
+    results = engine_for(steps).apply()
+    assert results["a"].status == "failed" and "a broke" in results["a"].error
+    assert results["b"].status == "skipped" and results["c"].status == "skipped"
+    assert results["x"].status == "ok" and "x" in cloud
+
+
+def test_independent_steps_run_at_the_same_time():
+    barrier = threading.Barrier(3, timeout=5)  # each waits until all three are inside observe
+    steps = [ThingStep(n, barrier=barrier) for n in ("p", "q", "r")]
+    results = engine_for(steps).apply()
+    assert {r.status for r in results.values()} == {"ok"}
+
+
+def test_parallelism_one_runs_steps_one_after_another():
+    barrier = threading.Barrier(2, timeout=0.3)
+    steps = [ThingStep(n, barrier=barrier) for n in ("p", "q")]
+    results = engine_for(steps, parallelism=1).apply()
+    assert {r.status for r in results.values()} == {"failed"}  # the barrier broke: never two at once
+
+
+def test_target_runs_the_step_and_what_it_depends_on_only():
+    cloud = {}
+    steps = [ThingStep("a", cloud=cloud), ThingStep("b", ["a"], cloud=cloud), ThingStep("c", cloud=cloud)]
+    results = engine_for(steps).apply(["b"])
+    assert set(results) == {"a", "b"} and set(cloud) == {"a", "b"}
+
+
+def test_destroy_goes_in_reverse_order_and_keeps_refused_changes():
+    cloud = {}
+    order = []
+
+    class Recording(ThingStep):
+        def apply(self, ctx, change, observed):
+            order.append(self.name)
+            if change.action == "delete":
+                self.cloud.pop(self.name)
+            else:
+                super().apply(ctx, change, observed)
+
+    steps = [Recording("a", cloud=cloud), Recording("b", ["a"], cloud=cloud, blocked="delete-data"),
+             Recording("c", ["b"], cloud=cloud)]
+    engine_for(steps).apply()
+    order.clear()
+    results = engine_for(steps).destroy()
+    assert order == ["c", "a"]
+    assert [c.name for c in results["b"].refused] == ["b"] and "b" in cloud
+    engine_for(steps, allow={"delete-data"}).destroy()
+    assert cloud == {}
+
+
+def test_graph_rejects_unknown_dependencies_cycles_and_targets():
+    with pytest.raises(OrchestratorError, match="unknown step"):
+        StepGraph([ThingStep("a", ["nope"])])
+    with pytest.raises(OrchestratorError, match="cycle"):
+        StepGraph([ThingStep("a", ["b"]), ThingStep("b", ["a"])])
+    with pytest.raises(OrchestratorError, match="unknown step.*--target: zzz"):
+        StepGraph([ThingStep("a")]).select(["zzz"])
+
+
+def test_destroy_selection_includes_dependants():
+    graph = StepGraph([ThingStep("a"), ThingStep("b", ["a"]), ThingStep("c")])
+    assert graph.select_for_destroy(["a"]) == {"a", "b"}
+
+
+def test_graph_renders_text_dot_and_mermaid():
+    graph = StepGraph([ThingStep("a"), ThingStep("b", ["a"])])
+    assert '"a" -> "b";' in graph.render("dot")
+    assert "a --> b" in graph.render("mermaid")
+    assert graph.render("text").splitlines()[1].startswith("b  after: a")
+
+
+def test_scheduler_reports_each_outcome():
+    outcome = run_concurrently({"a": set(), "b": {"a"}, "c": set()}, lambda name: name != "a")
+    assert outcome == {"a": "failed", "b": "skipped", "c": "ok"}

@@ -1,0 +1,177 @@
+"""The state table: how it is created, and how step and run records round-trip (moto in-process)."""
+from __future__ import annotations
+
+from decimal import Decimal
+from types import SimpleNamespace
+
+import pytest
+
+from orchestrator import state
+from orchestrator.log import redactor
+from orchestrator.model import Change
+from orchestrator.schema import StateSpec
+from orchestrator.state import StateStore
+
+TABLE = "gp-test-state"
+T0 = 1_700_000_000.0
+
+
+def make_manifest(env: str = "dev", deletion_protection: bool = False):
+    """The few manifest fields the store reads."""
+    return SimpleNamespace(app="gamepulse", environment=env, region="us-east-1", tags={"project": "gamepulse"},
+                           state=StateSpec(table=TABLE, lock_lease_seconds=60, run_retention_days=90,
+                                           deletion_protection=deletion_protection))
+
+
+@pytest.fixture
+def now(monkeypatch):
+    """The store's wall clock, held still; tests move it by assigning `now.t`."""
+    clock = SimpleNamespace(t=T0)
+    monkeypatch.setattr(state, "clock", lambda: clock.t)
+    return clock
+
+
+@pytest.fixture
+def store(aws, now):
+    store = StateStore(aws, make_manifest())
+    store.ensure_table()
+    return store
+
+
+@pytest.fixture
+def lease(store):
+    return store.acquire("run-1", "apply")
+
+
+def writes(aws) -> int:
+    return aws.ledger.count(mutating=True)
+
+
+def raw_items(aws) -> list[dict]:
+    return aws.client("dynamodb").scan(TableName=TABLE)["Items"]
+
+
+def test_table_is_created_on_demand_encrypted_with_pitr_ttl_and_tags(aws, now):
+    store = StateStore(aws, make_manifest())
+    assert store.exists() is False
+    assert writes(aws) == 0
+
+    store.ensure_table()
+
+    ddb = aws.client("dynamodb")
+    table = ddb.describe_table(TableName=TABLE)["Table"]
+    assert table["TableStatus"] == "ACTIVE"
+    assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["SSEDescription"]["Status"] == "ENABLED"
+    assert table["SSEDescription"]["SSEType"] == "KMS"
+    assert table["DeletionProtectionEnabled"] is False
+    backups = ddb.describe_continuous_backups(TableName=TABLE)["ContinuousBackupsDescription"]
+    assert backups["PointInTimeRecoveryDescription"]["PointInTimeRecoveryStatus"] == "ENABLED"
+    ttl = ddb.describe_time_to_live(TableName=TABLE)["TimeToLiveDescription"]
+    assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", "expires_at")
+    tags = {t["Key"]: t["Value"] for t in ddb.list_tags_of_resource(ResourceArn=table["TableArn"])["Tags"]}
+    assert tags == {"orchestrator:app": "gamepulse", "orchestrator:env": "shared",
+                    "orchestrator:step": "state", "project": "gamepulse"}
+    assert store.exists() is True
+
+
+def test_existing_table_is_only_read(store, aws):
+    before = writes(aws)
+    StateStore(aws, make_manifest("staging")).ensure_table()
+    assert writes(aws) == before
+
+
+def test_existing_table_gets_deletion_protection_when_an_environment_asks_and_keeps_it(store, aws):
+    StateStore(aws, make_manifest("prod", deletion_protection=True)).ensure_table()
+    StateStore(aws, make_manifest("dev", deletion_protection=False)).ensure_table()
+    assert aws.client("dynamodb").describe_table(TableName=TABLE)["Table"]["DeletionProtectionEnabled"] is True
+
+
+def test_step_records_round_trip_as_plain_numbers(store, lease, aws):
+    store.record_change(lease, "vpc", Change("create", "vpc", "main", record={"cidr": "10.0.0.0/16", "weight": 0.5}))
+    store.record_change(lease, "vpc", Change("create", "subnet", "a", record={"az": "us-east-1a", "tags": ("x",)}))
+    store.record_change(lease, "vpc", Change("delete", "subnet", "a"))
+    assert store.steps()["vpc"]["status"] == "applying"
+
+    store.finish_step(lease, "vpc", status="ok", desired_hash="h1",
+                      outputs={"vpc_id": "vpc-1", "ratio": 1.5, "count": 3}, changes=3)
+
+    record = StateStore(aws, make_manifest()).steps()["vpc"]
+    assert record["status"] == "ok"
+    assert record["desired_hash"] == "h1"
+    assert record["outputs"] == {"vpc_id": "vpc-1", "ratio": 1.5, "count": 3}
+    assert type(record["outputs"]["count"]) is int and type(record["outputs"]["ratio"]) is float
+    assert record["applied"] == {"vpc/main": {"cidr": "10.0.0.0/16", "weight": 0.5}}
+    assert (record["changes"], record["last_run"]) == (3, "run-1")
+    assert "error" not in record and record["updated_at"].startswith("2023-11-14T22:13:20")
+    # Another environment's records are its own.
+    assert StateStore(aws, make_manifest("staging")).steps() == {}
+
+
+def test_record_change_keeps_earlier_records_without_steps_being_read_first(store, lease, aws):
+    store.record_change(lease, "ecr", Change("create", "repo", "api", record={"scan": True}))
+    fresh = StateStore(aws, make_manifest())
+    fresh.record_change(lease, "ecr", Change("create", "repo", "web", record={"scan": False}))
+    assert fresh.steps()["ecr"]["applied"] == {"repo/api": {"scan": True}, "repo/web": {"scan": False}}
+
+
+def test_unchanged_finish_step_writes_nothing(store, lease, aws):
+    store.finish_step(lease, "iam", status="ok", desired_hash="h", outputs={"arn": "a", "n": 1.25}, changes=2)
+    next_run = StateStore(aws, make_manifest())
+    next_run.steps()
+    before = writes(aws)
+    next_run.finish_step(lease, "iam", status="ok", desired_hash="h", outputs={"arn": "a", "n": 1.25}, changes=0)
+    assert writes(aws) == before
+
+    next_run.finish_step(lease, "iam", status="ok", desired_hash="h2", outputs={"arn": "a", "n": 1.25}, changes=0)
+    assert writes(aws) == before + 1
+    assert next_run.steps()["iam"]["desired_hash"] == "h2"
+
+
+def test_failed_step_keeps_its_error_until_it_succeeds(store, lease):
+    store.finish_step(lease, "alb", status="failed", desired_hash="h", outputs={}, changes=0, error="boom")
+    assert store.steps()["alb"]["error"] == "boom"
+    store.finish_step(lease, "alb", status="ok", desired_hash="h", outputs={}, changes=0)
+    assert "error" not in store.steps()["alb"]
+
+
+def test_forget_step_removes_its_record(store, lease):
+    store.finish_step(lease, "efs", status="ok", desired_hash="h", outputs={}, changes=1)
+    store.forget_step(lease, "efs")
+    assert store.steps() == {}
+
+
+def test_runs_are_listed_newest_first_and_expire_after_retention(store, lease, now):
+    for minute, command in enumerate(["apply", "plan-not-really", "destroy"]):
+        now.t = T0 + 60 * minute
+        store.start_run(lease, command, manifest_hash=f"m{minute}")
+        now.t += 7.5
+        store.finish_run(lease, "ok", {"vpc": {"changes": minute, "seconds": 1.5, "status": "ok"}})
+
+    runs = store.runs()
+    assert [run["command"] for run in runs] == ["destroy", "plan-not-really", "apply"]
+    newest = runs[0]
+    assert newest["result"] == "ok" and newest["seconds"] == 7.5 and newest["run_id"] == "run-1"
+    assert newest["summary"] == {"vpc": {"changes": 2, "seconds": 1.5, "status": "ok"}}
+    assert newest["expires_at"] == int(T0 + 120 + 7.5) + 90 * 86400
+    assert len(store.runs(limit=2)) == 2
+
+
+def test_a_registered_secret_never_reaches_a_stored_item(store, lease, aws):
+    secret = "s3cr3t-Pa55word-for-state-test"
+    redactor.register(secret)
+    store.start_run(lease, "apply", manifest_hash="m")
+    store.record_change(lease, "secrets", Change("update", "secret", "db", record={"conn": f"Password={secret}"}))
+    store.finish_step(lease, "secrets", status="failed", desired_hash="h", outputs={"list": [secret]}, changes=1,
+                      error=f"AccessDenied: {secret}")
+    store.finish_run(lease, "failed", {"secrets": {"error": secret}})
+
+    stored = repr(raw_items(aws))
+    assert secret not in stored
+    assert "(sensitive)" in stored
+
+
+def test_floats_are_stored_as_numbers(store, lease, aws):
+    store.finish_step(lease, "ecs", status="ok", desired_hash="h", outputs={"cpu": 0.25}, changes=1)
+    item = next(i for i in raw_items(aws) if i["sk"]["S"] == "step#ecs")
+    assert item["outputs"]["M"]["cpu"] == {"N": str(Decimal("0.25"))}
