@@ -105,6 +105,9 @@ class _Parsed:
             if not isinstance(key_node, yaml.ScalarNode):
                 raise yaml.constructor.ConstructorError(
                     None, None, "a key must be a plain name, not a list or a mapping", key_node.start_mark)
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise yaml.constructor.ConstructorError(
+                    None, None, "merge keys (<<) are not supported; write the fields out", key_node.start_mark)
             key = loader.construct_object(key_node)
             line = _line(key_node)
             if key in first_lines:
@@ -128,7 +131,8 @@ def _read(file: Path) -> _Parsed:
             raise ManifestError([f"{parsed.label}:1: the top level must be a mapping of field names to values"])
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
-        raise ManifestError([f"{parsed.label}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {err.problem}"]) from None
+        where = f"{parsed.label}:{mark.line + 1}:{mark.column + 1}"
+        raise ManifestError([f"{where}: invalid YAML: {err.problem}"]) from None
     finally:
         loader.dispose()
     return parsed
@@ -147,7 +151,7 @@ def _base_file(directory: Path, overlay: _Parsed) -> Path:
     if ("base",) not in overlay.where:
         raise ManifestError([f"{file}: base manifest not found (an overlay may name another with 'base:')"])
     problem = f"{file} not found" if file is not None else "must be a file name"
-    raise ManifestError([_problem(overlay.where[("base",)], ("base",), problem)[1]])
+    raise ManifestError([_format(overlay.where[("base",)], ("base",), problem)])
 
 
 def _forbid_environment(parsed: _Parsed, env: str) -> None:
@@ -192,10 +196,12 @@ def _has(data: Any, path: FieldPath) -> bool:
 
 
 def _pydantic_problem(error: dict, where: dict[FieldPath, Where]) -> Problem:
-    path = error["loc"]
+    path, message = error["loc"], _human(error)
+    if path and path[-1] == "[key]":  # pydantic's marker for a bad mapping key (the key is the part before)
+        path, message = path[:-1], f"the key {message}"
     # A missing field (or any location the data lacks) is reported at its nearest present parent.
     located = next(where[path[:end]] for end in range(len(path), -1, -1) if path[:end] in where)
-    return _problem(located, path, _human(error))
+    return _problem(located, path, message)
 
 
 def _human(error: dict) -> str:
@@ -209,13 +215,17 @@ def _human(error: dict) -> str:
         return f"must be one of {error['ctx']['expected']} (got {value!r})"
     if kind == "value_error":
         return error["msg"].removeprefix("Value error, ")
-    message = error["msg"].removeprefix("Input ")
+    message = "should be a mapping" if kind == "model_type" else error["msg"].removeprefix("Input ")
     if isinstance(value, (str, int, float, bool)) or value is None:
         message += f" (got {value!r})"
     return message
 
 
 def _problem(where: Where, path: FieldPath, message: str) -> Problem:
+    return where, _format(where, path, message)
+
+
+def _format(where: Where, path: FieldPath, message: str) -> str:
     file, line = where
     dotted = ".".join(str(part) for part in path)
-    return where, f"{file}:{line}: {dotted}: {message}" if dotted else f"{file}:{line}: {message}"
+    return f"{file}:{line}: {dotted}: {message}" if dotted else f"{file}:{line}: {message}"

@@ -90,8 +90,9 @@ def run_summary(title: str, results: dict, ledger) -> str:
             lines.append(f"  {'':<{width}}  {result.error}")
     total = ledger.count()
     mutating = ledger.count(mutating=True)
-    state = ledger.count(step="engine")
-    lines.append(f"  API calls: {total} ({mutating} mutating; {state} of them for the state table and lock)")
+    state = ledger.count(step="engine", mutating=True)
+    lines.append(f"  API calls: {total}, {mutating} mutating: {mutating - state} to the platform, "
+                 f"{state} to the state table and lock")
     return "\n".join(lines)
 
 

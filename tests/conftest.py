@@ -20,8 +20,6 @@ FAKE_ENV = {
     "AWS_EC2_METADATA_DISABLED": "true",
     "AWS_CONFIG_FILE": "/dev/null",
     "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-    # moto gap: AWS-managed policies (AmazonECSTaskExecutionRolePolicy) load only when asked.
-    "MOTO_IAM_LOAD_MANAGED_POLICIES": "true",
     # moto gap: requested certificates stay PENDING_VALIDATION for 60 s unless told otherwise.
     "MOTO_ACM_VALIDATION_WAIT": "0",
     # Secrets the default manifests read from the environment.
@@ -62,10 +60,16 @@ def no_waiting(monkeypatch):
 
 
 @pytest.fixture
-def mock(fake_aws_env):
-    """A fresh in-process AWS for one test."""
+def mock(request, fake_aws_env):
+    """A fresh in-process AWS for one test.
+
+    moto gap: AWS-managed policies (AmazonECSTaskExecutionRolePolicy) exist only when loaded,
+    which costs about a second per test; tests that attach one mark themselves
+    `@pytest.mark.managed_policies`.
+    """
     from moto import mock_aws
-    with mock_aws(config={"iam": {"load_aws_managed_policies": True}}):
+    load = request.node.get_closest_marker("managed_policies") is not None
+    with mock_aws(config={"iam": {"load_aws_managed_policies": load}}):
         yield
 
 

@@ -23,6 +23,8 @@ def make_manifest(env: str = "dev", deletion_protection: bool = False):
                                            deletion_protection=deletion_protection))
 
 
+
+
 @pytest.fixture
 def now(monkeypatch):
     """The store's wall clock, held still; tests move it by assigning `now.t`."""

@@ -1,0 +1,175 @@
+"""End to end: the installed `orchestrator` console script against a moto server subprocess,
+used as a platform engineer would use it."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+
+from tests.conftest import FAKE_ENV, MANIFESTS
+
+CLI = str(Path(sys.executable).parent / "orchestrator")
+
+
+@pytest.fixture(scope="module")
+def server():
+    """One moto server for the module, with the settings the sandbox uses; reset per test."""
+    from orchestrator import sandbox
+    port = sandbox.free_port()
+    env = {**os.environ, **FAKE_ENV, **sandbox.EMULATOR_SETTINGS}
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while not sandbox.is_alive({"url": url}):
+        assert time.monotonic() < deadline, "moto server did not start"
+        time.sleep(0.1)
+    yield url
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture
+def endpoint(server):
+    urllib.request.urlopen(urllib.request.Request(f"{server}/moto-api/reset", method="POST")).read()
+    return server
+
+
+def run(endpoint, *args, manifests=MANIFESTS, extra_env=None, timeout=180):
+    env = {**os.environ, **FAKE_ENV, "AWS_ENDPOINT_URL": endpoint, "ORCHESTRATOR_MANIFESTS": str(manifests),
+           **(extra_env or {})}
+    env.pop("CI", None)
+    return subprocess.run([CLI, *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def client(endpoint, service):
+    return boto3.client(service, region_name="us-east-1", endpoint_url=endpoint)
+
+
+def test_validate_names_every_problem_and_calls_no_aws(tmp_path):
+    shutil.copy(MANIFESTS / "gamepulse.yaml", tmp_path)
+    (tmp_path / "dev.yaml").write_text("network:\n  zones: 1\n  cidr: 10.0.0.0/33\n")
+    # A dead endpoint: any AWS call would fail with a connection error instead of the manifest errors.
+    for command in (["validate", "dev"], ["apply", "dev"], ["plan", "dev"]):
+        result = run("http://127.0.0.1:9", *command, manifests=tmp_path)
+        assert result.returncode == 1, result.stderr
+        assert "dev.yaml:2: network.zones:" in result.stderr
+        assert "dev.yaml:3: network.cidr:" in result.stderr
+        assert "Could not connect" not in result.stderr
+
+
+def test_apply_from_nothing_then_unchanged_apply_makes_no_mutating_call(endpoint):
+    first = run(endpoint, "apply", "dev")
+    assert first.returncode == 0, first.stderr[-3000:]
+    ec2 = client(endpoint, "ec2")
+    vpcs = ec2.describe_vpcs(Filters=[{"Name": "tag:orchestrator:env", "Values": ["dev"]}])["Vpcs"]
+    assert [v["CidrBlock"] for v in vpcs] == ["10.20.0.0/16"]
+
+    second = run(endpoint, "apply", "dev")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "API calls:" in second.stdout
+    assert " 0 to the platform," in second.stdout, f"an unchanged apply changed infrastructure: {second.stdout}"
+
+    plan = run(endpoint, "plan", "dev", "--detailed-exitcode")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "No changes" in plan.stdout
+
+
+def test_plan_before_apply_lists_creates_and_exits_2_with_detailed_exitcode(endpoint):
+    result = run(endpoint, "plan", "dev", "--detailed-exitcode")
+    assert result.returncode == 2, result.stderr
+    assert "+ create vpc" in result.stdout
+    as_json = json.loads(run(endpoint, "plan", "dev", "--json").stdout)
+    assert as_json["pending"] > 0
+    assert client(endpoint, "ec2").describe_vpcs(
+        Filters=[{"Name": "tag:orchestrator:env", "Values": ["dev"]}])["Vpcs"] == [], "plan changed AWS"
+    tables = client(endpoint, "dynamodb").list_tables()["TableNames"]
+    assert tables == [], "plan must not create the state table"
+
+
+def test_two_applies_at_once_one_runs_the_other_exits_3(endpoint):
+    env = {**os.environ, **FAKE_ENV, "AWS_ENDPOINT_URL": endpoint, "ORCHESTRATOR_MANIFESTS": str(MANIFESTS)}
+    env.pop("CI", None)
+    # Create the state table first so both runs race for the lock, not for the table.
+    assert run(endpoint, "apply", "dev", "--target", "ecr").returncode == 0
+    procs = [subprocess.Popen([CLI, "apply", "dev"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env) for _ in range(2)]
+    outcomes = sorted((p.wait(180), p.stderr.read()) for p in procs)
+    assert [code for code, _ in outcomes] == [0, 3], outcomes
+    assert "locked" in outcomes[1][1] and "apply" in outcomes[1][1]
+
+
+def test_killed_apply_then_new_apply_converges_without_duplicates(endpoint, tmp_path):
+    shutil.copy(MANIFESTS / "gamepulse.yaml", tmp_path)
+    overlay = yaml.safe_load((MANIFESTS / "dev.yaml").read_text())
+    overlay.setdefault("state", {})["lock_lease_seconds"] = 10
+    (tmp_path / "dev.yaml").write_text(yaml.safe_dump(overlay))
+    env = {**os.environ, **FAKE_ENV, "AWS_ENDPOINT_URL": endpoint, "ORCHESTRATOR_MANIFESTS": str(tmp_path)}
+    env.pop("CI", None)
+    proc = subprocess.Popen([CLI, "apply", "dev"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    # Kill it as soon as it has started creating the network.
+    for line in proc.stdout:
+        if "+ create" in line and "subnet" in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(30)
+    locked = run(endpoint, "apply", "dev", manifests=tmp_path)
+    assert locked.returncode == 3, "the dead run's lock must hold until its lease ends"
+    again = run(endpoint, "apply", "dev", "--lock-timeout", "60", manifests=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    ec2 = client(endpoint, "ec2")
+    mine = [{"Name": "tag:orchestrator:env", "Values": ["dev"]}]
+    assert len(ec2.describe_vpcs()["Vpcs"]) == 2  # ours and the region's default VPC
+    assert len(ec2.describe_vpcs(Filters=mine)["Vpcs"]) == 1
+    nats = [n for n in ec2.describe_nat_gateways()["NatGateways"] if n["State"] != "deleted"]
+    assert len(nats) == 1
+    assert len(ec2.describe_addresses()["Addresses"]) == 1
+
+
+def test_destroy_leaves_nothing_tagged_but_what_holds_data(endpoint):
+    assert run(endpoint, "apply", "dev").returncode == 0
+    result = run(endpoint, "destroy", "dev", "--yes")
+    assert result.returncode == 0, result.stderr[-3000:]
+    tagging = client(endpoint, "resourcegroupstaggingapi")
+    left = tagging.get_resources(TagFilters=[{"Key": "orchestrator:env", "Values": ["dev"]}])
+    kinds = sorted({arn["ResourceARN"].split(":")[2] for arn in left["ResourceTagMappingList"]})
+    # Kept on purpose without --delete-data / --delete-secrets: secrets, the file system, log groups.
+    assert set(kinds) <= {"secretsmanager", "elasticfilesystem", "logs", "s3"}, kinds
+    assert client(endpoint, "ec2").describe_vpcs(
+        Filters=[{"Name": "tag:orchestrator:env", "Values": ["dev"]}])["Vpcs"] == []
+
+
+def test_prod_refuses_destroy_before_any_aws_call():
+    result = run("http://127.0.0.1:9", "destroy", "prod", "--yes")
+    assert result.returncode == 1
+    assert "refuses destroy" in result.stderr
+
+
+def test_status_outputs_graph_unlock_and_schema(endpoint):
+    assert run(endpoint, "apply", "dev", "--target", "vpc").returncode == 0
+    status = run(endpoint, "status", "dev")
+    assert status.returncode == 0 and "vpc" in status.stdout and "not locked" in status.stdout
+    outputs = json.loads(run(endpoint, "outputs", "dev", "--json").stdout)
+    assert outputs["vpc"]["vpc_id"].startswith("vpc-")
+    graph = run(endpoint, "graph", "dev", "--format", "dot").stdout
+    assert '"vpc" -> "alb";' in graph
+    assert run(endpoint, "unlock", "dev", "--force").stdout.strip() == "dev was not locked"
+    schema = json.loads(run(endpoint, "schema").stdout)
+    assert "network" in schema["properties"]
+
+
+def test_unknown_target_is_a_clear_error(endpoint):
+    result = run(endpoint, "apply", "dev", "--target", "nope")
+    assert result.returncode == 1
+    assert "unknown step(s) in --target: nope" in result.stderr

@@ -1,0 +1,184 @@
+"""The environment lock: conditional acquire, polling, takeover of a dead holder's lease, fencing,
+heartbeat, release and `unlock --force` (moto in-process, the clock moved by hand)."""
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import threading
+
+import pytest
+
+from orchestrator import waiters
+from orchestrator.errors import LockHeld, LockLost
+from orchestrator.model import Change
+from orchestrator.state import StateStore
+from tests.test_state import T0, make_manifest, now, store  # noqa: F401  (shared fixtures)
+
+LEASE = 60  # make_manifest's lock_lease_seconds
+
+
+def second_run(aws) -> StateStore:
+    """Another process's store for the same environment."""
+    return StateStore(aws, make_manifest())
+
+
+def test_second_acquire_is_refused_naming_the_holder_and_its_age(store, aws, now):
+    store.acquire("run-a", "apply")
+    now.t = T0 + 12
+
+    with pytest.raises(LockHeld) as raised:
+        second_run(aws).acquire("run-b", "destroy")
+
+    message = str(raised.value)
+    assert raised.value.exit_code == 3
+    assert "run run-a" in message
+    assert f"{getpass.getuser()}@{socket.gethostname()}" in message
+    assert f"pid {os.getpid()}" in message and "'apply'" in message
+    assert "acquired 12s ago" in message and "expires in 48s" in message
+    assert "orchestrator unlock dev --force" in message
+
+
+def test_locks_of_other_environments_are_independent(store, aws):
+    store.acquire("run-a", "apply")
+    assert StateStore(aws, make_manifest("staging")).acquire("run-b", "apply").fence == 1
+
+
+def test_waiting_acquire_polls_until_the_holder_releases(store, aws, monkeypatch):
+    first = store.acquire("run-a", "apply")
+    slept = []
+
+    def holder_finishes(seconds):
+        slept.append(seconds)
+        first.release()
+
+    monkeypatch.setattr(waiters, "sleep", holder_finishes)
+    lease = second_run(aws).acquire("run-b", "apply", wait_seconds=30)
+
+    assert lease.run_id == "run-b"
+    assert slept == [2.0]
+    assert store.lock_holder()["run_id"] == "run-b"
+
+
+def test_waiting_acquire_gives_up_after_wait_seconds(store, aws, monkeypatch):
+    store.acquire("run-a", "apply")
+    slept = []
+    monkeypatch.setattr(waiters, "sleep", slept.append)
+
+    with pytest.raises(LockHeld):
+        second_run(aws).acquire("run-b", "apply", wait_seconds=5)
+    assert slept == [2.0, 2.0, 1.0]
+
+
+def test_dead_holder_is_taken_over_and_its_late_writes_change_nothing(store, aws, now):
+    old = store.acquire("run-a", "apply")
+    store.finish_step(old, "vpc", status="ok", desired_hash="h1", outputs={"vpc_id": "vpc-1"}, changes=1)
+    now.t = T0 + LEASE + 1  # run-a died: no heartbeat
+
+    newer_store = second_run(aws)
+    new = newer_store.acquire("run-b", "apply")
+    assert new.fence == old.fence + 1
+    newer_store.finish_step(new, "vpc", status="ok", desired_hash="h2", outputs={"vpc_id": "vpc-2"}, changes=1)
+    record = newer_store.steps()["vpc"]
+
+    with pytest.raises(LockLost, match="taken over by run run-b; stopping without writing"):
+        store.record_change(old, "vpc", Change("create", "subnet", "a", record={"az": "x"}))
+    assert old.lost
+    with pytest.raises(LockLost):
+        store.finish_step(old, "vpc", status="failed", desired_hash="h1", outputs={}, changes=0, error="late")
+    assert second_run(aws).steps()["vpc"] == record
+    assert old.renew() is False
+
+
+def test_lease_is_lost_when_the_same_run_id_takes_over_with_a_newer_fence(store, aws, now):
+    """The fence, not only the run id, decides: a restarted run reusing its id still fences out
+    its earlier incarnation."""
+    old = store.acquire("run-a", "apply")
+    now.t = T0 + LEASE + 1
+    new = second_run(aws).acquire("run-a", "apply")
+
+    with pytest.raises(LockLost):
+        store.start_run(old, "apply", manifest_hash="m")
+    assert second_run(aws).runs() == []
+    second_run(aws).start_run(new, "apply", manifest_hash="m")
+
+
+def test_heartbeat_extends_the_lease(store, aws, now):
+    lease = store.acquire("run-a", "apply")
+    now.t = T0 + 40
+    assert lease.renew() is True
+    assert store.lock_holder()["expires_at"] == T0 + 40 + LEASE
+
+    now.t = T0 + LEASE + 5  # past the first expiry, inside the renewed one
+    with pytest.raises(LockHeld):
+        second_run(aws).acquire("run-b", "apply")
+
+
+def test_heartbeat_thread_starts_and_stops(store):
+    lease = store.acquire("run-a", "apply")
+    lease.start_heartbeat()
+    lease.stop_heartbeat()
+    assert not lease._thread.is_alive()
+    assert not lease.lost
+
+
+def test_release_deletes_only_our_own_lock(store, aws, now):
+    old = store.acquire("run-a", "apply")
+    now.t = T0 + LEASE + 1
+    new = second_run(aws).acquire("run-b", "apply")
+
+    old.release()
+    assert store.lock_holder()["run_id"] == "run-b"
+    new.release()
+    assert store.lock_holder() is None
+    new.release()  # already gone: no error
+
+
+def test_break_lock_returns_the_holder_and_fences_it_out(store, aws):
+    lease = store.acquire("run-a", "apply")
+
+    holder = second_run(aws).break_lock()
+
+    assert (holder["run_id"], holder["command"], holder["fence"]) == ("run-a", "apply", 1)
+    assert store.lock_holder() is None
+    assert second_run(aws).break_lock() is None
+    with pytest.raises(LockLost, match="broken"):
+        store.finish_step(lease, "iam", status="ok", desired_hash="h", outputs={}, changes=1)
+    assert store.steps() == {}
+
+
+def test_racing_acquires_have_exactly_one_winner(store, aws, monkeypatch):
+    """Acquiring is one conditional write, so two racing runs cannot both pass a check.
+
+    moto runs concurrent in-process requests without DynamoDB's per-item atomicity (unguarded,
+    both racers' conditions can pass before either writes), so each UpdateItem is made atomic
+    here as DynamoDB makes it. A get-then-put acquire would still let both win."""
+    from moto.dynamodb.models import DynamoDBBackend
+    atomic, update_item = threading.Lock(), DynamoDBBackend.update_item
+
+    def atomic_update_item(*args, **kwargs):
+        with atomic:
+            return update_item(*args, **kwargs)
+
+    monkeypatch.setattr(DynamoDBBackend, "update_item", atomic_update_item)
+    for round_ in range(5):
+        start = threading.Barrier(2)
+        outcomes = []
+
+        def race(run_id):
+            contender = second_run(aws)
+            start.wait()
+            try:
+                outcomes.append(contender.acquire(run_id, "apply").run_id)
+            except LockHeld:
+                outcomes.append("held")
+
+        threads = [threading.Thread(target=race, args=(f"run-{round_}-{i}",)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        winners = [outcome for outcome in outcomes if outcome != "held"]
+        assert len(winners) == 1 and outcomes.count("held") == 1
+        assert store.lock_holder()["run_id"] == winners[0]
+        store.break_lock()
