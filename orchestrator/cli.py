@@ -43,6 +43,12 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
+    except Exception as error:  # AWS and network errors outside a step: one clear line, no traceback
+        if not type(error).__module__.startswith(("botocore", "boto3", "urllib3")):
+            raise
+        from orchestrator.engine import describe_error
+        click.echo(f"Error: AWS: {describe_error(error)}", err=True)
+        sys.exit(1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

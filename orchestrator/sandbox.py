@@ -73,7 +73,7 @@ def start(port: int | None = None, timeout: float = 30.0) -> dict:
     home().mkdir(parents=True, exist_ok=True)
     log_file = open(home() / "sandbox.log", "ab")
     env = {**os.environ, **EMULATOR_SETTINGS}
-    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+    process = subprocess.Popen([sys.executable, "-m", "orchestrator.emulator", "-H", "127.0.0.1", "-p", str(port)],
                                stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     record = {"url": f"http://127.0.0.1:{port}", "pid": process.pid, "port": port, "started_at": time.time()}
     deadline = time.monotonic() + timeout

@@ -253,6 +253,7 @@ class BucketSpec(Section):
     expire_days: int | None = Field(None, ge=1, description="expire objects after this; default: logging retention "
                                                             "for buckets that hold logs, never for others")
     holds_logs: bool = False
+    noncurrent_expire_days: int = Field(30, ge=1, description="delete noncurrent object versions after this")
 
 
 class StorageSpec(Section):

@@ -59,6 +59,13 @@ def no_waiting(monkeypatch):
     monkeypatch.setattr(waiters, "sleep", lambda seconds: None)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def emulator_fixes():
+    """The same fixes for moto's gaps that the sandbox applies (orchestrator/emulator.py)."""
+    from orchestrator.emulator import apply_fixes
+    apply_fixes()
+
+
 @pytest.fixture
 def mock(request, fake_aws_env):
     """A fresh in-process AWS for one test.

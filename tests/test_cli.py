@@ -27,7 +27,7 @@ def server():
     from orchestrator import sandbox
     port = sandbox.free_port()
     env = {**os.environ, **FAKE_ENV, **sandbox.EMULATOR_SETTINGS}
-    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+    process = subprocess.Popen([sys.executable, "-m", "orchestrator.emulator", "-H", "127.0.0.1", "-p", str(port)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -39,10 +39,20 @@ def server():
     process.wait(10)
 
 
+@pytest.fixture(scope="module")
+def wire(server):
+    """Every request the command line sends passes this counting proxy on its way to moto."""
+    from tests.wire import CountingProxy
+    proxy = CountingProxy(server)
+    yield proxy
+    proxy.close()
+
+
 @pytest.fixture
-def endpoint(server):
+def endpoint(server, wire):
     urllib.request.urlopen(urllib.request.Request(f"{server}/moto-api/reset", method="POST")).read()
-    return server
+    wire.reset()
+    return wire.url
 
 
 def run(endpoint, *args, manifests=MANIFESTS, extra_env=None, timeout=180):
@@ -68,15 +78,19 @@ def test_validate_names_every_problem_and_calls_no_aws(tmp_path):
         assert "Could not connect" not in result.stderr
 
 
-def test_apply_from_nothing_then_unchanged_apply_makes_no_mutating_call(endpoint):
+def test_apply_from_nothing_then_unchanged_apply_makes_no_mutating_call(endpoint, wire):
     first = run(endpoint, "apply", "dev")
     assert first.returncode == 0, first.stderr[-3000:]
     ec2 = client(endpoint, "ec2")
     vpcs = ec2.describe_vpcs(Filters=[{"Name": "tag:orchestrator:env", "Values": ["dev"]}])["Vpcs"]
     assert [v["CidrBlock"] for v in vpcs] == ["10.20.0.0/16"]
 
+    wire.reset()
     second = run(endpoint, "apply", "dev")
     assert second.returncode == 0, second.stderr[-3000:]
+    # Counted at the wire: only the lock and the run record are written, nothing of the platform.
+    assert wire.count(mutating=True, exclude=("DynamoDB",)) == 0, wire.operations(mutating=True)
+    assert wire.count(mutating=True) <= 4, wire.operations(mutating=True)
     assert "API calls:" in second.stdout
     assert " 0 to the platform," in second.stdout, f"an unchanged apply changed infrastructure: {second.stdout}"
 

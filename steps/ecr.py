@@ -1,0 +1,344 @@
+"""Step `ecr`: the platform's image repositories (scan on push, immutable tags, encryption,
+lifecycle policy), and `resolve_image`, which turns an image tag into the digest to deploy.
+
+Repository names are the manifest's keys (`gamepulse`), so they are shared by every
+environment deployed to one account and region: a repository of that name owned by anyone
+else is an error, never adopted.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from botocore.exceptions import ClientError
+
+from orchestrator import tags as tagging
+from orchestrator.aws import error_code
+from orchestrator.errors import OrchestratorError
+from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step
+
+
+@dataclass(frozen=True)
+class DesiredRepository:
+    name: str
+    scan_on_push: bool
+    tag_mutability: str
+    encryption: str
+    lifecycle_policy: dict
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class EcrDesired:
+    app: str
+    env: str
+    repositories: dict[str, DesiredRepository]
+
+
+@dataclass
+class ObservedRepository:
+    name: str
+    arn: str
+    uri: str
+    scan_on_push: bool
+    tag_mutability: str
+    encryption: str
+    tags: dict[str, str]
+    lifecycle_policy: dict | None = None  # canonical form; None when the repository has none
+    holds_images: bool = False
+
+
+@dataclass
+class EcrFacts:
+    owned: dict[str, ObservedRepository] = field(default_factory=dict)
+    foreign: dict[str, dict[str, str]] = field(default_factory=dict)  # desired name → its owner's tags
+
+
+@dataclass(frozen=True)
+class RepositoryWork:
+    repository: DesiredRepository
+    arn: str = ""
+    scan_on_push: bool = False
+    tag_mutability: bool = False
+    tags_to_set: dict[str, str] = field(default_factory=dict)
+    tags_to_remove: tuple[str, ...] = ()
+    force: bool = False  # replace even though it holds images (only reachable with --delete-data)
+
+
+@dataclass(frozen=True)
+class DeleteWork:
+    force: bool  # delete even though it holds images (only reachable with --delete-data)
+
+
+def lifecycle_policy(expire_untagged_days: int, keep_tagged: int) -> dict:
+    """Expire untagged images after N days; keep only the newest M tagged ones."""
+    return {"rules": [
+        {"rulePriority": 1, "description": f"expire untagged images after {expire_untagged_days} days",
+         "selection": {"tagStatus": "untagged", "countType": "sinceImagePushed", "countUnit": "days",
+                       "countNumber": expire_untagged_days},
+         "action": {"type": "expire"}},
+        {"rulePriority": 2, "description": f"keep the last {keep_tagged} tagged images",
+         # tagStatus "tagged" needs a tagPatternList (or tagPrefixList); "*" selects every tag.
+         "selection": {"tagStatus": "tagged", "tagPatternList": ["*"], "countType": "imageCountMoreThan",
+                       "countNumber": keep_tagged},
+         "action": {"type": "expire"}},
+    ]}
+
+
+def canonical_lifecycle_policy(policy: dict | str) -> dict:
+    """A lifecycle policy in a form two equal policies share: parsed, rules in priority order."""
+    document = json.loads(policy) if isinstance(policy, str) else policy
+    rules = []
+    for rule in document.get("rules", []):
+        selection = {key: sorted(value) if isinstance(value, list) else value
+                     for key, value in rule.get("selection", {}).items()}
+        rules.append({**rule, "selection": selection})
+    return {**document, "rules": sorted(rules, key=lambda rule: rule.get("rulePriority", 0))}
+
+
+def resolve_image(client, repository_name: str, tag: str) -> str:
+    """`URI@sha256:…` of the image `tag` in `repository_name`, for deploying by digest.
+
+    Raises OrchestratorError naming repository and tag when either does not exist.
+    """
+    try:
+        image = client.describe_images(repositoryName=repository_name, imageIds=[{"imageTag": tag}])["imageDetails"][0]
+        repository = client.describe_repositories(repositoryNames=[repository_name])["repositories"][0]
+    except ClientError as err:
+        if error_code(err) == "ImageNotFoundException":
+            raise OrchestratorError(f"image tag {tag!r} does not exist in ECR repository {repository_name!r}; "
+                                    "push it first or name an existing tag in the manifest") from None
+        if error_code(err) == "RepositoryNotFoundException":
+            raise OrchestratorError(f"ECR repository {repository_name!r} does not exist (wanted image tag {tag!r}); "
+                                    "apply the ecr step and push the image first") from None
+        raise
+    return f"{repository['repositoryUri']}@{image['imageDigest']}"
+
+
+class EcrStep(Step):
+    name = "ecr"
+    depends_on = ()
+    description = "ECR repositories: scan on push, immutable tags, encryption, lifecycle policy"
+
+    # -- desired ---------------------------------------------------------------------------
+
+    def desired(self, manifest, inputs) -> EcrDesired:
+        tags = tagging.ownership_tags(manifest.app, manifest.environment, self.name, manifest.tags)
+        repositories = {
+            name: DesiredRepository(name=name, scan_on_push=spec.scan_on_push, tag_mutability=spec.tag_mutability,
+                                    encryption=spec.encryption,
+                                    lifecycle_policy=lifecycle_policy(spec.expire_untagged_days, spec.keep_tagged),
+                                    tags=tags)
+            for name, spec in sorted(manifest.images.repositories.items())}
+        return EcrDesired(app=manifest.app, env=manifest.environment, repositories=repositories)
+
+    # -- observe ---------------------------------------------------------------------------
+
+    def observe(self, ctx, desired: EcrDesired) -> EcrFacts:
+        """One describe for all repositories, then tags, lifecycle policy and "any image?" for ours.
+
+        ECR describes carry no tags and the tagging API is not usable for ECR everywhere, so
+        tags are read per candidate: the desired names, and any repository named after the app
+        (`gamepulse…`), which is how one removed from the manifest is found again.
+        """
+        client = ctx.client("ecr")
+        facts = EcrFacts()
+        pages = client.get_paginator("describe_repositories").paginate()
+        for item in (item for page in pages for item in page["repositories"]):
+            name = item["repositoryName"]
+            if name not in desired.repositories and not name.startswith(desired.app):
+                continue
+            tags = tagging.tag_dict(client.list_tags_for_resource(resourceArn=item["repositoryArn"]).get("tags"))
+            if self._owns(tags, desired):
+                facts.owned[name] = self._observed(client, item, tags, wanted=name in desired.repositories)
+            elif name in desired.repositories:
+                facts.foreign[name] = tags
+        return facts
+
+    def _owns(self, tags: dict[str, str], desired: EcrDesired) -> bool:
+        return tagging.is_owned(tags, desired.app, desired.env) and tags.get(tagging.STEP) == self.name
+
+    @staticmethod
+    def _observed(client, item: dict, tags: dict[str, str], *, wanted: bool) -> ObservedRepository:
+        name = item["repositoryName"]
+        images = client.list_images(repositoryName=name, maxResults=1)["imageIds"]
+        return ObservedRepository(
+            name=name, arn=item["repositoryArn"], uri=item["repositoryUri"],
+            scan_on_push=item.get("imageScanningConfiguration", {}).get("scanOnPush", False),
+            tag_mutability=item.get("imageTagMutability", "MUTABLE"),
+            encryption=item.get("encryptionConfiguration", {}).get("encryptionType", "AES256"), tags=tags,
+            lifecycle_policy=_lifecycle_policy_of(client, name) if wanted else None, holds_images=bool(images))
+
+    # -- plan ------------------------------------------------------------------------------
+
+    def plan(self, desired: EcrDesired, observed: EcrFacts, recorded: dict[str, dict]) -> list[Change]:
+        changes: list[Change] = []
+        for name, repository in desired.repositories.items():
+            if name in observed.foreign:
+                raise OrchestratorError(_foreign_message(name, observed.foreign[name], desired))
+            current = observed.owned.get(name)
+            if current is None:
+                changes.append(_create(repository))
+            elif current.encryption != repository.encryption:
+                changes.append(_replace(repository, current))
+            else:
+                changes += _updates(repository, current)
+        for name, current in sorted(observed.owned.items()):
+            if name not in desired.repositories:
+                changes.append(_delete(current, "no longer in the manifest"))
+        return changes
+
+    # -- apply -----------------------------------------------------------------------------
+
+    def apply(self, ctx, change: Change, observed: EcrFacts) -> None:
+        client = ctx.client("ecr")
+        if change.action == "delete":
+            client.delete_repository(repositoryName=change.name, force=change.payload.force)
+            del observed.owned[change.name]
+            return
+        work: RepositoryWork = change.payload
+        repository = work.repository
+        if change.kind == "lifecycle-policy":
+            _put_lifecycle_policy(client, repository)
+            observed.owned[repository.name].lifecycle_policy = canonical_lifecycle_policy(repository.lifecycle_policy)
+        elif change.action == "update":
+            _apply_settings(client, work)
+            current = observed.owned[repository.name]
+            current.scan_on_push, current.tag_mutability = repository.scan_on_push, repository.tag_mutability
+            current.tags = dict(repository.tags)
+        else:  # create, or replace: the encryption of a repository is fixed at creation
+            if change.action == "replace":
+                client.delete_repository(repositoryName=repository.name, force=work.force)
+            observed.owned[repository.name] = _apply_create(client, repository)
+
+    # -- outputs and destroy ---------------------------------------------------------------
+
+    def outputs(self, desired: EcrDesired, observed: EcrFacts) -> dict:
+        def known(name: str, attribute: str) -> str:
+            return getattr(observed.owned[name], attribute) if name in observed.owned else KNOWN_AFTER_APPLY
+
+        return {"repositories": {name: known(name, "uri") for name in desired.repositories},
+                "repository_arns": {name: known(name, "arn") for name in desired.repositories}}
+
+    def plan_destroy(self, observed: EcrFacts) -> list[Change]:
+        return [_delete(current, "destroy") for _, current in sorted(observed.owned.items())]
+
+
+# -- planning helpers (pure) ---------------------------------------------------------------
+
+
+def _foreign_message(name: str, tags: dict[str, str], desired: EcrDesired) -> str:
+    owner_env, owner_app = tags.get(tagging.ENV), tags.get(tagging.APP)
+    if owner_env or owner_app:
+        owner = f"environment {owner_env!r} of {owner_app!r}"
+    else:
+        owner = "no orchestrator environment (it has no ownership tags)"
+    return (f"ECR repository {name!r} already exists and belongs to {owner}, not to {desired.app}/{desired.env}; "
+            "repository names are shared by every environment in an account and region, so it is neither adopted "
+            "nor changed. Rename the repository in the manifest or deploy to another account or region.")
+
+
+def _create(repository: DesiredRepository) -> Change:
+    diffs = (FieldDiff("scan_on_push", None, repository.scan_on_push),
+             FieldDiff("tag_mutability", None, repository.tag_mutability),
+             FieldDiff("encryption", None, repository.encryption))
+    return Change("create", "repository", repository.name, diffs=diffs,
+                  calls=("ecr:CreateRepository", "ecr:PutLifecyclePolicy"),
+                  payload=RepositoryWork(repository=repository))
+
+
+def _replace(repository: DesiredRepository, current: ObservedRepository) -> Change:
+    note = "the encryption of a repository cannot change after creation: it is deleted and created again"
+    if current.holds_images:
+        note += "; it holds images, which are lost: needs --delete-data"
+    return Change("replace", "repository", repository.name,
+                  diffs=(FieldDiff("encryption", current.encryption, repository.encryption),),
+                  calls=("ecr:DeleteRepository", "ecr:CreateRepository", "ecr:PutLifecyclePolicy"),
+                  payload=RepositoryWork(repository=repository, arn=current.arn, force=current.holds_images),
+                  blocked="delete-data" if current.holds_images else None, note=note)
+
+
+def _updates(repository: DesiredRepository, current: ObservedRepository) -> list[Change]:
+    changes = []
+    work = RepositoryWork(
+        repository=repository, arn=current.arn, scan_on_push=current.scan_on_push != repository.scan_on_push,
+        tag_mutability=current.tag_mutability != repository.tag_mutability,
+        tags_to_set={k: v for k, v in repository.tags.items() if current.tags.get(k) != v},
+        tags_to_remove=tuple(sorted(k for k in current.tags if k not in repository.tags and not k.startswith("aws:"))))
+    diffs = [FieldDiff(name, getattr(current, name), getattr(repository, name))
+             for name in ("scan_on_push", "tag_mutability") if getattr(work, name)]
+    if work.tags_to_set or work.tags_to_remove:
+        diffs.append(FieldDiff("tags", current.tags, repository.tags))
+    if diffs:
+        calls = [call for needed, call in ((work.scan_on_push, "ecr:PutImageScanningConfiguration"),
+                                           (work.tag_mutability, "ecr:PutImageTagMutability"),
+                                           (bool(work.tags_to_set), "ecr:TagResource"),
+                                           (bool(work.tags_to_remove), "ecr:UntagResource")) if needed]
+        changes.append(Change("update", "repository", repository.name, diffs=tuple(diffs), calls=tuple(calls),
+                              payload=work))
+    wanted = canonical_lifecycle_policy(repository.lifecycle_policy)
+    if current.lifecycle_policy != wanted:
+        action = "update" if current.lifecycle_policy else "create"
+        changes.append(_lifecycle_change(action, repository, current.lifecycle_policy))
+    return changes
+
+
+def _lifecycle_change(action: str, repository: DesiredRepository, current: dict | None) -> Change:
+    return Change(action, "lifecycle-policy", repository.name,
+                  diffs=(FieldDiff("policy", current, canonical_lifecycle_policy(repository.lifecycle_policy)),),
+                  calls=("ecr:PutLifecyclePolicy",), payload=RepositoryWork(repository=repository))
+
+
+def _delete(current: ObservedRepository, why: str) -> Change:
+    note = f"{why}; " + ("it holds images, which are lost: needs --delete-data" if current.holds_images
+                         else "it holds no images")
+    return Change("delete", "repository", current.name, calls=("ecr:DeleteRepository",),
+                  payload=DeleteWork(force=current.holds_images),
+                  blocked="delete-data" if current.holds_images else None, note=note)
+
+
+# -- AWS helpers ---------------------------------------------------------------------------
+
+
+def _lifecycle_policy_of(client, name: str) -> dict | None:
+    try:
+        text = client.get_lifecycle_policy(repositoryName=name)["lifecyclePolicyText"]
+    except ClientError as err:
+        if error_code(err) == "LifecyclePolicyNotFoundException":
+            return None
+        raise
+    return canonical_lifecycle_policy(text)
+
+
+def _apply_create(client, repository: DesiredRepository) -> ObservedRepository:
+    item = client.create_repository(
+        repositoryName=repository.name, imageTagMutability=repository.tag_mutability,
+        imageScanningConfiguration={"scanOnPush": repository.scan_on_push},
+        encryptionConfiguration={"encryptionType": repository.encryption},
+        tags=tagging.tag_list(repository.tags))["repository"]
+    _put_lifecycle_policy(client, repository)
+    return ObservedRepository(name=repository.name, arn=item["repositoryArn"], uri=item["repositoryUri"],
+                              scan_on_push=repository.scan_on_push, tag_mutability=repository.tag_mutability,
+                              encryption=repository.encryption, tags=dict(repository.tags),
+                              lifecycle_policy=canonical_lifecycle_policy(repository.lifecycle_policy))
+
+
+def _put_lifecycle_policy(client, repository: DesiredRepository) -> None:
+    client.put_lifecycle_policy(repositoryName=repository.name,
+                                lifecyclePolicyText=json.dumps(repository.lifecycle_policy))
+
+
+def _apply_settings(client, work: RepositoryWork) -> None:
+    repository = work.repository
+    if work.scan_on_push:
+        client.put_image_scanning_configuration(repositoryName=repository.name,
+                                                imageScanningConfiguration={"scanOnPush": repository.scan_on_push})
+    if work.tag_mutability:
+        client.put_image_tag_mutability(repositoryName=repository.name, imageTagMutability=repository.tag_mutability)
+    if work.tags_to_set:
+        client.tag_resource(resourceArn=work.arn, tags=tagging.tag_list(work.tags_to_set))
+    if work.tags_to_remove:
+        client.untag_resource(resourceArn=work.arn, tagKeys=list(work.tags_to_remove))
+
+
+STEP = EcrStep

@@ -1,0 +1,693 @@
+"""Step `efs`: one encrypted EFS file system for Prometheus and Grafana data, a mount target in
+each private subnet (the efs security group), and an access point per service.
+
+Finding what is ours. The create call carries the tags and a `CreationToken` derived from app,
+env and step. `observe` lists the file systems once: the one with that token is the platform's
+(the token is reserved for this environment, so it is ours even if its tags were removed, and
+the plan puts them back); any other with our ownership tags is left over and only deleted with
+the `delete-data` flag. A create whose answer was lost is retried by the same token, and
+`FileSystemAlreadyExists` leads back to the file system. Access points are found by their `Name`
+tag, since `ClientToken` is not honoured everywhere (MOTO-NOTES: EFS).
+
+Data. The file system holds the services' data: apply and destroy delete it, with its mount
+targets and access points, only with `delete-data`, and so does a change that AWS can only
+make by replacing it (performance mode, encryption). Access points are immutable: one whose
+settings differ is replaced (the data stays in the file system).
+
+Backups. `put_backup_policy` is called only when the manifest asks for backups, or when the
+last apply enabled them and the manifest no longer does (a three-way compare), so an
+environment without backups never touches that API.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from botocore.exceptions import ClientError
+
+from orchestrator import tags as tagging
+from orchestrator.aws import error_code
+from orchestrator.errors import OrchestratorError
+from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step, diff_fields
+from orchestrator.waiters import WaitFailed
+
+#: Changing these means a new file system, and the data goes with the old one.
+REPLACE_FIELDS = ("performance_mode", "encrypted")
+ENABLED_STATES = ("ENABLED", "ENABLING")
+
+
+@dataclass(frozen=True)
+class FileSystem:
+    name: str  # gamepulse-dev-data
+    performance_mode: str
+    throughput_mode: str
+    encrypted: bool
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class MountTarget:
+    zone: str
+    subnet_id: str
+    security_group_id: str
+
+
+@dataclass(frozen=True)
+class AccessPoint:
+    key: str  # the manifest's name: prometheus
+    name: str  # gamepulse-dev-prometheus (its Name tag)
+    path: str
+    uid: int
+    gid: int
+    permissions: str
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class EfsDesired:
+    prefix: str
+    file_system: FileSystem
+    transition_to_ia: str | None
+    backups: bool
+    mount_targets: tuple[MountTarget, ...]
+    access_points: tuple[AccessPoint, ...]
+
+
+@dataclass
+class ObservedMountTarget:
+    id: str
+    zone: str
+    subnet_id: str
+    security_groups: tuple[str, ...] = ()
+
+
+@dataclass
+class ObservedAccessPoint:
+    id: str
+    arn: str
+    name: str
+    path: str
+    uid: int
+    gid: int
+    permissions: str
+    tags: dict[str, str]
+
+
+@dataclass
+class ObservedFileSystem:
+    id: str
+    arn: str
+    name: str
+    performance_mode: str
+    throughput_mode: str
+    encrypted: bool
+    tags: dict[str, str]
+    mount_targets: dict[str, ObservedMountTarget] = field(default_factory=dict)  # zone → mount target
+    access_points: list[ObservedAccessPoint] = field(default_factory=list)  # ours only
+    transition_to_ia: str | None = None
+    backups: str | None = None  # read only when the manifest asks for backups
+
+
+@dataclass
+class EfsFacts:
+    file_systems: dict[str, ObservedFileSystem] = field(default_factory=dict)  # id → ours
+    current: str | None = None  # id of the platform's file system
+
+    def current_fs(self) -> ObservedFileSystem | None:
+        return self.file_systems.get(self.current) if self.current else None
+
+
+# -- desired ----------------------------------------------------------------------------------
+
+
+def upstream_network(manifest, inputs) -> tuple[list[str], list[str], str]:
+    """(zones, private subnet ids, efs security group id) from the vpc step, each value
+    KNOWN_AFTER_APPLY while the network is only planned."""
+    zones = inputs.output("vpc", "zones")
+    if zones == KNOWN_AFTER_APPLY:
+        zones = manifest.network.zone_names(manifest.region)
+    subnets = inputs.output("vpc", "private_subnet_ids")
+    if subnets == KNOWN_AFTER_APPLY:
+        subnets = [KNOWN_AFTER_APPLY] * len(zones)
+    groups = inputs.output("vpc", "security_groups")
+    group = manifest.efs.security_group
+    if groups == KNOWN_AFTER_APPLY:
+        return list(zones), list(subnets), KNOWN_AFTER_APPLY
+    if group not in groups:
+        raise OrchestratorError(f"efs: security group {group!r} is not among the vpc step's security groups "
+                                f"({', '.join(sorted(groups))})")
+    return list(zones), list(subnets), groups[group]
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def is_ours(tags: dict[str, str], app: str, env: str) -> bool:
+    return tagging.is_owned(tags, app, env) and tags.get(tagging.STEP) == EfsStep.name
+
+
+def normalized_tags(items) -> dict[str, str]:
+    """Tags as a dict without AWS's own `aws:` tags, which nobody can set or remove."""
+    return {k: v for k, v in tagging.tag_dict(items).items() if not k.startswith("aws:")}
+
+
+def read_file_systems(efs) -> list[dict]:
+    items = []
+    for page in efs.get_paginator("describe_file_systems").paginate():
+        items += page["FileSystems"]
+    return sorted(items, key=lambda item: item["CreationTime"])
+
+
+def read_mount_targets(efs, fs_id: str) -> dict[str, ObservedMountTarget]:
+    found = {}
+    for page in efs.get_paginator("describe_mount_targets").paginate(FileSystemId=fs_id):
+        for item in page["MountTargets"]:
+            if item["LifeCycleState"] not in ("deleting", "deleted"):
+                found[item["AvailabilityZoneName"]] = ObservedMountTarget(
+                    id=item["MountTargetId"], zone=item["AvailabilityZoneName"], subnet_id=item["SubnetId"])
+    return found
+
+
+def read_access_points(efs, fs_id: str, app: str, env: str) -> list[ObservedAccessPoint]:
+    found = []
+    for page in efs.get_paginator("describe_access_points").paginate(FileSystemId=fs_id):
+        for item in page["AccessPoints"]:
+            tags = normalized_tags(item.get("Tags"))
+            if not is_ours(tags, app, env) or item["LifeCycleState"] in ("deleting", "deleted"):
+                continue
+            root = item.get("RootDirectory", {})
+            info = root.get("CreationInfo", {})
+            posix = item.get("PosixUser", {})
+            found.append(ObservedAccessPoint(
+                id=item["AccessPointId"], arn=item["AccessPointArn"], name=tags.get("Name", ""),
+                path=root.get("Path", "/"), uid=posix.get("Uid"), gid=posix.get("Gid"),
+                permissions=info.get("Permissions"), tags=tags))
+    return found
+
+
+def read_backup_status(efs, fs_id: str) -> str:
+    try:
+        return efs.describe_backup_policy(FileSystemId=fs_id)["BackupPolicy"]["Status"]
+    except ClientError as error:
+        if error_code(error) == "PolicyNotFound":
+            return "DISABLED"
+        raise
+
+
+def observed_file_system(item: dict) -> ObservedFileSystem:
+    tags = normalized_tags(item.get("Tags"))
+    return ObservedFileSystem(id=item["FileSystemId"], arn=item["FileSystemArn"], name=tags.get("Name", ""),
+                              performance_mode=item["PerformanceMode"], throughput_mode=item["ThroughputMode"],
+                              encrypted=item["Encrypted"], tags=tags)
+
+
+# -- waiting ----------------------------------------------------------------------------------
+
+
+def wait_available(ctx, what: str, describe) -> None:
+    """Poll `describe()` (the resource's description) until it is available."""
+    def check() -> tuple[bool, str]:
+        state = describe()["LifeCycleState"]
+        if state == "error":
+            raise WaitFailed(f"{what} failed: AWS reports state 'error'")
+        return state == "available", state
+
+    ctx.wait(what, check)
+
+
+def wait_gone(ctx, what: str, describe, missing: str) -> None:
+    """Poll `describe()` until AWS answers `missing` or reports the resource deleted."""
+    def check() -> tuple[bool, str]:
+        try:
+            state = describe()["LifeCycleState"]
+        except ClientError as error:
+            if error_code(error) == missing:
+                return True, "deleted"
+            raise
+        return state == "deleted", state
+
+    ctx.wait(what, check)
+
+
+# -- changing ---------------------------------------------------------------------------------
+
+
+def sync_tags(efs, resource_id: str, current: dict[str, str], wanted: dict[str, str]) -> None:
+    """Make the resource's tags (other than `aws:` ones) exactly `wanted`, with only the calls needed."""
+    missing = {k: v for k, v in wanted.items() if current.get(k) != v}
+    extra = sorted(k for k in current if k not in wanted)
+    if missing:
+        efs.tag_resource(ResourceId=resource_id, Tags=tagging.tag_list(missing))
+    if extra:
+        efs.untag_resource(ResourceId=resource_id, TagKeys=extra)
+
+
+def tag_calls(current: dict[str, str], wanted: dict[str, str]) -> tuple[str, ...]:
+    calls = ()
+    if any(current.get(k) != v for k, v in wanted.items()):
+        calls += ("efs:TagResource",)
+    if any(k not in wanted for k in current):
+        calls += ("efs:UntagResource",)
+    return calls
+
+
+def create_file_system(ctx, efs, desired: FileSystem) -> ObservedFileSystem:
+    token = ctx.token("file-system")
+    try:
+        item = efs.create_file_system(CreationToken=token, PerformanceMode=desired.performance_mode,
+                                      ThroughputMode=desired.throughput_mode, Encrypted=desired.encrypted,
+                                      Tags=tagging.tag_list(desired.tags))
+    except ClientError as error:
+        if error_code(error) != "FileSystemAlreadyExists":
+            raise
+        # Created already (a retry, or its tags were removed since): the token finds it.
+        item = efs.describe_file_systems(CreationToken=token)["FileSystems"][0]
+        sync_tags(efs, item["FileSystemId"], normalized_tags(item.get("Tags")), desired.tags)
+    fs_id = item["FileSystemId"]
+    wait_available(ctx, f"file system {desired.name} ({fs_id})",
+                   lambda: efs.describe_file_systems(FileSystemId=fs_id)["FileSystems"][0])
+    return dataclasses.replace(observed_file_system(item), tags=dict(desired.tags), name=desired.name)
+
+
+def delete_file_system(ctx, efs, fs: ObservedFileSystem) -> None:
+    """Access points, then mount targets (waiting until they are gone), then the file system."""
+    for ap in fs.access_points:
+        delete_access_point(efs, ap.id)
+    for mount_target in fs.mount_targets.values():
+        call_unless_missing(efs.delete_mount_target, "MountTargetNotFound", MountTargetId=mount_target.id)
+    for mount_target in fs.mount_targets.values():
+        wait_mount_target_gone(ctx, efs, mount_target.id, fs.name)
+    call_unless_missing(efs.delete_file_system, "FileSystemNotFound", FileSystemId=fs.id)
+    wait_gone(ctx, f"deletion of file system {fs.name} ({fs.id})",
+              lambda: efs.describe_file_systems(FileSystemId=fs.id)["FileSystems"][0], "FileSystemNotFound")
+
+
+def call_unless_missing(call, missing: str, **kwargs) -> None:
+    """A delete that is done already (a re-run after a crash) is not an error."""
+    try:
+        call(**kwargs)
+    except ClientError as error:
+        if error_code(error) != missing:
+            raise
+
+
+def delete_access_point(efs, ap_id: str) -> None:
+    call_unless_missing(efs.delete_access_point, "AccessPointNotFound", AccessPointId=ap_id)
+
+
+def wait_mount_target_gone(ctx, efs, mt_id: str, fs_name: str) -> None:
+    wait_gone(ctx, f"deletion of mount target {mt_id} of {fs_name}",
+              lambda: efs.describe_mount_targets(MountTargetId=mt_id)["MountTargets"][0], "MountTargetNotFound")
+
+
+def require_known(mount_target: MountTarget) -> None:
+    if KNOWN_AFTER_APPLY in (mount_target.subnet_id, mount_target.security_group_id):
+        raise OrchestratorError(f"efs: mount target in {mount_target.zone} needs the private subnet and the efs "
+                                "security group from the vpc step, which are not known yet: apply vpc first")
+
+
+def create_mount_target(ctx, efs, fs: ObservedFileSystem, desired: MountTarget) -> None:
+    require_known(desired)
+    item = efs.create_mount_target(FileSystemId=fs.id, SubnetId=desired.subnet_id,
+                                   SecurityGroups=[desired.security_group_id])
+    mt_id = item["MountTargetId"]
+    wait_available(ctx, f"mount target {mt_id} of {fs.name} in {desired.zone}",
+                   lambda: efs.describe_mount_targets(MountTargetId=mt_id)["MountTargets"][0])
+    fs.mount_targets[desired.zone] = ObservedMountTarget(id=mt_id, zone=desired.zone, subnet_id=desired.subnet_id,
+                                                         security_groups=(desired.security_group_id,))
+
+
+def create_access_point(ctx, efs, fs: ObservedFileSystem, desired: AccessPoint) -> None:
+    # The token changes with the settings and the file system: a replacement is a new create.
+    token = ctx.token(f"access-point/{desired.key}", salt=f"{fs.id} {settings_text(desired)}")
+    item = efs.create_access_point(
+        ClientToken=token, Tags=tagging.tag_list(desired.tags), FileSystemId=fs.id,
+        PosixUser={"Uid": desired.uid, "Gid": desired.gid},
+        RootDirectory={"Path": desired.path, "CreationInfo": {"OwnerUid": desired.uid, "OwnerGid": desired.gid,
+                                                              "Permissions": desired.permissions}})
+    ap_id = item["AccessPointId"]
+    wait_available(ctx, f"access point {desired.name} ({ap_id})",
+                   lambda: efs.describe_access_points(AccessPointId=ap_id)["AccessPoints"][0])
+    fs.access_points.append(ObservedAccessPoint(
+        id=ap_id, arn=item["AccessPointArn"], name=desired.name, path=desired.path, uid=desired.uid,
+        gid=desired.gid, permissions=desired.permissions, tags=dict(desired.tags)))
+
+
+def settings_text(ap: AccessPoint | ObservedAccessPoint) -> str:
+    """An access point's immutable settings in one line, for plans and idempotency tokens."""
+    return f"{ap.path} uid={ap.uid} gid={ap.gid} mode={ap.permissions}"
+
+
+def same_settings(desired: AccessPoint, found: ObservedAccessPoint) -> bool:
+    return (desired.path, desired.uid, desired.gid, desired.permissions) == \
+        (found.path, found.uid, found.gid, found.permissions)
+
+
+# -- the step ---------------------------------------------------------------------------------
+
+
+class EfsStep(Step):
+    name = "efs"
+    depends_on = ("vpc",)
+    description = "EFS file system (encrypted), mount targets in the private subnets, access points"
+
+    def desired(self, manifest, inputs) -> EfsDesired:
+        spec = manifest.efs
+        tags = tagging.ownership_tags(manifest.app, manifest.environment, self.name, manifest.tags)
+        zones, subnets, group = upstream_network(manifest, inputs)
+        fs_name = f"{manifest.prefix}-data"
+        return EfsDesired(
+            prefix=manifest.prefix,
+            file_system=FileSystem(name=fs_name, performance_mode=spec.performance_mode,
+                                   throughput_mode=spec.throughput_mode, encrypted=True,
+                                   tags={**tags, "Name": fs_name}),
+            transition_to_ia=spec.transition_to_ia,
+            backups=spec.backups,
+            mount_targets=tuple(MountTarget(zone=zone, subnet_id=subnet, security_group_id=group)
+                                for zone, subnet in zip(zones, subnets)),
+            access_points=tuple(
+                AccessPoint(key=key, name=f"{manifest.prefix}-{key}", path=ap.path, uid=ap.uid, gid=ap.gid,
+                            permissions=ap.permissions, tags={**tags, "Name": f"{manifest.prefix}-{key}"})
+                for key, ap in sorted(spec.access_points.items())))
+
+    def observe(self, ctx, desired: EfsDesired) -> EfsFacts:
+        efs = ctx.client("efs")
+        token = ctx.token("file-system")
+        facts = EfsFacts()
+        for item in read_file_systems(efs):
+            fs = observed_file_system(item)
+            mine = item["CreationToken"] == token
+            if item["LifeCycleState"] in ("deleting", "deleted") or not (mine or is_ours(fs.tags, ctx.app, ctx.env)):
+                continue
+            fs.mount_targets = read_mount_targets(efs, fs.id)
+            fs.access_points = read_access_points(efs, fs.id, ctx.app, ctx.env)
+            facts.file_systems[fs.id] = fs
+            if mine:
+                facts.current = fs.id
+        current = facts.current_fs()
+        if current is not None:
+            self._observe_settings(efs, current, desired)
+        return facts
+
+    @staticmethod
+    def _observe_settings(efs, fs: ObservedFileSystem, desired: EfsDesired) -> None:
+        """What only the platform's file system needs: mount-target groups, lifecycle, backups."""
+        for mount_target in fs.mount_targets.values():
+            groups = efs.describe_mount_target_security_groups(MountTargetId=mount_target.id)["SecurityGroups"]
+            mount_target.security_groups = tuple(sorted(groups))
+        policies = efs.describe_lifecycle_configuration(FileSystemId=fs.id)["LifecyclePolicies"]
+        fs.transition_to_ia = next((p["TransitionToIA"] for p in policies if "TransitionToIA" in p), None)
+        if desired.backups:
+            fs.backups = read_backup_status(efs, fs.id)
+
+    # -- plan ---------------------------------------------------------------------------------
+
+    def plan(self, desired: EfsDesired, observed: EfsFacts, recorded: dict[str, dict]) -> list[Change]:
+        current = observed.current_fs()
+        if current is None:
+            changes = [self._create_fs(desired.file_system)] + self._new_fs_children(desired, recorded)
+        elif diff_fields(desired.file_system, current, REPLACE_FIELDS):
+            changes = [self._replace_fs(desired.file_system, current)] + [
+                dataclasses.replace(change, blocked="delete-data", note=f"part of replacing file system {current.id}")
+                for change in self._new_fs_children(desired, recorded)]
+        else:
+            changes = (self._update_fs(desired.file_system, current)
+                       + self._lifecycle(desired, current.transition_to_ia)
+                       + self._backups(desired, current.backups, recorded)
+                       + self._mount_targets(desired, current)
+                       + self._access_points(desired, current))
+        leftovers = [fs for fs_id, fs in sorted(observed.file_systems.items()) if fs_id != observed.current]
+        return changes + [self._delete_fs(fs, leftover=True) for fs in leftovers]
+
+    def _new_fs_children(self, desired: EfsDesired, recorded: dict[str, dict]) -> list[Change]:
+        """What a new file system needs after its create."""
+        return (self._lifecycle(desired, None) + self._backups(desired, None, recorded)
+                + [self._create_mount_target(mt) for mt in desired.mount_targets]
+                + [self._create_access_point(ap) for ap in desired.access_points])
+
+    @staticmethod
+    def _create_fs(fs: FileSystem) -> Change:
+        diffs = tuple(FieldDiff(name, None, getattr(fs, name))
+                      for name in ("performance_mode", "throughput_mode", "encrypted"))
+        return Change("create", "file-system", fs.name, diffs=diffs, calls=("efs:CreateFileSystem",), payload=fs)
+
+    @staticmethod
+    def _replace_fs(fs: FileSystem, current: ObservedFileSystem) -> Change:
+        return Change("replace", "file-system", fs.name, diffs=diff_fields(fs, current, REPLACE_FIELDS),
+                      calls=("efs:DeleteAccessPoint", "efs:DeleteMountTarget", "efs:DeleteFileSystem",
+                             "efs:CreateFileSystem"),
+                      payload=(fs, current), blocked="delete-data",
+                      note=f"file system {current.id}: {', '.join(REPLACE_FIELDS)} cannot change in place; "
+                           "replacing it deletes its data (pass --delete-data to allow)")
+
+    @staticmethod
+    def _update_fs(fs: FileSystem, current: ObservedFileSystem) -> list[Change]:
+        diffs = diff_fields(fs, current, ("throughput_mode", "tags"))
+        if not diffs:
+            return []
+        calls = ("efs:UpdateFileSystem",) if any(d.field == "throughput_mode" for d in diffs) else ()
+        calls += tag_calls(current.tags, fs.tags)
+        return [Change("update", "file-system", fs.name, diffs=diffs, calls=calls, payload=fs,
+                       note=f"file system {current.id}")]
+
+    @staticmethod
+    def _lifecycle(desired: EfsDesired, current: str | None) -> list[Change]:
+        if desired.transition_to_ia == current:
+            return []
+        return [Change("update", "lifecycle", desired.file_system.name,
+                       diffs=(FieldDiff("transition_to_ia", current, desired.transition_to_ia),),
+                       calls=("efs:PutLifecycleConfiguration",), payload=desired.transition_to_ia)]
+
+    @staticmethod
+    def _backups(desired: EfsDesired, current: str | None, recorded: dict[str, dict]) -> list[Change]:
+        """Backups on: compared with what AWS reads back. Off: compared with the last apply, so
+        that an environment that never had backups never calls the backup API."""
+        name = desired.file_system.name
+        if desired.backups:
+            if current in ENABLED_STATES:
+                return []
+            old, status = current or "DISABLED", "ENABLED"
+        elif recorded.get(f"backup-policy/{name}", {}).get("enabled"):
+            old, status = "ENABLED", "DISABLED"
+        else:
+            return []
+        return [Change("update", "backup-policy", name, diffs=(FieldDiff("backups", old, status),),
+                       calls=("efs:PutBackupPolicy",), payload=status, record={"enabled": status == "ENABLED"})]
+
+    @staticmethod
+    def _create_mount_target(mt: MountTarget) -> Change:
+        return Change("create", "mount-target", mt.zone,
+                      diffs=(FieldDiff("subnet_id", None, mt.subnet_id),
+                             FieldDiff("security_groups", None, [mt.security_group_id])),
+                      calls=("efs:CreateMountTarget",), payload=mt)
+
+    def _mount_targets(self, desired: EfsDesired, fs: ObservedFileSystem) -> list[Change]:
+        wanted = {mt.zone for mt in desired.mount_targets}
+        changes = [Change("delete", "mount-target", zone, calls=("efs:DeleteMountTarget",), payload=found,
+                          note=f"mount target {found.id}: its zone is no longer one of the network's")
+                   for zone, found in sorted(fs.mount_targets.items()) if zone not in wanted]
+        for mt in desired.mount_targets:
+            found = fs.mount_targets.get(mt.zone)
+            if found is None:
+                changes.append(self._create_mount_target(mt))
+            elif found.subnet_id != mt.subnet_id:
+                changes.append(Change("replace", "mount-target", mt.zone,
+                                      diffs=(FieldDiff("subnet_id", found.subnet_id, mt.subnet_id),),
+                                      calls=("efs:DeleteMountTarget", "efs:CreateMountTarget"),
+                                      payload=(mt, found), note=f"mount target {found.id}: the subnet cannot change"))
+            elif found.security_groups != (mt.security_group_id,):
+                changes.append(Change("update", "mount-target", mt.zone,
+                                      diffs=(FieldDiff("security_groups", list(found.security_groups),
+                                                       [mt.security_group_id]),),
+                                      calls=("efs:ModifyMountTargetSecurityGroups",), payload=(mt, found),
+                                      note=f"mount target {found.id}"))
+        return changes
+
+    @staticmethod
+    def _create_access_point(ap: AccessPoint) -> Change:
+        return Change("create", "access-point", ap.key, diffs=(FieldDiff("settings", None, settings_text(ap)),),
+                      calls=("efs:CreateAccessPoint",), payload=ap)
+
+    def _access_points(self, desired: EfsDesired, fs: ObservedFileSystem) -> list[Change]:
+        """Match by Name tag; keep one with the right settings, replace otherwise, delete the rest
+        (duplicates a lost create answer left behind, and access points the manifest dropped)."""
+        by_name: dict[str, list[ObservedAccessPoint]] = {}
+        for found in fs.access_points:
+            by_name.setdefault(found.name, []).append(found)
+        changes = []
+        for ap in desired.access_points:
+            candidates = by_name.pop(ap.name, [])
+            keep = next((found for found in candidates if same_settings(ap, found)), None)
+            if keep is None and candidates:
+                old = candidates[0]
+                changes.append(Change(
+                    "replace", "access-point", ap.key,
+                    diffs=(FieldDiff("settings", settings_text(old), settings_text(ap)),),
+                    calls=("efs:CreateAccessPoint", "efs:DeleteAccessPoint"), payload=(ap, old),
+                    note=f"access point {old.id}: access points cannot change, so a new one replaces it"))
+                keep = old
+            elif keep is None:
+                changes.append(self._create_access_point(ap))
+            elif keep.tags != ap.tags:
+                changes.append(Change("update", "access-point", ap.key, diffs=diff_fields(ap, keep, ("tags",)),
+                                      calls=tag_calls(keep.tags, ap.tags), payload=(ap, keep),
+                                      note=f"access point {keep.id}"))
+            changes += [self._delete_access_point(found, ap.key, "a duplicate")
+                        for found in candidates if found is not keep]
+        for name, leftovers in sorted(by_name.items()):
+            key = name.removeprefix(f"{desired.prefix}-")
+            changes += [self._delete_access_point(found, key, "no longer in the manifest") for found in leftovers]
+        return changes
+
+    @staticmethod
+    def _delete_access_point(found: ObservedAccessPoint, key: str, why: str) -> Change:
+        return Change("delete", "access-point", key, calls=("efs:DeleteAccessPoint",), payload=found,
+                      note=f"access point {found.id} is {why}; the files stay in the file system")
+
+    @staticmethod
+    def _delete_fs(fs: ObservedFileSystem, leftover: bool = False) -> Change:
+        why = "is not the platform's file system any more; " if leftover else ""
+        return Change("delete", "file-system", fs.name or fs.id,
+                      calls=("efs:DeleteAccessPoint", "efs:DeleteMountTarget", "efs:DeleteFileSystem"),
+                      payload=fs, blocked="delete-data",
+                      note=f"file system {fs.id} {why}with {len(fs.mount_targets)} mount target(s) and "
+                           f"{len(fs.access_points)} access point(s); deleting it deletes its data "
+                           "(pass --delete-data to allow)")
+
+    # -- apply --------------------------------------------------------------------------------
+
+    def apply(self, ctx, change: Change, observed: EfsFacts) -> None:
+        efs = ctx.client("efs")
+        handler = {
+            ("create", "file-system"): self._apply_create_fs,
+            ("replace", "file-system"): self._apply_replace_fs,
+            ("update", "file-system"): self._apply_update_fs,
+            ("delete", "file-system"): self._apply_delete_fs,
+            ("update", "lifecycle"): self._apply_lifecycle,
+            ("update", "backup-policy"): self._apply_backups,
+            ("create", "mount-target"): self._apply_create_mount_target,
+            ("replace", "mount-target"): self._apply_replace_mount_target,
+            ("update", "mount-target"): self._apply_mount_target_groups,
+            ("delete", "mount-target"): self._apply_delete_mount_target,
+            ("create", "access-point"): self._apply_create_access_point,
+            ("replace", "access-point"): self._apply_replace_access_point,
+            ("update", "access-point"): self._apply_access_point_tags,
+            ("delete", "access-point"): self._apply_delete_access_point,
+        }[(change.action, change.kind)]
+        handler(ctx, efs, change.payload, observed)
+
+    @staticmethod
+    def _apply_create_fs(ctx, efs, fs: FileSystem, observed: EfsFacts) -> None:
+        created = create_file_system(ctx, efs, fs)
+        observed.file_systems[created.id] = created
+        observed.current = created.id
+
+    @staticmethod
+    def _apply_replace_fs(ctx, efs, payload, observed: EfsFacts) -> None:
+        fs, old = payload
+        delete_file_system(ctx, efs, old)
+        del observed.file_systems[old.id]
+        EfsStep._apply_create_fs(ctx, efs, fs, observed)
+
+    @staticmethod
+    def _apply_update_fs(ctx, efs, fs: FileSystem, observed: EfsFacts) -> None:
+        current = observed.current_fs()
+        if current.throughput_mode != fs.throughput_mode:
+            efs.update_file_system(FileSystemId=current.id, ThroughputMode=fs.throughput_mode)
+            wait_available(ctx, f"file system {fs.name} ({current.id})",
+                           lambda: efs.describe_file_systems(FileSystemId=current.id)["FileSystems"][0])
+            current.throughput_mode = fs.throughput_mode
+        sync_tags(efs, current.id, current.tags, fs.tags)
+        current.tags = dict(fs.tags)
+
+    @staticmethod
+    def _apply_delete_fs(ctx, efs, fs: ObservedFileSystem, observed: EfsFacts) -> None:
+        delete_file_system(ctx, efs, fs)
+        observed.file_systems.pop(fs.id, None)
+        if observed.current == fs.id:
+            observed.current = None
+
+    @staticmethod
+    def _apply_lifecycle(ctx, efs, transition: str | None, observed: EfsFacts) -> None:
+        current = observed.current_fs()
+        policies = [{"TransitionToIA": transition}] if transition else []
+        efs.put_lifecycle_configuration(FileSystemId=current.id, LifecyclePolicies=policies)
+        current.transition_to_ia = transition
+
+    @staticmethod
+    def _apply_backups(ctx, efs, status: str, observed: EfsFacts) -> None:
+        current = observed.current_fs()
+        efs.put_backup_policy(FileSystemId=current.id, BackupPolicy={"Status": status})
+        current.backups = status
+
+    @staticmethod
+    def _apply_create_mount_target(ctx, efs, mt: MountTarget, observed: EfsFacts) -> None:
+        create_mount_target(ctx, efs, observed.current_fs(), mt)
+
+    @staticmethod
+    def _apply_replace_mount_target(ctx, efs, payload, observed: EfsFacts) -> None:
+        mt, old = payload
+        require_known(mt)
+        EfsStep._apply_delete_mount_target(ctx, efs, old, observed)
+        create_mount_target(ctx, efs, observed.current_fs(), mt)
+
+    @staticmethod
+    def _apply_mount_target_groups(ctx, efs, payload, observed: EfsFacts) -> None:
+        mt, found = payload
+        require_known(mt)
+        efs.modify_mount_target_security_groups(MountTargetId=found.id, SecurityGroups=[mt.security_group_id])
+        found.security_groups = (mt.security_group_id,)
+
+    @staticmethod
+    def _apply_delete_mount_target(ctx, efs, found: ObservedMountTarget, observed: EfsFacts) -> None:
+        fs = observed.current_fs()
+        call_unless_missing(efs.delete_mount_target, "MountTargetNotFound", MountTargetId=found.id)
+        wait_mount_target_gone(ctx, efs, found.id, fs.name)
+        fs.mount_targets.pop(found.zone, None)
+
+    @staticmethod
+    def _apply_create_access_point(ctx, efs, ap: AccessPoint, observed: EfsFacts) -> None:
+        create_access_point(ctx, efs, observed.current_fs(), ap)
+
+    @staticmethod
+    def _apply_replace_access_point(ctx, efs, payload, observed: EfsFacts) -> None:
+        """The new one first, so that a crash in between leaves a usable access point."""
+        ap, old = payload
+        create_access_point(ctx, efs, observed.current_fs(), ap)
+        EfsStep._apply_delete_access_point(ctx, efs, old, observed)
+
+    @staticmethod
+    def _apply_access_point_tags(ctx, efs, payload, observed: EfsFacts) -> None:
+        ap, found = payload
+        sync_tags(efs, found.id, found.tags, ap.tags)
+        found.tags = dict(ap.tags)
+
+    @staticmethod
+    def _apply_delete_access_point(ctx, efs, found: ObservedAccessPoint, observed: EfsFacts) -> None:
+        delete_access_point(efs, found.id)
+        fs = observed.current_fs()
+        fs.access_points = [ap for ap in fs.access_points if ap.id != found.id]
+
+    # -- outputs and destroy --------------------------------------------------------------------
+
+    def outputs(self, desired: EfsDesired, observed: EfsFacts) -> dict:
+        fs = observed.current_fs()
+        access_points = {}
+        for ap in desired.access_points:
+            found = next((f for f in fs.access_points if f.name == ap.name and same_settings(ap, f)), None) \
+                if fs else None
+            access_points[ap.key] = found
+        return {
+            "file_system_id": fs.id if fs else KNOWN_AFTER_APPLY,
+            "file_system_arn": fs.arn if fs else KNOWN_AFTER_APPLY,
+            "access_points": {key: f.id if f else KNOWN_AFTER_APPLY for key, f in access_points.items()},
+            "access_point_arns": {key: f.arn if f else KNOWN_AFTER_APPLY for key, f in access_points.items()},
+        }
+
+    def plan_destroy(self, observed: EfsFacts) -> list[Change]:
+        """Every file system of ours goes only with `delete-data`, its access points and mount
+        targets with it (they stay while the file system stays)."""
+        return [self._delete_fs(fs) for _, fs in sorted(observed.file_systems.items())]
+
+
+STEP = EfsStep

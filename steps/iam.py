@@ -1,0 +1,436 @@
+"""Step `iam`: the ECS task execution role and one task role per service.
+
+- `APP-ENV-execution`: trusted by ECS tasks; the managed AmazonECSTaskExecutionRolePolicy
+  (pull images, write logs) and an inline policy `read-secrets` that reads exactly the
+  platform's secrets, by ARN.
+- `APP-ENV-task-NAME`: trusted by ECS tasks; an inline policy `grants` built from the task's
+  grants in the manifest, each naming its actions and resources.
+
+Everything on our roles is managed: an inline policy or a managed policy that is not ours is
+removed, a statement added by hand is taken out again. Policy documents are compared by
+meaning (see `normalise_policy`).
+
+A new role takes a few seconds to become usable by other services in real AWS. Nothing here
+waits for that (a role is readable at once, so there is nothing to poll): the services step,
+the first to hand these roles to ECS, must wrap its register/create/update calls in
+`orchestrator.retry.eventually`, retrying on the error ECS gives for a role it cannot assume yet.
+"""
+from __future__ import annotations
+
+import json
+import urllib.parse
+from dataclasses import dataclass, field
+
+from orchestrator import tags as tagging
+from orchestrator.errors import OrchestratorError
+from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step
+
+EXECUTION = "execution"
+SECRETS_POLICY = "read-secrets"
+GRANTS_POLICY = "grants"
+
+
+@dataclass(frozen=True)
+class DesiredRole:
+    key: str  # "execution" or the task role's manifest name
+    name: str  # gamepulse-dev-execution, gamepulse-dev-task-loki
+    description: str
+    trust_policy: dict
+    inline_policies: dict[str, dict]  # policy name → document
+    managed_policies: tuple[str, ...]  # ARNs
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class IamDesired:
+    app: str
+    env: str
+    prefix: str
+    execution_role: str  # the execution role's name
+    roles: dict[str, DesiredRole]  # role name → role
+
+
+@dataclass
+class ObservedRole:
+    name: str
+    arn: str
+    trust_policy: dict  # normalised
+    inline_policies: dict[str, dict]  # policy name → normalised document
+    managed_policies: set[str]  # ARNs
+    tags: dict[str, str]
+
+
+@dataclass
+class IamFacts:
+    owned: dict[str, ObservedRole] = field(default_factory=dict)  # role name → ours
+    foreign: set[str] = field(default_factory=set)  # desired role names that exist without our tags
+
+
+@dataclass(frozen=True)
+class RoleWork:
+    role: DesiredRole
+    trust_policy: bool = False
+    description: bool = False
+    tags_to_set: dict[str, str] = field(default_factory=dict)
+    tags_to_remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PolicyWork:
+    role: str  # role name
+    policy: str  # inline policy name, or managed policy ARN
+    document: dict | None = None  # inline policy to put
+
+
+# -- policy documents (pure) ----------------------------------------------------------------
+
+_LIST_FIELDS = ("Action", "NotAction", "Resource", "NotResource")
+
+
+def normalise_policy(document: dict | str) -> dict:
+    """A policy document in a form two documents of the same meaning share.
+
+    IAM returns documents URL-encoded (boto3 decodes most, not all), and writes a one-item list
+    or a scalar, statements, actions and resources in any order: all the same to IAM.
+    """
+    if isinstance(document, str):
+        text = document if document.lstrip().startswith("{") else urllib.parse.unquote(document)
+        document = json.loads(text)
+    statements = document.get("Statement", [])
+    statements = [statements] if isinstance(statements, dict) else statements
+    normal = [_normalise_statement(statement) for statement in statements]
+    return {"Version": document.get("Version"),
+            "Statement": sorted(normal, key=lambda statement: json.dumps(statement, sort_keys=True))}
+
+
+def _normalise_statement(statement: dict) -> dict:
+    normal = {}
+    for key, value in statement.items():
+        if key in _LIST_FIELDS:
+            normal[key] = _sorted_list(value)
+        elif key in ("Principal", "NotPrincipal") and isinstance(value, dict):
+            normal[key] = {kind: _sorted_list(ids) for kind, ids in value.items()}
+        elif key == "Condition":
+            normal[key] = {operator: {name: _sorted_list(values) for name, values in block.items()}
+                           for operator, block in value.items()}
+        else:
+            normal[key] = value
+    return normal
+
+
+def _sorted_list(value) -> list:
+    return sorted(set(value if isinstance(value, list) else [value]), key=str)
+
+
+def policy(*statements: dict) -> dict:
+    return {"Version": "2012-10-17", "Statement": list(statements)}
+
+
+def allow(sid: str, actions: list[str], resources: list[str] | str, condition: dict | None = None) -> dict:
+    statement = {"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": resources}
+    if condition:
+        statement["Condition"] = condition
+    return statement
+
+
+def ecs_tasks_trust(account_id: str) -> dict:
+    """Only ECS tasks of this account may assume the role (guards against a confused deputy)."""
+    return policy({"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole",
+                   "Condition": {"StringEquals": {"aws:SourceAccount": account_id}}})
+
+
+@dataclass(frozen=True)
+class GrantContext:
+    """What grant statements refer to: bucket names, the cluster, region and account."""
+
+    buckets: dict[str, str]
+    cluster: str
+    region: str
+    account_id: str
+
+    def bucket(self, purpose: str) -> str:
+        return self.buckets.get(purpose, KNOWN_AFTER_APPLY)
+
+    @property
+    def cluster_arn(self) -> str:
+        return f"arn:aws:ecs:{self.region}:{self.account_id}:cluster/{self.cluster}"
+
+
+def _config_read(where: GrantContext) -> list[dict]:
+    config = where.bucket("config")
+    return [allow("ConfigBundleRead", ["s3:GetObject"], f"arn:aws:s3:::{config}/*"),
+            allow("ConfigBundleList", ["s3:ListBucket"], f"arn:aws:s3:::{config}")]
+
+
+def _loki_bucket(where: GrantContext) -> list[dict]:
+    loki = where.bucket("loki-chunks")
+    return [allow("LokiChunksReadWrite", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], f"arn:aws:s3:::{loki}/*"),
+            allow("LokiChunksList", ["s3:ListBucket"], f"arn:aws:s3:::{loki}")]
+
+
+def _cloudwatch_read(where: GrantContext) -> list[dict]:
+    log_groups = f"arn:aws:logs:{where.region}:{where.account_id}:log-group:*"
+    # Resource "*" is required: these metric, alarm and log-query APIs support no resource-level
+    # permissions. The log reads that do are held to this account's log groups in this region.
+    return [allow("CloudWatchRead", ["cloudwatch:DescribeAlarms", "cloudwatch:GetMetricData",
+                                     "cloudwatch:GetMetricStatistics", "cloudwatch:ListMetrics",
+                                     "logs:DescribeLogGroups", "logs:GetQueryResults"], "*"),
+            allow("LogEventsRead", ["logs:FilterLogEvents", "logs:GetLogEvents", "logs:GetLogGroupFields",
+                                    "logs:StartQuery"], log_groups)]
+
+
+def _ecs_describe(where: GrantContext) -> list[dict]:
+    scope = f"arn:aws:ecs:{where.region}:{where.account_id}"
+    # List* accept no resource, but the ecs:cluster condition holds them to our cluster.
+    return [allow("EcsDescribeCluster", ["ecs:DescribeClusters"], where.cluster_arn),
+            allow("EcsDescribeServicesAndTasks", ["ecs:DescribeServices", "ecs:DescribeTasks"],
+                  [f"{scope}:service/{where.cluster}/*", f"{scope}:task/{where.cluster}/*"]),
+            allow("EcsListInCluster", ["ecs:ListServices", "ecs:ListTasks"], "*",
+                  {"ArnEquals": {"ecs:cluster": where.cluster_arn}})]
+
+
+#: The statements each manifest grant (schema.Grant) stands for.
+GRANTS = {"config-read": _config_read, "loki-bucket": _loki_bucket, "cloudwatch-read": _cloudwatch_read,
+          "ecs-describe": _ecs_describe}
+
+
+def _known(values) -> list[str]:
+    """ARNs from an upstream output that may not be known yet (a plan from nothing)."""
+    if not isinstance(values, dict):
+        return [KNOWN_AFTER_APPLY]
+    return sorted(set(values.values()))
+
+
+class IamStep(Step):
+    name = "iam"
+    depends_on = ("secrets", "storage")
+    description = "IAM: the ECS task execution role and one least-privilege task role per service"
+
+    # -- desired ---------------------------------------------------------------------------
+
+    def desired(self, manifest, inputs) -> IamDesired:
+        prefix = manifest.prefix
+        tags = tagging.ownership_tags(manifest.app, manifest.environment, self.name, manifest.tags)
+        trust = ecs_tasks_trust(inputs.account_id)
+        buckets = inputs.output("storage", "buckets")
+        where = GrantContext(buckets=buckets if isinstance(buckets, dict) else {}, cluster=prefix,
+                             region=inputs.region, account_id=inputs.account_id)
+        secret_arns = _known(inputs.output("secrets", "arns"))
+        execution = DesiredRole(
+            key=EXECUTION, name=f"{prefix}-execution", description=f"{prefix}: ECS task execution role",
+            trust_policy=trust,
+            inline_policies={SECRETS_POLICY: policy(allow("ReadPlatformSecrets", ["secretsmanager:GetSecretValue"],
+                                                          secret_arns))} if secret_arns else {},
+            managed_policies=tuple(sorted(manifest.iam.execution_role_managed_policies)), tags=tags)
+        roles = {execution.name: execution}
+        for key, spec in sorted(manifest.iam.task_roles.items()):
+            statements = [s for grant in dict.fromkeys(spec.grants) for s in GRANTS[grant](where)]
+            role = DesiredRole(key=key, name=f"{prefix}-task-{key}", description=f"{prefix}: task role of {key}",
+                               trust_policy=trust,
+                               inline_policies={GRANTS_POLICY: policy(*statements)} if statements else {},
+                               managed_policies=(), tags=tags)
+            roles[role.name] = role
+        return IamDesired(app=manifest.app, env=manifest.environment, prefix=prefix, execution_role=execution.name,
+                          roles=roles)
+
+    # -- observe ---------------------------------------------------------------------------
+
+    def observe(self, ctx, desired: IamDesired) -> IamFacts:
+        """Every role with its trust policy, inline and attached policies and tags, in one
+        (paginated) GetAccountAuthorizationDetails call rather than four calls per role."""
+        client = ctx.client("iam")
+        facts = IamFacts()
+        pages = client.get_paginator("get_account_authorization_details").paginate(Filter=["Role"])
+        for item in (item for page in pages for item in page["RoleDetailList"]):
+            name = item["RoleName"]
+            if not name.startswith(f"{desired.prefix}-"):
+                continue
+            tags = tagging.tag_dict(item.get("Tags"))
+            if tagging.is_owned(tags, desired.app, desired.env) and tags.get(tagging.STEP) == self.name:
+                facts.owned[name] = ObservedRole(
+                    name=name, arn=item["Arn"], trust_policy=normalise_policy(item["AssumeRolePolicyDocument"]),
+                    inline_policies={p["PolicyName"]: normalise_policy(p["PolicyDocument"])
+                                     for p in item.get("RolePolicyList", [])},
+                    managed_policies={p["PolicyArn"] for p in item.get("AttachedManagedPolicies", [])}, tags=tags)
+            elif name in desired.roles:
+                facts.foreign.add(name)
+        return facts
+
+    # -- plan ------------------------------------------------------------------------------
+
+    def plan(self, desired: IamDesired, observed: IamFacts, recorded: dict[str, dict]) -> list[Change]:
+        changes: list[Change] = []
+        for name, role in desired.roles.items():
+            if name in observed.foreign:
+                raise OrchestratorError(
+                    f"IAM role {name} already exists but is not owned by {desired.app}/{desired.env} (it lacks this "
+                    "environment's orchestrator ownership tags); refusing to adopt or change it")
+            current = observed.owned.get(name)
+            if current is None:
+                changes += _create_role(role)
+            else:
+                changes += _update_role(role, current, recorded.get(f"role/{name}"))
+        for name, current in sorted(observed.owned.items()):
+            if name not in desired.roles:
+                changes += _delete_role(current, "no longer in the manifest")
+        return changes
+
+    # -- apply -----------------------------------------------------------------------------
+
+    def apply(self, ctx, change: Change, observed: IamFacts) -> None:
+        client = ctx.client("iam")
+        if change.kind == "role":
+            self._apply_role(client, change, observed)
+            return
+        work: PolicyWork = change.payload
+        current = observed.owned[work.role]
+        if change.kind == "inline-policy" and change.action == "delete":
+            client.delete_role_policy(RoleName=work.role, PolicyName=work.policy)
+            del current.inline_policies[work.policy]
+        elif change.kind == "inline-policy":
+            text = json.dumps(work.document)
+            if KNOWN_AFTER_APPLY in text:
+                raise OrchestratorError(f"inline policy {work.policy} of IAM role {work.role} refers to values not "
+                                        "known yet; apply the secrets and storage steps first")
+            client.put_role_policy(RoleName=work.role, PolicyName=work.policy, PolicyDocument=text)
+            current.inline_policies[work.policy] = normalise_policy(work.document)
+        elif change.action == "delete":
+            client.detach_role_policy(RoleName=work.role, PolicyArn=work.policy)
+            current.managed_policies.discard(work.policy)
+        else:
+            client.attach_role_policy(RoleName=work.role, PolicyArn=work.policy)
+            current.managed_policies.add(work.policy)
+
+    @staticmethod
+    def _apply_role(client, change: Change, observed: IamFacts) -> None:
+        if change.action == "delete":
+            client.delete_role(RoleName=change.name)
+            del observed.owned[change.name]
+            return
+        work: RoleWork = change.payload
+        role = work.role
+        if change.action == "create":
+            arn = client.create_role(RoleName=role.name, AssumeRolePolicyDocument=json.dumps(role.trust_policy),
+                                     Description=role.description, Tags=tagging.tag_list(role.tags))["Role"]["Arn"]
+            observed.owned[role.name] = ObservedRole(name=role.name, arn=arn,
+                                                     trust_policy=normalise_policy(role.trust_policy),
+                                                     inline_policies={}, managed_policies=set(), tags=dict(role.tags))
+            return
+        if work.trust_policy:
+            client.update_assume_role_policy(RoleName=role.name, PolicyDocument=json.dumps(role.trust_policy))
+        if work.description:
+            client.update_role(RoleName=role.name, Description=role.description)
+        if work.tags_to_set:
+            client.tag_role(RoleName=role.name, Tags=tagging.tag_list(work.tags_to_set))
+        if work.tags_to_remove:
+            client.untag_role(RoleName=role.name, TagKeys=list(work.tags_to_remove))
+        current = observed.owned[role.name]
+        current.trust_policy, current.tags = normalise_policy(role.trust_policy), dict(role.tags)
+
+    # -- outputs and destroy ---------------------------------------------------------------
+
+    def outputs(self, desired: IamDesired, observed: IamFacts) -> dict:
+        def arn(name: str) -> str:
+            return observed.owned[name].arn if name in observed.owned else KNOWN_AFTER_APPLY
+
+        return {"execution_role_arn": arn(desired.execution_role),
+                "task_role_arns": {role.key: arn(name) for name, role in desired.roles.items()
+                                   if name != desired.execution_role},
+                "role_names": sorted(desired.roles)}
+
+    def plan_destroy(self, observed: IamFacts) -> list[Change]:
+        changes: list[Change] = []
+        for _, current in sorted(observed.owned.items()):
+            changes += _delete_role(current, "destroy")
+        return changes
+
+
+# -- planning helpers (pure) ---------------------------------------------------------------
+
+
+def _create_role(role: DesiredRole) -> list[Change]:
+    """The role, then its inline policies, then its managed policies."""
+    changes = [Change("create", "role", role.name,
+                      diffs=(FieldDiff("trust_policy", None, role.trust_policy),),
+                      calls=("iam:CreateRole",), payload=RoleWork(role=role), record={"description": role.description})]
+    changes += [_put_inline("create", role.name, name, document, None)
+                for name, document in sorted(role.inline_policies.items())]
+    changes += [_attach(role.name, arn) for arn in role.managed_policies]
+    return changes
+
+
+def _update_role(role: DesiredRole, current: ObservedRole, recorded: dict | None) -> list[Change]:
+    changes: list[Change] = []
+    role_change = _role_settings(role, current, recorded)
+    if role_change is not None:
+        changes.append(role_change)
+    for name, document in sorted(role.inline_policies.items()):
+        have = current.inline_policies.get(name)
+        if have is None:
+            changes.append(_put_inline("create", role.name, name, document, None))
+        elif have != normalise_policy(document):
+            changes.append(_put_inline("update", role.name, name, document, have))
+    for name in sorted(set(current.inline_policies) - set(role.inline_policies)):
+        changes.append(_delete_inline(role.name, name, "not in the manifest (added by hand?)"))
+    changes += [_attach(role.name, arn) for arn in role.managed_policies if arn not in current.managed_policies]
+    changes += [_detach(role.name, arn, "not in the manifest (attached by hand?)")
+                for arn in sorted(current.managed_policies - set(role.managed_policies))]
+    return changes
+
+
+def _role_settings(role: DesiredRole, current: ObservedRole, recorded: dict | None) -> Change | None:
+    """Trust policy and tags compare with what AWS says; the description (which the batched
+    read does not return) with what the last apply recorded."""
+    work = RoleWork(
+        role=role, trust_policy=current.trust_policy != normalise_policy(role.trust_policy),
+        description=recorded is not None and recorded.get("description") != role.description,
+        tags_to_set={k: v for k, v in role.tags.items() if current.tags.get(k) != v},
+        tags_to_remove=tuple(sorted(k for k in current.tags if k not in role.tags and not k.startswith("aws:"))))
+    diffs = []
+    if work.trust_policy:
+        diffs.append(FieldDiff("trust_policy", current.trust_policy, normalise_policy(role.trust_policy)))
+    if work.description:
+        diffs.append(FieldDiff("description", recorded.get("description"), role.description))
+    if work.tags_to_set or work.tags_to_remove:
+        diffs.append(FieldDiff("tags", current.tags, role.tags))
+    if not diffs:
+        return None
+    calls = [call for needed, call in ((work.trust_policy, "iam:UpdateAssumeRolePolicy"),
+                                       (work.description, "iam:UpdateRole"), (bool(work.tags_to_set), "iam:TagRole"),
+                                       (bool(work.tags_to_remove), "iam:UntagRole")) if needed]
+    return Change("update", "role", role.name, diffs=tuple(diffs), calls=tuple(calls), payload=work,
+                  record={"description": role.description})
+
+
+def _put_inline(action: str, role: str, name: str, document: dict, current: dict | None) -> Change:
+    return Change(action, "inline-policy", f"{role}/{name}",
+                  diffs=(FieldDiff("document", current, normalise_policy(document)),),
+                  calls=("iam:PutRolePolicy",), payload=PolicyWork(role=role, policy=name, document=document))
+
+
+def _delete_inline(role: str, name: str, why: str) -> Change:
+    return Change("delete", "inline-policy", f"{role}/{name}", calls=("iam:DeleteRolePolicy",),
+                  payload=PolicyWork(role=role, policy=name), note=why)
+
+
+def _attach(role: str, arn: str) -> Change:
+    return Change("create", "managed-policy", f"{role}/{arn.rsplit('/', 1)[-1]}",
+                  diffs=(FieldDiff("policy_arn", None, arn),), calls=("iam:AttachRolePolicy",),
+                  payload=PolicyWork(role=role, policy=arn))
+
+
+def _detach(role: str, arn: str, why: str) -> Change:
+    return Change("delete", "managed-policy", f"{role}/{arn.rsplit('/', 1)[-1]}",
+                  diffs=(FieldDiff("policy_arn", arn, None),), calls=("iam:DetachRolePolicy",),
+                  payload=PolicyWork(role=role, policy=arn), note=why)
+
+
+def _delete_role(current: ObservedRole, why: str) -> list[Change]:
+    """Detach and delete its policies first: IAM refuses to delete a role that has any."""
+    changes = [_detach(current.name, arn, why) for arn in sorted(current.managed_policies)]
+    changes += [_delete_inline(current.name, name, why) for name in sorted(current.inline_policies)]
+    changes.append(Change("delete", "role", current.name, calls=("iam:DeleteRole",), note=why))
+    return changes
+
+
+STEP = IamStep

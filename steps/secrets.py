@@ -1,0 +1,347 @@
+"""Step `secrets`: the platform's Secrets Manager secrets, named `APP/ENV/NAME`
+(`gamepulse/dev/db-connection`).
+
+A value comes from an environment variable, a file, or is generated once and then kept; never
+from the manifest. It is registered with the log redactor the moment it is read and never
+enters a plan, a `Change`, a state record, an output or an error: `observe` compares the
+current value with its source in memory and keeps only the verdict, and `apply` reads the
+source again when it writes.
+"""
+from __future__ import annotations
+
+import os
+import secrets as random_tokens
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator import tags as tagging
+from orchestrator.errors import OrchestratorError
+from orchestrator.model import KNOWN_AFTER_APPLY, SENSITIVE, Change, FieldDiff, Step
+
+#: BatchGetSecretValue takes at most this many secret ids per call.
+BATCH_LIMIT = 20
+
+
+@dataclass(frozen=True)
+class DesiredSecret:
+    key: str  # the manifest's name: db-connection
+    name: str  # gamepulse/dev/db-connection
+    description: str
+    source: str  # env | file | generate
+    env: str | None
+    path: str | None
+    length: int
+    tags: dict[str, str]
+
+    def source_label(self) -> str:
+        """Where the value comes from, for plans and errors (never the value itself)."""
+        if self.source == "env":
+            return f"environment variable {self.env}"
+        if self.source == "file":
+            return f"file {self.path}"
+        return f"generated ({self.length} characters)"
+
+
+@dataclass(frozen=True)
+class SecretsDesired:
+    app: str
+    env: str
+    prefix: str  # gamepulse/dev/
+    recovery_window_days: int
+    secrets: dict[str, DesiredSecret]
+
+
+@dataclass
+class ObservedSecret:
+    name: str
+    arn: str
+    description: str
+    tags: dict[str, str]
+    deleted: bool  # scheduled for deletion (DeletedDate set)
+    #: "same" / "differs" from the source; "unknown" when not compared (a generated value, a
+    #: source that cannot be read, or a secret scheduled for deletion, whose value AWS withholds).
+    value: str = "unknown"
+
+
+@dataclass
+class SecretsFacts:
+    recovery_window_days: int
+    owned: dict[str, ObservedSecret] = field(default_factory=dict)  # key → ours
+    foreign: dict[str, ObservedSecret] = field(default_factory=dict)  # desired key taken by another owner
+    missing_sources: set[str] = field(default_factory=set)  # keys whose source could not be read
+
+
+@dataclass(frozen=True)
+class SecretWork:
+    """What `apply` does to one secret. Holds no value: `apply` reads the source again."""
+
+    secret: DesiredSecret
+    arn: str = ""
+    restore: bool = False
+    description: bool = False
+    tags_to_set: dict[str, str] = field(default_factory=dict)
+    tags_to_remove: tuple[str, ...] = ()
+    put_value: bool = False
+
+
+class SourceUnavailable(OrchestratorError):
+    """The environment variable or file a secret's value comes from cannot be read."""
+
+
+def read_source(secret: DesiredSecret) -> str:
+    """The value from the secret's environment variable or file (one trailing newline dropped)."""
+    if secret.source == "env":
+        value = os.environ.get(secret.env or "", "")
+        if not value:
+            raise SourceUnavailable(f"secret {secret.name}: environment variable {secret.env} is not set or empty; "
+                                    "set it to the secret's value (values are never read from the manifest)")
+        return value
+    try:
+        value = Path(secret.path or "").read_text(encoding="utf-8").removesuffix("\n")
+    except OSError as err:
+        raise SourceUnavailable(f"secret {secret.name}: cannot read file {secret.path}: "
+                                f"{err.strerror or type(err).__name__}") from None
+    if not value:
+        raise SourceUnavailable(f"secret {secret.name}: file {secret.path} is empty")
+    return value
+
+
+def generate_value(length: int) -> str:
+    """A URL-safe random value of exactly `length` characters."""
+    return random_tokens.token_urlsafe(length)[:length]
+
+
+def _value_origin(secret: DesiredSecret) -> str:
+    if secret.source == "generate":
+        return f"value generated once ({secret.length} characters), then kept"
+    return f"value from {secret.source_label()}"
+
+
+class SecretsStep(Step):
+    name = "secrets"
+    depends_on = ()
+    description = "Secrets Manager secrets (values from env, file, or generated once)"
+
+    # -- desired ---------------------------------------------------------------------------
+
+    def desired(self, manifest, inputs) -> SecretsDesired:
+        prefix = f"{manifest.app}/{manifest.environment}/"
+        tags = tagging.ownership_tags(manifest.app, manifest.environment, self.name, manifest.tags)
+        secrets = {key: DesiredSecret(key=key, name=prefix + key, description=spec.description, source=spec.source,
+                                      env=spec.env, path=spec.path, length=spec.length, tags=tags)
+                   for key, spec in sorted(manifest.secrets.values.items())}
+        return SecretsDesired(app=manifest.app, env=manifest.environment, prefix=prefix,
+                              recovery_window_days=manifest.secrets.recovery_window_days, secrets=secrets)
+
+    # -- observe ---------------------------------------------------------------------------
+
+    def observe(self, ctx, desired: SecretsDesired) -> SecretsFacts:
+        client = ctx.client("secretsmanager")
+        facts = SecretsFacts(recovery_window_days=desired.recovery_window_days)
+        for item in self._list_under_prefix(client, desired.prefix):
+            key = item["Name"][len(desired.prefix):]
+            secret = ObservedSecret(name=item["Name"], arn=item["ARN"], description=item.get("Description", ""),
+                                    tags=tagging.tag_dict(item.get("Tags")), deleted="DeletedDate" in item)
+            if self._owns(secret.tags, desired):
+                facts.owned[key] = secret
+            elif key in desired.secrets:
+                facts.foreign[key] = secret
+        sources = self._read_sources(ctx, desired, facts)
+        self._compare_values(ctx, client, facts, sources)
+        return facts
+
+    @staticmethod
+    def _list_under_prefix(client, prefix: str) -> list[dict]:
+        """Every secret whose name starts with `prefix`, including those scheduled for deletion."""
+        pages = client.get_paginator("list_secrets").paginate(
+            Filters=[{"Key": "name", "Values": [prefix]}], IncludePlannedDeletion=True)
+        return [item for page in pages for item in page["SecretList"] if item["Name"].startswith(prefix)]
+
+    def _owns(self, tags: dict[str, str], desired: SecretsDesired) -> bool:
+        return tagging.is_owned(tags, desired.app, desired.env) and tags.get(tagging.STEP) == self.name
+
+    @staticmethod
+    def _read_sources(ctx, desired: SecretsDesired, facts: SecretsFacts) -> dict[str, str]:
+        """Values of the env and file sources, by key, each registered with the redactor at once.
+
+        A source that cannot be read is an error (raised now, at plan time) for a secret that
+        does not exist yet; for one that exists, its current value is kept, with a warning.
+        """
+        values: dict[str, str] = {}
+        for key, secret in desired.secrets.items():
+            if secret.source == "generate":
+                continue
+            try:
+                values[key] = ctx.secret(read_source(secret))
+            except SourceUnavailable as problem:
+                if key not in facts.owned:
+                    raise
+                facts.missing_sources.add(key)
+                ctx.log.warning("secret source unavailable; keeping the current value", secret=secret.name,
+                                problem=str(problem))
+        return values
+
+    @staticmethod
+    def _compare_values(ctx, client, facts: SecretsFacts, sources: dict[str, str]) -> None:
+        """Mark each live secret with a readable source as same/differs, in batched reads."""
+        by_arn = {facts.owned[key].arn: key for key in sources if key in facts.owned and not facts.owned[key].deleted}
+        arns = sorted(by_arn)
+        for start in range(0, len(arns), BATCH_LIMIT):
+            response = client.batch_get_secret_value(SecretIdList=arns[start:start + BATCH_LIMIT])
+            if response.get("Errors"):
+                error = response["Errors"][0]
+                raise OrchestratorError(f"secret {error.get('SecretId')}: cannot read its current value to compare "
+                                        f"it with the source ({error.get('ErrorCode')})")
+            for item in response["SecretValues"]:
+                key = by_arn[item["ARN"]]
+                current = ctx.secret(item.get("SecretString", ""))
+                facts.owned[key].value = "same" if current == sources[key] else "differs"
+
+    # -- plan ------------------------------------------------------------------------------
+
+    def plan(self, desired: SecretsDesired, observed: SecretsFacts, recorded: dict[str, dict]) -> list[Change]:
+        changes: list[Change] = []
+        for key, secret in desired.secrets.items():
+            if key in observed.foreign:
+                raise OrchestratorError(
+                    f"secret {secret.name} already exists but is not owned by {desired.app}/{desired.env} (it lacks "
+                    "this environment's orchestrator ownership tags); refusing to adopt or change it")
+            current = observed.owned.get(key)
+            if current is None:
+                changes.append(self._create(secret))
+            elif current.deleted:
+                changes.append(self._restore(secret, current, key not in observed.missing_sources))
+            else:
+                change = self._update(secret, current)
+                if change is not None:
+                    changes.append(change)
+        for key, current in sorted(observed.owned.items()):
+            if key not in desired.secrets and not current.deleted:
+                changes.append(self._delete(key, current, observed.recovery_window_days,
+                                            "no longer in the manifest"))
+        return changes
+
+    @staticmethod
+    def _record(secret: DesiredSecret) -> dict:
+        """Where the value came from: never the value, nor a hash of it."""
+        return {"source": secret.source_label()}
+
+    def _create(self, secret: DesiredSecret) -> Change:
+        return Change("create", "secret", secret.key,
+                      diffs=(FieldDiff("description", None, secret.description),
+                             FieldDiff("value", None, SENSITIVE, sensitive=True)),
+                      calls=("secretsmanager:CreateSecret",), payload=SecretWork(secret=secret),
+                      record=self._record(secret), note=_value_origin(secret))
+
+    def _restore(self, secret: DesiredSecret, current: ObservedSecret, source_readable: bool) -> Change:
+        put_value = secret.source != "generate" and source_readable
+        work = self._settings_work(secret, current, restore=True, put_value=put_value)
+        diffs = self._settings_diffs(secret, current)
+        calls = ("secretsmanager:RestoreSecret",) + self._settings_calls(work)
+        if put_value:
+            diffs += (FieldDiff("value", SENSITIVE, SENSITIVE, sensitive=True),)
+        note = "restores the secret scheduled for deletion; " + (
+            f"value set again from {secret.source_label()}" if put_value else "its value is kept")
+        return Change("update", "secret", secret.key, diffs=diffs, calls=calls, payload=work,
+                      record=self._record(secret), note=note)
+
+    def _update(self, secret: DesiredSecret, current: ObservedSecret) -> Change | None:
+        work = self._settings_work(secret, current, put_value=current.value == "differs")
+        diffs = self._settings_diffs(secret, current)
+        if work.put_value:
+            diffs += (FieldDiff("value", SENSITIVE, SENSITIVE, sensitive=True),)
+        if not diffs:
+            return None
+        note = f"value will change (from {secret.source_label()})" if work.put_value else ""
+        return Change("update", "secret", secret.key, diffs=diffs, calls=self._settings_calls(work), payload=work,
+                      record=self._record(secret), note=note)
+
+    @staticmethod
+    def _settings_work(secret: DesiredSecret, current: ObservedSecret, *, restore: bool = False,
+                       put_value: bool = False) -> SecretWork:
+        return SecretWork(
+            secret=secret, arn=current.arn, restore=restore, description=current.description != secret.description,
+            tags_to_set={k: v for k, v in secret.tags.items() if current.tags.get(k) != v},
+            tags_to_remove=tuple(sorted(k for k in current.tags if k not in secret.tags and not k.startswith("aws:"))),
+            put_value=put_value)
+
+    @staticmethod
+    def _settings_diffs(secret: DesiredSecret, current: ObservedSecret) -> tuple[FieldDiff, ...]:
+        diffs = []
+        if current.description != secret.description:
+            diffs.append(FieldDiff("description", current.description, secret.description))
+        if {k: v for k, v in current.tags.items() if not k.startswith("aws:")} != secret.tags:
+            diffs.append(FieldDiff("tags", current.tags, secret.tags))
+        return tuple(diffs)
+
+    @staticmethod
+    def _settings_calls(work: SecretWork) -> tuple[str, ...]:
+        wanted = [(work.description, "secretsmanager:UpdateSecret"),
+                  (bool(work.tags_to_set), "secretsmanager:TagResource"),
+                  (bool(work.tags_to_remove), "secretsmanager:UntagResource"),
+                  (work.put_value, "secretsmanager:PutSecretValue")]
+        return tuple(call for needed, call in wanted if needed)
+
+    @staticmethod
+    def _delete(key: str, current: ObservedSecret, window: int, why: str) -> Change:
+        return Change("delete", "secret", key, calls=("secretsmanager:DeleteSecret",),
+                      payload=(current.arn, window), blocked="delete-secrets",
+                      note=f"{why}: schedules deletion of {current.name} with a {window}-day recovery window; "
+                           "needs --delete-secrets")
+
+    # -- apply -----------------------------------------------------------------------------
+
+    def apply(self, ctx, change: Change, observed: SecretsFacts) -> None:
+        client = ctx.client("secretsmanager")
+        if change.action == "delete":
+            arn, window = change.payload
+            client.delete_secret(SecretId=arn, RecoveryWindowInDays=window)
+            observed.owned[change.name].deleted = True
+        elif change.action == "create":
+            self._apply_create(ctx, client, change.payload.secret, observed)
+        else:
+            self._apply_update(ctx, client, change.payload, observed)
+
+    @staticmethod
+    def _apply_create(ctx, client, secret: DesiredSecret, observed: SecretsFacts) -> None:
+        value = ctx.secret(generate_value(secret.length) if secret.source == "generate" else read_source(secret))
+        response = client.create_secret(Name=secret.name, ClientRequestToken=ctx.token(secret.key),
+                                        Description=secret.description, SecretString=value,
+                                        Tags=tagging.tag_list(secret.tags))
+        observed.owned[secret.key] = ObservedSecret(name=secret.name, arn=response["ARN"],
+                                                    description=secret.description, tags=dict(secret.tags),
+                                                    deleted=False, value="same")
+
+    @staticmethod
+    def _apply_update(ctx, client, work: SecretWork, observed: SecretsFacts) -> None:
+        secret, current = work.secret, observed.owned[work.secret.key]
+        if work.restore:
+            client.restore_secret(SecretId=work.arn)
+            current.deleted = False
+        if work.description:
+            client.update_secret(SecretId=work.arn, Description=secret.description)
+        if work.tags_to_set:
+            client.tag_resource(SecretId=work.arn, Tags=tagging.tag_list(work.tags_to_set))
+        if work.tags_to_remove:
+            client.untag_resource(SecretId=work.arn, TagKeys=list(work.tags_to_remove))
+        if work.put_value:
+            # A fresh token per write: observe has already established that the value differs.
+            client.put_secret_value(SecretId=work.arn, SecretString=ctx.secret(read_source(secret)),
+                                    ClientRequestToken=str(uuid.uuid4()))
+            current.value = "same"
+        current.description, current.tags = secret.description, dict(secret.tags)
+
+    # -- outputs and destroy ---------------------------------------------------------------
+
+    def outputs(self, desired: SecretsDesired, observed: SecretsFacts) -> dict:
+        return {"arns": {key: observed.owned[key].arn if key in observed.owned else KNOWN_AFTER_APPLY
+                         for key in desired.secrets},
+                "names": {key: secret.name for key, secret in desired.secrets.items()}}
+
+    def plan_destroy(self, observed: SecretsFacts) -> list[Change]:
+        return [self._delete(key, current, observed.recovery_window_days, "destroy")
+                for key, current in sorted(observed.owned.items()) if not current.deleted]
+
+
+STEP = SecretsStep

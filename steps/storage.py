@@ -1,0 +1,391 @@
+"""Step `storage`: the S3 buckets (Loki chunks, config bundles), each private, encrypted,
+versioned, reachable over TLS only, and expiring what it no longer needs.
+
+Bucket names are global, so each is `PREFIX-NAME-ACCOUNT` (`gamepulse-dev-loki-chunks-123456789012`).
+
+Ownership. The tags go on in the create call (`CreateBucketConfiguration.Tags`). A bucket found
+under one of the manifest's names but without our tags is adopted, and the plan says so: the
+name holds app, environment and account, so it is reserved for this environment (it can only be
+our own create whose tags were lost, or a hand-made stand-in). Buckets outside the manifest are
+changed or deleted only when they carry our tags, and `destroy` deletes only tagged buckets.
+
+S3 has no batch describe: `observe` lists the buckets under the prefix once, then reads the
+settings this step manages from each of ours. A bucket holding any object version (noncurrent
+versions and delete markers included) is deleted only with the `delete-data` flag.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from botocore.exceptions import ClientError
+
+from orchestrator import tags as tagging
+from orchestrator.aws import error_code
+from orchestrator.errors import OrchestratorError
+from orchestrator.model import Change, FieldDiff, Step, diff_fields
+from orchestrator.retry import eventually
+
+ABORT_MULTIPART_DAYS = 7
+LIFECYCLE_RULE_ID = "orchestrator-retention"
+#: How many object versions `observe` counts for a plan's note; beyond it the note says "more than".
+COUNT_LIMIT = 1000
+
+#: The settings compared with what S3 reads back, in the order `apply` puts them.
+SETTINGS = ("public_access_block", "ownership", "encryption", "versioning", "lifecycle", "policy", "tags")
+PUT_CALLS = {"public_access_block": "s3:PutPublicAccessBlock", "ownership": "s3:PutBucketOwnershipControls",
+             "encryption": "s3:PutBucketEncryption", "versioning": "s3:PutBucketVersioning",
+             "lifecycle": "s3:PutBucketLifecycleConfiguration", "policy": "s3:PutBucketPolicy",
+             "tags": "s3:PutBucketTagging"}
+#: Set by the create call itself, so a new bucket needs no separate put for them.
+SET_AT_CREATE = ("ownership", "tags")
+
+
+@dataclass(frozen=True)
+class Bucket:
+    key: str  # the manifest's name: loki-chunks
+    name: str  # gamepulse-dev-loki-chunks-123456789012
+    arn: str
+    region: str
+    tags: dict[str, str]
+    public_access_block: dict[str, bool]
+    ownership: str
+    encryption: dict
+    versioning: str  # Enabled | Suspended
+    lifecycle: list[dict]
+    policy: dict
+
+
+@dataclass(frozen=True)
+class StorageDesired:
+    prefix: str  # gamepulse-dev
+    account_id: str
+    buckets: tuple[Bucket, ...]
+
+
+@dataclass
+class ObservedBucket:
+    name: str
+    owned: bool  # carries this environment's ownership tags
+    tags: dict[str, str]
+    public_access_block: dict | None = None
+    ownership: str | None = None
+    encryption: dict | None = None
+    versioning: str = "Suspended"
+    lifecycle: list[dict] = field(default_factory=list)
+    policy: dict | str | None = None
+    versions: int = 0  # object versions and delete markers, counted up to COUNT_LIMIT
+    more_versions: bool = False  # more than COUNT_LIMIT
+
+
+@dataclass
+class StorageFacts:
+    prefix: str
+    account_id: str
+    buckets: dict[str, ObservedBucket] = field(default_factory=dict)  # bucket name → ours
+
+
+# -- what a bucket should look like ---------------------------------------------------------
+
+
+def partition(region: str) -> str:
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    return "aws"
+
+
+def lifecycle_rules(expire_days: int | None, noncurrent_days: int) -> list[dict]:
+    """One rule for the whole bucket: expire objects (when asked), drop noncurrent versions,
+    abort incomplete multipart uploads."""
+    rule: dict = {"ID": LIFECYCLE_RULE_ID, "Status": "Enabled", "Filter": {"Prefix": ""}}
+    if expire_days is not None:
+        rule["Expiration"] = {"Days": expire_days}
+    rule["NoncurrentVersionExpiration"] = {"NoncurrentDays": noncurrent_days}
+    rule["AbortIncompleteMultipartUpload"] = {"DaysAfterInitiation": ABORT_MULTIPART_DAYS}
+    return [rule]
+
+
+def tls_only_policy(arn: str) -> dict:
+    return {"Version": "2012-10-17",
+            "Statement": [{"Sid": "DenyInsecureTransport", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+                           "Resource": [arn, f"{arn}/*"],
+                           "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]}
+
+
+def desired_bucket(manifest, key: str, spec, account_id: str, region: str, tags: dict[str, str]) -> Bucket:
+    name = f"{manifest.prefix}-{key}-{account_id}"
+    arn = f"arn:{partition(region)}:s3:::{name}"
+    expire_days = spec.expire_days
+    if expire_days is None and spec.holds_logs:
+        expire_days = manifest.logging.retention_days
+    return Bucket(
+        key=key, name=name, arn=arn, region=region, tags=tags,
+        public_access_block={"BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
+                             "RestrictPublicBuckets": True},
+        ownership="BucketOwnerEnforced",
+        encryption={"SSEAlgorithm": "AES256", "BucketKeyEnabled": True},
+        versioning="Enabled" if spec.versioning else "Suspended",
+        lifecycle=lifecycle_rules(expire_days, spec.noncurrent_expire_days),
+        policy=tls_only_policy(arn))
+
+
+def logical_name(bucket_name: str, prefix: str, account_id: str) -> str:
+    """`gamepulse-dev-loki-chunks-123456789012` → `loki-chunks`."""
+    return bucket_name.removeprefix(f"{prefix}-").removesuffix(f"-{account_id}")
+
+
+# -- reading a bucket -------------------------------------------------------------------------
+
+
+def read(call, missing: str, **kwargs) -> dict | None:
+    """The response of a get call, or None when S3 answers that the setting is not there."""
+    try:
+        return call(**kwargs)
+    except ClientError as error:
+        if error_code(error) == missing:
+            return None
+        raise
+
+
+def read_tags(s3, name: str) -> dict[str, str] | None:
+    """The bucket's tags; None when the bucket is gone. Also the existence probe."""
+    try:
+        tags = tagging.tag_dict(s3.get_bucket_tagging(Bucket=name)["TagSet"])
+        # aws: tags are AWS's own; nobody can put them, so they take no part in the comparison.
+        return {key: value for key, value in tags.items() if not key.startswith("aws:")}
+    except ClientError as error:
+        code = error_code(error)
+        if code == "NoSuchTagSet":
+            return {}
+        if code == "NoSuchBucket":
+            return None
+        if code in ("AccessDenied", "403"):
+            raise OrchestratorError(f"bucket {name}: access denied reading its tags; it belongs to another account "
+                                    "or this identity lacks s3:GetBucketTagging") from None
+        raise
+
+
+def normalized_rules(rules: list[dict]) -> list[dict]:
+    """Lifecycle rules as S3 reads them back, reduced to the keys this step sets."""
+    kept = ("ID", "Status", "Filter", "Expiration", "NoncurrentVersionExpiration", "AbortIncompleteMultipartUpload")
+    result = []
+    for rule in rules:
+        rule = {key: rule[key] for key in kept if key in rule}
+        if rule.get("Filter") == {}:
+            rule["Filter"] = {"Prefix": ""}  # both mean the whole bucket
+        result.append(rule)
+    return result
+
+
+def parse_policy(text: str) -> dict | str:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text  # not JSON: differs from anything we want, and shows as is in the plan
+
+
+def read_bucket(s3, name: str, tags: dict[str, str], owned: bool) -> ObservedBucket:
+    bucket = ObservedBucket(name=name, owned=owned, tags=tags)
+    block = read(s3.get_public_access_block, "NoSuchPublicAccessBlockConfiguration", Bucket=name)
+    bucket.public_access_block = block and block["PublicAccessBlockConfiguration"]
+    controls = read(s3.get_bucket_ownership_controls, "OwnershipControlsNotFoundError", Bucket=name)
+    bucket.ownership = controls and controls["OwnershipControls"]["Rules"][0]["ObjectOwnership"]
+    encryption = read(s3.get_bucket_encryption, "ServerSideEncryptionConfigurationNotFoundError", Bucket=name)
+    if encryption:
+        rule = encryption["ServerSideEncryptionConfiguration"]["Rules"][0]
+        bucket.encryption = {"SSEAlgorithm": rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"],
+                             "BucketKeyEnabled": rule.get("BucketKeyEnabled", False)}
+    # A bucket that was never versioned has no Status; for this step it is the same as Suspended.
+    bucket.versioning = s3.get_bucket_versioning(Bucket=name).get("Status") or "Suspended"
+    lifecycle = read(s3.get_bucket_lifecycle_configuration, "NoSuchLifecycleConfiguration", Bucket=name)
+    bucket.lifecycle = normalized_rules(lifecycle["Rules"]) if lifecycle else []
+    policy = read(s3.get_bucket_policy, "NoSuchBucketPolicy", Bucket=name)
+    bucket.policy = parse_policy(policy["Policy"]) if policy else None
+    versions = s3.list_object_versions(Bucket=name, MaxKeys=COUNT_LIMIT)
+    bucket.versions = len(versions.get("Versions", [])) + len(versions.get("DeleteMarkers", []))
+    bucket.more_versions = bool(versions.get("IsTruncated"))
+    return bucket
+
+
+def list_bucket_names(s3, prefix: str) -> list[str]:
+    names = []
+    for page in s3.get_paginator("list_buckets").paginate(Prefix=prefix):
+        names += [bucket["Name"] for bucket in page.get("Buckets", [])]
+    return sorted(names)
+
+
+# -- changing a bucket ----------------------------------------------------------------------
+
+
+def put_setting(s3, bucket: Bucket, setting: str) -> None:
+    """Put one managed setting. Retries NoSuchBucket: a new bucket can take a moment to be seen."""
+    name = bucket.name
+    calls = {
+        "public_access_block": lambda: s3.put_public_access_block(
+            Bucket=name, PublicAccessBlockConfiguration=bucket.public_access_block),
+        "ownership": lambda: s3.put_bucket_ownership_controls(
+            Bucket=name, OwnershipControls={"Rules": [{"ObjectOwnership": bucket.ownership}]}),
+        "encryption": lambda: s3.put_bucket_encryption(
+            Bucket=name, ServerSideEncryptionConfiguration={"Rules": [{
+                "ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": bucket.encryption["SSEAlgorithm"]},
+                "BucketKeyEnabled": bucket.encryption["BucketKeyEnabled"]}]}),
+        "versioning": lambda: s3.put_bucket_versioning(
+            Bucket=name, VersioningConfiguration={"Status": bucket.versioning}),
+        "lifecycle": lambda: s3.put_bucket_lifecycle_configuration(
+            Bucket=name, LifecycleConfiguration={"Rules": bucket.lifecycle}),
+        "policy": lambda: s3.put_bucket_policy(Bucket=name, Policy=json.dumps(bucket.policy)),
+        "tags": lambda: s3.put_bucket_tagging(Bucket=name, Tagging={"TagSet": tagging.tag_list(bucket.tags)}),
+    }
+    eventually(calls[setting], retry_on={"NoSuchBucket"})
+
+
+def settings_to_put_at_create(bucket: Bucket) -> list[str]:
+    """A new bucket is unversioned, so Suspended needs no call; ownership and tags came with it."""
+    return [setting for setting in SETTINGS
+            if setting not in SET_AT_CREATE and not (setting == "versioning" and bucket.versioning == "Suspended")]
+
+
+def create_bucket(s3, bucket: Bucket) -> None:
+    config: dict = {"Tags": tagging.tag_list(bucket.tags)}
+    if bucket.region != "us-east-1":  # us-east-1 refuses a LocationConstraint naming itself
+        config["LocationConstraint"] = bucket.region
+    try:
+        s3.create_bucket(Bucket=bucket.name, CreateBucketConfiguration=config, ObjectOwnership=bucket.ownership)
+    except ClientError as error:
+        code = error_code(error)
+        if code == "BucketAlreadyExists":
+            raise OrchestratorError(f"bucket {bucket.name}: the name is taken by another AWS account; "
+                                    "bucket names are global") from None
+        if code != "BucketAlreadyOwnedByYou":  # ours already: a retry after a crash
+            raise
+    for setting in settings_to_put_at_create(bucket):
+        put_setting(s3, bucket, setting)
+
+
+def delete_all_versions(s3, name: str) -> None:
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=name):
+        items = [{"Key": item["Key"], "VersionId": item["VersionId"]}
+                 for item in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+        if not items:
+            continue
+        result = s3.delete_objects(Bucket=name, Delete={"Objects": items, "Quiet": True})
+        if result.get("Errors"):
+            first = result["Errors"][0]
+            raise OrchestratorError(f"bucket {name}: could not delete {len(result['Errors'])} object version(s), "
+                                    f"e.g. {first.get('Key')}: {first.get('Code')} {first.get('Message', '')}")
+
+
+def delete_bucket(s3, name: str, purge: bool) -> None:
+    """Delete the bucket; with `purge` (the user passed the flag) every object version first.
+    Without it S3 refuses a bucket that gained objects since the plan, which is what we want."""
+    if purge:
+        delete_all_versions(s3, name)
+    try:
+        s3.delete_bucket(Bucket=name)
+    except ClientError as error:
+        code = error_code(error)
+        if code == "NoSuchBucket":
+            return
+        if code == "BucketNotEmpty":
+            raise OrchestratorError(f"bucket {name}: it now holds objects, so it was not deleted; "
+                                    "run the plan again to see them") from None
+        raise
+
+
+# -- the step ---------------------------------------------------------------------------------
+
+
+class StorageStep(Step):
+    name = "storage"
+    depends_on = ()
+    description = "S3 buckets: Loki chunks and config bundles (encrypted, versioned, private, TLS only)"
+
+    def desired(self, manifest, inputs) -> StorageDesired:
+        tags = tagging.ownership_tags(manifest.app, manifest.environment, self.name, manifest.tags)
+        buckets = tuple(desired_bucket(manifest, key, spec, inputs.account_id, inputs.region, tags)
+                        for key, spec in sorted(manifest.storage.buckets.items()))
+        return StorageDesired(prefix=manifest.prefix, account_id=inputs.account_id, buckets=buckets)
+
+    def observe(self, ctx, desired: StorageDesired) -> StorageFacts:
+        s3 = ctx.client("s3")
+        facts = StorageFacts(prefix=desired.prefix, account_id=desired.account_id)
+        wanted = {bucket.name for bucket in desired.buckets}
+        for name in list_bucket_names(s3, f"{desired.prefix}-"):
+            if name not in wanted and not name.endswith(f"-{desired.account_id}"):
+                continue
+            tags = read_tags(s3, name)
+            if tags is None:
+                continue  # deleted since the listing
+            owned = tagging.is_owned(tags, ctx.app, ctx.env) and tags.get(tagging.STEP) == self.name
+            if name in wanted or owned:
+                facts.buckets[name] = read_bucket(s3, name, tags, owned)
+        return facts
+
+    def plan(self, desired: StorageDesired, observed: StorageFacts, recorded: dict[str, dict]) -> list[Change]:
+        changes = []
+        for bucket in desired.buckets:
+            found = observed.buckets.get(bucket.name)
+            if found is None:
+                changes.append(self._create(bucket))
+                continue
+            diffs = diff_fields(bucket, found, SETTINGS)
+            if diffs:
+                changes.append(self._update(bucket, found, diffs))
+        wanted = {bucket.name for bucket in desired.buckets}
+        removed = StorageFacts(observed.prefix, observed.account_id,
+                               {name: found for name, found in observed.buckets.items() if name not in wanted})
+        return changes + self.plan_destroy(removed)
+
+    def apply(self, ctx, change: Change, observed: StorageFacts) -> None:
+        s3 = ctx.client("s3")
+        if change.action == "create":
+            create_bucket(s3, change.payload)
+        elif change.action == "update":
+            for diff in change.diffs:
+                put_setting(s3, change.payload, diff.field)
+        else:
+            delete_bucket(s3, change.payload, purge=change.blocked is not None)
+            observed.buckets.pop(change.payload, None)
+
+    def outputs(self, desired: StorageDesired, observed: StorageFacts) -> dict:
+        return {"buckets": {bucket.key: bucket.name for bucket in desired.buckets},
+                "bucket_arns": {bucket.key: bucket.arn for bucket in desired.buckets}}
+
+    def plan_destroy(self, observed: StorageFacts) -> list[Change]:
+        """Deletes of the tagged buckets; one holding any object version waits for `delete-data`."""
+        return [self._delete(found, observed) for _, found in sorted(observed.buckets.items()) if found.owned]
+
+    # -- changes ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _create(bucket: Bucket) -> Change:
+        diffs = tuple(FieldDiff(setting, None, getattr(bucket, setting)) for setting in SETTINGS)
+        calls = ("s3:CreateBucket",) + tuple(PUT_CALLS[s] for s in settings_to_put_at_create(bucket))
+        return Change("create", "bucket", bucket.key, diffs=diffs, calls=calls, payload=bucket,
+                      note=f"bucket {bucket.name}")
+
+    @staticmethod
+    def _update(bucket: Bucket, found: ObservedBucket, diffs: tuple[FieldDiff, ...]) -> Change:
+        note = f"bucket {bucket.name}"
+        if not found.owned:
+            note += (" exists without this environment's ownership tags; its name is reserved for this "
+                     "environment, so it is adopted")
+        return Change("update", "bucket", bucket.key, diffs=diffs,
+                      calls=tuple(PUT_CALLS[diff.field] for diff in diffs), payload=bucket, note=note)
+
+    @staticmethod
+    def _delete(found: ObservedBucket, facts: StorageFacts) -> Change:
+        key = logical_name(found.name, facts.prefix, facts.account_id)
+        if not found.versions:
+            return Change("delete", "bucket", key, calls=("s3:DeleteBucket",), payload=found.name,
+                          note=f"bucket {found.name} is empty")
+        count = f"more than {found.versions}" if found.more_versions else str(found.versions)
+        return Change("delete", "bucket", key, calls=("s3:ListObjectVersions", "s3:DeleteObjects", "s3:DeleteBucket"),
+                      payload=found.name, blocked="delete-data",
+                      note=f"bucket {found.name} holds {count} object version(s); deleting it deletes them "
+                           "for good (pass --delete-data to allow)")
+
+
+STEP = StorageStep

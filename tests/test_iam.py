@@ -1,0 +1,331 @@
+"""Step `iam`: least-privilege documents and pure planning without AWS, then apply / drift /
+destroy / crash against moto (with AWS-managed policies loaded)."""
+from __future__ import annotations
+
+import json
+import urllib.parse
+
+import pytest
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.model import KNOWN_AFTER_APPLY, Inputs
+from orchestrator.schema import IamSpec, TaskRoleSpec
+from steps.iam import IamFacts, IamStep, ObservedRole, normalise_policy
+from tests import harness
+
+STEP = IamStep()
+ACCOUNT = "123456789012"
+EXECUTION_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
+SECRET_ARNS = {"db-connection": f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:gamepulse/dev/db-connection-AbCdEf",
+               "grafana-admin": f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:gamepulse/dev/grafana-admin-GhIjKl"}
+BUCKETS = {"config": f"gamepulse-dev-config-{ACCOUNT}", "loki-chunks": f"gamepulse-dev-loki-chunks-{ACCOUNT}"}
+UPSTREAM = {"secrets": {"arns": SECRET_ARNS}, "storage": {"buckets": BUCKETS}}
+TASK_ROLES = ["gamepulse", "grafana", "jaeger", "loki", "otel-collector", "prometheus"]
+ROLE_NAMES = sorted(["gamepulse-dev-execution"] + [f"gamepulse-dev-task-{name}" for name in TASK_ROLES])
+
+
+# -- policy documents and pure planning ---------------------------------------------------------
+
+
+def desired_for(manifest, upstream=UPSTREAM):
+    return STEP.desired(manifest, Inputs(account_id=ACCOUNT, region="us-east-1", outputs=upstream))
+
+
+def statements(role) -> dict[str, dict]:
+    [document] = role.inline_policies.values()
+    return {s["Sid"]: s for s in document["Statement"]}
+
+
+def as_found(role, **changed) -> ObservedRole:
+    """What observe reports for a role exactly as desired."""
+    found = dict(name=role.name, arn=f"arn:aws:iam::{ACCOUNT}:role/{role.name}",
+                 trust_policy=normalise_policy(role.trust_policy),
+                 inline_policies={name: normalise_policy(doc) for name, doc in role.inline_policies.items()},
+                 managed_policies=set(role.managed_policies), tags=dict(role.tags))
+    return ObservedRole(**{**found, **changed})
+
+
+def facts_for(desired) -> IamFacts:
+    return IamFacts(owned={name: as_found(role) for name, role in desired.roles.items()})
+
+
+def test_the_execution_role_reads_exactly_the_platform_secrets(manifest):
+    role = desired_for(manifest).roles["gamepulse-dev-execution"]
+    assert role.managed_policies == (EXECUTION_POLICY,)
+    assert list(role.inline_policies) == ["read-secrets"]
+    [statement] = role.inline_policies["read-secrets"]["Statement"]
+    assert statement["Action"] == ["secretsmanager:GetSecretValue"]
+    assert statement["Resource"] == sorted(SECRET_ARNS.values())
+    trust = role.trust_policy["Statement"][0]
+    assert trust["Principal"] == {"Service": "ecs-tasks.amazonaws.com"} and trust["Action"] == "sts:AssumeRole"
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT}}
+
+
+def test_task_roles_get_only_what_their_grants_name(manifest):
+    roles = {role.key: role for role in desired_for(manifest).roles.values()}
+    config = f"arn:aws:s3:::{BUCKETS['config']}"
+    app = statements(roles["gamepulse"])
+    assert app == {"ConfigBundleRead": {"Sid": "ConfigBundleRead", "Effect": "Allow", "Action": ["s3:GetObject"],
+                                        "Resource": f"{config}/*"},
+                   "ConfigBundleList": {"Sid": "ConfigBundleList", "Effect": "Allow", "Action": ["s3:ListBucket"],
+                                        "Resource": config}}
+    loki = statements(roles["loki"])
+    loki_bucket = f"arn:aws:s3:::{BUCKETS['loki-chunks']}"
+    assert loki["LokiChunksReadWrite"]["Resource"] == f"{loki_bucket}/*"
+    assert sorted(loki["LokiChunksReadWrite"]["Action"]) == ["s3:DeleteObject", "s3:GetObject", "s3:PutObject"]
+    assert loki["LokiChunksList"]["Resource"] == loki_bucket
+    prometheus = statements(roles["prometheus"])
+    cluster = f"arn:aws:ecs:us-east-1:{ACCOUNT}:cluster/gamepulse-dev"
+    assert prometheus["EcsDescribeCluster"]["Resource"] == cluster
+    assert prometheus["EcsListInCluster"]["Condition"] == {"ArnEquals": {"ecs:cluster": cluster}}
+    assert set(prometheus) == set(statements(roles["grafana"]))
+    assert "LokiChunksReadWrite" not in prometheus and "CloudWatchRead" not in app
+    for role in roles.values():  # least privilege: no wildcard actions, "*" resources only where AWS needs them
+        for statement in (s for doc in role.inline_policies.values() for s in doc["Statement"]):
+            assert statement["Effect"] == "Allow"
+            assert not any("*" in action for action in statement["Action"])
+            if statement["Resource"] == "*":
+                assert statement["Sid"] in ("CloudWatchRead", "EcsListInCluster")
+                assert all(a.split(":")[1].startswith(("Describe", "Get", "List")) for a in statement["Action"])
+
+
+def test_a_plan_from_nothing_shows_unknown_upstream_values_without_failing(manifest):
+    desired = desired_for(manifest, upstream={})
+    changes = STEP.plan(desired, IamFacts(), {})
+    secrets_policy = next(c for c in changes if c.name == "gamepulse-dev-execution/read-secrets")
+    assert secrets_policy.diffs[0].new["Statement"][0]["Resource"] == [KNOWN_AFTER_APPLY]
+    grants = next(c for c in changes if c.name == "gamepulse-dev-task-gamepulse/grants")
+    assert f"arn:aws:s3:::{KNOWN_AFTER_APPLY}/*" in json.dumps(grants.to_dict())
+
+
+def test_plan_from_nothing_creates_each_role_before_its_policies(manifest):
+    changes = STEP.plan(desired_for(manifest), IamFacts(), {})
+    keys = [c.key for c in changes]
+    assert keys[:3] == ["role/gamepulse-dev-execution", "inline-policy/gamepulse-dev-execution/read-secrets",
+                        "managed-policy/gamepulse-dev-execution/AmazonECSTaskExecutionRolePolicy"]
+    assert [c.name for c in changes if c.kind == "role"] == ROLE_NAMES
+    assert all(keys.index(f"role/{c.name.split('/')[0]}") < keys.index(c.key) for c in changes if c.kind != "role")
+    assert {c.calls for c in changes} == {("iam:CreateRole",), ("iam:PutRolePolicy",), ("iam:AttachRolePolicy",)}
+    assert len(changes) == 7 + 7 + 1
+
+
+def test_policies_are_compared_by_meaning():
+    written = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": "arn:aws:s3:::b"},
+        {"Effect": "Allow", "Action": ["s3:PutObject", "s3:GetObject"], "Resource": ["arn:aws:s3:::b/*"],
+         "Condition": {"StringEquals": {"aws:SourceAccount": ACCOUNT}}}]}
+    read_back = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"], "Resource": "arn:aws:s3:::b/*",
+         "Condition": {"StringEquals": {"aws:SourceAccount": [ACCOUNT]}}},
+        {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": ["arn:aws:s3:::b"]}]}
+    url_encoded = urllib.parse.quote(json.dumps(read_back))
+    assert normalise_policy(written) == normalise_policy(read_back) == normalise_policy(url_encoded)
+    single = {"Version": "2012-10-17", "Statement": {"Effect": "Allow", "Action": "s3:ListBucket",
+                                                     "Resource": "arn:aws:s3:::b"}}
+    assert normalise_policy(single) == normalise_policy({**single, "Statement": [single["Statement"]]})
+    assert normalise_policy(written) != normalise_policy({**written, "Statement": written["Statement"][:1]})
+
+
+def test_no_change_when_everything_matches(manifest):
+    desired = desired_for(manifest)
+    recorded = {f"role/{name}": {"description": role.description} for name, role in desired.roles.items()}
+    assert STEP.plan(desired, facts_for(desired), recorded) == []
+
+
+def test_each_kind_of_drift_is_its_own_repair(manifest):
+    desired = desired_for(manifest)
+    facts = facts_for(desired)
+    loki = facts.owned["gamepulse-dev-task-loki"]
+    loki.inline_policies["grants"]["Statement"].append(
+        {"Effect": "Allow", "Action": ["s3:*"], "Resource": ["*"]})  # added by hand
+    loki.inline_policies["debug"] = normalise_policy({"Statement": []})  # not ours
+    execution = facts.owned["gamepulse-dev-execution"]
+    execution.managed_policies = {"arn:aws:iam::aws:policy/AdministratorAccess"}
+    execution.trust_policy = normalise_policy({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+    execution.tags = {**execution.tags, "project": "hijacked"}
+    recorded = {"role/gamepulse-dev-task-jaeger": {"description": "an older description"}}
+
+    changes = {(c.action, c.key): c for c in STEP.plan(desired, facts, recorded)}
+    assert set(changes) == {
+        ("update", "role/gamepulse-dev-execution"),
+        ("create", "managed-policy/gamepulse-dev-execution/AmazonECSTaskExecutionRolePolicy"),
+        ("delete", "managed-policy/gamepulse-dev-execution/AdministratorAccess"),
+        ("update", "inline-policy/gamepulse-dev-task-loki/grants"),
+        ("delete", "inline-policy/gamepulse-dev-task-loki/debug"),
+        ("update", "role/gamepulse-dev-task-jaeger")}
+    assert changes[("update", "role/gamepulse-dev-execution")].calls == ("iam:UpdateAssumeRolePolicy", "iam:TagRole")
+    assert changes[("update", "role/gamepulse-dev-task-jaeger")].calls == ("iam:UpdateRole",)
+    assert changes[("delete", "inline-policy/gamepulse-dev-task-loki/debug")].calls == ("iam:DeleteRolePolicy",)
+    assert changes[("delete", "managed-policy/gamepulse-dev-execution/AdministratorAccess")].calls == (
+        "iam:DetachRolePolicy",)
+
+
+def test_a_role_left_out_of_the_manifest_loses_its_policies_before_it_goes(manifest):
+    desired = desired_for(manifest)
+    facts = facts_for(desired)
+    smaller = desired_for(manifest.model_copy(update={"iam": IamSpec(task_roles={
+        name: spec for name, spec in manifest.iam.task_roles.items() if name != "loki"})}))
+    changes = STEP.plan(smaller, facts, {})
+    assert [(c.action, c.key) for c in changes] == [("delete", "inline-policy/gamepulse-dev-task-loki/grants"),
+                                                    ("delete", "role/gamepulse-dev-task-loki")]
+
+
+def test_a_role_of_our_name_without_our_tags_is_refused(manifest):
+    desired = desired_for(manifest)
+    with pytest.raises(OrchestratorError, match="IAM role gamepulse-dev-task-loki already exists but is not owned"):
+        STEP.plan(desired, IamFacts(foreign={"gamepulse-dev-task-loki"}), {})
+
+
+def test_destroy_detaches_and_deletes_policies_then_each_role(manifest):
+    changes = STEP.plan_destroy(facts_for(desired_for(manifest)))
+    assert [(c.action, c.key) for c in changes[:3]] == [
+        ("delete", "managed-policy/gamepulse-dev-execution/AmazonECSTaskExecutionRolePolicy"),
+        ("delete", "inline-policy/gamepulse-dev-execution/read-secrets"), ("delete", "role/gamepulse-dev-execution")]
+    assert [c.name for c in changes if c.kind == "role"] == ROLE_NAMES
+    assert all(c.blocked is None for c in changes)
+
+
+# -- against moto -------------------------------------------------------------------------------
+
+#: moto gap: AWS-managed policies (AmazonECSTaskExecutionRolePolicy) exist only when loaded (slower).
+needs_managed_policies = pytest.mark.managed_policies
+
+
+@pytest.fixture
+def iam(aws):
+    return aws.client("iam")
+
+
+def role_names(iam, prefix="gamepulse-dev-") -> list[str]:
+    return sorted(r["RoleName"] for r in iam.list_roles()["Roles"] if r["RoleName"].startswith(prefix))
+
+
+def inline(iam, role: str, policy: str) -> dict:
+    return iam.get_role_policy(RoleName=role, PolicyName=policy)["PolicyDocument"]
+
+
+@needs_managed_policies
+def test_apply_creates_roles_with_trust_policies_and_tags_then_changes_nothing(manifest, aws, iam):
+    applied, outputs, _ = harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)
+    assert len(applied) == 15
+    assert role_names(iam) == ROLE_NAMES
+
+    execution = iam.get_role(RoleName="gamepulse-dev-execution")["Role"]
+    assert normalise_policy(execution["AssumeRolePolicyDocument"]) == normalise_policy(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"},
+                                                 "Action": "sts:AssumeRole",
+                                                 "Condition": {"StringEquals": {"aws:SourceAccount": ACCOUNT}}}]})
+    tags = {t["Key"]: t["Value"] for t in execution["Tags"]}
+    assert tags["orchestrator:step"] == "iam" and tags["orchestrator:env"] == "dev" and tags["project"] == "gamepulse"
+    attached = iam.list_attached_role_policies(RoleName="gamepulse-dev-execution")["AttachedPolicies"]
+    assert [p["PolicyArn"] for p in attached] == [EXECUTION_POLICY]
+    secrets_policy = inline(iam, "gamepulse-dev-execution", "read-secrets")
+    assert secrets_policy["Statement"][0]["Resource"] == sorted(SECRET_ARNS.values())
+    assert iam.list_role_policies(RoleName="gamepulse-dev-task-loki")["PolicyNames"] == ["grants"]
+    assert iam.list_attached_role_policies(RoleName="gamepulse-dev-task-loki")["AttachedPolicies"] == []
+
+    assert outputs["execution_role_arn"] == execution["Arn"]
+    assert sorted(outputs["task_role_arns"]) == TASK_ROLES
+    assert outputs["task_role_arns"]["loki"] == iam.get_role(RoleName="gamepulse-dev-task-loki")["Role"]["Arn"]
+    assert outputs["role_names"] == ROLE_NAMES
+    assert sorted(set(harness.mutations(aws))) == ["iam:AttachRolePolicy", "iam:CreateRole", "iam:PutRolePolicy"]
+
+    writes, before = len(harness.mutations(aws)), len(aws.ledger.calls)
+    recorded = {c.key: c.record for c in applied if c.record is not None}
+    again, outputs_again, _ = harness.run_step(STEP, manifest, aws, upstream=UPSTREAM, recorded=recorded)
+    assert again == [] and len(harness.mutations(aws)) == writes and outputs_again == outputs
+    assert [c.operation for c in aws.ledger.calls[before:]] == ["GetAccountAuthorizationDetails"]
+
+
+@needs_managed_policies
+def test_drift_is_shown_by_plan_then_repaired(manifest, aws, iam):
+    harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)
+    loki = inline(iam, "gamepulse-dev-task-loki", "grants")
+    loki["Statement"].append({"Effect": "Allow", "Action": "s3:*", "Resource": "*"})
+    iam.put_role_policy(RoleName="gamepulse-dev-task-loki", PolicyName="grants", PolicyDocument=json.dumps(loki))
+    iam.put_role_policy(RoleName="gamepulse-dev-task-grafana", PolicyName="debug", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iam:*", "Resource": "*"}]}))
+    iam.detach_role_policy(RoleName="gamepulse-dev-execution", PolicyArn=EXECUTION_POLICY)
+    iam.attach_role_policy(RoleName="gamepulse-dev-task-jaeger", PolicyArn="arn:aws:iam::aws:policy/ReadOnlyAccess")
+    iam.update_assume_role_policy(RoleName="gamepulse-dev-task-gamepulse", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"},
+                                                 "Action": "sts:AssumeRole"}]}))
+    writes = len(harness.mutations(aws))
+
+    plan = harness.plan_step(STEP, manifest, aws, upstream=UPSTREAM)
+    assert len(harness.mutations(aws)) == writes
+    assert sorted((c.action, c.key) for c in plan) == [
+        ("create", "managed-policy/gamepulse-dev-execution/AmazonECSTaskExecutionRolePolicy"),
+        ("delete", "inline-policy/gamepulse-dev-task-grafana/debug"),
+        ("delete", "managed-policy/gamepulse-dev-task-jaeger/ReadOnlyAccess"),
+        ("update", "inline-policy/gamepulse-dev-task-loki/grants"),
+        ("update", "role/gamepulse-dev-task-gamepulse")]
+
+    harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)
+    assert "s3:*" not in json.dumps(inline(iam, "gamepulse-dev-task-loki", "grants"))
+    assert iam.list_role_policies(RoleName="gamepulse-dev-task-grafana")["PolicyNames"] == ["grants"]
+    assert [p["PolicyArn"] for p in iam.list_attached_role_policies(RoleName="gamepulse-dev-execution")[
+        "AttachedPolicies"]] == [EXECUTION_POLICY]
+    assert iam.list_attached_role_policies(RoleName="gamepulse-dev-task-jaeger")["AttachedPolicies"] == []
+    trust = iam.get_role(RoleName="gamepulse-dev-task-gamepulse")["Role"]["AssumeRolePolicyDocument"]
+    assert trust["Statement"][0]["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
+    assert harness.plan_step(STEP, manifest, aws, upstream=UPSTREAM) == []
+
+
+@needs_managed_policies
+def test_destroy_removes_our_roles_only(manifest, aws, iam):
+    harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)
+    trust = json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+    iam.create_role(RoleName="gamepulse-dev-task-legacy", AssumeRolePolicyDocument=trust)  # look-alike, untagged
+    iam.put_role_policy(RoleName="gamepulse-dev-task-legacy", PolicyName="grants", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}))
+    iam.create_role(RoleName="gamepulse-dev-autoscaling", AssumeRolePolicyDocument=trust, Tags=[
+        {"Key": "orchestrator:app", "Value": "gamepulse"}, {"Key": "orchestrator:env", "Value": "dev"},
+        {"Key": "orchestrator:step", "Value": "services"}])  # another step's role
+
+    deleted, _, _ = harness.run_step(STEP, manifest, aws, destroy=True)
+    assert [c.name for c in deleted if c.kind == "role"] == ROLE_NAMES
+    assert role_names(iam) == ["gamepulse-dev-autoscaling", "gamepulse-dev-task-legacy"]
+    assert iam.list_role_policies(RoleName="gamepulse-dev-task-legacy")["PolicyNames"] == ["grants"]
+    assert harness.run_step(STEP, manifest, aws, destroy=True)[0] == []
+
+
+def test_a_role_of_our_name_made_by_hand_is_refused_untouched(manifest, aws, iam):
+    trust = json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+    iam.create_role(RoleName="gamepulse-dev-execution", AssumeRolePolicyDocument=trust)
+    writes = len(harness.mutations(aws))
+    with pytest.raises(OrchestratorError, match="IAM role gamepulse-dev-execution already exists but is not owned"):
+        harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)
+    assert len(harness.mutations(aws)) == writes
+
+
+def test_applying_before_upstream_values_are_known_fails_clearly(manifest, aws, iam):
+    with pytest.raises(OrchestratorError, match="inline policy read-secrets of IAM role gamepulse-dev-execution "
+                                                "refers to values not known yet"):
+        harness.run_step(STEP, manifest, aws, upstream={})
+    assert iam.list_role_policies(RoleName="gamepulse-dev-execution")["PolicyNames"] == []
+
+
+@needs_managed_policies
+def test_a_run_killed_after_any_mutating_call_converges_without_duplicates(manifest, aws, iam):
+    smaller = manifest.model_copy(update={"iam": IamSpec(task_roles={"loki": TaskRoleSpec(grants=["config-read",
+                                                                                                  "loki-bucket"])})})
+    crashing, rerun = harness.forget_crash(aws), harness.forget_crash(aws)
+    calls = 5  # 2 × CreateRole, 2 × PutRolePolicy, 1 × AttachRolePolicy
+    for n in range(1, calls + 1):
+        env = smaller.model_copy(update={"environment": f"crash{n}"})  # a clean slate, cheaper than a reset
+        harness.crash_after(crashing, n)
+        with pytest.raises(harness.Crash):
+            harness.run_step(STEP, env, crashing, upstream=UPSTREAM)
+
+        writes = len(harness.mutations(rerun))
+        harness.run_step(STEP, env, rerun, upstream=UPSTREAM)
+        assert len(harness.mutations(rerun)) - writes == calls - n
+        assert role_names(iam, f"gamepulse-crash{n}-") == [f"gamepulse-crash{n}-execution",
+                                                            f"gamepulse-crash{n}-task-loki"]
+        assert iam.list_role_policies(RoleName=f"gamepulse-crash{n}-task-loki")["PolicyNames"] == ["grants"]
+        assert len(iam.list_attached_role_policies(RoleName=f"gamepulse-crash{n}-execution")["AttachedPolicies"]) == 1
+        assert harness.plan_step(STEP, env, rerun, upstream=UPSTREAM) == []

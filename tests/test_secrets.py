@@ -1,0 +1,385 @@
+"""Step `secrets`: pure planning without AWS, then apply / drift / destroy / crash against moto,
+and the promise that a secret value shows up nowhere but in Secrets Manager."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from datetime import datetime, timezone
+
+import pytest
+import structlog
+from botocore.exceptions import ClientError
+from structlog.testing import capture_logs
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.log import configure
+from orchestrator.model import SENSITIVE, Inputs
+from orchestrator.schema import SecretSpec, SecretsSpec
+from steps.secrets import DesiredSecret, ObservedSecret, SecretsFacts, SecretsStep
+from tests import harness
+from tests.conftest import FAKE_ENV
+
+STEP = SecretsStep()
+DB_VALUE = FAKE_ENV["GAMEPULSE_DB_CONNECTION"]
+SLACK_VALUE = FAKE_ENV["GAMEPULSE_SLACK_WEBHOOK"]
+NAMES = ["gamepulse/dev/db-connection", "gamepulse/dev/grafana-admin", "gamepulse/dev/slack-webhook"]
+
+
+# -- pure planning ------------------------------------------------------------------------------
+
+
+def desired_for(manifest):
+    return STEP.desired(manifest, Inputs(account_id="123456789012", region="us-east-1"))
+
+
+def as_found(secret: DesiredSecret, **changed) -> ObservedSecret:
+    """What observe reports for a secret exactly as desired, with a value equal to its source."""
+    arn = f"arn:aws:secretsmanager:us-east-1:123456789012:secret:{secret.name}-AbCdEf"
+    found = ObservedSecret(name=secret.name, arn=arn,
+                           description=secret.description, tags=dict(secret.tags), deleted=False,
+                           value="unknown" if secret.source == "generate" else "same")
+    return dataclasses.replace(found, **changed)
+
+
+def facts_for(desired, *, missing=(), **changed_by_key) -> SecretsFacts:
+    owned = {key: as_found(secret, **changed_by_key.get(key.replace("-", "_"), {}))
+             for key, secret in desired.secrets.items()}
+    return SecretsFacts(recovery_window_days=7, owned=owned, missing_sources=set(missing))
+
+
+def test_desired_names_secrets_under_app_and_env_with_ownership_tags(manifest):
+    desired = desired_for(manifest)
+    assert [s.name for s in desired.secrets.values()] == NAMES
+    db = desired.secrets["db-connection"]
+    assert (db.source, db.env) == ("env", "GAMEPULSE_DB_CONNECTION")
+    assert db.tags["orchestrator:step"] == "secrets" and db.tags["orchestrator:env"] == "dev"
+    assert db.tags["project"] == "gamepulse"
+
+
+def test_plan_from_nothing_creates_each_secret_and_says_where_its_value_comes_from(manifest):
+    desired = desired_for(manifest)
+    changes = STEP.plan(desired, SecretsFacts(recovery_window_days=7), {})
+    assert [(c.action, c.kind, c.name) for c in changes] == [
+        ("create", "secret", "db-connection"), ("create", "secret", "grafana-admin"),
+        ("create", "secret", "slack-webhook")]
+    assert all(c.calls == ("secretsmanager:CreateSecret",) and c.blocked is None for c in changes)
+    assert "environment variable GAMEPULSE_DB_CONNECTION" in changes[0].note
+    assert "generated once (32 characters), then kept" in changes[1].note
+    value_diff = [d for d in changes[0].diffs if d.field == "value"][0]
+    assert value_diff.sensitive and value_diff.to_dict()["new"] == SENSITIVE
+
+
+def test_no_change_when_everything_matches(manifest):
+    desired = desired_for(manifest)
+    assert STEP.plan(desired, facts_for(desired), {}) == []
+
+
+def test_a_different_source_value_is_an_update_that_does_not_show_it(manifest):
+    desired = desired_for(manifest)
+    changes = STEP.plan(desired, facts_for(desired, db_connection={"value": "differs"}), {})
+    assert [(c.action, c.name, c.calls) for c in changes] == [
+        ("update", "db-connection", ("secretsmanager:PutSecretValue",))]
+    assert "value will change" in changes[0].note
+    assert changes[0].to_dict()["diffs"] == [{"field": "value", "old": SENSITIVE, "new": SENSITIVE, "sensitive": True}]
+
+
+def test_description_and_tag_drift_are_updates(manifest):
+    desired = desired_for(manifest)
+    tags = {**desired.secrets["slack-webhook"].tags, "project": "other", "added-by-hand": "x"}
+    changes = STEP.plan(desired, facts_for(desired, slack_webhook={"description": "old", "tags": tags}), {})
+    assert len(changes) == 1
+    change = changes[0]
+    assert change.calls == ("secretsmanager:UpdateSecret", "secretsmanager:TagResource", "secretsmanager:UntagResource")
+    assert {d.field for d in change.diffs} == {"description", "tags"}
+    assert change.payload.tags_to_set == {"project": "gamepulse"}
+    assert change.payload.tags_to_remove == ("added-by-hand",)
+
+
+def test_a_secret_scheduled_for_deletion_is_restored_not_created(manifest):
+    desired = desired_for(manifest)
+    facts = facts_for(desired, db_connection={"deleted": True, "value": "unknown"},
+                      grafana_admin={"deleted": True})
+    changes = {c.name: c for c in STEP.plan(desired, facts, {})}
+    assert set(changes) == {"db-connection", "grafana-admin"}
+    assert changes["db-connection"].calls == ("secretsmanager:RestoreSecret", "secretsmanager:PutSecretValue")
+    assert changes["grafana-admin"].calls == ("secretsmanager:RestoreSecret",)  # a generated value is kept
+    assert "kept" in changes["grafana-admin"].note
+
+
+def test_a_restored_secret_whose_source_is_missing_keeps_its_value(manifest):
+    desired = desired_for(manifest)
+    facts = facts_for(desired, missing={"db-connection"}, db_connection={"deleted": True, "value": "unknown"})
+    [change] = STEP.plan(desired, facts, {})
+    assert change.calls == ("secretsmanager:RestoreSecret",) and not change.payload.put_value
+
+
+def test_a_secret_left_out_of_the_manifest_is_a_guarded_delete(manifest):
+    desired = desired_for(manifest)
+    facts = facts_for(desired)
+    facts.owned["old-api-key"] = as_found(desired.secrets["db-connection"], name="gamepulse/dev/old-api-key")
+    [change] = STEP.plan(desired, facts, {})
+    assert (change.action, change.name, change.blocked) == ("delete", "old-api-key", "delete-secrets")
+    assert "7-day recovery window" in change.note
+
+
+def test_a_secret_under_our_name_without_our_tags_is_refused(manifest):
+    desired = desired_for(manifest)
+    facts = facts_for(desired)
+    facts.foreign["slack-webhook"] = facts.owned.pop("slack-webhook")
+    with pytest.raises(OrchestratorError, match="gamepulse/dev/slack-webhook .*not owned"):
+        STEP.plan(desired, facts, {})
+
+
+def test_destroy_schedules_deletion_of_live_owned_secrets_only_with_the_flag(manifest):
+    desired = desired_for(manifest)
+    facts = facts_for(desired, grafana_admin={"deleted": True})
+    changes = STEP.plan_destroy(facts)
+    assert [(c.action, c.name, c.blocked) for c in changes] == [
+        ("delete", "db-connection", "delete-secrets"), ("delete", "slack-webhook", "delete-secrets")]
+    assert changes[0].payload[1] == 7
+
+
+# -- against moto -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sm(aws):
+    return aws.client("secretsmanager")
+
+
+def value_of(sm, name: str) -> str:
+    return sm.get_secret_value(SecretId=name)["SecretString"]
+
+
+def listed(sm) -> dict[str, dict]:
+    return {s["Name"]: s for s in sm.list_secrets(IncludePlannedDeletion=True)["SecretList"]}
+
+
+def with_secrets(manifest, **values: SecretSpec):
+    return manifest.model_copy(update={"secrets": SecretsSpec(recovery_window_days=7, values=values)})
+
+
+def test_apply_creates_secrets_with_values_and_tags_then_changes_nothing(manifest, aws, sm):
+    applied, outputs, _ = harness.run_step(STEP, manifest, aws)
+    assert len(applied) == 3
+
+    secrets = listed(sm)
+    assert sorted(secrets) == NAMES
+    db = secrets["gamepulse/dev/db-connection"]
+    assert db["Description"] == "GamePulse database connection string"
+    tags = {t["Key"]: t["Value"] for t in db["Tags"]}
+    assert tags["orchestrator:app"] == "gamepulse" and tags["orchestrator:step"] == "secrets"
+    assert value_of(sm, "gamepulse/dev/db-connection") == DB_VALUE
+    assert value_of(sm, "gamepulse/dev/slack-webhook") == SLACK_VALUE
+    generated = value_of(sm, "gamepulse/dev/grafana-admin")
+    assert len(generated) == 32
+    assert outputs["names"]["db-connection"] == "gamepulse/dev/db-connection"
+    assert outputs["arns"] == {key: secrets[f"gamepulse/dev/{key}"]["ARN"] for key in outputs["names"]}
+    assert harness.mutations(aws) == ["secrets-manager:CreateSecret"] * 3  # tags went in the create call
+
+    before = len(aws.ledger.calls)
+    again, outputs_again, _ = harness.run_step(STEP, manifest, aws)
+    assert again == [] and harness.mutations(aws) == ["secrets-manager:CreateSecret"] * 3
+    reads = [f"{c.service}:{c.operation}" for c in aws.ledger.calls[before:]]
+    assert reads == ["secrets-manager:ListSecrets", "secrets-manager:BatchGetSecretValue"]
+    assert value_of(sm, "gamepulse/dev/grafana-admin") == generated  # generated once, then kept
+    assert outputs_again == outputs
+
+
+def test_drift_is_shown_by_plan_then_repaired(manifest, aws, sm):
+    harness.run_step(STEP, manifest, aws)
+    generated = value_of(sm, "gamepulse/dev/grafana-admin")
+    sm.update_secret(SecretId="gamepulse/dev/slack-webhook", Description="edited by hand")
+    arn = listed(sm)["gamepulse/dev/slack-webhook"]["ARN"]
+    sm.tag_resource(SecretId=arn, Tags=[{"Key": "project", "Value": "hijacked"}])
+    sm.put_secret_value(SecretId="gamepulse/dev/db-connection", SecretString="changed-by-hand-value")
+    sm.put_secret_value(SecretId="gamepulse/dev/grafana-admin", SecretString="rotated-by-hand-value")
+    writes = len(harness.mutations(aws))
+
+    plan = {c.name: c for c in harness.plan_step(STEP, manifest, aws)}
+    assert len(harness.mutations(aws)) == writes  # plan is read-only
+    assert set(plan) == {"db-connection", "slack-webhook"}  # a generated value is never reverted
+    assert [d.field for d in plan["db-connection"].diffs] == ["value"] and plan["db-connection"].diffs[0].sensitive
+    assert {d.field for d in plan["slack-webhook"].diffs} == {"description", "tags"}
+
+    harness.run_step(STEP, manifest, aws)
+    assert value_of(sm, "gamepulse/dev/db-connection") == DB_VALUE
+    assert listed(sm)["gamepulse/dev/slack-webhook"]["Description"] == "Slack webhook for alert notifications"
+    assert {t["Key"]: t["Value"] for t in listed(sm)["gamepulse/dev/slack-webhook"]["Tags"]}["project"] == "gamepulse"
+    assert value_of(sm, "gamepulse/dev/grafana-admin") == "rotated-by-hand-value"
+    assert generated != "rotated-by-hand-value"
+    assert harness.plan_step(STEP, manifest, aws) == []
+
+
+def test_a_changed_environment_value_is_written_as_a_new_version(manifest, aws, sm, monkeypatch):
+    harness.run_step(STEP, manifest, aws)
+    monkeypatch.setenv("GAMEPULSE_SLACK_WEBHOOK", "https://hooks.slack.example/services/NEW/rotated-789")
+    applied, _, _ = harness.run_step(STEP, manifest, aws)
+    assert [(c.name, c.calls) for c in applied] == [("slack-webhook", ("secretsmanager:PutSecretValue",))]
+    assert value_of(sm, "gamepulse/dev/slack-webhook") == "https://hooks.slack.example/services/NEW/rotated-789"
+    versions = sm.list_secret_version_ids(SecretId="gamepulse/dev/slack-webhook")["Versions"]
+    assert sorted(stage for v in versions for stage in v["VersionStages"]) == ["AWSCURRENT", "AWSPREVIOUS"]
+
+
+def test_a_missing_source_for_a_new_secret_fails_the_plan_naming_secret_and_source(manifest, aws, tmp_path,
+                                                                                    monkeypatch):
+    monkeypatch.delenv("GAMEPULSE_SLACK_WEBHOOK")
+    with pytest.raises(OrchestratorError, match="gamepulse/dev/slack-webhook: environment variable "
+                                                "GAMEPULSE_SLACK_WEBHOOK is not set"):
+        harness.plan_step(STEP, manifest, aws)
+
+    from_file = with_secrets(manifest, token=SecretSpec(source="file", path=str(tmp_path / "absent.txt")))
+    with pytest.raises(OrchestratorError, match=f"gamepulse/dev/token: cannot read file {tmp_path}/absent.txt"):
+        harness.plan_step(STEP, from_file, aws)
+    assert harness.mutations(aws) == []
+
+
+def test_a_missing_source_for_an_existing_secret_keeps_its_value_with_a_warning(manifest, aws, sm, monkeypatch):
+    harness.run_step(STEP, manifest, aws)
+    monkeypatch.delenv("GAMEPULSE_DB_CONNECTION")
+    with capture_logs() as logs:
+        assert harness.plan_step(STEP, manifest, aws) == []
+    [warning] = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert warning["secret"] == "gamepulse/dev/db-connection" and "GAMEPULSE_DB_CONNECTION" in warning["problem"]
+    assert value_of(sm, "gamepulse/dev/db-connection") == DB_VALUE
+
+
+def test_a_file_source_is_read_without_its_trailing_newline(manifest, aws, sm, tmp_path):
+    key_file = tmp_path / "api-key"
+    key_file.write_text("file-held-api-key-0123456789\n")
+    with_file = with_secrets(manifest, **{"api-key": SecretSpec(source="file", path=str(key_file))})
+    harness.run_step(STEP, with_file, aws)
+    assert value_of(sm, "gamepulse/dev/api-key") == "file-held-api-key-0123456789"
+    assert harness.plan_step(STEP, with_file, aws) == []
+
+
+def test_a_secret_scheduled_for_deletion_is_restored(manifest, aws, sm):
+    harness.run_step(STEP, manifest, aws)
+    generated = value_of(sm, "gamepulse/dev/grafana-admin")
+    for name in ("gamepulse/dev/db-connection", "gamepulse/dev/grafana-admin"):
+        sm.delete_secret(SecretId=name, RecoveryWindowInDays=7)
+
+    applied, _, _ = harness.run_step(STEP, manifest, aws)
+    assert sorted((c.name, c.calls[0]) for c in applied) == [
+        ("db-connection", "secretsmanager:RestoreSecret"), ("grafana-admin", "secretsmanager:RestoreSecret")]
+    assert not any("DeletedDate" in s for s in listed(sm).values())
+    assert value_of(sm, "gamepulse/dev/db-connection") == DB_VALUE
+    assert value_of(sm, "gamepulse/dev/grafana-admin") == generated
+    assert harness.plan_step(STEP, manifest, aws) == []
+
+
+def test_a_secret_under_our_name_created_by_someone_else_is_refused(manifest, aws, sm):
+    sm.create_secret(Name="gamepulse/dev/db-connection", SecretString="someone-elses-value")
+    writes = len(harness.mutations(aws))
+    with pytest.raises(OrchestratorError, match="gamepulse/dev/db-connection already exists but is not owned"):
+        harness.run_step(STEP, manifest, aws)
+    assert value_of(sm, "gamepulse/dev/db-connection") == "someone-elses-value"
+    assert len(harness.mutations(aws)) == writes
+
+
+def test_destroy_schedules_deletion_of_ours_only_and_only_with_the_flag(manifest, aws, sm):
+    harness.run_step(STEP, manifest, aws)
+    sm.create_secret(Name="gamepulse/dev/hand-made", SecretString="keep-me-please")
+    sm.create_secret(Name="gamepulse/dev/other-step", SecretString="keep-me-too",
+                     Tags=[{"Key": "orchestrator:app", "Value": "gamepulse"},
+                           {"Key": "orchestrator:env", "Value": "dev"},
+                           {"Key": "orchestrator:step", "Value": "dashboards"}])
+
+    refused, _, _ = harness.run_step(STEP, manifest, aws, destroy=True)
+    assert refused == [] and not any("DeletedDate" in s for s in listed(sm).values())
+
+    deleted, _, _ = harness.run_step(STEP, manifest, aws, destroy=True, allow={"delete-secrets"})
+    assert sorted(c.name for c in deleted) == ["db-connection", "grafana-admin", "slack-webhook"]
+    secrets = listed(sm)
+    now = datetime.now(timezone.utc)
+    for name in NAMES:
+        assert 6 <= (secrets[name]["DeletedDate"] - now).days <= 7  # the manifest's 7-day recovery window
+    assert "DeletedDate" not in secrets["gamepulse/dev/hand-made"]
+    assert "DeletedDate" not in secrets["gamepulse/dev/other-step"]
+    assert harness.run_step(STEP, manifest, aws, destroy=True, allow={"delete-secrets"})[0] == []
+
+
+def test_a_secret_removed_from_the_manifest_is_deleted_only_with_the_flag(manifest, aws, sm):
+    harness.run_step(STEP, manifest, aws)
+    smaller = with_secrets(manifest, **{k: v for k, v in manifest.secrets.values.items() if k != "slack-webhook"})
+    assert harness.run_step(STEP, smaller, aws)[0] == []
+    assert "DeletedDate" not in listed(sm)["gamepulse/dev/slack-webhook"]
+    applied, _, _ = harness.run_step(STEP, smaller, aws, allow={"delete-secrets"})
+    assert [(c.action, c.name) for c in applied] == [("delete", "slack-webhook")]
+    assert "DeletedDate" in listed(sm)["gamepulse/dev/slack-webhook"]
+
+
+def test_a_run_killed_after_any_mutating_call_converges_without_duplicates(manifest, aws):
+    crashing, rerun = harness.forget_crash(aws), harness.forget_crash(aws)  # the killed process, the next one
+    sm = rerun.client("secretsmanager")
+    for n in (1, 2, 3):
+        env = manifest.model_copy(update={"environment": f"crash{n}"})  # a clean slate, cheaper than a reset
+        names = [name.replace("/dev/", f"/crash{n}/") for name in NAMES]
+        harness.crash_after(crashing, n)  # counts from now on
+        with pytest.raises(harness.Crash):
+            harness.run_step(STEP, env, crashing)
+        created_before = {name: value_of(sm, name) for name in listed(sm) if name in names}
+        assert len(created_before) == n
+
+        writes = len(harness.mutations(rerun))
+        harness.run_step(STEP, env, rerun)
+        assert sorted(name for name in listed(sm) if f"/crash{n}/" in name) == names  # exactly one of each
+        for name, value in created_before.items():  # a generated value made before the crash is kept
+            assert value_of(sm, name) == value
+        assert harness.run_step(STEP, env, rerun)[0] == []
+        assert len(harness.mutations(rerun)) - writes == 3 - n
+
+
+# -- secret values never leave Secrets Manager --------------------------------------------------
+
+
+@pytest.fixture
+def log_stream():
+    stream = io.StringIO()
+    configure(fmt="json", stream=stream)
+    yield stream
+    structlog.reset_defaults()
+
+
+def assert_nowhere(values, *texts):
+    for value in values:
+        for text in texts:
+            assert value not in text
+
+
+def test_no_value_in_plans_changes_records_outputs_or_logs(manifest, aws, sm, log_stream, monkeypatch):
+    engine = harness.engine(manifest, aws, steps=[STEP], with_state=False)
+    first = engine.apply()["secrets"]
+    generated = value_of(sm, "gamepulse/dev/grafana-admin")
+    monkeypatch.setenv("GAMEPULSE_DB_CONNECTION", "Host=db.test;Password=brand-new-password-42")
+    planned = harness.plan_step(STEP, manifest, aws)
+    second = engine.apply()["secrets"]
+
+    assert first.status == second.status == "ok"
+    assert [c.name for c in second.applied] == ["db-connection"]
+    values = [DB_VALUE, SLACK_VALUE, generated, "Host=db.test;Password=brand-new-password-42"]
+    changes = first.applied + second.applied + planned
+    assert_nowhere(values, json.dumps([c.to_dict() for c in changes]), repr(changes),
+                   json.dumps([c.record for c in changes]), json.dumps([first.outputs, second.outputs]))
+    log = log_stream.getvalue()
+    assert "create" in log and "update" in log  # the apply was logged …
+    assert_nowhere(values, log)  # … without a value
+
+
+def test_an_aws_error_quoting_the_value_is_redacted(manifest, aws, log_stream, monkeypatch):
+    harness.run_step(STEP, manifest, aws)
+    new_value = "Host=db.test;Password=leaky-password-77"
+    monkeypatch.setenv("GAMEPULSE_DB_CONNECTION", new_value)
+
+    def refuse(params, **kwargs):
+        raise ClientError({"Error": {"Code": "InternalServiceError",
+                                     "Message": f"could not store {json.loads(params['body'])['SecretString']}"}},
+                          "PutSecretValue")
+
+    aws.client("secretsmanager").meta.events.register("before-call.secrets-manager.PutSecretValue", refuse)
+    result = harness.engine(manifest, aws, steps=[STEP], with_state=False).apply()["secrets"]
+
+    assert result.status == "failed"
+    assert result.error == f"InternalServiceError: could not store {SENSITIVE}"
+    assert new_value not in log_stream.getvalue() and SENSITIVE in log_stream.getvalue()
