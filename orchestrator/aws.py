@@ -73,6 +73,7 @@ class Aws:
         self._lock = threading.Lock()
         self.ledger = CallLedger()
         self._account_id: str | None = None
+        self._account_lock = threading.Lock()
 
     def client(self, service: str):
         with self._lock:
@@ -91,9 +92,11 @@ class Aws:
         self.ledger.record(service, model)
 
     def account_id(self) -> str:
-        if self._account_id is None:
-            self._account_id = self.client("sts").get_caller_identity()["Account"]
-        return self._account_id
+        """The credentials' account, asked once per run (steps running at once share the answer)."""
+        with self._account_lock:
+            if self._account_id is None:
+                self._account_id = self.client("sts").get_caller_identity()["Account"]
+            return self._account_id
 
 
 def error_code(error: Exception) -> str:

@@ -71,6 +71,7 @@ class StateStore:
         self._cache_lock = threading.Lock()
         self._run: dict | None = None
         self._run_started = 0.0
+        self._exists = False  # once seen, a table does not vanish during a run
 
     @property
     def client(self):
@@ -100,10 +101,13 @@ class StateStore:
         if created or not self._ttl_enabled():
             self.client.update_time_to_live(
                 TableName=self.table, TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE})
+        self._exists = True
 
     def exists(self) -> bool:
         """Read-only: plan and status must never create the table."""
-        return self._describe() is not None
+        if not self._exists:
+            self._exists = self._describe() is not None
+        return self._exists
 
     def table_tags(self) -> dict[str, str]:
         return tagging.ownership_tags(self.manifest.app, SHARED_ENV, "state", self.manifest.tags)
@@ -255,15 +259,22 @@ class StateStore:
     # -- fenced writes ----------------------------------------------------------------------------
 
     def record_change(self, lease: "Lease", step: str, change: Change) -> None:
-        """Called as soon as AWS accepted one change, so a crash later still leaves its record."""
+        """Called as soon as AWS accepted one change, so a crash later still leaves its record.
+
+        Writes only what is new: the first change of the step in this run (status "applying")
+        and any change to the last-applied configuration. Changes that carry no record leave
+        nothing to keep, since resources are found again by name and tag.
+        """
         record = self._current(step)
+        before = copy.deepcopy(record)
         applied = record.setdefault("applied", {})
         if change.action == "delete":
             applied.pop(change.key, None)
         elif change.record is not None:
-            applied[change.key] = change.record
+            applied[change.key] = _plain(_storable(change.record))
         record.update(status="applying", last_run=lease.run_id)
-        self._put_step(lease, record)
+        if record != {**before, "applied": before.get("applied", {})}:
+            self._put_step(lease, record)
 
     def finish_step(self, lease: "Lease", step: str, *, status: str, desired_hash: str, outputs: dict,
                     changes: int, error: str | None = None) -> None:

@@ -640,7 +640,7 @@ class EfsStep(Step):
 
     @staticmethod
     def _apply_delete_mount_target(ctx, efs, found: ObservedMountTarget, observed: EfsFacts) -> None:
-        fs = observed.current_fs()
+        fs = next(fs for fs in observed.file_systems.values() if found in fs.mount_targets.values())
         call_unless_missing(efs.delete_mount_target, "MountTargetNotFound", MountTargetId=found.id)
         wait_mount_target_gone(ctx, efs, found.id, fs.name)
         fs.mount_targets.pop(found.zone, None)
@@ -685,9 +685,16 @@ class EfsStep(Step):
         }
 
     def plan_destroy(self, observed: EfsFacts) -> list[Change]:
-        """Every file system of ours goes only with `delete-data`, its access points and mount
-        targets with it (they stay while the file system stays)."""
-        return [self._delete_fs(fs) for _, fs in sorted(observed.file_systems.items())]
+        """Mount targets go in any case: they hold no data, and while they stand the network
+        (subnets, security groups, VPC) cannot be deleted. A file system itself, with its access
+        points, goes only with `delete-data`."""
+        changes = []
+        for _, fs in sorted(observed.file_systems.items()):
+            changes += [Change("delete", "mount-target", zone, calls=("efs:DeleteMountTarget",), payload=found,
+                               note=f"mount target {found.id} of {fs.id}; the file system's data is not touched")
+                        for zone, found in sorted(fs.mount_targets.items())]
+            changes.append(self._delete_fs(fs))
+        return changes
 
 
 STEP = EfsStep

@@ -172,9 +172,12 @@ def test_leftover_file_system_and_destroy_need_the_flag(manifest):
     facts.file_systems["fs-0"] = dataclasses.replace(facts.current_fs(), id="fs-0", name="gamepulse-dev-old")
     (leftover,) = STEP.plan(desired, facts, {})
     assert summary([leftover]) == [("delete", "file-system", "gamepulse-dev-old", "delete-data")]
-    assert summary(STEP.plan_destroy(facts)) == [("delete", "file-system", "gamepulse-dev-old", "delete-data"),
-                                                 ("delete", "file-system", FS_NAME, "delete-data")]
-    assert "2 mount target(s) and 2 access point(s)" in STEP.plan_destroy(facts)[1].note
+    # Mount targets go in any case (the network cannot be deleted around them); the data needs the flag.
+    mount_targets = [("delete", "mount-target", "us-east-1a", None), ("delete", "mount-target", "us-east-1b", None)]
+    assert summary(STEP.plan_destroy(facts)) == [
+        *mount_targets, ("delete", "file-system", "gamepulse-dev-old", "delete-data"),
+        *mount_targets, ("delete", "file-system", FS_NAME, "delete-data")]
+    assert "2 mount target(s) and 2 access point(s)" in STEP.plan_destroy(facts)[-1].note
 
 
 # -- against moto -------------------------------------------------------------------------------
@@ -343,7 +346,9 @@ def test_destroy_keeps_the_file_system_and_strangers_unless_told(manifest, aws, 
     stranger = efs.create_file_system(CreationToken="hand-made", Tags=[{"Key": "Name", "Value": FS_NAME}])
 
     applied, _, _ = harness.run_step(STEP, manifest, aws, upstream=network, destroy=True)
-    assert applied == [] and inventory(efs) == (1, 2, 2)
+    # The mount targets go so the network can be deleted; the file system and its access points stay.
+    assert [(c.action, c.kind) for c in applied] == [("delete", "mount-target")] * 2
+    assert inventory(efs) == (1, 0, 2)
 
     applied, _, _ = harness.run_step(STEP, manifest, aws, upstream=network, destroy=True, allow=("delete-data",))
     assert [(c.action, c.kind) for c in applied] == [("delete", "file-system")]

@@ -1,0 +1,733 @@
+"""Step alb: the internet-facing Application Load Balancer, its target groups, listeners and
+path rules.
+
+Target groups are named `PREFIX-NAME-HASH`, HASH covering the fields AWS cannot change in
+place (protocol, port, VPC). Changing one of them is thus a new target group under a new
+name: it is created, the listeners and rules move to it, and the old one is deleted last, so
+traffic always has somewhere to go.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field, replace
+
+from orchestrator import tags as tagging
+from orchestrator.aws import error_code
+from orchestrator.errors import OrchestratorError
+from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step, diff_fields
+from orchestrator.retry import eventually
+from orchestrator.waiters import WaitFailed
+
+DELETE_PROTECTED = "delete-protected"
+HTTP, HTTPS = 80, 443
+LISTENER_KEYS = {HTTP: "http", HTTPS: "https"}
+NAME_LIMIT = 32  # load balancer and target group names
+TAGS_PER_DESCRIBE = 20
+
+LB_FIELDS = ("subnets", "security_groups", "idle_timeout_seconds", "deletion_protection")
+LB_FIELD_CALLS = {"subnets": "elbv2:SetSubnets", "security_groups": "elbv2:SetSecurityGroups",
+                  "idle_timeout_seconds": "elbv2:ModifyLoadBalancerAttributes",
+                  "deletion_protection": "elbv2:ModifyLoadBalancerAttributes"}
+HEALTH_FIELDS = ("path", "matcher", "interval_seconds", "timeout_seconds", "healthy_threshold",
+                 "unhealthy_threshold")
+LISTENER_FIELDS = ("protocol", "default_action", "certificate_arn", "ssl_policy")
+
+
+# --- desired ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    path: str
+    matcher: str
+    interval_seconds: int
+    timeout_seconds: int
+    healthy_threshold: int
+    unhealthy_threshold: int
+
+
+@dataclass(frozen=True)
+class TargetGroup:
+    key: str  # the manifest's name for it: "gamepulse"
+    name: str  # the AWS name: "gamepulse-dev-gamepulse-1a2b"
+    protocol: str
+    port: int
+    vpc_id: str
+    deregistration_delay_seconds: int
+    health_check: HealthCheck
+
+
+@dataclass(frozen=True)
+class Action:
+    """What a listener or rule does: `forward` to a target group (by AWS name), or
+    `redirect-https` (301 to HTTPS:443). Anything else AWS reports keeps its own type."""
+
+    type: str
+    target: str | None = None
+
+    def __str__(self) -> str:  # as plans show it
+        if self == REDIRECT_TO_HTTPS:
+            return "redirect to HTTPS:443 (301)"
+        return f"{self.type} to {self.target}" if self.target else self.type
+
+
+REDIRECT_TO_HTTPS = Action("redirect-https")
+
+
+@dataclass(frozen=True)
+class Listener:
+    port: int
+    protocol: str
+    default_action: Action
+    certificate_arn: str | None = None
+    ssl_policy: str | None = None
+
+    @property
+    def key(self) -> str:
+        return _listener_key(self.port)
+
+
+@dataclass(frozen=True)
+class Rule:
+    port: int  # of the listener the rule belongs to
+    priority: int
+    paths: tuple[str, ...]
+    action: Action
+
+
+@dataclass(frozen=True)
+class LoadBalancer:
+    name: str
+    subnets: tuple[str, ...] | str  # sorted; KNOWN_AFTER_APPLY before the vpc step ran
+    security_groups: tuple[str, ...] | str
+    idle_timeout_seconds: int
+    deletion_protection: bool
+
+
+@dataclass(frozen=True)
+class AlbDesired:
+    load_balancer: LoadBalancer
+    name_prefix: str  # every target group of this environment is named with it
+    target_groups: tuple[TargetGroup, ...]
+    listeners: tuple[Listener, ...]
+    rules: tuple[Rule, ...]
+
+    @property
+    def https(self) -> bool:
+        return any(listener.port == HTTPS for listener in self.listeners)
+
+
+# --- observed --------------------------------------------------------------------------------
+
+
+@dataclass
+class ObservedLoadBalancer:
+    arn: str
+    name: str
+    dns_name: str
+    zone_id: str
+    owned: bool
+    subnets: tuple[str, ...] = ()
+    security_groups: tuple[str, ...] = ()
+    idle_timeout_seconds: int | None = None
+    deletion_protection: bool | None = None
+
+
+@dataclass
+class ObservedTargetGroup:
+    arn: str
+    name: str
+    protocol: str
+    port: int
+    vpc_id: str
+    owned: bool
+    health_check: HealthCheck | None = None
+    deregistration_delay_seconds: int | None = None
+
+
+@dataclass
+class ObservedListener:
+    arn: str
+    port: int
+    protocol: str
+    default_action: Action
+    owned: bool
+    certificate_arn: str | None = None
+    ssl_policy: str | None = None
+
+
+@dataclass
+class ObservedRule:
+    arn: str
+    port: int
+    priority: int
+    paths: tuple[str, ...]
+    action: Action
+    owned: bool
+
+
+@dataclass
+class AlbFacts:
+    load_balancer: ObservedLoadBalancer | None = None
+    target_groups: dict[str, ObservedTargetGroup] = field(default_factory=dict)  # by AWS name
+    listeners: dict[int, ObservedListener] = field(default_factory=dict)  # by port
+    rules: list[ObservedRule] = field(default_factory=list)  # not the listeners' default rules
+
+
+class AlbStep(Step):
+    name = "alb"
+    depends_on = ("vpc",)
+    description = "Application Load Balancer, target groups, listeners and path rules"
+
+    # -- desired ----------------------------------------------------------------------------
+
+    def desired(self, manifest, inputs) -> AlbDesired:
+        spec = manifest.load_balancer
+        prefix = manifest.prefix
+        _check_length("load balancer", prefix)
+        vpc_id = inputs.output("vpc", "vpc_id")
+        groups = tuple(_target_group(prefix, key, tg, vpc_id) for key, tg in spec.target_groups.items())
+        names = {group.key: group.name for group in groups}
+        forward_default = Action("forward", names[spec.default_target])
+        if spec.certificate_arn:
+            listeners = (Listener(HTTP, "HTTP", REDIRECT_TO_HTTPS),
+                         Listener(HTTPS, "HTTPS", forward_default, spec.certificate_arn, spec.ssl_policy))
+        else:
+            listeners = (Listener(HTTP, "HTTP", forward_default),)
+        rule_port = listeners[-1].port
+        return AlbDesired(
+            load_balancer=LoadBalancer(
+                name=prefix,
+                subnets=_sorted_ids(inputs.output("vpc", "public_subnet_ids")),
+                security_groups=_security_group(inputs.output("vpc", "security_groups"), spec.security_group),
+                idle_timeout_seconds=spec.idle_timeout_seconds,
+                deletion_protection=spec.deletion_protection),
+            name_prefix=f"{prefix}-",
+            target_groups=groups,
+            listeners=listeners,
+            rules=tuple(Rule(rule_port, rule.priority, tuple(rule.paths), Action("forward", names[rule.target]))
+                        for rule in sorted(spec.rules, key=lambda r: r.priority)))
+
+    # -- observe ----------------------------------------------------------------------------
+
+    def observe(self, ctx, desired: AlbDesired) -> AlbFacts:
+        elb = ctx.client("elbv2")
+        facts = AlbFacts()
+        lb = self._find_load_balancer(elb, desired.load_balancer.name)
+        all_groups = [group for page in elb.get_paginator("describe_target_groups").paginate()
+                      for group in page["TargetGroups"]]
+        names_by_arn = {group["TargetGroupArn"]: group["TargetGroupName"] for group in all_groups}
+        ours = [group for group in all_groups if group["TargetGroupName"].startswith(desired.name_prefix)]
+        listeners = elb.describe_listeners(LoadBalancerArn=lb["LoadBalancerArn"])["Listeners"] if lb else []
+        rules = [(listener["Port"], rule) for listener in listeners
+                 for rule in elb.describe_rules(ListenerArn=listener["ListenerArn"])["Rules"]
+                 if not rule["IsDefault"]]
+        arns = ([lb["LoadBalancerArn"]] if lb else []) + [g["TargetGroupArn"] for g in ours] + \
+            [listener["ListenerArn"] for listener in listeners] + [rule["RuleArn"] for _, rule in rules]
+        tags = self._tags(elb, arns)
+
+        def owned(arn: str) -> bool:
+            return _owned(ctx, tags.get(arn, {}))
+
+        if lb:
+            facts.load_balancer = self._observed_load_balancer(elb, lb, owned(lb["LoadBalancerArn"]))
+        for group in ours:
+            facts.target_groups[group["TargetGroupName"]] = self._observed_target_group(
+                elb, group, owned(group["TargetGroupArn"]))
+        for listener in listeners:
+            certificates = listener.get("Certificates") or [{}]
+            https = listener["Protocol"] == "HTTPS"
+            facts.listeners[listener["Port"]] = ObservedListener(
+                arn=listener["ListenerArn"], port=listener["Port"], protocol=listener["Protocol"],
+                default_action=_observed_action(listener["DefaultActions"], names_by_arn),
+                owned=owned(listener["ListenerArn"]),
+                certificate_arn=certificates[0].get("CertificateArn") if https else None,
+                ssl_policy=listener.get("SslPolicy") if https else None)
+        facts.rules = [ObservedRule(arn=rule["RuleArn"], port=port, priority=int(rule["Priority"]),
+                                    paths=_paths(rule["Conditions"]),
+                                    action=_observed_action(rule["Actions"], names_by_arn),
+                                    owned=owned(rule["RuleArn"]))
+                       for port, rule in rules]
+        return facts
+
+    @staticmethod
+    def _find_load_balancer(elb, name: str) -> dict | None:
+        """By name: `create_load_balancer` is never sent for a name that exists."""
+        try:
+            return elb.describe_load_balancers(Names=[name])["LoadBalancers"][0]
+        except Exception as error:
+            if error_code(error) == "LoadBalancerNotFound":
+                return None
+            raise
+
+    @staticmethod
+    def _tags(elb, arns: list[str]) -> dict[str, dict[str, str]]:
+        tags: dict[str, dict[str, str]] = {}
+        for start in range(0, len(arns), TAGS_PER_DESCRIBE):
+            response = elb.describe_tags(ResourceArns=arns[start:start + TAGS_PER_DESCRIBE])
+            tags.update({d["ResourceArn"]: tagging.tag_dict(d.get("Tags")) for d in response["TagDescriptions"]})
+        return tags
+
+    @staticmethod
+    def _observed_load_balancer(elb, lb: dict, owned: bool) -> ObservedLoadBalancer:
+        attributes = {a["Key"]: a["Value"] for a in
+                      elb.describe_load_balancer_attributes(LoadBalancerArn=lb["LoadBalancerArn"])["Attributes"]}
+        idle = attributes.get("idle_timeout.timeout_seconds")
+        protection = attributes.get("deletion_protection.enabled")
+        return ObservedLoadBalancer(
+            arn=lb["LoadBalancerArn"], name=lb["LoadBalancerName"], dns_name=lb["DNSName"],
+            zone_id=lb["CanonicalHostedZoneId"], owned=owned,
+            subnets=tuple(sorted(zone["SubnetId"] for zone in lb.get("AvailabilityZones", []))),
+            security_groups=tuple(sorted(lb.get("SecurityGroups", []))),
+            idle_timeout_seconds=int(idle) if idle is not None else None,
+            deletion_protection=protection == "true" if protection is not None else None)
+
+    @staticmethod
+    def _observed_target_group(elb, group: dict, owned: bool) -> ObservedTargetGroup:
+        seen = ObservedTargetGroup(arn=group["TargetGroupArn"], name=group["TargetGroupName"],
+                                   protocol=group["Protocol"], port=group["Port"], vpc_id=group["VpcId"],
+                                   owned=owned,
+                                   health_check=HealthCheck(
+                                       path=group.get("HealthCheckPath"),
+                                       matcher=(group.get("Matcher") or {}).get("HttpCode"),
+                                       interval_seconds=group.get("HealthCheckIntervalSeconds"),
+                                       timeout_seconds=group.get("HealthCheckTimeoutSeconds"),
+                                       healthy_threshold=group.get("HealthyThresholdCount"),
+                                       unhealthy_threshold=group.get("UnhealthyThresholdCount")))
+        if owned:  # attributes only matter for what we may change
+            attributes = {a["Key"]: a["Value"] for a in
+                          elb.describe_target_group_attributes(TargetGroupArn=seen.arn)["Attributes"]}
+            delay = attributes.get("deregistration_delay.timeout_seconds")
+            seen.deregistration_delay_seconds = int(delay) if delay is not None else None
+        return seen
+
+    # -- plan -------------------------------------------------------------------------------
+
+    def plan(self, desired: AlbDesired, observed: AlbFacts, recorded: dict[str, dict]) -> list[Change]:
+        """Dependencies first: what listeners point at exists before they move, and what they
+        pointed at goes only after they moved."""
+        rule_changes, rule_deletes = self._plan_rules(desired, observed)
+        return [*self._plan_load_balancer(desired.load_balancer, observed.load_balancer),
+                *self._plan_target_groups(desired, observed),
+                *self._plan_listeners(desired.listeners, observed.listeners),
+                *rule_changes, *rule_deletes,
+                *[_listener_deletion(seen) for port, seen in sorted(observed.listeners.items())
+                  if seen.owned and port not in {listener.port for listener in desired.listeners}],
+                *[_target_group_deletion(seen) for name, seen in sorted(observed.target_groups.items())
+                  if seen.owned and name not in {group.name for group in desired.target_groups}]]
+
+    def _plan_load_balancer(self, lb: LoadBalancer, seen: ObservedLoadBalancer | None) -> list[Change]:
+        if seen is None:
+            return [Change("create", "load_balancer", lb.name, diffs=diff_fields(lb, None, LB_FIELDS),
+                           calls=("elbv2:CreateLoadBalancer", "elbv2:ModifyLoadBalancerAttributes"), payload=lb)]
+        _refuse_foreign(seen.owned, "load balancer", lb.name)
+        diffs = diff_fields(lb, seen, LB_FIELDS)
+        if not diffs:
+            return []
+        calls = tuple(dict.fromkeys(LB_FIELD_CALLS[d.field] for d in diffs))
+        return [Change("update", "load_balancer", lb.name, diffs=diffs, calls=calls, payload=lb)]
+
+    def _plan_target_groups(self, desired: AlbDesired, observed: AlbFacts) -> list[Change]:
+        changes = []
+        for group in desired.target_groups:
+            seen = observed.target_groups.get(group.name)
+            if seen is None:
+                changes.append(self._create_or_replace_target_group(desired.name_prefix, group, observed))
+                continue
+            _refuse_foreign(seen.owned, "target group", group.name)
+            diffs = tuple(FieldDiff(f"health_check.{d.field}", d.old, d.new)
+                          for d in diff_fields(group.health_check, seen.health_check, HEALTH_FIELDS))
+            calls = ("elbv2:ModifyTargetGroup",) if diffs else ()
+            if seen.deregistration_delay_seconds != group.deregistration_delay_seconds:
+                diffs += (FieldDiff("deregistration_delay_seconds", seen.deregistration_delay_seconds,
+                                    group.deregistration_delay_seconds),)
+                calls += ("elbv2:ModifyTargetGroupAttributes",)
+            if diffs:
+                changes.append(Change("update", "target_group", group.key, diffs=diffs, calls=calls, payload=group))
+        return changes
+
+    @staticmethod
+    def _create_or_replace_target_group(name_prefix: str, group: TargetGroup, observed: AlbFacts) -> Change:
+        calls = ("elbv2:CreateTargetGroup", "elbv2:ModifyTargetGroupAttributes")
+        fields = ("name", "protocol", "port", "vpc_id")
+        previous = [seen for seen in observed.target_groups.values()
+                    if seen.owned and _target_group_key(name_prefix, seen.name) == group.key]
+        if not previous:
+            return Change("create", "target_group", group.key, diffs=diff_fields(group, None, fields),
+                          calls=calls, payload=group)
+        old = previous[0]
+        return Change("replace", "target_group", group.key, diffs=diff_fields(group, old, fields),
+                      calls=calls, payload=group,
+                      note=f"protocol, port and VPC cannot change in place: {group.name} is created, listeners "
+                           f"and rules move to it, then {old.name} is deleted")
+
+    def _plan_listeners(self, listeners: tuple[Listener, ...], seen: dict[int, ObservedListener]) -> list[Change]:
+        changes = []
+        for listener in listeners:
+            found = seen.get(listener.port)
+            if found is None:
+                changes.append(Change("create", "listener", listener.key,
+                                      diffs=diff_fields(listener, None, ("port",) + LISTENER_FIELDS),
+                                      calls=("elbv2:CreateListener",), payload=listener))
+                continue
+            _refuse_foreign(found.owned, "listener", f"{listener.key} (port {listener.port})")
+            diffs = diff_fields(listener, found, LISTENER_FIELDS)
+            if diffs:
+                changes.append(Change("update", "listener", listener.key, diffs=diffs,
+                                      calls=("elbv2:ModifyListener",), payload=listener))
+        return changes
+
+    def _plan_rules(self, desired: AlbDesired, observed: AlbFacts) -> tuple[list[Change], list[Change]]:
+        """Rules are known by their slot (listener and priority): a rule found in its slot is
+        modified in place; a rule found unchanged in another slot is moved there; the owned
+        rules left over are deleted (after the others changed, so traffic keeps a route)."""
+        by_slot = {(rule.port, rule.priority): rule for rule in observed.rules}
+        changes, unplaced, kept = [], [], set()
+        for rule in desired.rules:
+            seen = by_slot.get((rule.port, rule.priority))
+            if seen is None:
+                unplaced.append(rule)
+                continue
+            _refuse_foreign(seen.owned, "listener rule", _rule_name(rule.port, rule.priority))
+            kept.add(seen.arn)
+            diffs = diff_fields(rule, seen, ("paths", "action"))
+            if diffs:
+                changes.append(Change("update", "rule", _rule_name(rule.port, rule.priority), diffs=diffs,
+                                      calls=("elbv2:ModifyRule",), payload=(rule, seen.arn)))
+        leftovers = [seen for seen in observed.rules if seen.owned and seen.arn not in kept]
+        for rule in unplaced:
+            same = next((seen for seen in leftovers
+                         if (seen.port, seen.paths, seen.action) == (rule.port, rule.paths, rule.action)), None)
+            name = _rule_name(rule.port, rule.priority)
+            if same is None:
+                changes.append(Change("create", "rule", name, diffs=diff_fields(rule, None, ("paths", "action")),
+                                      calls=("elbv2:CreateRule",), payload=rule))
+                continue
+            leftovers.remove(same)
+            changes.append(Change("update", "rule", name, diffs=(FieldDiff("priority", same.priority, rule.priority),),
+                                  calls=("elbv2:SetRulePriorities",), payload=(rule, same.arn)))
+        return changes, [_rule_deletion(seen) for seen in leftovers]
+
+    # -- apply ------------------------------------------------------------------------------
+
+    def apply(self, ctx, change: Change, observed: AlbFacts) -> None:
+        """Carry out one change; the handler is named after the change: `_create_listener` …"""
+        getattr(self, f"_{change.action}_{change.kind}")(ctx, change, observed)
+
+    def _create_load_balancer(self, ctx, change: Change, observed: AlbFacts) -> None:
+        lb: LoadBalancer = change.payload
+        elb = ctx.client("elbv2")
+        created = elb.create_load_balancer(
+            Name=lb.name, Subnets=list(lb.subnets), SecurityGroups=list(lb.security_groups),
+            Scheme="internet-facing", Type="application", IpAddressType="ipv4",
+            Tags=tagging.tag_list(ctx.tags()))["LoadBalancers"][0]
+        ctx.wait(f"load balancer {lb.name} to be active", lambda: _load_balancer_state(elb, lb.name))
+        self._set_attributes(elb, created["LoadBalancerArn"], lb)
+        observed.load_balancer = ObservedLoadBalancer(
+            arn=created["LoadBalancerArn"], name=lb.name, dns_name=created["DNSName"],
+            zone_id=created["CanonicalHostedZoneId"], owned=True, subnets=lb.subnets,
+            security_groups=lb.security_groups, idle_timeout_seconds=lb.idle_timeout_seconds,
+            deletion_protection=lb.deletion_protection)
+
+    def _update_load_balancer(self, ctx, change: Change, observed: AlbFacts) -> None:
+        lb: LoadBalancer = change.payload
+        elb = ctx.client("elbv2")
+        seen = observed.load_balancer
+        if "elbv2:SetSubnets" in change.calls:
+            elb.set_subnets(LoadBalancerArn=seen.arn, Subnets=list(lb.subnets))
+        if "elbv2:SetSecurityGroups" in change.calls:
+            elb.set_security_groups(LoadBalancerArn=seen.arn, SecurityGroups=list(lb.security_groups))
+        if "elbv2:ModifyLoadBalancerAttributes" in change.calls:
+            self._set_attributes(elb, seen.arn, lb)
+        seen.subnets, seen.security_groups = lb.subnets, lb.security_groups
+        seen.idle_timeout_seconds, seen.deletion_protection = lb.idle_timeout_seconds, lb.deletion_protection
+
+    @staticmethod
+    def _set_attributes(elb, arn: str, lb: LoadBalancer) -> None:
+        elb.modify_load_balancer_attributes(LoadBalancerArn=arn, Attributes=[
+            {"Key": "idle_timeout.timeout_seconds", "Value": str(lb.idle_timeout_seconds)},
+            {"Key": "deletion_protection.enabled", "Value": str(lb.deletion_protection).lower()}])
+
+    def _delete_load_balancer(self, ctx, change: Change, observed: AlbFacts) -> None:
+        elb = ctx.client("elbv2")
+        elb.delete_load_balancer(LoadBalancerArn=observed.load_balancer.arn)
+        ctx.wait(f"load balancer {change.name} to be deleted", lambda: _load_balancer_gone(elb, change.name))
+        observed.load_balancer = None
+
+    def _create_target_group(self, ctx, change: Change, observed: AlbFacts) -> None:
+        group: TargetGroup = change.payload
+        health = group.health_check
+        elb = ctx.client("elbv2")
+        created = elb.create_target_group(
+            Name=group.name, Protocol=group.protocol, Port=group.port, VpcId=group.vpc_id, TargetType="ip",
+            HealthCheckEnabled=True, HealthCheckPath=health.path, HealthCheckIntervalSeconds=health.interval_seconds,
+            HealthCheckTimeoutSeconds=health.timeout_seconds, HealthyThresholdCount=health.healthy_threshold,
+            UnhealthyThresholdCount=health.unhealthy_threshold, Matcher={"HttpCode": health.matcher},
+            Tags=tagging.tag_list(ctx.tags()))["TargetGroups"][0]
+        self._set_deregistration_delay(elb, created["TargetGroupArn"], group)
+        observed.target_groups[group.name] = ObservedTargetGroup(
+            arn=created["TargetGroupArn"], name=group.name, protocol=group.protocol, port=group.port,
+            vpc_id=group.vpc_id, owned=True, health_check=health,
+            deregistration_delay_seconds=group.deregistration_delay_seconds)
+
+    #: The new target group comes first; the old one is deleted by its own change, last.
+    _replace_target_group = _create_target_group
+
+    def _update_target_group(self, ctx, change: Change, observed: AlbFacts) -> None:
+        group: TargetGroup = change.payload
+        health = group.health_check
+        elb = ctx.client("elbv2")
+        seen = observed.target_groups[group.name]
+        if "elbv2:ModifyTargetGroup" in change.calls:
+            elb.modify_target_group(
+                TargetGroupArn=seen.arn, HealthCheckPath=health.path,
+                HealthCheckIntervalSeconds=health.interval_seconds, HealthCheckTimeoutSeconds=health.timeout_seconds,
+                HealthyThresholdCount=health.healthy_threshold, UnhealthyThresholdCount=health.unhealthy_threshold,
+                Matcher={"HttpCode": health.matcher})
+            seen.health_check = health
+        if "elbv2:ModifyTargetGroupAttributes" in change.calls:
+            self._set_deregistration_delay(elb, seen.arn, group)
+            seen.deregistration_delay_seconds = group.deregistration_delay_seconds
+
+    @staticmethod
+    def _set_deregistration_delay(elb, arn: str, group: TargetGroup) -> None:
+        elb.modify_target_group_attributes(TargetGroupArn=arn, Attributes=[
+            {"Key": "deregistration_delay.timeout_seconds", "Value": str(group.deregistration_delay_seconds)}])
+
+    def _delete_target_group(self, ctx, change: Change, observed: AlbFacts) -> None:
+        # A listener that just moved away (or a load balancer just deleted) can hold on to the
+        # target group for a few seconds: AWS says ResourceInUse until then.
+        eventually(ctx.client("elbv2").delete_target_group, TargetGroupArn=change.payload.arn,
+                   retry_on={"ResourceInUse"})
+        observed.target_groups.pop(change.payload.name, None)
+
+    def _create_listener(self, ctx, change: Change, observed: AlbFacts) -> None:
+        listener: Listener = change.payload
+        created = ctx.client("elbv2").create_listener(
+            LoadBalancerArn=observed.load_balancer.arn, Protocol=listener.protocol, Port=listener.port,
+            DefaultActions=_action_param(listener.default_action, observed), **_tls_params(listener),
+            Tags=tagging.tag_list(ctx.tags()))["Listeners"][0]
+        observed.listeners[listener.port] = ObservedListener(
+            arn=created["ListenerArn"], port=listener.port, protocol=listener.protocol,
+            default_action=listener.default_action, owned=True, certificate_arn=listener.certificate_arn,
+            ssl_policy=listener.ssl_policy)
+
+    def _update_listener(self, ctx, change: Change, observed: AlbFacts) -> None:
+        listener: Listener = change.payload
+        seen = observed.listeners[listener.port]
+        ctx.client("elbv2").modify_listener(
+            ListenerArn=seen.arn, Protocol=listener.protocol, Port=listener.port,
+            DefaultActions=_action_param(listener.default_action, observed), **_tls_params(listener))
+        seen.protocol, seen.default_action = listener.protocol, listener.default_action
+        seen.certificate_arn, seen.ssl_policy = listener.certificate_arn, listener.ssl_policy
+
+    def _delete_listener(self, ctx, change: Change, observed: AlbFacts) -> None:
+        seen: ObservedListener = change.payload
+        ctx.client("elbv2").delete_listener(ListenerArn=seen.arn)
+        observed.listeners.pop(seen.port, None)
+
+    def _create_rule(self, ctx, change: Change, observed: AlbFacts) -> None:
+        rule: Rule = change.payload
+        created = ctx.client("elbv2").create_rule(
+            ListenerArn=observed.listeners[rule.port].arn, Priority=rule.priority,
+            Conditions=_conditions_param(rule), Actions=_action_param(rule.action, observed),
+            Tags=tagging.tag_list(ctx.tags()))["Rules"][0]
+        observed.rules.append(ObservedRule(created["RuleArn"], rule.port, rule.priority, rule.paths, rule.action, True))
+
+    def _update_rule(self, ctx, change: Change, observed: AlbFacts) -> None:
+        rule, arn = change.payload
+        elb = ctx.client("elbv2")
+        if "elbv2:SetRulePriorities" in change.calls:
+            elb.set_rule_priorities(RulePriorities=[{"RuleArn": arn, "Priority": rule.priority}])
+        if "elbv2:ModifyRule" in change.calls:
+            elb.modify_rule(RuleArn=arn, Conditions=_conditions_param(rule),
+                            Actions=_action_param(rule.action, observed))
+        seen = next(seen for seen in observed.rules if seen.arn == arn)
+        seen.priority, seen.paths, seen.action = rule.priority, rule.paths, rule.action
+
+    def _delete_rule(self, ctx, change: Change, observed: AlbFacts) -> None:
+        seen: ObservedRule = change.payload
+        try:
+            ctx.client("elbv2").delete_rule(RuleArn=seen.arn)
+        except Exception as error:
+            if error_code(error) != "RuleNotFound":  # gone with its listener
+                raise
+        observed.rules.remove(seen)
+
+    # -- outputs and destroy ----------------------------------------------------------------
+
+    def outputs(self, desired: AlbDesired, observed: AlbFacts) -> dict:
+        lb = observed.load_balancer
+        groups = {group.key: observed.target_groups.get(group.name) for group in desired.target_groups}
+        listeners = {listener.key: observed.listeners.get(listener.port) for listener in desired.listeners}
+        scheme = "https" if desired.https else "http"
+        return {
+            "load_balancer_arn": lb.arn if lb else KNOWN_AFTER_APPLY,
+            "load_balancer_name": desired.load_balancer.name,
+            "dns_name": lb.dns_name if lb else KNOWN_AFTER_APPLY,
+            "zone_id": lb.zone_id if lb else KNOWN_AFTER_APPLY,
+            "url": f"{scheme}://{lb.dns_name}" if lb else KNOWN_AFTER_APPLY,
+            # CloudWatch's LoadBalancer and TargetGroup dimensions: the ARN after its resource type.
+            "arn_suffix": lb.arn.split(":loadbalancer/")[-1] if lb else KNOWN_AFTER_APPLY,
+            "target_groups": {key: seen.arn if seen else KNOWN_AFTER_APPLY for key, seen in groups.items()},
+            "target_group_arn_suffixes": {key: seen.arn.split(":")[-1] if seen else KNOWN_AFTER_APPLY
+                                          for key, seen in groups.items()},
+            "listener_arns": {key: seen.arn if seen else KNOWN_AFTER_APPLY for key, seen in listeners.items()},
+        }
+
+    def plan_destroy(self, observed: AlbFacts) -> list[Change]:
+        """Rules, listeners, the load balancer, then target groups; only what carries our tags.
+        With deletion protection on, everything is refused: removing listeners alone would cut
+        the traffic of a load balancer that stays."""
+        lb = observed.load_balancer
+        protected = lb is not None and lb.owned and bool(lb.deletion_protection)
+        changes = [*(_rule_deletion(rule) for rule in observed.rules if rule.owned),
+                   *(_listener_deletion(seen) for _, seen in sorted(observed.listeners.items()) if seen.owned)]
+        if lb is not None and lb.owned:
+            changes.append(Change("delete", "load_balancer", lb.name,
+                                  calls=("elbv2:DeleteLoadBalancer",), payload=lb))
+        changes += [_target_group_deletion(seen) for _, seen in sorted(observed.target_groups.items()) if seen.owned]
+        if not protected:
+            return changes
+        note = (f"load balancer {lb.name} has deletion protection on: set load_balancer.deletion_protection "
+                "to false and apply before destroying")
+        return [replace(change, blocked=DELETE_PROTECTED, note=note) for change in changes]
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _owned(ctx, tags: dict[str, str]) -> bool:
+    """Ours: this app and environment, created by this step."""
+    return tagging.is_owned(tags, ctx.app, ctx.env) and tags.get(tagging.STEP) == ctx.step
+
+
+def _refuse_foreign(owned: bool, what: str, name: str) -> None:
+    if not owned:
+        raise OrchestratorError(f"{what} {name} exists but does not carry this environment's ownership tags; "
+                                "the orchestrator will not change it: rename or remove it, or change the manifest")
+
+
+def _check_length(what: str, name: str) -> None:
+    if len(name) > NAME_LIMIT:
+        raise OrchestratorError(f"{what} name {name!r} is {len(name)} characters; AWS allows {NAME_LIMIT}: "
+                                "shorten the app, environment or target group name")
+
+
+def _target_group(prefix: str, key: str, spec, vpc_id: str) -> TargetGroup:
+    """The AWS name carries a hash of protocol, port and VPC (unknown until the VPC exists)."""
+    _check_length("target group", f"{prefix}-{key}-0000")
+    if vpc_id == KNOWN_AFTER_APPLY:
+        name = KNOWN_AFTER_APPLY
+    else:
+        name = f"{prefix}-{key}-{hashlib.sha256(f'{spec.protocol}:{spec.port}:{vpc_id}'.encode()).hexdigest()[:4]}"
+    health = spec.health_check
+    return TargetGroup(key=key, name=name, protocol=spec.protocol, port=spec.port, vpc_id=vpc_id,
+                       deregistration_delay_seconds=spec.deregistration_delay_seconds,
+                       health_check=HealthCheck(health.path, health.matcher, health.interval_seconds,
+                                                health.timeout_seconds, health.healthy_threshold,
+                                                health.unhealthy_threshold))
+
+
+def _target_group_key(name_prefix: str, name: str) -> str | None:
+    """`gamepulse-dev-grafana-1a2b` → `grafana`: which manifest entry a target group was for."""
+    match = re.fullmatch(re.escape(name_prefix) + r"(.+)-[0-9a-f]{4}", name)
+    return match.group(1) if match else None
+
+
+def _sorted_ids(ids) -> tuple[str, ...] | str:
+    return KNOWN_AFTER_APPLY if ids == KNOWN_AFTER_APPLY else tuple(sorted(ids))
+
+
+def _security_group(groups, name: str) -> tuple[str, ...] | str:
+    if groups == KNOWN_AFTER_APPLY:
+        return KNOWN_AFTER_APPLY
+    if name not in groups:
+        raise OrchestratorError(f"load balancer security group {name!r} is not among the vpc step's security "
+                                f"groups ({', '.join(sorted(groups))})")
+    return (groups[name],)
+
+
+def _listener_key(port: int) -> str:
+    return LISTENER_KEYS.get(port, f"port-{port}")
+
+
+def _rule_name(port: int, priority: int) -> str:
+    return f"{_listener_key(port)}-{priority}"
+
+
+def _paths(conditions: list[dict]) -> tuple[str, ...]:
+    for condition in conditions:
+        if condition.get("Field") == "path-pattern":
+            return tuple((condition.get("PathPatternConfig") or {}).get("Values") or condition.get("Values") or ())
+    return ()
+
+
+def _observed_action(actions: list[dict], names_by_arn: dict[str, str]) -> Action:
+    """AWS's action list as an `Action`: target groups by name, redirects to HTTPS recognised."""
+    if not actions:
+        return Action("none")
+    first = actions[0]
+    if first["Type"] == "forward":
+        targets = [t["TargetGroupArn"] for t in (first.get("ForwardConfig") or {}).get("TargetGroups", [])]
+        if len(targets) > 1:
+            return Action("forward-weighted")
+        arn = first.get("TargetGroupArn") or targets[0]
+        return Action("forward", names_by_arn.get(arn, arn))
+    redirect = first.get("RedirectConfig") or {}
+    if first["Type"] == "redirect" and (redirect.get("Protocol"), str(redirect.get("Port")),
+                                        redirect.get("StatusCode")) == ("HTTPS", str(HTTPS), "HTTP_301"):
+        return REDIRECT_TO_HTTPS
+    return Action(first["Type"])
+
+
+def _action_param(action: Action, observed: AlbFacts) -> list[dict]:
+    if action == REDIRECT_TO_HTTPS:
+        return [{"Type": "redirect",
+                 "RedirectConfig": {"Protocol": "HTTPS", "Port": str(HTTPS), "StatusCode": "HTTP_301"}}]
+    return [{"Type": "forward", "TargetGroupArn": observed.target_groups[action.target].arn}]
+
+
+def _conditions_param(rule: Rule) -> list[dict]:
+    return [{"Field": "path-pattern", "PathPatternConfig": {"Values": list(rule.paths)}}]
+
+
+def _tls_params(listener: Listener) -> dict:
+    if listener.protocol != "HTTPS":
+        return {}
+    return {"SslPolicy": listener.ssl_policy, "Certificates": [{"CertificateArn": listener.certificate_arn}]}
+
+
+def _rule_deletion(seen: ObservedRule) -> Change:
+    return Change("delete", "rule", _rule_name(seen.port, seen.priority),
+                  diffs=(FieldDiff("paths", seen.paths, None),), calls=("elbv2:DeleteRule",), payload=seen)
+
+
+def _listener_deletion(seen: ObservedListener) -> Change:
+    return Change("delete", "listener", _listener_key(seen.port), calls=("elbv2:DeleteListener",), payload=seen)
+
+
+def _target_group_deletion(seen: ObservedTargetGroup) -> Change:
+    return Change("delete", "target_group", seen.name, calls=("elbv2:DeleteTargetGroup",), payload=seen)
+
+
+def _load_balancer_state(elb, name: str) -> tuple[bool, str]:
+    lb = elb.describe_load_balancers(Names=[name])["LoadBalancers"][0]
+    state = lb["State"]
+    if state["Code"] == "failed":
+        raise WaitFailed(f"load balancer {name} failed to provision: {state.get('Reason', 'no reason given')}")
+    return state["Code"] in ("active", "active_impaired"), state["Code"]
+
+
+def _load_balancer_gone(elb, name: str) -> tuple[bool, str]:
+    try:
+        lb = elb.describe_load_balancers(Names=[name])["LoadBalancers"][0]
+    except Exception as error:
+        if error_code(error) == "LoadBalancerNotFound":
+            return True, "deleted"
+        raise
+    return False, lb["State"]["Code"]
+
+
+STEP = AlbStep

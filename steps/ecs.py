@@ -1,0 +1,406 @@
+"""Step ecs: the ECS cluster, one CloudWatch log group per task family, and the Cloud Map
+private DNS namespace in which the services find each other by name."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from orchestrator import tags as tagging
+from orchestrator.aws import error_code
+from orchestrator.errors import OrchestratorError
+from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step, diff_fields
+from orchestrator.waiters import WaitFailed
+
+CONTAINER_INSIGHTS = "containerInsights"
+DELETE_DATA = "delete-data"
+
+
+# --- desired ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Strategy:
+    provider: str
+    weight: int
+    base: int
+
+    def __str__(self) -> str:  # as plans show it
+        return f"{self.provider} weight {self.weight} base {self.base}"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    container_insights: str  # "enabled" | "disabled", as ECS spells the setting
+    capacity_providers: tuple[str, ...]  # sorted: the order means nothing to ECS
+    default_strategy: tuple[Strategy, ...]  # sorted by provider
+
+
+@dataclass(frozen=True)
+class LogGroup:
+    family: str
+    name: str
+    retention_days: int
+
+
+@dataclass(frozen=True)
+class Namespace:
+    name: str
+    vpc_id: str
+
+
+@dataclass(frozen=True)
+class EcsDesired:
+    cluster: Cluster
+    log_group_prefix: str
+    log_groups: tuple[LogGroup, ...]
+    namespace: Namespace
+
+
+# --- observed --------------------------------------------------------------------------------
+
+
+@dataclass
+class ObservedCluster:
+    name: str
+    arn: str
+    owned: bool
+    container_insights: str | None = None
+    capacity_providers: tuple[str, ...] = ()
+    default_strategy: tuple[Strategy, ...] = ()
+
+
+@dataclass
+class ObservedLogGroup:
+    name: str
+    owned: bool
+    retention_days: int | None = None
+
+
+@dataclass
+class ObservedNamespace:
+    id: str
+    arn: str
+    name: str
+    owned: bool
+
+
+@dataclass
+class EcsFacts:
+    cluster: ObservedCluster | None = None
+    log_groups: dict[str, ObservedLogGroup] = field(default_factory=dict)  # by log group name
+    namespace: ObservedNamespace | None = None
+
+
+CLUSTER_FIELDS = ("container_insights", "capacity_providers", "default_strategy")
+
+
+class EcsStep(Step):
+    name = "ecs"
+    depends_on = ("vpc",)
+    description = "ECS cluster, log groups per task family, Cloud Map namespace"
+
+    # -- desired ----------------------------------------------------------------------------
+
+    def desired(self, manifest, inputs) -> EcsDesired:
+        spec = manifest.cluster
+        prefix = manifest.prefix
+        log_prefix = f"/ecs/{prefix}/"
+        return EcsDesired(
+            cluster=Cluster(
+                name=prefix,
+                container_insights="enabled" if spec.container_insights else "disabled",
+                capacity_providers=tuple(sorted(spec.capacity_providers)),
+                default_strategy=_sorted_strategy(Strategy(s.provider, s.weight, s.base)
+                                                  for s in spec.default_strategy)),
+            log_group_prefix=log_prefix,
+            log_groups=tuple(LogGroup(family, f"{log_prefix}{family}", manifest.logging.retention_days)
+                             for family in spec.log_groups),
+            namespace=Namespace(name=spec.namespace or f"{prefix}.local",
+                                vpc_id=inputs.output("vpc", "vpc_id")))
+
+    # -- observe ----------------------------------------------------------------------------
+
+    def observe(self, ctx, desired: EcsDesired) -> EcsFacts:
+        return EcsFacts(cluster=self._observe_cluster(ctx, desired.cluster.name),
+                        log_groups=self._observe_log_groups(ctx, desired.log_group_prefix),
+                        namespace=self._observe_namespace(ctx, desired.namespace.name))
+
+    def _observe_cluster(self, ctx, name: str) -> ObservedCluster | None:
+        response = ctx.client("ecs").describe_clusters(clusters=[name], include=["SETTINGS", "TAGS"])
+        # A deleted cluster stays visible as INACTIVE for a while; for us it is gone.
+        found = [c for c in response["clusters"] if c["status"] != "INACTIVE"]
+        if not found:
+            return None
+        cluster = found[0]
+        settings = {s["name"]: s["value"] for s in cluster.get("settings", [])}
+        return ObservedCluster(
+            name=cluster["clusterName"], arn=cluster["clusterArn"],
+            owned=_owned(ctx, tagging.tag_dict(cluster.get("tags"), "key", "value")),
+            container_insights=settings.get(CONTAINER_INSIGHTS),
+            capacity_providers=tuple(sorted(cluster.get("capacityProviders", []))),
+            default_strategy=_sorted_strategy(
+                Strategy(s["capacityProvider"], s.get("weight", 0), s.get("base", 0))
+                for s in cluster.get("defaultCapacityProviderStrategy", [])))
+
+    def _observe_log_groups(self, ctx, prefix: str) -> dict[str, ObservedLogGroup]:
+        """Every log group under the environment's prefix, ours or not. The logs API returns
+        no tags with the groups, so ownership takes one tag read per group."""
+        logs = ctx.client("logs")
+        groups: dict[str, ObservedLogGroup] = {}
+        for page in logs.get_paginator("describe_log_groups").paginate(logGroupNamePrefix=prefix):
+            for group in page["logGroups"]:
+                arn = group.get("logGroupArn") or group["arn"].removesuffix(":*")
+                tags = logs.list_tags_for_resource(resourceArn=arn).get("tags", {})
+                groups[group["logGroupName"]] = ObservedLogGroup(
+                    name=group["logGroupName"], owned=_owned(ctx, tags),
+                    retention_days=group.get("retentionInDays"))
+        return groups
+
+    def _observe_namespace(self, ctx, name: str) -> ObservedNamespace | None:
+        """Ours if one of that name is ours (private namespaces of other VPCs may share it)."""
+        discovery = ctx.client("servicediscovery")
+        private_dns = [{"Name": "TYPE", "Values": ["DNS_PRIVATE"], "Condition": "EQ"}]
+        found = []
+        for page in discovery.get_paginator("list_namespaces").paginate(Filters=private_dns):
+            for namespace in page["Namespaces"]:
+                if namespace["Name"] == name:
+                    tags = discovery.list_tags_for_resource(ResourceARN=namespace["Arn"]).get("Tags", [])
+                    found.append(ObservedNamespace(id=namespace["Id"], arn=namespace["Arn"], name=name,
+                                                   owned=_owned(ctx, tagging.tag_dict(tags))))
+        return next((namespace for namespace in found if namespace.owned), found[0] if found else None)
+
+    # -- plan -------------------------------------------------------------------------------
+
+    def plan(self, desired: EcsDesired, observed: EcsFacts, recorded: dict[str, dict]) -> list[Change]:
+        return [*self._plan_cluster(desired.cluster, observed.cluster),
+                *self._plan_log_groups(desired.log_groups, observed.log_groups),
+                *self._plan_namespace(desired.namespace, observed.namespace, recorded)]
+
+    def _plan_cluster(self, cluster: Cluster, seen: ObservedCluster | None) -> list[Change]:
+        if seen is None:
+            return [Change("create", "cluster", cluster.name, diffs=diff_fields(cluster, None, CLUSTER_FIELDS),
+                           calls=("ecs:CreateCluster",), payload=cluster)]
+        _refuse_foreign(seen.owned, "ECS cluster", cluster.name)
+        diffs = diff_fields(cluster, seen, CLUSTER_FIELDS)
+        if not diffs:
+            return []
+        calls = []
+        if any(d.field == "container_insights" for d in diffs):
+            calls.append("ecs:UpdateClusterSettings")
+        if any(d.field in ("capacity_providers", "default_strategy") for d in diffs):
+            calls.append("ecs:PutClusterCapacityProviders")
+        return [Change("update", "cluster", cluster.name, diffs=diffs, calls=tuple(calls), payload=cluster)]
+
+    def _plan_log_groups(self, groups: tuple[LogGroup, ...], seen: dict[str, ObservedLogGroup]) -> list[Change]:
+        changes = []
+        for group in groups:
+            found = seen.get(group.name)
+            if found is None:
+                changes.append(Change("create", "log_group", group.name,
+                                      diffs=(FieldDiff("retention_days", None, group.retention_days),),
+                                      calls=("logs:CreateLogGroup", "logs:PutRetentionPolicy"), payload=group))
+                continue
+            _refuse_foreign(found.owned, "log group", group.name)
+            if found.retention_days != group.retention_days:
+                changes.append(Change("update", "log_group", group.name,
+                                      diffs=(FieldDiff("retention_days", found.retention_days,
+                                                       group.retention_days),),
+                                      calls=("logs:PutRetentionPolicy",), payload=group))
+        wanted = {group.name for group in groups}
+        changes += [_log_group_deletion(found, "no longer in the manifest")
+                    for name, found in sorted(seen.items()) if found.owned and name not in wanted]
+        return changes
+
+    def _plan_namespace(self, namespace: Namespace, seen: ObservedNamespace | None,
+                        recorded: dict[str, dict]) -> list[Change]:
+        key = f"namespace/{namespace.name}"
+        record = {"vpc_id": namespace.vpc_id}
+        if seen is None:
+            return [Change("create", "namespace", namespace.name,
+                           diffs=(FieldDiff("vpc_id", None, namespace.vpc_id),),
+                           calls=("servicediscovery:CreatePrivateDnsNamespace",),
+                           payload=namespace, record=record)]
+        _refuse_foreign(seen.owned, "Cloud Map namespace", namespace.name)
+        # Cloud Map does not report a namespace's VPC: compare with the VPC of the last apply.
+        last_vpc = recorded.get(key, {}).get("vpc_id")
+        if last_vpc is None or last_vpc == namespace.vpc_id:
+            return []
+        return [Change("replace", "namespace", namespace.name,
+                       diffs=(FieldDiff("vpc_id", last_vpc, namespace.vpc_id),),
+                       calls=("servicediscovery:DeleteNamespace", "servicediscovery:CreatePrivateDnsNamespace"),
+                       payload=namespace, record=record,
+                       note="a namespace cannot move to another VPC: it is deleted and created again; "
+                            "services registered in it must be removed first")]
+
+    # -- apply ------------------------------------------------------------------------------
+
+    def apply(self, ctx, change: Change, observed: EcsFacts) -> None:
+        """Carry out one change; the handler is named after the change: `_create_cluster` …"""
+        getattr(self, f"_{change.action}_{change.kind}")(ctx, change, observed)
+
+    def _create_cluster(self, ctx, change: Change, observed: EcsFacts) -> None:
+        cluster: Cluster = change.payload
+        response = ctx.client("ecs").create_cluster(
+            clusterName=cluster.name,
+            settings=_settings_param(cluster),
+            capacityProviders=list(cluster.capacity_providers),
+            defaultCapacityProviderStrategy=_strategy_param(cluster.default_strategy),
+            tags=tagging.tag_list(ctx.tags(), "key", "value"))
+        observed.cluster = ObservedCluster(cluster.name, response["cluster"]["clusterArn"], owned=True,
+                                           container_insights=cluster.container_insights,
+                                           capacity_providers=cluster.capacity_providers,
+                                           default_strategy=cluster.default_strategy)
+
+    def _update_cluster(self, ctx, change: Change, observed: EcsFacts) -> None:
+        """Never `create_cluster` again on an existing cluster: that would reset its settings."""
+        cluster: Cluster = change.payload
+        ecs = ctx.client("ecs")
+        if "ecs:UpdateClusterSettings" in change.calls:
+            ecs.update_cluster_settings(cluster=cluster.name, settings=_settings_param(cluster))
+        if "ecs:PutClusterCapacityProviders" in change.calls:
+            ecs.put_cluster_capacity_providers(
+                cluster=cluster.name, capacityProviders=list(cluster.capacity_providers),
+                defaultCapacityProviderStrategy=_strategy_param(cluster.default_strategy))
+        seen = observed.cluster
+        seen.container_insights = cluster.container_insights
+        seen.capacity_providers = cluster.capacity_providers
+        seen.default_strategy = cluster.default_strategy
+
+    def _delete_cluster(self, ctx, change: Change, observed: EcsFacts) -> None:
+        try:
+            ctx.client("ecs").delete_cluster(cluster=change.name)
+        except Exception as error:
+            if error_code(error) in ("ClusterContainsServicesException", "ClusterContainsTasksException"):
+                raise OrchestratorError(f"ECS cluster {change.name} still runs services or tasks; "
+                                        "destroy the services step first") from None
+            raise
+        observed.cluster = None
+
+    def _create_log_group(self, ctx, change: Change, observed: EcsFacts) -> None:
+        group: LogGroup = change.payload
+        logs = ctx.client("logs")
+        logs.create_log_group(logGroupName=group.name, tags=ctx.tags())
+        logs.put_retention_policy(logGroupName=group.name, retentionInDays=group.retention_days)
+        observed.log_groups[group.name] = ObservedLogGroup(group.name, owned=True,
+                                                           retention_days=group.retention_days)
+
+    def _update_log_group(self, ctx, change: Change, observed: EcsFacts) -> None:
+        group: LogGroup = change.payload
+        ctx.client("logs").put_retention_policy(logGroupName=group.name, retentionInDays=group.retention_days)
+        observed.log_groups[group.name].retention_days = group.retention_days
+
+    def _delete_log_group(self, ctx, change: Change, observed: EcsFacts) -> None:
+        try:
+            ctx.client("logs").delete_log_group(logGroupName=change.name)
+        except Exception as error:
+            if error_code(error) != "ResourceNotFoundException":
+                raise
+        observed.log_groups.pop(change.name, None)
+
+    def _create_namespace(self, ctx, change: Change, observed: EcsFacts) -> None:
+        namespace: Namespace = change.payload
+        discovery = ctx.client("servicediscovery")
+        # The token follows the VPC, so a retry repeats the same request and a move is a new one.
+        try:
+            operation = discovery.create_private_dns_namespace(
+                Name=namespace.name, Vpc=namespace.vpc_id,
+                CreatorRequestId=ctx.token(f"namespace/{namespace.name}", salt=namespace.vpc_id),
+                Tags=tagging.tag_list(ctx.tags()))["OperationId"]
+        except Exception as error:
+            if error_code(error) != "DuplicateRequest":
+                raise
+            # A run killed while the namespace was being created: follow the first request.
+            operation = error.response["DuplicateOperationId"]
+        namespace_id = _follow_operation(ctx, discovery, operation, f"Cloud Map namespace {namespace.name}")
+        found = discovery.get_namespace(Id=namespace_id)["Namespace"]
+        observed.namespace = ObservedNamespace(id=found["Id"], arn=found["Arn"], name=found["Name"], owned=True)
+
+    def _delete_namespace(self, ctx, change: Change, observed: EcsFacts) -> None:
+        discovery = ctx.client("servicediscovery")
+        try:
+            operation = discovery.delete_namespace(Id=observed.namespace.id)["OperationId"]
+        except Exception as error:
+            if error_code(error) == "ResourceInUse":
+                raise OrchestratorError(f"Cloud Map namespace {change.name} still holds services; "
+                                        "destroy the services step first") from None
+            raise
+        _follow_operation(ctx, discovery, operation, f"deletion of Cloud Map namespace {change.name}")
+        observed.namespace = None
+
+    def _replace_namespace(self, ctx, change: Change, observed: EcsFacts) -> None:
+        self._delete_namespace(ctx, change, observed)
+        self._create_namespace(ctx, change, observed)
+
+    # -- outputs and destroy ----------------------------------------------------------------
+
+    def outputs(self, desired: EcsDesired, observed: EcsFacts) -> dict:
+        cluster, namespace = observed.cluster, observed.namespace
+        return {
+            "cluster_name": desired.cluster.name,
+            "cluster_arn": cluster.arn if cluster else KNOWN_AFTER_APPLY,
+            "log_groups": {group.family: group.name for group in desired.log_groups},
+            "namespace_id": namespace.id if namespace else KNOWN_AFTER_APPLY,
+            "namespace_name": desired.namespace.name,
+            "namespace_arn": namespace.arn if namespace else KNOWN_AFTER_APPLY,
+        }
+
+    def plan_destroy(self, observed: EcsFacts) -> list[Change]:
+        """Namespace, then log groups (they hold logs: refused without delete-data), then the
+        cluster, which the services step must have emptied. Only what carries our tags."""
+        changes = []
+        if observed.namespace and observed.namespace.owned:
+            changes.append(Change("delete", "namespace", observed.namespace.name,
+                                  calls=("servicediscovery:DeleteNamespace",)))
+        changes += [_log_group_deletion(group, "the environment is destroyed")
+                    for _, group in sorted(observed.log_groups.items()) if group.owned]
+        if observed.cluster and observed.cluster.owned:
+            changes.append(Change("delete", "cluster", observed.cluster.name, calls=("ecs:DeleteCluster",)))
+        return changes
+
+
+def _owned(ctx, tags: dict[str, str]) -> bool:
+    """Ours: this app and environment, created by this step."""
+    return tagging.is_owned(tags, ctx.app, ctx.env) and tags.get(tagging.STEP) == ctx.step
+
+
+def _refuse_foreign(owned: bool, what: str, name: str) -> None:
+    if not owned:
+        raise OrchestratorError(f"{what} {name} exists but does not carry this environment's ownership tags; "
+                                "the orchestrator will not change it: rename or remove it, or change the manifest")
+
+
+def _log_group_deletion(group: ObservedLogGroup, why: str) -> Change:
+    return Change("delete", "log_group", group.name, diffs=(FieldDiff("retention_days", group.retention_days, None),),
+                  calls=("logs:DeleteLogGroup",), blocked=DELETE_DATA,
+                  note=f"{why}: deleting log group {group.name} loses the logs it holds")
+
+
+def _sorted_strategy(items) -> tuple[Strategy, ...]:
+    return tuple(sorted(items, key=lambda s: s.provider))
+
+
+def _settings_param(cluster: Cluster) -> list[dict]:
+    return [{"name": CONTAINER_INSIGHTS, "value": cluster.container_insights}]
+
+
+def _strategy_param(strategy: tuple[Strategy, ...]) -> list[dict]:
+    return [{"capacityProvider": s.provider, "weight": s.weight, "base": s.base} for s in strategy]
+
+
+def _follow_operation(ctx, discovery, operation_id: str, what: str) -> str:
+    """Wait for a Cloud Map operation; return the id of the namespace it acted on."""
+    result = {}
+
+    def check() -> tuple[bool, str]:
+        operation = discovery.get_operation(OperationId=operation_id)["Operation"]
+        status = operation["Status"]
+        if status == "FAIL":
+            raise WaitFailed(f"{what} failed: {operation.get('ErrorCode', '')} {operation.get('ErrorMessage', '')}")
+        result.update(operation.get("Targets", {}))
+        return status == "SUCCESS", status
+
+    ctx.wait(what, check)
+    return result.get("NAMESPACE", "")
+
+
+STEP = EcsStep

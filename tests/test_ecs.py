@@ -1,0 +1,393 @@
+"""Step ecs: pure planner tests, then moto-backed apply / drift / destroy / crash tests."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.model import KNOWN_AFTER_APPLY, Inputs
+from orchestrator.tags import tag_dict
+from orchestrator.waiters import WaitFailed
+from steps.ecs import EcsFacts, EcsStep, ObservedCluster, ObservedLogGroup, ObservedNamespace, Strategy
+from tests import harness
+
+STEP = EcsStep()
+FAMILIES = ["gamepulse", "otel-collector", "prometheus", "loki", "jaeger", "grafana"]
+OWNERSHIP = {"orchestrator:app": "gamepulse", "orchestrator:env": "dev", "orchestrator:step": "ecs"}
+
+
+def desired_for(manifest, vpc_id="vpc-1"):
+    return STEP.desired(manifest, Inputs("123456789012", "us-east-1", {"vpc": {"vpc_id": vpc_id}}))
+
+
+def observed_matching(desired) -> EcsFacts:
+    cluster = desired.cluster
+    return EcsFacts(
+        cluster=ObservedCluster(cluster.name, "arn:cluster", True, cluster.container_insights,
+                                cluster.capacity_providers, cluster.default_strategy),
+        log_groups={g.name: ObservedLogGroup(g.name, True, g.retention_days) for g in desired.log_groups},
+        namespace=ObservedNamespace("ns-1", "arn:ns", desired.namespace.name, True))
+
+
+def recorded_for(desired) -> dict:
+    return {f"namespace/{desired.namespace.name}": {"vpc_id": desired.namespace.vpc_id}}
+
+
+# --- pure planning ---------------------------------------------------------------------------
+
+
+def test_desired_resolves_names_and_settings_from_the_manifest(manifest):
+    desired = desired_for(manifest)
+    assert desired.cluster.name == "gamepulse-dev"
+    assert desired.cluster.container_insights == "enabled"
+    assert desired.cluster.capacity_providers == ("FARGATE", "FARGATE_SPOT")
+    assert desired.cluster.default_strategy == (Strategy("FARGATE", 1, 0),)
+    assert [g.name for g in desired.log_groups] == [f"/ecs/gamepulse-dev/{f}" for f in FAMILIES]
+    assert {g.retention_days for g in desired.log_groups} == {30}
+    assert (desired.namespace.name, desired.namespace.vpc_id) == ("gamepulse-dev.local", "vpc-1")
+
+
+def test_plan_from_nothing_creates_everything_with_vpc_known_after_apply(manifest):
+    desired = STEP.desired(manifest, Inputs("123456789012", "us-east-1", {}))
+    changes = STEP.plan(desired, EcsFacts(), {})
+    assert [(c.action, c.kind) for c in changes] == \
+        [("create", "cluster")] + [("create", "log_group")] * 6 + [("create", "namespace")]
+    assert changes[0].calls == ("ecs:CreateCluster",)
+    assert changes[-1].diffs[0].new == KNOWN_AFTER_APPLY
+    assert changes[-1].record == {"vpc_id": KNOWN_AFTER_APPLY}
+
+
+def test_plan_is_empty_when_everything_matches(manifest):
+    desired = desired_for(manifest)
+    assert STEP.plan(desired, observed_matching(desired), recorded_for(desired)) == []
+
+
+def test_container_insights_drift_is_an_update_cluster_settings(manifest):
+    desired = desired_for(manifest)
+    observed = observed_matching(desired)
+    observed.cluster.container_insights = "disabled"
+    [change] = STEP.plan(desired, observed, recorded_for(desired))
+    assert (change.action, change.kind, change.calls) == ("update", "cluster", ("ecs:UpdateClusterSettings",))
+    assert [(d.field, d.old, d.new) for d in change.diffs] == [("container_insights", "disabled", "enabled")]
+
+
+def test_capacity_provider_or_strategy_drift_is_a_put_cluster_capacity_providers(manifest):
+    desired = desired_for(manifest)
+    observed = observed_matching(desired)
+    observed.cluster.capacity_providers = ("FARGATE",)
+    observed.cluster.default_strategy = (Strategy("FARGATE", 2, 1),)
+    [change] = STEP.plan(desired, observed, recorded_for(desired))
+    assert change.calls == ("ecs:PutClusterCapacityProviders",)
+    assert {d.field for d in change.diffs} == {"capacity_providers", "default_strategy"}
+
+
+def test_retention_drift_is_a_put_retention_policy(manifest):
+    desired = desired_for(manifest)
+    observed = observed_matching(desired)
+    observed.log_groups["/ecs/gamepulse-dev/loki"].retention_days = None
+    [change] = STEP.plan(desired, observed, recorded_for(desired))
+    assert (change.action, change.name, change.calls) == \
+        ("update", "/ecs/gamepulse-dev/loki", ("logs:PutRetentionPolicy",))
+    assert (change.diffs[0].old, change.diffs[0].new) == (None, 30)
+
+
+def test_an_owned_log_group_left_out_of_the_manifest_is_a_blocked_delete(manifest):
+    desired = desired_for(manifest)
+    observed = observed_matching(desired)
+    observed.log_groups["/ecs/gamepulse-dev/old"] = ObservedLogGroup("/ecs/gamepulse-dev/old", True, 30)
+    observed.log_groups["/ecs/gamepulse-dev/theirs"] = ObservedLogGroup("/ecs/gamepulse-dev/theirs", False, 30)
+    [change] = STEP.plan(desired, observed, recorded_for(desired))
+    assert (change.action, change.name, change.blocked) == ("delete", "/ecs/gamepulse-dev/old", "delete-data")
+    assert "loses the logs" in change.note
+
+
+def test_a_namespace_whose_vpc_changed_is_replaced(manifest):
+    desired = desired_for(manifest, vpc_id="vpc-new")
+    observed = observed_matching(desired)
+    [change] = STEP.plan(desired, observed, {"namespace/gamepulse-dev.local": {"vpc_id": "vpc-old"}})
+    assert (change.action, change.kind, change.diffs[0].old, change.diffs[0].new) == \
+        ("replace", "namespace", "vpc-old", "vpc-new")
+    assert change.record == {"vpc_id": "vpc-new"}
+
+
+def test_a_resource_with_our_name_but_not_our_tags_is_refused_by_name(manifest):
+    desired = desired_for(manifest)
+    observed = observed_matching(desired)
+    observed.cluster.owned = False
+    with pytest.raises(OrchestratorError, match="ECS cluster gamepulse-dev exists but does not carry"):
+        STEP.plan(desired, observed, recorded_for(desired))
+
+
+def test_plan_destroy_deletes_only_what_is_owned_in_a_safe_order(manifest):
+    observed = observed_matching(desired_for(manifest))
+    observed.log_groups["/ecs/gamepulse-dev/theirs"] = ObservedLogGroup("/ecs/gamepulse-dev/theirs", False, 7)
+    changes = STEP.plan_destroy(observed)
+    assert [(c.action, c.kind) for c in changes] == \
+        [("delete", "namespace")] + [("delete", "log_group")] * 6 + [("delete", "cluster")]
+    assert all(c.blocked == "delete-data" for c in changes if c.kind == "log_group")
+    assert "/ecs/gamepulse-dev/theirs" not in {c.name for c in changes}
+
+
+# --- against moto ----------------------------------------------------------------------------
+
+
+def make_vpc() -> str:
+    import boto3
+    return boto3.client("ec2", region_name="us-east-1").create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
+
+
+@dataclasses.dataclass
+class Environment:
+    aws: object
+    upstream: dict
+    recorded: dict
+    first_apply: list = dataclasses.field(default_factory=list)
+    outputs: dict = dataclasses.field(default_factory=dict)  # as of the latest apply
+
+
+@pytest.fixture(scope="module")
+def environment():
+    """One moto account for the module (a fresh one costs about a second), with a VPC and the
+    step applied once. Every test leaves it converged again, so the tests do not depend on
+    their order."""
+    from moto import mock_aws
+
+    from orchestrator.aws import Aws
+    from tests.conftest import FAKE_ENV
+
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in FAKE_ENV.items():
+            patch.setenv(key, value)
+        with mock_aws(config={"iam": {"load_aws_managed_policies": True}}):
+            aws = Aws("us-east-1")
+            env = Environment(aws, {"vpc": {"vpc_id": make_vpc()}}, {})
+            env.first_apply = harness.run_step(STEP, load_dev(), aws, env.upstream, env.recorded)[0]
+            yield env
+
+
+@pytest.fixture
+def env(environment, manifest):
+    """The shared environment, checked converged before the test starts, with fresh outputs."""
+    assert harness.plan_step(STEP, manifest, environment.aws, environment.upstream, environment.recorded) == []
+    environment.outputs = harness.run_step(STEP, manifest, environment.aws, environment.upstream,
+                                           environment.recorded)[1]
+    return environment
+
+
+def load_dev():
+    from orchestrator.manifest import load_manifest
+    from tests.conftest import MANIFESTS
+    return load_manifest(MANIFESTS, "dev")
+
+
+def emulate_update_cluster_settings(aws, calls: list) -> None:
+    """moto gap: ecs:UpdateClusterSettings is not implemented. Answer it the way AWS does,
+    by applying the settings through UpdateCluster (which moto implements)."""
+    ecs = aws.client("ecs")
+
+    def answer(params, **kwargs):
+        request = json.loads(params["body"])
+        calls.append(request)
+        cluster = ecs.update_cluster(cluster=request["cluster"], settings=request["settings"])["cluster"]
+        return _Http(200), {"cluster": cluster}
+
+    ecs.meta.events.register("before-call.ecs.UpdateClusterSettings", answer)
+
+
+class _Http:
+    def __init__(self, status_code):
+        self.status_code = status_code
+        self.headers = {}
+
+
+def test_apply_creates_cluster_log_groups_and_namespace_with_settings_and_tags(env):
+    assert [(c.action, c.kind) for c in env.first_apply] == \
+        [("create", "cluster")] + [("create", "log_group")] * 6 + [("create", "namespace")]
+    cluster = env.aws.client("ecs").describe_clusters(clusters=["gamepulse-dev"],
+                                                      include=["SETTINGS", "TAGS"])["clusters"][0]
+    assert cluster["settings"] == [{"name": "containerInsights", "value": "enabled"}]
+    assert sorted(cluster["capacityProviders"]) == ["FARGATE", "FARGATE_SPOT"]
+    assert cluster["defaultCapacityProviderStrategy"] == [{"capacityProvider": "FARGATE", "weight": 1, "base": 0}]
+    tags = {t["key"]: t["value"] for t in cluster["tags"]}
+    assert tags.items() >= {**OWNERSHIP, "project": "gamepulse", "environment": "dev"}.items()
+
+    logs = env.aws.client("logs")
+    groups = logs.describe_log_groups(logGroupNamePrefix="/ecs/gamepulse-dev/")["logGroups"]
+    assert sorted(g["logGroupName"] for g in groups) == sorted(f"/ecs/gamepulse-dev/{f}" for f in FAMILIES)
+    assert {g["retentionInDays"] for g in groups} == {30}
+    for group in groups:
+        assert logs.list_tags_for_resource(resourceArn=group["logGroupArn"])["tags"].items() >= OWNERSHIP.items()
+
+    discovery = env.aws.client("servicediscovery")
+    namespace = discovery.get_namespace(Id=env.outputs["namespace_id"])["Namespace"]
+    assert (namespace["Name"], namespace["Type"]) == ("gamepulse-dev.local", "DNS_PRIVATE")
+    assert tag_dict(discovery.list_tags_for_resource(ResourceARN=namespace["Arn"])["Tags"]).items() \
+        >= OWNERSHIP.items()
+    assert env.outputs == {"cluster_name": "gamepulse-dev", "cluster_arn": cluster["clusterArn"],
+                           "log_groups": {f: f"/ecs/gamepulse-dev/{f}" for f in FAMILIES},
+                           "namespace_id": namespace["Id"], "namespace_name": "gamepulse-dev.local",
+                           "namespace_arn": namespace["Arn"]}
+    assert env.recorded == {"namespace/gamepulse-dev.local": {"vpc_id": env.upstream["vpc"]["vpc_id"]}}
+
+
+def test_second_apply_makes_no_mutating_call_and_few_reads(env, manifest):
+    before = len(env.aws.ledger.calls)
+    changes, outputs, _ = harness.run_step(STEP, manifest, env.aws, env.upstream, env.recorded)
+    assert changes == []
+    assert outputs == env.outputs
+    new_calls = env.aws.ledger.calls[before:]
+    assert [c for c in new_calls if c.mutating] == []
+    # One read per resource kind, one tag read per log group (the logs API has no batch) and
+    # one for the namespace.
+    assert len(new_calls) == 3 + len(FAMILIES) + 1
+
+
+def test_drift_made_by_hand_is_shown_by_plan_then_repaired(env, manifest):
+    aws = harness.forget_crash(env.aws)  # a client of its own for the injected answer below
+    ecs, logs = aws.client("ecs"), aws.client("logs")
+    ecs.update_cluster(cluster="gamepulse-dev", settings=[{"name": "containerInsights", "value": "disabled"}])
+    ecs.put_cluster_capacity_providers(cluster="gamepulse-dev", capacityProviders=["FARGATE"],
+                                       defaultCapacityProviderStrategy=[{"capacityProvider": "FARGATE", "weight": 3}])
+    logs.put_retention_policy(logGroupName="/ecs/gamepulse-dev/grafana", retentionInDays=1)
+    logs.delete_log_group(logGroupName="/ecs/gamepulse-dev/jaeger")
+
+    planned = harness.plan_step(STEP, manifest, aws, env.upstream, env.recorded)
+    assert {(c.action, c.name): c.calls for c in planned} == {
+        ("update", "gamepulse-dev"): ("ecs:UpdateClusterSettings", "ecs:PutClusterCapacityProviders"),
+        ("update", "/ecs/gamepulse-dev/grafana"): ("logs:PutRetentionPolicy",),
+        ("create", "/ecs/gamepulse-dev/jaeger"): ("logs:CreateLogGroup", "logs:PutRetentionPolicy"),
+    }
+
+    settings_calls: list = []
+    emulate_update_cluster_settings(aws, settings_calls)
+    harness.run_step(STEP, manifest, aws, env.upstream, env.recorded)
+    assert settings_calls == [{"cluster": "gamepulse-dev",
+                               "settings": [{"name": "containerInsights", "value": "enabled"}]}]
+    assert "ecs:CreateCluster" not in harness.mutations(aws), "create_cluster on an existing cluster resets it"
+    assert harness.plan_step(STEP, manifest, aws, env.upstream, env.recorded) == []
+    retention = {g["logGroupName"]: g.get("retentionInDays")
+                 for g in logs.describe_log_groups(logGroupNamePrefix="/ecs/gamepulse-dev/")["logGroups"]}
+    assert retention["/ecs/gamepulse-dev/grafana"] == 30 and retention["/ecs/gamepulse-dev/jaeger"] == 30
+
+
+def test_a_log_group_dropped_from_the_manifest_is_kept_without_delete_data(env, manifest):
+    fewer = manifest.model_copy(update={"cluster": manifest.cluster.model_copy(
+        update={"log_groups": [f for f in FAMILIES if f != "jaeger"]})})
+    changes, outputs, _ = harness.run_step(STEP, fewer, env.aws, env.upstream, env.recorded)
+    assert changes == []
+    assert "jaeger" not in outputs["log_groups"]
+    assert "/ecs/gamepulse-dev/jaeger" in log_group_names(env.aws)
+
+    changes, _, _ = harness.run_step(STEP, fewer, env.aws, env.upstream, env.recorded, allow=("delete-data",))
+    assert [(c.action, c.name) for c in changes] == [("delete", "/ecs/gamepulse-dev/jaeger")]
+    assert "/ecs/gamepulse-dev/jaeger" not in log_group_names(env.aws)
+    harness.run_step(STEP, manifest, env.aws, env.upstream, env.recorded)
+
+
+def test_destroy_removes_only_what_the_step_owns(env, manifest):
+    env.aws.client("logs").create_log_group(logGroupName="/ecs/gamepulse-dev/hand-made")
+    assert harness.run_step(STEP, manifest, env.aws, env.upstream, env.recorded)[0] == [], \
+        "apply leaves the untagged look-alike alone"
+
+    harness.run_step(STEP, manifest, env.aws, env.upstream, env.recorded, destroy=True)
+    assert cluster_status(env.aws) == "INACTIVE"
+    assert namespaces(env.aws) == []
+    assert len(log_group_names(env.aws)) == 7, "log groups hold logs: kept without delete-data"
+
+    harness.run_step(STEP, manifest, env.aws, env.upstream, env.recorded, destroy=True, allow=("delete-data",))
+    assert log_group_names(env.aws) == ["/ecs/gamepulse-dev/hand-made"]
+
+    env.aws.client("logs").delete_log_group(logGroupName="/ecs/gamepulse-dev/hand-made")
+    harness.run_step(STEP, manifest, env.aws, env.upstream, env.recorded)
+
+
+def test_a_run_killed_after_any_mutating_call_converges_without_duplicates(env, manifest):
+    # One process that gets killed and one that runs next, each reused for every crash point:
+    # a crash hook armed for call n stays silent at any other count.
+    crashing, rerun = harness.forget_crash(env.aws), harness.forget_crash(env.aws)
+    n = 0
+    while True:
+        n += 1
+        harness.run_step(STEP, manifest, env.aws, env.upstream, {}, destroy=True, allow=("delete-data",))
+        harness.crash_after(crashing, n)
+        try:
+            harness.run_step(STEP, manifest, crashing, env.upstream, {})
+        except harness.Crash:
+            pass
+        else:
+            break  # n is past the last mutating call: every crash point has been tried
+        harness.run_step(STEP, manifest, rerun, env.upstream, {})
+        assert harness.plan_step(STEP, manifest, rerun, env.upstream) == [], f"not converged after crash {n}"
+        assert namespaces(rerun) == ["gamepulse-dev.local"]
+        assert len(log_group_names(rerun)) == len(FAMILIES)
+        assert cluster_status(rerun) == "ACTIVE"
+    assert n == 15, "14 mutating calls on a cold apply: cluster, 6 x (log group + retention), namespace"
+    harness.run_step(STEP, manifest, env.aws, env.upstream, env.recorded)
+
+
+def test_a_failed_namespace_operation_names_the_namespace_and_the_reason(env, manifest):
+    other = manifest.model_copy(update={"cluster": manifest.cluster.model_copy(update={"namespace": "other.local"})})
+    aws = harness.forget_crash(env.aws)  # a client of its own for the injected answer
+
+    def failed(params, **kwargs):
+        return _Http(200), {"Operation": {"Id": "op-1", "Status": "FAIL",
+                                          "ErrorCode": "CANNOT_CREATE_HOSTED_ZONE",
+                                          "ErrorMessage": "the VPC does not allow private DNS"}}
+
+    aws.client("servicediscovery").meta.events.register("before-call.servicediscovery.GetOperation", failed)
+    with pytest.raises(WaitFailed, match="other.local failed: CANNOT_CREATE_HOSTED_ZONE the VPC does not allow"):
+        # moto gap: a second private namespace in one VPC gives ConflictingDomainExists.
+        harness.run_step(STEP, other, aws, {"vpc": {"vpc_id": make_vpc()}}, {})
+    discovery = env.aws.client("servicediscovery")
+    for namespace in discovery.list_namespaces()["Namespaces"]:
+        if namespace["Name"] == "other.local":
+            discovery.delete_namespace(Id=namespace["Id"])
+
+
+def test_a_namespace_still_being_created_by_a_killed_run_is_followed_not_duplicated(env, manifest):
+    from botocore.exceptions import ClientError
+
+    other = manifest.model_copy(update={"cluster": manifest.cluster.model_copy(update={"namespace": "other.local"})})
+    aws = harness.forget_crash(env.aws)  # a client of its own for the injected answer
+    first_run = harness.forget_crash(env.aws).client("servicediscovery")
+
+    def still_in_progress(params, **kwargs):
+        """AWS answers a retry made while the first request runs with DuplicateRequest; moto
+        does not (it says ConflictingDomainExists). Play the first request, then answer so."""
+        operation = first_run.create_private_dns_namespace(**json.loads(params["body"]))["OperationId"]
+        raise ClientError({"Error": {"Code": "DuplicateRequest", "Message": "in progress"},
+                           "DuplicateOperationId": operation}, "CreatePrivateDnsNamespace")
+
+    aws.client("servicediscovery").meta.events.register(
+        "before-call.servicediscovery.CreatePrivateDnsNamespace", still_in_progress)
+    # moto gap: a second private namespace in one VPC gives ConflictingDomainExists.
+    _, outputs, _ = harness.run_step(STEP, other, aws, {"vpc": {"vpc_id": make_vpc()}}, {})
+    assert namespaces(aws).count("other.local") == 1
+    assert outputs["namespace_name"] == "other.local" and outputs["namespace_id"].startswith("ns-")
+    env.aws.client("servicediscovery").delete_namespace(Id=outputs["namespace_id"])
+
+
+def test_a_new_vpc_moves_the_namespace(env, manifest):
+    old_id = env.outputs["namespace_id"]
+    moved = {"vpc": {"vpc_id": make_vpc()}}
+    changes, outputs, _ = harness.run_step(STEP, manifest, env.aws, moved, env.recorded)
+    assert [(c.action, c.kind) for c in changes] == [("replace", "namespace")]
+    assert namespaces(env.aws) == ["gamepulse-dev.local"] and outputs["namespace_id"] != old_id
+    assert env.recorded["namespace/gamepulse-dev.local"] == moved["vpc"]
+
+    harness.run_step(STEP, manifest, env.aws, env.upstream, env.recorded)
+
+
+def log_group_names(aws) -> list[str]:
+    groups = aws.client("logs").describe_log_groups(logGroupNamePrefix="/ecs/gamepulse-dev/")["logGroups"]
+    return sorted(g["logGroupName"] for g in groups)
+
+
+def namespaces(aws) -> list[str]:
+    return [n["Name"] for n in aws.client("servicediscovery").list_namespaces()["Namespaces"]]
+
+
+def cluster_status(aws) -> str:
+    return aws.client("ecs").describe_clusters(clusters=["gamepulse-dev"])["clusters"][0]["status"]

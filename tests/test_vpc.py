@@ -1,0 +1,362 @@
+"""The vpc step against moto: apply, idempotence, drift, destroy, crashes, per-zone NAT."""
+from __future__ import annotations
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from orchestrator import tags as tagging
+from orchestrator.errors import StepFailed
+from orchestrator.manifest import load_manifest
+from orchestrator.waiters import WaitFailed
+from steps.vpc import VpcStep
+from tests.conftest import MANIFESTS
+from tests.harness import Crash, crash_after, forget_crash, mutations, plan_step, run_step
+
+STEP = VpcStep()
+OWNER = tagging.owner_filters("gamepulse", "dev", "vpc")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_service_models():
+    """Every fresh `Aws` (each "new process" of the crash test) would parse botocore's EC2 model
+    again, 0.3 s each; one shared loader keeps the module fast, as one long-lived process would."""
+    from botocore import loaders, session
+    loader = loaders.create_loader()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(session.Session, "_register_data_loader",
+                      lambda self: self._components.lazy_register_component("data_loader", lambda: loader))
+        yield
+
+
+@pytest.fixture
+def ec2(mock):
+    """A plain client for looking at (and tampering with) AWS, outside the step's call ledger."""
+    return boto3.client("ec2", region_name="us-east-1")
+
+
+def with_network(manifest, **changes):
+    return manifest.model_copy(update={"network": manifest.network.model_copy(update=changes)})
+
+
+def tags_of(resource: dict) -> dict:
+    return tagging.tag_dict(resource.get("Tags"))
+
+
+def ours(ec2) -> dict[str, list[dict]]:
+    """Every live resource carrying the dev environment's vpc ownership tags, by kind."""
+    nats = ec2.describe_nat_gateways(Filter=OWNER)["NatGateways"]
+    endpoints = ec2.describe_vpc_endpoints(Filters=OWNER)["VpcEndpoints"]
+    return {"vpcs": ec2.describe_vpcs(Filters=OWNER)["Vpcs"],
+            "subnets": ec2.describe_subnets(Filters=OWNER)["Subnets"],
+            "gateways": ec2.describe_internet_gateways(Filters=OWNER)["InternetGateways"],
+            "addresses": ec2.describe_addresses(Filters=OWNER)["Addresses"],
+            "nats": [n for n in nats if n["State"] not in ("deleting", "deleted")],
+            "tables": ec2.describe_route_tables(Filters=OWNER)["RouteTables"],
+            "groups": ec2.describe_security_groups(Filters=OWNER)["SecurityGroups"],
+            "endpoints": [e for e in endpoints if e["State"].lower() not in ("deleting", "deleted")]}
+
+
+def counts(ec2) -> dict[str, int]:
+    return {kind: len(found) for kind, found in ours(ec2).items()}
+
+
+DEV_COUNTS = {"vpcs": 1, "subnets": 4, "gateways": 1, "addresses": 1, "nats": 1, "tables": 2, "groups": 5,
+              "endpoints": 5}
+
+
+def everything_in(ec2, vpc_id: str) -> dict[str, list[dict]]:
+    """Every resource in the VPC, tagged or not (the main route table and default group aside)."""
+    in_vpc = [{"Name": "vpc-id", "Values": [vpc_id]}]
+    tables = ec2.describe_route_tables(Filters=in_vpc)["RouteTables"]
+    groups = ec2.describe_security_groups(Filters=in_vpc)["SecurityGroups"]
+    return {"subnets": ec2.describe_subnets(Filters=in_vpc)["Subnets"],
+            "tables": [t for t in tables if not any(a.get("Main") for a in t["Associations"])],
+            "groups": [g for g in groups if g["GroupName"] != "default"],
+            "endpoints": ec2.describe_vpc_endpoints(Filters=in_vpc)["VpcEndpoints"]}
+
+
+def default_route(table: dict) -> dict:
+    return next(r for r in table["Routes"] if r.get("DestinationCidrBlock") == "0.0.0.0/0")
+
+
+def ingress(ec2, group_id: str) -> set[tuple]:
+    """(port, source) of a group's ingress rules; a source group shows as its id."""
+    rules = ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [group_id]}])
+    return {(r["FromPort"], r.get("CidrIpv4") or r["ReferencedGroupInfo"]["GroupId"])
+            for r in rules["SecurityGroupRules"] if not r["IsEgress"]}
+
+
+def refuse_deleting_referenced_groups(aws) -> None:
+    """moto gap: deleting a security group that another group's rule references succeeds; AWS
+    answers DependencyViolation. Make the step's EC2 client answer as AWS does."""
+    look = boto3.client("ec2", region_name="us-east-1")
+
+    def check(params, **kwargs):
+        group_id = params["GroupId"]
+        rules = look.describe_security_group_rules()["SecurityGroupRules"]
+        if any(r.get("ReferencedGroupInfo", {}).get("GroupId") == group_id and r["GroupId"] != group_id
+               for r in rules):
+            raise ClientError({"Error": {"Code": "DependencyViolation",
+                                         "Message": f"resource {group_id} has a dependent object"}},
+                              "DeleteSecurityGroup")
+
+    aws.client("ec2").meta.events.register("before-parameter-build.ec2.DeleteSecurityGroup", check)
+
+
+@pytest.fixture
+def applied(manifest, aws):
+    """dev applied from nothing: (outputs, recorded)."""
+    recorded: dict = {}
+    _, outputs, _ = run_step(STEP, manifest, aws, recorded=recorded)
+    return outputs, recorded
+
+
+# --- apply ----------------------------------------------------------------------------------
+
+
+def test_apply_builds_the_network_with_tags_in_the_create_calls(manifest, aws, ec2, applied):
+    outputs, _ = applied
+    made = mutations(aws)
+    assert "ec2:CreateTags" not in made  # every tag went on in the create call itself
+    assert made.count("ec2:CreateSubnet") == 4 and made.count("ec2:CreateNatGateway") == 1
+    assert counts(ec2) == DEV_COUNTS
+    found = ours(ec2)
+    for kind, resources in found.items():
+        for resource in resources:
+            assert tags_of(resource)["project"] == "gamepulse", (kind, resource)
+            assert tags_of(resource)["Name"].startswith("gamepulse-dev-"), (kind, resource)
+
+    vpc_id = outputs["vpc_id"]
+    for attribute, key in (("enableDnsSupport", "EnableDnsSupport"), ("enableDnsHostnames", "EnableDnsHostnames")):
+        assert ec2.describe_vpc_attribute(VpcId=vpc_id, Attribute=attribute)[key]["Value"] is True
+    subnets = {tags_of(s)["Name"]: s for s in found["subnets"]}
+    public_a = subnets["gamepulse-dev-public-us-east-1a"]
+    assert (public_a["CidrBlock"], public_a["AvailabilityZone"], public_a["MapPublicIpOnLaunch"]) == \
+        ("10.20.32.0/24", "us-east-1a", True)
+    assert subnets["gamepulse-dev-private-us-east-1b"]["MapPublicIpOnLaunch"] is False
+
+    gateway = found["gateways"][0]
+    assert gateway["Attachments"][0]["VpcId"] == vpc_id
+    nat = found["nats"][0]
+    assert nat["State"] == "available" and nat["SubnetId"] == outputs["public_subnet_ids"][0]
+    assert nat["NatGatewayAddresses"][0]["AllocationId"] == found["addresses"][0]["AllocationId"]
+
+    tables = {tags_of(t)["Name"]: t for t in found["tables"]}
+    public, private = tables["gamepulse-dev-public"], tables["gamepulse-dev-private"]
+    assert default_route(public)["GatewayId"] == gateway["InternetGatewayId"]
+    assert default_route(private)["NatGatewayId"] == nat["NatGatewayId"]
+    assert {a["SubnetId"] for a in public["Associations"]} == set(outputs["public_subnet_ids"])
+    assert {a["SubnetId"] for a in private["Associations"]} == set(outputs["private_subnet_ids"])
+
+    groups = outputs["security_groups"]
+    assert ingress(ec2, groups["alb"]) == {(80, "0.0.0.0/0"), (443, "0.0.0.0/0")}
+    assert ingress(ec2, groups["app"]) == {(8080, groups["alb"])}
+    assert ingress(ec2, groups["efs"]) == {(2049, groups["monitoring"]), (2049, groups["app"])}
+    assert len(ingress(ec2, groups["monitoring"])) == 12
+    assert ingress(ec2, groups["endpoints"]) == {(443, "10.20.0.0/16")}
+
+    endpoints = {e["ServiceName"].removeprefix("com.amazonaws.us-east-1."): e for e in found["endpoints"]}
+    assert set(endpoints) == {"s3", "ecr.api", "ecr.dkr", "secretsmanager", "logs"}
+    assert endpoints["s3"]["VpcEndpointType"] == "Gateway"
+    assert endpoints["s3"]["RouteTableIds"] == [private["RouteTableId"]]
+    logs = endpoints["logs"]
+    assert (logs["VpcEndpointType"], logs["PrivateDnsEnabled"]) == ("Interface", True)
+    assert set(logs["SubnetIds"]) == set(outputs["private_subnet_ids"])
+    assert [g["GroupId"] for g in logs["Groups"]] == [groups["endpoints"]]
+
+    assert outputs["zones"] == ["us-east-1a", "us-east-1b"] and outputs["vpc_cidr"] == "10.20.0.0/16"
+    assert outputs["public_route_table_id"] == public["RouteTableId"]
+    assert outputs["private_route_table_ids"] == [private["RouteTableId"]]
+    assert outputs["nat_gateway_ids"] == [nat["NatGatewayId"]]
+
+
+def test_second_apply_changes_nothing_and_reads_little(manifest, aws, applied):
+    outputs, recorded = applied
+    again = forget_crash(aws)
+    changes, outputs_again, _ = run_step(STEP, manifest, again, recorded=recorded)
+    assert changes == [] and mutations(again) == []
+    assert outputs_again == outputs
+    assert again.ledger.count(step=None, mutating=False) <= 12  # one describe per kind (+ 2 DNS attributes)
+
+
+# --- drift ----------------------------------------------------------------------------------
+
+
+def test_drift_is_shown_by_plan_then_repaired(manifest, aws, ec2, applied):
+    outputs, recorded = applied
+    vpc_id, groups = outputs["vpc_id"], outputs["security_groups"]
+    public_a, private_b = outputs["public_subnet_ids"][0], outputs["private_subnet_ids"][1]
+    ec2.delete_route(RouteTableId=outputs["public_route_table_id"], DestinationCidrBlock="0.0.0.0/0")
+    ec2.delete_tags(Resources=[public_a], Tags=[{"Key": "Name"}, {"Key": "cost-center"}])
+    ec2.delete_tags(Resources=[private_b], Tags=[{"Key": "orchestrator:step"}])
+    ec2.modify_vpc_attribute(VpcId=vpc_id, EnableDnsHostnames={"Value": False})
+    ec2.authorize_security_group_ingress(GroupId=groups["app"], IpProtocol="tcp", FromPort=22, ToPort=22,
+                                         CidrIp="0.0.0.0/0")
+    ec2.revoke_security_group_ingress(GroupId=groups["alb"], IpProtocol="tcp", FromPort=443, ToPort=443,
+                                      CidrIp="0.0.0.0/0")
+
+    later = forget_crash(aws)
+    planned = plan_step(STEP, manifest, later, recorded=recorded)
+    assert mutations(later) == []
+    shown = {c.key: [(d.field, d.old, d.new) for d in c.diffs] for c in planned}
+    assert shown == {
+        "vpc/vpc": [("enable_dns_hostnames", False, True)],
+        "subnet/public-us-east-1a": [("tags", {"Name": None, "cost-center": None},
+                                      {"Name": "gamepulse-dev-public-us-east-1a", "cost-center": "games"})],
+        "subnet/private-us-east-1b": [("tags", {"orchestrator:step": None}, {"orchestrator:step": "vpc"})],
+        "route_table/public": [("route 0.0.0.0/0", None, ours(ec2)["gateways"][0]["InternetGatewayId"])],
+        "ingress/alb": [("ingress", None, "tcp 443 from 0.0.0.0/0 (HTTP and HTTPS from anywhere)")],
+        "ingress/app": [("ingress", "tcp 22 from 0.0.0.0/0", None)]}
+
+    run_step(STEP, manifest, later, recorded=recorded)
+    assert sorted(mutations(later)) == sorted([
+        "ec2:ModifyVpcAttribute", "ec2:CreateTags", "ec2:CreateTags", "ec2:CreateRoute",
+        "ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress"])
+    assert ec2.describe_vpc_attribute(VpcId=vpc_id, Attribute="enableDnsHostnames")["EnableDnsHostnames"]["Value"]
+    assert ingress(ec2, groups["alb"]) == {(80, "0.0.0.0/0"), (443, "0.0.0.0/0")}
+    assert ingress(ec2, groups["app"]) == {(8080, groups["alb"])}
+    assert counts(ec2) == DEV_COUNTS
+    assert plan_step(STEP, manifest, forget_crash(aws), recorded=recorded) == []
+
+
+def test_changed_group_description_replaces_the_group_and_rewires_references(manifest, aws, ec2, applied):
+    outputs, recorded = applied
+    old_alb = outputs["security_groups"]["alb"]
+    groups = dict(manifest.network.security_groups)
+    groups["alb"] = groups["alb"].model_copy(update={"description": "Public load balancer"})
+    changed = with_network(manifest, security_groups=groups)
+    later = forget_crash(aws)
+    refuse_deleting_referenced_groups(later)
+    _, new_outputs, _ = run_step(STEP, changed, later, recorded=recorded)
+    new_alb = new_outputs["security_groups"]["alb"]
+    assert new_alb != old_alb
+    assert ec2.describe_security_groups(GroupIds=[new_alb])["SecurityGroups"][0]["Description"] == \
+        "Public load balancer"
+    assert ingress(ec2, new_outputs["security_groups"]["app"]) == {(8080, new_alb)}
+    assert ingress(ec2, new_alb) == {(80, "0.0.0.0/0"), (443, "0.0.0.0/0")}
+    assert plan_step(STEP, changed, forget_crash(aws), recorded=recorded) == []
+
+
+# --- destroy --------------------------------------------------------------------------------
+
+
+def test_destroy_removes_what_is_ours_and_only_that(manifest, aws, ec2):
+    untagged_vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16", TagSpecifications=[
+        {"ResourceType": "vpc", "Tags": [{"Key": "Name", "Value": "gamepulse-dev-vpc"}]}])["Vpc"]["VpcId"]
+    untagged_subnet = ec2.create_subnet(VpcId=untagged_vpc, CidrBlock="10.20.32.0/24",
+                                        AvailabilityZone="us-east-1a")["Subnet"]["SubnetId"]
+    untagged_group = ec2.create_security_group(GroupName="gamepulse-dev-alb", Description="look-alike",
+                                               VpcId=untagged_vpc)["GroupId"]
+    staging = tagging.tag_list(tagging.ownership_tags("gamepulse", "staging", "vpc"))
+    staging_address = ec2.allocate_address(Domain="vpc", TagSpecifications=[
+        {"ResourceType": "elastic-ip", "Tags": staging}])["AllocationId"]
+    untagged_address = ec2.allocate_address(Domain="vpc")["AllocationId"]
+    recorded: dict = {}
+    run_step(STEP, manifest, aws, recorded=recorded)
+    assert counts(ec2) == DEV_COUNTS  # the look-alikes were neither adopted nor touched
+
+    later = forget_crash(aws)
+    refuse_deleting_referenced_groups(later)
+    with pytest.raises(ClientError, match="DependencyViolation"):  # the injected AWS behaviour bites
+        later.client("ec2").delete_security_group(GroupId=_referenced_group(ec2))
+    deleted, _, _ = run_step(STEP, manifest, later, recorded=recorded, destroy=True)
+    kinds = [c.kind for c in deleted]
+    assert kinds.index("ingress") < kinds.index("security_group") < kinds.index("vpc")
+    assert all(count == 0 for count in counts(ec2).values()), counts(ec2)
+    assert ec2.describe_vpcs(VpcIds=[untagged_vpc])["Vpcs"]
+    assert ec2.describe_subnets(SubnetIds=[untagged_subnet])["Subnets"]
+    assert ec2.describe_security_groups(GroupIds=[untagged_group])["SecurityGroups"]
+    addresses = {a["AllocationId"] for a in ec2.describe_addresses()["Addresses"]}
+    assert addresses == {staging_address, untagged_address}
+
+    assert run_step(STEP, manifest, forget_crash(aws), destroy=True)[0] == []
+
+
+def _referenced_group(ec2) -> str:
+    """The alb group: the app group's rule references it."""
+    return next(g["GroupId"] for g in ours(ec2)["groups"] if g["GroupName"] == "gamepulse-dev-alb")
+
+
+# --- crashes --------------------------------------------------------------------------------
+
+
+def test_a_run_killed_after_any_mutating_call_converges_without_duplicates(manifest, aws, ec2):
+    """Each run is killed right after its first mutating call and the next run (a fresh process)
+    starts from what that left, so a kill lands after every successive mutating call of a cold
+    apply; the chain ends with a run that has nothing left to do."""
+    recorded: dict = {}
+    kills, current = 0, aws
+    for _ in range(60):  # a step that never stops creating must fail, not hang
+        crash_after(current, 1)
+        try:
+            run_step(STEP, manifest, current, recorded=recorded)
+            break
+        except Crash:
+            kills += 1
+            current = forget_crash(current)
+    assert 35 <= kills < 60  # at least every call of an uninterrupted cold apply, and an end
+    assert mutations(current) == []
+    assert counts(ec2) == DEV_COUNTS
+    assert len(ec2.describe_nat_gateways()["NatGateways"]) == 1  # tagged or not
+    vpc_id = ours(ec2)["vpcs"][0]["VpcId"]
+    everything = everything_in(ec2, vpc_id)
+    assert {kind: len(found) for kind, found in everything.items()} == \
+        {"subnets": 4, "tables": 2, "groups": 5, "endpoints": 5}
+    for kind, resources in everything.items():
+        assert all(tagging.is_owned(tags_of(r), "gamepulse", "dev") for r in resources), kind
+    assert all(tagging.is_owned(tags_of(a), "gamepulse", "dev") for a in ec2.describe_addresses()["Addresses"])
+
+
+# --- NAT gateways ---------------------------------------------------------------------------
+
+
+def test_per_zone_nat_gives_three_gateways_then_single_removes_two(aws, ec2):
+    prod = load_manifest(MANIFESTS, "prod")
+    owner = tagging.owner_filters("gamepulse", "prod", "vpc")
+    recorded: dict = {}
+    _, outputs, _ = run_step(STEP, prod, aws, recorded=recorded)
+    nats = ec2.describe_nat_gateways(Filter=owner)["NatGateways"]
+    assert len(nats) == 3 and len(ec2.describe_addresses(Filters=owner)["Addresses"]) == 3
+    assert len(outputs["private_route_table_ids"]) == 3 and len(outputs["nat_gateway_ids"]) == 3
+    zone_of_subnet = {s["SubnetId"]: s["AvailabilityZone"] for s in ec2.describe_subnets(Filters=owner)["Subnets"]}
+    zone_of_nat = {n["NatGatewayId"]: zone_of_subnet[n["SubnetId"]] for n in nats}
+    for table in ec2.describe_route_tables(RouteTableIds=outputs["private_route_table_ids"])["RouteTables"]:
+        nat = default_route(table)["NatGatewayId"]
+        assert {zone_of_subnet[a["SubnetId"]] for a in table["Associations"]} == {zone_of_nat[nat]}
+
+    single = with_network(prod, nat_gateways="single")
+    later = forget_crash(aws)
+    _, outputs, _ = run_step(STEP, single, later, recorded=recorded)
+    live = [n for n in ec2.describe_nat_gateways(Filter=owner)["NatGateways"] if n["State"] != "deleted"]
+    assert len(live) == 1 and len(ec2.describe_addresses(Filters=owner)["Addresses"]) == 1
+    private = ec2.describe_route_tables(RouteTableIds=outputs["private_route_table_ids"])["RouteTables"]
+    assert len(private) == 1 and len(private[0]["Associations"]) == 3
+    assert len(ec2.describe_route_tables(Filters=owner)["RouteTables"]) == 2
+    assert plan_step(STEP, single, forget_crash(aws), recorded=recorded) == []
+
+
+def test_failed_nat_gateway_stops_the_apply_with_aws_reason(manifest, aws):
+    """moto gap: NAT gateways are `available` at once; the describe the wait makes says `failed`."""
+    def failed(params, **kwargs):
+        return _Ok(), {"NatGateways": [{"NatGatewayId": "nat-x", "State": "failed",
+                                        "FailureCode": "InsufficientFreeAddressesInSubnet",
+                                        "FailureMessage": "Subnet has insufficient free addresses"}]}
+
+    aws.client("ec2").meta.events.register("before-call.ec2.DescribeNatGateways", failed)
+    with pytest.raises(WaitFailed, match="gamepulse-dev-nat-us-east-1a .*failed.*insufficient free addresses"):
+        run_step(STEP, manifest, aws)
+
+
+class _Ok:
+    status_code = 200
+
+
+def test_an_aws_error_names_the_resource(manifest, aws):
+    def refuse(params, **kwargs):
+        if params.get("CidrBlock") == "10.20.16.0/20":
+            raise ClientError({"Error": {"Code": "InvalidParameterValue", "Message": "no room"}}, "CreateSubnet")
+
+    aws.client("ec2").meta.events.register("before-parameter-build.ec2.CreateSubnet", refuse)
+    with pytest.raises(StepFailed, match="create subnet private-us-east-1b: InvalidParameterValue: no room"):
+        run_step(STEP, manifest, aws)
