@@ -72,6 +72,7 @@ class Aws:
         self._clients: dict[str, object] = {}
         self._lock = threading.Lock()
         self.ledger = CallLedger()
+        self._handlers: list[tuple[str, object]] = [("before-send", self._count_request)]
         self._account_id: str | None = None
         self._account_lock = threading.Lock()
 
@@ -80,9 +81,18 @@ class Aws:
             client = self._clients.get(service)
             if client is None:
                 client = self._session.client(service, config=self._config, endpoint_url=self.endpoint_url)
-                client.meta.events.register("before-send", self._count_request)
+                for event, handler in self._handlers:
+                    client.meta.events.register(event, handler)
                 self._clients[service] = client
             return client
+
+    def register(self, event: str, handler) -> None:
+        """Hook a botocore event on every client, present and future (the call ledger uses
+        this; tests inject faults with it)."""
+        with self._lock:
+            self._handlers.append((event, handler))
+            for client in self._clients.values():
+                client.meta.events.register(event, handler)
 
     def _count_request(self, request, **kwargs) -> None:
         # before-send fires once per attempt, so retried requests are counted as AWS sees them.

@@ -60,6 +60,19 @@ def no_waiting(monkeypatch):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def shared_service_models():
+    """Each fresh `Aws` (each "new process" of a crash test) would parse botocore's service
+    models again, 0.1-0.3 s per client; one shared loader keeps tests fast, as one long-lived
+    process would."""
+    from botocore import loaders, session
+    loader = loaders.create_loader()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(session.Session, "_register_data_loader",
+                      lambda self: self._components.lazy_register_component("data_loader", lambda: loader))
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def emulator_fixes():
     """The same fixes for moto's gaps that the sandbox applies (orchestrator/emulator.py)."""
     from orchestrator.emulator import apply_fixes

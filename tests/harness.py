@@ -58,10 +58,6 @@ def engine(manifest, aws, steps=None, *, allow=(), with_state: bool = True):
     return Engine(manifest, aws, graph, store=store, lease=lease, allow=allow)
 
 
-SERVICES = ("ec2", "iam", "ecr", "secretsmanager", "s3", "efs", "ecs", "logs", "servicediscovery", "elbv2",
-            "dynamodb", "sts")
-
-
 class Crash(BaseException):
     """Stands for the process being killed: BaseException, so no `except Exception` catches it."""
 
@@ -77,8 +73,7 @@ def crash_after(aws, n: int) -> None:
             if seen["count"] == n:
                 raise Crash(f"killed after mutating call {n}: {model.name}")
 
-    for service in SERVICES:
-        aws.client(service).meta.events.register("after-call", after_call)
+    aws.register("after-call", after_call)
 
 
 def forget_crash(aws) -> None:

@@ -17,18 +17,6 @@ STEP = VpcStep()
 OWNER = tagging.owner_filters("gamepulse", "dev", "vpc")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def shared_service_models():
-    """Every fresh `Aws` (each "new process" of the crash test) would parse botocore's EC2 model
-    again, 0.3 s each; one shared loader keeps the module fast, as one long-lived process would."""
-    from botocore import loaders, session
-    loader = loaders.create_loader()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(session.Session, "_register_data_loader",
-                      lambda self: self._components.lazy_register_component("data_loader", lambda: loader))
-        yield
-
-
 @pytest.fixture
 def ec2(mock):
     """A plain client for looking at (and tampering with) AWS, outside the step's call ledger."""
