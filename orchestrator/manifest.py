@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from orchestrator.errors import ManifestError
-from orchestrator.schema import Manifest
+from orchestrator.schema import FieldError, Manifest
 
 DEFAULT_BASE = "gamepulse.yaml"
 
@@ -197,6 +197,9 @@ def _has(data: Any, path: FieldPath) -> bool:
 
 def _pydantic_problem(error: dict, where: dict[FieldPath, Where]) -> Problem:
     path, message = error["loc"], _human(error)
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, FieldError):  # a whole-section check that knows the field at fault
+        path = tuple(path) + tuple(cause.at)
     if path and path[-1] == "[key]":  # pydantic's marker for a bad mapping key (the key is the part before)
         path, message = path[:-1], f"the key {message}"
     # A missing field (or any location the data lacks) is reported at its nearest present parent.

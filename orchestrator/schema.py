@@ -15,6 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 NAME = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"
 
 
+class FieldError(ValueError):
+    """A problem found by a check over a whole section, located at one field inside it (`at`,
+    relative to the section), so the manifest error names that field's file and line."""
+
+    def __init__(self, message: str, *at: str | int):
+        super().__init__(message)
+        self.at = at
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -115,27 +124,28 @@ class NetworkSpec(Section):
     @model_validator(mode="after")
     def _consistent(self) -> "NetworkSpec":
         if self.availability_zones is not None and len(self.availability_zones) != self.zones:
-            raise ValueError(f"availability_zones lists {len(self.availability_zones)} zones but zones is {self.zones}")
+            raise FieldError(f"lists {len(self.availability_zones)} zones but zones is {self.zones}",
+                             "availability_zones")
         for kind in ("public_cidrs", "private_cidrs"):
             given = getattr(self, kind)
             if given is not None and len(given) != self.zones:
-                raise ValueError(f"{kind} lists {len(given)} ranges but zones is {self.zones}")
+                raise FieldError(f"lists {len(given)} ranges but zones is {self.zones}", kind)
         self.subnet_cidrs()  # raises when the subnets do not fit or overlap
         for group, spec in self.security_groups.items():
-            for rule in spec.ingress:
-                for source in rule.sources:
+            for rule_index, rule in enumerate(spec.ingress):
+                for source_index, source in enumerate(rule.sources):
                     if source == "vpc" or source in self.security_groups:
                         continue
                     try:
                         _network(source)
                     except ValueError:
-                        raise ValueError(
-                            f"security group {group!r}: source {source!r} is neither a CIDR, 'vpc', "
-                            f"nor a security group of this manifest ({', '.join(sorted(self.security_groups))})"
-                        ) from None
+                        raise FieldError(
+                            f"{source!r} is neither a CIDR, 'vpc', nor a security group of this manifest "
+                            f"({', '.join(sorted(self.security_groups))})",
+                            "security_groups", group, "ingress", rule_index, "sources", source_index) from None
         if self.endpoints.interface and self.endpoints.security_group not in self.security_groups:
-            raise ValueError(f"endpoints.security_group {self.endpoints.security_group!r} is not a security group "
-                             "of this manifest")
+            raise FieldError(f"{self.endpoints.security_group!r} is not a security group of this manifest",
+                             "endpoints", "security_group")
         return self
 
     def zone_names(self, region: str) -> list[str]:
@@ -156,19 +166,19 @@ class NetworkSpec(Section):
         for kind, prefix in sorted(wanted, key=lambda item: item[1]):
             explicit = getattr(self, f"{kind}_cidrs")
             for index in range(self.zones):
+                at = (f"{kind}_cidrs", index) if explicit is not None else ("cidr",)
                 if explicit is not None:
                     net = _network(explicit[index])
                 else:
                     net = _next_free(vpc, prefix, taken)
                     if net is None:
-                        raise ValueError(
-                            f"{self.zones} {kind} subnets of /{prefix} do not fit in {self.cidr} "
-                            "next to the other subnets")
+                        raise FieldError(f"{self.zones} {kind} subnets of /{prefix} do not fit in {self.cidr} "
+                                         "next to the other subnets", *at)
                 if not net.subnet_of(vpc):
-                    raise ValueError(f"{kind} subnet {net} is outside the VPC range {self.cidr}")
+                    raise FieldError(f"{kind} subnet {net} is outside the VPC range {self.cidr}", *at)
                 clash = next((other for other in taken if other.overlaps(net)), None)
                 if clash is not None:
-                    raise ValueError(f"{kind} subnet {net} overlaps subnet {clash}")
+                    raise FieldError(f"{kind} subnet {net} overlaps subnet {clash}", *at)
                 taken.append(net)
                 carved[kind].append(str(net))
         return carved["public"], carved["private"]
@@ -233,9 +243,9 @@ class SecretSpec(Section):
     @model_validator(mode="after")
     def _source_has_its_field(self) -> "SecretSpec":
         if self.source == "env" and not self.env:
-            raise ValueError("source 'env' needs the field 'env' (the variable's name)")
+            raise FieldError("source 'env' needs the field 'env' (the variable's name)", "source")
         if self.source == "file" and not self.path:
-            raise ValueError("source 'file' needs the field 'path'")
+            raise FieldError("source 'file' needs the field 'path'", "source")
         return self
 
 
@@ -295,9 +305,9 @@ class ClusterSpec(Section):
 
     @model_validator(mode="after")
     def _strategy_uses_listed_providers(self) -> "ClusterSpec":
-        for item in self.default_strategy:
+        for index, item in enumerate(self.default_strategy):
             if item.provider not in self.capacity_providers:
-                raise ValueError(f"default_strategy uses {item.provider}, which capacity_providers does not list")
+                raise FieldError(f"{item.provider} is not in capacity_providers", "default_strategy", index, "provider")
         return self
 
 
@@ -340,14 +350,18 @@ class LoadBalancerSpec(Section):
     def _targets_exist(self) -> "LoadBalancerSpec":
         names = set(self.target_groups)
         if self.default_target not in names:
-            raise ValueError(f"default_target {self.default_target!r} is not one of the target groups "
-                             f"({', '.join(sorted(names))})")
-        for rule in self.rules:
+            raise FieldError(f"{self.default_target!r} is not one of the target groups ({', '.join(sorted(names))})",
+                             "default_target")
+        for index, rule in enumerate(self.rules):
             if rule.target not in names:
-                raise ValueError(f"rule for {rule.paths} targets {rule.target!r}, which is not a target group")
-        priorities = [rule.priority for rule in self.rules]
-        if len(priorities) != len(set(priorities)):
-            raise ValueError("two rules share a priority; each rule needs its own")
+                raise FieldError(f"{rule.target!r} is not a target group ({', '.join(sorted(names))})",
+                                 "rules", index, "target")
+        seen: dict[int, int] = {}
+        for index, rule in enumerate(self.rules):
+            if rule.priority in seen:
+                raise FieldError(f"priority {rule.priority} is already rule {seen[rule.priority]}'s; each rule needs "
+                                 "its own", "rules", index, "priority")
+            seen[rule.priority] = index
         return self
 
 
@@ -378,16 +392,16 @@ class Manifest(Section):
     def _no_reserved_tags(cls, tags: dict[str, str]) -> dict[str, str]:
         for key in tags:
             if key.startswith(("orchestrator:", "aws:")):
-                raise ValueError(f"tag {key!r} uses a reserved prefix (orchestrator: and aws: are set by the tool)")
+                raise FieldError("uses a reserved prefix (orchestrator: and aws: are set by the tool)", key)
         return tags
 
     @model_validator(mode="after")
     def _cross_section_references(self) -> "Manifest":
         groups = self.network.security_groups
-        for where, group in (("efs.security_group", self.efs.security_group),
-                             ("load_balancer.security_group", self.load_balancer.security_group)):
+        for section, group in (("efs", self.efs.security_group), ("load_balancer", self.load_balancer.security_group)):
             if group not in groups:
-                raise ValueError(f"{where} {group!r} is not a security group in network.security_groups")
+                raise FieldError(f"{group!r} is not a security group in network.security_groups",
+                                 section, "security_group")
         return self
 
     @property
