@@ -20,14 +20,15 @@ $(STAMP): setup.cfg pyproject.toml
 
 demo: install
 	$(BIN)/orchestrator sandbox start
-	$(DEMO_ENV) $(BIN)/orchestrator apply dev
-	$(BIN)/orchestrator status dev
+	$(DEMO_ENV) $(BIN)/orchestrator --sandbox apply dev
+	$(BIN)/orchestrator --sandbox status dev
 	@echo
 	@echo "== applying dev again: nothing should change =="
-	$(DEMO_ENV) $(BIN)/orchestrator apply dev
-	$(BIN)/orchestrator outputs dev
+	$(DEMO_ENV) $(BIN)/orchestrator --sandbox apply dev
+	$(BIN)/orchestrator --sandbox outputs dev
 	@echo
-	@echo "The sandbox keeps running; 'make sandbox-stop' stops it."
+	@echo "The sandbox keeps running for you to explore (orchestrator --sandbox plan dev, ...);"
+	@echo "'make sandbox-stop' stops it."
 
 sandbox-stop: install
 	$(BIN)/orchestrator sandbox stop

@@ -159,7 +159,10 @@ class Engine:
         desired = step.desired(self.manifest, self._inputs(name))
         observed = step.observe(ctx, desired)
         result.changes = step.plan(desired, observed, self._recorded(name))
-        log.info("started", step=name, changes=len(result.changes))
+        if result.changes:
+            log.info("changing", step=name, changes=len(result.changes))
+        else:
+            log.info("up to date", step=name)
         self._execute(step, ctx, result, observed)
         result.outputs = step.outputs(desired, observed)
         result.status = "ok"
@@ -171,7 +174,7 @@ class Engine:
         desired = step.desired(self.manifest, self._inputs(name, from_records=True))
         observed = step.observe(ctx, desired)
         result.changes = step.plan_destroy(observed)
-        log.info("started", step=name, deletes=len(result.changes))
+        log.info("destroying", step=name, deletes=len(result.changes))
         self._execute(step, ctx, result, observed)
         result.status = "ok"
         if self.store is not None and self.lease is not None:

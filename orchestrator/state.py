@@ -206,12 +206,15 @@ class StateStore:
 
     def lock_holder(self) -> dict | None:
         item = self.client.get_item(TableName=self.table, Key=self._key(LOCK), ConsistentRead=True).get("Item")
-        return _record(item) or None
+        holder = _record(item)
+        return holder if holder.get("run_id") else None
 
     def break_lock(self) -> dict | None:
-        """Delete the lock whoever holds it (`unlock --force`); returns the holder removed."""
-        response = self.client.delete_item(TableName=self.table, Key=self._key(LOCK), ReturnValues="ALL_OLD")
-        holder = _record(response.get("Attributes")) or None
+        """Free the lock whoever holds it (`unlock --force`); returns the holder removed."""
+        response = self.client.update_item(TableName=self.table, Key=self._key(LOCK), **_free_lock(),
+                                           ReturnValues="ALL_OLD")
+        holder = _record(response.get("Attributes"))
+        holder = holder if holder.get("run_id") else None
         if holder:
             log.warning("lock broken", env=self.manifest.environment, run_id=holder.get("run_id"),
                         holder=f"{holder.get('user')}@{holder.get('host')}")
@@ -407,7 +410,7 @@ class Lease:
     def lose(self, holder: dict) -> None:
         """The lock item no longer names this lease: `holder` is whoever it names now (or {})."""
         self.lost = True
-        self.taken_by = holder or None
+        self.taken_by = holder if holder and holder.get("run_id") else None  # a freed lock keeps its fence
         log.error("lock lost", run_id=self.run_id, taken_by=holder.get("run_id") if holder else None)
 
     def check(self) -> None:
@@ -419,12 +422,17 @@ class Lease:
         raise LockLost("this run's lock was broken (`orchestrator unlock --force`); stopping without writing")
 
     def release(self) -> None:
-        """Delete the lock if it is still ours. Never raises: a lock already gone or taken over is
-        left as is, and one that cannot be deleted now expires with its lease."""
+        """Free the lock if it is still ours. Never raises: a lock already gone or taken over is
+        left as is, and one that cannot be freed now expires with its lease."""
         self.stop_heartbeat()
+        condition = self.store._lock_condition(self)
+        free = _free_lock()
         try:
-            self.store.client.delete_item(TableName=self.store.table, Key=self.store._key(LOCK),
-                                          **self.store._lock_condition(self))
+            self.store.client.update_item(
+                TableName=self.store.table, Key=self.store._key(LOCK), UpdateExpression=free["UpdateExpression"],
+                ConditionExpression=condition["ConditionExpression"],
+                ExpressionAttributeNames={**condition["ExpressionAttributeNames"], **free["ExpressionAttributeNames"]},
+                ExpressionAttributeValues=condition["ExpressionAttributeValues"])
             log.info("lock released", run_id=self.run_id)
         except (ClientError, BotoCoreError) as error:
             if error_code(error) == "ConditionalCheckFailedException":
@@ -432,6 +440,14 @@ class Lease:
             else:
                 log.warning("lock not released; it expires with its lease", run_id=self.run_id,
                             expires_at=_iso(self.expires_at), error=str(error))
+
+
+def _free_lock() -> dict:
+    """Update parameters that remove the holder but keep the item: its fencing counter must only
+    ever grow, so that a run that lost its lock can never match a later holder's fence."""
+    fields = ("run_id", "user", "host", "pid", "command", "acquired_at", "expires_at")
+    return {"UpdateExpression": "REMOVE " + ", ".join(f"#h_{name}" for name in fields),
+            "ExpressionAttributeNames": {f"#h_{name}": name for name in fields}}
 
 
 # -- values -------------------------------------------------------------------------------------

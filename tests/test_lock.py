@@ -122,7 +122,7 @@ def test_heartbeat_thread_starts_and_stops(store):
     assert not lease.lost
 
 
-def test_release_deletes_only_our_own_lock(store, aws, now):
+def test_release_frees_only_our_own_lock(store, aws, now):
     old = store.acquire("run-a", "apply")
     now.t = T0 + LEASE + 1
     new = second_run(aws).acquire("run-b", "apply")
@@ -132,6 +132,18 @@ def test_release_deletes_only_our_own_lock(store, aws, now):
     new.release()
     assert store.lock_holder() is None
     new.release()  # already gone: no error
+
+
+def test_fence_only_grows_across_release_and_break(store, aws):
+    fences = []
+    for _ in range(2):
+        lease = store.acquire("run-a", "apply")
+        fences.append(lease.fence)
+        lease.release()
+    store.acquire("run-b", "apply")
+    second_run(aws).break_lock()
+    fences.append(store.acquire("run-c", "apply").fence)
+    assert fences == [1, 2, 4]
 
 
 def test_break_lock_returns_the_holder_and_fences_it_out(store, aws):
