@@ -98,6 +98,18 @@ def test_apply_from_nothing_then_unchanged_apply_makes_no_mutating_call(endpoint
     assert plan.returncode == 0, plan.stdout + plan.stderr
     assert "No changes" in plan.stdout
 
+    # No secret value anywhere the user or the state table can see.
+    secrets = client(endpoint, "secretsmanager")
+    values = [secrets.get_secret_value(SecretId=f"gamepulse/dev/{name}")["SecretString"]
+              for name in ("db-connection", "grafana-admin", "slack-webhook")]
+    assert values[0] == FAKE_ENV["GAMEPULSE_DB_CONNECTION"] and len(values[1]) == 32
+    status = run(endpoint, "status", "dev", "--json")
+    items = client(endpoint, "dynamodb").scan(TableName="gamepulse-orchestrator-state")["Items"]
+    seen = "".join([first.stdout, first.stderr, second.stdout, second.stderr, plan.stdout, plan.stderr,
+                    status.stdout, run(endpoint, "plan", "dev", "--json").stdout, json.dumps(items)])
+    for value in values:
+        assert value not in seen
+
 
 def test_plan_before_apply_lists_creates_and_exits_2_with_detailed_exitcode(endpoint):
     result = run(endpoint, "plan", "dev", "--detailed-exitcode")
