@@ -20,6 +20,9 @@ class StepContext:
     step: str
     #: Flags the user passed that unlock guarded changes, e.g. {"delete-data"}.
     allow: frozenset[str] = frozenset()
+    #: True when observing for `destroy`: facts only a delete needs (does a bucket hold objects?)
+    #: are read then, and for resources the manifest no longer wants, but not on every apply.
+    destroying: bool = False
     log: object = field(default=None)
 
     def __post_init__(self) -> None:

@@ -129,8 +129,8 @@ class Engine:
 
     # -- the three kinds of work ----------------------------------------------------------------
 
-    def _context(self, name: str) -> StepContext:
-        return StepContext(aws=self.aws, manifest=self.manifest, step=name, allow=self.allow)
+    def _context(self, name: str, destroying: bool = False) -> StepContext:
+        return StepContext(aws=self.aws, manifest=self.manifest, step=name, allow=self.allow, destroying=destroying)
 
     def _inputs(self, name: str, *, from_records: bool = False) -> Inputs:
         step = self.graph.steps[name]
@@ -170,7 +170,7 @@ class Engine:
 
     def _destroy_step(self, name: str, result: StepResult) -> None:
         step = self.graph.steps[name]
-        ctx = self._context(name)
+        ctx = self._context(name, destroying=True)
         desired = step.desired(self.manifest, self._inputs(name, from_records=True))
         observed = step.observe(ctx, desired)
         result.changes = step.plan_destroy(observed)

@@ -89,7 +89,8 @@ class Step:
     - ``desired(manifest, inputs)`` — pure: the resources this step owns, fully resolved.
     - ``observe(ctx, desired)`` — read-only calls; returns the step's own facts object, found by
       deterministic name and ownership tags. It must be usable by `apply` as working memory:
-      `apply` updates it (new ids) so that `outputs` needs no second read.
+      `apply` updates it (new ids) so that `outputs` needs no second read. Facts only a delete
+      needs are read when `ctx.destroying` or for resources the manifest no longer wants.
     - ``plan(desired, observed, recorded)`` — pure: the changes that close the gap. `recorded`
       maps `Change.key` to the `record` kept at the last apply.
     - ``apply(ctx, change, observed)`` — the calls for one change, then the wait.

@@ -150,7 +150,11 @@ class EcrStep(Step):
                 continue
             tags = tagging.tag_dict(client.list_tags_for_resource(resourceArn=item["repositoryArn"]).get("tags"))
             if self._owns(tags, desired):
-                facts.owned[name] = self._observed(client, item, tags, wanted=name in desired.repositories)
+                wanted = desired.repositories.get(name)
+                # Whether it holds images matters only to a delete: destroy, removal, re-encryption.
+                may_delete = ctx.destroying or wanted is None or wanted.encryption != _encryption_of(item)
+                facts.owned[name] = self._observed(client, item, tags, wanted=wanted is not None,
+                                                   count_images=may_delete)
             elif name in desired.repositories:
                 facts.foreign[name] = tags
         return facts
@@ -159,14 +163,14 @@ class EcrStep(Step):
         return tagging.is_owned(tags, desired.app, desired.env) and tags.get(tagging.STEP) == self.name
 
     @staticmethod
-    def _observed(client, item: dict, tags: dict[str, str], *, wanted: bool) -> ObservedRepository:
+    def _observed(client, item: dict, tags: dict[str, str], *, wanted: bool, count_images: bool) -> ObservedRepository:
         name = item["repositoryName"]
-        images = client.list_images(repositoryName=name, maxResults=1)["imageIds"]
+        images = client.list_images(repositoryName=name, maxResults=1)["imageIds"] if count_images else []
         return ObservedRepository(
             name=name, arn=item["repositoryArn"], uri=item["repositoryUri"],
             scan_on_push=item.get("imageScanningConfiguration", {}).get("scanOnPush", False),
             tag_mutability=item.get("imageTagMutability", "MUTABLE"),
-            encryption=item.get("encryptionConfiguration", {}).get("encryptionType", "AES256"), tags=tags,
+            encryption=_encryption_of(item), tags=tags,
             lifecycle_policy=_lifecycle_policy_of(client, name) if wanted else None, holds_images=bool(images))
 
     # -- plan ------------------------------------------------------------------------------
@@ -339,6 +343,10 @@ def _apply_settings(client, work: RepositoryWork) -> None:
         client.tag_resource(resourceArn=work.arn, tags=tagging.tag_list(work.tags_to_set))
     if work.tags_to_remove:
         client.untag_resource(resourceArn=work.arn, tagKeys=list(work.tags_to_remove))
+
+
+def _encryption_of(item: dict) -> str:
+    return item.get("encryptionConfiguration", {}).get("encryptionType", "AES256")
 
 
 STEP = EcrStep

@@ -144,17 +144,25 @@ class EcsStep(Step):
 
     def _observe_log_groups(self, ctx, prefix: str) -> dict[str, ObservedLogGroup]:
         """Every log group under the environment's prefix, ours or not. The logs API returns
-        no tags with the groups, so ownership takes one tag read per group."""
+        no tags with the groups; one tagging-API read finds which of them are ours."""
         logs = ctx.client("logs")
+        owned = self._owned_log_group_arns(ctx)
         groups: dict[str, ObservedLogGroup] = {}
         for page in logs.get_paginator("describe_log_groups").paginate(logGroupNamePrefix=prefix):
             for group in page["logGroups"]:
                 arn = group.get("logGroupArn") or group["arn"].removesuffix(":*")
-                tags = logs.list_tags_for_resource(resourceArn=arn).get("tags", {})
                 groups[group["logGroupName"]] = ObservedLogGroup(
-                    name=group["logGroupName"], owned=_owned(ctx, tags),
-                    retention_days=group.get("retentionInDays"))
+                    name=group["logGroupName"], owned=arn in owned, retention_days=group.get("retentionInDays"))
         return groups
+
+    def _owned_log_group_arns(self, ctx) -> set[str]:
+        """ARNs of the log groups carrying this step's ownership tags. The filter names the
+        service ("logs"), which AWS accepts for all its resource types."""
+        filters = [{"Key": key, "Values": [value]} for key, value in
+                   ((tagging.APP, ctx.app), (tagging.ENV, ctx.env), (tagging.STEP, self.name))]
+        pages = ctx.client("resourcegroupstaggingapi").get_paginator("get_resources").paginate(
+            TagFilters=filters, ResourceTypeFilters=["logs"])
+        return {item["ResourceARN"] for page in pages for item in page["ResourceTagMappingList"]}
 
     def _observe_namespace(self, ctx, name: str) -> ObservedNamespace | None:
         """Ours if one of that name is ours (private namespaces of other VPCs may share it)."""

@@ -186,7 +186,7 @@ def parse_policy(text: str) -> dict | str:
         return text  # not JSON: differs from anything we want, and shows as is in the plan
 
 
-def read_bucket(s3, name: str, tags: dict[str, str], owned: bool) -> ObservedBucket:
+def read_bucket(s3, name: str, tags: dict[str, str], owned: bool, count_versions: bool) -> ObservedBucket:
     bucket = ObservedBucket(name=name, owned=owned, tags=tags)
     block = read(s3.get_public_access_block, "NoSuchPublicAccessBlockConfiguration", Bucket=name)
     bucket.public_access_block = block and block["PublicAccessBlockConfiguration"]
@@ -203,9 +203,10 @@ def read_bucket(s3, name: str, tags: dict[str, str], owned: bool) -> ObservedBuc
     bucket.lifecycle = normalized_rules(lifecycle["Rules"]) if lifecycle else []
     policy = read(s3.get_bucket_policy, "NoSuchBucketPolicy", Bucket=name)
     bucket.policy = parse_policy(policy["Policy"]) if policy else None
-    versions = s3.list_object_versions(Bucket=name, MaxKeys=COUNT_LIMIT)
-    bucket.versions = len(versions.get("Versions", [])) + len(versions.get("DeleteMarkers", []))
-    bucket.more_versions = bool(versions.get("IsTruncated"))
+    if count_versions:  # only a delete needs to know whether the bucket holds data
+        versions = s3.list_object_versions(Bucket=name, MaxKeys=COUNT_LIMIT)
+        bucket.versions = len(versions.get("Versions", [])) + len(versions.get("DeleteMarkers", []))
+        bucket.more_versions = bool(versions.get("IsTruncated"))
     return bucket
 
 
@@ -320,7 +321,8 @@ class StorageStep(Step):
                 continue  # deleted since the listing
             owned = tagging.is_owned(tags, ctx.app, ctx.env) and tags.get(tagging.STEP) == self.name
             if name in wanted or owned:
-                facts.buckets[name] = read_bucket(s3, name, tags, owned)
+                facts.buckets[name] = read_bucket(s3, name, tags, owned,
+                                                  count_versions=ctx.destroying or name not in wanted)
         return facts
 
     def plan(self, desired: StorageDesired, observed: StorageFacts, recorded: dict[str, dict]) -> list[Change]:

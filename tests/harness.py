@@ -13,7 +13,7 @@ def run_step(step, manifest, aws, upstream: dict | None = None, recorded: dict |
     """desired → observe → plan → apply for one step, outside the engine. Returns
     (changes, outputs, observed) and leaves `recorded` updated as the state store would."""
     recorded = {} if recorded is None else recorded
-    ctx = StepContext(aws=aws, manifest=manifest, step=step.name, allow=frozenset(allow))
+    ctx = StepContext(aws=aws, manifest=manifest, step=step.name, allow=frozenset(allow), destroying=destroy)
     desired = step.desired(manifest, Inputs(account_id=aws.account_id(), region=manifest.region,
                                             outputs=upstream or {}))
     observed = step.observe(ctx, desired)

@@ -239,9 +239,9 @@ def test_second_apply_makes_no_mutating_call_and_few_reads(env, manifest):
     assert outputs == env.outputs
     new_calls = env.aws.ledger.calls[before:]
     assert [c for c in new_calls if c.mutating] == []
-    # One read per resource kind, one tag read per log group (the logs API has no batch) and
-    # one for the namespace.
-    assert len(new_calls) == 3 + len(FAMILIES) + 1
+    # One read per resource kind, one tagging-API read for the log groups' tags and one for
+    # the namespace's.
+    assert len(new_calls) == 3 + 1 + 1
 
 
 def test_drift_made_by_hand_is_shown_by_plan_then_repaired(env, manifest):
