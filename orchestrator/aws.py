@@ -15,6 +15,9 @@ from dataclasses import dataclass
 #: Which step the current thread is working for; the ledger files each call under it.
 current_step: contextvars.ContextVar[str] = contextvars.ContextVar("current_step", default="engine")
 
+#: The ledger's name for calls to the state table and lock, whichever step causes them.
+STATE = "state"
+
 READ_PREFIXES = ("Describe", "Get", "List", "Head", "BatchGet", "Query", "Scan", "Lookup", "Discover",
                  "Search", "Select", "Check")
 
@@ -41,9 +44,9 @@ class CallLedger:
         self._lock = threading.Lock()
         self.calls: list[Call] = []
 
-    def record(self, service: str, operation: str) -> None:
+    def record(self, service: str, operation: str, step: str | None = None) -> None:
         with self._lock:
-            self.calls.append(Call(current_step.get(), service, operation))
+            self.calls.append(Call(step or current_step.get(), service, operation))
 
     def count(self, *, step: str | None = None, mutating: bool | None = None) -> int:
         return sum(1 for call in self.calls
@@ -72,18 +75,22 @@ class Aws:
         self._clients: dict[str, object] = {}
         self._lock = threading.Lock()
         self.ledger = CallLedger()
-        self._handlers: list[tuple[str, object]] = [("before-send", self._count_request)]
+        self._handlers: list[tuple[str, object]] = []
         self._account_id: str | None = None
         self._account_lock = threading.Lock()
 
-    def client(self, service: str):
+    def client(self, service: str, *, ledger_name: str | None = None):
+        """The shared client for `service`. With `ledger_name`, a client of its own whose calls
+        the ledger files under that name instead of the current step (the state store's)."""
+        key = (service, ledger_name)
         with self._lock:
-            client = self._clients.get(service)
+            client = self._clients.get(key)
             if client is None:
                 client = self._session.client(service, config=self._config, endpoint_url=self.endpoint_url)
+                client.meta.events.register("before-send", self._counter_for(ledger_name))
                 for event, handler in self._handlers:
                     client.meta.events.register(event, handler)
-                self._clients[service] = client
+                self._clients[key] = client
             return client
 
     def register(self, event: str, handler) -> None:
@@ -94,12 +101,12 @@ class Aws:
             for client in self._clients.values():
                 client.meta.events.register(event, handler)
 
-    def _count_request(self, request, **kwargs) -> None:
-        # before-send fires once per attempt, so retried requests are counted as AWS sees them.
-        context = getattr(request, "context", {}) or {}
-        model = context.get("operation_name") or kwargs.get("event_name", "").rsplit(".", 1)[-1]
-        service = kwargs.get("event_name", "before-send.unknown.x").split(".")[1]
-        self.ledger.record(service, model)
+    def _counter_for(self, ledger_name: str | None):
+        def count_request(request, **kwargs) -> None:
+            # before-send fires once per attempt, so retried requests are counted as AWS sees them.
+            event = kwargs.get("event_name", "before-send.unknown.Unknown").split(".")
+            self.ledger.record(event[1], event[2], ledger_name)
+        return count_request
 
     def account_id(self) -> str:
         """The credentials' account, asked once per run (steps running at once share the answer)."""

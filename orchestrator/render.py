@@ -5,6 +5,7 @@ import json
 from collections import Counter
 from typing import Any
 
+from orchestrator.aws import STATE
 from orchestrator.model import SENSITIVE, Change
 
 SYMBOL = {"create": "+", "update": "~", "replace": "-/+", "delete": "-"}
@@ -90,7 +91,7 @@ def run_summary(title: str, results: dict, ledger) -> str:
             lines.append(f"  {'':<{width}}  {result.error}")
     total = ledger.count()
     mutating = ledger.count(mutating=True)
-    state = ledger.count(step="engine", mutating=True)
+    state = ledger.count(step=STATE, mutating=True)
     lines.append(f"  API calls: {total}, {mutating} mutating: {mutating - state} to the platform, "
                  f"{state} to the state table and lock")
     return "\n".join(lines)

@@ -29,7 +29,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from orchestrator import tags as tagging
 from orchestrator import waiters
-from orchestrator.aws import Aws, error_code
+from orchestrator.aws import STATE, Aws, error_code
 from orchestrator.errors import LockHeld, LockLost
 from orchestrator.log import redactor
 from orchestrator.model import Change
@@ -75,7 +75,7 @@ class StateStore:
 
     @property
     def client(self):
-        return self.aws.client("dynamodb")
+        return self.aws.client("dynamodb", ledger_name=STATE)
 
     # -- the table --------------------------------------------------------------------------------
 
