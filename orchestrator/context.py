@@ -48,6 +48,10 @@ class StepContext:
         """The ownership tags for everything this step creates, plus the manifest's tags."""
         return tagging.ownership_tags(self.app, self.env, self.step, self.manifest.tags)
 
+    def owns(self, tags: dict[str, str]) -> bool:
+        """The resource carries this environment's ownership tags for this step."""
+        return tagging.is_owned(tags, self.app, self.env, self.step)
+
     def token(self, logical: str, salt: str = "") -> str:
         """An idempotency token derived from app, env, step and the resource's logical name.
 

@@ -1,6 +1,8 @@
 """The one tagging helper: ownership tags and the shapes the AWS APIs want them in."""
 from __future__ import annotations
 
+from orchestrator.errors import OrchestratorError
+
 APP, ENV, STEP = "orchestrator:app", "orchestrator:env", "orchestrator:step"
 
 
@@ -9,8 +11,16 @@ def ownership_tags(app: str, env: str, step: str, extra: dict[str, str] | None =
     return {**(extra or {}), APP: app, ENV: env, STEP: step}
 
 
-def is_owned(tags: dict[str, str], app: str, env: str) -> bool:
-    return tags.get(APP) == app and tags.get(ENV) == env
+def is_owned(tags: dict[str, str], app: str, env: str, step: str | None = None) -> bool:
+    """Ours: this app and environment (and, given `step`, created by that step)."""
+    return tags.get(APP) == app and tags.get(ENV) == env and (step is None or tags.get(STEP) == step)
+
+
+def not_ours(what: str, name: str) -> OrchestratorError:
+    """The error for a resource under one of our names that lacks our ownership tags."""
+    return OrchestratorError(f"{what} {name} exists but does not carry this environment's ownership tags; "
+                             "the orchestrator will not adopt or change it: rename or remove it, or change "
+                             "the manifest")
 
 
 def tag_list(tags: dict[str, str], key: str = "Key", value: str = "Value") -> list[dict[str, str]]:

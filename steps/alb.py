@@ -228,7 +228,7 @@ class AlbStep(Step):
         tags = self._tags(elb, arns)
 
         def owned(arn: str) -> bool:
-            return _owned(ctx, tags.get(arn, {}))
+            return ctx.owns(tags.get(arn, {}))
 
         if lb:
             facts.load_balancer = self._observed_load_balancer(elb, lb, owned(lb["LoadBalancerArn"]))
@@ -321,7 +321,8 @@ class AlbStep(Step):
         if seen is None:
             return [Change("create", "load_balancer", lb.name, diffs=diff_fields(lb, None, LB_FIELDS),
                            calls=("elbv2:CreateLoadBalancer", "elbv2:ModifyLoadBalancerAttributes"), payload=lb)]
-        _refuse_foreign(seen.owned, "load balancer", lb.name)
+        if not seen.owned:
+            raise tagging.not_ours("load balancer", lb.name)
         diffs = diff_fields(lb, seen, LB_FIELDS)
         if not diffs:
             return []
@@ -335,7 +336,8 @@ class AlbStep(Step):
             if seen is None:
                 changes.append(self._create_or_replace_target_group(desired.name_prefix, group, observed))
                 continue
-            _refuse_foreign(seen.owned, "target group", group.name)
+            if not seen.owned:
+                raise tagging.not_ours("target group", group.name)
             diffs = tuple(FieldDiff(f"health_check.{d.field}", d.old, d.new)
                           for d in diff_fields(group.health_check, seen.health_check, HEALTH_FIELDS))
             calls = ("elbv2:ModifyTargetGroup",) if diffs else ()
@@ -371,7 +373,8 @@ class AlbStep(Step):
                                       diffs=diff_fields(listener, None, ("port",) + LISTENER_FIELDS),
                                       calls=("elbv2:CreateListener",), payload=listener))
                 continue
-            _refuse_foreign(found.owned, "listener", f"{listener.key} (port {listener.port})")
+            if not found.owned:
+                raise tagging.not_ours("listener", f"{listener.key} (port {listener.port})")
             diffs = diff_fields(listener, found, LISTENER_FIELDS)
             if diffs:
                 changes.append(Change("update", "listener", listener.key, diffs=diffs,
@@ -389,7 +392,8 @@ class AlbStep(Step):
             if seen is None:
                 unplaced.append(rule)
                 continue
-            _refuse_foreign(seen.owned, "listener rule", _rule_name(rule.port, rule.priority))
+            if not seen.owned:
+                raise tagging.not_ours("listener rule", _rule_name(rule.port, rule.priority))
             kept.add(seen.arn)
             diffs = diff_fields(rule, seen, ("paths", "action"))
             if diffs:
@@ -596,17 +600,6 @@ class AlbStep(Step):
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def _owned(ctx, tags: dict[str, str]) -> bool:
-    """Ours: this app and environment, created by this step."""
-    return tagging.is_owned(tags, ctx.app, ctx.env) and tags.get(tagging.STEP) == ctx.step
-
-
-def _refuse_foreign(owned: bool, what: str, name: str) -> None:
-    if not owned:
-        raise OrchestratorError(f"{what} {name} exists but does not carry this environment's ownership tags; "
-                                "the orchestrator will not change it: rename or remove it, or change the manifest")
 
 
 def _check_length(what: str, name: str) -> None:

@@ -160,7 +160,7 @@ class EcrStep(Step):
         return facts
 
     def _owns(self, tags: dict[str, str], desired: EcrDesired) -> bool:
-        return tagging.is_owned(tags, desired.app, desired.env) and tags.get(tagging.STEP) == self.name
+        return tagging.is_owned(tags, desired.app, desired.env, self.name)
 
     @staticmethod
     def _observed(client, item: dict, tags: dict[str, str], *, wanted: bool, count_images: bool) -> ObservedRepository:

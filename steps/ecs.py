@@ -135,7 +135,7 @@ class EcsStep(Step):
         settings = {s["name"]: s["value"] for s in cluster.get("settings", [])}
         return ObservedCluster(
             name=cluster["clusterName"], arn=cluster["clusterArn"],
-            owned=_owned(ctx, tagging.tag_dict(cluster.get("tags"), "key", "value")),
+            owned=ctx.owns(tagging.tag_dict(cluster.get("tags"), "key", "value")),
             container_insights=settings.get(CONTAINER_INSIGHTS),
             capacity_providers=tuple(sorted(cluster.get("capacityProviders", []))),
             default_strategy=_sorted_strategy(
@@ -174,7 +174,7 @@ class EcsStep(Step):
                 if namespace["Name"] == name:
                     tags = discovery.list_tags_for_resource(ResourceARN=namespace["Arn"]).get("Tags", [])
                     found.append(ObservedNamespace(id=namespace["Id"], arn=namespace["Arn"], name=name,
-                                                   owned=_owned(ctx, tagging.tag_dict(tags))))
+                                                   owned=ctx.owns(tagging.tag_dict(tags))))
         return next((namespace for namespace in found if namespace.owned), found[0] if found else None)
 
     # -- plan -------------------------------------------------------------------------------
@@ -188,7 +188,8 @@ class EcsStep(Step):
         if seen is None:
             return [Change("create", "cluster", cluster.name, diffs=diff_fields(cluster, None, CLUSTER_FIELDS),
                            calls=("ecs:CreateCluster",), payload=cluster)]
-        _refuse_foreign(seen.owned, "ECS cluster", cluster.name)
+        if not seen.owned:
+            raise tagging.not_ours("ECS cluster", cluster.name)
         diffs = diff_fields(cluster, seen, CLUSTER_FIELDS)
         if not diffs:
             return []
@@ -208,7 +209,8 @@ class EcsStep(Step):
                                       diffs=(FieldDiff("retention_days", None, group.retention_days),),
                                       calls=("logs:CreateLogGroup", "logs:PutRetentionPolicy"), payload=group))
                 continue
-            _refuse_foreign(found.owned, "log group", group.name)
+            if not found.owned:
+                raise tagging.not_ours("log group", group.name)
             if found.retention_days != group.retention_days:
                 changes.append(Change("update", "log_group", group.name,
                                       diffs=(FieldDiff("retention_days", found.retention_days,
@@ -228,7 +230,8 @@ class EcsStep(Step):
                            diffs=(FieldDiff("vpc_id", None, namespace.vpc_id),),
                            calls=("servicediscovery:CreatePrivateDnsNamespace",),
                            payload=namespace, record=record)]
-        _refuse_foreign(seen.owned, "Cloud Map namespace", namespace.name)
+        if not seen.owned:
+            raise tagging.not_ours("Cloud Map namespace", namespace.name)
         # Cloud Map does not report a namespace's VPC: compare with the VPC of the last apply.
         last_vpc = recorded.get(key, {}).get("vpc_id")
         if last_vpc is None or last_vpc == namespace.vpc_id:
@@ -364,17 +367,6 @@ class EcsStep(Step):
         if observed.cluster and observed.cluster.owned:
             changes.append(Change("delete", "cluster", observed.cluster.name, calls=("ecs:DeleteCluster",)))
         return changes
-
-
-def _owned(ctx, tags: dict[str, str]) -> bool:
-    """Ours: this app and environment, created by this step."""
-    return tagging.is_owned(tags, ctx.app, ctx.env) and tags.get(tagging.STEP) == ctx.step
-
-
-def _refuse_foreign(owned: bool, what: str, name: str) -> None:
-    if not owned:
-        raise OrchestratorError(f"{what} {name} exists but does not carry this environment's ownership tags; "
-                                "the orchestrator will not change it: rename or remove it, or change the manifest")
 
 
 def _log_group_deletion(group: ObservedLogGroup, why: str) -> Change:

@@ -143,7 +143,7 @@ def upstream_network(manifest, inputs) -> tuple[list[str], list[str], str]:
 
 
 def is_ours(tags: dict[str, str], app: str, env: str) -> bool:
-    return tagging.is_owned(tags, app, env) and tags.get(tagging.STEP) == EfsStep.name
+    return tagging.is_owned(tags, app, env, EfsStep.name)
 
 
 def normalized_tags(items) -> dict[str, str]:

@@ -246,7 +246,7 @@ class IamStep(Step):
             if not name.startswith(f"{desired.prefix}-"):
                 continue
             tags = tagging.tag_dict(item.get("Tags"))
-            if tagging.is_owned(tags, desired.app, desired.env) and tags.get(tagging.STEP) == self.name:
+            if tagging.is_owned(tags, desired.app, desired.env, self.name):
                 facts.owned[name] = ObservedRole(
                     name=name, arn=item["Arn"], trust_policy=normalise_policy(item["AssumeRolePolicyDocument"]),
                     inline_policies={p["PolicyName"]: normalise_policy(p["PolicyDocument"])

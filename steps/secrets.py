@@ -159,7 +159,7 @@ class SecretsStep(Step):
         return [item for page in pages for item in page["SecretList"] if item["Name"].startswith(prefix)]
 
     def _owns(self, tags: dict[str, str], desired: SecretsDesired) -> bool:
-        return tagging.is_owned(tags, desired.app, desired.env) and tags.get(tagging.STEP) == self.name
+        return tagging.is_owned(tags, desired.app, desired.env, self.name)
 
     @staticmethod
     def _read_sources(ctx, desired: SecretsDesired, facts: SecretsFacts) -> dict[str, str]:

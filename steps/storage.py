@@ -319,7 +319,7 @@ class StorageStep(Step):
             tags = read_tags(s3, name)
             if tags is None:
                 continue  # deleted since the listing
-            owned = tagging.is_owned(tags, ctx.app, ctx.env) and tags.get(tagging.STEP) == self.name
+            owned = ctx.owns(tags)
             if name in wanted or owned:
                 facts.buckets[name] = read_bucket(s3, name, tags, owned,
                                                   count_versions=ctx.destroying or name not in wanted)

@@ -15,7 +15,6 @@ ingress rule's description where EC2 reports none: that is compared with the las
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 
 from botocore.exceptions import ClientError
 
@@ -338,7 +337,7 @@ class VpcStep(Step):
         which they are; route tables, for the associations of our subnets)."""
         ec2 = ctx.client("ec2")
         owner = tagging.owner_filters(ctx.app, ctx.env, self.name)
-        owned = partial(_owned, ctx)
+        owned = ctx.owns
         facts = Facts()
         facts.addresses = _by_logical(
             desired.prefix, [Seen(id=a["AllocationId"], tags=tagging.tag_dict(a.get("Tags")))
@@ -760,9 +759,6 @@ def _endpoints(prefix: str, region: str, spec, zones: tuple[str, ...],
 # --- observe, helpers ------------------------------------------------------------------------
 
 
-def _owned(ctx, tags: dict[str, str]) -> bool:
-    """Ours: this app and environment, created by this step."""
-    return tagging.is_owned(tags, ctx.app, ctx.env) and tags.get(tagging.STEP) == ctx.step
 
 
 def _describe(ec2, operation: str, key: str, **params) -> list[dict]:

@@ -2,7 +2,6 @@
 default manifests, and a call ledger to count what a run sends to AWS."""
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
