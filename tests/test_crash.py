@@ -1,0 +1,79 @@
+"""A whole `apply dev` killed after one of its mutating calls, then run again by a new process,
+ends with exactly one of everything and nothing left over. (Each step's own tests kill it after
+every single call; here the kill points are spread over the whole run, state table included.)"""
+from __future__ import annotations
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from orchestrator.aws import Aws
+from orchestrator.state import StateStore
+from tests import harness
+
+#: Kill points: spread over the ~125 mutating calls of a cold apply (state table included).
+KILL_AFTER = [1, 2, 9, 23, 41, 60, 77, 95, 110, 120]
+
+MINE = [{"Name": "tag:orchestrator:env", "Values": ["dev"]}]
+
+
+def inventory() -> dict[str, int]:
+    """How many of each resource kind exist, counted with plain clients."""
+    kw = {"region_name": "us-east-1"}
+    ec2, elb, efs = boto3.client("ec2", **kw), boto3.client("elbv2", **kw), boto3.client("efs", **kw)
+    file_systems = efs.describe_file_systems()["FileSystems"]
+    balancers = elb.describe_load_balancers()["LoadBalancers"]
+    return {
+        "vpcs": len(ec2.describe_vpcs(Filters=MINE)["Vpcs"]),
+        "subnets": len(ec2.describe_subnets(Filters=MINE)["Subnets"]),
+        "nat gateways": len([n for n in ec2.describe_nat_gateways()["NatGateways"] if n["State"] != "deleted"]),
+        "elastic ips": len(ec2.describe_addresses()["Addresses"]),
+        "security groups": len(ec2.describe_security_groups(Filters=MINE)["SecurityGroups"]),
+        "endpoints": len(ec2.describe_vpc_endpoints(Filters=MINE)["VpcEndpoints"]),
+        "route tables": len(ec2.describe_route_tables(Filters=MINE)["RouteTables"]),
+        "buckets": len(boto3.client("s3", **kw).list_buckets()["Buckets"]),
+        "secrets": len(boto3.client("secretsmanager", **kw).list_secrets()["SecretList"]),
+        "roles": len([r for r in boto3.client("iam", **kw).list_roles()["Roles"]
+                      if r["RoleName"].startswith("gamepulse-dev-")]),
+        "repositories": len(boto3.client("ecr", **kw).describe_repositories()["repositories"]),
+        "file systems": len(file_systems),
+        "mount targets": sum(len(efs.describe_mount_targets(FileSystemId=f["FileSystemId"])["MountTargets"])
+                             for f in file_systems),
+        "access points": len(efs.describe_access_points()["AccessPoints"]),
+        "load balancers": len(balancers),
+        "target groups": len(elb.describe_target_groups()["TargetGroups"]),
+        "listeners": sum(len(elb.describe_listeners(LoadBalancerArn=b["LoadBalancerArn"])["Listeners"])
+                         for b in balancers),
+        "log groups": len(boto3.client("logs", **kw).describe_log_groups(logGroupNamePrefix="/ecs/")["logGroups"]),
+        "namespaces": len(boto3.client("servicediscovery", **kw).list_namespaces()["Namespaces"]),
+        "clusters": len([c for c in boto3.client("ecs", **kw).describe_clusters(clusters=["gamepulse-dev"])
+                         ["clusters"] if c["status"] == "ACTIVE"]),
+    }
+
+
+EXPECTED = {"vpcs": 1, "subnets": 4, "nat gateways": 1, "elastic ips": 1, "security groups": 5, "endpoints": 5,
+            "route tables": 2, "buckets": 2, "secrets": 3, "roles": 7, "repositories": 1, "file systems": 1,
+            "mount targets": 2, "access points": 2, "load balancers": 1, "target groups": 2, "listeners": 1,
+            "log groups": 6, "namespaces": 1, "clusters": 1}
+
+
+@pytest.mark.parametrize("kill_after", KILL_AFTER)
+def test_apply_killed_after_a_mutating_call_converges_on_the_next_run(manifest, fake_aws_env, kill_after):
+    with mock_aws(config={"iam": {"load_aws_managed_policies": True}}):
+        killed = Aws("us-east-1")
+        harness.crash_after(killed, kill_after)
+        with pytest.raises(harness.Crash):
+            harness.engine(manifest, killed).apply()
+
+        # The next process: the killed run's lock is still held until its lease ends.
+        rerun = Aws("us-east-1")
+        StateStore(rerun, manifest).break_lock()
+        results = harness.engine(manifest, rerun).apply()
+        assert {r.status for r in results.values()} == {"ok"}, {n: r.error for n, r in results.items()}
+        assert inventory() == EXPECTED
+
+        again = Aws("us-east-1")
+        StateStore(again, manifest).break_lock()
+        results = harness.engine(manifest, again).apply()
+        assert [c.key for r in results.values() for c in r.changes] == []
+        assert harness.mutations(again, None) == harness.mutations(again, "state")
