@@ -125,15 +125,16 @@ def run_locked(options: Options, env: str, command: str, targets, lock_timeout: 
     run_id = uuid.uuid4().hex[:12]
     lease = store.acquire(run_id, command, wait_seconds=lock_timeout)
     lease.start_heartbeat()
-    results: dict = {}
+    engine = Engine(manifest, aws, graph, store=store, lease=lease, allow=allow, parallelism=parallelism)
+    results = engine.results  # filled as steps run, so an interrupted run still reports them
     outcome = "interrupted"
     started = time.monotonic()
     try:
         store.start_run(lease, command, manifest_hash(manifest))
-        engine = Engine(manifest, aws, graph, store=store, lease=lease, allow=allow, parallelism=parallelism)
         results = work(engine)
         outcome = "failed" if failed_steps(results) else "ok"
     finally:
+        results = engine.results
         summary = {name: r.summary() for name, r in results.items()}
         summary["_calls"] = {"total": aws.ledger.count(), "mutating": aws.ledger.count(mutating=True),
                              "seconds": round(time.monotonic() - started, 2)}
@@ -142,7 +143,8 @@ def run_locked(options: Options, env: str, command: str, targets, lock_timeout: 
                 store.finish_run(lease, outcome, summary)
         finally:
             lease.release()
-    click.echo(run_summary(f"{command} {env}: {outcome} in {time.monotonic() - started:.1f}s", results, aws.ledger))
+            click.echo(run_summary(f"{command} {env}: {outcome} in {time.monotonic() - started:.1f}s", results,
+                                   aws.ledger))
     failures = failed_steps(results)
     if failures:
         raise OrchestratorError(f"{len(failures)} step(s) failed: " + "; ".join(failures))
@@ -186,7 +188,7 @@ def validate(options: Options, env: str):
 def plan(options: Options, env: str, targets, as_json: bool, detailed_exitcode: bool):
     """Show what `apply` would change; read-only."""
     from orchestrator.engine import Engine
-    from orchestrator.render import plan_json, plan_text
+    from orchestrator.render import pending, plan_json, plan_text
 
     manifest = load(options, env)
     graph = build_graph()
@@ -198,7 +200,7 @@ def plan(options: Options, env: str, targets, as_json: bool, detailed_exitcode: 
     failures = failed_steps(results)
     if failures:
         raise OrchestratorError(f"could not plan {len(failures)} step(s): " + "; ".join(failures))
-    if detailed_exitcode and any(r.changes for r in results.values()):
+    if detailed_exitcode and pending(results):
         sys.exit(2)
 
 

@@ -16,7 +16,7 @@ import structlog
 
 from orchestrator.aws import Aws, current_step, error_code
 from orchestrator.context import StepContext
-from orchestrator.errors import LockLost
+from orchestrator.errors import Interrupted, LockLost
 from orchestrator.graph import StepGraph
 from orchestrator.log import redactor
 from orchestrator.model import Change, Inputs, as_plain
@@ -67,6 +67,8 @@ class Engine:
         self.allow = frozenset(allow)
         self.parallelism = parallelism
         self.results: dict[str, StepResult] = {}
+        #: Set on Ctrl-C: steps finish the change in progress and start no other.
+        self.cancelled = threading.Event()
         self._records: dict[str, dict] = {}
         self._lock = threading.Lock()
 
@@ -97,15 +99,23 @@ class Engine:
     def _schedule(self, waits_for: dict[str, set[str]], work) -> dict[str, StepResult]:
         self.results = {name: StepResult(name) for name in self.graph.order(waits_for)}
 
-        def skip(name: str, failed: list[str]) -> None:
+        def skip(name: str, blockers: list[str]) -> None:
+            kept = [b for b in blockers if self.results[b].status == "kept"]
             self.results[name].status = "skipped"
-            self.results[name].error = f"not run: {', '.join(failed)} did not succeed"
-            log.warning("skipped", step=name, because=", ".join(failed))
+            self.results[name].error = (f"kept: {', '.join(kept)} keeps resources that use it" if kept else
+                                        f"not run: {', '.join(blockers)} did not succeed")
+            log.warning("skipped", step=name, because=self.results[name].error)
 
-        run_concurrently(waits_for, lambda name: self._guarded(name, work), self.parallelism, on_skip=skip)
-        if self.store is not None and self.lease is not None:
+        def interrupted() -> None:
+            self.cancelled.set()
+            log.warning("interrupted: finishing the changes in progress, starting no new one; "
+                        "the lock is released once they end")
+
+        run_concurrently(waits_for, lambda name: self._guarded(name, work), self.parallelism, on_skip=skip,
+                         on_interrupt=interrupted)
+        if self.store is not None and self.lease is not None and not self.lease.lost:
             for name, result in self.results.items():
-                if result.status == "skipped":
+                if result.status == "skipped" and name in self._records:
                     self._finish_record(name, result, None)
         return self.results
 
@@ -115,8 +125,9 @@ class Engine:
         started = time.monotonic()
         try:
             work(name, result)
-            result.status = "ok"
-        except LockLost as error:
+            if result.status != "kept":
+                result.status = "ok"
+        except (LockLost, Interrupted) as error:
             result.status, result.error = "failed", str(error)
         except Exception as error:  # any failure ends this step; the run reports it
             result.status, result.error = "failed", describe_error(error)
@@ -176,7 +187,8 @@ class Engine:
         result.changes = step.plan_destroy(observed)
         log.info("destroying", step=name, deletes=len(result.changes))
         self._execute(step, ctx, result, observed)
-        result.status = "ok"
+        if any(change.holds_dependencies for change in result.refused):
+            result.status = "kept"  # what it depends on must stay as well
         if self.store is not None and self.lease is not None:
             if result.refused:
                 self._finish_record(name, result, None, status="kept")
@@ -185,6 +197,8 @@ class Engine:
 
     def _execute(self, step, ctx: StepContext, result: StepResult, observed) -> None:
         for change in result.changes:
+            if self.cancelled.is_set():
+                raise Interrupted(f"interrupted before {change.action} {change.kind} {change.name}")
             if change.blocked and change.blocked not in self.allow:
                 result.refused.append(change)
                 log.warning("refused", step=step.name, kind=change.kind, name=change.name,

@@ -26,5 +26,17 @@ class LockLost(OrchestratorError):
     """This run's lock was taken over (its lease expired); it stops writing at once."""
 
 
+class Interrupted(OrchestratorError):
+    """The user pressed Ctrl-C: a step stops before its next change. Exit code 130."""
+
+    exit_code = 130
+
+
+class UsageError(OrchestratorError):
+    """The command line asks for something that does not exist (an unknown step). Exit code 2."""
+
+    exit_code = 2
+
+
 class StepFailed(OrchestratorError):
     """A step failed; the message names the step and the AWS error (never a secret)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 from graphlib import CycleError, TopologicalSorter
 from typing import Iterable
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.model import Step
 
 
@@ -39,8 +39,7 @@ class StepGraph:
             return set(self.steps)
         unknown = [t for t in targets if t not in self.steps]
         if unknown:
-            raise OrchestratorError(f"unknown step(s) in --target: {', '.join(unknown)} "
-                                    f"(steps: {', '.join(self.order())})")
+            raise UsageError(f"unknown step(s) in --target: {', '.join(unknown)} (steps: {', '.join(self.order())})")
         selected: set[str] = set()
         pending = list(targets)
         while pending:

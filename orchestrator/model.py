@@ -44,6 +44,9 @@ class Change:
     is never rendered. `record` is the last-applied configuration to keep in the state table
     for three-way comparison of fields AWS does not read back (None: nothing to keep).
     `blocked` names the flag without which the change is refused (data-holding resources).
+    `holds_dependencies`: while this resource stays (its delete refused), it still uses what
+    the steps it depends on own — destroy then keeps those too (a protected load balancer
+    keeps its subnets).
     """
 
     action: Action
@@ -55,6 +58,7 @@ class Change:
     record: dict | None = field(default=None, compare=False, repr=False)
     blocked: str | None = None
     note: str = ""
+    holds_dependencies: bool = False
 
     @property
     def key(self) -> str:

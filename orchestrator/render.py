@@ -68,12 +68,17 @@ def plan_text(title: str, results: dict) -> str:
     return "\n".join(lines)
 
 
+def pending(results: dict) -> int:
+    """Changes an apply would make; refused ones (kept data) never happen without a flag."""
+    return sum(1 for r in results.values() for c in r.changes if not c.blocked)
+
+
 def plan_json(env: str, results: dict) -> str:
     return json.dumps({
         "environment": env,
         "steps": {name: {"status": r.status, "error": r.error, "changes": [c.to_dict() for c in r.changes]}
                   for name, r in results.items()},
-        "pending": sum(len(r.changes) for r in results.values()),
+        "pending": pending(results),
     }, indent=2, default=str)
 
 

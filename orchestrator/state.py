@@ -414,6 +414,12 @@ class Lease:
         log.error("lock lost", run_id=self.run_id, taken_by=holder.get("run_id") if holder else None)
 
     def check(self) -> None:
+        """Raise LockLost unless this run may still change AWS: its lock was not taken, and the
+        lease is not about to end unrenewed (the heartbeat could not reach DynamoDB)."""
+        margin = min(10, self.store.manifest.state.lock_lease_seconds / 4)
+        if not self.lost and clock() >= self.expires_at - margin:
+            raise LockLost(f"could not renew this run's lock before its lease ends at {_iso(self.expires_at)}; "
+                           "stopping before another run may take it over")
         if not self.lost:
             return
         if self.taken_by:

@@ -596,7 +596,8 @@ class AlbStep(Step):
             return changes
         note = (f"load balancer {lb.name} has deletion protection on: set load_balancer.deletion_protection "
                 "to false and apply before destroying")
-        return [replace(change, blocked=DELETE_PROTECTED, note=note) for change in changes]
+        # The load balancer stays in its subnets and security groups: the network stays too.
+        return [replace(change, blocked=DELETE_PROTECTED, note=note, holds_dependencies=True) for change in changes]
 
 
 # --- helpers -----------------------------------------------------------------------------------

@@ -217,6 +217,7 @@ def test_plan_destroy_refuses_everything_while_deletion_protection_is_on(manifes
     changes = STEP.plan_destroy(observed_matching(protected))
     assert len(changes) == 5
     assert {c.blocked for c in changes} == {"delete-protected"}
+    assert all(c.holds_dependencies for c in changes), "the network must stay for the load balancer"
     assert "deletion protection on" in changes[0].note
 
 

@@ -211,5 +211,5 @@ def test_status_outputs_graph_unlock_and_schema(endpoint):
 
 def test_unknown_target_is_a_clear_error(endpoint):
     result = run(endpoint, "apply", "dev", "--target", "nope")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "unknown step(s) in --target: nope" in result.stderr

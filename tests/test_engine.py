@@ -174,3 +174,67 @@ def test_graph_renders_text_dot_and_mermaid():
 def test_scheduler_reports_each_outcome():
     outcome = run_concurrently({"a": set(), "b": {"a"}, "c": set()}, lambda name: name != "a")
     assert outcome == {"a": "failed", "b": "skipped", "c": "ok"}
+
+
+def test_a_kept_resource_that_holds_its_dependencies_keeps_them_too():
+    cloud = {}
+
+    class Holding(ThingStep):
+        def plan_destroy(self, observed):
+            return [Change("delete", "thing", self.name, blocked="delete-protected", holds_dependencies=True)]
+
+    class Deleting(ThingStep):
+        def apply(self, ctx, change, observed):
+            self.cloud.pop(self.name) if change.action == "delete" else super().apply(ctx, change, observed)
+
+    steps = [Deleting("network", cloud=cloud), Holding("balancer", ["network"], cloud=cloud)]
+    engine_for(steps).apply()
+    results = engine_for(steps).destroy()
+    assert results["balancer"].status == "kept"
+    assert results["network"].status == "skipped"
+    assert results["network"].error == "kept: balancer keeps resources that use it"
+    assert set(cloud) == {"network", "balancer"}
+
+
+def test_cancelled_run_stops_before_the_next_change():
+    class Two(ThingStep):
+        def plan(self, desired, observed, recorded):
+            return [Change("create", "thing", f"{self.name}-{i}") for i in (1, 2)]
+
+        def apply(self, ctx, change, observed):
+            self.cloud[change.name] = True
+            engine.cancelled.set()  # Ctrl-C arrives during the first change
+
+    cloud = {}
+    engine = engine_for([Two("a", cloud=cloud)])
+    results = engine.apply()
+    assert set(cloud) == {"a-1"}
+    assert results["a"].status == "failed" and results["a"].error == "interrupted before create thing a-2"
+
+
+def test_ctrl_c_lets_running_work_finish_and_starts_nothing_new():
+    import os
+    import signal
+    import time
+
+    started, interrupted = [], []
+
+    def work(name):
+        started.append(name)
+        if name == "a":
+            os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C while "a" runs
+            time.sleep(0.2)
+        return True
+
+    with pytest.raises(KeyboardInterrupt):
+        run_concurrently({"a": set(), "b": {"a"}}, work, on_interrupt=lambda: interrupted.append(True))
+    assert started == ["a"] and interrupted == [True]
+
+
+def test_refused_changes_are_not_pending():
+    from orchestrator.engine import StepResult
+    from orchestrator.render import pending
+    kept = StepResult("storage", changes=[Change("delete", "bucket", "logs", blocked="delete-data")])
+    assert pending({"storage": kept}) == 0
+    kept.changes.append(Change("update", "bucket", "config"))
+    assert pending({"storage": kept}) == 1

@@ -146,6 +146,7 @@ def test_forget_step_removes_its_record(store, lease):
 def test_runs_are_listed_newest_first_and_expire_after_retention(store, lease, now):
     for minute, command in enumerate(["apply", "plan-not-really", "destroy"]):
         now.t = T0 + 60 * minute
+        assert lease.renew()  # the heartbeat's work
         store.start_run(lease, command, manifest_hash=f"m{minute}")
         now.t += 7.5
         store.finish_run(lease, "ok", {"vpc": {"changes": minute, "seconds": 1.5, "status": "ok"}})
