@@ -242,21 +242,27 @@ def destroy(options: Options, env: str, targets, yes: bool, parallelism, lock_ti
 @cli.command()
 @ENV_ARG
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--live", is_flag=True, help="Also compare AWS with the manifest now (read-only): drift per step.")
 @click.pass_obj
-def status(options: Options, env: str, as_json: bool):
+def status(options: Options, env: str, as_json: bool, live: bool):
     """What the state table says of ENV: steps, outputs, lock, last runs."""
-    from orchestrator.render import status_text
+    from orchestrator.render import drift_of, status_text
     manifest = load(options, env)
-    store = store_for(connect(options, manifest), manifest)
+    aws = connect(options, manifest)
+    store = store_for(aws, manifest)
     if not store.exists():
         records, holder, runs = {}, None, []
     else:
         records, holder, runs = store.steps(), store.lock_holder(), store.runs(5)
+    drift = None
+    if live:
+        from orchestrator.engine import Engine
+        drift = drift_of(Engine(manifest, aws, build_graph(), store=store).plan())
     if as_json:
-        click.echo(json.dumps({"environment": env, "lock": holder, "steps": records, "runs": runs},
-                              indent=2, default=str))
+        click.echo(json.dumps({"environment": env, "lock": holder, "steps": records, "runs": runs,
+                               **({"drift": drift} if live else {})}, indent=2, default=str))
     else:
-        click.echo(status_text(env, records, holder, runs, time.time()))
+        click.echo(status_text(env, records, holder, runs, time.time(), drift))
 
 
 @cli.command()

@@ -102,7 +102,22 @@ def run_summary(title: str, results: dict, ledger) -> str:
     return "\n".join(lines)
 
 
-def status_text(env: str, records: dict, holder: dict | None, runs: list[dict], now: float) -> str:
+def _drift_line(drift: dict, env: str) -> str:
+    if drift.get("error"):
+        return f"could not compare: {drift['error']}"
+    if drift["pending"]:
+        return f"{drift['pending']} change(s) pending: see `orchestrator plan {env}`"
+    return "matches the manifest"
+
+
+def drift_of(results: dict) -> dict[str, dict]:
+    """Per step: how many changes an apply would make now, or why that could not be read."""
+    return {name: {"pending": pending({name: r}), **({"error": r.error} if r.error else {})}
+            for name, r in results.items()}
+
+
+def status_text(env: str, records: dict, holder: dict | None, runs: list[dict], now: float,
+                drift: dict[str, dict] | None = None) -> str:
     lines = [f"Environment {env}"]
     if holder:
         age = now - float(holder.get("acquired_at", now))
@@ -117,6 +132,8 @@ def status_text(env: str, records: dict, holder: dict | None, runs: list[dict], 
                      f"at {record.get('updated_at', '-')}")
         if record.get("error"):
             lines.append(f"  {'':<10} error: {record['error']}")
+        if drift is not None and name in drift:
+            lines.append(f"  {'':<10} live: {_drift_line(drift[name], env)}")
         for key, value in sorted((record.get("outputs") or {}).items()):
             lines.append(f"  {'':<10} {key}: {show_value(value, 100)}")
     if runs:

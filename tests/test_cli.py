@@ -202,6 +202,9 @@ def test_status_outputs_graph_unlock_and_schema(endpoint):
     assert status.returncode == 0 and "vpc" in status.stdout and "not locked" in status.stdout
     outputs = json.loads(run(endpoint, "outputs", "dev", "--json").stdout)
     assert outputs["vpc"]["vpc_id"].startswith("vpc-")
+    client(endpoint, "ec2").modify_vpc_attribute(VpcId=outputs["vpc"]["vpc_id"], EnableDnsHostnames={"Value": False})
+    live = run(endpoint, "status", "dev", "--live")
+    assert "live: 1 change(s) pending: see `orchestrator plan dev`" in live.stdout, live.stdout + live.stderr
     graph = run(endpoint, "graph", "dev", "--format", "dot").stdout
     assert '"vpc" -> "alb";' in graph
     assert run(endpoint, "unlock", "dev", "--force").stdout.strip() == "dev was not locked"
