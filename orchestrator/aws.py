@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 
 #: Which step the current thread is working for; the ledger files each call under it.
@@ -120,3 +121,16 @@ def error_code(error: Exception) -> str:
     """The AWS error code of a botocore ClientError, or '' for anything else."""
     response = getattr(error, "response", None) or {}
     return response.get("Error", {}).get("Code", "")
+
+
+def unless_code(codes: Collection[str], fn, *args, **kwargs):
+    """`fn(*args, **kwargs)`, or None when it raises a ClientError whose code is in `codes`: a
+    resource that is already gone, a setting that is not there."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return fn(*args, **kwargs)
+    except ClientError as error:
+        if error_code(error) in codes:
+            return None
+        raise

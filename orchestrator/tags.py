@@ -45,3 +45,11 @@ def owner_filters(app: str, env: str, step: str | None = None) -> list[dict]:
     if step:
         filters.append({"Name": f"tag:{STEP}", "Values": [step]})
     return filters
+
+
+def reconcile(current: dict[str, str], wanted: dict[str, str]) -> dict[str, str]:
+    """The tags to set so that `current` carries every tag of `wanted` (missing or with another
+    value). Only our keys are managed: tags others added are never removed, and `aws:` keys
+    (which only AWS may write) are never touched."""
+    return {key: value for key, value in wanted.items()
+            if not key.startswith("aws:") and current.get(key) != value}

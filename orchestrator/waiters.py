@@ -7,11 +7,14 @@ ready at once (and always in the emulator), so this polls immediately and then b
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Iterable, TypeVar
 
 import structlog
 
+from orchestrator.aws import error_code
 from orchestrator.errors import OrchestratorError
+
+T = TypeVar("T")
 
 #: Replaced in tests so waits that must back off do not take wall time.
 sleep: Callable[[float], None] = time.sleep
@@ -50,3 +53,27 @@ def wait_until(what: str, check: Callable[[], tuple[bool, str]], *, timeout: flo
         log.info("waiting", what=what, status=status, waited_s=round(elapsed, 1), next_check_s=delay)
         sleep(delay)
         delay = min(delay * 2, max_delay)
+
+
+def retry_while(what: str, call: Callable[[], T], codes: Iterable[str], *, timeout: float = 600.0,
+                max_delay: float = 15.0, log=None) -> T:
+    """Call `call()` until it stops failing with one of the AWS error `codes` (a delete AWS
+    refuses while a dependant is still going away); return its result.
+
+    Polls, backs off and reports progress as `wait_until` does; any other error ends it at once,
+    and so does the timeout (a `WaitTimeout` naming the last error code).
+    """
+    codes = frozenset(codes)
+    result: list[T] = []
+
+    def attempt() -> tuple[bool, str]:
+        try:
+            result.append(call())
+        except Exception as error:
+            if error_code(error) not in codes:
+                raise
+            return False, error_code(error)
+        return True, "done"
+
+    wait_until(what, attempt, timeout=timeout, max_delay=max_delay, log=log)
+    return result[0]

@@ -3,7 +3,7 @@ lifecycle policy), and `resolve_image`, which turns an image tag into the digest
 
 Repository names are the manifest's keys (`gamepulse`), so they are shared by every
 environment deployed to one account and region: a repository of that name owned by anyone
-else is an error, never adopted.
+else is an error, never adopted. Only our tag keys are managed: tags others added stay.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from botocore.exceptions import ClientError
 
 from orchestrator import tags as tagging
-from orchestrator.aws import error_code
+from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step
 
@@ -61,7 +61,6 @@ class RepositoryWork:
     scan_on_push: bool = False
     tag_mutability: bool = False
     tags_to_set: dict[str, str] = field(default_factory=dict)
-    tags_to_remove: tuple[str, ...] = ()
     force: bool = False  # replace even though it holds images (only reachable with --delete-data)
 
 
@@ -209,7 +208,7 @@ class EcrStep(Step):
             _apply_settings(client, work)
             current = observed.owned[repository.name]
             current.scan_on_push, current.tag_mutability = repository.scan_on_push, repository.tag_mutability
-            current.tags = dict(repository.tags)
+            current.tags.update(work.tags_to_set)
         else:  # create, or replace: the encryption of a repository is fixed at creation
             if change.action == "replace":
                 client.delete_repository(repositoryName=repository.name, force=work.force)
@@ -267,17 +266,15 @@ def _updates(repository: DesiredRepository, current: ObservedRepository) -> list
     work = RepositoryWork(
         repository=repository, arn=current.arn, scan_on_push=current.scan_on_push != repository.scan_on_push,
         tag_mutability=current.tag_mutability != repository.tag_mutability,
-        tags_to_set={k: v for k, v in repository.tags.items() if current.tags.get(k) != v},
-        tags_to_remove=tuple(sorted(k for k in current.tags if k not in repository.tags and not k.startswith("aws:"))))
+        tags_to_set=tagging.reconcile(current.tags, repository.tags))
     diffs = [FieldDiff(name, getattr(current, name), getattr(repository, name))
              for name in ("scan_on_push", "tag_mutability") if getattr(work, name)]
-    if work.tags_to_set or work.tags_to_remove:
-        diffs.append(FieldDiff("tags", current.tags, repository.tags))
+    if work.tags_to_set:  # our keys only: tags others added are no difference
+        diffs.append(FieldDiff("tags", {k: current.tags.get(k) for k in work.tags_to_set}, work.tags_to_set))
     if diffs:
         calls = [call for needed, call in ((work.scan_on_push, "ecr:PutImageScanningConfiguration"),
                                            (work.tag_mutability, "ecr:PutImageTagMutability"),
-                                           (bool(work.tags_to_set), "ecr:TagResource"),
-                                           (bool(work.tags_to_remove), "ecr:UntagResource")) if needed]
+                                           (bool(work.tags_to_set), "ecr:TagResource")) if needed]
         changes.append(Change("update", "repository", repository.name, diffs=tuple(diffs), calls=tuple(calls),
                               payload=work))
     wanted = canonical_lifecycle_policy(repository.lifecycle_policy)
@@ -305,13 +302,8 @@ def _delete(current: ObservedRepository, why: str) -> Change:
 
 
 def _lifecycle_policy_of(client, name: str) -> dict | None:
-    try:
-        text = client.get_lifecycle_policy(repositoryName=name)["lifecyclePolicyText"]
-    except ClientError as err:
-        if error_code(err) == "LifecyclePolicyNotFoundException":
-            return None
-        raise
-    return canonical_lifecycle_policy(text)
+    found = unless_code({"LifecyclePolicyNotFoundException"}, client.get_lifecycle_policy, repositoryName=name)
+    return canonical_lifecycle_policy(found["lifecyclePolicyText"]) if found else None
 
 
 def _apply_create(client, repository: DesiredRepository) -> ObservedRepository:
@@ -341,8 +333,6 @@ def _apply_settings(client, work: RepositoryWork) -> None:
         client.put_image_tag_mutability(repositoryName=repository.name, imageTagMutability=repository.tag_mutability)
     if work.tags_to_set:
         client.tag_resource(resourceArn=work.arn, tags=tagging.tag_list(work.tags_to_set))
-    if work.tags_to_remove:
-        client.untag_resource(resourceArn=work.arn, tagKeys=list(work.tags_to_remove))
 
 
 def _encryption_of(item: dict) -> str:

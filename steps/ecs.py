@@ -78,10 +78,12 @@ class ObservedLogGroup:
 
 @dataclass
 class ObservedNamespace:
+    """Only ever ours: one of our name that is not ours belongs to another VPC or is refused
+    by AWS when we create ours."""
+
     id: str
     arn: str
     name: str
-    owned: bool
 
 
 @dataclass
@@ -144,15 +146,18 @@ class EcsStep(Step):
 
     def _observe_log_groups(self, ctx, prefix: str) -> dict[str, ObservedLogGroup]:
         """Every log group under the environment's prefix, ours or not. The logs API returns
-        no tags with the groups; one tagging-API read finds which of them are ours."""
+        no tags with the groups; one tagging-API read finds which of them are ours. That API
+        shows new tags only after a while, so a group it leaves out is asked about by itself
+        (normally none is: only a group made moments ago, or one that is not ours)."""
         logs = ctx.client("logs")
         owned = self._owned_log_group_arns(ctx)
         groups: dict[str, ObservedLogGroup] = {}
         for page in logs.get_paginator("describe_log_groups").paginate(logGroupNamePrefix=prefix):
             for group in page["logGroups"]:
                 arn = group.get("logGroupArn") or group["arn"].removesuffix(":*")
+                ours = arn in owned or ctx.owns(logs.list_tags_for_resource(resourceArn=arn).get("tags", {}))
                 groups[group["logGroupName"]] = ObservedLogGroup(
-                    name=group["logGroupName"], owned=arn in owned, retention_days=group.get("retentionInDays"))
+                    name=group["logGroupName"], owned=ours, retention_days=group.get("retentionInDays"))
         return groups
 
     def _owned_log_group_arns(self, ctx) -> set[str]:
@@ -165,17 +170,18 @@ class EcsStep(Step):
         return {item["ResourceARN"] for page in pages for item in page["ResourceTagMappingList"]}
 
     def _observe_namespace(self, ctx, name: str) -> ObservedNamespace | None:
-        """Ours if one of that name is ours (private namespaces of other VPCs may share it)."""
+        """The one of that name that is ours, if any. Private namespaces of other VPCs may
+        share the name, so one that is not ours is no reason to refuse: AWS itself rejects the
+        create if one of that name is in the same VPC, and says so."""
         discovery = ctx.client("servicediscovery")
         private_dns = [{"Name": "TYPE", "Values": ["DNS_PRIVATE"], "Condition": "EQ"}]
-        found = []
         for page in discovery.get_paginator("list_namespaces").paginate(Filters=private_dns):
             for namespace in page["Namespaces"]:
                 if namespace["Name"] == name:
                     tags = discovery.list_tags_for_resource(ResourceARN=namespace["Arn"]).get("Tags", [])
-                    found.append(ObservedNamespace(id=namespace["Id"], arn=namespace["Arn"], name=name,
-                                                   owned=ctx.owns(tagging.tag_dict(tags))))
-        return next((namespace for namespace in found if namespace.owned), found[0] if found else None)
+                    if ctx.owns(tagging.tag_dict(tags)):
+                        return ObservedNamespace(id=namespace["Id"], arn=namespace["Arn"], name=name)
+        return None
 
     # -- plan -------------------------------------------------------------------------------
 
@@ -230,8 +236,6 @@ class EcsStep(Step):
                            diffs=(FieldDiff("vpc_id", None, namespace.vpc_id),),
                            calls=("servicediscovery:CreatePrivateDnsNamespace",),
                            payload=namespace, record=record)]
-        if not seen.owned:
-            raise tagging.not_ours("Cloud Map namespace", namespace.name)
         # Cloud Map does not report a namespace's VPC: compare with the VPC of the last apply.
         last_vpc = recorded.get(key, {}).get("vpc_id")
         if last_vpc is None or last_vpc == namespace.vpc_id:
@@ -324,7 +328,7 @@ class EcsStep(Step):
             operation = error.response["DuplicateOperationId"]
         namespace_id = _follow_operation(ctx, discovery, operation, f"Cloud Map namespace {namespace.name}")
         found = discovery.get_namespace(Id=namespace_id)["Namespace"]
-        observed.namespace = ObservedNamespace(id=found["Id"], arn=found["Arn"], name=found["Name"], owned=True)
+        observed.namespace = ObservedNamespace(id=found["Id"], arn=found["Arn"], name=found["Name"])
 
     def _delete_namespace(self, ctx, change: Change, observed: EcsFacts) -> None:
         discovery = ctx.client("servicediscovery")
@@ -359,7 +363,7 @@ class EcsStep(Step):
         """Namespace, then log groups (they hold logs: refused without delete-data), then the
         cluster, which the services step must have emptied. Only what carries our tags."""
         changes = []
-        if observed.namespace and observed.namespace.owned:
+        if observed.namespace:
             changes.append(Change("delete", "namespace", observed.namespace.name,
                                   calls=("servicediscovery:DeleteNamespace",)))
         changes += [_log_group_deletion(group, "the environment is destroyed")

@@ -7,7 +7,12 @@ env and step. `observe` lists the file systems once: the one with that token is 
 the plan puts them back); any other with our ownership tags is left over and only deleted with
 the `delete-data` flag. A create whose answer was lost is retried by the same token, and
 `FileSystemAlreadyExists` leads back to the file system. Access points are found by their `Name`
-tag, since `ClientToken` is not honoured everywhere (MOTO-NOTES: EFS).
+tag, since `ClientToken` is not honoured everywhere (MOTO-NOTES: EFS). Only our tag keys are
+managed: tags others added stay.
+
+Interrupted runs. A file system or mount target may still be `creating`: nothing goes on such a
+file system until it is available, and such a mount target is waited for before its security
+groups (which AWS reads from its network interface) are read and compared.
 
 Data. The file system holds the services' data: apply and destroy delete it, with its mount
 targets and access points, only with `delete-data`, and so does a change that AWS can only
@@ -26,7 +31,7 @@ from dataclasses import dataclass, field
 from botocore.exceptions import ClientError
 
 from orchestrator import tags as tagging
-from orchestrator.aws import error_code
+from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step, diff_fields
 from orchestrator.waiters import WaitFailed
@@ -78,7 +83,8 @@ class ObservedMountTarget:
     id: str
     zone: str
     subnet_id: str
-    security_groups: tuple[str, ...] = ()
+    security_groups: tuple[str, ...] = ()  # read only once it is available
+    state: str = "available"
 
 
 @dataclass
@@ -102,6 +108,7 @@ class ObservedFileSystem:
     throughput_mode: str
     encrypted: bool
     tags: dict[str, str]
+    state: str = "available"
     mount_targets: dict[str, ObservedMountTarget] = field(default_factory=dict)  # zone → mount target
     access_points: list[ObservedAccessPoint] = field(default_factory=list)  # ours only
     transition_to_ia: str | None = None
@@ -164,8 +171,15 @@ def read_mount_targets(efs, fs_id: str) -> dict[str, ObservedMountTarget]:
         for item in page["MountTargets"]:
             if item["LifeCycleState"] not in ("deleting", "deleted"):
                 found[item["AvailabilityZoneName"]] = ObservedMountTarget(
-                    id=item["MountTargetId"], zone=item["AvailabilityZoneName"], subnet_id=item["SubnetId"])
+                    id=item["MountTargetId"], zone=item["AvailabilityZoneName"], subnet_id=item["SubnetId"],
+                    state=item["LifeCycleState"])
     return found
+
+
+def read_mount_target_groups(efs, mt_id: str) -> tuple[str, ...]:
+    """Only for an available mount target: AWS reads the groups from its network interface, which
+    one still `creating` may not have yet (IncorrectMountTargetState)."""
+    return tuple(sorted(efs.describe_mount_target_security_groups(MountTargetId=mt_id)["SecurityGroups"]))
 
 
 def read_access_points(efs, fs_id: str, app: str, env: str) -> list[ObservedAccessPoint]:
@@ -186,19 +200,15 @@ def read_access_points(efs, fs_id: str, app: str, env: str) -> list[ObservedAcce
 
 
 def read_backup_status(efs, fs_id: str) -> str:
-    try:
-        return efs.describe_backup_policy(FileSystemId=fs_id)["BackupPolicy"]["Status"]
-    except ClientError as error:
-        if error_code(error) == "PolicyNotFound":
-            return "DISABLED"
-        raise
+    found = unless_code({"PolicyNotFound"}, efs.describe_backup_policy, FileSystemId=fs_id)
+    return found["BackupPolicy"]["Status"] if found else "DISABLED"
 
 
 def observed_file_system(item: dict) -> ObservedFileSystem:
     tags = normalized_tags(item.get("Tags"))
     return ObservedFileSystem(id=item["FileSystemId"], arn=item["FileSystemArn"], name=tags.get("Name", ""),
                               performance_mode=item["PerformanceMode"], throughput_mode=item["ThroughputMode"],
-                              encrypted=item["Encrypted"], tags=tags)
+                              encrypted=item["Encrypted"], tags=tags, state=item["LifeCycleState"])
 
 
 # -- waiting ----------------------------------------------------------------------------------
@@ -218,37 +228,48 @@ def wait_available(ctx, what: str, describe) -> None:
 def wait_gone(ctx, what: str, describe, missing: str) -> None:
     """Poll `describe()` until AWS answers `missing` or reports the resource deleted."""
     def check() -> tuple[bool, str]:
-        try:
-            state = describe()["LifeCycleState"]
-        except ClientError as error:
-            if error_code(error) == missing:
-                return True, "deleted"
-            raise
+        found = unless_code({missing}, describe)
+        state = found["LifeCycleState"] if found else "deleted"
         return state == "deleted", state
 
     ctx.wait(what, check)
 
 
+def wait_fs_available(ctx, efs, fs_id: str, name: str) -> None:
+    wait_available(ctx, f"file system {name} ({fs_id})",
+                   lambda: efs.describe_file_systems(FileSystemId=fs_id)["FileSystems"][0])
+
+
+def wait_mount_target_available(ctx, efs, mt_id: str, fs_name: str, zone: str) -> None:
+    wait_available(ctx, f"mount target {mt_id} of {fs_name} in {zone}",
+                   lambda: efs.describe_mount_targets(MountTargetId=mt_id)["MountTargets"][0])
+
+
+def available_fs(ctx, efs, observed: EfsFacts) -> ObservedFileSystem:
+    """The platform's file system once it is available: one an interrupted run left `creating`
+    takes no mount target, access point or setting until then (IncorrectFileSystemLifeCycleState)."""
+    fs = observed.current_fs()
+    if fs.state != "available":
+        wait_fs_available(ctx, efs, fs.id, fs.name)
+        fs.state = "available"
+    return fs
+
+
 # -- changing ---------------------------------------------------------------------------------
 
 
-def sync_tags(efs, resource_id: str, current: dict[str, str], wanted: dict[str, str]) -> None:
-    """Make the resource's tags (other than `aws:` ones) exactly `wanted`, with only the calls needed."""
-    missing = {k: v for k, v in wanted.items() if current.get(k) != v}
-    extra = sorted(k for k in current if k not in wanted)
-    if missing:
-        efs.tag_resource(ResourceId=resource_id, Tags=tagging.tag_list(missing))
-    if extra:
-        efs.untag_resource(ResourceId=resource_id, TagKeys=extra)
+def sync_tags(efs, resource_id: str, current: dict[str, str], wanted: dict[str, str]) -> dict[str, str]:
+    """Put our tags that are missing or changed (tags others added stay); returns the tags now on it."""
+    to_set = tagging.reconcile(current, wanted)
+    if to_set:
+        efs.tag_resource(ResourceId=resource_id, Tags=tagging.tag_list(to_set))
+    return {**current, **to_set}
 
 
-def tag_calls(current: dict[str, str], wanted: dict[str, str]) -> tuple[str, ...]:
-    calls = ()
-    if any(current.get(k) != v for k, v in wanted.items()):
-        calls += ("efs:TagResource",)
-    if any(k not in wanted for k in current):
-        calls += ("efs:UntagResource",)
-    return calls
+def tag_diffs(current: dict[str, str], wanted: dict[str, str]) -> tuple[FieldDiff, ...]:
+    """The tag difference on our keys only: tags others added are no difference."""
+    to_set = tagging.reconcile(current, wanted)
+    return (FieldDiff("tags", {k: current.get(k) for k in to_set}, to_set),) if to_set else ()
 
 
 def create_file_system(ctx, efs, desired: FileSystem) -> ObservedFileSystem:
@@ -262,11 +283,10 @@ def create_file_system(ctx, efs, desired: FileSystem) -> ObservedFileSystem:
             raise
         # Created already (a retry, or its tags were removed since): the token finds it.
         item = efs.describe_file_systems(CreationToken=token)["FileSystems"][0]
-        sync_tags(efs, item["FileSystemId"], normalized_tags(item.get("Tags")), desired.tags)
-    fs_id = item["FileSystemId"]
-    wait_available(ctx, f"file system {desired.name} ({fs_id})",
-                   lambda: efs.describe_file_systems(FileSystemId=fs_id)["FileSystems"][0])
-    return dataclasses.replace(observed_file_system(item), tags=dict(desired.tags), name=desired.name)
+    fs = observed_file_system(item)
+    fs.tags = sync_tags(efs, fs.id, fs.tags, desired.tags)  # nothing to put after a create that carried them
+    wait_fs_available(ctx, efs, fs.id, desired.name)
+    return dataclasses.replace(fs, name=desired.name, state="available")
 
 
 def delete_file_system(ctx, efs, fs: ObservedFileSystem) -> None:
@@ -274,25 +294,16 @@ def delete_file_system(ctx, efs, fs: ObservedFileSystem) -> None:
     for ap in fs.access_points:
         delete_access_point(efs, ap.id)
     for mount_target in fs.mount_targets.values():
-        call_unless_missing(efs.delete_mount_target, "MountTargetNotFound", MountTargetId=mount_target.id)
+        unless_code({"MountTargetNotFound"}, efs.delete_mount_target, MountTargetId=mount_target.id)
     for mount_target in fs.mount_targets.values():
         wait_mount_target_gone(ctx, efs, mount_target.id, fs.name)
-    call_unless_missing(efs.delete_file_system, "FileSystemNotFound", FileSystemId=fs.id)
+    unless_code({"FileSystemNotFound"}, efs.delete_file_system, FileSystemId=fs.id)
     wait_gone(ctx, f"deletion of file system {fs.name} ({fs.id})",
               lambda: efs.describe_file_systems(FileSystemId=fs.id)["FileSystems"][0], "FileSystemNotFound")
 
 
-def call_unless_missing(call, missing: str, **kwargs) -> None:
-    """A delete that is done already (a re-run after a crash) is not an error."""
-    try:
-        call(**kwargs)
-    except ClientError as error:
-        if error_code(error) != missing:
-            raise
-
-
 def delete_access_point(efs, ap_id: str) -> None:
-    call_unless_missing(efs.delete_access_point, "AccessPointNotFound", AccessPointId=ap_id)
+    unless_code({"AccessPointNotFound"}, efs.delete_access_point, AccessPointId=ap_id)
 
 
 def wait_mount_target_gone(ctx, efs, mt_id: str, fs_name: str) -> None:
@@ -311,8 +322,7 @@ def create_mount_target(ctx, efs, fs: ObservedFileSystem, desired: MountTarget) 
     item = efs.create_mount_target(FileSystemId=fs.id, SubnetId=desired.subnet_id,
                                    SecurityGroups=[desired.security_group_id])
     mt_id = item["MountTargetId"]
-    wait_available(ctx, f"mount target {mt_id} of {fs.name} in {desired.zone}",
-                   lambda: efs.describe_mount_targets(MountTargetId=mt_id)["MountTargets"][0])
+    wait_mount_target_available(ctx, efs, mt_id, fs.name, desired.zone)
     fs.mount_targets[desired.zone] = ObservedMountTarget(id=mt_id, zone=desired.zone, subnet_id=desired.subnet_id,
                                                          security_groups=(desired.security_group_id,))
 
@@ -393,8 +403,8 @@ class EfsStep(Step):
     def _observe_settings(efs, fs: ObservedFileSystem, desired: EfsDesired) -> None:
         """What only the platform's file system needs: mount-target groups, lifecycle, backups."""
         for mount_target in fs.mount_targets.values():
-            groups = efs.describe_mount_target_security_groups(MountTargetId=mount_target.id)["SecurityGroups"]
-            mount_target.security_groups = tuple(sorted(groups))
+            if mount_target.state == "available":
+                mount_target.security_groups = read_mount_target_groups(efs, mount_target.id)
         policies = efs.describe_lifecycle_configuration(FileSystemId=fs.id)["LifecyclePolicies"]
         fs.transition_to_ia = next((p["TransitionToIA"] for p in policies if "TransitionToIA" in p), None)
         if desired.backups:
@@ -442,12 +452,12 @@ class EfsStep(Step):
 
     @staticmethod
     def _update_fs(fs: FileSystem, current: ObservedFileSystem) -> list[Change]:
-        diffs = diff_fields(fs, current, ("throughput_mode", "tags"))
-        if not diffs:
+        throughput = diff_fields(fs, current, ("throughput_mode",))
+        tags = tag_diffs(current.tags, fs.tags)
+        if not throughput + tags:
             return []
-        calls = ("efs:UpdateFileSystem",) if any(d.field == "throughput_mode" for d in diffs) else ()
-        calls += tag_calls(current.tags, fs.tags)
-        return [Change("update", "file-system", fs.name, diffs=diffs, calls=calls, payload=fs,
+        calls = (("efs:UpdateFileSystem",) if throughput else ()) + (("efs:TagResource",) if tags else ())
+        return [Change("update", "file-system", fs.name, diffs=throughput + tags, calls=calls, payload=fs,
                        note=f"file system {current.id}")]
 
     @staticmethod
@@ -495,6 +505,12 @@ class EfsStep(Step):
                                       diffs=(FieldDiff("subnet_id", found.subnet_id, mt.subnet_id),),
                                       calls=("efs:DeleteMountTarget", "efs:CreateMountTarget"),
                                       payload=(mt, found), note=f"mount target {found.id}: the subnet cannot change"))
+            elif found.state != "available":
+                # Its security groups cannot be read yet: wait for it, then check them.
+                changes.append(Change("update", "mount-target", mt.zone,
+                                      diffs=(FieldDiff("state", found.state, "available"),), payload=(mt, found),
+                                      note=f"mount target {found.id}: wait until it is available, then check its "
+                                           "security groups"))
             elif found.security_groups != (mt.security_group_id,):
                 changes.append(Change("update", "mount-target", mt.zone,
                                       diffs=(FieldDiff("security_groups", list(found.security_groups),
@@ -528,10 +544,9 @@ class EfsStep(Step):
                 keep = old
             elif keep is None:
                 changes.append(self._create_access_point(ap))
-            elif keep.tags != ap.tags:
-                changes.append(Change("update", "access-point", ap.key, diffs=diff_fields(ap, keep, ("tags",)),
-                                      calls=tag_calls(keep.tags, ap.tags), payload=(ap, keep),
-                                      note=f"access point {keep.id}"))
+            elif tagging.reconcile(keep.tags, ap.tags):
+                changes.append(Change("update", "access-point", ap.key, diffs=tag_diffs(keep.tags, ap.tags),
+                                      calls=("efs:TagResource",), payload=(ap, keep), note=f"access point {keep.id}"))
             changes += [self._delete_access_point(found, ap.key, "a duplicate")
                         for found in candidates if found is not keep]
         for name, leftovers in sorted(by_name.items()):
@@ -567,7 +582,7 @@ class EfsStep(Step):
             ("update", "backup-policy"): self._apply_backups,
             ("create", "mount-target"): self._apply_create_mount_target,
             ("replace", "mount-target"): self._apply_replace_mount_target,
-            ("update", "mount-target"): self._apply_mount_target_groups,
+            ("update", "mount-target"): self._apply_update_mount_target,
             ("delete", "mount-target"): self._apply_delete_mount_target,
             ("create", "access-point"): self._apply_create_access_point,
             ("replace", "access-point"): self._apply_replace_access_point,
@@ -591,14 +606,12 @@ class EfsStep(Step):
 
     @staticmethod
     def _apply_update_fs(ctx, efs, fs: FileSystem, observed: EfsFacts) -> None:
-        current = observed.current_fs()
+        current = available_fs(ctx, efs, observed)
         if current.throughput_mode != fs.throughput_mode:
             efs.update_file_system(FileSystemId=current.id, ThroughputMode=fs.throughput_mode)
-            wait_available(ctx, f"file system {fs.name} ({current.id})",
-                           lambda: efs.describe_file_systems(FileSystemId=current.id)["FileSystems"][0])
+            wait_fs_available(ctx, efs, current.id, fs.name)
             current.throughput_mode = fs.throughput_mode
-        sync_tags(efs, current.id, current.tags, fs.tags)
-        current.tags = dict(fs.tags)
+        current.tags = sync_tags(efs, current.id, current.tags, fs.tags)
 
     @staticmethod
     def _apply_delete_fs(ctx, efs, fs: ObservedFileSystem, observed: EfsFacts) -> None:
@@ -609,58 +622,63 @@ class EfsStep(Step):
 
     @staticmethod
     def _apply_lifecycle(ctx, efs, transition: str | None, observed: EfsFacts) -> None:
-        current = observed.current_fs()
+        current = available_fs(ctx, efs, observed)
         policies = [{"TransitionToIA": transition}] if transition else []
         efs.put_lifecycle_configuration(FileSystemId=current.id, LifecyclePolicies=policies)
         current.transition_to_ia = transition
 
     @staticmethod
     def _apply_backups(ctx, efs, status: str, observed: EfsFacts) -> None:
-        current = observed.current_fs()
+        current = available_fs(ctx, efs, observed)
         efs.put_backup_policy(FileSystemId=current.id, BackupPolicy={"Status": status})
         current.backups = status
 
     @staticmethod
     def _apply_create_mount_target(ctx, efs, mt: MountTarget, observed: EfsFacts) -> None:
-        create_mount_target(ctx, efs, observed.current_fs(), mt)
+        create_mount_target(ctx, efs, available_fs(ctx, efs, observed), mt)
 
     @staticmethod
     def _apply_replace_mount_target(ctx, efs, payload, observed: EfsFacts) -> None:
         mt, old = payload
         require_known(mt)
         EfsStep._apply_delete_mount_target(ctx, efs, old, observed)
-        create_mount_target(ctx, efs, observed.current_fs(), mt)
+        create_mount_target(ctx, efs, available_fs(ctx, efs, observed), mt)
 
     @staticmethod
-    def _apply_mount_target_groups(ctx, efs, payload, observed: EfsFacts) -> None:
+    def _apply_update_mount_target(ctx, efs, payload, observed: EfsFacts) -> None:
+        """Wait for one an interrupted run left `creating` (then read its groups); put the groups right."""
         mt, found = payload
         require_known(mt)
-        efs.modify_mount_target_security_groups(MountTargetId=found.id, SecurityGroups=[mt.security_group_id])
-        found.security_groups = (mt.security_group_id,)
+        if found.state != "available":
+            wait_mount_target_available(ctx, efs, found.id, observed.current_fs().name, found.zone)
+            found.state = "available"
+            found.security_groups = read_mount_target_groups(efs, found.id)
+        if found.security_groups != (mt.security_group_id,):
+            efs.modify_mount_target_security_groups(MountTargetId=found.id, SecurityGroups=[mt.security_group_id])
+            found.security_groups = (mt.security_group_id,)
 
     @staticmethod
     def _apply_delete_mount_target(ctx, efs, found: ObservedMountTarget, observed: EfsFacts) -> None:
         fs = next(fs for fs in observed.file_systems.values() if found in fs.mount_targets.values())
-        call_unless_missing(efs.delete_mount_target, "MountTargetNotFound", MountTargetId=found.id)
+        unless_code({"MountTargetNotFound"}, efs.delete_mount_target, MountTargetId=found.id)
         wait_mount_target_gone(ctx, efs, found.id, fs.name)
         fs.mount_targets.pop(found.zone, None)
 
     @staticmethod
     def _apply_create_access_point(ctx, efs, ap: AccessPoint, observed: EfsFacts) -> None:
-        create_access_point(ctx, efs, observed.current_fs(), ap)
+        create_access_point(ctx, efs, available_fs(ctx, efs, observed), ap)
 
     @staticmethod
     def _apply_replace_access_point(ctx, efs, payload, observed: EfsFacts) -> None:
         """The new one first, so that a crash in between leaves a usable access point."""
         ap, old = payload
-        create_access_point(ctx, efs, observed.current_fs(), ap)
+        create_access_point(ctx, efs, available_fs(ctx, efs, observed), ap)
         EfsStep._apply_delete_access_point(ctx, efs, old, observed)
 
     @staticmethod
     def _apply_access_point_tags(ctx, efs, payload, observed: EfsFacts) -> None:
         ap, found = payload
-        sync_tags(efs, found.id, found.tags, ap.tags)
-        found.tags = dict(ap.tags)
+        found.tags = sync_tags(efs, found.id, found.tags, ap.tags)
 
     @staticmethod
     def _apply_delete_access_point(ctx, efs, found: ObservedAccessPoint, observed: EfsFacts) -> None:

@@ -6,9 +6,10 @@
 - `APP-ENV-task-NAME`: trusted by ECS tasks; an inline policy `grants` built from the task's
   grants in the manifest, each naming its actions and resources.
 
-Everything on our roles is managed: an inline policy or a managed policy that is not ours is
+Every policy on our roles is managed: an inline policy or a managed policy that is not ours is
 removed, a statement added by hand is taken out again. Policy documents are compared by
-meaning (see `normalise_policy`).
+meaning (see `normalise_policy`). Of the tags, only our keys are managed: tags others added
+(cost allocation, compliance) stay.
 
 A new role takes a few seconds to become usable by other services in real AWS. Nothing here
 waits for that (a role is readable at once, so there is nothing to poll): the services step,
@@ -22,6 +23,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 from orchestrator import tags as tagging
+from orchestrator.aws import error_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step
 
@@ -72,7 +74,6 @@ class RoleWork:
     trust_policy: bool = False
     description: bool = False
     tags_to_set: dict[str, str] = field(default_factory=dict)
-    tags_to_remove: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -280,7 +281,7 @@ class IamStep(Step):
     def apply(self, ctx, change: Change, observed: IamFacts) -> None:
         client = ctx.client("iam")
         if change.kind == "role":
-            self._apply_role(client, change, observed)
+            self._apply_role(ctx, client, change, observed)
             return
         work: PolicyWork = change.payload
         current = observed.owned[work.role]
@@ -301,31 +302,57 @@ class IamStep(Step):
             client.attach_role_policy(RoleName=work.role, PolicyArn=work.policy)
             current.managed_policies.add(work.policy)
 
-    @staticmethod
-    def _apply_role(client, change: Change, observed: IamFacts) -> None:
+    def _apply_role(self, ctx, client, change: Change, observed: IamFacts) -> None:
         if change.action == "delete":
             client.delete_role(RoleName=change.name)
             del observed.owned[change.name]
-            return
-        work: RoleWork = change.payload
-        role = work.role
-        if change.action == "create":
+        elif change.action == "create":
+            self._create_or_adopt_role(ctx, client, change.payload.role, observed)
+        else:
+            self._update_role_settings(client, change.payload, observed)
+
+    def _create_or_adopt_role(self, ctx, client, role: DesiredRole, observed: IamFacts) -> None:
+        try:
             arn = client.create_role(RoleName=role.name, AssumeRolePolicyDocument=json.dumps(role.trust_policy),
                                      Description=role.description, Tags=tagging.tag_list(role.tags))["Role"]["Arn"]
-            observed.owned[role.name] = ObservedRole(name=role.name, arn=arn,
-                                                     trust_policy=normalise_policy(role.trust_policy),
-                                                     inline_policies={}, managed_policies=set(), tags=dict(role.tags))
+        except Exception as error:
+            if error_code(error) != "EntityAlreadyExists":
+                raise
+            # IAM's reads are eventually consistent: a quick re-apply may plan a create for a role
+            # the last run made. If it is ours, carry on as with an existing role.
+            self._adopt_role(ctx, client, role, observed)
             return
+        observed.owned[role.name] = ObservedRole(name=role.name, arn=arn,
+                                                 trust_policy=normalise_policy(role.trust_policy),
+                                                 inline_policies={}, managed_policies=set(), tags=dict(role.tags))
+
+    def _adopt_role(self, ctx, client, role: DesiredRole, observed: IamFacts) -> None:
+        """Bring the role's own settings to the manifest, as an update would. Its policies are
+        the changes planned after this one: putting an inline policy and attaching a managed
+        one work the same on an existing role."""
+        found = client.get_role(RoleName=role.name)["Role"]
+        tags = tagging.tag_dict(found.get("Tags"))  # GetRole returns every tag (the key is absent: none)
+        if not ctx.owns(tags):
+            raise tagging.not_ours("IAM role", role.name)
+        current = ObservedRole(name=role.name, arn=found["Arn"],
+                               trust_policy=normalise_policy(found["AssumeRolePolicyDocument"]),
+                               inline_policies={}, managed_policies=set(), tags=tags)
+        observed.owned[role.name] = current
+        settings = _role_settings(role, current, {"description": found.get("Description", "")})
+        if settings is not None:
+            self._update_role_settings(client, settings.payload, observed)
+
+    @staticmethod
+    def _update_role_settings(client, work: RoleWork, observed: IamFacts) -> None:
+        role = work.role
         if work.trust_policy:
             client.update_assume_role_policy(RoleName=role.name, PolicyDocument=json.dumps(role.trust_policy))
         if work.description:
             client.update_role(RoleName=role.name, Description=role.description)
         if work.tags_to_set:
             client.tag_role(RoleName=role.name, Tags=tagging.tag_list(work.tags_to_set))
-        if work.tags_to_remove:
-            client.untag_role(RoleName=role.name, TagKeys=list(work.tags_to_remove))
         current = observed.owned[role.name]
-        current.trust_policy, current.tags = normalise_policy(role.trust_policy), dict(role.tags)
+        current.trust_policy, current.tags = normalise_policy(role.trust_policy), {**current.tags, **role.tags}
 
     # -- outputs and destroy ---------------------------------------------------------------
 
@@ -380,24 +407,23 @@ def _update_role(role: DesiredRole, current: ObservedRole, recorded: dict | None
 
 def _role_settings(role: DesiredRole, current: ObservedRole, recorded: dict | None) -> Change | None:
     """Trust policy and tags compare with what AWS says; the description (which the batched
-    read does not return) with what the last apply recorded."""
+    read does not return) with what the last apply recorded. Tags others added stay."""
     work = RoleWork(
         role=role, trust_policy=current.trust_policy != normalise_policy(role.trust_policy),
         description=recorded is not None and recorded.get("description") != role.description,
-        tags_to_set={k: v for k, v in role.tags.items() if current.tags.get(k) != v},
-        tags_to_remove=tuple(sorted(k for k in current.tags if k not in role.tags and not k.startswith("aws:"))))
+        tags_to_set=tagging.reconcile(current.tags, role.tags))
     diffs = []
     if work.trust_policy:
         diffs.append(FieldDiff("trust_policy", current.trust_policy, normalise_policy(role.trust_policy)))
     if work.description:
         diffs.append(FieldDiff("description", recorded.get("description"), role.description))
-    if work.tags_to_set or work.tags_to_remove:
-        diffs.append(FieldDiff("tags", current.tags, role.tags))
+    if work.tags_to_set:
+        diffs.append(FieldDiff("tags", {k: current.tags.get(k) for k in work.tags_to_set}, work.tags_to_set))
     if not diffs:
         return None
     calls = [call for needed, call in ((work.trust_policy, "iam:UpdateAssumeRolePolicy"),
-                                       (work.description, "iam:UpdateRole"), (bool(work.tags_to_set), "iam:TagRole"),
-                                       (bool(work.tags_to_remove), "iam:UntagRole")) if needed]
+                                       (work.description, "iam:UpdateRole"),
+                                       (bool(work.tags_to_set), "iam:TagRole")) if needed]
     return Change("update", "role", role.name, diffs=tuple(diffs), calls=tuple(calls), payload=work,
                   record={"description": role.description})
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator import tags as tagging
+from orchestrator.aws import error_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, SENSITIVE, Change, FieldDiff, Step
 
@@ -81,7 +82,6 @@ class SecretWork:
     restore: bool = False
     description: bool = False
     tags_to_set: dict[str, str] = field(default_factory=dict)
-    tags_to_remove: tuple[str, ...] = ()
     put_value: bool = False
 
 
@@ -141,8 +141,7 @@ class SecretsStep(Step):
         facts = SecretsFacts(recovery_window_days=desired.recovery_window_days)
         for item in self._list_under_prefix(client, desired.prefix):
             key = item["Name"][len(desired.prefix):]
-            secret = ObservedSecret(name=item["Name"], arn=item["ARN"], description=item.get("Description", ""),
-                                    tags=tagging.tag_dict(item.get("Tags")), deleted="DeletedDate" in item)
+            secret = _observed(item)
             if self._owns(secret.tags, desired):
                 facts.owned[key] = secret
             elif key in desired.secrets:
@@ -237,7 +236,7 @@ class SecretsStep(Step):
     def _restore(self, secret: DesiredSecret, current: ObservedSecret, source_readable: bool) -> Change:
         put_value = secret.source != "generate" and source_readable
         work = self._settings_work(secret, current, restore=True, put_value=put_value)
-        diffs = self._settings_diffs(secret, current)
+        diffs = self._settings_diffs(work, current)
         calls = ("secretsmanager:RestoreSecret",) + self._settings_calls(work)
         if put_value:
             diffs += (FieldDiff("value", SENSITIVE, SENSITIVE, sensitive=True),)
@@ -248,7 +247,7 @@ class SecretsStep(Step):
 
     def _update(self, secret: DesiredSecret, current: ObservedSecret) -> Change | None:
         work = self._settings_work(secret, current, put_value=current.value == "differs")
-        diffs = self._settings_diffs(secret, current)
+        diffs = self._settings_diffs(work, current)
         if work.put_value:
             diffs += (FieldDiff("value", SENSITIVE, SENSITIVE, sensitive=True),)
         if not diffs:
@@ -260,26 +259,24 @@ class SecretsStep(Step):
     @staticmethod
     def _settings_work(secret: DesiredSecret, current: ObservedSecret, *, restore: bool = False,
                        put_value: bool = False) -> SecretWork:
+        """Only our tag keys are managed: tags others added (cost allocation, compliance) stay."""
         return SecretWork(
             secret=secret, arn=current.arn, restore=restore, description=current.description != secret.description,
-            tags_to_set={k: v for k, v in secret.tags.items() if current.tags.get(k) != v},
-            tags_to_remove=tuple(sorted(k for k in current.tags if k not in secret.tags and not k.startswith("aws:"))),
-            put_value=put_value)
+            tags_to_set=tagging.reconcile(current.tags, secret.tags), put_value=put_value)
 
     @staticmethod
-    def _settings_diffs(secret: DesiredSecret, current: ObservedSecret) -> tuple[FieldDiff, ...]:
+    def _settings_diffs(work: SecretWork, current: ObservedSecret) -> tuple[FieldDiff, ...]:
         diffs = []
-        if current.description != secret.description:
-            diffs.append(FieldDiff("description", current.description, secret.description))
-        if {k: v for k, v in current.tags.items() if not k.startswith("aws:")} != secret.tags:
-            diffs.append(FieldDiff("tags", current.tags, secret.tags))
+        if work.description:
+            diffs.append(FieldDiff("description", current.description, work.secret.description))
+        if work.tags_to_set:
+            diffs.append(FieldDiff("tags", {k: current.tags.get(k) for k in work.tags_to_set}, work.tags_to_set))
         return tuple(diffs)
 
     @staticmethod
     def _settings_calls(work: SecretWork) -> tuple[str, ...]:
         wanted = [(work.description, "secretsmanager:UpdateSecret"),
                   (bool(work.tags_to_set), "secretsmanager:TagResource"),
-                  (bool(work.tags_to_remove), "secretsmanager:UntagResource"),
                   (work.put_value, "secretsmanager:PutSecretValue")]
         return tuple(call for needed, call in wanted if needed)
 
@@ -303,15 +300,39 @@ class SecretsStep(Step):
         else:
             self._apply_update(ctx, client, change.payload, observed)
 
-    @staticmethod
-    def _apply_create(ctx, client, secret: DesiredSecret, observed: SecretsFacts) -> None:
+    def _apply_create(self, ctx, client, secret: DesiredSecret, observed: SecretsFacts) -> None:
         value = ctx.secret(generate_value(secret.length) if secret.source == "generate" else read_source(secret))
-        response = client.create_secret(Name=secret.name, ClientRequestToken=ctx.token(secret.key),
-                                        Description=secret.description, SecretString=value,
-                                        Tags=tagging.tag_list(secret.tags))
+        try:
+            response = client.create_secret(Name=secret.name, ClientRequestToken=ctx.token(secret.key),
+                                            Description=secret.description, SecretString=value,
+                                            Tags=tagging.tag_list(secret.tags))
+        except Exception as error:
+            if error_code(error) != "ResourceExistsException":
+                raise
+            # ListSecrets may not show changes of the last minutes: a quick re-apply plans a create
+            # for a secret the last run made. If it is ours, carry on as with an existing secret.
+            self._apply_to_existing(ctx, client, secret, value, observed)
+            return
         observed.owned[secret.key] = ObservedSecret(name=secret.name, arn=response["ARN"],
                                                     description=secret.description, tags=dict(secret.tags),
                                                     deleted=False, value="same")
+
+    def _apply_to_existing(self, ctx, client, secret: DesiredSecret, value: str, observed: SecretsFacts) -> None:
+        """What plan would have done had observe seen the secret: restore it, or update what
+        differs. A generated value is kept, so only a value from a source is compared."""
+        current = _observed(client.describe_secret(SecretId=secret.name))
+        if not ctx.owns(current.tags):
+            raise tagging.not_ours("secret", secret.name)
+        observed.owned[secret.key] = current
+        if current.deleted:
+            change = self._restore(secret, current, source_readable=True)
+        else:
+            if secret.source != "generate":
+                stored = ctx.secret(client.get_secret_value(SecretId=current.arn)["SecretString"])
+                current.value = "same" if stored == value else "differs"
+            change = self._update(secret, current)
+        if change is not None:
+            self._apply_update(ctx, client, change.payload, observed)
 
     @staticmethod
     def _apply_update(ctx, client, work: SecretWork, observed: SecretsFacts) -> None:
@@ -323,14 +344,12 @@ class SecretsStep(Step):
             client.update_secret(SecretId=work.arn, Description=secret.description)
         if work.tags_to_set:
             client.tag_resource(SecretId=work.arn, Tags=tagging.tag_list(work.tags_to_set))
-        if work.tags_to_remove:
-            client.untag_resource(SecretId=work.arn, TagKeys=list(work.tags_to_remove))
         if work.put_value:
             # A fresh token per write: observe has already established that the value differs.
             client.put_secret_value(SecretId=work.arn, SecretString=ctx.secret(read_source(secret)),
                                     ClientRequestToken=str(uuid.uuid4()))
             current.value = "same"
-        current.description, current.tags = secret.description, dict(secret.tags)
+        current.description, current.tags = secret.description, {**current.tags, **secret.tags}
 
     # -- outputs and destroy ---------------------------------------------------------------
 
@@ -342,6 +361,12 @@ class SecretsStep(Step):
     def plan_destroy(self, observed: SecretsFacts) -> list[Change]:
         return [self._delete(key, current, observed.recovery_window_days, "destroy")
                 for key, current in sorted(observed.owned.items()) if not current.deleted]
+
+
+def _observed(item: dict) -> ObservedSecret:
+    """A secret as ListSecrets or DescribeSecret show it (its value is compared separately)."""
+    return ObservedSecret(name=item["Name"], arn=item["ARN"], description=item.get("Description", ""),
+                          tags=tagging.tag_dict(item.get("Tags")), deleted="DeletedDate" in item)
 
 
 STEP = SecretsStep

@@ -8,6 +8,8 @@ under one of the manifest's names but without our tags is adopted, and the plan 
 name holds app, environment and account, so it is reserved for this environment (it can only be
 our own create whose tags were lost, or a hand-made stand-in). Buckets outside the manifest are
 changed or deleted only when they carry our tags, and `destroy` deletes only tagged buckets.
+Only our tag keys are managed; as `PutBucketTagging` replaces the whole set, a tag change writes
+the tags others added along with ours.
 
 S3 has no batch describe: `observe` lists the buckets under the prefix once, then reads the
 settings this step manages from each of ours. A bucket holding any object version (noncurrent
@@ -15,13 +17,14 @@ versions and delete markers included) is deleted only with the `delete-data` fla
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 
 from botocore.exceptions import ClientError
 
 from orchestrator import tags as tagging
-from orchestrator.aws import error_code
+from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import Change, FieldDiff, Step, diff_fields
 from orchestrator.retry import eventually
@@ -31,7 +34,7 @@ LIFECYCLE_RULE_ID = "orchestrator-retention"
 #: How many object versions `observe` counts for a plan's note; beyond it the note says "more than".
 COUNT_LIMIT = 1000
 
-#: The settings compared with what S3 reads back, in the order `apply` puts them.
+#: The settings compared with what S3 reads back (tags on our keys only), in the order `apply` puts them.
 SETTINGS = ("public_access_block", "ownership", "encryption", "versioning", "lifecycle", "policy", "tags")
 PUT_CALLS = {"public_access_block": "s3:PutPublicAccessBlock", "ownership": "s3:PutBucketOwnershipControls",
              "encryption": "s3:PutBucketEncryption", "versioning": "s3:PutBucketVersioning",
@@ -139,16 +142,6 @@ def logical_name(bucket_name: str, prefix: str, account_id: str) -> str:
 # -- reading a bucket -------------------------------------------------------------------------
 
 
-def read(call, missing: str, **kwargs) -> dict | None:
-    """The response of a get call, or None when S3 answers that the setting is not there."""
-    try:
-        return call(**kwargs)
-    except ClientError as error:
-        if error_code(error) == missing:
-            return None
-        raise
-
-
 def read_tags(s3, name: str) -> dict[str, str] | None:
     """The bucket's tags; None when the bucket is gone. Also the existence probe."""
     try:
@@ -188,20 +181,21 @@ def parse_policy(text: str) -> dict | str:
 
 def read_bucket(s3, name: str, tags: dict[str, str], owned: bool, count_versions: bool) -> ObservedBucket:
     bucket = ObservedBucket(name=name, owned=owned, tags=tags)
-    block = read(s3.get_public_access_block, "NoSuchPublicAccessBlockConfiguration", Bucket=name)
+    block = unless_code({"NoSuchPublicAccessBlockConfiguration"}, s3.get_public_access_block, Bucket=name)
     bucket.public_access_block = block and block["PublicAccessBlockConfiguration"]
-    controls = read(s3.get_bucket_ownership_controls, "OwnershipControlsNotFoundError", Bucket=name)
+    controls = unless_code({"OwnershipControlsNotFoundError"}, s3.get_bucket_ownership_controls, Bucket=name)
     bucket.ownership = controls and controls["OwnershipControls"]["Rules"][0]["ObjectOwnership"]
-    encryption = read(s3.get_bucket_encryption, "ServerSideEncryptionConfigurationNotFoundError", Bucket=name)
+    encryption = unless_code({"ServerSideEncryptionConfigurationNotFoundError"}, s3.get_bucket_encryption,
+                             Bucket=name)
     if encryption:
         rule = encryption["ServerSideEncryptionConfiguration"]["Rules"][0]
         bucket.encryption = {"SSEAlgorithm": rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"],
                              "BucketKeyEnabled": rule.get("BucketKeyEnabled", False)}
     # A bucket that was never versioned has no Status; for this step it is the same as Suspended.
     bucket.versioning = s3.get_bucket_versioning(Bucket=name).get("Status") or "Suspended"
-    lifecycle = read(s3.get_bucket_lifecycle_configuration, "NoSuchLifecycleConfiguration", Bucket=name)
+    lifecycle = unless_code({"NoSuchLifecycleConfiguration"}, s3.get_bucket_lifecycle_configuration, Bucket=name)
     bucket.lifecycle = normalized_rules(lifecycle["Rules"]) if lifecycle else []
-    policy = read(s3.get_bucket_policy, "NoSuchBucketPolicy", Bucket=name)
+    policy = unless_code({"NoSuchBucketPolicy"}, s3.get_bucket_policy, Bucket=name)
     bucket.policy = parse_policy(policy["Policy"]) if policy else None
     if count_versions:  # only a delete needs to know whether the bucket holds data
         versions = s3.list_object_versions(Bucket=name, MaxKeys=COUNT_LIMIT)
@@ -240,6 +234,15 @@ def put_setting(s3, bucket: Bucket, setting: str) -> None:
         "tags": lambda: s3.put_bucket_tagging(Bucket=name, Tagging={"TagSet": tagging.tag_list(bucket.tags)}),
     }
     eventually(calls[setting], retry_on={"NoSuchBucket"})
+
+
+def setting_diffs(bucket: Bucket, found: ObservedBucket) -> tuple[FieldDiff, ...]:
+    """The settings that differ; tags only on our keys (tags others added are no difference)."""
+    diffs = diff_fields(bucket, found, [setting for setting in SETTINGS if setting != "tags"])
+    to_set = tagging.reconcile(found.tags, bucket.tags)
+    if to_set:
+        diffs += (FieldDiff("tags", {key: found.tags.get(key) for key in to_set}, to_set),)
+    return diffs
 
 
 def settings_to_put_at_create(bucket: Bucket) -> list[str]:
@@ -332,7 +335,7 @@ class StorageStep(Step):
             if found is None:
                 changes.append(self._create(bucket))
                 continue
-            diffs = diff_fields(bucket, found, SETTINGS)
+            diffs = setting_diffs(bucket, found)
             if diffs:
                 changes.append(self._update(bucket, found, diffs))
         wanted = {bucket.name for bucket in desired.buckets}
@@ -374,8 +377,10 @@ class StorageStep(Step):
         if not found.owned:
             note += (" exists without this environment's ownership tags; its name is reserved for this "
                      "environment, so it is adopted")
+        # PutBucketTagging replaces the whole set: what it writes keeps the tags others added.
+        payload = dataclasses.replace(bucket, tags={**found.tags, **bucket.tags})
         return Change("update", "bucket", bucket.key, diffs=diffs,
-                      calls=tuple(PUT_CALLS[diff.field] for diff in diffs), payload=bucket, note=note)
+                      calls=tuple(PUT_CALLS[diff.field] for diff in diffs), payload=payload, note=note)
 
     @staticmethod
     def _delete(found: ObservedBucket, facts: StorageFacts) -> Change:

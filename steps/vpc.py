@@ -14,11 +14,13 @@ ingress rule's description where EC2 reports none: that is compared with the las
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from botocore.exceptions import ClientError
 
 from orchestrator import tags as tagging
+from orchestrator import waiters
 from orchestrator.aws import error_code
 from orchestrator.errors import OrchestratorError, StepFailed
 from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step, diff_fields
@@ -34,9 +36,11 @@ NOT_VISIBLE_YET = frozenset({
     "InvalidAllocationID.NotFound", "InvalidRouteTableID.NotFound", "InvalidNatGatewayID.NotFound",
     "NatGatewayNotFound", "InvalidGatewayID.NotFound", "InvalidGroup.NotFound", "InvalidVpcEndpointId.NotFound"})
 
-#: A delete that AWS refuses while a dependant is still going away (an endpoint's network
-#: interfaces, a NAT gateway's address) succeeds a little later.
+#: A delete that AWS refuses while a dependant is still going away (the network interfaces of a
+#: load balancer, endpoint or NAT gateway just deleted, a NAT gateway's address) succeeds later:
+#: those interfaces can linger for minutes, so such deletes are retried for up to IN_USE_TIMEOUT.
 STILL_IN_USE = frozenset({"DependencyViolation", "InvalidIPAddress.InUse"})
+IN_USE_TIMEOUT = 600.0
 
 #: Kinds in the order their deletes are safe: what uses a resource goes before it.
 DELETE_ORDER = ("endpoint", "nat_gateway", "eip", "route_table", "internet_gateway", "subnet", "ingress",
@@ -257,7 +261,7 @@ class Facts:
     internet_gateways: dict[str, SeenGateway] = field(default_factory=dict)
     addresses: dict[str, Seen] = field(default_factory=dict)
     nat_gateways: dict[str, SeenNat] = field(default_factory=dict)
-    failed_nat_gateways: dict[str, int] = field(default_factory=dict)  # logical → how many failed
+    failed_nat_gateways: dict[str, list[str]] = field(default_factory=dict)  # logical → ids of failed ones, sorted
     route_tables: dict[str, SeenTable] = field(default_factory=dict)
     associations: dict[str, Association] = field(default_factory=dict)  # subnet id → its explicit association
     security_groups: dict[str, SeenGroup] = field(default_factory=dict)
@@ -428,7 +432,7 @@ class VpcStep(Step):
         _retag(ctx, change, observed.vpc)
 
     def _delete_vpc(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
-        _delete(ctx.client("ec2").delete_vpc, VpcId=observed.vpc.id)
+        _delete(ctx, f"deletion of VPC {observed.vpc.id}", ctx.client("ec2").delete_vpc, VpcId=observed.vpc.id)
         observed.vpc = None
 
     def _create_internet_gateway(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
@@ -450,8 +454,10 @@ class VpcStep(Step):
         ec2 = ctx.client("ec2")
         seen = observed.internet_gateways[change.name]
         for vpc_id in seen.attached_to:
-            _delete(ec2.detach_internet_gateway, InternetGatewayId=seen.id, VpcId=vpc_id)
-        _delete(ec2.delete_internet_gateway, InternetGatewayId=seen.id)
+            _delete(ctx, f"detachment of internet gateway {change.name} ({seen.id}) from {vpc_id}",
+                    ec2.detach_internet_gateway, InternetGatewayId=seen.id, VpcId=vpc_id)
+        _delete(ctx, f"deletion of internet gateway {change.name} ({seen.id})",
+                ec2.delete_internet_gateway, InternetGatewayId=seen.id)
         del observed.internet_gateways[change.name]
 
     def _create_subnet(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
@@ -476,7 +482,8 @@ class VpcStep(Step):
 
     def _delete_subnet(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
         seen = observed.subnets.pop(change.name)
-        _delete(ctx.client("ec2").delete_subnet, SubnetId=seen.id)
+        _delete(ctx, f"deletion of subnet {change.name} ({seen.id})", ctx.client("ec2").delete_subnet,
+                SubnetId=seen.id)
         observed.associations.pop(seen.id, None)
 
     def _create_eip(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
@@ -491,16 +498,19 @@ class VpcStep(Step):
         _retag(ctx, change, observed.addresses[change.name])
 
     def _delete_eip(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
-        _delete(ctx.client("ec2").release_address, AllocationId=observed.addresses.pop(change.name).id)
+        seen = observed.addresses.pop(change.name)
+        _delete(ctx, f"release of Elastic IP {change.name} ({seen.id})", ctx.client("ec2").release_address,
+                AllocationId=seen.id)
 
     def _create_nat_gateway(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
         nat: NatGateway = change.payload
         ec2 = ctx.client("ec2")
-        # The salt changes only when an earlier gateway failed, so a retry reuses the token.
-        token = ctx.token(change.key, salt=str(observed.failed_nat_gateways.get(nat.logical, 0)))
-        created = _eventually(ec2.create_nat_gateway, SubnetId=ids.now("subnet", nat.subnet),
-                              AllocationId=ids.now("eip", nat.address), ClientToken=token,
-                              TagSpecifications=_tag_spec(ctx, "natgateway", nat.name))["NatGateway"]
+        # The ids of the gateways that failed salt the token: a retry after one failed must not
+        # get that gateway back, and ids (unlike a count) never recur as failed ones expire.
+        params = {"SubnetId": ids.now("subnet", nat.subnet), "AllocationId": ids.now("eip", nat.address),
+                  "TagSpecifications": _tag_spec(ctx, "natgateway", nat.name)}
+        created = _eventually(ec2.create_nat_gateway, **_with_token(
+            ctx, change, params, *observed.failed_nat_gateways.get(nat.logical, [])))["NatGateway"]
         seen = SeenNat(id=created["NatGatewayId"], tags=ctx.tags() | {"Name": nat.name}, state=created["State"])
         observed.nat_gateways[nat.logical] = seen
         _wait_nat_available(ctx, ec2, nat.name, seen)
@@ -514,7 +524,8 @@ class VpcStep(Step):
     def _delete_nat_gateway(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
         ec2 = ctx.client("ec2")
         seen = observed.nat_gateways.pop(change.name)
-        _delete(ec2.delete_nat_gateway, NatGatewayId=seen.id)
+        _delete(ctx, f"deletion of NAT gateway {change.name} ({seen.id})", ec2.delete_nat_gateway,
+                NatGatewayId=seen.id)
 
         def check() -> tuple[bool, str]:
             state = _state_or_deleted(ec2.describe_nat_gateways, "NatGateways", NatGatewayIds=[seen.id])
@@ -525,9 +536,9 @@ class VpcStep(Step):
     def _create_route_table(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
         work: TableWork = change.payload
         table = work.table
-        created = _eventually(ctx.client("ec2").create_route_table, VpcId=observed.vpc.id,
-                              ClientToken=ctx.token(change.key),
-                              TagSpecifications=_tag_spec(ctx, "route-table", table.name))["RouteTable"]
+        params = {"VpcId": observed.vpc.id, "TagSpecifications": _tag_spec(ctx, "route-table", table.name)}
+        created = _eventually(ctx.client("ec2").create_route_table,
+                              **_with_token(ctx, change, params))["RouteTable"]
         observed.route_tables[table.logical] = SeenTable(id=created["RouteTableId"],
                                                          tags=ctx.tags() | {"Name": table.name}, routes={})
         self._update_route_table(ctx, change, observed, ids)
@@ -558,9 +569,11 @@ class VpcStep(Step):
         seen = observed.route_tables.pop(change.name)
         for subnet_id, association in list(observed.associations.items()):
             if association.table == seen.id:
-                _delete(ec2.disassociate_route_table, AssociationId=association.id)
+                _delete(ctx, f"disassociation of route table {change.name} ({seen.id}) from {subnet_id}",
+                        ec2.disassociate_route_table, AssociationId=association.id)
                 del observed.associations[subnet_id]
-        _delete(ec2.delete_route_table, RouteTableId=seen.id)
+        _delete(ctx, f"deletion of route table {change.name} ({seen.id})", ec2.delete_route_table,
+                RouteTableId=seen.id)
 
     def _create_security_group(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
         group: SecurityGroup = change.payload
@@ -589,7 +602,8 @@ class VpcStep(Step):
 
     def _delete_security_group(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
         seen = observed.security_groups.pop(change.name)
-        _delete(ctx.client("ec2").delete_security_group, GroupId=seen.id)
+        _delete(ctx, f"deletion of security group {change.name} ({seen.id})",
+                ctx.client("ec2").delete_security_group, GroupId=seen.id)
         observed.rules.pop(seen.id, None)
 
     def _create_ingress(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
@@ -628,9 +642,9 @@ class VpcStep(Step):
             where = {"SubnetIds": [ids.now("subnet", s) for s in endpoint.subnets],
                      "SecurityGroupIds": [ids.now("security_group", g) for g in endpoint.security_groups],
                      "PrivateDnsEnabled": endpoint.private_dns}
-        created = _eventually(ec2.create_vpc_endpoint, VpcId=observed.vpc.id, ServiceName=endpoint.service_name,
-                              VpcEndpointType=endpoint.type, ClientToken=ctx.token(change.key),
-                              TagSpecifications=_tag_spec(ctx, "vpc-endpoint", endpoint.name), **where)["VpcEndpoint"]
+        params = {"VpcId": observed.vpc.id, "ServiceName": endpoint.service_name, "VpcEndpointType": endpoint.type,
+                  "TagSpecifications": _tag_spec(ctx, "vpc-endpoint", endpoint.name), **where}
+        created = _eventually(ec2.create_vpc_endpoint, **_with_token(ctx, change, params))["VpcEndpoint"]
         observed.endpoints[endpoint.logical] = _seen_endpoint(created)
         _wait_endpoint_available(ctx, ec2, endpoint.name, created["VpcEndpointId"])
 
@@ -829,14 +843,15 @@ def _key_groups(found: list[dict], desired: Network, owned) -> dict[str, SeenGro
     return keyed
 
 
-def _key_nat_gateways(found: list[dict], prefix: str) -> tuple[dict[str, SeenNat], dict[str, int]]:
-    """Live gateways by logical name, and how many failed per logical name (deleted ones are history)."""
+def _key_nat_gateways(found: list[dict], prefix: str) -> tuple[dict[str, SeenNat], dict[str, list[str]]]:
+    """Live gateways by logical name, and the ids of the failed ones per logical name, sorted
+    (deleted ones are history; failed ones too, once AWS drops them about an hour later)."""
     live, failed = [], {}
     for nat in found:
         seen = SeenNat(id=nat["NatGatewayId"], tags=tagging.tag_dict(nat.get("Tags")), state=nat["State"])
         if seen.state == "failed":
             logical = _logical(seen.tags.get("Name"), prefix) or seen.id
-            failed[logical] = failed.get(logical, 0) + 1
+            failed[logical] = sorted([*failed.get(logical, []), seen.id])
         elif seen.state in ("pending", "available"):
             live.append(seen)
     return _by_logical(prefix, live), failed
@@ -934,6 +949,9 @@ def _plan_subnet(desired: Network, subnet: Subnet, seen: SeenSubnet | None, ids:
         return [Change("create", "subnet", subnet.logical, diffs=diff_fields(subnet, None, SUBNET_FIELDS),
                        calls=calls, payload=subnet)]
     moved = diff_fields(subnet, seen, ("zone", "cidr"))
+    if moved and not seen.owned:  # found by its range alone: not ours to delete
+        raise tagging.not_ours("subnet", f"{seen.id} ({seen.cidr} in {seen.zone}, where the manifest wants "
+                                         f"{subnet.name} in {subnet.zone})")
     if moved:
         ids.fresh.add(f"subnet/{subnet.logical}")
         return [Change("replace", "subnet", subnet.logical, diffs=moved, calls=("ec2:DeleteSubnet", *calls),
@@ -955,12 +973,12 @@ def _plan_nat_gateway(desired: Network, nat: NatGateway, observed: Facts, ids: I
     seen = observed.nat_gateways.get(nat.logical)
     if seen is None:
         ids.fresh.add(f"nat_gateway/{nat.logical}")
-        failed = observed.failed_nat_gateways.get(nat.logical, 0)
+        failed = observed.failed_nat_gateways.get(nat.logical, [])
         return [Change("create", "nat_gateway", nat.logical,
                        diffs=(FieldDiff("subnet", None, ids("subnet", nat.subnet)),
                               FieldDiff("allocation", None, ids("eip", nat.address))),
                        calls=("ec2:CreateNatGateway",), payload=nat,
-                       note=f"{failed} earlier attempt(s) failed" if failed else "")]
+                       note=f"{len(failed)} earlier attempt(s) failed: {', '.join(failed)}" if failed else "")]
     diffs = diff_fields({"state": "available"}, seen, ("state",)) + _tag_diffs(desired, nat.name, seen)
     note = "wait until it is available" if seen.state != "available" else ""
     return _update("nat_gateway", nat.logical, diffs, {}, nat, note=note)
@@ -1015,6 +1033,9 @@ def _plan_security_group(desired: Network, group: SecurityGroup, seen: SeenGroup
         return [Change("create", "security_group", group.logical,
                        diffs=(FieldDiff("description", None, group.description),),
                        calls=("ec2:CreateSecurityGroup",), payload=group)]
+    if seen.description != group.description and not seen.owned:  # found by its name alone: not ours to delete
+        raise tagging.not_ours("security group", f"{group.name} ({seen.id}, described {seen.description!r} "
+                                                 f"where the manifest says {group.description!r})")
     if seen.description != group.description:
         ids.fresh.add(f"security_group/{group.logical}")
         return [Change("replace", "security_group", group.logical,
@@ -1143,14 +1164,27 @@ def _tag_spec(ctx, resource_type: str, name: str) -> list[dict]:
     return tagging.ec2_tag_specifications(resource_type, ctx.tags(), name)
 
 
+def _with_token(ctx, change: Change, params: dict, *salt: str) -> dict:
+    """`params` and an EC2 `ClientToken` derived from them (parent ids, tags …) and `salt`.
+
+    A retry of the same request reuses the token, as it must. EC2 answers a token reused with
+    other parameters with IdempotentParameterMismatch (and one reused with the same parameters
+    with the resource it made then), so a different request, such as an apply after a destroy
+    (a new VPC, subnets, addresses), gets a new token.
+    """
+    return {**params, "ClientToken": ctx.token(change.key, salt=json.dumps([params, *salt], sort_keys=True))}
+
+
 def _eventually(call, **params):
     return eventually(call, retry_on=NOT_VISIBLE_YET, **params)
 
 
-def _delete(call, **params) -> None:
-    """A delete that tolerates the resource being gone already and retries while it is in use."""
+def _delete(ctx, what: str, call, **params) -> None:
+    """A delete that tolerates the resource being gone already and, while AWS says it is still
+    in use, tries again with backoff for up to IN_USE_TIMEOUT, reporting progress."""
     try:
-        eventually(call, retry_on=STILL_IN_USE, **params)
+        waiters.retry_while(what, lambda: eventually(call, **params), STILL_IN_USE, timeout=IN_USE_TIMEOUT,
+                            log=ctx.log)
     except ClientError as error:
         if not error_code(error).endswith("NotFound"):
             raise

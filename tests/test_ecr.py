@@ -85,12 +85,16 @@ def test_each_drifted_setting_is_put_back_alone(manifest, field, drifted, call):
     assert [(d.field, d.old) for d in change.diffs] == [(field, drifted)]
 
 
-def test_tag_drift_is_repaired_and_foreign_tags_removed(manifest):
+def test_tag_drift_is_repaired_and_tags_others_added_are_kept(manifest):
     desired = desired_for(manifest)
     tags = {**desired.repositories["gamepulse"].tags, "owner": "someone", "extra": "x"}
     [change] = STEP.plan(desired, facts_for(desired, tags=tags), {})
-    assert change.calls == ("ecr:TagResource", "ecr:UntagResource")
-    assert change.payload.tags_to_set == {"owner": "platform-team"} and change.payload.tags_to_remove == ("extra",)
+    assert change.calls == ("ecr:TagResource",)
+    assert change.payload.tags_to_set == {"owner": "platform-team"}
+    assert [(d.field, d.old, d.new) for d in change.diffs] == [("tags", {"owner": "someone"},
+                                                                 {"owner": "platform-team"})]
+    assert STEP.plan(desired, facts_for(desired, tags={**desired.repositories["gamepulse"].tags, "extra": "x"}),
+                     {}) == []
 
 
 def test_a_missing_or_changed_lifecycle_policy_is_put_back(manifest):
@@ -204,6 +208,24 @@ def test_drift_is_shown_by_plan_then_repaired(manifest, aws, ecr):
     repo = repository(ecr)
     assert repo["imageTagMutability"] == "IMMUTABLE" and repo["imageScanningConfiguration"] == {"scanOnPush": True}
     assert "expire untagged" in ecr.get_lifecycle_policy(repositoryName="gamepulse")["lifecyclePolicyText"]
+    assert harness.plan_step(STEP, manifest, aws) == []
+
+
+def test_tags_others_added_survive_an_apply_and_make_no_plan_change(manifest, aws, ecr):
+    harness.run_step(STEP, manifest, aws)
+    arn = repository(ecr)["repositoryArn"]
+    theirs = {"Key": "cost-allocation", "Value": "team-42"}
+    ecr.tag_resource(resourceArn=arn, tags=[theirs])
+    assert harness.plan_step(STEP, manifest, aws) == []
+
+    ecr.untag_resource(resourceArn=arn, tagKeys=["project"])  # one of ours: put back, theirs stays
+    [change] = harness.plan_step(STEP, manifest, aws)
+    assert [(d.field, d.old, d.new) for d in change.diffs] == [("tags", {"project": None}, {"project": "gamepulse"})]
+    before = len(harness.mutations(aws))
+    harness.run_step(STEP, manifest, aws)
+    assert harness.mutations(aws)[before:] == ["ecr:TagResource"]
+    tags = ecr.list_tags_for_resource(resourceArn=arn)["tags"]
+    assert theirs in tags and {"Key": "project", "Value": "gamepulse"} in tags
     assert harness.plan_step(STEP, manifest, aws) == []
 
 

@@ -28,7 +28,7 @@ def observed_matching(desired) -> EcsFacts:
         cluster=ObservedCluster(cluster.name, "arn:cluster", True, cluster.container_insights,
                                 cluster.capacity_providers, cluster.default_strategy),
         log_groups={g.name: ObservedLogGroup(g.name, True, g.retention_days) for g in desired.log_groups},
-        namespace=ObservedNamespace("ns-1", "arn:ns", desired.namespace.name, True))
+        namespace=ObservedNamespace("ns-1", "arn:ns", desired.namespace.name))
 
 
 def recorded_for(desired) -> dict:
@@ -367,6 +367,40 @@ def test_a_namespace_still_being_created_by_a_killed_run_is_followed_not_duplica
     assert namespaces(aws).count("other.local") == 1
     assert outputs["namespace_name"] == "other.local" and outputs["namespace_id"].startswith("ns-")
     env.aws.client("servicediscovery").delete_namespace(Id=outputs["namespace_id"])
+
+
+def test_log_groups_a_lagging_tagging_api_leaves_out_are_confirmed_one_by_one(env, manifest):
+    aws = harness.forget_crash(env.aws)  # a client of its own for the injected answer
+    answered = []
+
+    def lagging(**kwargs):
+        """The tagging API shows new tags only after a while: the first answer misses them all."""
+        if not answered:
+            answered.append(True)
+            return _Http(200), {"ResourceTagMappingList": []}
+        return None
+
+    aws.register("before-call.resource-groups-tagging-api.GetResources", lagging)
+    assert harness.plan_step(STEP, manifest, aws, env.upstream, env.recorded) == []
+    assert [f"{c.service}:{c.operation}" for c in aws.ledger.calls].count(
+        "cloudwatch-logs:ListTagsForResource") == len(FAMILIES)
+
+
+def test_a_namespace_of_our_name_in_another_vpc_is_not_in_the_way(env, manifest):
+    other = manifest.model_copy(update={"cluster": manifest.cluster.model_copy(update={"namespace": "other.local"})})
+    discovery = env.aws.client("servicediscovery")
+    operation = discovery.create_private_dns_namespace(Name="other.local", Vpc=make_vpc())["OperationId"]
+    theirs = discovery.get_operation(OperationId=operation)["Operation"]["Targets"]["NAMESPACE"]  # untagged
+
+    recorded: dict = {}
+    # moto gap: a second private namespace in one VPC gives ConflictingDomainExists.
+    ours = {"vpc": {"vpc_id": make_vpc()}}
+    changes, outputs, _ = harness.run_step(STEP, other, env.aws, ours, recorded)
+    assert [(c.action, c.kind) for c in changes] == [("create", "namespace")]
+    assert namespaces(env.aws).count("other.local") == 2 and outputs["namespace_id"] != theirs
+    assert harness.plan_step(STEP, other, env.aws, ours, recorded) == []
+    for namespace_id in (theirs, outputs["namespace_id"]):
+        discovery.delete_namespace(Id=namespace_id)
 
 
 def test_a_new_vpc_moves_the_namespace(env, manifest):

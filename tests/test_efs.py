@@ -7,6 +7,7 @@ import json
 import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
+from botocore.exceptions import ClientError
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Inputs
@@ -98,11 +99,14 @@ def test_throughput_mode_is_updated_in_place(manifest):
     assert [(d.field, d.old, d.new) for d in change.diffs] == [("throughput_mode", "elastic", "bursting")]
 
 
-def test_removed_tags_are_put_back_and_strangers_removed(manifest):
+def test_removed_tags_are_put_back_and_tags_others_added_are_kept(manifest):
     desired = desired_for(manifest)
     tags = {k: v for k, v in desired.file_system.tags.items() if k != "project"} | {"hand-made": "x"}
     (change,) = STEP.plan(desired, as_found(desired, tags=tags), {})
-    assert change.calls == ("efs:TagResource", "efs:UntagResource")
+    assert change.calls == ("efs:TagResource",)
+    assert [(d.field, d.old, d.new) for d in change.diffs] == [
+        ("tags", {"project": None}, {"project": desired.file_system.tags["project"]})]
+    assert STEP.plan(desired, as_found(desired, tags=desired.file_system.tags | {"hand-made": "x"}), {}) == []
 
 
 def test_performance_mode_change_replaces_the_file_system_only_with_the_flag(manifest):
@@ -390,13 +394,18 @@ def test_a_crash_after_any_call_converges_on_rerun(manifest, efs):
         assert harness.plan_step(STEP, manifest, rerun, upstream=network) == [], f"after a crash at call {n}"
 
 
-def test_a_create_whose_answer_was_lost_is_found_by_its_token(manifest, aws, efs, network):
+def create_as_the_step_would(manifest, aws, efs, network) -> dict:
+    """The file system a create that AWS accepted left behind (its answer lost, or the run killed)."""
     from orchestrator.context import StepContext
 
     token = StepContext(aws=aws, manifest=manifest, step="efs").token("file-system")
-    accepted = efs.create_file_system(CreationToken=token, Encrypted=True, Tags=[
+    return efs.create_file_system(CreationToken=token, Encrypted=True, Tags=[
         {"Key": k, "Value": v} for k, v in STEP.desired(manifest, Inputs("123456789012", "us-east-1", network))
         .file_system.tags.items()])
+
+
+def test_a_create_whose_answer_was_lost_is_found_by_its_token(manifest, aws, efs, network):
+    accepted = create_as_the_step_would(manifest, aws, efs, network)
     hidden = []
 
     def listing_not_caught_up(params, **kwargs):
@@ -409,3 +418,79 @@ def test_a_create_whose_answer_was_lost_is_found_by_its_token(manifest, aws, efs
     _, outputs, _ = harness.run_step(STEP, manifest, aws, upstream=network)
     assert hidden and outputs["file_system_id"] == accepted["FileSystemId"]
     assert inventory(efs) == (1, 2, 2)
+
+
+def test_tags_others_added_survive_an_apply_and_make_no_plan_change(manifest, aws, efs, network):
+    _, outputs, _ = harness.run_step(STEP, manifest, aws, upstream=network)
+    fs_id, ap_id = outputs["file_system_id"], outputs["access_points"]["grafana"]
+    theirs = {"Key": "cost-allocation", "Value": "team-42"}
+    for resource in (fs_id, ap_id):
+        efs.tag_resource(ResourceId=resource, Tags=[theirs])
+    assert harness.plan_step(STEP, manifest, aws, upstream=network) == []
+
+    efs.untag_resource(ResourceId=fs_id, TagKeys=["project"])  # one of ours: put back, theirs stays
+    (change,) = harness.plan_step(STEP, manifest, aws, upstream=network)
+    assert (change.kind, change.calls) == ("file-system", ("efs:TagResource",))
+    assert [(d.field, d.old, d.new) for d in change.diffs] == [("tags", {"project": None}, {"project": "gamepulse"})]
+    harness.run_step(STEP, manifest, aws, upstream=network)
+    assert "efs:UntagResource" not in harness.mutations(aws)
+    for resource in (fs_id, ap_id):
+        assert theirs in efs.list_tags_for_resource(ResourceId=resource)["Tags"]
+    assert harness.plan_step(STEP, manifest, aws, upstream=network) == []
+
+
+def still_creating(aws, operation: str, items: str, describes: int, only: str = "") -> dict:
+    """moto gap: everything is `available` at once. The first `describes` answers of `operation`
+    show `items` (those with id `only`, or all) as `creating`, as AWS does for a while after a
+    create; `left` in the returned dict counts down to 0 when they are available."""
+    state = {"left": describes}
+
+    def creating(parsed, **kwargs):
+        if state["left"]:
+            state["left"] -= 1
+            for item in parsed[items]:
+                if only in (item.get("MountTargetId"), ""):
+                    item["LifeCycleState"] = "creating"
+
+    aws.register(f"after-call.efs.{operation}", creating)
+    return state
+
+
+def refuse_while(aws, state: dict, code: str, *operations: str, only: str = "") -> None:
+    """What AWS answers to those operations (on resource `only`, or any) while it is still `creating`."""
+    def refuse(model, params, **kwargs):
+        if state["left"] and only in params["url_path"]:
+            raise ClientError({"Error": {"Code": code, "Message": "still creating"}}, model.name)
+
+    for operation in operations:
+        aws.register(f"before-call.efs.{operation}", refuse)
+
+
+def test_a_mount_target_left_creating_is_waited_for_not_changed(manifest, aws, efs, network):
+    _, outputs, _ = harness.run_step(STEP, manifest, aws, upstream=network)
+    mt = efs.describe_mount_targets(FileSystemId=outputs["file_system_id"])["MountTargets"][0]
+    # Still creating for the observe's listing and the first poll of the wait.
+    state = still_creating(aws, "DescribeMountTargets", "MountTargets", 2, only=mt["MountTargetId"])
+    refuse_while(aws, state, "IncorrectMountTargetState", "DescribeMountTargetSecurityGroups",
+                 only=mt["MountTargetId"])
+
+    mutated = len(harness.mutations(aws))
+    applied, _, _ = harness.run_step(STEP, manifest, aws, upstream=network)
+    assert [(c.action, c.kind, c.name, c.calls) for c in applied] == [
+        ("update", "mount-target", mt["AvailabilityZoneName"], ())]
+    assert [(d.field, d.old, d.new) for d in applied[0].diffs] == [("state", "creating", "available")]
+    assert state["left"] == 0 and len(harness.mutations(aws)) == mutated
+    assert harness.plan_step(STEP, manifest, aws, upstream=network) == []
+
+
+def test_a_file_system_left_creating_is_waited_for_before_anything_goes_on_it(manifest, aws, efs, network):
+    create_as_the_step_would(manifest, aws, efs, network)
+    # Still creating for the observe's listing and the first poll of the wait.
+    state = still_creating(aws, "DescribeFileSystems", "FileSystems", 2)
+    refuse_while(aws, state, "IncorrectFileSystemLifeCycleState",
+                 "CreateMountTarget", "CreateAccessPoint", "PutLifecycleConfiguration")
+
+    _, outputs, _ = harness.run_step(STEP, manifest, aws, upstream=network)
+    assert state["left"] == 0 and inventory(efs) == (1, 2, 2)
+    assert KNOWN_AFTER_APPLY not in str(outputs)
+    assert harness.plan_step(STEP, manifest, aws, upstream=network) == []

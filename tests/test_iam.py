@@ -6,6 +6,7 @@ import json
 import urllib.parse
 
 import pytest
+from botocore.awsrequest import AWSResponse
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Inputs
@@ -22,6 +23,7 @@ BUCKETS = {"config": f"gamepulse-dev-config-{ACCOUNT}", "loki-chunks": f"gamepul
 UPSTREAM = {"secrets": {"arns": SECRET_ARNS}, "storage": {"buckets": BUCKETS}}
 TASK_ROLES = ["gamepulse", "grafana", "jaeger", "loki", "otel-collector", "prometheus"]
 ROLE_NAMES = sorted(["gamepulse-dev-execution"] + [f"gamepulse-dev-task-{name}" for name in TASK_ROLES])
+LOKI_ONLY = IamSpec(task_roles={"loki": TaskRoleSpec(grants=["config-read", "loki-bucket"])})
 
 
 # -- policy documents and pure planning ---------------------------------------------------------
@@ -143,7 +145,8 @@ def test_each_kind_of_drift_is_its_own_repair(manifest):
     execution.managed_policies = {"arn:aws:iam::aws:policy/AdministratorAccess"}
     execution.trust_policy = normalise_policy({"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
-    execution.tags = {**execution.tags, "project": "hijacked"}
+    execution.tags = {**execution.tags, "project": "hijacked", "compliance:scope": "pci"}  # the latter not ours
+    facts.owned["gamepulse-dev-task-grafana"].tags["finance:budget"] = "b-7"  # not ours: no change
     recorded = {"role/gamepulse-dev-task-jaeger": {"description": "an older description"}}
 
     changes = {(c.action, c.key): c for c in STEP.plan(desired, facts, recorded)}
@@ -154,7 +157,11 @@ def test_each_kind_of_drift_is_its_own_repair(manifest):
         ("update", "inline-policy/gamepulse-dev-task-loki/grants"),
         ("delete", "inline-policy/gamepulse-dev-task-loki/debug"),
         ("update", "role/gamepulse-dev-task-jaeger")}
-    assert changes[("update", "role/gamepulse-dev-execution")].calls == ("iam:UpdateAssumeRolePolicy", "iam:TagRole")
+    execution_change = changes[("update", "role/gamepulse-dev-execution")]
+    assert execution_change.calls == ("iam:UpdateAssumeRolePolicy", "iam:TagRole")
+    assert execution_change.payload.tags_to_set == {"project": "gamepulse"}
+    assert [(d.old, d.new) for d in execution_change.diffs if d.field == "tags"] == [
+        ({"project": "hijacked"}, {"project": "gamepulse"})]
     assert changes[("update", "role/gamepulse-dev-task-jaeger")].calls == ("iam:UpdateRole",)
     assert changes[("delete", "inline-policy/gamepulse-dev-task-loki/debug")].calls == ("iam:DeleteRolePolicy",)
     assert changes[("delete", "managed-policy/gamepulse-dev-execution/AdministratorAccess")].calls == (
@@ -311,8 +318,7 @@ def test_applying_before_upstream_values_are_known_fails_clearly(manifest, aws, 
 
 @needs_managed_policies
 def test_a_run_killed_after_any_mutating_call_converges_without_duplicates(manifest, aws, iam):
-    smaller = manifest.model_copy(update={"iam": IamSpec(task_roles={"loki": TaskRoleSpec(grants=["config-read",
-                                                                                                  "loki-bucket"])})})
+    smaller = manifest.model_copy(update={"iam": LOKI_ONLY})
     crashing, rerun = harness.forget_crash(aws), harness.forget_crash(aws)
     calls = 5  # 2 × CreateRole, 2 × PutRolePolicy, 1 × AttachRolePolicy
     for n in range(1, calls + 1):
@@ -329,3 +335,64 @@ def test_a_run_killed_after_any_mutating_call_converges_without_duplicates(manif
         assert iam.list_role_policies(RoleName=f"gamepulse-crash{n}-task-loki")["PolicyNames"] == ["grants"]
         assert len(iam.list_attached_role_policies(RoleName=f"gamepulse-crash{n}-execution")["AttachedPolicies"]) == 1
         assert harness.plan_step(STEP, env, rerun, upstream=UPSTREAM) == []
+
+
+@needs_managed_policies
+def test_a_tag_added_by_someone_else_survives_an_apply(manifest, aws, iam):
+    applied, _, _ = harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)
+    recorded = {c.key: c.record for c in applied if c.record is not None}
+    iam.tag_role(RoleName="gamepulse-dev-task-loki", Tags=[{"Key": "compliance:scope", "Value": "pci"}])
+    assert harness.plan_step(STEP, manifest, aws, upstream=UPSTREAM, recorded=recorded) == []
+    assert harness.run_step(STEP, manifest, aws, upstream=UPSTREAM, recorded=recorded)[0] == []
+    tags = {t["Key"]: t["Value"] for t in iam.list_role_tags(RoleName="gamepulse-dev-task-loki")["Tags"]}
+    assert tags["compliance:scope"] == "pci"
+
+
+def lagging_role_list(aws) -> None:
+    """The next GetAccountAuthorizationDetails answers with no role, as IAM's eventually
+    consistent reads may just after a change."""
+    answered = []
+
+    def stale(**kwargs):
+        if not answered:
+            answered.append(True)
+            return AWSResponse("https://iam.amazonaws.com/", 200, {}, None), {"RoleDetailList": [],
+                                                                              "IsTruncated": False}
+        return None
+
+    aws.register("before-call.iam.GetAccountAuthorizationDetails", stale)
+
+
+@needs_managed_policies
+def test_a_quick_re_apply_on_a_lagging_list_adopts_our_roles(manifest, aws, iam):
+    smaller = manifest.model_copy(update={"iam": LOKI_ONLY})
+    _, first, _ = harness.run_step(STEP, smaller, aws, upstream=UPSTREAM)
+    iam.tag_role(RoleName="gamepulse-dev-task-loki", Tags=[{"Key": "project", "Value": "hijacked"},
+                                                          {"Key": "compliance:scope", "Value": "pci"}])
+    writes = len(harness.mutations(aws))
+
+    lagging_role_list(aws)
+    applied, outputs, _ = harness.run_step(STEP, smaller, aws, upstream=UPSTREAM)
+    assert [(c.action, c.kind) for c in applied] == [("create", "role"), ("create", "inline-policy"),
+                                                     ("create", "managed-policy"), ("create", "role"),
+                                                     ("create", "inline-policy")]
+    assert harness.mutations(aws)[writes:] == [
+        "iam:CreateRole", "iam:PutRolePolicy", "iam:AttachRolePolicy",
+        "iam:CreateRole", "iam:TagRole", "iam:PutRolePolicy"]  # the adopted loki role had a tag drift
+    assert outputs == first and role_names(iam) == ["gamepulse-dev-execution", "gamepulse-dev-task-loki"]
+    tags = {t["Key"]: t["Value"] for t in iam.list_role_tags(RoleName="gamepulse-dev-task-loki")["Tags"]}
+    assert tags["project"] == "gamepulse" and tags["compliance:scope"] == "pci"
+    assert iam.list_role_policies(RoleName="gamepulse-dev-task-loki")["PolicyNames"] == ["grants"]
+    assert harness.plan_step(STEP, smaller, aws, upstream=UPSTREAM) == []
+
+
+def test_a_lagging_list_hiding_a_role_of_someone_else_still_refuses_it(manifest, aws, iam):
+    trust = json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+    iam.create_role(RoleName="gamepulse-dev-execution", AssumeRolePolicyDocument=trust)
+    lagging_role_list(aws)
+    with pytest.raises(OrchestratorError, match="IAM role gamepulse-dev-execution exists but does not carry"):
+        harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)
+    assert harness.mutations(aws) == ["iam:CreateRole", "iam:CreateRole"]  # by hand, then ours: refused
+    assert "Tags" not in iam.get_role(RoleName="gamepulse-dev-execution")["Role"]
+    assert iam.list_role_policies(RoleName="gamepulse-dev-execution")["PolicyNames"] == []

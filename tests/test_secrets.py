@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 
 import pytest
 import structlog
+from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
 from structlog.testing import capture_logs
 
@@ -84,16 +85,22 @@ def test_a_different_source_value_is_an_update_that_does_not_show_it(manifest):
     assert changes[0].to_dict()["diffs"] == [{"field": "value", "old": SENSITIVE, "new": SENSITIVE, "sensitive": True}]
 
 
-def test_description_and_tag_drift_are_updates(manifest):
+def test_description_and_tag_drift_are_updates_that_keep_tags_others_added(manifest):
     desired = desired_for(manifest)
     tags = {**desired.secrets["slack-webhook"].tags, "project": "other", "added-by-hand": "x"}
     changes = STEP.plan(desired, facts_for(desired, slack_webhook={"description": "old", "tags": tags}), {})
     assert len(changes) == 1
     change = changes[0]
-    assert change.calls == ("secretsmanager:UpdateSecret", "secretsmanager:TagResource", "secretsmanager:UntagResource")
+    assert change.calls == ("secretsmanager:UpdateSecret", "secretsmanager:TagResource")
     assert {d.field for d in change.diffs} == {"description", "tags"}
     assert change.payload.tags_to_set == {"project": "gamepulse"}
-    assert change.payload.tags_to_remove == ("added-by-hand",)
+    assert [(d.old, d.new) for d in change.diffs if d.field == "tags"] == [({"project": "other"}, {"project": "gamepulse"})]
+
+
+def test_a_tag_someone_else_added_is_no_change(manifest):
+    desired = desired_for(manifest)
+    tags = {**desired.secrets["db-connection"].tags, "compliance:scope": "pci"}
+    assert STEP.plan(desired, facts_for(desired, db_connection={"tags": tags}), {}) == []
 
 
 def test_a_secret_scheduled_for_deletion_is_restored_not_created(manifest):
@@ -210,6 +217,59 @@ def test_drift_is_shown_by_plan_then_repaired(manifest, aws, sm):
     assert value_of(sm, "gamepulse/dev/grafana-admin") == "rotated-by-hand-value"
     assert generated != "rotated-by-hand-value"
     assert harness.plan_step(STEP, manifest, aws) == []
+
+
+def test_a_tag_added_by_someone_else_survives_an_apply(manifest, aws, sm):
+    harness.run_step(STEP, manifest, aws)
+    arn = listed(sm)["gamepulse/dev/db-connection"]["ARN"]
+    sm.tag_resource(SecretId=arn, Tags=[{"Key": "compliance:scope", "Value": "pci"}])
+    assert harness.plan_step(STEP, manifest, aws) == []
+    assert harness.run_step(STEP, manifest, aws)[0] == []
+    assert {t["Key"]: t["Value"] for t in listed(sm)["gamepulse/dev/db-connection"]["Tags"]}["compliance:scope"] == "pci"
+
+
+def lagging_list(aws) -> None:
+    """The next ListSecrets answers with nothing, as AWS may for minutes after a change."""
+    answered = []
+
+    def stale(**kwargs):
+        if not answered:
+            answered.append(True)
+            return AWSResponse("https://secretsmanager.us-east-1.amazonaws.com/", 200, {}, None), {"SecretList": []}
+        return None
+
+    aws.register("before-call.secrets-manager.ListSecrets", stale)
+
+
+def test_a_quick_re_apply_on_a_lagging_list_carries_on_with_our_existing_secrets(manifest, aws, sm, monkeypatch):
+    first = harness.run_step(STEP, manifest, aws)[1]
+    generated = value_of(sm, "gamepulse/dev/grafana-admin")
+    sm.delete_secret(SecretId="gamepulse/dev/grafana-admin", RecoveryWindowInDays=7)
+    monkeypatch.setenv("GAMEPULSE_DB_CONNECTION", "Host=db.test;Password=changed-a-minute-later")
+    writes = len(harness.mutations(aws))
+
+    lagging_list(aws)
+    applied, outputs, _ = harness.run_step(STEP, manifest, aws)
+    assert [(c.action, c.name) for c in applied] == [
+        ("create", "db-connection"), ("create", "grafana-admin"), ("create", "slack-webhook")]
+    assert harness.mutations(aws)[writes:] == [
+        "secrets-manager:CreateSecret", "secrets-manager:PutSecretValue",  # the source differs: written
+        "secrets-manager:CreateSecret", "secrets-manager:RestoreSecret",  # scheduled for deletion: restored
+        "secrets-manager:CreateSecret"]  # same token and value: AWS answers the first create again
+    assert sorted(listed(sm)) == NAMES and not any("DeletedDate" in s for s in listed(sm).values())
+    assert value_of(sm, "gamepulse/dev/db-connection") == "Host=db.test;Password=changed-a-minute-later"
+    assert value_of(sm, "gamepulse/dev/grafana-admin") == generated  # a generated value is kept
+    assert outputs == first
+    assert harness.plan_step(STEP, manifest, aws) == []
+
+
+def test_a_lagging_list_hiding_a_secret_of_someone_else_still_refuses_it(manifest, aws, sm):
+    sm.create_secret(Name="gamepulse/dev/db-connection", SecretString="someone-elses-value")
+    lagging_list(aws)
+    with pytest.raises(OrchestratorError, match="secret gamepulse/dev/db-connection exists but does not carry"):
+        harness.run_step(STEP, manifest, aws)
+    assert value_of(sm, "gamepulse/dev/db-connection") == "someone-elses-value"
+    assert "Tags" not in listed(sm)["gamepulse/dev/db-connection"]
 
 
 def test_a_changed_environment_value_is_written_as_a_new_version(manifest, aws, sm, monkeypatch):

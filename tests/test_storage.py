@@ -90,8 +90,6 @@ def test_no_change_when_everything_matches(manifest):
     ("encryption", None, "s3:PutBucketEncryption"),
     ("ownership", "ObjectWriter", "s3:PutBucketOwnershipControls"),
     ("policy", None, "s3:PutBucketPolicy"),
-    ("tags", {"orchestrator:app": "gamepulse", "orchestrator:env": "dev", "orchestrator:step": "storage"},
-     "s3:PutBucketTagging"),
 ])
 def test_each_drifted_setting_is_put_back_alone(manifest, setting, drifted, call):
     desired = desired_for(manifest)
@@ -100,6 +98,18 @@ def test_each_drifted_setting_is_put_back_alone(manifest, setting, drifted, call
     (change,) = STEP.plan(desired, facts_for(desired, *found), {})
     assert (change.action, change.name, change.calls) == ("update", "loki-chunks", (call,))
     assert [(d.field, d.old, d.new) for d in change.diffs] == [(setting, drifted, getattr(loki, setting))]
+
+
+def test_a_missing_tag_of_ours_is_put_back_with_the_tags_others_added(manifest):
+    desired = desired_for(manifest)
+    loki = next(b for b in desired.buckets if b.key == "loki-chunks")
+    theirs = {"cost-allocation": "team-42"}
+    drifted = {k: v for k, v in loki.tags.items() if k != "project"} | theirs
+    found = [as_found(b, tags=dict(b.tags) | theirs) for b in desired.buckets if b is not loki]
+    (change,) = STEP.plan(desired, facts_for(desired, *found, as_found(loki, tags=drifted)), {})
+    assert (change.action, change.name, change.calls) == ("update", "loki-chunks", ("s3:PutBucketTagging",))
+    assert [(d.field, d.old, d.new) for d in change.diffs] == [("tags", {"project": None}, {"project": "gamepulse"})]
+    assert change.payload.tags == loki.tags | theirs  # the whole set PutBucketTagging writes
 
 
 def test_untagged_bucket_under_our_name_is_adopted_visibly(manifest):
@@ -270,3 +280,23 @@ def test_a_crash_after_any_call_converges_on_rerun(manifest, s3):
         harness.run_step(STEP, manifest, rerun)
         assert our_buckets(s3) == [CONFIG, LOKI], f"after a crash at call {n}"
         assert harness.plan_step(STEP, manifest, rerun) == [], f"after a crash at call {n}"
+
+
+def test_tags_others_added_survive_an_apply_and_make_no_plan_change(manifest, aws, s3):
+    harness.run_step(STEP, manifest, aws)
+    theirs = {"Key": "cost-allocation", "Value": "team-42"}
+    for name in (LOKI, CONFIG):
+        tag_set = s3.get_bucket_tagging(Bucket=name)["TagSet"]
+        s3.put_bucket_tagging(Bucket=name, Tagging={"TagSet": tag_set + [theirs]})
+    assert harness.plan_step(STEP, manifest, aws) == []
+
+    # One of ours removed by hand: put back, in a tag set that keeps theirs.
+    s3.put_bucket_tagging(Bucket=LOKI, Tagging={"TagSet": [
+        tag for tag in s3.get_bucket_tagging(Bucket=LOKI)["TagSet"] if tag["Key"] != "project"]})
+    (change,) = harness.plan_step(STEP, manifest, aws)
+    assert [(d.field, d.old, d.new) for d in change.diffs] == [("tags", {"project": None}, {"project": "gamepulse"})]
+    harness.run_step(STEP, manifest, aws)
+    for name in (LOKI, CONFIG):
+        tags = s3.get_bucket_tagging(Bucket=name)["TagSet"]
+        assert theirs in tags and {"Key": "project", "Value": "gamepulse"} in tags
+    assert harness.plan_step(STEP, manifest, aws) == []

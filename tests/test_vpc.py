@@ -1,14 +1,19 @@
 """The vpc step against moto: apply, idempotence, drift, destroy, crashes, per-zone NAT."""
 from __future__ import annotations
 
+import copy
+
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.ec2.models import ec2_backends
 
 from orchestrator import tags as tagging
-from orchestrator.errors import StepFailed
+from orchestrator import waiters
+from orchestrator.errors import OrchestratorError, StepFailed
 from orchestrator.manifest import load_manifest
-from orchestrator.waiters import WaitFailed
+from orchestrator.waiters import WaitFailed, WaitTimeout
 from steps.vpc import VpcStep
 from tests.conftest import MANIFESTS
 from tests.harness import Crash, crash_after, forget_crash, mutations, plan_step, run_step
@@ -90,6 +95,55 @@ def refuse_deleting_referenced_groups(aws) -> None:
                               "DeleteSecurityGroup")
 
     aws.client("ec2").meta.events.register("before-parameter-build.ec2.DeleteSecurityGroup", check)
+
+
+class ClientTokens:
+    """moto gap: EC2 ignores `ClientToken`. AWS remembers each token with its request: the same
+    token with the same parameters answers with what the first call made; with other parameters
+    it fails with IdempotentParameterMismatch. One memory for every `Aws` it is installed on."""
+
+    def __init__(self):
+        self.seen: dict[str, tuple[dict, dict]] = {}  # token → (request, response)
+
+    def install(self, aws):
+        aws.register("before-call.ec2", self._before)
+        aws.register("after-call.ec2", self._after)
+        return aws
+
+    def _before(self, params, model, context, **kwargs):
+        request = params["body"]
+        token = request.get("ClientToken")
+        if token is None:
+            return None
+        if token not in self.seen:
+            context["client_token"] = (token, copy.deepcopy(request))
+            return None
+        earlier, response = self.seen[token]
+        if earlier != request:
+            raise ClientError({"Error": {"Code": "IdempotentParameterMismatch",
+                                         "Message": f"token {token} was used with other parameters"}}, model.name)
+        return _Ok(), copy.deepcopy(response)
+
+    def _after(self, http_response, parsed, context, **kwargs):
+        if "client_token" in context and http_response.status_code < 300:
+            token, request = context.pop("client_token")
+            self.seen[token] = (request, copy.deepcopy(parsed))
+
+
+def still_in_use(aws, operation: str, times: int) -> list[str]:
+    """On AWS the network interfaces of a load balancer, endpoint or NAT gateway just deleted
+    linger for minutes, and deletes that need them gone answer DependencyViolation until then:
+    refuse the first `times` calls of `operation`. Returns the attempts, as they happen."""
+    attempts: list[str] = []
+
+    def refuse(**kwargs):
+        attempts.append(operation)
+        if len(attempts) <= times:
+            raise ClientError({"Error": {"Code": "DependencyViolation",
+                                         "Message": "The resource has a dependent object"}}, operation)
+
+    aws.register(f"before-call.ec2.{operation}", refuse)
+    return attempts
 
 
 @pytest.fixture
@@ -261,9 +315,100 @@ def test_destroy_removes_what_is_ours_and_only_that(manifest, aws, ec2):
     assert run_step(STEP, manifest, forget_crash(aws), destroy=True)[0] == []
 
 
+@pytest.mark.parametrize("operation", ["DeleteSubnet", "DetachInternetGateway", "DeleteSecurityGroup",
+                                       "DeleteVpc"])
+def test_destroy_waits_while_lingering_network_interfaces_hold_the_network(manifest, aws, ec2, operation):
+    run_step(STEP, manifest, aws)
+    later = forget_crash(aws)
+    attempts = still_in_use(later, operation, times=30)  # well past a few retries: minutes on AWS
+    run_step(STEP, manifest, later, destroy=True)
+    assert len(attempts) > 30
+    assert all(count == 0 for count in counts(ec2).values()), counts(ec2)
+
+
+def test_a_delete_still_refused_after_ten_minutes_fails_naming_the_resource(manifest, aws, monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(waiters, "clock", lambda: now[0])
+    monkeypatch.setattr(waiters, "sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
+    run_step(STEP, manifest, aws)
+    later = forget_crash(aws)
+    still_in_use(later, "DeleteSubnet", times=10**6)
+    with pytest.raises(WaitTimeout, match=r"deletion of subnet private-us-east-1a \(subnet-\w+\) after \d+s "
+                                          r"\(last status: DependencyViolation\)"):
+        run_step(STEP, manifest, later, destroy=True)
+    assert 540 <= now[0] <= 600
+
+
 def _referenced_group(ec2) -> str:
     """The alb group: the app group's rule references it."""
     return next(g["GroupId"] for g in ours(ec2)["groups"] if g["GroupName"] == "gamepulse-dev-alb")
+
+
+# --- idempotency tokens ---------------------------------------------------------------------
+
+
+def test_apply_after_destroy_uses_new_client_tokens(manifest, aws, ec2):
+    """The route tables, endpoints and NAT gateway of an apply after a destroy go into a new VPC,
+    subnets and address: a token of the first apply would be a mismatch on AWS."""
+    tokens = ClientTokens()
+    recorded: dict = {}
+    run_step(STEP, manifest, tokens.install(aws), recorded=recorded)
+    run_step(STEP, manifest, tokens.install(forget_crash(aws)), recorded=recorded, destroy=True)
+    run_step(STEP, manifest, tokens.install(forget_crash(aws)), recorded=recorded)
+    assert counts(ec2) == DEV_COUNTS
+    assert len(tokens.seen) == 2 * (2 + 5 + 1)  # route tables, endpoints, NAT gateway: twice each
+
+
+def test_nat_gateway_after_failed_ones_expired_is_a_new_one(manifest, aws, ec2):
+    """moto gap: NAT gateways never fail, and failed ones never go away. Here the first two fail
+    (and let go of their address, as on AWS), then AWS drops the first (about an hour later): the
+    next create must not reuse the token of the second, which AWS would answer with that failed
+    gateway."""
+    tokens = ClientTokens()
+    gateways = ec2_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].nat_gateways
+    made: list[str] = []
+
+    def fail_the_first_two(parsed, **kwargs):
+        nat_id = parsed["NatGateway"]["NatGatewayId"]
+        if nat_id not in made:
+            made.append(nat_id)
+            if len(made) <= 2:
+                gateways[nat_id].state = "failed"
+                allocation = parsed["NatGateway"]["NatGatewayAddresses"][0]["AllocationId"]
+                address = ec2.describe_addresses(AllocationIds=[allocation])["Addresses"][0]
+                ec2.disassociate_address(AssociationId=address["AssociationId"])
+
+    def install(aws):
+        aws.register("after-call.ec2.CreateNatGateway", fail_the_first_two)
+        return tokens.install(aws)
+
+    recorded: dict = {}
+    current = install(aws)
+    for _ in range(2):
+        with pytest.raises(WaitFailed, match="is failed"):
+            run_step(STEP, manifest, current, recorded=recorded)
+        current = install(forget_crash(current))
+    del gateways[made[0]]
+    _, outputs, _ = run_step(STEP, manifest, current, recorded=recorded)
+    assert len(made) == 3 and outputs["nat_gateway_ids"] == [made[2]]
+    assert ec2.describe_nat_gateways(NatGatewayIds=[made[2]])["NatGateways"][0]["State"] == "available"
+
+
+# --- ownership ------------------------------------------------------------------------------
+
+
+def test_subnet_not_ours_in_another_zone_is_refused_not_replaced(manifest, aws, ec2, applied):
+    """A subnet of our VPC without our tags is matched by its range; one in another zone than
+    the manifest's would be replaced, deleting what someone else made."""
+    outputs, recorded = applied
+    ec2.delete_subnet(SubnetId=outputs["public_subnet_ids"][1])
+    theirs = ec2.create_subnet(VpcId=outputs["vpc_id"], CidrBlock="10.20.33.0/24",
+                               AvailabilityZone="us-east-1c")["Subnet"]["SubnetId"]
+    later = forget_crash(aws)
+    with pytest.raises(OrchestratorError, match=f"subnet {theirs} .*does not carry this environment's ownership"):
+        run_step(STEP, manifest, later, recorded=recorded)
+    assert mutations(later) == []
+    assert ec2.describe_subnets(SubnetIds=[theirs])["Subnets"]
 
 
 # --- crashes --------------------------------------------------------------------------------

@@ -291,10 +291,10 @@ def test_failed_nat_gateway_is_created_again(dev):
     desired = STEP.desired(dev, INPUTS)
     facts = applied(desired)
     del facts.nat_gateways["nat-us-east-1a"]
-    facts.failed_nat_gateways["nat-us-east-1a"] = 1
+    facts.failed_nat_gateways["nat-us-east-1a"] = ["nat-failed-1"]
     changes = STEP.plan(desired, facts, {})
     assert keys(changes) == ["create nat_gateway/nat-us-east-1a", "update route_table/private"]
-    assert changes[0].note == "1 earlier attempt(s) failed"
+    assert changes[0].note == "1 earlier attempt(s) failed: nat-failed-1"
     assert changes[0].diffs[1].new == "eipalloc-nat-us-east-1a"  # the address is reused
 
 
@@ -330,6 +330,23 @@ def test_resources_not_ours_are_never_deleted(dev):
     facts.security_groups["sg-foreign"] = SeenGroup(id="sg-foreign", tags={}, owned=False, description="theirs")
     assert STEP.plan(desired, facts, {}) == []
     assert not [c for c in STEP.plan_destroy(facts) if "foreign" in c.name]
+
+
+def test_subnet_not_ours_in_another_zone_is_refused_not_replaced(dev):
+    desired = STEP.desired(dev, INPUTS)
+    facts = applied(desired)
+    facts.subnets["public-us-east-1b"] = SeenSubnet(id="subnet-theirs", tags={}, owned=False, cidr="10.20.33.0/24",
+                                                    zone="us-east-1c", map_public_ip_on_launch=False)
+    with pytest.raises(OrchestratorError, match="subnet subnet-theirs .*does not carry this environment's"):
+        STEP.plan(desired, facts, {})
+
+
+def test_security_group_not_ours_with_another_description_is_refused_not_replaced(dev):
+    desired = STEP.desired(dev, INPUTS)
+    facts = applied(desired)
+    facts.security_groups["alb"] = SeenGroup(id="sg-theirs", tags={}, owned=False, description="look-alike")
+    with pytest.raises(OrchestratorError, match=r"security group gamepulse-dev-alb \(sg-theirs.*does not carry"):
+        STEP.plan(desired, facts, {})
 
 
 def test_destroy_goes_in_a_safe_order_and_revokes_group_references_first(dev):
