@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from orchestrator import tags as tagging
-from orchestrator.aws import error_code
+from orchestrator.aws import unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step, diff_fields
 from orchestrator.retry import eventually
@@ -254,12 +254,8 @@ class AlbStep(Step):
     @staticmethod
     def _find_load_balancer(elb, name: str) -> dict | None:
         """By name: `create_load_balancer` is never sent for a name that exists."""
-        try:
-            return elb.describe_load_balancers(Names=[name])["LoadBalancers"][0]
-        except Exception as error:
-            if error_code(error) == "LoadBalancerNotFound":
-                return None
-            raise
+        found = unless_code({"LoadBalancerNotFound"}, elb.describe_load_balancers, Names=[name])
+        return found["LoadBalancers"][0] if found else None
 
     @staticmethod
     def _tags(elb, arns: list[str]) -> dict[str, dict[str, str]]:
@@ -552,11 +548,7 @@ class AlbStep(Step):
 
     def _delete_rule(self, ctx, change: Change, observed: AlbFacts) -> None:
         seen: ObservedRule = change.payload
-        try:
-            ctx.client("elbv2").delete_rule(RuleArn=seen.arn)
-        except Exception as error:
-            if error_code(error) != "RuleNotFound":  # gone with its listener
-                raise
+        unless_code({"RuleNotFound"}, ctx.client("elbv2").delete_rule, RuleArn=seen.arn)  # gone with its listener?
         observed.rules.remove(seen)
 
     # -- outputs and destroy ----------------------------------------------------------------
@@ -715,13 +707,8 @@ def _load_balancer_state(elb, name: str) -> tuple[bool, str]:
 
 
 def _load_balancer_gone(elb, name: str) -> tuple[bool, str]:
-    try:
-        lb = elb.describe_load_balancers(Names=[name])["LoadBalancers"][0]
-    except Exception as error:
-        if error_code(error) == "LoadBalancerNotFound":
-            return True, "deleted"
-        raise
-    return False, lb["State"]["Code"]
+    found = unless_code({"LoadBalancerNotFound"}, elb.describe_load_balancers, Names=[name])
+    return (False, found["LoadBalancers"][0]["State"]["Code"]) if found else (True, "deleted")
 
 
 STEP = AlbStep

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from orchestrator import tags as tagging
-from orchestrator.aws import error_code
+from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step, diff_fields
 from orchestrator.waiters import WaitFailed
@@ -305,11 +305,7 @@ class EcsStep(Step):
         observed.log_groups[group.name].retention_days = group.retention_days
 
     def _delete_log_group(self, ctx, change: Change, observed: EcsFacts) -> None:
-        try:
-            ctx.client("logs").delete_log_group(logGroupName=change.name)
-        except Exception as error:
-            if error_code(error) != "ResourceNotFoundException":
-                raise
+        unless_code({"ResourceNotFoundException"}, ctx.client("logs").delete_log_group, logGroupName=change.name)
         observed.log_groups.pop(change.name, None)
 
     def _create_namespace(self, ctx, change: Change, observed: EcsFacts) -> None:
