@@ -48,6 +48,28 @@ def understand_secure_transport() -> None:
     FakeBucket.get_permission = get_permission
 
 
+def serialize_requests() -> None:
+    """moto gap: its backends are plain dicts without locks, so requests served at once can
+    break each other (a tagging-API read iterating resources while another request adds one
+    fails with "dictionary changed size during iteration"). AWS serves concurrent requests;
+    the orchestrator sends them (steps run in parallel). Serve moto's one request at a time,
+    in-process and in the server."""
+    import threading
+
+    from moto.core.botocore_stubber import BotocoreStubber
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    lock = threading.RLock()
+    for cls in (BotocoreStubber, DomainDispatcherApplication):
+        original = cls.__call__
+
+        def locked(self, *args, _original=original, **kwargs):
+            with lock:
+                return _original(self, *args, **kwargs)
+
+        cls.__call__ = locked
+
+
 _applied = False
 
 
@@ -57,6 +79,7 @@ def apply_fixes() -> None:
     if not _applied:
         keep_create_bucket_tags()
         understand_secure_transport()
+        serialize_requests()
         _applied = True
 
 
