@@ -264,19 +264,18 @@ class StateStore:
     def record_change(self, lease: "Lease", step: str, change: Change) -> None:
         """Called as soon as AWS accepted one change, so a crash later still leaves its record.
 
-        Writes only what is new: the first change of the step in this run (status "applying")
-        and any change to the last-applied configuration. Changes that carry no record leave
-        nothing to keep, since resources are found again by name and tag.
+        Writes only when the last-applied configuration changes. A change that carries no
+        record leaves nothing to keep: resources are found again by name and tag, and the run
+        record and the lock say that a run is under way.
         """
         record = self._current(step)
-        before = copy.deepcopy(record)
-        applied = record.setdefault("applied", {})
+        applied = dict(record.get("applied") or {})
         if change.action == "delete":
             applied.pop(change.key, None)
         elif change.record is not None:
             applied[change.key] = _plain(_storable(change.record))
-        record.update(status="applying", last_run=lease.run_id)
-        if record != {**before, "applied": before.get("applied", {})}:
+        if applied != (record.get("applied") or {}):
+            record.update(applied=applied, status="applying", last_run=lease.run_id)
             self._put_step(lease, record)
 
     def finish_step(self, lease: "Lease", step: str, *, status: str, desired_hash: str, outputs: dict,
