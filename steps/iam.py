@@ -142,8 +142,9 @@ def ecs_tasks_trust(account_id: str) -> dict:
 
 @dataclass(frozen=True)
 class GrantContext:
-    """What grant statements refer to: bucket names, the cluster, region and account."""
+    """What grant statements refer to: the task's service, bucket names, the cluster, region and account."""
 
+    service: str
     buckets: dict[str, str]
     cluster: str
     region: str
@@ -158,9 +159,12 @@ class GrantContext:
 
 
 def _config_read(where: GrantContext) -> list[dict]:
+    """A task reads its own service's configuration bundles (`<service>/<content hash>/…` in
+    the config bucket) and nothing else there."""
     config = where.bucket("config")
-    return [allow("ConfigBundleRead", ["s3:GetObject"], f"arn:aws:s3:::{config}/*"),
-            allow("ConfigBundleList", ["s3:ListBucket"], f"arn:aws:s3:::{config}")]
+    return [allow("ConfigBundleRead", ["s3:GetObject"], f"arn:aws:s3:::{config}/{where.service}/*"),
+            allow("ConfigBundleList", ["s3:ListBucket"], f"arn:aws:s3:::{config}",
+                  {"StringLike": {"s3:prefix": [f"{where.service}/*"]}})]
 
 
 def _loki_bucket(where: GrantContext) -> list[dict]:
@@ -214,8 +218,7 @@ class IamStep(Step):
         tags = tagging.ownership_tags(manifest.app, manifest.environment, self.name, manifest.tags)
         trust = ecs_tasks_trust(inputs.account_id)
         buckets = inputs.output("storage", "buckets")
-        where = GrantContext(buckets=buckets if isinstance(buckets, dict) else {}, cluster=prefix,
-                             region=inputs.region, account_id=inputs.account_id)
+        buckets = buckets if isinstance(buckets, dict) else {}
         secret_arns = _known(inputs.output("secrets", "arns"))
         execution = DesiredRole(
             key=EXECUTION, name=f"{prefix}-execution", description=f"{prefix}: ECS task execution role",
@@ -225,6 +228,8 @@ class IamStep(Step):
             managed_policies=tuple(sorted(manifest.iam.execution_role_managed_policies)), tags=tags)
         roles = {execution.name: execution}
         for key, spec in sorted(manifest.iam.task_roles.items()):
+            where = GrantContext(service=key, buckets=buckets, cluster=prefix, region=inputs.region,
+                                 account_id=inputs.account_id)
             statements = [s for grant in dict.fromkeys(spec.grants) for s in GRANTS[grant](where)]
             role = DesiredRole(key=key, name=f"{prefix}-task-{key}", description=f"{prefix}: task role of {key}",
                                trust_policy=trust,

@@ -68,9 +68,10 @@ def test_task_roles_get_only_what_their_grants_name(manifest):
     config = f"arn:aws:s3:::{BUCKETS['config']}"
     app = statements(roles["gamepulse"])
     assert app == {"ConfigBundleRead": {"Sid": "ConfigBundleRead", "Effect": "Allow", "Action": ["s3:GetObject"],
-                                        "Resource": f"{config}/*"},
+                                        "Resource": f"{config}/gamepulse/*"},
                    "ConfigBundleList": {"Sid": "ConfigBundleList", "Effect": "Allow", "Action": ["s3:ListBucket"],
-                                        "Resource": config}}
+                                        "Resource": config,
+                                        "Condition": {"StringLike": {"s3:prefix": ["gamepulse/*"]}}}}
     loki = statements(roles["loki"])
     loki_bucket = f"arn:aws:s3:::{BUCKETS['loki-chunks']}"
     assert loki["LokiChunksReadWrite"]["Resource"] == f"{loki_bucket}/*"
@@ -97,7 +98,7 @@ def test_a_plan_from_nothing_shows_unknown_upstream_values_without_failing(manif
     secrets_policy = next(c for c in changes if c.name == "gamepulse-dev-execution/read-secrets")
     assert secrets_policy.diffs[0].new["Statement"][0]["Resource"] == [KNOWN_AFTER_APPLY]
     grants = next(c for c in changes if c.name == "gamepulse-dev-task-gamepulse/grants")
-    assert f"arn:aws:s3:::{KNOWN_AFTER_APPLY}/*" in json.dumps(grants.to_dict())
+    assert f"arn:aws:s3:::{KNOWN_AFTER_APPLY}/gamepulse/*" in json.dumps(grants.to_dict())
 
 
 def test_plan_from_nothing_creates_each_role_before_its_policies(manifest):
