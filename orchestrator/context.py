@@ -23,6 +23,8 @@ class StepContext:
     #: True when observing for `destroy`: facts only a delete needs (does a bucket hold objects?)
     #: are read then, and for resources the manifest no longer wants, but not on every apply.
     destroying: bool = False
+    #: Raises when the step must stop at once (Ctrl-C, the lock lost); called between polls.
+    stop: Callable[[], None] = lambda: None
     log: object = field(default=None)
 
     def __post_init__(self) -> None:
@@ -62,7 +64,7 @@ class StepContext:
         return hashlib.sha256(basis.encode()).hexdigest()[:32]
 
     def wait(self, what: str, check: Callable[[], tuple[bool, str]], **kwargs) -> str:
-        return waiters.wait_until(what, check, log=self.log, **kwargs)
+        return waiters.wait_until(what, check, log=self.log, stop=self.stop, **kwargs)
 
     @staticmethod
     def secret(value: str) -> str:

@@ -70,6 +70,50 @@ def serialize_requests() -> None:
         cls.__call__ = locked
 
 
+def emulate_efs_backup_policy() -> None:
+    """moto gap (MOTO-NOTES: EFS): `PutBackupPolicy` is not implemented (NotImplementedError
+    in-process, HTTP 500 in the server), and `DescribeBackupPolicy` knows only the `Backup` flag
+    of the create call and fails on an unknown id (KeyError / HTTP 500). Store the status that
+    PutBackupPolicy sets on the file system and answer both as AWS does: the policy, or
+    PolicyNotFound (404) for a file system that never had one, or FileSystemNotFound (404)."""
+    from moto.efs.exceptions import BadRequest, FileSystemNotFound
+    from moto.efs.models import EFSBackend, FileSystem
+    from moto.efs.responses import EFSResponse
+
+    def file_system(backend, file_system_id: str):
+        if file_system_id not in backend.file_systems_by_id:
+            raise FileSystemNotFound(file_system_id)
+        return backend.file_systems_by_id[file_system_id]
+
+    created_policy = FileSystem.backup_policy.fget
+    # A put policy wins over the create call's `Backup` flag (private: not in DescribeFileSystems).
+    FileSystem.backup_policy = property(
+        lambda fs: {"Status": fs._put_backup_status} if getattr(fs, "_put_backup_status", None)
+        else created_policy(fs))
+
+    original_describe = EFSBackend.describe_backup_policy
+
+    def describe_backup_policy(self, file_system_id: str):
+        file_system(self, file_system_id)
+        return original_describe(self, file_system_id)
+
+    def put_backup_policy(self, file_system_id: str, status: str | None) -> dict[str, str]:
+        fs = file_system(self, file_system_id)
+        if status not in ("ENABLED", "DISABLED"):
+            raise BadRequest(f"Invalid backup policy status: {status!r}; expected ENABLED or DISABLED.")
+        fs._put_backup_status = status
+        return fs.backup_policy
+
+    def respond_put_backup_policy(self):
+        status = (self._get_param("BackupPolicy") or {}).get("Status")
+        policy = self.efs_backend.put_backup_policy(self._get_param("FileSystemId"), status)
+        return json.dumps({"BackupPolicy": policy}), {"Content-Type": "application/json"}
+
+    EFSBackend.describe_backup_policy = describe_backup_policy
+    EFSBackend.put_backup_policy = put_backup_policy
+    EFSResponse.put_backup_policy = respond_put_backup_policy
+
+
 _applied = False
 
 
@@ -80,6 +124,7 @@ def apply_fixes() -> None:
         keep_create_bucket_tags()
         understand_secure_transport()
         serialize_requests()
+        emulate_efs_backup_policy()
         _applied = True
 
 

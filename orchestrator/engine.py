@@ -48,10 +48,17 @@ def desired_hash(desired: Any) -> str:
 
 
 def describe_error(error: Exception) -> str:
-    """A one-line, secret-free description of what went wrong."""
+    """A one-line, secret-free description of what went wrong, naming the AWS operation."""
     code = error_code(error)
-    text = str(error) if not code else f"{code}: {error.response.get('Error', {}).get('Message', '')}"
-    return redactor.clean(text.strip() or type(error).__name__)
+    if not code:
+        return redactor.clean(str(error).strip() or type(error).__name__)
+    message = error.response.get("Error", {}).get("Message", "").strip()
+    if message.startswith("<"):  # a web page, not an AWS answer: say so instead of printing HTML
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", code)
+        message = (f"HTTP {status} with a web page instead of an AWS answer (does the endpoint, an emulator or "
+                   "proxy, support this operation?)")
+    operation = getattr(error, "operation_name", "")
+    return redactor.clean(f"{operation + ': ' if operation else ''}{code}: {message}")
 
 
 class Engine:
@@ -127,8 +134,12 @@ class Engine:
             work(name, result)
             if result.status != "kept":
                 result.status = "ok"
-        except (LockLost, Interrupted) as error:
+        except LockLost as error:
             result.status, result.error = "failed", str(error)
+        except Interrupted as error:
+            result.status, result.error = "failed", str(error)
+            if self.store is not None and self.lease is not None and not self.lease.lost:
+                self._finish_record(name, result, None)
         except Exception as error:  # any failure ends this step; the run reports it
             result.status, result.error = "failed", describe_error(error)
             log.error("step failed", step=name, error=result.error)
@@ -141,7 +152,15 @@ class Engine:
     # -- the three kinds of work ----------------------------------------------------------------
 
     def _context(self, name: str, destroying: bool = False) -> StepContext:
-        return StepContext(aws=self.aws, manifest=self.manifest, step=name, allow=self.allow, destroying=destroying)
+        return StepContext(aws=self.aws, manifest=self.manifest, step=name, allow=self.allow, destroying=destroying,
+                           stop=self._stop_if_needed)
+
+    def _stop_if_needed(self, before: str = "") -> None:
+        """Raise unless this run may go on changing AWS: not interrupted, lock still held."""
+        if self.cancelled.is_set():
+            raise Interrupted(f"interrupted{' before ' + before if before else ''}")
+        if self.lease is not None:
+            self.lease.check_current()
 
     def _inputs(self, name: str, *, from_records: bool = False) -> Inputs:
         step = self.graph.steps[name]
@@ -197,15 +216,12 @@ class Engine:
 
     def _execute(self, step, ctx: StepContext, result: StepResult, observed) -> None:
         for change in result.changes:
-            if self.cancelled.is_set():
-                raise Interrupted(f"interrupted before {change.action} {change.kind} {change.name}")
             if change.blocked and change.blocked not in self.allow:
                 result.refused.append(change)
                 log.warning("refused", step=step.name, kind=change.kind, name=change.name,
                             why=change.note or f"needs --{change.blocked}")
                 continue
-            if self.lease is not None:
-                self.lease.check()
+            self._stop_if_needed(before=f"{change.action} {change.kind} {change.name}")
             log.info(_verb(change), step=step.name, kind=change.kind, name=change.name)
             step.apply(ctx, change, observed)
             result.applied.append(change)

@@ -61,10 +61,13 @@ def run_concurrently(waits_for: dict[str, set[str]], work: Callable[[str], bool]
                 for future in done:
                     outcome[running.pop(future)] = "ok" if future.result() else "failed"
             except KeyboardInterrupt:
+                pending.clear()
                 if not interrupted:
                     interrupted = True
-                    on_interrupt()
-                pending.clear()
+                    try:
+                        on_interrupt()
+                    except KeyboardInterrupt:  # pressed again at once: the wait for running work goes on
+                        pass
     if interrupted:
         raise KeyboardInterrupt
     return outcome

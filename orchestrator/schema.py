@@ -219,6 +219,9 @@ class IamSpec(Section):
 
 
 class RepositorySpec(Section):
+    name: str | None = Field(None, pattern=r"^[a-z0-9]+(?:[._/-][a-z0-9]+)*$",
+                             description="repository name; default: the key. Repositories are per account, so "
+                                         "environments sharing an account need names of their own")
     scan_on_push: bool = True
     tag_mutability: Literal["IMMUTABLE", "MUTABLE"] = "IMMUTABLE"
     encryption: Literal["AES256", "KMS"] = "AES256"

@@ -264,9 +264,9 @@ class StateStore:
     def record_change(self, lease: "Lease", step: str, change: Change) -> None:
         """Called as soon as AWS accepted one change, so a crash later still leaves its record.
 
-        Writes only when the last-applied configuration changes. A change that carries no
-        record leaves nothing to keep: resources are found again by name and tag, and the run
-        record and the lock say that a run is under way.
+        Writes only what is new: the first change of the step in this run (status "applying",
+        so `status` never shows a half-changed step as ok) and any change to the last-applied
+        configuration.
         """
         record = self._current(step)
         applied = dict(record.get("applied") or {})
@@ -274,7 +274,8 @@ class StateStore:
             applied.pop(change.key, None)
         elif change.record is not None:
             applied[change.key] = _plain(_storable(change.record))
-        if applied != (record.get("applied") or {}):
+        first_of_run = record.get("status") != "applying" or record.get("last_run") != lease.run_id
+        if first_of_run or applied != (record.get("applied") or {}):
             record.update(applied=applied, status="applying", last_run=lease.run_id)
             self._put_step(lease, record)
 
@@ -412,13 +413,17 @@ class Lease:
         self.taken_by = holder if holder and holder.get("run_id") else None  # a freed lock keeps its fence
         log.error("lock lost", run_id=self.run_id, taken_by=holder.get("run_id") if holder else None)
 
-    def check(self) -> None:
-        """Raise LockLost unless this run may still change AWS: its lock was not taken, and the
-        lease is not about to end unrenewed (the heartbeat could not reach DynamoDB)."""
+    def check_current(self) -> None:
+        """Before changing AWS: raise LockLost unless the lock is ours and its lease is not
+        about to end unrenewed (the heartbeat could not reach DynamoDB)."""
+        self.check()
         margin = min(10, self.store.manifest.state.lock_lease_seconds / 4)
-        if not self.lost and clock() >= self.expires_at - margin:
+        if clock() >= self.expires_at - margin:
             raise LockLost(f"could not renew this run's lock before its lease ends at {_iso(self.expires_at)}; "
                            "stopping before another run may take it over")
+
+    def check(self) -> None:
+        """Raise LockLost if the lock was taken over or broken (state writes are fenced anyway)."""
         if not self.lost:
             return
         if self.taken_by:

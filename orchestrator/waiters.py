@@ -30,11 +30,12 @@ class WaitFailed(OrchestratorError):
 
 
 def wait_until(what: str, check: Callable[[], tuple[bool, str]], *, timeout: float = 900.0,
-               max_delay: float = 15.0, log=None) -> str:
+               max_delay: float = 15.0, log=None, stop: Callable[[], None] | None = None) -> str:
     """Poll `check()` → (done, status) until done; return the final status.
 
     `check` raises `WaitFailed` for a terminal failure state (a NAT gateway that `failed`).
     Progress is logged on every poll after the first, naming what is awaited and for how long.
+    `stop()`, called between polls, raises to end the wait early (Ctrl-C, a lost lock).
     """
     log = log or structlog.get_logger("orchestrator.wait")
     started = clock()
@@ -52,11 +53,13 @@ def wait_until(what: str, check: Callable[[], tuple[bool, str]], *, timeout: flo
             raise WaitTimeout(f"gave up waiting for {what} after {elapsed:.0f}s (last status: {status})")
         log.info("waiting", what=what, status=status, waited_s=round(elapsed, 1), next_check_s=delay)
         sleep(delay)
+        if stop is not None:
+            stop()
         delay = min(delay * 2, max_delay)
 
 
 def retry_while(what: str, call: Callable[[], T], codes: Iterable[str], *, timeout: float = 600.0,
-                max_delay: float = 15.0, log=None) -> T:
+                max_delay: float = 15.0, log=None, stop: Callable[[], None] | None = None) -> T:
     """Call `call()` until it stops failing with one of the AWS error `codes` (a delete AWS
     refuses while a dependant is still going away); return its result.
 
@@ -75,5 +78,5 @@ def retry_while(what: str, call: Callable[[], T], codes: Iterable[str], *, timeo
             return False, error_code(error)
         return True, "done"
 
-    wait_until(what, attempt, timeout=timeout, max_delay=max_delay, log=log)
+    wait_until(what, attempt, timeout=timeout, max_delay=max_delay, log=log, stop=stop)
     return result[0]

@@ -20,6 +20,7 @@ from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step
 
 @dataclass(frozen=True)
 class DesiredRepository:
+    key: str  # the manifest's name, which outputs and the services step use
     name: str
     scan_on_push: bool
     tag_mutability: str
@@ -124,11 +125,11 @@ class EcrStep(Step):
     def desired(self, manifest, inputs) -> EcrDesired:
         tags = tagging.ownership_tags(manifest.app, manifest.environment, self.name, manifest.tags)
         repositories = {
-            name: DesiredRepository(name=name, scan_on_push=spec.scan_on_push, tag_mutability=spec.tag_mutability,
-                                    encryption=spec.encryption,
-                                    lifecycle_policy=lifecycle_policy(spec.expire_untagged_days, spec.keep_tagged),
-                                    tags=tags)
-            for name, spec in sorted(manifest.images.repositories.items())}
+            spec.name or key: DesiredRepository(
+                key=key, name=spec.name or key, scan_on_push=spec.scan_on_push, tag_mutability=spec.tag_mutability,
+                encryption=spec.encryption, lifecycle_policy=lifecycle_policy(spec.expire_untagged_days, spec.keep_tagged),
+                tags=tags)
+            for key, spec in sorted(manifest.images.repositories.items())}
         return EcrDesired(app=manifest.app, env=manifest.environment, repositories=repositories)
 
     # -- observe ---------------------------------------------------------------------------
@@ -220,8 +221,8 @@ class EcrStep(Step):
         def known(name: str, attribute: str) -> str:
             return getattr(observed.owned[name], attribute) if name in observed.owned else KNOWN_AFTER_APPLY
 
-        return {"repositories": {name: known(name, "uri") for name in desired.repositories},
-                "repository_arns": {name: known(name, "arn") for name in desired.repositories}}
+        return {"repositories": {repo.key: known(name, "uri") for name, repo in desired.repositories.items()},
+                "repository_arns": {repo.key: known(name, "arn") for name, repo in desired.repositories.items()}}
 
     def plan_destroy(self, observed: EcrFacts) -> list[Change]:
         return [_delete(current, "destroy") for _, current in sorted(observed.owned.items())]

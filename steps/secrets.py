@@ -146,8 +146,9 @@ class SecretsStep(Step):
                 facts.owned[key] = secret
             elif key in desired.secrets:
                 facts.foreign[key] = secret
-        sources = self._read_sources(ctx, desired, facts)
-        self._compare_values(ctx, client, facts, sources)
+        if not ctx.destroying:  # a destroy needs no value: it never reads the sources
+            sources = self._read_sources(ctx, desired, facts)
+            self._compare_values(ctx, client, facts, sources)
         return facts
 
     @staticmethod
@@ -164,10 +165,12 @@ class SecretsStep(Step):
     def _read_sources(ctx, desired: SecretsDesired, facts: SecretsFacts) -> dict[str, str]:
         """Values of the env and file sources, by key, each registered with the redactor at once.
 
-        A source that cannot be read is an error (raised now, at plan time) for a secret that
-        does not exist yet; for one that exists, its current value is kept, with a warning.
+        A source that cannot be read is an error (raised now, at plan time, naming every such
+        secret at once) for a secret that does not exist yet; for one that exists, its current
+        value is kept, with a warning.
         """
         values: dict[str, str] = {}
+        unavailable: list[str] = []
         for key, secret in desired.secrets.items():
             if secret.source == "generate":
                 continue
@@ -175,10 +178,13 @@ class SecretsStep(Step):
                 values[key] = ctx.secret(read_source(secret))
             except SourceUnavailable as problem:
                 if key not in facts.owned:
-                    raise
+                    unavailable.append(str(problem))
+                    continue
                 facts.missing_sources.add(key)
                 ctx.log.warning("secret source unavailable; keeping the current value", secret=secret.name,
                                 problem=str(problem))
+        if unavailable:
+            raise SourceUnavailable("; ".join(unavailable))
         return values
 
     @staticmethod

@@ -41,6 +41,9 @@ NOT_VISIBLE_YET = frozenset({
 #: those interfaces can linger for minutes, so such deletes are retried for up to IN_USE_TIMEOUT.
 STILL_IN_USE = frozenset({"DependencyViolation", "InvalidIPAddress.InUse"})
 IN_USE_TIMEOUT = 600.0
+#: During an apply (a replacement) what holds the resource belongs to later steps and will not
+#: let go: give up soon and say so, rather than wait ten minutes.
+IN_USE_TIMEOUT_APPLYING = 30.0
 
 #: Kinds in the order their deletes are safe: what uses a resource goes before it.
 DELETE_ORDER = ("endpoint", "nat_gateway", "eip", "route_table", "internet_gateway", "subnet", "ingress",
@@ -1183,7 +1186,8 @@ def _delete(ctx, what: str, call, **params) -> None:
     """A delete that tolerates the resource being gone already and, while AWS says it is still
     in use, tries again with backoff for up to IN_USE_TIMEOUT, reporting progress."""
     try:
-        waiters.retry_while(what, lambda: eventually(call, **params), STILL_IN_USE, timeout=IN_USE_TIMEOUT,
+        timeout = IN_USE_TIMEOUT if ctx.destroying else IN_USE_TIMEOUT_APPLYING
+        waiters.retry_while(what, lambda: eventually(call, **params), STILL_IN_USE, timeout=timeout, stop=ctx.stop,
                             log=ctx.log)
     except ClientError as error:
         if not error_code(error).endswith("NotFound"):

@@ -123,16 +123,25 @@ def test_plan_before_apply_lists_creates_and_exits_2_with_detailed_exitcode(endp
     assert tables == [], "plan must not create the state table"
 
 
-def test_two_applies_at_once_one_runs_the_other_exits_3(endpoint):
-    env = {**os.environ, **FAKE_ENV, "AWS_ENDPOINT_URL": endpoint, "ORCHESTRATOR_MANIFESTS": str(MANIFESTS)}
+def test_two_applies_at_once_one_runs_the_other_exits_3(endpoint, server):
+    from tests.wire import CountingProxy
+    slow = CountingProxy(server, delay=0.03)  # the first run takes seconds, long enough to race against
+    env = {**os.environ, **FAKE_ENV, "AWS_ENDPOINT_URL": slow.url, "ORCHESTRATOR_MANIFESTS": str(MANIFESTS)}
     env.pop("CI", None)
     # Create the state table first so both runs race for the lock, not for the table.
     assert run(endpoint, "apply", "dev", "--target", "ecr").returncode == 0
-    procs = [subprocess.Popen([CLI, "apply", "dev"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=env) for _ in range(2)]
-    outcomes = sorted((p.wait(180), p.stderr.read()) for p in procs)
-    assert [code for code, _ in outcomes] == [0, 3], outcomes
-    assert "locked" in outcomes[1][1] and "apply" in outcomes[1][1]
+    first = subprocess.Popen([CLI, "apply", "dev"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # The second starts once the first holds the lock (seen in the state table), while it works.
+    table = client(endpoint, "dynamodb")
+    lock_key = {"pk": {"S": "gamepulse/dev"}, "sk": {"S": "lock"}}
+    while "run_id" not in table.get_item(TableName="gamepulse-orchestrator-state", Key=lock_key).get("Item", {}):
+        assert first.poll() is None, first.stderr.read()
+        time.sleep(0.02)
+    second = run(endpoint, "apply", "dev")
+    assert first.wait(180) == 0, first.stderr.read()[-3000:]
+    slow.close()
+    assert second.returncode == 3, second.stderr
+    assert "dev is locked by run" in second.stderr and "command 'apply'" in second.stderr
 
 
 def test_killed_apply_then_new_apply_converges_without_duplicates(endpoint, tmp_path):

@@ -310,29 +310,27 @@ def inject(client, operation: str, answer, calls: list) -> None:
     client.meta.events.register(f"before-call.efs.{operation}", answer_call)
 
 
-def test_backups_are_enabled_once_when_asked(manifest, aws, network):
-    calls, policy = [], {"Status": "DISABLED"}
+def test_backups_are_enabled_once_when_asked(manifest, aws, efs, network):
+    def backup_calls() -> list[str]:
+        return [c.operation for c in aws.ledger.calls if "BackupPolicy" in c.operation]
 
-    def put(body):
-        policy.update(body["BackupPolicy"])
-        return {"BackupPolicy": dict(policy)}
-
-    inject(aws.client("efs"), "PutBackupPolicy", put, calls)
-    inject(aws.client("efs"), "DescribeBackupPolicy", lambda body: {"BackupPolicy": dict(policy)}, calls)
     staging_like = with_efs(manifest, backups=True)
     recorded: dict = {}
-    harness.run_step(STEP, staging_like, aws, upstream=network, recorded=recorded)
-    assert [name for name, _, _ in calls] == ["PutBackupPolicy"]
-    assert policy == {"Status": "ENABLED"} and recorded[f"backup-policy/{FS_NAME}"] == {"enabled": True}
+    _, outputs, _ = harness.run_step(STEP, staging_like, aws, upstream=network, recorded=recorded)
+    fs_id = outputs["file_system_id"]
+    assert backup_calls() == ["PutBackupPolicy"]
+    assert efs.describe_backup_policy(FileSystemId=fs_id)["BackupPolicy"] == {"Status": "ENABLED"}
+    assert recorded[f"backup-policy/{FS_NAME}"] == {"enabled": True}
 
     assert harness.run_step(STEP, staging_like, aws, upstream=network, recorded=recorded)[0] == []
-    assert [name for name, _, _ in calls] == ["PutBackupPolicy", "DescribeBackupPolicy"]
+    assert backup_calls() == ["PutBackupPolicy", "DescribeBackupPolicy"]
 
     harness.run_step(STEP, manifest, aws, upstream=network, recorded=recorded)  # backups turned off
-    assert policy == {"Status": "DISABLED"} and recorded[f"backup-policy/{FS_NAME}"] == {"enabled": False}
-    calls.clear()
+    assert efs.describe_backup_policy(FileSystemId=fs_id)["BackupPolicy"] == {"Status": "DISABLED"}
+    assert recorded[f"backup-policy/{FS_NAME}"] == {"enabled": False}
+    before = len(backup_calls())
     assert harness.run_step(STEP, manifest, aws, upstream=network, recorded=recorded)[0] == []
-    assert calls == []  # off, and recorded off: the backup API is not called at all
+    assert len(backup_calls()) == before  # off, and recorded off: the backup API is not called at all
 
 
 def test_throughput_mode_change_is_applied_in_place(manifest, aws, efs, network):

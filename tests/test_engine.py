@@ -238,3 +238,25 @@ def test_refused_changes_are_not_pending():
     assert pending({"storage": kept}) == 0
     kept.changes.append(Change("update", "bucket", "config"))
     assert pending({"storage": kept}) == 1
+
+
+def test_errors_name_the_operation_and_never_print_a_web_page():
+    from botocore.exceptions import ClientError
+
+    from orchestrator.engine import describe_error
+    denied = ClientError({"Error": {"Code": "AccessDenied", "Message": "not allowed"}}, "CreateVpc")
+    assert describe_error(denied) == "CreateVpc: AccessDenied: not allowed"
+    page = ClientError({"Error": {"Code": "500", "Message": "<!doctype html><title>500 Internal Server Error"},
+                        "ResponseMetadata": {"HTTPStatusCode": 500}}, "PutBackupPolicy")
+    assert describe_error(page).startswith("PutBackupPolicy: 500: HTTP 500 with a web page instead of an AWS answer")
+
+
+def test_ctrl_c_ends_a_long_wait_at_the_next_poll():
+    class Waiting(ThingStep):
+        def apply(self, ctx, change, observed):
+            engine.cancelled.set()  # Ctrl-C while AWS is still provisioning
+            ctx.wait("load balancer", lambda: (False, "provisioning"))
+
+    engine = engine_for([Waiting("a")])
+    results = engine.apply()
+    assert results["a"].status == "failed" and results["a"].error == "interrupted"

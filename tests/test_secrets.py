@@ -295,6 +295,25 @@ def test_a_missing_source_for_a_new_secret_fails_the_plan_naming_secret_and_sour
     assert harness.mutations(aws) == []
 
 
+def test_every_missing_source_is_named_at_once_and_destroy_needs_none(manifest, aws, sm, monkeypatch):
+    monkeypatch.delenv("GAMEPULSE_SLACK_WEBHOOK")
+    monkeypatch.delenv("GAMEPULSE_DB_CONNECTION")
+    with pytest.raises(OrchestratorError) as raised:
+        harness.plan_step(STEP, manifest, aws)
+    assert "GAMEPULSE_DB_CONNECTION is not set" in str(raised.value)
+    assert "GAMEPULSE_SLACK_WEBHOOK is not set" in str(raised.value)
+
+    monkeypatch.setenv("GAMEPULSE_DB_CONNECTION", "Host=x;Password=only-for-create")
+    monkeypatch.setenv("GAMEPULSE_SLACK_WEBHOOK", "https://hooks.example/only-for-create")
+    harness.run_step(STEP, manifest, aws)
+    monkeypatch.delenv("GAMEPULSE_SLACK_WEBHOOK")
+    monkeypatch.delenv("GAMEPULSE_DB_CONNECTION")
+    with capture_logs() as logs:
+        applied, _, _ = harness.run_step(STEP, manifest, aws, destroy=True, allow=("delete-secrets",))
+    assert [c.action for c in applied] == ["delete"] * 3
+    assert not [entry for entry in logs if entry["log_level"] == "warning"], "destroy must not read sources"
+
+
 def test_a_missing_source_for_an_existing_secret_keeps_its_value_with_a_warning(manifest, aws, sm, monkeypatch):
     harness.run_step(STEP, manifest, aws)
     monkeypatch.delenv("GAMEPULSE_DB_CONNECTION")
@@ -441,5 +460,5 @@ def test_an_aws_error_quoting_the_value_is_redacted(manifest, aws, log_stream, m
     result = harness.engine(manifest, aws, steps=[STEP], with_state=False).apply()["secrets"]
 
     assert result.status == "failed"
-    assert result.error == f"InternalServiceError: could not store {SENSITIVE}"
+    assert result.error == f"PutSecretValue: InternalServiceError: could not store {SENSITIVE}"
     assert new_value not in log_stream.getvalue() and SENSITIVE in log_stream.getvalue()

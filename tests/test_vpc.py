@@ -493,3 +493,19 @@ def test_an_aws_error_names_the_resource(manifest, aws):
     aws.client("ec2").meta.events.register("before-parameter-build.ec2.CreateSubnet", refuse)
     with pytest.raises(StepFailed, match="create subnet private-us-east-1b: InvalidParameterValue: no room"):
         run_step(STEP, manifest, aws)
+
+
+def test_a_replacement_refused_as_in_use_while_applying_gives_up_in_seconds(manifest, aws, monkeypatch):
+    """While applying, what holds the old group belongs to later steps and will not let go."""
+    now = [0.0]
+    monkeypatch.setattr(waiters, "clock", lambda: now[0])
+    monkeypatch.setattr(waiters, "sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
+    run_step(STEP, manifest, aws)
+    groups = dict(manifest.network.security_groups)
+    groups["monitoring"] = groups["monitoring"].model_copy(update={"description": "renamed by hand"})
+    changed = manifest.model_copy(update={"network": manifest.network.model_copy(update={"security_groups": groups})})
+    later = forget_crash(aws)
+    still_in_use(later, "DeleteSecurityGroup", times=10**6)
+    with pytest.raises(WaitTimeout, match="last status: DependencyViolation"):
+        run_step(STEP, changed, later)
+    assert now[0] <= 30

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
 import urllib.parse
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,9 +34,10 @@ def mutating(method: str, op: str) -> bool:
 
 
 class CountingProxy:
-    """Forwards everything to `upstream` and keeps a list of (service, operation, mutating)."""
+    """Forwards everything to `upstream` and keeps a list of (service, operation, mutating).
+    `delay` adds latency to every request, to make a run last long enough to race against."""
 
-    def __init__(self, upstream: str):
+    def __init__(self, upstream: str, delay: float = 0.0):
         self.upstream = urllib.parse.urlsplit(upstream)
         self.requests: list[tuple[str, str, bool]] = []
         self._lock = threading.Lock()
@@ -49,6 +51,7 @@ class CountingProxy:
 
             def _forward(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                time.sleep(delay)
                 service, op = operation(self.command, self.path, self.headers, body)
                 with proxy._lock:
                     proxy.requests.append((service, op, mutating(self.command, op)))

@@ -1,0 +1,77 @@
+"""The emulator's fixes for moto's gaps (orchestrator/emulator.py), in-process: moto answers as AWS."""
+from __future__ import annotations
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+
+@pytest.fixture
+def efs(mock):
+    return boto3.client("efs", region_name="us-east-1")
+
+
+@pytest.fixture
+def fs_id(efs) -> str:
+    return efs.create_file_system(CreationToken="emulator-test")["FileSystemId"]
+
+
+def error(excinfo) -> tuple[str, int]:
+    response = excinfo.value.response
+    return response["Error"]["Code"], response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+def test_backup_policy_put_is_stored_and_described(efs, fs_id):
+    for status in ("ENABLED", "DISABLED", "ENABLED"):
+        put = efs.put_backup_policy(FileSystemId=fs_id, BackupPolicy={"Status": status})
+        assert put["BackupPolicy"] == {"Status": status}
+        assert efs.describe_backup_policy(FileSystemId=fs_id)["BackupPolicy"] == {"Status": status}
+    assert "BackupPolicy" not in efs.describe_file_systems(FileSystemId=fs_id)["FileSystems"][0]
+
+
+def test_backup_policy_of_one_file_system_leaves_the_others_alone(efs, fs_id):
+    other = efs.create_file_system(CreationToken="emulator-other")["FileSystemId"]
+    efs.put_backup_policy(FileSystemId=fs_id, BackupPolicy={"Status": "ENABLED"})
+    with pytest.raises(ClientError) as raised:
+        efs.describe_backup_policy(FileSystemId=other)
+    assert error(raised) == ("PolicyNotFound", 404)
+
+
+def test_a_file_system_that_never_had_a_backup_policy_has_none(efs, fs_id):
+    with pytest.raises(ClientError) as raised:
+        efs.describe_backup_policy(FileSystemId=fs_id)
+    assert error(raised) == ("PolicyNotFound", 404)
+    assert isinstance(raised.value, efs.exceptions.PolicyNotFound)
+
+
+def test_backups_asked_for_at_create_are_described(efs):
+    fs = efs.create_file_system(CreationToken="emulator-backup", Backup=True)["FileSystemId"]
+    assert efs.describe_backup_policy(FileSystemId=fs)["BackupPolicy"] == {"Status": "ENABLED"}
+    efs.put_backup_policy(FileSystemId=fs, BackupPolicy={"Status": "DISABLED"})
+    assert efs.describe_backup_policy(FileSystemId=fs)["BackupPolicy"] == {"Status": "DISABLED"}
+
+
+@pytest.mark.parametrize("call", ["put", "describe"])
+def test_backup_policy_of_an_unknown_file_system_is_not_found(efs, call):
+    with pytest.raises(ClientError) as raised:
+        if call == "put":
+            efs.put_backup_policy(FileSystemId="fs-0123456789abcdef0", BackupPolicy={"Status": "ENABLED"})
+        else:
+            efs.describe_backup_policy(FileSystemId="fs-0123456789abcdef0")
+    assert error(raised) == ("FileSystemNotFound", 404)
+
+
+def test_backup_policy_after_the_file_system_is_deleted_is_not_found(efs, fs_id):
+    efs.put_backup_policy(FileSystemId=fs_id, BackupPolicy={"Status": "ENABLED"})
+    efs.delete_file_system(FileSystemId=fs_id)
+    with pytest.raises(ClientError) as raised:
+        efs.describe_backup_policy(FileSystemId=fs_id)
+    assert error(raised) == ("FileSystemNotFound", 404)
+
+
+def test_backup_policy_status_other_than_enabled_or_disabled_is_refused(efs, fs_id):
+    with pytest.raises(ClientError) as raised:
+        efs.put_backup_policy(FileSystemId=fs_id, BackupPolicy={"Status": "ENABLING"})
+    assert error(raised) == ("BadRequest", 400)
+    with pytest.raises(ClientError):
+        efs.describe_backup_policy(FileSystemId=fs_id)
