@@ -13,6 +13,10 @@ from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass
 
+import structlog
+
+log = structlog.get_logger("orchestrator.aws")
+
 #: Which step the current thread is working for; the ledger files each call under it.
 current_step: contextvars.ContextVar[str] = contextvars.ContextVar("current_step", default="engine")
 
@@ -107,6 +111,7 @@ class Aws:
             # before-send fires once per attempt, so retried requests are counted as AWS sees them.
             event = kwargs.get("event_name", "before-send.unknown.Unknown").split(".")
             self.ledger.record(event[1], event[2], ledger_name)
+            log.debug("aws call", step=ledger_name or current_step.get(), service=event[1], operation=event[2])
         return count_request
 
     def account_id(self) -> str:

@@ -37,8 +37,7 @@ def main() -> None:
         error.show()
         sys.exit(error.exit_code)
     except OrchestratorError as error:
-        from orchestrator.log import redactor
-        click.echo(f"Error: {redactor.clean(str(error))}", err=True)
+        report_error(str(error))
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
@@ -47,8 +46,22 @@ def main() -> None:
         if not type(error).__module__.startswith(("botocore", "boto3", "urllib3")):
             raise
         from orchestrator.engine import describe_error
-        click.echo(f"Error: AWS: {describe_error(error)}", err=True)
+        report_error(f"AWS: {describe_error(error)}")
         sys.exit(1)
+
+
+def report_error(message: str) -> None:
+    """The closing error line: plain text, or one more JSON object when logs are JSON."""
+    from orchestrator.log import redactor
+    message = redactor.clean(message)
+    if LOG_FORMAT["value"] == "json":
+        click.echo(json.dumps({"event": "error", "level": "error", "error": message}), err=True)
+    else:
+        click.echo(f"Error: {message}", err=True)
+
+
+#: The log format chosen for this invocation (the error line follows it).
+LOG_FORMAT = {"value": "console"}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,16 +70,18 @@ def main() -> None:
 @click.option("--endpoint-url", envvar="AWS_ENDPOINT_URL", default=None,
               help="Send every AWS call here (an emulator). Also AWS_ENDPOINT_URL.")
 @click.option("--profile", envvar="AWS_PROFILE", default=None, help="AWS profile. Also AWS_PROFILE.")
-@click.option("--sandbox", "use_sandbox", is_flag=True, help="Use the local sandbox started by `sandbox start`.")
+@click.option("--sandbox", "use_sandbox", is_flag=True, envvar="ORCHESTRATOR_SANDBOX",
+              help="Use the local sandbox started by `sandbox start`. Also ORCHESTRATOR_SANDBOX=1.")
 @click.option("--log-format", type=click.Choice(["console", "json"]), default=None,
               help="Progress as readable lines (default on a terminal) or one JSON object per line.")
-@click.option("-v", "--verbose", count=True, help="More detail.")
+@click.option("-v", "--verbose", count=True, help="More detail: every AWS call as it is sent.")
 @click.version_option(package_name="gamepulse-orchestrator")
 @click.pass_context
 def cli(ctx, manifests, endpoint_url, profile, use_sandbox, log_format, verbose):
     """Deploy the GamePulse platform onto AWS ECS Fargate."""
     from orchestrator import log
     fmt = log_format or ("json" if os.environ.get("CI") else "console")
+    LOG_FORMAT["value"] = fmt
     log.configure(fmt, verbose)
     ctx.obj = Options(manifests, endpoint_url, profile, use_sandbox)
 
@@ -106,7 +121,8 @@ def store_for(aws, manifest):
 
 
 def failed_steps(results: dict) -> list[str]:
-    return [f"{name} ({r.error})" for name, r in results.items() if r.status == "failed"]
+    """Names of the failed steps (their errors are shown above, in the plan or the summary)."""
+    return [name for name, r in results.items() if r.status == "failed"]
 
 
 def run_locked(options: Options, env: str, command: str, targets, lock_timeout: float, work, *,
@@ -147,7 +163,7 @@ def run_locked(options: Options, env: str, command: str, targets, lock_timeout: 
                                    aws.ledger))
     failures = failed_steps(results)
     if failures:
-        raise OrchestratorError(f"{len(failures)} step(s) failed: " + "; ".join(failures))
+        raise OrchestratorError(f"{len(failures)} step(s) failed: {', '.join(failures)} (see above)")
     return results
 
 
@@ -199,7 +215,7 @@ def plan(options: Options, env: str, targets, as_json: bool, detailed_exitcode: 
                plan_text(f"Plan for {manifest.prefix} ({manifest.region}):", results))
     failures = failed_steps(results)
     if failures:
-        raise OrchestratorError(f"could not plan {len(failures)} step(s): " + "; ".join(failures))
+        raise OrchestratorError(f"could not plan {len(failures)} step(s): {', '.join(failures)} (see above)")
     if detailed_exitcode and pending(results):
         sys.exit(2)
 
@@ -221,10 +237,13 @@ def apply(options: Options, env: str, targets, parallelism, lock_timeout, delete
 
 @cli.command()
 @ENV_ARG
-@TARGET_OPT
+@click.option("--target", "targets", multiple=True, metavar="STEP",
+              help="Only this step and the steps that depend on it, which must go first (repeatable).")
 @click.option("--yes", is_flag=True, help="Confirm: delete what this environment owns.")
-@click.option("--parallelism", type=click.IntRange(1, 64), default=None)
-@click.option("--lock-timeout", type=click.FloatRange(0), default=0.0, show_default=True)
+@click.option("--parallelism", type=click.IntRange(1, 64), default=None,
+              help="At most this many steps at once (default: every ready step).")
+@click.option("--lock-timeout", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Seconds to wait for another run's lock before giving up.")
 @allow_flags
 @click.pass_obj
 def destroy(options: Options, env: str, targets, yes: bool, parallelism, lock_timeout, delete_data,
@@ -241,7 +260,7 @@ def destroy(options: Options, env: str, targets, yes: bool, parallelism, lock_ti
 
 @cli.command()
 @ENV_ARG
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="As JSON.")
 @click.option("--live", is_flag=True, help="Also compare AWS with the manifest now (read-only): drift per step.")
 @click.pass_obj
 def status(options: Options, env: str, as_json: bool, live: bool):
@@ -254,10 +273,12 @@ def status(options: Options, env: str, as_json: bool, live: bool):
         records, holder, runs = {}, None, []
     else:
         records, holder, runs = store.steps(), store.lock_holder(), store.runs(5)
+    graph = build_graph()
+    records = {name: records[name] for name in graph.order() if name in records}  # dependency order
     drift = None
     if live:
         from orchestrator.engine import Engine
-        drift = drift_of(Engine(manifest, aws, build_graph(), store=store).plan())
+        drift = drift_of(Engine(manifest, aws, graph, store=store).plan())
     if as_json:
         click.echo(json.dumps({"environment": env, "lock": holder, "steps": records, "runs": runs,
                                **({"drift": drift} if live else {})}, indent=2, default=str))
@@ -267,7 +288,7 @@ def status(options: Options, env: str, as_json: bool, live: bool):
 
 @cli.command()
 @ENV_ARG
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="As JSON.")
 @click.pass_obj
 def outputs(options: Options, env: str, as_json: bool):
     """Each step's outputs: ALB DNS name, role ARNs, ids."""
@@ -326,24 +347,24 @@ def sandbox():
     """The local AWS emulator (a moto server on 127.0.0.1)."""
 
 
-@sandbox.command("start")
+@sandbox.command("start", help="Start the sandbox in the background (if it does not run yet).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Default: a free port.")
 def sandbox_start(port):
     from orchestrator import sandbox as box
     record = box.start(port)
     state = "already running" if record.get("already_running") else "started"
-    click.echo(f"sandbox {state} at {record['url']} (pid {record['pid']}); "
-               f"use `orchestrator --sandbox COMMAND`")
+    click.echo(f"sandbox {state} at {record['url']} (pid {record['pid']}); point commands at it with "
+               "`orchestrator --sandbox COMMAND`, or `export ORCHESTRATOR_SANDBOX=1` for every command")
 
 
-@sandbox.command("stop")
+@sandbox.command("stop", help="Stop the sandbox; its AWS state is gone with it.")
 def sandbox_stop():
     from orchestrator import sandbox as box
     record = box.stop()
     click.echo(f"sandbox at {record['url']} stopped" if record else "no sandbox was running")
 
 
-@sandbox.command("status")
+@sandbox.command("status", help="Whether the sandbox runs, and where (exit 1 when it does not).")
 def sandbox_status():
     from orchestrator import sandbox as box
     record = box.read_record()

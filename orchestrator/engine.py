@@ -19,7 +19,7 @@ from orchestrator.context import StepContext
 from orchestrator.errors import Interrupted, LockLost
 from orchestrator.graph import StepGraph
 from orchestrator.log import redactor
-from orchestrator.model import Change, Inputs, as_plain
+from orchestrator.model import KNOWN_AFTER_APPLY, Change, Inputs, as_plain
 from orchestrator.scheduler import run_concurrently
 
 log = structlog.get_logger("orchestrator.engine")
@@ -206,11 +206,16 @@ class Engine:
         result.changes = step.plan_destroy(observed)
         log.info("destroying", step=name, deletes=len(result.changes))
         self._execute(step, ctx, result, observed)
+        # What is left (kept resources) is what the record shows from now on.
+        result.outputs = {key: value for key, value in step.outputs(desired, observed).items()
+                          if value != KNOWN_AFTER_APPLY}
         if any(change.holds_dependencies for change in result.refused):
             result.status = "kept"  # what it depends on must stay as well
         if self.store is not None and self.lease is not None:
             if result.refused:
-                self._finish_record(name, result, None, status="kept")
+                self.store.finish_step(self.lease, name, status="kept", outputs=result.outputs,
+                                       changes=len(result.applied),
+                                       desired_hash=self._records.get(name, {}).get("desired_hash", ""))
             else:
                 self.store.forget_step(self.lease, name)
 
@@ -228,11 +233,11 @@ class Engine:
             if self.store is not None and self.lease is not None:
                 self.store.record_change(self.lease, step.name, change)
 
-    def _finish_record(self, name: str, result: StepResult, digest: str | None, status: str | None = None) -> None:
+    def _finish_record(self, name: str, result: StepResult, digest: str | None) -> None:
         if self.store is None or self.lease is None:
             return
         previous = self._records.get(name, {})
-        self.store.finish_step(self.lease, name, status=status or result.status,
+        self.store.finish_step(self.lease, name, status=result.status,
                                desired_hash=digest or previous.get("desired_hash", ""),
                                outputs=result.outputs or previous.get("outputs", {}),
                                changes=len(result.applied), error=result.error)

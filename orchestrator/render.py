@@ -21,6 +21,14 @@ def show_value(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def refusal(change: Change) -> str:
+    """Why a change was refused, always naming the flag that would allow it."""
+    flag = f"--{change.blocked}"
+    if not change.note:
+        return f"needs {flag}"
+    return change.note if flag in change.note else f"{change.note} (needs {flag})"
+
+
 def change_lines(change: Change) -> list[str]:
     head = f"  {SYMBOL[change.action]:>3} {change.action} {change.kind} {change.name}"
     if change.blocked:
@@ -60,8 +68,11 @@ def plan_text(title: str, results: dict) -> str:
             else:
                 totals[change.action] += 1
     lines.append("")
+    unplanned = [name for name, r in results.items() if r.status in ("failed", "skipped")]
+    if unplanned:
+        lines.append(f"Not planned: {', '.join(unplanned)} (see above); the counts below leave them out.")
     if not totals and not refused:
-        lines.append("No changes. AWS matches the manifest.")
+        lines.append("No changes. AWS matches the manifest" + (" for the steps planned." if unplanned else "."))
     else:
         summary = ", ".join(f"{totals[a]} to {a}" for a in ("create", "update", "replace", "delete"))
         lines.append(f"Plan: {summary}." + (f" {refused} refused (needs a flag; see above)." if refused else ""))
@@ -90,8 +101,7 @@ def run_summary(title: str, results: dict, ledger) -> str:
         lines.append(f"  {name:<{width}}  {result.status:<8} {len(result.applied):>7} {calls:>6} "
                      f"{result.seconds:>6.1f}s")
         for change in result.refused:
-            lines.append(f"  {'':<{width}}  kept {change.kind} {change.name}: "
-                         f"{change.note or 'needs --' + str(change.blocked)}")
+            lines.append(f"  {'':<{width}}  kept {change.kind} {change.name}: {refusal(change)}")
         if result.error:
             lines.append(f"  {'':<{width}}  {result.error}")
     total = ledger.count()
@@ -121,8 +131,10 @@ def status_text(env: str, records: dict, holder: dict | None, runs: list[dict], 
     lines = [f"Environment {env}"]
     if holder:
         age = now - float(holder.get("acquired_at", now))
+        left = float(holder.get("expires_at", now)) - now
+        lease = f"lease ends in {left:.0f}s unless renewed" if left > 0 else "lease expired: the next run takes over"
         lines.append(f"  locked by {holder.get('user')}@{holder.get('host')} (pid {holder.get('pid')}, "
-                     f"{holder.get('command')}, run {holder.get('run_id')}) for {age:.0f}s")
+                     f"{holder.get('command')}, run {holder.get('run_id')}) for {age:.0f}s; {lease}")
     else:
         lines.append("  not locked")
     if not records:
@@ -135,7 +147,7 @@ def status_text(env: str, records: dict, holder: dict | None, runs: list[dict], 
         if drift is not None and name in drift:
             lines.append(f"  {'':<10} live: {_drift_line(drift[name], env)}")
         for key, value in sorted((record.get("outputs") or {}).items()):
-            lines.append(f"  {'':<10} {key}: {show_value(value, 100)}")
+            lines.append(f"  {'':<10} {key}: {show_value(value, limit=10_000)}")
     if runs:
         lines.append("  last runs:")
         for run in runs:

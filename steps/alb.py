@@ -28,7 +28,7 @@ TAGS_PER_DESCRIBE = 20
 LB_FIELDS = ("subnets", "security_groups", "idle_timeout_seconds", "deletion_protection")
 LB_FIELD_CALLS = {"subnets": "elbv2:SetSubnets", "security_groups": "elbv2:SetSecurityGroups",
                   "idle_timeout_seconds": "elbv2:ModifyLoadBalancerAttributes",
-                  "deletion_protection": "elbv2:ModifyLoadBalancerAttributes"}
+                  "deletion_protection": "elbv2:ModifyLoadBalancerAttributes", "tags": "elbv2:AddTags"}
 HEALTH_FIELDS = ("path", "matcher", "interval_seconds", "timeout_seconds", "healthy_threshold",
                  "unhealthy_threshold")
 LISTENER_FIELDS = ("protocol", "default_action", "certificate_arn", "ssl_policy")
@@ -112,6 +112,7 @@ class AlbDesired:
     target_groups: tuple[TargetGroup, ...]
     listeners: tuple[Listener, ...]
     rules: tuple[Rule, ...]
+    tags: dict[str, str]  # every resource of the step carries them: ownership plus the manifest's
 
     @property
     def https(self) -> bool:
@@ -132,6 +133,7 @@ class ObservedLoadBalancer:
     security_groups: tuple[str, ...] = ()
     idle_timeout_seconds: int | None = None
     deletion_protection: bool | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -144,6 +146,7 @@ class ObservedTargetGroup:
     owned: bool
     health_check: HealthCheck | None = None
     deregistration_delay_seconds: int | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -155,6 +158,7 @@ class ObservedListener:
     owned: bool
     certificate_arn: str | None = None
     ssl_policy: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -165,6 +169,7 @@ class ObservedRule:
     paths: tuple[str, ...]
     action: Action
     owned: bool
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -207,7 +212,8 @@ class AlbStep(Step):
             target_groups=groups,
             listeners=listeners,
             rules=tuple(Rule(rule_port, rule.priority, tuple(rule.paths), Action("forward", names[rule.target]))
-                        for rule in sorted(spec.rules, key=lambda r: r.priority)))
+                        for rule in sorted(spec.rules, key=lambda r: r.priority)),
+            tags=tagging.ownership_tags(manifest.app, manifest.environment, self.name, manifest.tags))
 
     # -- observe ----------------------------------------------------------------------------
 
@@ -232,9 +238,11 @@ class AlbStep(Step):
 
         if lb:
             facts.load_balancer = self._observed_load_balancer(elb, lb, owned(lb["LoadBalancerArn"]))
+            facts.load_balancer.tags = tags.get(lb["LoadBalancerArn"], {})
         for group in ours:
-            facts.target_groups[group["TargetGroupName"]] = self._observed_target_group(
+            seen = facts.target_groups[group["TargetGroupName"]] = self._observed_target_group(
                 elb, group, owned(group["TargetGroupArn"]))
+            seen.tags = tags.get(seen.arn, {})
         for listener in listeners:
             certificates = listener.get("Certificates") or [{}]
             https = listener["Protocol"] == "HTTPS"
@@ -243,11 +251,12 @@ class AlbStep(Step):
                 default_action=_observed_action(listener["DefaultActions"], names_by_arn),
                 owned=owned(listener["ListenerArn"]),
                 certificate_arn=certificates[0].get("CertificateArn") if https else None,
-                ssl_policy=listener.get("SslPolicy") if https else None)
+                ssl_policy=listener.get("SslPolicy") if https else None,
+                tags=tags.get(listener["ListenerArn"], {}))
         facts.rules = [ObservedRule(arn=rule["RuleArn"], port=port, priority=int(rule["Priority"]),
                                     paths=_paths(rule["Conditions"]),
                                     action=_observed_action(rule["Actions"], names_by_arn),
-                                    owned=owned(rule["RuleArn"]))
+                                    owned=owned(rule["RuleArn"]), tags=tags.get(rule["RuleArn"], {}))
                        for port, rule in rules]
         return facts
 
@@ -304,22 +313,23 @@ class AlbStep(Step):
         """Dependencies first: what listeners point at exists before they move, and what they
         pointed at goes only after they moved."""
         rule_changes, rule_deletes = self._plan_rules(desired, observed)
-        return [*self._plan_load_balancer(desired.load_balancer, observed.load_balancer),
+        return [*self._plan_load_balancer(desired.load_balancer, observed.load_balancer, desired.tags),
                 *self._plan_target_groups(desired, observed),
-                *self._plan_listeners(desired.listeners, observed.listeners),
+                *self._plan_listeners(desired.listeners, observed.listeners, desired.tags),
                 *rule_changes, *rule_deletes,
                 *[_listener_deletion(seen) for port, seen in sorted(observed.listeners.items())
                   if seen.owned and port not in {listener.port for listener in desired.listeners}],
                 *[_target_group_deletion(seen) for name, seen in sorted(observed.target_groups.items())
                   if seen.owned and name not in {group.name for group in desired.target_groups}]]
 
-    def _plan_load_balancer(self, lb: LoadBalancer, seen: ObservedLoadBalancer | None) -> list[Change]:
+    def _plan_load_balancer(self, lb: LoadBalancer, seen: ObservedLoadBalancer | None,
+                            tags: dict[str, str]) -> list[Change]:
         if seen is None:
             return [Change("create", "load_balancer", lb.name, diffs=diff_fields(lb, None, LB_FIELDS),
                            calls=("elbv2:CreateLoadBalancer", "elbv2:ModifyLoadBalancerAttributes"), payload=lb)]
         if not seen.owned:
             raise tagging.not_ours("load balancer", lb.name)
-        diffs = diff_fields(lb, seen, LB_FIELDS)
+        diffs = diff_fields(lb, seen, LB_FIELDS) + _tag_diffs(seen.tags, tags)
         if not diffs:
             return []
         calls = tuple(dict.fromkeys(LB_FIELD_CALLS[d.field] for d in diffs))
@@ -341,6 +351,8 @@ class AlbStep(Step):
                 diffs += (FieldDiff("deregistration_delay_seconds", seen.deregistration_delay_seconds,
                                     group.deregistration_delay_seconds),)
                 calls += ("elbv2:ModifyTargetGroupAttributes",)
+            retag = _tag_diffs(seen.tags, desired.tags)
+            diffs, calls = diffs + retag, calls + (("elbv2:AddTags",) if retag else ())
             if diffs:
                 changes.append(Change("update", "target_group", group.key, diffs=diffs, calls=calls, payload=group))
         return changes
@@ -360,7 +372,8 @@ class AlbStep(Step):
                       note=f"protocol, port and VPC cannot change in place: {group.name} is created, listeners "
                            f"and rules move to it, then {old.name} is deleted")
 
-    def _plan_listeners(self, listeners: tuple[Listener, ...], seen: dict[int, ObservedListener]) -> list[Change]:
+    def _plan_listeners(self, listeners: tuple[Listener, ...], seen: dict[int, ObservedListener],
+                        tags: dict[str, str]) -> list[Change]:
         changes = []
         for listener in listeners:
             found = seen.get(listener.port)
@@ -371,10 +384,12 @@ class AlbStep(Step):
                 continue
             if not found.owned:
                 raise tagging.not_ours("listener", f"{listener.key} (port {listener.port})")
-            diffs = diff_fields(listener, found, LISTENER_FIELDS)
-            if diffs:
-                changes.append(Change("update", "listener", listener.key, diffs=diffs,
-                                      calls=("elbv2:ModifyListener",), payload=listener))
+            modify = diff_fields(listener, found, LISTENER_FIELDS)
+            retag = _tag_diffs(found.tags, tags)
+            if modify or retag:
+                calls = (("elbv2:ModifyListener",) if modify else ()) + (("elbv2:AddTags",) if retag else ())
+                changes.append(Change("update", "listener", listener.key, diffs=modify + retag, calls=calls,
+                                      payload=listener))
         return changes
 
     def _plan_rules(self, desired: AlbDesired, observed: AlbFacts) -> tuple[list[Change], list[Change]]:
@@ -391,10 +406,12 @@ class AlbStep(Step):
             if not seen.owned:
                 raise tagging.not_ours("listener rule", _rule_name(rule.port, rule.priority))
             kept.add(seen.arn)
-            diffs = diff_fields(rule, seen, ("paths", "action"))
-            if diffs:
-                changes.append(Change("update", "rule", _rule_name(rule.port, rule.priority), diffs=diffs,
-                                      calls=("elbv2:ModifyRule",), payload=(rule, seen.arn)))
+            modify = diff_fields(rule, seen, ("paths", "action"))
+            retag = _tag_diffs(seen.tags, desired.tags)
+            if modify or retag:
+                calls = (("elbv2:ModifyRule",) if modify else ()) + (("elbv2:AddTags",) if retag else ())
+                changes.append(Change("update", "rule", _rule_name(rule.port, rule.priority), diffs=modify + retag,
+                                      calls=calls, payload=(rule, seen.arn)))
         leftovers = [seen for seen in observed.rules if seen.owned and seen.arn not in kept]
         for rule in unplaced:
             same = next((seen for seen in leftovers
@@ -405,8 +422,11 @@ class AlbStep(Step):
                                       calls=("elbv2:CreateRule",), payload=rule))
                 continue
             leftovers.remove(same)
-            changes.append(Change("update", "rule", name, diffs=(FieldDiff("priority", same.priority, rule.priority),),
-                                  calls=("elbv2:SetRulePriorities",), payload=(rule, same.arn)))
+            retag = _tag_diffs(same.tags, desired.tags)
+            changes.append(Change("update", "rule", name,
+                                  diffs=(FieldDiff("priority", same.priority, rule.priority),) + retag,
+                                  calls=("elbv2:SetRulePriorities",) + (("elbv2:AddTags",) if retag else ()),
+                                  payload=(rule, same.arn)))
         return changes, [_rule_deletion(seen) for seen in leftovers]
 
     # -- apply ------------------------------------------------------------------------------
@@ -428,7 +448,7 @@ class AlbStep(Step):
             arn=created["LoadBalancerArn"], name=lb.name, dns_name=created["DNSName"],
             zone_id=created["CanonicalHostedZoneId"], owned=True, subnets=lb.subnets,
             security_groups=lb.security_groups, idle_timeout_seconds=lb.idle_timeout_seconds,
-            deletion_protection=lb.deletion_protection)
+            deletion_protection=lb.deletion_protection, tags=ctx.tags())
 
     def _update_load_balancer(self, ctx, change: Change, observed: AlbFacts) -> None:
         lb: LoadBalancer = change.payload
@@ -440,6 +460,7 @@ class AlbStep(Step):
             elb.set_security_groups(LoadBalancerArn=seen.arn, SecurityGroups=list(lb.security_groups))
         if "elbv2:ModifyLoadBalancerAttributes" in change.calls:
             self._set_attributes(elb, seen.arn, lb)
+        _add_tags(elb, seen, change)
         seen.subnets, seen.security_groups = lb.subnets, lb.security_groups
         seen.idle_timeout_seconds, seen.deletion_protection = lb.idle_timeout_seconds, lb.deletion_protection
 
@@ -469,7 +490,7 @@ class AlbStep(Step):
         observed.target_groups[group.name] = ObservedTargetGroup(
             arn=created["TargetGroupArn"], name=group.name, protocol=group.protocol, port=group.port,
             vpc_id=group.vpc_id, owned=True, health_check=health,
-            deregistration_delay_seconds=group.deregistration_delay_seconds)
+            deregistration_delay_seconds=group.deregistration_delay_seconds, tags=ctx.tags())
 
     #: The new target group comes first; the old one is deleted by its own change, last.
     _replace_target_group = _create_target_group
@@ -489,6 +510,7 @@ class AlbStep(Step):
         if "elbv2:ModifyTargetGroupAttributes" in change.calls:
             self._set_deregistration_delay(elb, seen.arn, group)
             seen.deregistration_delay_seconds = group.deregistration_delay_seconds
+        _add_tags(elb, seen, change)
 
     @staticmethod
     def _set_deregistration_delay(elb, arn: str, group: TargetGroup) -> None:
@@ -511,16 +533,19 @@ class AlbStep(Step):
         observed.listeners[listener.port] = ObservedListener(
             arn=created["ListenerArn"], port=listener.port, protocol=listener.protocol,
             default_action=listener.default_action, owned=True, certificate_arn=listener.certificate_arn,
-            ssl_policy=listener.ssl_policy)
+            ssl_policy=listener.ssl_policy, tags=ctx.tags())
 
     def _update_listener(self, ctx, change: Change, observed: AlbFacts) -> None:
         listener: Listener = change.payload
         seen = observed.listeners[listener.port]
-        ctx.client("elbv2").modify_listener(
-            ListenerArn=seen.arn, Protocol=listener.protocol, Port=listener.port,
-            DefaultActions=_action_param(listener.default_action, observed), **_tls_params(listener))
-        seen.protocol, seen.default_action = listener.protocol, listener.default_action
-        seen.certificate_arn, seen.ssl_policy = listener.certificate_arn, listener.ssl_policy
+        elb = ctx.client("elbv2")
+        if "elbv2:ModifyListener" in change.calls:
+            elb.modify_listener(
+                ListenerArn=seen.arn, Protocol=listener.protocol, Port=listener.port,
+                DefaultActions=_action_param(listener.default_action, observed), **_tls_params(listener))
+            seen.protocol, seen.default_action = listener.protocol, listener.default_action
+            seen.certificate_arn, seen.ssl_policy = listener.certificate_arn, listener.ssl_policy
+        _add_tags(elb, seen, change)
 
     def _delete_listener(self, ctx, change: Change, observed: AlbFacts) -> None:
         seen: ObservedListener = change.payload
@@ -533,7 +558,8 @@ class AlbStep(Step):
             ListenerArn=observed.listeners[rule.port].arn, Priority=rule.priority,
             Conditions=_conditions_param(rule), Actions=_action_param(rule.action, observed),
             Tags=tagging.tag_list(ctx.tags()))["Rules"][0]
-        observed.rules.append(ObservedRule(created["RuleArn"], rule.port, rule.priority, rule.paths, rule.action, True))
+        observed.rules.append(ObservedRule(created["RuleArn"], rule.port, rule.priority, rule.paths, rule.action, True,
+                                           tags=ctx.tags()))
 
     def _update_rule(self, ctx, change: Change, observed: AlbFacts) -> None:
         rule, arn = change.payload
@@ -545,6 +571,7 @@ class AlbStep(Step):
                             Actions=_action_param(rule.action, observed))
         seen = next(seen for seen in observed.rules if seen.arn == arn)
         seen.priority, seen.paths, seen.action = rule.priority, rule.paths, rule.action
+        _add_tags(elb, seen, change)
 
     def _delete_rule(self, ctx, change: Change, observed: AlbFacts) -> None:
         seen: ObservedRule = change.payload
@@ -696,6 +723,22 @@ def _listener_deletion(seen: ObservedListener) -> Change:
 
 def _target_group_deletion(seen: ObservedTargetGroup) -> Change:
     return Change("delete", "target_group", seen.name, calls=("elbv2:DeleteTargetGroup",), payload=seen)
+
+
+def _tag_diffs(current: dict[str, str], wanted: dict[str, str]) -> tuple[FieldDiff, ...]:
+    """Our tags that are missing or differ, as a plan shows them; tags others added are no
+    difference (`tagging.reconcile`)."""
+    to_set = tagging.reconcile(current, wanted)
+    return (FieldDiff("tags", {key: current.get(key) for key in to_set}, to_set),) if to_set else ()
+
+
+def _add_tags(elb, seen, change: Change) -> None:
+    """Put the tags the change's `tags` difference asks for on the resource `seen`, if any."""
+    if "elbv2:AddTags" not in change.calls:
+        return
+    to_set = next(diff.new for diff in change.diffs if diff.field == "tags")
+    elb.add_tags(ResourceArns=[seen.arn], Tags=tagging.tag_list(to_set))
+    seen.tags = {**seen.tags, **to_set}
 
 
 def _load_balancer_state(elb, name: str) -> tuple[bool, str]:

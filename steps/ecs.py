@@ -54,6 +54,7 @@ class EcsDesired:
     log_group_prefix: str
     log_groups: tuple[LogGroup, ...]
     namespace: Namespace
+    tags: dict[str, str]  # every resource of the step carries them: ownership plus the manifest's
 
 
 # --- observed --------------------------------------------------------------------------------
@@ -67,6 +68,7 @@ class ObservedCluster:
     container_insights: str | None = None
     capacity_providers: tuple[str, ...] = ()
     default_strategy: tuple[Strategy, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,6 +76,8 @@ class ObservedLogGroup:
     name: str
     owned: bool
     retention_days: int | None = None
+    arn: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,6 +88,7 @@ class ObservedNamespace:
     id: str
     arn: str
     name: str
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -118,7 +123,8 @@ class EcsStep(Step):
             log_groups=tuple(LogGroup(family, f"{log_prefix}{family}", manifest.logging.retention_days)
                              for family in spec.log_groups),
             namespace=Namespace(name=spec.namespace or f"{prefix}.local",
-                                vpc_id=inputs.output("vpc", "vpc_id")))
+                                vpc_id=inputs.output("vpc", "vpc_id")),
+            tags=tagging.ownership_tags(manifest.app, manifest.environment, self.name, manifest.tags))
 
     # -- observe ----------------------------------------------------------------------------
 
@@ -135,9 +141,9 @@ class EcsStep(Step):
             return None
         cluster = found[0]
         settings = {s["name"]: s["value"] for s in cluster.get("settings", [])}
+        tags = tagging.tag_dict(cluster.get("tags"), "key", "value")
         return ObservedCluster(
-            name=cluster["clusterName"], arn=cluster["clusterArn"],
-            owned=ctx.owns(tagging.tag_dict(cluster.get("tags"), "key", "value")),
+            name=cluster["clusterName"], arn=cluster["clusterArn"], owned=ctx.owns(tags), tags=tags,
             container_insights=settings.get(CONTAINER_INSIGHTS),
             capacity_providers=tuple(sorted(cluster.get("capacityProviders", []))),
             default_strategy=_sorted_strategy(
@@ -146,28 +152,31 @@ class EcsStep(Step):
 
     def _observe_log_groups(self, ctx, prefix: str) -> dict[str, ObservedLogGroup]:
         """Every log group under the environment's prefix, ours or not. The logs API returns
-        no tags with the groups; one tagging-API read finds which of them are ours. That API
-        shows new tags only after a while, so a group it leaves out is asked about by itself
-        (normally none is: only a group made moments ago, or one that is not ours)."""
+        no tags with the groups; one tagging-API read finds which of them are ours, with their
+        tags. That API shows new tags only after a while, so a group it leaves out is asked
+        about by itself (normally none is: only a group made moments ago, or one that is not
+        ours)."""
         logs = ctx.client("logs")
-        owned = self._owned_log_group_arns(ctx)
+        owned = self._owned_log_group_tags(ctx)
         groups: dict[str, ObservedLogGroup] = {}
         for page in logs.get_paginator("describe_log_groups").paginate(logGroupNamePrefix=prefix):
             for group in page["logGroups"]:
                 arn = group.get("logGroupArn") or group["arn"].removesuffix(":*")
-                ours = arn in owned or ctx.owns(logs.list_tags_for_resource(resourceArn=arn).get("tags", {}))
+                tags = owned[arn] if arn in owned else logs.list_tags_for_resource(resourceArn=arn).get("tags", {})
                 groups[group["logGroupName"]] = ObservedLogGroup(
-                    name=group["logGroupName"], owned=ours, retention_days=group.get("retentionInDays"))
+                    name=group["logGroupName"], owned=ctx.owns(tags), retention_days=group.get("retentionInDays"),
+                    arn=arn, tags=tags)
         return groups
 
-    def _owned_log_group_arns(self, ctx) -> set[str]:
-        """ARNs of the log groups carrying this step's ownership tags. The filter names the
-        service ("logs"), which AWS accepts for all its resource types."""
+    def _owned_log_group_tags(self, ctx) -> dict[str, dict[str, str]]:
+        """The tags of the log groups carrying this step's ownership tags, by ARN. The filter
+        names the service ("logs"), which AWS accepts for all its resource types."""
         filters = [{"Key": key, "Values": [value]} for key, value in
                    ((tagging.APP, ctx.app), (tagging.ENV, ctx.env), (tagging.STEP, self.name))]
         pages = ctx.client("resourcegroupstaggingapi").get_paginator("get_resources").paginate(
             TagFilters=filters, ResourceTypeFilters=["logs"])
-        return {item["ResourceARN"] for page in pages for item in page["ResourceTagMappingList"]}
+        return {item["ResourceARN"]: tagging.tag_dict(item.get("Tags"))
+                for page in pages for item in page["ResourceTagMappingList"]}
 
     def _observe_namespace(self, ctx, name: str) -> ObservedNamespace | None:
         """The one of that name that is ours, if any. Private namespaces of other VPCs may
@@ -178,25 +187,26 @@ class EcsStep(Step):
         for page in discovery.get_paginator("list_namespaces").paginate(Filters=private_dns):
             for namespace in page["Namespaces"]:
                 if namespace["Name"] == name:
-                    tags = discovery.list_tags_for_resource(ResourceARN=namespace["Arn"]).get("Tags", [])
-                    if ctx.owns(tagging.tag_dict(tags)):
-                        return ObservedNamespace(id=namespace["Id"], arn=namespace["Arn"], name=name)
+                    tags = tagging.tag_dict(
+                        discovery.list_tags_for_resource(ResourceARN=namespace["Arn"]).get("Tags"))
+                    if ctx.owns(tags):
+                        return ObservedNamespace(id=namespace["Id"], arn=namespace["Arn"], name=name, tags=tags)
         return None
 
     # -- plan -------------------------------------------------------------------------------
 
     def plan(self, desired: EcsDesired, observed: EcsFacts, recorded: dict[str, dict]) -> list[Change]:
-        return [*self._plan_cluster(desired.cluster, observed.cluster),
-                *self._plan_log_groups(desired.log_groups, observed.log_groups),
-                *self._plan_namespace(desired.namespace, observed.namespace, recorded)]
+        return [*self._plan_cluster(desired.cluster, observed.cluster, desired.tags),
+                *self._plan_log_groups(desired.log_groups, observed.log_groups, desired.tags),
+                *self._plan_namespace(desired.namespace, observed.namespace, recorded, desired.tags)]
 
-    def _plan_cluster(self, cluster: Cluster, seen: ObservedCluster | None) -> list[Change]:
+    def _plan_cluster(self, cluster: Cluster, seen: ObservedCluster | None, tags: dict[str, str]) -> list[Change]:
         if seen is None:
             return [Change("create", "cluster", cluster.name, diffs=diff_fields(cluster, None, CLUSTER_FIELDS),
                            calls=("ecs:CreateCluster",), payload=cluster)]
         if not seen.owned:
             raise tagging.not_ours("ECS cluster", cluster.name)
-        diffs = diff_fields(cluster, seen, CLUSTER_FIELDS)
+        diffs = diff_fields(cluster, seen, CLUSTER_FIELDS) + _tag_diffs(seen.tags, tags)
         if not diffs:
             return []
         calls = []
@@ -204,9 +214,12 @@ class EcsStep(Step):
             calls.append("ecs:UpdateClusterSettings")
         if any(d.field in ("capacity_providers", "default_strategy") for d in diffs):
             calls.append("ecs:PutClusterCapacityProviders")
+        if any(d.field == "tags" for d in diffs):
+            calls.append("ecs:TagResource")
         return [Change("update", "cluster", cluster.name, diffs=diffs, calls=tuple(calls), payload=cluster)]
 
-    def _plan_log_groups(self, groups: tuple[LogGroup, ...], seen: dict[str, ObservedLogGroup]) -> list[Change]:
+    def _plan_log_groups(self, groups: tuple[LogGroup, ...], seen: dict[str, ObservedLogGroup],
+                         tags: dict[str, str]) -> list[Change]:
         changes = []
         for group in groups:
             found = seen.get(group.name)
@@ -217,18 +230,19 @@ class EcsStep(Step):
                 continue
             if not found.owned:
                 raise tagging.not_ours("log group", group.name)
-            if found.retention_days != group.retention_days:
-                changes.append(Change("update", "log_group", group.name,
-                                      diffs=(FieldDiff("retention_days", found.retention_days,
-                                                       group.retention_days),),
-                                      calls=("logs:PutRetentionPolicy",), payload=group))
+            retention = diff_fields(group, found, ("retention_days",))
+            retag = _tag_diffs(found.tags, tags)
+            if retention or retag:
+                calls = (("logs:PutRetentionPolicy",) if retention else ()) + (("logs:TagResource",) if retag else ())
+                changes.append(Change("update", "log_group", group.name, diffs=retention + retag, calls=calls,
+                                      payload=group))
         wanted = {group.name for group in groups}
         changes += [_log_group_deletion(found, "no longer in the manifest")
                     for name, found in sorted(seen.items()) if found.owned and name not in wanted]
         return changes
 
     def _plan_namespace(self, namespace: Namespace, seen: ObservedNamespace | None,
-                        recorded: dict[str, dict]) -> list[Change]:
+                        recorded: dict[str, dict], tags: dict[str, str]) -> list[Change]:
         key = f"namespace/{namespace.name}"
         record = {"vpc_id": namespace.vpc_id}
         if seen is None:
@@ -239,7 +253,9 @@ class EcsStep(Step):
         # Cloud Map does not report a namespace's VPC: compare with the VPC of the last apply.
         last_vpc = recorded.get(key, {}).get("vpc_id")
         if last_vpc is None or last_vpc == namespace.vpc_id:
-            return []
+            retag = _tag_diffs(seen.tags, tags)
+            return [Change("update", "namespace", namespace.name, diffs=retag,
+                           calls=("servicediscovery:TagResource",), payload=namespace)] if retag else []
         return [Change("replace", "namespace", namespace.name,
                        diffs=(FieldDiff("vpc_id", last_vpc, namespace.vpc_id),),
                        calls=("servicediscovery:DeleteNamespace", "servicediscovery:CreatePrivateDnsNamespace"),
@@ -264,7 +280,7 @@ class EcsStep(Step):
         observed.cluster = ObservedCluster(cluster.name, response["cluster"]["clusterArn"], owned=True,
                                            container_insights=cluster.container_insights,
                                            capacity_providers=cluster.capacity_providers,
-                                           default_strategy=cluster.default_strategy)
+                                           default_strategy=cluster.default_strategy, tags=ctx.tags())
 
     def _update_cluster(self, ctx, change: Change, observed: EcsFacts) -> None:
         """Never `create_cluster` again on an existing cluster: that would reset its settings."""
@@ -277,6 +293,10 @@ class EcsStep(Step):
                 cluster=cluster.name, capacityProviders=list(cluster.capacity_providers),
                 defaultCapacityProviderStrategy=_strategy_param(cluster.default_strategy))
         seen = observed.cluster
+        if "ecs:TagResource" in change.calls:
+            to_set = _tags_to_set(change)
+            ecs.tag_resource(resourceArn=seen.arn, tags=tagging.tag_list(to_set, "key", "value"))
+            seen.tags = {**seen.tags, **to_set}
         seen.container_insights = cluster.container_insights
         seen.capacity_providers = cluster.capacity_providers
         seen.default_strategy = cluster.default_strategy
@@ -297,12 +317,19 @@ class EcsStep(Step):
         logs.create_log_group(logGroupName=group.name, tags=ctx.tags())
         logs.put_retention_policy(logGroupName=group.name, retentionInDays=group.retention_days)
         observed.log_groups[group.name] = ObservedLogGroup(group.name, owned=True,
-                                                           retention_days=group.retention_days)
+                                                           retention_days=group.retention_days, tags=ctx.tags())
 
     def _update_log_group(self, ctx, change: Change, observed: EcsFacts) -> None:
         group: LogGroup = change.payload
-        ctx.client("logs").put_retention_policy(logGroupName=group.name, retentionInDays=group.retention_days)
-        observed.log_groups[group.name].retention_days = group.retention_days
+        logs = ctx.client("logs")
+        seen = observed.log_groups[group.name]
+        if "logs:PutRetentionPolicy" in change.calls:
+            logs.put_retention_policy(logGroupName=group.name, retentionInDays=group.retention_days)
+            seen.retention_days = group.retention_days
+        if "logs:TagResource" in change.calls:
+            to_set = _tags_to_set(change)
+            logs.tag_resource(resourceArn=seen.arn, tags=to_set)
+            seen.tags = {**seen.tags, **to_set}
 
     def _delete_log_group(self, ctx, change: Change, observed: EcsFacts) -> None:
         unless_code({"ResourceNotFoundException"}, ctx.client("logs").delete_log_group, logGroupName=change.name)
@@ -324,7 +351,13 @@ class EcsStep(Step):
             operation = error.response["DuplicateOperationId"]
         namespace_id = _follow_operation(ctx, discovery, operation, f"Cloud Map namespace {namespace.name}")
         found = discovery.get_namespace(Id=namespace_id)["Namespace"]
-        observed.namespace = ObservedNamespace(id=found["Id"], arn=found["Arn"], name=found["Name"])
+        observed.namespace = ObservedNamespace(id=found["Id"], arn=found["Arn"], name=found["Name"], tags=ctx.tags())
+
+    def _update_namespace(self, ctx, change: Change, observed: EcsFacts) -> None:
+        seen = observed.namespace
+        to_set = _tags_to_set(change)
+        ctx.client("servicediscovery").tag_resource(ResourceARN=seen.arn, Tags=tagging.tag_list(to_set))
+        seen.tags = {**seen.tags, **to_set}
 
     def _delete_namespace(self, ctx, change: Change, observed: EcsFacts) -> None:
         discovery = ctx.client("servicediscovery")
@@ -373,6 +406,18 @@ def _log_group_deletion(group: ObservedLogGroup, why: str) -> Change:
     return Change("delete", "log_group", group.name, diffs=(FieldDiff("retention_days", group.retention_days, None),),
                   calls=("logs:DeleteLogGroup",), blocked=DELETE_DATA,
                   note=f"{why}: deleting log group {group.name} loses the logs it holds")
+
+
+def _tag_diffs(current: dict[str, str], wanted: dict[str, str]) -> tuple[FieldDiff, ...]:
+    """Our tags that are missing or differ, as a plan shows them; tags others added are no
+    difference (`tagging.reconcile`)."""
+    to_set = tagging.reconcile(current, wanted)
+    return (FieldDiff("tags", {key: current.get(key) for key in to_set}, to_set),) if to_set else ()
+
+
+def _tags_to_set(change: Change) -> dict[str, str]:
+    """The tags an update puts: what its `tags` difference asks for."""
+    return next((diff.new for diff in change.diffs if diff.field == "tags"), {})
 
 
 def _sorted_strategy(items) -> tuple[Strategy, ...]:

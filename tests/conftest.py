@@ -31,7 +31,7 @@ FAKE_ENV = {
 def fake_aws_env(monkeypatch):
     for key, value in FAKE_ENV.items():
         monkeypatch.setenv(key, value)
-    for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "ORCHESTRATOR_MANIFESTS"):
+    for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "ORCHESTRATOR_MANIFESTS", "ORCHESTRATOR_SANDBOX"):
         monkeypatch.delenv(key, raising=False)
 
 

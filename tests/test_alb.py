@@ -43,19 +43,20 @@ def desired_for(manifest, upstream=UPSTREAM):
 
 def observed_matching(desired) -> AlbFacts:
     """What AWS would report once `desired` is applied."""
-    lb = desired.load_balancer
+    lb, tags = desired.load_balancer, desired.tags
     facts = AlbFacts(load_balancer=ObservedLoadBalancer(
         "arn:lb", lb.name, "dns", "zone", True, lb.subnets, lb.security_groups, lb.idle_timeout_seconds,
-        lb.deletion_protection))
+        lb.deletion_protection, dict(tags)))
     for group in desired.target_groups:
         facts.target_groups[group.name] = ObservedTargetGroup(
             f"arn:tg/{group.name}", group.name, group.protocol, group.port, group.vpc_id, True,
-            group.health_check, group.deregistration_delay_seconds)
+            group.health_check, group.deregistration_delay_seconds, dict(tags))
     for listener in desired.listeners:
         facts.listeners[listener.port] = ObservedListener(
             f"arn:listener/{listener.port}", listener.port, listener.protocol, listener.default_action, True,
-            listener.certificate_arn, listener.ssl_policy)
-    facts.rules = [ObservedRule(f"arn:rule/{rule.priority}", rule.port, rule.priority, rule.paths, rule.action, True)
+            listener.certificate_arn, listener.ssl_policy, dict(tags))
+    facts.rules = [ObservedRule(f"arn:rule/{rule.priority}", rule.port, rule.priority, rule.paths, rule.action, True,
+                                dict(tags))
                    for rule in desired.rules]
     return facts
 
@@ -178,6 +179,37 @@ def test_rules_are_modified_in_their_slot_moved_to_a_new_priority_or_recreated(m
     observed = observed_matching(desired)
     observed.rules = []
     assert summary(STEP.plan(desired, observed, {})) == [("create", "rule", "http-10", ("elbv2:CreateRule",))]
+
+
+def test_a_changed_manifest_tag_retags_every_resource_and_foreign_tags_are_no_difference(manifest):
+    observed = observed_matching(desired_for(manifest))
+    observed.load_balancer.tags["by-hand"] = "yes"  # someone else's tag: not ours to remove
+    assert STEP.plan(desired_for(manifest), observed, {}) == []
+
+    retagged = desired_for(manifest.model_copy(update={"tags": {**manifest.tags, "owner": "games-team"}}))
+    changes = STEP.plan(retagged, observed, {})
+    assert summary(changes) == [
+        ("update", "load_balancer", "gamepulse-dev", ("elbv2:AddTags",)),
+        ("update", "target_group", "gamepulse", ("elbv2:AddTags",)),
+        ("update", "target_group", "grafana", ("elbv2:AddTags",)),
+        ("update", "listener", "http", ("elbv2:AddTags",)),
+        ("update", "rule", "http-10", ("elbv2:AddTags",))]
+    for change in changes:
+        assert [(d.field, d.old, d.new) for d in change.diffs] == \
+            [("tags", {"owner": "platform-team"}, {"owner": "games-team"})]
+
+
+def test_tags_ride_along_with_the_other_changes_of_a_resource(manifest):
+    retagged = manifest.model_copy(update={"tags": {**manifest.tags, "owner": "games-team"}})
+    desired = desired_for(with_lb(retagged, idle_timeout_seconds=120))
+    observed = observed_matching(desired_for(manifest))
+    observed.listeners[80].default_action = Action("fixed-response")
+    observed.rules[0].priority = 7  # found unchanged in another slot: moved, and retagged
+    changes = {(c.kind, c.name): c for c in STEP.plan(desired, observed, {})}
+    assert changes["load_balancer", "gamepulse-dev"].calls == \
+        ("elbv2:ModifyLoadBalancerAttributes", "elbv2:AddTags")
+    assert changes["listener", "http"].calls == ("elbv2:ModifyListener", "elbv2:AddTags")
+    assert changes["rule", "http-10"].calls == ("elbv2:SetRulePriorities", "elbv2:AddTags")
 
 
 def test_adding_a_certificate_creates_https_moves_rules_then_deletes_the_old_ones(manifest):
@@ -386,6 +418,35 @@ def test_drift_made_by_hand_is_shown_by_plan_then_repaired(env, manifest):
     assert target_group(env, "gamepulse")["HealthCheckPath"] == "/health"
     assert listeners_by_port(env)[80]["DefaultActions"][0]["TargetGroupArn"] == gamepulse
     assert [r["Actions"][0]["TargetGroupArn"] for r in custom_rules(env, http)] == [grafana]
+
+
+def test_a_changed_manifest_tag_is_put_on_every_resource_and_foreign_tags_stay(env, manifest):
+    client = elb(env)
+    http = env.outputs["listener_arns"]["http"]
+    arns = [env.outputs["load_balancer_arn"], *env.outputs["target_groups"].values(), http,
+            custom_rules(env, http)[0]["RuleArn"]]
+    client.add_tags(ResourceArns=arns, Tags=[{"Key": "by-hand", "Value": "yes"}])
+    assert harness.plan_step(STEP, manifest, env.aws, env.upstream) == [], "a tag someone else added is no difference"
+
+    retagged = manifest.model_copy(update={"tags": {**manifest.tags, "owner": "games-team"}})
+    planned = harness.plan_step(STEP, retagged, env.aws, env.upstream)
+    assert [(c.action, c.kind, c.calls) for c in planned] == \
+        [("update", kind, ("elbv2:AddTags",))
+         for kind in ("load_balancer", "target_group", "target_group", "listener", "rule")]
+    assert {(d.field, d.old["owner"], d.new["owner"]) for c in planned for d in c.diffs} == \
+        {("tags", "platform-team", "games-team")}
+
+    before = len(env.aws.ledger.calls)
+    harness.run_step(STEP, retagged, env.aws, env.upstream)
+    assert [c.operation for c in env.aws.ledger.calls[before:] if c.mutating] == ["AddTags"] * 5
+    for description in client.describe_tags(ResourceArns=arns)["TagDescriptions"]:
+        tags = tag_dict(description["Tags"])
+        assert (tags["owner"], tags["by-hand"], tags["project"]) == ("games-team", "yes", "gamepulse")
+        assert tags.items() >= OWNERSHIP.items()
+    assert harness.plan_step(STEP, retagged, env.aws, env.upstream) == []
+
+    harness.run_step(STEP, manifest, env.aws, env.upstream)  # back to the manifest's owner
+    client.remove_tags(ResourceArns=arns, TagKeys=["by-hand"])
 
 
 def test_a_certificate_turns_http_into_a_redirect_to_https(env, manifest):

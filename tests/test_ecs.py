@@ -23,12 +23,13 @@ def desired_for(manifest, vpc_id="vpc-1"):
 
 
 def observed_matching(desired) -> EcsFacts:
-    cluster = desired.cluster
+    cluster, tags = desired.cluster, desired.tags
     return EcsFacts(
         cluster=ObservedCluster(cluster.name, "arn:cluster", True, cluster.container_insights,
-                                cluster.capacity_providers, cluster.default_strategy),
-        log_groups={g.name: ObservedLogGroup(g.name, True, g.retention_days) for g in desired.log_groups},
-        namespace=ObservedNamespace("ns-1", "arn:ns", desired.namespace.name))
+                                cluster.capacity_providers, cluster.default_strategy, tags=dict(tags)),
+        log_groups={g.name: ObservedLogGroup(g.name, True, g.retention_days, f"arn:log-group:{g.name}", dict(tags))
+                    for g in desired.log_groups},
+        namespace=ObservedNamespace("ns-1", "arn:ns", desired.namespace.name, dict(tags)))
 
 
 def recorded_for(desired) -> dict:
@@ -101,6 +102,32 @@ def test_an_owned_log_group_left_out_of_the_manifest_is_a_blocked_delete(manifes
     [change] = STEP.plan(desired, observed, recorded_for(desired))
     assert (change.action, change.name, change.blocked) == ("delete", "/ecs/gamepulse-dev/old", "delete-data")
     assert "loses the logs" in change.note
+
+
+def test_a_changed_manifest_tag_retags_every_resource_and_foreign_tags_are_no_difference(manifest):
+    observed = observed_matching(desired_for(manifest))
+    observed.cluster.tags["team-by-hand"] = "x"  # someone else's tag: not ours to remove
+    observed.namespace.tags.pop("orchestrator:step")  # ours, missing (still found: by name in our VPC)
+    retagged = manifest.model_copy(update={"tags": {**manifest.tags, "owner": "games-team"}})
+    changes = STEP.plan(desired_for(retagged), observed, recorded_for(desired_for(retagged)))
+    assert [(c.action, c.kind, c.calls) for c in changes] == \
+        [("update", "cluster", ("ecs:TagResource",))] + [("update", "log_group", ("logs:TagResource",))] * 6 + \
+        [("update", "namespace", ("servicediscovery:TagResource",))]
+    for change in changes[:-1]:
+        assert [(d.field, d.old, d.new) for d in change.diffs] == \
+            [("tags", {"owner": "platform-team"}, {"owner": "games-team"})]
+    assert changes[-1].diffs[0].new == {"owner": "games-team", "orchestrator:step": "ecs"}
+
+
+def test_retention_and_tags_together_are_one_update_with_both_calls(manifest):
+    retagged = manifest.model_copy(update={"tags": {**manifest.tags, "release-train": "42"}})
+    observed = observed_matching(desired_for(manifest))
+    observed.log_groups["/ecs/gamepulse-dev/loki"].retention_days = 7
+    changes = {c.name: c for c in STEP.plan(desired_for(retagged), observed, recorded_for(desired_for(retagged)))}
+    loki = changes["/ecs/gamepulse-dev/loki"]
+    assert loki.calls == ("logs:PutRetentionPolicy", "logs:TagResource")
+    assert [(d.field, d.old, d.new) for d in loki.diffs] == \
+        [("retention_days", 7, 30), ("tags", {"release-train": None}, {"release-train": "42"})]
 
 
 def test_a_namespace_whose_vpc_changed_is_replaced(manifest):
@@ -270,6 +297,46 @@ def test_drift_made_by_hand_is_shown_by_plan_then_repaired(env, manifest):
     retention = {g["logGroupName"]: g.get("retentionInDays")
                  for g in logs.describe_log_groups(logGroupNamePrefix="/ecs/gamepulse-dev/")["logGroups"]}
     assert retention["/ecs/gamepulse-dev/grafana"] == 30 and retention["/ecs/gamepulse-dev/jaeger"] == 30
+
+
+def test_a_changed_manifest_tag_is_put_on_every_resource_and_foreign_tags_stay(env, manifest):
+    ecs, logs, discovery = (env.aws.client(s) for s in ("ecs", "logs", "servicediscovery"))
+    cluster_arn, namespace_arn = env.outputs["cluster_arn"], env.outputs["namespace_arn"]
+    grafana_arn = next(g["logGroupArn"] for g in logs.describe_log_groups(
+        logGroupNamePrefix="/ecs/gamepulse-dev/grafana")["logGroups"])
+    ecs.tag_resource(resourceArn=cluster_arn, tags=[{"key": "by-hand", "value": "yes"}])
+    logs.tag_resource(resourceArn=grafana_arn, tags={"by-hand": "yes"})
+    discovery.tag_resource(ResourceARN=namespace_arn, Tags=[{"Key": "by-hand", "Value": "yes"}])
+    assert harness.plan_step(STEP, manifest, env.aws, env.upstream, env.recorded) == [], \
+        "a tag someone else added is no difference"
+
+    retagged = manifest.model_copy(update={"tags": {**manifest.tags, "owner": "games-team"}})
+    planned = harness.plan_step(STEP, retagged, env.aws, env.upstream, env.recorded)
+    assert [(c.action, c.kind, c.calls) for c in planned] == \
+        [("update", "cluster", ("ecs:TagResource",))] + [("update", "log_group", ("logs:TagResource",))] * 6 + \
+        [("update", "namespace", ("servicediscovery:TagResource",))]
+    assert {(d.field, d.old["owner"], d.new["owner"]) for c in planned for d in c.diffs} == \
+        {("tags", "platform-team", "games-team")}
+
+    before = len(env.aws.ledger.calls)
+    harness.run_step(STEP, retagged, env.aws, env.upstream, env.recorded)
+    assert sorted(harness.mutations(env.aws)[-8:]) == sorted(
+        ["ecs:TagResource", "servicediscovery:TagResource"] + ["cloudwatch-logs:TagResource"] * 6)
+    assert len([c for c in env.aws.ledger.calls[before:] if c.mutating]) == 8
+    cluster_tags = tag_dict(ecs.describe_clusters(clusters=["gamepulse-dev"], include=["TAGS"])["clusters"][0]["tags"],
+                            "key", "value")
+    namespace_tags = tag_dict(discovery.list_tags_for_resource(ResourceARN=namespace_arn)["Tags"])
+    for tags in (cluster_tags, namespace_tags, logs.list_tags_for_resource(resourceArn=grafana_arn)["tags"]):
+        assert (tags["owner"], tags["by-hand"], tags["project"]) == ("games-team", "yes", "gamepulse")
+        assert tags.items() >= OWNERSHIP.items()
+    for group in logs.describe_log_groups(logGroupNamePrefix="/ecs/gamepulse-dev/")["logGroups"]:
+        assert logs.list_tags_for_resource(resourceArn=group["logGroupArn"])["tags"]["owner"] == "games-team"
+    assert harness.plan_step(STEP, retagged, env.aws, env.upstream, env.recorded) == []
+
+    harness.run_step(STEP, manifest, env.aws, env.upstream, env.recorded)  # back to the manifest's owner
+    ecs.untag_resource(resourceArn=cluster_arn, tagKeys=["by-hand"])
+    logs.untag_resource(resourceArn=grafana_arn, tagKeys=["by-hand"])
+    discovery.untag_resource(ResourceARN=namespace_arn, TagKeys=["by-hand"])
 
 
 def test_a_log_group_dropped_from_the_manifest_is_kept_without_delete_data(env, manifest):
