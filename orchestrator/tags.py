@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.model import FieldDiff
 
 APP, ENV, STEP = "orchestrator:app", "orchestrator:env", "orchestrator:step"
 
@@ -45,6 +46,12 @@ def owner_filters(app: str, env: str, step: str | None = None) -> list[dict]:
     if step:
         filters.append({"Name": f"tag:{STEP}", "Values": [step]})
     return filters
+
+
+def tag_diffs(current: dict[str, str], wanted: dict[str, str]) -> tuple[FieldDiff, ...]:
+    """The plan's view of `reconcile`: one `tags` difference holding only our keys, or none."""
+    to_set = reconcile(current, wanted)
+    return (FieldDiff("tags", {key: current.get(key) for key in to_set}, to_set),) if to_set else ()
 
 
 def reconcile(current: dict[str, str], wanted: dict[str, str]) -> dict[str, str]:

@@ -329,7 +329,7 @@ class AlbStep(Step):
                            calls=("elbv2:CreateLoadBalancer", "elbv2:ModifyLoadBalancerAttributes"), payload=lb)]
         if not seen.owned:
             raise tagging.not_ours("load balancer", lb.name)
-        diffs = diff_fields(lb, seen, LB_FIELDS) + _tag_diffs(seen.tags, tags)
+        diffs = diff_fields(lb, seen, LB_FIELDS) + tagging.tag_diffs(seen.tags, tags)
         if not diffs:
             return []
         calls = tuple(dict.fromkeys(LB_FIELD_CALLS[d.field] for d in diffs))
@@ -351,7 +351,7 @@ class AlbStep(Step):
                 diffs += (FieldDiff("deregistration_delay_seconds", seen.deregistration_delay_seconds,
                                     group.deregistration_delay_seconds),)
                 calls += ("elbv2:ModifyTargetGroupAttributes",)
-            retag = _tag_diffs(seen.tags, desired.tags)
+            retag = tagging.tag_diffs(seen.tags, desired.tags)
             diffs, calls = diffs + retag, calls + (("elbv2:AddTags",) if retag else ())
             if diffs:
                 changes.append(Change("update", "target_group", group.key, diffs=diffs, calls=calls, payload=group))
@@ -385,7 +385,7 @@ class AlbStep(Step):
             if not found.owned:
                 raise tagging.not_ours("listener", f"{listener.key} (port {listener.port})")
             modify = diff_fields(listener, found, LISTENER_FIELDS)
-            retag = _tag_diffs(found.tags, tags)
+            retag = tagging.tag_diffs(found.tags, tags)
             if modify or retag:
                 calls = (("elbv2:ModifyListener",) if modify else ()) + (("elbv2:AddTags",) if retag else ())
                 changes.append(Change("update", "listener", listener.key, diffs=modify + retag, calls=calls,
@@ -407,7 +407,7 @@ class AlbStep(Step):
                 raise tagging.not_ours("listener rule", _rule_name(rule.port, rule.priority))
             kept.add(seen.arn)
             modify = diff_fields(rule, seen, ("paths", "action"))
-            retag = _tag_diffs(seen.tags, desired.tags)
+            retag = tagging.tag_diffs(seen.tags, desired.tags)
             if modify or retag:
                 calls = (("elbv2:ModifyRule",) if modify else ()) + (("elbv2:AddTags",) if retag else ())
                 changes.append(Change("update", "rule", _rule_name(rule.port, rule.priority), diffs=modify + retag,
@@ -422,7 +422,7 @@ class AlbStep(Step):
                                       calls=("elbv2:CreateRule",), payload=rule))
                 continue
             leftovers.remove(same)
-            retag = _tag_diffs(same.tags, desired.tags)
+            retag = tagging.tag_diffs(same.tags, desired.tags)
             changes.append(Change("update", "rule", name,
                                   diffs=(FieldDiff("priority", same.priority, rule.priority),) + retag,
                                   calls=("elbv2:SetRulePriorities",) + (("elbv2:AddTags",) if retag else ()),
@@ -723,13 +723,6 @@ def _listener_deletion(seen: ObservedListener) -> Change:
 
 def _target_group_deletion(seen: ObservedTargetGroup) -> Change:
     return Change("delete", "target_group", seen.name, calls=("elbv2:DeleteTargetGroup",), payload=seen)
-
-
-def _tag_diffs(current: dict[str, str], wanted: dict[str, str]) -> tuple[FieldDiff, ...]:
-    """Our tags that are missing or differ, as a plan shows them; tags others added are no
-    difference (`tagging.reconcile`)."""
-    to_set = tagging.reconcile(current, wanted)
-    return (FieldDiff("tags", {key: current.get(key) for key in to_set}, to_set),) if to_set else ()
 
 
 def _add_tags(elb, seen, change: Change) -> None:

@@ -206,7 +206,7 @@ class EcsStep(Step):
                            calls=("ecs:CreateCluster",), payload=cluster)]
         if not seen.owned:
             raise tagging.not_ours("ECS cluster", cluster.name)
-        diffs = diff_fields(cluster, seen, CLUSTER_FIELDS) + _tag_diffs(seen.tags, tags)
+        diffs = diff_fields(cluster, seen, CLUSTER_FIELDS) + tagging.tag_diffs(seen.tags, tags)
         if not diffs:
             return []
         calls = []
@@ -231,7 +231,7 @@ class EcsStep(Step):
             if not found.owned:
                 raise tagging.not_ours("log group", group.name)
             retention = diff_fields(group, found, ("retention_days",))
-            retag = _tag_diffs(found.tags, tags)
+            retag = tagging.tag_diffs(found.tags, tags)
             if retention or retag:
                 calls = (("logs:PutRetentionPolicy",) if retention else ()) + (("logs:TagResource",) if retag else ())
                 changes.append(Change("update", "log_group", group.name, diffs=retention + retag, calls=calls,
@@ -253,7 +253,7 @@ class EcsStep(Step):
         # Cloud Map does not report a namespace's VPC: compare with the VPC of the last apply.
         last_vpc = recorded.get(key, {}).get("vpc_id")
         if last_vpc is None or last_vpc == namespace.vpc_id:
-            retag = _tag_diffs(seen.tags, tags)
+            retag = tagging.tag_diffs(seen.tags, tags)
             return [Change("update", "namespace", namespace.name, diffs=retag,
                            calls=("servicediscovery:TagResource",), payload=namespace)] if retag else []
         return [Change("replace", "namespace", namespace.name,
@@ -406,13 +406,6 @@ def _log_group_deletion(group: ObservedLogGroup, why: str) -> Change:
     return Change("delete", "log_group", group.name, diffs=(FieldDiff("retention_days", group.retention_days, None),),
                   calls=("logs:DeleteLogGroup",), blocked=DELETE_DATA,
                   note=f"{why}: deleting log group {group.name} loses the logs it holds")
-
-
-def _tag_diffs(current: dict[str, str], wanted: dict[str, str]) -> tuple[FieldDiff, ...]:
-    """Our tags that are missing or differ, as a plan shows them; tags others added are no
-    difference (`tagging.reconcile`)."""
-    to_set = tagging.reconcile(current, wanted)
-    return (FieldDiff("tags", {key: current.get(key) for key in to_set}, to_set),) if to_set else ()
 
 
 def _tags_to_set(change: Change) -> dict[str, str]:

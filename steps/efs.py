@@ -266,12 +266,6 @@ def sync_tags(efs, resource_id: str, current: dict[str, str], wanted: dict[str, 
     return {**current, **to_set}
 
 
-def tag_diffs(current: dict[str, str], wanted: dict[str, str]) -> tuple[FieldDiff, ...]:
-    """The tag difference on our keys only: tags others added are no difference."""
-    to_set = tagging.reconcile(current, wanted)
-    return (FieldDiff("tags", {k: current.get(k) for k in to_set}, to_set),) if to_set else ()
-
-
 def create_file_system(ctx, efs, desired: FileSystem) -> ObservedFileSystem:
     token = ctx.token("file-system")
     try:
@@ -453,7 +447,7 @@ class EfsStep(Step):
     @staticmethod
     def _update_fs(fs: FileSystem, current: ObservedFileSystem) -> list[Change]:
         throughput = diff_fields(fs, current, ("throughput_mode",))
-        tags = tag_diffs(current.tags, fs.tags)
+        tags = tagging.tag_diffs(current.tags, fs.tags)
         if not throughput + tags:
             return []
         calls = (("efs:UpdateFileSystem",) if throughput else ()) + (("efs:TagResource",) if tags else ())
@@ -545,7 +539,7 @@ class EfsStep(Step):
             elif keep is None:
                 changes.append(self._create_access_point(ap))
             elif tagging.reconcile(keep.tags, ap.tags):
-                changes.append(Change("update", "access-point", ap.key, diffs=tag_diffs(keep.tags, ap.tags),
+                changes.append(Change("update", "access-point", ap.key, diffs=tagging.tag_diffs(keep.tags, ap.tags),
                                       calls=("efs:TagResource",), payload=(ap, keep), note=f"access point {keep.id}"))
             changes += [self._delete_access_point(found, ap.key, "a duplicate")
                         for found in candidates if found is not keep]
