@@ -313,20 +313,24 @@ class SecretsStep(Step):
                                             Description=secret.description, SecretString=value,
                                             Tags=tagging.tag_list(secret.tags))
         except Exception as error:
-            if error_code(error) != "ResourceExistsException":
+            if error_code(error) not in ("ResourceExistsException", "InvalidRequestException"):
                 raise
             # ListSecrets may not show changes of the last minutes: a quick re-apply plans a create
-            # for a secret the last run made. If it is ours, carry on as with an existing secret.
-            self._apply_to_existing(ctx, client, secret, value, observed)
+            # for a secret the last run made (or scheduled for deletion: AWS then answers
+            # InvalidRequestException). If it is ours, carry on as with an existing secret.
+            current = _observed(client.describe_secret(SecretId=secret.name))
+            if error_code(error) == "InvalidRequestException" and not current.deleted:
+                raise
+            self._apply_to_existing(ctx, client, secret, value, current, observed)
             return
         observed.owned[secret.key] = ObservedSecret(name=secret.name, arn=response["ARN"],
                                                     description=secret.description, tags=dict(secret.tags),
                                                     deleted=False, value="same")
 
-    def _apply_to_existing(self, ctx, client, secret: DesiredSecret, value: str, observed: SecretsFacts) -> None:
+    def _apply_to_existing(self, ctx, client, secret: DesiredSecret, value: str, current: ObservedSecret,
+                           observed: SecretsFacts) -> None:
         """What plan would have done had observe seen the secret: restore it, or update what
         differs. A generated value is kept, so only a value from a source is compared."""
-        current = _observed(client.describe_secret(SecretId=secret.name))
         if not ctx.owns(current.tags):
             raise tagging.not_ours("secret", secret.name)
         observed.owned[secret.key] = current

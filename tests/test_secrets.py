@@ -263,6 +263,34 @@ def test_a_quick_re_apply_on_a_lagging_list_carries_on_with_our_existing_secrets
     assert harness.plan_step(STEP, manifest, aws) == []
 
 
+def test_a_lagging_list_hiding_a_secret_scheduled_for_deletion_restores_it_as_aws_answers(manifest, aws, sm):
+    harness.run_step(STEP, manifest, aws)
+    sm.delete_secret(SecretId="gamepulse/dev/grafana-admin", RecoveryWindowInDays=7)
+
+    def scheduled_for_deletion(params, **kwargs):
+        # AWS (unlike moto) refuses to create a name scheduled for deletion with InvalidRequestException.
+        if params["Name"] == "gamepulse/dev/grafana-admin":
+            raise ClientError({"Error": {"Code": "InvalidRequestException",
+                                         "Message": "a secret with this name is already scheduled for deletion"}},
+                              "CreateSecret")
+
+    lagging_list(aws)
+    aws.register("before-parameter-build.secrets-manager.CreateSecret", scheduled_for_deletion)
+    harness.run_step(STEP, manifest, aws)
+    assert "DeletedDate" not in sm.describe_secret(SecretId="gamepulse/dev/grafana-admin")
+
+
+def test_an_invalid_request_for_a_live_secret_is_not_taken_for_a_stale_list(manifest, aws, sm):
+    def refused(**kwargs):
+        raise ClientError({"Error": {"Code": "InvalidRequestException", "Message": "bad request"}}, "CreateSecret")
+
+    harness.run_step(STEP, manifest, aws)
+    lagging_list(aws)
+    aws.register("before-call.secrets-manager.CreateSecret", refused)
+    with pytest.raises(ClientError, match="bad request"):
+        harness.run_step(STEP, manifest, aws)
+
+
 def test_a_lagging_list_hiding_a_secret_of_someone_else_still_refuses_it(manifest, aws, sm):
     sm.create_secret(Name="gamepulse/dev/db-connection", SecretString="someone-elses-value")
     lagging_list(aws)
