@@ -268,9 +268,7 @@ class IamStep(Step):
         changes: list[Change] = []
         for name, role in desired.roles.items():
             if name in observed.foreign:
-                raise OrchestratorError(
-                    f"IAM role {name} already exists but is not owned by {desired.app}/{desired.env} (it lacks this "
-                    "environment's orchestrator ownership tags); refusing to adopt or change it")
+                raise tagging.not_ours("IAM role", name)
             current = observed.owned.get(name)
             if current is None:
                 changes += _create_role(role)

@@ -209,9 +209,7 @@ class SecretsStep(Step):
         changes: list[Change] = []
         for key, secret in desired.secrets.items():
             if key in observed.foreign:
-                raise OrchestratorError(
-                    f"secret {secret.name} already exists but is not owned by {desired.app}/{desired.env} (it lacks "
-                    "this environment's orchestrator ownership tags); refusing to adopt or change it")
+                raise tagging.not_ours("secret", secret.name)
             current = observed.owned.get(key)
             if current is None:
                 changes.append(self._create(secret))

@@ -181,7 +181,7 @@ def test_a_role_left_out_of_the_manifest_loses_its_policies_before_it_goes(manif
 
 def test_a_role_of_our_name_without_our_tags_is_refused(manifest):
     desired = desired_for(manifest)
-    with pytest.raises(OrchestratorError, match="IAM role gamepulse-dev-task-loki already exists but is not owned"):
+    with pytest.raises(OrchestratorError, match="IAM role gamepulse-dev-task-loki exists but does not carry this environment.s ownership tags"):
         STEP.plan(desired, IamFacts(foreign={"gamepulse-dev-task-loki"}), {})
 
 
@@ -305,7 +305,7 @@ def test_a_role_of_our_name_made_by_hand_is_refused_untouched(manifest, aws, iam
         {"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
     iam.create_role(RoleName="gamepulse-dev-execution", AssumeRolePolicyDocument=trust)
     writes = len(harness.mutations(aws))
-    with pytest.raises(OrchestratorError, match="IAM role gamepulse-dev-execution already exists but is not owned"):
+    with pytest.raises(OrchestratorError, match="IAM role gamepulse-dev-execution exists but does not carry this environment.s ownership tags"):
         harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)
     assert len(harness.mutations(aws)) == writes
 

@@ -134,7 +134,7 @@ def test_a_secret_under_our_name_without_our_tags_is_refused(manifest):
     desired = desired_for(manifest)
     facts = facts_for(desired)
     facts.foreign["slack-webhook"] = facts.owned.pop("slack-webhook")
-    with pytest.raises(OrchestratorError, match="gamepulse/dev/slack-webhook .*not owned"):
+    with pytest.raises(OrchestratorError, match="secret gamepulse/dev/slack-webhook exists but does not carry this environment.s ownership tags"):
         STEP.plan(desired, facts, {})
 
 
@@ -379,7 +379,7 @@ def test_a_secret_scheduled_for_deletion_is_restored(manifest, aws, sm):
 def test_a_secret_under_our_name_created_by_someone_else_is_refused(manifest, aws, sm):
     sm.create_secret(Name="gamepulse/dev/db-connection", SecretString="someone-elses-value")
     writes = len(harness.mutations(aws))
-    with pytest.raises(OrchestratorError, match="gamepulse/dev/db-connection already exists but is not owned"):
+    with pytest.raises(OrchestratorError, match="secret gamepulse/dev/db-connection exists but does not carry this environment.s ownership tags"):
         harness.run_step(STEP, manifest, aws)
     assert value_of(sm, "gamepulse/dev/db-connection") == "someone-elses-value"
     assert len(harness.mutations(aws)) == writes
