@@ -191,6 +191,7 @@ class StateStore:
         if previous.get("run_id"):
             log.warning("lock expired, taking over", from_run=previous["run_id"],
                         holder=f"{previous.get('user')}@{previous.get('host')}", fence=fence)
+            self._close_abandoned_run(previous["run_id"])
         log.info("lock acquired", env=self.manifest.environment, run_id=run_id, fence=fence)
         return Lease(self, run_id, fence, holder["expires_at"]), {}
 
@@ -218,7 +219,26 @@ class StateStore:
         if holder:
             log.warning("lock broken", env=self.manifest.environment, run_id=holder.get("run_id"),
                         holder=f"{holder.get('user')}@{holder.get('host')}")
+            self._close_abandoned_run(holder["run_id"])
         return holder
+
+    def _close_abandoned_run(self, run_id: str) -> None:
+        """A run whose lock was taken over or broken will never finish its record: say so, so
+        that `status` does not show it running for ever. Only a record still "running" changes."""
+        for run in self.runs(limit=20):
+            if run.get("run_id") != run_id:
+                continue
+            try:
+                self.client.update_item(
+                    TableName=self.table, Key=self._key(f"{RUN_PREFIX}{run['started_at']}#{run_id}"),
+                    UpdateExpression="SET #result = :abandoned, finished_at = :now",
+                    ConditionExpression="#result = :running", ExpressionAttributeNames={"#result": "result"},
+                    ExpressionAttributeValues=_serialize({":abandoned": "abandoned", ":running": "running",
+                                                          ":now": _iso(clock())}))
+            except ClientError as error:
+                if error_code(error) != "ConditionalCheckFailedException":
+                    raise
+            return
 
     def _lock_condition(self, lease: "Lease") -> dict:
         """Condition parameters that hold only while the lock item is still this lease's."""

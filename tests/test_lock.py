@@ -198,3 +198,14 @@ def test_racing_acquires_have_exactly_one_winner(store, aws, monkeypatch):
         assert len(winners) == 1 and outcomes.count("held") == 1
         assert store.lock_holder()["run_id"] == winners[0]
         store.break_lock()
+
+
+def test_a_run_whose_lock_was_taken_over_or_broken_is_recorded_as_abandoned(store, aws, now):
+    dead = store.acquire("run-a", "apply")
+    store.start_run(dead, "apply", manifest_hash="m")
+    now.t = T0 + LEASE + 1  # it died without finishing
+    second = second_run(aws)
+    lease = second.acquire("run-b", "apply")
+    second.start_run(lease, "apply", manifest_hash="m")
+    second.break_lock()
+    assert {run["run_id"]: run["result"] for run in second.runs()} == {"run-a": "abandoned", "run-b": "abandoned"}
