@@ -295,7 +295,8 @@ def outputs(options: Options, env: str, as_json: bool):
     manifest = load(options, env)
     store = store_for(connect(options, manifest), manifest)
     records = store.steps() if store.exists() else {}
-    values = {name: record.get("outputs", {}) for name, record in records.items()}
+    order = build_graph().order()
+    values = {name: records[name]["outputs"] for name in order if records.get(name, {}).get("outputs")}
     if as_json:
         click.echo(json.dumps(values, indent=2, default=str))
         return
