@@ -77,7 +77,6 @@ class Engine:
         #: Set on Ctrl-C: steps finish the change in progress and start no other.
         self.cancelled = threading.Event()
         self._records: dict[str, dict] = {}
-        self._lock = threading.Lock()
 
     # -- public commands -------------------------------------------------------------------
 
