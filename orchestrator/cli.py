@@ -15,6 +15,10 @@ import click
 from orchestrator.errors import OrchestratorError
 
 ENV_ARG = click.argument("env")
+PARALLELISM_OPT = click.option("--parallelism", type=click.IntRange(1, 64), default=None,
+                               help="At most this many steps at once (default: every ready step).")
+LOCK_TIMEOUT_OPT = click.option("--lock-timeout", type=click.FloatRange(0), default=0.0, show_default=True,
+                                help="Seconds to wait for another run's lock before giving up.")
 TARGET_OPT = click.option("--target", "targets", multiple=True, metavar="STEP",
                           help="Only this step and what it depends on (repeatable).")
 
@@ -223,10 +227,8 @@ def plan(options: Options, env: str, targets, as_json: bool, detailed_exitcode: 
 @cli.command()
 @ENV_ARG
 @TARGET_OPT
-@click.option("--parallelism", type=click.IntRange(1, 64), default=None,
-              help="At most this many steps at once (default: every ready step).")
-@click.option("--lock-timeout", type=click.FloatRange(0), default=0.0, show_default=True,
-              help="Seconds to wait for another run's lock before giving up.")
+@PARALLELISM_OPT
+@LOCK_TIMEOUT_OPT
 @allow_flags
 @click.pass_obj
 def apply(options: Options, env: str, targets, parallelism, lock_timeout, delete_data, delete_secrets):
@@ -240,10 +242,8 @@ def apply(options: Options, env: str, targets, parallelism, lock_timeout, delete
 @click.option("--target", "targets", multiple=True, metavar="STEP",
               help="Only this step and the steps that depend on it, which must go first (repeatable).")
 @click.option("--yes", is_flag=True, help="Confirm: delete what this environment owns.")
-@click.option("--parallelism", type=click.IntRange(1, 64), default=None,
-              help="At most this many steps at once (default: every ready step).")
-@click.option("--lock-timeout", type=click.FloatRange(0), default=0.0, show_default=True,
-              help="Seconds to wait for another run's lock before giving up.")
+@PARALLELISM_OPT
+@LOCK_TIMEOUT_OPT
 @allow_flags
 @click.pass_obj
 def destroy(options: Options, env: str, targets, yes: bool, parallelism, lock_timeout, delete_data,
