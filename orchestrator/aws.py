@@ -22,6 +22,8 @@ current_step: contextvars.ContextVar[str] = contextvars.ContextVar("current_step
 
 #: The ledger's name for calls to the state table and lock, whichever step causes them.
 STATE = "state"
+#: The ledger's name for the run facts (account, partition, zones), asked once per run.
+FACTS = "facts"
 
 READ_PREFIXES = ("Describe", "Get", "List", "Head", "BatchGet", "Query", "Scan", "Lookup", "Discover",
                  "Search", "Select", "Check")
@@ -81,8 +83,9 @@ class Aws:
         self._lock = threading.Lock()
         self.ledger = CallLedger()
         self._handlers: list[tuple[str, object]] = []
-        self._account_id: str | None = None
-        self._account_lock = threading.Lock()
+        self._identity: dict | None = None
+        self._zones: list[str] | None = None
+        self._facts_lock = threading.Lock()
 
     def client(self, service: str, *, ledger_name: str | None = None):
         """The shared client for `service`. With `ledger_name`, a client of its own whose calls
@@ -93,6 +96,7 @@ class Aws:
             if client is None:
                 client = self._session.client(service, config=self._config, endpoint_url=self.endpoint_url)
                 client.meta.events.register("before-send", self._counter_for(ledger_name))
+                client.meta.events.register("provide-client-params", refuse_unknown_values)
                 for event, handler in self._handlers:
                     client.meta.events.register(event, handler)
                 self._clients[key] = client
@@ -114,12 +118,58 @@ class Aws:
             log.debug("aws call", step=ledger_name or current_step.get(), service=event[1], operation=event[2])
         return count_request
 
+    # -- run facts: asked once per run, shared by the steps running at once --------------------
+
     def account_id(self) -> str:
-        """The credentials' account, asked once per run (steps running at once share the answer)."""
-        with self._account_lock:
-            if self._account_id is None:
-                self._account_id = self.client("sts").get_caller_identity()["Account"]
-            return self._account_id
+        """The credentials' account."""
+        return self._caller()["Account"]
+
+    def partition(self) -> str:
+        """The partition of the credentials (`aws`, `aws-cn`, `aws-us-gov`), which every ARN names."""
+        return self._caller()["Arn"].split(":")[1]
+
+    def available_zones(self) -> list[str]:
+        """The region's availability zones that exist and are available to this account, in
+        name order (many accounts lack some letters, e.g. us-west-1 has two of a, b, c)."""
+        with self._facts_lock:
+            if self._zones is None:
+                found = self.client("ec2", ledger_name=FACTS).describe_availability_zones(Filters=[
+                    {"Name": "zone-type", "Values": ["availability-zone"]},
+                    {"Name": "state", "Values": ["available"]}])["AvailabilityZones"]
+                self._zones = sorted(zone["ZoneName"] for zone in found)
+            return list(self._zones)
+
+    def _caller(self) -> dict:
+        with self._facts_lock:
+            if self._identity is None:
+                self._identity = self.client("sts", ledger_name=FACTS).get_caller_identity()
+            return self._identity
+
+
+class UnknownValueSent(Exception):
+    """A request still holds a value known only after an upstream apply: a bug, never sent."""
+
+
+def refuse_unknown_values(params, model, **kwargs) -> None:
+    """Refuse a request that holds a value not known yet (`orchestrator.model.Unknown`, or a
+    string built from one), naming the step, the field and the output it waited for."""
+    from orchestrator.model import KNOWN_AFTER_APPLY
+
+    def find(value, path: str):
+        if isinstance(value, str) and KNOWN_AFTER_APPLY in value:
+            return path, getattr(value, "source", "") or "an upstream output"
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            found = find(item, f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]")
+            if found:
+                return found
+        return None
+
+    found = find(params, "")
+    if found:
+        field, source = found
+        raise UnknownValueSent(f"step {current_step.get()}: {model.name} would send {field.lstrip('.')} before "
+                               f"{source} is known (the step read it before the step that makes it applied)")
 
 
 def error_code(error: Exception) -> str:

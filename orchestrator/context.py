@@ -26,6 +26,8 @@ class StepContext:
     #: Raises when the step must stop at once (Ctrl-C, the lock lost); called between polls.
     stop: Callable[[], None] = lambda: None
     log: object = field(default=None)
+    #: Waits of changes AWS accepted and the engine recorded, not settled yet.
+    pending: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.log is None:
@@ -64,7 +66,21 @@ class StepContext:
         return hashlib.sha256(basis.encode()).hexdigest()[:32]
 
     def wait(self, what: str, check: Callable[[], tuple[bool, str]], **kwargs) -> str:
+        """Wait here, before the handler goes on (prefer returning a `Wait` in `Accepted`)."""
         return waiters.wait_until(what, check, log=self.log, stop=self.stop, **kwargs)
+
+    def wait_for(self, wait) -> None:
+        """Settle `wait` now, with whatever else is pending (a change that must be complete
+        before the same handler goes on: mount targets gone before their file system)."""
+        self.pending.append(wait)
+        self.settle()
+
+    def settle(self) -> None:
+        """Settle every pending wait now: a handler whose change needs an earlier one done
+        (a route to a NAT gateway that must be available) calls this first."""
+        waits, self.pending = self.pending, []
+        if waits:
+            waiters.settle(waits, log=self.log, stop=self.stop)
 
     @staticmethod
     def secret(value: str) -> str:

@@ -114,6 +114,22 @@ def emulate_efs_backup_policy() -> None:
     EFSResponse.put_backup_policy = respond_put_backup_policy
 
 
+def emulate_update_cluster_settings() -> None:
+    """moto gap (MOTO-NOTES: ECS cluster): `UpdateClusterSettings` is not implemented (HTTP 500),
+    so drift of Container Insights could not be repaired. Answer it as AWS does: set the
+    cluster's settings and return the cluster."""
+    from moto.core.responses import ActionResult
+    from moto.ecs.responses import EC2ContainerServiceResponse
+
+    def update_cluster_settings(self):
+        cluster = self.ecs_backend.update_cluster(cluster_name=self._get_param("cluster"),
+                                                  cluster_settings=self._get_param("settings"),
+                                                  configuration=None, service_connect_defaults=None)
+        return ActionResult({"cluster": cluster})
+
+    EC2ContainerServiceResponse.update_cluster_settings = update_cluster_settings
+
+
 _applied = False
 
 
@@ -125,6 +141,7 @@ def apply_fixes() -> None:
         understand_secure_transport()
         serialize_requests()
         emulate_efs_backup_policy()
+        emulate_update_cluster_settings()
         _applied = True
 
 

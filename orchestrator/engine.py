@@ -1,10 +1,15 @@
 """The reconcile engine: observe, compare, act — for every selected step, in graph order.
 
 It knows steps only through the contract in `orchestrator.model` and AWS only through the
-client factory; the state store records each change as soon as AWS accepted it.
+client factory. A change has two phases: the calls AWS accepts, after which the state store
+records it at once (with what apply learned), then its waits, settled together with the waits
+of the step's other changes. Deletes a step marks `retire` (what a replacement superseded,
+what the manifest no longer wants) run in a final phase, in reverse graph order, after every
+step that depends on it has moved to what replaced it.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import threading
@@ -19,7 +24,7 @@ from orchestrator.context import StepContext
 from orchestrator.errors import Interrupted, LockLost
 from orchestrator.graph import StepGraph
 from orchestrator.log import redactor
-from orchestrator.model import KNOWN_AFTER_APPLY, Change, Inputs, as_plain
+from orchestrator.model import Accepted, Change, Inputs, Step, as_plain, is_unknown
 from orchestrator.scheduler import run_concurrently
 
 log = structlog.get_logger("orchestrator.engine")
@@ -35,11 +40,33 @@ class StepResult:
     outputs: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None
+    #: The steps that depend on this one: they move to what a replacement creates.
+    dependants: tuple[str, ...] = ()
+    #: The failure itself, for callers that want more than `error`'s one line.
+    exception: BaseException | None = field(default=None, repr=False)
 
     def summary(self) -> dict:
         return {"status": self.status, "changes": len(self.applied) if self.applied else len(self.changes),
                 "refused": [c.key for c in self.refused], "seconds": round(self.seconds, 2),
                 **({"error": self.error} if self.error else {})}
+
+
+def output_fields(step: Step) -> tuple[str, ...]:
+    """The outputs a step declares: the fields of its `Outputs` dataclass."""
+    return tuple(f.name for f in dataclasses.fields(step.Outputs))
+
+
+def known_outputs(outputs: dict[str, Any]) -> dict[str, Any]:
+    """The outputs that are known (what the state table keeps): a value not known yet, or holding
+    one, is left out, and reads back as not known yet."""
+    def holds_unknown(value: Any) -> bool:
+        if isinstance(value, dict):
+            return any(holds_unknown(item) for item in value.values())
+        if isinstance(value, list):
+            return any(holds_unknown(item) for item in value)
+        return is_unknown(value)
+
+    return {key: value for key, value in outputs.items() if not holds_unknown(value)}
 
 
 def desired_hash(desired: Any) -> str:
@@ -77,6 +104,8 @@ class Engine:
         #: Set on Ctrl-C: steps finish the change in progress and start no other.
         self.cancelled = threading.Event()
         self._records: dict[str, dict] = {}
+        #: Per step that applied: what its retire phase needs (context, facts, deferred deletes).
+        self._retiring: dict[str, tuple[StepContext, Any, list[Change], str]] = {}
 
     # -- public commands -------------------------------------------------------------------
 
@@ -87,7 +116,9 @@ class Engine:
 
     def apply(self, targets: Iterable[str] = ()) -> dict[str, StepResult]:
         self._load_records()
-        return self._run(self.graph.select(targets), self._apply_step)
+        results = self._run(self.graph.select(targets), self._apply_step)
+        self._retire()
+        return results
 
     def destroy(self, targets: Iterable[str] = ()) -> dict[str, StepResult]:
         self._load_records()
@@ -103,7 +134,8 @@ class Engine:
         return self._schedule(waits_for, work)
 
     def _schedule(self, waits_for: dict[str, set[str]], work) -> dict[str, StepResult]:
-        self.results = {name: StepResult(name) for name in self.graph.order(waits_for)}
+        self.results = {name: StepResult(name, dependants=tuple(sorted(self.graph.dependents(name))))
+                        for name in self.graph.order(waits_for)}
 
         def skip(name: str, blockers: list[str]) -> None:
             kept = [b for b in blockers if self.results[b].status == "kept"]
@@ -134,13 +166,13 @@ class Engine:
             if result.status != "kept":
                 result.status = "ok"
         except LockLost as error:
-            result.status, result.error = "failed", str(error)
+            result.status, result.error, result.exception = "failed", str(error), error
         except Interrupted as error:
-            result.status, result.error = "failed", str(error)
+            result.status, result.error, result.exception = "failed", str(error), error
             if self.store is not None and self.lease is not None and not self.lease.lost:
                 self._finish_record(name, result, None)
         except Exception as error:  # any failure ends this step; the run reports it
-            result.status, result.error = "failed", describe_error(error)
+            result.status, result.error, result.exception = "failed", describe_error(error), error
             log.error("step failed", step=name, error=result.error)
             if self.store is not None and self.lease is not None and not self.lease.lost:
                 self._finish_record(name, result, None)
@@ -169,7 +201,16 @@ class Engine:
                 outputs[dep] = self.results[dep].outputs
             else:
                 outputs[dep] = self._records.get(dep, {}).get("outputs", {})
-        return Inputs(account_id=self.aws.account_id(), region=self.manifest.region, outputs=outputs)
+        declared = {dep: output_fields(self.graph.steps[dep]) for dep in step.depends_on}
+        return Inputs(account_id=self.aws.account_id(), region=self.manifest.region, outputs=outputs,
+                      declared=declared, partition=self.aws.partition(), zones=self.aws.available_zones)
+
+    def _outputs(self, step: Step, desired, observed) -> dict[str, Any]:
+        outputs = step.outputs(desired, observed)
+        if not isinstance(outputs, step.Outputs):
+            raise TypeError(f"step {step.name}: outputs() returned {type(outputs).__name__}, "
+                            f"not its declared {step.Outputs.__name__}")
+        return as_plain(outputs)
 
     def _recorded(self, name: str) -> dict[str, dict]:
         return self._records.get(name, {}).get("applied", {}) or {}
@@ -180,7 +221,7 @@ class Engine:
         desired = step.desired(self.manifest, self._inputs(name))
         observed = step.observe(ctx, desired)
         result.changes = step.plan(desired, observed, self._recorded(name))
-        result.outputs = step.outputs(desired, observed)
+        result.outputs = self._outputs(step, desired, observed)
 
     def _apply_step(self, name: str, result: StepResult) -> None:
         step = self.graph.steps[name]
@@ -192,10 +233,39 @@ class Engine:
             log.info("changing", step=name, changes=len(result.changes))
         else:
             log.info("up to date", step=name)
-        self._execute(step, ctx, result, observed)
-        result.outputs = step.outputs(desired, observed)
+        now = [change for change in result.changes if not change.retire]
+        later = [change for change in result.changes if change.retire]
+        self._execute(step, ctx, result, observed, now)
+        result.outputs = self._outputs(step, desired, observed)
         result.status = "ok"
         self._finish_record(name, result, desired_hash(desired))
+        if later:
+            self._retiring[name] = (ctx, observed, later, desired_hash(desired))
+
+    def _retire(self) -> None:
+        """The final phase of an apply: in reverse graph order, each step's `retire` deletes,
+        once every step that depends on it succeeded (moved off what is retired). A dependant
+        that failed or was not run keeps the old resources for the next apply to retire."""
+        for name in reversed(self.graph.order(self._retiring)):
+            ctx, observed, changes, digest = self._retiring.pop(name)
+            result = self.results[name]
+            waiting = [d for d in result.dependants if d in self.results and self.results[d].status != "ok"]
+            if waiting or self.cancelled.is_set() or (self.lease is not None and self.lease.lost):
+                why = (f"{', '.join(waiting)} did not move off them" if waiting else "the run stopped")
+                log.warning("old resources kept", step=name, kept=[c.key for c in changes], because=why)
+                result.error = f"kept {len(changes)} superseded resource(s) for the next apply: {why}"
+                continue
+            current_step.set(name)
+            step = self.graph.steps[name]
+            try:
+                self._execute(step, ctx, result, observed, changes)
+            except Exception as error:  # the new resources are in place; the old ones stay for next time
+                result.status, result.exception = "failed", error
+                result.error = f"retiring old resources: {describe_error(error)}"
+                log.error("step failed", step=name, error=result.error)
+                digest = None
+            if self.store is not None and self.lease is not None and not self.lease.lost:
+                self._finish_record(name, result, digest)
 
     def _destroy_step(self, name: str, result: StepResult) -> None:
         step = self.graph.steps[name]
@@ -204,10 +274,9 @@ class Engine:
         observed = step.observe(ctx, desired)
         result.changes = step.plan_destroy(observed)
         log.info("destroying", step=name, deletes=len(result.changes))
-        self._execute(step, ctx, result, observed)
+        self._execute(step, ctx, result, observed, result.changes)
         # What is left (kept resources) is what the record shows from now on.
-        result.outputs = {key: value for key, value in step.outputs(desired, observed).items()
-                          if value != KNOWN_AFTER_APPLY}
+        result.outputs = known_outputs(self._outputs(step, desired, observed))
         if any(change.holds_dependencies for change in result.refused):
             result.status = "kept"  # what it depends on must stay as well
         if self.store is not None and self.lease is not None:
@@ -218,8 +287,9 @@ class Engine:
             else:
                 self.store.forget_step(self.lease, name)
 
-    def _execute(self, step, ctx: StepContext, result: StepResult, observed) -> None:
-        for change in result.changes:
+    def _execute(self, step, ctx: StepContext, result: StepResult, observed, changes: list[Change]) -> None:
+        """Each change: its calls, then its record at once; then all their waits together."""
+        for change in changes:
             if change.blocked and change.blocked not in self.allow:
                 result.refused.append(change)
                 log.warning("refused", step=step.name, kind=change.kind, name=change.name,
@@ -227,10 +297,13 @@ class Engine:
                 continue
             self._stop_if_needed(before=f"{change.action} {change.kind} {change.name}")
             log.info(_verb(change), step=step.name, kind=change.kind, name=change.name)
-            step.apply(ctx, change, observed)
+            accepted = step.apply(ctx, change, observed) or Accepted()
             result.applied.append(change)
             if self.store is not None and self.lease is not None:
-                self.store.record_change(self.lease, step.name, change)
+                kept = change if accepted.record is None else dataclasses.replace(change, record=accepted.record)
+                self.store.record_change(self.lease, step.name, kept)
+            ctx.pending.extend(accepted.waits)
+        ctx.settle()
 
     def _finish_record(self, name: str, result: StepResult, digest: str | None) -> None:
         if self.store is None or self.lease is None:
@@ -238,7 +311,7 @@ class Engine:
         previous = self._records.get(name, {})
         self.store.finish_step(self.lease, name, status=result.status,
                                desired_hash=digest or previous.get("desired_hash", ""),
-                               outputs=result.outputs or previous.get("outputs", {}),
+                               outputs=known_outputs(result.outputs) or previous.get("outputs", {}),
                                changes=len(result.applied), error=result.error)
 
     def _load_records(self) -> None:

@@ -7,13 +7,45 @@ through this contract; it names no AWS service.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 Action = Literal["create", "update", "replace", "delete"]
 
-#: Placeholder for a value that exists only once an upstream change has been applied.
+#: How a value that exists only once an upstream change has been applied shows in plans.
 KNOWN_AFTER_APPLY = "(known after apply)"
+
+
+class Unknown(str):
+    """A value that exists only once an upstream change has been applied: the output `source`
+    (`vpc.vpc_id`) it waits for.
+
+    It is a string so that a plan can carry it wherever the real value will stand (a sorted
+    tuple of subnet ids, a field difference) and renders as "(known after apply)". It can never
+    reach AWS: the client factory refuses any request that still holds one (or a string built
+    from one), naming the step, the field and the output (`orchestrator.aws`).
+    """
+
+    source: str
+
+    def __new__(cls, source: str = "") -> "Unknown":
+        value = super().__new__(cls, KNOWN_AFTER_APPLY)
+        value.source = source
+        return value
+
+    def __reduce__(self):
+        return Unknown, (self.source,)
+
+
+def is_unknown(value: Any) -> bool:
+    """True for a value not known before apply, or a string built from one."""
+    return isinstance(value, str) and KNOWN_AFTER_APPLY in value
+
+
+class ContractError(Exception):
+    """A step broke the step contract (it reads an output it did not declare a dependency on,
+    or one that does not exist): a bug in the step, reported at once."""
 
 #: How a sensitive value shows in plans, logs and state.
 SENSITIVE = "(sensitive)"
@@ -47,6 +79,11 @@ class Change:
     `holds_dependencies`: while this resource stays (its delete refused), it still uses what
     the steps it depends on own — destroy then keeps those too (a protected load balancer
     keeps its subnets).
+    `retire`: a delete of a resource that a replacement superseded (or that the manifest no
+    longer wants) while later steps may still use it; the engine runs it in a final phase, in
+    reverse graph order, once every step that depends on this one has moved off it.
+    `outage`: for a replacement that must delete before it creates (a resource whose name
+    cannot exist twice), what is unavailable in between; the plan shows it.
     """
 
     action: Action
@@ -59,6 +96,8 @@ class Change:
     blocked: str | None = None
     note: str = ""
     holds_dependencies: bool = False
+    retire: bool = False
+    outage: str = ""
 
     @property
     def key(self) -> str:
@@ -71,20 +110,78 @@ class Change:
             data["blocked"] = self.blocked
         if self.note:
             data["note"] = self.note
+        if self.retire:
+            data["retire"] = True
+        if self.outage:
+            data["outage"] = self.outage
         return data
+
+
+@dataclass(frozen=True)
+class Wait:
+    """A condition to await after AWS accepted a change: `check()` → (done, status), raising
+    `waiters.WaitFailed` for a terminal failure. Waits are settled together after a step's
+    changes were made and recorded (or earlier, where a later change needs one: `ctx.settle()`)."""
+
+    what: str
+    check: Callable[[], tuple[bool, str]] = field(compare=False, repr=False)
+    timeout: float = 900.0
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What `apply` returns once AWS accepted a change: the last-applied configuration to keep
+    (None: the change's own `record`), which may hold what only AWS's answer told (a new ARN, a
+    revision, a hash), and the waits that settle the change."""
+
+    record: dict | None = None
+    waits: tuple[Wait, ...] = ()
 
 
 @dataclass(frozen=True)
 class Inputs:
     """What `desired` may read besides the manifest: facts gathered once per run, and the
-    outputs of the steps this one depends on (values may be `KNOWN_AFTER_APPLY` in a plan)."""
+    outputs of the steps this one depends on.
+
+    `declared` names, per dependency, the outputs that step declares (its `Outputs` fields):
+    reading any other step or key is a `ContractError` at once. A declared output with no value
+    yet (a plan before the upstream step ran) is an `Unknown` naming it.
+    """
 
     account_id: str
     region: str
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    declared: dict[str, tuple[str, ...]] | None = None
+    partition: str = "aws"
+    zones: Callable[[], list[str]] = field(default=lambda: [], compare=False, repr=False)
 
     def output(self, step: str, key: str) -> Any:
-        return self.outputs.get(step, {}).get(key, KNOWN_AFTER_APPLY)
+        if self.declared is not None:
+            if step not in self.declared:
+                raise ContractError(f"reads output {step}.{key} but does not depend on step {step} "
+                                    f"(its dependencies: {', '.join(sorted(self.declared)) or 'none'})")
+            if key not in self.declared[step]:
+                near = difflib.get_close_matches(key, self.declared[step], n=1)
+                raise ContractError(f"reads output {step}.{key}, which step {step} does not declare"
+                                    + (f" (did you mean {near[0]}?)" if near else ""))
+        value = self.outputs.get(step, {}).get(key, _MISSING)
+        if value is _MISSING or value == KNOWN_AFTER_APPLY:
+            return Unknown(f"{step}.{key}")
+        return _mark_unknowns(value, f"{step}.{key}")
+
+
+_MISSING = object()
+
+
+def _mark_unknowns(value: Any, source: str) -> Any:
+    """Placeholders inside a value read back from a record become `Unknown`s naming the output."""
+    if isinstance(value, str) and not isinstance(value, Unknown) and value == KNOWN_AFTER_APPLY:
+        return Unknown(source)
+    if isinstance(value, dict):
+        return {key: _mark_unknowns(item, f"{source}.{key}") for key, item in value.items()}
+    if isinstance(value, list):
+        return [_mark_unknowns(item, source) for item in value]
+    return value
 
 
 class Step:
@@ -97,14 +194,20 @@ class Step:
       needs are read when `ctx.destroying` or for resources the manifest no longer wants.
     - ``plan(desired, observed, recorded)`` — pure: the changes that close the gap. `recorded`
       maps `Change.key` to the `record` kept at the last apply.
-    - ``apply(ctx, change, observed)`` — the calls for one change, then the wait.
-    - ``outputs(desired, observed)`` — ids and names downstream steps read.
+    - ``apply(ctx, change, observed)`` — the calls AWS accepts for one change; returns an
+      `Accepted` (or None) with the record to keep and the waits that settle the change. The
+      engine records the change at once, then settles the waits of all the step's changes
+      together. A handler that needs an earlier change settled first calls `ctx.settle()`.
+    - ``outputs(desired, observed)`` — an instance of the step's `Outputs` dataclass: the ids
+      and names downstream steps read (`Unknown` where not created yet).
     - ``plan_destroy(observed)`` — pure: the deletes, in a safe order, for what this step owns.
     """
 
     name: ClassVar[str]
     depends_on: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+    #: The dataclass `outputs` returns; its fields are what dependants may read.
+    Outputs: ClassVar[type]
 
     def desired(self, manifest, inputs: Inputs) -> Any:
         raise NotImplementedError
@@ -115,10 +218,10 @@ class Step:
     def plan(self, desired, observed, recorded: dict[str, dict]) -> list[Change]:
         raise NotImplementedError
 
-    def apply(self, ctx, change: Change, observed) -> None:
+    def apply(self, ctx, change: Change, observed) -> Accepted | None:
         raise NotImplementedError
 
-    def outputs(self, desired, observed) -> dict[str, Any]:
+    def outputs(self, desired, observed) -> Any:
         raise NotImplementedError
 
     def plan_destroy(self, observed) -> list[Change]:

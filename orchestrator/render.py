@@ -29,13 +29,19 @@ def refusal(change: Change) -> str:
     return change.note if flag in change.note else f"{change.note} (needs {flag})"
 
 
-def change_lines(change: Change) -> list[str]:
+def change_lines(change: Change, dependants: tuple[str, ...] = ()) -> list[str]:
     head = f"  {SYMBOL[change.action]:>3} {change.action} {change.kind} {change.name}"
     if change.blocked:
         head += f"   [refused without --{change.blocked}]"
+    if change.retire:
+        head += "   [at the end of the run, once dependants moved]"
     lines = [head]
     if change.note:
         lines.append(f"        note: {change.note}")
+    if change.outage:
+        lines.append(f"        OUTAGE: deleted before it is created again: {change.outage}")
+    elif change.action == "replace" and dependants:
+        lines.append(f"        new one first; {', '.join(dependants)} move to it, then the old one is removed")
     for diff in change.diffs:
         if diff.sensitive:
             lines.append(f"        {diff.field}: {SENSITIVE} (value will change)")
@@ -62,7 +68,7 @@ def plan_text(title: str, results: dict) -> str:
             continue
         lines.append(f"{name}:")
         for change in result.changes:
-            lines.extend(change_lines(change))
+            lines.extend(change_lines(change, result.dependants))
             if change.blocked:
                 refused += 1
             else:

@@ -80,7 +80,7 @@ class NetworkSpec(Section):
     cidr: str = Field(description="VPC IPv4 range, e.g. 10.20.0.0/16")
     zones: int = Field(2, description="number of availability zones (2 or more)")
     availability_zones: list[str] | None = Field(
-        None, description="explicit zone names; default: the region's first `zones` zones, a, b, c …")
+        None, description="explicit zone names; default: the first `zones` zones the region offers the account")
     nat_gateways: Literal["single", "per_zone", "none"] = "single"
     public_subnet_prefix: int = Field(24, ge=16, le=28)
     private_subnet_prefix: int = Field(20, ge=16, le=28)
@@ -148,10 +148,15 @@ class NetworkSpec(Section):
                              "endpoints", "security_group")
         return self
 
-    def zone_names(self, region: str) -> list[str]:
+    def zone_names(self, available: list[str]) -> list[str]:
+        """The zones to use: the manifest's own list, or the first `zones` of those the region
+        offers this account (`available`, in name order: letters may be missing)."""
         if self.availability_zones:
             return list(self.availability_zones)
-        return [f"{region}{letter}" for letter in "abcdef"[: self.zones]]
+        if len(available) < self.zones:
+            raise ValueError(f"network.zones is {self.zones}, but the region offers this account only "
+                             f"{len(available)} zone(s): {', '.join(available) or 'none'}")
+        return list(available[: self.zones])
 
     def subnet_cidrs(self) -> tuple[list[str], list[str]]:
         """(public, private) CIDRs, one per zone: given explicitly, or carved from the VPC range.

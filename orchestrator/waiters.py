@@ -1,8 +1,13 @@
-"""The one waiter helper: poll at once, then back off; report progress; give up at a bound.
+"""The one waiter: poll at once, then back off; report progress; give up at a bound.
 
-botocore's waiters sleep a fixed delay before the first check; AWS resources here are often
-ready at once (and always in the emulator), so this polls immediately and then backs off
-1 s, 2 s, 4 s … up to `max_delay`.
+Every wait of the code base goes through `settle`: the waits of a step's changes are polled
+together (N service rollouts take as long as the slowest, not their sum), and each names what
+it awaits in progress lines and errors. Where botocore defines a waiter for the same
+condition, `botocore_check` turns its acceptors into a check, so the states that count as
+done or failed are AWS's own. botocore's own `wait()` is not used: it calls the operation
+once and then sleeps its fixed delay (15 s for a NAT gateway) between polls, and it cannot
+be interrupted or polled beside other waits; here a wait polls at once, then backs off 1 s,
+2 s, 4 s … up to `max_delay`, and stops between polls when told to (Ctrl-C, a lost lock).
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import structlog
 
 from orchestrator.aws import error_code
 from orchestrator.errors import OrchestratorError
+from orchestrator.model import Wait
 
 T = TypeVar("T")
 
@@ -29,33 +35,100 @@ class WaitFailed(OrchestratorError):
     pass
 
 
-def wait_until(what: str, check: Callable[[], tuple[bool, str]], *, timeout: float = 900.0,
-               max_delay: float = 15.0, log=None, stop: Callable[[], None] | None = None) -> str:
-    """Poll `check()` → (done, status) until done; return the final status.
+def settle(waits: Iterable[Wait], *, max_delay: float = 15.0, log=None,
+           stop: Callable[[], None] | None = None) -> dict[str, str]:
+    """Poll every wait's check until all are done; return each one's final status by `what`.
 
-    `check` raises `WaitFailed` for a terminal failure state (a NAT gateway that `failed`).
-    Progress is logged on every poll after the first, naming what is awaited and for how long.
-    `stop()`, called between polls, raises to end the wait early (Ctrl-C, a lost lock).
+    A check raises `WaitFailed` for a terminal failure state (a NAT gateway that `failed`);
+    that ends the settling at once. Progress is logged on every round after the first, naming
+    what is still awaited and for how long; a wait that outlasts its own timeout raises
+    `WaitTimeout` naming it and its last status. `stop()`, called between rounds, raises to end
+    the wait early (Ctrl-C, a lost lock).
     """
     log = log or structlog.get_logger("orchestrator.wait")
+    pending = list(waits)
+    final: dict[str, str] = {}
     started = clock()
     delay = 1.0
-    polls = 0
-    while True:
-        done, status = check()
-        polls += 1
+    rounds = 0
+    while pending:
+        rounds += 1
+        still: list[tuple[Wait, str]] = []
+        for wait in pending:
+            done, status = wait.check()
+            if done:
+                final[wait.what] = status
+                if rounds > 1:
+                    log.info("wait over", what=wait.what, status=status, waited_s=round(clock() - started, 1))
+            else:
+                still.append((wait, status))
+        if not still:
+            break
         elapsed = clock() - started
-        if done:
-            if polls > 1:
-                log.info("wait over", what=what, status=status, waited_s=round(elapsed, 1))
-            return status
-        if elapsed + delay > timeout:
-            raise WaitTimeout(f"gave up waiting for {what} after {elapsed:.0f}s (last status: {status})")
-        log.info("waiting", what=what, status=status, waited_s=round(elapsed, 1), next_check_s=delay)
+        for wait, status in still:
+            if elapsed + delay > wait.timeout:
+                raise WaitTimeout(f"gave up waiting for {wait.what} after {elapsed:.0f}s (last status: {status})")
+        log.info("waiting", what="; ".join(f"{wait.what}: {status}" for wait, status in still),
+                 waited_s=round(elapsed, 1), next_check_s=delay)
         sleep(delay)
         if stop is not None:
             stop()
         delay = min(delay * 2, max_delay)
+        pending = [wait for wait, _ in still]
+    return final
+
+
+def wait_until(what: str, check: Callable[[], tuple[bool, str]], *, timeout: float = 900.0,
+               max_delay: float = 15.0, log=None, stop: Callable[[], None] | None = None) -> str:
+    """One wait on its own (`settle` of a single `Wait`); returns its final status."""
+    return settle([Wait(what, check, timeout)], max_delay=max_delay, log=log, stop=stop)[what]
+
+
+def botocore_check(client, waiter_name: str, what: str, explain: Callable[[dict], str] | None = None,
+                   **params) -> Callable[[], tuple[bool, str]]:
+    """A check from botocore's waiter `waiter_name` of `client`: its operation called with
+    `params`, its acceptors deciding done / failed / not yet. The status shown is the value the
+    first path acceptor reads (`pending`), or the error code an error acceptor matched.
+    `explain(response)` adds AWS's own words to a failure (a NAT gateway's FailureMessage)."""
+    from botocore import xform_name
+    from botocore.exceptions import ClientError
+
+    config = client.get_waiter(waiter_name).config
+    operation = getattr(client, xform_name(config.operation))
+    path = next((a.argument for a in config.acceptors if a.matcher.startswith("path")), None)
+
+    def check() -> tuple[bool, str]:
+        try:
+            response = operation(**params)
+        except ClientError as error:
+            if not any(a.matcher == "error" for a in config.acceptors):
+                raise
+            response = error.response
+        status = _status(response, path)
+        for acceptor in config.acceptors:
+            if acceptor.matcher_func(response):
+                if acceptor.state == "success":
+                    return True, status
+                if acceptor.state == "failure":
+                    detail = explain(response) if explain and "Error" not in response else ""
+                    raise WaitFailed(f"{what} is {status}{': ' + detail if detail else ''}")
+                return False, status
+        if "Error" in response:  # an error no acceptor expects
+            raise ClientError(response, config.operation)
+        return False, status
+
+    return check
+
+
+def _status(response: dict, path: str | None) -> str:
+    import jmespath
+
+    if "Error" in response:
+        return response["Error"].get("Code", "error")
+    found = jmespath.search(path, response) if path else None
+    if isinstance(found, list):
+        found = ", ".join(sorted({str(item) for item in found})) or "none"
+    return str(found) if found is not None else "unknown"
 
 
 def retry_while(what: str, call: Callable[[], T], codes: Iterable[str], *, timeout: float = 600.0,
@@ -63,7 +136,7 @@ def retry_while(what: str, call: Callable[[], T], codes: Iterable[str], *, timeo
     """Call `call()` until it stops failing with one of the AWS error `codes` (a delete AWS
     refuses while a dependant is still going away); return its result.
 
-    Polls, backs off and reports progress as `wait_until` does; any other error ends it at once,
+    Polls, backs off and reports progress as `settle` does; any other error ends it at once,
     and so does the timeout (a `WaitTimeout` naming the last error code).
     """
     codes = frozenset(codes)

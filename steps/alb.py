@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, replace
 from orchestrator import tags as tagging
 from orchestrator.aws import unless_code
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step, diff_fields
+from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
 from orchestrator.retry import eventually
-from orchestrator.waiters import WaitFailed
+from orchestrator.waiters import WaitFailed, botocore_check
 
 DELETE_PROTECTED = "delete-protected"
 HTTP, HTTPS = 80, 443
@@ -180,9 +180,23 @@ class AlbFacts:
     rules: list[ObservedRule] = field(default_factory=list)  # not the listeners' default rules
 
 
+@dataclass(frozen=True)
+class AlbOutputs:
+    load_balancer_arn: str
+    load_balancer_name: str
+    dns_name: str
+    zone_id: str
+    url: str
+    arn_suffix: str  # CloudWatch's LoadBalancer dimension
+    target_groups: dict[str, str]  # ARN by the manifest's name
+    target_group_arn_suffixes: dict[str, str]  # CloudWatch's TargetGroup dimension
+    listener_arns: dict[str, str]
+
+
 class AlbStep(Step):
     name = "alb"
     depends_on = ("vpc",)
+    Outputs = AlbOutputs
     description = "Application Load Balancer, target groups, listeners and path rules"
 
     # -- desired ----------------------------------------------------------------------------
@@ -319,7 +333,7 @@ class AlbStep(Step):
                 *rule_changes, *rule_deletes,
                 *[_listener_deletion(seen) for port, seen in sorted(observed.listeners.items())
                   if seen.owned and port not in {listener.port for listener in desired.listeners}],
-                *[_target_group_deletion(seen) for name, seen in sorted(observed.target_groups.items())
+                *[_target_group_deletion(seen, retire=True) for name, seen in sorted(observed.target_groups.items())
                   if seen.owned and name not in {group.name for group in desired.target_groups}]]
 
     def _plan_load_balancer(self, lb: LoadBalancer, seen: ObservedLoadBalancer | None,
@@ -370,7 +384,8 @@ class AlbStep(Step):
         return Change("replace", "target_group", group.key, diffs=diff_fields(group, old, fields),
                       calls=calls, payload=group,
                       note=f"protocol, port and VPC cannot change in place: {group.name} is created, listeners "
-                           f"and rules move to it, then {old.name} is deleted")
+                           f"and rules move to it, and {old.name} is deleted at the end of the run, once the "
+                           f"services registered in it moved")
 
     def _plan_listeners(self, listeners: tuple[Listener, ...], seen: dict[int, ObservedListener],
                         tags: dict[str, str]) -> list[Change]:
@@ -431,24 +446,25 @@ class AlbStep(Step):
 
     # -- apply ------------------------------------------------------------------------------
 
-    def apply(self, ctx, change: Change, observed: AlbFacts) -> None:
+    def apply(self, ctx, change: Change, observed: AlbFacts) -> Accepted | None:
         """Carry out one change; the handler is named after the change: `_create_listener` …"""
-        getattr(self, f"_{change.action}_{change.kind}")(ctx, change, observed)
+        return getattr(self, f"_{change.action}_{change.kind}")(ctx, change, observed)
 
-    def _create_load_balancer(self, ctx, change: Change, observed: AlbFacts) -> None:
+    def _create_load_balancer(self, ctx, change: Change, observed: AlbFacts) -> Accepted:
         lb: LoadBalancer = change.payload
         elb = ctx.client("elbv2")
         created = elb.create_load_balancer(
             Name=lb.name, Subnets=list(lb.subnets), SecurityGroups=list(lb.security_groups),
             Scheme="internet-facing", Type="application", IpAddressType="ipv4",
             Tags=tagging.tag_list(ctx.tags()))["LoadBalancers"][0]
-        ctx.wait(f"load balancer {lb.name} to be active", lambda: _load_balancer_state(elb, lb.name))
         self._set_attributes(elb, created["LoadBalancerArn"], lb)
         observed.load_balancer = ObservedLoadBalancer(
             arn=created["LoadBalancerArn"], name=lb.name, dns_name=created["DNSName"],
             zone_id=created["CanonicalHostedZoneId"], owned=True, subnets=lb.subnets,
             security_groups=lb.security_groups, idle_timeout_seconds=lb.idle_timeout_seconds,
             deletion_protection=lb.deletion_protection, tags=ctx.tags())
+        return Accepted(waits=(Wait(f"load balancer {lb.name} to be active",
+                                    lambda: _load_balancer_state(elb, lb.name)),))
 
     def _update_load_balancer(self, ctx, change: Change, observed: AlbFacts) -> None:
         lb: LoadBalancer = change.payload
@@ -470,11 +486,12 @@ class AlbStep(Step):
             {"Key": "idle_timeout.timeout_seconds", "Value": str(lb.idle_timeout_seconds)},
             {"Key": "deletion_protection.enabled", "Value": str(lb.deletion_protection).lower()}])
 
-    def _delete_load_balancer(self, ctx, change: Change, observed: AlbFacts) -> None:
+    def _delete_load_balancer(self, ctx, change: Change, observed: AlbFacts) -> Accepted:
         elb = ctx.client("elbv2")
         elb.delete_load_balancer(LoadBalancerArn=observed.load_balancer.arn)
-        ctx.wait(f"load balancer {change.name} to be deleted", lambda: _load_balancer_gone(elb, change.name))
         observed.load_balancer = None
+        what = f"deletion of load balancer {change.name}"
+        return Accepted(waits=(Wait(what, botocore_check(elb, "load_balancers_deleted", what, Names=[change.name])),))
 
     def _create_target_group(self, ctx, change: Change, observed: AlbFacts) -> None:
         group: TargetGroup = change.payload
@@ -520,12 +537,14 @@ class AlbStep(Step):
     def _delete_target_group(self, ctx, change: Change, observed: AlbFacts) -> None:
         # A listener that just moved away (or a load balancer just deleted) can hold on to the
         # target group for a few seconds: AWS says ResourceInUse until then.
+        ctx.settle()  # the load balancer's deletion first
         eventually(ctx.client("elbv2").delete_target_group, TargetGroupArn=change.payload.arn,
                    retry_on={"ResourceInUse"})
         observed.target_groups.pop(change.payload.name, None)
 
     def _create_listener(self, ctx, change: Change, observed: AlbFacts) -> None:
         listener: Listener = change.payload
+        ctx.settle()  # a new load balancer active first
         created = ctx.client("elbv2").create_listener(
             LoadBalancerArn=observed.load_balancer.arn, Protocol=listener.protocol, Port=listener.port,
             DefaultActions=_action_param(listener.default_action, observed), **_tls_params(listener),
@@ -580,24 +599,23 @@ class AlbStep(Step):
 
     # -- outputs and destroy ----------------------------------------------------------------
 
-    def outputs(self, desired: AlbDesired, observed: AlbFacts) -> dict:
+    def outputs(self, desired: AlbDesired, observed: AlbFacts) -> AlbOutputs:
         lb = observed.load_balancer
         groups = {group.key: observed.target_groups.get(group.name) for group in desired.target_groups}
         listeners = {listener.key: observed.listeners.get(listener.port) for listener in desired.listeners}
         scheme = "https" if desired.https else "http"
-        return {
-            "load_balancer_arn": lb.arn if lb else KNOWN_AFTER_APPLY,
-            "load_balancer_name": desired.load_balancer.name,
-            "dns_name": lb.dns_name if lb else KNOWN_AFTER_APPLY,
-            "zone_id": lb.zone_id if lb else KNOWN_AFTER_APPLY,
-            "url": f"{scheme}://{lb.dns_name}" if lb else KNOWN_AFTER_APPLY,
+        return AlbOutputs(
+            load_balancer_arn=lb.arn if lb else KNOWN_AFTER_APPLY,
+            load_balancer_name=desired.load_balancer.name,
+            dns_name=lb.dns_name if lb else KNOWN_AFTER_APPLY,
+            zone_id=lb.zone_id if lb else KNOWN_AFTER_APPLY,
+            url=f"{scheme}://{lb.dns_name}" if lb else KNOWN_AFTER_APPLY,
             # CloudWatch's LoadBalancer and TargetGroup dimensions: the ARN after its resource type.
-            "arn_suffix": lb.arn.split(":loadbalancer/")[-1] if lb else KNOWN_AFTER_APPLY,
-            "target_groups": {key: seen.arn if seen else KNOWN_AFTER_APPLY for key, seen in groups.items()},
-            "target_group_arn_suffixes": {key: seen.arn.split(":")[-1] if seen else KNOWN_AFTER_APPLY
+            arn_suffix=lb.arn.split(":loadbalancer/")[-1] if lb else KNOWN_AFTER_APPLY,
+            target_groups={key: seen.arn if seen else KNOWN_AFTER_APPLY for key, seen in groups.items()},
+            target_group_arn_suffixes={key: seen.arn.split(":")[-1] if seen else KNOWN_AFTER_APPLY
                                           for key, seen in groups.items()},
-            "listener_arns": {key: seen.arn if seen else KNOWN_AFTER_APPLY for key, seen in listeners.items()},
-        }
+            listener_arns={key: seen.arn if seen else KNOWN_AFTER_APPLY for key, seen in listeners.items()})
 
     def plan_destroy(self, observed: AlbFacts) -> list[Change]:
         """Rules, listeners, the load balancer, then target groups; only what carries our tags.
@@ -721,8 +739,10 @@ def _listener_deletion(seen: ObservedListener) -> Change:
     return Change("delete", "listener", _listener_key(seen.port), calls=("elbv2:DeleteListener",), payload=seen)
 
 
-def _target_group_deletion(seen: ObservedTargetGroup) -> Change:
-    return Change("delete", "target_group", seen.name, calls=("elbv2:DeleteTargetGroup",), payload=seen)
+def _target_group_deletion(seen: ObservedTargetGroup, retire: bool = False) -> Change:
+    """`retire`: during an apply, the services step (which registers tasks in it) moves first."""
+    return Change("delete", "target_group", seen.name, calls=("elbv2:DeleteTargetGroup",), payload=seen,
+                  retire=retire)
 
 
 def _add_tags(elb, seen, change: Change) -> None:
@@ -735,16 +755,13 @@ def _add_tags(elb, seen, change: Change) -> None:
 
 
 def _load_balancer_state(elb, name: str) -> tuple[bool, str]:
+    """Not botocore's `load_balancer_available`: it has no failure acceptor (a `failed` load
+    balancer would be awaited until the timeout) and does not count `active_impaired` as up."""
     lb = elb.describe_load_balancers(Names=[name])["LoadBalancers"][0]
     state = lb["State"]
     if state["Code"] == "failed":
         raise WaitFailed(f"load balancer {name} failed to provision: {state.get('Reason', 'no reason given')}")
     return state["Code"] in ("active", "active_impaired"), state["Code"]
-
-
-def _load_balancer_gone(elb, name: str) -> tuple[bool, str]:
-    found = unless_code({"LoadBalancerNotFound"}, elb.describe_load_balancers, Names=[name])
-    return (False, found["LoadBalancers"][0]["State"]["Code"]) if found else (True, "deleted")
 
 
 STEP = AlbStep

@@ -115,9 +115,16 @@ def resolve_image(client, repository_name: str, tag: str) -> str:
     return f"{repository['repositoryUri']}@{image['imageDigest']}"
 
 
+@dataclass(frozen=True)
+class EcrOutputs:
+    repositories: dict[str, str]  # repository URI by the manifest's name
+    repository_arns: dict[str, str]
+
+
 class EcrStep(Step):
     name = "ecr"
     depends_on = ()
+    Outputs = EcrOutputs
     description = "ECR repositories: scan on push, immutable tags, encryption, lifecycle policy"
 
     # -- desired ---------------------------------------------------------------------------
@@ -217,12 +224,13 @@ class EcrStep(Step):
 
     # -- outputs and destroy ---------------------------------------------------------------
 
-    def outputs(self, desired: EcrDesired, observed: EcrFacts) -> dict:
+    def outputs(self, desired: EcrDesired, observed: EcrFacts) -> EcrOutputs:
         def known(name: str, attribute: str) -> str:
             return getattr(observed.owned[name], attribute) if name in observed.owned else KNOWN_AFTER_APPLY
 
-        return {"repositories": {repo.key: known(name, "uri") for name, repo in desired.repositories.items()},
-                "repository_arns": {repo.key: known(name, "arn") for name, repo in desired.repositories.items()}}
+        return EcrOutputs(
+            repositories={repo.key: known(name, "uri") for name, repo in desired.repositories.items()},
+            repository_arns={repo.key: known(name, "arn") for name, repo in desired.repositories.items()})
 
     def plan_destroy(self, observed: EcrFacts) -> list[Change]:
         return [_delete(current, "destroy") for _, current in sorted(observed.owned.items())]

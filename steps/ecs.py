@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step, diff_fields
+from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
 from orchestrator.waiters import WaitFailed
 
 CONTAINER_INSIGHTS = "containerInsights"
@@ -101,9 +101,20 @@ class EcsFacts:
 CLUSTER_FIELDS = ("container_insights", "capacity_providers", "default_strategy")
 
 
+@dataclass(frozen=True)
+class EcsOutputs:
+    cluster_name: str
+    cluster_arn: str
+    log_groups: dict[str, str]  # task family → log group name
+    namespace_id: str
+    namespace_name: str
+    namespace_arn: str
+
+
 class EcsStep(Step):
     name = "ecs"
     depends_on = ("vpc",)
+    Outputs = EcsOutputs
     description = "ECS cluster, log groups per task family, Cloud Map namespace"
 
     # -- desired ----------------------------------------------------------------------------
@@ -260,14 +271,15 @@ class EcsStep(Step):
                        diffs=(FieldDiff("vpc_id", last_vpc, namespace.vpc_id),),
                        calls=("servicediscovery:DeleteNamespace", "servicediscovery:CreatePrivateDnsNamespace"),
                        payload=namespace, record=record,
-                       note="a namespace cannot move to another VPC: it is deleted and created again; "
-                            "services registered in it must be removed first")]
+                       outage="a namespace cannot move to another VPC and its name cannot exist twice: it is "
+                              "deleted first, and services registered in it cannot be found by name until "
+                              "they register in the new one")]
 
     # -- apply ------------------------------------------------------------------------------
 
-    def apply(self, ctx, change: Change, observed: EcsFacts) -> None:
+    def apply(self, ctx, change: Change, observed: EcsFacts) -> Accepted | None:
         """Carry out one change; the handler is named after the change: `_create_cluster` …"""
-        getattr(self, f"_{change.action}_{change.kind}")(ctx, change, observed)
+        return getattr(self, f"_{change.action}_{change.kind}")(ctx, change, observed)
 
     def _create_cluster(self, ctx, change: Change, observed: EcsFacts) -> None:
         cluster: Cluster = change.payload
@@ -335,7 +347,7 @@ class EcsStep(Step):
         unless_code({"ResourceNotFoundException"}, ctx.client("logs").delete_log_group, logGroupName=change.name)
         observed.log_groups.pop(change.name, None)
 
-    def _create_namespace(self, ctx, change: Change, observed: EcsFacts) -> None:
+    def _create_namespace(self, ctx, change: Change, observed: EcsFacts) -> Accepted:
         namespace: Namespace = change.payload
         discovery = ctx.client("servicediscovery")
         # The token follows the VPC, so a retry repeats the same request and a move is a new one.
@@ -349,9 +361,13 @@ class EcsStep(Step):
                 raise
             # A run killed while the namespace was being created: follow the first request.
             operation = error.response["DuplicateOperationId"]
-        namespace_id = _follow_operation(ctx, discovery, operation, f"Cloud Map namespace {namespace.name}")
-        found = discovery.get_namespace(Id=namespace_id)["Namespace"]
-        observed.namespace = ObservedNamespace(id=found["Id"], arn=found["Arn"], name=found["Name"], tags=ctx.tags())
+
+        def created(namespace_id: str) -> None:
+            found = discovery.get_namespace(Id=namespace_id)["Namespace"]
+            observed.namespace = ObservedNamespace(id=found["Id"], arn=found["Arn"], name=found["Name"],
+                                                   tags=ctx.tags())
+
+        return Accepted(waits=(_operation(discovery, operation, f"Cloud Map namespace {namespace.name}", created),))
 
     def _update_namespace(self, ctx, change: Change, observed: EcsFacts) -> None:
         seen = observed.namespace
@@ -359,7 +375,7 @@ class EcsStep(Step):
         ctx.client("servicediscovery").tag_resource(ResourceARN=seen.arn, Tags=tagging.tag_list(to_set))
         seen.tags = {**seen.tags, **to_set}
 
-    def _delete_namespace(self, ctx, change: Change, observed: EcsFacts) -> None:
+    def _delete_namespace(self, ctx, change: Change, observed: EcsFacts) -> Accepted:
         discovery = ctx.client("servicediscovery")
         try:
             operation = discovery.delete_namespace(Id=observed.namespace.id)["OperationId"]
@@ -368,25 +384,26 @@ class EcsStep(Step):
                 raise OrchestratorError(f"Cloud Map namespace {change.name} still holds services; "
                                         "destroy the services step first") from None
             raise
-        _follow_operation(ctx, discovery, operation, f"deletion of Cloud Map namespace {change.name}")
         observed.namespace = None
+        return Accepted(waits=(_operation(discovery, operation, f"deletion of Cloud Map namespace {change.name}"),))
 
-    def _replace_namespace(self, ctx, change: Change, observed: EcsFacts) -> None:
-        self._delete_namespace(ctx, change, observed)
-        self._create_namespace(ctx, change, observed)
+    def _replace_namespace(self, ctx, change: Change, observed: EcsFacts) -> Accepted:
+        """Delete first (see the plan's outage): the name cannot exist twice."""
+        ctx.pending.extend(self._delete_namespace(ctx, change, observed).waits)
+        ctx.settle()
+        return self._create_namespace(ctx, change, observed)
 
     # -- outputs and destroy ----------------------------------------------------------------
 
-    def outputs(self, desired: EcsDesired, observed: EcsFacts) -> dict:
+    def outputs(self, desired: EcsDesired, observed: EcsFacts) -> EcsOutputs:
         cluster, namespace = observed.cluster, observed.namespace
-        return {
-            "cluster_name": desired.cluster.name,
-            "cluster_arn": cluster.arn if cluster else KNOWN_AFTER_APPLY,
-            "log_groups": {group.family: group.name for group in desired.log_groups},
-            "namespace_id": namespace.id if namespace else KNOWN_AFTER_APPLY,
-            "namespace_name": desired.namespace.name,
-            "namespace_arn": namespace.arn if namespace else KNOWN_AFTER_APPLY,
-        }
+        return EcsOutputs(
+            cluster_name=desired.cluster.name,
+            cluster_arn=cluster.arn if cluster else KNOWN_AFTER_APPLY,
+            log_groups={group.family: group.name for group in desired.log_groups},
+            namespace_id=namespace.id if namespace else KNOWN_AFTER_APPLY,
+            namespace_name=desired.namespace.name,
+            namespace_arn=namespace.arn if namespace else KNOWN_AFTER_APPLY)
 
     def plan_destroy(self, observed: EcsFacts) -> list[Change]:
         """Namespace, then log groups (they hold logs: refused without delete-data), then the
@@ -425,20 +442,19 @@ def _strategy_param(strategy: tuple[Strategy, ...]) -> list[dict]:
     return [{"capacityProvider": s.provider, "weight": s.weight, "base": s.base} for s in strategy]
 
 
-def _follow_operation(ctx, discovery, operation_id: str, what: str) -> str:
-    """Wait for a Cloud Map operation; return the id of the namespace it acted on."""
-    result = {}
-
+def _operation(discovery, operation_id: str, what: str, done=None) -> Wait:
+    """Await a Cloud Map operation (Cloud Map has no botocore waiter); `done(namespace_id)` runs
+    once it succeeded."""
     def check() -> tuple[bool, str]:
         operation = discovery.get_operation(OperationId=operation_id)["Operation"]
         status = operation["Status"]
         if status == "FAIL":
             raise WaitFailed(f"{what} failed: {operation.get('ErrorCode', '')} {operation.get('ErrorMessage', '')}")
-        result.update(operation.get("Targets", {}))
+        if status == "SUCCESS" and done is not None:
+            done(operation.get("Targets", {}).get("NAMESPACE", ""))
         return status == "SUCCESS", status
 
-    ctx.wait(what, check)
-    return result.get("NAMESPACE", "")
+    return Wait(what, check)
 
 
 STEP = EcsStep

@@ -33,7 +33,7 @@ from botocore.exceptions import ClientError
 from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step, diff_fields
+from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
 from orchestrator.waiters import WaitFailed
 
 #: Changing these means a new file system, and the data goes with the old one.
@@ -132,7 +132,7 @@ def upstream_network(manifest, inputs) -> tuple[list[str], list[str], str]:
     KNOWN_AFTER_APPLY while the network is only planned."""
     zones = inputs.output("vpc", "zones")
     if zones == KNOWN_AFTER_APPLY:
-        zones = manifest.network.zone_names(manifest.region)
+        zones = manifest.network.zone_names(inputs.zones())
     subnets = inputs.output("vpc", "private_subnet_ids")
     if subnets == KNOWN_AFTER_APPLY:
         subnets = [KNOWN_AFTER_APPLY] * len(zones)
@@ -212,46 +212,58 @@ def observed_file_system(item: dict) -> ObservedFileSystem:
 
 
 # -- waiting ----------------------------------------------------------------------------------
+# EFS has no botocore waiters: its resources' LifeCycleState is read here.
 
 
-def wait_available(ctx, what: str, describe) -> None:
-    """Poll `describe()` (the resource's description) until it is available."""
+def available(what: str, describe, on_done=None) -> Wait:
+    """Until `describe()` (the resource's description) says available; `on_done()` then."""
     def check() -> tuple[bool, str]:
         state = describe()["LifeCycleState"]
         if state == "error":
             raise WaitFailed(f"{what} failed: AWS reports state 'error'")
+        if state == "available" and on_done is not None:
+            on_done()
         return state == "available", state
 
-    ctx.wait(what, check)
+    return Wait(what, check)
 
 
-def wait_gone(ctx, what: str, describe, missing: str) -> None:
-    """Poll `describe()` until AWS answers `missing` or reports the resource deleted."""
+def gone(what: str, describe, missing: str) -> Wait:
+    """Until AWS answers `missing` or reports the resource deleted."""
     def check() -> tuple[bool, str]:
         found = unless_code({missing}, describe)
         state = found["LifeCycleState"] if found else "deleted"
         return state == "deleted", state
 
-    ctx.wait(what, check)
+    return Wait(what, check)
 
 
-def wait_fs_available(ctx, efs, fs_id: str, name: str) -> None:
-    wait_available(ctx, f"file system {name} ({fs_id})",
-                   lambda: efs.describe_file_systems(FileSystemId=fs_id)["FileSystems"][0])
+def fs_available(efs, fs: ObservedFileSystem, name: str) -> Wait:
+    def note() -> None:
+        fs.state = "available"
+
+    return available(f"file system {name} ({fs.id})",
+                     lambda: efs.describe_file_systems(FileSystemId=fs.id)["FileSystems"][0], note)
 
 
-def wait_mount_target_available(ctx, efs, mt_id: str, fs_name: str, zone: str) -> None:
-    wait_available(ctx, f"mount target {mt_id} of {fs_name} in {zone}",
-                   lambda: efs.describe_mount_targets(MountTargetId=mt_id)["MountTargets"][0])
+def mount_target_available(efs, mt_id: str, fs_name: str, zone: str) -> Wait:
+    return available(f"mount target {mt_id} of {fs_name} in {zone}",
+                     lambda: efs.describe_mount_targets(MountTargetId=mt_id)["MountTargets"][0])
+
+
+def mount_target_gone(efs, mt_id: str, fs_name: str) -> Wait:
+    return gone(f"deletion of mount target {mt_id} of {fs_name}",
+                lambda: efs.describe_mount_targets(MountTargetId=mt_id)["MountTargets"][0], "MountTargetNotFound")
 
 
 def available_fs(ctx, efs, observed: EfsFacts) -> ObservedFileSystem:
-    """The platform's file system once it is available: one an interrupted run left `creating`
-    takes no mount target, access point or setting until then (IncorrectFileSystemLifeCycleState)."""
+    """The platform's file system once it is available: a new one, or one an interrupted run
+    left `creating`, takes no mount target, access point or setting until then
+    (IncorrectFileSystemLifeCycleState)."""
+    ctx.settle()
     fs = observed.current_fs()
     if fs.state != "available":
-        wait_fs_available(ctx, efs, fs.id, fs.name)
-        fs.state = "available"
+        ctx.wait_for(fs_available(efs, fs, fs.name))
     return fs
 
 
@@ -279,8 +291,7 @@ def create_file_system(ctx, efs, desired: FileSystem) -> ObservedFileSystem:
         item = efs.describe_file_systems(CreationToken=token)["FileSystems"][0]
     fs = observed_file_system(item)
     fs.tags = sync_tags(efs, fs.id, fs.tags, desired.tags)  # nothing to put after a create that carried them
-    wait_fs_available(ctx, efs, fs.id, desired.name)
-    return dataclasses.replace(fs, name=desired.name, state="available")
+    return dataclasses.replace(fs, name=desired.name)
 
 
 def delete_file_system(ctx, efs, fs: ObservedFileSystem) -> None:
@@ -289,20 +300,15 @@ def delete_file_system(ctx, efs, fs: ObservedFileSystem) -> None:
         delete_access_point(efs, ap.id)
     for mount_target in fs.mount_targets.values():
         unless_code({"MountTargetNotFound"}, efs.delete_mount_target, MountTargetId=mount_target.id)
-    for mount_target in fs.mount_targets.values():
-        wait_mount_target_gone(ctx, efs, mount_target.id, fs.name)
+    ctx.pending.extend(mount_target_gone(efs, mount_target.id, fs.name) for mount_target in fs.mount_targets.values())
+    ctx.settle()
     unless_code({"FileSystemNotFound"}, efs.delete_file_system, FileSystemId=fs.id)
-    wait_gone(ctx, f"deletion of file system {fs.name} ({fs.id})",
-              lambda: efs.describe_file_systems(FileSystemId=fs.id)["FileSystems"][0], "FileSystemNotFound")
+    ctx.wait_for(gone(f"deletion of file system {fs.name} ({fs.id})",
+                      lambda: efs.describe_file_systems(FileSystemId=fs.id)["FileSystems"][0], "FileSystemNotFound"))
 
 
 def delete_access_point(efs, ap_id: str) -> None:
     unless_code({"AccessPointNotFound"}, efs.delete_access_point, AccessPointId=ap_id)
-
-
-def wait_mount_target_gone(ctx, efs, mt_id: str, fs_name: str) -> None:
-    wait_gone(ctx, f"deletion of mount target {mt_id} of {fs_name}",
-              lambda: efs.describe_mount_targets(MountTargetId=mt_id)["MountTargets"][0], "MountTargetNotFound")
 
 
 def require_known(mount_target: MountTarget) -> None:
@@ -311,17 +317,17 @@ def require_known(mount_target: MountTarget) -> None:
                                 "security group from the vpc step, which are not known yet: apply vpc first")
 
 
-def create_mount_target(ctx, efs, fs: ObservedFileSystem, desired: MountTarget) -> None:
+def create_mount_target(efs, fs: ObservedFileSystem, desired: MountTarget) -> Wait:
     require_known(desired)
     item = efs.create_mount_target(FileSystemId=fs.id, SubnetId=desired.subnet_id,
                                    SecurityGroups=[desired.security_group_id])
     mt_id = item["MountTargetId"]
-    wait_mount_target_available(ctx, efs, mt_id, fs.name, desired.zone)
     fs.mount_targets[desired.zone] = ObservedMountTarget(id=mt_id, zone=desired.zone, subnet_id=desired.subnet_id,
                                                          security_groups=(desired.security_group_id,))
+    return mount_target_available(efs, mt_id, fs.name, desired.zone)
 
 
-def create_access_point(ctx, efs, fs: ObservedFileSystem, desired: AccessPoint) -> None:
+def create_access_point(ctx, efs, fs: ObservedFileSystem, desired: AccessPoint) -> Wait:
     # The token changes with the settings and the file system: a replacement is a new create.
     token = ctx.token(f"access-point/{desired.key}", salt=f"{fs.id} {settings_text(desired)}")
     item = efs.create_access_point(
@@ -330,11 +336,11 @@ def create_access_point(ctx, efs, fs: ObservedFileSystem, desired: AccessPoint) 
         RootDirectory={"Path": desired.path, "CreationInfo": {"OwnerUid": desired.uid, "OwnerGid": desired.gid,
                                                               "Permissions": desired.permissions}})
     ap_id = item["AccessPointId"]
-    wait_available(ctx, f"access point {desired.name} ({ap_id})",
-                   lambda: efs.describe_access_points(AccessPointId=ap_id)["AccessPoints"][0])
     fs.access_points.append(ObservedAccessPoint(
         id=ap_id, arn=item["AccessPointArn"], name=desired.name, path=desired.path, uid=desired.uid,
         gid=desired.gid, permissions=desired.permissions, tags=dict(desired.tags)))
+    return available(f"access point {desired.name} ({ap_id})",
+                     lambda: efs.describe_access_points(AccessPointId=ap_id)["AccessPoints"][0])
 
 
 def settings_text(ap: AccessPoint | ObservedAccessPoint) -> str:
@@ -350,9 +356,18 @@ def same_settings(desired: AccessPoint, found: ObservedAccessPoint) -> bool:
 # -- the step ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class EfsOutputs:
+    file_system_id: str
+    file_system_arn: str
+    access_points: dict[str, str]  # access point id by the manifest's name
+    access_point_arns: dict[str, str]
+
+
 class EfsStep(Step):
     name = "efs"
     depends_on = ("vpc",)
+    Outputs = EfsOutputs
     description = "EFS file system (encrypted), mount targets in the private subnets, access points"
 
     def desired(self, manifest, inputs) -> EfsDesired:
@@ -498,7 +513,9 @@ class EfsStep(Step):
                 changes.append(Change("replace", "mount-target", mt.zone,
                                       diffs=(FieldDiff("subnet_id", found.subnet_id, mt.subnet_id),),
                                       calls=("efs:DeleteMountTarget", "efs:CreateMountTarget"),
-                                      payload=(mt, found), note=f"mount target {found.id}: the subnet cannot change"))
+                                      payload=(mt, found), note=f"mount target {found.id}: the subnet cannot change",
+                                      outage=f"a zone holds one mount target: tasks in {mt.zone} cannot mount the "
+                                             "file system until the new one is available"))
             elif found.state != "available":
                 # Its security groups cannot be read yet: wait for it, then check them.
                 changes.append(Change("update", "mount-target", mt.zone,
@@ -533,8 +550,9 @@ class EfsStep(Step):
                 changes.append(Change(
                     "replace", "access-point", ap.key,
                     diffs=(FieldDiff("settings", settings_text(old), settings_text(ap)),),
-                    calls=("efs:CreateAccessPoint", "efs:DeleteAccessPoint"), payload=(ap, old),
+                    calls=("efs:CreateAccessPoint",), payload=(ap, old),
                     note=f"access point {old.id}: access points cannot change, so a new one replaces it"))
+                changes.append(self._delete_access_point(old, ap.key, "replaced"))
                 keep = old
             elif keep is None:
                 changes.append(self._create_access_point(ap))
@@ -549,8 +567,9 @@ class EfsStep(Step):
         return changes
 
     @staticmethod
-    def _delete_access_point(found: ObservedAccessPoint, key: str, why: str) -> Change:
-        return Change("delete", "access-point", key, calls=("efs:DeleteAccessPoint",), payload=found,
+    def _delete_access_point(found: ObservedAccessPoint, key: str, why: str, retire: bool = True) -> Change:
+        """`retire`: during an apply, the services step (whose tasks mount it) moves off it first."""
+        return Change("delete", "access-point", key, calls=("efs:DeleteAccessPoint",), payload=found, retire=retire,
                       note=f"access point {found.id} is {why}; the files stay in the file system")
 
     @staticmethod
@@ -565,7 +584,7 @@ class EfsStep(Step):
 
     # -- apply --------------------------------------------------------------------------------
 
-    def apply(self, ctx, change: Change, observed: EfsFacts) -> None:
+    def apply(self, ctx, change: Change, observed: EfsFacts) -> Accepted | None:
         efs = ctx.client("efs")
         handler = {
             ("create", "file-system"): self._apply_create_fs,
@@ -583,29 +602,32 @@ class EfsStep(Step):
             ("update", "access-point"): self._apply_access_point_tags,
             ("delete", "access-point"): self._apply_delete_access_point,
         }[(change.action, change.kind)]
-        handler(ctx, efs, change.payload, observed)
+        wait = handler(ctx, efs, change.payload, observed)
+        return Accepted(waits=(wait,)) if wait else None
 
     @staticmethod
-    def _apply_create_fs(ctx, efs, fs: FileSystem, observed: EfsFacts) -> None:
+    def _apply_create_fs(ctx, efs, fs: FileSystem, observed: EfsFacts) -> Wait:
         created = create_file_system(ctx, efs, fs)
         observed.file_systems[created.id] = created
         observed.current = created.id
+        return fs_available(efs, created, fs.name)
 
     @staticmethod
-    def _apply_replace_fs(ctx, efs, payload, observed: EfsFacts) -> None:
+    def _apply_replace_fs(ctx, efs, payload, observed: EfsFacts) -> Wait:
         fs, old = payload
         delete_file_system(ctx, efs, old)
         del observed.file_systems[old.id]
-        EfsStep._apply_create_fs(ctx, efs, fs, observed)
+        return EfsStep._apply_create_fs(ctx, efs, fs, observed)
 
     @staticmethod
-    def _apply_update_fs(ctx, efs, fs: FileSystem, observed: EfsFacts) -> None:
+    def _apply_update_fs(ctx, efs, fs: FileSystem, observed: EfsFacts) -> Wait | None:
         current = available_fs(ctx, efs, observed)
-        if current.throughput_mode != fs.throughput_mode:
-            efs.update_file_system(FileSystemId=current.id, ThroughputMode=fs.throughput_mode)
-            wait_fs_available(ctx, efs, current.id, fs.name)
-            current.throughput_mode = fs.throughput_mode
         current.tags = sync_tags(efs, current.id, current.tags, fs.tags)
+        if current.throughput_mode == fs.throughput_mode:
+            return None
+        efs.update_file_system(FileSystemId=current.id, ThroughputMode=fs.throughput_mode)
+        current.throughput_mode, current.state = fs.throughput_mode, "updating"
+        return fs_available(efs, current, fs.name)
 
     @staticmethod
     def _apply_delete_fs(ctx, efs, fs: ObservedFileSystem, observed: EfsFacts) -> None:
@@ -628,15 +650,16 @@ class EfsStep(Step):
         current.backups = status
 
     @staticmethod
-    def _apply_create_mount_target(ctx, efs, mt: MountTarget, observed: EfsFacts) -> None:
-        create_mount_target(ctx, efs, available_fs(ctx, efs, observed), mt)
+    def _apply_create_mount_target(ctx, efs, mt: MountTarget, observed: EfsFacts) -> Wait:
+        return create_mount_target(efs, available_fs(ctx, efs, observed), mt)
 
     @staticmethod
-    def _apply_replace_mount_target(ctx, efs, payload, observed: EfsFacts) -> None:
+    def _apply_replace_mount_target(ctx, efs, payload, observed: EfsFacts) -> Wait:
+        """Delete first (see the plan's outage): a zone holds one mount target of a file system."""
         mt, old = payload
         require_known(mt)
-        EfsStep._apply_delete_mount_target(ctx, efs, old, observed)
-        create_mount_target(ctx, efs, available_fs(ctx, efs, observed), mt)
+        ctx.wait_for(EfsStep._apply_delete_mount_target(ctx, efs, old, observed))
+        return create_mount_target(efs, available_fs(ctx, efs, observed), mt)
 
     @staticmethod
     def _apply_update_mount_target(ctx, efs, payload, observed: EfsFacts) -> None:
@@ -644,7 +667,7 @@ class EfsStep(Step):
         mt, found = payload
         require_known(mt)
         if found.state != "available":
-            wait_mount_target_available(ctx, efs, found.id, observed.current_fs().name, found.zone)
+            ctx.wait_for(mount_target_available(efs, found.id, observed.current_fs().name, found.zone))
             found.state = "available"
             found.security_groups = read_mount_target_groups(efs, found.id)
         if found.security_groups != (mt.security_group_id,):
@@ -652,22 +675,21 @@ class EfsStep(Step):
             found.security_groups = (mt.security_group_id,)
 
     @staticmethod
-    def _apply_delete_mount_target(ctx, efs, found: ObservedMountTarget, observed: EfsFacts) -> None:
+    def _apply_delete_mount_target(ctx, efs, found: ObservedMountTarget, observed: EfsFacts) -> Wait:
         fs = next(fs for fs in observed.file_systems.values() if found in fs.mount_targets.values())
         unless_code({"MountTargetNotFound"}, efs.delete_mount_target, MountTargetId=found.id)
-        wait_mount_target_gone(ctx, efs, found.id, fs.name)
         fs.mount_targets.pop(found.zone, None)
+        return mount_target_gone(efs, found.id, fs.name)
 
     @staticmethod
-    def _apply_create_access_point(ctx, efs, ap: AccessPoint, observed: EfsFacts) -> None:
-        create_access_point(ctx, efs, available_fs(ctx, efs, observed), ap)
+    def _apply_create_access_point(ctx, efs, ap: AccessPoint, observed: EfsFacts) -> Wait:
+        return create_access_point(ctx, efs, available_fs(ctx, efs, observed), ap)
 
     @staticmethod
-    def _apply_replace_access_point(ctx, efs, payload, observed: EfsFacts) -> None:
-        """The new one first, so that a crash in between leaves a usable access point."""
-        ap, old = payload
-        create_access_point(ctx, efs, available_fs(ctx, efs, observed), ap)
-        EfsStep._apply_delete_access_point(ctx, efs, old, observed)
+    def _apply_replace_access_point(ctx, efs, payload, observed: EfsFacts) -> Wait:
+        """The new one; the old one is retired by its own change once the services moved to it."""
+        ap, _old = payload
+        return create_access_point(ctx, efs, available_fs(ctx, efs, observed), ap)
 
     @staticmethod
     def _apply_access_point_tags(ctx, efs, payload, observed: EfsFacts) -> None:
@@ -682,19 +704,18 @@ class EfsStep(Step):
 
     # -- outputs and destroy --------------------------------------------------------------------
 
-    def outputs(self, desired: EfsDesired, observed: EfsFacts) -> dict:
+    def outputs(self, desired: EfsDesired, observed: EfsFacts) -> EfsOutputs:
         fs = observed.current_fs()
         access_points = {}
         for ap in desired.access_points:
             found = next((f for f in fs.access_points if f.name == ap.name and same_settings(ap, f)), None) \
                 if fs else None
             access_points[ap.key] = found
-        return {
-            "file_system_id": fs.id if fs else KNOWN_AFTER_APPLY,
-            "file_system_arn": fs.arn if fs else KNOWN_AFTER_APPLY,
-            "access_points": {key: f.id if f else KNOWN_AFTER_APPLY for key, f in access_points.items()},
-            "access_point_arns": {key: f.arn if f else KNOWN_AFTER_APPLY for key, f in access_points.items()},
-        }
+        return EfsOutputs(
+            file_system_id=fs.id if fs else KNOWN_AFTER_APPLY,
+            file_system_arn=fs.arn if fs else KNOWN_AFTER_APPLY,
+            access_points={key: f.id if f else KNOWN_AFTER_APPLY for key, f in access_points.items()},
+            access_point_arns={key: f.arn if f else KNOWN_AFTER_APPLY for key, f in access_points.items()})
 
     def plan_destroy(self, observed: EfsFacts) -> list[Change]:
         """Mount targets go in any case: they hold no data, and while they stand the network

@@ -206,9 +206,17 @@ def _known(values) -> list[str]:
     return sorted(set(values.values()))
 
 
+@dataclass(frozen=True)
+class IamOutputs:
+    execution_role_arn: str
+    task_role_arns: dict[str, str]  # by task family
+    role_names: list[str]
+
+
 class IamStep(Step):
     name = "iam"
     depends_on = ("secrets", "storage")
+    Outputs = IamOutputs
     description = "IAM: the ECS task execution role and one least-privilege task role per service"
 
     # -- desired ---------------------------------------------------------------------------
@@ -359,14 +367,14 @@ class IamStep(Step):
 
     # -- outputs and destroy ---------------------------------------------------------------
 
-    def outputs(self, desired: IamDesired, observed: IamFacts) -> dict:
+    def outputs(self, desired: IamDesired, observed: IamFacts) -> IamOutputs:
         def arn(name: str) -> str:
             return observed.owned[name].arn if name in observed.owned else KNOWN_AFTER_APPLY
 
-        return {"execution_role_arn": arn(desired.execution_role),
-                "task_role_arns": {role.key: arn(name) for name, role in desired.roles.items()
-                                   if name != desired.execution_role},
-                "role_names": sorted(desired.roles)}
+        return IamOutputs(execution_role_arn=arn(desired.execution_role),
+                          task_role_arns={role.key: arn(name) for name, role in desired.roles.items()
+                                          if name != desired.execution_role},
+                          role_names=sorted(desired.roles))
 
     def plan_destroy(self, observed: IamFacts) -> list[Change]:
         changes: list[Change] = []

@@ -118,9 +118,16 @@ def _value_origin(secret: DesiredSecret) -> str:
     return f"value from {secret.source_label()}"
 
 
+@dataclass(frozen=True)
+class SecretsOutputs:
+    arns: dict[str, str]  # secret ARN by the manifest's name (never a value)
+    names: dict[str, str]
+
+
 class SecretsStep(Step):
     name = "secrets"
     depends_on = ()
+    Outputs = SecretsOutputs
     description = "Secrets Manager secrets (values from env, file, or generated once)"
 
     # -- desired ---------------------------------------------------------------------------
@@ -361,10 +368,10 @@ class SecretsStep(Step):
 
     # -- outputs and destroy ---------------------------------------------------------------
 
-    def outputs(self, desired: SecretsDesired, observed: SecretsFacts) -> dict:
-        return {"arns": {key: observed.owned[key].arn if key in observed.owned else KNOWN_AFTER_APPLY
-                         for key in desired.secrets},
-                "names": {key: secret.name for key, secret in desired.secrets.items()}}
+    def outputs(self, desired: SecretsDesired, observed: SecretsFacts) -> SecretsOutputs:
+        return SecretsOutputs(arns={key: observed.owned[key].arn if key in observed.owned else KNOWN_AFTER_APPLY
+                                    for key in desired.secrets},
+                              names={key: secret.name for key, secret in desired.secrets.items()})
 
     def plan_destroy(self, observed: SecretsFacts) -> list[Change]:
         return [self._delete(key, current, observed.recovery_window_days, "destroy")

@@ -301,9 +301,16 @@ def delete_bucket(s3, name: str, purge: bool) -> None:
 # -- the step ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class StorageOutputs:
+    buckets: dict[str, str]  # bucket name by the manifest's name
+    bucket_arns: dict[str, str]
+
+
 class StorageStep(Step):
     name = "storage"
     depends_on = ()
+    Outputs = StorageOutputs
     description = "S3 buckets: Loki chunks and config bundles (encrypted, versioned, private, TLS only)"
 
     def desired(self, manifest, inputs) -> StorageDesired:
@@ -354,9 +361,9 @@ class StorageStep(Step):
             delete_bucket(s3, change.payload, purge=change.blocked is not None)
             observed.buckets.pop(change.payload, None)
 
-    def outputs(self, desired: StorageDesired, observed: StorageFacts) -> dict:
-        return {"buckets": {bucket.key: bucket.name for bucket in desired.buckets},
-                "bucket_arns": {bucket.key: bucket.arn for bucket in desired.buckets}}
+    def outputs(self, desired: StorageDesired, observed: StorageFacts) -> StorageOutputs:
+        return StorageOutputs(buckets={bucket.key: bucket.name for bucket in desired.buckets},
+                              bucket_arns={bucket.key: bucket.arn for bucket in desired.buckets})
 
     def plan_destroy(self, observed: StorageFacts) -> list[Change]:
         """Deletes of the tagged buckets; one holding any object version waits for `delete-data`."""

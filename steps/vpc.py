@@ -23,9 +23,9 @@ from orchestrator import tags as tagging
 from orchestrator import waiters
 from orchestrator.aws import error_code
 from orchestrator.errors import OrchestratorError, StepFailed
-from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step, diff_fields
+from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
 from orchestrator.retry import eventually
-from orchestrator.waiters import WaitFailed
+from orchestrator.waiters import WaitFailed, botocore_check
 
 ANYWHERE = "0.0.0.0/0"
 
@@ -303,9 +303,23 @@ class Ids:
 # --- the step --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class VpcOutputs:
+    vpc_id: str
+    vpc_cidr: str
+    zones: list[str]
+    public_subnet_ids: list[str]
+    private_subnet_ids: list[str]
+    security_groups: dict[str, str]  # by the manifest's name: alb, app, monitoring, efs, endpoints
+    public_route_table_id: str
+    private_route_table_ids: list[str]
+    nat_gateway_ids: list[str]
+
+
 class VpcStep(Step):
     name = "vpc"
     depends_on = ()
+    Outputs = VpcOutputs
     description = "VPC, subnets, internet and NAT gateways, route tables, security groups, VPC endpoints"
 
     # -- desired ----------------------------------------------------------------------------
@@ -313,7 +327,10 @@ class VpcStep(Step):
     def desired(self, manifest, inputs) -> Network:
         spec = manifest.network
         prefix = manifest.prefix
-        zones = tuple(spec.zone_names(manifest.region))
+        try:
+            zones = tuple(spec.zone_names(inputs.zones() if not spec.availability_zones else []))
+        except ValueError as error:
+            raise OrchestratorError(str(error)) from None
         public_cidrs, private_cidrs = spec.subnet_cidrs()
         subnets = tuple(Subnet(f"{kind}-{zone}", f"{prefix}-{kind}-{zone}", zone, cidr, kind == "public")
                         for kind, cidrs in (("public", public_cidrs), ("private", private_cidrs))
@@ -334,7 +351,8 @@ class VpcStep(Step):
             nat_gateways=nats,
             route_tables=route_tables,
             security_groups=tuple(_security_group(prefix, spec, name) for name in sorted(spec.security_groups)),
-            endpoints=_endpoints(prefix, manifest.region, spec.endpoints, zones, route_tables))
+            endpoints=_endpoints(prefix, _service_prefix(inputs.partition, manifest.region), spec.endpoints,
+                                 zones, route_tables))
 
     # -- observe ----------------------------------------------------------------------------
 
@@ -411,11 +429,11 @@ class VpcStep(Step):
 
     # -- apply ------------------------------------------------------------------------------
 
-    def apply(self, ctx, change: Change, observed: Facts) -> None:
+    def apply(self, ctx, change: Change, observed: Facts) -> Accepted | None:
         """Carry out one change; the handler is named after it: `_create_subnet` …"""
         handler = getattr(self, f"_{change.action}_{change.kind}")
         try:
-            handler(ctx, change, observed, Ids(observed))
+            return handler(ctx, change, observed, Ids(observed))
         except ClientError as error:
             message = error.response.get("Error", {}).get("Message", "")
             raise StepFailed(f"could not {change.action} {change.kind.replace('_', ' ')} {change.name}: "
@@ -505,7 +523,7 @@ class VpcStep(Step):
         _delete(ctx, f"release of Elastic IP {change.name} ({seen.id})", ctx.client("ec2").release_address,
                 AllocationId=seen.id)
 
-    def _create_nat_gateway(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
+    def _create_nat_gateway(self, ctx, change: Change, observed: Facts, ids: Ids) -> Accepted:
         nat: NatGateway = change.payload
         ec2 = ctx.client("ec2")
         # The ids of the gateways that failed salt the token: a retry after one failed must not
@@ -516,25 +534,20 @@ class VpcStep(Step):
             ctx, change, params, *observed.failed_nat_gateways.get(nat.logical, [])))["NatGateway"]
         seen = SeenNat(id=created["NatGatewayId"], tags=ctx.tags() | {"Name": nat.name}, state=created["State"])
         observed.nat_gateways[nat.logical] = seen
-        _wait_nat_available(ctx, ec2, nat.name, seen)
+        return Accepted(waits=(_nat_available(ec2, nat.name, seen),))
 
-    def _update_nat_gateway(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
+    def _update_nat_gateway(self, ctx, change: Change, observed: Facts, ids: Ids) -> Accepted:
         seen = observed.nat_gateways[change.name]
-        if seen.state != "available":
-            _wait_nat_available(ctx, ctx.client("ec2"), change.payload.name, seen)
         _retag(ctx, change, seen)
+        return Accepted(waits=(_nat_available(ctx.client("ec2"), change.payload.name, seen),)
+                        if seen.state != "available" else ())
 
-    def _delete_nat_gateway(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
+    def _delete_nat_gateway(self, ctx, change: Change, observed: Facts, ids: Ids) -> Accepted:
         ec2 = ctx.client("ec2")
         seen = observed.nat_gateways.pop(change.name)
-        _delete(ctx, f"deletion of NAT gateway {change.name} ({seen.id})", ec2.delete_nat_gateway,
-                NatGatewayId=seen.id)
-
-        def check() -> tuple[bool, str]:
-            state = _state_or_deleted(ec2.describe_nat_gateways, "NatGateways", NatGatewayIds=[seen.id])
-            return state == "deleted", state
-
-        ctx.wait(f"deletion of NAT gateway {change.name} ({seen.id})", check)
+        what = f"deletion of NAT gateway {change.name} ({seen.id})"
+        _delete(ctx, what, ec2.delete_nat_gateway, settle_first=False, NatGatewayId=seen.id)
+        return Accepted(waits=(Wait(what, botocore_check(ec2, "nat_gateway_deleted", what, NatGatewayIds=[seen.id])),))
 
     def _create_route_table(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
         work: TableWork = change.payload
@@ -549,6 +562,8 @@ class VpcStep(Step):
     def _update_route_table(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
         work: TableWork = change.payload
         ec2 = ctx.client("ec2")
+        if work.set_routes:
+            ctx.settle()  # a route to a NAT gateway needs the gateway available
         seen = observed.route_tables[work.table.logical]
         for route in work.set_routes:
             target = {"internet_gateway": "GatewayId", "nat_gateway": "NatGatewayId"}[route.target_kind]
@@ -636,7 +651,7 @@ class VpcStep(Step):
         group_id = observed.security_groups[change.name].id
         _revoke(ctx.client("ec2"), group_id, list(work.revoke), observed)
 
-    def _create_endpoint(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
+    def _create_endpoint(self, ctx, change: Change, observed: Facts, ids: Ids) -> Accepted:
         endpoint: Endpoint = change.payload
         ec2 = ctx.client("ec2")
         if endpoint.type == "Gateway":
@@ -649,7 +664,7 @@ class VpcStep(Step):
                   "TagSpecifications": _tag_spec(ctx, "vpc-endpoint", endpoint.name), **where}
         created = _eventually(ec2.create_vpc_endpoint, **_with_token(ctx, change, params))["VpcEndpoint"]
         observed.endpoints[endpoint.logical] = _seen_endpoint(created)
-        _wait_endpoint_available(ctx, ec2, endpoint.name, created["VpcEndpointId"])
+        return Accepted(waits=(_endpoint_available(ec2, endpoint.name, created["VpcEndpointId"]),))
 
     def _update_endpoint(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
         endpoint: Endpoint = change.payload
@@ -672,8 +687,8 @@ class VpcStep(Step):
             seen.security_groups, seen.private_dns = frozenset(wanted["SecurityGroup"]), endpoint.private_dns
         _retag(ctx, change, seen)
 
-    def _delete_endpoint(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
-        """Waits until the endpoint is gone: its network interfaces hold its subnets until then."""
+    def _delete_endpoint(self, ctx, change: Change, observed: Facts, ids: Ids) -> Accepted:
+        """Awaits the endpoint's end: its network interfaces hold its subnets until then."""
         ec2 = ctx.client("ec2")
         seen = observed.endpoints.pop(change.name)
         failed = ec2.delete_vpc_endpoints(VpcEndpointIds=[seen.id]).get("Unsuccessful", [])
@@ -686,27 +701,27 @@ class VpcStep(Step):
             state = _state_or_deleted(ec2.describe_vpc_endpoints, "VpcEndpoints", VpcEndpointIds=[seen.id])
             return state == "deleted", state
 
-        ctx.wait(f"deletion of VPC endpoint {change.name} ({seen.id})", check)
+        return Accepted(waits=(Wait(f"deletion of VPC endpoint {change.name} ({seen.id})", check),))
 
     # -- outputs ----------------------------------------------------------------------------
 
-    def outputs(self, desired: Network, observed: Facts) -> dict:
+    def outputs(self, desired: Network, observed: Facts) -> VpcOutputs:
         """Ids downstream steps read; each one not created yet is KNOWN_AFTER_APPLY."""
         ids = Ids(observed)
         public = [s.logical for s in desired.subnets if s.map_public_ip_on_launch]
         private = [s.logical for s in desired.subnets if not s.map_public_ip_on_launch]
-        return {
-            "vpc_id": ids("vpc", "vpc"),
-            "vpc_cidr": desired.vpc.cidr,
-            "zones": list(desired.zones),
-            "public_subnet_ids": [ids("subnet", s) for s in public],
-            "private_subnet_ids": [ids("subnet", s) for s in private],
-            "security_groups": {g.logical: ids("security_group", g.logical) for g in desired.security_groups},
-            "public_route_table_id": ids("route_table", "public"),
-            "private_route_table_ids": [ids("route_table", t.logical) for t in desired.route_tables
-                                        if t.logical != "public"],
-            "nat_gateway_ids": [ids("nat_gateway", n.logical) for n in desired.nat_gateways],
-        }
+        return VpcOutputs(
+            vpc_id=ids("vpc", "vpc"),
+            vpc_cidr=desired.vpc.cidr,
+            zones=list(desired.zones),
+            public_subnet_ids=[ids("subnet", s) for s in public],
+            private_subnet_ids=[ids("subnet", s) for s in private],
+            security_groups={g.logical: ids("security_group", g.logical) for g in desired.security_groups},
+            public_route_table_id=ids("route_table", "public"),
+            private_route_table_ids=[ids("route_table", t.logical) for t in desired.route_tables
+                                     if t.logical != "public"],
+            nat_gateway_ids=[ids("nat_gateway", n.logical) for n in desired.nat_gateways])
+
 
 
 @dataclass(frozen=True)
@@ -760,13 +775,18 @@ def _security_group(prefix: str, spec, name: str) -> SecurityGroup:
                          tuple(sorted(rules, key=lambda r: (r.port, r.source_kind, r.source))))
 
 
-def _endpoints(prefix: str, region: str, spec, zones: tuple[str, ...],
+def _service_prefix(partition: str, region: str) -> str:
+    """What endpoint service names begin with: `com.amazonaws.REGION`, in China `cn.com.amazonaws.REGION`."""
+    return f"{'cn.' if partition == 'aws-cn' else ''}com.amazonaws.{region}"
+
+
+def _endpoints(prefix: str, services: str, spec, zones: tuple[str, ...],
                route_tables: tuple[RouteTable, ...]) -> tuple[Endpoint, ...]:
     private_tables = tuple(t.logical for t in route_tables if t.logical != "public")
-    gateways = tuple(Endpoint(service, f"{prefix}-{service}", f"com.amazonaws.{region}.{service}", "Gateway",
+    gateways = tuple(Endpoint(service, f"{prefix}-{service}", f"{services}.{service}", "Gateway",
                               route_tables=private_tables) for service in spec.gateway)
     interfaces = tuple(Endpoint(service.replace(".", "-"), f"{prefix}-{service.replace('.', '-')}",
-                                f"com.amazonaws.{region}.{service}", "Interface",
+                                f"{services}.{service}", "Interface",
                                 subnets=tuple(f"private-{zone}" for zone in zones),
                                 security_groups=(spec.security_group,), private_dns=True)
                        for service in spec.interface)
@@ -1003,13 +1023,14 @@ def _plan_route_table(desired: Network, table: RouteTable, observed: Facts, ids:
     wanted_destinations = {route.destination for route in table.routes}
     delete_routes = tuple(sorted(d for d in routes if d not in wanted_destinations))
     diffs += [FieldDiff(f"route {d}", routes[d], None) for d in delete_routes]
-    attach = []
+    attach, moves = [], False
     for subnet in table.subnets:
         subnet_id = ids("subnet", subnet)
         association = observed.associations.get(subnet_id)
         if association is None or association.table != table_id:
             diffs.append(FieldDiff(f"association {subnet}", association.table if association else None, table_id))
             attach.append(subnet)
+            moves = moves or association is not None
     wanted_subnets = {ids("subnet", subnet) for subnet in table.subnets}
     detach = tuple(sorted(subnet_id for subnet_id, association in observed.associations.items()
                           if seen and association.table == seen.id and subnet_id not in wanted_subnets))
@@ -1019,6 +1040,7 @@ def _plan_route_table(desired: Network, table: RouteTable, observed: Facts, ids:
              *(("ec2:ReplaceRoute",) if any(r.destination in routes for r in set_routes) else ()),
              *(("ec2:DeleteRoute",) if delete_routes else ()),
              *(("ec2:AssociateRouteTable",) if attach else ()),
+             *(("ec2:ReplaceRouteTableAssociation",) if moves else ()),
              *(("ec2:DisassociateRouteTable",) if detach else ())]
     if seen is None:
         return [Change("create", "route_table", table.logical, diffs=tuple(diffs),
@@ -1182,9 +1204,13 @@ def _eventually(call, **params):
     return eventually(call, retry_on=NOT_VISIBLE_YET, **params)
 
 
-def _delete(ctx, what: str, call, **params) -> None:
+def _delete(ctx, what: str, call, settle_first: bool = True, **params) -> None:
     """A delete that tolerates the resource being gone already and, while AWS says it is still
-    in use, tries again with backoff for up to IN_USE_TIMEOUT, reporting progress."""
+    in use, tries again with backoff for up to IN_USE_TIMEOUT, reporting progress. Deletions
+    awaited so far (NAT gateways, endpoints: what holds subnets and addresses) settle first,
+    unless this is one of them (they are awaited together)."""
+    if settle_first:
+        ctx.settle()
     try:
         timeout = IN_USE_TIMEOUT if ctx.destroying else IN_USE_TIMEOUT_APPLYING
         waiters.retry_while(what, lambda: eventually(call, **params), STILL_IN_USE, timeout=timeout, stop=ctx.stop,
@@ -1264,18 +1290,23 @@ def _state_or_deleted(describe, key: str, **params) -> str:
     return found[0]["State"].lower() if found else "deleted"
 
 
-def _wait_nat_available(ctx, ec2, name: str, seen: SeenNat) -> None:
-    def check() -> tuple[bool, str]:
-        found = _eventually(ec2.describe_nat_gateways, NatGatewayIds=[seen.id])["NatGateways"][0]
-        if found["State"] in ("failed", "deleting", "deleted"):
-            raise WaitFailed(f"NAT gateway {name} ({seen.id}) is {found['State']}: "
-                             f"{found.get('FailureCode', '')} {found.get('FailureMessage', '')}".rstrip())
-        return found["State"] == "available", found["State"]
+def _nat_available(ec2, name: str, seen: SeenNat) -> Wait:
+    """botocore's `nat_gateway_available` acceptors (failed, deleting and deleted end it; a
+    gateway not visible yet is retried), with AWS's reason on failure."""
+    what = f"NAT gateway {name} ({seen.id})"
+    check = botocore_check(ec2, "nat_gateway_available", what, NatGatewayIds=[seen.id], explain=lambda r: " ".join(
+        filter(None, (r["NatGateways"][0].get("FailureCode"), r["NatGateways"][0].get("FailureMessage")))))
 
-    seen.state = ctx.wait(f"NAT gateway {name} ({seen.id})", check)
+    def check_and_note() -> tuple[bool, str]:
+        done, seen.state = check()
+        return done, seen.state
+
+    return Wait(what, check_and_note)
 
 
-def _wait_endpoint_available(ctx, ec2, name: str, endpoint_id: str) -> None:
+def _endpoint_available(ec2, name: str, endpoint_id: str) -> Wait:
+    """EC2 has no waiter for VPC endpoints: their states are read here (a new one may not be
+    visible yet, so the describe retries NotFound)."""
     def check() -> tuple[bool, str]:
         found = _eventually(ec2.describe_vpc_endpoints, VpcEndpointIds=[endpoint_id])["VpcEndpoints"][0]
         state = found["State"].lower()
@@ -1284,7 +1315,7 @@ def _wait_endpoint_available(ctx, ec2, name: str, endpoint_id: str) -> None:
                              f"{found.get('LastError', {}).get('Message', '')}".rstrip(": "))
         return state == "available", state
 
-    ctx.wait(f"VPC endpoint {name} ({endpoint_id})", check)
+    return Wait(f"VPC endpoint {name} ({endpoint_id})", check)
 
 
 STEP = VpcStep

@@ -1,48 +1,144 @@
-"""Helpers for step tests: run one step alone with given upstream outputs, or the engine over
-the real graph with the real state store, and count the calls that changed something."""
+"""Helpers for step tests: run one step through the real engine and the real (moto) state
+store, with given upstream outputs; count the calls that changed something."""
 from __future__ import annotations
 
-from orchestrator.context import StepContext
+import dataclasses
+import importlib
+
 from orchestrator.engine import Engine
 from orchestrator.graph import StepGraph
-from orchestrator.model import Inputs
+from orchestrator.model import KNOWN_AFTER_APPLY, Change, Inputs, Step
+
+RUN_ID = "test-run"
+ACCOUNT = "123456789012"
+#: The zones moto's us-east-1 offers (a run fact the engine reads from EC2).
+ZONES = [f"us-east-1{letter}" for letter in "abcdef"]
+
+
+def inputs(step, outputs: dict | None = None, *, region: str = "us-east-1", account_id: str = ACCOUNT,
+           zones: list[str] | None = None) -> Inputs:
+    """What the engine gives `step.desired`: the upstream `outputs`, declared as the real
+    dependencies declare them (so a test reading an undeclared output fails as a run would)."""
+    declared = {dep: tuple(f.name for f in dataclasses.fields(importlib.import_module(f"steps.{dep}").STEP.Outputs))
+                for dep in step.depends_on}
+    available = ZONES if zones is None else zones
+    return Inputs(account_id=account_id, region=region, outputs=outputs or {}, declared=declared,
+                  zones=lambda: list(available))
+
+
+def upstream_stub(name: str, values: dict) -> Step:
+    """Stands for step `name`: changes nothing, and gives `values` as its outputs (declared as
+    the real step declares them; what `values` leaves out is not known yet)."""
+    outputs_class = importlib.import_module(f"steps.{name}").STEP.Outputs
+
+    class Upstream(Step):
+        Outputs = outputs_class
+
+        def desired(self, manifest, inputs):
+            return None
+
+        def observe(self, ctx, desired):
+            return None
+
+        def plan(self, desired, observed, recorded):
+            return []
+
+        def outputs(self, desired, observed):
+            return outputs_class(**{f.name: values.get(f.name, KNOWN_AFTER_APPLY)
+                                    for f in dataclasses.fields(outputs_class)})
+
+        def plan_destroy(self, observed):
+            return []
+
+    stub = Upstream()
+    stub.name = name
+    return stub
+
+
+class _Observing:
+    """The step under test, with the facts its last observe returned kept for the test."""
+
+    def __init__(self, step):
+        self.step, self.observed = step, None
+
+    def __getattr__(self, name):
+        return getattr(self.step, name)
+
+    def observe(self, ctx, desired):
+        self.observed = self.step.observe(ctx, desired)
+        return self.observed
+
+
+def _engine(step, manifest, aws, upstream: dict | None, recorded: dict | None, allow=()):
+    from orchestrator.state import StateStore
+    observing = _Observing(step)
+    graph = StepGraph([observing, *(upstream_stub(dep, (upstream or {}).get(dep, {})) for dep in step.depends_on)])
+    store = StateStore(aws, manifest)
+    store.ensure_table()
+    store.break_lock()  # the lock of a run a test killed (step tests are not about the lock)
+    lease = store.acquire(RUN_ID, "test")
+    for key, record in (recorded or {}).items():  # a test's own last-applied records
+        kind, _, name = key.partition("/")
+        store.record_change(lease, step.name, Change("create", kind, name, record=record))
+    return Engine(manifest, aws, graph, store=store, lease=lease, allow=allow), observing, store, lease
+
+
+def _result(engine: Engine, step, store, lease, recorded: dict | None):
+    lease.release()
+    result = engine.results[step.name]
+    if result.status == "failed":
+        raise result.exception
+    if recorded is not None:
+        recorded.clear()
+        recorded.update(store.steps().get(step.name, {}).get("applied") or {})
+    return result
 
 
 def run_step(step, manifest, aws, upstream: dict | None = None, recorded: dict | None = None,
-             allow=(), destroy: bool = False):
-    """desired → observe → plan → apply for one step, outside the engine. Returns
-    (changes, outputs, observed) and leaves `recorded` updated as the state store would."""
-    recorded = {} if recorded is None else recorded
-    ctx = StepContext(aws=aws, manifest=manifest, step=step.name, allow=frozenset(allow), destroying=destroy)
-    desired = step.desired(manifest, Inputs(account_id=aws.account_id(), region=manifest.region,
-                                            outputs=upstream or {}))
-    observed = step.observe(ctx, desired)
-    changes = step.plan_destroy(observed) if destroy else step.plan(desired, observed, recorded)
-    applied = []
-    for change in changes:
-        if change.blocked and change.blocked not in allow:
-            continue
-        step.apply(ctx, change, observed)
-        applied.append(change)
-        if change.action == "delete":
-            recorded.pop(change.key, None)
-        elif change.record is not None:
-            recorded[change.key] = change.record
-    return applied, step.outputs(desired, observed), observed
+             allow=(), destroy: bool = False, recovering: tuple[str, ...] = ()):
+    """`apply` (or `destroy`) of one step through the engine. Returns (applied changes, outputs,
+    observed facts) and leaves `recorded` holding the step's last-applied records. Checks that
+    every mutating call the step made was named in the changes it applied, except the
+    operations in `recovering`: what AWS's answer made necessary where observe could not see
+    (a stale list hid a resource that exists)."""
+    engine, observing, store, lease = _engine(step, manifest, aws, upstream, recorded, allow)
+    before = len(aws.ledger.calls)
+    try:
+        engine.destroy() if destroy else engine.apply()
+    finally:
+        result = _result(engine, step, store, lease, recorded)
+    unplanned = sorted(set(_unplanned_calls(aws, step.name, before, result.applied)) - set(recovering))
+    assert not unplanned, f"{step.name} made mutating calls no applied change named: {unplanned}"
+    return result.applied, result.outputs, observing.observed
 
 
 def plan_step(step, manifest, aws, upstream: dict | None = None, recorded: dict | None = None):
     """The changes `apply` would make, with no mutating call."""
-    ctx = StepContext(aws=aws, manifest=manifest, step=step.name)
-    desired = step.desired(manifest, Inputs(account_id=aws.account_id(), region=manifest.region,
-                                            outputs=upstream or {}))
-    return step.plan(desired, step.observe(ctx, desired), recorded or {})
+    engine, _, store, lease = _engine(step, manifest, aws, upstream, recorded)
+    try:
+        engine.plan()
+    finally:
+        result = _result(engine, step, store, lease, None)
+    return result.changes
+
+
+def _unplanned_calls(aws, step: str, since: int, applied: list[Change]) -> list[str]:
+    named = {call.split(":", 1)[1] for change in applied for call in change.calls}
+    return sorted({c.operation for c in aws.ledger.calls[since:]
+                   if c.step == step and c.mutating and c.operation not in named})
+
+
+def calls_since(aws, before: int, step: str) -> list:
+    """The calls step `step` made after the ledger held `before` calls."""
+    return [call for call in aws.ledger.calls[before:] if call.step == step]
 
 
 def mutations(aws, step: str | None = None) -> list[str]:
-    """`service:Operation` of every mutating request sent so far (optionally for one step)."""
+    """`service:Operation` of every mutating request sent so far to the platform (not the state
+    table and lock), or of one step's (`"state"` for the state table's)."""
+    from orchestrator.aws import STATE
     return [f"{c.service}:{c.operation}" for c in aws.ledger.calls
-            if c.mutating and (step is None or c.step == step)]
+            if c.mutating and (c.step == step if step is not None else c.step != STATE)]
 
 
 def engine(manifest, aws, steps=None, *, allow=(), with_state: bool = True):
@@ -54,7 +150,7 @@ def engine(manifest, aws, steps=None, *, allow=(), with_state: bool = True):
         from orchestrator.state import StateStore
         store = StateStore(aws, manifest)
         store.ensure_table()
-        lease = store.acquire("test-run", "test")
+        lease = store.acquire(RUN_ID, "test")
     return Engine(manifest, aws, graph, store=store, lease=lease, allow=allow)
 
 
@@ -62,12 +158,15 @@ class Crash(BaseException):
     """Stands for the process being killed: BaseException, so no `except Exception` catches it."""
 
 
-def crash_after(aws, n: int) -> None:
-    """Kill the run (raise `Crash`) right after the n-th mutating call AWS accepted."""
+def crash_after(aws, n: int, *, state_table: bool = False) -> None:
+    """Kill the run (raise `Crash`) right after the n-th mutating call AWS accepted; calls to the
+    state table and lock count only with `state_table` (a whole run's crash test)."""
     from orchestrator.aws import is_mutating
     seen = {"count": 0}
 
     def after_call(http_response, parsed, model, **kwargs):
+        if not state_table and model.service_model.service_name == "dynamodb":
+            return
         if is_mutating(model.name) and http_response.status_code < 300:
             seen["count"] += 1
             if seen["count"] == n:

@@ -38,7 +38,7 @@ def with_health_check(manifest, name, **update):
 
 
 def desired_for(manifest, upstream=UPSTREAM):
-    return STEP.desired(manifest, Inputs("123456789012", "us-east-1", upstream))
+    return STEP.desired(manifest, harness.inputs(STEP, upstream))
 
 
 def observed_matching(desired) -> AlbFacts:
@@ -389,7 +389,7 @@ def test_second_apply_makes_no_mutating_call_and_one_read_per_kind(env, manifest
     before = len(env.aws.ledger.calls)
     changes, outputs, _ = harness.run_step(STEP, manifest, env.aws, env.upstream)
     assert changes == [] and outputs == env.outputs
-    reads = [c.operation for c in env.aws.ledger.calls[before:]]
+    reads = [c.operation for c in harness.calls_since(env.aws, before, STEP.name)]
     assert [r for r in reads if not r.startswith("Describe")] == []
     # load balancer, its attributes, target groups, listeners, rules (one listener), tags (one
     # batch) and the attributes of each of the two target groups.
@@ -438,7 +438,7 @@ def test_a_changed_manifest_tag_is_put_on_every_resource_and_foreign_tags_stay(e
 
     before = len(env.aws.ledger.calls)
     harness.run_step(STEP, retagged, env.aws, env.upstream)
-    assert [c.operation for c in env.aws.ledger.calls[before:] if c.mutating] == ["AddTags"] * 5
+    assert [c.operation for c in harness.calls_since(env.aws, before, STEP.name) if c.mutating] == ["AddTags"] * 5
     for description in client.describe_tags(ResourceArns=arns)["TagDescriptions"]:
         tags = tag_dict(description["Tags"])
         assert (tags["owner"], tags["by-hand"], tags["project"]) == ("games-team", "yes", "gamepulse")

@@ -61,7 +61,7 @@ EXPECTED = {"vpcs": 1, "subnets": 4, "nat gateways": 1, "elastic ips": 1, "secur
 def test_apply_killed_after_a_mutating_call_converges_on_the_next_run(manifest, fake_aws_env, kill_after):
     with mock_aws(config={"iam": {"load_aws_managed_policies": True}}):
         killed = Aws("us-east-1")
-        harness.crash_after(killed, kill_after)
+        harness.crash_after(killed, kill_after, state_table=True)
         with pytest.raises(harness.Crash):
             harness.engine(manifest, killed).apply()
 
@@ -76,4 +76,4 @@ def test_apply_killed_after_a_mutating_call_converges_on_the_next_run(manifest, 
         StateStore(again, manifest).break_lock()
         results = harness.engine(manifest, again).apply()
         assert [c.key for r in results.values() for c in r.changes] == []
-        assert harness.mutations(again, None) == harness.mutations(again, "state")
+        assert harness.mutations(again) == []

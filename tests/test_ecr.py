@@ -23,7 +23,7 @@ URI = f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/gamepulse"
 
 
 def desired_for(manifest):
-    return STEP.desired(manifest, Inputs(account_id=ACCOUNT, region="us-east-1"))
+    return STEP.desired(manifest, harness.inputs(STEP, account_id=ACCOUNT))
 
 
 def as_found(repository: DesiredRepository, **changed) -> ObservedRepository:
@@ -188,7 +188,7 @@ def test_apply_creates_the_repository_with_settings_tags_and_lifecycle_then_chan
     before = len(aws.ledger.calls)
     again, outputs_again, _ = harness.run_step(STEP, manifest, aws)
     assert again == [] and len(harness.mutations(aws)) == 2 and outputs_again == outputs
-    assert sorted(c.operation for c in aws.ledger.calls[before:]) == [
+    assert sorted(c.operation for c in harness.calls_since(aws, before, STEP.name)) == [
         "DescribeRepositories", "GetLifecyclePolicy", "ListTagsForResource"]  # images are counted only to delete
 
 

@@ -19,7 +19,7 @@ OWNERSHIP = {"orchestrator:app": "gamepulse", "orchestrator:env": "dev", "orches
 
 
 def desired_for(manifest, vpc_id="vpc-1"):
-    return STEP.desired(manifest, Inputs("123456789012", "us-east-1", {"vpc": {"vpc_id": vpc_id}}))
+    return STEP.desired(manifest, harness.inputs(STEP, {"vpc": {"vpc_id": vpc_id}}))
 
 
 def observed_matching(desired) -> EcsFacts:
@@ -51,7 +51,7 @@ def test_desired_resolves_names_and_settings_from_the_manifest(manifest):
 
 
 def test_plan_from_nothing_creates_everything_with_vpc_known_after_apply(manifest):
-    desired = STEP.desired(manifest, Inputs("123456789012", "us-east-1", {}))
+    desired = STEP.desired(manifest, harness.inputs(STEP))
     changes = STEP.plan(desired, EcsFacts(), {})
     assert [(c.action, c.kind) for c in changes] == \
         [("create", "cluster")] + [("create", "log_group")] * 6 + [("create", "namespace")]
@@ -209,20 +209,6 @@ def load_dev():
     return load_manifest(MANIFESTS, "dev")
 
 
-def emulate_update_cluster_settings(aws, calls: list) -> None:
-    """moto gap: ecs:UpdateClusterSettings is not implemented. Answer it the way AWS does,
-    by applying the settings through UpdateCluster (which moto implements)."""
-    ecs = aws.client("ecs")
-
-    def answer(params, **kwargs):
-        request = json.loads(params["body"])
-        calls.append(request)
-        cluster = ecs.update_cluster(cluster=request["cluster"], settings=request["settings"])["cluster"]
-        return _Http(200), {"cluster": cluster}
-
-    ecs.meta.events.register("before-call.ecs.UpdateClusterSettings", answer)
-
-
 class _Http:
     def __init__(self, status_code):
         self.status_code = status_code
@@ -264,15 +250,15 @@ def test_second_apply_makes_no_mutating_call_and_few_reads(env, manifest):
     changes, outputs, _ = harness.run_step(STEP, manifest, env.aws, env.upstream, env.recorded)
     assert changes == []
     assert outputs == env.outputs
-    new_calls = env.aws.ledger.calls[before:]
-    assert [c for c in new_calls if c.mutating] == []
+    new_calls = harness.calls_since(env.aws, before, STEP.name)
+    assert [c for c in new_calls if c.mutating and c.step == STEP.name] == []
     # One read per resource kind, one tagging-API read for the log groups' tags and one for
     # the namespace's.
     assert len(new_calls) == 3 + 1 + 1
 
 
 def test_drift_made_by_hand_is_shown_by_plan_then_repaired(env, manifest):
-    aws = harness.forget_crash(env.aws)  # a client of its own for the injected answer below
+    aws = harness.forget_crash(env.aws)
     ecs, logs = aws.client("ecs"), aws.client("logs")
     ecs.update_cluster(cluster="gamepulse-dev", settings=[{"name": "containerInsights", "value": "disabled"}])
     ecs.put_cluster_capacity_providers(cluster="gamepulse-dev", capacityProviders=["FARGATE"],
@@ -287,12 +273,11 @@ def test_drift_made_by_hand_is_shown_by_plan_then_repaired(env, manifest):
         ("create", "/ecs/gamepulse-dev/jaeger"): ("logs:CreateLogGroup", "logs:PutRetentionPolicy"),
     }
 
-    settings_calls: list = []
-    emulate_update_cluster_settings(aws, settings_calls)
     harness.run_step(STEP, manifest, aws, env.upstream, env.recorded)
-    assert settings_calls == [{"cluster": "gamepulse-dev",
-                               "settings": [{"name": "containerInsights", "value": "enabled"}]}]
+    assert "ecs:UpdateClusterSettings" in harness.mutations(aws)
     assert "ecs:CreateCluster" not in harness.mutations(aws), "create_cluster on an existing cluster resets it"
+    cluster = ecs.describe_clusters(clusters=["gamepulse-dev"], include=["SETTINGS"])["clusters"][0]
+    assert cluster["settings"] == [{"name": "containerInsights", "value": "enabled"}]
     assert harness.plan_step(STEP, manifest, aws, env.upstream, env.recorded) == []
     retention = {g["logGroupName"]: g.get("retentionInDays")
                  for g in logs.describe_log_groups(logGroupNamePrefix="/ecs/gamepulse-dev/")["logGroups"]}
@@ -322,7 +307,7 @@ def test_a_changed_manifest_tag_is_put_on_every_resource_and_foreign_tags_stay(e
     harness.run_step(STEP, retagged, env.aws, env.upstream, env.recorded)
     assert sorted(harness.mutations(env.aws)[-8:]) == sorted(
         ["ecs:TagResource", "servicediscovery:TagResource"] + ["cloudwatch-logs:TagResource"] * 6)
-    assert len([c for c in env.aws.ledger.calls[before:] if c.mutating]) == 8
+    assert len([c for c in harness.calls_since(env.aws, before, STEP.name) if c.mutating]) == 8
     cluster_tags = tag_dict(ecs.describe_clusters(clusters=["gamepulse-dev"], include=["TAGS"])["clusters"][0]["tags"],
                             "key", "value")
     namespace_tags = tag_dict(discovery.list_tags_for_resource(ResourceARN=namespace_arn)["Tags"])

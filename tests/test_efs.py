@@ -30,7 +30,7 @@ def with_efs(manifest, **changes):
 
 
 def desired_for(manifest, upstream=UPSTREAM):
-    return STEP.desired(manifest, Inputs(account_id="123456789012", region="us-east-1", outputs=upstream))
+    return STEP.desired(manifest, harness.inputs(STEP, upstream))
 
 
 def as_found(desired, **changed) -> EfsFacts:
@@ -69,7 +69,7 @@ def test_desired_before_the_network_exists_names_zones_with_unknown_ids(manifest
     desired = desired_for(manifest, upstream={})
     assert [(mt.zone, mt.subnet_id, mt.security_group_id) for mt in desired.mount_targets] == [
         ("us-east-1a", KNOWN_AFTER_APPLY, KNOWN_AFTER_APPLY), ("us-east-1b", KNOWN_AFTER_APPLY, KNOWN_AFTER_APPLY)]
-    assert STEP.outputs(desired, EfsFacts())["file_system_id"] == KNOWN_AFTER_APPLY
+    assert STEP.outputs(desired, EfsFacts()).file_system_id == KNOWN_AFTER_APPLY
 
 
 def test_a_security_group_the_network_lacks_is_a_clear_error(manifest):
@@ -255,7 +255,7 @@ def test_apply_creates_everything_then_changes_nothing(manifest, aws, efs, netwo
     applied, again, _ = harness.run_step(STEP, manifest, aws, upstream=network)
     assert applied == [] and again == outputs
     assert len(harness.mutations(aws)) == 6
-    reads = [f"{c.service}:{c.operation}" for c in aws.ledger.calls[before:]]
+    reads = [f"{c.service}:{c.operation}" for c in harness.calls_since(aws, before, STEP.name)]
     assert sorted(reads) == ["efs:DescribeAccessPoints", "efs:DescribeFileSystems",
                              "efs:DescribeLifecycleConfiguration", "efs:DescribeMountTargetSecurityGroups",
                              "efs:DescribeMountTargetSecurityGroups", "efs:DescribeMountTargets"]
@@ -287,8 +287,9 @@ def test_changed_access_point_is_replaced(manifest, aws, efs, network):
     points = dict(manifest.efs.access_points)
     points["grafana"] = AccessPointSpec(path="/grafana-data", uid=472, gid=0, permissions="0750")
     changed = with_efs(manifest, access_points=points)
-    (change,) = harness.plan_step(STEP, changed, aws, upstream=network)
-    assert (change.action, change.name) == ("replace", "grafana")
+    planned = harness.plan_step(STEP, changed, aws, upstream=network)
+    assert [(c.action, c.name, c.retire) for c in planned] == [("replace", "grafana", False),
+                                                               ("delete", "grafana", True)]
 
     _, after, _ = harness.run_step(STEP, changed, aws, upstream=network)
     assert after["access_points"]["grafana"] != before["access_points"]["grafana"]
@@ -398,7 +399,7 @@ def create_as_the_step_would(manifest, aws, efs, network) -> dict:
 
     token = StepContext(aws=aws, manifest=manifest, step="efs").token("file-system")
     return efs.create_file_system(CreationToken=token, Encrypted=True, Tags=[
-        {"Key": k, "Value": v} for k, v in STEP.desired(manifest, Inputs("123456789012", "us-east-1", network))
+        {"Key": k, "Value": v} for k, v in STEP.desired(manifest, harness.inputs(STEP, network))
         .file_system.tags.items()])
 
 

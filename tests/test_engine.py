@@ -23,6 +23,12 @@ class FakeAws:
     def account_id(self):
         return "123456789012"
 
+    def partition(self):
+        return "aws"
+
+    def available_zones(self):
+        return ["us-east-1a", "us-east-1b"]
+
 
 @dataclass
 class FakeManifest:
@@ -32,8 +38,15 @@ class FakeManifest:
     tags: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ThingOutputs:
+    id: str
+
+
 class ThingStep(Step):
     """Owns one 'thing' in a dict standing for the cloud; its output is the thing's id."""
+
+    Outputs = ThingOutputs
 
     def __init__(self, name, depends_on=(), cloud=None, fail=False, barrier=None, blocked=None):
         self.name = name
@@ -67,7 +80,7 @@ class ThingStep(Step):
         observed["thing"] = change.payload
 
     def outputs(self, desired, observed):
-        return {"id": f"id-{self.name}" if observed["thing"] else KNOWN_AFTER_APPLY}
+        return ThingOutputs(id=f"id-{self.name}" if observed["thing"] else KNOWN_AFTER_APPLY)
 
     def plan_destroy(self, observed):
         if observed["thing"] is None:

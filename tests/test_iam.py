@@ -30,7 +30,7 @@ LOKI_ONLY = IamSpec(task_roles={"loki": TaskRoleSpec(grants=["config-read", "lok
 
 
 def desired_for(manifest, upstream=UPSTREAM):
-    return STEP.desired(manifest, Inputs(account_id=ACCOUNT, region="us-east-1", outputs=upstream))
+    return STEP.desired(manifest, harness.inputs(STEP, upstream, account_id=ACCOUNT))
 
 
 def statements(role) -> dict[str, dict]:
@@ -243,7 +243,7 @@ def test_apply_creates_roles_with_trust_policies_and_tags_then_changes_nothing(m
     recorded = {c.key: c.record for c in applied if c.record is not None}
     again, outputs_again, _ = harness.run_step(STEP, manifest, aws, upstream=UPSTREAM, recorded=recorded)
     assert again == [] and len(harness.mutations(aws)) == writes and outputs_again == outputs
-    assert [c.operation for c in aws.ledger.calls[before:]] == ["GetAccountAuthorizationDetails"]
+    assert [c.operation for c in harness.calls_since(aws, before, STEP.name)] == ["GetAccountAuthorizationDetails"]
 
 
 @needs_managed_policies
@@ -373,7 +373,7 @@ def test_a_quick_re_apply_on_a_lagging_list_adopts_our_roles(manifest, aws, iam)
     writes = len(harness.mutations(aws))
 
     lagging_role_list(aws)
-    applied, outputs, _ = harness.run_step(STEP, smaller, aws, upstream=UPSTREAM)
+    applied, outputs, _ = harness.run_step(STEP, smaller, aws, upstream=UPSTREAM, recovering=("TagRole",))
     assert [(c.action, c.kind) for c in applied] == [("create", "role"), ("create", "inline-policy"),
                                                      ("create", "managed-policy"), ("create", "role"),
                                                      ("create", "inline-policy")]

@@ -31,7 +31,7 @@ NAMES = ["gamepulse/dev/db-connection", "gamepulse/dev/grafana-admin", "gamepuls
 
 
 def desired_for(manifest):
-    return STEP.desired(manifest, Inputs(account_id="123456789012", region="us-east-1"))
+    return STEP.desired(manifest, harness.inputs(STEP))
 
 
 def as_found(secret: DesiredSecret, **changed) -> ObservedSecret:
@@ -188,7 +188,7 @@ def test_apply_creates_secrets_with_values_and_tags_then_changes_nothing(manifes
     before = len(aws.ledger.calls)
     again, outputs_again, _ = harness.run_step(STEP, manifest, aws)
     assert again == [] and harness.mutations(aws) == ["secrets-manager:CreateSecret"] * 3
-    reads = [f"{c.service}:{c.operation}" for c in aws.ledger.calls[before:]]
+    reads = [f"{c.service}:{c.operation}" for c in harness.calls_since(aws, before, STEP.name)]
     assert reads == ["secrets-manager:ListSecrets", "secrets-manager:BatchGetSecretValue"]
     assert value_of(sm, "gamepulse/dev/grafana-admin") == generated  # generated once, then kept
     assert outputs_again == outputs
@@ -249,7 +249,7 @@ def test_a_quick_re_apply_on_a_lagging_list_carries_on_with_our_existing_secrets
     writes = len(harness.mutations(aws))
 
     lagging_list(aws)
-    applied, outputs, _ = harness.run_step(STEP, manifest, aws)
+    applied, outputs, _ = harness.run_step(STEP, manifest, aws, recovering=("PutSecretValue", "RestoreSecret"))
     assert [(c.action, c.name) for c in applied] == [
         ("create", "db-connection"), ("create", "grafana-admin"), ("create", "slack-webhook")]
     assert harness.mutations(aws)[writes:] == [
@@ -276,7 +276,7 @@ def test_a_lagging_list_hiding_a_secret_scheduled_for_deletion_restores_it_as_aw
 
     lagging_list(aws)
     aws.register("before-parameter-build.secrets-manager.CreateSecret", scheduled_for_deletion)
-    harness.run_step(STEP, manifest, aws)
+    harness.run_step(STEP, manifest, aws, recovering=("RestoreSecret",))
     assert "DeletedDate" not in sm.describe_secret(SecretId="gamepulse/dev/grafana-admin")
 
 

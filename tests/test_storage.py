@@ -24,7 +24,7 @@ STEP = StorageStep()
 
 
 def desired_for(manifest, region="us-east-1"):
-    return STEP.desired(manifest, Inputs(account_id=ACCOUNT, region=region))
+    return STEP.desired(manifest, harness.inputs(STEP, account_id=ACCOUNT, region=region))
 
 
 def as_found(bucket, **changed) -> ObservedBucket:
@@ -185,7 +185,7 @@ def test_apply_creates_configured_buckets_then_changes_nothing(manifest, aws, s3
     assert applied == [] and again == outputs
     assert len(harness.mutations(aws)) == 12
     # One listing, then seven reads per bucket (objects are counted only when a delete is planned).
-    assert len(aws.ledger.calls) - before == 1 + 2 * 7
+    assert len(harness.calls_since(aws, before, STEP.name)) == 1 + 2 * 7
 
 
 def test_bucket_outside_us_east_1_is_created_in_its_region(manifest, mock):

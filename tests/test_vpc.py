@@ -219,7 +219,7 @@ def test_second_apply_changes_nothing_and_reads_little(manifest, aws, applied):
     changes, outputs_again, _ = run_step(STEP, manifest, again, recorded=recorded)
     assert changes == [] and mutations(again) == []
     assert outputs_again == outputs
-    assert again.ledger.count(step=None, mutating=False) <= 12  # one describe per kind (+ 2 DNS attributes)
+    assert again.ledger.count(step=STEP.name, mutating=False) <= 12  # one describe per kind (+ 2 DNS attributes)
 
 
 # --- drift ----------------------------------------------------------------------------------

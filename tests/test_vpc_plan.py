@@ -7,13 +7,14 @@ import pytest
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.manifest import load_manifest
-from orchestrator.model import KNOWN_AFTER_APPLY, Inputs
+from orchestrator.model import KNOWN_AFTER_APPLY, as_plain
+from tests import harness
 from steps.vpc import (Association, Facts, IngressWork, Seen, SeenEndpoint, SeenGateway, SeenGroup, SeenNat,
                        SeenRule, SeenSubnet, SeenTable, SeenVpc, VpcStep)
 from tests.conftest import MANIFESTS
 
 STEP = VpcStep()
-INPUTS = Inputs(account_id="123456789012", region="us-east-1")
+INPUTS = harness.inputs(STEP)
 
 
 @pytest.fixture(scope="module")
@@ -364,9 +365,9 @@ def test_destroy_goes_in_a_safe_order_and_revokes_group_references_first(dev):
 def test_outputs_before_and_after_apply(dev):
     desired = STEP.desired(dev, INPUTS)
     nothing = STEP.outputs(desired, Facts())
-    assert nothing["vpc_id"] == KNOWN_AFTER_APPLY and nothing["vpc_cidr"] == "10.20.0.0/16"
-    assert nothing["public_subnet_ids"] == [KNOWN_AFTER_APPLY] * 2
-    outputs = STEP.outputs(desired, applied(desired))
+    assert nothing.vpc_id == KNOWN_AFTER_APPLY and nothing.vpc_cidr == "10.20.0.0/16"
+    assert nothing.public_subnet_ids == [KNOWN_AFTER_APPLY] * 2
+    outputs = as_plain(STEP.outputs(desired, applied(desired)))
     assert outputs == {
         "vpc_id": "vpc-1", "vpc_cidr": "10.20.0.0/16", "zones": ["us-east-1a", "us-east-1b"],
         "public_subnet_ids": ["subnet-public-us-east-1a", "subnet-public-us-east-1b"],
