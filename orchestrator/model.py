@@ -103,6 +103,14 @@ class Change:
     def key(self) -> str:
         return f"{self.kind}/{self.name}"
 
+    def differs(self, *fields: str) -> bool:
+        """The change closes a difference in one of these fields (what an update handler acts on)."""
+        return any(diff.field in fields for diff in self.diffs)
+
+    def tags_to_set(self) -> dict[str, str]:
+        """The tags the change's `tags` difference puts (only our keys: see `tags.tag_diffs`)."""
+        return next((diff.new for diff in self.diffs if diff.field == "tags"), {})
+
     def to_dict(self) -> dict:
         data = {"action": self.action, "kind": self.kind, "name": self.name,
                 "diffs": [diff.to_dict() for diff in self.diffs], "calls": list(self.calls)}

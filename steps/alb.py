@@ -470,11 +470,11 @@ class AlbStep(Step):
         lb: LoadBalancer = change.payload
         elb = ctx.client("elbv2")
         seen = observed.load_balancer
-        if "elbv2:SetSubnets" in change.calls:
+        if change.differs("subnets"):
             elb.set_subnets(LoadBalancerArn=seen.arn, Subnets=list(lb.subnets))
-        if "elbv2:SetSecurityGroups" in change.calls:
+        if change.differs("security_groups"):
             elb.set_security_groups(LoadBalancerArn=seen.arn, SecurityGroups=list(lb.security_groups))
-        if "elbv2:ModifyLoadBalancerAttributes" in change.calls:
+        if change.differs("idle_timeout_seconds", "deletion_protection"):
             self._set_attributes(elb, seen.arn, lb)
         _add_tags(elb, seen, change)
         seen.subnets, seen.security_groups = lb.subnets, lb.security_groups
@@ -517,14 +517,14 @@ class AlbStep(Step):
         health = group.health_check
         elb = ctx.client("elbv2")
         seen = observed.target_groups[group.name]
-        if "elbv2:ModifyTargetGroup" in change.calls:
+        if change.differs(*(f"health_check.{name}" for name in HEALTH_FIELDS)):
             elb.modify_target_group(
                 TargetGroupArn=seen.arn, HealthCheckPath=health.path,
                 HealthCheckIntervalSeconds=health.interval_seconds, HealthCheckTimeoutSeconds=health.timeout_seconds,
                 HealthyThresholdCount=health.healthy_threshold, UnhealthyThresholdCount=health.unhealthy_threshold,
                 Matcher={"HttpCode": health.matcher})
             seen.health_check = health
-        if "elbv2:ModifyTargetGroupAttributes" in change.calls:
+        if change.differs("deregistration_delay_seconds"):
             self._set_deregistration_delay(elb, seen.arn, group)
             seen.deregistration_delay_seconds = group.deregistration_delay_seconds
         _add_tags(elb, seen, change)
@@ -558,7 +558,7 @@ class AlbStep(Step):
         listener: Listener = change.payload
         seen = observed.listeners[listener.port]
         elb = ctx.client("elbv2")
-        if "elbv2:ModifyListener" in change.calls:
+        if change.differs(*LISTENER_FIELDS):
             elb.modify_listener(
                 ListenerArn=seen.arn, Protocol=listener.protocol, Port=listener.port,
                 DefaultActions=_action_param(listener.default_action, observed), **_tls_params(listener))
@@ -583,9 +583,9 @@ class AlbStep(Step):
     def _update_rule(self, ctx, change: Change, observed: AlbFacts) -> None:
         rule, arn = change.payload
         elb = ctx.client("elbv2")
-        if "elbv2:SetRulePriorities" in change.calls:
+        if change.differs("priority"):
             elb.set_rule_priorities(RulePriorities=[{"RuleArn": arn, "Priority": rule.priority}])
-        if "elbv2:ModifyRule" in change.calls:
+        if change.differs("paths", "action"):
             elb.modify_rule(RuleArn=arn, Conditions=_conditions_param(rule),
                             Actions=_action_param(rule.action, observed))
         seen = next(seen for seen in observed.rules if seen.arn == arn)
@@ -747,9 +747,9 @@ def _target_group_deletion(seen: ObservedTargetGroup, retire: bool = False) -> C
 
 def _add_tags(elb, seen, change: Change) -> None:
     """Put the tags the change's `tags` difference asks for on the resource `seen`, if any."""
-    if "elbv2:AddTags" not in change.calls:
+    to_set = change.tags_to_set()
+    if not to_set:
         return
-    to_set = next(diff.new for diff in change.diffs if diff.field == "tags")
     elb.add_tags(ResourceArns=[seen.arn], Tags=tagging.tag_list(to_set))
     seen.tags = {**seen.tags, **to_set}
 

@@ -298,15 +298,15 @@ class EcsStep(Step):
         """Never `create_cluster` again on an existing cluster: that would reset its settings."""
         cluster: Cluster = change.payload
         ecs = ctx.client("ecs")
-        if "ecs:UpdateClusterSettings" in change.calls:
+        if change.differs("container_insights"):
             ecs.update_cluster_settings(cluster=cluster.name, settings=_settings_param(cluster))
-        if "ecs:PutClusterCapacityProviders" in change.calls:
+        if change.differs("capacity_providers", "default_strategy"):
             ecs.put_cluster_capacity_providers(
                 cluster=cluster.name, capacityProviders=list(cluster.capacity_providers),
                 defaultCapacityProviderStrategy=_strategy_param(cluster.default_strategy))
         seen = observed.cluster
-        if "ecs:TagResource" in change.calls:
-            to_set = _tags_to_set(change)
+        if change.differs("tags"):
+            to_set = change.tags_to_set()
             ecs.tag_resource(resourceArn=seen.arn, tags=tagging.tag_list(to_set, "key", "value"))
             seen.tags = {**seen.tags, **to_set}
         seen.container_insights = cluster.container_insights
@@ -335,11 +335,11 @@ class EcsStep(Step):
         group: LogGroup = change.payload
         logs = ctx.client("logs")
         seen = observed.log_groups[group.name]
-        if "logs:PutRetentionPolicy" in change.calls:
+        if change.differs("retention_days"):
             logs.put_retention_policy(logGroupName=group.name, retentionInDays=group.retention_days)
             seen.retention_days = group.retention_days
-        if "logs:TagResource" in change.calls:
-            to_set = _tags_to_set(change)
+        if change.differs("tags"):
+            to_set = change.tags_to_set()
             logs.tag_resource(resourceArn=seen.arn, tags=to_set)
             seen.tags = {**seen.tags, **to_set}
 
@@ -371,7 +371,7 @@ class EcsStep(Step):
 
     def _update_namespace(self, ctx, change: Change, observed: EcsFacts) -> None:
         seen = observed.namespace
-        to_set = _tags_to_set(change)
+        to_set = change.tags_to_set()
         ctx.client("servicediscovery").tag_resource(ResourceARN=seen.arn, Tags=tagging.tag_list(to_set))
         seen.tags = {**seen.tags, **to_set}
 
@@ -423,11 +423,6 @@ def _log_group_deletion(group: ObservedLogGroup, why: str) -> Change:
     return Change("delete", "log_group", group.name, diffs=(FieldDiff("retention_days", group.retention_days, None),),
                   calls=("logs:DeleteLogGroup",), blocked=DELETE_DATA,
                   note=f"{why}: deleting log group {group.name} loses the logs it holds")
-
-
-def _tags_to_set(change: Change) -> dict[str, str]:
-    """The tags an update puts: what its `tags` difference asks for."""
-    return next((diff.new for diff in change.diffs if diff.field == "tags"), {})
 
 
 def _sorted_strategy(items) -> tuple[Strategy, ...]:

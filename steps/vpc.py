@@ -1221,11 +1221,11 @@ def _delete(ctx, what: str, call, settle_first: bool = True, **params) -> None:
 
 
 def _retag(ctx, change: Change, seen: Seen) -> None:
-    for diff in change.diffs:
-        if diff.field == "tags":
-            ctx.client("ec2").create_tags(Resources=[seen.id], Tags=tagging.tag_list(diff.new))
-            seen.tags = {**seen.tags, **diff.new}
-            seen.owned = True
+    to_set = change.tags_to_set()
+    if to_set:
+        ctx.client("ec2").create_tags(Resources=[seen.id], Tags=tagging.tag_list(to_set))
+        seen.tags = {**seen.tags, **to_set}
+        seen.owned = True
 
 
 def _set_dns_attributes(ec2, vpc: Vpc, seen: SeenVpc) -> None:

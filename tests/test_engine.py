@@ -127,10 +127,25 @@ def test_independent_steps_run_at_the_same_time():
 
 
 def test_parallelism_one_runs_steps_one_after_another():
-    barrier = threading.Barrier(2, timeout=0.3)
-    steps = [ThingStep(n, barrier=barrier) for n in ("p", "q")]
-    results = engine_for(steps, parallelism=1).apply()
-    assert {r.status for r in results.values()} == {"failed"}  # the barrier broke: never two at once
+    """Each step, once inside, gives another 0.3 s to join it: with one at a time none can."""
+    lock, inside, most = threading.Lock(), [], []
+    joined = threading.Event()
+
+    class Counting(ThingStep):
+        def observe(self, ctx, desired):
+            with lock:
+                inside.append(self.name)
+                most.append(len(inside))
+                if len(inside) > 1:
+                    joined.set()
+            joined.wait(0.3)
+            with lock:
+                inside.remove(self.name)
+            return super().observe(ctx, desired)
+
+    results = engine_for([Counting(n) for n in ("p", "q")], parallelism=1).apply()
+    assert {r.status for r in results.values()} == {"ok"}
+    assert max(most) == 1 and not joined.is_set()
 
 
 def test_target_runs_the_step_and_what_it_depends_on_only():
@@ -273,3 +288,160 @@ def test_ctrl_c_ends_a_long_wait_at_the_next_poll():
     engine = engine_for([Waiting("a")])
     results = engine.apply()
     assert results["a"].status == "failed" and results["a"].error == "interrupted"
+
+
+# --- the step contract: two phases, typed outputs, retirement --------------------------------
+
+
+class FakeStore:
+    """Keeps what the engine records, in order, as the state store would."""
+
+    def __init__(self):
+        self.events = []
+
+    def exists(self):
+        return False
+
+    def record_change(self, lease, step, change):
+        self.events.append(("recorded", change.name, change.record))
+
+    def finish_step(self, lease, step, **kwargs):
+        self.events.append(("finished", step))
+
+    def forget_step(self, lease, step):
+        pass
+
+
+class FakeLease:
+    lost = False
+
+    def check_current(self):
+        pass
+
+
+def test_a_change_is_recorded_as_soon_as_aws_accepts_it_then_all_waits_settle_together():
+    from orchestrator.model import Accepted, Wait
+    store, polls = FakeStore(), []
+
+    class Slow(ThingStep):
+        def plan(self, desired, observed, recorded):
+            return [Change("create", "thing", f"t{i}", record={"planned": i}) for i in (1, 2)]
+
+        def apply(self, ctx, change, observed):
+            checks = iter([(False, "pending"), (True, "available")])
+
+            def check():
+                polls.append((change.name, [e[1] for e in store.events if e[0] == "recorded"]))
+                return next(checks)
+
+            return Accepted(record={"arn": f"arn:{change.name}"}, waits=(Wait(f"thing {change.name}", check),))
+
+    engine_for([Slow("a")], store=store, lease=FakeLease()).apply()
+    # Both records (with what AWS answered, not only what the plan knew) before any wait polled;
+    # then the two waits polled round by round, together.
+    assert store.events[:2] == [("recorded", "t1", {"arn": "arn:t1"}), ("recorded", "t2", {"arn": "arn:t2"})]
+    assert polls == [("t1", ["t1", "t2"]), ("t2", ["t1", "t2"])] * 2
+
+
+def test_a_failed_wait_fails_the_step_and_names_what_it_waited_for():
+    from orchestrator.model import Accepted, Wait
+    from orchestrator.waiters import WaitFailed
+
+    class Failing(ThingStep):
+        def apply(self, ctx, change, observed):
+            def check():
+                raise WaitFailed(f"NAT gateway {change.name} is failed: Gateway.NotAttached")
+            return Accepted(waits=(Wait(f"NAT gateway {change.name}", check),))
+
+    results = engine_for([Failing("nat")]).apply()
+    assert results["nat"].status == "failed"
+    assert results["nat"].error == "NAT gateway nat is failed: Gateway.NotAttached"
+
+
+def test_reading_an_undeclared_step_or_output_is_an_error_at_once():
+    from orchestrator.model import ContractError, Inputs
+    inputs = Inputs("123456789012", "us-east-1", {"vpc": {"vpc_id": "vpc-1"}}, declared={"vpc": ("vpc_id", "zones")})
+    assert inputs.output("vpc", "vpc_id") == "vpc-1"
+    with pytest.raises(ContractError, match="does not depend on step alb"):
+        inputs.output("alb", "dns_name")
+    with pytest.raises(ContractError, match=r"vpc\.vpc_ids, which step vpc does not declare \(did you mean vpc_id\?\)"):
+        inputs.output("vpc", "vpc_ids")
+
+
+def test_an_output_not_known_yet_is_its_own_type_and_names_its_source():
+    from orchestrator.model import Inputs, Unknown
+    inputs = Inputs("123456789012", "us-east-1", {"vpc": {}}, declared={"vpc": ("vpc_id",)})
+    value = inputs.output("vpc", "vpc_id")
+    assert isinstance(value, Unknown) and value.source == "vpc.vpc_id" and value == KNOWN_AFTER_APPLY
+
+
+def test_a_request_holding_an_unknown_value_is_never_sent(mock):
+    from orchestrator.aws import Aws, UnknownValueSent, current_step
+    from orchestrator.model import Unknown
+    aws = Aws("us-east-1")
+    current_step.set("efs")
+    with pytest.raises(UnknownValueSent) as refused:
+        aws.client("efs").create_mount_target(FileSystemId="fs-1", SubnetId=Unknown("vpc.private_subnet_ids"))
+    assert str(refused.value) == ("step efs: CreateMountTarget would send SubnetId before vpc.private_subnet_ids "
+                                  "is known (the step read it before the step that makes it applied)")
+    with pytest.raises(UnknownValueSent, match="SecurityGroups\\[0\\]"):  # a string built from one, too
+        aws.client("efs").create_mount_target(FileSystemId="fs-1", SubnetId="subnet-1",
+                                              SecurityGroups=[f"{Unknown('vpc.security_groups')}"])
+    assert aws.ledger.count() == 0, "nothing reached AWS"
+
+
+def test_an_output_of_the_wrong_type_is_a_contract_error():
+    class Untyped(ThingStep):
+        def outputs(self, desired, observed):
+            return {"id": "x"}
+
+    results = engine_for([Untyped("a")]).plan()
+    assert results["a"].status == "failed" and "not its declared ThingOutputs" in results["a"].error
+
+
+class Replacing(ThingStep):
+    """Replaces its thing: a new one now, the old one retired at the end of the run."""
+
+    def __init__(self, *args, log, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.log = log
+
+    def plan(self, desired, observed, recorded):
+        return [Change("replace", "thing", self.name, payload=desired),
+                Change("delete", "thing", f"{self.name}-old", retire=True)]
+
+    def apply(self, ctx, change, observed):
+        self.log.append(f"{change.action} {change.name}")
+        observed["thing"] = desired = change.payload or observed["thing"]
+        self.cloud[self.name] = desired
+
+
+def test_a_replaced_resource_is_retired_after_its_dependants_moved_in_reverse_graph_order():
+    log = []
+    steps = [Replacing("network", log=log), Replacing("balancer", ["network"], log=log),
+             Replacing("service", ["balancer"], log=log)]
+    engine_for(steps).apply()
+    assert log == ["replace network", "replace balancer", "replace service",
+                   "delete service-old", "delete balancer-old", "delete network-old"]
+
+
+def test_a_dependant_that_failed_keeps_the_old_resource_for_the_next_apply():
+    log = []
+    steps = [Replacing("network", log=log), ThingStep("service", ["network"], fail=True)]
+    results = engine_for(steps).apply()
+    assert log == ["replace network"]
+    assert results["network"].status == "ok"
+    assert results["network"].error == "kept 1 superseded resource(s) for the next apply: service did not move off them"
+
+
+def test_the_plan_names_the_dependants_that_move_and_any_outage():
+    from orchestrator.engine import StepResult
+    from orchestrator.render import plan_text
+    result = StepResult("vpc", dependants=("alb", "efs"), changes=[
+        Change("replace", "subnet", "private-a"),
+        Change("replace", "namespace", "dev.local", outage="services cannot be found by name meanwhile"),
+        Change("delete", "target_group", "old", retire=True)])
+    text = plan_text("Plan:", {"vpc": result})
+    assert "new one first; alb, efs move to it, then the old one is removed" in text
+    assert "OUTAGE: deleted before it is created again: services cannot be found by name meanwhile" in text
+    assert "- delete target_group old   [at the end of the run, once dependants moved]" in text
