@@ -488,7 +488,7 @@ class AlbStep(Step):
 
     def _delete_load_balancer(self, ctx, change: Change, observed: AlbFacts) -> Accepted:
         elb = ctx.client("elbv2")
-        elb.delete_load_balancer(LoadBalancerArn=observed.load_balancer.arn)
+        unless_code({"LoadBalancerNotFound"}, elb.delete_load_balancer, LoadBalancerArn=observed.load_balancer.arn)
         observed.load_balancer = None
         what = f"deletion of load balancer {change.name}"
         return Accepted(waits=(Wait(what, botocore_check(elb, "load_balancers_deleted", what, Names=[change.name])),))
@@ -538,8 +538,8 @@ class AlbStep(Step):
         # A listener that just moved away (or a load balancer just deleted) can hold on to the
         # target group for a few seconds: AWS says ResourceInUse until then.
         ctx.settle()  # the load balancer's deletion first
-        eventually(ctx.client("elbv2").delete_target_group, TargetGroupArn=change.payload.arn,
-                   retry_on={"ResourceInUse"})
+        unless_code({"TargetGroupNotFound"}, eventually, ctx.client("elbv2").delete_target_group,
+                    TargetGroupArn=change.payload.arn, retry_on={"ResourceInUse"})
         observed.target_groups.pop(change.payload.name, None)
 
     def _create_listener(self, ctx, change: Change, observed: AlbFacts) -> None:
@@ -568,7 +568,7 @@ class AlbStep(Step):
 
     def _delete_listener(self, ctx, change: Change, observed: AlbFacts) -> None:
         seen: ObservedListener = change.payload
-        ctx.client("elbv2").delete_listener(ListenerArn=seen.arn)
+        unless_code({"ListenerNotFound"}, ctx.client("elbv2").delete_listener, ListenerArn=seen.arn)
         observed.listeners.pop(seen.port, None)
 
     def _create_rule(self, ctx, change: Change, observed: AlbFacts) -> None:

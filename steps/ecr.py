@@ -17,6 +17,9 @@ from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step
 
+#: What ECR answers for a repository that is gone already: a delete counts as done.
+GONE = frozenset({"RepositoryNotFoundException"})
+
 
 @dataclass(frozen=True)
 class DesiredRepository:
@@ -204,7 +207,7 @@ class EcrStep(Step):
     def apply(self, ctx, change: Change, observed: EcrFacts) -> None:
         client = ctx.client("ecr")
         if change.action == "delete":
-            client.delete_repository(repositoryName=change.name, force=change.payload.force)
+            unless_code(GONE, client.delete_repository, repositoryName=change.name, force=change.payload.force)
             del observed.owned[change.name]
             return
         work: RepositoryWork = change.payload
@@ -219,7 +222,7 @@ class EcrStep(Step):
             current.tags.update(work.tags_to_set)
         else:  # create, or replace: the encryption of a repository is fixed at creation
             if change.action == "replace":
-                client.delete_repository(repositoryName=repository.name, force=work.force)
+                unless_code(GONE, client.delete_repository, repositoryName=repository.name, force=work.force)
             observed.owned[repository.name] = _apply_create(client, repository)
 
     # -- outputs and destroy ---------------------------------------------------------------

@@ -315,7 +315,7 @@ class EcsStep(Step):
 
     def _delete_cluster(self, ctx, change: Change, observed: EcsFacts) -> None:
         try:
-            ctx.client("ecs").delete_cluster(cluster=change.name)
+            unless_code({"ClusterNotFoundException"}, ctx.client("ecs").delete_cluster, cluster=change.name)
         except Exception as error:
             if error_code(error) in ("ClusterContainsServicesException", "ClusterContainsTasksException"):
                 raise OrchestratorError(f"ECS cluster {change.name} still runs services or tasks; "
@@ -378,14 +378,17 @@ class EcsStep(Step):
     def _delete_namespace(self, ctx, change: Change, observed: EcsFacts) -> Accepted:
         discovery = ctx.client("servicediscovery")
         try:
-            operation = discovery.delete_namespace(Id=observed.namespace.id)["OperationId"]
+            deleted = unless_code({"NamespaceNotFound"}, discovery.delete_namespace, Id=observed.namespace.id)
         except Exception as error:
             if error_code(error) == "ResourceInUse":
                 raise OrchestratorError(f"Cloud Map namespace {change.name} still holds services; "
                                         "destroy the services step first") from None
             raise
         observed.namespace = None
-        return Accepted(waits=(_operation(discovery, operation, f"deletion of Cloud Map namespace {change.name}"),))
+        if deleted is None:
+            return Accepted()
+        return Accepted(waits=(_operation(discovery, deleted["OperationId"],
+                                          f"deletion of Cloud Map namespace {change.name}"),))
 
     def _replace_namespace(self, ctx, change: Change, observed: EcsFacts) -> Accepted:
         """Delete first (see the plan's outage): the name cannot exist twice."""

@@ -23,11 +23,13 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 from orchestrator import tags as tagging
-from orchestrator.aws import error_code
+from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step
 
 EXECUTION = "execution"
+#: What IAM answers for a role or policy that is gone already: a delete counts as done.
+GONE = frozenset({"NoSuchEntity"})
 SECRETS_POLICY = "read-secrets"
 GRANTS_POLICY = "grants"
 
@@ -297,7 +299,7 @@ class IamStep(Step):
         work: PolicyWork = change.payload
         current = observed.owned[work.role]
         if change.kind == "inline-policy" and change.action == "delete":
-            client.delete_role_policy(RoleName=work.role, PolicyName=work.policy)
+            unless_code(GONE, client.delete_role_policy, RoleName=work.role, PolicyName=work.policy)
             del current.inline_policies[work.policy]
         elif change.kind == "inline-policy":
             text = json.dumps(work.document)
@@ -307,7 +309,7 @@ class IamStep(Step):
             client.put_role_policy(RoleName=work.role, PolicyName=work.policy, PolicyDocument=text)
             current.inline_policies[work.policy] = normalise_policy(work.document)
         elif change.action == "delete":
-            client.detach_role_policy(RoleName=work.role, PolicyArn=work.policy)
+            unless_code(GONE, client.detach_role_policy, RoleName=work.role, PolicyArn=work.policy)
             current.managed_policies.discard(work.policy)
         else:
             client.attach_role_policy(RoleName=work.role, PolicyArn=work.policy)
@@ -315,7 +317,7 @@ class IamStep(Step):
 
     def _apply_role(self, ctx, client, change: Change, observed: IamFacts) -> None:
         if change.action == "delete":
-            client.delete_role(RoleName=change.name)
+            unless_code(GONE, client.delete_role, RoleName=change.name)
             del observed.owned[change.name]
         elif change.action == "create":
             self._create_or_adopt_role(ctx, client, change.payload.role, observed)

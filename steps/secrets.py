@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator import tags as tagging
-from orchestrator.aws import error_code
+from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, SENSITIVE, Change, FieldDiff, Step
 
@@ -304,7 +304,7 @@ class SecretsStep(Step):
         client = ctx.client("secretsmanager")
         if change.action == "delete":
             arn, window = change.payload
-            client.delete_secret(SecretId=arn, RecoveryWindowInDays=window)
+            unless_code({"ResourceNotFoundException"}, client.delete_secret, SecretId=arn, RecoveryWindowInDays=window)
             observed.owned[change.name].deleted = True
         elif change.action == "create":
             self._apply_create(ctx, client, change.payload.secret, observed)

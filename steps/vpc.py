@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError
 
 from orchestrator import tags as tagging
 from orchestrator import waiters
-from orchestrator.aws import error_code
+from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError, StepFailed
 from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
 from orchestrator.retry import eventually
@@ -29,12 +29,14 @@ from orchestrator.waiters import WaitFailed, botocore_check
 
 ANYWHERE = "0.0.0.0/0"
 
-#: A resource created a moment ago may not be visible to the next call yet (EC2 is eventually
-#: consistent): calls that name one retry on these.
-NOT_VISIBLE_YET = frozenset({
+#: What EC2 answers for a resource it does not know: one created a moment ago may not be visible
+#: to the next call yet (EC2 is eventually consistent), so calls that name one retry on these;
+#: a delete of one that is gone already counts as done.
+NOT_FOUND = frozenset({
     "InvalidVpcID.NotFound", "InvalidSubnetID.NotFound", "InvalidInternetGatewayID.NotFound",
     "InvalidAllocationID.NotFound", "InvalidRouteTableID.NotFound", "InvalidNatGatewayID.NotFound",
-    "NatGatewayNotFound", "InvalidGatewayID.NotFound", "InvalidGroup.NotFound", "InvalidVpcEndpointId.NotFound"})
+    "NatGatewayNotFound", "InvalidGatewayID.NotFound", "InvalidGroup.NotFound", "InvalidVpcEndpointId.NotFound",
+    "InvalidAssociationID.NotFound"})
 
 #: A delete that AWS refuses while a dependant is still going away (the network interfaces of a
 #: load balancer, endpoint or NAT gateway just deleted, a NAT gateway's address) succeeds later:
@@ -1023,14 +1025,14 @@ def _plan_route_table(desired: Network, table: RouteTable, observed: Facts, ids:
     wanted_destinations = {route.destination for route in table.routes}
     delete_routes = tuple(sorted(d for d in routes if d not in wanted_destinations))
     diffs += [FieldDiff(f"route {d}", routes[d], None) for d in delete_routes]
-    attach, moves = [], False
+    attach, associate, move = [], False, False
     for subnet in table.subnets:
         subnet_id = ids("subnet", subnet)
         association = observed.associations.get(subnet_id)
         if association is None or association.table != table_id:
             diffs.append(FieldDiff(f"association {subnet}", association.table if association else None, table_id))
             attach.append(subnet)
-            moves = moves or association is not None
+            associate, move = associate or association is None, move or association is not None
     wanted_subnets = {ids("subnet", subnet) for subnet in table.subnets}
     detach = tuple(sorted(subnet_id for subnet_id, association in observed.associations.items()
                           if seen and association.table == seen.id and subnet_id not in wanted_subnets))
@@ -1039,8 +1041,8 @@ def _plan_route_table(desired: Network, table: RouteTable, observed: Facts, ids:
     calls = [*(("ec2:CreateRoute",) if any(r.destination not in routes for r in set_routes) else ()),
              *(("ec2:ReplaceRoute",) if any(r.destination in routes for r in set_routes) else ()),
              *(("ec2:DeleteRoute",) if delete_routes else ()),
-             *(("ec2:AssociateRouteTable",) if attach else ()),
-             *(("ec2:ReplaceRouteTableAssociation",) if moves else ()),
+             *(("ec2:AssociateRouteTable",) if associate else ()),
+             *(("ec2:ReplaceRouteTableAssociation",) if move else ()),
              *(("ec2:DisassociateRouteTable",) if detach else ())]
     if seen is None:
         return [Change("create", "route_table", table.logical, diffs=tuple(diffs),
@@ -1201,7 +1203,7 @@ def _with_token(ctx, change: Change, params: dict, *salt: str) -> dict:
 
 
 def _eventually(call, **params):
-    return eventually(call, retry_on=NOT_VISIBLE_YET, **params)
+    return eventually(call, retry_on=NOT_FOUND, **params)
 
 
 def _delete(ctx, what: str, call, settle_first: bool = True, **params) -> None:
@@ -1211,13 +1213,9 @@ def _delete(ctx, what: str, call, settle_first: bool = True, **params) -> None:
     unless this is one of them (they are awaited together)."""
     if settle_first:
         ctx.settle()
-    try:
-        timeout = IN_USE_TIMEOUT if ctx.destroying else IN_USE_TIMEOUT_APPLYING
-        waiters.retry_while(what, lambda: eventually(call, **params), STILL_IN_USE, timeout=timeout, stop=ctx.stop,
-                            log=ctx.log)
-    except ClientError as error:
-        if not error_code(error).endswith("NotFound"):
-            raise
+    timeout = IN_USE_TIMEOUT if ctx.destroying else IN_USE_TIMEOUT_APPLYING
+    unless_code(NOT_FOUND, waiters.retry_while, what, lambda: eventually(call, **params), STILL_IN_USE,
+                timeout=timeout, stop=ctx.stop, log=ctx.log)
 
 
 def _retag(ctx, change: Change, seen: Seen) -> None:
@@ -1284,7 +1282,7 @@ def _state_or_deleted(describe, key: str, **params) -> str:
     try:
         found = describe(**params)[key]
     except ClientError as error:
-        if error_code(error).endswith("NotFound"):
+        if error_code(error) in NOT_FOUND:
             return "deleted"
         raise
     return found[0]["State"].lower() if found else "deleted"

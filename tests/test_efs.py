@@ -163,10 +163,13 @@ def test_access_points_are_replaced_deduplicated_and_dropped(manifest):
     fs.access_points.append(dataclasses.replace(prometheus, id="fsap-duplicate"))
     fs.access_points.append(dataclasses.replace(prometheus, id="fsap-old", name="gamepulse-dev-loki"))
     changes = STEP.plan(desired, facts, {})
-    assert [(c.action, c.name) for c in changes] == [
-        ("replace", "grafana"), ("delete", "prometheus"), ("delete", "loki")]
+    # The old ones go at the end of the run (retire), once the services no longer mount them.
+    assert [(c.action, c.name, c.retire) for c in changes] == [
+        ("replace", "grafana", False), ("delete", "grafana", True), ("delete", "prometheus", True),
+        ("delete", "loki", True)]
     assert changes[0].diffs[0].old == "/grafana uid=0 gid=472 mode=0755"
-    assert changes[1].payload.id == "fsap-duplicate" and changes[2].payload.id == "fsap-old"
+    assert changes[1].payload is grafana
+    assert changes[2].payload.id == "fsap-duplicate" and changes[3].payload.id == "fsap-old"
     assert not any(c.blocked for c in changes)
 
 

@@ -220,7 +220,7 @@ def test_subnet_on_another_table_is_moved_back(dev):
     facts = applied(desired)
     facts.associations["subnet-private-us-east-1b"] = Association("rtbassoc-x", "rtb-main")
     change = only(STEP.plan(desired, facts, {}))
-    assert (change.key, change.calls) == ("route_table/private", ("ec2:AssociateRouteTable",))
+    assert (change.key, change.calls) == ("route_table/private", ("ec2:ReplaceRouteTableAssociation",))
     assert [(d.old, d.new) for d in change.diffs] == [("rtb-main", "rtb-private")]
 
 
