@@ -39,7 +39,8 @@ GRAFANA_ADMIN_SECRET = "grafana-admin"
 @dataclass(frozen=True)
 class Facts:
     """What other steps decide and the files need: the Loki chunks bucket (step storage), the
-    Cloud Map namespace the services register in (step ecs), and the region the run works in."""
+    Cloud Map namespace the services register in (step ecs), and the region the run works in.
+    Retention and sampling are the manifest's own (`logging`, `observability`)."""
 
     loki_bucket: str
     namespace: str
@@ -108,7 +109,7 @@ def app_environment(manifest) -> dict[str, str]:
         environment["OTEL_TRACES_SAMPLER"] = "parentbased_always_on"
     else:
         environment["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
-        environment["OTEL_TRACES_SAMPLER_ARG"] = _number(sampling.ratio)
+        environment["OTEL_TRACES_SAMPLER_ARG"] = format(sampling.ratio, "g")
     return environment
 
 
@@ -205,10 +206,6 @@ def _trace_processors(errors_always: bool) -> list[str]:
 
 def _hours(days: int) -> str:
     return f"{days * 24}h"
-
-
-def _number(value: float) -> str:
-    return format(value, "g")
 
 
 # -- templates --------------------------------------------------------------------------------

@@ -210,6 +210,12 @@ def test_loki_stores_in_the_environment_bucket_and_expires_at_its_retention(env)
     compactor = config["compactor"]
     assert compactor["retention_enabled"] is True
     assert compactor["delete_request_store"] == schema["object_store"]
+    # The image's user can write only under /loki; the WAL there is lost with the task, so flush on stop.
+    data_dir = rendered(env)["loki"].container.data_dir
+    assert config["common"]["path_prefix"] == data_dir
+    for directory in (config["ingester"]["wal"]["dir"], compactor["working_directory"]):
+        assert directory.startswith(data_dir + "/")
+    assert config["ingester"]["wal"]["flush_on_shutdown"] is True
 
 
 # --- Jaeger ------------------------------------------------------------------------------------
