@@ -373,6 +373,50 @@ class LoadBalancerSpec(Section):
         return self
 
 
+# --- observability (configs the services run with; rendered by steps/bundles.py) --------------
+
+# A tag that names a version (`1.2.3`, `v0.49.0`, `3.7.6-alpine`), never `latest` or `main`.
+VERSION_TAG = r"^v?\d+(\.\d+){1,3}([.+-][A-Za-z0-9.]+)?$"
+
+
+class ObservabilityImages(Section):
+    """One pinned image per component: a deploy never changes what runs unless the manifest does."""
+
+    otel_collector: str = Field(description="OpenTelemetry Collector sidecar (AWS Distro: ships /healthcheck)")
+    prometheus: str
+    loki: str
+    jaeger: str
+    grafana: str
+
+    @field_validator("*")
+    @classmethod
+    def _pinned(cls, image: str) -> str:
+        """`name:<version>` or `name@sha256:<digest>`: a tag such as `latest` moves under a running service."""
+        name, _, digest = image.partition("@")
+        if digest:
+            if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+                raise ValueError(f"{image!r}: a digest is sha256: and 64 hex digits")
+            return image
+        _, colon, tag = name.rpartition(":")
+        if not colon or "/" in tag or not re.match(VERSION_TAG, tag):
+            raise ValueError(f"{image!r} is not pinned to a version; write name:1.2.3 or name@sha256:<digest>")
+        return image
+
+
+class TraceSamplingSpec(Section):
+    ratio: float = Field(1.0, gt=0, le=1, description="share of traces kept (1.0 keeps all)")
+    errors_always: bool = Field(False, description="also keep every trace with an error span: the SDK then records "
+                                                   "all traces and the collector keeps errors plus `ratio` of the rest")
+
+
+class ObservabilitySpec(Section):
+    images: ObservabilityImages
+    trace_sampling: TraceSamplingSpec = TraceSamplingSpec()
+    metrics_retention_days: int = Field(15, ge=1, le=3650, description="Prometheus keeps samples this long")
+    traces_retention_days: int = Field(7, ge=1, le=365, description="Jaeger (Badger) keeps spans this long")
+    scrape_interval_seconds: int = Field(15, ge=5, le=300)
+
+
 # --- the whole manifest --------------------------------------------------------------------
 
 
@@ -394,6 +438,8 @@ class Manifest(Section):
     efs: EfsSpec
     cluster: ClusterSpec
     load_balancer: LoadBalancerSpec
+    observability: ObservabilitySpec | None = Field(
+        None, description="the observability stack's images, sampling and retention (configs/ is rendered from it)")
 
     @field_validator("tags")
     @classmethod

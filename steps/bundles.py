@@ -1,0 +1,271 @@
+"""Render the files the observability services run with (`configs/`) for one environment.
+
+Pure: no AWS call. `render(manifest, facts)` gives one `Bundle` per service: its files
+(relative path → bytes), the sha256 of those files, and what its container needs to run them
+(pinned image, where the init container puts the bundle, command, ports, plain environment,
+environment from Secrets Manager, health check, data directory). The services step uploads
+each bundle under its hash and registers task definitions from the container part: a changed
+file is a new hash and a new revision, an unchanged one is nothing at all.
+
+Templates are YAML with `!param NAME` where a value depends on the environment; the result is
+written by `yaml.safe_dump` (key order as in the template), so the same input always gives the
+same bytes. Trace sampling has two halves: the app's SDK samples at the environment's ratio
+(`app_environment`), and where errors must always be kept the SDK records everything and the
+collector's tail sampling keeps every trace with an error plus the ratio of the rest (a head
+sampler alone cannot: it decides before the error happens).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from orchestrator.errors import OrchestratorError
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+# Ports, shared by the rendered files and the container definitions.
+OTLP_GRPC, OTLP_HTTP = 4317, 4318
+COLLECTOR_METRICS, COLLECTOR_SELF_METRICS, COLLECTOR_HEALTH = 8889, 8888, 13133
+PROMETHEUS, LOKI, JAEGER_UI, JAEGER_SELF_METRICS, JAEGER_HEALTH, GRAFANA = 9090, 3100, 16686, 8888, 13133, 3000
+
+GRAFANA_PROVISIONING = "/etc/grafana/provisioning"
+#: The Secrets Manager secret (a key of the manifest's `secrets.values`) holding Grafana's admin password.
+GRAFANA_ADMIN_SECRET = "grafana-admin"
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What other steps decide and the files need: the Loki chunks bucket (step storage), the
+    Cloud Map namespace the services register in (step ecs), and the region the run works in.
+    Retention and sampling are the manifest's own (`logging`, `observability`)."""
+
+    loki_bucket: str
+    namespace: str
+    region: str
+
+
+@dataclass(frozen=True)
+class Container:
+    image: str
+    config_dir: str  # the init container copies the bundle into a task volume mounted here
+    command: tuple[str, ...]
+    ports: tuple[int, ...]
+    environment: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)  # variable → secret name (under APP/ENV/)
+    health_check: tuple[str, ...] | None = None  # ECS healthCheck.command
+    data_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class Bundle:
+    service: str
+    files: dict[str, bytes]  # relative path → content, sorted by path
+    hash: str
+    container: Container
+
+
+def render(manifest, facts: Facts) -> dict[str, Bundle]:
+    """Every service's bundle for this environment, in a fixed order."""
+    if manifest.observability is None:
+        raise OrchestratorError("the manifest has no observability section, so there is no config to render")
+    if GRAFANA_ADMIN_SECRET not in manifest.secrets.values:
+        raise OrchestratorError(f"Grafana's admin password comes from the secret {GRAFANA_ADMIN_SECRET!r}, "
+                                "which the manifest's secrets.values does not list")
+    values = _values(manifest, facts)
+    bundles = {}
+    for service, container in _containers(manifest).items():
+        files = _render_folder(service, values, manifest)
+        bundles[service] = Bundle(service=service, files=files, hash=bundle_hash(files), container=container)
+    return bundles
+
+
+def bundle_hash(files: dict[str, bytes]) -> str:
+    """sha256 over the sorted paths and contents (each length-prefixed, so no two bundles collide by
+    moving bytes between a path and its content)."""
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        for part in (path.encode(), files[path]):
+            digest.update(len(part).to_bytes(8, "big"))
+            digest.update(part)
+    return digest.hexdigest()
+
+
+def app_environment(manifest) -> dict[str, str]:
+    """The OpenTelemetry SDK settings of the app container: send to the sidecar, sample per environment.
+
+    The .NET SDK has no Jaeger remote sampler, so the ratio is set here (OTEL_TRACES_SAMPLER);
+    `parentbased_*` keeps a trace whole when a caller already decided.
+    """
+    sampling = manifest.observability.trace_sampling
+    environment = {
+        "OTEL_SERVICE_NAME": manifest.app,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://localhost:{OTLP_GRPC}",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+    }
+    if sampling.errors_always:  # the collector's tail sampling applies the ratio, after it has seen errors
+        environment["OTEL_TRACES_SAMPLER"] = "parentbased_always_on"
+    else:
+        environment["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
+        environment["OTEL_TRACES_SAMPLER_ARG"] = format(sampling.ratio, "g")
+    return environment
+
+
+# -- what each service runs -------------------------------------------------------------------
+
+
+def _containers(manifest) -> dict[str, Container]:
+    images = manifest.observability.images
+    return {
+        "otel-collector": Container(
+            image=images.otel_collector, config_dir="/etc/otelcol", command=("--config=/etc/otelcol/config.yaml",),
+            ports=(OTLP_GRPC, OTLP_HTTP, COLLECTOR_SELF_METRICS, COLLECTOR_METRICS),
+            # The image is FROM scratch (no shell, no curl); it ships /healthcheck, which probes
+            # 127.0.0.1:13133/, the health_check extension of config.yaml.
+            health_check=("CMD", "/healthcheck")),
+        "prometheus": Container(
+            image=images.prometheus, config_dir="/etc/prometheus",
+            command=("--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"),
+            ports=(PROMETHEUS,), data_dir="/prometheus"),  # the EFS access point /prometheus (uid 65534, the image's user)
+        "loki": Container(
+            image=images.loki, config_dir="/etc/loki", command=("-config.file=/etc/loki/loki.yaml",),
+            ports=(LOKI,), data_dir="/loki"),  # ephemeral: the index and chunks live in S3
+        "jaeger": Container(
+            image=images.jaeger, config_dir="/etc/jaeger", command=("--config=/etc/jaeger/config.yaml",),
+            ports=(OTLP_GRPC, OTLP_HTTP, JAEGER_UI, JAEGER_SELF_METRICS, JAEGER_HEALTH), data_dir="/tmp/jaeger"),
+        "grafana": Container(
+            image=images.grafana, config_dir=GRAFANA_PROVISIONING, command=(), ports=(GRAFANA,),
+            environment=_grafana_environment(manifest),
+            secrets={"GF_SECURITY_ADMIN_PASSWORD": GRAFANA_ADMIN_SECRET},
+            data_dir="/var/lib/grafana"),  # the EFS access point /grafana (uid 472, the image's user)
+    }
+
+
+def _grafana_environment(manifest) -> dict[str, str]:
+    environment = {
+        "GF_PATHS_PROVISIONING": GRAFANA_PROVISIONING,
+        "GF_SECURITY_ADMIN_USER": "admin",
+        "GF_USERS_ALLOW_SIGN_UP": "false",
+        "GF_ANALYTICS_REPORTING_ENABLED": "false",
+    }
+    sub_path = _grafana_sub_path(manifest)
+    if sub_path:  # the load balancer forwards /grafana* unchanged, so Grafana serves from that path
+        environment["GF_SERVER_ROOT_URL"] = f"%(protocol)s://%(domain)s:%(http_port)s{sub_path}/"
+        environment["GF_SERVER_SERVE_FROM_SUB_PATH"] = "true"
+    return environment
+
+
+def _grafana_sub_path(manifest) -> str:
+    """`/grafana` when a load balancer rule sends a path prefix to Grafana's target group; '' otherwise."""
+    for rule in manifest.load_balancer.rules:
+        if rule.target == "grafana":
+            return rule.paths[0].rstrip("*").rstrip("/")
+    return ""
+
+
+# -- the values the templates name ------------------------------------------------------------
+
+
+def _values(manifest, facts: Facts) -> dict:
+    observability = manifest.observability
+    sampling = observability.trace_sampling
+    namespace = facts.namespace
+
+    def dns(service: str) -> str:  # Cloud Map A records of the service's tasks
+        return f"{service}.{namespace}"
+
+    return {
+        "app": manifest.app,
+        "environment": manifest.environment,
+        "region": facts.region,
+        "loki_bucket": facts.loki_bucket,
+        "log_retention": _hours(manifest.logging.retention_days),
+        "metrics_retention": f"{observability.metrics_retention_days}d",
+        "traces_retention": _hours(observability.traces_retention_days),
+        "scrape_interval": f"{observability.scrape_interval_seconds}s",
+        "trace_processors": _trace_processors(sampling.errors_always),
+        "trace_sampling_percentage": round(sampling.ratio * 100, 6),
+        "gamepulse_dns": dns(manifest.app),
+        "loki_dns": dns("loki"),
+        "jaeger_dns": dns("jaeger"),
+        "loki_otlp_endpoint": f"http://{dns('loki')}:{LOKI}/otlp",
+        "jaeger_otlp_endpoint": f"{dns('jaeger')}:{OTLP_GRPC}",
+        "prometheus_url": f"http://{dns('prometheus')}:{PROMETHEUS}",
+        "loki_url": f"http://{dns('loki')}:{LOKI}",
+        "jaeger_url": f"http://{dns('jaeger')}:{JAEGER_UI}",
+        "dashboards_path": f"{GRAFANA_PROVISIONING}/dashboards/{manifest.app}",
+    }
+
+
+def _trace_processors(errors_always: bool) -> list[str]:
+    sampling = ["tail_sampling"] if errors_always else []
+    return ["memory_limiter", "filter/health", "resource", *sampling, "batch"]
+
+
+def _hours(days: int) -> str:
+    return f"{days * 24}h"
+
+
+# -- templates --------------------------------------------------------------------------------
+
+
+class _Param:
+    def __init__(self, name: str):
+        self.name = name
+
+
+class _TemplateLoader(yaml.SafeLoader):
+    """SafeLoader that reads `!param NAME` as a placeholder for a value of the environment."""
+
+
+_TemplateLoader.add_constructor("!param", lambda loader, node: _Param(loader.construct_scalar(node)))
+
+
+def _render_folder(service: str, values: dict, manifest) -> dict[str, bytes]:
+    root = CONFIGS / _SOURCES[service]
+    files = {}
+    for path in sorted(item for item in root.rglob("*") if item.is_file()):
+        relative = path.relative_to(root).as_posix()
+        files[relative] = _render_file(path, values, manifest)
+    return files
+
+
+def _render_file(path: Path, values: dict, manifest) -> bytes:
+    if path.suffix not in (".yaml", ".yml"):
+        return path.read_bytes()  # dashboards (JSON) and anything else travel as they are
+    source = path.relative_to(CONFIGS).as_posix()
+    data = _fill(yaml.load(path.read_text(encoding="utf-8"), Loader=_TemplateLoader), values, source)
+    adjust = _ADJUSTMENTS.get(source)
+    if adjust is not None:
+        data = adjust(data, manifest)
+    header = f"# Rendered from configs/{source} for {manifest.prefix}; change the template, not this file.\n"
+    return (header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120)).encode()
+
+
+def _fill(node, values: dict, source: str):
+    if isinstance(node, _Param):
+        if node.name not in values:
+            raise OrchestratorError(f"configs/{source}: !param {node.name} names no value "
+                                    f"(known: {', '.join(sorted(values))})")
+        return values[node.name]
+    if isinstance(node, dict):
+        return {key: _fill(value, values, source) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_fill(item, values, source) for item in node]
+    return node
+
+
+def _collector_sampling(config: dict, manifest) -> dict:
+    """The tail sampling processor is there only where errors are always kept."""
+    if not manifest.observability.trace_sampling.errors_always:
+        del config["processors"]["tail_sampling"]
+    return config
+
+
+#: Folder under configs/ each service's bundle is rendered from.
+_SOURCES = {"otel-collector": "otel-collector", "prometheus": "prometheus", "loki": "loki", "jaeger": "jaeger",
+            "grafana": "grafana/provisioning"}
+#: Changes to a rendered file that a value alone cannot express.
+_ADJUSTMENTS = {"otel-collector/config.yaml": _collector_sampling}

@@ -1,0 +1,359 @@
+"""The rendered service configs: for each environment every file parses and says what the
+platform needs (ports, endpoints, retention, bucket, sampling); the same input gives the same
+bytes and a bundle's hash moves exactly when its files do; images are pinned; the collector's
+health check runs a program its image has."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.errors import ManifestError, OrchestratorError
+from orchestrator.manifest import load_manifest
+from orchestrator.schema import LoggingSpec, ObservabilityImages
+from steps import bundles
+from steps.bundles import Facts, app_environment, bundle_hash, render
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFESTS = ROOT / "manifests"
+ACCOUNT = "123456789012"
+ENVIRONMENTS = ["dev", "staging", "prod"]
+
+# PLATFORM.md's table: log and Loki retention, trace sampling (ratio, errors always).
+LOG_RETENTION_HOURS = {"dev": "720h", "staging": "720h", "prod": "2160h"}
+SAMPLING = {"dev": (1.0, False), "staging": (0.5, False), "prod": (0.1, True)}
+
+# What the chosen collector image holds: aws-observability/aws-otel-collector, tag v0.49.0:
+# cmd/awscollector/Dockerfile (final stage FROM scratch, so no shell and no curl; it copies in
+# /awscollector and /healthcheck) and pkg/defaultcomponents/defaults.go, each component's type
+# from its vendored metadata.yaml (contrib v0.156.0: `otlp_grpc` and `otlp_http` are the exporters'
+# names now, `otlp`/`otlphttp` deprecated aliases; there is no `loki` and no `jaeger` exporter).
+COLLECTOR_IMAGE_REPOSITORY = "public.ecr.aws/aws-observability/aws-otel-collector"
+COLLECTOR_EXECUTABLES = {"/awscollector", "/healthcheck"}
+COLLECTOR_COMPONENTS = {
+    "extensions": {"awsproxy", "ecs_observer", "health_check", "pprof", "sigv4auth", "zpages", "file_storage"},
+    "receivers": {"awsecscontainermetrics", "awscontainerinsightreceiver", "awsxray", "statsd", "prometheus",
+                  "kafka", "jaeger", "zipkin", "otlp", "file_log"},
+    "processors": {"groupbytrace", "tail_sampling", "attributes", "resource", "probabilistic_sampler", "span",
+                   "filter", "metrics_transform", "resource_detection", "metricsgeneration", "cumulativetodelta",
+                   "deltatorate", "batch", "memory_limiter", "k8s_attributes"},
+    "exporters": {"awsemf", "prometheus_remote_write", "prometheus", "file", "kafka", "debug", "otlp_grpc",
+                  "otlp_http", "awsxray", "load_balancing", "awscloudwatchlogs"},
+}
+
+
+def facts(env: str) -> Facts:
+    return Facts(loki_bucket=f"gamepulse-{env}-loki-chunks-{ACCOUNT}", namespace=f"gamepulse-{env}.local",
+                 region="us-east-1")
+
+
+def rendered(env: str, manifest=None) -> dict[str, bundles.Bundle]:
+    return render(manifest or load_manifest(MANIFESTS, env), facts(env))
+
+
+def parsed(env: str, service: str, path: str) -> dict:
+    return yaml.safe_load(rendered(env)[service].files[path])
+
+
+def port(endpoint: str) -> int:
+    return int(endpoint.rsplit(":", 1)[1].split("/", 1)[0])
+
+
+# --- every file parses -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_every_rendered_file_is_yaml_that_says_where_it_came_from(env):
+    for service, bundle in rendered(env).items():
+        assert bundle.files, service
+        for path, content in bundle.files.items():
+            text = content.decode()
+            assert text.startswith("# Rendered from configs/"), (service, path)
+            assert f"gamepulse-{env}" in text.splitlines()[0]
+            assert isinstance(yaml.safe_load(text), dict), (service, path)
+
+
+# --- the collector sidecar ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_collector_takes_otlp_from_the_task_and_sends_each_signal_to_its_backend(env):
+    config = parsed(env, "otel-collector", "config.yaml")
+    namespace = facts(env).namespace
+    protocols = config["receivers"]["otlp"]["protocols"]
+    assert protocols["grpc"]["endpoint"] == "0.0.0.0:4317"  # not localhost, the recent default
+    assert protocols["http"]["endpoint"] == "0.0.0.0:4318"
+    exporters = config["exporters"]
+    assert exporters["otlp_http/loki"]["endpoint"] == f"http://loki.{namespace}:3100/otlp"
+    assert exporters["otlp_grpc/jaeger"]["endpoint"] == f"jaeger.{namespace}:4317"
+    assert port(exporters["prometheus"]["endpoint"]) == 8889
+    pipelines = config["service"]["pipelines"]
+    assert pipelines["logs"]["exporters"] == ["otlp_http/loki"]
+    assert pipelines["traces"]["exporters"] == ["otlp_grpc/jaeger"]
+    assert pipelines["metrics"]["exporters"] == ["prometheus"]
+    for name, pipeline in pipelines.items():
+        assert pipeline["receivers"] == ["otlp"]
+        assert pipeline["processors"][0] == "memory_limiter", name
+        assert pipeline["processors"][-1] == "batch", name
+        assert "resource" in pipeline["processors"], name
+    assert config["processors"]["memory_limiter"]["check_interval"] == "1s"
+    resource = {item["key"]: item["value"] for item in config["processors"]["resource"]["attributes"]}
+    assert resource["deployment.environment.name"] == env
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_collector_uses_only_components_its_image_is_built_with(env):
+    """The `loki` and `jaeger` exporters are gone from current collectors; this image has neither."""
+    config = parsed(env, "otel-collector", "config.yaml")
+    for kind, available in COLLECTOR_COMPONENTS.items():
+        for name in config.get(kind, {}):
+            assert name.split("/", 1)[0] in available, f"{kind}: {name}"
+    for pipeline in config["service"]["pipelines"].values():
+        for kind in ("receivers", "processors", "exporters"):
+            assert set(pipeline[kind]) <= set(config[kind]), "a pipeline names an undefined component"
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_collector_drops_health_check_spans(env):
+    config = parsed(env, "otel-collector", "config.yaml")
+    assert "filter/health" in config["service"]["pipelines"]["traces"]["processors"]
+    conditions = config["processors"]["filter/health"]["trace_conditions"]
+    assert 'span.attributes["url.path"] == "/health"' in conditions
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_collector_health_check_runs_a_program_the_image_has(env):
+    bundle = rendered(env)["otel-collector"]
+    repository = bundle.container.image.rsplit(":", 1)[0]
+    assert repository == COLLECTOR_IMAGE_REPOSITORY, "a new image needs its own list of what it contains"
+    command = bundle.container.health_check
+    assert command[0] == "CMD"  # CMD-SHELL needs a shell, which the image does not have
+    assert command[1] in COLLECTOR_EXECUTABLES
+    # /healthcheck probes 127.0.0.1:13133/ and nothing else: the extension must listen there.
+    config = yaml.safe_load(bundle.files["config.yaml"])
+    assert config["extensions"]["health_check"]["endpoint"] == "127.0.0.1:13133"
+    assert "health_check" in config["service"]["extensions"]
+
+
+# --- sampling ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_trace_sampling_matches_the_environment(env):
+    ratio, errors_always = SAMPLING[env]
+    manifest = load_manifest(MANIFESTS, env)
+    sdk = app_environment(manifest)
+    config = yaml.safe_load(render(manifest, facts(env))["otel-collector"].files["config.yaml"])
+    processors = config["service"]["pipelines"]["traces"]["processors"]
+    assert sdk["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://localhost:4317"
+    if errors_always:
+        # The SDK records every trace; the collector keeps all with an error and `ratio` of the rest.
+        assert sdk["OTEL_TRACES_SAMPLER"] == "parentbased_always_on"
+        assert "OTEL_TRACES_SAMPLER_ARG" not in sdk
+        assert "tail_sampling" in processors
+        policies = {policy["type"]: policy for policy in config["processors"]["tail_sampling"]["policies"]}
+        assert policies["status_code"]["status_code"]["status_codes"] == ["ERROR"]
+        assert policies["probabilistic"]["probabilistic"]["sampling_percentage"] == pytest.approx(ratio * 100)
+    else:
+        assert sdk["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+        assert float(sdk["OTEL_TRACES_SAMPLER_ARG"]) == ratio
+        assert "tail_sampling" not in processors
+        assert "tail_sampling" not in config["processors"]
+
+
+# --- Prometheus --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_prometheus_finds_targets_in_cloud_map_and_keeps_the_app_labels(env):
+    config = parsed(env, "prometheus", "prometheus.yml")
+    collector = parsed(env, "otel-collector", "config.yaml")
+    namespace = facts(env).namespace
+    assert config["storage"]["tsdb"]["retention"]["time"] == "15d"
+    assert config["global"]["external_labels"]["environment"] == env
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    app = jobs["gamepulse"]
+    assert app["honor_labels"] is True
+    assert app["dns_sd_configs"] == [{"names": [f"gamepulse.{namespace}"], "type": "A",
+                                      "port": port(collector["exporters"]["prometheus"]["endpoint"])}]
+    assert jobs["loki"]["dns_sd_configs"][0]["names"] == [f"loki.{namespace}"]
+    assert jobs["loki"]["dns_sd_configs"][0]["port"] == parsed(env, "loki", "loki.yaml")["server"]["http_listen_port"]
+    for job in config["scrape_configs"]:
+        for sd in job.get("dns_sd_configs", []):
+            assert sd["type"] == "A"
+            assert all(name.endswith(f".{namespace}") for name in sd["names"])
+
+
+def test_prometheus_keeps_its_data_on_the_efs_volume():
+    container = rendered("dev")["prometheus"].container
+    assert "--storage.tsdb.path=/prometheus" in container.command
+    assert container.data_dir == "/prometheus"
+    assert "--config.file=/etc/prometheus/prometheus.yml" in container.command
+    assert container.config_dir == "/etc/prometheus"
+
+
+# --- Loki --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_loki_stores_in_the_environment_bucket_and_expires_at_its_retention(env):
+    config = parsed(env, "loki", "loki.yaml")
+    s3 = config["common"]["storage"]["s3"]
+    assert s3 == {"bucketnames": facts(env).loki_bucket, "region": "us-east-1"}  # no keys: the task role
+    (schema,) = config["schema_config"]["configs"]
+    assert (schema["store"], schema["schema"], schema["object_store"]) == ("tsdb", "v13", "s3")
+    assert schema["index"]["period"] == "24h"  # retention needs a 24h index period
+    assert config["limits_config"]["retention_period"] == LOG_RETENTION_HOURS[env]
+    assert config["limits_config"]["allow_structured_metadata"] is True
+    compactor = config["compactor"]
+    assert compactor["retention_enabled"] is True
+    assert compactor["delete_request_store"] == schema["object_store"]
+    # The image's user can write only under /loki; the WAL there is lost with the task, so flush on stop.
+    data_dir = rendered(env)["loki"].container.data_dir
+    assert config["common"]["path_prefix"] == data_dir
+    for directory in (config["ingester"]["wal"]["dir"], compactor["working_directory"]):
+        assert directory.startswith(data_dir + "/")
+    assert config["ingester"]["wal"]["flush_on_shutdown"] is True
+
+
+# --- Jaeger ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_jaeger_stores_in_badger_with_a_retention_and_takes_the_collectors_otlp(env):
+    config = parsed(env, "jaeger", "config.yaml")
+    collector = parsed(env, "otel-collector", "config.yaml")
+    backends = config["extensions"]["jaeger_storage"]["backends"]
+    store = config["exporters"]["jaeger_storage_exporter"]["trace_storage"]
+    assert config["extensions"]["jaeger_query"]["storage"]["traces"] == store
+    badger = backends[store]["badger"]
+    assert badger["ttl"]["spans"] == "168h"
+    assert badger["ephemeral"] is False
+    assert port(config["extensions"]["jaeger_query"]["http"]["endpoint"]) == 16686
+    grpc = config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]
+    assert grpc.startswith("0.0.0.0:")
+    assert port(grpc) == port(collector["exporters"]["otlp_grpc/jaeger"]["endpoint"])
+
+
+# --- Grafana -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_grafana_datasources_link_logs_and_traces_both_ways(env):
+    namespace = facts(env).namespace
+    datasources = {source["uid"]: source for source in parsed(env, "grafana", "datasources/datasources.yaml")["datasources"]}
+    assert {uid: source["url"] for uid, source in datasources.items()} == {
+        "prometheus": f"http://prometheus.{namespace}:9090", "loki": f"http://loki.{namespace}:3100",
+        "jaeger": f"http://jaeger.{namespace}:16686"}
+    (derived,) = datasources["loki"]["jsonData"]["derivedFields"]
+    # OTLP logs keep trace_id as structured metadata, not in the line: match the label.
+    assert (derived["matcherType"], derived["matcherRegex"], derived["datasourceUid"]) == ("label", "trace_id", "jaeger")
+    assert derived["url"] == "$${__value.raw}"  # `$$`: a literal `$` for Grafana's provisioning
+    to_logs = datasources["jaeger"]["jsonData"]["tracesToLogsV2"]
+    assert to_logs["datasourceUid"] == "loki"
+    assert 'trace_id="$${__span.traceId}"' in to_logs["query"]
+
+
+def test_grafana_reads_its_dashboards_from_the_bundle_and_its_password_from_secrets_manager():
+    bundle = rendered("dev")["grafana"]
+    (provider,) = yaml.safe_load(bundle.files["dashboards/providers.yaml"])["providers"]
+    assert provider["options"]["path"].startswith(bundle.container.config_dir + "/")
+    assert bundle.container.config_dir == "/etc/grafana/provisioning"
+    assert bundle.container.secrets == {"GF_SECURITY_ADMIN_PASSWORD": "grafana-admin"}
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in bundle.container.environment
+    assert all(b"password" not in content.lower() for content in bundle.files.values())
+    # The load balancer sends /grafana* to Grafana unchanged.
+    assert bundle.container.environment["GF_SERVER_ROOT_URL"].endswith("/grafana/")
+    assert bundle.container.environment["GF_SERVER_SERVE_FROM_SUB_PATH"] == "true"
+
+
+# --- determinism and hashes --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_same_input_renders_the_same_bytes(env):
+    first, second = rendered(env), rendered(env)
+    assert {name: (b.files, b.hash) for name, b in first.items()} == {name: (b.files, b.hash) for name, b in second.items()}
+
+
+def test_a_changed_value_changes_only_the_bundles_that_use_it():
+    manifest = load_manifest(MANIFESTS, "dev")
+    before = rendered("dev", manifest)
+    after = rendered("dev", manifest.model_copy(update={"logging": LoggingSpec(retention_days=60)}))
+    changed = {name for name in before if before[name].hash != after[name].hash}
+    assert changed == {"loki"}
+    assert yaml.safe_load(after["loki"].files["loki.yaml"])["limits_config"]["retention_period"] == "1440h"
+
+
+def test_a_changed_template_changes_its_bundle_hash(tmp_path, monkeypatch):
+    copy = tmp_path / "configs"
+    shutil.copytree(bundles.CONFIGS, copy)
+    monkeypatch.setattr(bundles, "CONFIGS", copy)
+    before = rendered("dev")
+    template = copy / "prometheus" / "prometheus.yml"
+    template.write_text(template.read_text().replace("port: 8888", "port: 8899", 1))
+    after = rendered("dev")
+    assert before["prometheus"].hash != after["prometheus"].hash
+    assert {name: b.hash for name, b in before.items() if name != "prometheus"} == \
+           {name: b.hash for name, b in after.items() if name != "prometheus"}
+
+
+def test_bundle_hash_covers_paths_and_contents_not_their_order():
+    files = {"a.yaml": b"x: 1\n", "b/c.yaml": b"y: 2\n"}
+    assert bundle_hash(files) == bundle_hash(dict(reversed(files.items())))
+    assert bundle_hash(files) != bundle_hash({**files, "a.yaml": b"x: 2\n"})
+    assert bundle_hash(files) != bundle_hash({"a.yml": b"x: 1\n", "b/c.yaml": b"y: 2\n"})
+    assert bundle_hash({"ab": b"c"}) != bundle_hash({"a": b"bc"})
+
+
+# --- images ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_every_image_is_pinned_to_a_version(env):
+    for service, bundle in rendered(env).items():
+        image = bundle.container.image
+        name, _, tag = image.rpartition(":")
+        assert name and "/" not in tag and tag != "latest", f"{service}: {image}"
+        assert any(char.isdigit() for char in tag), f"{service}: {image}"
+
+
+@pytest.mark.parametrize("image", ["grafana/grafana:latest", "grafana/grafana", "grafana/grafana:main",
+                                   "localhost:5000/grafana", "grafana/grafana@sha256:abc"])
+def test_an_unpinned_image_is_refused(image):
+    with pytest.raises(ValueError, match="pinned|digest"):
+        ObservabilityImages(otel_collector=image, prometheus="p:1.0", loki="l:1.0", jaeger="j:1.0", grafana="g:1.0")
+
+
+@pytest.mark.parametrize("image", ["prom/prometheus:v3.14.0", "localhost:5000/loki:3.7.6",
+                                   "grafana/grafana@sha256:" + "0" * 64])
+def test_a_pinned_image_is_accepted(image):
+    ObservabilityImages(otel_collector=image, prometheus="p:1.0", loki="l:1.0", jaeger="j:1.0", grafana="g:1.0")
+
+
+def test_a_bad_observability_value_is_reported_at_its_file_and_line(tmp_path):
+    shutil.copy(MANIFESTS / "gamepulse.yaml", tmp_path / "gamepulse.yaml")
+    (tmp_path / "dev.yaml").write_text("observability:\n  images:\n    loki: grafana/loki:latest\n"
+                                       "  trace_sampling: {ratio: 1.5}\n")
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(tmp_path, "dev")
+    overlay = tmp_path / "dev.yaml"
+    assert caught.value.problems == [
+        f"{overlay}:3: observability.images.loki: 'grafana/loki:latest' is not pinned to a version; "
+        "write name:1.2.3 or name@sha256:<digest>",
+        f"{overlay}:4: observability.trace_sampling.ratio: should be less than or equal to 1 (got 1.5)"]
+
+
+# --- what render refuses -----------------------------------------------------------------------
+
+
+def test_render_needs_the_observability_section_and_the_grafana_secret():
+    manifest = load_manifest(MANIFESTS, "dev")
+    with pytest.raises(OrchestratorError, match="no observability section"):
+        render(manifest.model_copy(update={"observability": None}), facts("dev"))
+    secrets = manifest.secrets.model_copy(
+        update={"values": {k: v for k, v in manifest.secrets.values.items() if k != "grafana-admin"}})
+    with pytest.raises(OrchestratorError, match="grafana-admin"):
+        render(manifest.model_copy(update={"secrets": secrets}), facts("dev"))
