@@ -263,14 +263,16 @@ def _create(repository: DesiredRepository) -> Change:
 
 
 def _replace(repository: DesiredRepository, current: ObservedRepository) -> Change:
-    note = "the encryption of a repository cannot change after creation: it is deleted and created again"
+    note = "the encryption of a repository cannot change after creation"
     if current.holds_images:
         note += "; it holds images, which are lost: needs --delete-data"
     return Change("replace", "repository", repository.name,
                   diffs=(FieldDiff("encryption", current.encryption, repository.encryption),),
                   calls=("ecr:DeleteRepository", "ecr:CreateRepository", "ecr:PutLifecyclePolicy"),
                   payload=RepositoryWork(repository=repository, arn=current.arn, force=current.holds_images),
-                  blocked="delete-data" if current.holds_images else None, note=note)
+                  blocked="delete-data" if current.holds_images else None, note=note,
+                  outage=f"a repository's name cannot exist twice: {repository.name} is deleted first, and "
+                         "tasks cannot pull images until they are pushed again")
 
 
 def _updates(repository: DesiredRepository, current: ObservedRepository) -> list[Change]:

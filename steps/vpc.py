@@ -980,8 +980,10 @@ def _plan_subnet(desired: Network, subnet: Subnet, seen: SeenSubnet | None, ids:
     if moved:
         ids.fresh.add(f"subnet/{subnet.logical}")
         return [Change("replace", "subnet", subnet.logical, diffs=moved, calls=("ec2:DeleteSubnet", *calls),
-                       payload=subnet, note="a subnet cannot change its range or zone: it is deleted and created "
-                                            "again, which fails while anything still runs in it")]
+                       payload=subnet, note="a subnet cannot change its range or zone",
+                       outage=f"{subnet.name} has the same name, and a new range may overlap the old one: "
+                              "nothing can run in it until it exists again, and the delete fails while "
+                              "anything (tasks, load balancer, mount targets, endpoints) still uses it")]
     diffs = diff_fields(subnet, seen, ("map_public_ip_on_launch",)) + _tag_diffs(desired, subnet.name, seen)
     return _update("subnet", subnet.logical, diffs, {"map_public_ip_on_launch": "ec2:ModifySubnetAttribute"},
                    subnet, note="" if seen.owned else "adopted: the subnet lost its ownership tags")
@@ -1068,8 +1070,9 @@ def _plan_security_group(desired: Network, group: SecurityGroup, seen: SeenGroup
         return [Change("replace", "security_group", group.logical,
                        diffs=(FieldDiff("description", seen.description, group.description),),
                        calls=("ec2:RevokeSecurityGroupIngress", "ec2:DeleteSecurityGroup", "ec2:CreateSecurityGroup"),
-                       payload=group, note="a security group's description cannot change: it is deleted and "
-                                           "created again, which fails while a network interface uses it")]
+                       payload=group, note="a security group's description cannot change",
+                       outage=f"a security group's name is unique in its VPC: {group.name} is deleted first, "
+                              "which fails while a network interface (a task, the load balancer) uses it")]
     return _update("security_group", group.logical, _tag_diffs(desired, group.name, seen), {}, group,
                    note="" if seen.owned else "adopted: the group lost its ownership tags")
 
