@@ -99,19 +99,20 @@ def test_lease_is_lost_when_the_same_run_id_takes_over_with_a_newer_fence(store,
     its earlier incarnation."""
     old = store.acquire("run-a", "apply")
     now.t = T0 + LEASE + 1
-    new = second_run(aws).acquire("run-a", "apply")
+    newer_store = second_run(aws)
+    new = newer_store.acquire("run-a", "apply")
 
     with pytest.raises(LockLost):
         store.start_run(old, "apply", manifest_hash="m")
     assert second_run(aws).runs() == []
-    second_run(aws).start_run(new, "apply", manifest_hash="m")
+    newer_store.start_run(new, "apply", manifest_hash="m")
 
 
 def test_heartbeat_extends_the_lease(store, aws, now):
     lease = store.acquire("run-a", "apply")
     now.t = T0 + 40
     assert lease.renew() is True
-    assert store.lock_holder()["expires_at"] == T0 + 40 + LEASE
+    assert store.lock_holder()["lease_until"] == T0 + 40 + LEASE
 
     now.t = T0 + LEASE + 5  # past the first expiry, inside the renewed one
     with pytest.raises(LockHeld):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from email.utils import formatdate
 from types import SimpleNamespace
 
 import pytest
@@ -23,13 +24,18 @@ def make_manifest(env: str = "dev", deletion_protection: bool = False):
                                            deletion_protection=deletion_protection))
 
 
-
-
 @pytest.fixture
-def now(monkeypatch):
-    """The store's wall clock, held still; tests move it by assigning `now.t`."""
+def now(aws, monkeypatch):
+    """AWS's clock, held still: DynamoDB's answers state `now.t` in their Date header (whole
+    seconds, as AWS does) and this machine's monotonic clock reads it too, so time passes alike
+    for AWS and every run; tests move it by assigning `now.t`."""
     clock = SimpleNamespace(t=T0)
-    monkeypatch.setattr(state, "clock", lambda: clock.t)
+    monkeypatch.setattr(state, "ticks", lambda: clock.t)
+
+    def aws_states_the_time(response_dict, **kwargs):
+        response_dict["headers"]["Date"] = formatdate(clock.t, usegmt=True)
+
+    aws.register("before-parse.dynamodb", aws_states_the_time)
     return clock
 
 
@@ -59,6 +65,7 @@ def test_table_is_created_on_demand_encrypted_with_pitr_ttl_and_tags(aws, now):
     assert writes(aws) == 0
 
     store.ensure_table()
+    store.acquire("run-1", "apply")  # the run that created the table completes its settings
 
     ddb = aws.client("dynamodb")
     table = ddb.describe_table(TableName=TABLE)["Table"]
