@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
+from botocore.config import Config
 
 from tests.conftest import FAKE_ENV, MANIFESTS
 
@@ -170,6 +172,23 @@ def test_killed_apply_then_new_apply_converges_without_duplicates(endpoint, tmp_
     nats = [n for n in ec2.describe_nat_gateways()["NatGateways"] if n["State"] != "deleted"]
     assert len(nats) == 1
     assert len(ec2.describe_addresses()["Addresses"]) == 1
+
+
+def test_a_client_killed_while_sending_a_request_holds_up_no_other(server):
+    """The emulator serves one request at a time. A request whose body never arrives in full
+    (its sender was killed) once held every other client up until its connection timed out,
+    and a new apply after a killed one sat out two minutes."""
+    host, port = server.rsplit("/", 1)[1].split(":")
+    half_sent = socket.create_connection((host, int(port)))
+    half_sent.sendall(b"POST / HTTP/1.1\r\nHost: dynamodb.us-east-1.amazonaws.com\r\n"
+                      b"X-Amz-Target: DynamoDB_20120810.ListTables\r\nContent-Length: 100\r\n\r\n{")
+    time.sleep(0.2)  # a head start for the half-sent request, so that it is served first
+    try:
+        impatient = boto3.client("dynamodb", region_name="us-east-1", endpoint_url=server,
+                                 config=Config(read_timeout=20, retries={"mode": "standard", "max_attempts": 1}))
+        assert "TableNames" in impatient.list_tables()
+    finally:
+        half_sent.close()
 
 
 def test_destroy_leaves_nothing_tagged_but_what_holds_data(endpoint):
