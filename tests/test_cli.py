@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -125,25 +126,76 @@ def test_plan_before_apply_lists_creates_and_exits_2_with_detailed_exitcode(endp
     assert tables == [], "plan must not create the state table"
 
 
-def test_two_applies_at_once_one_runs_the_other_exits_3(endpoint, server):
+def start_slow_apply(endpoint, server):
+    """`apply dev` through a slow proxy (it takes seconds, long enough to race against), returned
+    with the proxy once it holds the lock (seen in the state table), while it works."""
     from tests.wire import CountingProxy
-    slow = CountingProxy(server, delay=0.03)  # the first run takes seconds, long enough to race against
+    slow = CountingProxy(server, delay=0.03)
     env = {**os.environ, **FAKE_ENV, "AWS_ENDPOINT_URL": slow.url, "ORCHESTRATOR_MANIFESTS": str(MANIFESTS)}
     env.pop("CI", None)
-    # Create the state table first so both runs race for the lock, not for the table.
+    # Create the state table first so that runs race for the lock, not for the table.
     assert run(endpoint, "apply", "dev", "--target", "ecr").returncode == 0
     first = subprocess.Popen([CLI, "apply", "dev"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    # The second starts once the first holds the lock (seen in the state table), while it works.
     table = client(endpoint, "dynamodb")
     lock_key = {"pk": {"S": "gamepulse/dev"}, "sk": {"S": "lock"}}
     while "run_id" not in table.get_item(TableName="gamepulse-orchestrator-state", Key=lock_key).get("Item", {}):
         assert first.poll() is None, first.stderr.read()
         time.sleep(0.02)
+    return first, slow
+
+
+def test_two_applies_at_once_one_runs_the_other_exits_3(endpoint, server):
+    first, slow = start_slow_apply(endpoint, server)
     second = run(endpoint, "apply", "dev")
-    assert first.wait(180) == 0, first.stderr.read()[-3000:]
+    _, first_err = first.communicate(timeout=180)
+    assert first.returncode == 0, first_err[-3000:]
     slow.close()
     assert second.returncode == 3, second.stderr
     assert "dev is locked by run" in second.stderr and "command 'apply'" in second.stderr
+
+
+#: Test-only (a sitecustomize on PYTHONPATH): the process's clocks run five hours fast, as on a
+#: machine whose clock is wrong. The product knows nothing of it.
+FAST_CLOCK = """
+import datetime as _datetime
+import time as _time
+
+_SKEW = 5 * 3600
+_time_time, _time_time_ns = _time.time, _time.time_ns
+_time.time = lambda: _time_time() + _SKEW
+_time.time_ns = lambda: _time_time_ns() + _SKEW * 10**9
+
+
+class _FastDatetime(_datetime.datetime):
+    @classmethod
+    def now(cls, tz=None):
+        return super().now(tz) + _datetime.timedelta(seconds=_SKEW)
+
+    @classmethod
+    def utcnow(cls):
+        return super().utcnow() + _datetime.timedelta(seconds=_SKEW)
+
+
+_datetime.datetime = _FastDatetime
+"""
+
+
+def test_a_second_apply_whose_clock_is_hours_ahead_exits_3_and_the_first_finishes(endpoint, server, tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(FAST_CLOCK)
+    fast = {"PYTHONPATH": str(tmp_path)}
+    its_time = subprocess.run([sys.executable, "-c", "import time; print(time.time())"], capture_output=True,
+                              text=True, env={**os.environ, **fast}, check=True).stdout
+    assert float(its_time) > time.time() + 4 * 3600  # the fast clock is in force
+    first, slow = start_slow_apply(endpoint, server)
+
+    second = run(endpoint, "apply", "dev", extra_env=fast)
+
+    assert second.returncode == 3, second.stderr[-3000:]
+    assert re.search(r"dev is locked by run \w+ .* acquired \d+s ago", second.stderr), second.stderr
+    _, first_err = first.communicate(timeout=180)
+    assert first.returncode == 0, first_err[-3000:]
+    slow.close()
+    assert "lock lost" not in first_err
 
 
 def test_killed_apply_then_new_apply_converges_without_duplicates(endpoint, tmp_path):
