@@ -630,7 +630,8 @@ def _conflicted(error: Exception) -> bool:
     """A transaction cancelled only because a concurrent one touched the same item."""
     if error_code(error) != "TransactionCanceledException":
         return False
-    codes = {reason.get("Code") for reason in error.response.get("CancellationReasons", [])}  # type: ignore[attr-defined]
+    reasons = getattr(error, "response", {}).get("CancellationReasons", [])
+    codes = {reason.get("Code") for reason in reasons}
     return "TransactionConflict" in codes and "ConditionalCheckFailed" not in codes
 
 

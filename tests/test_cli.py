@@ -201,7 +201,9 @@ def test_a_second_apply_whose_clock_is_hours_ahead_exits_3_and_the_first_finishe
 def test_killed_apply_then_new_apply_converges_without_duplicates(endpoint, tmp_path):
     shutil.copy(MANIFESTS / "gamepulse.yaml", tmp_path)
     overlay = yaml.safe_load((MANIFESTS / "dev.yaml").read_text())
-    overlay.setdefault("state", {})["lock_lease_seconds"] = 10
+    # Long enough that the next run surely starts within the dead run's lease on a busy machine
+    # (the lease ends at least two thirds of it after the kill), short enough to wait out.
+    overlay.setdefault("state", {})["lock_lease_seconds"] = 20
     (tmp_path / "dev.yaml").write_text(yaml.safe_dump(overlay))
     env = {**os.environ, **FAKE_ENV, "AWS_ENDPOINT_URL": endpoint, "ORCHESTRATOR_MANIFESTS": str(tmp_path)}
     env.pop("CI", None)
