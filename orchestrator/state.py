@@ -31,12 +31,19 @@ the lock item still names this run and its fence number. The fence only grows: t
 adds one, releasing and `unlock --force` remove the holder but keep the item. A run whose lease
 expired and was taken over can never overwrite what the newer run wrote.
 
-**Reads.** An unchanged apply reads the state table twice (DescribeTable, then the step
-records) and writes four times (take the lock, start and finish the run record, release).
-Point-in-time recovery and TTL are set when the table is created; their settings are read
-again only when the lock item's `table_checked_at` says no run of this environment verified
-them in the last day (or never: a run interrupted while creating the table), and the run that
-verified them stamps the time when it releases the lock.
+**Reads.** An unchanged apply reads the state table twice and writes four times (take the
+lock, start and finish the run record, release), plus a heartbeat per third of a lease.
+DescribeTable is read every run: it says whether the table exists and is active, whether
+deletion protection is on, and its answer gives AWS's time before the lock is written. The
+step records are read every run, consistently. Point-in-time recovery and TTL, which
+DescribeTable does not show, are set when the table is created and read again only when the
+lock item's `table_checked_at` says no run of this environment verified them in the last day
+(or ever: a run interrupted while creating the table); the run that verified them stamps that
+time when it releases the lock. A setting turned off by hand is thus restored within a day.
+
+**Retries.** Throttling and transient errors are retried by botocore's standard mode alone;
+a fenced write cancelled by a concurrent transaction on the lock item (steps run at once) is
+retried with `orchestrator.retry.eventually`, a lost lock never.
 
 The table is shared by all environments of an app, so it carries the ownership tag
 `orchestrator:env = shared`: an orphan sweep of one environment never matches it.
@@ -112,10 +119,10 @@ class AwsTime:
         context[_SENT] = ticks()
 
     def _answered(self, http_response, context: dict, **kwargs) -> None:
-        date = http_response.headers.get("Date") if http_response is not None else None
-        if not date or _SENT not in context:
+        date = _http_date(http_response.headers.get("Date")) if http_response is not None else None
+        if date is None or _SENT not in context:
             return
-        seen = (parsedate_to_datetime(date).timestamp(), context[_SENT], ticks())
+        seen = (date, context[_SENT], ticks())
         with self._lock:
             if self._seen is None or seen[2] >= self._seen[2]:
                 self._seen = seen
@@ -139,6 +146,15 @@ class AwsTime:
             if self._seen is None:
                 raise RuntimeError("AWS's time is not known before DynamoDB's first answer")
             return self._seen
+
+
+def _http_date(value: str | None) -> float | None:
+    """Seconds since the epoch of an HTTP `Date` header (always GMT), or None."""
+    try:
+        moment = parsedate_to_datetime(value) if value else None
+    except (TypeError, ValueError):
+        return None
+    return moment.replace(tzinfo=timezone.utc).timestamp() if moment else None
 
 
 class StateStore:
