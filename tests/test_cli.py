@@ -290,6 +290,10 @@ def test_status_outputs_graph_unlock_and_schema(endpoint):
     graph = run(endpoint, "graph", "dev", "--format", "dot").stdout
     assert '"vpc" -> "alb";' in graph
     assert run(endpoint, "unlock", "dev", "--force").stdout.strip() == "dev was not locked"
+    lock = client(endpoint, "dynamodb").get_item(TableName="gamepulse-orchestrator-state",
+                                                 Key={"pk": {"S": "gamepulse/dev"}, "sk": {"S": "lock"}})["Item"]
+    # The fence outlives release and unlock, and DynamoDB's TTL (`expires_at`) can never delete it.
+    assert lock["fence"] == {"N": "1"} and "expires_at" not in lock and "run_id" not in lock
     schema = json.loads(run(endpoint, "schema").stdout)
     assert "network" in schema["properties"]
 
