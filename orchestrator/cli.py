@@ -270,9 +270,11 @@ def status(options: Options, env: str, as_json: bool, live: bool):
     aws = connect(options, manifest)
     store = store_for(aws, manifest)
     if not store.exists():
-        records, holder, runs = {}, None, []
+        records, holder, runs, now = {}, None, [], 0.0  # no lock to time
     else:
+        # The lock's times are AWS's (the state store's docstring): compare them with AWS's now.
         records, holder, runs = store.steps(), store.lock_holder(), store.runs(5)
+        now = store.aws_now()
     graph = build_graph()
     records = {name: records[name] for name in graph.order() if name in records}  # dependency order
     drift = None
@@ -283,7 +285,7 @@ def status(options: Options, env: str, as_json: bool, live: bool):
         click.echo(json.dumps({"environment": env, "lock": holder, "steps": records, "runs": runs,
                                **({"drift": drift} if live else {})}, indent=2, default=str))
     else:
-        click.echo(status_text(env, records, holder, runs, time.time(), drift))
+        click.echo(status_text(env, records, holder, runs, now, drift))
 
 
 @cli.command()

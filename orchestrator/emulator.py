@@ -53,7 +53,11 @@ def serialize_requests() -> None:
     break each other (a tagging-API read iterating resources while another request adds one
     fails with "dictionary changed size during iteration"). AWS serves concurrent requests;
     the orchestrator sends them (steps run in parallel). Serve moto's one request at a time,
-    in-process and in the server."""
+    in-process and in the server.
+
+    The server reads each request's body before taking the lock: werkzeug reads it lazily from
+    the socket, so a client killed halfway through sending one would otherwise hold the lock,
+    and stall every other client, until its connection timed out."""
     import threading
 
     from moto.core.botocore_stubber import BotocoreStubber
@@ -64,10 +68,26 @@ def serialize_requests() -> None:
         original = cls.__call__
 
         def locked(self, *args, _original=original, **kwargs):
+            if isinstance(self, DomainDispatcherApplication):
+                _read_body_now(args[0])
             with lock:
                 return _original(self, *args, **kwargs)
 
         cls.__call__ = locked
+
+
+def _read_body_now(environ: dict) -> None:
+    """Replace the WSGI request's body stream by the body, read in full (or as far as a client
+    that died sent it)."""
+    import io
+
+    stream = environ["wsgi.input"]
+    if environ.get("wsgi.input_terminated"):  # chunked: the stream itself ends with the body
+        body = stream.read()
+    else:
+        body = stream.read(int(environ.get("CONTENT_LENGTH") or 0))
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
 
 
 def emulate_efs_backup_policy() -> None:
