@@ -82,6 +82,10 @@ log = structlog.get_logger("orchestrator.state")
 LOCK = "lock"
 STEP_PREFIX = "step#"
 RECORD_INFIX = "#rec#"
+#: In a step record as read: what an earlier release stored differently, moved on the next write
+#: (old record key, or INLINE + key for a record kept inside the step item → current key).
+MIGRATE = "_migrate"
+INLINE = "inline:"
 RUN_PREFIX = "run#"
 TTL_ATTRIBUTE = "expires_at"  # run records only
 SHARED_ENV = "shared"
@@ -401,9 +405,16 @@ class StateStore:
                 step, _, key = item["sk"]["S"][len(STEP_PREFIX):].partition(RECORD_INFIX)
                 record = records.setdefault(step, {"step": step, "applied": {}})
                 if key:
-                    record["applied"][key] = _record(item)["record"]
-                else:
-                    record.update(_record(item))
+                    record["applied"][_current_key(key)] = _record(item)["record"]
+                    if _current_key(key) != key:  # an earlier release's kind name: moved on the next write
+                        record.setdefault(MIGRATE, {})[key] = _current_key(key)
+                    continue
+                fields = _record(item)
+                inline = fields.pop("applied", None) or {}  # an earlier release kept records in the step item
+                record.update(fields)
+                for old_key, value in inline.items():
+                    record["applied"].setdefault(_current_key(old_key), value)
+                    record.setdefault(MIGRATE, {})[f"{INLINE}{old_key}"] = _current_key(old_key)
         return records
 
     def _current(self, step: str) -> dict:
@@ -441,7 +452,7 @@ class StateStore:
                                             "record": value}, f"the record of {step} {change.key}"))
         if current.get("status") != "applying" or current.get("last_run") != lease.run_id:
             current.update(status="applying", last_run=lease.run_id, updated_at=_iso(self.time.earliest()))
-            writes.append(self._step_put(current))
+            writes += self._step_put(current)
         if writes:
             self._fenced(lease, *writes)
             self._cache(current)
@@ -461,13 +472,15 @@ class StateStore:
         current.pop("error", None)
         if error is not None:
             current["error"] = error
-        self._fenced(lease, self._step_put(current))
+        self._fenced(lease, *self._step_put(current))
         self._cache(current)
 
     def forget_step(self, lease: "Lease", step: str) -> None:
         """Remove the step's record and its resources' records once destroy has removed what it
         owned; the step's own item goes last, so an interrupted forget leaves a step record."""
-        keys = [_record_sk(step, key) for key in self._current(step)["applied"]] + [STEP_PREFIX + step]
+        current = self._current(step)
+        old = [key for key in current.get(MIGRATE, {}) if not key.startswith(INLINE)]
+        keys = [_record_sk(step, key) for key in [*current["applied"], *old]] + [STEP_PREFIX + step]
         for start in range(0, len(keys), MAX_TRANSACTION_WRITES):
             self._fenced(lease, *({"Delete": {"TableName": self.table, "Key": self._key(sk)}}
                                   for sk in keys[start:start + MAX_TRANSACTION_WRITES]))
@@ -492,9 +505,19 @@ class StateStore:
     def _run_expiry(self) -> int:
         return int(self.time.earliest()) + self.manifest.state.run_retention_days * 86400
 
-    def _step_put(self, record: dict) -> dict:
-        item = {key: value for key, value in record.items() if key != "applied"}
-        return self._put_op({**item, "sk": STEP_PREFIX + record["step"]}, f"the record of step {record['step']}")
+    def _step_put(self, record: dict) -> list[dict]:
+        """The write of a step's own item, and of what an earlier release left to migrate: records
+        kept inside the step item, or under an old kind name, become record items of their own."""
+        step = record["step"]
+        item = {key: value for key, value in record.items() if key not in ("applied", MIGRATE)}
+        writes = [self._put_op({**item, "sk": STEP_PREFIX + step}, f"the record of step {step}")]
+        for old, key in (record.pop(MIGRATE, None) or {}).items():
+            if key in record["applied"]:
+                writes.append(self._put_op({"sk": _record_sk(step, key), "step": step, "key": key,
+                                            "record": record["applied"][key]}, f"the record of {step} {key}"))
+            if not old.startswith(INLINE):
+                writes.append({"Delete": {"TableName": self.table, "Key": self._key(_record_sk(step, old))}})
+        return writes
 
     def _cache(self, record: dict) -> None:
         with self._cache_lock:
@@ -662,6 +685,13 @@ def _item_size(item: dict) -> int:
 
 
 # -- values -------------------------------------------------------------------------------------
+
+
+def _current_key(key: str) -> str:
+    """A record key (`kind/name`) with today's kind name: earlier releases wrote some kinds with
+    hyphens (`mount-target`), all are written with underscores now (`mount_target`)."""
+    kind, _, name = key.partition("/")
+    return f"{kind.replace('-', '_')}/{name}"
 
 
 def _storable(value: Any) -> Any:

@@ -212,7 +212,7 @@ class EcrStep(Step):
             return
         work: RepositoryWork = change.payload
         repository = work.repository
-        if change.kind == "lifecycle-policy":
+        if change.kind == "lifecycle_policy":
             _put_lifecycle_policy(client, repository)
             observed.owned[repository.name].lifecycle_policy = canonical_lifecycle_policy(repository.lifecycle_policy)
         elif change.action == "update":
@@ -299,7 +299,7 @@ def _updates(repository: DesiredRepository, current: ObservedRepository) -> list
 
 
 def _lifecycle_change(action: str, repository: DesiredRepository, current: dict | None) -> Change:
-    return Change(action, "lifecycle-policy", repository.name,
+    return Change(action, "lifecycle_policy", repository.name,
                   diffs=(FieldDiff("policy", current, canonical_lifecycle_policy(repository.lifecycle_policy)),),
                   calls=("ecr:PutLifecyclePolicy",), payload=RepositoryWork(repository=repository))
 

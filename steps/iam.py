@@ -298,10 +298,10 @@ class IamStep(Step):
             return
         work: PolicyWork = change.payload
         current = observed.owned[work.role]
-        if change.kind == "inline-policy" and change.action == "delete":
+        if change.kind == "inline_policy" and change.action == "delete":
             unless_code(GONE, client.delete_role_policy, RoleName=work.role, PolicyName=work.policy)
             del current.inline_policies[work.policy]
-        elif change.kind == "inline-policy":
+        elif change.kind == "inline_policy":
             text = json.dumps(work.document)
             if KNOWN_AFTER_APPLY in text:
                 raise OrchestratorError(f"inline policy {work.policy} of IAM role {work.role} refers to values not "
@@ -442,24 +442,24 @@ def _role_settings(role: DesiredRole, current: ObservedRole, recorded: dict | No
 
 
 def _put_inline(action: str, role: str, name: str, document: dict, current: dict | None) -> Change:
-    return Change(action, "inline-policy", f"{role}/{name}",
+    return Change(action, "inline_policy", f"{role}/{name}",
                   diffs=(FieldDiff("document", current, normalise_policy(document)),),
                   calls=("iam:PutRolePolicy",), payload=PolicyWork(role=role, policy=name, document=document))
 
 
 def _delete_inline(role: str, name: str, why: str) -> Change:
-    return Change("delete", "inline-policy", f"{role}/{name}", calls=("iam:DeleteRolePolicy",),
+    return Change("delete", "inline_policy", f"{role}/{name}", calls=("iam:DeleteRolePolicy",),
                   payload=PolicyWork(role=role, policy=name), note=why)
 
 
 def _attach(role: str, arn: str) -> Change:
-    return Change("create", "managed-policy", f"{role}/{arn.rsplit('/', 1)[-1]}",
+    return Change("create", "managed_policy", f"{role}/{arn.rsplit('/', 1)[-1]}",
                   diffs=(FieldDiff("policy_arn", None, arn),), calls=("iam:AttachRolePolicy",),
                   payload=PolicyWork(role=role, policy=arn))
 
 
 def _detach(role: str, arn: str, why: str) -> Change:
-    return Change("delete", "managed-policy", f"{role}/{arn.rsplit('/', 1)[-1]}",
+    return Change("delete", "managed_policy", f"{role}/{arn.rsplit('/', 1)[-1]}",
                   diffs=(FieldDiff("policy_arn", arn, None),), calls=("iam:DetachRolePolicy",),
                   payload=PolicyWork(role=role, policy=arn), note=why)
 

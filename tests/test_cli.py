@@ -249,7 +249,7 @@ def test_destroy_leaves_nothing_tagged_but_what_holds_data(endpoint):
     assert run(endpoint, "apply", "dev").returncode == 0
     result = run(endpoint, "destroy", "dev", "--yes")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "kept file-system" in result.stdout and "--delete-data" in result.stdout
+    assert "kept file_system" in result.stdout and "--delete-data" in result.stdout
     tagging = client(endpoint, "resourcegroupstaggingapi")
     left = [item["ResourceARN"] for item in tagging.get_resources(
         TagFilters=[{"Key": "orchestrator:env", "Values": ["dev"]}])["ResourceTagMappingList"]]

@@ -100,11 +100,11 @@ def test_tag_drift_is_repaired_and_tags_others_added_are_kept(manifest):
 def test_a_missing_or_changed_lifecycle_policy_is_put_back(manifest):
     desired = desired_for(manifest)
     [missing] = STEP.plan(desired, facts_for(desired, lifecycle_policy=None), {})
-    assert (missing.action, missing.kind, missing.calls) == ("create", "lifecycle-policy", ("ecr:PutLifecyclePolicy",))
+    assert (missing.action, missing.kind, missing.calls) == ("create", "lifecycle_policy", ("ecr:PutLifecyclePolicy",))
     loosened = canonical_lifecycle_policy(json.dumps(desired_for(with_repository(manifest, keep_tagged=99))
                                                      .repositories["gamepulse"].lifecycle_policy))
     [changed] = STEP.plan(desired, facts_for(desired, lifecycle_policy=loosened), {})
-    assert (changed.action, changed.kind) == ("update", "lifecycle-policy")
+    assert (changed.action, changed.kind) == ("update", "lifecycle_policy")
     assert changed.diffs[0].old == loosened
 
 
@@ -201,7 +201,7 @@ def test_drift_is_shown_by_plan_then_repaired(manifest, aws, ecr):
 
     plan = harness.plan_step(STEP, manifest, aws)
     assert len(harness.mutations(aws)) == writes
-    assert [(c.action, c.kind) for c in plan] == [("update", "repository"), ("create", "lifecycle-policy")]
+    assert [(c.action, c.kind) for c in plan] == [("update", "repository"), ("create", "lifecycle_policy")]
     assert {d.field for d in plan[0].diffs} == {"scan_on_push", "tag_mutability"}
 
     harness.run_step(STEP, manifest, aws)

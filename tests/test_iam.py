@@ -104,8 +104,8 @@ def test_a_plan_from_nothing_shows_unknown_upstream_values_without_failing(manif
 def test_plan_from_nothing_creates_each_role_before_its_policies(manifest):
     changes = STEP.plan(desired_for(manifest), IamFacts(), {})
     keys = [c.key for c in changes]
-    assert keys[:3] == ["role/gamepulse-dev-execution", "inline-policy/gamepulse-dev-execution/read-secrets",
-                        "managed-policy/gamepulse-dev-execution/AmazonECSTaskExecutionRolePolicy"]
+    assert keys[:3] == ["role/gamepulse-dev-execution", "inline_policy/gamepulse-dev-execution/read-secrets",
+                        "managed_policy/gamepulse-dev-execution/AmazonECSTaskExecutionRolePolicy"]
     assert [c.name for c in changes if c.kind == "role"] == ROLE_NAMES
     assert all(keys.index(f"role/{c.name.split('/')[0]}") < keys.index(c.key) for c in changes if c.kind != "role")
     assert {c.calls for c in changes} == {("iam:CreateRole",), ("iam:PutRolePolicy",), ("iam:AttachRolePolicy",)}
@@ -153,10 +153,10 @@ def test_each_kind_of_drift_is_its_own_repair(manifest):
     changes = {(c.action, c.key): c for c in STEP.plan(desired, facts, recorded)}
     assert set(changes) == {
         ("update", "role/gamepulse-dev-execution"),
-        ("create", "managed-policy/gamepulse-dev-execution/AmazonECSTaskExecutionRolePolicy"),
-        ("delete", "managed-policy/gamepulse-dev-execution/AdministratorAccess"),
-        ("update", "inline-policy/gamepulse-dev-task-loki/grants"),
-        ("delete", "inline-policy/gamepulse-dev-task-loki/debug"),
+        ("create", "managed_policy/gamepulse-dev-execution/AmazonECSTaskExecutionRolePolicy"),
+        ("delete", "managed_policy/gamepulse-dev-execution/AdministratorAccess"),
+        ("update", "inline_policy/gamepulse-dev-task-loki/grants"),
+        ("delete", "inline_policy/gamepulse-dev-task-loki/debug"),
         ("update", "role/gamepulse-dev-task-jaeger")}
     execution_change = changes[("update", "role/gamepulse-dev-execution")]
     assert execution_change.calls == ("iam:UpdateAssumeRolePolicy", "iam:TagRole")
@@ -164,8 +164,8 @@ def test_each_kind_of_drift_is_its_own_repair(manifest):
     assert [(d.old, d.new) for d in execution_change.diffs if d.field == "tags"] == [
         ({"project": "hijacked"}, {"project": "gamepulse"})]
     assert changes[("update", "role/gamepulse-dev-task-jaeger")].calls == ("iam:UpdateRole",)
-    assert changes[("delete", "inline-policy/gamepulse-dev-task-loki/debug")].calls == ("iam:DeleteRolePolicy",)
-    assert changes[("delete", "managed-policy/gamepulse-dev-execution/AdministratorAccess")].calls == (
+    assert changes[("delete", "inline_policy/gamepulse-dev-task-loki/debug")].calls == ("iam:DeleteRolePolicy",)
+    assert changes[("delete", "managed_policy/gamepulse-dev-execution/AdministratorAccess")].calls == (
         "iam:DetachRolePolicy",)
 
 
@@ -175,7 +175,7 @@ def test_a_role_left_out_of_the_manifest_loses_its_policies_before_it_goes(manif
     smaller = desired_for(manifest.model_copy(update={"iam": IamSpec(task_roles={
         name: spec for name, spec in manifest.iam.task_roles.items() if name != "loki"})}))
     changes = STEP.plan(smaller, facts, {})
-    assert [(c.action, c.key) for c in changes] == [("delete", "inline-policy/gamepulse-dev-task-loki/grants"),
+    assert [(c.action, c.key) for c in changes] == [("delete", "inline_policy/gamepulse-dev-task-loki/grants"),
                                                     ("delete", "role/gamepulse-dev-task-loki")]
 
 
@@ -188,8 +188,8 @@ def test_a_role_of_our_name_without_our_tags_is_refused(manifest):
 def test_destroy_detaches_and_deletes_policies_then_each_role(manifest):
     changes = STEP.plan_destroy(facts_for(desired_for(manifest)))
     assert [(c.action, c.key) for c in changes[:3]] == [
-        ("delete", "managed-policy/gamepulse-dev-execution/AmazonECSTaskExecutionRolePolicy"),
-        ("delete", "inline-policy/gamepulse-dev-execution/read-secrets"), ("delete", "role/gamepulse-dev-execution")]
+        ("delete", "managed_policy/gamepulse-dev-execution/AmazonECSTaskExecutionRolePolicy"),
+        ("delete", "inline_policy/gamepulse-dev-execution/read-secrets"), ("delete", "role/gamepulse-dev-execution")]
     assert [c.name for c in changes if c.kind == "role"] == ROLE_NAMES
     assert all(c.blocked is None for c in changes)
 
@@ -264,10 +264,10 @@ def test_drift_is_shown_by_plan_then_repaired(manifest, aws, iam):
     plan = harness.plan_step(STEP, manifest, aws, upstream=UPSTREAM)
     assert len(harness.mutations(aws)) == writes
     assert sorted((c.action, c.key) for c in plan) == [
-        ("create", "managed-policy/gamepulse-dev-execution/AmazonECSTaskExecutionRolePolicy"),
-        ("delete", "inline-policy/gamepulse-dev-task-grafana/debug"),
-        ("delete", "managed-policy/gamepulse-dev-task-jaeger/ReadOnlyAccess"),
-        ("update", "inline-policy/gamepulse-dev-task-loki/grants"),
+        ("create", "managed_policy/gamepulse-dev-execution/AmazonECSTaskExecutionRolePolicy"),
+        ("delete", "inline_policy/gamepulse-dev-task-grafana/debug"),
+        ("delete", "managed_policy/gamepulse-dev-task-jaeger/ReadOnlyAccess"),
+        ("update", "inline_policy/gamepulse-dev-task-loki/grants"),
         ("update", "role/gamepulse-dev-task-gamepulse")]
 
     harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)
@@ -374,9 +374,9 @@ def test_a_quick_re_apply_on_a_lagging_list_adopts_our_roles(manifest, aws, iam)
 
     lagging_role_list(aws)
     applied, outputs, _ = harness.run_step(STEP, smaller, aws, upstream=UPSTREAM, recovering=("TagRole",))
-    assert [(c.action, c.kind) for c in applied] == [("create", "role"), ("create", "inline-policy"),
-                                                     ("create", "managed-policy"), ("create", "role"),
-                                                     ("create", "inline-policy")]
+    assert [(c.action, c.kind) for c in applied] == [("create", "role"), ("create", "inline_policy"),
+                                                     ("create", "managed_policy"), ("create", "role"),
+                                                     ("create", "inline_policy")]
     assert harness.mutations(aws)[writes:] == [
         "iam:CreateRole", "iam:PutRolePolicy", "iam:AttachRolePolicy",
         "iam:CreateRole", "iam:TagRole", "iam:PutRolePolicy"]  # the adopted loki role had a tag drift
