@@ -381,8 +381,14 @@ class StateStore:
 
     def steps(self) -> dict[str, dict]:
         """Every step record of the environment, by step name, each with its resources'
-        last-applied records under "applied"."""
-        records = self._query_steps(STEP_PREFIX)
+        last-applied records under "applied"; none while the table does not exist (a plan
+        before the first apply: one read either way)."""
+        try:
+            records = self._query_steps(STEP_PREFIX)
+        except ClientError as error:
+            if error_code(error) != "ResourceNotFoundException":
+                raise
+            records = {}
         with self._cache_lock:
             self._steps, self._steps_loaded = records, True
         return copy.deepcopy(records)

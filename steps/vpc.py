@@ -1217,7 +1217,7 @@ def _delete(ctx, what: str, call, settle_first: bool = True, **params) -> None:
     if settle_first:
         ctx.settle()
     timeout = IN_USE_TIMEOUT if ctx.destroying else IN_USE_TIMEOUT_APPLYING
-    unless_code(NOT_FOUND, waiters.retry_while, what, lambda: eventually(call, **params), STILL_IN_USE,
+    unless_code(NOT_FOUND, waiters.retry_while, what, lambda: call(**params), STILL_IN_USE,
                 timeout=timeout, stop=ctx.stop, log=ctx.log)
 
 
