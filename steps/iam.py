@@ -23,7 +23,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 from orchestrator import tags as tagging
-from orchestrator.aws import error_code
+from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step
 
@@ -242,25 +242,34 @@ class IamStep(Step):
     # -- observe ---------------------------------------------------------------------------
 
     def observe(self, ctx, desired: IamDesired) -> IamFacts:
-        """Every role with its trust policy, inline and attached policies and tags, in one
-        (paginated) GetAccountAuthorizationDetails call rather than four calls per role."""
+        """Our roles, each read by name: IAM has no batched read but GetAccountAuthorizationDetails,
+        which returns every role's policies and needs a permission no least-privilege deploy role
+        has. A role costs four reads (GetRole; ListRolePolicies, GetRolePolicy per inline policy,
+        ListAttachedRolePolicies for ours); a role the manifest no longer names is found by its
+        name in ListRoles (names only, 1,000 a page)."""
         client = ctx.client("iam")
         facts = IamFacts()
-        pages = client.get_paginator("get_account_authorization_details").paginate(Filter=["Role"])
-        for item in (item for page in pages for item in page["RoleDetailList"]):
-            name = item["RoleName"]
-            if not name.startswith(f"{desired.prefix}-"):
+        for name in sorted(set(desired.roles) | self._listed_under_prefix(client, desired.prefix)):
+            found = unless_code({"NoSuchEntity"}, client.get_role, RoleName=name)
+            if found is None:
                 continue
-            tags = tagging.tag_dict(item.get("Tags"))
+            role = found["Role"]
+            tags = tagging.tag_dict(role.get("Tags"))  # GetRole returns every tag (the key is absent: none)
             if tagging.is_owned(tags, desired.app, desired.env, self.name):
                 facts.owned[name] = ObservedRole(
-                    name=name, arn=item["Arn"], trust_policy=normalise_policy(item["AssumeRolePolicyDocument"]),
-                    inline_policies={p["PolicyName"]: normalise_policy(p["PolicyDocument"])
-                                     for p in item.get("RolePolicyList", [])},
-                    managed_policies={p["PolicyArn"] for p in item.get("AttachedManagedPolicies", [])}, tags=tags)
+                    name=name, arn=role["Arn"], trust_policy=normalise_policy(role["AssumeRolePolicyDocument"]),
+                    inline_policies=_inline_policies(client, name), managed_policies=_attached_policies(client, name),
+                    tags=tags)
             elif name in desired.roles:
                 facts.foreign.add(name)
         return facts
+
+    @staticmethod
+    def _listed_under_prefix(client, prefix: str) -> set[str]:
+        """Names of the roles named `PREFIX-…`, from the (unfiltered) list of role names."""
+        pages = client.get_paginator("list_roles").paginate(PaginationConfig={"PageSize": 1000})
+        return {role["RoleName"] for page in pages for role in page["Roles"]
+                if role["RoleName"].startswith(f"{prefix}-")}
 
     # -- plan ------------------------------------------------------------------------------
 
@@ -373,6 +382,21 @@ class IamStep(Step):
         for _, current in sorted(observed.owned.items()):
             changes += _delete_role(current, "destroy")
         return changes
+
+
+# -- reading a role (each call names the role) ----------------------------------------------
+
+
+def _inline_policies(client, role: str) -> dict[str, dict]:
+    names = [name for page in client.get_paginator("list_role_policies").paginate(RoleName=role)
+             for name in page["PolicyNames"]]
+    return {name: normalise_policy(client.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"])
+            for name in names}
+
+
+def _attached_policies(client, role: str) -> set[str]:
+    pages = client.get_paginator("list_attached_role_policies").paginate(RoleName=role)
+    return {policy["PolicyArn"] for page in pages for policy in page["AttachedPolicies"]}
 
 
 # -- planning helpers (pure) ---------------------------------------------------------------

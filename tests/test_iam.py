@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+from collections import Counter
 
 import pytest
 from botocore.awsrequest import AWSResponse
@@ -243,7 +244,9 @@ def test_apply_creates_roles_with_trust_policies_and_tags_then_changes_nothing(m
     recorded = {c.key: c.record for c in applied if c.record is not None}
     again, outputs_again, _ = harness.run_step(STEP, manifest, aws, upstream=UPSTREAM, recorded=recorded)
     assert again == [] and len(harness.mutations(aws)) == writes and outputs_again == outputs
-    assert [c.operation for c in aws.ledger.calls[before:]] == ["GetAccountAuthorizationDetails"]
+    # Read by name, four reads a role (each role has one inline policy), plus the one page of role names.
+    assert Counter(c.operation for c in aws.ledger.calls[before:]) == {
+        "ListRoles": 1, "GetRole": 7, "ListRolePolicies": 7, "GetRolePolicy": 7, "ListAttachedRolePolicies": 7}
 
 
 @needs_managed_policies
@@ -349,19 +352,27 @@ def test_a_tag_added_by_someone_else_survives_an_apply(manifest, aws, iam):
     assert tags["compliance:scope"] == "pci"
 
 
-def lagging_role_list(aws) -> None:
-    """The next GetAccountAuthorizationDetails answers with no role, as IAM's eventually
-    consistent reads may just after a change."""
-    answered = []
+def lagging_role_list(aws, roles: int) -> None:
+    """The next observe of `roles` roles sees none of them, as IAM's eventually consistent reads
+    may just after a change: ListRoles answers no role, GetRole NoSuchEntity."""
+    calls = Counter()
 
-    def stale(**kwargs):
-        if not answered:
-            answered.append(True)
-            return AWSResponse("https://iam.amazonaws.com/", 200, {}, None), {"RoleDetailList": [],
-                                                                              "IsTruncated": False}
+    def stale_list(**kwargs):
+        calls["ListRoles"] += 1
+        if calls["ListRoles"] == 1:
+            return AWSResponse("https://iam.amazonaws.com/", 200, {}, None), {"Roles": [], "IsTruncated": False}
         return None
 
-    aws.register("before-call.iam.GetAccountAuthorizationDetails", stale)
+    def stale_get(**kwargs):
+        calls["GetRole"] += 1
+        if calls["GetRole"] <= roles:
+            return AWSResponse("https://iam.amazonaws.com/", 404, {}, None), {
+                "Error": {"Code": "NoSuchEntity", "Message": "The role cannot be found."},
+                "ResponseMetadata": {"HTTPStatusCode": 404}}
+        return None
+
+    aws.register("before-call.iam.ListRoles", stale_list)
+    aws.register("before-call.iam.GetRole", stale_get)
 
 
 @needs_managed_policies
@@ -372,7 +383,7 @@ def test_a_quick_re_apply_on_a_lagging_list_adopts_our_roles(manifest, aws, iam)
                                                           {"Key": "compliance:scope", "Value": "pci"}])
     writes = len(harness.mutations(aws))
 
-    lagging_role_list(aws)
+    lagging_role_list(aws, roles=2)
     applied, outputs, _ = harness.run_step(STEP, smaller, aws, upstream=UPSTREAM)
     assert [(c.action, c.kind) for c in applied] == [("create", "role"), ("create", "inline-policy"),
                                                      ("create", "managed-policy"), ("create", "role"),
@@ -391,7 +402,7 @@ def test_a_lagging_list_hiding_a_role_of_someone_else_still_refuses_it(manifest,
     trust = json.dumps({"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
     iam.create_role(RoleName="gamepulse-dev-execution", AssumeRolePolicyDocument=trust)
-    lagging_role_list(aws)
+    lagging_role_list(aws, roles=7)
     with pytest.raises(OrchestratorError, match="IAM role gamepulse-dev-execution exists but does not carry"):
         harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)
     assert harness.mutations(aws) == ["iam:CreateRole", "iam:CreateRole"]  # by hand, then ours: refused
