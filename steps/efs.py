@@ -158,11 +158,15 @@ def normalized_tags(items) -> dict[str, str]:
     return {k: v for k, v in tagging.tag_dict(items).items() if not k.startswith("aws:")}
 
 
-def read_file_systems(efs) -> list[dict]:
-    items = []
-    for page in efs.get_paginator("describe_file_systems").paginate():
-        items += page["FileSystems"]
-    return sorted(items, key=lambda item: item["CreationTime"])
+def read_file_systems(efs, token: str, ids: list[str]) -> list[dict]:
+    """The file system created with `token`, and those of these ids (the tagging API may still
+    name one deleted since), oldest first."""
+    items = {item["FileSystemId"]: item for item in efs.describe_file_systems(CreationToken=token)["FileSystems"]}
+    for fs_id in ids:
+        if fs_id not in items:
+            found = unless_code({"FileSystemNotFound"}, efs.describe_file_systems, FileSystemId=fs_id)
+            items.update({item["FileSystemId"]: item for item in (found or {}).get("FileSystems", [])})
+    return sorted(items.values(), key=lambda item: item["CreationTime"])
 
 
 def read_mount_targets(efs, fs_id: str) -> dict[str, ObservedMountTarget]:
@@ -375,10 +379,12 @@ class EfsStep(Step):
                 for key, ap in sorted(spec.access_points.items())))
 
     def observe(self, ctx, desired: EfsDesired) -> EfsFacts:
+        """The platform's file system by its creation token, and the others carrying our tags
+        (left over) by one tagging-API query: never a listing of the account's file systems."""
         efs = ctx.client("efs")
         token = ctx.token("file-system")
         facts = EfsFacts()
-        for item in read_file_systems(efs):
+        for item in read_file_systems(efs, token, self._tagged_file_system_ids(ctx)):
             fs = observed_file_system(item)
             mine = item["CreationToken"] == token
             if item["LifeCycleState"] in ("deleting", "deleted") or not (mine or is_ours(fs.tags, ctx.app, ctx.env)):
@@ -392,6 +398,12 @@ class EfsStep(Step):
         if current is not None:
             self._observe_settings(efs, current, desired)
         return facts
+
+    def _tagged_file_system_ids(self, ctx) -> list[str]:
+        pages = ctx.client("resourcegroupstaggingapi").get_paginator("get_resources").paginate(
+            TagFilters=tagging.owner_tag_filters(ctx.app, ctx.env, self.name),
+            ResourceTypeFilters=["elasticfilesystem:file-system"])
+        return [item["ResourceARN"].rsplit("/", 1)[-1] for page in pages for item in page["ResourceTagMappingList"]]
 
     @staticmethod
     def _observe_settings(efs, fs: ObservedFileSystem, desired: EfsDesired) -> None:
