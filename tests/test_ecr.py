@@ -189,7 +189,8 @@ def test_apply_creates_the_repository_with_settings_tags_and_lifecycle_then_chan
     again, outputs_again, _ = harness.run_step(STEP, manifest, aws)
     assert again == [] and len(harness.mutations(aws)) == 2 and outputs_again == outputs
     assert sorted(c.operation for c in aws.ledger.calls[before:]) == [
-        "DescribeRepositories", "GetLifecyclePolicy", "ListTagsForResource"]  # images are counted only to delete
+        "DescribeRepositories", "GetLifecyclePolicy", "GetResources",  # others of ours, by tag
+        "ListTagsForResource"]  # images are counted only to delete
 
 
 def test_drift_is_shown_by_plan_then_repaired(manifest, aws, ecr):
