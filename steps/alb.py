@@ -16,6 +16,7 @@ from orchestrator import tags as tagging
 from orchestrator.aws import unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step, diff_fields
+from orchestrator.permissions import FIND_BY_TAG, allow, service_linked_role
 from orchestrator.retry import eventually
 from orchestrator.waiters import WaitFailed
 
@@ -282,6 +283,29 @@ class AlbStep(Step):
         seen = {group["TargetGroupArn"] for group in found}
         others = sorted({arn for arn in tagged + pointed_at if arn not in seen})
         return found + _target_groups_by(elb, "TargetGroupArns", others)
+
+    def permissions(self, manifest, scope) -> list[dict]:
+        """The deploy role's statements for this step: the environment's load balancer, its
+        listeners and rules, and the target groups named after the environment."""
+        name = manifest.prefix
+        ours = [scope.arn("elasticloadbalancing", resource) for resource in (
+            f"loadbalancer/app/{name}/*", f"listener/app/{name}/*", f"listener-rule/app/{name}/*",
+            f"targetgroup/{name}-*/*")]
+        return [
+            # The ELB describes support no resource-level permissions.
+            allow("ElbDescribe", ["elasticloadbalancing:DescribeLoadBalancers",
+                                  "elasticloadbalancing:DescribeLoadBalancerAttributes",
+                                  "elasticloadbalancing:DescribeTargetGroups",
+                                  "elasticloadbalancing:DescribeTargetGroupAttributes",
+                                  "elasticloadbalancing:DescribeListeners", "elasticloadbalancing:DescribeRules",
+                                  "elasticloadbalancing:DescribeTags"], "*"),
+            allow("ElbChange", [f"elasticloadbalancing:{action}" for action in (
+                "CreateLoadBalancer", "DeleteLoadBalancer", "ModifyLoadBalancerAttributes", "SetSubnets",
+                "SetSecurityGroups", "CreateTargetGroup", "DeleteTargetGroup", "ModifyTargetGroup",
+                "ModifyTargetGroupAttributes", "CreateListener", "DeleteListener", "ModifyListener", "CreateRule",
+                "DeleteRule", "ModifyRule", "SetRulePriorities", "AddTags")], ours),
+            service_linked_role(scope, "elasticloadbalancing.amazonaws.com"),
+            FIND_BY_TAG]
 
     @staticmethod
     def _tags(elb, arns: list[str]) -> dict[str, dict[str, str]]:

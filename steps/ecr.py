@@ -16,6 +16,7 @@ from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step
+from orchestrator.permissions import FIND_BY_TAG, allow
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,18 @@ class EcrStep(Step):
             TagFilters=tagging.owner_tag_filters(ctx.app, ctx.env, self.name), ResourceTypeFilters=["ecr:repository"])
         return {item["ResourceARN"].split(":repository/", 1)[-1]
                 for page in pages for item in page["ResourceTagMappingList"]}
+
+    def permissions(self, manifest, scope) -> list[dict]:
+        """The deploy role's statements for this step: the manifest's repositories only (their
+        names are not per environment, so no wider pattern would be ours alone)."""
+        names = sorted(spec.name or key for key, spec in manifest.images.repositories.items())
+        return [allow("EcrRepositories", ["ecr:DescribeRepositories", "ecr:ListTagsForResource",
+                                          "ecr:GetLifecyclePolicy", "ecr:ListImages", "ecr:DescribeImages",
+                                          "ecr:CreateRepository", "ecr:DeleteRepository", "ecr:TagResource",
+                                          "ecr:PutImageScanningConfiguration", "ecr:PutImageTagMutability",
+                                          "ecr:PutLifecyclePolicy"],
+                      [scope.arn("ecr", f"repository/{name}") for name in names]),
+                FIND_BY_TAG]
 
     def _owns(self, tags: dict[str, str], desired: EcrDesired) -> bool:
         return tagging.is_owned(tags, desired.app, desired.env, self.name)

@@ -34,6 +34,7 @@ from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step, diff_fields
+from orchestrator.permissions import FIND_BY_TAG, allow
 from orchestrator.waiters import WaitFailed
 
 #: Changing these means a new file system, and the data goes with the old one.
@@ -404,6 +405,27 @@ class EfsStep(Step):
             TagFilters=tagging.owner_tag_filters(ctx.app, ctx.env, self.name),
             ResourceTypeFilters=["elasticfilesystem:file-system"])
         return [item["ResourceARN"].rsplit("/", 1)[-1] for page in pages for item in page["ResourceTagMappingList"]]
+
+    def permissions(self, manifest, scope) -> list[dict]:
+        """The deploy role's statements for this step. File systems and access points have
+        generated ids, so the statements name this account's in this region; what is ours
+        among them is decided by creation token and tags."""
+        return [
+            allow("EfsFileSystems", [f"elasticfilesystem:{action}" for action in (
+                "DescribeFileSystems", "DescribeMountTargets", "DescribeMountTargetSecurityGroups",
+                "DescribeAccessPoints", "DescribeLifecycleConfiguration", "DescribeBackupPolicy", "CreateFileSystem",
+                "DeleteFileSystem", "UpdateFileSystem", "PutLifecycleConfiguration", "PutBackupPolicy",
+                "CreateMountTarget", "DeleteMountTarget", "ModifyMountTargetSecurityGroups", "CreateAccessPoint",
+                "DeleteAccessPoint", "TagResource")],
+                  [scope.arn("elasticfilesystem", "file-system/*"), scope.arn("elasticfilesystem", "access-point/*")]),
+            # A mount target is a network interface EFS makes in the caller's name. EC2 describes
+            # support no resource-level permissions; the interface's own actions are held to
+            # this account and region.
+            allow("EfsMountTargetNetworkRead", ["ec2:DescribeSubnets", "ec2:DescribeNetworkInterfaces",
+                                                "ec2:DescribeNetworkInterfaceAttribute"], "*"),
+            allow("EfsMountTargetNetwork", ["ec2:CreateNetworkInterface", "ec2:DeleteNetworkInterface",
+                                            "ec2:ModifyNetworkInterfaceAttribute"], scope.arn("ec2", "*")),
+            FIND_BY_TAG]
 
     @staticmethod
     def _observe_settings(efs, fs: ObservedFileSystem, desired: EfsDesired) -> None:

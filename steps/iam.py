@@ -26,6 +26,7 @@ from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step
+from orchestrator.permissions import allow
 
 EXECUTION = "execution"
 SECRETS_POLICY = "read-secrets"
@@ -125,13 +126,6 @@ def _sorted_list(value) -> list:
 
 def policy(*statements: dict) -> dict:
     return {"Version": "2012-10-17", "Statement": list(statements)}
-
-
-def allow(sid: str, actions: list[str], resources: list[str] | str, condition: dict | None = None) -> dict:
-    statement = {"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": resources}
-    if condition:
-        statement["Condition"] = condition
-    return statement
 
 
 def ecs_tasks_trust(account_id: str) -> dict:
@@ -270,6 +264,23 @@ class IamStep(Step):
         pages = client.get_paginator("list_roles").paginate(PaginationConfig={"PageSize": 1000})
         return {role["RoleName"] for page in pages for role in page["Roles"]
                 if role["RoleName"].startswith(f"{prefix}-")}
+
+    def permissions(self, manifest, scope) -> list[dict]:
+        """The deploy role's statements for this step: the environment's roles only."""
+        roles = scope.arn("iam", f"role/{manifest.prefix}-*", regional=False)
+        statements = [
+            allow("IamRoles", ["iam:GetRole", "iam:ListRolePolicies", "iam:GetRolePolicy",
+                               "iam:ListAttachedRolePolicies", "iam:CreateRole", "iam:DeleteRole", "iam:TagRole",
+                               "iam:UpdateRole", "iam:UpdateAssumeRolePolicy", "iam:PutRolePolicy",
+                               "iam:DeleteRolePolicy", "iam:DetachRolePolicy"], roles),
+            # ListRoles supports no resource-level permissions. It answers role names, paths and
+            # trust policies, none of the roles' permissions policies.
+            allow("IamListRoleNames", ["iam:ListRoles"], "*")]
+        managed = sorted(manifest.iam.execution_role_managed_policies)
+        if managed:  # only the managed policies the manifest names can be attached
+            statements.append(allow("IamAttachManifestPolicies", ["iam:AttachRolePolicy"], roles,
+                                    {"ArnEquals": {"iam:PolicyARN": managed}}))
+        return statements
 
     # -- plan ------------------------------------------------------------------------------
 
