@@ -408,3 +408,43 @@ def test_a_lagging_list_hiding_a_role_of_someone_else_still_refuses_it(manifest,
     assert harness.mutations(aws) == ["iam:CreateRole", "iam:CreateRole"]  # by hand, then ours: refused
     assert "Tags" not in iam.get_role(RoleName="gamepulse-dev-execution")["Role"]
     assert iam.list_role_policies(RoleName="gamepulse-dev-execution")["PolicyNames"] == []
+
+
+def foreign_roles(iam, count: int) -> None:
+    """Roles of other environments and other tools, some named like ours."""
+    trust = json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+    for i in range(count):
+        name = (f"gamepulse-{('staging', 'prod', 'devx')[i % 3]}-task-{i}" if i % 2 else f"team-{i}-lambda-role")
+        iam.create_role(RoleName=name, AssumeRolePolicyDocument=trust, Tags=[
+            {"Key": "orchestrator:app", "Value": "gamepulse"}, {"Key": "orchestrator:env", "Value": "staging"}])
+        iam.put_role_policy(RoleName=name, PolicyName="grants", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}))
+
+
+@needs_managed_policies
+def test_roles_of_others_cost_no_read_and_are_never_named(manifest, aws, iam):
+    harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)
+    before = len(aws.ledger.calls)
+    harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)
+    alone = len(aws.ledger.calls) - before
+    foreign_roles(iam, 60)
+    named: list[str] = []
+    aws.register("before-parameter-build.iam", lambda params, **kwargs: named.append(params.get("RoleName", "")))
+
+    before = len(aws.ledger.calls)
+    assert harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)[0] == []
+    assert len(aws.ledger.calls) - before == alone
+    assert {name for name in named if name} == set(ROLE_NAMES)
+
+
+@needs_managed_policies
+def test_a_role_removed_from_the_manifest_is_found_by_its_name_and_deleted(manifest, aws, iam):
+    harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)
+    foreign_roles(iam, 6)
+    smaller = manifest.model_copy(update={"iam": LOKI_ONLY})
+    applied, _, _ = harness.run_step(STEP, smaller, aws, upstream=UPSTREAM)
+    assert sorted(c.name for c in applied if c.kind == "role") == sorted(
+        name for name in ROLE_NAMES if name not in ("gamepulse-dev-execution", "gamepulse-dev-task-loki"))
+    assert role_names(iam) == ["gamepulse-dev-execution", "gamepulse-dev-task-loki"]
+    assert len(role_names(iam, prefix="gamepulse-staging-")) == 1
