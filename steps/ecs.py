@@ -212,8 +212,9 @@ class EcsStep(Step):
         share the name, so one that is not ours is no reason to refuse: AWS itself rejects the
         create if one of that name is in the same VPC, and says so."""
         discovery = ctx.client("servicediscovery")
-        private_dns = [{"Name": "TYPE", "Values": ["DNS_PRIVATE"], "Condition": "EQ"}]
-        for page in discovery.get_paginator("list_namespaces").paginate(Filters=private_dns):
+        ours = [{"Name": "TYPE", "Values": ["DNS_PRIVATE"], "Condition": "EQ"},
+                {"Name": "NAME", "Values": [name], "Condition": "EQ"}]
+        for page in discovery.get_paginator("list_namespaces").paginate(Filters=ours):
             for namespace in page["Namespaces"]:
                 if namespace["Name"] == name:
                     tags = tagging.tag_dict(
