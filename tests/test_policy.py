@@ -104,9 +104,10 @@ def named_resources(prefix: str, operation: str, params: dict) -> list[str]:
         return [params["resourceArn"]] if "resourceArn" in params else []
     if prefix == "secretsmanager":
         secret = params.get("SecretId") or params.get("Name")
-        if secret:
-            return [secret if secret.startswith("arn:") else f"arn:aws:secretsmanager:{region_account}:secret:{secret}-AbCdEf"]
-        return []
+        if not secret:
+            return []
+        suffix = "-AbCdEf"  # AWS adds six random characters to a secret's ARN
+        return [secret if secret.startswith("arn:") else f"arn:aws:secretsmanager:{region_account}:secret:{secret}{suffix}"]
     if prefix == "ecs":
         clusters = params.get("clusters") or ([params["clusterName"]] if operation != "CreateCluster" and
                                               "clusterName" in params else []) + (
