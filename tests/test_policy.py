@@ -106,8 +106,9 @@ def named_resources(prefix: str, operation: str, params: dict) -> list[str]:
         secret = params.get("SecretId") or params.get("Name")
         if not secret:
             return []
-        suffix = "-AbCdEf"  # AWS adds six random characters to a secret's ARN
-        return [secret if secret.startswith("arn:") else f"arn:aws:secretsmanager:{region_account}:secret:{secret}{suffix}"]
+        # AWS adds six random characters to a secret's name in its ARN.
+        arn = secret if secret.startswith("arn:") else f"arn:aws:secretsmanager:{region_account}:secret:{secret}-AbCdEf"
+        return [arn]
     if prefix == "ecs":
         clusters = params.get("clusters") or ([params["clusterName"]] if operation != "CreateCluster" and
                                               "clusterName" in params else []) + (
