@@ -138,8 +138,8 @@ class EcrStep(Step):
     def observe(self, ctx, desired: EcrDesired) -> EcrFacts:
         """The wanted repositories by name, and any other of ours (one removed from the manifest)
         by one tagging-API query; never a listing of the account's repositories. ECR describes
-        carry no tags, so each found repository's own tags (the tagging API's lag behind) are
-        read with it, then its lifecycle policy and, before a delete, whether it holds images."""
+        carry no tags and the tagging API's lag behind, so each repository found has its own
+        tags read, then its lifecycle policy and, before a delete, whether it holds images."""
         client = ctx.client("ecr")
         facts = EcrFacts()
         for item in _repositories_named(client, sorted(set(desired.repositories) | self._tagged_names(ctx))):

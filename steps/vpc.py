@@ -317,8 +317,7 @@ class VpcStep(Step):
             allow("Ec2Describe", ["ec2:DescribeVpcs", "ec2:DescribeVpcAttribute", "ec2:DescribeSubnets",
                                   "ec2:DescribeAddresses", "ec2:DescribeInternetGateways", "ec2:DescribeNatGateways",
                                   "ec2:DescribeRouteTables", "ec2:DescribeSecurityGroups",
-                                  "ec2:DescribeSecurityGroupRules", "ec2:DescribeVpcEndpoints",
-                                  "ec2:DescribeVpcEndpointServices", "ec2:DescribeAvailabilityZones"], "*"),
+                                  "ec2:DescribeSecurityGroupRules", "ec2:DescribeVpcEndpoints"], "*"),
             allow("Ec2Network", [f"ec2:{action}" for action in (
                 "CreateVpc", "DeleteVpc", "ModifyVpcAttribute", "CreateSubnet", "DeleteSubnet", "ModifySubnetAttribute",
                 "AllocateAddress", "ReleaseAddress", "CreateInternetGateway", "DeleteInternetGateway",

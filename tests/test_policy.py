@@ -50,10 +50,10 @@ TRANSACT_ACTIONS = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteI
 #: Actions that support no resource-level permissions (AWS's service authorization reference)
 #: or that the policy deliberately grants on "*" with the reason beside it in the step.
 STAR_ALLOWED = {
-    "ec2:Describe*", "ec2:DescribeVpcs", "ec2:DescribeVpcAttribute", "ec2:DescribeSubnets", "ec2:DescribeAddresses",
+    "ec2:DescribeVpcs", "ec2:DescribeVpcAttribute", "ec2:DescribeSubnets", "ec2:DescribeAddresses",
     "ec2:DescribeInternetGateways", "ec2:DescribeNatGateways", "ec2:DescribeRouteTables",
     "ec2:DescribeSecurityGroups", "ec2:DescribeSecurityGroupRules", "ec2:DescribeVpcEndpoints",
-    "ec2:DescribeVpcEndpointServices", "ec2:DescribeAvailabilityZones", "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeNetworkInterfaces",
     "ec2:DescribeNetworkInterfaceAttribute", "route53:AssociateVPCWithHostedZone", "route53:CreateHostedZone",
     "route53:GetHostedZone", "route53:ListHostedZonesByName", "route53:ChangeResourceRecordSets",
     "route53:DeleteHostedZone", "s3:ListAllMyBuckets", "secretsmanager:ListSecrets",
