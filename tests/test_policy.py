@@ -1,18 +1,21 @@
 """The deploy role's policy (`orchestrator policy ENV`) allows every call the tool sends.
 
 How the calls are checked. moto can enforce IAM policies (INITIAL_NO_AUTH_ACTION_COUNT), but
-not far enough to keep this policy true: every request outside S3 is evaluated against
-Resource "*" (moto/core/responses.py `call_action` passes "*" unless a service computes its
-resource, and none of ours does), so a statement held to our ARNs would deny in moto what AWS
-allows; and it names actions by the signing name (`tagging:GetResources`, where IAM says
-`tag:GetResources`). So this test checks the calls itself: every request the command line's
-work sends (a cold apply, an unchanged re-apply, a destroy) is recorded with its parameters
-through the client factory's `before-parameter-build` hook, turned into the IAM action(s) it
-needs and, where the parameters name it, the resource's ARN, and looked up in the printed policy:
+not far enough to keep this policy true: it evaluates requests against Resource "*" except for
+S3 buckets and existing IAM roles (moto/core/responses.py `call_action`; only IAM, STS and SQS
+compute a resource), so a statement held to our ARNs denies in moto what AWS allows (tried: a
+user holding the IAM statements below is refused GetRole on a role not created yet); it
+evaluates no condition outside trust policies; and it names actions by the signing name
+(`tagging:GetResources`, where IAM says `tag:GetResources`).
+
+So this test checks the calls itself: every request the command line's work sends (a cold
+apply, an unchanged re-apply, a destroy) is recorded with its parameters through the client
+factory's `before-parameter-build` hook, turned into the IAM action(s) it needs and, where the
+parameters name it, the resource's ARN, and looked up in the printed policy:
 - action: for every call, against the Action lists (wildcards as IAM matches them);
 - resource: for the calls whose parameters name the resource (IAM roles, ECR repositories, S3
-  buckets, the state table, log groups, secrets, ECS cluster, EFS file systems, ELB resources), the
-  allowing statement must also cover that ARN; other calls (EC2, Cloud Map, describes by
+  buckets, the state table, log groups, secrets, ECS cluster, EFS file systems, ELB resources),
+  the allowing statement must also cover that ARN; other calls (EC2, Cloud Map, describes by
   filter) are checked by action only;
 - conditions (the managed-policy and service-linked-role conditions) are not evaluated.
 """
