@@ -4,7 +4,7 @@ How the calls are checked. moto can enforce IAM policies (INITIAL_NO_AUTH_ACTION
 not far enough to keep this policy true: it evaluates requests against Resource "*" except for
 S3 buckets and existing IAM roles (moto/core/responses.py `call_action`; only IAM, STS and SQS
 compute a resource), so a statement held to our ARNs denies in moto what AWS allows (tried: a
-user holding the IAM statements below is refused GetRole on a role not created yet); it
+user holding the policy's IAM statements is refused GetRole on a role not created yet); it
 evaluates no condition outside trust policies; and it names actions by the signing name
 (`tagging:GetResources`, where IAM says `tag:GetResources`).
 
