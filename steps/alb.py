@@ -25,6 +25,7 @@ HTTP, HTTPS = 80, 443
 LISTENER_KEYS = {HTTP: "http", HTTPS: "https"}
 NAME_LIMIT = 32  # load balancer and target group names
 TAGS_PER_DESCRIBE = 20
+TARGET_GROUPS_PER_DESCRIBE = 20  # by name or ARN
 
 LB_FIELDS = ("subnets", "security_groups", "idle_timeout_seconds", "deletion_protection")
 LB_FIELD_CALLS = {"subnets": "elbv2:SetSubnets", "security_groups": "elbv2:SetSecurityGroups",
@@ -719,10 +720,13 @@ def _paths(conditions: list[dict]) -> tuple[str, ...]:
 
 
 def _target_groups_by(elb, key: str, values: list[str]) -> list[dict]:
-    """The target groups of these names or ARNs that exist: one describe for all, or, when one
-    of them does not exist (AWS then fails the whole call), one describe each."""
+    """The target groups of these names or ARNs that exist: one describe for up to 20, or, when
+    one of them does not exist (AWS then fails the whole call), one describe each."""
     if not values:
         return []
+    if len(values) > TARGET_GROUPS_PER_DESCRIBE:
+        return [group for start in range(0, len(values), TARGET_GROUPS_PER_DESCRIBE)
+                for group in _target_groups_by(elb, key, values[start:start + TARGET_GROUPS_PER_DESCRIBE])]
     found = unless_code({"TargetGroupNotFound"}, elb.describe_target_groups, **{key: values})
     if found is not None:
         return found["TargetGroups"]
