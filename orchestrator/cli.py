@@ -322,6 +322,24 @@ def graph(options: Options, env: str, fmt: str):
 
 @cli.command()
 @ENV_ARG
+@click.option("--account-id", default=None, help="The account to scope to (default: the manifest's, else the "
+                                                 "credentials' account).")
+@click.pass_obj
+def policy(options: Options, env: str, account_id: str | None):
+    """The deploy role's least-privilege IAM policy for ENV, as JSON."""
+    from orchestrator import permissions, state
+
+    manifest = load(options, env)
+    account_id = account_id or manifest.account_id or connect(options, manifest).account_id()
+    scope = permissions.Scope(account_id, manifest.region, permissions.partition_of(manifest.region))
+    graph = build_graph()
+    document = permissions.deploy_policy(manifest, scope, [graph.steps[name] for name in graph.order()],
+                                         state.permissions(manifest.state.table, scope))
+    click.echo(json.dumps(document, indent=2))
+
+
+@cli.command()
+@ENV_ARG
 @click.option("--force", is_flag=True, help="Confirm: break the lock even if its holder may still run.")
 @click.pass_obj
 def unlock(options: Options, env: str, force: bool):

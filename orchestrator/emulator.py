@@ -150,6 +150,36 @@ def emulate_update_cluster_settings() -> None:
     EC2ContainerServiceResponse.update_cluster_settings = update_cluster_settings
 
 
+def tag_api_finds_ecr_repositories() -> None:
+    """moto gap (MOTO-NOTES: Resource Groups Tagging API): `GetResources` never returns ECR
+    repositories; AWS's returns every resource type but IAM users and roles. Answer for them
+    from the ECR backend's own tags."""
+    from moto.core.resource_tagging import TaggedResource
+    from moto.ecr.models import ecr_backends
+    from moto.resourcegroupstaggingapi import models
+
+    class Repositories:
+        def __init__(self, backend):
+            self.backend = backend
+
+        def owns_arn(self, arn: str) -> bool:
+            return any(repository.arn == arn for repository in self.backend.repositories.values())
+
+        def iter_tagged_resources(self):
+            for repository in list(self.backend.repositories.values()):
+                yield TaggedResource(arn=repository.arn, resource_type="ecr:repository",
+                                     tags=self.backend.tagger.get_tag_dict_for_resource(repository.arn))
+
+    original = models.iter_taggable_backends
+
+    def with_repositories(account_id: str, region_name: str):
+        yield from original(account_id, region_name)
+        if account_id in ecr_backends and region_name in ecr_backends[account_id]:
+            yield Repositories(ecr_backends[account_id][region_name])
+
+    models.iter_taggable_backends = with_repositories
+
+
 _applied = False
 
 
@@ -162,6 +192,7 @@ def apply_fixes() -> None:
         serialize_requests()
         emulate_efs_backup_policy()
         emulate_update_cluster_settings()
+        tag_api_finds_ecr_repositories()
         _applied = True
 
 

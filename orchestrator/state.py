@@ -753,3 +753,13 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # a container user without a passwd entry
         return "unknown"
+
+
+def permissions(table: str, scope) -> list[dict]:
+    """The deploy role's statements for the state store: this one table (`Scope` of
+    orchestrator.permissions). TransactWriteItems is authorised by the item actions it holds."""
+    from orchestrator.permissions import allow
+    return [allow("StateTable", [f"dynamodb:{action}" for action in (
+        "CreateTable", "DescribeTable", "UpdateTable", "TagResource", "DescribeContinuousBackups",
+        "UpdateContinuousBackups", "DescribeTimeToLive", "UpdateTimeToLive", "GetItem", "Query", "PutItem",
+        "UpdateItem", "DeleteItem", "ConditionCheckItem")], scope.arn("dynamodb", f"table/{table}"))]

@@ -48,6 +48,11 @@ def owner_filters(app: str, env: str, step: str | None = None) -> list[dict]:
     return filters
 
 
+def owner_tag_filters(app: str, env: str, step: str) -> list[dict]:
+    """Tagging-API (`GetResources`) `TagFilters` that select what this environment's step owns."""
+    return [{"Key": key, "Values": [value]} for key, value in ((APP, app), (ENV, env), (STEP, step))]
+
+
 def tag_diffs(current: dict[str, str], wanted: dict[str, str]) -> tuple[FieldDiff, ...]:
     """The plan's view of `reconcile`: one `tags` difference holding only our keys, or none."""
     to_set = reconcile(current, wanted)

@@ -34,6 +34,7 @@ from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
+from orchestrator.permissions import FIND_BY_TAG, allow
 from orchestrator.waiters import WaitFailed
 
 #: Changing these means a new file system, and the data goes with the old one.
@@ -158,11 +159,15 @@ def normalized_tags(items) -> dict[str, str]:
     return {k: v for k, v in tagging.tag_dict(items).items() if not k.startswith("aws:")}
 
 
-def read_file_systems(efs) -> list[dict]:
-    items = []
-    for page in efs.get_paginator("describe_file_systems").paginate():
-        items += page["FileSystems"]
-    return sorted(items, key=lambda item: item["CreationTime"])
+def read_file_systems(efs, token: str, ids: list[str]) -> list[dict]:
+    """The file system created with `token`, and those of these ids (the tagging API may still
+    name one deleted since), oldest first."""
+    items = {item["FileSystemId"]: item for item in efs.describe_file_systems(CreationToken=token)["FileSystems"]}
+    for fs_id in ids:
+        if fs_id not in items:
+            found = unless_code({"FileSystemNotFound"}, efs.describe_file_systems, FileSystemId=fs_id)
+            items.update({item["FileSystemId"]: item for item in (found or {}).get("FileSystems", [])})
+    return sorted(items.values(), key=lambda item: item["CreationTime"])
 
 
 def read_mount_targets(efs, fs_id: str) -> dict[str, ObservedMountTarget]:
@@ -390,10 +395,12 @@ class EfsStep(Step):
                 for key, ap in sorted(spec.access_points.items())))
 
     def observe(self, ctx, desired: EfsDesired) -> EfsFacts:
+        """The platform's file system by its creation token, and the others carrying our tags
+        (left over) by one tagging-API query: never a listing of the account's file systems."""
         efs = ctx.client("efs")
         token = ctx.token("file_system")
         facts = EfsFacts()
-        for item in read_file_systems(efs):
+        for item in read_file_systems(efs, token, self._tagged_file_system_ids(ctx)):
             fs = observed_file_system(item)
             mine = item["CreationToken"] == token
             if item["LifeCycleState"] in ("deleting", "deleted") or not (mine or is_ours(fs.tags, ctx.app, ctx.env)):
@@ -407,6 +414,33 @@ class EfsStep(Step):
         if current is not None:
             self._observe_settings(efs, current, desired)
         return facts
+
+    def _tagged_file_system_ids(self, ctx) -> list[str]:
+        pages = ctx.client("resourcegroupstaggingapi").get_paginator("get_resources").paginate(
+            TagFilters=tagging.owner_tag_filters(ctx.app, ctx.env, self.name),
+            ResourceTypeFilters=["elasticfilesystem:file-system"])
+        return [item["ResourceARN"].rsplit("/", 1)[-1] for page in pages for item in page["ResourceTagMappingList"]]
+
+    def permissions(self, manifest, scope) -> list[dict]:
+        """The deploy role's statements for this step. File systems and access points have
+        generated ids, so the statements name this account's in this region; what is ours
+        among them is decided by creation token and tags."""
+        return [
+            allow("EfsFileSystems", [f"elasticfilesystem:{action}" for action in (
+                "DescribeFileSystems", "DescribeMountTargets", "DescribeMountTargetSecurityGroups",
+                "DescribeAccessPoints", "DescribeLifecycleConfiguration", "DescribeBackupPolicy", "CreateFileSystem",
+                "DeleteFileSystem", "UpdateFileSystem", "PutLifecycleConfiguration", "PutBackupPolicy",
+                "CreateMountTarget", "DeleteMountTarget", "ModifyMountTargetSecurityGroups", "CreateAccessPoint",
+                "DeleteAccessPoint", "TagResource")],
+                  [scope.arn("elasticfilesystem", "file-system/*"), scope.arn("elasticfilesystem", "access-point/*")]),
+            # A mount target is a network interface EFS makes in the caller's name. EC2 describes
+            # support no resource-level permissions; the interface's own actions are held to
+            # this account and region.
+            allow("EfsMountTargetNetworkRead", ["ec2:DescribeSubnets", "ec2:DescribeNetworkInterfaces",
+                                                "ec2:DescribeNetworkInterfaceAttribute"], "*"),
+            allow("EfsMountTargetNetwork", ["ec2:CreateNetworkInterface", "ec2:DeleteNetworkInterface",
+                                            "ec2:ModifyNetworkInterfaceAttribute"], scope.arn("ec2", "*")),
+            FIND_BY_TAG]
 
     @staticmethod
     def _observe_settings(efs, fs: ObservedFileSystem, desired: EfsDesired) -> None:

@@ -26,6 +26,7 @@ from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step
+from orchestrator.permissions import allow
 
 EXECUTION = "execution"
 #: What IAM answers for a role or policy that is gone already: a delete counts as done.
@@ -127,13 +128,6 @@ def _sorted_list(value) -> list:
 
 def policy(*statements: dict) -> dict:
     return {"Version": "2012-10-17", "Statement": list(statements)}
-
-
-def allow(sid: str, actions: list[str], resources: list[str] | str, condition: dict | None = None) -> dict:
-    statement = {"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": resources}
-    if condition:
-        statement["Condition"] = condition
-    return statement
 
 
 def ecs_tasks_trust(account_id: str) -> dict:
@@ -252,25 +246,51 @@ class IamStep(Step):
     # -- observe ---------------------------------------------------------------------------
 
     def observe(self, ctx, desired: IamDesired) -> IamFacts:
-        """Every role with its trust policy, inline and attached policies and tags, in one
-        (paginated) GetAccountAuthorizationDetails call rather than four calls per role."""
+        """Our roles, each read by name: IAM has no batched read but GetAccountAuthorizationDetails,
+        which returns every role's policies and needs a permission no least-privilege deploy role
+        has. A role costs four reads (GetRole; ListRolePolicies, GetRolePolicy per inline policy,
+        ListAttachedRolePolicies for ours); a role the manifest no longer names is found by its
+        name in ListRoles (names only, 1,000 a page)."""
         client = ctx.client("iam")
         facts = IamFacts()
-        pages = client.get_paginator("get_account_authorization_details").paginate(Filter=["Role"])
-        for item in (item for page in pages for item in page["RoleDetailList"]):
-            name = item["RoleName"]
-            if not name.startswith(f"{desired.prefix}-"):
+        for name in sorted(set(desired.roles) | self._listed_under_prefix(client, desired.prefix)):
+            found = unless_code({"NoSuchEntity"}, client.get_role, RoleName=name)
+            if found is None:
                 continue
-            tags = tagging.tag_dict(item.get("Tags"))
+            role = found["Role"]
+            tags = tagging.tag_dict(role.get("Tags"))  # GetRole returns every tag (the key is absent: none)
             if tagging.is_owned(tags, desired.app, desired.env, self.name):
                 facts.owned[name] = ObservedRole(
-                    name=name, arn=item["Arn"], trust_policy=normalise_policy(item["AssumeRolePolicyDocument"]),
-                    inline_policies={p["PolicyName"]: normalise_policy(p["PolicyDocument"])
-                                     for p in item.get("RolePolicyList", [])},
-                    managed_policies={p["PolicyArn"] for p in item.get("AttachedManagedPolicies", [])}, tags=tags)
+                    name=name, arn=role["Arn"], trust_policy=normalise_policy(role["AssumeRolePolicyDocument"]),
+                    inline_policies=_inline_policies(client, name), managed_policies=_attached_policies(client, name),
+                    tags=tags)
             elif name in desired.roles:
                 facts.foreign.add(name)
         return facts
+
+    @staticmethod
+    def _listed_under_prefix(client, prefix: str) -> set[str]:
+        """Names of the roles named `PREFIX-…`, from the (unfiltered) list of role names."""
+        pages = client.get_paginator("list_roles").paginate(PaginationConfig={"PageSize": 1000})
+        return {role["RoleName"] for page in pages for role in page["Roles"]
+                if role["RoleName"].startswith(f"{prefix}-")}
+
+    def permissions(self, manifest, scope) -> list[dict]:
+        """The deploy role's statements for this step: the environment's roles only."""
+        roles = scope.arn("iam", f"role/{manifest.prefix}-*", regional=False)
+        statements = [
+            allow("IamRoles", ["iam:GetRole", "iam:ListRolePolicies", "iam:GetRolePolicy",
+                               "iam:ListAttachedRolePolicies", "iam:CreateRole", "iam:DeleteRole", "iam:TagRole",
+                               "iam:UpdateRole", "iam:UpdateAssumeRolePolicy", "iam:PutRolePolicy",
+                               "iam:DeleteRolePolicy", "iam:DetachRolePolicy"], roles),
+            # ListRoles supports no resource-level permissions. It answers role names, paths and
+            # trust policies, none of the roles' permissions policies.
+            allow("IamListRoleNames", ["iam:ListRoles"], "*")]
+        managed = sorted(manifest.iam.execution_role_managed_policies)
+        if managed:  # only the managed policies the manifest names can be attached
+            statements.append(allow("IamAttachManifestPolicies", ["iam:AttachRolePolicy"], roles,
+                                    {"ArnEquals": {"iam:PolicyARN": managed}}))
+        return statements
 
     # -- plan ------------------------------------------------------------------------------
 
@@ -383,6 +403,21 @@ class IamStep(Step):
         for _, current in sorted(observed.owned.items()):
             changes += _delete_role(current, "destroy")
         return changes
+
+
+# -- reading a role (each call names the role) ----------------------------------------------
+
+
+def _inline_policies(client, role: str) -> dict[str, dict]:
+    names = [name for page in client.get_paginator("list_role_policies").paginate(RoleName=role)
+             for name in page["PolicyNames"]]
+    return {name: normalise_policy(client.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"])
+            for name in names}
+
+
+def _attached_policies(client, role: str) -> set[str]:
+    pages = client.get_paginator("list_attached_role_policies").paginate(RoleName=role)
+    return {policy["PolicyArn"] for page in pages for policy in page["AttachedPolicies"]}
 
 
 # -- planning helpers (pure) ---------------------------------------------------------------

@@ -27,6 +27,7 @@ from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import Change, FieldDiff, Step, diff_fields
+from orchestrator.permissions import allow
 from orchestrator.retry import eventually
 
 ABORT_MULTIPART_DAYS = 7
@@ -312,6 +313,21 @@ class StorageStep(Step):
     depends_on = ()
     Outputs = StorageOutputs
     description = "S3 buckets: Loki chunks and config bundles (encrypted, versioned, private, TLS only)"
+
+    def permissions(self, manifest, scope) -> list[dict]:
+        """The deploy role's statements for this step: the environment's buckets only."""
+        buckets = f"arn:{scope.partition}:s3:::{manifest.prefix}-*-{scope.account_id}"  # no region, no account
+        return [
+            allow("S3Buckets", [f"s3:{action}" for action in (
+                "CreateBucket", "DeleteBucket", "ListBucket", "ListBucketVersions", "GetBucketTagging",
+                "PutBucketTagging", "GetBucketVersioning", "PutBucketVersioning", "GetEncryptionConfiguration",
+                "PutEncryptionConfiguration", "GetLifecycleConfiguration", "PutLifecycleConfiguration",
+                "GetBucketOwnershipControls", "PutBucketOwnershipControls", "GetBucketPolicy", "PutBucketPolicy",
+                "GetBucketPublicAccessBlock", "PutBucketPublicAccessBlock")], buckets),
+            # Emptying a bucket before its delete (only with --delete-data).
+            allow("S3EmptyBuckets", ["s3:DeleteObject", "s3:DeleteObjectVersion"], f"{buckets}/*"),
+            # ListBuckets supports no resource-level permissions (it answers bucket names).
+            allow("S3ListBucketNames", ["s3:ListAllMyBuckets"], "*")]
 
     def desired(self, manifest, inputs) -> StorageDesired:
         tags = tagging.ownership_tags(manifest.app, manifest.environment, self.name, manifest.tags)

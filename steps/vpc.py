@@ -24,6 +24,7 @@ from orchestrator import waiters
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError, StepFailed
 from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
+from orchestrator.permissions import allow
 from orchestrator.retry import eventually
 from orchestrator.waiters import WaitFailed, botocore_check
 
@@ -323,6 +324,28 @@ class VpcStep(Step):
     depends_on = ()
     Outputs = VpcOutputs
     description = "VPC, subnets, internet and NAT gateways, route tables, security groups, VPC endpoints"
+
+    def permissions(self, manifest, scope) -> list[dict]:
+        """The deploy role's statements for this step. EC2 describes support no resource-level
+        permissions; EC2 resources have generated ids, so the changes are held to this account
+        and region (what is ours among them is decided by our tags)."""
+        return [
+            allow("Ec2Describe", ["ec2:DescribeVpcs", "ec2:DescribeVpcAttribute", "ec2:DescribeSubnets",
+                                  "ec2:DescribeAddresses", "ec2:DescribeInternetGateways", "ec2:DescribeNatGateways",
+                                  "ec2:DescribeRouteTables", "ec2:DescribeSecurityGroups",
+                                  "ec2:DescribeSecurityGroupRules", "ec2:DescribeVpcEndpoints"], "*"),
+            allow("Ec2Network", [f"ec2:{action}" for action in (
+                "CreateVpc", "DeleteVpc", "ModifyVpcAttribute", "CreateSubnet", "DeleteSubnet", "ModifySubnetAttribute",
+                "AllocateAddress", "ReleaseAddress", "CreateInternetGateway", "DeleteInternetGateway",
+                "AttachInternetGateway", "DetachInternetGateway", "CreateNatGateway", "DeleteNatGateway",
+                "CreateRouteTable", "DeleteRouteTable", "CreateRoute", "ReplaceRoute", "DeleteRoute",
+                "AssociateRouteTable", "DisassociateRouteTable", "ReplaceRouteTableAssociation", "CreateSecurityGroup",
+                "DeleteSecurityGroup", "AuthorizeSecurityGroupIngress", "RevokeSecurityGroupIngress",
+                "ModifySecurityGroupRules", "CreateVpcEndpoint", "DeleteVpcEndpoints", "ModifyVpcEndpoint",
+                "CreateTags")], scope.arn("ec2", "*")),
+            # An interface endpoint with private DNS associates AWS's hosted zone with the VPC;
+            # Route 53 supports no resource-level permissions for that association.
+            allow("VpcEndpointPrivateDns", ["route53:AssociateVPCWithHostedZone"], "*")]
 
     # -- desired ----------------------------------------------------------------------------
 

@@ -261,7 +261,8 @@ def test_apply_creates_everything_then_changes_nothing(manifest, aws, efs, netwo
     reads = [f"{c.service}:{c.operation}" for c in harness.calls_since(aws, before, STEP.name)]
     assert sorted(reads) == ["efs:DescribeAccessPoints", "efs:DescribeFileSystems",
                              "efs:DescribeLifecycleConfiguration", "efs:DescribeMountTargetSecurityGroups",
-                             "efs:DescribeMountTargetSecurityGroups", "efs:DescribeMountTargets"]
+                             "efs:DescribeMountTargetSecurityGroups", "efs:DescribeMountTargets",
+                             "resource-groups-tagging-api:GetResources"]  # left-over file systems, by tag
 
 
 def test_drift_is_shown_by_plan_then_repaired(manifest, aws, efs, network):
@@ -411,8 +412,8 @@ def test_a_create_whose_answer_was_lost_is_found_by_its_token(manifest, aws, efs
     hidden = []
 
     def listing_not_caught_up(params, **kwargs):
-        # AWS is eventually consistent: a list right after a create may not show it yet.
-        if not hidden and "CreationToken" not in params["query_string"]:
+        # AWS is eventually consistent: a describe right after a create may not show it yet.
+        if not hidden:
             hidden.append(True)
             return AWSResponse("https://efs.test", 200, {}, None), {"FileSystems": []}
 
@@ -496,3 +497,27 @@ def test_a_file_system_left_creating_is_waited_for_before_anything_goes_on_it(ma
     assert state["left"] == 0 and inventory(efs) == (1, 2, 2)
     assert KNOWN_AFTER_APPLY not in str(outputs)
     assert harness.plan_step(STEP, manifest, aws, upstream=network) == []
+
+
+def test_file_systems_of_others_cost_no_read_and_a_left_over_one_of_ours_is_found_by_its_tags(
+        manifest, aws, efs, network):
+    harness.run_step(STEP, manifest, aws, upstream=network)
+    before = len(aws.ledger.calls)
+    harness.run_step(STEP, manifest, aws, upstream=network)
+    alone = len(aws.ledger.calls) - before
+
+    def file_system(token: str, env: str) -> str:
+        tags = [{"Key": "orchestrator:app", "Value": "gamepulse"}, {"Key": "orchestrator:env", "Value": env},
+                {"Key": "orchestrator:step", "Value": "efs"}, {"Key": "Name", "Value": f"gamepulse-{env}-data"}]
+        return efs.create_file_system(CreationToken=token, Encrypted=True, Tags=tags)["FileSystemId"]
+
+    for i in range(20):
+        file_system(f"other-{i}", ("staging", "prod", "devx")[i % 3])
+    before = len(aws.ledger.calls)
+    assert harness.run_step(STEP, manifest, aws, upstream=network)[0] == []
+    assert len(aws.ledger.calls) - before == alone
+
+    left_over = file_system("an-earlier-token", "dev")
+    changes = harness.plan_step(STEP, manifest, aws, upstream=network)
+    assert [(c.action, c.kind, c.blocked) for c in changes] == [("delete", "file_system", "delete-data")]
+    assert f"file system {left_over} is not the platform's" in changes[0].note

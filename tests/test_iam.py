@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+from collections import Counter
 
 import pytest
 from botocore.awsrequest import AWSResponse
@@ -243,7 +244,9 @@ def test_apply_creates_roles_with_trust_policies_and_tags_then_changes_nothing(m
     recorded = {c.key: c.record for c in applied if c.record is not None}
     again, outputs_again, _ = harness.run_step(STEP, manifest, aws, upstream=UPSTREAM, recorded=recorded)
     assert again == [] and len(harness.mutations(aws)) == writes and outputs_again == outputs
-    assert [c.operation for c in harness.calls_since(aws, before, STEP.name)] == ["GetAccountAuthorizationDetails"]
+    # Read by name, four reads a role (each role has one inline policy), plus the one page of role names.
+    assert Counter(c.operation for c in harness.calls_since(aws, before, STEP.name)) == {
+        "ListRoles": 1, "GetRole": 7, "ListRolePolicies": 7, "GetRolePolicy": 7, "ListAttachedRolePolicies": 7}
 
 
 @needs_managed_policies
@@ -349,19 +352,27 @@ def test_a_tag_added_by_someone_else_survives_an_apply(manifest, aws, iam):
     assert tags["compliance:scope"] == "pci"
 
 
-def lagging_role_list(aws) -> None:
-    """The next GetAccountAuthorizationDetails answers with no role, as IAM's eventually
-    consistent reads may just after a change."""
-    answered = []
+def lagging_role_list(aws, roles: int) -> None:
+    """The next observe of `roles` roles sees none of them, as IAM's eventually consistent reads
+    may just after a change: ListRoles answers no role, GetRole NoSuchEntity."""
+    calls = Counter()
 
-    def stale(**kwargs):
-        if not answered:
-            answered.append(True)
-            return AWSResponse("https://iam.amazonaws.com/", 200, {}, None), {"RoleDetailList": [],
-                                                                              "IsTruncated": False}
+    def stale_list(**kwargs):
+        calls["ListRoles"] += 1
+        if calls["ListRoles"] == 1:
+            return AWSResponse("https://iam.amazonaws.com/", 200, {}, None), {"Roles": [], "IsTruncated": False}
         return None
 
-    aws.register("before-call.iam.GetAccountAuthorizationDetails", stale)
+    def stale_get(**kwargs):
+        calls["GetRole"] += 1
+        if calls["GetRole"] <= roles:
+            return AWSResponse("https://iam.amazonaws.com/", 404, {}, None), {
+                "Error": {"Code": "NoSuchEntity", "Message": "The role cannot be found."},
+                "ResponseMetadata": {"HTTPStatusCode": 404}}
+        return None
+
+    aws.register("before-call.iam.ListRoles", stale_list)
+    aws.register("before-call.iam.GetRole", stale_get)
 
 
 @needs_managed_policies
@@ -372,7 +383,7 @@ def test_a_quick_re_apply_on_a_lagging_list_adopts_our_roles(manifest, aws, iam)
                                                           {"Key": "compliance:scope", "Value": "pci"}])
     writes = len(harness.mutations(aws))
 
-    lagging_role_list(aws)
+    lagging_role_list(aws, roles=2)
     applied, outputs, _ = harness.run_step(STEP, smaller, aws, upstream=UPSTREAM, recovering=("TagRole",))
     assert [(c.action, c.kind) for c in applied] == [("create", "role"), ("create", "inline_policy"),
                                                      ("create", "managed_policy"), ("create", "role"),
@@ -391,9 +402,49 @@ def test_a_lagging_list_hiding_a_role_of_someone_else_still_refuses_it(manifest,
     trust = json.dumps({"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
     iam.create_role(RoleName="gamepulse-dev-execution", AssumeRolePolicyDocument=trust)
-    lagging_role_list(aws)
+    lagging_role_list(aws, roles=7)
     with pytest.raises(OrchestratorError, match="IAM role gamepulse-dev-execution exists but does not carry"):
         harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)
     assert harness.mutations(aws) == ["iam:CreateRole", "iam:CreateRole"]  # by hand, then ours: refused
     assert "Tags" not in iam.get_role(RoleName="gamepulse-dev-execution")["Role"]
     assert iam.list_role_policies(RoleName="gamepulse-dev-execution")["PolicyNames"] == []
+
+
+def foreign_roles(iam, count: int) -> None:
+    """Roles of other environments and other tools, some named like ours."""
+    trust = json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+    for i in range(count):
+        name = (f"gamepulse-{('staging', 'prod', 'devx')[i % 3]}-task-{i}" if i % 2 else f"team-{i}-lambda-role")
+        iam.create_role(RoleName=name, AssumeRolePolicyDocument=trust, Tags=[
+            {"Key": "orchestrator:app", "Value": "gamepulse"}, {"Key": "orchestrator:env", "Value": "staging"}])
+        iam.put_role_policy(RoleName=name, PolicyName="grants", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}))
+
+
+@needs_managed_policies
+def test_roles_of_others_cost_no_read_and_are_never_named(manifest, aws, iam):
+    harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)
+    before = len(aws.ledger.calls)
+    harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)
+    alone = len(aws.ledger.calls) - before
+    foreign_roles(iam, 60)
+    named: list[str] = []
+    aws.register("before-parameter-build.iam", lambda params, **kwargs: named.append(params.get("RoleName", "")))
+
+    before = len(aws.ledger.calls)
+    assert harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)[0] == []
+    assert len(aws.ledger.calls) - before == alone
+    assert {name for name in named if name} == set(ROLE_NAMES)
+
+
+@needs_managed_policies
+def test_a_role_removed_from_the_manifest_is_found_by_its_name_and_deleted(manifest, aws, iam):
+    harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)
+    foreign_roles(iam, 6)
+    smaller = manifest.model_copy(update={"iam": LOKI_ONLY})
+    applied, _, _ = harness.run_step(STEP, smaller, aws, upstream=UPSTREAM)
+    assert sorted(c.name for c in applied if c.kind == "role") == sorted(
+        name for name in ROLE_NAMES if name not in ("gamepulse-dev-execution", "gamepulse-dev-task-loki"))
+    assert role_names(iam) == ["gamepulse-dev-execution", "gamepulse-dev-task-loki"]
+    assert len(role_names(iam, prefix="gamepulse-staging-")) == 1
