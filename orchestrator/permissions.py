@@ -11,8 +11,12 @@ from dataclasses import dataclass
 
 
 def partition_of(region: str) -> str:
-    """The ARN partition of a region. Every region we deploy to is in `aws` today; the run's
-    partition fact (read from the credentials) is to take this function's place."""
+    """The ARN partition a region belongs to, for a policy printed without credentials (a run
+    reads its partition from the credentials: `Aws.partition`)."""
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
     return "aws"
 
 
@@ -49,10 +53,16 @@ def service_linked_role(scope: Scope, service: str) -> dict:
                  {"StringEquals": {"iam:AWSServiceName": service}})
 
 
+#: The run facts every run reads once (orchestrator/aws.py): the zones the region offers the
+#: account; DescribeAvailabilityZones supports no resource-level permissions. (GetCallerIdentity,
+#: for the account and partition, needs no permission.)
+RUN_FACTS = allow("RunFactsZones", ["ec2:DescribeAvailabilityZones"], "*")
+
+
 def deploy_policy(manifest, scope: Scope, steps, state_statements: list[dict]) -> dict:
-    """One policy document: the state store's statements, then each step's in graph order; a
-    statement several steps need (finding by tag) appears once."""
-    statements = list(state_statements)
+    """One policy document: the run facts' and the state store's statements, then each step's in
+    graph order; a statement several steps need (finding by tag) appears once."""
+    statements = [RUN_FACTS, *state_statements]
     for step in steps:
         statements += [s for s in step.permissions(manifest, scope) if s not in statements]
     return {"Version": "2012-10-17", "Statement": statements}

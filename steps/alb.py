@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from orchestrator import tags as tagging
 from orchestrator.aws import unless_code
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
+from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields, is_unknown
 from orchestrator.permissions import FIND_BY_TAG, allow, service_linked_role
 from orchestrator.retry import eventually
 from orchestrator.waiters import WaitFailed, botocore_check
@@ -289,7 +289,9 @@ class AlbStep(Step):
     def _find_target_groups(self, ctx, elb, desired: AlbDesired, actions: list[list[dict]]) -> list[dict]:
         """The wanted target groups (ours or not), the others carrying our tags, and those the
         given listener and rule actions forward to."""
-        found = _target_groups_by(elb, "Names", [group.name for group in desired.target_groups])
+        # A name not known yet (the VPC it hashes is not created) names nothing that exists.
+        found = _target_groups_by(elb, "Names", [group.name for group in desired.target_groups
+                                                 if not is_unknown(group.name)])
         tagged = [item["ResourceARN"] for page in ctx.client("resourcegroupstaggingapi").get_paginator(
             "get_resources").paginate(TagFilters=tagging.owner_tag_filters(ctx.app, ctx.env, self.name),
                                       ResourceTypeFilters=["elasticloadbalancing:targetgroup"])

@@ -145,32 +145,34 @@ class GrantContext:
     cluster: str
     region: str
     account_id: str
+    partition: str
 
     def bucket(self, purpose: str) -> str:
         return self.buckets.get(purpose, KNOWN_AFTER_APPLY)
 
     @property
     def cluster_arn(self) -> str:
-        return f"arn:aws:ecs:{self.region}:{self.account_id}:cluster/{self.cluster}"
+        return f"arn:{self.partition}:ecs:{self.region}:{self.account_id}:cluster/{self.cluster}"
 
 
 def _config_read(where: GrantContext) -> list[dict]:
     """A task reads its own service's configuration bundles (`<service>/<content hash>/…` in
     the config bucket) and nothing else there."""
     config = where.bucket("config")
-    return [allow("ConfigBundleRead", ["s3:GetObject"], f"arn:aws:s3:::{config}/{where.service}/*"),
-            allow("ConfigBundleList", ["s3:ListBucket"], f"arn:aws:s3:::{config}",
+    return [allow("ConfigBundleRead", ["s3:GetObject"], f"arn:{where.partition}:s3:::{config}/{where.service}/*"),
+            allow("ConfigBundleList", ["s3:ListBucket"], f"arn:{where.partition}:s3:::{config}",
                   {"StringLike": {"s3:prefix": [f"{where.service}/*"]}})]
 
 
 def _loki_bucket(where: GrantContext) -> list[dict]:
     loki = where.bucket("loki-chunks")
-    return [allow("LokiChunksReadWrite", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], f"arn:aws:s3:::{loki}/*"),
-            allow("LokiChunksList", ["s3:ListBucket"], f"arn:aws:s3:::{loki}")]
+    bucket = f"arn:{where.partition}:s3:::{loki}"
+    return [allow("LokiChunksReadWrite", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], f"{bucket}/*"),
+            allow("LokiChunksList", ["s3:ListBucket"], bucket)]
 
 
 def _cloudwatch_read(where: GrantContext) -> list[dict]:
-    log_groups = f"arn:aws:logs:{where.region}:{where.account_id}:log-group:*"
+    log_groups = f"arn:{where.partition}:logs:{where.region}:{where.account_id}:log-group:*"
     # Resource "*" is required: these metric, alarm and log-query APIs support no resource-level
     # permissions. The log reads that do are held to this account's log groups in this region.
     return [allow("CloudWatchRead", ["cloudwatch:DescribeAlarms", "cloudwatch:GetMetricData",
@@ -181,7 +183,7 @@ def _cloudwatch_read(where: GrantContext) -> list[dict]:
 
 
 def _ecs_describe(where: GrantContext) -> list[dict]:
-    scope = f"arn:aws:ecs:{where.region}:{where.account_id}"
+    scope = f"arn:{where.partition}:ecs:{where.region}:{where.account_id}"
     # List* accept no resource, but the ecs:cluster condition holds them to our cluster.
     return [allow("EcsDescribeCluster", ["ecs:DescribeClusters"], where.cluster_arn),
             allow("EcsDescribeServicesAndTasks", ["ecs:DescribeServices", "ecs:DescribeTasks"],
@@ -233,7 +235,7 @@ class IamStep(Step):
         roles = {execution.name: execution}
         for key, spec in sorted(manifest.iam.task_roles.items()):
             where = GrantContext(service=key, buckets=buckets, cluster=prefix, region=inputs.region,
-                                 account_id=inputs.account_id)
+                                 account_id=inputs.account_id, partition=inputs.partition)
             statements = [s for grant in dict.fromkeys(spec.grants) for s in GRANTS[grant](where)]
             role = DesiredRole(key=key, name=f"{prefix}-task-{key}", description=f"{prefix}: task role of {key}",
                                trust_policy=trust,

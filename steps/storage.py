@@ -92,14 +92,6 @@ class StorageFacts:
 # -- what a bucket should look like ---------------------------------------------------------
 
 
-def partition(region: str) -> str:
-    if region.startswith("cn-"):
-        return "aws-cn"
-    if region.startswith("us-gov-"):
-        return "aws-us-gov"
-    return "aws"
-
-
 def lifecycle_rules(expire_days: int | None, noncurrent_days: int) -> list[dict]:
     """One rule for the whole bucket: expire objects (when asked), drop noncurrent versions,
     abort incomplete multipart uploads."""
@@ -118,9 +110,10 @@ def tls_only_policy(arn: str) -> dict:
                            "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]}
 
 
-def desired_bucket(manifest, key: str, spec, account_id: str, region: str, tags: dict[str, str]) -> Bucket:
+def desired_bucket(manifest, key: str, spec, account_id: str, region: str, partition: str,
+                   tags: dict[str, str]) -> Bucket:
     name = f"{manifest.prefix}-{key}-{account_id}"
-    arn = f"arn:{partition(region)}:s3:::{name}"
+    arn = f"arn:{partition}:s3:::{name}"
     expire_days = spec.expire_days
     if expire_days is None and spec.holds_logs:
         expire_days = manifest.logging.retention_days
@@ -331,7 +324,7 @@ class StorageStep(Step):
 
     def desired(self, manifest, inputs) -> StorageDesired:
         tags = tagging.ownership_tags(manifest.app, manifest.environment, self.name, manifest.tags)
-        buckets = tuple(desired_bucket(manifest, key, spec, inputs.account_id, inputs.region, tags)
+        buckets = tuple(desired_bucket(manifest, key, spec, inputs.account_id, inputs.region, inputs.partition, tags)
                         for key, spec in sorted(manifest.storage.buckets.items()))
         return StorageDesired(prefix=manifest.prefix, account_id=inputs.account_id, buckets=buckets)
 

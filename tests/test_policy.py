@@ -56,7 +56,7 @@ STAR_ALLOWED = {
     "ec2:DescribeVpcs", "ec2:DescribeVpcAttribute", "ec2:DescribeSubnets", "ec2:DescribeAddresses",
     "ec2:DescribeInternetGateways", "ec2:DescribeNatGateways", "ec2:DescribeRouteTables",
     "ec2:DescribeSecurityGroups", "ec2:DescribeSecurityGroupRules", "ec2:DescribeVpcEndpoints",
-    "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeNetworkInterfaces", "ec2:DescribeAvailabilityZones",
     "ec2:DescribeNetworkInterfaceAttribute", "route53:AssociateVPCWithHostedZone", "route53:CreateHostedZone",
     "route53:GetHostedZone", "route53:ListHostedZonesByName", "route53:ChangeResourceRecordSets",
     "route53:DeleteHostedZone", "s3:ListAllMyBuckets", "secretsmanager:ListSecrets",
