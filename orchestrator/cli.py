@@ -362,7 +362,12 @@ def sandbox_start(port):
 def sandbox_stop():
     from orchestrator import sandbox as box
     record = box.stop()
-    click.echo(f"sandbox at {record['url']} stopped" if record else "no sandbox was running")
+    if not record:
+        click.echo("no sandbox was running")
+    elif record["killed"]:
+        click.echo(f"sandbox at {record['url']} did not stop when asked, so it was killed; it is stopped")
+    else:
+        click.echo(f"sandbox at {record['url']} stopped")
 
 
 @sandbox.command("status", help="Whether the sandbox runs, and where (exit 1 when it does not).")
