@@ -318,7 +318,7 @@ class VpcStep(Step):
         public_cidrs, private_cidrs = spec.subnet_cidrs()
         subnets = tuple(Subnet(f"{kind}-{zone}", f"{prefix}-{kind}-{zone}", zone, cidr, kind == "public")
                         for kind, cidrs in (("public", public_cidrs), ("private", private_cidrs))
-                        for zone, cidr in zip(zones, cidrs))
+                        for zone, cidr in zip(zones, cidrs, strict=True))
         nat_zones = {"single": zones[:1], "per_zone": zones, "none": ()}[spec.nat_gateways]
         nats = tuple(NatGateway(f"nat-{zone}", f"{prefix}-nat-{zone}", zone, f"public-{zone}", f"nat-{zone}")
                      for zone in nat_zones)
