@@ -270,6 +270,13 @@ def test_a_bucket_under_our_name_without_our_tags_is_refused_and_left_untouched(
     with pytest.raises(s3.exceptions.ClientError, match="NoSuchTagSet"):
         s3.get_bucket_tagging(Bucket=CONFIG)
 
+    # Adopted deliberately, as the error says: tagged by hand, it is then configured like ours.
+    s3.put_bucket_tagging(Bucket=CONFIG, Tagging={"TagSet": [
+        {"Key": "orchestrator:app", "Value": "gamepulse"}, {"Key": "orchestrator:env", "Value": "dev"},
+        {"Key": "orchestrator:step", "Value": "storage"}]})
+    harness.run_step(STEP, manifest, aws)
+    assert_configured(s3, CONFIG, expire_days=None)
+
 
 def test_a_name_taken_by_another_account_is_a_clear_error(manifest, aws):
     def taken(**kwargs):
