@@ -231,9 +231,9 @@ def _human(error: dict) -> str:
 
 
 def _suggestion(path: FieldPath) -> str:
-    """`; did you mean `zones`?` for an unknown key close to a valid one. A field is also known by
-    the first word of its description: users write `file:` for the field `path`, "file holding
-    the value"."""
+    """What follows "unknown field" when the key is close to a field of its section, e.g.
+    "; did you mean `zones`?". A field is also known by the first word of its description: users
+    write `file:` for the field `path`, described "file holding the value"."""
     model = _model_at(path[:-1])
     if model is None:
         return ""
