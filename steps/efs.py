@@ -388,7 +388,7 @@ class EfsStep(Step):
             transition_to_ia=spec.transition_to_ia,
             backups=spec.backups,
             mount_targets=tuple(MountTarget(zone=zone, subnet_id=subnet, security_group_id=group)
-                                for zone, subnet in zip(zones, subnets)),
+                                for zone, subnet in zip(zones, subnets, strict=True)),
             access_points=tuple(
                 AccessPoint(key=key, name=f"{manifest.prefix}-{key}", path=ap.path, uid=ap.uid, gid=ap.gid,
                             permissions=ap.permissions, tags={**tags, "Name": f"{manifest.prefix}-{key}"})

@@ -234,6 +234,7 @@ class SeenRule:
     source_kind: str  # "cidr" | "cidr6" | "prefix-list" | "group"
     source: str  # a CIDR, a prefix-list id or a group id
     description: str
+    tags: dict[str, str] = field(default_factory=dict)
 
     def key(self) -> tuple:
         return (self.protocol, self.from_port, self.to_port, self.source_kind, self.source)
@@ -359,7 +360,7 @@ class VpcStep(Step):
         public_cidrs, private_cidrs = spec.subnet_cidrs()
         subnets = tuple(Subnet(f"{kind}-{zone}", f"{prefix}-{kind}-{zone}", zone, cidr, kind == "public")
                         for kind, cidrs in (("public", public_cidrs), ("private", private_cidrs))
-                        for zone, cidr in zip(zones, cidrs))
+                        for zone, cidr in zip(zones, cidrs, strict=True))
         nat_zones = {"single": zones[:1], "per_zone": zones, "none": ()}[spec.nat_gateways]
         nats = tuple(NatGateway(f"nat-{zone}", f"{prefix}-nat-{zone}", zone, f"public-{zone}", f"nat-{zone}")
                      for zone in nat_zones)
@@ -443,7 +444,8 @@ class VpcStep(Step):
         for group in desired.security_groups:
             changes += _plan_security_group(desired, group, observed.security_groups.get(group.logical), ids)
         for group in desired.security_groups:
-            changes += _plan_ingress(group, observed, ids, recorded.get(f"ingress/{group.logical}", {}))
+            changes += _plan_ingress(group, dict(desired.tags), observed, ids,
+                                     recorded.get(f"ingress/{group.logical}", {}))
         for endpoint in desired.endpoints:
             changes += _plan_endpoint(desired, endpoint, observed.endpoints.get(endpoint.logical), ids)
         return changes + _deletes(observed, keep=desired)
@@ -670,6 +672,7 @@ class VpcStep(Step):
             ec2.modify_security_group_rules(GroupId=group_id, SecurityGroupRules=[
                 {"SecurityGroupRuleId": rule_id, "SecurityGroupRule": _rule_request(rule, ids)}
                 for rule_id, rule in work.redescribe])
+        _retag_rules(ec2, work.retag)
 
     def _delete_ingress(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
         work: IngressWork = change.payload
@@ -762,10 +765,11 @@ class TableWork:
 
 @dataclass(frozen=True)
 class IngressWork:
-    """What an apply does to one group's ingress rules (revoke and redescribe by rule id)."""
+    """What an apply does to one group's ingress rules (revoke, redescribe and retag by rule id)."""
     add: tuple[Rule, ...] = ()
     revoke: tuple[str, ...] = ()
     redescribe: tuple[tuple[str, Rule], ...] = ()
+    retag: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()  # rule id, the tags to set on it
 
 
 # --- desired, helpers ------------------------------------------------------------------------
@@ -921,7 +925,8 @@ def _seen_rule(rule: dict) -> SeenRule:
     else:
         source_kind, source = "group", rule.get("ReferencedGroupInfo", {}).get("GroupId", "")
     return SeenRule(rule["SecurityGroupRuleId"], rule["IpProtocol"], rule.get("FromPort", -1),
-                    rule.get("ToPort", -1), source_kind, source, rule.get("Description", ""))
+                    rule.get("ToPort", -1), source_kind, source, rule.get("Description", ""),
+                    tagging.tag_dict(rule.get("Tags")))
 
 
 def _seen_endpoint(endpoint: dict) -> SeenEndpoint:
@@ -1100,9 +1105,11 @@ def _plan_security_group(desired: Network, group: SecurityGroup, seen: SeenGroup
                    note="" if seen.owned else "adopted: the group lost its ownership tags")
 
 
-def _plan_ingress(group: SecurityGroup, observed: Facts, ids: Ids, recorded: dict) -> list[Change]:
+def _plan_ingress(group: SecurityGroup, tags: dict[str, str], observed: Facts, ids: Ids,
+                  recorded: dict) -> list[Change]:
     """Ingress rules as a set: one rule per (port, source). Missing ones are added, any other
-    rule (added by hand, or left over) is revoked, a changed description is rewritten.
+    rule (added by hand, or left over) is revoked, a changed description is rewritten, and a
+    kept rule missing one of our `tags` (say the manifest gained a tag) gets it.
 
     A description is compared with what EC2 reports, or, where it reports none, with the one
     recorded at the last apply (three-way: moto drops the description of a rule that references
@@ -1122,17 +1129,23 @@ def _plan_ingress(group: SecurityGroup, observed: Facts, ids: Ids, recorded: dic
     add = [rule for key, rule in wanted.items() if key not in kept]
     redescribe = [(kept[key], rule) for key, rule in wanted.items() if key in kept and rule.description
                   != (kept[key].description or last_descriptions.get(rule.label, ""))]
+    retag = [(kept[key], rule, to_set) for key, rule in wanted.items()
+             if key in kept and (to_set := tagging.reconcile(kept[key].tags, tags))]
     diffs = ([FieldDiff("ingress", None, f"{rule.label} ({rule.description})") for rule in add]
              + [FieldDiff("ingress", _seen_label(rule, names), None) for rule in revoke]
              + [FieldDiff(f"ingress {rule.label} description", seen.description, rule.description)
-                for seen, rule in redescribe])
+                for seen, rule in redescribe]
+             + [FieldDiff(f"ingress {rule.label} tags", {key: seen.tags.get(key) for key in to_set}, to_set)
+                for seen, rule, to_set in retag])
     if not diffs:
         return []
     calls = [*(("ec2:RevokeSecurityGroupIngress",) if revoke else ()),
              *(("ec2:AuthorizeSecurityGroupIngress",) if add else ()),
-             *(("ec2:ModifySecurityGroupRules",) if redescribe else ())]
+             *(("ec2:ModifySecurityGroupRules",) if redescribe else ()),
+             *(("ec2:CreateTags",) if retag else ())]
     work = IngressWork(tuple(add), tuple(rule.id for rule in revoke),
-                       tuple((seen.id, rule) for seen, rule in redescribe))
+                       tuple((seen.id, rule) for seen, rule in redescribe),
+                       tuple((seen.id, tuple(sorted(to_set.items()))) for seen, _, to_set in retag))
     action = "create" if group_id == KNOWN_AFTER_APPLY else "update"
     record = {"descriptions": {rule.label: rule.description for rule in group.rules}}
     return [Change(action, "ingress", group.logical, diffs=tuple(diffs), calls=tuple(calls), payload=work,
@@ -1286,6 +1299,15 @@ def _associate(ec2, table_id: str, subnet_id: str, associations: dict[str, Assoc
 def _revoke(ec2, group_id: str, rule_ids: list[str], observed: Facts) -> None:
     ec2.revoke_security_group_ingress(GroupId=group_id, SecurityGroupRuleIds=rule_ids)
     observed.rules[group_id] = [rule for rule in observed.rules.get(group_id, []) if rule.id not in rule_ids]
+
+
+def _retag_rules(ec2, retag: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]) -> None:
+    """CreateTags once per distinct tag set (a manifest tag change gives every rule the same one)."""
+    by_tags: dict[tuple, list[str]] = {}
+    for rule_id, tags in retag:
+        by_tags.setdefault(tags, []).append(rule_id)
+    for tags, rule_ids in by_tags.items():
+        ec2.create_tags(Resources=rule_ids, Tags=tagging.tag_list(dict(tags)))
 
 
 def _permission(rule: Rule, ids: Ids) -> dict:

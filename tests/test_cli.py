@@ -302,3 +302,22 @@ def test_unknown_target_is_a_clear_error(endpoint):
     result = run(endpoint, "apply", "dev", "--target", "nope")
     assert result.returncode == 2
     assert "unknown step(s) in --target: nope" in result.stderr
+
+
+def test_apply_refuses_a_bucket_under_our_name_without_our_tags_and_leaves_it_untouched(endpoint, wire):
+    s3 = client(endpoint, "s3")
+    name = "gamepulse-dev-config-123456789012"  # made by hand under the name dev wants
+    s3.create_bucket(Bucket=name)
+    s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": [
+        {"ID": "theirs", "Status": "Enabled", "Filter": {"Prefix": "tmp/"}, "Expiration": {"Days": 1}}]})
+    wire.reset()
+
+    result = run(endpoint, "apply", "dev")
+    assert result.returncode == 1, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert f"bucket {name} exists but does not carry this environment's ownership tags" in output
+    assert "to adopt it deliberately, tag it orchestrator:app=gamepulse" in output
+    assert not [op for op in wire.operations(mutating=True) if op.startswith("s3:")]
+    assert [rule["ID"] for rule in s3.get_bucket_lifecycle_configuration(Bucket=name)["Rules"]] == ["theirs"]
+    with pytest.raises(s3.exceptions.ClientError, match="NoSuchBucketPolicy"):
+        s3.get_bucket_policy(Bucket=name)
