@@ -11,6 +11,7 @@ The rules are evaluated, not timed: the PromQL subset they use is computed over 
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import math
 import operator
@@ -21,7 +22,7 @@ import promql_parser
 import pytest
 import yaml
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import ManifestError, OrchestratorError
 from orchestrator.manifest import load_manifest
 from steps import bundles, grafana_content
 from steps.bundles import Facts
@@ -35,8 +36,9 @@ GRAFANA_MACROS = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1
 SEVERITIES = ["warning", "critical"]
 
 
+@functools.cache
 def manifest(env: str):
-    return load_manifest(MANIFESTS, env)
+    return load_manifest(MANIFESTS, env)  # frozen: safe to share between tests
 
 
 def render(env: str, the_manifest=None) -> dict[str, bundles.Bundle]:
@@ -44,7 +46,9 @@ def render(env: str, the_manifest=None) -> dict[str, bundles.Bundle]:
                                                                namespace=f"gamepulse-{env}.local", region="us-east-1"))
 
 
+@functools.cache
 def grafana_files(env: str) -> dict[str, bytes]:
+    """The shipped manifest's grafana bundle (tests that change the content call `render`)."""
     return render(env)["grafana"].files
 
 
@@ -512,3 +516,26 @@ def test_a_changed_threshold_is_a_new_grafana_bundle():
     changed = thresholds.model_copy(update={"cpu_percent": thresholds.cpu_percent.model_copy(update={"warning": 70.0})})
     edited = the_manifest.model_copy(update={"alerting": the_manifest.alerting.model_copy(update={"thresholds": changed})})
     assert render("dev", edited)["grafana"].hash != render("dev")["grafana"].hash
+
+
+# --- the manifest's alerting section ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line, message", [
+    ("    cpu_percent: {warning: 90, critical: 80}", "alerting.thresholds.cpu_percent.critical: is below warning (90)"),
+    ("    memory_percent: {warning: 80, critical: 120}", "alerting.thresholds.memory_percent.critical"),
+])
+def test_thresholds_are_checked_where_they_are_written(tmp_path, line, message):
+    for name in ("gamepulse.yaml", "staging.yaml", "prod.yaml"):
+        (tmp_path / name).write_text((MANIFESTS / name).read_text())
+    (tmp_path / "dev.yaml").write_text("alerting:\n  thresholds:\n" + line + "\n")
+    with pytest.raises(ManifestError, match=re.escape(message)):
+        load_manifest(tmp_path, "dev")
+
+
+def test_email_addresses_must_be_addresses(tmp_path):
+    for name in ("gamepulse.yaml", "staging.yaml", "prod.yaml"):
+        (tmp_path / name).write_text((MANIFESTS / name).read_text())
+    (tmp_path / "dev.yaml").write_text("alerting:\n  email_addresses: [oncall@example.com, 'ops; team']\n")
+    with pytest.raises(ManifestError, match=re.escape("alerting.email_addresses.1: 'ops; team' is not an email address")):
+        load_manifest(tmp_path, "dev")
