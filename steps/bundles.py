@@ -13,6 +13,9 @@ same bytes. Trace sampling has two halves: the app's SDK samples at the environm
 (`app_environment`), and where errors must always be kept the SDK records everything and the
 collector's tail sampling keeps every trace with an error plus the ratio of the rest (a head
 sampler alone cannot: it decides before the error happens).
+
+Grafana's dashboards and alerting are generated, not templates: `steps/grafana_content.py` builds
+them and they join the grafana bundle's files, so they move its hash like any template does.
 """
 from __future__ import annotations
 

@@ -476,6 +476,17 @@ def test_the_slack_webhook_reaches_grafana_from_secrets_manager_and_no_file(env,
         assert all(b"hooks.slack" not in content for content in bundle.files.values()), bundle.service
 
 
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_only_the_webhook_variable_meets_grafanas_environment_expansion(env):
+    """Grafana expands `$NAME` in provisioned rule titles, labels and contact point settings (not in
+    query models or annotations): any other `$` there would silently become ''."""
+    for rule in rules(env).values():
+        expanded = {key: value for key, value in rule.items() if key not in ("data", "annotations")}
+        assert "$" not in json.dumps(expanded), rule["uid"]
+    points = yaml.safe_load(grafana_files(env)["alerting/contact-points.yaml"])["contactPoints"]
+    assert set(re.findall(r"\$\{?\w*\}?", json.dumps(points))) == {"${" + grafana_content.SLACK_WEBHOOK_VARIABLE + "}"}
+
+
 def test_an_alerting_section_needs_its_slack_secret_listed():
     the_manifest = manifest("dev")
     values = {name: spec for name, spec in the_manifest.secrets.values.items() if name != "slack-webhook"}
