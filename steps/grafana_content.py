@@ -57,6 +57,7 @@ REQUESTS = "http_server_request_duration_seconds"
 SERVER_ERROR = 'http_response_status_code=~"5.."'
 QUANTILES = (0.5, 0.95, 0.99)
 ALERT_WINDOW = "5m"
+RATE = "$__rate_interval"  # Grafana's window for rate(): at least four scrape intervals
 JSON = JSONEncoder(sort_keys=True, indent=2)
 
 
@@ -64,7 +65,7 @@ def files(manifest) -> dict[str, bytes]:
     """The dashboards (under the provider's folder `dashboards/<app>/`) and, when the manifest has
     an `alerting` section, the alerting files (`alerting/`)."""
     content = {f"dashboards/{manifest.app}/{board.uid}.json": (JSON.encode(board) + "\n").encode()
-               for board in (_numbered(builder.build()) for builder in dashboards(manifest))}
+               for board in (_numbered(builder.build()) for builder in _dashboards(manifest))}
     if manifest.alerting is not None:
         content["alerting/rules.yaml"] = _yaml(manifest, {"apiVersion": 1, "groups": [_rule_group(manifest)]})
         content["alerting/contact-points.yaml"] = _yaml(manifest, {"apiVersion": 1,
@@ -80,7 +81,7 @@ def container_secrets(manifest) -> dict[str, str]:
     return {SLACK_WEBHOOK_VARIABLE: manifest.alerting.slack_webhook_secret}
 
 
-def dashboards(manifest) -> list[Dashboard]:
+def _dashboards(manifest) -> list[Dashboard]:
     return [_application(manifest), _infrastructure(manifest), _database(manifest), _logs_and_traces(manifest)]
 
 
@@ -97,28 +98,27 @@ def _dashboard(manifest, uid: str, title: str) -> Dashboard:
 def _application(manifest) -> Dashboard:
     """Requests by route and status code: rate, p50/p95/p99 latency, error rate (ASP.NET Core's
     http.server.request.duration), and the calls the app makes (HttpClient)."""
-    per_route = "http_route"
     return (_dashboard(manifest, "application", "application")
             .with_row(Row("Overview"))
-            .with_panel(_stat("Requests / s", "reqps", f"sum(rate({REQUESTS}_count[$__rate_interval]))"))
-            .with_panel(_stat("Errors (5xx)", "percent", _error_percent("", "$__rate_interval")))
-            .with_panel(_stat("p95 latency", "s", _quantile(0.95, "", "$__rate_interval")))
+            .with_panel(_stat("Requests / s", "reqps", f"sum(rate({REQUESTS}_count[{RATE}]))"))
+            .with_panel(_stat("Errors (5xx)", "percent", _error_percent("", RATE)))
+            .with_panel(_stat("p95 latency", "s", _quantile(0.95, "", RATE)))
             .with_row(Row("By route"))
             .with_panel(_timeseries("Request rate by route and status code", "reqps", _prometheus(
-                f"sum by ({per_route}, http_response_status_code) (rate({REQUESTS}_count[$__rate_interval]))",
+                f"sum by (http_route, http_response_status_code) (rate({REQUESTS}_count[{RATE}]))",
                 "{{http_route}} {{http_response_status_code}}")))
             .with_panel(_timeseries("Error rate by route (5xx share)", "percent", _prometheus(
-                _error_percent(per_route, "$__rate_interval"), "{{http_route}}")))
+                _error_percent("http_route", RATE), "{{http_route}}")))
             .with_panel(_timeseries("Latency by route: p50, p95, p99", "s", *(
-                _prometheus(_quantile(q, per_route, "$__rate_interval"), f"p{round(q * 100)} {{{{http_route}}}}",
+                _prometheus(_quantile(q, "http_route", RATE), f"p{round(q * 100)} {{{{http_route}}}}",
                             ref_id=chr(ord("A") + i)) for i, q in enumerate(QUANTILES))))
             .with_panel(_timeseries("Requests by status code", "reqps", _prometheus(
-                f"sum by (http_response_status_code) (rate({REQUESTS}_count[$__rate_interval]))",
+                f"sum by (http_response_status_code) (rate({REQUESTS}_count[{RATE}]))",
                 "{{http_response_status_code}}")))
             .with_row(Row("Calls out (HttpClient)"))
             .with_panel(_timeseries("Outgoing p95 latency by server", "s", _prometheus(
                 "histogram_quantile(0.95, sum by (le, server_address) "
-                "(rate(http_client_request_duration_seconds_bucket[$__rate_interval])))", "{{server_address}}")))
+                f"(rate(http_client_request_duration_seconds_bucket[{RATE}])))", "{{server_address}}")))
             .with_panel(_timeseries("Requests in flight", "short", _prometheus(
                 "sum(http_server_active_requests)", "server"), _prometheus(
                 "sum(http_client_active_requests)", "client", ref_id="B"))))
@@ -140,11 +140,11 @@ def _infrastructure(manifest) -> Dashboard:
                                     _container_insights("A", cluster, "RunningTaskCount"), datasource=CLOUDWATCH))
             .with_row(Row(f"{manifest.app} .NET runtime"))
             .with_panel(_timeseries("Process CPU by task (cores)", "short", _prometheus(
-                "sum by (instance) (rate(dotnet_process_cpu_time_seconds_total[$__rate_interval]))", "{{instance}}")))
+                f"sum by (instance) (rate(dotnet_process_cpu_time_seconds_total[{RATE}]))", "{{instance}}")))
             .with_panel(_timeseries("Working set by task", "bytes", _prometheus(
                 "sum by (instance) (dotnet_process_memory_working_set_bytes)", "{{instance}}")))
             .with_panel(_timeseries("GC collections by generation", "short", _prometheus(
-                "sum by (dotnet_gc_heap_generation) (rate(dotnet_gc_collections_total[$__rate_interval]))",
+                f"sum by (dotnet_gc_heap_generation) (rate(dotnet_gc_collections_total[{RATE}]))",
                 "{{dotnet_gc_heap_generation}}")))
             .with_panel(_timeseries("Thread pool threads by task", "short", _prometheus(
                 "sum by (instance) (dotnet_thread_pool_thread_count)", "{{instance}}"))))
@@ -158,14 +158,14 @@ def _database(manifest) -> Dashboard:
                 "sum(db_client_connections_max)", "max", ref_id="B")))
             .with_panel(_timeseries("Waiting for a connection", "short", _prometheus(
                 "sum(db_client_connections_pending_requests)", "pending"), _prometheus(
-                "sum(rate(db_client_connections_timeouts_total[$__rate_interval]))", "timeouts / s", ref_id="B")))
+                f"sum(rate(db_client_connections_timeouts_total[{RATE}]))", "timeouts / s", ref_id="B")))
             .with_panel(_timeseries("Query duration: p50, p95, p99", "s", *(
                 _prometheus(f"histogram_quantile({q}, sum by (le) "
-                            "(rate(db_client_commands_duration_seconds_bucket[$__rate_interval])))",
+                            f"(rate(db_client_commands_duration_seconds_bucket[{RATE}])))",
                             f"p{round(q * 100)}", ref_id=chr(ord("A") + i)) for i, q in enumerate(QUANTILES))))
             .with_panel(_timeseries("Commands executing and failing", "short", _prometheus(
                 "sum(db_client_commands_executing)", "executing"), _prometheus(
-                "sum(rate(db_client_commands_failed_total[$__rate_interval]))", "failed / s", ref_id="B"))))
+                f"sum(rate(db_client_commands_failed_total[{RATE}]))", "failed / s", ref_id="B"))))
 
 
 def _logs_and_traces(manifest) -> Dashboard:
@@ -175,7 +175,7 @@ def _logs_and_traces(manifest) -> Dashboard:
     app = manifest.app
     stream = f'{{service_name="{app}"}}'
     return (_dashboard(manifest, "logs-traces", "logs and traces")
-            .with_panel(_logs("Live logs", f"{stream}"))
+            .with_panel(_logs("Live logs", stream))
             .with_panel(_logs("Errors (severity ERROR and above)", f"{stream} | severity_number >= 17"))
             .with_panel(Histogram().title("Trace latency distribution (recent traces)").unit("ms")
                         .height(8).span(12).datasource(JAEGER).with_target(_jaeger("A", "search", app, limit=500)))
