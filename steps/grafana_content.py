@@ -144,10 +144,10 @@ def _infrastructure(manifest) -> Dashboard:
             .with_panel(_timeseries("Working set by task", "bytes", _prometheus(
                 "sum by (instance) (dotnet_process_memory_working_set_bytes)", "{{instance}}")))
             .with_panel(_timeseries("GC collections by generation", "short", _prometheus(
-                f"sum by (dotnet_gc_heap_generation) (rate(dotnet_gc_collections_total[{RATE}]))",
-                "{{dotnet_gc_heap_generation}}")))
+                f"sum by (gc_heap_generation) (rate(dotnet_gc_collections_total[{RATE}]))",
+                "{{gc_heap_generation}}")))
             .with_panel(_timeseries("Thread pool threads by task", "short", _prometheus(
-                "sum by (instance) (dotnet_thread_pool_thread_count)", "{{instance}}"))))
+                "sum by (instance) (dotnet_thread_pool_thread_count_total)", "{{instance}}"))))
 
 
 def _database(manifest) -> Dashboard:
