@@ -318,7 +318,8 @@ def _usage_rule(manifest, resource: str, title: str, severity: str, threshold: f
                      .expression("$C / $D * 100")),
         _alert_query("F", EXPRESSION.uid, _above("F", "E", threshold)),
     ]
-    summary = f"{{{{ $labels.ServiceName }}}} uses {{{{ humanize $values.E.Value }}}}% of its reserved {resource.lower()}"
+    summary = ("{{ $labels.ServiceName }} uses {{ humanize $values.E.Value }}% of its reserved "
+               + resource.lower())
     return _rule(manifest, resource.lower(), title, severity, data, "F", threshold, summary, no_data="NoData")
 
 

@@ -142,7 +142,8 @@ def test_a_query_with_an_unlisted_metric_or_label_is_caught():
     assert "http_server_duration_milliseconds_bucket" not in SERIES
     (selector,) = selectors(parse('rate(http_server_request_duration_seconds_count{http_status_code="500"}[5m])'))
     assert "http_status_code" not in series_labels(selector.name)
-    ((grouped, available),) = grouping_labels(parse("sum by (http_method) (rate(http_server_request_duration_seconds_count[5m]))"))
+    old_label = "sum by (http_method) (rate(http_server_request_duration_seconds_count[5m]))"
+    ((grouped, available),) = grouping_labels(parse(old_label))
     assert not grouped <= available
 
 
@@ -240,7 +241,8 @@ def latency_samples(slow_seconds: float) -> list:
 def usage_results(used_percent: dict[str, float]) -> dict[str, dict]:
     """What Container Insights answers for A (used) and B (reserved): a minute's averages per service."""
     reserved = 1024.0
-    return {"A": {(("ServiceName", service),): [reserved * share / 100] * 10 for service, share in used_percent.items()},
+    return {"A": {(("ServiceName", service),): [reserved * share / 100] * 10
+                  for service, share in used_percent.items()},
             "B": {(("ServiceName", service),): [reserved] * 10 for service in used_percent}}
 
 
@@ -397,7 +399,8 @@ def matching(selector, samples: list) -> list:
     for labels, points in samples:
         if labels["__name__"] != selector.name:
             continue
-        if all(tests[str(m.op).rpartition(".")[2]](labels.get(m.name, ""), m.value) for m in selector.matchers.matchers):
+        if all(tests[str(matcher.op).rpartition(".")[2]](labels.get(matcher.name, ""), matcher.value)
+               for matcher in selector.matchers.matchers):
             found.append((tuple(sorted(labels.items())), points))
     return found
 
@@ -525,7 +528,8 @@ def test_a_changed_threshold_is_a_new_grafana_bundle():
     the_manifest = manifest("dev")
     thresholds = the_manifest.alerting.thresholds
     changed = thresholds.model_copy(update={"cpu_percent": thresholds.cpu_percent.model_copy(update={"warning": 70.0})})
-    edited = the_manifest.model_copy(update={"alerting": the_manifest.alerting.model_copy(update={"thresholds": changed})})
+    alerting = the_manifest.alerting.model_copy(update={"thresholds": changed})
+    edited = the_manifest.model_copy(update={"alerting": alerting})
     assert render("dev", edited)["grafana"].hash != render("dev")["grafana"].hash
 
 
@@ -548,5 +552,6 @@ def test_email_addresses_must_be_addresses(tmp_path):
     for name in ("gamepulse.yaml", "staging.yaml", "prod.yaml"):
         (tmp_path / name).write_text((MANIFESTS / name).read_text())
     (tmp_path / "dev.yaml").write_text("alerting:\n  email_addresses: [oncall@example.com, 'ops; team']\n")
-    with pytest.raises(ManifestError, match=re.escape("alerting.email_addresses.1: 'ops; team' is not an email address")):
+    message = "alerting.email_addresses.1: 'ops; team' is not an email address"
+    with pytest.raises(ManifestError, match=re.escape(message)):
         load_manifest(tmp_path, "dev")
