@@ -242,6 +242,13 @@ class Engine:
         if later:
             self._retiring[name] = (ctx, observed, later, desired_hash(desired))
 
+    def _moved(self, dependant: str) -> bool:
+        """The dependant no longer uses what a step retires: it succeeded in this run, or it was
+        not run (`--target`) and has never been applied."""
+        if dependant in self.results:
+            return self.results[dependant].status == "ok"
+        return dependant not in self._records
+
     def _retire(self) -> None:
         """The final phase of an apply: in reverse graph order, each step's `retire` deletes,
         once every step that depends on it succeeded (moved off what is retired). A dependant
@@ -249,9 +256,10 @@ class Engine:
         for name in reversed(self.graph.order(self._retiring)):
             ctx, observed, changes, digest = self._retiring.pop(name)
             result = self.results[name]
-            waiting = [d for d in result.dependants if d in self.results and self.results[d].status != "ok"]
+            waiting = [d for d in result.dependants if not self._moved(d)]
             if waiting or self.cancelled.is_set() or (self.lease is not None and self.lease.lost):
-                why = (f"{', '.join(waiting)} did not move off them" if waiting else "the run stopped")
+                why = (f"{', '.join(waiting)} did not move off them (not run, or failed)" if waiting
+                       else "the run stopped")
                 log.warning("old resources kept", step=name, kept=[c.key for c in changes], because=why)
                 result.error = f"kept {len(changes)} superseded resource(s) for the next apply: {why}"
                 continue

@@ -431,7 +431,21 @@ def test_a_dependant_that_failed_keeps_the_old_resource_for_the_next_apply():
     results = engine_for(steps).apply()
     assert log == ["replace network"]
     assert results["network"].status == "ok"
-    assert results["network"].error == "kept 1 superseded resource(s) for the next apply: service did not move off them"
+    assert results["network"].error == ("kept 1 superseded resource(s) for the next apply: service did not move off "
+                                        "them (not run, or failed)")
+
+
+def test_a_dependant_left_out_by_target_keeps_the_old_resource_unless_it_was_never_applied():
+    log = []
+    steps = [Replacing("network", log=log), ThingStep("service", ["network"])]
+    store = FakeStore()
+    store.steps = lambda: {"service": {"status": "ok"}}  # the service runs on the old network
+    results = engine_for(steps, store=store, lease=FakeLease()).apply(["network"])
+    assert log == ["replace network"] and "service did not move off them" in results["network"].error
+
+    log.clear()
+    engine_for(steps).apply(["network"])  # nothing of the service exists yet: nothing to wait for
+    assert log == ["replace network", "delete network-old"]
 
 
 def test_the_plan_names_the_dependants_that_move_and_any_outage():
