@@ -121,11 +121,19 @@ class Engine:
         return results
 
     def destroy(self, targets: Iterable[str] = ()) -> dict[str, StepResult]:
+        return self._destroy(targets, self._destroy_step)
+
+    def plan_destroy(self, targets: Iterable[str] = ()) -> dict[str, StepResult]:
+        """Read-only: what `destroy` with the same flags would do, refusals included, by the same
+        planning path (a step whose kept resources hold what others own keeps those too)."""
+        return self._destroy(targets, self._plan_destroy_step)
+
+    def _destroy(self, targets: Iterable[str], work) -> dict[str, StepResult]:
         self._load_records()
         selected = self.graph.select_for_destroy(targets)
         # Reverse order: a step goes once everything that depends on it has gone.
         waits_for = {name: {d for d in self.graph.dependents(name) if d in selected} for name in selected}
-        return self._schedule(waits_for, self._destroy_step)
+        return self._schedule(waits_for, work)
 
     # -- scheduling --------------------------------------------------------------------------
 
@@ -221,6 +229,7 @@ class Engine:
         desired = step.desired(self.manifest, self._inputs(name))
         observed = step.observe(ctx, desired)
         result.changes = step.plan(desired, observed, self._recorded(name))
+        result.refused = [change for change in result.changes if self.refuses(change)]
         result.outputs = self._outputs(step, desired, observed)
 
     def _apply_step(self, name: str, result: StepResult) -> None:
@@ -267,18 +276,24 @@ class Engine:
             if self.store is not None and self.lease is not None and not self.lease.lost:
                 self._finish_record(name, result, digest)
 
-    def _destroy_step(self, name: str, result: StepResult) -> None:
+    def _plan_destroy_step(self, name: str, result: StepResult):
         step = self.graph.steps[name]
         ctx = self._context(name, destroying=True)
         desired = step.desired(self.manifest, self._inputs(name, from_records=True))
         observed = step.observe(ctx, desired)
         result.changes = step.plan_destroy(observed)
+        result.refused = [change for change in result.changes if self.refuses(change)]
+        if any(change.holds_dependencies for change in result.refused):
+            result.status = "kept"  # what it depends on must stay as well
+        return step, ctx, desired, observed
+
+    def _destroy_step(self, name: str, result: StepResult) -> None:
+        step, ctx, desired, observed = self._plan_destroy_step(name, result)
         log.info("destroying", step=name, deletes=len(result.changes))
+        result.refused = []  # `_execute` lists them again as it meets them
         self._execute(step, ctx, result, observed, result.changes)
         # What is left (kept resources) is what the record shows from now on.
         result.outputs = known_outputs(self._outputs(step, desired, observed))
-        if any(change.holds_dependencies for change in result.refused):
-            result.status = "kept"  # what it depends on must stay as well
         if self.store is not None and self.lease is not None:
             if result.refused:
                 self.store.finish_step(self.lease, name, status="kept", outputs=result.outputs,
@@ -287,10 +302,14 @@ class Engine:
             else:
                 self.store.forget_step(self.lease, name)
 
+    def refuses(self, change: Change) -> bool:
+        """A change this run will not make: blocked, and not allowed by a flag passed."""
+        return bool(change.blocked) and change.blocked not in self.allow
+
     def _execute(self, step, ctx: StepContext, result: StepResult, observed, changes: list[Change]) -> None:
         """Each change: its calls, then its record at once; then all their waits together."""
         for change in changes:
-            if change.blocked and change.blocked not in self.allow:
+            if self.refuses(change):
                 result.refused.append(change)
                 log.warning("refused", step=step.name, kind=change.kind, name=change.name,
                             why=change.note or f"needs --{change.blocked}")

@@ -262,7 +262,8 @@ def test_ctrl_c_lets_running_work_finish_and_starts_nothing_new():
 def test_refused_changes_are_not_pending():
     from orchestrator.engine import StepResult
     from orchestrator.render import pending
-    kept = StepResult("storage", changes=[Change("delete", "bucket", "logs", blocked="delete-data")])
+    bucket = Change("delete", "bucket", "logs", blocked="delete-data")
+    kept = StepResult("storage", changes=[bucket], refused=[bucket])
     assert pending({"storage": kept}) == 0
     kept.changes.append(Change("update", "bucket", "config"))
     assert pending({"storage": kept}) == 1
@@ -445,3 +446,58 @@ def test_the_plan_names_the_dependants_that_move_and_any_outage():
     assert "new one first; alb, efs move to it, then the old one is removed" in text
     assert "OUTAGE: deleted before it is created again: services cannot be found by name meanwhile" in text
     assert "- delete target_group old   [at the end of the run, once dependants moved]" in text
+
+
+def test_plan_destroy_shows_what_destroy_then_does_refusals_and_kept_dependencies_included():
+    cloud = {}
+
+    class Holding(ThingStep):
+        def plan_destroy(self, observed):
+            return [Change("delete", "thing", self.name, blocked="delete-protected", holds_dependencies=True,
+                           note="protection is on: turn it off in the manifest and apply")]
+
+    class Deleting(ThingStep):
+        def apply(self, ctx, change, observed):
+            self.cloud.pop(self.name) if change.action == "delete" else super().apply(ctx, change, observed)
+
+    steps = [Deleting("network", cloud=cloud), Holding("balancer", ["network"], cloud=cloud),
+             Deleting("data", cloud=cloud, blocked="delete-data"), Deleting("app", ["data"], cloud=cloud)]
+    engine_for(steps).apply()
+
+    def outcome(results):
+        return {name: (r.status, [c.key for c in r.changes], [c.key for c in r.refused]) for name, r in results.items()}
+
+    preview = engine_for(steps).plan_destroy()
+    assert set(cloud) == {"network", "balancer", "data", "app"}, "plan --destroy deleted something"
+    done = engine_for(steps).destroy()
+    assert outcome(preview) == outcome(done)
+    assert outcome(done)["balancer"] == ("kept", ["thing/balancer"], ["thing/balancer"])
+    assert outcome(done)["network"][0] == "skipped"
+    assert set(cloud) == {"network", "balancer", "data"}
+    assert outcome(engine_for(steps, allow={"delete-data"}).plan_destroy())["data"] == ("ok", ["thing/data"], [])
+
+
+def test_a_destroy_plan_names_refusals_and_never_a_flag_that_does_not_exist():
+    from orchestrator.engine import StepResult
+    from orchestrator.render import destroy_leftovers, plan_text, refusal, run_summary
+    protected = Change("delete", "load_balancer", "web", blocked="delete-protected",
+                       note="deletion protection is on: set it to false and apply")
+    logs = Change("delete", "log_group", "/ecs/web", blocked="delete-data", note="it holds logs")
+    results = {"alb": StepResult("alb", status="kept", changes=[protected], refused=[protected]),
+               "ecs": StepResult("ecs", status="ok", changes=[logs, Change("delete", "cluster", "c")], refused=[logs]),
+               "vpc": StepResult("vpc", status="skipped", error="kept: alb keeps resources that use it")}
+    text = plan_text("Destroy plan:", results)
+    lines = text.splitlines()
+    assert lines[1] == "Plan: 0 to create, 0 to update, 0 to replace, 1 to delete. 2 refused (see below)."
+    assert "- delete load_balancer web   [refused: see note]" in text
+    assert "- delete log_group /ecs/web   [refused without --delete-data]" in text
+    assert "vpc: kept: alb keeps resources that use it" in text
+    assert refusal(protected) == "deletion protection is on: set it to false and apply"
+    summary = run_summary("destroy dev: ok", results, CallLedger())
+    assert "--delete-protected" not in text + summary
+    assert "left load_balancer web: deletion protection is on" in summary
+    assert "kept log_group /ecs/web: it holds logs (needs --delete-data)" in summary
+    left, kept = destroy_leftovers(results)
+    assert left == ["alb: load_balancer web: deletion protection is on: set it to false and apply",
+                    "vpc: everything it owns (kept: alb keeps resources that use it)"]
+    assert kept == [logs]
