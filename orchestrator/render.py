@@ -117,7 +117,7 @@ def destroy_leftovers(results: dict) -> tuple[list[str], list[Change]]:
     left, kept = [], []
     for name, result in results.items():
         if result.status in ("failed", "skipped"):
-            left.append(f"{name}: everything it owns ({result.error})")
+            left.append(f"{name}: what it still owns ({result.error})")
             continue
         for change in result.refused:
             if change.keeps_data:

@@ -321,3 +321,77 @@ def test_apply_refuses_a_bucket_under_our_name_without_our_tags_and_leaves_it_un
     assert [rule["ID"] for rule in s3.get_bucket_lifecycle_configuration(Bucket=name)["Rules"]] == ["theirs"]
     with pytest.raises(s3.exceptions.ClientError, match="NoSuchBucketPolicy"):
         s3.get_bucket_policy(Bucket=name)
+
+
+def dev_manifests(tmp_path, **sections) -> Path:
+    """The dev manifests in `tmp_path`, with these sections of dev.yaml merged over (one level)."""
+    shutil.copy(MANIFESTS / "gamepulse.yaml", tmp_path)
+    overlay = yaml.safe_load((MANIFESTS / "dev.yaml").read_text())
+    for section, values in sections.items():
+        overlay[section] = {**overlay.get(section, {}), **values}
+    (tmp_path / "dev.yaml").write_text(yaml.safe_dump(overlay))
+    return tmp_path
+
+
+def tagged_dev_arns(endpoint) -> list[str]:
+    tagging = client(endpoint, "resourcegroupstaggingapi")
+    return [item["ResourceARN"] for item in tagging.get_resources(
+        TagFilters=[{"Key": "orchestrator:env", "Values": ["dev"]}])["ResourceTagMappingList"]]
+
+
+def test_usage_errors_never_exit_2_with_detailed_exitcode():
+    # A dead endpoint: the errors come before any AWS call.
+    for mistake in (["--detailed-exitcode", "--no-such-flag"], ["--detailed-exitcode", "--target", "nope"]):
+        result = run("http://127.0.0.1:9", "plan", "dev", *mistake)
+        assert result.returncode == 1, result.stderr
+    assert run("http://127.0.0.1:9", "plan", "dev", "--no-such-flag").returncode == 2
+
+
+def destroy_events(stderr: str) -> set[tuple[str, str, str, bool]]:
+    """(step, kind, name, refused) of each delete a `--log-format json` destroy made or refused."""
+    seen = set()
+    for line in stderr.splitlines():
+        event = json.loads(line) if line.startswith("{") else {}
+        if event.get("event") in ("- delete", "refused"):
+            seen.add((event["step"], event["kind"], event["name"], event["event"] == "refused"))
+    return seen
+
+
+def test_plan_destroy_shows_what_destroy_does_and_a_protected_load_balancer_fails_destroy(endpoint, tmp_path):
+    manifests = dev_manifests(tmp_path, load_balancer={"deletion_protection": True})
+    assert run(endpoint, "apply", "dev", manifests=manifests).returncode == 0
+
+    preview = run(endpoint, "plan", "dev", "--destroy", "--json", "--detailed-exitcode", manifests=manifests)
+    assert preview.returncode == 2, preview.stderr[-3000:]
+    planned = json.loads(preview.stdout)["steps"]
+    assert planned["vpc"]["status"] == "skipped", "the network stays while the load balancer does"
+    expected = {(step, c["kind"], c["name"], "refused" in c) for step, body in planned.items() for c in body["changes"]}
+    text = run(endpoint, "plan", "dev", "--destroy", manifests=manifests).stdout
+    assert "- delete load_balancer gamepulse-dev   [refused: see note]" in text
+
+    destroyed = run(endpoint, "--log-format", "json", "destroy", "dev", "--yes", manifests=manifests)
+    assert destroyed.returncode == 1, destroyed.stderr[-3000:]
+    assert destroy_events(destroyed.stderr) == expected
+    assert "--delete-protected" not in destroyed.stdout + destroyed.stderr
+    error = json.loads(destroyed.stderr.strip().splitlines()[-1])["error"]
+    assert "alb: load_balancer gamepulse-dev: load balancer gamepulse-dev has deletion protection on" in error
+    assert "vpc: what it still owns (kept: alb keeps resources that use it)" in error
+    assert error.endswith("run `orchestrator apply dev --target alb`, then run `orchestrator destroy dev --yes`")
+    assert "Kept " in destroyed.stdout and "To delete them as well: orchestrator destroy dev --yes --delete-data" \
+        in destroyed.stdout
+
+    unprotected = dev_manifests(tmp_path, load_balancer={"deletion_protection": False})
+    assert run(endpoint, "apply", "dev", "--target", "alb", manifests=unprotected).returncode == 0
+    again = run(endpoint, "destroy", "dev", "--yes", manifests=unprotected)
+    assert again.returncode == 0, again.stderr[-3000:]
+
+
+def test_destroy_works_after_switching_nat_mode(endpoint, tmp_path):
+    assert run(endpoint, "apply", "dev", "--target", "vpc").returncode == 0
+    per_zone = dev_manifests(tmp_path, network={"nat_gateways": "per_zone"})
+    switched = run(endpoint, "apply", "dev", "--target", "vpc", manifests=per_zone)
+    assert switched.returncode == 0, switched.stderr[-3000:]
+    destroyed = run(endpoint, "destroy", "dev", "--yes", manifests=per_zone)
+    assert destroyed.returncode == 0, destroyed.stderr[-3000:]
+    ec2 = client(endpoint, "ec2")
+    assert ec2.describe_vpcs(Filters=[{"Name": "tag:orchestrator:env", "Values": ["dev"]}])["Vpcs"] == []

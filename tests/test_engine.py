@@ -499,5 +499,5 @@ def test_a_destroy_plan_names_refusals_and_never_a_flag_that_does_not_exist():
     assert "kept log_group /ecs/web: it holds logs (needs --delete-data)" in summary
     left, kept = destroy_leftovers(results)
     assert left == ["alb: load_balancer web: deletion protection is on: set it to false and apply",
-                    "vpc: everything it owns (kept: alb keeps resources that use it)"]
+                    "vpc: what it still owns (kept: alb keeps resources that use it)"]
     assert kept == [logs]
