@@ -246,6 +246,10 @@ def plan(options: Options, env: str, targets, as_json: bool, detailed_exitcode: 
     failures = failed_steps(results)
     if failures:
         raise OrchestratorError(f"could not plan {len(failures)} step(s): {', '.join(failures)} (see above)")
+    problems = [name for name, result in results.items() if result.problems]
+    if problems:
+        raise OrchestratorError(f"pre-flight problems in {', '.join(problems)} (see above): apply would stop "
+                                "before any change")
     if detailed_exitcode and pending(results):
         sys.exit(2)
 

@@ -21,7 +21,7 @@ import structlog
 
 from orchestrator.aws import Aws, current_step, error_code
 from orchestrator.context import StepContext
-from orchestrator.errors import Interrupted, LockLost
+from orchestrator.errors import Interrupted, LockLost, OrchestratorError
 from orchestrator.graph import StepGraph
 from orchestrator.log import redactor
 from orchestrator.model import Accepted, Change, Inputs, Step, as_plain, is_unknown
@@ -37,6 +37,8 @@ class StepResult:
     changes: list[Change] = field(default_factory=list)
     applied: list[Change] = field(default_factory=list)
     refused: list[Change] = field(default_factory=list)
+    #: What the step's pre-flight checks found would fail later (read-only; stops an apply).
+    problems: list[str] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None
@@ -106,6 +108,9 @@ class Engine:
         self._records: dict[str, dict] = {}
         #: Per step that applied: what its retire phase needs (context, facts, deferred deletes).
         self._retiring: dict[str, tuple[StepContext, Any, list[Change], str]] = {}
+        #: Per step planned: the upstream outputs it was planned with, its desired and observed
+        #: facts (apply reuses them when the upstream outputs are still the same).
+        self._planned: dict[str, tuple[dict, Any, Any]] = {}
 
     # -- public commands -------------------------------------------------------------------
 
@@ -115,8 +120,12 @@ class Engine:
         return self._run(self.graph.select(targets), self._plan_step)
 
     def apply(self, targets: Iterable[str] = ()) -> dict[str, StepResult]:
+        """Plan every selected step and run its pre-flight checks, then apply: a problem found
+        (or a step that cannot be planned) stops the run before any change, naming them all."""
         self._load_records()
-        results = self._run(self.graph.select(targets), self._apply_step)
+        selected = self.graph.select(targets)
+        self._preflight(selected)
+        results = self._run(selected, self._apply_step)
         self._retire()
         return results
 
@@ -223,20 +232,35 @@ class Engine:
     def _recorded(self, name: str) -> dict[str, dict]:
         return self._records.get(name, {}).get("applied", {}) or {}
 
+    def _preflight(self, selected: set[str]) -> None:
+        planned = self._run(selected, self._plan_step)
+        problems = [f"{name}: {problem}" for name, result in planned.items() for problem in result.problems]
+        problems += [f"{name}: could not plan: {result.error}" for name, result in planned.items()
+                     if result.status == "failed"]
+        if problems:
+            raise OrchestratorError(f"apply stopped before any change: {len(problems)} problem(s) found first:\n  "
+                                    + "\n  ".join(problems))
+
     def _plan_step(self, name: str, result: StepResult) -> None:
         step = self.graph.steps[name]
         ctx = self._context(name)
-        desired = step.desired(self.manifest, self._inputs(name))
+        inputs = self._inputs(name)
+        desired = step.desired(self.manifest, inputs)
         observed = step.observe(ctx, desired)
+        result.problems = list(step.preflight(ctx, desired, observed))
         result.changes = step.plan(desired, observed, self._recorded(name))
         result.refused = [change for change in result.changes if self.refuses(change)]
         result.outputs = self._outputs(step, desired, observed)
+        self._planned[name] = (inputs.outputs, desired, observed)
 
     def _apply_step(self, name: str, result: StepResult) -> None:
         step = self.graph.steps[name]
         ctx = self._context(name)
-        desired = step.desired(self.manifest, self._inputs(name))
-        observed = step.observe(ctx, desired)
+        inputs = self._inputs(name)
+        planned_with, desired, observed = self._planned.pop(name, (None, None, None))
+        if planned_with != inputs.outputs:  # an upstream step changed what this one was planned with
+            desired = step.desired(self.manifest, inputs)
+            observed = step.observe(ctx, desired)
         result.changes = step.plan(desired, observed, self._recorded(name))
         if result.changes:
             log.info("changing", step=name, changes=len(result.changes))

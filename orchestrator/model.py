@@ -220,6 +220,10 @@ class Step:
     - ``outputs(desired, observed)`` — an instance of the step's `Outputs` dataclass: the ids
       and names downstream steps read (`Unknown` where not created yet).
     - ``plan_destroy(observed)`` — pure: the deletes, in a safe order, for what this step owns.
+    - ``preflight(ctx, desired, observed)`` — read-only: what would make an apply fail later (a
+      certificate that does not exist, a secret source that cannot be read, an image tag not
+      pushed), one message each. The engine runs it for every selected step before any step
+      applies; a problem stops the run before any change. Default: none.
     """
 
     name: ClassVar[str]
@@ -245,6 +249,9 @@ class Step:
 
     def plan_destroy(self, observed) -> list[Change]:
         raise NotImplementedError
+
+    def preflight(self, ctx, desired, observed) -> list[str]:
+        return []
 
 
 def diff_fields(desired: Any, actual: Any, fields: list[str] | tuple[str, ...]) -> tuple[FieldDiff, ...]:

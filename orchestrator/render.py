@@ -71,6 +71,7 @@ def plan_text(title: str, results: dict) -> str:
             kept = result.error.startswith("kept:")  # by a dependant's kept resources: nothing to plan
             lines.append(f"{name}: {result.error}" if kept else f"{name}: not planned ({result.error})")
             continue
+        lines.extend(f"{name}: PROBLEM: {problem}" for problem in result.problems)
         if not result.changes:
             lines.append(f"{name}: up to date")
             continue
@@ -89,6 +90,9 @@ def plan_text(title: str, results: dict) -> str:
     else:
         summary = ", ".join(f"{totals[a]} to {a}" for a in ("create", "update", "replace", "delete"))
         counts = f"Plan: {summary}." + (f" {refused} refused (see below)." if refused else "")
+    problems = sum(len(r.problems) for r in results.values())
+    if problems:
+        counts += f"\n{problems} problem(s) found before any change (see below): apply would stop at once."
     if unplanned:
         counts += f"\nNot planned: {', '.join(unplanned)} (see below); the counts leave them out."
     return "\n".join([title, counts, "", *lines])
@@ -105,7 +109,8 @@ def plan_json(env: str, results: dict) -> str:
 
     return json.dumps({
         "environment": env,
-        "steps": {name: {"status": r.status, "error": r.error, "changes": [change(c, r) for c in r.changes]}
+        "steps": {name: {"status": r.status, "error": r.error, "problems": r.problems,
+                         "changes": [change(c, r) for c in r.changes]}
                   for name, r in results.items()},
         "pending": pending(results),
     }, indent=2, default=str)
