@@ -247,9 +247,17 @@ def test_a_client_killed_while_sending_a_request_holds_up_no_other(server):
 
 def test_destroy_leaves_nothing_tagged_but_what_holds_data(endpoint):
     assert run(endpoint, "apply", "dev").returncode == 0
+    logs = client(endpoint, "logs")
+    logs.create_log_stream(logGroupName="/ecs/gamepulse-dev/grafana", logStreamName="grafana/1")
+    logs.put_log_events(logGroupName="/ecs/gamepulse-dev/grafana", logStreamName="grafana/1",
+                        logEvents=[{"timestamp": int(time.time() * 1000), "message": "started"}])
     result = run(endpoint, "destroy", "dev", "--yes")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "kept file_system" in result.stdout and "--delete-data" in result.stdout
+    assert "To delete them as well: orchestrator destroy dev --yes --delete-data --delete-secrets" in result.stdout
+    # Log groups are kept only when they hold logs.
+    assert [g["logGroupName"] for g in logs.describe_log_groups(logGroupNamePrefix="/ecs/gamepulse-dev/")[
+        "logGroups"]] == ["/ecs/gamepulse-dev/grafana"]
     tagging = client(endpoint, "resourcegroupstaggingapi")
     left = [item["ResourceARN"] for item in tagging.get_resources(
         TagFilters=[{"Key": "orchestrator:env", "Values": ["dev"]}])["ResourceTagMappingList"]]
