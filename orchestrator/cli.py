@@ -314,6 +314,45 @@ def report_destroy(env: str, targets, allow: frozenset[str], results: dict) -> N
 
 @cli.command()
 @ENV_ARG
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed; change nothing.")
+@LOCK_TIMEOUT_OPT
+@allow_flags
+@click.pass_obj
+def prune(options: Options, env: str, dry_run: bool, lock_timeout, delete_data, delete_secrets):
+    """Remove what carries ENV's ownership tags but the manifest no longer describes."""
+    from orchestrator.engine import Engine
+    from orchestrator.render import plan_text
+    allow = allowed(delete_data, delete_secrets)
+    if dry_run:
+        manifest = load(options, env)
+        aws = connect(options, manifest)
+        engine = Engine(manifest, aws, build_graph(), store=store_for(aws, manifest), allow=allow)
+        results = engine.prune(dry_run=True)
+        click.echo(plan_text(f"Prune (dry run) for {manifest.prefix} ({manifest.region}):", results))
+        report_unclassified(engine, aws, manifest)
+    else:
+        def work(engine):
+            results = engine.prune(dry_run=False)
+            click.echo(plan_text(f"Pruned {engine.manifest.prefix} ({engine.manifest.region}):", results))
+            report_unclassified(engine, engine.aws, engine.manifest)
+            return results
+
+        run_locked(options, env, "prune", (), lock_timeout, work, allow=allow)
+
+
+def report_unclassified(engine, aws, manifest) -> None:
+    """Resources carrying the environment's tags that no step describes: listed, never removed."""
+    from orchestrator.engine import undescribed
+    from orchestrator.tags import owned_arns
+    unknown = undescribed(owned_arns(aws, manifest.app, manifest.environment), engine.observed)
+    if unknown:
+        click.echo(f"{len(unknown)} resource(s) carry {manifest.environment}'s ownership tags but no step describes "
+                   "them (left alone; remove them by hand if they are not needed):")
+        click.echo("\n".join(f"  {arn}" for arn in unknown))
+
+
+@cli.command()
+@ENV_ARG
 @click.option("--json", "as_json", is_flag=True, help="As JSON.")
 @click.option("--live", is_flag=True, help="Also compare AWS with the manifest now (read-only): drift per step.")
 @click.pass_obj

@@ -111,6 +111,8 @@ class Engine:
         #: Per step planned: the upstream outputs it was planned with, its desired and observed
         #: facts (apply reuses them when the upstream outputs are still the same).
         self._planned: dict[str, tuple[dict, Any, Any]] = {}
+        #: Per step pruned: the facts its observe returned.
+        self.observed: dict[str, Any] = {}
 
     # -- public commands -------------------------------------------------------------------
 
@@ -136,6 +138,15 @@ class Engine:
         """Read-only: what `destroy` with the same flags would do, refusals included, by the same
         planning path (a step whose kept resources hold what others own keeps those too)."""
         return self._destroy(targets, self._plan_destroy_step)
+
+    def prune(self, *, dry_run: bool) -> dict[str, StepResult]:
+        """What this environment owns that the manifest no longer describes, or a crash left
+        behind: each step's planned deletes (its observe finds what carries the ownership tags;
+        its plan deletes what the manifest does not want). Without `dry_run` they are made, in
+        reverse graph order. A step with other changes pending (a manifest change not applied
+        yet) is left to `apply`, which retires what those changes supersede once dependants
+        moved. `observed` keeps each step's facts: what is described, for the tag sweep."""
+        return self._destroy((), lambda name, result: self._prune_step(name, result, dry_run))
 
     def _destroy(self, targets: Iterable[str], work) -> dict[str, StepResult]:
         self._load_records()
@@ -300,6 +311,25 @@ class Engine:
             if self.store is not None and self.lease is not None and not self.lease.lost:
                 self._finish_record(name, result, digest)
 
+    def _prune_step(self, name: str, result: StepResult, dry_run: bool) -> None:
+        step = self.graph.steps[name]
+        ctx = self._context(name)
+        desired = step.desired(self.manifest, self._inputs(name, from_records=True))
+        observed = step.observe(ctx, desired)
+        self.observed[name] = observed
+        planned = step.plan(desired, observed, self._recorded(name))
+        result.changes = [change for change in planned if change.action == "delete"]
+        result.refused = [change for change in result.changes if self.refuses(change)]
+        others = len(planned) - len(result.changes)
+        if others:
+            result.error = f"{others} other change(s) pending: `apply` makes them and its deletes; pruned nothing"
+            return
+        if dry_run or not result.changes:
+            return
+        result.refused = []  # `_execute` lists them again as it meets them
+        self._execute(step, ctx, result, observed, result.changes)
+        self._finish_record(name, result, None)
+
     def _plan_destroy_step(self, name: str, result: StepResult):
         step = self.graph.steps[name]
         ctx = self._context(name, destroying=True)
@@ -360,6 +390,18 @@ class Engine:
     def _load_records(self) -> None:
         if self.store is not None:
             self._records = self.store.steps()
+
+
+def undescribed(arns: Iterable[str], observed: dict[str, Any]) -> list[str]:
+    """The ARNs no step's observed facts mention (by ARN, or by the id or name it ends with):
+    resources carrying the environment's tags that no step knows how to classify."""
+    text = json.dumps(as_plain(observed), default=str)
+
+    def mentioned(arn: str) -> bool:
+        tail = arn.rsplit("/", 1)[-1] if "/" in arn else arn.rsplit(":", 1)[-1]
+        return arn in text or f'"{tail}"' in text
+
+    return sorted(arn for arn in arns if not mentioned(arn))
 
 
 def _verb(change: Change) -> str:

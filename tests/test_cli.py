@@ -403,3 +403,29 @@ def test_destroy_works_after_switching_nat_mode(endpoint, tmp_path):
     assert destroyed.returncode == 0, destroyed.stderr[-3000:]
     ec2 = client(endpoint, "ec2")
     assert ec2.describe_vpcs(Filters=[{"Name": "tag:orchestrator:env", "Values": ["dev"]}])["Vpcs"] == []
+
+
+def test_prune_lists_then_removes_what_the_manifest_no_longer_describes(endpoint):
+    assert run(endpoint, "apply", "dev").returncode == 0
+    ours = {"orchestrator:app": "gamepulse", "orchestrator:env": "dev"}
+    # Left behind: a log group of a family dropped from the manifest (a step knows the kind), and
+    # a log group no step knows of.
+    logs = client(endpoint, "logs")
+    logs.create_log_group(logGroupName="/ecs/gamepulse-dev/old-family", tags={**ours, "orchestrator:step": "ecs"})
+    logs.create_log_group(logGroupName="/gamepulse/dev/by-a-crashed-tool", tags=ours)
+
+    listed = run(endpoint, "prune", "dev", "--dry-run")
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    assert "- delete log_group /ecs/gamepulse-dev/old-family" in listed.stdout
+    assert "Plan: 0 to create, 0 to update, 0 to replace, 1 to delete." in listed.stdout
+    assert "1 resource(s) carry dev's ownership tags but no step describes them" in listed.stdout
+    assert "log-group:/gamepulse/dev/by-a-crashed-tool" in listed.stdout
+    groups = lambda: sorted(g["logGroupName"] for g in logs.describe_log_groups()["logGroups"])  # noqa: E731
+    assert "/ecs/gamepulse-dev/old-family" in groups(), "--dry-run removed something"
+
+    pruned = run(endpoint, "prune", "dev")
+    assert pruned.returncode == 0, pruned.stderr[-3000:]
+    assert "/ecs/gamepulse-dev/old-family" not in groups()
+    assert "/gamepulse/dev/by-a-crashed-tool" in groups(), "what no step describes is only listed"
+    again = run(endpoint, "prune", "dev", "--dry-run")
+    assert "No changes" in again.stdout
