@@ -169,7 +169,9 @@ def run_locked(options: Options, env: str, command: str, targets, lock_timeout: 
     try:
         store.start_run(lease, command, manifest_hash(manifest))
         results = work(engine)
-        outcome = "failed" if failed_steps(results) else "ok"
+        # "incomplete": a destroy that kept what it was asked to remove (a protected load balancer).
+        outcome = ("failed" if failed_steps(results) else
+                   "incomplete" if any(r.status in ("kept", "skipped") for r in results.values()) else "ok")
     finally:
         results = engine.results
         summary = {name: r.summary() for name, r in results.items()}

@@ -124,11 +124,13 @@ def destroy_leftovers(results: dict) -> tuple[list[str], list[Change]]:
         if result.status in ("failed", "skipped"):
             left.append(f"{name}: what it still owns ({result.error})")
             continue
+        why: dict[str, list[str]] = {}  # the changes refused for the same reason, together
         for change in result.refused:
             if change.keeps_data:
                 kept.append(change)
             else:
-                left.append(f"{name}: {change.kind} {change.name}: {refusal(change)}")
+                why.setdefault(refusal(change), []).append(f"{change.kind} {change.name}")
+        left += [f"{name}: {', '.join(what)}: {reason}" for reason, what in why.items()]
     return left, kept
 
 

@@ -382,7 +382,11 @@ def test_plan_destroy_shows_what_destroy_does_and_a_protected_load_balancer_fail
     assert destroy_events(destroyed.stderr) == expected
     assert "--delete-protected" not in destroyed.stdout + destroyed.stderr
     error = json.loads(destroyed.stderr.strip().splitlines()[-1])["error"]
-    assert "alb: load_balancer gamepulse-dev: load balancer gamepulse-dev has deletion protection on" in error
+    assert ("alb: rule http-10, listener http, load_balancer gamepulse-dev, target_group gamepulse-dev-gamepulse-"
+            in error)
+    assert ": load balancer gamepulse-dev has deletion protection on: set load_balancer.deletion_protection to false"\
+        in error
+    assert "destroy dev: incomplete" in destroyed.stdout
     assert "vpc: what it still owns (kept: alb keeps resources that use it)" in error
     assert error.endswith("run `orchestrator apply dev --target alb`, then run `orchestrator destroy dev --yes`")
     assert "Kept " in destroyed.stdout and "To delete them as well: orchestrator destroy dev --yes --delete-data" \
