@@ -57,7 +57,7 @@ STAR_ALLOWED = {
     "ec2:DescribeInternetGateways", "ec2:DescribeNatGateways", "ec2:DescribeRouteTables",
     "ec2:DescribeSecurityGroups", "ec2:DescribeSecurityGroupRules", "ec2:DescribeVpcEndpoints",
     "ec2:DescribeNetworkInterfaces", "ec2:DescribeAvailabilityZones",
-    "ec2:DescribeNetworkInterfaceAttribute", "route53:AssociateVPCWithHostedZone", "route53:CreateHostedZone",
+    "ec2:DescribeNetworkInterfaceAttribute", "ec2:DescribeAccountAttributes", "route53:AssociateVPCWithHostedZone", "route53:CreateHostedZone",
     "route53:GetHostedZone", "route53:ListHostedZonesByName", "route53:ChangeResourceRecordSets",
     "route53:DeleteHostedZone", "s3:ListAllMyBuckets", "secretsmanager:ListSecrets",
     "secretsmanager:BatchGetSecretValue", "iam:ListRoles", "ecs:CreateCluster",
