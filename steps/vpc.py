@@ -48,10 +48,10 @@ IN_USE_TIMEOUT = 600.0
 #: let go: give up soon and say so, rather than wait ten minutes.
 IN_USE_TIMEOUT_APPLYING = 30.0
 
-#: Kinds in the order their deletes are safe: what uses a resource goes before it.
 #: Service Quotas' service and quota code of "VPCs per Region" (pre-flight).
 VPCS_PER_REGION = ("vpc", "L-F678F1CE")
 
+#: Kinds in the order their deletes are safe: what uses a resource goes before it.
 DELETE_ORDER = ("endpoint", "nat_gateway", "eip", "route_table", "internet_gateway", "subnet", "ingress",
                 "security_group", "vpc")
 
