@@ -288,7 +288,8 @@ def destroy(options: Options, env: str, targets, yes: bool, parallelism, lock_ti
         raise click.UsageError("destroy deletes resources: pass --yes to confirm")
     allow = allowed(delete_data, delete_secrets)
     run_locked(options, env, "destroy", targets, lock_timeout, lambda engine: engine.destroy(targets),
-               allow=allow, parallelism=parallelism, report=lambda results: report_destroy(env, targets, allow, results))
+               allow=allow, parallelism=parallelism,
+               report=lambda results: report_destroy(env, targets, allow, results))
 
 
 def report_destroy(env: str, targets, allow: frozenset[str], results: dict) -> None:
