@@ -328,6 +328,7 @@ class Engine:
             return
         result.refused = []  # `_execute` lists them again as it meets them
         self._execute(step, ctx, result, observed, result.changes)
+        result.status = "ok"
         self._finish_record(name, result, None)
 
     def _plan_destroy_step(self, name: str, result: StepResult):

@@ -431,5 +431,6 @@ def test_prune_lists_then_removes_what_the_manifest_no_longer_describes(endpoint
     assert pruned.returncode == 0, pruned.stderr[-3000:]
     assert "/ecs/gamepulse-dev/old-family" not in groups()
     assert "/gamepulse/dev/by-a-crashed-tool" in groups(), "what no step describes is only listed"
+    assert json.loads(run(endpoint, "status", "dev", "--json").stdout)["steps"]["ecs"]["status"] == "ok"
     again = run(endpoint, "prune", "dev", "--dry-run")
     assert "No changes" in again.stdout
