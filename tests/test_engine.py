@@ -501,3 +501,43 @@ def test_a_destroy_plan_names_refusals_and_never_a_flag_that_does_not_exist():
     assert left == ["alb: load_balancer web: deletion protection is on: set it to false and apply",
                     "vpc: what it still owns (kept: alb keeps resources that use it)"]
     assert kept == [logs]
+
+
+def test_a_preflight_problem_stops_apply_before_any_step_changes_anything_naming_every_problem():
+    cloud = {}
+
+    class Checked(ThingStep):
+        def preflight(self, ctx, desired, observed):
+            return [f"{self.name} needs a certificate", f"{self.name} needs a secret source"]
+
+    steps = [ThingStep("a", cloud=cloud), ThingStep("b", ["a"], cloud=cloud), Checked("c", cloud=cloud),
+             ThingStep("d", cloud=cloud, fail=True)]
+    with pytest.raises(OrchestratorError) as raised:
+        engine_for(steps).apply()
+    assert cloud == {}, "a step changed something before the pre-flight problems were known"
+    assert str(raised.value).splitlines() == [
+        "apply stopped before any change: 2 problem(s) found first:",
+        "  c: c needs a certificate", "  c: c needs a secret source"]
+
+    plan = engine_for(steps).plan()
+    assert plan["c"].problems == ["c needs a certificate", "c needs a secret source"]
+    from orchestrator.render import plan_text
+    assert "c: PROBLEM: c needs a certificate" in plan_text("Plan:", plan)
+
+
+def test_apply_observes_once_a_step_whose_upstream_outputs_did_not_change():
+    cloud = {}
+    observed = []
+
+    class Counting(ThingStep):
+        def observe(self, ctx, desired):
+            observed.append(self.name)
+            return super().observe(ctx, desired)
+
+    steps = [Counting("a", cloud=cloud), Counting("b", ["a"], cloud=cloud)]
+    engine_for(steps).apply()
+    # First apply: b was planned with a's id not known yet, so it looks again once a exists.
+    assert sorted(observed) == ["a", "b", "b"]
+    observed.clear()
+    engine_for(steps).apply()
+    assert sorted(observed) == ["a", "b"]
