@@ -39,6 +39,8 @@ def change_lines(change: Change, dependants: tuple[str, ...] = (), refused: bool
     head = f"  {SYMBOL[change.action]:>3} {change.action} {change.kind} {change.name}"
     if refused:
         head += f"   [refused without --{change.blocked}]" if change.keeps_data else "   [refused: see note]"
+    elif change.keeps_data:
+        head += f"   [LOSES DATA: allowed by --{change.blocked}]"
     if change.retire:
         head += "   [at the end of the run, once dependants moved]"
     lines = [head]
@@ -75,7 +77,8 @@ def plan_text(title: str, results: dict) -> str:
         if not result.changes:
             lines.append(f"{name}: up to date")
             continue
-        lines.append(f"{name}:" + ("   [kept: what it depends on stays too]" if result.status == "kept" else ""))
+        lines.append(f"{name}: {step_counts(result)}"
+                     + ("   [kept: what it depends on stays too]" if result.status == "kept" else ""))
         for change in result.changes:
             blocked = is_refused(change, result)
             lines.extend(change_lines(change, result.dependants, blocked))
@@ -96,6 +99,13 @@ def plan_text(title: str, results: dict) -> str:
     if unplanned:
         counts += f"\nNot planned: {', '.join(unplanned)} (see below); the counts leave them out."
     return "\n".join([title, counts, "", *lines])
+
+
+def step_counts(result) -> str:
+    """`2 to create, 1 to replace, 1 refused`: a step's changes at a glance."""
+    counts = Counter("refused" if is_refused(change, result) else f"to {change.action}" for change in result.changes)
+    order = ("to create", "to update", "to replace", "to delete", "refused")
+    return ", ".join(f"{counts[what]} {what}" for what in order if counts[what])
 
 
 def pending(results: dict) -> int:

@@ -492,6 +492,9 @@ def test_a_destroy_plan_names_refusals_and_never_a_flag_that_does_not_exist():
     assert "- delete load_balancer web   [refused: see note]" in text
     assert "- delete log_group /ecs/web   [refused without --delete-data]" in text
     assert "vpc: kept: alb keeps resources that use it" in text
+    assert "ecs: 1 to delete, 1 refused" in lines and "alb: 1 refused   [kept: what it depends on stays too]" in lines
+    allowed = {"ecs": StepResult("ecs", changes=[logs])}
+    assert "- delete log_group /ecs/web   [LOSES DATA: allowed by --delete-data]" in plan_text("Plan:", allowed)
     assert refusal(protected) == "deletion protection is on: set it to false and apply"
     summary = run_summary("destroy dev: ok", results, CallLedger())
     assert "--delete-protected" not in text + summary
