@@ -434,3 +434,21 @@ def test_prune_lists_then_removes_what_the_manifest_no_longer_describes(endpoint
     assert json.loads(run(endpoint, "status", "dev", "--json").stdout)["steps"]["ecs"]["status"] == "ok"
     again = run(endpoint, "prune", "dev", "--dry-run")
     assert "No changes" in again.stdout
+
+
+def test_a_missing_certificate_and_secret_source_stop_apply_before_any_change(endpoint, wire):
+    # staging names a certificate that this account does not hold; its database source is unset.
+    unset = {"GAMEPULSE_DB_CONNECTION": ""}
+    planned = run(endpoint, "plan", "staging", "--detailed-exitcode", extra_env=unset)
+    assert planned.returncode == 1, planned.stdout + planned.stderr
+    assert "alb: PROBLEM: certificate arn:aws:acm:us-east-1:123456789012:certificate/00000000-0000-4000-8000-" \
+           "000000000001 (load_balancer.certificate_arn) does not exist" in planned.stdout
+
+    wire.reset()
+    applied = run(endpoint, "apply", "staging", extra_env=unset)
+    assert applied.returncode == 1, applied.stdout + applied.stderr
+    assert "apply stopped before any change: 2 problem(s) found first:" in applied.stderr
+    assert "alb: certificate arn:aws:acm:" in applied.stderr
+    assert "secrets: could not plan: secret gamepulse/staging/db-connection: environment variable " \
+           "GAMEPULSE_DB_CONNECTION is not set or empty" in applied.stderr
+    assert wire.count(mutating=True, exclude=("DynamoDB",)) == 0, wire.operations(mutating=True)
