@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import Interrupted, OrchestratorError
 
 ENV_ARG = click.argument("env")
 PARALLELISM_OPT = click.option("--parallelism", type=click.IntRange(1, 64), default=None,
@@ -172,6 +172,9 @@ def run_locked(options: Options, env: str, command: str, targets, lock_timeout: 
         # "incomplete": a destroy that kept what it was asked to remove (a protected load balancer).
         outcome = ("failed" if failed_steps(results) else
                    "incomplete" if any(r.status in ("kept", "skipped") for r in results.values()) else "ok")
+    except OrchestratorError as error:  # stopped before any change (pre-flight), or interrupted
+        outcome = "interrupted" if isinstance(error, Interrupted) else "failed"
+        raise
     finally:
         results = engine.results
         summary = {name: r.summary() for name, r in results.items()}

@@ -452,3 +452,5 @@ def test_a_missing_certificate_and_secret_source_stop_apply_before_any_change(en
     assert "secrets: could not plan: secret gamepulse/staging/db-connection: environment variable " \
            "GAMEPULSE_DB_CONNECTION is not set or empty" in applied.stderr
     assert wire.count(mutating=True, exclude=("DynamoDB",)) == 0, wire.operations(mutating=True)
+    (last,) = json.loads(run(endpoint, "status", "staging", "--json").stdout)["runs"]
+    assert last["result"] == "failed"
