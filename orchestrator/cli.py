@@ -240,6 +240,8 @@ def plan(options: Options, env: str, targets, as_json: bool, detailed_exitcode: 
     from orchestrator.render import pending, plan_json, plan_text
 
     manifest = load(options, env)
+    if destroying:
+        refuse_if_protected(manifest)
     graph = build_graph()
     graph.select(targets)
     aws = connect(options, manifest)
@@ -285,14 +287,19 @@ def destroy(options: Options, env: str, targets, yes: bool, parallelism, lock_ti
             delete_secrets):
     """Delete what ENV owns, in reverse dependency order."""
     manifest = load(options, env)
-    if manifest.protection.refuse_destroy:
-        raise OrchestratorError(f"{env} refuses destroy (protection.refuse_destroy in its manifest); nothing changed")
+    refuse_if_protected(manifest)
     if not yes:
         raise click.UsageError("destroy deletes resources: pass --yes to confirm")
     allow = allowed(delete_data, delete_secrets)
     run_locked(options, env, "destroy", targets, lock_timeout, lambda engine: engine.destroy(targets),
                allow=allow, parallelism=parallelism,
                report=lambda results: report_destroy(env, targets, allow, results))
+
+
+def refuse_if_protected(manifest) -> None:
+    if manifest.protection.refuse_destroy:
+        raise OrchestratorError(f"{manifest.environment} refuses destroy (protection.refuse_destroy in its manifest); "
+                                "nothing changed")
 
 
 def report_destroy(env: str, targets, allow: frozenset[str], results: dict) -> None:

@@ -281,9 +281,10 @@ def test_destroy_leaves_nothing_tagged_but_what_holds_data(endpoint):
 
 
 def test_prod_refuses_destroy_before_any_aws_call():
-    result = run("http://127.0.0.1:9", "destroy", "prod", "--yes")
-    assert result.returncode == 1
-    assert "refuses destroy" in result.stderr
+    for command in (["destroy", "prod", "--yes"], ["plan", "prod", "--destroy", "--detailed-exitcode"]):
+        result = run("http://127.0.0.1:9", *command)
+        assert result.returncode == 1
+        assert "prod refuses destroy (protection.refuse_destroy in its manifest)" in result.stderr
 
 
 def test_status_outputs_graph_unlock_and_schema(endpoint):
