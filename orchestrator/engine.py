@@ -25,6 +25,7 @@ from orchestrator.errors import Interrupted, LockLost, OrchestratorError
 from orchestrator.graph import StepGraph
 from orchestrator.log import redactor
 from orchestrator.model import Accepted, Change, Inputs, Step, as_plain, is_unknown
+from orchestrator.render import refusal
 from orchestrator.scheduler import run_concurrently
 
 log = structlog.get_logger("orchestrator.engine")
@@ -366,8 +367,7 @@ class Engine:
         for change in changes:
             if self.refuses(change):
                 result.refused.append(change)
-                log.warning("refused", step=step.name, kind=change.kind, name=change.name,
-                            why=change.note or f"needs --{change.blocked}")
+                log.warning("refused", step=step.name, kind=change.kind, name=change.name, why=refusal(change))
                 continue
             self._stop_if_needed(before=f"{change.action} {change.kind} {change.name}")
             log.info(_verb(change), step=step.name, kind=change.kind, name=change.name)
