@@ -343,6 +343,9 @@ def prune(options: Options, env: str, dry_run: bool, lock_timeout, delete_data, 
         results = engine.prune(dry_run=True)
         click.echo(plan_text(f"Prune (dry run) for {manifest.prefix} ({manifest.region}):", results))
         report_unclassified(engine, aws, manifest)
+        failures = failed_steps(results)
+        if failures:
+            raise OrchestratorError(f"could not look at {len(failures)} step(s): {', '.join(failures)} (see above)")
     else:
         def work(engine):
             results = engine.prune(dry_run=False)

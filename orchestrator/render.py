@@ -74,6 +74,8 @@ def plan_text(title: str, results: dict) -> str:
             lines.append(f"{name}: {result.error}" if kept else f"{name}: not planned ({result.error})")
             continue
         lines.extend(f"{name}: PROBLEM: {problem}" for problem in result.problems)
+        if result.error:  # a step planned, with a remark (prune: other changes pending)
+            lines.append(f"{name}: {result.error}")
         if not result.changes:
             lines.append(f"{name}: up to date")
             continue

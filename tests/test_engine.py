@@ -544,3 +544,33 @@ def test_apply_observes_once_a_step_whose_upstream_outputs_did_not_change():
     observed.clear()
     engine_for(steps).apply()
     assert sorted(observed) == ["a", "b"]
+
+
+def test_prune_deletes_only_what_the_manifest_no_longer_wants_and_leaves_a_step_with_changes_pending():
+    class Leftovers(ThingStep):
+        """Owns `thing` plus leftovers (`old-*`) its plan deletes."""
+
+        def plan(self, desired, observed, recorded):
+            changes = super().plan(desired, observed, recorded)
+            return changes + [Change("delete", "thing", key, payload=key) for key in sorted(self.cloud)
+                              if key.startswith(f"old-{self.name}")]
+
+        def apply(self, ctx, change, observed):
+            if change.action == "delete":
+                self.cloud.pop(change.payload)
+            else:
+                super().apply(ctx, change, observed)
+
+    cloud = {}
+    steps = [Leftovers("a", cloud=cloud), Leftovers("b", ["a"], cloud=cloud)]
+    engine_for(steps).apply()
+    cloud.update({"old-a-1": {}, "old-b-1": {}})
+    dry = engine_for(steps).prune(dry_run=True)
+    assert [c.name for c in dry["a"].changes] == ["old-a-1"] and [c.name for c in dry["b"].changes] == ["old-b-1"]
+    assert set(cloud) == {"a", "b", "old-a-1", "old-b-1"}
+
+    del cloud["b"]  # b has a create pending: prune leaves its deletes to apply
+    cloud["old-a-2"] = {}
+    results = engine_for(steps).prune(dry_run=False)
+    assert results["b"].error == "1 other change(s) pending: `apply` makes them and its deletes; pruned nothing"
+    assert set(cloud) == {"a", "old-b-1"}
