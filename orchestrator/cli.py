@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import Interrupted, OrchestratorError
 
 ENV_ARG = click.argument("env")
 PARALLELISM_OPT = click.option("--parallelism", type=click.IntRange(1, 64), default=None,
@@ -45,10 +45,10 @@ def main() -> None:
         sys.exit(1)
     except click.ClickException as error:
         error.show()
-        sys.exit(error.exit_code)
+        sys.exit(pipeline_safe(error.exit_code))
     except OrchestratorError as error:
         report_error(str(error))
-        sys.exit(error.exit_code)
+        sys.exit(pipeline_safe(error.exit_code))
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
@@ -60,6 +60,14 @@ def main() -> None:
         sys.exit(1)
     finally:
         gc.freeze()
+
+
+def pipeline_safe(exit_code: int) -> int:
+    """With `--detailed-exitcode`, 2 means "changes pending" and nothing else: a usage error
+    (a mistyped flag, an unknown step) exits 1 instead, as Terraform's does."""
+    if exit_code == 2 and "--detailed-exitcode" in sys.argv[1:]:
+        return 1
+    return exit_code
 
 
 def report_error(message: str) -> None:
@@ -138,8 +146,9 @@ def failed_steps(results: dict) -> list[str]:
 
 
 def run_locked(options: Options, env: str, command: str, targets, lock_timeout: float, work, *,
-               allow: frozenset[str] = frozenset(), parallelism: int | None = None):
-    """Load, connect, take the lock, run `work(engine)`, record the run, release the lock."""
+               allow: frozenset[str] = frozenset(), parallelism: int | None = None, report=None):
+    """Load, connect, take the lock, run `work(engine)`, record the run, release the lock;
+    then `report(results)` (it may raise), then fail if a step failed."""
     from orchestrator.engine import Engine
     from orchestrator.manifest import manifest_hash
     from orchestrator.render import run_summary
@@ -160,7 +169,12 @@ def run_locked(options: Options, env: str, command: str, targets, lock_timeout: 
     try:
         store.start_run(lease, command, manifest_hash(manifest))
         results = work(engine)
-        outcome = "failed" if failed_steps(results) else "ok"
+        # "incomplete": a destroy that kept what it was asked to remove (a protected load balancer).
+        outcome = ("failed" if failed_steps(results) else
+                   "incomplete" if any(r.status in ("kept", "skipped") for r in results.values()) else "ok")
+    except OrchestratorError as error:  # stopped before any change (pre-flight), or interrupted
+        outcome = "interrupted" if isinstance(error, Interrupted) else "failed"
+        raise
     finally:
         results = engine.results
         summary = {name: r.summary() for name, r in results.items()}
@@ -173,6 +187,8 @@ def run_locked(options: Options, env: str, command: str, targets, lock_timeout: 
             lease.release()
             click.echo(run_summary(f"{command} {env}: {outcome} in {time.monotonic() - started:.1f}s", results,
                                    aws.ledger))
+    if report is not None:
+        report(results)
     failures = failed_steps(results)
     if failures:
         raise OrchestratorError(f"{len(failures)} step(s) failed: {', '.join(failures)} (see above)")
@@ -212,22 +228,35 @@ def validate(options: Options, env: str):
 @TARGET_OPT
 @click.option("--json", "as_json", is_flag=True, help="The plan as JSON.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when changes are pending, 0 when none.")
+@click.option("--destroy", "destroying", is_flag=True,
+              help="Show what `destroy` with the same flags would delete and refuse (--target: the step and "
+                   "the steps that depend on it).")
+@allow_flags
 @click.pass_obj
-def plan(options: Options, env: str, targets, as_json: bool, detailed_exitcode: bool):
-    """Show what `apply` would change; read-only."""
+def plan(options: Options, env: str, targets, as_json: bool, detailed_exitcode: bool, destroying: bool,
+         delete_data: bool, delete_secrets: bool):
+    """Show what `apply` (or `destroy`) would change; read-only."""
     from orchestrator.engine import Engine
     from orchestrator.render import pending, plan_json, plan_text
 
     manifest = load(options, env)
+    if destroying:
+        refuse_if_protected(manifest)
     graph = build_graph()
     graph.select(targets)
     aws = connect(options, manifest)
-    results = Engine(manifest, aws, graph, store=store_for(aws, manifest)).plan(targets)
+    engine = Engine(manifest, aws, graph, store=store_for(aws, manifest), allow=allowed(delete_data, delete_secrets))
+    results = engine.plan_destroy(targets) if destroying else engine.plan(targets)
+    what = "Destroy plan" if destroying else "Plan"
     click.echo(plan_json(env, results) if as_json else
-               plan_text(f"Plan for {manifest.prefix} ({manifest.region}):", results))
+               plan_text(f"{what} for {manifest.prefix} ({manifest.region}):", results))
     failures = failed_steps(results)
     if failures:
         raise OrchestratorError(f"could not plan {len(failures)} step(s): {', '.join(failures)} (see above)")
+    problems = [name for name, result in results.items() if result.problems]
+    if problems:
+        raise OrchestratorError(f"pre-flight problems in {', '.join(problems)} (see above): apply would stop "
+                                "before any change")
     if detailed_exitcode and pending(results):
         sys.exit(2)
 
@@ -258,12 +287,84 @@ def destroy(options: Options, env: str, targets, yes: bool, parallelism, lock_ti
             delete_secrets):
     """Delete what ENV owns, in reverse dependency order."""
     manifest = load(options, env)
-    if manifest.protection.refuse_destroy:
-        raise OrchestratorError(f"{env} refuses destroy (protection.refuse_destroy in its manifest); nothing changed")
+    refuse_if_protected(manifest)
     if not yes:
         raise click.UsageError("destroy deletes resources: pass --yes to confirm")
+    allow = allowed(delete_data, delete_secrets)
     run_locked(options, env, "destroy", targets, lock_timeout, lambda engine: engine.destroy(targets),
-               allow=allowed(delete_data, delete_secrets), parallelism=parallelism)
+               allow=allow, parallelism=parallelism,
+               report=lambda results: report_destroy(env, targets, allow, results))
+
+
+def refuse_if_protected(manifest) -> None:
+    if manifest.protection.refuse_destroy:
+        raise OrchestratorError(f"{manifest.environment} refuses destroy (protection.refuse_destroy in its manifest); "
+                                "nothing changed")
+
+
+def report_destroy(env: str, targets, allow: frozenset[str], results: dict) -> None:
+    """Kept data is listed with the command that removes it too; anything else left fails the
+    run (exit 1), naming it and the commands that remove it."""
+    from orchestrator.render import destroy_leftovers, refusal
+    left, kept = destroy_leftovers(results)
+    again = " ".join(["orchestrator destroy", env, "--yes", *(f"--target {t}" for t in targets)])
+    if kept:
+        flags = sorted({f"--{change.blocked}" for change in kept} | {f"--{flag}" for flag in allow})
+        click.echo(f"Kept {len(kept)} resource(s) that hold data, as asked (not a failure):")
+        for change in kept:
+            click.echo(f"  {change.kind} {change.name}: {refusal(change)}")
+        click.echo(f"To delete them as well: {again} {' '.join(flags)}")
+    if left:
+        flags = "".join(f" --{flag}" for flag in sorted(allow))
+        protected = sorted(name for name, result in results.items()
+                           if any(not change.keeps_data for change in result.refused))
+        first = (f"change the {env} manifest as each note says, run `orchestrator apply {env} "
+                 f"{' '.join(f'--target {name}' for name in protected)}`, then" if protected else
+                 "fix what failed, then")
+        raise OrchestratorError(f"destroy {env} left {len(left)} thing(s) it was asked to remove:\n  " +
+                                "\n  ".join(left) + f"\nTo remove them: {first} run `{again}{flags}`")
+
+
+@cli.command()
+@ENV_ARG
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed; change nothing.")
+@LOCK_TIMEOUT_OPT
+@allow_flags
+@click.pass_obj
+def prune(options: Options, env: str, dry_run: bool, lock_timeout, delete_data, delete_secrets):
+    """Remove what carries ENV's ownership tags but the manifest no longer describes."""
+    from orchestrator.engine import Engine
+    from orchestrator.render import plan_text
+    allow = allowed(delete_data, delete_secrets)
+    if dry_run:
+        manifest = load(options, env)
+        aws = connect(options, manifest)
+        engine = Engine(manifest, aws, build_graph(), store=store_for(aws, manifest), allow=allow)
+        results = engine.prune(dry_run=True)
+        click.echo(plan_text(f"Prune (dry run) for {manifest.prefix} ({manifest.region}):", results))
+        report_unclassified(engine, aws, manifest)
+        failures = failed_steps(results)
+        if failures:
+            raise OrchestratorError(f"could not look at {len(failures)} step(s): {', '.join(failures)} (see above)")
+    else:
+        def work(engine):
+            results = engine.prune(dry_run=False)
+            click.echo(plan_text(f"Pruned {engine.manifest.prefix} ({engine.manifest.region}):", results))
+            report_unclassified(engine, engine.aws, engine.manifest)
+            return results
+
+        run_locked(options, env, "prune", (), lock_timeout, work, allow=allow)
+
+
+def report_unclassified(engine, aws, manifest) -> None:
+    """Resources carrying the environment's tags that no step describes: listed, never removed."""
+    from orchestrator.engine import undescribed
+    from orchestrator.tags import owned_arns
+    unknown = undescribed(owned_arns(aws, manifest.app, manifest.environment), engine.observed)
+    if unknown:
+        click.echo(f"{len(unknown)} resource(s) carry {manifest.environment}'s ownership tags but no step describes "
+                   "them (left alone; remove them by hand if they are not needed):")
+        click.echo("\n".join(f"  {arn}" for arn in unknown))
 
 
 @cli.command()

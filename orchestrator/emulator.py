@@ -180,6 +180,52 @@ def tag_api_finds_ecr_repositories() -> None:
     models.iter_taggable_backends = with_repositories
 
 
+def route_gateway_endpoints_as_modified() -> None:
+    """moto gap (MOTO-NOTES: ModifyVpcEndpoint): `AddRouteTableIds` records a route table on a
+    gateway endpoint without adding its prefix-list route, and `RemoveRouteTableIds` leaves the
+    route behind; `DeleteVpcEndpoints` then fails with InvalidRoute.NotFound (seen in the sandbox
+    after switching NAT mode, then destroy). Add and remove the routes as AWS does, and let a
+    delete pass over route tables that are gone already."""
+    from moto.ec2.exceptions import InvalidRouteError, InvalidRouteTableIdError
+    from moto.ec2.models.vpcs import VPCBackend
+
+    original_modify = VPCBackend.modify_vpc_endpoint
+    original_delete = VPCBackend.delete_vpc_endpoints
+
+    def modify_vpc_endpoint(self, vpc_id, policy_doc, add_subnets, remove_subnets, remove_route_tables,
+                            add_route_tables, add_security_groups, remove_security_groups):
+        endpoint = self.describe_vpc_endpoints(vpc_end_point_ids=[vpc_id])[0]
+        before = set(endpoint.route_table_ids or [])
+        original_modify(self, vpc_id, policy_doc, add_subnets, remove_subnets, remove_route_tables,
+                        add_route_tables, add_security_groups, remove_security_groups)
+        if not endpoint.destination_prefix_list_id:
+            return  # an interface endpoint: no routes
+        after = set(endpoint.route_table_ids or [])
+        for table in sorted(after - before):
+            self.create_route(table, None, gateway_id=endpoint.id,
+                              destination_prefix_list_id=endpoint.destination_prefix_list_id)
+        for table in sorted(before - after):
+            _delete_route_if_there(self, table, endpoint.destination_prefix_list_id)
+
+    def delete_vpc_endpoints(self, vpce_ids=None):
+        for vpce_id in vpce_ids or []:
+            endpoint = self.vpc_end_points.get(vpce_id)
+            if endpoint is not None and endpoint.destination_prefix_list_id:
+                for table in list(endpoint.route_table_ids or []):
+                    _delete_route_if_there(self, table, endpoint.destination_prefix_list_id)
+                endpoint.route_table_ids = []
+        return original_delete(self, vpce_ids)
+
+    def _delete_route_if_there(backend, table: str, prefix_list_id: str) -> None:
+        try:
+            backend.delete_route(table, None, destination_prefix_list_id=prefix_list_id)
+        except (InvalidRouteError, InvalidRouteTableIdError):
+            pass  # the route table, or the route, is gone already
+
+    VPCBackend.modify_vpc_endpoint = modify_vpc_endpoint
+    VPCBackend.delete_vpc_endpoints = delete_vpc_endpoints
+
+
 _applied = False
 
 
@@ -193,6 +239,7 @@ def apply_fixes() -> None:
         emulate_efs_backup_policy()
         emulate_update_cluster_settings()
         tag_api_finds_ecr_repositories()
+        route_gateway_endpoints_as_modified()
         _applied = True
 
 

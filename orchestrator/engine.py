@@ -21,10 +21,11 @@ import structlog
 
 from orchestrator.aws import Aws, current_step, error_code
 from orchestrator.context import StepContext
-from orchestrator.errors import Interrupted, LockLost
+from orchestrator.errors import Interrupted, LockLost, OrchestratorError
 from orchestrator.graph import StepGraph
 from orchestrator.log import redactor
 from orchestrator.model import Accepted, Change, Inputs, Step, as_plain, is_unknown
+from orchestrator.render import refusal
 from orchestrator.scheduler import run_concurrently
 
 log = structlog.get_logger("orchestrator.engine")
@@ -37,6 +38,8 @@ class StepResult:
     changes: list[Change] = field(default_factory=list)
     applied: list[Change] = field(default_factory=list)
     refused: list[Change] = field(default_factory=list)
+    #: What the step's pre-flight checks found would fail later (read-only; stops an apply).
+    problems: list[str] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None
@@ -106,6 +109,11 @@ class Engine:
         self._records: dict[str, dict] = {}
         #: Per step that applied: what its retire phase needs (context, facts, deferred deletes).
         self._retiring: dict[str, tuple[StepContext, Any, list[Change], str]] = {}
+        #: Per step planned: the upstream outputs it was planned with, its desired and observed
+        #: facts (apply reuses them when the upstream outputs are still the same).
+        self._planned: dict[str, tuple[dict, Any, Any]] = {}
+        #: Per step pruned: the facts its observe returned.
+        self.observed: dict[str, Any] = {}
 
     # -- public commands -------------------------------------------------------------------
 
@@ -115,17 +123,38 @@ class Engine:
         return self._run(self.graph.select(targets), self._plan_step)
 
     def apply(self, targets: Iterable[str] = ()) -> dict[str, StepResult]:
+        """Plan every selected step and run its pre-flight checks, then apply: a problem found
+        (or a step that cannot be planned) stops the run before any change, naming them all."""
         self._load_records()
-        results = self._run(self.graph.select(targets), self._apply_step)
+        selected = self.graph.select(targets)
+        self._preflight(selected)
+        results = self._run(selected, self._apply_step)
         self._retire()
         return results
 
     def destroy(self, targets: Iterable[str] = ()) -> dict[str, StepResult]:
+        return self._destroy(targets, self._destroy_step)
+
+    def plan_destroy(self, targets: Iterable[str] = ()) -> dict[str, StepResult]:
+        """Read-only: what `destroy` with the same flags would do, refusals included, by the same
+        planning path (a step whose kept resources hold what others own keeps those too)."""
+        return self._destroy(targets, self._plan_destroy_step)
+
+    def prune(self, *, dry_run: bool) -> dict[str, StepResult]:
+        """What this environment owns that the manifest no longer describes, or a crash left
+        behind: each step's planned deletes (its observe finds what carries the ownership tags;
+        its plan deletes what the manifest does not want). Without `dry_run` they are made, in
+        reverse graph order. A step with other changes pending (a manifest change not applied
+        yet) is left to `apply`, which retires what those changes supersede once dependants
+        moved. `observed` keeps each step's facts: what is described, for the tag sweep."""
+        return self._destroy((), lambda name, result: self._prune_step(name, result, dry_run))
+
+    def _destroy(self, targets: Iterable[str], work) -> dict[str, StepResult]:
         self._load_records()
         selected = self.graph.select_for_destroy(targets)
         # Reverse order: a step goes once everything that depends on it has gone.
         waits_for = {name: {d for d in self.graph.dependents(name) if d in selected} for name in selected}
-        return self._schedule(waits_for, self._destroy_step)
+        return self._schedule(waits_for, work)
 
     # -- scheduling --------------------------------------------------------------------------
 
@@ -215,19 +244,35 @@ class Engine:
     def _recorded(self, name: str) -> dict[str, dict]:
         return self._records.get(name, {}).get("applied", {}) or {}
 
+    def _preflight(self, selected: set[str]) -> None:
+        planned = self._run(selected, self._plan_step)
+        problems = [f"{name}: {problem}" for name, result in planned.items() for problem in result.problems]
+        problems += [f"{name}: could not plan: {result.error}" for name, result in planned.items()
+                     if result.status == "failed"]
+        if problems:
+            raise OrchestratorError(f"apply stopped before any change: {len(problems)} problem(s) found first:\n  "
+                                    + "\n  ".join(problems))
+
     def _plan_step(self, name: str, result: StepResult) -> None:
         step = self.graph.steps[name]
         ctx = self._context(name)
-        desired = step.desired(self.manifest, self._inputs(name))
+        inputs = self._inputs(name)
+        desired = step.desired(self.manifest, inputs)
         observed = step.observe(ctx, desired)
+        result.problems = list(step.preflight(ctx, desired, observed))
         result.changes = step.plan(desired, observed, self._recorded(name))
+        result.refused = [change for change in result.changes if self.refuses(change)]
         result.outputs = self._outputs(step, desired, observed)
+        self._planned[name] = (inputs.outputs, desired, observed)
 
     def _apply_step(self, name: str, result: StepResult) -> None:
         step = self.graph.steps[name]
         ctx = self._context(name)
-        desired = step.desired(self.manifest, self._inputs(name))
-        observed = step.observe(ctx, desired)
+        inputs = self._inputs(name)
+        planned_with, desired, observed = self._planned.pop(name, (None, None, None))
+        if planned_with != inputs.outputs:  # an upstream step changed what this one was planned with
+            desired = step.desired(self.manifest, inputs)
+            observed = step.observe(ctx, desired)
         result.changes = step.plan(desired, observed, self._recorded(name))
         if result.changes:
             log.info("changing", step=name, changes=len(result.changes))
@@ -275,18 +320,44 @@ class Engine:
             if self.store is not None and self.lease is not None and not self.lease.lost:
                 self._finish_record(name, result, digest)
 
-    def _destroy_step(self, name: str, result: StepResult) -> None:
+    def _prune_step(self, name: str, result: StepResult, dry_run: bool) -> None:
+        step = self.graph.steps[name]
+        ctx = self._context(name)
+        desired = step.desired(self.manifest, self._inputs(name, from_records=True))
+        observed = step.observe(ctx, desired)
+        self.observed[name] = observed
+        planned = step.plan(desired, observed, self._recorded(name))
+        result.changes = [change for change in planned if change.action == "delete"]
+        result.refused = [change for change in result.changes if self.refuses(change)]
+        others = len(planned) - len(result.changes)
+        if others:
+            result.error = f"{others} other change(s) pending: `apply` makes them and its deletes; pruned nothing"
+            return
+        if dry_run or not result.changes:
+            return
+        result.refused = []  # `_execute` lists them again as it meets them
+        self._execute(step, ctx, result, observed, result.changes)
+        result.status = "ok"
+        self._finish_record(name, result, None)
+
+    def _plan_destroy_step(self, name: str, result: StepResult):
         step = self.graph.steps[name]
         ctx = self._context(name, destroying=True)
         desired = step.desired(self.manifest, self._inputs(name, from_records=True))
         observed = step.observe(ctx, desired)
         result.changes = step.plan_destroy(observed)
+        result.refused = [change for change in result.changes if self.refuses(change)]
+        if any(change.holds_dependencies for change in result.refused):
+            result.status = "kept"  # what it depends on must stay as well
+        return step, ctx, desired, observed
+
+    def _destroy_step(self, name: str, result: StepResult) -> None:
+        step, ctx, desired, observed = self._plan_destroy_step(name, result)
         log.info("destroying", step=name, deletes=len(result.changes))
+        result.refused = []  # `_execute` lists them again as it meets them
         self._execute(step, ctx, result, observed, result.changes)
         # What is left (kept resources) is what the record shows from now on.
         result.outputs = known_outputs(self._outputs(step, desired, observed))
-        if any(change.holds_dependencies for change in result.refused):
-            result.status = "kept"  # what it depends on must stay as well
         if self.store is not None and self.lease is not None:
             if result.refused:
                 self.store.finish_step(self.lease, name, status="kept", outputs=result.outputs,
@@ -295,13 +366,16 @@ class Engine:
             else:
                 self.store.forget_step(self.lease, name)
 
+    def refuses(self, change: Change) -> bool:
+        """A change this run will not make: blocked, and not allowed by a flag passed."""
+        return bool(change.blocked) and change.blocked not in self.allow
+
     def _execute(self, step, ctx: StepContext, result: StepResult, observed, changes: list[Change]) -> None:
         """Each change: its calls, then its record at once; then all their waits together."""
         for change in changes:
-            if change.blocked and change.blocked not in self.allow:
+            if self.refuses(change):
                 result.refused.append(change)
-                log.warning("refused", step=step.name, kind=change.kind, name=change.name,
-                            why=change.note or f"needs --{change.blocked}")
+                log.warning("refused", step=step.name, kind=change.kind, name=change.name, why=refusal(change))
                 continue
             self._stop_if_needed(before=f"{change.action} {change.kind} {change.name}")
             log.info(_verb(change), step=step.name, kind=change.kind, name=change.name)
@@ -325,6 +399,18 @@ class Engine:
     def _load_records(self) -> None:
         if self.store is not None:
             self._records = self.store.steps()
+
+
+def undescribed(arns: Iterable[str], observed: dict[str, Any]) -> list[str]:
+    """The ARNs no step's observed facts mention (by ARN, or by the id or name it ends with):
+    resources carrying the environment's tags that no step knows how to classify."""
+    text = json.dumps(as_plain(observed), default=str)
+
+    def mentioned(arn: str) -> bool:
+        tail = arn.rsplit("/", 1)[-1] if "/" in arn else arn.rsplit(":", 1)[-1]
+        return arn in text or f'"{tail}"' in text
+
+    return sorted(arn for arn in arns if not mentioned(arn))
 
 
 def _verb(change: Change) -> str:

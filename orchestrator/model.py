@@ -47,6 +47,11 @@ class ContractError(Exception):
     """A step broke the step contract (it reads an output it did not declare a dependency on,
     or one that does not exist): a bug in the step, reported at once."""
 
+#: The flags that let a run delete what holds data. A change `blocked` by one of them keeps its
+#: data on purpose until the flag is passed; one blocked by anything else (a load balancer's
+#: deletion protection) cannot be allowed from the command line: its `note` says what to change.
+ALLOW_FLAGS = ("delete-data", "delete-secrets")
+
 #: How a sensitive value shows in plans, logs and state.
 SENSITIVE = "(sensitive)"
 
@@ -75,7 +80,8 @@ class Change:
     tests. `payload` is the step's own data for `apply` (a desired resource, an observed id); it
     is never rendered. `record` is the last-applied configuration to keep in the state table
     for three-way comparison of fields AWS does not read back (None: nothing to keep).
-    `blocked` names the flag without which the change is refused (data-holding resources).
+    `blocked` names why the change is refused: one of `ALLOW_FLAGS` (data-holding resources,
+    allowed by that flag), or a condition no flag lifts (`note` says what to change first).
     `holds_dependencies`: while this resource stays (its delete refused), it still uses what
     the steps it depends on own — destroy then keeps those too (a protected load balancer
     keeps its subnets).
@@ -102,6 +108,11 @@ class Change:
     @property
     def key(self) -> str:
         return f"{self.kind}/{self.name}"
+
+    @property
+    def keeps_data(self) -> bool:
+        """Refused for the data it holds: kept on purpose until its flag allows the delete."""
+        return self.blocked in ALLOW_FLAGS
 
     def differs(self, *fields: str) -> bool:
         """The change closes a difference in one of these fields (what an update handler acts on)."""
@@ -209,6 +220,10 @@ class Step:
     - ``outputs(desired, observed)`` — an instance of the step's `Outputs` dataclass: the ids
       and names downstream steps read (`Unknown` where not created yet).
     - ``plan_destroy(observed)`` — pure: the deletes, in a safe order, for what this step owns.
+    - ``preflight(ctx, desired, observed)`` — read-only: what would make an apply fail later (a
+      certificate that does not exist, a secret source that cannot be read, an image tag not
+      pushed), one message each. The engine runs it for every selected step before any step
+      applies; a problem stops the run before any change. Default: none.
     """
 
     name: ClassVar[str]
@@ -234,6 +249,9 @@ class Step:
 
     def plan_destroy(self, observed) -> list[Change]:
         raise NotImplementedError
+
+    def preflight(self, ctx, desired, observed) -> list[str]:
+        return []
 
 
 def diff_fields(desired: Any, actual: Any, fields: list[str] | tuple[str, ...]) -> tuple[FieldDiff, ...]:

@@ -22,17 +22,25 @@ def show_value(value: Any, limit: int = 120) -> str:
 
 
 def refusal(change: Change) -> str:
-    """Why a change was refused, always naming the flag that would allow it."""
+    """Why a change was refused: the flag that would allow it, or (no flag lifts it) what to change."""
+    if not change.keeps_data:
+        return change.note or f"refused: {change.blocked}"
     flag = f"--{change.blocked}"
     if not change.note:
         return f"needs {flag}"
     return change.note if flag in change.note else f"{change.note} (needs {flag})"
 
 
-def change_lines(change: Change, dependants: tuple[str, ...] = ()) -> list[str]:
+def is_refused(change: Change, result) -> bool:
+    return any(change is refused for refused in result.refused)
+
+
+def change_lines(change: Change, dependants: tuple[str, ...] = (), refused: bool = False) -> list[str]:
     head = f"  {SYMBOL[change.action]:>3} {change.action} {change.kind} {change.name}"
-    if change.blocked:
-        head += f"   [refused without --{change.blocked}]"
+    if refused:
+        head += f"   [refused without --{change.blocked}]" if change.keeps_data else "   [refused: see note]"
+    elif change.keeps_data:
+        head += f"   [LOSES DATA: allowed by --{change.blocked}]"
     if change.retire:
         head += "   [at the end of the run, once dependants moved]"
     lines = [head]
@@ -53,7 +61,8 @@ def change_lines(change: Change, dependants: tuple[str, ...] = ()) -> list[str]:
 
 
 def plan_text(title: str, results: dict) -> str:
-    lines = [title, ""]
+    """Counts first, then each step's changes; refusals and what is not planned are named."""
+    lines = []
     totals: Counter = Counter()
     refused = 0
     for name, result in results.items():
@@ -61,42 +70,80 @@ def plan_text(title: str, results: dict) -> str:
             lines.append(f"{name}: could not plan: {result.error}")
             continue
         if result.status == "skipped":
-            lines.append(f"{name}: not planned ({result.error})")
+            kept = result.error.startswith("kept:")  # by a dependant's kept resources: nothing to plan
+            lines.append(f"{name}: {result.error}" if kept else f"{name}: not planned ({result.error})")
             continue
+        lines.extend(f"{name}: PROBLEM: {problem}" for problem in result.problems)
+        if result.error:  # a step planned, with a remark (prune: other changes pending)
+            lines.append(f"{name}: {result.error}")
         if not result.changes:
             lines.append(f"{name}: up to date")
             continue
-        lines.append(f"{name}:")
+        lines.append(f"{name}: {step_counts(result)}"
+                     + ("   [kept: what it depends on stays too]" if result.status == "kept" else ""))
         for change in result.changes:
-            lines.extend(change_lines(change, result.dependants))
-            if change.blocked:
+            blocked = is_refused(change, result)
+            lines.extend(change_lines(change, result.dependants, blocked))
+            if blocked:
                 refused += 1
             else:
                 totals[change.action] += 1
-    lines.append("")
-    unplanned = [name for name, r in results.items() if r.status in ("failed", "skipped")]
-    if unplanned:
-        lines.append(f"Not planned: {', '.join(unplanned)} (see above); the counts below leave them out.")
+    unplanned = [name for name, r in results.items()
+                 if r.status == "failed" or (r.status == "skipped" and not r.error.startswith("kept:"))]
     if not totals and not refused:
-        lines.append("No changes. AWS matches the manifest" + (" for the steps planned." if unplanned else "."))
+        counts = "No changes. AWS matches the manifest" + (" for the steps planned." if unplanned else ".")
     else:
         summary = ", ".join(f"{totals[a]} to {a}" for a in ("create", "update", "replace", "delete"))
-        lines.append(f"Plan: {summary}." + (f" {refused} refused (needs a flag; see above)." if refused else ""))
-    return "\n".join(lines)
+        counts = f"Plan: {summary}." + (f" {refused} refused (see below)." if refused else "")
+    problems = sum(len(r.problems) for r in results.values())
+    if problems:
+        counts += f"\n{problems} problem(s) found before any change (see below): apply would stop at once."
+    if unplanned:
+        counts += f"\nNot planned: {', '.join(unplanned)} (see below); the counts leave them out."
+    return "\n".join([title, counts, "", *lines])
+
+
+def step_counts(result) -> str:
+    """`2 to create, 1 to replace, 1 refused`: a step's changes at a glance."""
+    counts = Counter("refused" if is_refused(change, result) else f"to {change.action}" for change in result.changes)
+    order = ("to create", "to update", "to replace", "to delete", "refused")
+    return ", ".join(f"{counts[what]} {what}" for what in order if counts[what])
 
 
 def pending(results: dict) -> int:
-    """Changes an apply would make; refused ones (kept data) never happen without a flag."""
-    return sum(1 for r in results.values() for c in r.changes if not c.blocked)
+    """Changes the run would make; refused ones (kept data, protection) never happen."""
+    return sum(1 for r in results.values() for c in r.changes if not is_refused(c, r))
 
 
 def plan_json(env: str, results: dict) -> str:
+    def change(c: Change, result) -> dict:
+        return {**c.to_dict(), **({"refused": refusal(c)} if is_refused(c, result) else {})}
+
     return json.dumps({
         "environment": env,
-        "steps": {name: {"status": r.status, "error": r.error, "changes": [c.to_dict() for c in r.changes]}
+        "steps": {name: {"status": r.status, "error": r.error, "problems": r.problems,
+                         "changes": [change(c, r) for c in r.changes]}
                   for name, r in results.items()},
         "pending": pending(results),
     }, indent=2, default=str)
+
+
+def destroy_leftovers(results: dict) -> tuple[list[str], list[Change]]:
+    """What a destroy left that it was asked to remove (a line each), and the data it kept on
+    purpose (refused for want of --delete-data / --delete-secrets: not a failure)."""
+    left, kept = [], []
+    for name, result in results.items():
+        if result.status in ("failed", "skipped"):
+            left.append(f"{name}: what it still owns ({result.error})")
+            continue
+        why: dict[str, list[str]] = {}  # the changes refused for the same reason, together
+        for change in result.refused:
+            if change.keeps_data:
+                kept.append(change)
+            else:
+                why.setdefault(refusal(change), []).append(f"{change.kind} {change.name}")
+        left += [f"{name}: {', '.join(what)}: {reason}" for reason, what in why.items()]
+    return left, kept
 
 
 def run_summary(title: str, results: dict, ledger) -> str:
@@ -107,7 +154,8 @@ def run_summary(title: str, results: dict, ledger) -> str:
         lines.append(f"  {name:<{width}}  {result.status:<8} {len(result.applied):>7} {calls:>6} "
                      f"{result.seconds:>6.1f}s")
         for change in result.refused:
-            lines.append(f"  {'':<{width}}  kept {change.kind} {change.name}: {refusal(change)}")
+            lines.append(f"  {'':<{width}}  {'kept' if change.keeps_data else 'left'} {change.kind} {change.name}: "
+                         f"{refusal(change)}")
         if result.error:
             lines.append(f"  {'':<{width}}  {result.error}")
     total = ledger.count()

@@ -58,6 +58,14 @@ def owner_tag_filters(app: str, env: str, step: str) -> list[dict]:
     return [{"Key": key, "Values": [value]} for key, value in ((APP, app), (ENV, env), (STEP, step))]
 
 
+def owned_arns(aws, app: str, env: str) -> list[str]:
+    """Every resource the tagging API lists with this environment's ownership tags. It leaves
+    out some kinds (IAM roles; in some regions more): the steps' own describe calls find those."""
+    pages = aws.client("resourcegroupstaggingapi").get_paginator("get_resources").paginate(
+        TagFilters=[{"Key": APP, "Values": [app]}, {"Key": ENV, "Values": [env]}])
+    return sorted(item["ResourceARN"] for page in pages for item in page["ResourceTagMappingList"])
+
+
 def tag_diffs(current: dict[str, str], wanted: dict[str, str]) -> tuple[FieldDiff, ...]:
     """The plan's view of `reconcile`: one `tags` difference holding only our keys, or none."""
     to_set = reconcile(current, wanted)

@@ -12,8 +12,10 @@ import hashlib
 import re
 from dataclasses import dataclass, field, replace
 
+from botocore.exceptions import ClientError
+
 from orchestrator import tags as tagging
-from orchestrator.aws import unless_code
+from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields, is_unknown
 from orchestrator.permissions import FIND_BY_TAG, allow, service_linked_role
@@ -322,7 +324,10 @@ class AlbStep(Step):
                 "ModifyTargetGroupAttributes", "CreateListener", "DeleteListener", "ModifyListener", "CreateRule",
                 "DeleteRule", "ModifyRule", "SetRulePriorities", "AddTags")], ours),
             service_linked_role(scope, "elasticloadbalancing.amazonaws.com"),
-            FIND_BY_TAG]
+            FIND_BY_TAG,
+            # Pre-flight: the HTTPS listener's certificate exists and is issued.
+            *([allow("CertificateCheck", ["acm:DescribeCertificate"], [manifest.load_balancer.certificate_arn])]
+              if manifest.load_balancer.certificate_arn else [])]
 
     @staticmethod
     def _tags(elb, arns: list[str]) -> dict[str, dict[str, str]]:
@@ -366,6 +371,12 @@ class AlbStep(Step):
         return seen
 
     # -- plan -------------------------------------------------------------------------------
+
+    def preflight(self, ctx, desired: AlbDesired, observed: AlbFacts) -> list[str]:
+        """The HTTPS listener's certificate: it exists in this region and is issued (else the
+        listener's create fails after the load balancer and target groups were made)."""
+        arns = sorted({listener.certificate_arn for listener in desired.listeners if listener.certificate_arn})
+        return [problem for arn in arns if (problem := _certificate_problem(ctx.client("acm"), arn))]
 
     def plan(self, desired: AlbDesired, observed: AlbFacts, recorded: dict[str, dict]) -> list[Change]:
         """Dependencies first: what listeners point at exists before they move, and what they
@@ -682,6 +693,19 @@ class AlbStep(Step):
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+
+def _certificate_problem(acm, arn: str) -> str | None:
+    try:
+        status = acm.describe_certificate(CertificateArn=arn)["Certificate"]["Status"]
+    except ClientError as error:
+        if error_code(error) not in ("ResourceNotFoundException", "ValidationException"):
+            raise
+        return (f"certificate {arn} (load_balancer.certificate_arn) does not exist in this account and region: "
+                "request or import it in ACM first")
+    if status != "ISSUED":
+        return f"certificate {arn} (load_balancer.certificate_arn) is {status}, not ISSUED: complete its validation"
+    return None
 
 
 def _check_length(what: str, name: str) -> None:

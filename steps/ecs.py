@@ -79,6 +79,8 @@ class ObservedLogGroup:
     retention_days: int | None = None
     arn: str = ""
     tags: dict[str, str] = field(default_factory=dict)
+    #: Read only where a delete needs it (destroy, a group the manifest no longer wants).
+    holds_logs: bool = True
 
 
 @dataclass
@@ -127,8 +129,9 @@ class EcsStep(Step):
                   scope.arn("ecs", f"cluster/{manifest.prefix}")),
             # CreateCluster supports no resource-level permissions.
             allow("EcsCreateCluster", ["ecs:CreateCluster"], "*"),
+            # DescribeLogStreams: does a group about to be deleted hold logs?
             allow("LogGroups", ["logs:CreateLogGroup", "logs:DeleteLogGroup", "logs:PutRetentionPolicy",
-                                "logs:TagResource", "logs:ListTagsForResource"],
+                                "logs:TagResource", "logs:ListTagsForResource", "logs:DescribeLogStreams"],
                   scope.arn("logs", f"log-group:/ecs/{manifest.prefix}/*")),
             # DescribeLogGroups is asked with our name prefix, but is authorised on all groups.
             allow("LogGroupsDescribe", ["logs:DescribeLogGroups"], scope.arn("logs", "log-group:*")),
@@ -170,7 +173,7 @@ class EcsStep(Step):
 
     def observe(self, ctx, desired: EcsDesired) -> EcsFacts:
         return EcsFacts(cluster=self._observe_cluster(ctx, desired.cluster.name),
-                        log_groups=self._observe_log_groups(ctx, desired.log_group_prefix),
+                        log_groups=self._observe_log_groups(ctx, desired),
                         namespace=self._observe_namespace(ctx, desired.namespace.name))
 
     def _observe_cluster(self, ctx, name: str) -> ObservedCluster | None:
@@ -190,7 +193,7 @@ class EcsStep(Step):
                 Strategy(s["capacityProvider"], s.get("weight", 0), s.get("base", 0))
                 for s in cluster.get("defaultCapacityProviderStrategy", [])))
 
-    def _observe_log_groups(self, ctx, prefix: str) -> dict[str, ObservedLogGroup]:
+    def _observe_log_groups(self, ctx, desired: EcsDesired) -> dict[str, ObservedLogGroup]:
         """Every log group under the environment's prefix, ours or not. The logs API returns
         no tags with the groups; one tagging-API read finds which of them are ours, with their
         tags. That API shows new tags only after a while, so a group it leaves out is asked
@@ -198,14 +201,17 @@ class EcsStep(Step):
         ours)."""
         logs = ctx.client("logs")
         owned = self._owned_log_group_tags(ctx)
+        wanted = {group.name for group in desired.log_groups}
         groups: dict[str, ObservedLogGroup] = {}
-        for page in logs.get_paginator("describe_log_groups").paginate(logGroupNamePrefix=prefix):
+        for page in logs.get_paginator("describe_log_groups").paginate(logGroupNamePrefix=desired.log_group_prefix):
             for group in page["logGroups"]:
+                name = group["logGroupName"]
                 arn = group.get("logGroupArn") or group["arn"].removesuffix(":*")
                 tags = owned[arn] if arn in owned else logs.list_tags_for_resource(resourceArn=arn).get("tags", {})
-                groups[group["logGroupName"]] = ObservedLogGroup(
-                    name=group["logGroupName"], owned=ctx.owns(tags), retention_days=group.get("retentionInDays"),
-                    arn=arn, tags=tags)
+                deleting = ctx.destroying or name not in wanted
+                groups[name] = ObservedLogGroup(
+                    name=name, owned=ctx.owns(tags), retention_days=group.get("retentionInDays"), arn=arn, tags=tags,
+                    holds_logs=_holds_logs(logs, group) if deleting and ctx.owns(tags) else True)
         return groups
 
     def _owned_log_group_tags(self, ctx) -> dict[str, dict[str, str]]:
@@ -439,7 +445,7 @@ class EcsStep(Step):
             namespace_arn=namespace.arn if namespace else KNOWN_AFTER_APPLY)
 
     def plan_destroy(self, observed: EcsFacts) -> list[Change]:
-        """Namespace, then log groups (they hold logs: refused without delete-data), then the
+        """Namespace, then log groups (one holding logs is refused without delete-data), then the
         cluster, which the services step must have emptied. Only what carries our tags."""
         changes = []
         if observed.namespace:
@@ -452,9 +458,20 @@ class EcsStep(Step):
         return changes
 
 
+def _holds_logs(logs, group: dict) -> bool:
+    """Whether a log group may hold log events: stored bytes, or any log stream (AWS updates
+    `storedBytes` only now and then, so a group written to just now can still show 0)."""
+    if group.get("storedBytes"):
+        return True
+    return bool(logs.describe_log_streams(logGroupName=group["logGroupName"], limit=1).get("logStreams"))
+
+
 def _log_group_deletion(group: ObservedLogGroup, why: str) -> Change:
-    return Change("delete", "log_group", group.name, diffs=(FieldDiff("retention_days", group.retention_days, None),),
-                  calls=("logs:DeleteLogGroup",), blocked=DELETE_DATA,
+    diffs = (FieldDiff("retention_days", group.retention_days, None),)
+    if not group.holds_logs:
+        return Change("delete", "log_group", group.name, diffs=diffs, calls=("logs:DeleteLogGroup",),
+                      note=f"{why}: log group {group.name} holds no logs")
+    return Change("delete", "log_group", group.name, diffs=diffs, calls=("logs:DeleteLogGroup",), blocked=DELETE_DATA,
                   note=f"{why}: deleting log group {group.name} loses the logs it holds")
 
 

@@ -48,6 +48,9 @@ IN_USE_TIMEOUT = 600.0
 #: let go: give up soon and say so, rather than wait ten minutes.
 IN_USE_TIMEOUT_APPLYING = 30.0
 
+#: Service Quotas' service and quota code of "VPCs per Region" (pre-flight).
+VPCS_PER_REGION = ("vpc", "L-F678F1CE")
+
 #: Kinds in the order their deletes are safe: what uses a resource goes before it.
 DELETE_ORDER = ("endpoint", "nat_gateway", "eip", "route_table", "internet_gateway", "subnet", "ingress",
                 "security_group", "vpc")
@@ -346,7 +349,11 @@ class VpcStep(Step):
                 "CreateTags")], scope.arn("ec2", "*")),
             # An interface endpoint with private DNS associates AWS's hosted zone with the VPC;
             # Route 53 supports no resource-level permissions for that association.
-            allow("VpcEndpointPrivateDns", ["route53:AssociateVPCWithHostedZone"], "*")]
+            allow("VpcEndpointPrivateDns", ["route53:AssociateVPCWithHostedZone"], "*"),
+            # Pre-flight quotas. DescribeAccountAttributes supports no resource-level permissions.
+            allow("QuotaVpcs", ["servicequotas:GetServiceQuota"],
+                  scope.arn("servicequotas", "/".join(VPCS_PER_REGION))),
+            allow("QuotaElasticIps", ["ec2:DescribeAccountAttributes"], "*")]
 
     # -- desired ----------------------------------------------------------------------------
 
@@ -424,6 +431,29 @@ class VpcStep(Step):
             _seen_endpoint(e) for e in _describe(ec2, "describe_vpc_endpoints", "VpcEndpoints", Filters=owner + in_vpc)
             if e["State"].lower() not in ("deleting", "deleted")])
         return facts
+
+    # -- pre-flight ---------------------------------------------------------------------------
+
+    def preflight(self, ctx, desired: Network, observed: Facts) -> list[str]:
+        """The quotas a create would run into half way, read only when something counted is to
+        be created: a new VPC (VPCs per Region) and new Elastic IPs for NAT gateways."""
+        ec2 = ctx.client("ec2")
+        problems = []
+        if observed.vpc is None:
+            limit = _vpc_quota(ctx.client("service-quotas"))
+            used = len(_describe(ec2, "describe_vpcs", "Vpcs"))
+            if limit is not None and used + 1 > limit:
+                problems.append(f"the region has {used} VPCs, its quota (VPCs per Region, {VPCS_PER_REGION[1]}) is "
+                                f"{limit}: delete one or ask for a higher quota")
+        new_addresses = [address for address in desired.addresses if address.logical not in observed.addresses]
+        if new_addresses:
+            attributes = ec2.describe_account_attributes(AttributeNames=["vpc-max-elastic-ips"])["AccountAttributes"]
+            limit = int(attributes[0]["AttributeValues"][0]["AttributeValue"])
+            used = len(ec2.describe_addresses()["Addresses"])
+            if used + len(new_addresses) > limit:
+                problems.append(f"the NAT gateways need {len(new_addresses)} new Elastic IP(s); the account holds "
+                                f"{used} of at most {limit} in the region: release some or ask for a higher quota")
+        return problems
 
     # -- plan -------------------------------------------------------------------------------
 
@@ -825,6 +855,15 @@ def _endpoints(prefix: str, services: str, spec, zones: tuple[str, ...],
 # --- observe, helpers ------------------------------------------------------------------------
 
 
+
+
+def _vpc_quota(quotas) -> int | None:
+    """The applied VPCs-per-Region quota; None where Service Quotas has no applied value for it."""
+    try:
+        return int(quotas.get_service_quota(ServiceCode=VPCS_PER_REGION[0], QuotaCode=VPCS_PER_REGION[1])
+                   ["Quota"]["Value"])
+    except quotas.exceptions.NoSuchResourceException:
+        return None
 
 
 def _describe(ec2, operation: str, key: str, **params) -> list[dict]:

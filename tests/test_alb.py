@@ -571,3 +571,12 @@ def test_target_groups_of_others_cost_no_read_and_a_left_over_one_of_ours_is_fou
     assert left_over not in {g["TargetGroupArn"] for g in client.describe_target_groups()["TargetGroups"]}
     for arn in others:
         client.delete_target_group(TargetGroupArn=arn)
+
+
+def test_a_certificate_that_does_not_exist_stops_apply_before_any_change(env, manifest):
+    from orchestrator.errors import OrchestratorError
+    missing = with_lb(manifest, certificate_arn=CERT)
+    before = len(env.aws.ledger.calls)
+    with pytest.raises(OrchestratorError, match=f"certificate {CERT} .* does not exist in this account and region"):
+        harness.run_step(STEP, missing, env.aws, env.upstream)
+    assert [c for c in env.aws.ledger.calls[before:] if c.mutating and c.step == STEP.name] == []

@@ -247,9 +247,17 @@ def test_a_client_killed_while_sending_a_request_holds_up_no_other(server):
 
 def test_destroy_leaves_nothing_tagged_but_what_holds_data(endpoint):
     assert run(endpoint, "apply", "dev").returncode == 0
+    logs = client(endpoint, "logs")
+    logs.create_log_stream(logGroupName="/ecs/gamepulse-dev/grafana", logStreamName="grafana/1")
+    logs.put_log_events(logGroupName="/ecs/gamepulse-dev/grafana", logStreamName="grafana/1",
+                        logEvents=[{"timestamp": int(time.time() * 1000), "message": "started"}])
     result = run(endpoint, "destroy", "dev", "--yes")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "kept file_system" in result.stdout and "--delete-data" in result.stdout
+    assert "To delete them as well: orchestrator destroy dev --yes --delete-data --delete-secrets" in result.stdout
+    # Log groups are kept only when they hold logs.
+    assert [g["logGroupName"] for g in logs.describe_log_groups(logGroupNamePrefix="/ecs/gamepulse-dev/")[
+        "logGroups"]] == ["/ecs/gamepulse-dev/grafana"]
     tagging = client(endpoint, "resourcegroupstaggingapi")
     left = [item["ResourceARN"] for item in tagging.get_resources(
         TagFilters=[{"Key": "orchestrator:env", "Values": ["dev"]}])["ResourceTagMappingList"]]
@@ -273,9 +281,10 @@ def test_destroy_leaves_nothing_tagged_but_what_holds_data(endpoint):
 
 
 def test_prod_refuses_destroy_before_any_aws_call():
-    result = run("http://127.0.0.1:9", "destroy", "prod", "--yes")
-    assert result.returncode == 1
-    assert "refuses destroy" in result.stderr
+    for command in (["destroy", "prod", "--yes"], ["plan", "prod", "--destroy", "--detailed-exitcode"]):
+        result = run("http://127.0.0.1:9", *command)
+        assert result.returncode == 1
+        assert "prod refuses destroy (protection.refuse_destroy in its manifest)" in result.stderr
 
 
 def test_status_outputs_graph_unlock_and_schema(endpoint):
@@ -321,3 +330,128 @@ def test_apply_refuses_a_bucket_under_our_name_without_our_tags_and_leaves_it_un
     assert [rule["ID"] for rule in s3.get_bucket_lifecycle_configuration(Bucket=name)["Rules"]] == ["theirs"]
     with pytest.raises(s3.exceptions.ClientError, match="NoSuchBucketPolicy"):
         s3.get_bucket_policy(Bucket=name)
+
+
+def dev_manifests(tmp_path, **sections) -> Path:
+    """The dev manifests in `tmp_path`, with these sections of dev.yaml merged over (one level)."""
+    shutil.copy(MANIFESTS / "gamepulse.yaml", tmp_path)
+    overlay = yaml.safe_load((MANIFESTS / "dev.yaml").read_text())
+    for section, values in sections.items():
+        overlay[section] = {**overlay.get(section, {}), **values}
+    (tmp_path / "dev.yaml").write_text(yaml.safe_dump(overlay))
+    return tmp_path
+
+
+def tagged_dev_arns(endpoint) -> list[str]:
+    tagging = client(endpoint, "resourcegroupstaggingapi")
+    return [item["ResourceARN"] for item in tagging.get_resources(
+        TagFilters=[{"Key": "orchestrator:env", "Values": ["dev"]}])["ResourceTagMappingList"]]
+
+
+def test_usage_errors_never_exit_2_with_detailed_exitcode():
+    # A dead endpoint: the errors come before any AWS call.
+    for mistake in (["--detailed-exitcode", "--no-such-flag"], ["--detailed-exitcode", "--target", "nope"]):
+        result = run("http://127.0.0.1:9", "plan", "dev", *mistake)
+        assert result.returncode == 1, result.stderr
+    assert run("http://127.0.0.1:9", "plan", "dev", "--no-such-flag").returncode == 2
+
+
+def destroy_events(stderr: str) -> set[tuple[str, str, str, bool]]:
+    """(step, kind, name, refused) of each delete a `--log-format json` destroy made or refused."""
+    seen = set()
+    for line in stderr.splitlines():
+        event = json.loads(line) if line.startswith("{") else {}
+        if event.get("event") in ("- delete", "refused"):
+            seen.add((event["step"], event["kind"], event["name"], event["event"] == "refused"))
+    return seen
+
+
+def test_plan_destroy_shows_what_destroy_does_and_a_protected_load_balancer_fails_destroy(endpoint, tmp_path):
+    manifests = dev_manifests(tmp_path, load_balancer={"deletion_protection": True})
+    assert run(endpoint, "apply", "dev", manifests=manifests).returncode == 0
+
+    preview = run(endpoint, "plan", "dev", "--destroy", "--json", "--detailed-exitcode", manifests=manifests)
+    assert preview.returncode == 2, preview.stderr[-3000:]
+    planned = json.loads(preview.stdout)["steps"]
+    assert planned["vpc"]["status"] == "skipped", "the network stays while the load balancer does"
+    expected = {(step, c["kind"], c["name"], "refused" in c) for step, body in planned.items() for c in body["changes"]}
+    text = run(endpoint, "plan", "dev", "--destroy", manifests=manifests).stdout
+    assert "- delete load_balancer gamepulse-dev   [refused: see note]" in text
+
+    destroyed = run(endpoint, "--log-format", "json", "destroy", "dev", "--yes", manifests=manifests)
+    assert destroyed.returncode == 1, destroyed.stderr[-3000:]
+    assert destroy_events(destroyed.stderr) == expected
+    assert "--delete-protected" not in destroyed.stdout + destroyed.stderr
+    error = json.loads(destroyed.stderr.strip().splitlines()[-1])["error"]
+    assert ("alb: rule http-10, listener http, load_balancer gamepulse-dev, target_group gamepulse-dev-gamepulse-"
+            in error)
+    assert ": load balancer gamepulse-dev has deletion protection on: set load_balancer.deletion_protection to false"\
+        in error
+    assert "destroy dev: incomplete" in destroyed.stdout
+    assert "vpc: what it still owns (kept: alb keeps resources that use it)" in error
+    assert error.endswith("run `orchestrator apply dev --target alb`, then run `orchestrator destroy dev --yes`")
+    assert "Kept " in destroyed.stdout and "To delete them as well: orchestrator destroy dev --yes --delete-data" \
+        in destroyed.stdout
+
+    unprotected = dev_manifests(tmp_path, load_balancer={"deletion_protection": False})
+    assert run(endpoint, "apply", "dev", "--target", "alb", manifests=unprotected).returncode == 0
+    again = run(endpoint, "destroy", "dev", "--yes", manifests=unprotected)
+    assert again.returncode == 0, again.stderr[-3000:]
+
+
+def test_destroy_works_after_switching_nat_mode(endpoint, tmp_path):
+    assert run(endpoint, "apply", "dev", "--target", "vpc").returncode == 0
+    per_zone = dev_manifests(tmp_path, network={"nat_gateways": "per_zone"})
+    switched = run(endpoint, "apply", "dev", "--target", "vpc", manifests=per_zone)
+    assert switched.returncode == 0, switched.stderr[-3000:]
+    destroyed = run(endpoint, "destroy", "dev", "--yes", manifests=per_zone)
+    assert destroyed.returncode == 0, destroyed.stderr[-3000:]
+    ec2 = client(endpoint, "ec2")
+    assert ec2.describe_vpcs(Filters=[{"Name": "tag:orchestrator:env", "Values": ["dev"]}])["Vpcs"] == []
+
+
+def test_prune_lists_then_removes_what_the_manifest_no_longer_describes(endpoint):
+    assert run(endpoint, "apply", "dev").returncode == 0
+    ours = {"orchestrator:app": "gamepulse", "orchestrator:env": "dev"}
+    # Left behind: a log group of a family dropped from the manifest (a step knows the kind), and
+    # a log group no step knows of.
+    logs = client(endpoint, "logs")
+    logs.create_log_group(logGroupName="/ecs/gamepulse-dev/old-family", tags={**ours, "orchestrator:step": "ecs"})
+    logs.create_log_group(logGroupName="/gamepulse/dev/by-a-crashed-tool", tags=ours)
+
+    listed = run(endpoint, "prune", "dev", "--dry-run")
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    assert "- delete log_group /ecs/gamepulse-dev/old-family" in listed.stdout
+    assert "Plan: 0 to create, 0 to update, 0 to replace, 1 to delete." in listed.stdout
+    assert "1 resource(s) carry dev's ownership tags but no step describes them" in listed.stdout
+    assert "log-group:/gamepulse/dev/by-a-crashed-tool" in listed.stdout
+    groups = lambda: sorted(g["logGroupName"] for g in logs.describe_log_groups()["logGroups"])  # noqa: E731
+    assert "/ecs/gamepulse-dev/old-family" in groups(), "--dry-run removed something"
+
+    pruned = run(endpoint, "prune", "dev")
+    assert pruned.returncode == 0, pruned.stderr[-3000:]
+    assert "/ecs/gamepulse-dev/old-family" not in groups()
+    assert "/gamepulse/dev/by-a-crashed-tool" in groups(), "what no step describes is only listed"
+    assert json.loads(run(endpoint, "status", "dev", "--json").stdout)["steps"]["ecs"]["status"] == "ok"
+    again = run(endpoint, "prune", "dev", "--dry-run")
+    assert "No changes" in again.stdout
+
+
+def test_a_missing_certificate_and_secret_source_stop_apply_before_any_change(endpoint, wire):
+    # staging names a certificate that this account does not hold; its database source is unset.
+    unset = {"GAMEPULSE_DB_CONNECTION": ""}
+    planned = run(endpoint, "plan", "staging", "--detailed-exitcode", extra_env=unset)
+    assert planned.returncode == 1, planned.stdout + planned.stderr
+    assert "alb: PROBLEM: certificate arn:aws:acm:us-east-1:123456789012:certificate/00000000-0000-4000-8000-" \
+           "000000000001 (load_balancer.certificate_arn) does not exist" in planned.stdout
+
+    wire.reset()
+    applied = run(endpoint, "apply", "staging", extra_env=unset)
+    assert applied.returncode == 1, applied.stdout + applied.stderr
+    assert "apply stopped before any change: 2 problem(s) found first:" in applied.stderr
+    assert "alb: certificate arn:aws:acm:" in applied.stderr
+    assert "secrets: could not plan: secret gamepulse/staging/db-connection: environment variable " \
+           "GAMEPULSE_DB_CONNECTION is not set or empty" in applied.stderr
+    assert wire.count(mutating=True, exclude=("DynamoDB",)) == 0, wire.operations(mutating=True)
+    (last,) = json.loads(run(endpoint, "status", "staging", "--json").stdout)["runs"]
+    assert last["result"] == "failed"

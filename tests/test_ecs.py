@@ -150,10 +150,12 @@ def test_a_resource_with_our_name_but_not_our_tags_is_refused_by_name(manifest):
 def test_plan_destroy_deletes_only_what_is_owned_in_a_safe_order(manifest):
     observed = observed_matching(desired_for(manifest))
     observed.log_groups["/ecs/gamepulse-dev/theirs"] = ObservedLogGroup("/ecs/gamepulse-dev/theirs", False, 7)
+    observed.log_groups["/ecs/gamepulse-dev/loki"].holds_logs = False
     changes = STEP.plan_destroy(observed)
     assert [(c.action, c.kind) for c in changes] == \
         [("delete", "namespace")] + [("delete", "log_group")] * 6 + [("delete", "cluster")]
-    assert all(c.blocked == "delete-data" for c in changes if c.kind == "log_group")
+    assert {c.name: c.blocked for c in changes if c.kind == "log_group"}["/ecs/gamepulse-dev/loki"] is None
+    assert [c.blocked for c in changes if c.kind == "log_group"].count("delete-data") == 5
     assert "/ecs/gamepulse-dev/theirs" not in {c.name for c in changes}
 
 
@@ -324,9 +326,16 @@ def test_a_changed_manifest_tag_is_put_on_every_resource_and_foreign_tags_stay(e
     discovery.untag_resource(ResourceARN=namespace_arn, TagKeys=["by-hand"])
 
 
+def write_a_log_event(aws, group: str) -> None:
+    logs = aws.client("logs")
+    logs.create_log_stream(logGroupName=group, logStreamName="task/1")
+    logs.put_log_events(logGroupName=group, logStreamName="task/1", logEvents=[{"timestamp": 1, "message": "hi"}])
+
+
 def test_a_log_group_dropped_from_the_manifest_is_kept_without_delete_data(env, manifest):
     fewer = manifest.model_copy(update={"cluster": manifest.cluster.model_copy(
         update={"log_groups": [f for f in FAMILIES if f != "jaeger"]})})
+    write_a_log_event(env.aws, "/ecs/gamepulse-dev/jaeger")
     changes, outputs, _ = harness.run_step(STEP, fewer, env.aws, env.upstream, env.recorded)
     assert changes == []
     assert "jaeger" not in outputs["log_groups"]
@@ -343,10 +352,12 @@ def test_destroy_removes_only_what_the_step_owns(env, manifest):
     assert harness.run_step(STEP, manifest, env.aws, env.upstream, env.recorded)[0] == [], \
         "apply leaves the untagged look-alike alone"
 
+    write_a_log_event(env.aws, "/ecs/gamepulse-dev/grafana")
     harness.run_step(STEP, manifest, env.aws, env.upstream, env.recorded, destroy=True)
     assert cluster_status(env.aws) == "INACTIVE"
     assert namespaces(env.aws) == []
-    assert len(log_group_names(env.aws)) == 7, "log groups hold logs: kept without delete-data"
+    assert log_group_names(env.aws) == ["/ecs/gamepulse-dev/grafana", "/ecs/gamepulse-dev/hand-made"], \
+        "the group holding logs is kept without delete-data; the empty ones are gone"
 
     harness.run_step(STEP, manifest, env.aws, env.upstream, env.recorded, destroy=True, allow=("delete-data",))
     assert log_group_names(env.aws) == ["/ecs/gamepulse-dev/hand-made"]

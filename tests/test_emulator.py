@@ -75,3 +75,23 @@ def test_backup_policy_status_other_than_enabled_or_disabled_is_refused(efs, fs_
     assert error(raised) == ("BadRequest", 400)
     with pytest.raises(ClientError):
         efs.describe_backup_policy(FileSystemId=fs_id)
+
+
+def test_a_gateway_endpoint_moved_to_other_route_tables_routes_there_and_deletes_cleanly(mock):
+    """After a NAT-mode change the S3 endpoint moves to new route tables; moto recorded the move
+    without the prefix-list routes, then failed DeleteVpcEndpoints with InvalidRoute.NotFound."""
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    old, new = (ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"] for _ in range(2))
+    endpoint = ec2.create_vpc_endpoint(VpcId=vpc, ServiceName="com.amazonaws.us-east-1.s3",
+                                       VpcEndpointType="Gateway", RouteTableIds=[old])["VpcEndpoint"]["VpcEndpointId"]
+
+    def endpoint_routes(table):
+        routes = ec2.describe_route_tables(RouteTableIds=[table])["RouteTables"][0]["Routes"]
+        return [r["GatewayId"] for r in routes if r.get("DestinationPrefixListId")]
+
+    ec2.modify_vpc_endpoint(VpcEndpointId=endpoint, AddRouteTableIds=[new], RemoveRouteTableIds=[old])
+    assert endpoint_routes(new) == [endpoint] and endpoint_routes(old) == []
+    ec2.delete_route_table(RouteTableId=old)
+    assert ec2.delete_vpc_endpoints(VpcEndpointIds=[endpoint])["Unsuccessful"] == []
+    assert endpoint_routes(new) == []

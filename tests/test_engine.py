@@ -262,7 +262,8 @@ def test_ctrl_c_lets_running_work_finish_and_starts_nothing_new():
 def test_refused_changes_are_not_pending():
     from orchestrator.engine import StepResult
     from orchestrator.render import pending
-    kept = StepResult("storage", changes=[Change("delete", "bucket", "logs", blocked="delete-data")])
+    bucket = Change("delete", "bucket", "logs", blocked="delete-data")
+    kept = StepResult("storage", changes=[bucket], refused=[bucket])
     assert pending({"storage": kept}) == 0
     kept.changes.append(Change("update", "bucket", "config"))
     assert pending({"storage": kept}) == 1
@@ -459,3 +460,131 @@ def test_the_plan_names_the_dependants_that_move_and_any_outage():
     assert "new one first; alb, efs move to it, then the old one is removed" in text
     assert "OUTAGE: deleted before it is created again: services cannot be found by name meanwhile" in text
     assert "- delete target_group old   [at the end of the run, once dependants moved]" in text
+
+
+def test_plan_destroy_shows_what_destroy_then_does_refusals_and_kept_dependencies_included():
+    cloud = {}
+
+    class Holding(ThingStep):
+        def plan_destroy(self, observed):
+            return [Change("delete", "thing", self.name, blocked="delete-protected", holds_dependencies=True,
+                           note="protection is on: turn it off in the manifest and apply")]
+
+    class Deleting(ThingStep):
+        def apply(self, ctx, change, observed):
+            self.cloud.pop(self.name) if change.action == "delete" else super().apply(ctx, change, observed)
+
+    steps = [Deleting("network", cloud=cloud), Holding("balancer", ["network"], cloud=cloud),
+             Deleting("data", cloud=cloud, blocked="delete-data"), Deleting("app", ["data"], cloud=cloud)]
+    engine_for(steps).apply()
+
+    def outcome(results):
+        return {name: (r.status, [c.key for c in r.changes], [c.key for c in r.refused]) for name, r in results.items()}
+
+    preview = engine_for(steps).plan_destroy()
+    assert set(cloud) == {"network", "balancer", "data", "app"}, "plan --destroy deleted something"
+    done = engine_for(steps).destroy()
+    assert outcome(preview) == outcome(done)
+    assert outcome(done)["balancer"] == ("kept", ["thing/balancer"], ["thing/balancer"])
+    assert outcome(done)["network"][0] == "skipped"
+    assert set(cloud) == {"network", "balancer", "data"}
+    assert outcome(engine_for(steps, allow={"delete-data"}).plan_destroy())["data"] == ("ok", ["thing/data"], [])
+
+
+def test_a_destroy_plan_names_refusals_and_never_a_flag_that_does_not_exist():
+    from orchestrator.engine import StepResult
+    from orchestrator.render import destroy_leftovers, plan_text, refusal, run_summary
+    protected = Change("delete", "load_balancer", "web", blocked="delete-protected",
+                       note="deletion protection is on: set it to false and apply")
+    logs = Change("delete", "log_group", "/ecs/web", blocked="delete-data", note="it holds logs")
+    results = {"alb": StepResult("alb", status="kept", changes=[protected], refused=[protected]),
+               "ecs": StepResult("ecs", status="ok", changes=[logs, Change("delete", "cluster", "c")], refused=[logs]),
+               "vpc": StepResult("vpc", status="skipped", error="kept: alb keeps resources that use it")}
+    text = plan_text("Destroy plan:", results)
+    lines = text.splitlines()
+    assert lines[1] == "Plan: 0 to create, 0 to update, 0 to replace, 1 to delete. 2 refused (see below)."
+    assert "- delete load_balancer web   [refused: see note]" in text
+    assert "- delete log_group /ecs/web   [refused without --delete-data]" in text
+    assert "vpc: kept: alb keeps resources that use it" in text
+    assert "ecs: 1 to delete, 1 refused" in lines and "alb: 1 refused   [kept: what it depends on stays too]" in lines
+    allowed = {"ecs": StepResult("ecs", changes=[logs])}
+    assert "- delete log_group /ecs/web   [LOSES DATA: allowed by --delete-data]" in plan_text("Plan:", allowed)
+    assert refusal(protected) == "deletion protection is on: set it to false and apply"
+    summary = run_summary("destroy dev: ok", results, CallLedger())
+    assert "--delete-protected" not in text + summary
+    assert "left load_balancer web: deletion protection is on" in summary
+    assert "kept log_group /ecs/web: it holds logs (needs --delete-data)" in summary
+    left, kept = destroy_leftovers(results)
+    assert left == ["alb: load_balancer web: deletion protection is on: set it to false and apply",
+                    "vpc: what it still owns (kept: alb keeps resources that use it)"]
+    assert kept == [logs]
+
+
+def test_a_preflight_problem_stops_apply_before_any_step_changes_anything_naming_every_problem():
+    cloud = {}
+
+    class Checked(ThingStep):
+        def preflight(self, ctx, desired, observed):
+            return [f"{self.name} needs a certificate", f"{self.name} needs a secret source"]
+
+    steps = [ThingStep("a", cloud=cloud), ThingStep("b", ["a"], cloud=cloud), Checked("c", cloud=cloud),
+             ThingStep("d", cloud=cloud, fail=True)]
+    with pytest.raises(OrchestratorError) as raised:
+        engine_for(steps).apply()
+    assert cloud == {}, "a step changed something before the pre-flight problems were known"
+    assert str(raised.value).splitlines() == [
+        "apply stopped before any change: 2 problem(s) found first:",
+        "  c: c needs a certificate", "  c: c needs a secret source"]
+
+    plan = engine_for(steps).plan()
+    assert plan["c"].problems == ["c needs a certificate", "c needs a secret source"]
+    from orchestrator.render import plan_text
+    assert "c: PROBLEM: c needs a certificate" in plan_text("Plan:", plan)
+
+
+def test_apply_observes_once_a_step_whose_upstream_outputs_did_not_change():
+    cloud = {}
+    observed = []
+
+    class Counting(ThingStep):
+        def observe(self, ctx, desired):
+            observed.append(self.name)
+            return super().observe(ctx, desired)
+
+    steps = [Counting("a", cloud=cloud), Counting("b", ["a"], cloud=cloud)]
+    engine_for(steps).apply()
+    # First apply: b was planned with a's id not known yet, so it looks again once a exists.
+    assert sorted(observed) == ["a", "b", "b"]
+    observed.clear()
+    engine_for(steps).apply()
+    assert sorted(observed) == ["a", "b"]
+
+
+def test_prune_deletes_only_what_the_manifest_no_longer_wants_and_leaves_a_step_with_changes_pending():
+    class Leftovers(ThingStep):
+        """Owns `thing` plus leftovers (`old-*`) its plan deletes."""
+
+        def plan(self, desired, observed, recorded):
+            changes = super().plan(desired, observed, recorded)
+            return changes + [Change("delete", "thing", key, payload=key) for key in sorted(self.cloud)
+                              if key.startswith(f"old-{self.name}")]
+
+        def apply(self, ctx, change, observed):
+            if change.action == "delete":
+                self.cloud.pop(change.payload)
+            else:
+                super().apply(ctx, change, observed)
+
+    cloud = {}
+    steps = [Leftovers("a", cloud=cloud), Leftovers("b", ["a"], cloud=cloud)]
+    engine_for(steps).apply()
+    cloud.update({"old-a-1": {}, "old-b-1": {}})
+    dry = engine_for(steps).prune(dry_run=True)
+    assert [c.name for c in dry["a"].changes] == ["old-a-1"] and [c.name for c in dry["b"].changes] == ["old-b-1"]
+    assert set(cloud) == {"a", "b", "old-a-1", "old-b-1"}
+
+    del cloud["b"]  # b has a create pending: prune leaves its deletes to apply
+    cloud["old-a-2"] = {}
+    results = engine_for(steps).prune(dry_run=False)
+    assert results["b"].error == "1 other change(s) pending: `apply` makes them and its deletes; pruned nothing"
+    assert set(cloud) == {"a", "old-b-1"}

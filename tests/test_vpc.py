@@ -528,3 +528,25 @@ def test_a_replacement_refused_as_in_use_while_applying_gives_up_in_seconds(mani
     with pytest.raises(WaitTimeout, match="last status: DependencyViolation"):
         run_step(STEP, changed, later)
     assert now[0] <= 30
+
+
+def test_quotas_that_a_create_would_hit_stop_the_apply_before_any_change(manifest, aws, ec2):
+    for n in range(4):  # with the default VPC, the region's quota of 5
+        ec2.create_vpc(CidrBlock=f"10.{100 + n}.0.0/16")
+    with pytest.raises(OrchestratorError, match=r"the region has 5 VPCs, its quota \(VPCs per Region, L-F678F1CE\) "
+                                                r"is 5"):
+        run_step(STEP, manifest, aws)
+    assert mutations(aws) == []
+
+    for vpc in ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["false"]}])["Vpcs"]:
+        ec2.delete_vpc(VpcId=vpc["VpcId"])
+    run_step(STEP, manifest, aws)
+    limit = int(ec2.describe_account_attributes(AttributeNames=["vpc-max-elastic-ips"])["AccountAttributes"][0]
+                ["AttributeValues"][0]["AttributeValue"])
+    for _ in range(limit - len(ec2.describe_addresses()["Addresses"])):
+        ec2.allocate_address(Domain="vpc")
+    before = len(mutations(aws))
+    with pytest.raises(OrchestratorError, match=r"the NAT gateways need 1 new Elastic IP\(s\); the account holds "
+                                                rf"{limit} of at most {limit}"):
+        run_step(STEP, with_network(manifest, nat_gateways="per_zone"), aws)
+    assert len(mutations(aws)) == before
