@@ -130,6 +130,78 @@ def emulate_update_cluster_settings() -> None:
     EC2ContainerServiceResponse.update_cluster_settings = update_cluster_settings
 
 
+def emulate_ecs_deployments() -> None:
+    """moto gaps (MOTO-NOTES: ECS services): with `MOTO_ECS_SERVICE_RUNNING` set, a new service
+    counts N running tasks whatever its desired count, and `UpdateService` with a new task
+    definition leaves the one PRIMARY deployment on the old revision with its old counts, so a
+    rollout check that is right for ECS never passes. Model ECS: the variable (any N > 0) means
+    "tasks start and stay healthy"; every deployment then runs its desired count and completes.
+    A new revision (or `forceNewDeployment`) makes a new PRIMARY deployment; the old one shows
+    as ACTIVE in the next DescribeServices answer, then is gone (its tasks drained)."""
+    import os
+
+    from moto.ecs.models import EC2ContainerServiceBackend, Service
+    from moto.moto_api._internal import mock_random
+
+    def tasks_come_up() -> bool:
+        try:
+            return int(os.environ.get("MOTO_ECS_SERVICE_RUNNING", "0")) > 0
+        except ValueError:
+            return False
+
+    def settle(service, deployment: dict) -> None:
+        deployment["desiredCount"] = service.desired_count
+        if tasks_come_up():
+            deployment.update(runningCount=service.desired_count, pendingCount=0, rolloutState="COMPLETED",
+                              rolloutStateReason=f"ECS deployment {deployment['id']} completed.")
+            service.running_count, service.pending_count = service.desired_count, 0
+
+    original_init = Service.__init__
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.shown_active: set[str] = set()
+        for deployment in self.deployments:
+            settle(self, deployment)
+
+    original_update = EC2ContainerServiceBackend.update_service
+
+    def update_service(self, service_properties):
+        name = service_properties["service"].split("/")[-1]
+        before = self._get_service(service_properties.get("cluster", "default"), name)
+        old_revision = before.task_definition
+        force = bool(service_properties.get("force_new_deployment"))
+        service = original_update(self, service_properties)
+        primary = next((d for d in service.deployments if d["status"] == "PRIMARY"), None)
+        if primary is None:
+            return service
+        if service.task_definition != old_revision or force:
+            primary["status"] = "ACTIVE"
+            new = {**primary, "id": f"ecs-svc/{mock_random.randint(0, 32**12)}", "status": "PRIMARY",
+                   "taskDefinition": service.task_definition, "runningCount": 0, "pendingCount": service.desired_count,
+                   "rolloutState": "IN_PROGRESS", "createdAt": primary["updatedAt"]}
+            new["rolloutStateReason"] = f"ECS deployment {new['id']} in progress."
+            service.deployments.insert(0, new)
+            primary = new
+        settle(service, primary)
+        return service
+
+    original_describe = EC2ContainerServiceBackend.describe_services
+
+    def describe_services(self, cluster_str, service_names_or_arns):
+        services, failures = original_describe(self, cluster_str, service_names_or_arns)
+        for service in services:
+            shown = getattr(service, "shown_active", set())
+            service.deployments = [d for d in service.deployments
+                                   if d["status"] == "PRIMARY" or d["id"] not in shown]
+            service.shown_active = shown | {d["id"] for d in service.deployments if d["status"] == "ACTIVE"}
+        return services, failures
+
+    Service.__init__ = init
+    EC2ContainerServiceBackend.update_service = update_service
+    EC2ContainerServiceBackend.describe_services = describe_services
+
+
 _applied = False
 
 
@@ -142,6 +214,7 @@ def apply_fixes() -> None:
         serialize_requests()
         emulate_efs_backup_policy()
         emulate_update_cluster_settings()
+        emulate_ecs_deployments()
         _applied = True
 
 
