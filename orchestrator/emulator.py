@@ -202,6 +202,37 @@ def emulate_ecs_deployments() -> None:
     EC2ContainerServiceBackend.describe_services = describe_services
 
 
+#: The image tags the sandbox's registry holds in every new repository (space-separated).
+SEED_IMAGE_TAGS = "ORCHESTRATOR_SANDBOX_IMAGE_TAGS"
+
+
+def seed_images() -> None:
+    """Not a moto gap: the sandbox has no build pipeline to push the app's images, so a new
+    repository holds a tiny image for each tag in `ORCHESTRATOR_SANDBOX_IMAGE_TAGS` (the demo's
+    tags), standing in for that pipeline; without the variable, nothing is seeded."""
+    import hashlib
+    import os
+
+    from moto.ecr.models import ECRBackend
+
+    original = ECRBackend.create_repository
+
+    def create_repository(self, repository_name, *args, **kwargs):
+        repository = original(self, repository_name, *args, **kwargs)
+        for tag in os.environ.get(SEED_IMAGE_TAGS, "").split():
+            # moto derives the digest from the layers: one layer per tag gives each its own digest.
+            layer = hashlib.sha256(f"{repository_name}:{tag}".encode()).hexdigest()
+            manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 2,
+                                   "digest": f"sha256:{layer}"},
+                        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 2,
+                                    "digest": f"sha256:{layer}"}]}
+            self.put_image(repository_name, json.dumps(manifest), tag)
+        return repository
+
+    ECRBackend.create_repository = create_repository
+
+
 _applied = False
 
 
@@ -215,6 +246,7 @@ def apply_fixes() -> None:
         emulate_efs_backup_policy()
         emulate_update_cluster_settings()
         emulate_ecs_deployments()
+        seed_images()
         _applied = True
 
 

@@ -98,6 +98,7 @@ class ServicesFacts:
     policies: dict[str, dict[str, dict]] = field(default_factory=dict)  # resource id → name → policy
     revisions: dict[str, list[str]] = field(default_factory=dict)  # family → ACTIVE ARNs (destroy only)
     registered: dict[str, str] = field(default_factory=dict)  # service → ARN registered by this run
+    bundle_versions: dict[str, list[dict]] = field(default_factory=dict)  # service → its objects (destroy only)
     owned: set[str] = field(default_factory=set)  # services carrying our ownership tags
     cluster: str = ""
     namespace_id: str = ""
@@ -217,6 +218,7 @@ class ServicesStep(Step):
                 facts.definitions[service.name] = ecs.describe_task_definition(
                     taskDefinition=live["taskDefinition"])["taskDefinition"]
         if ctx.destroying:
+            self._observe_bundles(ctx.client("s3"), desired, facts)
             for family in {_family_of(s) for s in desired.services} | {
                     _family(live["taskDefinition"]) for live in facts.services.values()}:
                 facts.revisions[family] = [arn for page in ecs.get_paginator("list_task_definitions").paginate(
@@ -244,6 +246,23 @@ class ServicesStep(Step):
                 return {}
             raise
         return found
+
+    def _observe_bundles(self, s3, desired: ServicesDesired, facts: ServicesFacts) -> None:
+        """Every version of every bundle object (the bucket is versioned): what destroy deletes."""
+        if is_unknown(desired.config_bucket):
+            return
+        for service in desired.services:
+            try:
+                pages = list(s3.get_paginator("list_object_versions").paginate(Bucket=desired.config_bucket,
+                                                                               Prefix=f"{service.name}/"))
+            except Exception as error:
+                if error_code(error) == "NoSuchBucket":
+                    return
+                raise
+            versions = [{"Key": item["Key"], "VersionId": item["VersionId"]} for page in pages
+                        for item in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+            if versions:
+                facts.bundle_versions[service.name] = versions
 
     def _observe_discovery(self, discovery, namespace_id: str) -> dict[str, dict]:
         """Cloud Map services of our namespace by name (the namespace is this environment's own)."""
@@ -486,6 +505,9 @@ class ServicesStep(Step):
                            payload=found["Id"]) for name, found in sorted(observed.discovery.items())]
         changes += [Change("delete", "task_definition", family, calls=("ecs:DeregisterTaskDefinition",),
                            payload=tuple(arns)) for family, arns in sorted(observed.revisions.items()) if arns]
+        changes += [Change("delete", "bundle", name, calls=("s3:DeleteObjects",), payload=versions,
+                           note=f"{len(versions)} object version(s) of its config bundles")
+                    for name, versions in sorted(observed.bundle_versions.items())]
         return changes
 
     def _delete_scaling(self, ctx, change: Change, observed: ServicesFacts) -> None:
@@ -510,6 +532,13 @@ class ServicesStep(Step):
                             lambda: unless_code({"ServiceNotFound"}, discovery.delete_service, Id=change.payload),
                             {"ResourceInUse"}, log=ctx.log, stop=ctx.stop)
         observed.discovery.pop(change.name, None)
+
+    def _delete_bundle(self, ctx, change: Change, observed: ServicesFacts) -> None:
+        s3 = ctx.client("s3")
+        for start in range(0, len(change.payload), 1000):
+            s3.delete_objects(Bucket=observed.config_bucket,
+                              Delete={"Objects": change.payload[start:start + 1000], "Quiet": True})
+        observed.bundle_versions.pop(change.name, None)
 
     def _delete_task_definition(self, ctx, change: Change, observed: ServicesFacts) -> None:
         ecs = ctx.client("ecs")
