@@ -47,6 +47,7 @@ class ImageRef:
     container: str
     repository: str
     tag: str
+    uri: str  # the repository's URI (step ecr): not known until the repository exists
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,8 @@ class ServicesStep(Step):
         image = app = None
         if task.app is not None:
             repository = manifest.images.repositories[task.app.image]
-            image = ImageRef(container=name, repository=repository.name or task.app.image, tag=repository.tag)
+            image = ImageRef(container=name, repository=repository.name or task.app.image, tag=repository.tag,
+                             uri=_get(inputs.output("ecr", "repositories"), task.app.image, "ecr.repositories"))
             app = taskdefs.AppContainer(
                 name=name, image=KNOWN_AFTER_APPLY, port=task.app.port, health_check=tuple(task.app.health_check),
                 environment={**bundles.app_environment(manifest), **task.app.environment},
@@ -202,7 +204,8 @@ class ServicesStep(Step):
         if not ctx.destroying:
             ecr = ctx.client("ecr")
             for service in desired.services:
-                if service.image is not None:
+                # A repository that does not exist yet (a plan from nothing) holds no image yet either.
+                if service.image is not None and not is_unknown(service.image.uri):
                     facts.images[service.name] = resolve_image(ecr, service.image.repository, service.image.tag)
         facts.services = self._observe_services(ecs, desired, ctx.destroying)
         facts.owned = {name for name, live in facts.services.items()

@@ -127,7 +127,8 @@ def test_gamepulse_runs_the_app_after_the_collector_sidecar_with_its_bundle_copi
                                "valueFrom": upstream_outputs()["secrets"]["arns"]["db-connection"]}]
     assert {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://localhost:4317"} in app["environment"]
     assert app["logConfiguration"]["options"]["awslogs-group"] == "/ecs/gamepulse-dev/gamepulse"
-    assert gamepulse.image.tag == "1.4.1" and gamepulse.image.repository == "gamepulse"
+    assert (gamepulse.image.repository, gamepulse.image.tag, gamepulse.image.uri) == \
+        ("gamepulse", "1.4.1", f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/gamepulse")
     assert gamepulse.load_balancers == ({"targetGroupArn": "arn:tg/gamepulse", "containerName": "gamepulse",
                                          "containerPort": 8080},)
     assert gamepulse.network == {"subnets": ["subnet-a", "subnet-b"], "securityGroups": ["sg-app"],
