@@ -53,7 +53,11 @@ def serialize_requests() -> None:
     break each other (a tagging-API read iterating resources while another request adds one
     fails with "dictionary changed size during iteration"). AWS serves concurrent requests;
     the orchestrator sends them (steps run in parallel). Serve moto's one request at a time,
-    in-process and in the server."""
+    in-process and in the server.
+
+    The server reads each request's body before taking the lock: werkzeug reads it lazily from
+    the socket, so a client killed halfway through sending one would otherwise hold the lock,
+    and stall every other client, until its connection timed out."""
     import threading
 
     from moto.core.botocore_stubber import BotocoreStubber
@@ -64,10 +68,26 @@ def serialize_requests() -> None:
         original = cls.__call__
 
         def locked(self, *args, _original=original, **kwargs):
+            if isinstance(self, DomainDispatcherApplication):
+                _read_body_now(args[0])
             with lock:
                 return _original(self, *args, **kwargs)
 
         cls.__call__ = locked
+
+
+def _read_body_now(environ: dict) -> None:
+    """Replace the WSGI request's body stream by the body, read in full (or as far as a client
+    that died sent it)."""
+    import io
+
+    stream = environ["wsgi.input"]
+    if environ.get("wsgi.input_terminated"):  # chunked: the stream itself ends with the body
+        body = stream.read()
+    else:
+        body = stream.read(int(environ.get("CONTENT_LENGTH") or 0))
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
 
 
 def emulate_efs_backup_policy() -> None:
@@ -233,6 +253,36 @@ def seed_images() -> None:
     ECRBackend.create_repository = create_repository
 
 
+def tag_api_finds_ecr_repositories() -> None:
+    """moto gap (MOTO-NOTES: Resource Groups Tagging API): `GetResources` never returns ECR
+    repositories; AWS's returns every resource type but IAM users and roles. Answer for them
+    from the ECR backend's own tags."""
+    from moto.core.resource_tagging import TaggedResource
+    from moto.ecr.models import ecr_backends
+    from moto.resourcegroupstaggingapi import models
+
+    class Repositories:
+        def __init__(self, backend):
+            self.backend = backend
+
+        def owns_arn(self, arn: str) -> bool:
+            return any(repository.arn == arn for repository in self.backend.repositories.values())
+
+        def iter_tagged_resources(self):
+            for repository in list(self.backend.repositories.values()):
+                yield TaggedResource(arn=repository.arn, resource_type="ecr:repository",
+                                     tags=self.backend.tagger.get_tag_dict_for_resource(repository.arn))
+
+    original = models.iter_taggable_backends
+
+    def with_repositories(account_id: str, region_name: str):
+        yield from original(account_id, region_name)
+        if account_id in ecr_backends and region_name in ecr_backends[account_id]:
+            yield Repositories(ecr_backends[account_id][region_name])
+
+    models.iter_taggable_backends = with_repositories
+
+
 _applied = False
 
 
@@ -247,6 +297,7 @@ def apply_fixes() -> None:
         emulate_update_cluster_settings()
         emulate_ecs_deployments()
         seed_images()
+        tag_api_finds_ecr_repositories()
         _applied = True
 
 

@@ -315,7 +315,7 @@ class Engine:
                                changes=len(result.applied), error=result.error)
 
     def _load_records(self) -> None:
-        if self.store is not None and self.store.exists():
+        if self.store is not None:
             self._records = self.store.steps()
 
 

@@ -8,14 +8,17 @@ data ourselves, noting where each field came from.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from orchestrator.errors import ManifestError
 from orchestrator.schema import FieldError, Manifest
@@ -41,6 +44,9 @@ def load_manifest(directory: Path | str, env: str) -> Manifest:
                              f"{', '.join(environments) or 'none'}"])
     overlay = _read(overlay_file)
     base = _read(_base_file(directory, overlay))
+    if not base.data:  # every field would be reported missing, at the overlay's lines
+        raise ManifestError([f"{base.label}:1: the base manifest is empty; it holds the settings every "
+                             "environment shares (app, region, state, network, ...)"])
     for parsed in (base, overlay):
         _forbid_environment(parsed, env)
     problems = base.problems + overlay.problems
@@ -213,7 +219,7 @@ def _human(error: dict) -> str:
     if kind == "missing":
         return "field required"
     if kind == "extra_forbidden":
-        return f"unknown field {error['loc'][-1]!r}"
+        return "unknown field" + _suggestion(error["loc"])
     if kind == "literal_error":
         return f"must be one of {error['ctx']['expected']} (got {value!r})"
     if kind == "value_error":
@@ -222,6 +228,46 @@ def _human(error: dict) -> str:
     if isinstance(value, (str, int, float, bool)) or value is None:
         message += f" (got {value!r})"
     return message
+
+
+def _suggestion(path: FieldPath) -> str:
+    """What follows "unknown field" when the key is close to a field of its section, e.g.
+    "; did you mean `zones`?". A field is also known by the first word of its description: users
+    write `file:` for the field `path`, described "file holding the value"."""
+    model = _model_at(path[:-1])
+    if model is None:
+        return ""
+    names = {name: name for name in model.model_fields}
+    for name, info in model.model_fields.items():
+        words = (info.description or "").split()
+        if words:
+            names.setdefault(words[0], name)
+    match = difflib.get_close_matches(str(path[-1]), names, n=1)
+    return f"; did you mean `{names[match[0]]}`?" if match else ""
+
+
+def _model_at(path: FieldPath) -> type[BaseModel] | None:
+    """The section model of the manifest at `path`, following fields, mapping values and list items."""
+    kind: Any = Manifest
+    for part in path:
+        kind = next((inner for option in _options(kind) if (inner := _inner(option, part)) is not None), None)
+    models = [option for option in _options(kind) if isinstance(option, type) and issubclass(option, BaseModel)]
+    return models[0] if models else None
+
+
+def _options(kind: Any) -> tuple:
+    """The types a union allows (`X | None`), or the type itself."""
+    return typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
+
+
+def _inner(kind: Any, part: str | int) -> Any:
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return kind.model_fields[part].annotation if part in kind.model_fields else None
+    if typing.get_origin(kind) is dict:
+        return typing.get_args(kind)[1]
+    if typing.get_origin(kind) is list and isinstance(part, int):
+        return typing.get_args(kind)[0]
+    return None
 
 
 def _problem(where: Where, path: FieldPath, message: str) -> Problem:

@@ -137,7 +137,7 @@ def status_text(env: str, records: dict, holder: dict | None, runs: list[dict], 
     lines = [f"Environment {env}"]
     if holder:
         age = now - float(holder.get("acquired_at", now))
-        left = float(holder.get("expires_at", now)) - now
+        left = float(holder.get("lease_until", now)) - now
         lease = f"lease ends in {left:.0f}s unless renewed" if left > 0 else "lease expired: the next run takes over"
         lines.append(f"  locked by {holder.get('user')}@{holder.get('host')} (pid {holder.get('pid')}, "
                      f"{holder.get('command')}, run {holder.get('run_id')}) for {age:.0f}s; {lease}")

@@ -93,21 +93,60 @@ def start(port: int | None = None, timeout: float = 30.0) -> dict:
     return record
 
 
+#: How long `stop` waits for the server to exit after SIGTERM, then after SIGKILL.
+STOP_TIMEOUT = 10.0
+
+
 def stop() -> dict | None:
-    """Stop the recorded sandbox; return its record, or None when none was running."""
+    """Stop the recorded sandbox and wait until its process is gone and its port closed; return
+    its record (with `killed` when it ignored SIGTERM for STOP_TIMEOUT seconds and was killed), or
+    None when none was running. A record whose server no longer answers is only removed: its
+    pid may belong to another process by now."""
     record = read_record()
     if not record:
         return None
+    if not is_alive(record):
+        record_path().unlink(missing_ok=True)
+        return None
+    pid = int(record["pid"])
+    _signal(pid, signal.SIGTERM)
+    killed = not _wait_until_gone(pid, record, STOP_TIMEOUT)
+    if killed:
+        _signal(pid, signal.SIGKILL)
+        if not _wait_until_gone(pid, record, STOP_TIMEOUT):
+            raise OrchestratorError(f"the sandbox (pid {pid}) still runs after SIGKILL; stop it by hand")
+    record_path().unlink(missing_ok=True)
+    return {**record, "killed": killed}
+
+
+def _signal(pid: int, signum: int) -> None:
     try:
-        os.kill(int(record["pid"]), signal.SIGTERM)
+        os.kill(pid, signum)
     except ProcessLookupError:
         pass
-    for _ in range(50):
-        if not is_alive(record):
-            break
+
+
+def _wait_until_gone(pid: int, record: dict, timeout: float) -> bool:
+    """True once the process has exited and nothing listens on the port, within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while _process_exists(pid) or is_alive(record):
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.1)
-    record_path().unlink(missing_ok=True)
-    return record
+    return True
+
+
+def _process_exists(pid: int) -> bool:
+    try:  # reap it if this process started it (a zombie still answers signal 0)
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def endpoint() -> str:

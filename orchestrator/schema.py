@@ -524,6 +524,51 @@ class ServicesSpec(Section):
         return tasks
 
 
+# --- alerting (Grafana content of the grafana bundle) ----------------------------------------
+
+
+class SeverityThreshold(Section):
+    """The value above which a rule fires at each severity: warning goes to Slack, critical to Slack and email."""
+
+    warning: float = Field(gt=0)
+    critical: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _critical_not_below_warning(self) -> "SeverityThreshold":
+        if self.critical < self.warning:
+            raise FieldError(f"is below warning ({self.warning:g}); every threshold here is 'higher is worse'",
+                             "critical")
+        return self
+
+
+class PercentThreshold(SeverityThreshold):
+    warning: float = Field(gt=0, le=100)
+    critical: float = Field(gt=0, le=100)
+
+
+class AlertThresholds(Section):
+    error_rate_percent: PercentThreshold = Field(description="share of requests answered 5xx, over 5 minutes")
+    p95_latency_ms: SeverityThreshold = Field(description="95th percentile of server request duration, over 5 minutes")
+    cpu_percent: PercentThreshold = Field(description="a service's CPU used / reserved (Container Insights)")
+    memory_percent: PercentThreshold = Field(description="a service's memory used / reserved (Container Insights)")
+
+
+class AlertingSpec(Section):
+    thresholds: AlertThresholds
+    email_addresses: list[str] = Field(min_length=1, description="who gets critical alerts by email")
+    slack_webhook_secret: str = Field("slack-webhook", description="the secret (a key of secrets.values) holding "
+                                                                   "the Slack webhook; it reaches Grafana as an "
+                                                                   "environment variable, never a file")
+
+    @field_validator("email_addresses")
+    @classmethod
+    def _addresses(cls, addresses: list[str]) -> list[str]:
+        for index, address in enumerate(addresses):
+            if not re.fullmatch(r"[^@\s;,]+@[^@\s;,]+\.[^@\s;,]+", address):
+                raise FieldError(f"{address!r} is not an email address", index)
+        return addresses
+
+
 # --- the whole manifest --------------------------------------------------------------------
 
 
@@ -548,6 +593,8 @@ class Manifest(Section):
     observability: ObservabilitySpec | None = Field(
         None, description="the observability stack's images, sampling and retention (configs/ is rendered from it)")
     services: ServicesSpec | None = Field(None, description="task definitions, ECS services and autoscaling")
+    alerting: AlertingSpec | None = Field(
+        None, description="Grafana alert thresholds per environment and who is notified (steps/grafana_content.py)")
 
     @field_validator("tags")
     @classmethod

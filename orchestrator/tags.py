@@ -17,11 +17,16 @@ def is_owned(tags: dict[str, str], app: str, env: str, step: str | None = None) 
     return tags.get(APP) == app and tags.get(ENV) == env and (step is None or tags.get(STEP) == step)
 
 
-def not_ours(what: str, name: str) -> OrchestratorError:
-    """The error for a resource under one of our names that lacks our ownership tags."""
+def not_ours(what: str, name: str, owner_tags: dict[str, str] | None = None) -> OrchestratorError:
+    """The error for a resource under one of our names that lacks our ownership tags; given the
+    tags it would carry, it says which to add to adopt it deliberately."""
+    adopt = ""
+    if owner_tags:
+        adopt = "; to adopt it deliberately, tag it " + ", ".join(
+            f"{key}={owner_tags[key]}" for key in (APP, ENV, STEP) if key in owner_tags)
     return OrchestratorError(f"{what} {name} exists but does not carry this environment's ownership tags; "
                              "the orchestrator will not adopt or change it: rename or remove it, or change "
-                             "the manifest")
+                             f"the manifest{adopt}")
 
 
 def tag_list(tags: dict[str, str], key: str = "Key", value: str = "Value") -> list[dict[str, str]]:
@@ -46,6 +51,11 @@ def owner_filters(app: str, env: str, step: str | None = None) -> list[dict]:
     if step:
         filters.append({"Name": f"tag:{STEP}", "Values": [step]})
     return filters
+
+
+def owner_tag_filters(app: str, env: str, step: str) -> list[dict]:
+    """Tagging-API (`GetResources`) `TagFilters` that select what this environment's step owns."""
+    return [{"Key": key, "Values": [value]} for key, value in ((APP, app), (ENV, env), (STEP, step))]
 
 
 def tag_diffs(current: dict[str, str], wanted: dict[str, str]) -> tuple[FieldDiff, ...]:

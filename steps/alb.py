@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, replace
 from orchestrator import tags as tagging
 from orchestrator.aws import unless_code
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
+from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields, is_unknown
+from orchestrator.permissions import FIND_BY_TAG, allow, service_linked_role
 from orchestrator.retry import eventually
 from orchestrator.waiters import WaitFailed, botocore_check
 
@@ -24,6 +25,7 @@ HTTP, HTTPS = 80, 443
 LISTENER_KEYS = {HTTP: "http", HTTPS: "https"}
 NAME_LIMIT = 32  # load balancer and target group names
 TAGS_PER_DESCRIBE = 20
+TARGET_GROUPS_PER_DESCRIBE = 20  # by name or ARN
 
 LB_FIELDS = ("subnets", "security_groups", "idle_timeout_seconds", "deletion_protection")
 LB_FIELD_CALLS = {"subnets": "elbv2:SetSubnets", "security_groups": "elbv2:SetSecurityGroups",
@@ -232,17 +234,21 @@ class AlbStep(Step):
     # -- observe ----------------------------------------------------------------------------
 
     def observe(self, ctx, desired: AlbDesired) -> AlbFacts:
+        """By name and by our tags, never by listing the account: the load balancer and the
+        wanted target groups by name, our other target groups (left over from a replacement) by
+        one tagging-API query, and those our listeners and rules point at by ARN."""
         elb = ctx.client("elbv2")
         facts = AlbFacts()
         lb = self._find_load_balancer(elb, desired.load_balancer.name)
-        all_groups = [group for page in elb.get_paginator("describe_target_groups").paginate()
-                      for group in page["TargetGroups"]]
+        listeners = [listener for page in elb.get_paginator("describe_listeners").paginate(
+            LoadBalancerArn=lb["LoadBalancerArn"]) for listener in page["Listeners"]] if lb else []
+        rules = [(listener["Port"], rule) for listener in listeners
+                 for page in elb.get_paginator("describe_rules").paginate(ListenerArn=listener["ListenerArn"])
+                 for rule in page["Rules"] if not rule["IsDefault"]]
+        all_groups = self._find_target_groups(ctx, elb, desired, [listener["DefaultActions"] for listener in listeners]
+                                              + [rule["Actions"] for _, rule in rules])
         names_by_arn = {group["TargetGroupArn"]: group["TargetGroupName"] for group in all_groups}
         ours = [group for group in all_groups if group["TargetGroupName"].startswith(desired.name_prefix)]
-        listeners = elb.describe_listeners(LoadBalancerArn=lb["LoadBalancerArn"])["Listeners"] if lb else []
-        rules = [(listener["Port"], rule) for listener in listeners
-                 for rule in elb.describe_rules(ListenerArn=listener["ListenerArn"])["Rules"]
-                 if not rule["IsDefault"]]
         arns = ([lb["LoadBalancerArn"]] if lb else []) + [g["TargetGroupArn"] for g in ours] + \
             [listener["ListenerArn"] for listener in listeners] + [rule["RuleArn"] for _, rule in rules]
         tags = self._tags(elb, arns)
@@ -279,6 +285,44 @@ class AlbStep(Step):
         """By name: `create_load_balancer` is never sent for a name that exists."""
         found = unless_code({"LoadBalancerNotFound"}, elb.describe_load_balancers, Names=[name])
         return found["LoadBalancers"][0] if found else None
+
+    def _find_target_groups(self, ctx, elb, desired: AlbDesired, actions: list[list[dict]]) -> list[dict]:
+        """The wanted target groups (ours or not), the others carrying our tags, and those the
+        given listener and rule actions forward to."""
+        # A name not known yet (the VPC it hashes is not created) names nothing that exists.
+        found = _target_groups_by(elb, "Names", [group.name for group in desired.target_groups
+                                                 if not is_unknown(group.name)])
+        tagged = [item["ResourceARN"] for page in ctx.client("resourcegroupstaggingapi").get_paginator(
+            "get_resources").paginate(TagFilters=tagging.owner_tag_filters(ctx.app, ctx.env, self.name),
+                                      ResourceTypeFilters=["elasticloadbalancing:targetgroup"])
+            for item in page["ResourceTagMappingList"]]
+        pointed_at = [target for action in actions for target in _forward_targets(action)]
+        seen = {group["TargetGroupArn"] for group in found}
+        others = sorted({arn for arn in tagged + pointed_at if arn not in seen})
+        return found + _target_groups_by(elb, "TargetGroupArns", others)
+
+    def permissions(self, manifest, scope) -> list[dict]:
+        """The deploy role's statements for this step: the environment's load balancer, its
+        listeners and rules, and the target groups named after the environment."""
+        name = manifest.prefix
+        ours = [scope.arn("elasticloadbalancing", resource) for resource in (
+            f"loadbalancer/app/{name}/*", f"listener/app/{name}/*", f"listener-rule/app/{name}/*",
+            f"targetgroup/{name}-*/*")]
+        return [
+            # The ELB describes support no resource-level permissions.
+            allow("ElbDescribe", ["elasticloadbalancing:DescribeLoadBalancers",
+                                  "elasticloadbalancing:DescribeLoadBalancerAttributes",
+                                  "elasticloadbalancing:DescribeTargetGroups",
+                                  "elasticloadbalancing:DescribeTargetGroupAttributes",
+                                  "elasticloadbalancing:DescribeListeners", "elasticloadbalancing:DescribeRules",
+                                  "elasticloadbalancing:DescribeTags"], "*"),
+            allow("ElbChange", [f"elasticloadbalancing:{action}" for action in (
+                "CreateLoadBalancer", "DeleteLoadBalancer", "ModifyLoadBalancerAttributes", "SetSubnets",
+                "SetSecurityGroups", "CreateTargetGroup", "DeleteTargetGroup", "ModifyTargetGroup",
+                "ModifyTargetGroupAttributes", "CreateListener", "DeleteListener", "ModifyListener", "CreateRule",
+                "DeleteRule", "ModifyRule", "SetRulePriorities", "AddTags")], ours),
+            service_linked_role(scope, "elasticloadbalancing.amazonaws.com"),
+            FIND_BY_TAG]
 
     @staticmethod
     def _tags(elb, arns: list[str]) -> dict[str, dict[str, str]]:
@@ -693,6 +737,32 @@ def _paths(conditions: list[dict]) -> tuple[str, ...]:
         if condition.get("Field") == "path-pattern":
             return tuple((condition.get("PathPatternConfig") or {}).get("Values") or condition.get("Values") or ())
     return ()
+
+
+def _target_groups_by(elb, key: str, values: list[str]) -> list[dict]:
+    """The target groups of these names or ARNs that exist: one describe for up to 20, or, when
+    one of them does not exist (AWS then fails the whole call), one describe each."""
+    if not values:
+        return []
+    if len(values) > TARGET_GROUPS_PER_DESCRIBE:
+        return [group for start in range(0, len(values), TARGET_GROUPS_PER_DESCRIBE)
+                for group in _target_groups_by(elb, key, values[start:start + TARGET_GROUPS_PER_DESCRIBE])]
+    found = unless_code({"TargetGroupNotFound"}, elb.describe_target_groups, **{key: values})
+    if found is not None:
+        return found["TargetGroups"]
+    if len(values) == 1:
+        return []
+    return [group for value in values for group in _target_groups_by(elb, key, [value])]
+
+
+def _forward_targets(actions: list[dict]) -> list[str]:
+    """The target group ARNs a listener's or rule's actions forward to."""
+    targets = []
+    for action in actions:
+        if action.get("TargetGroupArn"):
+            targets.append(action["TargetGroupArn"])
+        targets += [t["TargetGroupArn"] for t in (action.get("ForwardConfig") or {}).get("TargetGroups", [])]
+    return targets
 
 
 def _observed_action(actions: list[dict], names_by_arn: dict[str, str]) -> Action:

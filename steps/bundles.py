@@ -13,6 +13,9 @@ same bytes. Trace sampling has two halves: the app's SDK samples at the environm
 (`app_environment`), and where errors must always be kept the SDK records everything and the
 collector's tail sampling keeps every trace with an error plus the ratio of the rest (a head
 sampler alone cannot: it decides before the error happens).
+
+Grafana's dashboards and alerting are generated, not templates: `steps/grafana_content.py` builds
+them and they join the grafana bundle's files, so they move its hash like any template does.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from orchestrator.errors import OrchestratorError
+from steps import grafana_content
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -74,10 +78,16 @@ def render(manifest, facts: Facts) -> dict[str, Bundle]:
     if GRAFANA_ADMIN_SECRET not in manifest.secrets.values:
         raise OrchestratorError(f"Grafana's admin password comes from the secret {GRAFANA_ADMIN_SECRET!r}, "
                                 "which the manifest's secrets.values does not list")
+    alerting = manifest.alerting
+    if alerting is not None and alerting.slack_webhook_secret not in manifest.secrets.values:
+        raise OrchestratorError(f"alerting.slack_webhook_secret names {alerting.slack_webhook_secret!r}, "
+                                "which the manifest's secrets.values does not list")
     values = _values(manifest, facts)
     bundles = {}
     for service, container in _containers(manifest).items():
         files = _render_folder(service, values, manifest)
+        if service == "grafana":  # dashboards and alerting, generated (steps/grafana_content.py)
+            files = dict(sorted({**files, **grafana_content.files(manifest)}.items()))
         bundles[service] = Bundle(service=service, files=files, hash=bundle_hash(files), container=container)
     return bundles
 
@@ -138,7 +148,7 @@ def _containers(manifest) -> dict[str, Container]:
         "grafana": Container(
             image=images.grafana, config_dir=GRAFANA_PROVISIONING, command=(), ports=(GRAFANA,),
             environment=_grafana_environment(manifest),
-            secrets={"GF_SECURITY_ADMIN_PASSWORD": GRAFANA_ADMIN_SECRET},
+            secrets={"GF_SECURITY_ADMIN_PASSWORD": GRAFANA_ADMIN_SECRET, **grafana_content.container_secrets(manifest)},
             data_dir="/var/lib/grafana"),  # the EFS access point /grafana (uid 472, the image's user)
     }
 
@@ -234,7 +244,7 @@ def _render_folder(service: str, values: dict, manifest) -> dict[str, bytes]:
 
 def _render_file(path: Path, values: dict, manifest) -> bytes:
     if path.suffix not in (".yaml", ".yml"):
-        return path.read_bytes()  # dashboards (JSON) and anything else travel as they are
+        return path.read_bytes()  # anything not YAML travels as it is
     source = path.relative_to(CONFIGS).as_posix()
     data = _fill(yaml.load(path.read_text(encoding="utf-8"), Loader=_TemplateLoader), values, source)
     adjust = _ADJUSTMENTS.get(source)

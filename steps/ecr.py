@@ -16,6 +16,7 @@ from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step
+from orchestrator.permissions import FIND_BY_TAG, allow
 
 #: What ECR answers for a repository that is gone already: a delete counts as done.
 GONE = frozenset({"RepositoryNotFoundException"})
@@ -158,19 +159,14 @@ class EcrStep(Step):
     # -- observe ---------------------------------------------------------------------------
 
     def observe(self, ctx, desired: EcrDesired) -> EcrFacts:
-        """One describe for all repositories, then tags, lifecycle policy and "any image?" for ours.
-
-        ECR describes carry no tags and the tagging API is not usable for ECR everywhere, so
-        tags are read per candidate: the desired names, and any repository named after the app
-        (`gamepulse…`), which is how one removed from the manifest is found again.
-        """
+        """The wanted repositories by name, and any other of ours (one removed from the manifest)
+        by one tagging-API query; never a listing of the account's repositories. ECR describes
+        carry no tags and the tagging API's lag behind, so each repository found has its own
+        tags read, then its lifecycle policy and, before a delete, whether it holds images."""
         client = ctx.client("ecr")
         facts = EcrFacts()
-        pages = client.get_paginator("describe_repositories").paginate()
-        for item in (item for page in pages for item in page["repositories"]):
+        for item in _repositories_named(client, sorted(set(desired.repositories) | self._tagged_names(ctx))):
             name = item["repositoryName"]
-            if name not in desired.repositories and not name.startswith(desired.app):
-                continue
             tags = tagging.tag_dict(client.list_tags_for_resource(resourceArn=item["repositoryArn"]).get("tags"))
             if self._owns(tags, desired):
                 wanted = desired.repositories.get(name)
@@ -181,6 +177,24 @@ class EcrStep(Step):
             elif name in desired.repositories:
                 facts.foreign[name] = tags
         return facts
+
+    def _tagged_names(self, ctx) -> set[str]:
+        pages = ctx.client("resourcegroupstaggingapi").get_paginator("get_resources").paginate(
+            TagFilters=tagging.owner_tag_filters(ctx.app, ctx.env, self.name), ResourceTypeFilters=["ecr:repository"])
+        return {item["ResourceARN"].split(":repository/", 1)[-1]
+                for page in pages for item in page["ResourceTagMappingList"]}
+
+    def permissions(self, manifest, scope) -> list[dict]:
+        """The deploy role's statements for this step: the manifest's repositories only (their
+        names are not per environment, so no wider pattern would be ours alone)."""
+        names = sorted(spec.name or key for key, spec in manifest.images.repositories.items())
+        return [allow("EcrRepositories", ["ecr:DescribeRepositories", "ecr:ListTagsForResource",
+                                          "ecr:GetLifecyclePolicy", "ecr:ListImages", "ecr:DescribeImages",
+                                          "ecr:CreateRepository", "ecr:DeleteRepository", "ecr:TagResource",
+                                          "ecr:PutImageScanningConfiguration", "ecr:PutImageTagMutability",
+                                          "ecr:PutLifecyclePolicy"],
+                      [scope.arn("ecr", f"repository/{name}") for name in names]),
+                FIND_BY_TAG]
 
     def _owns(self, tags: dict[str, str], desired: EcrDesired) -> bool:
         return tagging.is_owned(tags, desired.app, desired.env, self.name)
@@ -225,7 +239,7 @@ class EcrStep(Step):
             return
         work: RepositoryWork = change.payload
         repository = work.repository
-        if change.kind == "lifecycle-policy":
+        if change.kind == "lifecycle_policy":
             _put_lifecycle_policy(client, repository)
             observed.owned[repository.name].lifecycle_policy = canonical_lifecycle_policy(repository.lifecycle_policy)
         elif change.action == "update":
@@ -276,14 +290,16 @@ def _create(repository: DesiredRepository) -> Change:
 
 
 def _replace(repository: DesiredRepository, current: ObservedRepository) -> Change:
-    note = "the encryption of a repository cannot change after creation: it is deleted and created again"
+    note = "the encryption of a repository cannot change after creation"
     if current.holds_images:
         note += "; it holds images, which are lost: needs --delete-data"
     return Change("replace", "repository", repository.name,
                   diffs=(FieldDiff("encryption", current.encryption, repository.encryption),),
                   calls=("ecr:DeleteRepository", "ecr:CreateRepository", "ecr:PutLifecyclePolicy"),
                   payload=RepositoryWork(repository=repository, arn=current.arn, force=current.holds_images),
-                  blocked="delete-data" if current.holds_images else None, note=note)
+                  blocked="delete-data" if current.holds_images else None, note=note,
+                  outage=f"a repository's name cannot exist twice: {repository.name} is deleted first, and "
+                         "tasks cannot pull images until they are pushed again")
 
 
 def _updates(repository: DesiredRepository, current: ObservedRepository) -> list[Change]:
@@ -310,7 +326,7 @@ def _updates(repository: DesiredRepository, current: ObservedRepository) -> list
 
 
 def _lifecycle_change(action: str, repository: DesiredRepository, current: dict | None) -> Change:
-    return Change(action, "lifecycle-policy", repository.name,
+    return Change(action, "lifecycle_policy", repository.name,
                   diffs=(FieldDiff("policy", current, canonical_lifecycle_policy(repository.lifecycle_policy)),),
                   calls=("ecr:PutLifecyclePolicy",), payload=RepositoryWork(repository=repository))
 
@@ -324,6 +340,19 @@ def _delete(current: ObservedRepository, why: str) -> Change:
 
 
 # -- AWS helpers ---------------------------------------------------------------------------
+
+
+def _repositories_named(client, names: list[str]) -> list[dict]:
+    """The repositories of these names that exist: one describe for all, or, when one of them
+    does not exist (ECR then fails the whole call), one describe each."""
+    if not names:
+        return []
+    found = unless_code({"RepositoryNotFoundException"}, client.describe_repositories, repositoryNames=names)
+    if found is not None:
+        return found["repositories"]
+    if len(names) == 1:
+        return []
+    return [item for name in names for item in _repositories_named(client, [name])]
 
 
 def _lifecycle_policy_of(client, name: str) -> dict | None:

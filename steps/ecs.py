@@ -8,6 +8,7 @@ from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
+from orchestrator.permissions import FIND_BY_TAG, allow, service_linked_role
 from orchestrator.waiters import WaitFailed
 
 CONTAINER_INSIGHTS = "containerInsights"
@@ -117,6 +118,34 @@ class EcsStep(Step):
     Outputs = EcsOutputs
     description = "ECS cluster, log groups per task family, Cloud Map namespace"
 
+    def permissions(self, manifest, scope) -> list[dict]:
+        """The deploy role's statements for this step: the environment's cluster and log groups;
+        namespaces have generated ids, so those of this account and region."""
+        return [
+            allow("EcsCluster", ["ecs:DescribeClusters", "ecs:DeleteCluster", "ecs:PutClusterCapacityProviders",
+                                 "ecs:UpdateClusterSettings", "ecs:TagResource", "ecs:ListTagsForResource"],
+                  scope.arn("ecs", f"cluster/{manifest.prefix}")),
+            # CreateCluster supports no resource-level permissions.
+            allow("EcsCreateCluster", ["ecs:CreateCluster"], "*"),
+            allow("LogGroups", ["logs:CreateLogGroup", "logs:DeleteLogGroup", "logs:PutRetentionPolicy",
+                                "logs:TagResource", "logs:ListTagsForResource"],
+                  scope.arn("logs", f"log-group:/ecs/{manifest.prefix}/*")),
+            # DescribeLogGroups is asked with our name prefix, but is authorised on all groups.
+            allow("LogGroupsDescribe", ["logs:DescribeLogGroups"], scope.arn("logs", "log-group:*")),
+            allow("CloudMapNamespace", ["servicediscovery:GetNamespace", "servicediscovery:DeleteNamespace",
+                                        "servicediscovery:TagResource", "servicediscovery:ListTagsForResource"],
+                  scope.arn("servicediscovery", "namespace/*")),
+            # These Cloud Map calls support no resource-level permissions; a private namespace is
+            # a Route 53 hosted zone Cloud Map makes and deletes in the caller's name (zone ids
+            # are generated), in the VPC it reads.
+            allow("CloudMapCreate", ["servicediscovery:CreatePrivateDnsNamespace", "servicediscovery:ListNamespaces",
+                                     "servicediscovery:GetOperation", "route53:CreateHostedZone",
+                                     "route53:GetHostedZone", "route53:ListHostedZonesByName",
+                                     "route53:ChangeResourceRecordSets", "route53:DeleteHostedZone",
+                                     "ec2:DescribeVpcs"], "*"),
+            service_linked_role(scope, "ecs.amazonaws.com"),
+            FIND_BY_TAG]
+
     # -- desired ----------------------------------------------------------------------------
 
     def desired(self, manifest, inputs) -> EcsDesired:
@@ -194,8 +223,9 @@ class EcsStep(Step):
         share the name, so one that is not ours is no reason to refuse: AWS itself rejects the
         create if one of that name is in the same VPC, and says so."""
         discovery = ctx.client("servicediscovery")
-        private_dns = [{"Name": "TYPE", "Values": ["DNS_PRIVATE"], "Condition": "EQ"}]
-        for page in discovery.get_paginator("list_namespaces").paginate(Filters=private_dns):
+        ours = [{"Name": "TYPE", "Values": ["DNS_PRIVATE"], "Condition": "EQ"},
+                {"Name": "NAME", "Values": [name], "Condition": "EQ"}]
+        for page in discovery.get_paginator("list_namespaces").paginate(Filters=ours):
             for namespace in page["Namespaces"]:
                 if namespace["Name"] == name:
                     tags = tagging.tag_dict(

@@ -34,6 +34,7 @@ from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
+from orchestrator.permissions import FIND_BY_TAG, allow
 from orchestrator.waiters import WaitFailed
 
 #: Changing these means a new file system, and the data goes with the old one.
@@ -158,11 +159,15 @@ def normalized_tags(items) -> dict[str, str]:
     return {k: v for k, v in tagging.tag_dict(items).items() if not k.startswith("aws:")}
 
 
-def read_file_systems(efs) -> list[dict]:
-    items = []
-    for page in efs.get_paginator("describe_file_systems").paginate():
-        items += page["FileSystems"]
-    return sorted(items, key=lambda item: item["CreationTime"])
+def read_file_systems(efs, token: str, ids: list[str]) -> list[dict]:
+    """The file system created with `token`, and those of these ids (the tagging API may still
+    name one deleted since), oldest first."""
+    items = {item["FileSystemId"]: item for item in efs.describe_file_systems(CreationToken=token)["FileSystems"]}
+    for fs_id in ids:
+        if fs_id not in items:
+            found = unless_code({"FileSystemNotFound"}, efs.describe_file_systems, FileSystemId=fs_id)
+            items.update({item["FileSystemId"]: item for item in (found or {}).get("FileSystems", [])})
+    return sorted(items.values(), key=lambda item: item["CreationTime"])
 
 
 def read_mount_targets(efs, fs_id: str) -> dict[str, ObservedMountTarget]:
@@ -279,7 +284,7 @@ def sync_tags(efs, resource_id: str, current: dict[str, str], wanted: dict[str, 
 
 
 def create_file_system(ctx, efs, desired: FileSystem) -> ObservedFileSystem:
-    token = ctx.token("file-system")
+    token = ctx.token("file_system")
     try:
         item = efs.create_file_system(CreationToken=token, PerformanceMode=desired.performance_mode,
                                       ThroughputMode=desired.throughput_mode, Encrypted=desired.encrypted,
@@ -329,7 +334,7 @@ def create_mount_target(efs, fs: ObservedFileSystem, desired: MountTarget) -> Wa
 
 def create_access_point(ctx, efs, fs: ObservedFileSystem, desired: AccessPoint) -> Wait:
     # The token changes with the settings and the file system: a replacement is a new create.
-    token = ctx.token(f"access-point/{desired.key}", salt=f"{fs.id} {settings_text(desired)}")
+    token = ctx.token(f"access_point/{desired.key}", salt=f"{fs.id} {settings_text(desired)}")
     item = efs.create_access_point(
         ClientToken=token, Tags=tagging.tag_list(desired.tags), FileSystemId=fs.id,
         PosixUser={"Uid": desired.uid, "Gid": desired.gid},
@@ -383,17 +388,19 @@ class EfsStep(Step):
             transition_to_ia=spec.transition_to_ia,
             backups=spec.backups,
             mount_targets=tuple(MountTarget(zone=zone, subnet_id=subnet, security_group_id=group)
-                                for zone, subnet in zip(zones, subnets)),
+                                for zone, subnet in zip(zones, subnets, strict=True)),
             access_points=tuple(
                 AccessPoint(key=key, name=f"{manifest.prefix}-{key}", path=ap.path, uid=ap.uid, gid=ap.gid,
                             permissions=ap.permissions, tags={**tags, "Name": f"{manifest.prefix}-{key}"})
                 for key, ap in sorted(spec.access_points.items())))
 
     def observe(self, ctx, desired: EfsDesired) -> EfsFacts:
+        """The platform's file system by its creation token, and the others carrying our tags
+        (left over) by one tagging-API query: never a listing of the account's file systems."""
         efs = ctx.client("efs")
-        token = ctx.token("file-system")
+        token = ctx.token("file_system")
         facts = EfsFacts()
-        for item in read_file_systems(efs):
+        for item in read_file_systems(efs, token, self._tagged_file_system_ids(ctx)):
             fs = observed_file_system(item)
             mine = item["CreationToken"] == token
             if item["LifeCycleState"] in ("deleting", "deleted") or not (mine or is_ours(fs.tags, ctx.app, ctx.env)):
@@ -407,6 +414,33 @@ class EfsStep(Step):
         if current is not None:
             self._observe_settings(efs, current, desired)
         return facts
+
+    def _tagged_file_system_ids(self, ctx) -> list[str]:
+        pages = ctx.client("resourcegroupstaggingapi").get_paginator("get_resources").paginate(
+            TagFilters=tagging.owner_tag_filters(ctx.app, ctx.env, self.name),
+            ResourceTypeFilters=["elasticfilesystem:file-system"])
+        return [item["ResourceARN"].rsplit("/", 1)[-1] for page in pages for item in page["ResourceTagMappingList"]]
+
+    def permissions(self, manifest, scope) -> list[dict]:
+        """The deploy role's statements for this step. File systems and access points have
+        generated ids, so the statements name this account's in this region; what is ours
+        among them is decided by creation token and tags."""
+        return [
+            allow("EfsFileSystems", [f"elasticfilesystem:{action}" for action in (
+                "DescribeFileSystems", "DescribeMountTargets", "DescribeMountTargetSecurityGroups",
+                "DescribeAccessPoints", "DescribeLifecycleConfiguration", "DescribeBackupPolicy", "CreateFileSystem",
+                "DeleteFileSystem", "UpdateFileSystem", "PutLifecycleConfiguration", "PutBackupPolicy",
+                "CreateMountTarget", "DeleteMountTarget", "ModifyMountTargetSecurityGroups", "CreateAccessPoint",
+                "DeleteAccessPoint", "TagResource")],
+                  [scope.arn("elasticfilesystem", "file-system/*"), scope.arn("elasticfilesystem", "access-point/*")]),
+            # A mount target is a network interface EFS makes in the caller's name. EC2 describes
+            # support no resource-level permissions; the interface's own actions are held to
+            # this account and region.
+            allow("EfsMountTargetNetworkRead", ["ec2:DescribeSubnets", "ec2:DescribeNetworkInterfaces",
+                                                "ec2:DescribeNetworkInterfaceAttribute"], "*"),
+            allow("EfsMountTargetNetwork", ["ec2:CreateNetworkInterface", "ec2:DeleteNetworkInterface",
+                                            "ec2:ModifyNetworkInterfaceAttribute"], scope.arn("ec2", "*")),
+            FIND_BY_TAG]
 
     @staticmethod
     def _observe_settings(efs, fs: ObservedFileSystem, desired: EfsDesired) -> None:
@@ -448,11 +482,11 @@ class EfsStep(Step):
     def _create_fs(fs: FileSystem) -> Change:
         diffs = tuple(FieldDiff(name, None, getattr(fs, name))
                       for name in ("performance_mode", "throughput_mode", "encrypted"))
-        return Change("create", "file-system", fs.name, diffs=diffs, calls=("efs:CreateFileSystem",), payload=fs)
+        return Change("create", "file_system", fs.name, diffs=diffs, calls=("efs:CreateFileSystem",), payload=fs)
 
     @staticmethod
     def _replace_fs(fs: FileSystem, current: ObservedFileSystem) -> Change:
-        return Change("replace", "file-system", fs.name, diffs=diff_fields(fs, current, REPLACE_FIELDS),
+        return Change("replace", "file_system", fs.name, diffs=diff_fields(fs, current, REPLACE_FIELDS),
                       calls=("efs:DeleteAccessPoint", "efs:DeleteMountTarget", "efs:DeleteFileSystem",
                              "efs:CreateFileSystem"),
                       payload=(fs, current), blocked="delete-data",
@@ -466,7 +500,7 @@ class EfsStep(Step):
         if not throughput + tags:
             return []
         calls = (("efs:UpdateFileSystem",) if throughput else ()) + (("efs:TagResource",) if tags else ())
-        return [Change("update", "file-system", fs.name, diffs=throughput + tags, calls=calls, payload=fs,
+        return [Change("update", "file_system", fs.name, diffs=throughput + tags, calls=calls, payload=fs,
                        note=f"file system {current.id}")]
 
     @staticmethod
@@ -486,23 +520,23 @@ class EfsStep(Step):
             if current in ENABLED_STATES:
                 return []
             old, status = current or "DISABLED", "ENABLED"
-        elif recorded.get(f"backup-policy/{name}", {}).get("enabled"):
+        elif recorded.get(f"backup_policy/{name}", {}).get("enabled"):
             old, status = "ENABLED", "DISABLED"
         else:
             return []
-        return [Change("update", "backup-policy", name, diffs=(FieldDiff("backups", old, status),),
+        return [Change("update", "backup_policy", name, diffs=(FieldDiff("backups", old, status),),
                        calls=("efs:PutBackupPolicy",), payload=status, record={"enabled": status == "ENABLED"})]
 
     @staticmethod
     def _create_mount_target(mt: MountTarget) -> Change:
-        return Change("create", "mount-target", mt.zone,
+        return Change("create", "mount_target", mt.zone,
                       diffs=(FieldDiff("subnet_id", None, mt.subnet_id),
                              FieldDiff("security_groups", None, [mt.security_group_id])),
                       calls=("efs:CreateMountTarget",), payload=mt)
 
     def _mount_targets(self, desired: EfsDesired, fs: ObservedFileSystem) -> list[Change]:
         wanted = {mt.zone for mt in desired.mount_targets}
-        changes = [Change("delete", "mount-target", zone, calls=("efs:DeleteMountTarget",), payload=found,
+        changes = [Change("delete", "mount_target", zone, calls=("efs:DeleteMountTarget",), payload=found,
                           note=f"mount target {found.id}: its zone is no longer one of the network's")
                    for zone, found in sorted(fs.mount_targets.items()) if zone not in wanted]
         for mt in desired.mount_targets:
@@ -510,7 +544,7 @@ class EfsStep(Step):
             if found is None:
                 changes.append(self._create_mount_target(mt))
             elif found.subnet_id != mt.subnet_id:
-                changes.append(Change("replace", "mount-target", mt.zone,
+                changes.append(Change("replace", "mount_target", mt.zone,
                                       diffs=(FieldDiff("subnet_id", found.subnet_id, mt.subnet_id),),
                                       calls=("efs:DeleteMountTarget", "efs:CreateMountTarget"),
                                       payload=(mt, found), note=f"mount target {found.id}: the subnet cannot change",
@@ -518,12 +552,12 @@ class EfsStep(Step):
                                              "file system until the new one is available"))
             elif found.state != "available":
                 # Its security groups cannot be read yet: wait for it, then check them.
-                changes.append(Change("update", "mount-target", mt.zone,
+                changes.append(Change("update", "mount_target", mt.zone,
                                       diffs=(FieldDiff("state", found.state, "available"),), payload=(mt, found),
                                       note=f"mount target {found.id}: wait until it is available, then check its "
                                            "security groups"))
             elif found.security_groups != (mt.security_group_id,):
-                changes.append(Change("update", "mount-target", mt.zone,
+                changes.append(Change("update", "mount_target", mt.zone,
                                       diffs=(FieldDiff("security_groups", list(found.security_groups),
                                                        [mt.security_group_id]),),
                                       calls=("efs:ModifyMountTargetSecurityGroups",), payload=(mt, found),
@@ -532,7 +566,7 @@ class EfsStep(Step):
 
     @staticmethod
     def _create_access_point(ap: AccessPoint) -> Change:
-        return Change("create", "access-point", ap.key, diffs=(FieldDiff("settings", None, settings_text(ap)),),
+        return Change("create", "access_point", ap.key, diffs=(FieldDiff("settings", None, settings_text(ap)),),
                       calls=("efs:CreateAccessPoint",), payload=ap)
 
     def _access_points(self, desired: EfsDesired, fs: ObservedFileSystem) -> list[Change]:
@@ -548,7 +582,7 @@ class EfsStep(Step):
             if keep is None and candidates:
                 old = candidates[0]
                 changes.append(Change(
-                    "replace", "access-point", ap.key,
+                    "replace", "access_point", ap.key,
                     diffs=(FieldDiff("settings", settings_text(old), settings_text(ap)),),
                     calls=("efs:CreateAccessPoint",), payload=(ap, old),
                     note=f"access point {old.id}: access points cannot change, so a new one replaces it"))
@@ -557,7 +591,7 @@ class EfsStep(Step):
             elif keep is None:
                 changes.append(self._create_access_point(ap))
             elif tagging.reconcile(keep.tags, ap.tags):
-                changes.append(Change("update", "access-point", ap.key, diffs=tagging.tag_diffs(keep.tags, ap.tags),
+                changes.append(Change("update", "access_point", ap.key, diffs=tagging.tag_diffs(keep.tags, ap.tags),
                                       calls=("efs:TagResource",), payload=(ap, keep), note=f"access point {keep.id}"))
             changes += [self._delete_access_point(found, ap.key, "a duplicate")
                         for found in candidates if found is not keep]
@@ -569,13 +603,13 @@ class EfsStep(Step):
     @staticmethod
     def _delete_access_point(found: ObservedAccessPoint, key: str, why: str, retire: bool = True) -> Change:
         """`retire`: during an apply, the services step (whose tasks mount it) moves off it first."""
-        return Change("delete", "access-point", key, calls=("efs:DeleteAccessPoint",), payload=found, retire=retire,
+        return Change("delete", "access_point", key, calls=("efs:DeleteAccessPoint",), payload=found, retire=retire,
                       note=f"access point {found.id} is {why}; the files stay in the file system")
 
     @staticmethod
     def _delete_fs(fs: ObservedFileSystem, leftover: bool = False) -> Change:
         why = "is not the platform's file system any more; " if leftover else ""
-        return Change("delete", "file-system", fs.name or fs.id,
+        return Change("delete", "file_system", fs.name or fs.id,
                       calls=("efs:DeleteAccessPoint", "efs:DeleteMountTarget", "efs:DeleteFileSystem"),
                       payload=fs, blocked="delete-data",
                       note=f"file system {fs.id} {why}with {len(fs.mount_targets)} mount target(s) and "
@@ -587,20 +621,20 @@ class EfsStep(Step):
     def apply(self, ctx, change: Change, observed: EfsFacts) -> Accepted | None:
         efs = ctx.client("efs")
         handler = {
-            ("create", "file-system"): self._apply_create_fs,
-            ("replace", "file-system"): self._apply_replace_fs,
-            ("update", "file-system"): self._apply_update_fs,
-            ("delete", "file-system"): self._apply_delete_fs,
+            ("create", "file_system"): self._apply_create_fs,
+            ("replace", "file_system"): self._apply_replace_fs,
+            ("update", "file_system"): self._apply_update_fs,
+            ("delete", "file_system"): self._apply_delete_fs,
             ("update", "lifecycle"): self._apply_lifecycle,
-            ("update", "backup-policy"): self._apply_backups,
-            ("create", "mount-target"): self._apply_create_mount_target,
-            ("replace", "mount-target"): self._apply_replace_mount_target,
-            ("update", "mount-target"): self._apply_update_mount_target,
-            ("delete", "mount-target"): self._apply_delete_mount_target,
-            ("create", "access-point"): self._apply_create_access_point,
-            ("replace", "access-point"): self._apply_replace_access_point,
-            ("update", "access-point"): self._apply_access_point_tags,
-            ("delete", "access-point"): self._apply_delete_access_point,
+            ("update", "backup_policy"): self._apply_backups,
+            ("create", "mount_target"): self._apply_create_mount_target,
+            ("replace", "mount_target"): self._apply_replace_mount_target,
+            ("update", "mount_target"): self._apply_update_mount_target,
+            ("delete", "mount_target"): self._apply_delete_mount_target,
+            ("create", "access_point"): self._apply_create_access_point,
+            ("replace", "access_point"): self._apply_replace_access_point,
+            ("update", "access_point"): self._apply_access_point_tags,
+            ("delete", "access_point"): self._apply_delete_access_point,
         }[(change.action, change.kind)]
         wait = handler(ctx, efs, change.payload, observed)
         return Accepted(waits=(wait,)) if wait else None
@@ -723,7 +757,7 @@ class EfsStep(Step):
         points, goes only with `delete-data`."""
         changes = []
         for _, fs in sorted(observed.file_systems.items()):
-            changes += [Change("delete", "mount-target", zone, calls=("efs:DeleteMountTarget",), payload=found,
+            changes += [Change("delete", "mount_target", zone, calls=("efs:DeleteMountTarget",), payload=found,
                                note=f"mount target {found.id} of {fs.id}; the file system's data is not touched")
                         for zone, found in sorted(fs.mount_targets.items())]
             changes.append(self._delete_fs(fs))

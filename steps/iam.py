@@ -26,6 +26,7 @@ from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step
+from orchestrator.permissions import allow
 
 EXECUTION = "execution"
 #: What IAM answers for a role or policy that is gone already: a delete counts as done.
@@ -129,13 +130,6 @@ def policy(*statements: dict) -> dict:
     return {"Version": "2012-10-17", "Statement": list(statements)}
 
 
-def allow(sid: str, actions: list[str], resources: list[str] | str, condition: dict | None = None) -> dict:
-    statement = {"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": resources}
-    if condition:
-        statement["Condition"] = condition
-    return statement
-
-
 def ecs_tasks_trust(account_id: str) -> dict:
     """Only ECS tasks of this account may assume the role (guards against a confused deputy)."""
     return policy({"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole",
@@ -151,32 +145,34 @@ class GrantContext:
     cluster: str
     region: str
     account_id: str
+    partition: str
 
     def bucket(self, purpose: str) -> str:
         return self.buckets.get(purpose, KNOWN_AFTER_APPLY)
 
     @property
     def cluster_arn(self) -> str:
-        return f"arn:aws:ecs:{self.region}:{self.account_id}:cluster/{self.cluster}"
+        return f"arn:{self.partition}:ecs:{self.region}:{self.account_id}:cluster/{self.cluster}"
 
 
 def _config_read(where: GrantContext) -> list[dict]:
     """A task reads its own service's configuration bundles (`<service>/<content hash>/…` in
     the config bucket) and nothing else there."""
     config = where.bucket("config")
-    return [allow("ConfigBundleRead", ["s3:GetObject"], f"arn:aws:s3:::{config}/{where.service}/*"),
-            allow("ConfigBundleList", ["s3:ListBucket"], f"arn:aws:s3:::{config}",
+    return [allow("ConfigBundleRead", ["s3:GetObject"], f"arn:{where.partition}:s3:::{config}/{where.service}/*"),
+            allow("ConfigBundleList", ["s3:ListBucket"], f"arn:{where.partition}:s3:::{config}",
                   {"StringLike": {"s3:prefix": [f"{where.service}/*"]}})]
 
 
 def _loki_bucket(where: GrantContext) -> list[dict]:
     loki = where.bucket("loki-chunks")
-    return [allow("LokiChunksReadWrite", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], f"arn:aws:s3:::{loki}/*"),
-            allow("LokiChunksList", ["s3:ListBucket"], f"arn:aws:s3:::{loki}")]
+    bucket = f"arn:{where.partition}:s3:::{loki}"
+    return [allow("LokiChunksReadWrite", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], f"{bucket}/*"),
+            allow("LokiChunksList", ["s3:ListBucket"], bucket)]
 
 
 def _cloudwatch_read(where: GrantContext) -> list[dict]:
-    log_groups = f"arn:aws:logs:{where.region}:{where.account_id}:log-group:*"
+    log_groups = f"arn:{where.partition}:logs:{where.region}:{where.account_id}:log-group:*"
     # Resource "*" is required: these metric, alarm and log-query APIs support no resource-level
     # permissions. The log reads that do are held to this account's log groups in this region.
     return [allow("CloudWatchRead", ["cloudwatch:DescribeAlarms", "cloudwatch:GetMetricData",
@@ -187,7 +183,7 @@ def _cloudwatch_read(where: GrantContext) -> list[dict]:
 
 
 def _ecs_describe(where: GrantContext) -> list[dict]:
-    scope = f"arn:aws:ecs:{where.region}:{where.account_id}"
+    scope = f"arn:{where.partition}:ecs:{where.region}:{where.account_id}"
     # List* accept no resource, but the ecs:cluster condition holds them to our cluster.
     return [allow("EcsDescribeCluster", ["ecs:DescribeClusters"], where.cluster_arn),
             allow("EcsDescribeServicesAndTasks", ["ecs:DescribeServices", "ecs:DescribeTasks"],
@@ -239,7 +235,7 @@ class IamStep(Step):
         roles = {execution.name: execution}
         for key, spec in sorted(manifest.iam.task_roles.items()):
             where = GrantContext(service=key, buckets=buckets, cluster=prefix, region=inputs.region,
-                                 account_id=inputs.account_id)
+                                 account_id=inputs.account_id, partition=inputs.partition)
             statements = [s for grant in dict.fromkeys(spec.grants) for s in GRANTS[grant](where)]
             role = DesiredRole(key=key, name=f"{prefix}-task-{key}", description=f"{prefix}: task role of {key}",
                                trust_policy=trust,
@@ -252,25 +248,51 @@ class IamStep(Step):
     # -- observe ---------------------------------------------------------------------------
 
     def observe(self, ctx, desired: IamDesired) -> IamFacts:
-        """Every role with its trust policy, inline and attached policies and tags, in one
-        (paginated) GetAccountAuthorizationDetails call rather than four calls per role."""
+        """Our roles, each read by name: IAM has no batched read but GetAccountAuthorizationDetails,
+        which returns every role's policies and needs a permission no least-privilege deploy role
+        has. A role costs four reads (GetRole; ListRolePolicies, GetRolePolicy per inline policy,
+        ListAttachedRolePolicies for ours); a role the manifest no longer names is found by its
+        name in ListRoles (names only, 1,000 a page)."""
         client = ctx.client("iam")
         facts = IamFacts()
-        pages = client.get_paginator("get_account_authorization_details").paginate(Filter=["Role"])
-        for item in (item for page in pages for item in page["RoleDetailList"]):
-            name = item["RoleName"]
-            if not name.startswith(f"{desired.prefix}-"):
+        for name in sorted(set(desired.roles) | self._listed_under_prefix(client, desired.prefix)):
+            found = unless_code({"NoSuchEntity"}, client.get_role, RoleName=name)
+            if found is None:
                 continue
-            tags = tagging.tag_dict(item.get("Tags"))
+            role = found["Role"]
+            tags = tagging.tag_dict(role.get("Tags"))  # GetRole returns every tag (the key is absent: none)
             if tagging.is_owned(tags, desired.app, desired.env, self.name):
                 facts.owned[name] = ObservedRole(
-                    name=name, arn=item["Arn"], trust_policy=normalise_policy(item["AssumeRolePolicyDocument"]),
-                    inline_policies={p["PolicyName"]: normalise_policy(p["PolicyDocument"])
-                                     for p in item.get("RolePolicyList", [])},
-                    managed_policies={p["PolicyArn"] for p in item.get("AttachedManagedPolicies", [])}, tags=tags)
+                    name=name, arn=role["Arn"], trust_policy=normalise_policy(role["AssumeRolePolicyDocument"]),
+                    inline_policies=_inline_policies(client, name), managed_policies=_attached_policies(client, name),
+                    tags=tags)
             elif name in desired.roles:
                 facts.foreign.add(name)
         return facts
+
+    @staticmethod
+    def _listed_under_prefix(client, prefix: str) -> set[str]:
+        """Names of the roles named `PREFIX-…`, from the (unfiltered) list of role names."""
+        pages = client.get_paginator("list_roles").paginate(PaginationConfig={"PageSize": 1000})
+        return {role["RoleName"] for page in pages for role in page["Roles"]
+                if role["RoleName"].startswith(f"{prefix}-")}
+
+    def permissions(self, manifest, scope) -> list[dict]:
+        """The deploy role's statements for this step: the environment's roles only."""
+        roles = scope.arn("iam", f"role/{manifest.prefix}-*", regional=False)
+        statements = [
+            allow("IamRoles", ["iam:GetRole", "iam:ListRolePolicies", "iam:GetRolePolicy",
+                               "iam:ListAttachedRolePolicies", "iam:CreateRole", "iam:DeleteRole", "iam:TagRole",
+                               "iam:UpdateRole", "iam:UpdateAssumeRolePolicy", "iam:PutRolePolicy",
+                               "iam:DeleteRolePolicy", "iam:DetachRolePolicy"], roles),
+            # ListRoles supports no resource-level permissions. It answers role names, paths and
+            # trust policies, none of the roles' permissions policies.
+            allow("IamListRoleNames", ["iam:ListRoles"], "*")]
+        managed = sorted(manifest.iam.execution_role_managed_policies)
+        if managed:  # only the managed policies the manifest names can be attached
+            statements.append(allow("IamAttachManifestPolicies", ["iam:AttachRolePolicy"], roles,
+                                    {"ArnEquals": {"iam:PolicyARN": managed}}))
+        return statements
 
     # -- plan ------------------------------------------------------------------------------
 
@@ -298,10 +320,10 @@ class IamStep(Step):
             return
         work: PolicyWork = change.payload
         current = observed.owned[work.role]
-        if change.kind == "inline-policy" and change.action == "delete":
+        if change.kind == "inline_policy" and change.action == "delete":
             unless_code(GONE, client.delete_role_policy, RoleName=work.role, PolicyName=work.policy)
             del current.inline_policies[work.policy]
-        elif change.kind == "inline-policy":
+        elif change.kind == "inline_policy":
             text = json.dumps(work.document)
             if KNOWN_AFTER_APPLY in text:
                 raise OrchestratorError(f"inline policy {work.policy} of IAM role {work.role} refers to values not "
@@ -385,6 +407,21 @@ class IamStep(Step):
         return changes
 
 
+# -- reading a role (each call names the role) ----------------------------------------------
+
+
+def _inline_policies(client, role: str) -> dict[str, dict]:
+    names = [name for page in client.get_paginator("list_role_policies").paginate(RoleName=role)
+             for name in page["PolicyNames"]]
+    return {name: normalise_policy(client.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"])
+            for name in names}
+
+
+def _attached_policies(client, role: str) -> set[str]:
+    pages = client.get_paginator("list_attached_role_policies").paginate(RoleName=role)
+    return {policy["PolicyArn"] for page in pages for policy in page["AttachedPolicies"]}
+
+
 # -- planning helpers (pure) ---------------------------------------------------------------
 
 
@@ -442,24 +479,24 @@ def _role_settings(role: DesiredRole, current: ObservedRole, recorded: dict | No
 
 
 def _put_inline(action: str, role: str, name: str, document: dict, current: dict | None) -> Change:
-    return Change(action, "inline-policy", f"{role}/{name}",
+    return Change(action, "inline_policy", f"{role}/{name}",
                   diffs=(FieldDiff("document", current, normalise_policy(document)),),
                   calls=("iam:PutRolePolicy",), payload=PolicyWork(role=role, policy=name, document=document))
 
 
 def _delete_inline(role: str, name: str, why: str) -> Change:
-    return Change("delete", "inline-policy", f"{role}/{name}", calls=("iam:DeleteRolePolicy",),
+    return Change("delete", "inline_policy", f"{role}/{name}", calls=("iam:DeleteRolePolicy",),
                   payload=PolicyWork(role=role, policy=name), note=why)
 
 
 def _attach(role: str, arn: str) -> Change:
-    return Change("create", "managed-policy", f"{role}/{arn.rsplit('/', 1)[-1]}",
+    return Change("create", "managed_policy", f"{role}/{arn.rsplit('/', 1)[-1]}",
                   diffs=(FieldDiff("policy_arn", None, arn),), calls=("iam:AttachRolePolicy",),
                   payload=PolicyWork(role=role, policy=arn))
 
 
 def _detach(role: str, arn: str, why: str) -> Change:
-    return Change("delete", "managed-policy", f"{role}/{arn.rsplit('/', 1)[-1]}",
+    return Change("delete", "managed_policy", f"{role}/{arn.rsplit('/', 1)[-1]}",
                   diffs=(FieldDiff("policy_arn", arn, None),), calls=("iam:DetachRolePolicy",),
                   payload=PolicyWork(role=role, policy=arn), note=why)
 

@@ -19,6 +19,7 @@ from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, SENSITIVE, Change, FieldDiff, Step
+from orchestrator.permissions import allow
 
 #: BatchGetSecretValue takes at most this many secret ids per call.
 BATCH_LIMIT = 20
@@ -129,6 +130,18 @@ class SecretsStep(Step):
     depends_on = ()
     Outputs = SecretsOutputs
     description = "Secrets Manager secrets (values from env, file, or generated once)"
+
+    def permissions(self, manifest, scope) -> list[dict]:
+        """The deploy role's statements for this step: the environment's secrets only."""
+        return [
+            allow("SecretsOfTheEnvironment", [f"secretsmanager:{action}" for action in (
+                "DescribeSecret", "GetSecretValue", "CreateSecret", "PutSecretValue", "UpdateSecret", "DeleteSecret",
+                "RestoreSecret", "TagResource")],
+                  scope.arn("secretsmanager", f"secret:{manifest.app}/{manifest.environment}/*")),
+            # ListSecrets and BatchGetSecretValue support no resource-level permissions; the
+            # latter still needs GetSecretValue on each secret it reads (above).
+            allow("SecretsListAndBatchRead", ["secretsmanager:ListSecrets", "secretsmanager:BatchGetSecretValue"],
+                  "*")]
 
     # -- desired ---------------------------------------------------------------------------
 

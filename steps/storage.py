@@ -4,16 +4,17 @@ versioned, reachable over TLS only, and expiring what it no longer needs.
 Bucket names are global, so each is `PREFIX-NAME-ACCOUNT` (`gamepulse-dev-loki-chunks-123456789012`).
 
 Ownership. The tags go on in the create call (`CreateBucketConfiguration.Tags`). A bucket found
-under one of the manifest's names but without our tags is adopted, and the plan says so: the
-name holds app, environment and account, so it is reserved for this environment (it can only be
-our own create whose tags were lost, or a hand-made stand-in). Buckets outside the manifest are
-changed or deleted only when they carry our tags, and `destroy` deletes only tagged buckets.
+under one of the manifest's names but without our tags is refused, and left untouched: DESIGN.md
+changes nothing that lacks our tags (the error says how to adopt it deliberately). Buckets outside
+the manifest are deleted only when they carry our tags, and `destroy` deletes only tagged buckets.
 Only our tag keys are managed; as `PutBucketTagging` replaces the whole set, a tag change writes
 the tags others added along with ours.
 
-S3 has no batch describe: `observe` lists the buckets under the prefix once, then reads the
-settings this step manages from each of ours. A bucket holding any object version (noncurrent
-versions and delete markers included) is deleted only with the `delete-data` flag.
+S3 has no batch describe: `observe` lists the buckets under the prefix once, takes the tags of
+all of ours from one call to the tagging API (a bucket it does not return, such as one tagged a
+moment ago or someone else's, has its tags read from S3 itself), then reads the settings this
+step manages from each of ours, one call per setting. A bucket holding any object version
+(noncurrent versions and delete markers included) is deleted only with the `delete-data` flag.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import Change, FieldDiff, Step, diff_fields
+from orchestrator.permissions import allow
 from orchestrator.retry import eventually
 
 ABORT_MULTIPART_DAYS = 7
@@ -91,14 +93,6 @@ class StorageFacts:
 # -- what a bucket should look like ---------------------------------------------------------
 
 
-def partition(region: str) -> str:
-    if region.startswith("cn-"):
-        return "aws-cn"
-    if region.startswith("us-gov-"):
-        return "aws-us-gov"
-    return "aws"
-
-
 def lifecycle_rules(expire_days: int | None, noncurrent_days: int) -> list[dict]:
     """One rule for the whole bucket: expire objects (when asked), drop noncurrent versions,
     abort incomplete multipart uploads."""
@@ -117,9 +111,10 @@ def tls_only_policy(arn: str) -> dict:
                            "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]}
 
 
-def desired_bucket(manifest, key: str, spec, account_id: str, region: str, tags: dict[str, str]) -> Bucket:
+def desired_bucket(manifest, key: str, spec, account_id: str, region: str, partition: str,
+                   tags: dict[str, str]) -> Bucket:
     name = f"{manifest.prefix}-{key}-{account_id}"
-    arn = f"arn:{partition(region)}:s3:::{name}"
+    arn = f"arn:{partition}:s3:::{name}"
     expire_days = spec.expire_days
     if expire_days is None and spec.holds_logs:
         expire_days = manifest.logging.retention_days
@@ -145,9 +140,7 @@ def logical_name(bucket_name: str, prefix: str, account_id: str) -> str:
 def read_tags(s3, name: str) -> dict[str, str] | None:
     """The bucket's tags; None when the bucket is gone. Also the existence probe."""
     try:
-        tags = tagging.tag_dict(s3.get_bucket_tagging(Bucket=name)["TagSet"])
-        # aws: tags are AWS's own; nobody can put them, so they take no part in the comparison.
-        return {key: value for key, value in tags.items() if not key.startswith("aws:")}
+        return without_aws_tags(tagging.tag_dict(s3.get_bucket_tagging(Bucket=name)["TagSet"]))
     except ClientError as error:
         code = error_code(error)
         if code == "NoSuchTagSet":
@@ -179,8 +172,18 @@ def parse_policy(text: str) -> dict | str:
         return text  # not JSON: differs from anything we want, and shows as is in the plan
 
 
-def read_bucket(s3, name: str, tags: dict[str, str], owned: bool, count_versions: bool) -> ObservedBucket:
-    bucket = ObservedBucket(name=name, owned=owned, tags=tags)
+def read_bucket(s3, name: str, tags: dict[str, str], count_versions: bool) -> ObservedBucket | None:
+    """One of our buckets with its managed settings; None when it is gone (deleted since the listing)."""
+    try:
+        return _read_settings(s3, ObservedBucket(name=name, owned=True, tags=tags), count_versions)
+    except ClientError as error:
+        if error_code(error) == "NoSuchBucket":
+            return None
+        raise
+
+
+def _read_settings(s3, bucket: ObservedBucket, count_versions: bool) -> ObservedBucket:
+    name = bucket.name
     block = unless_code({"NoSuchPublicAccessBlockConfiguration"}, s3.get_public_access_block, Bucket=name)
     bucket.public_access_block = block and block["PublicAccessBlockConfiguration"]
     controls = unless_code({"OwnershipControlsNotFoundError"}, s3.get_bucket_ownership_controls, Bucket=name)
@@ -202,6 +205,21 @@ def read_bucket(s3, name: str, tags: dict[str, str], owned: bool, count_versions
         bucket.versions = len(versions.get("Versions", [])) + len(versions.get("DeleteMarkers", []))
         bucket.more_versions = bool(versions.get("IsTruncated"))
     return bucket
+
+
+def owned_bucket_tags(tagging_api, app: str, env: str, step: str) -> dict[str, dict[str, str]]:
+    """The tags of the buckets carrying this step's ownership tags, by bucket name: one call
+    (a page per hundred buckets) instead of one GetBucketTagging per bucket."""
+    filters = [{"Key": key, "Values": [value]}
+               for key, value in ((tagging.APP, app), (tagging.ENV, env), (tagging.STEP, step))]
+    pages = tagging_api.get_paginator("get_resources").paginate(TagFilters=filters, ResourceTypeFilters=["s3"])
+    return {item["ResourceARN"].rpartition(":")[2]: without_aws_tags(tagging.tag_dict(item.get("Tags")))
+            for page in pages for item in page["ResourceTagMappingList"]}
+
+
+def without_aws_tags(tags: dict[str, str]) -> dict[str, str]:
+    # aws: tags are AWS's own; nobody can put them, so they take no part in the comparison.
+    return {key: value for key, value in tags.items() if not key.startswith("aws:")}
 
 
 def list_bucket_names(s3, prefix: str) -> list[str]:
@@ -313,9 +331,24 @@ class StorageStep(Step):
     Outputs = StorageOutputs
     description = "S3 buckets: Loki chunks and config bundles (encrypted, versioned, private, TLS only)"
 
+    def permissions(self, manifest, scope) -> list[dict]:
+        """The deploy role's statements for this step: the environment's buckets only."""
+        buckets = f"arn:{scope.partition}:s3:::{manifest.prefix}-*-{scope.account_id}"  # no region, no account
+        return [
+            allow("S3Buckets", [f"s3:{action}" for action in (
+                "CreateBucket", "DeleteBucket", "ListBucket", "ListBucketVersions", "GetBucketTagging",
+                "PutBucketTagging", "GetBucketVersioning", "PutBucketVersioning", "GetEncryptionConfiguration",
+                "PutEncryptionConfiguration", "GetLifecycleConfiguration", "PutLifecycleConfiguration",
+                "GetBucketOwnershipControls", "PutBucketOwnershipControls", "GetBucketPolicy", "PutBucketPolicy",
+                "GetBucketPublicAccessBlock", "PutBucketPublicAccessBlock")], buckets),
+            # Emptying a bucket before its delete (only with --delete-data).
+            allow("S3EmptyBuckets", ["s3:DeleteObject", "s3:DeleteObjectVersion"], f"{buckets}/*"),
+            # ListBuckets supports no resource-level permissions (it answers bucket names).
+            allow("S3ListBucketNames", ["s3:ListAllMyBuckets"], "*")]
+
     def desired(self, manifest, inputs) -> StorageDesired:
         tags = tagging.ownership_tags(manifest.app, manifest.environment, self.name, manifest.tags)
-        buckets = tuple(desired_bucket(manifest, key, spec, inputs.account_id, inputs.region, tags)
+        buckets = tuple(desired_bucket(manifest, key, spec, inputs.account_id, inputs.region, inputs.partition, tags)
                         for key, spec in sorted(manifest.storage.buckets.items()))
         return StorageDesired(prefix=manifest.prefix, account_id=inputs.account_id, buckets=buckets)
 
@@ -323,16 +356,20 @@ class StorageStep(Step):
         s3 = ctx.client("s3")
         facts = StorageFacts(prefix=desired.prefix, account_id=desired.account_id)
         wanted = {bucket.name for bucket in desired.buckets}
+        owned_tags = owned_bucket_tags(ctx.client("resourcegroupstaggingapi"), ctx.app, ctx.env, self.name)
         for name in list_bucket_names(s3, f"{desired.prefix}-"):
             if name not in wanted and not name.endswith(f"-{desired.account_id}"):
                 continue
-            tags = read_tags(s3, name)
+            tags = owned_tags[name] if name in owned_tags else read_tags(s3, name)
             if tags is None:
                 continue  # deleted since the listing
-            owned = ctx.owns(tags)
-            if name in wanted or owned:
-                facts.buckets[name] = read_bucket(s3, name, tags, owned,
-                                                  count_versions=ctx.destroying or name not in wanted)
+            if not ctx.owns(tags):
+                if name in wanted:  # refused by plan: nothing more to read
+                    facts.buckets[name] = ObservedBucket(name=name, owned=False, tags=tags)
+                continue
+            found = read_bucket(s3, name, tags, count_versions=ctx.destroying or name not in wanted)
+            if found is not None:
+                facts.buckets[name] = found
         return facts
 
     def plan(self, desired: StorageDesired, observed: StorageFacts, recorded: dict[str, dict]) -> list[Change]:
@@ -342,6 +379,8 @@ class StorageStep(Step):
             if found is None:
                 changes.append(self._create(bucket))
                 continue
+            if not found.owned:
+                raise tagging.not_ours("bucket", bucket.name, owner_tags=bucket.tags)
             diffs = setting_diffs(bucket, found)
             if diffs:
                 changes.append(self._update(bucket, found, diffs))
@@ -380,14 +419,11 @@ class StorageStep(Step):
 
     @staticmethod
     def _update(bucket: Bucket, found: ObservedBucket, diffs: tuple[FieldDiff, ...]) -> Change:
-        note = f"bucket {bucket.name}"
-        if not found.owned:
-            note += (" exists without this environment's ownership tags; its name is reserved for this "
-                     "environment, so it is adopted")
         # PutBucketTagging replaces the whole set: what it writes keeps the tags others added.
         payload = dataclasses.replace(bucket, tags={**found.tags, **bucket.tags})
         return Change("update", "bucket", bucket.key, diffs=diffs,
-                      calls=tuple(PUT_CALLS[diff.field] for diff in diffs), payload=payload, note=note)
+                      calls=tuple(PUT_CALLS[diff.field] for diff in diffs), payload=payload,
+                      note=f"bucket {bucket.name}")
 
     @staticmethod
     def _delete(found: ObservedBucket, facts: StorageFacts) -> Change:

@@ -24,6 +24,7 @@ from orchestrator import waiters
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError, StepFailed
 from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
+from orchestrator.permissions import allow
 from orchestrator.retry import eventually
 from orchestrator.waiters import WaitFailed, botocore_check
 
@@ -233,6 +234,7 @@ class SeenRule:
     source_kind: str  # "cidr" | "cidr6" | "prefix-list" | "group"
     source: str  # a CIDR, a prefix-list id or a group id
     description: str
+    tags: dict[str, str] = field(default_factory=dict)
 
     def key(self) -> tuple:
         return (self.protocol, self.from_port, self.to_port, self.source_kind, self.source)
@@ -324,6 +326,28 @@ class VpcStep(Step):
     Outputs = VpcOutputs
     description = "VPC, subnets, internet and NAT gateways, route tables, security groups, VPC endpoints"
 
+    def permissions(self, manifest, scope) -> list[dict]:
+        """The deploy role's statements for this step. EC2 describes support no resource-level
+        permissions; EC2 resources have generated ids, so the changes are held to this account
+        and region (what is ours among them is decided by our tags)."""
+        return [
+            allow("Ec2Describe", ["ec2:DescribeVpcs", "ec2:DescribeVpcAttribute", "ec2:DescribeSubnets",
+                                  "ec2:DescribeAddresses", "ec2:DescribeInternetGateways", "ec2:DescribeNatGateways",
+                                  "ec2:DescribeRouteTables", "ec2:DescribeSecurityGroups",
+                                  "ec2:DescribeSecurityGroupRules", "ec2:DescribeVpcEndpoints"], "*"),
+            allow("Ec2Network", [f"ec2:{action}" for action in (
+                "CreateVpc", "DeleteVpc", "ModifyVpcAttribute", "CreateSubnet", "DeleteSubnet", "ModifySubnetAttribute",
+                "AllocateAddress", "ReleaseAddress", "CreateInternetGateway", "DeleteInternetGateway",
+                "AttachInternetGateway", "DetachInternetGateway", "CreateNatGateway", "DeleteNatGateway",
+                "CreateRouteTable", "DeleteRouteTable", "CreateRoute", "ReplaceRoute", "DeleteRoute",
+                "AssociateRouteTable", "DisassociateRouteTable", "ReplaceRouteTableAssociation", "CreateSecurityGroup",
+                "DeleteSecurityGroup", "AuthorizeSecurityGroupIngress", "RevokeSecurityGroupIngress",
+                "ModifySecurityGroupRules", "CreateVpcEndpoint", "DeleteVpcEndpoints", "ModifyVpcEndpoint",
+                "CreateTags")], scope.arn("ec2", "*")),
+            # An interface endpoint with private DNS associates AWS's hosted zone with the VPC;
+            # Route 53 supports no resource-level permissions for that association.
+            allow("VpcEndpointPrivateDns", ["route53:AssociateVPCWithHostedZone"], "*")]
+
     # -- desired ----------------------------------------------------------------------------
 
     def desired(self, manifest, inputs) -> Network:
@@ -336,7 +360,7 @@ class VpcStep(Step):
         public_cidrs, private_cidrs = spec.subnet_cidrs()
         subnets = tuple(Subnet(f"{kind}-{zone}", f"{prefix}-{kind}-{zone}", zone, cidr, kind == "public")
                         for kind, cidrs in (("public", public_cidrs), ("private", private_cidrs))
-                        for zone, cidr in zip(zones, cidrs))
+                        for zone, cidr in zip(zones, cidrs, strict=True))
         nat_zones = {"single": zones[:1], "per_zone": zones, "none": ()}[spec.nat_gateways]
         nats = tuple(NatGateway(f"nat-{zone}", f"{prefix}-nat-{zone}", zone, f"public-{zone}", f"nat-{zone}")
                      for zone in nat_zones)
@@ -420,7 +444,8 @@ class VpcStep(Step):
         for group in desired.security_groups:
             changes += _plan_security_group(desired, group, observed.security_groups.get(group.logical), ids)
         for group in desired.security_groups:
-            changes += _plan_ingress(group, observed, ids, recorded.get(f"ingress/{group.logical}", {}))
+            changes += _plan_ingress(group, dict(desired.tags), observed, ids,
+                                     recorded.get(f"ingress/{group.logical}", {}))
         for endpoint in desired.endpoints:
             changes += _plan_endpoint(desired, endpoint, observed.endpoints.get(endpoint.logical), ids)
         return changes + _deletes(observed, keep=desired)
@@ -647,6 +672,7 @@ class VpcStep(Step):
             ec2.modify_security_group_rules(GroupId=group_id, SecurityGroupRules=[
                 {"SecurityGroupRuleId": rule_id, "SecurityGroupRule": _rule_request(rule, ids)}
                 for rule_id, rule in work.redescribe])
+        _retag_rules(ec2, work.retag)
 
     def _delete_ingress(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
         work: IngressWork = change.payload
@@ -739,10 +765,11 @@ class TableWork:
 
 @dataclass(frozen=True)
 class IngressWork:
-    """What an apply does to one group's ingress rules (revoke and redescribe by rule id)."""
+    """What an apply does to one group's ingress rules (revoke, redescribe and retag by rule id)."""
     add: tuple[Rule, ...] = ()
     revoke: tuple[str, ...] = ()
     redescribe: tuple[tuple[str, Rule], ...] = ()
+    retag: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()  # rule id, the tags to set on it
 
 
 # --- desired, helpers ------------------------------------------------------------------------
@@ -898,7 +925,8 @@ def _seen_rule(rule: dict) -> SeenRule:
     else:
         source_kind, source = "group", rule.get("ReferencedGroupInfo", {}).get("GroupId", "")
     return SeenRule(rule["SecurityGroupRuleId"], rule["IpProtocol"], rule.get("FromPort", -1),
-                    rule.get("ToPort", -1), source_kind, source, rule.get("Description", ""))
+                    rule.get("ToPort", -1), source_kind, source, rule.get("Description", ""),
+                    tagging.tag_dict(rule.get("Tags")))
 
 
 def _seen_endpoint(endpoint: dict) -> SeenEndpoint:
@@ -980,8 +1008,10 @@ def _plan_subnet(desired: Network, subnet: Subnet, seen: SeenSubnet | None, ids:
     if moved:
         ids.fresh.add(f"subnet/{subnet.logical}")
         return [Change("replace", "subnet", subnet.logical, diffs=moved, calls=("ec2:DeleteSubnet", *calls),
-                       payload=subnet, note="a subnet cannot change its range or zone: it is deleted and created "
-                                            "again, which fails while anything still runs in it")]
+                       payload=subnet, note="a subnet cannot change its range or zone",
+                       outage=f"{subnet.name} has the same name, and a new range may overlap the old one: "
+                              "nothing can run in it until it exists again, and the delete fails while "
+                              "anything (tasks, load balancer, mount targets, endpoints) still uses it")]
     diffs = diff_fields(subnet, seen, ("map_public_ip_on_launch",)) + _tag_diffs(desired, subnet.name, seen)
     return _update("subnet", subnet.logical, diffs, {"map_public_ip_on_launch": "ec2:ModifySubnetAttribute"},
                    subnet, note="" if seen.owned else "adopted: the subnet lost its ownership tags")
@@ -1068,15 +1098,18 @@ def _plan_security_group(desired: Network, group: SecurityGroup, seen: SeenGroup
         return [Change("replace", "security_group", group.logical,
                        diffs=(FieldDiff("description", seen.description, group.description),),
                        calls=("ec2:RevokeSecurityGroupIngress", "ec2:DeleteSecurityGroup", "ec2:CreateSecurityGroup"),
-                       payload=group, note="a security group's description cannot change: it is deleted and "
-                                           "created again, which fails while a network interface uses it")]
+                       payload=group, note="a security group's description cannot change",
+                       outage=f"a security group's name is unique in its VPC: {group.name} is deleted first, "
+                              "which fails while a network interface (a task, the load balancer) uses it")]
     return _update("security_group", group.logical, _tag_diffs(desired, group.name, seen), {}, group,
                    note="" if seen.owned else "adopted: the group lost its ownership tags")
 
 
-def _plan_ingress(group: SecurityGroup, observed: Facts, ids: Ids, recorded: dict) -> list[Change]:
+def _plan_ingress(group: SecurityGroup, tags: dict[str, str], observed: Facts, ids: Ids,
+                  recorded: dict) -> list[Change]:
     """Ingress rules as a set: one rule per (port, source). Missing ones are added, any other
-    rule (added by hand, or left over) is revoked, a changed description is rewritten.
+    rule (added by hand, or left over) is revoked, a changed description is rewritten, and a
+    kept rule missing one of our `tags` (say the manifest gained a tag) gets it.
 
     A description is compared with what EC2 reports, or, where it reports none, with the one
     recorded at the last apply (three-way: moto drops the description of a rule that references
@@ -1096,17 +1129,23 @@ def _plan_ingress(group: SecurityGroup, observed: Facts, ids: Ids, recorded: dic
     add = [rule for key, rule in wanted.items() if key not in kept]
     redescribe = [(kept[key], rule) for key, rule in wanted.items() if key in kept and rule.description
                   != (kept[key].description or last_descriptions.get(rule.label, ""))]
+    retag = [(kept[key], rule, to_set) for key, rule in wanted.items()
+             if key in kept and (to_set := tagging.reconcile(kept[key].tags, tags))]
     diffs = ([FieldDiff("ingress", None, f"{rule.label} ({rule.description})") for rule in add]
              + [FieldDiff("ingress", _seen_label(rule, names), None) for rule in revoke]
              + [FieldDiff(f"ingress {rule.label} description", seen.description, rule.description)
-                for seen, rule in redescribe])
+                for seen, rule in redescribe]
+             + [FieldDiff(f"ingress {rule.label} tags", {key: seen.tags.get(key) for key in to_set}, to_set)
+                for seen, rule, to_set in retag])
     if not diffs:
         return []
     calls = [*(("ec2:RevokeSecurityGroupIngress",) if revoke else ()),
              *(("ec2:AuthorizeSecurityGroupIngress",) if add else ()),
-             *(("ec2:ModifySecurityGroupRules",) if redescribe else ())]
+             *(("ec2:ModifySecurityGroupRules",) if redescribe else ()),
+             *(("ec2:CreateTags",) if retag else ())]
     work = IngressWork(tuple(add), tuple(rule.id for rule in revoke),
-                       tuple((seen.id, rule) for seen, rule in redescribe))
+                       tuple((seen.id, rule) for seen, rule in redescribe),
+                       tuple((seen.id, tuple(sorted(to_set.items()))) for seen, _, to_set in retag))
     action = "create" if group_id == KNOWN_AFTER_APPLY else "update"
     record = {"descriptions": {rule.label: rule.description for rule in group.rules}}
     return [Change(action, "ingress", group.logical, diffs=tuple(diffs), calls=tuple(calls), payload=work,
@@ -1214,7 +1253,7 @@ def _delete(ctx, what: str, call, settle_first: bool = True, **params) -> None:
     if settle_first:
         ctx.settle()
     timeout = IN_USE_TIMEOUT if ctx.destroying else IN_USE_TIMEOUT_APPLYING
-    unless_code(NOT_FOUND, waiters.retry_while, what, lambda: eventually(call, **params), STILL_IN_USE,
+    unless_code(NOT_FOUND, waiters.retry_while, what, lambda: call(**params), STILL_IN_USE,
                 timeout=timeout, stop=ctx.stop, log=ctx.log)
 
 
@@ -1260,6 +1299,15 @@ def _associate(ec2, table_id: str, subnet_id: str, associations: dict[str, Assoc
 def _revoke(ec2, group_id: str, rule_ids: list[str], observed: Facts) -> None:
     ec2.revoke_security_group_ingress(GroupId=group_id, SecurityGroupRuleIds=rule_ids)
     observed.rules[group_id] = [rule for rule in observed.rules.get(group_id, []) if rule.id not in rule_ids]
+
+
+def _retag_rules(ec2, retag: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]) -> None:
+    """CreateTags once per distinct tag set (a manifest tag change gives every rule the same one)."""
+    by_tags: dict[tuple, list[str]] = {}
+    for rule_id, tags in retag:
+        by_tags.setdefault(tags, []).append(rule_id)
+    for tags, rule_ids in by_tags.items():
+        ec2.create_tags(Resources=rule_ids, Tags=tagging.tag_list(dict(tags)))
 
 
 def _permission(rule: Rule, ids: Ids) -> dict:

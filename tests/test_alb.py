@@ -390,10 +390,11 @@ def test_second_apply_makes_no_mutating_call_and_one_read_per_kind(env, manifest
     changes, outputs, _ = harness.run_step(STEP, manifest, env.aws, env.upstream)
     assert changes == [] and outputs == env.outputs
     reads = [c.operation for c in harness.calls_since(env.aws, before, STEP.name)]
-    assert [r for r in reads if not r.startswith("Describe")] == []
-    # load balancer, its attributes, target groups, listeners, rules (one listener), tags (one
-    # batch) and the attributes of each of the two target groups.
-    assert len(reads) == 8
+    # Our other target groups by tag: one tagging-API query; everything else is a describe.
+    assert [r for r in reads if not r.startswith("Describe")] == ["GetResources"]
+    # load balancer, its attributes, target groups (by name), listeners, rules (one listener),
+    # tags (one batch) and the attributes of each of the two target groups.
+    assert len(reads) == 9
 
 
 def test_drift_made_by_hand_is_shown_by_plan_then_repaired(env, manifest):
@@ -544,3 +545,29 @@ def test_a_run_killed_after_any_mutating_call_converges_without_duplicates(env, 
         [listener] = client.describe_listeners(LoadBalancerArn=lb["LoadBalancerArn"])["Listeners"]
         assert len(client.describe_rules(ListenerArn=listener["ListenerArn"])["Rules"]) == 2  # with the default
     assert n == 9, "8 mutating calls on a cold apply"
+
+
+def test_target_groups_of_others_cost_no_read_and_a_left_over_one_of_ours_is_found_by_its_tags(env, manifest):
+    client, vpc = elb(env), env.upstream["vpc"]["vpc_id"]
+    before = len(env.aws.ledger.calls)
+    harness.run_step(STEP, manifest, env.aws, env.upstream)
+    alone = len(env.aws.ledger.calls) - before
+
+    def target_group_named(name: str, owner: str) -> str:
+        tags = [{"Key": "orchestrator:app", "Value": "gamepulse"}, {"Key": "orchestrator:env", "Value": owner},
+                {"Key": "orchestrator:step", "Value": "alb"}]
+        return client.create_target_group(Name=name, Protocol="HTTP", Port=8080, VpcId=vpc, TargetType="ip",
+                                          Tags=tags)["TargetGroups"][0]["TargetGroupArn"]
+
+    others = [target_group_named(f"gamepulse-{('staging', 'prod')[i % 2]}-grafana-{i:04x}", ("staging", "prod")[i % 2])
+              for i in range(30)]
+    before = len(env.aws.ledger.calls)
+    assert harness.run_step(STEP, manifest, env.aws, env.upstream)[0] == []
+    assert len(env.aws.ledger.calls) - before == alone
+
+    left_over = target_group_named("gamepulse-dev-grafana-0bad", "dev")  # a replacement cut short
+    changes = harness.run_step(STEP, manifest, env.aws, env.upstream)[0]
+    assert [(c.action, c.kind, c.name) for c in changes] == [("delete", "target_group", "gamepulse-dev-grafana-0bad")]
+    assert left_over not in {g["TargetGroupArn"] for g in client.describe_target_groups()["TargetGroups"]}
+    for arn in others:
+        client.delete_target_group(TargetGroupArn=arn)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +17,7 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
+from botocore.config import Config
 
 from tests.conftest import FAKE_ENV, MANIFESTS
 
@@ -123,31 +126,84 @@ def test_plan_before_apply_lists_creates_and_exits_2_with_detailed_exitcode(endp
     assert tables == [], "plan must not create the state table"
 
 
-def test_two_applies_at_once_one_runs_the_other_exits_3(endpoint, server):
+def start_slow_apply(endpoint, server):
+    """`apply dev` through a slow proxy (it takes seconds, long enough to race against), returned
+    with the proxy once it holds the lock (seen in the state table), while it works."""
     from tests.wire import CountingProxy
-    slow = CountingProxy(server, delay=0.03)  # the first run takes seconds, long enough to race against
+    slow = CountingProxy(server, delay=0.03)
     env = {**os.environ, **FAKE_ENV, "AWS_ENDPOINT_URL": slow.url, "ORCHESTRATOR_MANIFESTS": str(MANIFESTS)}
     env.pop("CI", None)
-    # Create the state table first so both runs race for the lock, not for the table.
+    # Create the state table first so that runs race for the lock, not for the table.
     assert run(endpoint, "apply", "dev", "--target", "ecr").returncode == 0
     first = subprocess.Popen([CLI, "apply", "dev"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    # The second starts once the first holds the lock (seen in the state table), while it works.
     table = client(endpoint, "dynamodb")
     lock_key = {"pk": {"S": "gamepulse/dev"}, "sk": {"S": "lock"}}
     while "run_id" not in table.get_item(TableName="gamepulse-orchestrator-state", Key=lock_key).get("Item", {}):
         assert first.poll() is None, first.stderr.read()
         time.sleep(0.02)
+    return first, slow
+
+
+def test_two_applies_at_once_one_runs_the_other_exits_3(endpoint, server):
+    first, slow = start_slow_apply(endpoint, server)
     second = run(endpoint, "apply", "dev")
-    assert first.wait(180) == 0, first.stderr.read()[-3000:]
+    _, first_err = first.communicate(timeout=180)
+    assert first.returncode == 0, first_err[-3000:]
     slow.close()
     assert second.returncode == 3, second.stderr
     assert "dev is locked by run" in second.stderr and "command 'apply'" in second.stderr
 
 
+#: Test-only (a sitecustomize on PYTHONPATH): the process's clocks run five hours fast, as on a
+#: machine whose clock is wrong. The product knows nothing of it.
+FAST_CLOCK = """
+import datetime as _datetime
+import time as _time
+
+_SKEW = 5 * 3600
+_time_time, _time_time_ns = _time.time, _time.time_ns
+_time.time = lambda: _time_time() + _SKEW
+_time.time_ns = lambda: _time_time_ns() + _SKEW * 10**9
+
+
+class _FastDatetime(_datetime.datetime):
+    @classmethod
+    def now(cls, tz=None):
+        return super().now(tz) + _datetime.timedelta(seconds=_SKEW)
+
+    @classmethod
+    def utcnow(cls):
+        return super().utcnow() + _datetime.timedelta(seconds=_SKEW)
+
+
+_datetime.datetime = _FastDatetime
+"""
+
+
+def test_a_second_apply_whose_clock_is_hours_ahead_exits_3_and_the_first_finishes(endpoint, server, tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(FAST_CLOCK)
+    fast = {"PYTHONPATH": str(tmp_path)}
+    its_time = subprocess.run([sys.executable, "-c", "import time; print(time.time())"], capture_output=True,
+                              text=True, env={**os.environ, **fast}, check=True).stdout
+    assert float(its_time) > time.time() + 4 * 3600  # the fast clock is in force
+    first, slow = start_slow_apply(endpoint, server)
+
+    second = run(endpoint, "apply", "dev", extra_env=fast)
+
+    assert second.returncode == 3, second.stderr[-3000:]
+    assert re.search(r"dev is locked by run \w+ .* acquired \d+s ago", second.stderr), second.stderr
+    _, first_err = first.communicate(timeout=180)
+    assert first.returncode == 0, first_err[-3000:]
+    slow.close()
+    assert "lock lost" not in first_err
+
+
 def test_killed_apply_then_new_apply_converges_without_duplicates(endpoint, tmp_path):
     shutil.copy(MANIFESTS / "gamepulse.yaml", tmp_path)
     overlay = yaml.safe_load((MANIFESTS / "dev.yaml").read_text())
-    overlay.setdefault("state", {})["lock_lease_seconds"] = 10
+    # Long enough that the next run surely starts within the dead run's lease on a busy machine
+    # (the lease ends at least two thirds of it after the kill), short enough to wait out.
+    overlay.setdefault("state", {})["lock_lease_seconds"] = 20
     (tmp_path / "dev.yaml").write_text(yaml.safe_dump(overlay))
     env = {**os.environ, **FAKE_ENV, "AWS_ENDPOINT_URL": endpoint, "ORCHESTRATOR_MANIFESTS": str(tmp_path)}
     env.pop("CI", None)
@@ -172,11 +228,28 @@ def test_killed_apply_then_new_apply_converges_without_duplicates(endpoint, tmp_
     assert len(ec2.describe_addresses()["Addresses"]) == 1
 
 
+def test_a_client_killed_while_sending_a_request_holds_up_no_other(server):
+    """The emulator serves one request at a time. A request whose body never arrives in full
+    (its sender was killed) once held every other client up until its connection timed out,
+    and a new apply after a killed one sat out two minutes."""
+    host, port = server.rsplit("/", 1)[1].split(":")
+    half_sent = socket.create_connection((host, int(port)))
+    half_sent.sendall(b"POST / HTTP/1.1\r\nHost: dynamodb.us-east-1.amazonaws.com\r\n"
+                      b"X-Amz-Target: DynamoDB_20120810.ListTables\r\nContent-Length: 100\r\n\r\n{")
+    time.sleep(0.2)  # a head start for the half-sent request, so that it is served first
+    try:
+        impatient = boto3.client("dynamodb", region_name="us-east-1", endpoint_url=server,
+                                 config=Config(read_timeout=20, retries={"mode": "standard", "max_attempts": 1}))
+        assert "TableNames" in impatient.list_tables()
+    finally:
+        half_sent.close()
+
+
 def test_destroy_leaves_nothing_tagged_but_what_holds_data(endpoint):
     assert run(endpoint, "apply", "dev").returncode == 0
     result = run(endpoint, "destroy", "dev", "--yes")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "kept file-system" in result.stdout and "--delete-data" in result.stdout
+    assert "kept file_system" in result.stdout and "--delete-data" in result.stdout
     tagging = client(endpoint, "resourcegroupstaggingapi")
     left = [item["ResourceARN"] for item in tagging.get_resources(
         TagFilters=[{"Key": "orchestrator:env", "Values": ["dev"]}])["ResourceTagMappingList"]]
@@ -217,6 +290,10 @@ def test_status_outputs_graph_unlock_and_schema(endpoint):
     graph = run(endpoint, "graph", "dev", "--format", "dot").stdout
     assert '"vpc" -> "alb";' in graph
     assert run(endpoint, "unlock", "dev", "--force").stdout.strip() == "dev was not locked"
+    lock = client(endpoint, "dynamodb").get_item(TableName="gamepulse-orchestrator-state",
+                                                 Key={"pk": {"S": "gamepulse/dev"}, "sk": {"S": "lock"}})["Item"]
+    # The fence outlives release and unlock, and DynamoDB's TTL (`expires_at`) can never delete it.
+    assert lock["fence"] == {"N": "1"} and "expires_at" not in lock and "run_id" not in lock
     schema = json.loads(run(endpoint, "schema").stdout)
     assert "network" in schema["properties"]
 
@@ -225,3 +302,22 @@ def test_unknown_target_is_a_clear_error(endpoint):
     result = run(endpoint, "apply", "dev", "--target", "nope")
     assert result.returncode == 2
     assert "unknown step(s) in --target: nope" in result.stderr
+
+
+def test_apply_refuses_a_bucket_under_our_name_without_our_tags_and_leaves_it_untouched(endpoint, wire):
+    s3 = client(endpoint, "s3")
+    name = "gamepulse-dev-config-123456789012"  # made by hand under the name dev wants
+    s3.create_bucket(Bucket=name)
+    s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": [
+        {"ID": "theirs", "Status": "Enabled", "Filter": {"Prefix": "tmp/"}, "Expiration": {"Days": 1}}]})
+    wire.reset()
+
+    result = run(endpoint, "apply", "dev")
+    assert result.returncode == 1, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert f"bucket {name} exists but does not carry this environment's ownership tags" in output
+    assert "to adopt it deliberately, tag it orchestrator:app=gamepulse" in output
+    assert not [op for op in wire.operations(mutating=True) if op.startswith("s3:")]
+    assert [rule["ID"] for rule in s3.get_bucket_lifecycle_configuration(Bucket=name)["Rules"]] == ["theirs"]
+    with pytest.raises(s3.exceptions.ClientError, match="NoSuchBucketPolicy"):
+        s3.get_bucket_policy(Bucket=name)

@@ -100,11 +100,11 @@ def test_tag_drift_is_repaired_and_tags_others_added_are_kept(manifest):
 def test_a_missing_or_changed_lifecycle_policy_is_put_back(manifest):
     desired = desired_for(manifest)
     [missing] = STEP.plan(desired, facts_for(desired, lifecycle_policy=None), {})
-    assert (missing.action, missing.kind, missing.calls) == ("create", "lifecycle-policy", ("ecr:PutLifecyclePolicy",))
+    assert (missing.action, missing.kind, missing.calls) == ("create", "lifecycle_policy", ("ecr:PutLifecyclePolicy",))
     loosened = canonical_lifecycle_policy(json.dumps(desired_for(with_repository(manifest, keep_tagged=99))
                                                      .repositories["gamepulse"].lifecycle_policy))
     [changed] = STEP.plan(desired, facts_for(desired, lifecycle_policy=loosened), {})
-    assert (changed.action, changed.kind) == ("update", "lifecycle-policy")
+    assert (changed.action, changed.kind) == ("update", "lifecycle_policy")
     assert changed.diffs[0].old == loosened
 
 
@@ -189,7 +189,8 @@ def test_apply_creates_the_repository_with_settings_tags_and_lifecycle_then_chan
     again, outputs_again, _ = harness.run_step(STEP, manifest, aws)
     assert again == [] and len(harness.mutations(aws)) == 2 and outputs_again == outputs
     assert sorted(c.operation for c in harness.calls_since(aws, before, STEP.name)) == [
-        "DescribeRepositories", "GetLifecyclePolicy", "ListTagsForResource"]  # images are counted only to delete
+        "DescribeRepositories", "GetLifecyclePolicy", "GetResources",  # others of ours, by tag
+        "ListTagsForResource"]  # images are counted only to delete
 
 
 def test_drift_is_shown_by_plan_then_repaired(manifest, aws, ecr):
@@ -201,7 +202,7 @@ def test_drift_is_shown_by_plan_then_repaired(manifest, aws, ecr):
 
     plan = harness.plan_step(STEP, manifest, aws)
     assert len(harness.mutations(aws)) == writes
-    assert [(c.action, c.kind) for c in plan] == [("update", "repository"), ("create", "lifecycle-policy")]
+    assert [(c.action, c.kind) for c in plan] == [("update", "repository"), ("create", "lifecycle_policy")]
     assert {d.field for d in plan[0].diffs} == {"scan_on_push", "tag_mutability"}
 
     harness.run_step(STEP, manifest, aws)
@@ -304,3 +305,25 @@ def test_resolve_image_names_repository_and_tag_when_either_is_missing(aws, ecr)
         resolve_image(ecr, "gamepulse", "9.9.9")
     with pytest.raises(OrchestratorError, match="ECR repository 'nope' does not exist \\(wanted image tag '1.0.0'\\)"):
         resolve_image(ecr, "nope", "1.0.0")
+
+
+def test_repositories_of_others_cost_no_read_and_a_removed_one_of_ours_is_found_by_its_tags(manifest, aws, ecr):
+    two = manifest.model_copy(update={"images": ImagesSpec(repositories={
+        "gamepulse": RepositorySpec(), "gamepulse-tools": RepositorySpec()})})
+    harness.run_step(STEP, two, aws)
+    before = len(aws.ledger.calls)
+    harness.run_step(STEP, two, aws)
+    alone = len(aws.ledger.calls) - before
+    for i in range(40):  # other environments' repositories, named like ours, and strangers
+        owner = ("staging", "prod")[i % 2]
+        ecr.create_repository(repositoryName=f"gamepulse-{owner}-{i}" if i % 3 else f"team/{i}/service", tags=[
+            {"Key": "orchestrator:app", "Value": "gamepulse"}, {"Key": "orchestrator:env", "Value": owner},
+            {"Key": "orchestrator:step", "Value": "ecr"}])
+
+    before = len(aws.ledger.calls)
+    assert harness.run_step(STEP, two, aws)[0] == []
+    assert len(aws.ledger.calls) - before == alone
+
+    applied = harness.run_step(STEP, manifest, aws)[0]  # gamepulse-tools left the manifest
+    assert [(c.action, c.name) for c in applied] == [("delete", "gamepulse-tools")]
+    assert len(ecr.describe_repositories()["repositories"]) == 41

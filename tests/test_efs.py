@@ -81,9 +81,9 @@ def test_a_security_group_the_network_lacks_is_a_clear_error(manifest):
 def test_plan_from_nothing_creates_everything_in_order_without_touching_backups(manifest):
     changes = STEP.plan(desired_for(manifest), EfsFacts(), {})
     assert summary(changes) == [
-        ("create", "file-system", FS_NAME, None), ("update", "lifecycle", FS_NAME, None),
-        ("create", "mount-target", "us-east-1a", None), ("create", "mount-target", "us-east-1b", None),
-        ("create", "access-point", "grafana", None), ("create", "access-point", "prometheus", None)]
+        ("create", "file_system", FS_NAME, None), ("update", "lifecycle", FS_NAME, None),
+        ("create", "mount_target", "us-east-1a", None), ("create", "mount_target", "us-east-1b", None),
+        ("create", "access_point", "grafana", None), ("create", "access_point", "prometheus", None)]
     assert not any("efs:PutBackupPolicy" in c.calls for c in changes)
 
 
@@ -95,7 +95,7 @@ def test_no_change_when_everything_matches(manifest):
 def test_throughput_mode_is_updated_in_place(manifest):
     desired = desired_for(manifest)
     (change,) = STEP.plan(desired, as_found(desired, throughput_mode="elastic"), {})
-    assert (change.action, change.kind, change.calls) == ("update", "file-system", ("efs:UpdateFileSystem",))
+    assert (change.action, change.kind, change.calls) == ("update", "file_system", ("efs:UpdateFileSystem",))
     assert [(d.field, d.old, d.new) for d in change.diffs] == [("throughput_mode", "elastic", "bursting")]
 
 
@@ -112,11 +112,11 @@ def test_removed_tags_are_put_back_and_tags_others_added_are_kept(manifest):
 def test_performance_mode_change_replaces_the_file_system_only_with_the_flag(manifest):
     desired = desired_for(with_efs(manifest, performance_mode="maxIO"))
     changes = STEP.plan(desired, as_found(desired_for(manifest)), {})
-    assert changes[0].action == "replace" and changes[0].kind == "file-system"
+    assert changes[0].action == "replace" and changes[0].kind == "file_system"
     assert "deletes its data" in changes[0].note
     assert {c.blocked for c in changes} == {"delete-data"}
-    assert [c.kind for c in changes[1:]] == ["lifecycle", "mount-target", "mount-target", "access-point",
-                                             "access-point"]
+    assert [c.kind for c in changes[1:]] == ["lifecycle", "mount_target", "mount_target", "access_point",
+                                             "access_point"]
 
 
 def test_lifecycle_is_compared_with_what_aws_reads_back(manifest):
@@ -129,14 +129,14 @@ def test_lifecycle_is_compared_with_what_aws_reads_back(manifest):
 def test_backups_on_are_compared_with_aws_and_recorded(manifest):
     desired = desired_for(with_efs(manifest, backups=True))
     (change,) = STEP.plan(desired, as_found(desired, backups="DISABLED"), {})
-    assert (change.kind, change.payload, change.record) == ("backup-policy", "ENABLED", {"enabled": True})
+    assert (change.kind, change.payload, change.record) == ("backup_policy", "ENABLED", {"enabled": True})
     assert STEP.plan(desired, as_found(desired, backups="ENABLED"), {}) == []
 
 
 def test_backups_off_are_compared_with_the_last_apply(manifest):
     desired = desired_for(manifest)
-    assert STEP.plan(desired, as_found(desired), {f"backup-policy/{FS_NAME}": {"enabled": False}}) == []
-    (change,) = STEP.plan(desired, as_found(desired), {f"backup-policy/{FS_NAME}": {"enabled": True}})
+    assert STEP.plan(desired, as_found(desired), {f"backup_policy/{FS_NAME}": {"enabled": False}}) == []
+    (change,) = STEP.plan(desired, as_found(desired), {f"backup_policy/{FS_NAME}": {"enabled": True}})
     assert (change.payload, change.record) == ("DISABLED", {"enabled": False})
 
 
@@ -178,12 +178,12 @@ def test_leftover_file_system_and_destroy_need_the_flag(manifest):
     facts = as_found(desired)
     facts.file_systems["fs-0"] = dataclasses.replace(facts.current_fs(), id="fs-0", name="gamepulse-dev-old")
     (leftover,) = STEP.plan(desired, facts, {})
-    assert summary([leftover]) == [("delete", "file-system", "gamepulse-dev-old", "delete-data")]
+    assert summary([leftover]) == [("delete", "file_system", "gamepulse-dev-old", "delete-data")]
     # Mount targets go in any case (the network cannot be deleted around them); the data needs the flag.
-    mount_targets = [("delete", "mount-target", "us-east-1a", None), ("delete", "mount-target", "us-east-1b", None)]
+    mount_targets = [("delete", "mount_target", "us-east-1a", None), ("delete", "mount_target", "us-east-1b", None)]
     assert summary(STEP.plan_destroy(facts)) == [
-        *mount_targets, ("delete", "file-system", "gamepulse-dev-old", "delete-data"),
-        *mount_targets, ("delete", "file-system", FS_NAME, "delete-data")]
+        *mount_targets, ("delete", "file_system", "gamepulse-dev-old", "delete-data"),
+        *mount_targets, ("delete", "file_system", FS_NAME, "delete-data")]
     assert "2 mount target(s) and 2 access point(s)" in STEP.plan_destroy(facts)[-1].note
 
 
@@ -261,7 +261,8 @@ def test_apply_creates_everything_then_changes_nothing(manifest, aws, efs, netwo
     reads = [f"{c.service}:{c.operation}" for c in harness.calls_since(aws, before, STEP.name)]
     assert sorted(reads) == ["efs:DescribeAccessPoints", "efs:DescribeFileSystems",
                              "efs:DescribeLifecycleConfiguration", "efs:DescribeMountTargetSecurityGroups",
-                             "efs:DescribeMountTargetSecurityGroups", "efs:DescribeMountTargets"]
+                             "efs:DescribeMountTargetSecurityGroups", "efs:DescribeMountTargets",
+                             "resource-groups-tagging-api:GetResources"]  # left-over file systems, by tag
 
 
 def test_drift_is_shown_by_plan_then_repaired(manifest, aws, efs, network):
@@ -275,8 +276,8 @@ def test_drift_is_shown_by_plan_then_repaired(manifest, aws, efs, network):
 
     planned = harness.plan_step(STEP, manifest, aws, upstream=network)
     assert [(c.action, c.kind, c.name) for c in planned] == [
-        ("update", "lifecycle", FS_NAME), ("update", "mount-target", mt["AvailabilityZoneName"]),
-        ("create", "access-point", "grafana")]
+        ("update", "lifecycle", FS_NAME), ("update", "mount_target", mt["AvailabilityZoneName"]),
+        ("create", "access_point", "grafana")]
 
     harness.run_step(STEP, manifest, aws, upstream=network)
     assert efs.describe_mount_target_security_groups(MountTargetId=mt["MountTargetId"])["SecurityGroups"] == [
@@ -324,14 +325,14 @@ def test_backups_are_enabled_once_when_asked(manifest, aws, efs, network):
     fs_id = outputs["file_system_id"]
     assert backup_calls() == ["PutBackupPolicy"]
     assert efs.describe_backup_policy(FileSystemId=fs_id)["BackupPolicy"] == {"Status": "ENABLED"}
-    assert recorded[f"backup-policy/{FS_NAME}"] == {"enabled": True}
+    assert recorded[f"backup_policy/{FS_NAME}"] == {"enabled": True}
 
     assert harness.run_step(STEP, staging_like, aws, upstream=network, recorded=recorded)[0] == []
     assert backup_calls() == ["PutBackupPolicy", "DescribeBackupPolicy"]
 
     harness.run_step(STEP, manifest, aws, upstream=network, recorded=recorded)  # backups turned off
     assert efs.describe_backup_policy(FileSystemId=fs_id)["BackupPolicy"] == {"Status": "DISABLED"}
-    assert recorded[f"backup-policy/{FS_NAME}"] == {"enabled": False}
+    assert recorded[f"backup_policy/{FS_NAME}"] == {"enabled": False}
     before = len(backup_calls())
     assert harness.run_step(STEP, manifest, aws, upstream=network, recorded=recorded)[0] == []
     assert len(backup_calls()) == before  # off, and recorded off: the backup API is not called at all
@@ -342,7 +343,7 @@ def test_throughput_mode_change_is_applied_in_place(manifest, aws, efs, network)
     calls: list = []
     inject(aws.client("efs"), "UpdateFileSystem", lambda body: {"ThroughputMode": "elastic"}, calls)
     applied, _, _ = harness.run_step(STEP, with_efs(manifest, throughput_mode="elastic"), aws, upstream=network)
-    assert [(c.action, c.kind) for c in applied] == [("update", "file-system")]
+    assert [(c.action, c.kind) for c in applied] == [("update", "file_system")]
     assert calls == [("UpdateFileSystem", f"/2015-02-01/file-systems/{outputs['file_system_id']}",
                       {"ThroughputMode": "elastic"})]
 
@@ -353,11 +354,11 @@ def test_destroy_keeps_the_file_system_and_strangers_unless_told(manifest, aws, 
 
     applied, _, _ = harness.run_step(STEP, manifest, aws, upstream=network, destroy=True)
     # The mount targets go so the network can be deleted; the file system and its access points stay.
-    assert [(c.action, c.kind) for c in applied] == [("delete", "mount-target")] * 2
+    assert [(c.action, c.kind) for c in applied] == [("delete", "mount_target")] * 2
     assert inventory(efs) == (1, 0, 2)
 
     applied, _, _ = harness.run_step(STEP, manifest, aws, upstream=network, destroy=True, allow=("delete-data",))
-    assert [(c.action, c.kind) for c in applied] == [("delete", "file-system")]
+    assert [(c.action, c.kind) for c in applied] == [("delete", "file_system")]
     assert inventory(efs) == (0, 0, 0)
     assert [fs["FileSystemId"] for fs in efs.describe_file_systems()["FileSystems"]] == [stranger["FileSystemId"]]
 
@@ -368,7 +369,7 @@ def test_file_system_stripped_of_its_tags_is_found_by_its_token_and_retagged(man
     efs.untag_resource(ResourceId=fs_id, TagKeys=["orchestrator:app", "orchestrator:env", "orchestrator:step"])
 
     (change,) = harness.plan_step(STEP, manifest, aws, upstream=network)
-    assert (change.action, change.kind, change.calls) == ("update", "file-system", ("efs:TagResource",))
+    assert (change.action, change.kind, change.calls) == ("update", "file_system", ("efs:TagResource",))
     _, again, _ = harness.run_step(STEP, manifest, aws, upstream=network)
     assert again["file_system_id"] == fs_id
     assert len(efs.describe_file_systems()["FileSystems"]) == 1
@@ -400,7 +401,7 @@ def create_as_the_step_would(manifest, aws, efs, network) -> dict:
     """The file system a create that AWS accepted left behind (its answer lost, or the run killed)."""
     from orchestrator.context import StepContext
 
-    token = StepContext(aws=aws, manifest=manifest, step="efs").token("file-system")
+    token = StepContext(aws=aws, manifest=manifest, step="efs").token("file_system")
     return efs.create_file_system(CreationToken=token, Encrypted=True, Tags=[
         {"Key": k, "Value": v} for k, v in STEP.desired(manifest, harness.inputs(STEP, network))
         .file_system.tags.items()])
@@ -411,8 +412,8 @@ def test_a_create_whose_answer_was_lost_is_found_by_its_token(manifest, aws, efs
     hidden = []
 
     def listing_not_caught_up(params, **kwargs):
-        # AWS is eventually consistent: a list right after a create may not show it yet.
-        if not hidden and "CreationToken" not in params["query_string"]:
+        # AWS is eventually consistent: a describe right after a create may not show it yet.
+        if not hidden:
             hidden.append(True)
             return AWSResponse("https://efs.test", 200, {}, None), {"FileSystems": []}
 
@@ -432,7 +433,7 @@ def test_tags_others_added_survive_an_apply_and_make_no_plan_change(manifest, aw
 
     efs.untag_resource(ResourceId=fs_id, TagKeys=["project"])  # one of ours: put back, theirs stays
     (change,) = harness.plan_step(STEP, manifest, aws, upstream=network)
-    assert (change.kind, change.calls) == ("file-system", ("efs:TagResource",))
+    assert (change.kind, change.calls) == ("file_system", ("efs:TagResource",))
     assert [(d.field, d.old, d.new) for d in change.diffs] == [("tags", {"project": None}, {"project": "gamepulse"})]
     harness.run_step(STEP, manifest, aws, upstream=network)
     assert "efs:UntagResource" not in harness.mutations(aws)
@@ -479,7 +480,7 @@ def test_a_mount_target_left_creating_is_waited_for_not_changed(manifest, aws, e
     mutated = len(harness.mutations(aws))
     applied, _, _ = harness.run_step(STEP, manifest, aws, upstream=network)
     assert [(c.action, c.kind, c.name, c.calls) for c in applied] == [
-        ("update", "mount-target", mt["AvailabilityZoneName"], ())]
+        ("update", "mount_target", mt["AvailabilityZoneName"], ())]
     assert [(d.field, d.old, d.new) for d in applied[0].diffs] == [("state", "creating", "available")]
     assert state["left"] == 0 and len(harness.mutations(aws)) == mutated
     assert harness.plan_step(STEP, manifest, aws, upstream=network) == []
@@ -496,3 +497,27 @@ def test_a_file_system_left_creating_is_waited_for_before_anything_goes_on_it(ma
     assert state["left"] == 0 and inventory(efs) == (1, 2, 2)
     assert KNOWN_AFTER_APPLY not in str(outputs)
     assert harness.plan_step(STEP, manifest, aws, upstream=network) == []
+
+
+def test_file_systems_of_others_cost_no_read_and_a_left_over_one_of_ours_is_found_by_its_tags(
+        manifest, aws, efs, network):
+    harness.run_step(STEP, manifest, aws, upstream=network)
+    before = len(aws.ledger.calls)
+    harness.run_step(STEP, manifest, aws, upstream=network)
+    alone = len(aws.ledger.calls) - before
+
+    def file_system(token: str, env: str) -> str:
+        tags = [{"Key": "orchestrator:app", "Value": "gamepulse"}, {"Key": "orchestrator:env", "Value": env},
+                {"Key": "orchestrator:step", "Value": "efs"}, {"Key": "Name", "Value": f"gamepulse-{env}-data"}]
+        return efs.create_file_system(CreationToken=token, Encrypted=True, Tags=tags)["FileSystemId"]
+
+    for i in range(20):
+        file_system(f"other-{i}", ("staging", "prod", "devx")[i % 3])
+    before = len(aws.ledger.calls)
+    assert harness.run_step(STEP, manifest, aws, upstream=network)[0] == []
+    assert len(aws.ledger.calls) - before == alone
+
+    left_over = file_system("an-earlier-token", "dev")
+    changes = harness.plan_step(STEP, manifest, aws, upstream=network)
+    assert [(c.action, c.kind, c.blocked) for c in changes] == [("delete", "file_system", "delete-data")]
+    assert f"file system {left_over} is not the platform's" in changes[0].note

@@ -299,8 +299,8 @@ class FakeStore:
     def __init__(self):
         self.events = []
 
-    def exists(self):
-        return False
+    def steps(self):
+        return {}
 
     def record_change(self, lease, step, change):
         self.events.append(("recorded", change.name, change.record))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+from collections import Counter
 
 import pytest
 from botocore.awsrequest import AWSResponse
@@ -104,8 +105,8 @@ def test_a_plan_from_nothing_shows_unknown_upstream_values_without_failing(manif
 def test_plan_from_nothing_creates_each_role_before_its_policies(manifest):
     changes = STEP.plan(desired_for(manifest), IamFacts(), {})
     keys = [c.key for c in changes]
-    assert keys[:3] == ["role/gamepulse-dev-execution", "inline-policy/gamepulse-dev-execution/read-secrets",
-                        "managed-policy/gamepulse-dev-execution/AmazonECSTaskExecutionRolePolicy"]
+    assert keys[:3] == ["role/gamepulse-dev-execution", "inline_policy/gamepulse-dev-execution/read-secrets",
+                        "managed_policy/gamepulse-dev-execution/AmazonECSTaskExecutionRolePolicy"]
     assert [c.name for c in changes if c.kind == "role"] == ROLE_NAMES
     assert all(keys.index(f"role/{c.name.split('/')[0]}") < keys.index(c.key) for c in changes if c.kind != "role")
     assert {c.calls for c in changes} == {("iam:CreateRole",), ("iam:PutRolePolicy",), ("iam:AttachRolePolicy",)}
@@ -153,10 +154,10 @@ def test_each_kind_of_drift_is_its_own_repair(manifest):
     changes = {(c.action, c.key): c for c in STEP.plan(desired, facts, recorded)}
     assert set(changes) == {
         ("update", "role/gamepulse-dev-execution"),
-        ("create", "managed-policy/gamepulse-dev-execution/AmazonECSTaskExecutionRolePolicy"),
-        ("delete", "managed-policy/gamepulse-dev-execution/AdministratorAccess"),
-        ("update", "inline-policy/gamepulse-dev-task-loki/grants"),
-        ("delete", "inline-policy/gamepulse-dev-task-loki/debug"),
+        ("create", "managed_policy/gamepulse-dev-execution/AmazonECSTaskExecutionRolePolicy"),
+        ("delete", "managed_policy/gamepulse-dev-execution/AdministratorAccess"),
+        ("update", "inline_policy/gamepulse-dev-task-loki/grants"),
+        ("delete", "inline_policy/gamepulse-dev-task-loki/debug"),
         ("update", "role/gamepulse-dev-task-jaeger")}
     execution_change = changes[("update", "role/gamepulse-dev-execution")]
     assert execution_change.calls == ("iam:UpdateAssumeRolePolicy", "iam:TagRole")
@@ -164,8 +165,8 @@ def test_each_kind_of_drift_is_its_own_repair(manifest):
     assert [(d.old, d.new) for d in execution_change.diffs if d.field == "tags"] == [
         ({"project": "hijacked"}, {"project": "gamepulse"})]
     assert changes[("update", "role/gamepulse-dev-task-jaeger")].calls == ("iam:UpdateRole",)
-    assert changes[("delete", "inline-policy/gamepulse-dev-task-loki/debug")].calls == ("iam:DeleteRolePolicy",)
-    assert changes[("delete", "managed-policy/gamepulse-dev-execution/AdministratorAccess")].calls == (
+    assert changes[("delete", "inline_policy/gamepulse-dev-task-loki/debug")].calls == ("iam:DeleteRolePolicy",)
+    assert changes[("delete", "managed_policy/gamepulse-dev-execution/AdministratorAccess")].calls == (
         "iam:DetachRolePolicy",)
 
 
@@ -175,7 +176,7 @@ def test_a_role_left_out_of_the_manifest_loses_its_policies_before_it_goes(manif
     smaller = desired_for(manifest.model_copy(update={"iam": IamSpec(task_roles={
         name: spec for name, spec in manifest.iam.task_roles.items() if name != "loki"})}))
     changes = STEP.plan(smaller, facts, {})
-    assert [(c.action, c.key) for c in changes] == [("delete", "inline-policy/gamepulse-dev-task-loki/grants"),
+    assert [(c.action, c.key) for c in changes] == [("delete", "inline_policy/gamepulse-dev-task-loki/grants"),
                                                     ("delete", "role/gamepulse-dev-task-loki")]
 
 
@@ -188,8 +189,8 @@ def test_a_role_of_our_name_without_our_tags_is_refused(manifest):
 def test_destroy_detaches_and_deletes_policies_then_each_role(manifest):
     changes = STEP.plan_destroy(facts_for(desired_for(manifest)))
     assert [(c.action, c.key) for c in changes[:3]] == [
-        ("delete", "managed-policy/gamepulse-dev-execution/AmazonECSTaskExecutionRolePolicy"),
-        ("delete", "inline-policy/gamepulse-dev-execution/read-secrets"), ("delete", "role/gamepulse-dev-execution")]
+        ("delete", "managed_policy/gamepulse-dev-execution/AmazonECSTaskExecutionRolePolicy"),
+        ("delete", "inline_policy/gamepulse-dev-execution/read-secrets"), ("delete", "role/gamepulse-dev-execution")]
     assert [c.name for c in changes if c.kind == "role"] == ROLE_NAMES
     assert all(c.blocked is None for c in changes)
 
@@ -243,7 +244,9 @@ def test_apply_creates_roles_with_trust_policies_and_tags_then_changes_nothing(m
     recorded = {c.key: c.record for c in applied if c.record is not None}
     again, outputs_again, _ = harness.run_step(STEP, manifest, aws, upstream=UPSTREAM, recorded=recorded)
     assert again == [] and len(harness.mutations(aws)) == writes and outputs_again == outputs
-    assert [c.operation for c in harness.calls_since(aws, before, STEP.name)] == ["GetAccountAuthorizationDetails"]
+    # Read by name, four reads a role (each role has one inline policy), plus the one page of role names.
+    assert Counter(c.operation for c in harness.calls_since(aws, before, STEP.name)) == {
+        "ListRoles": 1, "GetRole": 7, "ListRolePolicies": 7, "GetRolePolicy": 7, "ListAttachedRolePolicies": 7}
 
 
 @needs_managed_policies
@@ -264,10 +267,10 @@ def test_drift_is_shown_by_plan_then_repaired(manifest, aws, iam):
     plan = harness.plan_step(STEP, manifest, aws, upstream=UPSTREAM)
     assert len(harness.mutations(aws)) == writes
     assert sorted((c.action, c.key) for c in plan) == [
-        ("create", "managed-policy/gamepulse-dev-execution/AmazonECSTaskExecutionRolePolicy"),
-        ("delete", "inline-policy/gamepulse-dev-task-grafana/debug"),
-        ("delete", "managed-policy/gamepulse-dev-task-jaeger/ReadOnlyAccess"),
-        ("update", "inline-policy/gamepulse-dev-task-loki/grants"),
+        ("create", "managed_policy/gamepulse-dev-execution/AmazonECSTaskExecutionRolePolicy"),
+        ("delete", "inline_policy/gamepulse-dev-task-grafana/debug"),
+        ("delete", "managed_policy/gamepulse-dev-task-jaeger/ReadOnlyAccess"),
+        ("update", "inline_policy/gamepulse-dev-task-loki/grants"),
         ("update", "role/gamepulse-dev-task-gamepulse")]
 
     harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)
@@ -349,19 +352,27 @@ def test_a_tag_added_by_someone_else_survives_an_apply(manifest, aws, iam):
     assert tags["compliance:scope"] == "pci"
 
 
-def lagging_role_list(aws) -> None:
-    """The next GetAccountAuthorizationDetails answers with no role, as IAM's eventually
-    consistent reads may just after a change."""
-    answered = []
+def lagging_role_list(aws, roles: int) -> None:
+    """The next observe of `roles` roles sees none of them, as IAM's eventually consistent reads
+    may just after a change: ListRoles answers no role, GetRole NoSuchEntity."""
+    calls = Counter()
 
-    def stale(**kwargs):
-        if not answered:
-            answered.append(True)
-            return AWSResponse("https://iam.amazonaws.com/", 200, {}, None), {"RoleDetailList": [],
-                                                                              "IsTruncated": False}
+    def stale_list(**kwargs):
+        calls["ListRoles"] += 1
+        if calls["ListRoles"] == 1:
+            return AWSResponse("https://iam.amazonaws.com/", 200, {}, None), {"Roles": [], "IsTruncated": False}
         return None
 
-    aws.register("before-call.iam.GetAccountAuthorizationDetails", stale)
+    def stale_get(**kwargs):
+        calls["GetRole"] += 1
+        if calls["GetRole"] <= roles:
+            return AWSResponse("https://iam.amazonaws.com/", 404, {}, None), {
+                "Error": {"Code": "NoSuchEntity", "Message": "The role cannot be found."},
+                "ResponseMetadata": {"HTTPStatusCode": 404}}
+        return None
+
+    aws.register("before-call.iam.ListRoles", stale_list)
+    aws.register("before-call.iam.GetRole", stale_get)
 
 
 @needs_managed_policies
@@ -372,11 +383,11 @@ def test_a_quick_re_apply_on_a_lagging_list_adopts_our_roles(manifest, aws, iam)
                                                           {"Key": "compliance:scope", "Value": "pci"}])
     writes = len(harness.mutations(aws))
 
-    lagging_role_list(aws)
+    lagging_role_list(aws, roles=2)
     applied, outputs, _ = harness.run_step(STEP, smaller, aws, upstream=UPSTREAM, recovering=("TagRole",))
-    assert [(c.action, c.kind) for c in applied] == [("create", "role"), ("create", "inline-policy"),
-                                                     ("create", "managed-policy"), ("create", "role"),
-                                                     ("create", "inline-policy")]
+    assert [(c.action, c.kind) for c in applied] == [("create", "role"), ("create", "inline_policy"),
+                                                     ("create", "managed_policy"), ("create", "role"),
+                                                     ("create", "inline_policy")]
     assert harness.mutations(aws)[writes:] == [
         "iam:CreateRole", "iam:PutRolePolicy", "iam:AttachRolePolicy",
         "iam:CreateRole", "iam:TagRole", "iam:PutRolePolicy"]  # the adopted loki role had a tag drift
@@ -391,9 +402,49 @@ def test_a_lagging_list_hiding_a_role_of_someone_else_still_refuses_it(manifest,
     trust = json.dumps({"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
     iam.create_role(RoleName="gamepulse-dev-execution", AssumeRolePolicyDocument=trust)
-    lagging_role_list(aws)
+    lagging_role_list(aws, roles=7)
     with pytest.raises(OrchestratorError, match="IAM role gamepulse-dev-execution exists but does not carry"):
         harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)
     assert harness.mutations(aws) == ["iam:CreateRole", "iam:CreateRole"]  # by hand, then ours: refused
     assert "Tags" not in iam.get_role(RoleName="gamepulse-dev-execution")["Role"]
     assert iam.list_role_policies(RoleName="gamepulse-dev-execution")["PolicyNames"] == []
+
+
+def foreign_roles(iam, count: int) -> None:
+    """Roles of other environments and other tools, some named like ours."""
+    trust = json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+    for i in range(count):
+        name = (f"gamepulse-{('staging', 'prod', 'devx')[i % 3]}-task-{i}" if i % 2 else f"team-{i}-lambda-role")
+        iam.create_role(RoleName=name, AssumeRolePolicyDocument=trust, Tags=[
+            {"Key": "orchestrator:app", "Value": "gamepulse"}, {"Key": "orchestrator:env", "Value": "staging"}])
+        iam.put_role_policy(RoleName=name, PolicyName="grants", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}))
+
+
+@needs_managed_policies
+def test_roles_of_others_cost_no_read_and_are_never_named(manifest, aws, iam):
+    harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)
+    before = len(aws.ledger.calls)
+    harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)
+    alone = len(aws.ledger.calls) - before
+    foreign_roles(iam, 60)
+    named: list[str] = []
+    aws.register("before-parameter-build.iam", lambda params, **kwargs: named.append(params.get("RoleName", "")))
+
+    before = len(aws.ledger.calls)
+    assert harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)[0] == []
+    assert len(aws.ledger.calls) - before == alone
+    assert {name for name in named if name} == set(ROLE_NAMES)
+
+
+@needs_managed_policies
+def test_a_role_removed_from_the_manifest_is_found_by_its_name_and_deleted(manifest, aws, iam):
+    harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)
+    foreign_roles(iam, 6)
+    smaller = manifest.model_copy(update={"iam": LOKI_ONLY})
+    applied, _, _ = harness.run_step(STEP, smaller, aws, upstream=UPSTREAM)
+    assert sorted(c.name for c in applied if c.kind == "role") == sorted(
+        name for name in ROLE_NAMES if name not in ("gamepulse-dev-execution", "gamepulse-dev-task-loki"))
+    assert role_names(iam) == ["gamepulse-dev-execution", "gamepulse-dev-task-loki"]
+    assert len(role_names(iam, prefix="gamepulse-staging-")) == 1

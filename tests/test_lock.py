@@ -1,19 +1,23 @@
 """The environment lock: conditional acquire, polling, takeover of a dead holder's lease, fencing,
-heartbeat, release and `unlock --force` (moto in-process, the clock moved by hand)."""
+heartbeat, release and `unlock --force` (moto in-process, AWS's clock moved by hand)."""
 from __future__ import annotations
 
 import getpass
 import os
 import socket
 import threading
+import time
 
 import pytest
 
+from botocore.awsrequest import AWSResponse
+
 from orchestrator import waiters
+from orchestrator.aws import STATE
 from orchestrator.errors import LockHeld, LockLost
 from orchestrator.model import Change
 from orchestrator.state import StateStore
-from tests.test_state import T0, make_manifest, now, store  # noqa: F401  (shared fixtures)
+from tests.test_state import T0, make_manifest, now, raw_items, store  # noqa: F401  (shared fixtures)
 
 LEASE = 60  # make_manifest's lock_lease_seconds
 
@@ -70,6 +74,56 @@ def test_waiting_acquire_gives_up_after_wait_seconds(store, aws, monkeypatch):
     assert slept == [2.0, 2.0, 1.0]
 
 
+def lock_item(aws) -> dict:
+    return next(item for item in raw_items(aws) if item["sk"]["S"] == "lock")
+
+
+def test_a_taker_whose_clock_is_hours_ahead_never_takes_a_live_lock(store, aws, now, monkeypatch):
+    """Only AWS's clock decides: the second run's own clock, five hours fast, changes nothing,
+    and the first run finishes undisturbed."""
+    first = store.acquire("run-a", "apply")
+    now.t = T0 + 30  # run-a is alive: its lease runs to T0 + 60 by AWS's clock
+    wall_clock = time.time
+    monkeypatch.setattr(time, "time", lambda: wall_clock() + 5 * 3600)
+
+    with pytest.raises(LockHeld) as raised:
+        second_run(aws).acquire("run-b", "apply")
+
+    assert "acquired 30s ago" in str(raised.value) and "expires in 30s" in str(raised.value)
+    now.t = T0 + 40
+    assert first.renew() is True
+    first.check_current()
+    store.finish_step(first, "vpc", status="ok", desired_hash="h", outputs={"vpc_id": "vpc-1"}, changes=1)
+    first.release()
+    assert store.steps()["vpc"]["last_run"] == "run-a" and store.lock_holder() is None
+
+
+def test_a_lock_whose_holder_died_an_hour_ago_is_taken_at_once(store, aws, now, monkeypatch):
+    store.acquire("run-a", "apply")
+    now.t = T0 + 3600
+    slept = []
+    monkeypatch.setattr(waiters, "sleep", slept.append)
+
+    lease = second_run(aws).acquire("run-b", "apply", wait_seconds=600)
+
+    assert (lease.run_id, lease.fence, slept) == ("run-b", 2, [])
+
+
+def test_the_lock_item_never_carries_the_tables_ttl_attribute(store, aws, now):
+    """DynamoDB's TTL would delete a stale lock item and its fence with it: the next run would
+    count from 1 again and match a lost run's fence."""
+    # A lock item as an earlier version wrote it, with the TTL attribute.
+    aws.client("dynamodb").put_item(TableName="gp-test-state", Item={
+        "pk": {"S": "gamepulse/dev"}, "sk": {"S": "lock"}, "fence": {"N": "7"}, "expires_at": {"N": str(int(T0))}})
+    lease = store.acquire("run-a", "apply")
+    assert lease.fence == 8
+    assert "expires_at" not in lock_item(aws)
+    lease.renew()
+    assert "expires_at" not in lock_item(aws)
+    lease.release()
+    assert "expires_at" not in lock_item(aws) and lock_item(aws)["fence"] == {"N": "8"}
+
+
 def test_dead_holder_is_taken_over_and_its_late_writes_change_nothing(store, aws, now):
     old = store.acquire("run-a", "apply")
     store.finish_step(old, "vpc", status="ok", desired_hash="h1", outputs={"vpc_id": "vpc-1"}, changes=1)
@@ -99,19 +153,20 @@ def test_lease_is_lost_when_the_same_run_id_takes_over_with_a_newer_fence(store,
     its earlier incarnation."""
     old = store.acquire("run-a", "apply")
     now.t = T0 + LEASE + 1
-    new = second_run(aws).acquire("run-a", "apply")
+    newer_store = second_run(aws)
+    new = newer_store.acquire("run-a", "apply")
 
     with pytest.raises(LockLost):
         store.start_run(old, "apply", manifest_hash="m")
     assert second_run(aws).runs() == []
-    second_run(aws).start_run(new, "apply", manifest_hash="m")
+    newer_store.start_run(new, "apply", manifest_hash="m")
 
 
 def test_heartbeat_extends_the_lease(store, aws, now):
     lease = store.acquire("run-a", "apply")
     now.t = T0 + 40
     assert lease.renew() is True
-    assert store.lock_holder()["expires_at"] == T0 + 40 + LEASE
+    assert store.lock_holder()["lease_until"] == T0 + 40 + LEASE
 
     now.t = T0 + LEASE + 5  # past the first expiry, inside the renewed one
     with pytest.raises(LockHeld):
@@ -148,6 +203,28 @@ def test_fence_only_grows_across_release_and_break(store, aws):
     second_run(aws).break_lock()
     fences.append(store.acquire("run-c", "apply").fence)
     assert fences == [1, 2, 4]
+
+
+def test_a_fenced_write_cancelled_by_a_concurrent_transaction_is_retried(store, aws):
+    """Steps running at once each check the lock item in their transactions; DynamoDB cancels
+    one of two that overlap (TransactionConflict), and that one is tried again."""
+    lease = store.acquire("run-a", "apply")
+    cancelled = []
+
+    def conflict_once(**kwargs):
+        if not cancelled:
+            cancelled.append(True)
+            return (AWSResponse("https://dynamodb.us-east-1.amazonaws.com/", 400, {}, None),
+                    {"Error": {"Code": "TransactionCanceledException", "Message": "Transaction cancelled"},
+                     "CancellationReasons": [{"Code": "None"}, {"Code": "TransactionConflict"}]})
+        return None
+
+    aws.client("dynamodb", ledger_name=STATE).meta.events.register(
+        "before-call.dynamodb.TransactWriteItems", conflict_once)
+    store.finish_step(lease, "iam", status="ok", desired_hash="h", outputs={}, changes=1)
+
+    assert cancelled == [True]
+    assert second_run(aws).steps()["iam"]["status"] == "ok"
 
 
 def test_break_lock_returns_the_holder_and_fences_it_out(store, aws):

@@ -128,3 +128,23 @@ def test_missing_default_base_is_named(tmp_path):
     (tmp_path / "dev.yaml").write_text("network: {zones: 2}\n")
     assert problems(tmp_path, "dev") == [
         f"{tmp_path / 'gamepulse.yaml'}: base manifest not found (an overlay may name another with 'base:')"]
+
+
+def test_an_unknown_key_suggests_the_field_meant(tmp_path):
+    shutil.copy(MANIFESTS / "gamepulse.yaml", tmp_path)
+    (tmp_path / "dev.yaml").write_text(
+        "secrets:\n  values:\n    x:\n      source: file\n      file: /run/x\n"
+        "storage:\n  buckets:\n    config:\n      versionning: true\n      colour: blue\n")
+    assert problems(tmp_path, "dev") == [
+        f"{tmp_path / 'dev.yaml'}:5: secrets.values.x.file: unknown field; did you mean `path`?",
+        f"{tmp_path / 'dev.yaml'}:9: storage.buckets.config.versionning: unknown field; did you mean `versioning`?",
+        f"{tmp_path / 'dev.yaml'}:10: storage.buckets.config.colour: unknown field",
+    ]
+
+
+def test_an_empty_base_manifest_is_named_instead_of_every_field_reported_missing(tmp_path):
+    (tmp_path / "gamepulse.yaml").write_text("# nothing yet\n")
+    (tmp_path / "dev.yaml").write_text("# dev\ntags:\n  environment: dev\n")
+    assert problems(tmp_path, "dev") == [
+        f"{tmp_path / 'gamepulse.yaml'}:1: the base manifest is empty; it holds the settings every environment "
+        "shares (app, region, state, network, ...)"]

@@ -1,12 +1,18 @@
 """The state table: how it is created, and how step and run records round-trip (moto in-process)."""
 from __future__ import annotations
 
+from collections import Counter
 from decimal import Decimal
+from email.utils import formatdate
 from types import SimpleNamespace
 
 import pytest
 
+from boto3.dynamodb.types import TypeSerializer
+
 from orchestrator import state
+from orchestrator.aws import Aws
+from orchestrator.errors import OrchestratorError
 from orchestrator.log import redactor
 from orchestrator.model import Change
 from orchestrator.schema import StateSpec
@@ -23,14 +29,24 @@ def make_manifest(env: str = "dev", deletion_protection: bool = False):
                                            deletion_protection=deletion_protection))
 
 
-
-
 @pytest.fixture
-def now(monkeypatch):
-    """The store's wall clock, held still; tests move it by assigning `now.t`."""
+def now(aws, monkeypatch):
+    """AWS's clock, held still: DynamoDB's answers state `now.t` in their Date header (whole
+    seconds, as AWS does) and this machine's monotonic clock reads it too, so time passes alike
+    for AWS and every run; tests move it by assigning `now.t`."""
     clock = SimpleNamespace(t=T0)
-    monkeypatch.setattr(state, "clock", lambda: clock.t)
+    monkeypatch.setattr(state, "ticks", lambda: clock.t)
+    stating_the_time(aws, clock)
     return clock
+
+
+def stating_the_time(aws, clock):
+    """DynamoDB's answers to `aws` state `clock.t` in their Date header."""
+    def date(response_dict, **kwargs):
+        response_dict["headers"]["Date"] = formatdate(clock.t, usegmt=True)
+
+    aws.register("before-parse.dynamodb", date)
+    return aws
 
 
 @pytest.fixture
@@ -59,6 +75,7 @@ def test_table_is_created_on_demand_encrypted_with_pitr_ttl_and_tags(aws, now):
     assert writes(aws) == 0
 
     store.ensure_table()
+    store.acquire("run-1", "apply")  # the run that created the table completes its settings
 
     ddb = aws.client("dynamodb")
     table = ddb.describe_table(TableName=TABLE)["Table"]
@@ -178,3 +195,114 @@ def test_floats_are_stored_as_numbers(store, lease, aws):
     store.finish_step(lease, "ecs", status="ok", desired_hash="h", outputs={"cpu": 0.25}, changes=1)
     item = next(i for i in raw_items(aws) if i["sk"]["S"] == "step#ecs")
     assert item["outputs"]["M"]["cpu"] == {"N": str(Decimal("0.25"))}
+
+
+def state_calls_of_a_run(aws_factory) -> Counter:
+    """The state-table calls of one unchanged apply, made as the command line makes them."""
+    aws = aws_factory()
+    store = StateStore(aws, make_manifest())
+    store.ensure_table()
+    lease = store.acquire("run-x", "apply")
+    store.start_run(lease, "apply", manifest_hash="m")
+    store.steps()
+    store.finish_run(lease, "ok", {})
+    lease.release()
+    return Counter(call.operation for call in aws.ledger.calls if call.step == "state")
+
+
+def test_an_unchanged_run_reads_the_table_twice_and_its_settings_once_a_day(aws, now):
+    def new_process():
+        return stating_the_time(Aws("us-east-1"), now)
+
+    created = state_calls_of_a_run(new_process)
+    assert created["CreateTable"] == created["UpdateContinuousBackups"] == created["UpdateTimeToLive"] == 1
+
+    now.t += 3600
+    assert state_calls_of_a_run(new_process) == Counter(
+        {"DescribeTable": 1, "Query": 1, "UpdateItem": 2, "TransactWriteItems": 2})
+
+    # Turned off by hand: the next run after a day notices and turns it on again.
+    aws.client("dynamodb").update_continuous_backups(
+        TableName=TABLE, PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": False})
+    now.t += 86400
+    a_day_later = state_calls_of_a_run(new_process)
+    assert a_day_later["DescribeContinuousBackups"] == a_day_later["DescribeTimeToLive"] == 1
+    assert a_day_later["UpdateContinuousBackups"] == 1 and a_day_later["UpdateTimeToLive"] == 0
+    backups = aws.client("dynamodb").describe_continuous_backups(TableName=TABLE)["ContinuousBackupsDescription"]
+    assert backups["PointInTimeRecoveryDescription"]["PointInTimeRecoveryStatus"] == "ENABLED"
+
+
+def test_a_run_interrupted_after_creating_the_table_is_completed_by_the_next(aws, now):
+    StateStore(aws, make_manifest()).ensure_table()  # killed before taking the lock
+
+    StateStore(aws, make_manifest()).acquire("run-2", "apply")
+
+    ddb = aws.client("dynamodb")
+    backups = ddb.describe_continuous_backups(TableName=TABLE)["ContinuousBackupsDescription"]
+    assert backups["PointInTimeRecoveryDescription"]["PointInTimeRecoveryStatus"] == "ENABLED"
+    assert ddb.describe_time_to_live(TableName=TABLE)["TimeToLiveDescription"]["TimeToLiveStatus"] == "ENABLED"
+
+
+def test_each_resource_record_is_an_item_of_its_own_so_no_step_nears_the_item_limit(store, lease, aws):
+    body = "x" * 150_000  # three of these would not fit in one 400 KB item
+    for name in ("api", "web", "worker"):
+        store.record_change(lease, "ecs", Change("create", "task_definition", name, record={"body": body}))
+    store.finish_step(lease, "ecs", status="ok", desired_hash="h", outputs={}, changes=3)
+
+    record = StateStore(aws, make_manifest()).steps()["ecs"]
+    assert record["applied"] == {f"task_definition/{name}": {"body": body} for name in ("api", "web", "worker")}
+    assert record["status"] == "ok"
+
+
+def test_a_record_too_large_for_an_item_fails_clearly_before_any_write(store, lease, aws):
+    before = writes(aws)
+    with pytest.raises(OrchestratorError, match=r"the record of dashboards dashboard/main is about 4\d\d KB, "
+                                                r"over DynamoDB's 400 KB item limit"):
+        store.record_change(lease, "dashboards", Change("create", "dashboard", "main", record={"body": "x" * 420_000}))
+    assert writes(aws) == before
+
+
+def test_record_change_keeps_what_apply_learned_over_the_plans_record(store, lease, aws):
+    change = Change("create", "service", "api", record={"image": "api:1", "arn": None})
+    store.record_change(lease, "ecs", change, {"image": "api:1", "arn": "arn:aws:ecs:us-east-1:1:service/api"})
+    assert StateStore(aws, make_manifest()).steps()["ecs"]["applied"] == {
+        "service/api": {"image": "api:1", "arn": "arn:aws:ecs:us-east-1:1:service/api"}}
+
+
+def test_a_record_already_stored_is_not_written_again(store, lease, aws):
+    change = Change("update", "repo", "api", record={"scan": True})
+    store.record_change(lease, "ecr", change)
+    before = writes(aws)
+    store.record_change(lease, "ecr", change)
+    assert writes(aws) == before
+
+
+def test_forget_step_removes_every_resource_record(store, lease, aws):
+    for index in range(120):  # more than one transaction can delete
+        store.record_change(lease, "vpc", Change("create", "route", str(index), record={"n": index}))
+    store.forget_step(lease, "vpc")
+    assert [item["sk"]["S"] for item in raw_items(aws) if item["sk"]["S"].startswith("step#")] == []
+
+
+def test_records_an_earlier_release_kept_are_read_then_moved_to_items_of_their_own(store, lease, aws):
+    """Earlier releases kept every last-applied record inside the step item and named some kinds
+    with hyphens; they read back under today's keys and move on the step's next write."""
+    dynamodb = aws.client("dynamodb")
+    legacy = {"step": "efs", "status": "ok", "desired_hash": "h", "outputs": {},
+              "applied": {"backup-policy/fs": {"enabled": True}}}
+    dynamodb.put_item(TableName=TABLE, Item={"pk": {"S": "gamepulse/dev"}, "sk": {"S": "step#efs"},
+                                             **{k: TypeSerializer().serialize(v) for k, v in legacy.items()}})
+    dynamodb.put_item(TableName=TABLE, Item={"pk": {"S": "gamepulse/dev"}, "sk": {"S": "step#efs#rec#mount-target/a"},
+                                             "step": {"S": "efs"}, "key": {"S": "mount-target/a"},
+                                             "record": {"M": {"subnet": {"S": "subnet-1"}}}})
+    fresh = StateStore(aws, make_manifest())
+    assert fresh.steps()["efs"]["applied"] == {"backup_policy/fs": {"enabled": True},
+                                               "mount_target/a": {"subnet": "subnet-1"}}
+
+    fresh.finish_step(lease, "efs", status="ok", desired_hash="h2", outputs={}, changes=1)
+    keys = sorted(item["sk"]["S"] for item in raw_items(aws) if item["sk"]["S"].startswith("step#efs"))
+    assert keys == ["step#efs", "step#efs#rec#backup_policy/fs", "step#efs#rec#mount_target/a"]
+    step_item = next(item for item in raw_items(aws) if item["sk"]["S"] == "step#efs")
+    assert "applied" not in step_item
+    assert StateStore(aws, make_manifest()).steps()["efs"]["applied"] == {
+        "backup_policy/fs": {"enabled": True}, "mount_target/a": {"subnet": "subnet-1"}}

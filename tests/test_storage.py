@@ -112,12 +112,14 @@ def test_a_missing_tag_of_ours_is_put_back_with_the_tags_others_added(manifest):
     assert change.payload.tags == loki.tags | theirs  # the whole set PutBucketTagging writes
 
 
-def test_untagged_bucket_under_our_name_is_adopted_visibly(manifest):
+def test_untagged_bucket_under_our_name_is_refused_with_how_to_adopt_it(manifest):
     desired = desired_for(manifest)
     found = [as_found(b, owned=False, tags={}) for b in desired.buckets]
-    changes = STEP.plan(desired, facts_for(desired, *found), {})
-    assert [c.calls for c in changes] == [("s3:PutBucketTagging",)] * 2
-    assert "adopted" in changes[0].note
+    with pytest.raises(OrchestratorError) as caught:
+        STEP.plan(desired, facts_for(desired, *found), {})
+    assert f"bucket {CONFIG} exists but does not carry this environment's ownership tags" in str(caught.value)
+    assert ("to adopt it deliberately, tag it orchestrator:app=gamepulse, orchestrator:env=dev, "
+            "orchestrator:step=storage") in str(caught.value)
 
 
 def test_bucket_removed_from_manifest_is_deleted_when_empty_and_guarded_when_not(manifest):
@@ -184,8 +186,9 @@ def test_apply_creates_configured_buckets_then_changes_nothing(manifest, aws, s3
     applied, again, _ = harness.run_step(STEP, manifest, aws)
     assert applied == [] and again == outputs
     assert len(harness.mutations(aws)) == 12
-    # One listing, then seven reads per bucket (objects are counted only when a delete is planned).
-    assert len(harness.calls_since(aws, before, STEP.name)) == 1 + 2 * 7
+    # One listing, the tags of both from one call, then six reads per bucket (objects are counted
+    # only when a delete is planned).
+    assert len(harness.calls_since(aws, before, STEP.name)) == 1 + 1 + 2 * 6
 
 
 def test_bucket_outside_us_east_1_is_created_in_its_region(manifest, mock):
@@ -204,13 +207,13 @@ def test_drift_is_shown_by_plan_then_repaired(manifest, aws, s3):
     s3.put_bucket_versioning(Bucket=LOKI, VersioningConfiguration={"Status": "Suspended"})
     s3.put_public_access_block(Bucket=CONFIG, PublicAccessBlockConfiguration={
         "BlockPublicAcls": False, "IgnorePublicAcls": True, "BlockPublicPolicy": False, "RestrictPublicBuckets": True})
-    s3.delete_bucket_tagging(Bucket=CONFIG)
+    s3.put_bucket_tagging(Bucket=CONFIG, Tagging={"TagSet": [
+        tag for tag in s3.get_bucket_tagging(Bucket=CONFIG)["TagSet"] if tag["Key"] != "owner"]})
 
     planned = harness.plan_step(STEP, manifest, aws)
     assert {(c.name, d.field) for c in planned for d in c.diffs} == {
         ("loki-chunks", "lifecycle"), ("loki-chunks", "versioning"),
         ("config", "public_access_block"), ("config", "tags")}
-    assert "adopted" in next(c for c in planned if c.name == "config").note  # its tags were all removed
 
     start = len(harness.mutations(aws))
     harness.run_step(STEP, manifest, aws)
@@ -250,6 +253,29 @@ def test_removing_a_bucket_from_the_manifest_deletes_it_when_empty(manifest, aws
     assert (change.action, change.name, change.blocked) == ("delete", "config", None)
     harness.run_step(STEP, only_loki, aws)
     assert our_buckets(s3) == [LOKI]
+
+
+def test_a_bucket_under_our_name_without_our_tags_is_refused_and_left_untouched(manifest, aws, s3):
+    s3.create_bucket(Bucket=CONFIG)  # made by hand: no tags, no policy, no lifecycle
+    s3.put_bucket_lifecycle_configuration(Bucket=CONFIG, LifecycleConfiguration={"Rules": [
+        {"ID": "theirs", "Status": "Enabled", "Filter": {"Prefix": "tmp/"}, "Expiration": {"Days": 1}}]})
+    with pytest.raises(OrchestratorError, match=f"bucket {CONFIG} exists but does not carry"):
+        harness.plan_step(STEP, manifest, aws)
+    with pytest.raises(OrchestratorError, match=f"bucket {CONFIG} exists but does not carry"):
+        harness.run_step(STEP, manifest, aws)
+    assert harness.mutations(aws) == []
+    assert [r["ID"] for r in s3.get_bucket_lifecycle_configuration(Bucket=CONFIG)["Rules"]] == ["theirs"]
+    with pytest.raises(s3.exceptions.ClientError, match="NoSuchBucketPolicy"):
+        s3.get_bucket_policy(Bucket=CONFIG)
+    with pytest.raises(s3.exceptions.ClientError, match="NoSuchTagSet"):
+        s3.get_bucket_tagging(Bucket=CONFIG)
+
+    # Adopted deliberately, as the error says: tagged by hand, it is then configured like ours.
+    s3.put_bucket_tagging(Bucket=CONFIG, Tagging={"TagSet": [
+        {"Key": "orchestrator:app", "Value": "gamepulse"}, {"Key": "orchestrator:env", "Value": "dev"},
+        {"Key": "orchestrator:step", "Value": "storage"}]})
+    harness.run_step(STEP, manifest, aws)
+    assert_configured(s3, CONFIG, expire_days=None)
 
 
 def test_a_name_taken_by_another_account_is_a_clear_error(manifest, aws):

@@ -262,6 +262,25 @@ def test_drift_is_shown_by_plan_then_repaired(manifest, aws, ec2, applied):
     assert plan_step(STEP, manifest, forget_crash(aws), recorded=recorded) == []
 
 
+def test_a_tag_added_to_the_manifest_reaches_the_security_group_rules(manifest, aws, ec2, applied):
+    outputs, recorded = applied
+    tagged = manifest.model_copy(update={"tags": {**manifest.tags, "team": "games"}})
+    later = forget_crash(aws)
+    planned = {c.key: c for c in plan_step(STEP, tagged, later, recorded=recorded)}
+    for group in outputs["security_groups"]:
+        change = planned[f"ingress/{group}"]
+        assert change.calls == ("ec2:CreateTags",)
+        assert all((d.old, d.new) == ({"team": None}, {"team": "games"}) for d in change.diffs)
+
+    run_step(STEP, tagged, later, recorded=recorded)
+    group_ids = list(outputs["security_groups"].values())
+    rules = ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": group_ids}])
+    ingress_rules = [rule for rule in rules["SecurityGroupRules"] if not rule["IsEgress"]]
+    assert len(ingress_rules) == 18
+    assert all(tags_of(rule)["team"] == "games" for rule in ingress_rules)
+    assert plan_step(STEP, tagged, forget_crash(aws), recorded=recorded) == []
+
+
 def test_changed_group_description_replaces_the_group_and_rewires_references(manifest, aws, ec2, applied):
     outputs, recorded = applied
     old_alb = outputs["security_groups"]["alb"]

@@ -52,7 +52,7 @@ def applied(desired) -> Facts:
                                                      description=g.description)
         facts.rules[f"sg-{g.logical}"] = [
             SeenRule(f"sgr-{g.logical}-{i}", "tcp", r.port, r.port, r.source_kind,
-                     f"sg-{r.source}" if r.source_kind == "group" else r.source, r.description)
+                     f"sg-{r.source}" if r.source_kind == "group" else r.source, r.description, dict(desired.tags))
             for i, r in enumerate(g.rules)]
     for e in desired.endpoints:
         facts.endpoints[e.logical] = SeenEndpoint(
@@ -251,6 +251,20 @@ def test_changed_rule_description_is_rewritten(dev):
     assert change.calls == ("ec2:ModifySecurityGroupRules",)
     assert [(d.field, d.old, d.new) for d in change.diffs] == [
         ("ingress tcp 8080 from alb description", "old words", "API traffic from the load balancer")]
+
+
+def test_a_tag_added_to_the_manifest_reaches_the_existing_rules(dev):
+    before = STEP.desired(dev, INPUTS)
+    facts = applied(before)
+    desired = STEP.desired(dev.model_copy(update={"tags": {**dev.tags, "team": "games"}}), INPUTS)
+    changes = [c for c in STEP.plan(desired, facts, {}) if c.kind == "ingress"]
+    assert len(changes) == len(desired.security_groups)
+    alb = next(c for c in changes if c.name == "alb")
+    assert (alb.action, alb.calls) == ("update", ("ec2:CreateTags",))
+    assert [(d.field, d.old, d.new) for d in alb.diffs] == [
+        ("ingress tcp 80 from 0.0.0.0/0 tags", {"team": None}, {"team": "games"}),
+        ("ingress tcp 443 from 0.0.0.0/0 tags", {"team": None}, {"team": "games"})]
+    assert alb.payload == IngressWork(retag=(("sgr-alb-0", (("team", "games"),)), ("sgr-alb-1", (("team", "games"),))))
 
 
 def test_unreported_rule_description_is_compared_with_the_last_apply(dev):

@@ -50,7 +50,11 @@ class CountingProxy:
                 pass
 
             def _forward(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                if len(body) < length:  # the client died while sending: AWS would never see this request
+                    self.close_connection = True
+                    return
                 time.sleep(delay)
                 service, op = operation(self.command, self.path, self.headers, body)
                 with proxy._lock:
