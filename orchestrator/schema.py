@@ -553,8 +553,23 @@ class AlertThresholds(Section):
     memory_percent: PercentThreshold = Field(description="a service's memory used / reserved (Container Insights)")
 
 
+class CloudWatchThresholds(Section):
+    """The AWS-side alarms (step dashboards), each notifying the environment's SNS topic. They
+    hold while the monitoring services are down, which the Grafana rules cannot. An alarm fires
+    when its minute value is at or above the threshold in 3 of 5 consecutive minutes."""
+
+    alb_5xx_count: int = Field(10, ge=1, description="5XX answers the load balancer itself gives in a minute "
+                                                    "(HTTPCode_ELB_5XX_Count: no healthy target, timeouts)")
+    response_time_seconds: float = Field(1.0, gt=0, description="average TargetResponseTime per target group")
+    unhealthy_hosts: int = Field(1, ge=1, description="UnHealthyHostCount per target group (its maximum in a minute)")
+    cpu_percent: float = Field(90, gt=0, le=100, description="a service's average CPUUtilization (AWS/ECS)")
+    memory_percent: float = Field(90, gt=0, le=100, description="a service's average MemoryUtilization (AWS/ECS)")
+
+
 class AlertingSpec(Section):
     thresholds: AlertThresholds
+    cloudwatch: CloudWatchThresholds = Field(default_factory=CloudWatchThresholds,
+                                             description="thresholds of the CloudWatch alarms (step dashboards)")
     email_addresses: list[str] = Field(min_length=1, description="who gets critical alerts by email")
     slack_webhook_secret: str = Field("slack-webhook", description="the secret (a key of secrets.values) holding "
                                                                    "the Slack webhook; it reaches Grafana as an "
@@ -594,7 +609,8 @@ class Manifest(Section):
         None, description="the observability stack's images, sampling and retention (configs/ is rendered from it)")
     services: ServicesSpec | None = Field(None, description="task definitions, ECS services and autoscaling")
     alerting: AlertingSpec | None = Field(
-        None, description="Grafana alert thresholds per environment and who is notified (steps/grafana_content.py)")
+        None, description="Grafana and CloudWatch alert thresholds per environment and who is notified "
+                          "(steps/grafana_content.py, steps/dashboards.py)")
 
     @field_validator("tags")
     @classmethod
