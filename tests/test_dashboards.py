@@ -322,3 +322,22 @@ def test_alarms_point_at_the_real_platform_and_autoscalings_alarms_are_never_tou
     after = {a["AlarmName"]: a for a in cloudwatch().describe_alarms(AlarmNamePrefix="TargetTracking-")["MetricAlarms"]}
     assert after == autoscaling
     assert our_alarms() == {}
+
+
+def test_status_live_shows_each_alarm_state_by_what_it_watches_and_the_urls(aws, manifest):
+    from orchestrator.context import StepContext
+    from orchestrator.render import live_text
+    recorded: dict = {}
+    _, outputs, _ = run(manifest, aws, recorded)
+    cloudwatch().set_alarm_state(AlarmName="gamepulse-dev-svc-gamepulse-memory", StateValue="ALARM",
+                                 StateReason="test")
+    before = len(aws.ledger.calls)
+    view = STEP.live(StepContext(aws=aws, manifest=manifest, step="dashboards"), outputs)
+    assert [c.operation for c in aws.ledger.calls[before:]] == ["DescribeAlarms"]
+    lines = live_text({"dashboards": view}).splitlines()
+    assert "    Grafana        http://gamepulse-dev-1.us-east-1.elb.amazonaws.com/grafana/" in lines
+    assert "    load balancer  http://gamepulse-dev-1.us-east-1.elb.amazonaws.com" in lines
+    assert any(line.split() == ["service", "gamepulse", "cpu", "OK,", "memory", "ALARM"] for line in lines), lines
+    assert any(line.split() == ["target", "group", "grafana", "response-time", "OK,", "unhealthy-hosts", "OK"]
+               for line in lines), lines
+    assert any(line.split() == ["load", "balancer", "5xx", "OK"] for line in lines), lines
