@@ -11,8 +11,8 @@ from orchestrator.aws import Aws
 from orchestrator.state import StateStore
 from tests import harness
 
-#: Kill points: spread over the ~170 mutating calls of a cold apply (state table included).
-KILL_AFTER = [1, 2, 9, 23, 41, 60, 77, 95, 110, 120, 140, 150, 162]
+#: Kill points: spread over the ~195 mutating calls of a cold apply (state table included).
+KILL_AFTER = [1, 2, 9, 23, 41, 60, 77, 95, 110, 120, 140, 150, 162, 185]
 
 MINE = [{"Name": "tag:orchestrator:env", "Values": ["dev"]}]
 
@@ -54,6 +54,11 @@ def inventory() -> dict[str, int]:
             ServiceNamespace="ecs")["ScalableTargets"]),
         "scaling policies": len(boto3.client("application-autoscaling", **kw).describe_scaling_policies(
             ServiceNamespace="ecs")["ScalingPolicies"]),
+        "topics": len(boto3.client("sns", **kw).list_topics()["Topics"]),
+        "subscriptions": len(boto3.client("sns", **kw).list_subscriptions()["Subscriptions"]),
+        "alarms": len(boto3.client("cloudwatch", **kw).describe_alarms(AlarmNamePrefix="gamepulse-dev-")
+                      ["MetricAlarms"]),
+        "dashboards": len(boto3.client("cloudwatch", **kw).list_dashboards()["DashboardEntries"]),
     }
 
 
@@ -61,7 +66,8 @@ EXPECTED = {"vpcs": 1, "subnets": 4, "nat gateways": 1, "elastic ips": 1, "secur
             "route tables": 2, "buckets": 2, "secrets": 3, "roles": 7, "repositories": 1, "file systems": 1,
             "mount targets": 2, "access points": 2, "load balancers": 1, "target groups": 2, "listeners": 1,
             "log groups": 6, "namespaces": 1, "clusters": 1, "services": 5, "cloud map services": 5,
-            "scalable targets": 1, "scaling policies": 1}
+            "scalable targets": 1, "scaling policies": 1, "topics": 1, "subscriptions": 1, "alarms": 15,
+            "dashboards": 1}
 
 
 @pytest.mark.parametrize("kill_after", KILL_AFTER)

@@ -341,3 +341,25 @@ def test_status_live_shows_each_alarm_state_by_what_it_watches_and_the_urls(aws,
     assert any(line.split() == ["target", "group", "grafana", "response-time", "OK,", "unhealthy-hosts", "OK"]
                for line in lines), lines
     assert any(line.split() == ["load", "balancer", "5xx", "OK"] for line in lines), lines
+
+
+def test_killed_after_any_mutating_call_the_next_apply_converges_with_one_of_everything(aws, manifest):
+    crashing, rerun = harness.forget_crash(aws), harness.forget_crash(aws)
+    n = 0
+    while True:
+        n += 1
+        harness.run_step(STEP, manifest, aws, UPSTREAM, {}, destroy=True)
+        harness.crash_after(crashing, n)
+        try:
+            harness.run_step(STEP, manifest, crashing, UPSTREAM, {})
+        except harness.Crash:
+            pass
+        else:
+            break  # n is past the last mutating call: every crash point has been tried
+        harness.run_step(STEP, manifest, rerun, UPSTREAM, {})
+        assert harness.plan_step(STEP, manifest, rerun, UPSTREAM) == [], f"not converged after crash {n}"
+        assert [t["TopicArn"] for t in sns().list_topics()["Topics"]] == [TOPIC]
+        assert len(sns().list_subscriptions_by_topic(TopicArn=TOPIC)["Subscriptions"]) == 1
+        assert len(our_alarms()) == ALARMS
+        assert [d["DashboardName"] for d in cloudwatch().list_dashboards()["DashboardEntries"]] == ["gamepulse-dev"]
+    assert n == 2 + ALARMS + 2, "topic, subscription, an alarm each, dashboard: the mutating calls of a cold apply"
