@@ -160,16 +160,15 @@ class DashboardsStep(Step):
         subscriptions), its alarms by name prefix and its dashboard."""
         topic = scope.arn("sns", f"{manifest.prefix}-alerts")
         return [
-            allow("AlertTopic", ["sns:CreateTopic", "sns:GetTopicAttributes", "sns:DeleteTopic", "sns:TagResource",
-                                 "sns:ListTagsForResource", "sns:Subscribe", "sns:ListSubscriptionsByTopic",
-                                 "sns:Unsubscribe"], [topic, f"{topic}:*"]),
-            allow("Alarms", ["cloudwatch:PutMetricAlarm", "cloudwatch:DeleteAlarms", "cloudwatch:TagResource",
-                             "cloudwatch:ListTagsForResource"],
-                  scope.arn("cloudwatch", f"alarm:{manifest.prefix}-*")),
+            allow("AlertTopic", [f"sns:{action}" for action in (
+                "CreateTopic", "GetTopicAttributes", "SetTopicAttributes", "DeleteTopic", "TagResource",
+                "ListTagsForResource", "Subscribe", "ListSubscriptionsByTopic", "Unsubscribe")], [topic, f"{topic}:*"]),
+            allow("AlarmsAndDashboard", [f"cloudwatch:{action}" for action in (
+                "PutMetricAlarm", "DeleteAlarms", "TagResource", "ListTagsForResource", "PutDashboard", "GetDashboard",
+                "DeleteDashboards")], [scope.arn("cloudwatch", f"alarm:{manifest.prefix}-*"),
+                                       scope.arn("cloudwatch", f"dashboard/{manifest.prefix}", regional=False)]),
             # DescribeAlarms is asked with our name prefix, but is authorised on all alarms.
             allow("AlarmsDescribe", ["cloudwatch:DescribeAlarms"], scope.arn("cloudwatch", "alarm:*")),
-            allow("Dashboard", ["cloudwatch:PutDashboard", "cloudwatch:GetDashboard", "cloudwatch:DeleteDashboards"],
-                  scope.arn("cloudwatch", f"dashboard/{manifest.prefix}", regional=False)),
             FIND_BY_TAG]
 
     # -- desired ----------------------------------------------------------------------------

@@ -247,14 +247,26 @@ def test_drift_made_by_hand_is_repaired(aws, manifest):
     cloudwatch().put_dashboard(DashboardName="gamepulse-dev", DashboardBody=json.dumps({"widgets": []}))
     [subscription] = sns().list_subscriptions_by_topic(TopicArn=TOPIC)["Subscriptions"]
     sns().unsubscribe(SubscriptionArn=subscription["SubscriptionArn"])
+    drift_topic_and_a_tag()
 
     applied, _, _ = run(manifest, aws, recorded)
     assert sorted((c.action, c.kind, c.name) for c in applied) == [
         ("create", "subscription", "platform-oncall@gamepulse.example"),
-        ("update", "alarm", "gamepulse-dev-svc-loki-memory"), ("update", "dashboard", "gamepulse-dev")]
+        ("update", "alarm", "gamepulse-dev-alb-5xx"), ("update", "alarm", "gamepulse-dev-svc-loki-memory"),
+        ("update", "dashboard", "gamepulse-dev"), ("update", "topic", "gamepulse-dev-alerts")]
     repaired = our_alarms()["gamepulse-dev-svc-loki-memory"]
     assert (repaired["Threshold"], repaired["AlarmActions"], repaired["DatapointsToAlarm"]) == (90.0, [TOPIC], 3)
+    assert sns().get_topic_attributes(TopicArn=TOPIC)["Attributes"]["KmsMasterKeyId"] == "alias/aws/sns"
+    five_xx = our_alarms()["gamepulse-dev-alb-5xx"]["AlarmArn"]
+    assert {t["Key"] for t in cloudwatch().list_tags_for_resource(ResourceARN=five_xx)["Tags"]} >= set(OWNERSHIP)
     assert run(manifest, aws, recorded)[0] == []
+
+
+def drift_topic_and_a_tag():
+    """Someone turns the topic's encryption off and removes a tag of ours from an alarm."""
+    sns().set_topic_attributes(TopicArn=TOPIC, AttributeName="KmsMasterKeyId", AttributeValue="")
+    five_xx = our_alarms()["gamepulse-dev-alb-5xx"]["AlarmArn"]
+    cloudwatch().untag_resource(ResourceARN=five_xx, TagKeys=["project"])
 
 
 def test_destroy_deletes_alarms_dashboard_subscriptions_and_topic_but_nothing_else(aws, manifest):
@@ -276,12 +288,14 @@ def test_every_call_is_in_the_steps_deploy_policy(aws, manifest):
     calls = record_calls(aws)
     recorded: dict = {}
     run(manifest, aws, recorded)
-    run(with_cloudwatch(manifest, cpu_percent=80), aws, recorded)
+    drift_topic_and_a_tag()
+    run(with_emails(with_cloudwatch(manifest, cpu_percent=80), "new@gamepulse.example"), aws, recorded)
     run(manifest, aws, recorded, destroy=True)
     policy = {"Statement": STEP.permissions(manifest, Scope(ACCOUNT, "us-east-1", "aws"))}
     ours = [call for call in calls if call[0] in ("sns", "cloudwatch", "tag")]  # not the state table's
-    assert {operation for _, operation, _ in ours} >= {"CreateTopic", "Subscribe", "PutMetricAlarm", "PutDashboard",
-                                                        "DeleteAlarms", "DeleteDashboards", "DeleteTopic"}
+    assert {operation for _, operation, _ in ours} >= {
+        "CreateTopic", "SetTopicAttributes", "TagResource", "Subscribe", "Unsubscribe", "PutMetricAlarm", "PutDashboard",
+        "DeleteAlarms", "DeleteDashboards", "DeleteTopic"}
     assert refusals(policy, ours) == []
 
 
