@@ -1,7 +1,11 @@
 """Step dashboards: the AWS side of alerting, beside Grafana's own (steps/grafana_content.py).
 
-- An SNS topic `APP-ENV-alerts` (encrypted at rest) with an email subscription per address of
-  the manifest's `alerting` section. AWS mails each address a confirmation link; until it is
+- An SNS topic `APP-ENV-alerts` with an email subscription per address of the manifest's
+  `alerting` section, encrypted at rest with a KMS key of its own (`alias/APP-ENV-alerts`).
+  Not the AWS managed key `alias/aws/sns`: its policy cannot be changed, and CloudWatch calls
+  KMS itself to publish an alarm, so with that key every notification fails (AccessDenied in
+  the alarm's history) while the alarm looks well wired. The key's policy lets CloudWatch use
+  it for this environment's alarms only. AWS mails each address a confirmation link; until it is
   followed the subscription is "pending confirmation" and receives nothing, which is normal.
 - CloudWatch alarms on the load balancer's own 5XX answers, each target group's response time
   and unhealthy hosts, and each ECS service's CPU and memory, with the real dimension values
@@ -24,8 +28,8 @@ from orchestrator.aws import unless_code
 from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step, Unknown, diff_fields, is_unknown
 from orchestrator.permissions import FIND_BY_TAG, allow
 
-#: SNS encrypts the topic's messages at rest with this key (the AWS managed key for SNS).
-TOPIC_KEY = "alias/aws/sns"
+#: KMS's shortest wait before it deletes a key scheduled for deletion.
+KEY_DELETION_DAYS = 7
 EMAIL = "email"
 PENDING = "PendingConfirmation"  # what SNS lists instead of the ARN of an unconfirmed subscription
 #: Alarms Application Auto Scaling creates for target tracking: never ours.
@@ -44,10 +48,17 @@ ALARM_FIELDS = ("namespace", "metric", "statistic", "dimensions", "period", "eva
 
 
 @dataclass(frozen=True)
+class Key:
+    alias: str
+    description: str
+    policy: dict
+
+
+@dataclass(frozen=True)
 class Topic:
     name: str
     arn: str  # built from account, region and name: known before it exists
-    kms_key: str
+    kms_key: str  # the alias of the topic's key
 
 
 @dataclass(frozen=True)
@@ -84,7 +95,8 @@ class Dashboard:
 
 @dataclass(frozen=True)
 class DashboardsDesired:
-    topic: Topic | None  # None: the manifest has no alerting section
+    key: Key | None  # None (as topic): the manifest has no alerting section
+    topic: Topic | None
     topic_arn: str  # where the topic is (or was, to delete it once the section is gone)
     emails: tuple[str, ...]
     alarm_prefix: str
@@ -96,6 +108,17 @@ class DashboardsDesired:
 
 
 # --- observed --------------------------------------------------------------------------------
+
+
+@dataclass
+class ObservedKey:
+    id: str
+    arn: str
+    alias: str  # ours, whether or not the key has it yet
+    owned: bool
+    aliased: bool  # False: a run was killed between creating the key and naming it
+    policy: dict | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -132,6 +155,7 @@ class ObservedAlarm:
 
 @dataclass
 class DashboardsFacts:
+    key: ObservedKey | None = None
     topic: ObservedTopic | None = None
     subscriptions: dict[str, str] = field(default_factory=dict)  # email → subscription ARN or PENDING
     alarms: dict[str, ObservedAlarm] = field(default_factory=dict)  # by name, those of our prefix
@@ -160,6 +184,12 @@ class DashboardsStep(Step):
         subscriptions), its alarms by name prefix and its dashboard."""
         topic = scope.arn("sns", f"{manifest.prefix}-alerts")
         return [
+            # CreateKey supports no resource-level permissions; key ids are generated.
+            allow("AlertKeyCreate", ["kms:CreateKey"], "*"),
+            allow("AlertKey", [f"kms:{action}" for action in (
+                "DescribeKey", "GetKeyPolicy", "PutKeyPolicy", "CreateAlias", "DeleteAlias", "ScheduleKeyDeletion",
+                "TagResource", "ListResourceTags")], [scope.arn("kms", f"alias/{manifest.prefix}-alerts"),
+                                                      scope.arn("kms", "key/*")]),
             allow("AlertTopic", [f"sns:{action}" for action in (
                 "CreateTopic", "GetTopicAttributes", "SetTopicAttributes", "DeleteTopic", "TagResource",
                 "ListTagsForResource", "Subscribe", "ListSubscriptionsByTopic", "Unsubscribe")], [topic, f"{topic}:*"]),
@@ -178,7 +208,8 @@ class DashboardsStep(Step):
         alerting = manifest.alerting
         name = f"{prefix}-alerts"
         topic_arn = f"arn:{inputs.partition}:sns:{inputs.region}:{inputs.account_id}:{name}"
-        topic = Topic(name, topic_arn, TOPIC_KEY) if alerting is not None else None
+        key = _key(manifest, inputs, f"alias/{name}") if alerting is not None else None
+        topic = Topic(name, topic_arn, key.alias) if key is not None else None
         lb_suffix = inputs.output("alb", "arn_suffix")
         group_suffixes = inputs.output("alb", "target_group_arn_suffixes")
         groups = {key: _get(group_suffixes, key, "alb.target_group_arn_suffixes")
@@ -193,7 +224,7 @@ class DashboardsStep(Step):
                       for alarm in alarms]
         url = inputs.output("alb", "url")
         return DashboardsDesired(
-            topic=topic, topic_arn=topic_arn, emails=tuple(sorted(set(alerting.email_addresses))) if alerting else (),
+            key=key, topic=topic, topic_arn=topic_arn, emails=tuple(sorted(set(alerting.email_addresses))) if alerting else (),
             alarm_prefix=f"{prefix}-", alarms=alarms,
             dashboard=Dashboard(prefix, _dashboard_body(inputs.region, lb_suffix, groups, cluster, services,
                                                         alarm_arns)),
@@ -205,6 +236,7 @@ class DashboardsStep(Step):
     def observe(self, ctx, desired: DashboardsDesired) -> DashboardsFacts:
         facts = DashboardsFacts(dashboard_name=desired.dashboard.name)
         owned_tags = self._owned_tags(ctx)
+        facts.key = self._observe_key(ctx, f"alias/{desired.topic_arn.rsplit(':', 1)[-1]}", owned_tags)
         facts.topic = self._observe_topic(ctx, desired.topic_arn, owned_tags)
         if facts.topic is not None:
             facts.subscriptions = self._observe_subscriptions(ctx, facts.topic.arn)
@@ -213,14 +245,33 @@ class DashboardsStep(Step):
         return facts
 
     def _owned_tags(self, ctx) -> dict[str, dict[str, str]]:
-        """The tags of the topic and alarms carrying this step's ownership tags, by ARN, in one
+        """The tags of the key, topic and alarms carrying this step's ownership tags, by ARN, in one
         tagging-API query (one page for some 80 alarms). That API shows new tags only after a while: what it leaves out is
         asked about by itself (normally nothing: only what was made moments ago)."""
         pages = ctx.client("resourcegroupstaggingapi").get_paginator("get_resources").paginate(
             TagFilters=tagging.owner_tag_filters(ctx.app, ctx.env, self.name),
-            ResourceTypeFilters=["sns", "cloudwatch:alarm"], TagsPerPage=TAGS_PER_PAGE)
+            ResourceTypeFilters=["kms", "sns", "cloudwatch:alarm"], TagsPerPage=TAGS_PER_PAGE)
         return {item["ResourceARN"]: tagging.tag_dict(item.get("Tags"))
                 for page in pages for item in page["ResourceTagMappingList"]}
+
+    def _observe_key(self, ctx, alias: str, owned_tags: dict) -> ObservedKey | None:
+        """The key by its alias; without one, a key of ours that a killed run left unnamed
+        (one scheduled for deletion by a destroy is not one to use)."""
+        kms = ctx.client("kms")
+        found = unless_code({"NotFoundException"}, kms.describe_key, KeyId=alias)
+        aliased = found is not None
+        if found is None:
+            candidates = (kms.describe_key(KeyId=arn) for arn in sorted(owned_tags) if ":key/" in arn)
+            found = next((key for key in candidates if key["KeyMetadata"]["KeyState"] == "Enabled"), None)
+        if found is None:
+            return None
+        meta = found["KeyMetadata"]
+        tags = owned_tags.get(meta["Arn"])
+        if tags is None:
+            tags = tagging.tag_dict(kms.list_resource_tags(KeyId=meta["KeyId"]).get("Tags"), "TagKey", "TagValue")
+        policy = json.loads(kms.get_key_policy(KeyId=meta["KeyId"], PolicyName="default")["Policy"])
+        return ObservedKey(id=meta["KeyId"], arn=meta["Arn"], alias=alias, owned=ctx.owns(tags), aliased=aliased,
+                           policy=policy, tags=tags)
 
     def _observe_topic(self, ctx, arn: str, owned_tags: dict) -> ObservedTopic | None:
         sns = ctx.client("sns")
@@ -261,8 +312,26 @@ class DashboardsStep(Step):
     # -- plan -------------------------------------------------------------------------------
 
     def plan(self, desired: DashboardsDesired, observed: DashboardsFacts, recorded: dict[str, dict]) -> list[Change]:
-        return [*self._plan_topic(desired, observed), *self._plan_subscriptions(desired, observed),
+        return [*self._plan_key(desired, observed), *self._plan_topic(desired, observed),
+                *self._plan_subscriptions(desired, observed),
                 *self._plan_alarms(desired, observed), *self._plan_dashboard(desired, observed)]
+
+    def _plan_key(self, desired: DashboardsDesired, observed: DashboardsFacts) -> list[Change]:
+        key, seen = desired.key, observed.key
+        if key is None:
+            return [_key_deletion(seen)] if seen and seen.owned else []
+        if seen is None:
+            return [Change("create", "key", key.alias, diffs=(FieldDiff("policy", None, key.policy),),
+                           calls=("kms:CreateKey", "kms:CreateAlias"), payload=key)]
+        if not seen.owned:
+            raise tagging.not_ours("KMS key", key.alias, desired.tags)
+        diffs = (() if seen.aliased else (FieldDiff("alias", None, key.alias),)) + \
+            diff_fields(key, seen, ("policy",)) + tagging.tag_diffs(seen.tags, desired.tags)
+        if not diffs:
+            return []
+        calls = {"alias": "kms:CreateAlias", "policy": "kms:PutKeyPolicy", "tags": "kms:TagResource"}
+        return [Change("update", "key", key.alias, diffs=diffs, calls=tuple(calls[d.field] for d in diffs),
+                       payload=key)]
 
     def _plan_topic(self, desired: DashboardsDesired, observed: DashboardsFacts) -> list[Change]:
         topic, seen = desired.topic, observed.topic
@@ -329,6 +398,35 @@ class DashboardsStep(Step):
     def apply(self, ctx, change: Change, observed: DashboardsFacts) -> None:
         """Carry out one change; the handler is named after the change: `_create_topic` …"""
         return getattr(self, f"_{change.action}_{change.kind}")(ctx, change, observed)
+
+    def _create_key(self, ctx, change: Change, observed: DashboardsFacts) -> None:
+        key: Key = change.payload
+        kms = ctx.client("kms")
+        meta = kms.create_key(Description=key.description, Policy=json.dumps(key.policy),
+                              Tags=tagging.tag_list(ctx.tags(), "TagKey", "TagValue"))["KeyMetadata"]
+        kms.create_alias(AliasName=key.alias, TargetKeyId=meta["KeyId"])
+        observed.key = ObservedKey(meta["KeyId"], meta["Arn"], key.alias, True, True, key.policy, ctx.tags())
+
+    def _update_key(self, ctx, change: Change, observed: DashboardsFacts) -> None:
+        key: Key = change.payload
+        kms, seen = ctx.client("kms"), observed.key
+        if change.differs("alias"):
+            kms.create_alias(AliasName=key.alias, TargetKeyId=seen.id)
+            seen.aliased = True
+        if change.differs("policy"):
+            kms.put_key_policy(KeyId=seen.id, PolicyName="default", Policy=json.dumps(key.policy))
+            seen.policy = key.policy
+        if change.differs("tags"):
+            to_set = change.tags_to_set()
+            kms.tag_resource(KeyId=seen.id, Tags=tagging.tag_list(to_set, "TagKey", "TagValue"))
+            seen.tags = {**seen.tags, **to_set}
+
+    def _delete_key(self, ctx, change: Change, observed: DashboardsFacts) -> None:
+        kms, seen = ctx.client("kms"), observed.key
+        if seen.aliased:
+            unless_code({"NotFoundException"}, kms.delete_alias, AliasName=seen.alias)
+        kms.schedule_key_deletion(KeyId=seen.id, PendingWindowInDays=KEY_DELETION_DAYS)
+        observed.key = None
 
     def _create_topic(self, ctx, change: Change, observed: DashboardsFacts) -> None:
         topic: Topic = change.payload
@@ -412,8 +510,8 @@ class DashboardsStep(Step):
             alb_url=desired.alb_url, grafana_url=desired.grafana_url)
 
     def plan_destroy(self, observed: DashboardsFacts) -> list[Change]:
-        """Alarms, the dashboard, then the topic with its subscriptions: only what is ours (the
-        dashboard takes no tags: it is ours by its name)."""
+        """Alarms, the dashboard, the topic with its subscriptions, then its key: only what is
+        ours (the dashboard takes no tags: it is ours by its name)."""
         changes = []
         ours = sorted(name for name, seen in observed.alarms.items() if seen.owned)
         if ours:
@@ -425,6 +523,8 @@ class DashboardsStep(Step):
             changes += [Change("delete", "subscription", email, calls=("sns:Unsubscribe",), payload=arn)
                         for email, arn in sorted(observed.subscriptions.items()) if arn != PENDING]
             changes.append(_topic_deletion(observed.topic))
+        if observed.key is not None and observed.key.owned:
+            changes.append(_key_deletion(observed.key))
         return changes
 
     # -- status --live ------------------------------------------------------------------------
@@ -538,6 +638,29 @@ def _as_observed(alarm: Alarm, tags: dict[str, str], arn: str, state: str) -> Ob
 def _alarms_deletion(names: list[str], why: str) -> Change:
     return Change("delete", "alarms", f"{len(names)} alarm(s)", diffs=(FieldDiff("names", names, None),),
                   calls=("cloudwatch:DeleteAlarms",), payload=tuple(names), note=why)
+
+
+def _key(manifest, inputs, alias: str) -> Key:
+    """The topic's key: the account administers it (as every key's default policy says), and
+    CloudWatch may use it to publish alarms of this environment, and nothing else."""
+    root = f"arn:{inputs.partition}:iam::{inputs.account_id}:root"
+    alarms = f"arn:{inputs.partition}:cloudwatch:{inputs.region}:{inputs.account_id}:alarm:{manifest.prefix}-*"
+    return Key(alias=alias, description=f"{manifest.prefix}: encrypts the alert topic's messages at rest", policy={
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "AccountAdministersTheKey", "Effect": "Allow", "Principal": {"AWS": root}, "Action": "kms:*",
+             "Resource": "*"},
+            {"Sid": "CloudWatchPublishesThisEnvironmentsAlarms", "Effect": "Allow",
+             "Principal": {"Service": "cloudwatch.amazonaws.com"},
+             "Action": ["kms:Decrypt", "kms:GenerateDataKey*"], "Resource": "*",
+             "Condition": {"StringEquals": {"aws:SourceAccount": inputs.account_id},
+                           "ArnLike": {"aws:SourceArn": alarms}}}]})
+
+
+def _key_deletion(seen: ObservedKey) -> Change:
+    return Change("delete", "key", seen.alias,
+                  calls=(("kms:DeleteAlias",) if seen.aliased else ()) + ("kms:ScheduleKeyDeletion",),
+                  note=f"KMS deletes the key {KEY_DELETION_DAYS} days later (its shortest wait)")
 
 
 def _topic_deletion(seen: ObservedTopic) -> Change:

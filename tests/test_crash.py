@@ -54,6 +54,9 @@ def inventory() -> dict[str, int]:
             ServiceNamespace="ecs")["ScalableTargets"]),
         "scaling policies": len(boto3.client("application-autoscaling", **kw).describe_scaling_policies(
             ServiceNamespace="ecs")["ScalingPolicies"]),
+        "alert keys": len([key for key in (boto3.client("kms", **kw).describe_key(KeyId=k["KeyId"])["KeyMetadata"]
+                                           for k in boto3.client("kms", **kw).list_keys()["Keys"])
+                           if key["KeyState"] == "Enabled" and key["Description"].startswith("gamepulse-dev:")]),
         "topics": len(boto3.client("sns", **kw).list_topics()["Topics"]),
         "subscriptions": len(boto3.client("sns", **kw).list_subscriptions()["Subscriptions"]),
         "alarms": len(boto3.client("cloudwatch", **kw).describe_alarms(AlarmNamePrefix="gamepulse-dev-")
@@ -66,7 +69,7 @@ EXPECTED = {"vpcs": 1, "subnets": 4, "nat gateways": 1, "elastic ips": 1, "secur
             "route tables": 2, "buckets": 2, "secrets": 3, "roles": 7, "repositories": 1, "file systems": 1,
             "mount targets": 2, "access points": 2, "load balancers": 1, "target groups": 2, "listeners": 1,
             "log groups": 6, "namespaces": 1, "clusters": 1, "services": 5, "cloud map services": 5,
-            "scalable targets": 1, "scaling policies": 1, "topics": 1, "subscriptions": 1, "alarms": 15,
+            "scalable targets": 1, "scaling policies": 1, "alert keys": 1, "topics": 1, "subscriptions": 1, "alarms": 15,
             "dashboards": 1}
 
 

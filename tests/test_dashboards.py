@@ -11,7 +11,7 @@ import pytest
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY
 from orchestrator.permissions import Scope
-from steps.dashboards import PENDING, DashboardsFacts, DashboardsStep, ObservedTopic, _as_observed
+from steps.dashboards import PENDING, DashboardsFacts, DashboardsStep, ObservedKey, ObservedTopic, _as_observed
 from tests import harness
 from tests.test_policy import record_calls, refusals
 
@@ -27,6 +27,7 @@ UPSTREAM = {
                  "services": {name: f"arn:aws:ecs:us-east-1:{ACCOUNT}:service/gamepulse-dev/{name}"
                               for name in SERVICES}}}
 TOPIC = f"arn:aws:sns:us-east-1:{ACCOUNT}:gamepulse-dev-alerts"
+KEY = "alias/gamepulse-dev-alerts"
 OWNERSHIP = {"orchestrator:app": "gamepulse", "orchestrator:env": "dev", "orchestrator:step": "dashboards"}
 #: 5XX of the load balancer, response time and unhealthy hosts per target group, CPU and memory per service.
 ALARMS = 1 + 2 * 2 + 2 * len(SERVICES)
@@ -49,6 +50,8 @@ def with_emails(manifest, *emails):
 def matching(desired) -> DashboardsFacts:
     """What AWS holds right after a complete apply of `desired`, with the address confirmed."""
     return DashboardsFacts(
+        key=ObservedKey("key-1", "arn:key/key-1", desired.key.alias, True, True, json.loads(json.dumps(
+            desired.key.policy)), dict(desired.tags)),
         topic=ObservedTopic(desired.topic.arn, desired.topic.kms_key, True, dict(desired.tags)),
         subscriptions={email: f"{desired.topic.arn}:sub-{n}" for n, email in enumerate(desired.emails)},
         alarms={a.name: _as_observed(a, dict(desired.tags), f"arn:alarm:{a.name}", "OK") for a in desired.alarms},
@@ -60,8 +63,7 @@ def matching(desired) -> DashboardsFacts:
 
 def test_desired_names_and_dimensions_come_from_the_manifest_and_upstream_outputs(manifest):
     desired = desired_for(manifest)
-    assert (desired.topic.name, desired.topic.arn, desired.topic.kms_key) == \
-        ("gamepulse-dev-alerts", TOPIC, "alias/aws/sns")
+    assert (desired.topic.name, desired.topic.arn, desired.topic.kms_key) == ("gamepulse-dev-alerts", TOPIC, KEY)
     assert desired.emails == ("platform-oncall@gamepulse.example",)
     alarms = {a.name: a for a in desired.alarms}
     assert len(alarms) == ALARMS
@@ -92,11 +94,24 @@ def test_plan_from_nothing_creates_every_resource_with_dimensions_known_after_ap
     desired = STEP.desired(manifest, harness.inputs(STEP))
     changes = STEP.plan(desired, DashboardsFacts(), {})
     assert [(c.action, c.kind) for c in changes] == \
-        [("create", "topic"), ("create", "subscription")] + [("create", "alarm")] * ALARMS + [("create", "dashboard")]
-    assert "confirmation" in changes[1].note
+        [("create", "key"), ("create", "topic"), ("create", "subscription")] + [("create", "alarm")] * ALARMS + \
+        [("create", "dashboard")]
+    assert "confirmation" in changes[2].note
     five_xx = next(c for c in changes if c.name == "gamepulse-dev-alb-5xx")
     [dimensions] = [d.new for d in five_xx.diffs if d.field == "dimensions"]
     assert dict(dimensions)["LoadBalancer"] == KNOWN_AFTER_APPLY
+
+
+def test_the_topics_key_lets_cloudwatch_publish_this_environments_alarms_and_no_others(manifest):
+    """With the AWS managed key alias/aws/sns, whose policy nobody can change, CloudWatch is
+    denied the key and no alarm notification is ever delivered."""
+    [account, cloudwatch_publishes] = desired_for(manifest).key.policy["Statement"]
+    assert account["Principal"] == {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}
+    assert cloudwatch_publishes["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert cloudwatch_publishes["Action"] == ["kms:Decrypt", "kms:GenerateDataKey*"]
+    assert cloudwatch_publishes["Condition"] == {
+        "StringEquals": {"aws:SourceAccount": ACCOUNT},
+        "ArnLike": {"aws:SourceArn": f"arn:aws:cloudwatch:us-east-1:{ACCOUNT}:alarm:gamepulse-dev-*"}}
 
 
 def test_plan_is_empty_when_everything_matches(manifest):
@@ -178,6 +193,24 @@ def sns():
     return boto3.client("sns", region_name="us-east-1")
 
 
+def kms():
+    return boto3.client("kms", region_name="us-east-1")
+
+
+def key_id() -> str:
+    return kms().describe_key(KeyId=KEY)["KeyMetadata"]["KeyId"]  # GetKeyPolicy takes no alias
+
+
+def key_policy() -> dict:
+    return json.loads(kms().get_key_policy(KeyId=key_id(), PolicyName="default")["Policy"])
+
+
+def usable_keys() -> list[str]:
+    """The enabled keys the step made (not the state table's)."""
+    keys = [kms().describe_key(KeyId=k["KeyId"])["KeyMetadata"] for k in kms().list_keys()["Keys"]]
+    return [k["KeyId"] for k in keys if k["KeyState"] == "Enabled" and k["Description"].startswith("gamepulse-dev:")]
+
+
 def our_alarms() -> dict[str, dict]:
     pages = cloudwatch().get_paginator("describe_alarms").paginate(AlarmNamePrefix="gamepulse-dev-")
     return {a["AlarmName"]: a for page in pages for a in page["MetricAlarms"]}
@@ -186,10 +219,12 @@ def our_alarms() -> dict[str, dict]:
 def test_create_then_unchanged_apply_makes_no_mutating_call(aws, manifest):
     recorded: dict = {}
     applied, outputs, _ = run(manifest, aws, recorded)
-    assert len(applied) == 2 + ALARMS + 1
+    assert len(applied) == 3 + ALARMS + 1
 
     attributes = sns().get_topic_attributes(TopicArn=TOPIC)["Attributes"]
-    assert attributes["KmsMasterKeyId"] == "alias/aws/sns"
+    assert attributes["KmsMasterKeyId"] == KEY
+    policy = key_policy()
+    assert {"Service": "cloudwatch.amazonaws.com"} in [s["Principal"] for s in policy["Statement"]]
     assert {t["Key"]: t["Value"] for t in sns().list_tags_for_resource(ResourceArn=TOPIC)["Tags"]} == OWNERSHIP | \
         manifest.tags
     [subscription] = sns().list_subscriptions_by_topic(TopicArn=TOPIC)["Subscriptions"]
@@ -218,8 +253,8 @@ def test_create_then_unchanged_apply_makes_no_mutating_call(aws, manifest):
     assert applied == []
     calls = harness.calls_since(aws, before, "dashboards")
     assert [c.operation for c in calls if c.mutating] == []
-    assert sorted(c.operation for c in calls) == ["DescribeAlarms", "GetDashboard", "GetResources",
-                                                  "GetTopicAttributes", "ListSubscriptionsByTopic"]
+    assert sorted(c.operation for c in calls) == ["DescribeAlarms", "DescribeKey", "GetDashboard", "GetKeyPolicy",
+                                                  "GetResources", "GetTopicAttributes", "ListSubscriptionsByTopic"]
 
 
 def test_threshold_change_is_exactly_one_put_metric_alarm(aws, manifest):
@@ -253,18 +288,24 @@ def test_drift_made_by_hand_is_repaired(aws, manifest):
     assert sorted((c.action, c.kind, c.name) for c in applied) == [
         ("create", "subscription", "platform-oncall@gamepulse.example"),
         ("update", "alarm", "gamepulse-dev-alb-5xx"), ("update", "alarm", "gamepulse-dev-svc-loki-memory"),
-        ("update", "dashboard", "gamepulse-dev"), ("update", "topic", "gamepulse-dev-alerts")]
+        ("update", "dashboard", "gamepulse-dev"), ("update", "key", KEY), ("update", "topic", "gamepulse-dev-alerts")]
     repaired = our_alarms()["gamepulse-dev-svc-loki-memory"]
     assert (repaired["Threshold"], repaired["AlarmActions"], repaired["DatapointsToAlarm"]) == (90.0, [TOPIC], 3)
-    assert sns().get_topic_attributes(TopicArn=TOPIC)["Attributes"]["KmsMasterKeyId"] == "alias/aws/sns"
+    assert sns().get_topic_attributes(TopicArn=TOPIC)["Attributes"]["KmsMasterKeyId"] == KEY
+    policy = key_policy()
+    assert len(policy["Statement"]) == 2
     five_xx = our_alarms()["gamepulse-dev-alb-5xx"]["AlarmArn"]
     assert {t["Key"] for t in cloudwatch().list_tags_for_resource(ResourceARN=five_xx)["Tags"]} >= set(OWNERSHIP)
     assert run(manifest, aws, recorded)[0] == []
 
 
 def drift_topic_and_a_tag():
-    """Someone turns the topic's encryption off and removes a tag of ours from an alarm."""
+    """Someone turns the topic's encryption off, takes CloudWatch out of the key's policy and
+    removes a tag of ours from an alarm."""
     sns().set_topic_attributes(TopicArn=TOPIC, AttributeName="KmsMasterKeyId", AttributeValue="")
+    policy = key_policy()
+    kms().put_key_policy(KeyId=key_id(), PolicyName="default",
+                         Policy=json.dumps({**policy, "Statement": policy["Statement"][:1]}))
     five_xx = our_alarms()["gamepulse-dev-alb-5xx"]["AlarmArn"]
     cloudwatch().untag_resource(ResourceARN=five_xx, TagKeys=["project"])
 
@@ -277,7 +318,8 @@ def test_destroy_deletes_alarms_dashboard_subscriptions_and_topic_but_nothing_el
                                   Threshold=1, ComparisonOperator="GreaterThanThreshold")
     applied, outputs, _ = run(manifest, aws, recorded, destroy=True)
     assert [(c.kind, c.action) for c in applied] == [("alarms", "delete"), ("dashboard", "delete"),
-                                                     ("subscription", "delete"), ("topic", "delete")]
+                                                     ("subscription", "delete"), ("topic", "delete"), ("key", "delete")]
+    assert usable_keys() == [] and KEY not in [a["AliasName"] for a in kms().list_aliases()["Aliases"]]
     assert list(our_alarms()) == ["gamepulse-dev-made-by-hand"]
     assert cloudwatch().list_dashboards()["DashboardEntries"] == []
     assert sns().list_topics()["Topics"] == []
@@ -292,9 +334,10 @@ def test_every_call_is_in_the_steps_deploy_policy(aws, manifest):
     run(with_emails(with_cloudwatch(manifest, cpu_percent=80), "new@gamepulse.example"), aws, recorded)
     run(manifest, aws, recorded, destroy=True)
     policy = {"Statement": STEP.permissions(manifest, Scope(ACCOUNT, "us-east-1", "aws"))}
-    ours = [call for call in calls if call[0] in ("sns", "cloudwatch", "tag")]  # not the state table's
+    ours = [call for call in calls if call[0] in ("kms", "sns", "cloudwatch", "tag")]  # not the state table's
     assert {operation for _, operation, _ in ours} >= {
-        "CreateTopic", "SetTopicAttributes", "TagResource", "Subscribe", "Unsubscribe", "PutMetricAlarm", "PutDashboard",
+        "CreateKey", "CreateAlias", "PutKeyPolicy", "ScheduleKeyDeletion", "CreateTopic", "SetTopicAttributes",
+        "TagResource", "Subscribe", "Unsubscribe", "PutMetricAlarm", "PutDashboard",
         "DeleteAlarms", "DeleteDashboards", "DeleteTopic"}
     assert refusals(policy, ours) == []
 
@@ -375,5 +418,6 @@ def test_killed_after_any_mutating_call_the_next_apply_converges_with_one_of_eve
         assert [t["TopicArn"] for t in sns().list_topics()["Topics"]] == [TOPIC]
         assert len(sns().list_subscriptions_by_topic(TopicArn=TOPIC)["Subscriptions"]) == 1
         assert len(our_alarms()) == ALARMS
+        assert [key_id()] == usable_keys()
         assert [d["DashboardName"] for d in cloudwatch().list_dashboards()["DashboardEntries"]] == ["gamepulse-dev"]
-    assert n == 2 + ALARMS + 2, "topic, subscription, an alarm each, dashboard: the mutating calls of a cold apply"
+    assert n == 4 + ALARMS + 2, "key and alias, topic, subscription, an alarm each, dashboard: a cold apply's calls"

@@ -61,7 +61,7 @@ STAR_ALLOWED = {
     "ec2:DescribeNetworkInterfaceAttribute", "route53:AssociateVPCWithHostedZone", "route53:CreateHostedZone",
     "route53:GetHostedZone", "route53:ListHostedZonesByName", "route53:ChangeResourceRecordSets",
     "route53:DeleteHostedZone", "s3:ListAllMyBuckets", "secretsmanager:ListSecrets",
-    "secretsmanager:BatchGetSecretValue", "iam:ListRoles", "ecs:CreateCluster",
+    "secretsmanager:BatchGetSecretValue", "iam:ListRoles", "ecs:CreateCluster", "kms:CreateKey",
     "servicediscovery:CreatePrivateDnsNamespace", "servicediscovery:ListNamespaces", "servicediscovery:GetOperation",
     "tag:GetResources", "elasticloadbalancing:DescribeLoadBalancers",
     "elasticloadbalancing:DescribeLoadBalancerAttributes", "elasticloadbalancing:DescribeTargetGroups",
