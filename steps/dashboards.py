@@ -452,10 +452,9 @@ class DashboardsStep(Step):
 
     def _create_subscription(self, ctx, change: Change, observed: DashboardsFacts) -> None:
         email = change.payload
-        arn = ctx.client("sns").subscribe(TopicArn=observed.topic.arn, Protocol=EMAIL, Endpoint=email,
-                                          ReturnSubscriptionArn=True)["SubscriptionArn"]
-        # Until the address confirms, SNS lists the subscription without its ARN.
-        observed.subscriptions[email] = PENDING if arn == PENDING else arn
+        ctx.client("sns").subscribe(TopicArn=observed.topic.arn, Protocol=EMAIL, Endpoint=email)
+        # An email subscription waits for the address to follow the link AWS mails it.
+        observed.subscriptions[email] = PENDING
 
     def _delete_subscription(self, ctx, change: Change, observed: DashboardsFacts) -> None:
         unless_code({"NotFound"}, ctx.client("sns").unsubscribe, SubscriptionArn=change.payload)

@@ -245,12 +245,13 @@ def test_create_then_unchanged_apply_makes_no_mutating_call(aws, manifest):
     assert outputs["dashboard_name"] == "gamepulse-dev"
     assert sorted(outputs["alarm_names"]) == sorted(alarms)
     assert outputs["grafana_url"].endswith("elb.amazonaws.com/grafana/")
-    # moto confirms an email subscription at once (MOTO-NOTES: SNS); AWS lists it as pending.
-    assert outputs["subscriptions"] == {"platform-oncall@gamepulse.example": "confirmed"}
+    assert outputs["subscriptions"] == {"platform-oncall@gamepulse.example": "pending confirmation"}
 
     before = len(aws.ledger.calls)
-    applied, _, _ = run(manifest, aws, recorded)
+    applied, outputs, _ = run(manifest, aws, recorded)
     assert applied == []
+    # moto confirms an email subscription at once (MOTO-NOTES: SNS), as the address would have.
+    assert outputs["subscriptions"] == {"platform-oncall@gamepulse.example": "confirmed"}
     calls = harness.calls_since(aws, before, "dashboards")
     assert [c.operation for c in calls if c.mutating] == []
     assert sorted(c.operation for c in calls) == ["DescribeAlarms", "DescribeKey", "GetDashboard", "GetKeyPolicy",
