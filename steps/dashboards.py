@@ -192,7 +192,8 @@ class DashboardsStep(Step):
                                                       scope.arn("kms", "key/*")]),
             allow("AlertTopic", [f"sns:{action}" for action in (
                 "CreateTopic", "GetTopicAttributes", "SetTopicAttributes", "DeleteTopic", "TagResource",
-                "ListTagsForResource", "Subscribe", "ListSubscriptionsByTopic", "Unsubscribe")], [topic, f"{topic}:*"]),
+                "ListTagsForResource", "Subscribe", "GetSubscriptionAttributes", "ListSubscriptionsByTopic",
+                "Unsubscribe")], [topic, f"{topic}:*"]),
             allow("AlarmsAndDashboard", [f"cloudwatch:{action}" for action in (
                 "PutMetricAlarm", "DeleteAlarms", "TagResource", "ListTagsForResource", "PutDashboard", "GetDashboard",
                 "DeleteDashboards")], [scope.arn("cloudwatch", f"alarm:{manifest.prefix}-*"),
@@ -452,9 +453,13 @@ class DashboardsStep(Step):
 
     def _create_subscription(self, ctx, change: Change, observed: DashboardsFacts) -> None:
         email = change.payload
-        ctx.client("sns").subscribe(TopicArn=observed.topic.arn, Protocol=EMAIL, Endpoint=email)
-        # An email subscription waits for the address to follow the link AWS mails it.
-        observed.subscriptions[email] = PENDING
+        sns = ctx.client("sns")
+        arn = sns.subscribe(TopicArn=observed.topic.arn, Protocol=EMAIL, Endpoint=email,
+                            ReturnSubscriptionArn=True)["SubscriptionArn"]
+        # An email subscription waits for the address to follow the link AWS mails it (the ARN
+        # comes back all the same); the outputs say which.
+        attributes = sns.get_subscription_attributes(SubscriptionArn=arn)["Attributes"]
+        observed.subscriptions[email] = PENDING if attributes.get("PendingConfirmation") == "true" else arn
 
     def _delete_subscription(self, ctx, change: Change, observed: DashboardsFacts) -> None:
         unless_code({"NotFound"}, ctx.client("sns").unsubscribe, SubscriptionArn=change.payload)
