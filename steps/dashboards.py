@@ -12,11 +12,11 @@
   from the alb and services steps, each notifying the topic (alarm and recovery).
 - A CloudWatch dashboard `APP-ENV` for the AWS-level view.
 
-Reads on an unchanged apply: the topic's attributes, its subscriptions, every alarm of the
-environment (one `describe_alarms` by name prefix), the tags of the topic and alarms (one
-tagging-API query) and the dashboard. Alarms that Application Auto Scaling makes for target
-tracking (`TargetTracking-…`) belong to it: they do not match our prefix and carry none of our
-tags, and are never touched.
+Reads on an unchanged apply (seven): the key and its policy, the topic's attributes, its
+subscriptions, every alarm of the environment (one `describe_alarms` by name prefix), the tags
+of key, topic and alarms (one tagging-API query) and the dashboard. Alarms that Application
+Auto Scaling makes for target tracking (`TargetTracking-…`) belong to it: they do not match our
+prefix and carry none of our tags, and are never touched.
 """
 from __future__ import annotations
 
@@ -34,9 +34,9 @@ EMAIL = "email"
 PENDING = "PendingConfirmation"  # what SNS lists instead of the ARN of an unconfirmed subscription
 #: Alarms Application Auto Scaling creates for target tracking: never ours.
 AUTOSCALING_ALARMS = "TargetTracking-"
-DELETE_ALARMS_BATCH = 100
+DELETE_ALARMS_BATCH = 100  # DeleteAlarms takes at most 100 names
 #: GetResources pages by tags counted (a resource with five tags counts five); 500 is its most.
-TAGS_PER_PAGE = 500  # DeleteAlarms takes at most 100 names
+TAGS_PER_PAGE = 500
 #: Every alarm: minute values, at or above the threshold in 3 of the last 5 minutes.
 PERIOD, EVALUATION_PERIODS, DATAPOINTS = 60, 5, 3
 ALARM_FIELDS = ("namespace", "metric", "statistic", "dimensions", "period", "evaluation_periods",
@@ -63,9 +63,7 @@ class Topic:
 
 @dataclass(frozen=True)
 class Alarm:
-    name: str
-    subject: str  # what it watches, as status shows it: "service gamepulse", "load balancer"
-    check: str  # "cpu", "memory", "5xx", "response-time", "unhealthy-hosts"
+    name: str  # PREFIX-SUBJECT-CHECK: `status --live` reads what it watches from it
     namespace: str
     metric: str
     statistic: str
@@ -97,7 +95,8 @@ class Dashboard:
 class DashboardsDesired:
     key: Key | None  # None (as topic): the manifest has no alerting section
     topic: Topic | None
-    topic_arn: str  # where the topic is (or was, to delete it once the section is gone)
+    key_alias: str  # where the key and topic are (or were, to delete them once the section is gone)
+    topic_arn: str
     emails: tuple[str, ...]
     alarm_prefix: str
     alarms: tuple[Alarm, ...]
@@ -207,26 +206,28 @@ class DashboardsStep(Step):
     def desired(self, manifest, inputs) -> DashboardsDesired:
         prefix = manifest.prefix
         alerting = manifest.alerting
-        name = f"{prefix}-alerts"
-        topic_arn = f"arn:{inputs.partition}:sns:{inputs.region}:{inputs.account_id}:{name}"
-        key = _key(manifest, inputs, f"alias/{name}") if alerting is not None else None
-        topic = Topic(name, topic_arn, key.alias) if key is not None else None
+        topic_name = f"{prefix}-alerts"
+        key_alias = f"alias/{topic_name}"
+        topic_arn = f"arn:{inputs.partition}:sns:{inputs.region}:{inputs.account_id}:{topic_name}"
+        key = _key(manifest, inputs, key_alias) if alerting is not None else None
+        topic = Topic(topic_name, topic_arn, key_alias) if alerting is not None else None
         lb_suffix = inputs.output("alb", "arn_suffix")
         group_suffixes = inputs.output("alb", "target_group_arn_suffixes")
-        groups = {key: _get(group_suffixes, key, "alb.target_group_arn_suffixes")
-                  for key in manifest.load_balancer.target_groups}
+        groups = {group: _get(group_suffixes, group, "alb.target_group_arn_suffixes")
+                  for group in manifest.load_balancer.target_groups}
         cluster = inputs.output("services", "cluster_name")
         service_arns = inputs.output("services", "services")
-        names = list(manifest.services.tasks) if manifest.services else []
-        services = {name: _service_name(_get(service_arns, name, "services.services")) for name in names}
+        tasks = list(manifest.services.tasks) if manifest.services else []
+        services = {task: _service_name(_get(service_arns, task, "services.services")) for task in tasks}
         alarms = _alarms(prefix, alerting.cloudwatch, topic_arn, lb_suffix, groups, cluster, services) \
             if alerting is not None else ()
         alarm_arns = [f"arn:{inputs.partition}:cloudwatch:{inputs.region}:{inputs.account_id}:alarm:{alarm.name}"
                       for alarm in alarms]
         url = inputs.output("alb", "url")
         return DashboardsDesired(
-            key=key, topic=topic, topic_arn=topic_arn, emails=tuple(sorted(set(alerting.email_addresses))) if alerting else (),
-            alarm_prefix=f"{prefix}-", alarms=alarms,
+            key=key, topic=topic, key_alias=key_alias, topic_arn=topic_arn,
+            emails=tuple(sorted(set(alerting.email_addresses))) if alerting else (), alarm_prefix=f"{prefix}-",
+            alarms=alarms,
             dashboard=Dashboard(prefix, _dashboard_body(inputs.region, lb_suffix, groups, cluster, services,
                                                         alarm_arns)),
             alb_url=url, grafana_url=url if is_unknown(url) else f"{url}/grafana/",
@@ -237,7 +238,7 @@ class DashboardsStep(Step):
     def observe(self, ctx, desired: DashboardsDesired) -> DashboardsFacts:
         facts = DashboardsFacts(dashboard_name=desired.dashboard.name)
         owned_tags = self._owned_tags(ctx)
-        facts.key = self._observe_key(ctx, f"alias/{desired.topic_arn.rsplit(':', 1)[-1]}", owned_tags)
+        facts.key = self._observe_key(ctx, desired.key_alias, owned_tags)
         facts.topic = self._observe_topic(ctx, desired.topic_arn, owned_tags)
         if facts.topic is not None:
             facts.subscriptions = self._observe_subscriptions(ctx, facts.topic.arn)
@@ -247,8 +248,9 @@ class DashboardsStep(Step):
 
     def _owned_tags(self, ctx) -> dict[str, dict[str, str]]:
         """The tags of the key, topic and alarms carrying this step's ownership tags, by ARN, in one
-        tagging-API query (one page for some 80 alarms). That API shows new tags only after a while: what it leaves out is
-        asked about by itself (normally nothing: only what was made moments ago)."""
+        tagging-API query (one page for some 80 alarms). That API shows new tags only after a
+        while: what it leaves out is asked about by itself (normally nothing: only what was made
+        moments ago)."""
         pages = ctx.client("resourcegroupstaggingapi").get_paginator("get_resources").paginate(
             TagFilters=tagging.owner_tag_filters(ctx.app, ctx.env, self.name),
             ResourceTypeFilters=["kms", "sns", "cloudwatch:alarm"], TagsPerPage=TAGS_PER_PAGE)
@@ -391,7 +393,8 @@ class DashboardsStep(Step):
         action = "create" if observed.dashboard is None else "update"
         # The body is long: the plan names the widgets that differ, by title.
         return [Change(action, "dashboard", dashboard.name,
-                       diffs=(FieldDiff("widgets", _widget_titles(observed.dashboard), _widget_titles(dashboard.body)),),
+                       diffs=(FieldDiff("widgets", _widget_titles(observed.dashboard),
+                                        _widget_titles(dashboard.body)),),
                        calls=("cloudwatch:PutDashboard",), payload=dashboard)]
 
     # -- apply ------------------------------------------------------------------------------
@@ -573,25 +576,25 @@ def _alarms(prefix: str, limits, topic_arn: str, lb_suffix: str, groups: dict[st
             services: dict[str, str]) -> tuple[Alarm, ...]:
     actions = (topic_arn,)
     lb = ("LoadBalancer", lb_suffix)
-    alarms = [Alarm(f"{prefix}-alb-5xx", "load balancer", "5xx", "AWS/ApplicationELB", "HTTPCode_ELB_5XX_Count",
-                    "Sum", (lb,), float(limits.alb_5xx_count), actions,
+    alarms = [Alarm(f"{prefix}-alb-5xx", "AWS/ApplicationELB", "HTTPCode_ELB_5XX_Count", "Sum", (lb,),
+                    float(limits.alb_5xx_count), actions,
                     "The load balancer itself answers 5XX (no healthy target, timeouts)")]
     for key, suffix in groups.items():
         dims = tuple(sorted((lb, ("TargetGroup", suffix))))
         alarms += [
-            Alarm(f"{prefix}-tg-{key}-response-time", f"target group {key}", "response-time", "AWS/ApplicationELB",
-                  "TargetResponseTime", "Average", dims, float(limits.response_time_seconds), actions,
+            Alarm(f"{prefix}-tg-{key}-response-time", "AWS/ApplicationELB", "TargetResponseTime", "Average", dims,
+                  float(limits.response_time_seconds), actions,
                   f"Targets of {key} answer slowly (seconds)"),
-            Alarm(f"{prefix}-tg-{key}-unhealthy-hosts", f"target group {key}", "unhealthy-hosts",
-                  "AWS/ApplicationELB", "UnHealthyHostCount", "Maximum", dims, float(limits.unhealthy_hosts), actions,
+            Alarm(f"{prefix}-tg-{key}-unhealthy-hosts", "AWS/ApplicationELB", "UnHealthyHostCount", "Maximum", dims,
+                  float(limits.unhealthy_hosts), actions,
                   f"Targets of {key} fail their health check")]
     for name, service in services.items():
         dims = (("ClusterName", cluster), ("ServiceName", service))
         alarms += [
-            Alarm(f"{prefix}-svc-{name}-cpu", f"service {name}", "cpu", "AWS/ECS", "CPUUtilization", "Average", dims,
+            Alarm(f"{prefix}-svc-{name}-cpu", "AWS/ECS", "CPUUtilization", "Average", dims,
                   float(limits.cpu_percent), actions, f"ECS service {name} uses much of its CPU (percent)"),
-            Alarm(f"{prefix}-svc-{name}-memory", f"service {name}", "memory", "AWS/ECS", "MemoryUtilization",
-                  "Average", dims, float(limits.memory_percent), actions,
+            Alarm(f"{prefix}-svc-{name}-memory", "AWS/ECS", "MemoryUtilization", "Average", dims,
+                  float(limits.memory_percent), actions,
                   f"ECS service {name} uses much of its memory (percent)")]
     return tuple(alarms)
 

@@ -69,8 +69,8 @@ EXPECTED = {"vpcs": 1, "subnets": 4, "nat gateways": 1, "elastic ips": 1, "secur
             "route tables": 2, "buckets": 2, "secrets": 3, "roles": 7, "repositories": 1, "file systems": 1,
             "mount targets": 2, "access points": 2, "load balancers": 1, "target groups": 2, "listeners": 1,
             "log groups": 6, "namespaces": 1, "clusters": 1, "services": 5, "cloud map services": 5,
-            "scalable targets": 1, "scaling policies": 1, "alert keys": 1, "topics": 1, "subscriptions": 1, "alarms": 15,
-            "dashboards": 1}
+            "scalable targets": 1, "scaling policies": 1, "alert keys": 1, "topics": 1, "subscriptions": 1,
+            "alarms": 15, "dashboards": 1}
 
 
 @pytest.mark.parametrize("kill_after", KILL_AFTER)

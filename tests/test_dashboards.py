@@ -44,7 +44,8 @@ def with_cloudwatch(manifest, **thresholds):
 
 
 def with_emails(manifest, *emails):
-    return manifest.model_copy(update={"alerting": manifest.alerting.model_copy(update={"email_addresses": list(emails)})})
+    alerting = manifest.alerting.model_copy(update={"email_addresses": list(emails)})
+    return manifest.model_copy(update={"alerting": alerting})
 
 
 def matching(desired) -> DashboardsFacts:
@@ -144,7 +145,8 @@ def test_an_unconfirmed_address_shows_as_pending_in_the_outputs(manifest):
     desired = desired_for(manifest)
     observed = matching(desired)
     observed.subscriptions["platform-oncall@gamepulse.example"] = PENDING
-    assert STEP.outputs(desired, observed).subscriptions == {"platform-oncall@gamepulse.example": "pending confirmation"}
+    assert STEP.outputs(desired, observed).subscriptions == {
+        "platform-oncall@gamepulse.example": "pending confirmation"}
 
 
 def test_an_email_dropped_from_the_manifest_is_unsubscribed_unless_still_unconfirmed(manifest):
