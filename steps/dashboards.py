@@ -42,6 +42,8 @@ PERIOD, EVALUATION_PERIODS, DATAPOINTS = 60, 5, 3
 ALARM_FIELDS = ("namespace", "metric", "statistic", "dimensions", "period", "evaluation_periods",
                 "datapoints_to_alarm", "threshold", "comparison", "treat_missing_data", "actions_enabled",
                 "alarm_actions", "ok_actions", "insufficient_data_actions", "description")
+#: What a plan shows of a new alarm (an update shows every field that differs).
+ALARM_SUMMARY = ("metric", "dimensions", "statistic", "threshold", "alarm_actions")
 
 
 # --- desired ---------------------------------------------------------------------------------
@@ -368,7 +370,7 @@ class DashboardsStep(Step):
         for alarm in desired.alarms:
             seen = observed.alarms.get(alarm.name)
             if seen is None:
-                changes.append(Change("create", "alarm", alarm.name, diffs=diff_fields(alarm, None, ALARM_FIELDS),
+                changes.append(Change("create", "alarm", alarm.name, diffs=diff_fields(alarm, None, ALARM_SUMMARY),
                                       calls=("cloudwatch:PutMetricAlarm",), payload=alarm))
                 continue
             if not seen.owned:
