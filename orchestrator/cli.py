@@ -387,14 +387,25 @@ def status(options: Options, env: str, as_json: bool, live: bool):
     graph = build_graph()
     records = {name: records[name] for name in graph.order() if name in records}  # dependency order
     drift = None
+    views: dict = {}
     if live:
         from orchestrator.engine import Engine
         drift = drift_of(Engine(manifest, aws, graph, store=store).plan())
+        views = live_views(aws, manifest, graph, records)
     if as_json:
         click.echo(json.dumps({"environment": env, "lock": holder, "steps": records, "runs": runs,
-                               **({"drift": drift} if live else {})}, indent=2, default=str))
+                               **({"drift": drift, "live": views} if live else {})}, indent=2, default=str))
     else:
-        click.echo(status_text(env, records, holder, runs, now, drift))
+        from orchestrator.render import live_text
+        click.echo(status_text(env, records, holder, runs, now, drift) + live_text(views))
+
+
+def live_views(aws, manifest, graph, records: dict) -> dict:
+    """What each applied step that offers a live view (`Step.live`) reports now: alarm states,
+    URLs. Read-only."""
+    from orchestrator.context import StepContext
+    return {name: step.live(StepContext(aws=aws, manifest=manifest, step=name), records[name].get("outputs") or {})
+            for name, step in graph.steps.items() if hasattr(step, "live") and name in records}
 
 
 @cli.command()

@@ -28,6 +28,9 @@ class StepContext:
     log: object = field(default=None)
     #: Waits of changes AWS accepted and the engine recorded, not settled yet.
     pending: list = field(default_factory=list)
+    #: The step's last-applied records (`Change.key` → record), as `plan` gets them: observe may
+    #: skip a read that a record makes needless (a task definition proven unchanged by its hash).
+    recorded: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.log is None:

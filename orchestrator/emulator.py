@@ -150,6 +150,109 @@ def emulate_update_cluster_settings() -> None:
     EC2ContainerServiceResponse.update_cluster_settings = update_cluster_settings
 
 
+def emulate_ecs_deployments() -> None:
+    """moto gaps (MOTO-NOTES: ECS services): with `MOTO_ECS_SERVICE_RUNNING` set, a new service
+    counts N running tasks whatever its desired count, and `UpdateService` with a new task
+    definition leaves the one PRIMARY deployment on the old revision with its old counts, so a
+    rollout check that is right for ECS never passes. Model ECS: the variable (any N > 0) means
+    "tasks start and stay healthy"; every deployment then runs its desired count and completes.
+    A new revision (or `forceNewDeployment`) makes a new PRIMARY deployment; the old one shows
+    as ACTIVE in the next DescribeServices answer, then is gone (its tasks drained)."""
+    import os
+
+    from moto.ecs.models import EC2ContainerServiceBackend, Service
+    from moto.moto_api._internal import mock_random
+
+    def tasks_come_up() -> bool:
+        try:
+            return int(os.environ.get("MOTO_ECS_SERVICE_RUNNING", "0")) > 0
+        except ValueError:
+            return False
+
+    def settle(service, deployment: dict) -> None:
+        deployment["desiredCount"] = service.desired_count
+        if tasks_come_up():
+            deployment.update(runningCount=service.desired_count, pendingCount=0, rolloutState="COMPLETED",
+                              rolloutStateReason=f"ECS deployment {deployment['id']} completed.")
+            service.running_count, service.pending_count = service.desired_count, 0
+
+    original_init = Service.__init__
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.shown_active: set[str] = set()
+        for deployment in self.deployments:
+            settle(self, deployment)
+
+    original_update = EC2ContainerServiceBackend.update_service
+
+    def update_service(self, service_properties):
+        name = service_properties["service"].split("/")[-1]
+        before = self._get_service(service_properties.get("cluster", "default"), name)
+        old_revision = before.task_definition
+        force = bool(service_properties.get("force_new_deployment"))
+        service = original_update(self, service_properties)
+        primary = next((d for d in service.deployments if d["status"] == "PRIMARY"), None)
+        if primary is None:
+            return service
+        if service.task_definition != old_revision or force:
+            primary["status"] = "ACTIVE"
+            new = {**primary, "id": f"ecs-svc/{mock_random.randint(0, 32**12)}", "status": "PRIMARY",
+                   "taskDefinition": service.task_definition, "runningCount": 0, "pendingCount": service.desired_count,
+                   "rolloutState": "IN_PROGRESS", "createdAt": primary["updatedAt"]}
+            new["rolloutStateReason"] = f"ECS deployment {new['id']} in progress."
+            service.deployments.insert(0, new)
+            primary = new
+        settle(service, primary)
+        return service
+
+    original_describe = EC2ContainerServiceBackend.describe_services
+
+    def describe_services(self, cluster_str, service_names_or_arns):
+        services, failures = original_describe(self, cluster_str, service_names_or_arns)
+        for service in services:
+            shown = getattr(service, "shown_active", set())
+            service.deployments = [d for d in service.deployments
+                                   if d["status"] == "PRIMARY" or d["id"] not in shown]
+            service.shown_active = shown | {d["id"] for d in service.deployments if d["status"] == "ACTIVE"}
+        return services, failures
+
+    Service.__init__ = init
+    EC2ContainerServiceBackend.update_service = update_service
+    EC2ContainerServiceBackend.describe_services = describe_services
+
+
+#: The image tags the sandbox's registry holds in every new repository (space-separated).
+SEED_IMAGE_TAGS = "ORCHESTRATOR_SANDBOX_IMAGE_TAGS"
+
+
+def seed_images() -> None:
+    """Not a moto gap: the sandbox has no build pipeline to push the app's images, so a new
+    repository holds a tiny image for each tag in `ORCHESTRATOR_SANDBOX_IMAGE_TAGS` (the demo's
+    tags), standing in for that pipeline; without the variable, nothing is seeded."""
+    import hashlib
+    import os
+
+    from moto.ecr.models import ECRBackend
+
+    original = ECRBackend.create_repository
+
+    def create_repository(self, repository_name, *args, **kwargs):
+        repository = original(self, repository_name, *args, **kwargs)
+        for tag in os.environ.get(SEED_IMAGE_TAGS, "").split():
+            # moto derives the digest from the layers: one layer per tag gives each its own digest.
+            layer = hashlib.sha256(f"{repository_name}:{tag}".encode()).hexdigest()
+            manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 2,
+                                   "digest": f"sha256:{layer}"},
+                        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 2,
+                                    "digest": f"sha256:{layer}"}]}
+            self.put_image(repository_name, json.dumps(manifest), tag)
+        return repository
+
+    ECRBackend.create_repository = create_repository
+
+
 def tag_api_finds_ecr_repositories() -> None:
     """moto gap (MOTO-NOTES: Resource Groups Tagging API): `GetResources` never returns ECR
     repositories; AWS's returns every resource type but IAM users and roles. Answer for them
@@ -238,6 +341,8 @@ def apply_fixes() -> None:
         serialize_requests()
         emulate_efs_backup_policy()
         emulate_update_cluster_settings()
+        emulate_ecs_deployments()
+        seed_images()
         tag_api_finds_ecr_repositories()
         route_gateway_endpoints_as_modified()
         _applied = True

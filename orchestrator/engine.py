@@ -213,7 +213,7 @@ class Engine:
 
     def _context(self, name: str, destroying: bool = False) -> StepContext:
         return StepContext(aws=self.aws, manifest=self.manifest, step=name, allow=self.allow, destroying=destroying,
-                           stop=self._stop_if_needed)
+                           stop=self._stop_if_needed, recorded=self._recorded(name))
 
     def _stop_if_needed(self, before: str = "") -> None:
         """Raise unless this run may go on changing AWS: not interrupted, lock still held."""

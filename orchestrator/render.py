@@ -208,3 +208,17 @@ def status_text(env: str, records: dict, holder: dict | None, runs: list[dict], 
             lines.append(f"    {run.get('started_at', '?')}  {run.get('command', '?'):<8} "
                          f"{run.get('result', 'running'):<8} run {run.get('run_id')}")
     return "\n".join(lines)
+
+
+def live_text(views: dict[str, dict]) -> str:
+    """`status --live`: the URLs and the state of every alarm, by what it watches (the
+    dashboards step's live view); empty when no step offers one."""
+    view = views.get("dashboards")
+    if not view:
+        return ""
+    lines = ["", "  alerting (live):", f"    load balancer  {view.get('alb_url') or '(not known)'}",
+             f"    Grafana        {view.get('grafana_url') or '(not known)'}"]
+    for subject, checks in sorted(view.get("alarms", {}).items()):
+        states = ", ".join(f"{check} {state}" for check, state in sorted(checks.items()))
+        lines.append(f"    {subject:<28} {states}")
+    return "\n".join(lines)

@@ -26,6 +26,8 @@ EMULATOR_SETTINGS = {
     "MOTO_ACM_VALIDATION_WAIT": "0",
     # Services otherwise never report running tasks, so no deployment ever becomes stable.
     "MOTO_ECS_SERVICE_RUNNING": "1",
+    # The sandbox has no pipeline pushing the app's images: new repositories hold these tags.
+    "ORCHESTRATOR_SANDBOX_IMAGE_TAGS": "1.4.1 1.4.2",
 }
 
 #: Credentials for the sandbox: never a real key, whatever the user's environment holds.

@@ -232,6 +232,9 @@ class RepositorySpec(Section):
     encryption: Literal["AES256", "KMS"] = "AES256"
     expire_untagged_days: int = Field(7, ge=1)
     keep_tagged: int = Field(30, ge=1)
+    tag: str | None = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$",
+                            description="the image tag to deploy (resolved to its digest at apply); "
+                                        "`apply ENV --image-tag KEY=TAG` overrides it")
 
 
 class ImagesSpec(Section):
@@ -379,6 +382,19 @@ class LoadBalancerSpec(Section):
 VERSION_TAG = r"^v?\d+(\.\d+){1,3}([.+-][A-Za-z0-9.]+)?$"
 
 
+def pinned_image(image: str) -> str:
+    """`name:<version>` or `name@sha256:<digest>`: a tag such as `latest` moves under a running service."""
+    name, _, digest = image.partition("@")
+    if digest:
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+            raise ValueError(f"{image!r}: a digest is sha256: and 64 hex digits")
+        return image
+    _, colon, tag = name.rpartition(":")
+    if not colon or "/" in tag or not re.match(VERSION_TAG, tag):
+        raise ValueError(f"{image!r} is not pinned to a version; write name:1.2.3 or name@sha256:<digest>")
+    return image
+
+
 class ObservabilityImages(Section):
     """One pinned image per component: a deploy never changes what runs unless the manifest does."""
 
@@ -391,16 +407,7 @@ class ObservabilityImages(Section):
     @field_validator("*")
     @classmethod
     def _pinned(cls, image: str) -> str:
-        """`name:<version>` or `name@sha256:<digest>`: a tag such as `latest` moves under a running service."""
-        name, _, digest = image.partition("@")
-        if digest:
-            if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
-                raise ValueError(f"{image!r}: a digest is sha256: and 64 hex digits")
-            return image
-        _, colon, tag = name.rpartition(":")
-        if not colon or "/" in tag or not re.match(VERSION_TAG, tag):
-            raise ValueError(f"{image!r} is not pinned to a version; write name:1.2.3 or name@sha256:<digest>")
-        return image
+        return pinned_image(image)
 
 
 class TraceSamplingSpec(Section):
@@ -415,6 +422,106 @@ class ObservabilitySpec(Section):
     metrics_retention_days: int = Field(15, ge=1, le=3650, description="Prometheus keeps samples this long")
     traces_retention_days: int = Field(7, ge=1, le=365, description="Jaeger (Badger) keeps spans this long")
     scrape_interval_seconds: int = Field(15, ge=5, le=300)
+
+
+# --- services (step services) ---------------------------------------------------------------
+
+#: The CPU units Fargate accepts, each with the memory sizes (MiB) it accepts with them.
+FARGATE_SIZES: dict[int, tuple[int, ...]] = {
+    256: (512, 1024, 2048),
+    512: tuple(range(1024, 4097, 1024)),
+    1024: tuple(range(2048, 8193, 1024)),
+    2048: tuple(range(4096, 16385, 1024)),
+    4096: tuple(range(8192, 30721, 1024)),
+    8192: tuple(range(16384, 61441, 4096)),
+    16384: tuple(range(32768, 122881, 8192)),
+}
+
+
+class AppContainerSpec(Section):
+    """The application's own container: its image comes from an ECR repository of this manifest."""
+
+    image: str = Field(description="key of images.repositories; the repository's `tag` is deployed, by digest")
+    port: int = Field(ge=1, le=65535)
+    health_check: list[str] = Field(min_length=2, description="ECS healthCheck.command, e.g. [CMD-SHELL, 'curl …']")
+    environment: dict[str, str] = {}
+    secrets: dict[str, str] = Field({}, description="variable → secret name of secrets.values (injected by ARN)")
+    sidecar: str | None = Field(None, description="a configs/ bundle run beside the app (the app starts once it is "
+                                                  "HEALTHY), e.g. otel-collector")
+
+
+class AutoscalingSpec(Section):
+    min: int = Field(ge=0)
+    max: int = Field(ge=1)
+    cpu_target: float = Field(60, gt=0, le=100, description="target average CPU utilisation, percent")
+    requests_per_target: int | None = Field(None, ge=1, description="also track ALB requests per target")
+    scale_in_cooldown_seconds: int = Field(300, ge=0)
+    scale_out_cooldown_seconds: int = Field(60, ge=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> "AutoscalingSpec":
+        if self.min > self.max:
+            raise FieldError(f"min {self.min} is above max {self.max}", "min")
+        return self
+
+
+class ServiceSpec(Section):
+    app: AppContainerSpec | None = Field(None, description="the application container (gamepulse)")
+    bundle: str | None = Field(None, description="the configs/ bundle this service runs (prometheus, loki, …)")
+    cpu: int = Field(description="task CPU units (Fargate: 256, 512, 1024, 2048, 4096, 8192, 16384)")
+    memory: int = Field(description="task memory in MiB, one Fargate accepts with `cpu`")
+    desired_count: int = Field(1, ge=0)
+    autoscaling: AutoscalingSpec | None = None
+    min_healthy_percent: int = Field(100, ge=0, le=100)
+    max_percent: int = Field(200, ge=100, le=400)
+    grace_period_seconds: int = Field(0, ge=0, le=2147483647,
+                                      description="load balancer health checks ignored this long after a task starts")
+    capacity_provider: Literal["FARGATE", "FARGATE_SPOT"] = "FARGATE"
+    security_group: str = Field(description="security group of network.security_groups")
+    target_group: str | None = Field(None, description="target group of load_balancer.target_groups")
+    data_volume: str | None = Field(None, description="EFS access point (efs.access_points) mounted at the "
+                                                      "bundle's data directory")
+    stop_timeout_seconds: int | None = Field(None, ge=2, le=120, description="time to exit after SIGTERM")
+
+    @model_validator(mode="after")
+    def _valid(self) -> "ServiceSpec":
+        if (self.app is None) == (self.bundle is None):
+            raise FieldError("set exactly one of app and bundle", "bundle" if self.bundle else "app")
+        if self.cpu not in FARGATE_SIZES:
+            raise FieldError(f"{self.cpu} CPU units is not a Fargate size ({', '.join(map(str, FARGATE_SIZES))})",
+                             "cpu")
+        if self.memory not in FARGATE_SIZES[self.cpu]:
+            sizes = FARGATE_SIZES[self.cpu]
+            raise FieldError(f"Fargate does not run {self.cpu} CPU units with {self.memory} MiB; with {self.cpu} "
+                             f"it accepts {sizes[0]} to {sizes[-1]} MiB in steps of {sizes[1] - sizes[0]}", "memory")
+        if self.autoscaling and not self.autoscaling.min <= self.desired_count <= self.autoscaling.max:
+            raise FieldError(f"desired_count {self.desired_count} is outside autoscaling "
+                             f"{self.autoscaling.min}..{self.autoscaling.max}", "desired_count")
+        if self.autoscaling and self.autoscaling.requests_per_target and not self.target_group:
+            raise FieldError("tracking requests per target needs a target_group", "autoscaling",
+                             "requests_per_target")
+        return self
+
+
+class ServicesSpec(Section):
+    init_image: str = Field(description="pinned image of the init container that copies a task's config bundle "
+                                        "from S3 (needs the AWS CLI)")
+    keep_revisions: int = Field(5, ge=2, le=100, description="task definition revisions kept per family")
+    rollout_timeout_seconds: int = Field(900, ge=60, le=7200)
+    tasks: dict[str, ServiceSpec] = Field(description="ECS service (and task family) name → its settings")
+
+    @field_validator("init_image")
+    @classmethod
+    def _pinned(cls, image: str) -> str:
+        return pinned_image(image)
+
+    @field_validator("tasks")
+    @classmethod
+    def _names(cls, tasks: dict[str, ServiceSpec]) -> dict[str, ServiceSpec]:
+        for name in tasks:
+            if not re.match(NAME, name):
+                raise FieldError("must be lower-case letters, digits and dashes", name)
+        return tasks
 
 
 # --- alerting (Grafana content of the grafana bundle) ----------------------------------------
@@ -446,8 +553,23 @@ class AlertThresholds(Section):
     memory_percent: PercentThreshold = Field(description="a service's memory used / reserved (Container Insights)")
 
 
+class CloudWatchThresholds(Section):
+    """The AWS-side alarms (step dashboards), each notifying the environment's SNS topic. They
+    hold while the monitoring services are down, which the Grafana rules cannot. An alarm fires
+    when its minute value is at or above the threshold in 3 of 5 consecutive minutes."""
+
+    alb_5xx_count: int = Field(10, ge=1, description="5XX answers the load balancer itself gives in a minute "
+                                                    "(HTTPCode_ELB_5XX_Count: no healthy target, timeouts)")
+    response_time_seconds: float = Field(1.0, gt=0, description="average TargetResponseTime per target group")
+    unhealthy_hosts: int = Field(1, ge=1, description="UnHealthyHostCount per target group (its maximum in a minute)")
+    cpu_percent: float = Field(90, gt=0, le=100, description="a service's average CPUUtilization (AWS/ECS)")
+    memory_percent: float = Field(90, gt=0, le=100, description="a service's average MemoryUtilization (AWS/ECS)")
+
+
 class AlertingSpec(Section):
     thresholds: AlertThresholds
+    cloudwatch: CloudWatchThresholds = Field(default_factory=CloudWatchThresholds,
+                                             description="thresholds of the CloudWatch alarms (step dashboards)")
     email_addresses: list[str] = Field(min_length=1, description="who gets critical alerts by email")
     slack_webhook_secret: str = Field("slack-webhook", description="the secret (a key of secrets.values) holding "
                                                                    "the Slack webhook; it reaches Grafana as an "
@@ -485,8 +607,10 @@ class Manifest(Section):
     load_balancer: LoadBalancerSpec
     observability: ObservabilitySpec | None = Field(
         None, description="the observability stack's images, sampling and retention (configs/ is rendered from it)")
+    services: ServicesSpec | None = Field(None, description="task definitions, ECS services and autoscaling")
     alerting: AlertingSpec | None = Field(
-        None, description="Grafana alert thresholds per environment and who is notified (steps/grafana_content.py)")
+        None, description="Grafana and CloudWatch alert thresholds per environment and who is notified "
+                          "(steps/grafana_content.py, steps/dashboards.py)")
 
     @field_validator("tags")
     @classmethod
@@ -503,7 +627,29 @@ class Manifest(Section):
             if group not in groups:
                 raise FieldError(f"{group!r} is not a security group in network.security_groups",
                                  section, "security_group")
+        if self.services is not None:
+            self._check_service_references(self.services)
         return self
+
+    def _check_service_references(self, services: ServicesSpec) -> None:
+        for name, spec in services.tasks.items():
+            at = ("services", "tasks", name)
+            known = {"security_group": (spec.security_group, self.network.security_groups),
+                     "target_group": (spec.target_group, self.load_balancer.target_groups),
+                     "data_volume": (spec.data_volume, self.efs.access_points)}
+            for field_name, (value, names) in known.items():
+                if value is not None and value not in names:
+                    raise FieldError(f"{value!r} is not one of {', '.join(sorted(names))}", *at, field_name)
+            if spec.app is not None:
+                repository = self.images.repositories.get(spec.app.image)
+                if repository is None:
+                    raise FieldError(f"{spec.app.image!r} is not one of images.repositories", *at, "app", "image")
+                if repository.tag is None:
+                    raise FieldError("the repository names no tag to deploy (images.repositories."
+                                     f"{spec.app.image}.tag, or --image-tag {spec.app.image}=TAG)", *at, "app", "image")
+                for variable, secret in spec.app.secrets.items():
+                    if secret not in self.secrets.values:
+                        raise FieldError(f"{secret!r} is not one of secrets.values", *at, "app", "secrets", variable)
 
     @property
     def prefix(self) -> str:

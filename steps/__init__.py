@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 
 #: In graph order of dependency (the graph itself comes from each step's `depends_on`).
-STEP_MODULES = ("vpc", "ecr", "storage", "secrets", "iam", "efs", "ecs", "alb")
+STEP_MODULES = ("vpc", "ecr", "storage", "secrets", "iam", "efs", "ecs", "alb", "services", "dashboards")
 
 
 def all_steps() -> list:

@@ -110,13 +110,26 @@ def resolve_image(client, repository_name: str, tag: str) -> str:
         repository = client.describe_repositories(repositoryNames=[repository_name])["repositories"][0]
     except ClientError as err:
         if error_code(err) == "ImageNotFoundException":
-            raise OrchestratorError(f"image tag {tag!r} does not exist in ECR repository {repository_name!r}; "
-                                    "push it first or name an existing tag in the manifest") from None
+            raise OrchestratorError(f"image tag {tag!r} does not exist in ECR repository {repository_name!r} "
+                                    f"(its tags: {', '.join(_tags(client, repository_name)) or 'none'}); "
+                                    "push it first or name an existing tag") from None
         if error_code(err) == "RepositoryNotFoundException":
             raise OrchestratorError(f"ECR repository {repository_name!r} does not exist (wanted image tag {tag!r}); "
                                     "apply the ecr step and push the image first") from None
         raise
     return f"{repository['repositoryUri']}@{image['imageDigest']}"
+
+
+def _tags(client, repository_name: str) -> list[str]:
+    """The tags a repository holds, newest version first where they look like versions."""
+    pages = client.get_paginator("list_images").paginate(repositoryName=repository_name,
+                                                         filter={"tagStatus": "TAGGED"})
+    tags = {image["imageTag"] for page in pages for image in page["imageIds"] if "imageTag" in image}
+    return sorted(tags, key=_version_key, reverse=True)
+
+
+def _version_key(tag: str) -> tuple:
+    return tuple(int(part) if part.isdigit() else -1 for part in tag.lstrip("v").replace("-", ".").split("."))
 
 
 @dataclass(frozen=True)

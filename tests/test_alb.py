@@ -76,7 +76,7 @@ def test_desired_resolves_names_subnets_and_the_http_listener(manifest):
     gamepulse, grafana = desired.target_groups
     assert gamepulse.name.startswith("gamepulse-dev-gamepulse-") and len(gamepulse.name) <= 32
     assert (gamepulse.port, gamepulse.protocol, gamepulse.health_check.path) == (8080, "HTTP", "/health")
-    assert (grafana.port, grafana.health_check.path, grafana.health_check.matcher) == (3000, "/api/health", "200")
+    assert (grafana.port, grafana.health_check.path, grafana.health_check.matcher) == (3000, "/grafana/api/health", "200")
     [http] = desired.listeners
     assert (http.port, http.protocol, http.default_action) == (80, "HTTP", Action("forward", gamepulse.name))
     [rule] = desired.rules
@@ -131,7 +131,7 @@ def test_health_check_and_deregistration_delay_changes_are_modified_in_place(man
     assert (change.action, change.kind, change.name) == ("update", "target_group", "grafana")
     assert change.calls == ("elbv2:ModifyTargetGroup", "elbv2:ModifyTargetGroupAttributes")
     assert {(d.field, d.old, d.new) for d in change.diffs} == {
-        ("health_check.path", "/api/health", "/healthz"), ("health_check.interval_seconds", 30, 10),
+        ("health_check.path", "/grafana/api/health", "/healthz"), ("health_check.interval_seconds", 30, 10),
         ("deregistration_delay_seconds", 30, 5)}
 
 
@@ -361,7 +361,7 @@ def test_apply_creates_the_load_balancer_target_groups_listener_and_rule(env):
     gamepulse, grafana = target_group(env, "gamepulse"), target_group(env, "grafana")
     assert (gamepulse["Port"], gamepulse["TargetType"], gamepulse["VpcId"]) == (8080, "ip", network["vpc_id"])
     assert (gamepulse["HealthCheckPath"], gamepulse["Matcher"]) == ("/health", {"HttpCode": "200"})
-    assert (grafana["Port"], grafana["HealthCheckPath"]) == (3000, "/api/health")
+    assert (grafana["Port"], grafana["HealthCheckPath"]) == (3000, "/grafana/api/health")
     delay = {a["Key"]: a["Value"] for a in elb(env).describe_target_group_attributes(
         TargetGroupArn=gamepulse["TargetGroupArn"])["Attributes"]}["deregistration_delay.timeout_seconds"]
     assert delay == "30"

@@ -101,6 +101,19 @@ def test_apply_from_nothing_then_unchanged_apply_makes_no_mutating_call(endpoint
     assert plan.returncode == 0, plan.stdout + plan.stderr
     assert "No changes" in plan.stdout
 
+    # AWS-side alerting as a user checks it: every alarm notifies the topic; `status --live` shows their states.
+    topic = "arn:aws:sns:us-east-1:123456789012:gamepulse-dev-alerts"
+    [subscription] = client(endpoint, "sns").list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
+    assert subscription["Endpoint"] == "platform-oncall@gamepulse.example"
+    cloudwatch = client(endpoint, "cloudwatch")
+    alarms = cloudwatch.describe_alarms(AlarmNamePrefix="gamepulse-dev-")["MetricAlarms"]
+    assert len(alarms) == 15 and {tuple(a["AlarmActions"]) for a in alarms} == {(topic,)}
+    cloudwatch.set_alarm_state(AlarmName="gamepulse-dev-svc-loki-cpu", StateValue="ALARM", StateReason="test")
+    live = run(endpoint, "status", "dev", "--live").stdout
+    assert [line.split() for line in live.splitlines() if "service loki" in line] == \
+        [["service", "loki", "cpu", "ALARM,", "memory", "OK"]], live
+    assert "/grafana/" in live
+
     # No secret value anywhere the user or the state table can see.
     secrets = client(endpoint, "secretsmanager")
     values = [secrets.get_secret_value(SecretId=f"gamepulse/dev/{name}")["SecretString"]
@@ -266,6 +279,10 @@ def test_destroy_leaves_nothing_tagged_but_what_holds_data(endpoint):
     gone_nat = {n["NatGatewayId"] for n in ec2.describe_nat_gateways()["NatGateways"] if n["State"] == "deleted"}
     inactive = {c["clusterArn"] for c in ecs.describe_clusters(clusters=["gamepulse-dev"])["clusters"]
                 if c["status"] == "INACTIVE"}
+    # A KMS key scheduled for deletion keeps its tags until KMS deletes it, days later.
+    kms = client(endpoint, "kms")
+    inactive |= {arn for arn in left if ":key/" in arn
+                 and kms.describe_key(KeyId=arn)["KeyMetadata"]["KeyState"] == "PendingDeletion"}
     live = [arn for arn in left if arn.rsplit("/", 1)[-1] not in gone_nat and arn not in inactive]
     kinds = sorted({arn.split(":")[2] for arn in live})
     # Kept on purpose without --delete-data / --delete-secrets: secrets, the file system, log groups.

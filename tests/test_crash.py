@@ -11,8 +11,8 @@ from orchestrator.aws import Aws
 from orchestrator.state import StateStore
 from tests import harness
 
-#: Kill points: spread over the ~125 mutating calls of a cold apply (state table included).
-KILL_AFTER = [1, 2, 9, 23, 41, 60, 77, 95, 110, 120]
+#: Kill points: spread over the ~195 mutating calls of a cold apply (state table included).
+KILL_AFTER = [1, 2, 9, 23, 41, 60, 77, 95, 110, 120, 140, 150, 162, 185]
 
 MINE = [{"Name": "tag:orchestrator:env", "Values": ["dev"]}]
 
@@ -48,17 +48,37 @@ def inventory() -> dict[str, int]:
         "namespaces": len(boto3.client("servicediscovery", **kw).list_namespaces()["Namespaces"]),
         "clusters": len([c for c in boto3.client("ecs", **kw).describe_clusters(clusters=["gamepulse-dev"])
                          ["clusters"] if c["status"] == "ACTIVE"]),
+        "services": len(boto3.client("ecs", **kw).list_services(cluster="gamepulse-dev")["serviceArns"]),
+        "cloud map services": len(boto3.client("servicediscovery", **kw).list_services()["Services"]),
+        "scalable targets": len(boto3.client("application-autoscaling", **kw).describe_scalable_targets(
+            ServiceNamespace="ecs")["ScalableTargets"]),
+        "scaling policies": len(boto3.client("application-autoscaling", **kw).describe_scaling_policies(
+            ServiceNamespace="ecs")["ScalingPolicies"]),
+        "alert keys": len([key for key in (boto3.client("kms", **kw).describe_key(KeyId=k["KeyId"])["KeyMetadata"]
+                                           for k in boto3.client("kms", **kw).list_keys()["Keys"])
+                           if key["KeyState"] == "Enabled" and key["Description"].startswith("gamepulse-dev:")]),
+        "topics": len(boto3.client("sns", **kw).list_topics()["Topics"]),
+        "subscriptions": len(boto3.client("sns", **kw).list_subscriptions()["Subscriptions"]),
+        "alarms": len(boto3.client("cloudwatch", **kw).describe_alarms(AlarmNamePrefix="gamepulse-dev-")
+                      ["MetricAlarms"]),
+        "dashboards": len(boto3.client("cloudwatch", **kw).list_dashboards()["DashboardEntries"]),
     }
 
 
 EXPECTED = {"vpcs": 1, "subnets": 4, "nat gateways": 1, "elastic ips": 1, "security groups": 5, "endpoints": 5,
             "route tables": 2, "buckets": 2, "secrets": 3, "roles": 7, "repositories": 1, "file systems": 1,
             "mount targets": 2, "access points": 2, "load balancers": 1, "target groups": 2, "listeners": 1,
-            "log groups": 6, "namespaces": 1, "clusters": 1}
+            "log groups": 6, "namespaces": 1, "clusters": 1, "services": 5, "cloud map services": 5,
+            "scalable targets": 1, "scaling policies": 1, "alert keys": 1, "topics": 1, "subscriptions": 1,
+            "alarms": 15, "dashboards": 1}
 
 
 @pytest.mark.parametrize("kill_after", KILL_AFTER)
-def test_apply_killed_after_a_mutating_call_converges_on_the_next_run(manifest, fake_aws_env, kill_after):
+def test_apply_killed_after_a_mutating_call_converges_on_the_next_run(manifest, fake_aws_env, kill_after,
+                                                                     monkeypatch):
+    # As in the sandbox: the app's image is in its repository, and tasks start.
+    monkeypatch.setenv("ORCHESTRATOR_SANDBOX_IMAGE_TAGS", "1.4.1")
+    monkeypatch.setenv("MOTO_ECS_SERVICE_RUNNING", "1")
     with mock_aws(config={"iam": {"load_aws_managed_policies": True}}):
         killed = Aws("us-east-1")
         harness.crash_after(killed, kill_after, state_table=True)

@@ -14,7 +14,8 @@ factory's `before-parameter-build` hook, turned into the IAM action(s) it needs 
 parameters name it, the resource's ARN, and looked up in the printed policy:
 - action: for every call, against the Action lists (wildcards as IAM matches them);
 - resource: for the calls whose parameters name the resource (IAM roles, ECR repositories, S3
-  buckets, the state table, log groups, secrets, ECS cluster, EFS file systems, ELB resources),
+  buckets, the state table, log groups, secrets, ECS cluster, EFS file systems, ELB resources, SNS
+  topics, CloudWatch alarms and dashboards),
   the allowing statement must also cover that ARN; other calls (EC2, Cloud Map, describes by
   filter) are checked by action only;
 - conditions (the managed-policy and service-linked-role conditions) are not evaluated.
@@ -34,7 +35,7 @@ ACCOUNT = "123456789012"
 REGION = "us-east-1"
 
 #: IAM's service prefix where it is not botocore's signing name.
-IAM_PREFIX = {"tagging": "tag"}
+IAM_PREFIX = {"tagging": "tag", "monitoring": "cloudwatch"}
 
 #: S3 operations whose IAM action has another name.
 S3_ACTIONS = {
@@ -61,7 +62,7 @@ STAR_ALLOWED = {
     "route53:AssociateVPCWithHostedZone", "route53:CreateHostedZone",
     "route53:GetHostedZone", "route53:ListHostedZonesByName", "route53:ChangeResourceRecordSets",
     "route53:DeleteHostedZone", "s3:ListAllMyBuckets", "secretsmanager:ListSecrets",
-    "secretsmanager:BatchGetSecretValue", "iam:ListRoles", "ecs:CreateCluster",
+    "secretsmanager:BatchGetSecretValue", "iam:ListRoles", "ecs:CreateCluster", "kms:CreateKey",
     "servicediscovery:CreatePrivateDnsNamespace", "servicediscovery:ListNamespaces", "servicediscovery:GetOperation",
     "tag:GetResources", "elasticloadbalancing:DescribeLoadBalancers",
     "elasticloadbalancing:DescribeLoadBalancerAttributes", "elasticloadbalancing:DescribeTargetGroups",
@@ -118,6 +119,15 @@ def named_resources(prefix: str, operation: str, params: dict) -> list[str]:
                                               "clusterName" in params else []) + (
             [params["cluster"]] if "cluster" in params else [])
         return [c if c.startswith("arn:") else f"arn:aws:ecs:{region_account}:cluster/{c}" for c in clusters]
+    if prefix == "sns":
+        arn = params.get("TopicArn") or params.get("ResourceArn") or params.get("SubscriptionArn")
+        return [arn] if arn else [f"arn:aws:sns:{region_account}:{params['Name']}"] if "Name" in params else []
+    if prefix == "cloudwatch":
+        alarms = params.get("AlarmNames") or ([params["AlarmName"]] if "AlarmName" in params else [])
+        dashboards = params.get("DashboardNames") or ([params["DashboardName"]] if "DashboardName" in params else [])
+        return [f"arn:aws:cloudwatch:{region_account}:alarm:{name}" for name in alarms] + \
+            [f"arn:aws:cloudwatch::{ACCOUNT}:dashboard/{name}" for name in dashboards] + \
+            ([params["ResourceARN"]] if "ResourceARN" in params else [])
     if prefix == "elasticfilesystem" and "FileSystemId" in params:
         return [f"arn:aws:elasticfilesystem:{region_account}:file-system/{params['FileSystemId']}"]
     if prefix == "elasticloadbalancing" and operation in ("CreateLoadBalancer", "CreateTargetGroup"):

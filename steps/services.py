@@ -1,0 +1,779 @@
+"""Step services: per service of the manifest, its config bundle in S3, its task definition,
+its Cloud Map service, its ECS service and its autoscaling.
+
+Reads stay few however many services there are: services are described ten at a time, Cloud
+Map services and scaling targets and policies with one listing each, and a task definition is
+described only where the last-applied record does not prove what is in service (the record
+keeps the revision registered and the hash of its normal form: `steps.taskdefs`). Bundles are
+compared by their content hash, recorded at upload.
+
+A rollout succeeds when what users mean by it holds: the PRIMARY deployment runs the revision
+just registered, its rollout state is COMPLETED with every task running, and the load
+balancer's targets are healthy. A circuit-breaker rollback or a timeout fails the step, with
+ECS's own reasons (service events, stopped tasks' `stoppedReason`, unhealthy targets).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator import tags as tagging
+from orchestrator import waiters
+from orchestrator.aws import error_code, unless_code
+from orchestrator.errors import OrchestratorError
+from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Unknown, Wait, is_unknown
+from orchestrator.waiters import WaitFailed
+from steps import bundles, taskdefs
+from steps.ecr import resolve_image
+
+SCALABLE_DIMENSION = "ecs:service:DesiredCount"
+CPU_METRIC = "ECSServiceAverageCPUUtilization"
+REQUESTS_METRIC = "ALBRequestCountPerTarget"
+#: ECS answers describe_services for at most this many services per call.
+DESCRIBE_BATCH = 10
+#: Fields ECS accepts but an emulator may not read back: compared with the last-applied record.
+RECORDED_FIELDS = ("deployment", "grace_period", "capacity_provider", "managed_tags")
+LIVE_FIELDS = ("task_definition", "desired_count", "network", "load_balancers", "service_registries",
+               "propagate_tags")
+
+
+# --- desired ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """The app's image: a tag of a repository, deployed by the digest it resolves to."""
+
+    container: str
+    repository: str
+    tag: str
+    uri: str  # the repository's URI (step ecr): not known until the repository exists
+
+
+@dataclass(frozen=True)
+class Scaling:
+    resource_id: str
+    min: int
+    max: int
+    policies: dict[str, dict]  # policy name → TargetTrackingScalingPolicyConfiguration
+
+
+@dataclass(frozen=True)
+class DesiredService:
+    name: str
+    bundle: bundles.Bundle | None
+    bundle_key: str  # S3 prefix of the bundle's files
+    definition: dict  # RegisterTaskDefinition request; the app image is filled in from `image`
+    image: ImageRef | None
+    desired_count: int
+    network: dict  # awsvpcConfiguration
+    load_balancers: tuple[dict, ...]
+    deployment: dict  # deploymentConfiguration
+    grace_period: int | None
+    capacity_provider: str
+    scaling: Scaling | None
+
+
+@dataclass(frozen=True)
+class ServicesDesired:
+    cluster: str
+    namespace_id: str
+    namespace_name: str
+    config_bucket: str
+    keep_revisions: int
+    rollout_timeout: int
+    services: tuple[DesiredService, ...]
+    tags: dict[str, str]
+
+
+# --- observed --------------------------------------------------------------------------------
+
+
+@dataclass
+class ServicesFacts:
+    images: dict[str, str] = field(default_factory=dict)  # service → repository URI@digest
+    services: dict[str, dict] = field(default_factory=dict)  # name → describe_services entry (not INACTIVE)
+    definitions: dict[str, dict] = field(default_factory=dict)  # service → in-service definition, described
+    discovery: dict[str, dict] = field(default_factory=dict)  # Cloud Map service name → {Id, Arn}
+    targets: dict[str, dict] = field(default_factory=dict)  # resource id → scalable target
+    policies: dict[str, dict[str, dict]] = field(default_factory=dict)  # resource id → name → policy
+    revisions: dict[str, list[str]] = field(default_factory=dict)  # family → ACTIVE ARNs (destroy only)
+    registered: dict[str, str] = field(default_factory=dict)  # service → ARN registered by this run
+    bundle_versions: dict[str, list[dict]] = field(default_factory=dict)  # service → its objects (destroy only)
+    owned: set[str] = field(default_factory=set)  # services carrying our ownership tags
+    cluster: str = ""
+    namespace_id: str = ""
+    config_bucket: str = ""
+    keep_revisions: int = 5
+    rollout_timeout: int = 900
+    poller: "RolloutPoller | None" = None
+
+
+@dataclass(frozen=True)
+class ServicesOutputs:
+    cluster_name: str
+    services: dict[str, str]  # ECS service ARN by name
+    task_definitions: dict[str, str]  # task definition ARN in service, by service
+    discovery_names: dict[str, str]  # DNS name each service is found by
+
+
+class ServicesStep(Step):
+    name = "services"
+    depends_on = ("vpc", "ecr", "storage", "secrets", "iam", "efs", "ecs", "alb")
+    Outputs = ServicesOutputs
+    description = "Config bundles, task definitions, ECS services with Cloud Map names, autoscaling"
+
+    # -- desired ----------------------------------------------------------------------------
+
+    def desired(self, manifest, inputs) -> ServicesDesired:
+        spec = manifest.services
+        if spec is None:
+            raise OrchestratorError("the manifest has no services section")
+        cluster = inputs.output("ecs", "cluster_name")
+        namespace = inputs.output("ecs", "namespace_name")
+        buckets = inputs.output("storage", "buckets")
+        config_bucket = _get(buckets, "config", "storage.buckets")
+        # Plain strings: a value not known yet renders as its placeholder (the hash follows once known).
+        rendered = bundles.render(manifest, bundles.Facts(
+            loki_bucket=f"{_get(buckets, 'loki-chunks', 'storage.buckets')}", namespace=f"{namespace}",
+            region=inputs.region))
+        services = tuple(self._service(manifest, inputs, name, task, rendered, cluster, config_bucket)
+                         for name, task in spec.tasks.items())
+        return ServicesDesired(cluster=cluster, namespace_id=inputs.output("ecs", "namespace_id"), namespace_name=namespace,
+                               config_bucket=config_bucket, keep_revisions=spec.keep_revisions,
+                               rollout_timeout=spec.rollout_timeout_seconds, services=services,
+                               tags=tagging.ownership_tags(manifest.app, manifest.environment, self.name,
+                                                           manifest.tags))
+
+    def _service(self, manifest, inputs, name: str, task, rendered: dict, cluster: str,
+                 config_bucket: str) -> DesiredService:
+        bundle_name = task.bundle or (task.app.sidecar if task.app else None)
+        bundle = rendered[bundle_name] if bundle_name else None
+        secret_arns = inputs.output("secrets", "arns")
+        efs_points = inputs.output("efs", "access_points")
+        settings = taskdefs.TaskSettings(
+            family=f"{manifest.prefix}-{name}", service=name, cpu=task.cpu, memory=task.memory,
+            execution_role_arn=inputs.output("iam", "execution_role_arn"),
+            task_role_arn=_get(inputs.output("iam", "task_role_arns"), name, "iam.task_role_arns"),
+            log_group=_get(inputs.output("ecs", "log_groups"), name, "ecs.log_groups"),
+            region=inputs.region, init_image=manifest.services.init_image, config_bucket=config_bucket,
+            stop_timeout=task.stop_timeout_seconds,
+            file_system_id=inputs.output("efs", "file_system_id") if task.data_volume else None,
+            access_point_id=_get(efs_points, task.data_volume, "efs.access_points") if task.data_volume else None)
+        image = app = None
+        if task.app is not None:
+            repository = manifest.images.repositories[task.app.image]
+            image = ImageRef(container=name, repository=repository.name or task.app.image, tag=repository.tag,
+                             uri=_get(inputs.output("ecr", "repositories"), task.app.image, "ecr.repositories"))
+            app = taskdefs.AppContainer(
+                name=name, image=KNOWN_AFTER_APPLY, port=task.app.port, health_check=tuple(task.app.health_check),
+                environment={**bundles.app_environment(manifest), **task.app.environment},
+                secrets={variable: _get(secret_arns, secret, "secrets.arns")
+                         for variable, secret in task.app.secrets.items()})
+        arns = {secret: _get(secret_arns, secret, "secrets.arns") for secret in manifest.secrets.values}
+        definition = taskdefs.render(settings, bundle, app, arns)
+        load_balancers: tuple[dict, ...] = ()
+        if task.target_group:
+            port = manifest.load_balancer.target_groups[task.target_group].port
+            load_balancers = ({"targetGroupArn": _get(inputs.output("alb", "target_groups"), task.target_group,
+                                                      "alb.target_groups"),
+                               "containerName": name if task.app else bundle.service, "containerPort": port},)
+        security_groups = inputs.output("vpc", "security_groups")
+        return DesiredService(
+            name=name, bundle=bundle, bundle_key=taskdefs.bundle_prefix(name, bundle.hash) if bundle else "",
+            definition=definition, image=image,
+            desired_count=task.desired_count,
+            network={"subnets": sorted(_known_list(inputs.output("vpc", "private_subnet_ids"))),
+                     "securityGroups": [_get(security_groups, task.security_group, "vpc.security_groups")],
+                     "assignPublicIp": "DISABLED"},
+            load_balancers=load_balancers,
+            deployment={"minimumHealthyPercent": task.min_healthy_percent, "maximumPercent": task.max_percent,
+                        "deploymentCircuitBreaker": {"enable": True, "rollback": True}},
+            grace_period=task.grace_period_seconds if load_balancers else None,
+            capacity_provider=task.capacity_provider,
+            scaling=_scaling(task, cluster, name, inputs))
+
+    # -- observe ----------------------------------------------------------------------------
+
+    def observe(self, ctx, desired: ServicesDesired) -> ServicesFacts:
+        facts = ServicesFacts(cluster=desired.cluster, namespace_id=desired.namespace_id,
+                              config_bucket=desired.config_bucket, keep_revisions=desired.keep_revisions,
+                              rollout_timeout=desired.rollout_timeout)
+        ecs = ctx.client("ecs")
+        facts.poller = RolloutPoller(ecs, ctx.client("elbv2"), desired.cluster)
+        if not ctx.destroying:
+            ecr = ctx.client("ecr")
+            for service in desired.services:
+                # A repository that does not exist yet (a plan from nothing) holds no image yet either.
+                if service.image is not None and not is_unknown(service.image.uri):
+                    facts.images[service.name] = resolve_image(ecr, service.image.repository, service.image.tag)
+        facts.services = self._observe_services(ecs, desired, ctx.destroying)
+        facts.owned = {name for name, live in facts.services.items()
+                       if ctx.owns(tagging.tag_dict(live.get("tags"), "key", "value"))}
+        if not is_unknown(desired.namespace_id):
+            facts.discovery = self._observe_discovery(ctx.client("servicediscovery"), desired.namespace_id)
+        if facts.services and (ctx.destroying or any(s.scaling for s in desired.services)):
+            self._observe_scaling(ctx.client("application-autoscaling"), facts, desired.cluster)
+        for service in desired.services:
+            live = facts.services.get(service.name)
+            record = ctx.recorded.get(f"task_definition/{service.name}", {})
+            if live and live["taskDefinition"] != record.get("arn") and not ctx.destroying:
+                facts.definitions[service.name] = ecs.describe_task_definition(
+                    taskDefinition=live["taskDefinition"])["taskDefinition"]
+        if ctx.destroying:
+            self._observe_bundles(ctx.client("s3"), desired, facts)
+            for family in {_family_of(s) for s in desired.services} | {
+                    _family(live["taskDefinition"]) for live in facts.services.values()}:
+                facts.revisions[family] = [arn for page in ecs.get_paginator("list_task_definitions").paginate(
+                    familyPrefix=family, status="ACTIVE") for arn in page["taskDefinitionArns"]
+                    if _family(arn) == family]
+        return facts
+
+    def _observe_services(self, ecs, desired: ServicesDesired, destroying: bool) -> dict[str, dict]:
+        """Ours by name (ten per describe), plus, when destroying, any other service of ours in the
+        cluster (one the manifest no longer lists)."""
+        names = [s.name for s in desired.services]
+        try:
+            if destroying:
+                listed = [arn.rsplit("/", 1)[-1] for page in ecs.get_paginator("list_services").paginate(
+                    cluster=desired.cluster) for arn in page["serviceArns"]]
+                names = sorted(set(names) | set(listed))
+            found = {}
+            for start in range(0, len(names), DESCRIBE_BATCH):
+                for service in ecs.describe_services(cluster=desired.cluster, services=names[start:start + DESCRIBE_BATCH],
+                                                     include=["TAGS"])["services"]:
+                    if service["status"] != "INACTIVE":
+                        found[service["serviceName"]] = service
+        except Exception as error:
+            if error_code(error) == "ClusterNotFoundException":
+                return {}
+            raise
+        return found
+
+    def _observe_bundles(self, s3, desired: ServicesDesired, facts: ServicesFacts) -> None:
+        """Every version of every bundle object (the bucket is versioned): what destroy deletes."""
+        if is_unknown(desired.config_bucket):
+            return
+        for service in desired.services:
+            try:
+                pages = list(s3.get_paginator("list_object_versions").paginate(Bucket=desired.config_bucket,
+                                                                               Prefix=f"{service.name}/"))
+            except Exception as error:
+                if error_code(error) == "NoSuchBucket":
+                    return
+                raise
+            versions = [{"Key": item["Key"], "VersionId": item["VersionId"]} for page in pages
+                        for item in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+            if versions:
+                facts.bundle_versions[service.name] = versions
+
+    def _observe_discovery(self, discovery, namespace_id: str) -> dict[str, dict]:
+        """Cloud Map services of our namespace by name (the namespace is this environment's own)."""
+        in_namespace = [{"Name": "NAMESPACE_ID", "Values": [namespace_id], "Condition": "EQ"}]
+        return {item["Name"]: {"Id": item["Id"], "Arn": item["Arn"]}
+                for page in discovery.get_paginator("list_services").paginate(Filters=in_namespace)
+                for item in page["Services"]}
+
+    def _observe_scaling(self, scaling, facts: ServicesFacts, cluster: str) -> None:
+        resource_ids = [f"service/{cluster}/{name}" for name in sorted(facts.services)]
+        for start in range(0, len(resource_ids), 50):
+            for page in scaling.get_paginator("describe_scalable_targets").paginate(
+                    ServiceNamespace="ecs", ResourceIds=resource_ids[start:start + 50]):
+                for target in page["ScalableTargets"]:
+                    facts.targets[target["ResourceId"]] = target
+        if facts.targets:
+            wanted = set(facts.targets)
+            for page in scaling.get_paginator("describe_scaling_policies").paginate(ServiceNamespace="ecs"):
+                for policy in page["ScalingPolicies"]:
+                    if policy["ResourceId"] in wanted:
+                        facts.policies.setdefault(policy["ResourceId"], {})[policy["PolicyName"]] = policy
+
+    # -- plan -------------------------------------------------------------------------------
+
+    def plan(self, desired: ServicesDesired, observed: ServicesFacts, recorded: dict[str, dict]) -> list[Change]:
+        changes: list[Change] = []
+        for service in desired.services:
+            changes += self._plan_service(desired, service, observed, recorded)
+        return changes
+
+    def _plan_service(self, desired: ServicesDesired, service: DesiredService, observed: ServicesFacts,
+                      recorded: dict[str, dict]) -> list[Change]:
+        changes = []
+        if service.bundle is not None:
+            last = recorded.get(f"bundle/{service.name}", {}).get("hash")
+            if last != service.bundle.hash:
+                changes.append(Change("create" if last is None else "update", "bundle", service.name,
+                                      diffs=(FieldDiff("hash", last, service.bundle.hash),),
+                                      calls=("s3:PutObject",), payload=service,
+                                      record={"hash": service.bundle.hash},
+                                      note=f"{len(service.bundle.files)} file(s) under "
+                                           f"s3://{desired.config_bucket}/{service.bundle_key}"))
+        definition = _with_image(service, observed.images.get(service.name))
+        digest = taskdefs.definition_hash(definition)
+        live = observed.services.get(service.name)
+        in_service = _in_service_hash(service.name, live, observed, recorded)
+        arn = live["taskDefinition"] if live else None
+        if in_service != digest:
+            changes.append(Change("create" if live is None else "update", "task_definition", service.name,
+                                  diffs=_definition_diffs(in_service, definition, live, observed, service.name),
+                                  calls=("ecs:RegisterTaskDefinition", "ecs:DeregisterTaskDefinition"),
+                                  payload=(service, definition, digest)))
+            arn = Unknown(f"services.task_definitions.{service.name}")
+        discovery = observed.discovery.get(service.name)
+        if discovery is None:
+            changes.append(Change("create", "discovery_service", service.name,
+                                  diffs=(FieldDiff("dns_name", None, service.name),),
+                                  calls=("servicediscovery:CreateService",), payload=service))
+        changes += self._plan_ecs_service(desired, service, live, arn, discovery, recorded,
+                                          owned=service.name in observed.owned)
+        if service.scaling is not None:
+            changes += _plan_scaling(service, observed)
+        return changes
+
+    def _plan_ecs_service(self, desired: ServicesDesired, service: DesiredService, live: dict | None, arn: str,
+                          discovery: dict | None, recorded: dict[str, dict], owned: bool) -> list[Change]:
+        wanted = _service_fields(service, arn, discovery)
+        record = {key: wanted[key] for key in RECORDED_FIELDS}
+        if live is None:
+            return [Change("create", "service", service.name,
+                           diffs=tuple(FieldDiff(key, None, value) for key, value in wanted.items()),
+                           calls=("ecs:CreateService",), payload=service, record=record)]
+        if not owned:
+            raise tagging.not_ours("ECS service", service.name)
+        current = {**_live_fields(live), **recorded.get(f"service/{service.name}", {})}
+        diffs = [FieldDiff(key, current.get(key), value) for key, value in wanted.items()
+                 if key != "desired_count" and current.get(key) != value]
+        note = ""
+        if service.scaling is None:
+            if live["desiredCount"] != service.desired_count:
+                diffs.append(FieldDiff("desired_count", live["desiredCount"], service.desired_count))
+        else:
+            note = (f"desired count left to autoscaling ({live['desiredCount']} now, "
+                    f"{service.scaling.min}..{service.scaling.max})")
+        retag = tagging.tag_diffs(tagging.tag_dict(live.get("tags"), "key", "value"), desired.tags)
+        if not diffs and not retag:
+            return []
+        calls = (("ecs:UpdateService",) if diffs else ()) + (("ecs:TagResource",) if retag else ())
+        return [Change("update", "service", service.name, diffs=tuple(diffs) + retag, calls=calls, payload=service,
+                       record=record, note=note)]
+
+    # -- apply ------------------------------------------------------------------------------
+
+    def apply(self, ctx, change: Change, observed: ServicesFacts) -> Accepted | None:
+        return getattr(self, f"_{change.action}_{change.kind}")(ctx, change, observed)
+
+    def _create_bundle(self, ctx, change: Change, observed: ServicesFacts) -> None:
+        service: DesiredService = change.payload
+        s3 = ctx.client("s3")
+        bucket = observed.config_bucket
+        for path, content in service.bundle.files.items():
+            s3.put_object(Bucket=bucket, Key=f"{service.bundle_key}{path}", Body=content)
+
+    _update_bundle = _create_bundle
+
+    def _create_task_definition(self, ctx, change: Change, observed: ServicesFacts) -> Accepted:
+        service, definition, digest = change.payload
+        ecs = ctx.client("ecs")
+        arn = ecs.register_task_definition(**definition, tags=tagging.tag_list(ctx.tags(), "key", "value"))[
+            "taskDefinition"]["taskDefinitionArn"]
+        observed.registered[service.name] = arn
+        self._deregister_old(ecs, definition["family"], observed.keep_revisions, arn)
+        return Accepted(record={"arn": arn, "hash": digest})
+
+    _update_task_definition = _create_task_definition
+
+    def _deregister_old(self, ecs, family: str, keep: int, current: str) -> None:
+        """Revisions beyond the newest `keep` (never the one just registered)."""
+        arns = [arn for page in ecs.get_paginator("list_task_definitions").paginate(
+            familyPrefix=family, status="ACTIVE", sort="DESC") for arn in page["taskDefinitionArns"]
+            if _family(arn) == family]
+        arns.sort(key=_revision, reverse=True)
+        for arn in arns[keep:]:
+            if arn != current:
+                ecs.deregister_task_definition(taskDefinition=arn)
+
+    def _create_discovery_service(self, ctx, change: Change, observed: ServicesFacts) -> None:
+        discovery = ctx.client("servicediscovery")
+        created = discovery.create_service(
+            Name=change.name, NamespaceId=observed.namespace_id,
+            CreatorRequestId=ctx.token(f"discovery/{change.name}", salt=observed.namespace_id),
+            DnsConfig={"RoutingPolicy": "MULTIVALUE", "DnsRecords": [{"Type": "A", "TTL": 10}]},
+            HealthCheckCustomConfig={"FailureThreshold": 1}, Tags=tagging.tag_list(ctx.tags()))["Service"]
+        observed.discovery[change.name] = {"Id": created["Id"], "Arn": created["Arn"]}
+
+    def _create_service(self, ctx, change: Change, observed: ServicesFacts) -> Accepted:
+        service: DesiredService = change.payload
+        arn = self._task_definition(service, observed)
+        registries = [{"registryArn": observed.discovery[service.name]["Arn"]}]
+        params = dict(cluster=observed.cluster, serviceName=service.name, taskDefinition=arn,
+                      desiredCount=service.desired_count,
+                      capacityProviderStrategy=[{"capacityProvider": service.capacity_provider, "weight": 1}],
+                      networkConfiguration={"awsvpcConfiguration": service.network},
+                      loadBalancers=list(service.load_balancers), serviceRegistries=registries,
+                      deploymentConfiguration=service.deployment, propagateTags="SERVICE",
+                      enableECSManagedTags=True, schedulingStrategy="REPLICA",
+                      clientToken=ctx.token(f"service/{service.name}", salt=arn),
+                      tags=tagging.tag_list(ctx.tags(), "key", "value"))
+        if service.grace_period is not None:
+            params["healthCheckGracePeriodSeconds"] = service.grace_period
+        created = ctx.client("ecs").create_service(**params)["service"]
+        observed.services[service.name] = created
+        return Accepted(waits=(self._rollout(ctx, service, arn, observed),))
+
+    def _update_service(self, ctx, change: Change, observed: ServicesFacts) -> Accepted:
+        service: DesiredService = change.payload
+        ecs = ctx.client("ecs")
+        live = observed.services[service.name]
+        waits = ()
+        if change.calls and "ecs:UpdateService" in change.calls:
+            arn = self._task_definition(service, observed)
+            params: dict[str, Any] = {"cluster": observed.cluster, "service": service.name}
+            if change.differs("task_definition"):
+                params["taskDefinition"] = arn
+            if change.differs("desired_count"):
+                params["desiredCount"] = service.desired_count
+            if change.differs("network"):
+                params["networkConfiguration"] = {"awsvpcConfiguration": service.network}
+            if change.differs("load_balancers"):
+                params["loadBalancers"] = list(service.load_balancers)
+            if change.differs("service_registries"):
+                params["serviceRegistries"] = [{"registryArn": observed.discovery[service.name]["Arn"]}]
+            if change.differs("propagate_tags"):
+                params["propagateTags"] = "SERVICE"
+            if change.differs("managed_tags"):
+                params["enableECSManagedTags"] = True
+            if change.differs("deployment"):
+                params["deploymentConfiguration"] = service.deployment
+            if change.differs("grace_period") and service.grace_period is not None:
+                params["healthCheckGracePeriodSeconds"] = service.grace_period
+            if change.differs("capacity_provider"):  # ECS moves tasks to another provider only on a new deployment
+                params["capacityProviderStrategy"] = [{"capacityProvider": service.capacity_provider, "weight": 1}]
+                params["forceNewDeployment"] = True
+            observed.services[service.name] = ecs.update_service(**params)["service"]
+            if change.differs("task_definition", "network", "load_balancers", "capacity_provider", "desired_count"):
+                waits = (self._rollout(ctx, service, arn, observed),)
+        if change.differs("tags"):
+            to_set = change.tags_to_set()
+            ecs.tag_resource(resourceArn=live["serviceArn"], tags=tagging.tag_list(to_set, "key", "value"))
+        return Accepted(waits=waits)
+
+    def _task_definition(self, service: DesiredService, observed: ServicesFacts) -> str:
+        return observed.registered.get(service.name) or observed.services[service.name]["taskDefinition"]
+
+    def _rollout(self, ctx, service: DesiredService, arn: str, observed: ServicesFacts) -> Wait:
+        poller = observed.poller
+        poller.expect(service.name, arn, [lb["targetGroupArn"] for lb in service.load_balancers],
+                      observed.rollout_timeout)
+        # The check itself fails at the deadline, naming ECS's reasons; the wait's own bound is a backstop.
+        return Wait(f"rollout of service {service.name}", lambda: poller.check(service.name),
+                    timeout=observed.rollout_timeout + 60)
+
+    def _create_scaling(self, ctx, change: Change, observed: ServicesFacts) -> None:
+        service: DesiredService = change.payload
+        scaling = ctx.client("application-autoscaling")
+        target = service.scaling
+        if change.differs("min", "max"):
+            scaling.register_scalable_target(ServiceNamespace="ecs", ResourceId=target.resource_id,
+                                             ScalableDimension=SCALABLE_DIMENSION, MinCapacity=target.min,
+                                             MaxCapacity=target.max, Tags=ctx.tags())
+        for name, config in target.policies.items():
+            if change.differs(f"policy:{name}"):
+                scaling.put_scaling_policy(PolicyName=name, ServiceNamespace="ecs", ResourceId=target.resource_id,
+                                           ScalableDimension=SCALABLE_DIMENSION, PolicyType="TargetTrackingScaling",
+                                           TargetTrackingScalingPolicyConfiguration=config)
+        for diff in change.diffs:
+            name = diff.field.removeprefix("policy:")
+            if diff.field.startswith("policy:") and name not in target.policies:
+                scaling.delete_scaling_policy(PolicyName=name, ServiceNamespace="ecs", ResourceId=target.resource_id,
+                                              ScalableDimension=SCALABLE_DIMENSION)
+
+    _update_scaling = _create_scaling
+
+    # -- destroy ----------------------------------------------------------------------------
+
+    def plan_destroy(self, observed: ServicesFacts) -> list[Change]:
+        """Scaling first (it would scale the service back up), then every service scaled to zero
+        and deleted, awaited until INACTIVE (their targets leave the target groups and their
+        Cloud Map instances go), then the Cloud Map services, then the task definitions."""
+        changes = []
+        owned = sorted(observed.owned)
+        for name in owned:
+            resource_id = f"service/{observed.cluster}/{name}"
+            if resource_id in observed.targets:
+                changes.append(Change("delete", "scaling", name, calls=("application-autoscaling:DeregisterScalableTarget",),
+                                      payload=resource_id))
+        changes += [Change("delete", "service", name, calls=("ecs:UpdateService", "ecs:DeleteService"))
+                    for name in owned]
+        changes += [Change("delete", "discovery_service", name, calls=("servicediscovery:DeleteService",),
+                           payload=found["Id"]) for name, found in sorted(observed.discovery.items())]
+        changes += [Change("delete", "task_definition", family, calls=("ecs:DeregisterTaskDefinition",),
+                           payload=tuple(arns)) for family, arns in sorted(observed.revisions.items()) if arns]
+        changes += [Change("delete", "bundle", name, calls=("s3:DeleteObjects",), payload=versions,
+                           note=f"{len(versions)} object version(s) of its config bundles")
+                    for name, versions in sorted(observed.bundle_versions.items())]
+        return changes
+
+    def _delete_scaling(self, ctx, change: Change, observed: ServicesFacts) -> None:
+        unless_code({"ObjectNotFoundException", "ValidationException"},
+                    ctx.client("application-autoscaling").deregister_scalable_target,
+                    ServiceNamespace="ecs", ResourceId=change.payload, ScalableDimension=SCALABLE_DIMENSION)
+
+    def _delete_service(self, ctx, change: Change, observed: ServicesFacts) -> Accepted:
+        ecs = ctx.client("ecs")
+        gone = {"ServiceNotFoundException", "ServiceNotActiveException"}
+        unless_code(gone, ecs.update_service, cluster=observed.cluster, service=change.name, desiredCount=0)
+        unless_code(gone, ecs.delete_service, cluster=observed.cluster, service=change.name, force=True)
+        observed.services.pop(change.name, None)
+        check = waiters.botocore_check(ecs, "services_inactive", f"ECS service {change.name}",
+                                       cluster=observed.cluster, services=[change.name])
+        return Accepted(waits=(Wait(f"deletion of ECS service {change.name}", check),))
+
+    def _delete_discovery_service(self, ctx, change: Change, observed: ServicesFacts) -> None:
+        discovery = ctx.client("servicediscovery")
+        # ECS removes the service's instances as its tasks stop; Cloud Map refuses the delete until then.
+        waiters.retry_while(f"deletion of Cloud Map service {change.name}",
+                            lambda: unless_code({"ServiceNotFound"}, discovery.delete_service, Id=change.payload),
+                            {"ResourceInUse"}, log=ctx.log, stop=ctx.stop)
+        observed.discovery.pop(change.name, None)
+
+    def _delete_bundle(self, ctx, change: Change, observed: ServicesFacts) -> None:
+        s3 = ctx.client("s3")
+        for start in range(0, len(change.payload), 1000):
+            s3.delete_objects(Bucket=observed.config_bucket,
+                              Delete={"Objects": change.payload[start:start + 1000], "Quiet": True})
+        observed.bundle_versions.pop(change.name, None)
+
+    def _delete_task_definition(self, ctx, change: Change, observed: ServicesFacts) -> None:
+        ecs = ctx.client("ecs")
+        for arn in change.payload:
+            unless_code({"ClientException"}, ecs.deregister_task_definition, taskDefinition=arn)
+        observed.revisions.pop(change.name, None)
+
+    # -- outputs ----------------------------------------------------------------------------
+
+    def outputs(self, desired: ServicesDesired, observed: ServicesFacts) -> ServicesOutputs:
+        names = [s.name for s in desired.services]
+        namespace = desired.namespace_name
+        return ServicesOutputs(
+            cluster_name=desired.cluster,
+            services={name: observed.services[name]["serviceArn"] if name in observed.services else KNOWN_AFTER_APPLY
+                      for name in names},
+            task_definitions={name: observed.registered.get(name) or
+                              (observed.services[name]["taskDefinition"] if name in observed.services
+                               else KNOWN_AFTER_APPLY) for name in names},
+            discovery_names={name: f"{name}.{namespace}" for name in names})
+
+
+# --- the rollout -----------------------------------------------------------------------------
+
+
+class RolloutPoller:
+    """Awaits the rollouts of the services a run changed, with one describe_services per round
+    for up to ten of them: the first check of a round reads every awaited service, the others
+    use what it read."""
+
+    def __init__(self, ecs, elb, cluster: str):
+        self.ecs, self.elb, self.cluster = ecs, elb, cluster
+        self.expected: dict[str, tuple[str, list[str], float]] = {}  # name → (revision, target groups, deadline)
+        self.fresh: dict[str, dict] = {}
+
+    def expect(self, name: str, arn: str, target_groups: list[str], timeout: float) -> None:
+        self.expected[name] = (arn, target_groups, waiters.clock() + timeout)
+
+    def check(self, name: str) -> tuple[bool, str]:
+        service = self._read(name)
+        arn, target_groups, deadline = self.expected[name]
+        primary = next((d for d in service.get("deployments", []) if d["status"] == "PRIMARY"), None)
+        if primary is None or primary["taskDefinition"] != arn or primary.get("rolloutState") == "FAILED":
+            self.expected.pop(name)
+            raise WaitFailed(f"the rollout of service {name} failed"
+                             + (" and ECS rolled it back" if primary and primary["taskDefinition"] != arn else "")
+                             + f": {self._reasons(name, service, target_groups)}")
+        state = primary.get("rolloutState", "UNKNOWN")
+        status = f"{primary.get('runningCount', 0)}/{primary.get('desiredCount', 0)} running, {state}"
+        done = state == "COMPLETED" and primary.get("runningCount") == primary.get("desiredCount")
+        if done:
+            unhealthy = self._unhealthy_targets(target_groups)
+            if not unhealthy:
+                self.expected.pop(name)
+                return True, status
+            status += f", targets not healthy yet: {'; '.join(unhealthy)}"
+        if waiters.clock() > deadline:
+            self.expected.pop(name)
+            raise WaitFailed(f"the rollout of service {name} did not finish in time ({status}): "
+                             f"{self._reasons(name, service, target_groups)}")
+        return False, status
+
+    def _read(self, name: str) -> dict:
+        if name not in self.fresh:
+            names = sorted(self.expected)
+            for start in range(0, len(names), DESCRIBE_BATCH):
+                for service in self.ecs.describe_services(cluster=self.cluster,
+                                                          services=names[start:start + DESCRIBE_BATCH])["services"]:
+                    self.fresh[service["serviceName"]] = service
+        return self.fresh.pop(name)
+
+    def _unhealthy_targets(self, target_groups: list[str]) -> list[str]:
+        found = []
+        for arn in target_groups:
+            for target in self.elb.describe_target_health(TargetGroupArn=arn)["TargetHealthDescriptions"]:
+                health = target["TargetHealth"]
+                if health["State"] not in ("healthy", "draining"):
+                    found.append(f"{target['Target']['Id']} {health['State']}"
+                                 + (f" ({health.get('Reason')}: {health.get('Description', '')})"
+                                    if health.get("Reason") else ""))
+        return found
+
+    def _reasons(self, name: str, service: dict, target_groups: list[str]) -> str:
+        """What ECS says went wrong: its latest events, why tasks stopped, why targets are unhealthy."""
+        events = [event["message"] for event in service.get("events", [])[:3]]
+        stopped = []
+        arns = self.ecs.list_tasks(cluster=self.cluster, serviceName=name, desiredStatus="STOPPED")["taskArns"][:5]
+        if arns:
+            for task in self.ecs.describe_tasks(cluster=self.cluster, tasks=arns)["tasks"]:
+                reason = task.get("stoppedReason", "")
+                containers = [f"{c['name']}: {c['reason']}" for c in task.get("containers", []) if c.get("reason")]
+                stopped.append("; ".join([reason, *containers]).strip("; "))
+        parts = [f"events: {' | '.join(events)}" if events else "",
+                 f"stopped tasks: {' | '.join(s for s in stopped if s)}" if any(stopped) else "",
+                 f"targets: {' | '.join(self._unhealthy_targets(target_groups))}" if target_groups else ""]
+        return "; ".join(part for part in parts if part and not part.endswith(": ")) or "ECS gave no reason"
+
+
+# --- planning helpers (pure) -------------------------------------------------------------------
+
+
+def _get(values, key: str, what: str):
+    """`values[key]` of an upstream output map, or an Unknown naming it while not known."""
+    if isinstance(values, dict) and key in values:
+        return values[key]
+    return Unknown(f"{what}.{key}")
+
+
+def _known_list(values) -> list:
+    return list(values) if isinstance(values, list) else [values]
+
+
+def _with_image(service: DesiredService, image: str | None) -> dict:
+    if service.image is None:
+        return service.definition
+    resolved = image or Unknown(f"ecr.{service.image.repository}:{service.image.tag}")
+    return {**service.definition, "containerDefinitions": [
+        {**c, "image": resolved} if c["name"] == service.image.container else c
+        for c in service.definition["containerDefinitions"]]}
+
+
+def _in_service_hash(name: str, live: dict | None, observed: ServicesFacts, recorded: dict[str, dict]) -> str | None:
+    """The hash of the definition in service: the record's when it names that revision, else
+    the normal form of what observe described."""
+    if live is None:
+        return None
+    record = recorded.get(f"task_definition/{name}", {})
+    if record.get("arn") == live["taskDefinition"]:
+        return record.get("hash")
+    described = observed.definitions.get(name)
+    return taskdefs.definition_hash(described) if described else None
+
+
+def _definition_diffs(in_service: str | None, definition: dict, live: dict | None, observed: ServicesFacts,
+                      name: str) -> tuple[FieldDiff, ...]:
+    """Per container, what changes (image, environment, …); the whole definition when nothing
+    better is known."""
+    new = taskdefs.normalise(definition)
+    described = observed.definitions.get(name)
+    if live is None or described is None:
+        diffs = [FieldDiff("revision", live["taskDefinition"] if live else None, KNOWN_AFTER_APPLY)]
+        diffs += [FieldDiff(f"container:{c['name']}.image", None, c.get("image"))
+                  for c in new["containerDefinitions"]]
+        return tuple(diffs)
+    old = taskdefs.normalise(described)
+    diffs = [FieldDiff(key, old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
+             if key != "containerDefinitions" and old.get(key) != new.get(key)]
+    old_containers = {c["name"]: c for c in old["containerDefinitions"]}
+    for container in new["containerDefinitions"]:
+        before = old_containers.get(container["name"], {})
+        diffs += [FieldDiff(f"container:{container['name']}.{key}", before.get(key), container.get(key))
+                  for key in sorted(set(before) | set(container)) if before.get(key) != container.get(key)]
+    return tuple(diffs) or (FieldDiff("revision", live["taskDefinition"], KNOWN_AFTER_APPLY),)
+
+
+def _service_fields(service: DesiredService, arn: str, discovery: dict | None) -> dict:
+    return {"task_definition": arn, "desired_count": service.desired_count, "network": service.network,
+            "load_balancers": list(service.load_balancers),
+            "service_registries": [discovery["Arn"] if discovery else Unknown(f"services.discovery.{service.name}")],
+            "propagate_tags": "SERVICE", "deployment": service.deployment, "grace_period": service.grace_period,
+            "capacity_provider": service.capacity_provider, "managed_tags": True}
+
+
+def _live_fields(live: dict) -> dict:
+    network = live.get("networkConfiguration", {}).get("awsvpcConfiguration", {})
+    return {"task_definition": live["taskDefinition"], "desired_count": live["desiredCount"],
+            "network": {"subnets": sorted(network.get("subnets", [])),
+                        "securityGroups": sorted(network.get("securityGroups", [])),
+                        "assignPublicIp": network.get("assignPublicIp", "DISABLED")},
+            "load_balancers": [{"targetGroupArn": lb.get("targetGroupArn"), "containerName": lb.get("containerName"),
+                                "containerPort": lb.get("containerPort")} for lb in live.get("loadBalancers", [])],
+            "service_registries": [r["registryArn"] for r in live.get("serviceRegistries", [])],
+            "propagate_tags": live.get("propagateTags")}
+
+
+def _scaling(task, cluster: str, name: str, inputs) -> Scaling | None:
+    spec = task.autoscaling
+    if spec is None:
+        return None
+    cooldowns = {"ScaleInCooldown": spec.scale_in_cooldown_seconds, "ScaleOutCooldown": spec.scale_out_cooldown_seconds}
+    policies = {f"{name}-cpu": {"TargetValue": float(spec.cpu_target), **cooldowns,
+                                "PredefinedMetricSpecification": {"PredefinedMetricType": CPU_METRIC}}}
+    if spec.requests_per_target:
+        label = (f"{inputs.output('alb', 'arn_suffix')}/"
+                 f"{_get(inputs.output('alb', 'target_group_arn_suffixes'), task.target_group, 'alb.target_groups')}")
+        policies[f"{name}-requests"] = {"TargetValue": float(spec.requests_per_target), **cooldowns,
+                                        "PredefinedMetricSpecification": {"PredefinedMetricType": REQUESTS_METRIC,
+                                                                          "ResourceLabel": label}}
+    return Scaling(resource_id=f"service/{cluster}/{name}", min=spec.min, max=spec.max, policies=policies)
+
+
+def _plan_scaling(service: DesiredService, observed: ServicesFacts) -> list[Change]:
+    scaling = service.scaling
+    target = observed.targets.get(scaling.resource_id)
+    diffs = []
+    if target is None or (target["MinCapacity"], target["MaxCapacity"]) != (scaling.min, scaling.max):
+        diffs += [FieldDiff("min", target and target["MinCapacity"], scaling.min),
+                  FieldDiff("max", target and target["MaxCapacity"], scaling.max)]
+    policies = observed.policies.get(scaling.resource_id, {})
+    for name, config in scaling.policies.items():
+        current = policies.get(name, {}).get("TargetTrackingScalingPolicyConfiguration")
+        if _policy_view(current) != _policy_view(config):
+            diffs.append(FieldDiff(f"policy:{name}", _policy_view(current), _policy_view(config)))
+    diffs += [FieldDiff(f"policy:{name}", _policy_view(policy.get("TargetTrackingScalingPolicyConfiguration")), None)
+              for name, policy in sorted(policies.items()) if name not in scaling.policies]
+    if not diffs:
+        return []
+    calls = (("application-autoscaling:RegisterScalableTarget",) if any(d.field in ("min", "max") for d in diffs)
+             else ()) + ("application-autoscaling:PutScalingPolicy", "application-autoscaling:DeleteScalingPolicy")
+    return [Change("create" if target is None else "update", "scaling", service.name, diffs=tuple(diffs), calls=calls,
+                   payload=service)]
+
+
+def _policy_view(config: dict | None) -> dict | None:
+    if config is None:
+        return None
+    metric = config.get("PredefinedMetricSpecification", {})
+    return {"target": float(config.get("TargetValue", 0)), "metric": metric.get("PredefinedMetricType"),
+            "label": metric.get("ResourceLabel"), "scale_in": config.get("ScaleInCooldown"),
+            "scale_out": config.get("ScaleOutCooldown")}
+
+
+def _family(arn: str) -> str:
+    return arn.rsplit("/", 1)[-1].rsplit(":", 1)[0]
+
+
+def _revision(arn: str) -> int:
+    return int(arn.rsplit(":", 1)[-1])
+
+
+def _family_of(service: DesiredService) -> str:
+    return service.definition["family"]
+
+
+STEP = ServicesStep

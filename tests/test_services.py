@@ -1,0 +1,513 @@
+"""Step services: pure planner and task-definition tests first, then moto-backed apply, rollout,
+destroy and read-count tests."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import ManifestError, OrchestratorError
+from orchestrator.model import KNOWN_AFTER_APPLY
+from orchestrator.waiters import WaitFailed
+from steps import taskdefs
+from steps.services import ServicesFacts, ServicesStep, _policy_view, _service_fields
+from tests import harness
+
+STEP = ServicesStep()
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+ACCOUNT = harness.ACCOUNT
+OWNERSHIP = {"orchestrator:app": "gamepulse", "orchestrator:env": "dev", "orchestrator:step": "services"}
+DIGEST = "sha256:" + "1" * 64
+SERVICES = ["gamepulse", "prometheus", "loki", "jaeger", "grafana"]
+
+
+def upstream_outputs() -> dict:
+    """Known values of every output the step reads, as the upstream steps would give them."""
+    roles = {name: f"arn:aws:iam::{ACCOUNT}:role/gamepulse-dev-{name}" for name in SERVICES + ["otel-collector"]}
+    return {
+        "vpc": {"private_subnet_ids": ["subnet-b", "subnet-a"],
+                "security_groups": {"app": "sg-app", "monitoring": "sg-mon", "alb": "sg-alb"}},
+        "ecr": {"repositories": {"gamepulse": f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/gamepulse"}},
+        "storage": {"buckets": {"config": "gp-config", "loki-chunks": "gp-loki"}},
+        "secrets": {"arns": {name: f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:gamepulse/dev/{name}-AbCdEf"
+                             for name in ("db-connection", "grafana-admin", "slack-webhook")}},
+        "iam": {"execution_role_arn": f"arn:aws:iam::{ACCOUNT}:role/gamepulse-dev-execution",
+                "task_role_arns": roles},
+        "efs": {"file_system_id": "fs-1", "access_points": {"prometheus": "fsap-prom", "grafana": "fsap-graf"}},
+        "ecs": {"cluster_name": "gamepulse-dev", "log_groups": {name: f"/ecs/gamepulse-dev/{name}" for name in
+                                                                 SERVICES + ["otel-collector"]},
+                "namespace_id": "ns-1", "namespace_name": "gamepulse-dev.local"},
+        "alb": {"target_groups": {"gamepulse": "arn:tg/gamepulse", "grafana": "arn:tg/grafana"},
+                "arn_suffix": "app/gamepulse-dev/1", "target_group_arn_suffixes": {"gamepulse": "targetgroup/gp/2"}},
+    }
+
+
+def desired_for(manifest, outputs=None):
+    return STEP.desired(manifest, harness.inputs(STEP, outputs or upstream_outputs()))
+
+
+def image_uri(digest: str = DIGEST) -> str:
+    return f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/gamepulse@{digest}"
+
+
+def converged(desired, digest: str = DIGEST) -> tuple[ServicesFacts, dict]:
+    """Facts and records of a platform that runs exactly `desired` (what an apply left)."""
+    from steps.services import _with_image
+    facts = ServicesFacts(cluster=desired.cluster, namespace_id=desired.namespace_id,
+                          images={"gamepulse": image_uri(digest)})
+    recorded = {}
+    for service in desired.services:
+        arn = f"arn:aws:ecs:us-east-1:{ACCOUNT}:task-definition/gamepulse-dev-{service.name}:1"
+        facts.discovery[service.name] = {"Id": f"srv-{service.name}", "Arn": f"arn:sd:{service.name}"}
+        fields = _service_fields(service, arn, facts.discovery[service.name])
+        facts.services[service.name] = {
+            "serviceName": service.name, "serviceArn": f"arn:svc/{service.name}", "status": "ACTIVE",
+            "taskDefinition": arn, "desiredCount": service.desired_count,
+            "networkConfiguration": {"awsvpcConfiguration": service.network},
+            "loadBalancers": list(service.load_balancers),
+            "serviceRegistries": [{"registryArn": facts.discovery[service.name]["Arn"]}],
+            "propagateTags": "SERVICE", "tags": [{"key": k, "value": v} for k, v in desired.tags.items()]}
+        facts.owned.add(service.name)
+        recorded[f"task_definition/{service.name}"] = {
+            "arn": arn, "hash": taskdefs.definition_hash(_with_image(service, facts.images.get(service.name)))}
+        recorded[f"service/{service.name}"] = {key: fields[key] for key in
+                                              ("deployment", "grace_period", "capacity_provider", "managed_tags")}
+        if service.bundle:
+            recorded[f"bundle/{service.name}"] = {"hash": service.bundle.hash}
+        if service.scaling:
+            scaling = service.scaling
+            facts.targets[scaling.resource_id] = {"ResourceId": scaling.resource_id, "MinCapacity": scaling.min,
+                                                  "MaxCapacity": scaling.max}
+            facts.policies[scaling.resource_id] = {
+                name: {"PolicyName": name, "TargetTrackingScalingPolicyConfiguration": config}
+                for name, config in scaling.policies.items()}
+    return facts, recorded
+
+
+def keys(changes) -> list[str]:
+    return [f"{c.action} {c.key}" for c in changes]
+
+
+def changed(manifest, **section_updates):
+    """The manifest with deep updates, e.g. services={"tasks": {"loki": {"cpu": 1024}}}."""
+    data = manifest.model_dump()
+
+    def merge(base, update):
+        for key, value in update.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                merge(base[key], value)
+            else:
+                base[key] = value
+    merge(data, section_updates)
+    return type(manifest).model_validate(data)
+
+
+# --- desired: the task definitions ---------------------------------------------------------------
+
+
+def container(definition: dict, name: str) -> dict:
+    return next(c for c in definition["containerDefinitions"] if c["name"] == name)
+
+
+def test_gamepulse_runs_the_app_after_the_collector_sidecar_with_its_bundle_copied_first(manifest):
+    gamepulse = desired_for(manifest).services[0]
+    task = gamepulse.definition
+    assert (task["networkMode"], task["requiresCompatibilities"], task["cpu"], task["memory"]) == \
+        ("awsvpc", ["FARGATE"], "512", "1024")
+    assert [c["name"] for c in task["containerDefinitions"]] == ["config-init", "otel-collector", "gamepulse"]
+    init, collector, app = task["containerDefinitions"]
+    assert init["essential"] is False and init["image"] == "public.ecr.aws/aws-cli/aws-cli:2.27.50"
+    assert init["command"][-2] == f"s3://gp-config/gamepulse/{gamepulse.bundle.hash}/"
+    assert collector["dependsOn"] == [{"containerName": "config-init", "condition": "SUCCESS"}]
+    assert collector["healthCheck"]["command"] == ["CMD", "/healthcheck"]
+    assert app["dependsOn"] == [{"containerName": "otel-collector", "condition": "HEALTHY"}]
+    assert app["secrets"] == [{"name": "ConnectionStrings__GamePulse",
+                               "valueFrom": upstream_outputs()["secrets"]["arns"]["db-connection"]}]
+    assert {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://localhost:4317"} in app["environment"]
+    assert app["logConfiguration"]["options"]["awslogs-group"] == "/ecs/gamepulse-dev/gamepulse"
+    assert (gamepulse.image.repository, gamepulse.image.tag, gamepulse.image.uri) == \
+        ("gamepulse", "1.4.1", f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/gamepulse")
+    assert gamepulse.load_balancers == ({"targetGroupArn": "arn:tg/gamepulse", "containerName": "gamepulse",
+                                         "containerPort": 8080},)
+    assert gamepulse.network == {"subnets": ["subnet-a", "subnet-b"], "securityGroups": ["sg-app"],
+                                 "assignPublicIp": "DISABLED"}
+    assert gamepulse.deployment["deploymentCircuitBreaker"] == {"enable": True, "rollback": True}
+    assert (gamepulse.scaling.min, gamepulse.scaling.max) == (2, 10)
+    assert list(gamepulse.scaling.policies) == ["gamepulse-cpu"]
+
+
+def test_prometheus_and_grafana_keep_their_data_on_efs_and_stop_before_they_start(manifest):
+    services = {s.name: s for s in desired_for(manifest).services}
+    for name, access_point, data_dir in (("prometheus", "fsap-prom", "/prometheus"),
+                                         ("grafana", "fsap-graf", "/var/lib/grafana")):
+        service = services[name]
+        volume = next(v for v in service.definition["volumes"] if v["name"] == "data")
+        assert volume["efsVolumeConfiguration"] == {
+            "fileSystemId": "fs-1", "transitEncryption": "ENABLED",
+            "authorizationConfig": {"accessPointId": access_point, "iam": "ENABLED"}}
+        assert {"sourceVolume": "data", "containerPath": data_dir} in container(service.definition, name)["mountPoints"]
+        assert (service.deployment["maximumPercent"], service.deployment["minimumHealthyPercent"]) == (100, 0)
+        assert service.capacity_provider == "FARGATE_SPOT"
+    assert container(services["loki"].definition, "loki")["stopTimeout"] == 120
+    grafana = container(services["grafana"].definition, "grafana")
+    assert grafana["secrets"][0]["name"] == "GF_SECURITY_ADMIN_PASSWORD"
+
+
+def test_prod_runs_the_monitoring_services_on_fargate_not_spot(tmp_path):
+    from orchestrator.manifest import load_manifest
+    from tests.conftest import MANIFESTS
+    prod = desired_for(load_manifest(MANIFESTS, "prod"))
+    assert {s.name: s.capacity_provider for s in prod.services}["prometheus"] == "FARGATE"
+    assert (prod.services[0].scaling.min, prod.services[0].scaling.max) == (3, 20)
+
+
+def test_a_size_fargate_does_not_run_is_a_manifest_error_with_file_and_line(tmp_path):
+    from orchestrator.manifest import load_manifest
+    from tests.conftest import MANIFESTS
+    for file in MANIFESTS.glob("*.yaml"):
+        (tmp_path / file.name).write_text(file.read_text())
+    (tmp_path / "dev.yaml").write_text((tmp_path / "dev.yaml").read_text()
+                                       + "services:\n  tasks:\n    loki: {cpu: 256, memory: 4096}\n")
+    with pytest.raises(ManifestError) as error:
+        load_manifest(tmp_path, "dev")
+    assert f"{tmp_path / 'dev.yaml'}:8: services.tasks.loki.memory: Fargate does not run 256 CPU units with " \
+           "4096 MiB" in str(error.value)
+
+
+# --- the normaliser --------------------------------------------------------------------------------
+
+
+def test_normaliser_finds_a_rendered_definition_equal_to_what_real_ecs_answers(manifest):
+    """The fixture is DescribeTaskDefinition's answer as ECS gives it (shape from the botocore
+    model and the ECS API reference): defaults filled in, environment reordered, fields only ECS sets."""
+    from steps.services import _with_image
+    answer = json.loads((FIXTURES / "describe_task_definition_gamepulse.json").read_text())["taskDefinition"]
+    rendered = copy.deepcopy(_with_image(desired_for(manifest).services[0], image_uri()))
+    container(rendered, "config-init")["command"][-2] = "s3://gp-config/gamepulse/HASH/"  # the fixture's bundle
+    assert taskdefs.normalise(answer) == taskdefs.normalise(rendered)
+    assert taskdefs.definition_hash(answer) == taskdefs.definition_hash(rendered)
+
+    container(rendered, "otel-collector")["image"] = "public.ecr.aws/aws-observability/aws-otel-collector:v0.50.0"
+    assert taskdefs.definition_hash(answer) != taskdefs.definition_hash(rendered)
+
+
+def test_normaliser_ignores_order_ecs_does_not_keep_and_defaults_it_fills_in():
+    request = {"family": "f", "cpu": 256, "memory": "512", "containerDefinitions": [{
+        "name": "c", "image": "i:1", "environment": [{"name": "B", "value": "2"}, {"name": "A", "value": "1"}],
+        "portMappings": [{"containerPort": 80}], "healthCheck": {"command": ["CMD", "true"]}}]}
+    answer = {"family": "f", "cpu": "256", "memory": "512", "revision": 7, "status": "ACTIVE",
+              "compatibilities": ["EC2", "FARGATE"], "registeredAt": "2026-01-01T00:00:00Z",
+              "requiresAttributes": [{"name": "com.amazonaws.ecs.capability.docker-remote-api.1.18"}],
+              "placementConstraints": [], "volumes": [], "containerDefinitions": [{
+                  "name": "c", "image": "i:1", "cpu": 0, "essential": True, "mountPoints": [], "volumesFrom": [],
+                  "systemControls": [], "environment": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
+                  "portMappings": [{"containerPort": 80, "hostPort": 80, "protocol": "tcp"}],
+                  "healthCheck": {"command": ["CMD", "true"], "interval": 30, "timeout": 5, "retries": 3}}]}
+    assert taskdefs.normalise(answer) == taskdefs.normalise(request)
+    answer["containerDefinitions"][0]["environment"][0]["value"] = "changed"
+    assert taskdefs.normalise(answer) != taskdefs.normalise(request)
+
+
+# --- pure planning ---------------------------------------------------------------------------------
+
+
+def test_plan_from_nothing_creates_every_resource_kind_per_service(manifest):
+    desired = STEP.desired(manifest, harness.inputs(STEP))  # nothing upstream known yet
+    changes = STEP.plan(desired, ServicesFacts(), {})
+    assert keys(changes)[:5] == ["create bundle/gamepulse", "create task_definition/gamepulse",
+                                 "create discovery_service/gamepulse", "create service/gamepulse",
+                                 "create scaling/gamepulse"]
+    assert len([c for c in changes if c.kind == "service"]) == 5
+    service = next(c for c in changes if c.key == "service/gamepulse")
+    assert dict((d.field, d.new) for d in service.diffs)["task_definition"] == KNOWN_AFTER_APPLY
+
+
+def test_plan_is_empty_when_everything_matches(manifest):
+    desired = desired_for(manifest)
+    facts, recorded = converged(desired)
+    assert STEP.plan(desired, facts, recorded) == []
+
+
+def test_new_image_digest_is_one_new_revision_and_one_service_update(manifest):
+    desired = desired_for(manifest)
+    facts, recorded = converged(desired)
+    facts.images["gamepulse"] = image_uri("sha256:" + "2" * 64)
+    changes = STEP.plan(desired, facts, recorded)
+    assert keys(changes) == ["update task_definition/gamepulse", "update service/gamepulse"]
+    assert [d.field for d in changes[1].diffs] == ["task_definition"]
+    assert "left to autoscaling" in changes[1].note
+
+
+def test_environment_variable_change_is_a_new_revision_of_that_service_only(manifest):
+    desired = desired_for(manifest)
+    facts, recorded = converged(desired)
+    env = {"ASPNETCORE_URLS": "http://+:8080", "FEATURE_X": "on"}
+    new = desired_for(changed(manifest, services={"tasks": {"gamepulse": {"app": {"environment": env}}}}))
+    assert keys(STEP.plan(new, facts, recorded)) == ["update task_definition/gamepulse", "update service/gamepulse"]
+
+
+def test_config_file_change_is_a_new_bundle_revision_and_rollout(manifest):
+    desired = desired_for(manifest)
+    facts, recorded = converged(desired)
+    new = desired_for(changed(manifest, observability={"metrics_retention_days": 30}))
+    assert keys(STEP.plan(new, facts, recorded)) == \
+        ["update bundle/prometheus", "update task_definition/prometheus", "update service/prometheus"]
+
+
+def test_cpu_and_memory_change_is_a_new_revision(manifest):
+    desired = desired_for(manifest)
+    facts, recorded = converged(desired)
+    new = desired_for(changed(manifest, services={"tasks": {"loki": {"cpu": 1024, "memory": 2048}}}))
+    changes = STEP.plan(new, facts, recorded)
+    assert keys(changes) == ["update task_definition/loki", "update service/loki"]
+
+
+def test_desired_count_is_left_to_autoscaling_where_it_manages_the_service(manifest):
+    desired = desired_for(manifest)
+    facts, recorded = converged(desired)
+    facts.services["gamepulse"]["desiredCount"] = 7  # autoscaling scaled out
+    assert STEP.plan(desired, facts, recorded) == []
+    new = desired_for(changed(manifest, services={"tasks": {"jaeger": {"desired_count": 2}}}))
+    [change] = STEP.plan(new, facts, recorded)
+    assert change.key == "service/jaeger" and [(d.field, d.old, d.new) for d in change.diffs] == \
+        [("desired_count", 1, 2)]
+
+
+def test_dropped_fields_are_compared_with_the_last_applied_record(manifest):
+    """moto drops deploymentConfiguration and the grace period: the record, not moto, says they match."""
+    desired = desired_for(manifest)
+    facts, recorded = converged(desired)
+    new = desired_for(changed(manifest, services={"tasks": {"gamepulse": {"grace_period_seconds": 120}}}))
+    [change] = STEP.plan(new, facts, recorded)
+    assert [(d.field, d.old, d.new) for d in change.diffs] == [("grace_period", 60, 120)]
+
+
+def test_requests_per_target_adds_a_second_tracking_policy(manifest):
+    desired = desired_for(manifest)
+    facts, recorded = converged(desired)
+    new = desired_for(changed(manifest, services={"tasks": {"gamepulse": {"autoscaling": {"requests_per_target": 500}}}}))
+    [change] = STEP.plan(new, facts, recorded)
+    assert change.key == "scaling/gamepulse" and [d.field for d in change.diffs] == ["policy:gamepulse-requests"]
+    assert change.diffs[0].new == _policy_view(new.services[0].scaling.policies["gamepulse-requests"])
+    assert change.diffs[0].new["label"] == "app/gamepulse-dev/1/targetgroup/gp/2"
+
+
+# --- moto: apply, change, roll out, destroy ------------------------------------------------------------
+
+
+@pytest.fixture
+def platform(aws, manifest, monkeypatch):
+    """Every step the services step depends on, applied; the repository holds 1.4.1 and 1.4.2."""
+    monkeypatch.setenv("ORCHESTRATOR_SANDBOX_IMAGE_TAGS", "1.4.1 1.4.2")
+    monkeypatch.setenv("MOTO_ECS_SERVICE_RUNNING", "1")
+    engine = harness.engine(manifest, aws, with_state=True)
+    results = engine.apply(targets=list(STEP.depends_on))
+    engine.lease.release()
+    assert {r.status for r in results.values()} == {"ok"}, {n: r.error for n, r in results.items()}
+    return {name: result.outputs for name, result in results.items()}
+
+
+def run(manifest, aws, platform, recorded, **kwargs):
+    return harness.run_step(STEP, manifest, aws, upstream=platform, recorded=recorded, **kwargs)
+
+
+def ecs_client():
+    import boto3
+    return boto3.client("ecs", region_name="us-east-1")
+
+
+@pytest.mark.managed_policies
+def test_create_then_unchanged_apply_makes_no_call_and_registers_nothing(aws, manifest, platform):
+    recorded: dict = {}
+    applied, outputs, _ = run(manifest, aws, platform, recorded)
+    assert len([c for c in applied if c.kind == "service"]) == 5
+    ecs = ecs_client()
+    described = ecs.describe_services(cluster="gamepulse-dev", services=SERVICES, include=["TAGS"])["services"]
+    by_name = {s["serviceName"]: s for s in described}
+    assert by_name["gamepulse"]["loadBalancers"][0]["containerPort"] == 8080
+    assert by_name["gamepulse"]["networkConfiguration"]["awsvpcConfiguration"]["assignPublicIp"] == "DISABLED"
+    assert all(s["serviceRegistries"] for s in described)
+    assert {t["key"]: t["value"] for t in by_name["loki"]["tags"]}["orchestrator:step"] == "services"
+    definition = ecs.describe_task_definition(taskDefinition=outputs["task_definitions"]["gamepulse"])["taskDefinition"]
+    assert "@sha256:" in container(definition, "gamepulse")["image"]
+    import boto3
+    keys_in_bucket = [o["Key"] for o in boto3.client("s3", region_name="us-east-1").list_objects_v2(
+        Bucket=platform["storage"]["buckets"]["config"])["Contents"]]
+    assert any(k.startswith("grafana/") and k.endswith("datasources/datasources.yaml") for k in keys_in_bucket)
+    scaling = boto3.client("application-autoscaling", region_name="us-east-1")
+    [target] = scaling.describe_scalable_targets(ServiceNamespace="ecs")["ScalableTargets"]
+    assert (target["ResourceId"], target["MinCapacity"], target["MaxCapacity"]) == \
+        ("service/gamepulse-dev/gamepulse", 2, 10)
+    sd = boto3.client("servicediscovery", region_name="us-east-1")
+    assert sorted(s["Name"] for s in sd.list_services()["Services"]) == sorted(SERVICES)
+
+    before = len(aws.ledger.calls)
+    applied, _, _ = run(manifest, aws, platform, recorded)
+    assert applied == []
+    calls = harness.calls_since(aws, before, "services")
+    assert [c.operation for c in calls if c.mutating] == []
+    assert "DescribeTaskDefinition" not in [c.operation for c in calls]
+
+
+@pytest.mark.managed_policies
+def test_image_tag_change_registers_exactly_one_revision_and_updates_one_service(aws, manifest, platform):
+    recorded: dict = {}
+    run(manifest, aws, platform, recorded)
+    new = changed(manifest, images={"repositories": {"gamepulse": {"tag": "1.4.2"}}})
+    before = len(aws.ledger.calls)
+    applied, outputs, _ = run(new, aws, platform, recorded)
+    assert keys(applied) == ["update task_definition/gamepulse", "update service/gamepulse"]
+    mutating = [c.operation for c in harness.calls_since(aws, before, "services") if c.mutating]
+    assert mutating == ["RegisterTaskDefinition", "UpdateService"]
+    [service] = ecs_client().describe_services(cluster="gamepulse-dev", services=["gamepulse"])["services"]
+    primary = next(d for d in service["deployments"] if d["status"] == "PRIMARY")
+    assert primary["taskDefinition"] == outputs["task_definitions"]["gamepulse"]
+    assert outputs["task_definitions"]["gamepulse"].endswith(":2")
+
+
+@pytest.mark.managed_policies
+def test_config_file_change_uploads_a_new_bundle_and_rolls_that_service(aws, manifest, platform):
+    recorded: dict = {}
+    run(manifest, aws, platform, recorded)
+    new = changed(manifest, observability={"metrics_retention_days": 30})
+    before = len(aws.ledger.calls)
+    applied, outputs, _ = run(new, aws, platform, recorded)
+    assert keys(applied) == ["update bundle/prometheus", "update task_definition/prometheus",
+                             "update service/prometheus"]
+    assert [c.operation for c in harness.calls_since(aws, before, "services") if c.mutating] == \
+        ["PutObject", "RegisterTaskDefinition", "UpdateService"]
+    definition = ecs_client().describe_task_definition(
+        taskDefinition=outputs["task_definitions"]["prometheus"])["taskDefinition"]
+    assert recorded["bundle/prometheus"]["hash"] in container(definition, "config-init")["command"][-2]
+
+
+@pytest.mark.managed_policies
+def test_missing_image_tag_stops_the_step_before_any_change(aws, manifest, platform):
+    new = changed(manifest, images={"repositories": {"gamepulse": {"tag": "9.9.9"}}})
+    before = len(aws.ledger.calls)
+    with pytest.raises(OrchestratorError, match=r"image tag '9.9.9' does not exist in ECR repository 'gamepulse' "
+                                                r"\(its tags: 1.4.2, 1.4.1\)"):
+        run(new, aws, platform, {})
+    assert [c for c in aws.ledger.calls[before:] if c.mutating and c.step == "services"] == []
+
+
+def _inject_describe_services(aws, answer):
+    """ECS's own DescribeServices answers once the rollout began (after UpdateService), which
+    moto cannot give."""
+    class Http:
+        status_code = 200
+        headers: dict = {}
+
+    rolling = []
+    aws.register("after-call.ecs.UpdateService", lambda **kwargs: rolling.append(True))
+    aws.register("before-call.ecs.DescribeServices", lambda **kwargs: (Http(), answer()) if rolling else None)
+
+
+@pytest.mark.managed_policies
+def test_circuit_breaker_rollback_fails_the_step_naming_ecs_reasons(aws, manifest, platform):
+    recorded: dict = {}
+    run(manifest, aws, platform, recorded)
+    old = recorded["task_definition/gamepulse"]["arn"]
+    _inject_describe_services(aws, lambda: {"services": [{
+        "serviceName": "gamepulse", "status": "ACTIVE", "desiredCount": 2, "runningCount": 2,
+        "taskDefinition": old,
+        "deployments": [{"status": "PRIMARY", "taskDefinition": old, "rolloutState": "COMPLETED",
+                         "desiredCount": 2, "runningCount": 2},
+                        {"status": "ACTIVE", "taskDefinition": old.rsplit(":", 1)[0] + ":2", "rolloutState": "FAILED",
+                         "desiredCount": 0, "runningCount": 0}],
+        "events": [{"message": "(service gamepulse) deployment failed: tasks failed to start."},
+                   {"message": "(service gamepulse) rolling back to deployment ecs-svc/1."}]}],
+        "failures": []})
+    new = changed(manifest, images={"repositories": {"gamepulse": {"tag": "1.4.2"}}})
+    with pytest.raises(WaitFailed) as error:
+        run(new, aws, platform, recorded)
+    message = str(error.value)
+    assert "rollout of service gamepulse failed and ECS rolled it back" in message
+    assert "tasks failed to start" in message
+
+
+@pytest.mark.managed_policies
+def test_a_rollout_that_never_completes_fails_at_its_deadline_with_its_last_state(aws, manifest, platform,
+                                                                                   monkeypatch):
+    from orchestrator import waiters
+    recorded: dict = {}
+    run(manifest, aws, platform, recorded)
+    now = [0.0]
+    monkeypatch.setattr(waiters, "clock", lambda: now[0])
+    monkeypatch.setattr(waiters, "sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
+
+    new_arn = recorded["task_definition/gamepulse"]["arn"].rsplit(":", 1)[0] + ":2"  # what the apply registers
+
+    def stuck():
+        return {"services": [{"serviceName": "gamepulse", "status": "ACTIVE", "desiredCount": 2, "runningCount": 1,
+                              "taskDefinition": new_arn,
+                              "deployments": [{"status": "PRIMARY", "taskDefinition": new_arn,
+                                               "rolloutState": "IN_PROGRESS", "desiredCount": 2, "runningCount": 1}],
+                              "events": [{"message": "(service gamepulse) is unable to consistently start tasks"}]}],
+                "failures": []}
+
+    _inject_describe_services(aws, stuck)
+    new = changed(manifest, images={"repositories": {"gamepulse": {"tag": "1.4.2"}}})
+    with pytest.raises(WaitFailed, match=r"did not finish in time \(1/2 running, IN_PROGRESS\).*unable to "
+                                         r"consistently start tasks"):
+        run(new, aws, platform, recorded)
+
+
+@pytest.mark.managed_policies
+def test_autoscaled_count_survives_an_apply(aws, manifest, platform):
+    recorded: dict = {}
+    run(manifest, aws, platform, recorded)
+    ecs_client().update_service(cluster="gamepulse-dev", service="gamepulse", desiredCount=6)
+    new = changed(manifest, images={"repositories": {"gamepulse": {"tag": "1.4.2"}}})
+    applied, _, _ = run(new, aws, platform, recorded)
+    assert "left to autoscaling (6 now, 2..10)" in applied[-1].note
+    [service] = ecs_client().describe_services(cluster="gamepulse-dev", services=["gamepulse"])["services"]
+    assert service["desiredCount"] == 6
+
+
+@pytest.mark.managed_policies
+def test_destroy_drains_services_before_target_groups_and_cloud_map_services_before_the_namespace(
+        aws, manifest, monkeypatch):
+    monkeypatch.setenv("ORCHESTRATOR_SANDBOX_IMAGE_TAGS", "1.4.1")
+    monkeypatch.setenv("MOTO_ECS_SERVICE_RUNNING", "1")
+    engine = harness.engine(manifest, aws)
+    assert {r.status for r in engine.apply().values()} == {"ok"}
+    before = len(aws.ledger.calls)
+    results = engine.destroy()
+    assert results["services"].status == "ok", results["services"].error
+    order = [f"{c.service}:{c.operation}" for c in aws.ledger.calls[before:] if c.mutating]
+    first = {op: order.index(op) for op in reversed(order)}
+    assert first["ecs:UpdateService"] < first["ecs:DeleteService"] < first["elastic-load-balancing-v2:DeleteTargetGroup"]
+    assert first["servicediscovery:DeleteService"] < first["servicediscovery:DeleteNamespace"]
+    assert first["ecs:DeleteService"] < first["ecs:DeleteCluster"]
+    assert ecs_client().list_task_definitions(familyPrefix="gamepulse-dev-", status="ACTIVE")["taskDefinitionArns"] == []
+
+
+@pytest.mark.managed_policies
+def test_fifty_services_read_at_most_twice_what_dev_reads_unchanged(aws, manifest, platform):
+    """Reads grow slowly with the number of services: batched describes, records instead of
+    one describe per task definition."""
+    def unchanged_reads(the_manifest) -> int:
+        recorded: dict = {}
+        run(the_manifest, aws, platform, recorded)
+        before = len(aws.ledger.calls)
+        run(the_manifest, aws, platform, recorded)
+        calls = harness.calls_since(aws, before, "services")
+        assert [c for c in calls if c.mutating] == []
+        return len(calls)
+
+    dev_reads = unchanged_reads(manifest)
+    tasks = {f"worker-{index:02}": {"bundle": "jaeger", "cpu": 256, "memory": 512, "security_group": "monitoring"}
+             for index in range(45)}
+    roles = {name: {"grants": ["config-read"]} for name in tasks}
+    big = changed(manifest, services={"tasks": tasks}, iam={"task_roles": roles},
+                  cluster={"log_groups": [*manifest.cluster.log_groups, *tasks]})
+    outputs = copy.deepcopy(platform)
+    outputs["iam"]["task_role_arns"].update({name: outputs["iam"]["task_role_arns"]["jaeger"] for name in tasks})
+    outputs["ecs"]["log_groups"].update({name: outputs["ecs"]["log_groups"]["jaeger"] for name in tasks})
+    platform.update(outputs)
+    assert len(big.services.tasks) == 50
+    fifty_reads = unchanged_reads(big)
+    assert fifty_reads <= 2 * dev_reads, (fifty_reads, dev_reads)
