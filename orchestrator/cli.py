@@ -404,8 +404,9 @@ def live_views(aws, manifest, graph, records: dict) -> dict:
     """What each applied step that offers a live view (`Step.live`) reports now: alarm states,
     URLs. Read-only."""
     from orchestrator.context import StepContext
-    return {name: step.live(StepContext(aws=aws, manifest=manifest, step=name), records[name].get("outputs") or {})
-            for name, step in graph.steps.items() if hasattr(step, "live") and name in records}
+    views = {name: step.live(StepContext(aws=aws, manifest=manifest, step=name), records[name].get("outputs") or {})
+             for name, step in graph.steps.items() if name in records}
+    return {name: view for name, view in views.items() if view}
 
 
 @cli.command()
@@ -446,7 +447,8 @@ def graph(options: Options, env: str, fmt: str):
                                                  "credentials' account).")
 @click.pass_obj
 def policy(options: Options, env: str, account_id: str | None):
-    """The deploy role's least-privilege IAM policy for ENV, as JSON."""
+    """The deploy role's least-privilege IAM policies for ENV, as JSON: managed policies by name
+    (the statements outgrow one policy), to create and attach to the role that deploys ENV."""
     from orchestrator import permissions, state
 
     manifest = load(options, env)
@@ -455,7 +457,7 @@ def policy(options: Options, env: str, account_id: str | None):
     graph = build_graph()
     document = permissions.deploy_policy(manifest, scope, [graph.steps[name] for name in graph.order()],
                                          state.permissions(manifest.state.table, scope))
-    click.echo(json.dumps(document, indent=2))
+    click.echo(json.dumps(permissions.managed_policies(document, f"{manifest.prefix}-deploy"), indent=2))
 
 
 @cli.command()

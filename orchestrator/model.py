@@ -224,6 +224,11 @@ class Step:
       certificate that does not exist, a secret source that cannot be read, an image tag not
       pushed), one message each. The engine runs it for every selected step before any step
       applies; a problem stops the run before any change. Default: none.
+    - ``permissions(manifest, scope)`` — the IAM statements the deploy role needs for this step's
+      observe, apply and destroy, scoped to the environment's resource names
+      (`orchestrator.permissions`; `orchestrator policy ENV` prints them all).
+    - ``live(ctx, outputs)`` — read-only: what `status --live` shows of the step now (alarm
+      states, URLs). Default: nothing.
     """
 
     name: ClassVar[str]
@@ -252,6 +257,12 @@ class Step:
 
     def preflight(self, ctx, desired, observed) -> list[str]:
         return []
+
+    def permissions(self, manifest, scope) -> list[dict]:
+        raise NotImplementedError
+
+    def live(self, ctx, outputs: dict) -> dict:
+        return {}
 
 
 def diff_fields(desired: Any, actual: Any, fields: list[str] | tuple[str, ...]) -> tuple[FieldDiff, ...]:

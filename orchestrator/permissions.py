@@ -7,6 +7,7 @@ support no resource-level permissions, and each step says so where it uses it.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 
@@ -66,3 +67,23 @@ def deploy_policy(manifest, scope: Scope, steps, state_statements: list[dict]) -
     for step in steps:
         statements += [s for s in step.permissions(manifest, scope) if s not in statements]
     return {"Version": "2012-10-17", "Statement": statements}
+
+
+#: IAM's limit on a managed policy's size, counted without whitespace; a role takes 10 of them
+#: by default (more on request), where one inline policy may hold 10,240 characters in all.
+MANAGED_POLICY_CHARACTERS = 6_144
+
+
+def managed_policies(document: dict, name: str) -> dict[str, dict]:
+    """`document`'s statements, in order, packed into as few managed policies as IAM's size
+    limit allows, named `NAME-1`, `NAME-2`, …: the deploy policy outgrew an inline policy."""
+    def size(statements: list[dict]) -> int:
+        return len(json.dumps({"Version": document["Version"], "Statement": statements}, separators=(",", ":")))
+
+    packs: list[list[dict]] = [[]]
+    for statement in document["Statement"]:
+        if packs[-1] and size(packs[-1] + [statement]) > MANAGED_POLICY_CHARACTERS:
+            packs.append([])
+        packs[-1].append(statement)
+    return {f"{name}-{number}": {"Version": document["Version"], "Statement": statements}
+            for number, statements in enumerate(packs, start=1)}
