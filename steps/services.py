@@ -506,7 +506,8 @@ class ServicesStep(Step):
                     for name in owned]
         changes += [Change("delete", "discovery_service", name, calls=("servicediscovery:DeleteService",),
                            payload=found["Id"]) for name, found in sorted(observed.discovery.items())]
-        changes += [Change("delete", "task_definition", family, calls=("ecs:DeregisterTaskDefinition",),
+        changes += [Change("delete", "task_definition", family,
+                           calls=("ecs:DeregisterTaskDefinition", "ecs:DeleteTaskDefinitions"),
                            payload=tuple(arns)) for family, arns in sorted(observed.revisions.items()) if arns]
         changes += [Change("delete", "bundle", name, calls=("s3:DeleteObjects",), payload=versions,
                            note=f"{len(versions)} object version(s) of its config bundles")
@@ -544,9 +545,13 @@ class ServicesStep(Step):
         observed.bundle_versions.pop(change.name, None)
 
     def _delete_task_definition(self, ctx, change: Change, observed: ServicesFacts) -> None:
+        """Deregistered, then deleted: an INACTIVE revision would otherwise stay, with our tags."""
         ecs = ctx.client("ecs")
-        for arn in change.payload:
+        arns = list(change.payload)
+        for arn in arns:
             unless_code({"ClientException"}, ecs.deregister_task_definition, taskDefinition=arn)
+        for start in range(0, len(arns), 10):
+            ecs.delete_task_definitions(taskDefinitions=arns[start:start + 10])
         observed.revisions.pop(change.name, None)
 
     # -- outputs ----------------------------------------------------------------------------
@@ -562,6 +567,50 @@ class ServicesStep(Step):
                               (observed.services[name]["taskDefinition"] if name in observed.services
                                else KNOWN_AFTER_APPLY) for name in names},
             discovery_names={name: f"{name}.{namespace}" for name in names})
+
+
+# --- status --live ---------------------------------------------------------------------------
+
+
+def live_status(aws, manifest) -> dict[str, dict]:
+    """Per service of the manifest, what ECS and the load balancer say now: desired, running and
+    pending tasks, the PRIMARY deployment's rollout state, the revision in service, target health."""
+    if manifest.services is None:
+        return {}
+    ecs, elb = aws.client("ecs"), aws.client("elbv2")
+    names = list(manifest.services.tasks)
+    found: dict[str, dict] = {}
+    try:
+        for start in range(0, len(names), DESCRIBE_BATCH):
+            for service in ecs.describe_services(cluster=manifest.prefix,
+                                                 services=names[start:start + DESCRIBE_BATCH])["services"]:
+                if service["status"] != "INACTIVE":
+                    found[service["serviceName"]] = service
+    except Exception as error:
+        if error_code(error) != "ClusterNotFoundException":
+            raise
+    states = {}
+    for name in names:
+        service = found.get(name)
+        if service is None:
+            states[name] = {"line": "not deployed"}
+            continue
+        primary = next((d for d in service.get("deployments", []) if d["status"] == "PRIMARY"), {})
+        health: dict[str, int] = {}
+        for balancer in service.get("loadBalancers", []):
+            for target in elb.describe_target_health(TargetGroupArn=balancer["targetGroupArn"])[
+                    "TargetHealthDescriptions"]:
+                state = target["TargetHealth"]["State"]
+                health[state] = health.get(state, 0) + 1
+        state = {"desired": service["desiredCount"], "running": service["runningCount"],
+                 "pending": service["pendingCount"], "rollout": primary.get("rolloutState", "-"),
+                 "revision": service["taskDefinition"].rsplit("/", 1)[-1], "targets": health}
+        targets = (", targets " + (", ".join(f"{count} {what}" for what, count in sorted(health.items())) or "none")
+                   if service.get("loadBalancers") else "")
+        state["line"] = (f"{state['running']}/{state['desired']} running, {state['pending']} pending, rollout "
+                         f"{state['rollout']}, revision {state['revision']}{targets}")
+        states[name] = state
+    return states
 
 
 # --- the rollout -----------------------------------------------------------------------------

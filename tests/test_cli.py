@@ -178,13 +178,16 @@ def test_destroy_leaves_nothing_tagged_but_what_holds_data(endpoint):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "kept file-system" in result.stdout and "--delete-data" in result.stdout
     tagging = client(endpoint, "resourcegroupstaggingapi")
-    left = [item["ResourceARN"] for item in tagging.get_resources(
-        TagFilters=[{"Key": "orchestrator:env", "Values": ["dev"]}])["ResourceTagMappingList"]]
+    left = [item["ResourceARN"] for page in tagging.get_paginator("get_resources").paginate(
+        TagFilters=[{"Key": "orchestrator:env", "Values": ["dev"]}]) for item in page["ResourceTagMappingList"]]
     ec2, ecs = client(endpoint, "ec2"), client(endpoint, "ecs")
-    # Both AWS and moto keep listing a deleted NAT gateway and an INACTIVE cluster for a while.
+    # Both AWS and moto keep listing a deleted NAT gateway and INACTIVE clusters and services for a while.
     gone_nat = {n["NatGatewayId"] for n in ec2.describe_nat_gateways()["NatGateways"] if n["State"] == "deleted"}
     inactive = {c["clusterArn"] for c in ecs.describe_clusters(clusters=["gamepulse-dev"])["clusters"]
                 if c["status"] == "INACTIVE"}
+    services = [arn for arn in left if ":service/" in arn]
+    inactive |= {s["serviceArn"] for s in ecs.describe_services(cluster="gamepulse-dev", services=services)["services"]
+                 if s["status"] == "INACTIVE"} if services else set()
     live = [arn for arn in left if arn.rsplit("/", 1)[-1] not in gone_nat and arn not in inactive]
     kinds = sorted({arn.split(":")[2] for arn in live})
     # Kept on purpose without --delete-data / --delete-secrets: secrets, the file system, log groups.
@@ -225,3 +228,28 @@ def test_unknown_target_is_a_clear_error(endpoint):
     result = run(endpoint, "apply", "dev", "--target", "nope")
     assert result.returncode == 2
     assert "unknown step(s) in --target: nope" in result.stderr
+
+
+def test_a_pipeline_deploys_another_image_tag_without_editing_files(endpoint):
+    assert run(endpoint, "apply", "dev").returncode == 0
+    deployed = run(endpoint, "apply", "dev", "--image-tag", "gamepulse=1.4.2")
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    ecs = client(endpoint, "ecs")
+    [service] = ecs.describe_services(cluster="gamepulse-dev", services=["gamepulse"])["services"]
+    assert service["taskDefinition"].endswith("gamepulse-dev-gamepulse:2")
+    image = ecs.describe_task_definition(taskDefinition=service["taskDefinition"])["taskDefinition"][
+        "containerDefinitions"][-1]["image"]
+    digest = client(endpoint, "ecr").describe_images(repositoryName="gamepulse", imageIds=[{"imageTag": "1.4.2"}])[
+        "imageDetails"][0]["imageDigest"]
+    assert image.endswith(f"/gamepulse@{digest}")
+    status = run(endpoint, "status", "dev", "--json", "--live")
+    document = json.loads(status.stdout)
+    assert document["runs"][0]["command"] == "apply --image-tag gamepulse=1.4.2"
+    assert document["services"]["gamepulse"]["revision"] == "gamepulse-dev-gamepulse:2"
+    live = run(endpoint, "status", "dev", "--live").stdout
+    assert "service gamepulse: 2/2 running, 0 pending, rollout COMPLETED, revision gamepulse-dev-gamepulse:2" in live
+
+    missing = run(endpoint, "apply", "dev", "--image-tag", "gamepulse=9.9.9")
+    assert missing.returncode == 1
+    assert "image tag '9.9.9' does not exist in ECR repository 'gamepulse' (its tags: 1.4.2, 1.4.1)" in missing.stderr
+    assert run(endpoint, "apply", "dev", "--image-tag", "nope=1.0.0").returncode == 1
