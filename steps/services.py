@@ -377,7 +377,8 @@ class ServicesStep(Step):
         arn = ecs.register_task_definition(**definition, tags=tagging.tag_list(ctx.tags(), "key", "value"))[
             "taskDefinition"]["taskDefinitionArn"]
         observed.registered[service.name] = arn
-        self._deregister_old(ecs, definition["family"], observed.keep_revisions, arn)
+        if change.action == "update":  # a first revision has no older ones to deregister
+            self._deregister_old(ecs, definition["family"], observed.keep_revisions, arn)
         return Accepted(record={"arn": arn, "hash": digest})
 
     _update_task_definition = _create_task_definition

@@ -511,3 +511,13 @@ def test_fifty_services_read_at_most_twice_what_dev_reads_unchanged(aws, manifes
     assert len(big.services.tasks) == 50
     fifty_reads = unchanged_reads(big)
     assert fifty_reads <= 2 * dev_reads, (fifty_reads, dev_reads)
+
+
+@pytest.mark.managed_policies
+def test_revisions_beyond_the_kept_number_are_deregistered(aws, manifest, platform):
+    recorded: dict = {}
+    keep_two = changed(manifest, services={"keep_revisions": 2})
+    for tag in ("1.4.1", "1.4.2", "1.4.1"):
+        run(changed(keep_two, images={"repositories": {"gamepulse": {"tag": tag}}}), aws, platform, recorded)
+    active = ecs_client().list_task_definitions(familyPrefix="gamepulse-dev-gamepulse", status="ACTIVE")
+    assert [arn.rsplit(":", 1)[-1] for arn in active["taskDefinitionArns"]] == ["2", "3"]
