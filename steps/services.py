@@ -33,8 +33,6 @@ REQUESTS_METRIC = "ALBRequestCountPerTarget"
 DESCRIBE_BATCH = 10
 #: Fields ECS accepts but an emulator may not read back: compared with the last-applied record.
 RECORDED_FIELDS = ("deployment", "grace_period", "capacity_provider", "managed_tags")
-LIVE_FIELDS = ("task_definition", "desired_count", "network", "load_balancers", "service_registries",
-               "propagate_tags")
 
 
 # --- desired ---------------------------------------------------------------------------------
@@ -214,12 +212,8 @@ class ServicesStep(Step):
             facts.discovery = self._observe_discovery(ctx.client("servicediscovery"), desired.namespace_id)
         if facts.services and (ctx.destroying or any(s.scaling for s in desired.services)):
             self._observe_scaling(ctx.client("application-autoscaling"), facts, desired.cluster)
-        for service in desired.services:
-            live = facts.services.get(service.name)
-            record = ctx.recorded.get(f"task_definition/{service.name}", {})
-            if live and live["taskDefinition"] != record.get("arn") and not ctx.destroying:
-                facts.definitions[service.name] = ecs.describe_task_definition(
-                    taskDefinition=live["taskDefinition"])["taskDefinition"]
+        if not ctx.destroying:
+            self._observe_definitions(ecs, desired, facts, ctx.recorded)
         if ctx.destroying:
             self._observe_bundles(ctx.client("s3"), desired, facts)
             for family in {_family_of(s) for s in desired.services} | {
@@ -228,6 +222,18 @@ class ServicesStep(Step):
                     familyPrefix=family, status="ACTIVE") for arn in page["taskDefinitionArns"]
                     if _family(arn) == family]
         return facts
+
+    def _observe_definitions(self, ecs, desired: ServicesDesired, facts: ServicesFacts, recorded: dict) -> None:
+        """The definition in service, described only where the last-applied record does not prove
+        it is the one wanted (same revision, same hash): a change is coming, or the service runs
+        a revision this tool did not record."""
+        for service in desired.services:
+            live = facts.services.get(service.name)
+            record = recorded.get(f"task_definition/{service.name}", {})
+            wanted = taskdefs.definition_hash(_with_image(service, facts.images.get(service.name)))
+            if live and (record.get("arn"), record.get("hash")) != (live["taskDefinition"], wanted):
+                facts.definitions[service.name] = ecs.describe_task_definition(
+                    taskDefinition=live["taskDefinition"])["taskDefinition"]
 
     def _observe_services(self, ecs, desired: ServicesDesired, destroying: bool) -> dict[str, dict]:
         """Ours by name (ten per describe), plus, when destroying, any other service of ours in the
@@ -315,7 +321,7 @@ class ServicesStep(Step):
         arn = live["taskDefinition"] if live else None
         if in_service != digest:
             changes.append(Change("create" if live is None else "update", "task_definition", service.name,
-                                  diffs=_definition_diffs(in_service, definition, live, observed, service.name),
+                                  diffs=_definition_diffs(definition, live, observed.definitions.get(service.name)),
                                   calls=("ecs:RegisterTaskDefinition", "ecs:DeregisterTaskDefinition"),
                                   payload=(service, definition, digest)))
             arn = Unknown(f"services.task_definitions.{service.name}")
@@ -714,37 +720,33 @@ def _with_image(service: DesiredService, image: str | None) -> dict:
 
 
 def _in_service_hash(name: str, live: dict | None, observed: ServicesFacts, recorded: dict[str, dict]) -> str | None:
-    """The hash of the definition in service: the record's when it names that revision, else
-    the normal form of what observe described."""
+    """The hash of the definition in service: the normal form of what observe described, else
+    the record's when it names that revision."""
     if live is None:
         return None
+    if name in observed.definitions:
+        return taskdefs.definition_hash(observed.definitions[name])
     record = recorded.get(f"task_definition/{name}", {})
-    if record.get("arn") == live["taskDefinition"]:
-        return record.get("hash")
-    described = observed.definitions.get(name)
-    return taskdefs.definition_hash(described) if described else None
+    return record.get("hash") if record.get("arn") == live["taskDefinition"] else None
 
 
-def _definition_diffs(in_service: str | None, definition: dict, live: dict | None, observed: ServicesFacts,
-                      name: str) -> tuple[FieldDiff, ...]:
-    """Per container, what changes (image, environment, …); the whole definition when nothing
-    better is known."""
+def _definition_diffs(definition: dict, live: dict | None, described: dict | None) -> tuple[FieldDiff, ...]:
+    """What changes, field by field (per container: image, environment, …) when the definition in
+    service is known; otherwise (a first revision) the images it will run."""
     new = taskdefs.normalise(definition)
-    described = observed.definitions.get(name)
     if live is None or described is None:
-        diffs = [FieldDiff("revision", live["taskDefinition"] if live else None, KNOWN_AFTER_APPLY)]
-        diffs += [FieldDiff(f"container:{c['name']}.image", None, c.get("image"))
-                  for c in new["containerDefinitions"]]
-        return tuple(diffs)
+        return (FieldDiff("revision", live["taskDefinition"] if live else None, KNOWN_AFTER_APPLY),
+                *(FieldDiff(f"container:{c['name']}.image", None, c.get("image")) for c in new["containerDefinitions"]))
     old = taskdefs.normalise(described)
     diffs = [FieldDiff(key, old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
              if key != "containerDefinitions" and old.get(key) != new.get(key)]
     old_containers = {c["name"]: c for c in old["containerDefinitions"]}
-    for container in new["containerDefinitions"]:
-        before = old_containers.get(container["name"], {})
-        diffs += [FieldDiff(f"container:{container['name']}.{key}", before.get(key), container.get(key))
-                  for key in sorted(set(before) | set(container)) if before.get(key) != container.get(key)]
-    return tuple(diffs) or (FieldDiff("revision", live["taskDefinition"], KNOWN_AFTER_APPLY),)
+    new_containers = {c["name"]: c for c in new["containerDefinitions"]}
+    for name in sorted(set(old_containers) | set(new_containers)):
+        before, after = old_containers.get(name, {}), new_containers.get(name, {})
+        diffs += [FieldDiff(f"container:{name}.{key}", before.get(key), after.get(key))
+                  for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
+    return tuple(diffs)
 
 
 def _service_fields(service: DesiredService, arn: str, discovery: dict | None) -> dict:

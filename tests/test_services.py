@@ -521,3 +521,15 @@ def test_revisions_beyond_the_kept_number_are_deregistered(aws, manifest, platfo
         run(changed(keep_two, images={"repositories": {"gamepulse": {"tag": tag}}}), aws, platform, recorded)
     active = ecs_client().list_task_definitions(familyPrefix="gamepulse-dev-gamepulse", status="ACTIVE")
     assert [arn.rsplit(":", 1)[-1] for arn in active["taskDefinitionArns"]] == ["2", "3"]
+
+
+@pytest.mark.managed_policies
+def test_the_plan_of_a_new_image_names_the_container_and_both_digests(aws, manifest, platform):
+    recorded: dict = {}
+    run(manifest, aws, platform, recorded)
+    changes = harness.plan_step(STEP, changed(manifest, images={"repositories": {"gamepulse": {"tag": "1.4.2"}}}),
+                                aws, upstream=platform, recorded=recorded)
+    definition = next(c for c in changes if c.key == "task_definition/gamepulse")
+    [diff] = definition.diffs
+    assert diff.field == "container:gamepulse.image"
+    assert diff.old.split("@")[0] == diff.new.split("@")[0] and diff.old != diff.new
