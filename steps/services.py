@@ -20,7 +20,6 @@ from typing import Any
 from orchestrator import tags as tagging
 from orchestrator import waiters
 from orchestrator.aws import error_code, unless_code
-from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Unknown, Wait, is_unknown
 from orchestrator.waiters import WaitFailed
 from steps import bundles, taskdefs
@@ -125,21 +124,22 @@ class ServicesStep(Step):
 
     def desired(self, manifest, inputs) -> ServicesDesired:
         spec = manifest.services
-        if spec is None:
-            raise OrchestratorError("the manifest has no services section")
         cluster = inputs.output("ecs", "cluster_name")
         namespace = inputs.output("ecs", "namespace_name")
         buckets = inputs.output("storage", "buckets")
         config_bucket = _get(buckets, "config", "storage.buckets")
-        # Plain strings: a value not known yet renders as its placeholder (the hash follows once known).
-        rendered = bundles.render(manifest, bundles.Facts(
-            loki_bucket=f"{_get(buckets, 'loki-chunks', 'storage.buckets')}", namespace=f"{namespace}",
-            region=inputs.region))
-        services = tuple(self._service(manifest, inputs, name, task, rendered, cluster, config_bucket)
-                         for name, task in spec.tasks.items())
-        return ServicesDesired(cluster=cluster, namespace_id=inputs.output("ecs", "namespace_id"), namespace_name=namespace,
-                               config_bucket=config_bucket, keep_revisions=spec.keep_revisions,
-                               rollout_timeout=spec.rollout_timeout_seconds, services=services,
+        services: tuple[DesiredService, ...] = ()
+        if spec is not None:  # a manifest without services runs none (destroy still finds ours)
+            # Plain strings: a value not known yet renders as its placeholder (the hash follows once known).
+            rendered = bundles.render(manifest, bundles.Facts(
+                loki_bucket=f"{_get(buckets, 'loki-chunks', 'storage.buckets')}", namespace=f"{namespace}",
+                region=inputs.region))
+            services = tuple(self._service(manifest, inputs, name, task, rendered, cluster, config_bucket)
+                             for name, task in spec.tasks.items())
+        return ServicesDesired(cluster=cluster, namespace_id=inputs.output("ecs", "namespace_id"),
+                               namespace_name=namespace, config_bucket=config_bucket,
+                               keep_revisions=spec.keep_revisions if spec else 0,
+                               rollout_timeout=spec.rollout_timeout_seconds if spec else 0, services=services,
                                tags=tagging.ownership_tags(manifest.app, manifest.environment, self.name,
                                                            manifest.tags))
 
@@ -214,7 +214,7 @@ class ServicesStep(Step):
             self._observe_scaling(ctx.client("application-autoscaling"), facts, desired.cluster)
         if not ctx.destroying:
             self._observe_definitions(ecs, desired, facts, ctx.recorded)
-        if ctx.destroying:
+        else:
             self._observe_bundles(ctx.client("s3"), desired, facts)
             for family in {_family_of(s) for s in desired.services} | {
                     _family(live["taskDefinition"]) for live in facts.services.values()}:
@@ -246,7 +246,8 @@ class ServicesStep(Step):
                 names = sorted(set(names) | set(listed))
             found = {}
             for start in range(0, len(names), DESCRIBE_BATCH):
-                for service in ecs.describe_services(cluster=desired.cluster, services=names[start:start + DESCRIBE_BATCH],
+                batch = names[start:start + DESCRIBE_BATCH]
+                for service in ecs.describe_services(cluster=desired.cluster, services=batch,
                                                      include=["TAGS"])["services"]:
                     if service["status"] != "INACTIVE":
                         found[service["serviceName"]] = service
@@ -507,7 +508,8 @@ class ServicesStep(Step):
         for name in owned:
             resource_id = f"service/{observed.cluster}/{name}"
             if resource_id in observed.targets:
-                changes.append(Change("delete", "scaling", name, calls=("application-autoscaling:DeregisterScalableTarget",),
+                changes.append(Change("delete", "scaling", name,
+                                      calls=("application-autoscaling:DeregisterScalableTarget",),
                                       payload=resource_id))
         changes += [Change("delete", "service", name, calls=("ecs:UpdateService", "ecs:DeleteService"))
                     for name in owned]
@@ -537,8 +539,9 @@ class ServicesStep(Step):
         return Accepted(waits=(Wait(f"deletion of ECS service {change.name}", check),))
 
     def _delete_discovery_service(self, ctx, change: Change, observed: ServicesFacts) -> None:
+        ctx.settle()  # the ECS services gone first: ECS deregisters their instances as their tasks stop
         discovery = ctx.client("servicediscovery")
-        # ECS removes the service's instances as its tasks stop; Cloud Map refuses the delete until then.
+        # Cloud Map refuses the delete while an instance is still registered (ResourceInUse).
         waiters.retry_while(f"deletion of Cloud Map service {change.name}",
                             lambda: unless_code({"ServiceNotFound"}, discovery.delete_service, Id=change.payload),
                             {"ResourceInUse"}, log=ctx.log, stop=ctx.stop)

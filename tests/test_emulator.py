@@ -94,7 +94,8 @@ def test_a_new_revision_is_a_new_primary_deployment_and_the_old_one_drains(mock,
 
     def deployments():
         [service] = ecs.describe_services(cluster="c", services=["s"])["services"]
-        return [(d["status"], d["taskDefinition"], d["runningCount"], d["rolloutState"]) for d in service["deployments"]]
+        return [(d["status"], d["taskDefinition"], d["runningCount"], d["rolloutState"])
+                for d in service["deployments"]]
 
     assert deployments() == [("PRIMARY", second, 3, "COMPLETED"), ("ACTIVE", first, 3, "COMPLETED")]
     assert deployments() == [("PRIMARY", second, 3, "COMPLETED")]

@@ -287,7 +287,8 @@ def test_dropped_fields_are_compared_with_the_last_applied_record(manifest):
 def test_requests_per_target_adds_a_second_tracking_policy(manifest):
     desired = desired_for(manifest)
     facts, recorded = converged(desired)
-    new = desired_for(changed(manifest, services={"tasks": {"gamepulse": {"autoscaling": {"requests_per_target": 500}}}}))
+    requests = {"tasks": {"gamepulse": {"autoscaling": {"requests_per_target": 500}}}}
+    new = desired_for(changed(manifest, services=requests))
     [change] = STEP.plan(new, facts, recorded)
     assert change.key == "scaling/gamepulse" and [d.field for d in change.diffs] == ["policy:gamepulse-requests"]
     assert change.diffs[0].new == _policy_view(new.services[0].scaling.policies["gamepulse-requests"])
@@ -479,10 +480,12 @@ def test_destroy_drains_services_before_target_groups_and_cloud_map_services_bef
     assert results["services"].status == "ok", results["services"].error
     order = [f"{c.service}:{c.operation}" for c in aws.ledger.calls[before:] if c.mutating]
     first = {op: order.index(op) for op in reversed(order)}
-    assert first["ecs:UpdateService"] < first["ecs:DeleteService"] < first["elastic-load-balancing-v2:DeleteTargetGroup"]
+    assert first["ecs:UpdateService"] < first["ecs:DeleteService"] < \
+        first["elastic-load-balancing-v2:DeleteTargetGroup"]
     assert first["servicediscovery:DeleteService"] < first["servicediscovery:DeleteNamespace"]
     assert first["ecs:DeleteService"] < first["ecs:DeleteCluster"]
-    assert ecs_client().list_task_definitions(familyPrefix="gamepulse-dev-", status="ACTIVE")["taskDefinitionArns"] == []
+    left = ecs_client().list_task_definitions(familyPrefix="gamepulse-dev-", status="ACTIVE")
+    assert left["taskDefinitionArns"] == []
 
 
 @pytest.mark.managed_policies
