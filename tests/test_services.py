@@ -536,3 +536,23 @@ def test_the_plan_of_a_new_image_names_the_container_and_both_digests(aws, manif
     [diff] = definition.diffs
     assert diff.field == "container:gamepulse.image"
     assert diff.old.split("@")[0] == diff.new.split("@")[0] and diff.old != diff.new
+
+
+@pytest.mark.managed_policies
+@pytest.mark.parametrize("kill_after", [2, 3, 4, 5])
+def test_killed_after_a_call_then_applied_again_converges_without_duplicates(aws, manifest, platform, kill_after):
+    """2: task definition registered, 3: Cloud Map service created (moto would make a second one
+    of the same name), 4: ECS service created, 5: scalable target registered — none recorded yet."""
+    harness.crash_after(aws, kill_after)
+    with pytest.raises(harness.Crash):
+        run(manifest, aws, platform, {})
+    rerun = harness.forget_crash(aws)
+    recorded: dict = {}
+    run(manifest, rerun, platform, recorded)
+    import boto3
+    sd = boto3.client("servicediscovery", region_name="us-east-1")
+    assert sorted(s["Name"] for s in sd.list_services()["Services"]) == sorted(SERVICES)
+    assert len(ecs_client().list_services(cluster="gamepulse-dev")["serviceArns"]) == 5
+    before = len(rerun.ledger.calls)
+    assert run(manifest, rerun, platform, recorded)[0] == []
+    assert [c for c in rerun.ledger.calls[before:] if c.mutating and c.step == "services"] == []
