@@ -393,7 +393,7 @@ class ServicesStep(Step):
     def _deregister_old(self, ecs, family: str, keep: int, current: str) -> None:
         """Revisions beyond the newest `keep` (never the one just registered)."""
         arns = [arn for page in ecs.get_paginator("list_task_definitions").paginate(
-            familyPrefix=family, status="ACTIVE", sort="DESC") for arn in page["taskDefinitionArns"]
+            familyPrefix=family, status="ACTIVE") for arn in page["taskDefinitionArns"]
             if _family(arn) == family]
         arns.sort(key=_revision, reverse=True)
         for arn in arns[keep:]:
