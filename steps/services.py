@@ -14,7 +14,7 @@ ECS's own reasons (service events, stopped tasks' `stoppedReason`, unhealthy tar
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from orchestrator import tags as tagging
@@ -205,19 +205,24 @@ class ServicesStep(Step):
                 # A repository that does not exist yet (a plan from nothing) holds no image yet either.
                 if service.image is not None and not is_unknown(service.image.uri):
                     facts.images[service.name] = resolve_image(ecr, service.image.repository, service.image.tag)
-        facts.services = self._observe_services(ecs, desired, ctx.destroying)
+        facts.services = self._observe_services(ecs, desired)
         facts.owned = {name for name, live in facts.services.items()
                        if ctx.owns(tagging.tag_dict(live.get("tags"), "key", "value"))}
+        wanted = {s.name for s in desired.services}
+        # What goes: everything when destroying, else our services the manifest no longer lists.
+        going = sorted(facts.owned | wanted) if ctx.destroying else sorted(facts.owned - wanted)
         if not is_unknown(desired.namespace_id):
             facts.discovery = self._observe_discovery(ctx.client("servicediscovery"), desired.namespace_id)
-        if facts.services and (ctx.destroying or any(s.scaling for s in desired.services)):
+        if facts.services and (going or any(s.scaling for s in desired.services)):
             self._observe_scaling(ctx.client("application-autoscaling"), facts, desired.cluster)
         if not ctx.destroying:
             self._observe_definitions(ecs, desired, facts, ctx.recorded)
-        else:
-            self._observe_bundles(ctx.client("s3"), desired, facts)
-            for family in {_family_of(s) for s in desired.services} | {
-                    _family(live["taskDefinition"]) for live in facts.services.values()}:
+        if going:
+            self._observe_bundles(ctx.client("s3"), desired.config_bucket, going, facts)
+            families = {_family(facts.services[name]["taskDefinition"]) for name in going if name in facts.services}
+            if ctx.destroying:
+                families |= {_family_of(s) for s in desired.services}
+            for family in sorted(families):
                 facts.revisions[family] = [arn for page in ecs.get_paginator("list_task_definitions").paginate(
                     familyPrefix=family, status="ACTIVE") for arn in page["taskDefinitionArns"]
                     if _family(arn) == family]
@@ -235,15 +240,14 @@ class ServicesStep(Step):
                 facts.definitions[service.name] = ecs.describe_task_definition(
                     taskDefinition=live["taskDefinition"])["taskDefinition"]
 
-    def _observe_services(self, ecs, desired: ServicesDesired, destroying: bool) -> dict[str, dict]:
-        """Ours by name (ten per describe), plus, when destroying, any other service of ours in the
-        cluster (one the manifest no longer lists)."""
+    def _observe_services(self, ecs, desired: ServicesDesired) -> dict[str, dict]:
+        """The cluster's services, ten per describe: ours by name, and any other (one the manifest
+        no longer lists is ours to delete if it carries our tags)."""
         names = [s.name for s in desired.services]
         try:
-            if destroying:
-                listed = [arn.rsplit("/", 1)[-1] for page in ecs.get_paginator("list_services").paginate(
-                    cluster=desired.cluster) for arn in page["serviceArns"]]
-                names = sorted(set(names) | set(listed))
+            listed = [arn.rsplit("/", 1)[-1] for page in ecs.get_paginator("list_services").paginate(
+                cluster=desired.cluster) for arn in page["serviceArns"]]
+            names += sorted(set(listed) - set(names))
             found = {}
             for start in range(0, len(names), DESCRIBE_BATCH):
                 batch = names[start:start + DESCRIBE_BATCH]
@@ -257,14 +261,13 @@ class ServicesStep(Step):
             raise
         return found
 
-    def _observe_bundles(self, s3, desired: ServicesDesired, facts: ServicesFacts) -> None:
-        """Every version of every bundle object (the bucket is versioned): what destroy deletes."""
-        if is_unknown(desired.config_bucket):
+    def _observe_bundles(self, s3, bucket: str, services: list[str], facts: ServicesFacts) -> None:
+        """Every version of the bundle objects of `services` (the bucket is versioned): what goes with them."""
+        if is_unknown(bucket):
             return
-        for service in desired.services:
+        for name in services:
             try:
-                pages = list(s3.get_paginator("list_object_versions").paginate(Bucket=desired.config_bucket,
-                                                                               Prefix=f"{service.name}/"))
+                pages = list(s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=f"{name}/"))
             except Exception as error:
                 if error_code(error) == "NoSuchBucket":
                     return
@@ -272,7 +275,7 @@ class ServicesStep(Step):
             versions = [{"Key": item["Key"], "VersionId": item["VersionId"]} for page in pages
                         for item in page.get("Versions", []) + page.get("DeleteMarkers", [])]
             if versions:
-                facts.bundle_versions[service.name] = versions
+                facts.bundle_versions[name] = versions
 
     def _observe_discovery(self, discovery, namespace_id: str) -> dict[str, dict]:
         """Cloud Map services of our namespace by name (the namespace is this environment's own)."""
@@ -301,7 +304,12 @@ class ServicesStep(Step):
         changes: list[Change] = []
         for service in desired.services:
             changes += self._plan_service(desired, service, observed, recorded)
-        return changes
+        wanted = {service.name for service in desired.services}
+        unwanted = sorted(observed.owned - wanted)
+        discovery = sorted(set(observed.discovery) - wanted)
+        # After the steps that depend on this one moved off them (the engine's retire phase).
+        return changes + [replace(change, retire=True, note=change.note or "no longer in the manifest")
+                          for change in _deletions(unwanted, discovery, observed)]
 
     def _plan_service(self, desired: ServicesDesired, service: DesiredService, observed: ServicesFacts,
                       recorded: dict[str, dict]) -> list[Change]:
@@ -503,25 +511,7 @@ class ServicesStep(Step):
         """Scaling first (it would scale the service back up), then every service scaled to zero
         and deleted, awaited until INACTIVE (their targets leave the target groups and their
         Cloud Map instances go), then the Cloud Map services, then the task definitions."""
-        changes = []
-        owned = sorted(observed.owned)
-        for name in owned:
-            resource_id = f"service/{observed.cluster}/{name}"
-            if resource_id in observed.targets:
-                changes.append(Change("delete", "scaling", name,
-                                      calls=("application-autoscaling:DeregisterScalableTarget",),
-                                      payload=resource_id))
-        changes += [Change("delete", "service", name, calls=("ecs:UpdateService", "ecs:DeleteService"))
-                    for name in owned]
-        changes += [Change("delete", "discovery_service", name, calls=("servicediscovery:DeleteService",),
-                           payload=found["Id"]) for name, found in sorted(observed.discovery.items())]
-        changes += [Change("delete", "task_definition", family,
-                           calls=("ecs:DeregisterTaskDefinition", "ecs:DeleteTaskDefinitions"),
-                           payload=tuple(arns)) for family, arns in sorted(observed.revisions.items()) if arns]
-        changes += [Change("delete", "bundle", name, calls=("s3:DeleteObjects",), payload=versions,
-                           note=f"{len(versions)} object version(s) of its config bundles")
-                    for name, versions in sorted(observed.bundle_versions.items())]
-        return changes
+        return _deletions(sorted(observed.owned), sorted(observed.discovery), observed)
 
     def _delete_scaling(self, ctx, change: Change, observed: ServicesFacts) -> None:
         unless_code({"ObjectNotFoundException", "ValidationException"},
@@ -700,6 +690,28 @@ class RolloutPoller:
 
 
 # --- planning helpers (pure) -------------------------------------------------------------------
+
+
+def _deletions(services: list[str], discovery: list[str], observed: ServicesFacts) -> list[Change]:
+    """Deletes of `services` (ours) and the Cloud Map services named `discovery`, in a safe
+    order, with the task definitions and bundles observe found going with them."""
+    changes = []
+    for name in services:
+        resource_id = f"service/{observed.cluster}/{name}"
+        if resource_id in observed.targets:
+            changes.append(Change("delete", "scaling", name,
+                                  calls=("application-autoscaling:DeregisterScalableTarget",), payload=resource_id))
+    changes += [Change("delete", "service", name, calls=("ecs:UpdateService", "ecs:DeleteService"))
+                for name in services]
+    changes += [Change("delete", "discovery_service", name, calls=("servicediscovery:DeleteService",),
+                       payload=observed.discovery[name]["Id"]) for name in discovery]
+    changes += [Change("delete", "task_definition", family,
+                       calls=("ecs:DeregisterTaskDefinition", "ecs:DeleteTaskDefinitions"),
+                       payload=tuple(arns)) for family, arns in sorted(observed.revisions.items()) if arns]
+    changes += [Change("delete", "bundle", name, calls=("s3:DeleteObjects",), payload=versions,
+                       note=f"{len(versions)} object version(s) of its config bundles")
+                for name, versions in sorted(observed.bundle_versions.items())]
+    return changes
 
 
 def _get(values, key: str, what: str):

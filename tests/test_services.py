@@ -556,3 +556,22 @@ def test_killed_after_a_call_then_applied_again_converges_without_duplicates(aws
     before = len(rerun.ledger.calls)
     assert run(manifest, rerun, platform, recorded)[0] == []
     assert [c for c in rerun.ledger.calls[before:] if c.mutating and c.step == "services"] == []
+
+
+@pytest.mark.managed_policies
+def test_a_service_dropped_from_the_manifest_is_deleted_with_its_name_revisions_and_bundle(aws, manifest, platform):
+    recorded: dict = {}
+    run(manifest, aws, platform, recorded)
+    without_jaeger = manifest.model_dump()
+    del without_jaeger["services"]["tasks"]["jaeger"]
+    applied, _, _ = run(type(manifest).model_validate(without_jaeger), aws, platform, recorded)
+    assert keys(applied) == ["delete service/jaeger", "delete discovery_service/jaeger",
+                             "delete task_definition/gamepulse-dev-jaeger", "delete bundle/jaeger"]
+    assert all(change.retire for change in applied)
+    [service] = ecs_client().describe_services(cluster="gamepulse-dev", services=["jaeger"])["services"]
+    assert service["status"] == "INACTIVE"
+    import boto3
+    names = [s["Name"] for s in boto3.client("servicediscovery", region_name="us-east-1").list_services()["Services"]]
+    assert "jaeger" not in names and len(names) == 4
+    assert "jaeger/" not in str(boto3.client("s3", region_name="us-east-1").list_object_versions(
+        Bucket=platform["storage"]["buckets"]["config"]))
