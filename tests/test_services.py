@@ -176,6 +176,24 @@ def test_a_size_fargate_does_not_run_is_a_manifest_error_with_file_and_line(tmp_
            "4096 MiB" in str(error.value)
 
 
+@pytest.mark.parametrize("line, error", [
+    ("tempo: {bundle: jaeger, cpu: 256, memory: 512, security_group: monitoring}",
+     "dev.yaml:8: services.tasks.tempo: has no task role: add tempo to iam.task_roles"),
+    ("zipkin: {bundle: zipkin, cpu: 256, memory: 512, security_group: monitoring}",
+     "dev.yaml:8: services.tasks.zipkin.bundle: must be one of 'otel-collector', 'prometheus', 'loki', 'jaeger' "
+     "or 'grafana' (got 'zipkin')"),
+])
+def test_a_service_without_a_task_role_or_with_an_unknown_bundle_is_a_manifest_error(tmp_path, line, error):
+    from orchestrator.manifest import load_manifest
+    from tests.conftest import MANIFESTS
+    for file in MANIFESTS.glob("*.yaml"):
+        (tmp_path / file.name).write_text(file.read_text())
+    (tmp_path / "dev.yaml").write_text((tmp_path / "dev.yaml").read_text() + f"services:\n  tasks:\n    {line}\n")
+    with pytest.raises(ManifestError) as raised:
+        load_manifest(tmp_path, "dev")
+    assert error in str(raised.value)
+
+
 # --- the normaliser --------------------------------------------------------------------------------
 
 
