@@ -632,6 +632,8 @@ class RolloutPoller:
     def check(self, name: str) -> tuple[bool, str]:
         service = self._read(name)
         arn, target_groups, deadline = self.expected[name]
+        if service is None:
+            raise WaitFailed(f"service {name} disappeared during its rollout")
         primary = next((d for d in service.get("deployments", []) if d["status"] == "PRIMARY"), None)
         if primary is None or primary["taskDefinition"] != arn or primary.get("rolloutState") == "FAILED":
             self.expected.pop(name)
@@ -653,14 +655,14 @@ class RolloutPoller:
                              f"{self._reasons(name, service, target_groups)}")
         return False, status
 
-    def _read(self, name: str) -> dict:
+    def _read(self, name: str) -> dict | None:
         if name not in self.fresh:
             names = sorted(self.expected)
             for start in range(0, len(names), DESCRIBE_BATCH):
                 for service in self.ecs.describe_services(cluster=self.cluster,
                                                           services=names[start:start + DESCRIBE_BATCH])["services"]:
                     self.fresh[service["serviceName"]] = service
-        return self.fresh.pop(name)
+        return self.fresh.pop(name, None)
 
     def _unhealthy_targets(self, target_groups: list[str]) -> list[str]:
         found = []
