@@ -146,14 +146,15 @@ def failed_steps(results: dict) -> list[str]:
 
 
 def run_locked(options: Options, env: str, command: str, targets, lock_timeout: float, work, *,
-               allow: frozenset[str] = frozenset(), parallelism: int | None = None, report=None):
+               allow: frozenset[str] = frozenset(), parallelism: int | None = None, report=None,
+               image_tags: dict[str, str] | None = None):
     """Load, connect, take the lock, run `work(engine)`, record the run, release the lock;
     then `report(results)` (it may raise), then fail if a step failed."""
     from orchestrator.engine import Engine
-    from orchestrator.manifest import manifest_hash
+    from orchestrator.manifest import manifest_hash, with_image_tags
     from orchestrator.render import run_summary
 
-    manifest = load(options, env)
+    manifest = with_image_tags(load(options, env), image_tags or {})
     graph = build_graph()
     graph.select(targets)  # unknown targets fail before any AWS call
     aws = connect(options, manifest)
@@ -261,17 +262,30 @@ def plan(options: Options, env: str, targets, as_json: bool, detailed_exitcode: 
         sys.exit(2)
 
 
+def parse_image_tags(ctx, param, values) -> dict[str, str]:
+    tags = {}
+    for value in values:
+        name, sep, tag = value.partition("=")
+        if not sep or not name or not tag:
+            raise click.BadParameter(f"{value!r} is not NAME=TAG (e.g. gamepulse=1.4.2)")
+        tags[name] = tag
+    return tags
+
+
 @cli.command()
 @ENV_ARG
 @TARGET_OPT
 @PARALLELISM_OPT
 @LOCK_TIMEOUT_OPT
 @allow_flags
+@click.option("--image-tag", "image_tags", multiple=True, metavar="NAME=TAG", callback=parse_image_tags,
+              help="Deploy this tag of repository NAME (images.repositories) instead of the manifest's (repeatable).")
 @click.pass_obj
-def apply(options: Options, env: str, targets, parallelism, lock_timeout, delete_data, delete_secrets):
+def apply(options: Options, env: str, targets, parallelism, lock_timeout, delete_data, delete_secrets, image_tags):
     """Converge AWS to the manifest of ENV."""
-    run_locked(options, env, "apply", targets, lock_timeout, lambda engine: engine.apply(targets),
-               allow=allowed(delete_data, delete_secrets), parallelism=parallelism)
+    command = " ".join(["apply", *(f"--image-tag {name}={tag}" for name, tag in sorted(image_tags.items()))])
+    run_locked(options, env, command, targets, lock_timeout, lambda engine: engine.apply(targets),
+               allow=allowed(delete_data, delete_secrets), parallelism=parallelism, image_tags=image_tags)
 
 
 @cli.command()

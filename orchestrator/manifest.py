@@ -64,6 +64,24 @@ def load_manifest(directory: Path | str, env: str) -> Manifest:
     return manifest
 
 
+def with_image_tags(manifest: Manifest, tags: dict[str, str]) -> Manifest:
+    """The manifest deploying other image tags (`apply --image-tag gamepulse=1.4.2`): a pipeline
+    deploys a new version without editing files. Each name is a key of images.repositories."""
+    if not tags:
+        return manifest
+    data = manifest.model_dump()
+    repositories = data["images"]["repositories"]
+    for name, tag in tags.items():
+        if name not in repositories:
+            raise ManifestError([f"--image-tag {name}={tag}: {name!r} is not one of images.repositories "
+                                 f"({', '.join(sorted(repositories))})"])
+        repositories[name]["tag"] = tag
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as err:
+        raise ManifestError([f"--image-tag: {_human(error)}" for error in err.errors(include_url=False)]) from None
+
+
 def list_environments(directory: Path | str) -> list[str]:
     """The environments a directory defines: its `*.yaml` files other than the base."""
     directory = Path(directory)

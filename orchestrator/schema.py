@@ -438,6 +438,10 @@ FARGATE_SIZES: dict[int, tuple[int, ...]] = {
 }
 
 
+#: The configs/ bundles a service can run (steps/bundles.py renders one per name).
+Bundle = Literal["otel-collector", "prometheus", "loki", "jaeger", "grafana"]
+
+
 class AppContainerSpec(Section):
     """The application's own container: its image comes from an ECR repository of this manifest."""
 
@@ -446,7 +450,7 @@ class AppContainerSpec(Section):
     health_check: list[str] = Field(min_length=2, description="ECS healthCheck.command, e.g. [CMD-SHELL, 'curl …']")
     environment: dict[str, str] = {}
     secrets: dict[str, str] = Field({}, description="variable → secret name of secrets.values (injected by ARN)")
-    sidecar: str | None = Field(None, description="a configs/ bundle run beside the app (the app starts once it is "
+    sidecar: Bundle | None = Field(None, description="a configs/ bundle run beside the app (the app starts once it is "
                                                   "HEALTHY), e.g. otel-collector")
 
 
@@ -467,7 +471,7 @@ class AutoscalingSpec(Section):
 
 class ServiceSpec(Section):
     app: AppContainerSpec | None = Field(None, description="the application container (gamepulse)")
-    bundle: str | None = Field(None, description="the configs/ bundle this service runs (prometheus, loki, …)")
+    bundle: Bundle | None = Field(None, description="the configs/ bundle this service runs")
     cpu: int = Field(description="task CPU units (Fargate: 256, 512, 1024, 2048, 4096, 8192, 16384)")
     memory: int = Field(description="task memory in MiB, one Fargate accepts with `cpu`")
     desired_count: int = Field(1, ge=0)
@@ -634,6 +638,10 @@ class Manifest(Section):
     def _check_service_references(self, services: ServicesSpec) -> None:
         for name, spec in services.tasks.items():
             at = ("services", "tasks", name)
+            if name not in self.iam.task_roles:
+                raise FieldError(f"has no task role: add {name} to iam.task_roles", *at)
+            if name not in self.cluster.log_groups:
+                raise FieldError(f"has no log group: add {name} to cluster.log_groups", *at)
             known = {"security_group": (spec.security_group, self.network.security_groups),
                      "target_group": (spec.target_group, self.load_balancer.target_groups),
                      "data_volume": (spec.data_volume, self.efs.access_points)}

@@ -14,14 +14,14 @@ ECS's own reasons (service events, stopped tasks' `stoppedReason`, unhealthy tar
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from orchestrator import tags as tagging
 from orchestrator import waiters
 from orchestrator.aws import error_code, unless_code
-from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Unknown, Wait, is_unknown
+from orchestrator.permissions import allow
 from orchestrator.waiters import WaitFailed
 from steps import bundles, taskdefs
 from steps.ecr import resolve_image
@@ -33,8 +33,6 @@ REQUESTS_METRIC = "ALBRequestCountPerTarget"
 DESCRIBE_BATCH = 10
 #: Fields ECS accepts but an emulator may not read back: compared with the last-applied record.
 RECORDED_FIELDS = ("deployment", "grace_period", "capacity_provider", "managed_tags")
-LIVE_FIELDS = ("task_definition", "desired_count", "network", "load_balancers", "service_registries",
-               "propagate_tags")
 
 
 # --- desired ---------------------------------------------------------------------------------
@@ -123,25 +121,67 @@ class ServicesStep(Step):
     Outputs = ServicesOutputs
     description = "Config bundles, task definitions, ECS services with Cloud Map names, autoscaling"
 
+    def permissions(self, manifest, scope) -> list[dict]:
+        """The deploy role's statements for this step: the environment's ECS services, task
+        families, config bundles, Cloud Map services and scaling targets."""
+        prefix = manifest.prefix
+        config = f"arn:{scope.partition}:s3:::{prefix}-config-{scope.account_id}"
+        scaling = [f"application-autoscaling:{action}" for action in (
+            "RegisterScalableTarget", "DeregisterScalableTarget", "PutScalingPolicy", "DeleteScalingPolicy",
+            "TagResource")]
+        return [
+            allow("EcsServices", ["ecs:CreateService", "ecs:UpdateService", "ecs:DeleteService", "ecs:DescribeServices",
+                                  "ecs:ListServices", "ecs:ListTasks", "ecs:DescribeTasks", "ecs:TagResource"],
+                  [scope.arn("ecs", f"cluster/{prefix}"), scope.arn("ecs", f"service/{prefix}/*"),
+                   scope.arn("ecs", f"task/{prefix}/*"), scope.arn("ecs", f"task-definition/{prefix}-*:*")]),
+            # The task-definition actions support no resource-level permissions.
+            allow("EcsTaskDefinitions", ["ecs:RegisterTaskDefinition", "ecs:DeregisterTaskDefinition",
+                                         "ecs:DescribeTaskDefinition", "ecs:ListTaskDefinitions",
+                                         "ecs:DeleteTaskDefinitions"], "*"),
+            allow("PassTaskRoles", ["iam:PassRole"], scope.arn("iam", f"role/{prefix}-*", regional=False),
+                  {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}),
+            allow("ConfigBundles", ["s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion",
+                                    "s3:ListBucketVersions"], [config, f"{config}/*"]),
+            allow("CloudMapServices", ["servicediscovery:CreateService", "servicediscovery:DeleteService",
+                                       "servicediscovery:TagResource"],
+                  [scope.arn("servicediscovery", "namespace/*"), scope.arn("servicediscovery", "service/*")]),
+            # Scalable targets have generated ids; the describes and Cloud Map's ListServices support
+            # no resource-level permissions, nor does DescribeTargetHealth.
+            allow("Autoscaling", scaling, scope.arn("application-autoscaling", "scalable-target/*")),
+            allow("ServicesDescribe", ["application-autoscaling:DescribeScalableTargets",
+                                       "application-autoscaling:DescribeScalingPolicies",
+                                       "servicediscovery:ListServices",
+                                       "elasticloadbalancing:DescribeTargetHealth"], "*"),
+            # Target tracking makes and removes its alarms in the caller's name.
+            allow("TargetTrackingAlarms", ["cloudwatch:PutMetricAlarm", "cloudwatch:DescribeAlarms",
+                                           "cloudwatch:DeleteAlarms"],
+                  scope.arn("cloudwatch", f"alarm:TargetTracking-service/{prefix}/*")),
+            # Application Auto Scaling's role for ECS, made on the first scalable target of the account
+            # (not `service_linked_role`: its statement id would be the ECS one's).
+            allow("ServiceLinkedRoleEcsAutoscaling", ["iam:CreateServiceLinkedRole"],
+                  scope.arn("iam", "role/aws-service-role/ecs.application-autoscaling.amazonaws.com/*", regional=False),
+                  {"StringEquals": {"iam:AWSServiceName": "ecs.application-autoscaling.amazonaws.com"}})]
+
     # -- desired ----------------------------------------------------------------------------
 
     def desired(self, manifest, inputs) -> ServicesDesired:
         spec = manifest.services
-        if spec is None:
-            raise OrchestratorError("the manifest has no services section")
         cluster = inputs.output("ecs", "cluster_name")
         namespace = inputs.output("ecs", "namespace_name")
         buckets = inputs.output("storage", "buckets")
         config_bucket = _get(buckets, "config", "storage.buckets")
-        # Plain strings: a value not known yet renders as its placeholder (the hash follows once known).
-        rendered = bundles.render(manifest, bundles.Facts(
-            loki_bucket=f"{_get(buckets, 'loki-chunks', 'storage.buckets')}", namespace=f"{namespace}",
-            region=inputs.region))
-        services = tuple(self._service(manifest, inputs, name, task, rendered, cluster, config_bucket)
-                         for name, task in spec.tasks.items())
-        return ServicesDesired(cluster=cluster, namespace_id=inputs.output("ecs", "namespace_id"), namespace_name=namespace,
-                               config_bucket=config_bucket, keep_revisions=spec.keep_revisions,
-                               rollout_timeout=spec.rollout_timeout_seconds, services=services,
+        services: tuple[DesiredService, ...] = ()
+        if spec is not None:  # a manifest without services runs none (destroy still finds ours)
+            # Plain strings: a value not known yet renders as its placeholder (the hash follows once known).
+            rendered = bundles.render(manifest, bundles.Facts(
+                loki_bucket=f"{_get(buckets, 'loki-chunks', 'storage.buckets')}", namespace=f"{namespace}",
+                region=inputs.region))
+            services = tuple(self._service(manifest, inputs, name, task, rendered, cluster, config_bucket)
+                             for name, task in spec.tasks.items())
+        return ServicesDesired(cluster=cluster, namespace_id=inputs.output("ecs", "namespace_id"),
+                               namespace_name=namespace, config_bucket=config_bucket,
+                               keep_revisions=spec.keep_revisions if spec else 0,
+                               rollout_timeout=spec.rollout_timeout_seconds if spec else 0, services=services,
                                tags=tagging.ownership_tags(manifest.app, manifest.environment, self.name,
                                                            manifest.tags))
 
@@ -207,40 +247,55 @@ class ServicesStep(Step):
                 # A repository that does not exist yet (a plan from nothing) holds no image yet either.
                 if service.image is not None and not is_unknown(service.image.uri):
                     facts.images[service.name] = resolve_image(ecr, service.image.repository, service.image.tag)
-        facts.services = self._observe_services(ecs, desired, ctx.destroying)
+        facts.services = self._observe_services(ecs, desired)
         facts.owned = {name for name, live in facts.services.items()
                        if ctx.owns(tagging.tag_dict(live.get("tags"), "key", "value"))}
+        wanted = {s.name for s in desired.services}
+        # What goes: everything when destroying, else our services the manifest no longer lists.
+        going = sorted(facts.owned | wanted) if ctx.destroying else sorted(facts.owned - wanted)
         if not is_unknown(desired.namespace_id):
             facts.discovery = self._observe_discovery(ctx.client("servicediscovery"), desired.namespace_id)
-        if facts.services and (ctx.destroying or any(s.scaling for s in desired.services)):
+        if facts.services and (going or any(s.scaling for s in desired.services)):
             self._observe_scaling(ctx.client("application-autoscaling"), facts, desired.cluster)
-        for service in desired.services:
-            live = facts.services.get(service.name)
-            record = ctx.recorded.get(f"task_definition/{service.name}", {})
-            if live and live["taskDefinition"] != record.get("arn") and not ctx.destroying:
-                facts.definitions[service.name] = ecs.describe_task_definition(
-                    taskDefinition=live["taskDefinition"])["taskDefinition"]
-        if ctx.destroying:
-            self._observe_bundles(ctx.client("s3"), desired, facts)
-            for family in {_family_of(s) for s in desired.services} | {
-                    _family(live["taskDefinition"]) for live in facts.services.values()}:
+        if not ctx.destroying:
+            self._observe_definitions(ecs, desired, facts, ctx.recorded)
+        if going:
+            self._observe_bundles(ctx.client("s3"), desired.config_bucket, going, facts)
+            families = {_family(facts.services[name]["taskDefinition"]) for name in going if name in facts.services}
+            if ctx.destroying:
+                families |= {_family_of(s) for s in desired.services}
+            for family in sorted(families):
                 facts.revisions[family] = [arn for page in ecs.get_paginator("list_task_definitions").paginate(
                     familyPrefix=family, status="ACTIVE") for arn in page["taskDefinitionArns"]
                     if _family(arn) == family]
         return facts
 
-    def _observe_services(self, ecs, desired: ServicesDesired, destroying: bool) -> dict[str, dict]:
-        """Ours by name (ten per describe), plus, when destroying, any other service of ours in the
-        cluster (one the manifest no longer lists)."""
+    def _observe_definitions(self, ecs, desired: ServicesDesired, facts: ServicesFacts, recorded: dict) -> None:
+        """The definition in service, described only where the last-applied record does not prove
+        it is the one wanted (same revision, same hash): a change is coming, or the service runs
+        a revision this tool did not record."""
+        for service in desired.services:
+            live = facts.services.get(service.name)
+            record = recorded.get(f"task_definition/{service.name}", {})
+            wanted = taskdefs.definition_hash(_with_image(service, facts.images.get(service.name)))
+            if live and (record.get("arn"), record.get("hash")) != (live["taskDefinition"], wanted):
+                facts.definitions[service.name] = ecs.describe_task_definition(
+                    taskDefinition=live["taskDefinition"])["taskDefinition"]
+
+    def _observe_services(self, ecs, desired: ServicesDesired) -> dict[str, dict]:
+        """The cluster's services, ten per describe: ours by name, and any other (one the manifest
+        no longer lists is ours to delete if it carries our tags)."""
+        if is_unknown(desired.cluster):  # the cluster was never made (or is gone): nothing runs in it
+            return {}
         names = [s.name for s in desired.services]
         try:
-            if destroying:
-                listed = [arn.rsplit("/", 1)[-1] for page in ecs.get_paginator("list_services").paginate(
-                    cluster=desired.cluster) for arn in page["serviceArns"]]
-                names = sorted(set(names) | set(listed))
+            listed = [arn.rsplit("/", 1)[-1] for page in ecs.get_paginator("list_services").paginate(
+                cluster=desired.cluster) for arn in page["serviceArns"]]
+            names += sorted(set(listed) - set(names))
             found = {}
             for start in range(0, len(names), DESCRIBE_BATCH):
-                for service in ecs.describe_services(cluster=desired.cluster, services=names[start:start + DESCRIBE_BATCH],
+                batch = names[start:start + DESCRIBE_BATCH]
+                for service in ecs.describe_services(cluster=desired.cluster, services=batch,
                                                      include=["TAGS"])["services"]:
                     if service["status"] != "INACTIVE":
                         found[service["serviceName"]] = service
@@ -250,14 +305,13 @@ class ServicesStep(Step):
             raise
         return found
 
-    def _observe_bundles(self, s3, desired: ServicesDesired, facts: ServicesFacts) -> None:
-        """Every version of every bundle object (the bucket is versioned): what destroy deletes."""
-        if is_unknown(desired.config_bucket):
+    def _observe_bundles(self, s3, bucket: str, services: list[str], facts: ServicesFacts) -> None:
+        """Every version of the bundle objects of `services` (the bucket is versioned): what goes with them."""
+        if is_unknown(bucket):
             return
-        for service in desired.services:
+        for name in services:
             try:
-                pages = list(s3.get_paginator("list_object_versions").paginate(Bucket=desired.config_bucket,
-                                                                               Prefix=f"{service.name}/"))
+                pages = list(s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=f"{name}/"))
             except Exception as error:
                 if error_code(error) == "NoSuchBucket":
                     return
@@ -265,7 +319,7 @@ class ServicesStep(Step):
             versions = [{"Key": item["Key"], "VersionId": item["VersionId"]} for page in pages
                         for item in page.get("Versions", []) + page.get("DeleteMarkers", [])]
             if versions:
-                facts.bundle_versions[service.name] = versions
+                facts.bundle_versions[name] = versions
 
     def _observe_discovery(self, discovery, namespace_id: str) -> dict[str, dict]:
         """Cloud Map services of our namespace by name (the namespace is this environment's own)."""
@@ -294,7 +348,12 @@ class ServicesStep(Step):
         changes: list[Change] = []
         for service in desired.services:
             changes += self._plan_service(desired, service, observed, recorded)
-        return changes
+        wanted = {service.name for service in desired.services}
+        unwanted = sorted(observed.owned - wanted)
+        discovery = sorted(set(observed.discovery) - wanted)
+        # After the steps that depend on this one moved off them (the engine's retire phase).
+        return changes + [replace(change, retire=True, note=change.note or "no longer in the manifest")
+                          for change in _deletions(unwanted, discovery, observed)]
 
     def _plan_service(self, desired: ServicesDesired, service: DesiredService, observed: ServicesFacts,
                       recorded: dict[str, dict]) -> list[Change]:
@@ -315,7 +374,7 @@ class ServicesStep(Step):
         arn = live["taskDefinition"] if live else None
         if in_service != digest:
             changes.append(Change("create" if live is None else "update", "task_definition", service.name,
-                                  diffs=_definition_diffs(in_service, definition, live, observed, service.name),
+                                  diffs=_definition_diffs(definition, live, observed.definitions.get(service.name)),
                                   calls=("ecs:RegisterTaskDefinition", "ecs:DeregisterTaskDefinition"),
                                   payload=(service, definition, digest)))
             arn = Unknown(f"services.task_definitions.{service.name}")
@@ -377,7 +436,8 @@ class ServicesStep(Step):
         arn = ecs.register_task_definition(**definition, tags=tagging.tag_list(ctx.tags(), "key", "value"))[
             "taskDefinition"]["taskDefinitionArn"]
         observed.registered[service.name] = arn
-        self._deregister_old(ecs, definition["family"], observed.keep_revisions, arn)
+        if change.action == "update":  # a first revision has no older ones to deregister
+            self._deregister_old(ecs, definition["family"], observed.keep_revisions, arn)
         return Accepted(record={"arn": arn, "hash": digest})
 
     _update_task_definition = _create_task_definition
@@ -385,7 +445,7 @@ class ServicesStep(Step):
     def _deregister_old(self, ecs, family: str, keep: int, current: str) -> None:
         """Revisions beyond the newest `keep` (never the one just registered)."""
         arns = [arn for page in ecs.get_paginator("list_task_definitions").paginate(
-            familyPrefix=family, status="ACTIVE", sort="DESC") for arn in page["taskDefinitionArns"]
+            familyPrefix=family, status="ACTIVE") for arn in page["taskDefinitionArns"]
             if _family(arn) == family]
         arns.sort(key=_revision, reverse=True)
         for arn in arns[keep:]:
@@ -495,23 +555,7 @@ class ServicesStep(Step):
         """Scaling first (it would scale the service back up), then every service scaled to zero
         and deleted, awaited until INACTIVE (their targets leave the target groups and their
         Cloud Map instances go), then the Cloud Map services, then the task definitions."""
-        changes = []
-        owned = sorted(observed.owned)
-        for name in owned:
-            resource_id = f"service/{observed.cluster}/{name}"
-            if resource_id in observed.targets:
-                changes.append(Change("delete", "scaling", name, calls=("application-autoscaling:DeregisterScalableTarget",),
-                                      payload=resource_id))
-        changes += [Change("delete", "service", name, calls=("ecs:UpdateService", "ecs:DeleteService"))
-                    for name in owned]
-        changes += [Change("delete", "discovery_service", name, calls=("servicediscovery:DeleteService",),
-                           payload=found["Id"]) for name, found in sorted(observed.discovery.items())]
-        changes += [Change("delete", "task_definition", family, calls=("ecs:DeregisterTaskDefinition",),
-                           payload=tuple(arns)) for family, arns in sorted(observed.revisions.items()) if arns]
-        changes += [Change("delete", "bundle", name, calls=("s3:DeleteObjects",), payload=versions,
-                           note=f"{len(versions)} object version(s) of its config bundles")
-                    for name, versions in sorted(observed.bundle_versions.items())]
-        return changes
+        return _deletions(sorted(observed.owned), sorted(observed.discovery), observed)
 
     def _delete_scaling(self, ctx, change: Change, observed: ServicesFacts) -> None:
         unless_code({"ObjectNotFoundException", "ValidationException"},
@@ -529,8 +573,9 @@ class ServicesStep(Step):
         return Accepted(waits=(Wait(f"deletion of ECS service {change.name}", check),))
 
     def _delete_discovery_service(self, ctx, change: Change, observed: ServicesFacts) -> None:
+        ctx.settle()  # the ECS services gone first: ECS deregisters their instances as their tasks stop
         discovery = ctx.client("servicediscovery")
-        # ECS removes the service's instances as its tasks stop; Cloud Map refuses the delete until then.
+        # Cloud Map refuses the delete while an instance is still registered (ResourceInUse).
         waiters.retry_while(f"deletion of Cloud Map service {change.name}",
                             lambda: unless_code({"ServiceNotFound"}, discovery.delete_service, Id=change.payload),
                             {"ResourceInUse"}, log=ctx.log, stop=ctx.stop)
@@ -544,10 +589,36 @@ class ServicesStep(Step):
         observed.bundle_versions.pop(change.name, None)
 
     def _delete_task_definition(self, ctx, change: Change, observed: ServicesFacts) -> None:
+        """Deregistered, then deleted: an INACTIVE revision would otherwise stay, with our tags."""
         ecs = ctx.client("ecs")
-        for arn in change.payload:
+        arns = list(change.payload)
+        for arn in arns:
             unless_code({"ClientException"}, ecs.deregister_task_definition, taskDefinition=arn)
+        for start in range(0, len(arns), 10):
+            ecs.delete_task_definitions(taskDefinitions=arns[start:start + 10])
         observed.revisions.pop(change.name, None)
+
+    # -- status --live ---------------------------------------------------------------------
+
+    def live(self, ctx, outputs: dict) -> dict:
+        """What `status --live` shows of this step, per service of the manifest, as ECS and the
+        load balancer say now: desired, running and pending tasks, the PRIMARY deployment's
+        rollout state, the revision in service, target health."""
+        if ctx.manifest.services is None:
+            return {}
+        ecs, elb = ctx.client("ecs"), ctx.client("elbv2")
+        names = list(ctx.manifest.services.tasks)
+        found: dict[str, dict] = {}
+        try:
+            for start in range(0, len(names), DESCRIBE_BATCH):
+                for service in ecs.describe_services(cluster=outputs.get("cluster_name") or ctx.manifest.prefix,
+                                                     services=names[start:start + DESCRIBE_BATCH])["services"]:
+                    if service["status"] != "INACTIVE":
+                        found[service["serviceName"]] = service
+        except Exception as error:
+            if error_code(error) != "ClusterNotFoundException":
+                raise
+        return {"services": {name: _live_state(found.get(name), elb) for name in names}}
 
     # -- outputs ----------------------------------------------------------------------------
 
@@ -562,6 +633,25 @@ class ServicesStep(Step):
                               (observed.services[name]["taskDefinition"] if name in observed.services
                                else KNOWN_AFTER_APPLY) for name in names},
             discovery_names={name: f"{name}.{namespace}" for name in names})
+
+
+def _live_state(service: dict | None, elb) -> dict:
+    if service is None:
+        return {"line": "not deployed"}
+    primary = next((d for d in service.get("deployments", []) if d["status"] == "PRIMARY"), {})
+    health: dict[str, int] = {}
+    for balancer in service.get("loadBalancers", []):
+        for target in elb.describe_target_health(TargetGroupArn=balancer["targetGroupArn"])["TargetHealthDescriptions"]:
+            state = target["TargetHealth"]["State"]
+            health[state] = health.get(state, 0) + 1
+    state = {"desired": service["desiredCount"], "running": service["runningCount"],
+             "pending": service["pendingCount"], "rollout": primary.get("rolloutState", "-"),
+             "revision": service["taskDefinition"].rsplit("/", 1)[-1], "targets": health}
+    targets = (", targets " + (", ".join(f"{count} {what}" for what, count in sorted(health.items())) or "none")
+               if service.get("loadBalancers") else "")
+    state["line"] = (f"{state['running']}/{state['desired']} running, {state['pending']} pending, rollout "
+                     f"{state['rollout']}, revision {state['revision']}{targets}")
+    return state
 
 
 # --- the rollout -----------------------------------------------------------------------------
@@ -583,6 +673,8 @@ class RolloutPoller:
     def check(self, name: str) -> tuple[bool, str]:
         service = self._read(name)
         arn, target_groups, deadline = self.expected[name]
+        if service is None:
+            raise WaitFailed(f"service {name} disappeared during its rollout")
         primary = next((d for d in service.get("deployments", []) if d["status"] == "PRIMARY"), None)
         if primary is None or primary["taskDefinition"] != arn or primary.get("rolloutState") == "FAILED":
             self.expected.pop(name)
@@ -604,14 +696,14 @@ class RolloutPoller:
                              f"{self._reasons(name, service, target_groups)}")
         return False, status
 
-    def _read(self, name: str) -> dict:
+    def _read(self, name: str) -> dict | None:
         if name not in self.fresh:
             names = sorted(self.expected)
             for start in range(0, len(names), DESCRIBE_BATCH):
                 for service in self.ecs.describe_services(cluster=self.cluster,
                                                           services=names[start:start + DESCRIBE_BATCH])["services"]:
                     self.fresh[service["serviceName"]] = service
-        return self.fresh.pop(name)
+        return self.fresh.pop(name, None)
 
     def _unhealthy_targets(self, target_groups: list[str]) -> list[str]:
         found = []
@@ -643,6 +735,28 @@ class RolloutPoller:
 # --- planning helpers (pure) -------------------------------------------------------------------
 
 
+def _deletions(services: list[str], discovery: list[str], observed: ServicesFacts) -> list[Change]:
+    """Deletes of `services` (ours) and the Cloud Map services named `discovery`, in a safe
+    order, with the task definitions and bundles observe found going with them."""
+    changes = []
+    for name in services:
+        resource_id = f"service/{observed.cluster}/{name}"
+        if resource_id in observed.targets:
+            changes.append(Change("delete", "scaling", name,
+                                  calls=("application-autoscaling:DeregisterScalableTarget",), payload=resource_id))
+    changes += [Change("delete", "service", name, calls=("ecs:UpdateService", "ecs:DeleteService"))
+                for name in services]
+    changes += [Change("delete", "discovery_service", name, calls=("servicediscovery:DeleteService",),
+                       payload=observed.discovery[name]["Id"]) for name in discovery]
+    changes += [Change("delete", "task_definition", family,
+                       calls=("ecs:DeregisterTaskDefinition", "ecs:DeleteTaskDefinitions"),
+                       payload=tuple(arns)) for family, arns in sorted(observed.revisions.items()) if arns]
+    changes += [Change("delete", "bundle", name, calls=("s3:DeleteObjects",), payload=versions,
+                       note=f"{len(versions)} object version(s) of its config bundles")
+                for name, versions in sorted(observed.bundle_versions.items())]
+    return changes
+
+
 def _get(values, key: str, what: str):
     """`values[key]` of an upstream output map, or an Unknown naming it while not known."""
     if isinstance(values, dict) and key in values:
@@ -664,37 +778,33 @@ def _with_image(service: DesiredService, image: str | None) -> dict:
 
 
 def _in_service_hash(name: str, live: dict | None, observed: ServicesFacts, recorded: dict[str, dict]) -> str | None:
-    """The hash of the definition in service: the record's when it names that revision, else
-    the normal form of what observe described."""
+    """The hash of the definition in service: the normal form of what observe described, else
+    the record's when it names that revision."""
     if live is None:
         return None
+    if name in observed.definitions:
+        return taskdefs.definition_hash(observed.definitions[name])
     record = recorded.get(f"task_definition/{name}", {})
-    if record.get("arn") == live["taskDefinition"]:
-        return record.get("hash")
-    described = observed.definitions.get(name)
-    return taskdefs.definition_hash(described) if described else None
+    return record.get("hash") if record.get("arn") == live["taskDefinition"] else None
 
 
-def _definition_diffs(in_service: str | None, definition: dict, live: dict | None, observed: ServicesFacts,
-                      name: str) -> tuple[FieldDiff, ...]:
-    """Per container, what changes (image, environment, …); the whole definition when nothing
-    better is known."""
+def _definition_diffs(definition: dict, live: dict | None, described: dict | None) -> tuple[FieldDiff, ...]:
+    """What changes, field by field (per container: image, environment, …) when the definition in
+    service is known; otherwise (a first revision) the images it will run."""
     new = taskdefs.normalise(definition)
-    described = observed.definitions.get(name)
     if live is None or described is None:
-        diffs = [FieldDiff("revision", live["taskDefinition"] if live else None, KNOWN_AFTER_APPLY)]
-        diffs += [FieldDiff(f"container:{c['name']}.image", None, c.get("image"))
-                  for c in new["containerDefinitions"]]
-        return tuple(diffs)
+        return (FieldDiff("revision", live["taskDefinition"] if live else None, KNOWN_AFTER_APPLY),
+                *(FieldDiff(f"container:{c['name']}.image", None, c.get("image")) for c in new["containerDefinitions"]))
     old = taskdefs.normalise(described)
     diffs = [FieldDiff(key, old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
              if key != "containerDefinitions" and old.get(key) != new.get(key)]
     old_containers = {c["name"]: c for c in old["containerDefinitions"]}
-    for container in new["containerDefinitions"]:
-        before = old_containers.get(container["name"], {})
-        diffs += [FieldDiff(f"container:{container['name']}.{key}", before.get(key), container.get(key))
-                  for key in sorted(set(before) | set(container)) if before.get(key) != container.get(key)]
-    return tuple(diffs) or (FieldDiff("revision", live["taskDefinition"], KNOWN_AFTER_APPLY),)
+    new_containers = {c["name"]: c for c in new["containerDefinitions"]}
+    for name in sorted(set(old_containers) | set(new_containers)):
+        before, after = old_containers.get(name, {}), new_containers.get(name, {})
+        diffs += [FieldDiff(f"container:{name}.{key}", before.get(key), after.get(key))
+                  for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
+    return tuple(diffs)
 
 
 def _service_fields(service: DesiredService, arn: str, discovery: dict | None) -> dict:

@@ -272,10 +272,10 @@ def test_destroy_leaves_nothing_tagged_but_what_holds_data(endpoint):
     assert [g["logGroupName"] for g in logs.describe_log_groups(logGroupNamePrefix="/ecs/gamepulse-dev/")[
         "logGroups"]] == ["/ecs/gamepulse-dev/grafana"]
     tagging = client(endpoint, "resourcegroupstaggingapi")
-    left = [item["ResourceARN"] for item in tagging.get_resources(
-        TagFilters=[{"Key": "orchestrator:env", "Values": ["dev"]}])["ResourceTagMappingList"]]
+    left = [item["ResourceARN"] for page in tagging.get_paginator("get_resources").paginate(
+        TagFilters=[{"Key": "orchestrator:env", "Values": ["dev"]}]) for item in page["ResourceTagMappingList"]]
     ec2, ecs = client(endpoint, "ec2"), client(endpoint, "ecs")
-    # Both AWS and moto keep listing a deleted NAT gateway and an INACTIVE cluster for a while.
+    # Both AWS and moto keep listing a deleted NAT gateway and INACTIVE clusters and services for a while.
     gone_nat = {n["NatGatewayId"] for n in ec2.describe_nat_gateways()["NatGateways"] if n["State"] == "deleted"}
     inactive = {c["clusterArn"] for c in ecs.describe_clusters(clusters=["gamepulse-dev"])["clusters"]
                 if c["status"] == "INACTIVE"}
@@ -283,10 +283,14 @@ def test_destroy_leaves_nothing_tagged_but_what_holds_data(endpoint):
     kms = client(endpoint, "kms")
     inactive |= {arn for arn in left if ":key/" in arn
                  and kms.describe_key(KeyId=arn)["KeyMetadata"]["KeyState"] == "PendingDeletion"}
+    services = [arn for arn in left if ":service/" in arn]
+    inactive |= {s["serviceArn"] for s in ecs.describe_services(cluster="gamepulse-dev", services=services)["services"]
+                 if s["status"] == "INACTIVE"} if services else set()
     live = [arn for arn in left if arn.rsplit("/", 1)[-1] not in gone_nat and arn not in inactive]
     kinds = sorted({arn.split(":")[2] for arn in live})
-    # Kept on purpose without --delete-data / --delete-secrets: secrets, the file system, log groups.
-    assert kinds == ["elasticfilesystem", "logs", "secretsmanager"], live
+    # Kept on purpose without --delete-data / --delete-secrets: secrets, the file system, log groups,
+    # and the repository, which holds the images the sandbox seeds.
+    assert kinds == ["ecr", "elasticfilesystem", "logs", "secretsmanager"], live
     assert ec2.describe_vpcs(Filters=[{"Name": "tag:orchestrator:env", "Values": ["dev"]}])["Vpcs"] == []
     (fs,) = client(endpoint, "efs").describe_file_systems()["FileSystems"]
     assert client(endpoint, "efs").describe_mount_targets(FileSystemId=fs["FileSystemId"])["MountTargets"] == []
@@ -472,3 +476,28 @@ def test_a_missing_certificate_and_secret_source_stop_apply_before_any_change(en
     assert wire.count(mutating=True, exclude=("DynamoDB",)) == 0, wire.operations(mutating=True)
     (last,) = json.loads(run(endpoint, "status", "staging", "--json").stdout)["runs"]
     assert last["result"] == "failed"
+
+
+def test_a_pipeline_deploys_another_image_tag_without_editing_files(endpoint):
+    assert run(endpoint, "apply", "dev").returncode == 0
+    deployed = run(endpoint, "apply", "dev", "--image-tag", "gamepulse=1.4.2")
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    ecs = client(endpoint, "ecs")
+    [service] = ecs.describe_services(cluster="gamepulse-dev", services=["gamepulse"])["services"]
+    assert service["taskDefinition"].endswith("gamepulse-dev-gamepulse:2")
+    image = ecs.describe_task_definition(taskDefinition=service["taskDefinition"])["taskDefinition"][
+        "containerDefinitions"][-1]["image"]
+    digest = client(endpoint, "ecr").describe_images(repositoryName="gamepulse", imageIds=[{"imageTag": "1.4.2"}])[
+        "imageDetails"][0]["imageDigest"]
+    assert image.endswith(f"/gamepulse@{digest}")
+    status = run(endpoint, "status", "dev", "--json", "--live")
+    document = json.loads(status.stdout)
+    assert document["runs"][0]["command"] == "apply --image-tag gamepulse=1.4.2"
+    assert document["live"]["services"]["services"]["gamepulse"]["revision"] == "gamepulse-dev-gamepulse:2"
+    live = run(endpoint, "status", "dev", "--live").stdout
+    assert "gamepulse    2/2 running, 0 pending, rollout COMPLETED, revision gamepulse-dev-gamepulse:2" in live
+
+    missing = run(endpoint, "apply", "dev", "--image-tag", "gamepulse=9.9.9")
+    assert missing.returncode == 1
+    assert "image tag '9.9.9' does not exist in ECR repository 'gamepulse' (its tags: 1.4.2, 1.4.1)" in missing.stderr
+    assert run(endpoint, "apply", "dev", "--image-tag", "nope=1.0.0").returncode == 1

@@ -95,3 +95,38 @@ def test_a_gateway_endpoint_moved_to_other_route_tables_routes_there_and_deletes
     ec2.delete_route_table(RouteTableId=old)
     assert ec2.delete_vpc_endpoints(VpcEndpointIds=[endpoint])["Unsuccessful"] == []
     assert endpoint_routes(new) == []
+
+
+def test_a_new_revision_is_a_new_primary_deployment_and_the_old_one_drains(mock, monkeypatch):
+    """As ECS: with tasks that start (MOTO_ECS_SERVICE_RUNNING), every deployment runs its
+    desired count and completes; the old deployment shows ACTIVE once, then is gone."""
+    monkeypatch.setenv("MOTO_ECS_SERVICE_RUNNING", "1")
+    ecs = boto3.client("ecs", region_name="us-east-1")
+    ecs.create_cluster(clusterName="c")
+    first, second = (ecs.register_task_definition(family="f", containerDefinitions=[
+        {"name": "app", "image": f"app:{version}", "memory": 128}])["taskDefinition"]["taskDefinitionArn"]
+        for version in (1, 2))
+    created = ecs.create_service(cluster="c", serviceName="s", taskDefinition=first, desiredCount=3)["service"]
+    [deployment] = created["deployments"]
+    assert (deployment["runningCount"], deployment["rolloutState"]) == (3, "COMPLETED")
+
+    ecs.update_service(cluster="c", service="s", taskDefinition=second)
+
+    def deployments():
+        [service] = ecs.describe_services(cluster="c", services=["s"])["services"]
+        return [(d["status"], d["taskDefinition"], d["runningCount"], d["rolloutState"])
+                for d in service["deployments"]]
+
+    assert deployments() == [("PRIMARY", second, 3, "COMPLETED"), ("ACTIVE", first, 3, "COMPLETED")]
+    assert deployments() == [("PRIMARY", second, 3, "COMPLETED")]
+    ecs.update_service(cluster="c", service="s", desiredCount=5)
+    assert deployments() == [("PRIMARY", second, 5, "COMPLETED")]
+
+
+def test_the_sandbox_repository_holds_the_demo_tags_each_with_its_own_digest(mock, monkeypatch):
+    monkeypatch.setenv("ORCHESTRATOR_SANDBOX_IMAGE_TAGS", "1.4.1 1.4.2")
+    ecr = boto3.client("ecr", region_name="us-east-1")
+    ecr.create_repository(repositoryName="app")
+    images = ecr.describe_images(repositoryName="app")["imageDetails"]
+    assert sorted(tag for image in images for tag in image["imageTags"]) == ["1.4.1", "1.4.2"]
+    assert len({image["imageDigest"] for image in images}) == 2

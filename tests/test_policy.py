@@ -68,6 +68,10 @@ STAR_ALLOWED = {
     "elasticloadbalancing:DescribeLoadBalancerAttributes", "elasticloadbalancing:DescribeTargetGroups",
     "elasticloadbalancing:DescribeTargetGroupAttributes", "elasticloadbalancing:DescribeListeners",
     "elasticloadbalancing:DescribeRules", "elasticloadbalancing:DescribeTags",
+    "ecs:RegisterTaskDefinition", "ecs:DeregisterTaskDefinition", "ecs:DescribeTaskDefinition",
+    "ecs:ListTaskDefinitions", "ecs:DeleteTaskDefinitions", "application-autoscaling:DescribeScalableTargets",
+    "application-autoscaling:DescribeScalingPolicies", "servicediscovery:ListServices",
+    "elasticloadbalancing:DescribeTargetHealth",
 }
 
 
@@ -183,7 +187,11 @@ def record_calls(aws) -> list[tuple[str, str, dict]]:
 
 
 @pytest.mark.managed_policies
-def test_every_call_of_an_apply_a_re_apply_and_a_destroy_is_allowed_by_the_printed_policy(manifest, aws):
+def test_every_call_of_an_apply_a_re_apply_and_a_destroy_is_allowed_by_the_printed_policy(manifest, aws,
+                                                                                          monkeypatch):
+    # As in the sandbox: the app's image is in its repository, and tasks start.
+    monkeypatch.setenv("ORCHESTRATOR_SANDBOX_IMAGE_TAGS", "1.4.1")
+    monkeypatch.setenv("MOTO_ECS_SERVICE_RUNNING", "1")
     calls = record_calls(aws)
     run = harness.engine(manifest, aws)
     assert all(result.status == "ok" for result in run.apply().values())

@@ -152,7 +152,7 @@ def test_prometheus_and_grafana_keep_their_data_on_efs_and_stop_before_they_star
         assert service.capacity_provider == "FARGATE_SPOT"
     assert container(services["loki"].definition, "loki")["stopTimeout"] == 120
     grafana = container(services["grafana"].definition, "grafana")
-    assert grafana["secrets"][0]["name"] == "GF_SECURITY_ADMIN_PASSWORD"
+    assert "GF_SECURITY_ADMIN_PASSWORD" in [secret["name"] for secret in grafana["secrets"]]
 
 
 def test_prod_runs_the_monitoring_services_on_fargate_not_spot(tmp_path):
@@ -168,12 +168,32 @@ def test_a_size_fargate_does_not_run_is_a_manifest_error_with_file_and_line(tmp_
     from tests.conftest import MANIFESTS
     for file in MANIFESTS.glob("*.yaml"):
         (tmp_path / file.name).write_text(file.read_text())
-    (tmp_path / "dev.yaml").write_text((tmp_path / "dev.yaml").read_text()
-                                       + "services:\n  tasks:\n    loki: {cpu: 256, memory: 4096}\n")
+    overlay = (tmp_path / "dev.yaml").read_text()
+    (tmp_path / "dev.yaml").write_text(overlay + "services:\n  tasks:\n    loki: {cpu: 256, memory: 4096}\n")
     with pytest.raises(ManifestError) as error:
         load_manifest(tmp_path, "dev")
-    assert f"{tmp_path / 'dev.yaml'}:8: services.tasks.loki.memory: Fargate does not run 256 CPU units with " \
+    line = len(overlay.splitlines()) + 3
+    assert f"{tmp_path / 'dev.yaml'}:{line}: services.tasks.loki.memory: Fargate does not run 256 CPU units with " \
            "4096 MiB" in str(error.value)
+
+
+@pytest.mark.parametrize("entry, error", [
+    ("tempo: {bundle: jaeger, cpu: 256, memory: 512, security_group: monitoring}",
+     "services.tasks.tempo: has no task role: add tempo to iam.task_roles"),
+    ("zipkin: {bundle: zipkin, cpu: 256, memory: 512, security_group: monitoring}",
+     "services.tasks.zipkin.bundle: must be one of 'otel-collector', 'prometheus', 'loki', 'jaeger' "
+     "or 'grafana' (got 'zipkin')"),
+])
+def test_a_service_without_a_task_role_or_with_an_unknown_bundle_is_a_manifest_error(tmp_path, entry, error):
+    from orchestrator.manifest import load_manifest
+    from tests.conftest import MANIFESTS
+    for file in MANIFESTS.glob("*.yaml"):
+        (tmp_path / file.name).write_text(file.read_text())
+    overlay = (tmp_path / "dev.yaml").read_text()
+    (tmp_path / "dev.yaml").write_text(overlay + f"services:\n  tasks:\n    {entry}\n")
+    with pytest.raises(ManifestError) as raised:
+        load_manifest(tmp_path, "dev")
+    assert f"dev.yaml:{len(overlay.splitlines()) + 3}: {error}" in str(raised.value)
 
 
 # --- the normaliser --------------------------------------------------------------------------------
@@ -287,7 +307,8 @@ def test_dropped_fields_are_compared_with_the_last_applied_record(manifest):
 def test_requests_per_target_adds_a_second_tracking_policy(manifest):
     desired = desired_for(manifest)
     facts, recorded = converged(desired)
-    new = desired_for(changed(manifest, services={"tasks": {"gamepulse": {"autoscaling": {"requests_per_target": 500}}}}))
+    requests = {"tasks": {"gamepulse": {"autoscaling": {"requests_per_target": 500}}}}
+    new = desired_for(changed(manifest, services=requests))
     [change] = STEP.plan(new, facts, recorded)
     assert change.key == "scaling/gamepulse" and [d.field for d in change.diffs] == ["policy:gamepulse-requests"]
     assert change.diffs[0].new == _policy_view(new.services[0].scaling.policies["gamepulse-requests"])
@@ -479,10 +500,16 @@ def test_destroy_drains_services_before_target_groups_and_cloud_map_services_bef
     assert results["services"].status == "ok", results["services"].error
     order = [f"{c.service}:{c.operation}" for c in aws.ledger.calls[before:] if c.mutating]
     first = {op: order.index(op) for op in reversed(order)}
-    assert first["ecs:UpdateService"] < first["ecs:DeleteService"] < first["elastic-load-balancing-v2:DeleteTargetGroup"]
+    assert first["ecs:UpdateService"] < first["ecs:DeleteService"] < \
+        first["elastic-load-balancing-v2:DeleteTargetGroup"]
     assert first["servicediscovery:DeleteService"] < first["servicediscovery:DeleteNamespace"]
     assert first["ecs:DeleteService"] < first["ecs:DeleteCluster"]
-    assert ecs_client().list_task_definitions(familyPrefix="gamepulse-dev-", status="ACTIVE")["taskDefinitionArns"] == []
+    left = ecs_client().list_task_definitions(familyPrefix="gamepulse-dev-", status="ACTIVE")
+    assert left["taskDefinitionArns"] == []
+    # Once the cluster is gone (its step's outputs with it), a second destroy finds nothing to do.
+    engine.lease.release()
+    again = harness.engine(manifest, aws).destroy()
+    assert again["services"].status == "ok" and again["services"].changes == [], again["services"].error
 
 
 @pytest.mark.managed_policies
@@ -511,3 +538,64 @@ def test_fifty_services_read_at_most_twice_what_dev_reads_unchanged(aws, manifes
     assert len(big.services.tasks) == 50
     fifty_reads = unchanged_reads(big)
     assert fifty_reads <= 2 * dev_reads, (fifty_reads, dev_reads)
+
+
+@pytest.mark.managed_policies
+def test_revisions_beyond_the_kept_number_are_deregistered(aws, manifest, platform):
+    recorded: dict = {}
+    keep_two = changed(manifest, services={"keep_revisions": 2})
+    for tag in ("1.4.1", "1.4.2", "1.4.1"):
+        run(changed(keep_two, images={"repositories": {"gamepulse": {"tag": tag}}}), aws, platform, recorded)
+    active = ecs_client().list_task_definitions(familyPrefix="gamepulse-dev-gamepulse", status="ACTIVE")
+    assert [arn.rsplit(":", 1)[-1] for arn in active["taskDefinitionArns"]] == ["2", "3"]
+
+
+@pytest.mark.managed_policies
+def test_the_plan_of_a_new_image_names_the_container_and_both_digests(aws, manifest, platform):
+    recorded: dict = {}
+    run(manifest, aws, platform, recorded)
+    changes = harness.plan_step(STEP, changed(manifest, images={"repositories": {"gamepulse": {"tag": "1.4.2"}}}),
+                                aws, upstream=platform, recorded=recorded)
+    definition = next(c for c in changes if c.key == "task_definition/gamepulse")
+    [diff] = definition.diffs
+    assert diff.field == "container:gamepulse.image"
+    assert diff.old.split("@")[0] == diff.new.split("@")[0] and diff.old != diff.new
+
+
+@pytest.mark.managed_policies
+@pytest.mark.parametrize("kill_after", [2, 3, 4, 5])
+def test_killed_after_a_call_then_applied_again_converges_without_duplicates(aws, manifest, platform, kill_after):
+    """2: task definition registered, 3: Cloud Map service created (moto would make a second one
+    of the same name), 4: ECS service created, 5: scalable target registered — none recorded yet."""
+    harness.crash_after(aws, kill_after)
+    with pytest.raises(harness.Crash):
+        run(manifest, aws, platform, {})
+    rerun = harness.forget_crash(aws)
+    recorded: dict = {}
+    run(manifest, rerun, platform, recorded)
+    import boto3
+    sd = boto3.client("servicediscovery", region_name="us-east-1")
+    assert sorted(s["Name"] for s in sd.list_services()["Services"]) == sorted(SERVICES)
+    assert len(ecs_client().list_services(cluster="gamepulse-dev")["serviceArns"]) == 5
+    before = len(rerun.ledger.calls)
+    assert run(manifest, rerun, platform, recorded)[0] == []
+    assert [c for c in rerun.ledger.calls[before:] if c.mutating and c.step == "services"] == []
+
+
+@pytest.mark.managed_policies
+def test_a_service_dropped_from_the_manifest_is_deleted_with_its_name_revisions_and_bundle(aws, manifest, platform):
+    recorded: dict = {}
+    run(manifest, aws, platform, recorded)
+    without_jaeger = manifest.model_dump()
+    del without_jaeger["services"]["tasks"]["jaeger"]
+    applied, _, _ = run(type(manifest).model_validate(without_jaeger), aws, platform, recorded)
+    assert keys(applied) == ["delete service/jaeger", "delete discovery_service/jaeger",
+                             "delete task_definition/gamepulse-dev-jaeger", "delete bundle/jaeger"]
+    assert all(change.retire for change in applied)
+    [service] = ecs_client().describe_services(cluster="gamepulse-dev", services=["jaeger"])["services"]
+    assert service["status"] == "INACTIVE"
+    import boto3
+    names = [s["Name"] for s in boto3.client("servicediscovery", region_name="us-east-1").list_services()["Services"]]
+    assert "jaeger" not in names and len(names) == 4
+    assert "jaeger/" not in str(boto3.client("s3", region_name="us-east-1").list_object_versions(
+        Bucket=platform["storage"]["buckets"]["config"]))
