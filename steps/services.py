@@ -243,6 +243,8 @@ class ServicesStep(Step):
     def _observe_services(self, ecs, desired: ServicesDesired) -> dict[str, dict]:
         """The cluster's services, ten per describe: ours by name, and any other (one the manifest
         no longer lists is ours to delete if it carries our tags)."""
+        if is_unknown(desired.cluster):  # the cluster was never made (or is gone): nothing runs in it
+            return {}
         names = [s.name for s in desired.services]
         try:
             listed = [arn.rsplit("/", 1)[-1] for page in ecs.get_paginator("list_services").paginate(

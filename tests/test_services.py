@@ -506,6 +506,10 @@ def test_destroy_drains_services_before_target_groups_and_cloud_map_services_bef
     assert first["ecs:DeleteService"] < first["ecs:DeleteCluster"]
     left = ecs_client().list_task_definitions(familyPrefix="gamepulse-dev-", status="ACTIVE")
     assert left["taskDefinitionArns"] == []
+    # Once the cluster is gone (its step's outputs with it), a second destroy finds nothing to do.
+    engine.lease.release()
+    again = harness.engine(manifest, aws).destroy()
+    assert again["services"].status == "ok" and again["services"].changes == [], again["services"].error
 
 
 @pytest.mark.managed_policies
