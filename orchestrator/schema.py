@@ -274,6 +274,8 @@ class BucketSpec(Section):
     expire_days: int | None = Field(None, ge=1, description="expire objects after this; default: logging retention "
                                                             "for buckets that hold logs, never for others")
     holds_logs: bool = False
+    rendered: bool = Field(False, description="holds only files the tool renders and uploads (config bundles): "
+                                              "emptied and deleted on destroy without --delete-data")
     noncurrent_expire_days: int = Field(30, ge=1, description="delete noncurrent object versions after this")
 
 

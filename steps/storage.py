@@ -59,6 +59,7 @@ class Bucket:
     versioning: str  # Enabled | Suspended
     lifecycle: list[dict]
     policy: dict
+    rendered: bool = False  # holds only what the tool renders (config bundles): no data to keep
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class StorageFacts:
     prefix: str
     account_id: str
     buckets: dict[str, ObservedBucket] = field(default_factory=dict)  # bucket name → ours
+    rendered: frozenset[str] = frozenset()  # names of the buckets that hold only rendered files
 
 
 # -- what a bucket should look like ---------------------------------------------------------
@@ -126,7 +128,7 @@ def desired_bucket(manifest, key: str, spec, account_id: str, region: str, parti
         encryption={"SSEAlgorithm": "AES256", "BucketKeyEnabled": True},
         versioning="Enabled" if spec.versioning else "Suspended",
         lifecycle=lifecycle_rules(expire_days, spec.noncurrent_expire_days),
-        policy=tls_only_policy(arn))
+        policy=tls_only_policy(arn), rendered=spec.rendered)
 
 
 def logical_name(bucket_name: str, prefix: str, account_id: str) -> str:
@@ -354,7 +356,8 @@ class StorageStep(Step):
 
     def observe(self, ctx, desired: StorageDesired) -> StorageFacts:
         s3 = ctx.client("s3")
-        facts = StorageFacts(prefix=desired.prefix, account_id=desired.account_id)
+        facts = StorageFacts(prefix=desired.prefix, account_id=desired.account_id,
+                             rendered=frozenset(bucket.name for bucket in desired.buckets if bucket.rendered))
         wanted = {bucket.name for bucket in desired.buckets}
         owned_tags = owned_bucket_tags(ctx.client("resourcegroupstaggingapi"), ctx.app, ctx.env, self.name)
         for name in list_bucket_names(s3, f"{desired.prefix}-"):
@@ -397,8 +400,9 @@ class StorageStep(Step):
             for diff in change.diffs:
                 put_setting(s3, change.payload, diff.field)
         else:
-            delete_bucket(s3, change.payload, purge=change.blocked is not None)
-            observed.buckets.pop(change.payload, None)
+            found: ObservedBucket = change.payload
+            delete_bucket(s3, found.name, purge=bool(found.versions))
+            observed.buckets.pop(found.name, None)
 
     def outputs(self, desired: StorageDesired, observed: StorageFacts) -> StorageOutputs:
         return StorageOutputs(buckets={bucket.key: bucket.name for bucket in desired.buckets},
@@ -429,11 +433,16 @@ class StorageStep(Step):
     def _delete(found: ObservedBucket, facts: StorageFacts) -> Change:
         key = logical_name(found.name, facts.prefix, facts.account_id)
         if not found.versions:
-            return Change("delete", "bucket", key, calls=("s3:DeleteBucket",), payload=found.name,
+            return Change("delete", "bucket", key, calls=("s3:DeleteBucket",), payload=found,
                           note=f"bucket {found.name} is empty")
         count = f"more than {found.versions}" if found.more_versions else str(found.versions)
-        return Change("delete", "bucket", key, calls=("s3:ListObjectVersions", "s3:DeleteObjects", "s3:DeleteBucket"),
-                      payload=found.name, blocked="delete-data",
+        calls = ("s3:ListObjectVersions", "s3:DeleteObjects", "s3:DeleteBucket")
+        if found.name in facts.rendered:
+            return Change("delete", "bucket", key, calls=calls, payload=found,
+                          note=f"bucket {found.name} holds {count} object version(s) of rendered config bundles, "
+                               "which every apply uploads again: emptied and deleted")
+        return Change("delete", "bucket", key, calls=calls,
+                      payload=found, blocked="delete-data",
                       note=f"bucket {found.name} holds {count} object version(s); deleting it deletes them "
                            "for good (pass --delete-data to allow)")
 
