@@ -193,9 +193,10 @@ def test_apply_builds_the_network_with_tags_in_the_create_calls(manifest, aws, e
 
     groups = outputs["security_groups"]
     assert ingress(ec2, groups["alb"]) == {(80, "0.0.0.0/0"), (443, "0.0.0.0/0")}
-    assert ingress(ec2, groups["app"]) == {(8080, groups["alb"])}
+    assert ingress(ec2, groups["app"]) == {(8080, groups["alb"]), (8888, groups["monitoring"]),
+                                           (8889, groups["monitoring"])}
     assert ingress(ec2, groups["efs"]) == {(2049, groups["monitoring"]), (2049, groups["app"])}
-    assert len(ingress(ec2, groups["monitoring"])) == 12
+    assert len(ingress(ec2, groups["monitoring"])) == 16
     assert ingress(ec2, groups["endpoints"]) == {(443, "10.20.0.0/16")}
 
     endpoints = {e["ServiceName"].removeprefix("com.amazonaws.us-east-1."): e for e in found["endpoints"]}
@@ -257,7 +258,8 @@ def test_drift_is_shown_by_plan_then_repaired(manifest, aws, ec2, applied):
         "ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress"])
     assert ec2.describe_vpc_attribute(VpcId=vpc_id, Attribute="enableDnsHostnames")["EnableDnsHostnames"]["Value"]
     assert ingress(ec2, groups["alb"]) == {(80, "0.0.0.0/0"), (443, "0.0.0.0/0")}
-    assert ingress(ec2, groups["app"]) == {(8080, groups["alb"])}
+    assert ingress(ec2, groups["app"]) == {(8080, groups["alb"]), (8888, groups["monitoring"]),
+                                           (8889, groups["monitoring"])}
     assert counts(ec2) == DEV_COUNTS
     assert plan_step(STEP, manifest, forget_crash(aws), recorded=recorded) == []
 
@@ -276,7 +278,7 @@ def test_a_tag_added_to_the_manifest_reaches_the_security_group_rules(manifest, 
     group_ids = list(outputs["security_groups"].values())
     rules = ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": group_ids}])
     ingress_rules = [rule for rule in rules["SecurityGroupRules"] if not rule["IsEgress"]]
-    assert len(ingress_rules) == 18
+    assert len(ingress_rules) == 24
     assert all(tags_of(rule)["team"] == "games" for rule in ingress_rules)
     assert plan_step(STEP, tagged, forget_crash(aws), recorded=recorded) == []
 
@@ -294,7 +296,9 @@ def test_changed_group_description_replaces_the_group_and_rewires_references(man
     assert new_alb != old_alb
     assert ec2.describe_security_groups(GroupIds=[new_alb])["SecurityGroups"][0]["Description"] == \
         "Public load balancer"
-    assert ingress(ec2, new_outputs["security_groups"]["app"]) == {(8080, new_alb)}
+    monitoring = new_outputs["security_groups"]["monitoring"]
+    assert ingress(ec2, new_outputs["security_groups"]["app"]) == {(8080, new_alb), (8888, monitoring),
+                                                                   (8889, monitoring)}
     assert ingress(ec2, new_alb) == {(80, "0.0.0.0/0"), (443, "0.0.0.0/0")}
     assert plan_step(STEP, changed, forget_crash(aws), recorded=recorded) == []
 

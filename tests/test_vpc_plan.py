@@ -96,7 +96,8 @@ def test_desired_security_groups_resolve_sources(dev):
     assert groups["alb"].name == "gamepulse-dev-alb"
     assert [(r.port, r.source) for r in groups["alb"].rules] == [(80, "0.0.0.0/0"), (443, "0.0.0.0/0")]
     assert [(r.port, r.source_kind, r.source) for r in groups["endpoints"].rules] == [(443, "cidr", "10.20.0.0/16")]
-    assert len(groups["monitoring"].rules) == 12  # 6 ports x 2 source groups
+    # 6 ports x 2 source groups, and 4 from the monitoring group itself (Grafana to Prometheus, Loki, Jaeger)
+    assert len(groups["monitoring"].rules) == 16
     assert {r.source for r in groups["efs"].rules} == {"app", "monitoring"}
 
 
@@ -143,7 +144,7 @@ def test_plan_from_nothing_creates_everything_in_dependency_order(dev):
     private = next(c for c in changes if c.key == "route_table/private")
     assert {d.field: d.new for d in private.diffs}["route 0.0.0.0/0"] == KNOWN_AFTER_APPLY
     monitoring = next(c for c in changes if c.key == "ingress/monitoring")
-    assert len(monitoring.payload.add) == 12  # two new source groups stay two rules per port
+    assert len(monitoring.payload.add) == 16  # new source groups stay a rule per port and group
 
 
 def test_plan_with_everything_in_place_is_empty(dev):
@@ -279,7 +280,9 @@ def test_unreported_rule_description_is_compared_with_the_last_apply(dev):
 def test_ingress_change_records_the_descriptions(dev):
     desired = STEP.desired(dev, INPUTS)
     change = next(c for c in STEP.plan(desired, Facts(), {}) if c.key == "ingress/app")
-    assert change.record == {"descriptions": {"tcp 8080 from alb": "API traffic from the load balancer"}}
+    assert change.record == {"descriptions": {"tcp 8080 from alb": "API traffic from the load balancer",
+                                              "tcp 8888 from monitoring": "Prometheus scrapes the collector sidecar",
+                                              "tcp 8889 from monitoring": "Prometheus scrapes the collector sidecar"}}
 
 
 def test_security_group_description_change_replaces_it_and_rewires_references(dev):
@@ -373,7 +376,7 @@ def test_destroy_goes_in_a_safe_order_and_revokes_group_references_first(dev):
                      "security_group", "vpc"]
     revokes = {c.name: c.payload.revoke for c in changes if c.kind == "ingress"}
     assert set(revokes) == {"app", "efs", "monitoring"}  # the groups whose rules name other groups
-    assert len(revokes["monitoring"]) == 12
+    assert len(revokes["monitoring"]) == 16
 
 
 def test_outputs_before_and_after_apply(dev):
