@@ -127,8 +127,10 @@ class Engine:
         (or a step that cannot be planned) stops the run before any change, naming them all."""
         self._load_records()
         selected = self.graph.select(targets)
-        self._preflight(selected)
+        planned = self._preflight(selected)
         results = self._run(selected, self._apply_step)
+        for name, result in results.items():  # a step's time is its plan's and its apply's
+            result.seconds += planned[name].seconds
         self._retire()
         return results
 
@@ -244,7 +246,7 @@ class Engine:
     def _recorded(self, name: str) -> dict[str, dict]:
         return self._records.get(name, {}).get("applied", {}) or {}
 
-    def _preflight(self, selected: set[str]) -> None:
+    def _preflight(self, selected: set[str]) -> dict[str, StepResult]:
         planned = self._run(selected, self._plan_step)
         problems = [f"{name}: {problem}" for name, result in planned.items() for problem in result.problems]
         problems += [f"{name}: could not plan: {result.error}" for name, result in planned.items()
@@ -252,6 +254,7 @@ class Engine:
         if problems:
             raise OrchestratorError(f"apply stopped before any change: {len(problems)} problem(s) found first:\n  "
                                     + "\n  ".join(problems))
+        return planned
 
     def _plan_step(self, name: str, result: StepResult) -> None:
         step = self.graph.steps[name]
