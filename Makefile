@@ -5,8 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 # Demo values for the secrets dev reads from the environment (never used outside the sandbox).
-DEMO_ENV := GAMEPULSE_DB_CONNECTION='Host=db.dev.local;Database=gamepulse;Username=demo;Password=demo-only' \
-            GAMEPULSE_SLACK_WEBHOOK='https://hooks.slack.example/services/DEMO/ONLY'
+DEMO_ENV := GAMEPULSE_DEV_DB_CONNECTION='Host=db.dev.local;Database=gamepulse;Username=demo;Password=demo-only' \
+            GAMEPULSE_DEV_SLACK_WEBHOOK='https://hooks.slack.example/services/DEMO/ONLY'
 
 .PHONY: install demo test bench lint clean sandbox-stop
 

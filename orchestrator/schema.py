@@ -13,6 +13,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"
+#: In a secret's `env`, stands for the environment's name (upper case, `-` as `_`).
+ENV_PLACEHOLDER = "{ENV}"
+
+
+def _variable_part(environment: str) -> str:
+    """An environment's name as it stands in a variable name: `dev` → `DEV`, `eu-prod` → `EU_PROD`."""
+    return environment.upper().replace("-", "_")
 
 
 class FieldError(ValueError):
@@ -247,9 +254,16 @@ class ImagesSpec(Section):
 class SecretSpec(Section):
     description: str = ""
     source: Literal["env", "file", "generate"]
-    env: str | None = Field(None, description="environment variable holding the value (source: env)")
+    env: str | None = Field(None, description="environment variable holding the value (source: env); {ENV} "
+                                              "stands for the environment: GAMEPULSE_{ENV}_DB reads GAMEPULSE_DEV_DB "
+                                              "in dev")
     path: str | None = Field(None, description="file holding the value (source: file)")
     length: int = Field(32, ge=16, le=4096, description="length of a generated value (source: generate)")
+    shared: bool = Field(False, description="the same variable deliberately feeds every environment")
+
+    def variable(self, environment: str) -> str | None:
+        """The environment variable this environment reads the value from."""
+        return self.env.replace(ENV_PLACEHOLDER, _variable_part(environment)) if self.env else None
 
     @model_validator(mode="after")
     def _source_has_its_field(self) -> "SecretSpec":
@@ -635,7 +649,20 @@ class Manifest(Section):
                                  section, "security_group")
         if self.services is not None:
             self._check_service_references(self.services)
+        self._check_secret_variables()
         return self
+
+    def _check_secret_variables(self) -> None:
+        """One variable must not silently feed dev and prod: a secret read from the environment
+        names its environment in the variable ({ENV}, or the name itself), or says it is shared."""
+        own = _variable_part(self.environment)
+        for key, spec in self.secrets.values.items():
+            if spec.source != "env" or spec.shared or ENV_PLACEHOLDER in spec.env or own in spec.env.split("_"):
+                continue
+            qualified = spec.env.replace("_", f"_{ENV_PLACEHOLDER}_", 1) if "_" in spec.env else f"{spec.env}_{ENV_PLACEHOLDER}"
+            raise FieldError(f"{spec.env} would feed this secret in every environment that reads it; name the "
+                             f"environment in it ({qualified}: {qualified.replace(ENV_PLACEHOLDER, own)} in "
+                             f"{self.environment}) or declare `shared: true`", "secrets", "values", key, "env")
 
     def _check_service_references(self, services: ServicesSpec) -> None:
         for name, spec in services.tasks.items():

@@ -149,7 +149,7 @@ class SecretsStep(Step):
         prefix = f"{manifest.app}/{manifest.environment}/"
         tags = tagging.ownership_tags(manifest.app, manifest.environment, self.name, manifest.tags)
         secrets = {key: DesiredSecret(key=key, name=prefix + key, description=spec.description, source=spec.source,
-                                      env=spec.env, path=spec.path, length=spec.length, tags=tags)
+                                      env=spec.variable(manifest.environment), path=spec.path, length=spec.length, tags=tags)
                    for key, spec in sorted(manifest.secrets.values.items())}
         return SecretsDesired(app=manifest.app, env=manifest.environment, prefix=prefix,
                               recovery_window_days=manifest.secrets.recovery_window_days, secrets=secrets)

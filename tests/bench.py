@@ -32,7 +32,8 @@ TERRAFORM = {"cold calls": 380, "cold mutating": 124, "reapply reads": 166, "rea
 ENV = {
     "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-    "GAMEPULSE_DB_CONNECTION": "Host=bench;Password=bench-only", "GAMEPULSE_SLACK_WEBHOOK": "https://hooks.example/b",
+    "GAMEPULSE_DEV_DB_CONNECTION": "Host=bench;Password=bench-only",
+    "GAMEPULSE_DEV_SLACK_WEBHOOK": "https://hooks.example/b",
 }
 
 

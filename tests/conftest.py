@@ -22,8 +22,10 @@ FAKE_ENV = {
     # moto gap: requested certificates stay PENDING_VALIDATION for 60 s unless told otherwise.
     "MOTO_ACM_VALIDATION_WAIT": "0",
     # Secrets the default manifests read from the environment.
-    "GAMEPULSE_DB_CONNECTION": "Host=db.test;Username=gp;Password=test-db-password-123",
-    "GAMEPULSE_SLACK_WEBHOOK": "https://hooks.slack.example/services/TEST/webhook-secret-456",
+    **{f"GAMEPULSE_{env}_DB_CONNECTION": "Host=db.test;Username=gp;Password=test-db-password-123"
+       for env in ("DEV", "STAGING", "PROD")},
+    **{f"GAMEPULSE_{env}_SLACK_WEBHOOK": "https://hooks.slack.example/services/TEST/webhook-secret-456"
+       for env in ("DEV", "STAGING", "PROD")},
 }
 
 

@@ -467,7 +467,7 @@ def test_rules_are_valid_provisioning_entries(env):
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_the_slack_webhook_reaches_grafana_from_secrets_manager_and_no_file(env, monkeypatch):
     webhook = "https://hooks.slack.example/services/T000/B000/never-in-a-file"
-    monkeypatch.setenv("GAMEPULSE_SLACK_WEBHOOK", webhook)
+    monkeypatch.setenv("GAMEPULSE_DEV_SLACK_WEBHOOK", webhook)
     rendered = render(env)
     grafana = rendered["grafana"]
     assert grafana.container.secrets[grafana_content.SLACK_WEBHOOK_VARIABLE] == "slack-webhook"

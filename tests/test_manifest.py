@@ -148,3 +148,34 @@ def test_an_empty_base_manifest_is_named_instead_of_every_field_reported_missing
     assert problems(tmp_path, "dev") == [
         f"{tmp_path / 'gamepulse.yaml'}:1: the base manifest is empty; it holds the settings every environment "
         "shares (app, region, state, network, ...)"]
+
+
+# --- secret sources per environment ------------------------------------------------------------
+
+
+def with_secret_env(tmp_path: Path, env_value: str, shared: bool | None = None) -> Path:
+    shutil.copytree(MANIFESTS, tmp_path, dirs_exist_ok=True)
+    base = (tmp_path / "gamepulse.yaml").read_text()
+    base = base.replace("env: GAMEPULSE_{ENV}_DB_CONNECTION", f"env: {env_value}"
+                        + (f"\n      shared: {str(shared).lower()}" if shared is not None else ""))
+    (tmp_path / "gamepulse.yaml").write_text(base)
+    return tmp_path
+
+
+def test_each_environment_reads_its_own_variable():
+    assert [load_manifest(MANIFESTS, env).secrets.values["db-connection"].variable(env)
+            for env in ("dev", "staging", "prod")] == \
+        ["GAMEPULSE_DEV_DB_CONNECTION", "GAMEPULSE_STAGING_DB_CONNECTION", "GAMEPULSE_PROD_DB_CONNECTION"]
+
+
+def test_one_variable_for_every_environment_is_an_error_unless_declared_shared(tmp_path):
+    manifests = with_secret_env(tmp_path, "GAMEPULSE_DB_CONNECTION")
+    [problem] = problems(manifests, "prod")
+    line = next(n for n, text in enumerate((manifests / "gamepulse.yaml").read_text().splitlines(), 1)
+                if "env: GAMEPULSE_DB_CONNECTION" in text)
+    assert problem == (f"{manifests}/gamepulse.yaml:{line}: secrets.values.db-connection.env: GAMEPULSE_DB_CONNECTION "
+                       "would feed this secret in every environment that reads it; name the environment in it "
+                       "(GAMEPULSE_{ENV}_DB_CONNECTION: GAMEPULSE_PROD_DB_CONNECTION in prod) or declare "
+                       "`shared: true`")
+    shared = with_secret_env(tmp_path, "GAMEPULSE_DB_CONNECTION", shared=True)
+    assert load_manifest(shared, "prod").secrets.values["db-connection"].variable("prod") == "GAMEPULSE_DB_CONNECTION"

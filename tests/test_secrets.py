@@ -22,8 +22,8 @@ from tests import harness
 from tests.conftest import FAKE_ENV
 
 STEP = SecretsStep()
-DB_VALUE = FAKE_ENV["GAMEPULSE_DB_CONNECTION"]
-SLACK_VALUE = FAKE_ENV["GAMEPULSE_SLACK_WEBHOOK"]
+DB_VALUE = FAKE_ENV["GAMEPULSE_DEV_DB_CONNECTION"]
+SLACK_VALUE = FAKE_ENV["GAMEPULSE_DEV_SLACK_WEBHOOK"]
 NAMES = ["gamepulse/dev/db-connection", "gamepulse/dev/grafana-admin", "gamepulse/dev/slack-webhook"]
 
 
@@ -53,7 +53,7 @@ def test_desired_names_secrets_under_app_and_env_with_ownership_tags(manifest):
     desired = desired_for(manifest)
     assert [s.name for s in desired.secrets.values()] == NAMES
     db = desired.secrets["db-connection"]
-    assert (db.source, db.env) == ("env", "GAMEPULSE_DB_CONNECTION")
+    assert (db.source, db.env) == ("env", "GAMEPULSE_DEV_DB_CONNECTION")
     assert db.tags["orchestrator:step"] == "secrets" and db.tags["orchestrator:env"] == "dev"
     assert db.tags["project"] == "gamepulse"
 
@@ -65,7 +65,7 @@ def test_plan_from_nothing_creates_each_secret_and_says_where_its_value_comes_fr
         ("create", "secret", "db-connection"), ("create", "secret", "grafana-admin"),
         ("create", "secret", "slack-webhook")]
     assert all(c.calls == ("secretsmanager:CreateSecret",) and c.blocked is None for c in changes)
-    assert "environment variable GAMEPULSE_DB_CONNECTION" in changes[0].note
+    assert "environment variable GAMEPULSE_DEV_DB_CONNECTION" in changes[0].note
     assert "generated once (32 characters), then kept" in changes[1].note
     value_diff = [d for d in changes[0].diffs if d.field == "value"][0]
     assert value_diff.sensitive and value_diff.to_dict()["new"] == SENSITIVE
@@ -245,7 +245,7 @@ def test_a_quick_re_apply_on_a_lagging_list_carries_on_with_our_existing_secrets
     first = harness.run_step(STEP, manifest, aws)[1]
     generated = value_of(sm, "gamepulse/dev/grafana-admin")
     sm.delete_secret(SecretId="gamepulse/dev/grafana-admin", RecoveryWindowInDays=7)
-    monkeypatch.setenv("GAMEPULSE_DB_CONNECTION", "Host=db.test;Password=changed-a-minute-later")
+    monkeypatch.setenv("GAMEPULSE_DEV_DB_CONNECTION", "Host=db.test;Password=changed-a-minute-later")
     writes = len(harness.mutations(aws))
 
     lagging_list(aws)
@@ -302,7 +302,7 @@ def test_a_lagging_list_hiding_a_secret_of_someone_else_still_refuses_it(manifes
 
 def test_a_changed_environment_value_is_written_as_a_new_version(manifest, aws, sm, monkeypatch):
     harness.run_step(STEP, manifest, aws)
-    monkeypatch.setenv("GAMEPULSE_SLACK_WEBHOOK", "https://hooks.slack.example/services/NEW/rotated-789")
+    monkeypatch.setenv("GAMEPULSE_DEV_SLACK_WEBHOOK", "https://hooks.slack.example/services/NEW/rotated-789")
     applied, _, _ = harness.run_step(STEP, manifest, aws)
     assert [(c.name, c.calls) for c in applied] == [("slack-webhook", ("secretsmanager:PutSecretValue",))]
     assert value_of(sm, "gamepulse/dev/slack-webhook") == "https://hooks.slack.example/services/NEW/rotated-789"
@@ -312,9 +312,9 @@ def test_a_changed_environment_value_is_written_as_a_new_version(manifest, aws, 
 
 def test_a_missing_source_for_a_new_secret_fails_the_plan_naming_secret_and_source(manifest, aws, tmp_path,
                                                                                     monkeypatch):
-    monkeypatch.delenv("GAMEPULSE_SLACK_WEBHOOK")
+    monkeypatch.delenv("GAMEPULSE_DEV_SLACK_WEBHOOK")
     with pytest.raises(OrchestratorError, match="gamepulse/dev/slack-webhook: environment variable "
-                                                "GAMEPULSE_SLACK_WEBHOOK is not set"):
+                                                "GAMEPULSE_DEV_SLACK_WEBHOOK is not set"):
         harness.plan_step(STEP, manifest, aws)
 
     from_file = with_secrets(manifest, token=SecretSpec(source="file", path=str(tmp_path / "absent.txt")))
@@ -324,18 +324,18 @@ def test_a_missing_source_for_a_new_secret_fails_the_plan_naming_secret_and_sour
 
 
 def test_every_missing_source_is_named_at_once_and_destroy_needs_none(manifest, aws, sm, monkeypatch):
-    monkeypatch.delenv("GAMEPULSE_SLACK_WEBHOOK")
-    monkeypatch.delenv("GAMEPULSE_DB_CONNECTION")
+    monkeypatch.delenv("GAMEPULSE_DEV_SLACK_WEBHOOK")
+    monkeypatch.delenv("GAMEPULSE_DEV_DB_CONNECTION")
     with pytest.raises(OrchestratorError) as raised:
         harness.plan_step(STEP, manifest, aws)
-    assert "GAMEPULSE_DB_CONNECTION is not set" in str(raised.value)
-    assert "GAMEPULSE_SLACK_WEBHOOK is not set" in str(raised.value)
+    assert "GAMEPULSE_DEV_DB_CONNECTION is not set" in str(raised.value)
+    assert "GAMEPULSE_DEV_SLACK_WEBHOOK is not set" in str(raised.value)
 
-    monkeypatch.setenv("GAMEPULSE_DB_CONNECTION", "Host=x;Password=only-for-create")
-    monkeypatch.setenv("GAMEPULSE_SLACK_WEBHOOK", "https://hooks.example/only-for-create")
+    monkeypatch.setenv("GAMEPULSE_DEV_DB_CONNECTION", "Host=x;Password=only-for-create")
+    monkeypatch.setenv("GAMEPULSE_DEV_SLACK_WEBHOOK", "https://hooks.example/only-for-create")
     harness.run_step(STEP, manifest, aws)
-    monkeypatch.delenv("GAMEPULSE_SLACK_WEBHOOK")
-    monkeypatch.delenv("GAMEPULSE_DB_CONNECTION")
+    monkeypatch.delenv("GAMEPULSE_DEV_SLACK_WEBHOOK")
+    monkeypatch.delenv("GAMEPULSE_DEV_DB_CONNECTION")
     with capture_logs() as logs:
         applied, _, _ = harness.run_step(STEP, manifest, aws, destroy=True, allow=("delete-secrets",))
     assert [c.action for c in applied] == ["delete"] * 3
@@ -344,11 +344,11 @@ def test_every_missing_source_is_named_at_once_and_destroy_needs_none(manifest, 
 
 def test_a_missing_source_for_an_existing_secret_keeps_its_value_with_a_warning(manifest, aws, sm, monkeypatch):
     harness.run_step(STEP, manifest, aws)
-    monkeypatch.delenv("GAMEPULSE_DB_CONNECTION")
+    monkeypatch.delenv("GAMEPULSE_DEV_DB_CONNECTION")
     with capture_logs() as logs:
         assert harness.plan_step(STEP, manifest, aws) == []
     [warning] = [entry for entry in logs if entry["log_level"] == "warning"]
-    assert warning["secret"] == "gamepulse/dev/db-connection" and "GAMEPULSE_DB_CONNECTION" in warning["problem"]
+    assert warning["secret"] == "gamepulse/dev/db-connection" and "GAMEPULSE_DEV_DB_CONNECTION" in warning["problem"]
     assert value_of(sm, "gamepulse/dev/db-connection") == DB_VALUE
 
 
@@ -417,10 +417,12 @@ def test_a_secret_removed_from_the_manifest_is_deleted_only_with_the_flag(manife
     assert "DeletedDate" in listed(sm)["gamepulse/dev/slack-webhook"]
 
 
-def test_a_run_killed_after_any_mutating_call_converges_without_duplicates(manifest, aws):
+def test_a_run_killed_after_any_mutating_call_converges_without_duplicates(manifest, aws, monkeypatch):
     crashing, rerun = harness.forget_crash(aws), harness.forget_crash(aws)  # the killed process, the next one
     sm = rerun.client("secretsmanager")
     for n in (1, 2, 3):
+        monkeypatch.setenv(f"GAMEPULSE_CRASH{n}_DB_CONNECTION", DB_VALUE)
+        monkeypatch.setenv(f"GAMEPULSE_CRASH{n}_SLACK_WEBHOOK", SLACK_VALUE)
         env = manifest.model_copy(update={"environment": f"crash{n}"})  # a clean slate, cheaper than a reset
         names = [name.replace("/dev/", f"/crash{n}/") for name in NAMES]
         harness.crash_after(crashing, n)  # counts from now on
@@ -459,7 +461,7 @@ def test_no_value_in_plans_changes_records_outputs_or_logs(manifest, aws, sm, lo
     engine = harness.engine(manifest, aws, steps=[STEP], with_state=False)
     first = engine.apply()["secrets"]
     generated = value_of(sm, "gamepulse/dev/grafana-admin")
-    monkeypatch.setenv("GAMEPULSE_DB_CONNECTION", "Host=db.test;Password=brand-new-password-42")
+    monkeypatch.setenv("GAMEPULSE_DEV_DB_CONNECTION", "Host=db.test;Password=brand-new-password-42")
     planned = harness.plan_step(STEP, manifest, aws)
     second = engine.apply()["secrets"]
 
@@ -477,7 +479,7 @@ def test_no_value_in_plans_changes_records_outputs_or_logs(manifest, aws, sm, lo
 def test_an_aws_error_quoting_the_value_is_redacted(manifest, aws, log_stream, monkeypatch):
     harness.run_step(STEP, manifest, aws)
     new_value = "Host=db.test;Password=leaky-password-77"
-    monkeypatch.setenv("GAMEPULSE_DB_CONNECTION", new_value)
+    monkeypatch.setenv("GAMEPULSE_DEV_DB_CONNECTION", new_value)
 
     def refuse(params, **kwargs):
         raise ClientError({"Error": {"Code": "InternalServiceError",
