@@ -40,6 +40,8 @@ def command_lines(block: str) -> list[str]:
 def orchestrator_commands(line: str) -> list[list[str]]:
     """The argument lists of each `orchestrator` invocation on a shell line (after any
     VAR=value prefix, up to the next shell operator). Shell variables stand for any word."""
+    if not re.search(r"(^|[\s;|&(/])orchestrator\s", line):
+        return []  # not lexed: prose and output lines need not be valid shell
     line = re.sub(r"\$\{?\w+\}?", "X", line)
     lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
     lexer.whitespace_split, lexer.commenters = True, "#"
