@@ -186,6 +186,29 @@ def test_the_walkthrough_runs_command_by_command(endpoint):  # noqa: F811 (a fix
                                                f"{result.stderr[-2000:]}")
 
 
+def test_the_drift_example_is_what_plan_prints(endpoint):  # noqa: F811 (a fixture)
+    """The three changes by hand that operations.md describes, and the plan's lines for them."""
+    import boto3
+    [example] = re.findall(r"<!-- drift -->\s*\n```[^\n]*\n(.*?)^```", (ROOT / "docs" / "operations.md").read_text(),
+                           re.MULTILINE | re.DOTALL)
+    assert run(endpoint, "apply", "dev", "--target", "alb", "--target", "ecr").returncode == 0
+    aws = {"region_name": "us-east-1", "endpoint_url": endpoint}
+    ec2, ecr, elb = (boto3.client(name, **aws) for name in ("ec2", "ecr", "elbv2"))
+    [group] = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["gamepulse-dev-app"]}])[
+        "SecurityGroups"]
+    ec2.authorize_security_group_ingress(GroupId=group["GroupId"], IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+    ecr.delete_lifecycle_policy(repositoryName="gamepulse")
+    [target_group] = [group for group in elb.describe_target_groups()["TargetGroups"]
+                      if group["TargetGroupName"].startswith("gamepulse-dev-gamepulse-")]
+    elb.modify_target_group(TargetGroupArn=target_group["TargetGroupArn"], HealthCheckPath="/healthz")
+
+    plan = run(endpoint, "plan", "dev", "--target", "alb", "--target", "ecr")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    for line in example.splitlines():
+        assert line.removesuffix("…") in plan.stdout, f"operations.md shows {line!r}; plan printed:\n{plan.stdout}"
+
+
 # -- README and Makefile ------------------------------------------------------------------------
 
 
