@@ -32,7 +32,7 @@ def code_blocks(path: Path) -> list[str]:
 
 
 def command_lines(block: str) -> list[str]:
-    """The block's lines joined at trailing backslashes, without comments and prompts."""
+    """The block's lines, joined at trailing backslashes, without a prompt or a YAML `run:` before them."""
     lines = block.replace("\\\n", " ").splitlines()
     return [line.strip().removeprefix("$ ").removeprefix("- run: ").removeprefix("run: ") for line in lines]
 
