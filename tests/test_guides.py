@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 import pytest
+import yaml
 from pydantic import BaseModel
 
 from orchestrator.cli import cli
@@ -104,6 +105,14 @@ def test_a_wrong_command_in_a_guide_would_be_caught():
             parse(wrong)
     assert orchestrator_commands("ORCHESTRATOR_SANDBOX=1 .venv/bin/orchestrator plan dev --json > plan.json # x") \
         == [["plan", "dev", "--json"]]
+
+
+def test_every_yaml_block_in_the_guides_is_valid_yaml():
+    blocks = [(path.name, block) for path in GUIDES
+              for block in re.findall(r"^```yaml\n(.*?)^```", path.read_text(), re.MULTILINE | re.DOTALL)]
+    assert any("pull_request" in block for _, block in blocks), "the pipeline example"
+    for name, block in blocks:
+        assert yaml.safe_load(block), f"{name}: {block[:80]}"
 
 
 # -- manifest keys ------------------------------------------------------------------------------
