@@ -209,6 +209,21 @@ def allowed(delete_data: bool, delete_secrets: bool) -> frozenset[str]:
     return frozenset(name for name, on in (("delete-data", delete_data), ("delete-secrets", delete_secrets)) if on)
 
 
+def parse_image_tags(ctx, param, values) -> dict[str, str]:
+    tags = {}
+    for value in values:
+        name, sep, tag = value.partition("=")
+        if not sep or not name or not tag:
+            raise click.BadParameter(f"{value!r} is not NAME=TAG (e.g. gamepulse=1.4.2)")
+        tags[name] = tag
+    return tags
+
+
+IMAGE_TAG_OPT = click.option("--image-tag", "image_tags", multiple=True, metavar="NAME=TAG", callback=parse_image_tags,
+                             help="Deploy (plan: as apply would) this tag of repository NAME (images.repositories) "
+                                  "instead of the manifest's (repeatable).")
+
+
 # -- commands -----------------------------------------------------------------------------------
 
 
@@ -233,14 +248,16 @@ def validate(options: Options, env: str):
               help="Show what `destroy` with the same flags would delete and refuse (--target: the step and "
                    "the steps that depend on it).")
 @allow_flags
+@IMAGE_TAG_OPT
 @click.pass_obj
 def plan(options: Options, env: str, targets, as_json: bool, detailed_exitcode: bool, destroying: bool,
-         delete_data: bool, delete_secrets: bool):
+         delete_data: bool, delete_secrets: bool, image_tags: dict[str, str]):
     """Show what `apply` (or `destroy`) would change; read-only."""
     from orchestrator.engine import Engine
+    from orchestrator.manifest import with_image_tags
     from orchestrator.render import pending, plan_json, plan_text
 
-    manifest = load(options, env)
+    manifest = with_image_tags(load(options, env), image_tags)
     if destroying:
         refuse_if_protected(manifest)
     graph = build_graph()
@@ -262,24 +279,13 @@ def plan(options: Options, env: str, targets, as_json: bool, detailed_exitcode: 
         sys.exit(2)
 
 
-def parse_image_tags(ctx, param, values) -> dict[str, str]:
-    tags = {}
-    for value in values:
-        name, sep, tag = value.partition("=")
-        if not sep or not name or not tag:
-            raise click.BadParameter(f"{value!r} is not NAME=TAG (e.g. gamepulse=1.4.2)")
-        tags[name] = tag
-    return tags
-
-
 @cli.command()
 @ENV_ARG
 @TARGET_OPT
 @PARALLELISM_OPT
 @LOCK_TIMEOUT_OPT
 @allow_flags
-@click.option("--image-tag", "image_tags", multiple=True, metavar="NAME=TAG", callback=parse_image_tags,
-              help="Deploy this tag of repository NAME (images.repositories) instead of the manifest's (repeatable).")
+@IMAGE_TAG_OPT
 @click.pass_obj
 def apply(options: Options, env: str, targets, parallelism, lock_timeout, delete_data, delete_secrets, image_tags):
     """Converge AWS to the manifest of ENV."""
