@@ -186,7 +186,9 @@ def run_locked(options: Options, env: str, command: str, targets, lock_timeout: 
                 store.finish_run(lease, outcome, summary)
         finally:
             lease.release()
-            click.echo(run_summary(f"{command} {env}: {outcome} in {time.monotonic() - started:.1f}s", results,
+            verb, _, flags = command.partition(" ")  # "apply --image-tag x=1" → "apply dev --image-tag x=1"
+            title = " ".join(filter(None, (verb, env, flags)))
+            click.echo(run_summary(f"{title}: {outcome} in {time.monotonic() - started:.1f}s", results,
                                    aws.ledger))
     if report is not None:
         report(results)

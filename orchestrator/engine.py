@@ -335,6 +335,7 @@ class Engine:
         others = len(planned) - len(result.changes)
         if others:
             result.error = f"{others} other change(s) pending: `apply` makes them and its deletes; pruned nothing"
+            result.changes = []
             return
         if dry_run or not result.changes:
             return
@@ -405,13 +406,15 @@ class Engine:
 
 
 def undescribed(arns: Iterable[str], observed: dict[str, Any]) -> list[str]:
-    """The ARNs no step's observed facts mention (by ARN, or by the id or name it ends with):
+    """The ARNs no step's observed facts mention (by ARN, or by the id or name it ends with, or —
+    for a numbered revision such as a task definition's — by another revision of the same name):
     resources carrying the environment's tags that no step knows how to classify."""
     text = json.dumps(as_plain(observed), default=str)
 
     def mentioned(arn: str) -> bool:
         tail = arn.rsplit("/", 1)[-1] if "/" in arn else arn.rsplit(":", 1)[-1]
-        return arn in text or f'"{tail}"' in text
+        name, colon, revision = tail.rpartition(":")
+        return arn in text or f'"{tail}"' in text or bool(colon and revision.isdigit() and f"/{name}:" in text)
 
     return sorted(arn for arn in arns if not mentioned(arn))
 

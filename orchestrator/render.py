@@ -77,7 +77,8 @@ def plan_text(title: str, results: dict) -> str:
         if result.error:  # a step planned, with a remark (prune: other changes pending)
             lines.append(f"{name}: {result.error}")
         if not result.changes:
-            lines.append(f"{name}: up to date")
+            if not result.error:
+                lines.append(f"{name}: up to date")
             continue
         lines.append(f"{name}: {step_counts(result)}"
                      + ("   [kept: what it depends on stays too]" if result.status == "kept" else ""))

@@ -460,7 +460,7 @@ def test_prune_lists_then_removes_what_the_manifest_no_longer_describes(endpoint
 
 def test_a_missing_certificate_and_secret_source_stop_apply_before_any_change(endpoint, wire):
     # staging names a certificate that this account does not hold; its database source is unset.
-    unset = {"GAMEPULSE_DEV_DB_CONNECTION": ""}
+    unset = {"GAMEPULSE_STAGING_DB_CONNECTION": ""}
     planned = run(endpoint, "plan", "staging", "--detailed-exitcode", extra_env=unset)
     assert planned.returncode == 1, planned.stdout + planned.stderr
     assert "alb: PROBLEM: certificate arn:aws:acm:us-east-1:123456789012:certificate/00000000-0000-4000-8000-" \
@@ -472,7 +472,7 @@ def test_a_missing_certificate_and_secret_source_stop_apply_before_any_change(en
     assert "apply stopped before any change: 2 problem(s) found first:" in applied.stderr
     assert "alb: certificate arn:aws:acm:" in applied.stderr
     assert "secrets: could not plan: secret gamepulse/staging/db-connection: environment variable " \
-           "GAMEPULSE_DEV_DB_CONNECTION is not set or empty" in applied.stderr
+           "GAMEPULSE_STAGING_DB_CONNECTION is not set or empty" in applied.stderr
     assert wire.count(mutating=True, exclude=("DynamoDB",)) == 0, wire.operations(mutating=True)
     (last,) = json.loads(run(endpoint, "status", "staging", "--json").stdout)["runs"]
     assert last["result"] == "failed"

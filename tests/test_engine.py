@@ -588,3 +588,20 @@ def test_prune_deletes_only_what_the_manifest_no_longer_wants_and_leaves_a_step_
     results = engine_for(steps).prune(dry_run=False)
     assert results["b"].error == "1 other change(s) pending: `apply` makes them and its deletes; pruned nothing"
     assert set(cloud) == {"a", "old-b-1"}
+
+
+def test_an_older_revision_of_a_described_task_definition_is_not_left_unclassified():
+    from orchestrator.engine import undescribed
+    observed = {"services": {"gamepulse": {"taskDefinition": "arn:aws:ecs:us-east-1:1:task-definition/gp-dev-app:3"}}}
+    arns = ["arn:aws:ecs:us-east-1:1:task-definition/gp-dev-app:2",  # kept revision of the same family
+            "arn:aws:ecs:us-east-1:1:task-definition/gp-dev-old:1"]  # a family no step describes
+    assert undescribed(arns, observed) == ["arn:aws:ecs:us-east-1:1:task-definition/gp-dev-old:1"]
+
+
+def test_a_prune_that_leaves_a_step_to_apply_says_so_once():
+    from orchestrator.engine import StepResult
+    from orchestrator.render import plan_text
+    waiting = StepResult("services", error="2 other change(s) pending: `apply` makes them and its deletes; "
+                                           "pruned nothing")
+    text = plan_text("Prune:", {"services": waiting})
+    assert "services: 2 other change(s) pending" in text and "services: up to date" not in text
