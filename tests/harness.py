@@ -154,6 +154,18 @@ def engine(manifest, aws, steps=None, *, allow=(), with_state: bool = True):
     return Engine(manifest, aws, graph, store=store, lease=lease, allow=allow)
 
 
+def apply_dependencies(step, manifest, aws, monkeypatch) -> dict[str, dict]:
+    """Apply every step `step` depends on (the repository holding the demo tags 1.4.1 and 1.4.2,
+    services reaching a steady state as in the sandbox); their outputs by step."""
+    monkeypatch.setenv("ORCHESTRATOR_SANDBOX_IMAGE_TAGS", "1.4.1 1.4.2")
+    monkeypatch.setenv("MOTO_ECS_SERVICE_RUNNING", "1")
+    run = engine(manifest, aws, with_state=True)
+    results = run.apply(targets=list(step.depends_on))
+    run.lease.release()
+    assert {r.status for r in results.values()} == {"ok"}, {n: r.error for n, r in results.items()}
+    return {name: result.outputs for name, result in results.items()}
+
+
 class Crash(BaseException):
     """Stands for the process being killed: BaseException, so no `except Exception` catches it."""
 

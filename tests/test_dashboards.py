@@ -354,13 +354,7 @@ def test_every_call_is_in_the_steps_deploy_policy(aws, manifest):
 @pytest.fixture
 def platform(aws, manifest, monkeypatch):
     """Every step the dashboards step depends on, applied (autoscaling's alarms included)."""
-    monkeypatch.setenv("ORCHESTRATOR_SANDBOX_IMAGE_TAGS", "1.4.1 1.4.2")
-    monkeypatch.setenv("MOTO_ECS_SERVICE_RUNNING", "1")
-    engine = harness.engine(manifest, aws, with_state=True)
-    results = engine.apply(targets=list(STEP.depends_on))
-    engine.lease.release()
-    assert {r.status for r in results.values()} == {"ok"}, {n: r.error for n, r in results.items()}
-    return {name: result.outputs for name, result in results.items()}
+    return harness.apply_dependencies(STEP, manifest, aws, monkeypatch)
 
 
 @pytest.mark.managed_policies

@@ -321,13 +321,7 @@ def test_requests_per_target_adds_a_second_tracking_policy(manifest):
 @pytest.fixture
 def platform(aws, manifest, monkeypatch):
     """Every step the services step depends on, applied; the repository holds 1.4.1 and 1.4.2."""
-    monkeypatch.setenv("ORCHESTRATOR_SANDBOX_IMAGE_TAGS", "1.4.1 1.4.2")
-    monkeypatch.setenv("MOTO_ECS_SERVICE_RUNNING", "1")
-    engine = harness.engine(manifest, aws, with_state=True)
-    results = engine.apply(targets=list(STEP.depends_on))
-    engine.lease.release()
-    assert {r.status for r in results.values()} == {"ok"}, {n: r.error for n, r in results.items()}
-    return {name: result.outputs for name, result in results.items()}
+    return harness.apply_dependencies(STEP, manifest, aws, monkeypatch)
 
 
 def run(manifest, aws, platform, recorded, **kwargs):
