@@ -335,7 +335,6 @@ class Engine:
         others = len(planned) - len(result.changes)
         if others:
             result.error = f"{others} other change(s) pending: `apply` makes them and its deletes; pruned nothing"
-            result.changes = []
             return
         if dry_run or not result.changes:
             return
