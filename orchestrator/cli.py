@@ -426,8 +426,9 @@ def live_views(aws, manifest, graph, records: dict) -> dict:
     """What each applied step that offers a live view (`Step.live`) reports now: alarm states,
     URLs. Read-only."""
     from orchestrator.context import StepContext
-    views = {name: step.live(StepContext(aws=aws, manifest=manifest, step=name), records[name].get("outputs") or {})
-             for name, step in graph.steps.items() if name in records}
+    views = {name: graph.steps[name].live(StepContext(aws=aws, manifest=manifest, step=name),
+                                          records[name].get("outputs") or {})
+             for name in graph.order() if name in records}
     return {name: view for name, view in views.items() if view}
 
 

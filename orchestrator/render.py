@@ -212,18 +212,11 @@ def status_text(env: str, records: dict, holder: dict | None, runs: list[dict], 
 
 
 def live_text(views: dict[str, dict]) -> str:
-    """`status --live`: each service's tasks, rollout, revision and target health (the services
-    step's live view), the URLs and the state of every alarm, by what it watches (the dashboards
-    step's); empty when no step offers one."""
-    services = (views.get("services") or {}).get("services", {})
-    lines = ["", "  services (live):"] + [f"    {name:<12} {state['line']}"
-                                          for name, state in services.items()] if services else []
-    view = views.get("dashboards")
-    if not view:
-        return "\n".join(lines)
-    lines += ["", "  alerting (live):", f"    load balancer  {view.get('alb_url') or '(not known)'}",
-             f"    Grafana        {view.get('grafana_url') or '(not known)'}"]
-    for subject, checks in sorted(view.get("alarms", {}).items()):
-        states = ", ".join(f"{check} {state}" for check, state in sorted(checks.items()))
-        lines.append(f"    {subject:<28} {states}")
+    """`status --live`: each step's live view (`Step.live`: its title and lines), in graph order;
+    empty when no step offers one."""
+    lines: list[str] = []
+    for name, view in views.items():
+        if view.get("lines"):
+            lines += ["", f"  {view.get('title', name)} (live):", *(f"    {line}" for line in view["lines"])]
     return "\n".join(lines)
+

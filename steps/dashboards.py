@@ -551,8 +551,12 @@ class DashboardsStep(Step):
                 if item["AlarmName"] in known:
                     subject, check = _subject_and_check(item["AlarmName"], prefix)
                     states.setdefault(subject, {})[check] = item["StateValue"]
-        return {"alb_url": outputs.get("alb_url", ""), "grafana_url": outputs.get("grafana_url", ""),
-                "alarms": states}
+        alb_url, grafana_url = outputs.get("alb_url", ""), outputs.get("grafana_url", "")
+        lines = [f"load balancer  {alb_url or '(not known)'}", f"Grafana        {grafana_url or '(not known)'}"]
+        lines += [f"{subject:<28} {', '.join(f'{check} {state}' for check, state in sorted(checks.items()))}"
+                  for subject, checks in sorted(states.items())]
+        return {"title": "alerting", "alb_url": alb_url, "grafana_url": grafana_url, "alarms": states,
+                "lines": lines}
 
 
 # --- helpers ---------------------------------------------------------------------------------

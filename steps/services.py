@@ -618,7 +618,9 @@ class ServicesStep(Step):
         except Exception as error:
             if error_code(error) != "ClusterNotFoundException":
                 raise
-        return {"services": {name: _live_state(found.get(name), elb) for name in names}}
+        services = {name: _live_state(found.get(name), elb) for name in names}
+        return {"title": "services", "services": services,
+                "lines": [f"{name:<12} {state['line']}" for name, state in services.items()]}
 
     # -- outputs ----------------------------------------------------------------------------
 
