@@ -608,12 +608,14 @@ class EfsStep(Step):
 
     @staticmethod
     def _delete_fs(fs: ObservedFileSystem, leftover: bool = False) -> Change:
+        """A leftover goes with its mount targets; on destroy they are changes of their own before it."""
         why = "is not the platform's file system any more; " if leftover else ""
+        holds = (f"{len(fs.mount_targets)} mount target(s) and " if leftover else "") + \
+            f"{len(fs.access_points)} access point(s)"
         return Change("delete", "file_system", fs.name or fs.id,
                       calls=("efs:DeleteAccessPoint", "efs:DeleteMountTarget", "efs:DeleteFileSystem"),
                       payload=fs, blocked="delete-data",
-                      note=f"file system {fs.id} {why}with {len(fs.mount_targets)} mount target(s) and "
-                           f"{len(fs.access_points)} access point(s); deleting it deletes its data "
+                      note=f"file system {fs.id} {why}with {holds}; deleting it deletes its data "
                            "(pass --delete-data to allow)")
 
     # -- apply --------------------------------------------------------------------------------
