@@ -68,10 +68,6 @@ class StepContext:
         basis = f"{self.app}/{self.env}/{self.step}/{logical}/{salt}"
         return hashlib.sha256(basis.encode()).hexdigest()[:32]
 
-    def wait(self, what: str, check: Callable[[], tuple[bool, str]], **kwargs) -> str:
-        """Wait here, before the handler goes on (prefer returning a `Wait` in `Accepted`)."""
-        return waiters.wait_until(what, check, log=self.log, stop=self.stop, **kwargs)
-
     def wait_for(self, wait) -> None:
         """Settle `wait` now, with whatever else is pending (a change that must be complete
         before the same handler goes on: mount targets gone before their file system)."""

@@ -8,7 +8,7 @@ import datetime
 import pytest
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import KNOWN_AFTER_APPLY, Inputs
+from orchestrator.model import KNOWN_AFTER_APPLY
 from orchestrator.tags import tag_dict
 from steps.alb import (REDIRECT_TO_HTTPS, Action, AlbFacts, AlbStep, ObservedListener, ObservedLoadBalancer,
                        ObservedRule, ObservedTargetGroup)

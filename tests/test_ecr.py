@@ -8,7 +8,6 @@ import json
 import pytest
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import Inputs
 from orchestrator.schema import ImagesSpec, RepositorySpec
 from steps.ecr import (DesiredRepository, EcrFacts, EcrStep, ObservedRepository, canonical_lifecycle_policy,
                        resolve_image)

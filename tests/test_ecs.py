@@ -7,7 +7,7 @@ import json
 import pytest
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import KNOWN_AFTER_APPLY, Inputs
+from orchestrator.model import KNOWN_AFTER_APPLY
 from orchestrator.tags import tag_dict
 from orchestrator.waiters import WaitFailed
 from steps.ecs import EcsFacts, EcsStep, ObservedCluster, ObservedLogGroup, ObservedNamespace, Strategy

@@ -10,7 +10,7 @@ from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import KNOWN_AFTER_APPLY, Inputs
+from orchestrator.model import KNOWN_AFTER_APPLY
 from orchestrator.schema import AccessPointSpec
 from steps.efs import EfsFacts, EfsStep, ObservedAccessPoint, ObservedFileSystem, ObservedMountTarget
 from tests import harness

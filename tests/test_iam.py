@@ -10,7 +10,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import KNOWN_AFTER_APPLY, Inputs
+from orchestrator.model import KNOWN_AFTER_APPLY
 from orchestrator.schema import IamSpec, TaskRoleSpec
 from steps.iam import IamFacts, IamStep, ObservedRole, normalise_policy
 from tests import harness

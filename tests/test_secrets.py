@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.log import configure
-from orchestrator.model import SENSITIVE, Inputs
+from orchestrator.model import SENSITIVE
 from orchestrator.schema import SecretSpec, SecretsSpec
 from steps.secrets import DesiredSecret, ObservedSecret, SecretsFacts, SecretsStep
 from tests import harness

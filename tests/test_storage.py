@@ -9,7 +9,6 @@ import boto3
 import pytest
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import Inputs
 from orchestrator.schema import BucketSpec, StorageSpec
 from steps.storage import ABORT_MULTIPART_DAYS, ObservedBucket, StorageFacts, StorageStep
 from tests import harness
