@@ -214,7 +214,7 @@ def _next_free(vpc: ipaddress.IPv4Network, prefix: int, taken: list[ipaddress.IP
 
 # --- identity (step iam) -------------------------------------------------------------------
 
-Grant = Literal["config-read", "loki-bucket", "cloudwatch-read", "ecs-describe"]
+Grant = Literal["config-read", "loki-bucket", "cloudwatch-read", "ecs-describe", "ecs-discovery"]
 
 
 class TaskRoleSpec(Section):
@@ -372,6 +372,9 @@ class LoadBalancerSpec(Section):
     target_groups: dict[str, TargetGroupSpec]
     default_target: str
     rules: list[PathRuleSpec] = []
+    domain: str | None = Field(None, pattern=r"^([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)+[a-z]{2,}$",
+                               description="the name users reach the load balancer by (a DNS record you keep); "
+                                           "links in alerts use it, else the load balancer's own DNS name")
 
     @model_validator(mode="after")
     def _targets_exist(self) -> "LoadBalancerSpec":
@@ -437,7 +440,8 @@ class ObservabilitySpec(Section):
     trace_sampling: TraceSamplingSpec = TraceSamplingSpec()
     metrics_retention_days: int = Field(15, ge=1, le=3650, description="Prometheus keeps samples this long")
     traces_retention_days: int = Field(7, ge=1, le=365, description="Jaeger (Badger) keeps spans this long")
-    scrape_interval_seconds: int = Field(15, ge=5, le=300)
+    scrape_interval_seconds: int = Field(15, ge=5, le=300, description="how often Prometheus scrapes; the app's "
+                                         "SDK exports metrics at the same interval and dashboards never ask for less")
 
 
 # --- services (step services) ---------------------------------------------------------------
@@ -463,11 +467,16 @@ class AppContainerSpec(Section):
 
     image: str = Field(description="key of images.repositories; the repository's `tag` is deployed, by digest")
     port: int = Field(ge=1, le=65535)
-    health_check: list[str] = Field(min_length=2, description="ECS healthCheck.command, e.g. [CMD-SHELL, 'curl …']")
+    health_check: list[str] | None = Field(
+        None, min_length=2, description="ECS healthCheck.command, e.g. [CMD-SHELL, 'curl …'] (the program must be in "
+                                        "the image); none: the load balancer's health check is the app's")
     environment: dict[str, str] = {}
     secrets: dict[str, str] = Field({}, description="variable → secret name of secrets.values (injected by ARN)")
     sidecar: Bundle | None = Field(None, description="a configs/ bundle run beside the app (the app starts once it is "
                                                   "HEALTHY), e.g. otel-collector")
+    sidecar_memory_mib: int = Field(256, ge=64, description="the sidecar's own memory (a hard limit of its container); "
+                                                          "its memory_limiter refuses data below it, so it never "
+                                                          "takes the app's memory")
 
 
 class AutoscalingSpec(Section):
@@ -517,6 +526,9 @@ class ServiceSpec(Section):
         if self.autoscaling and not self.autoscaling.min <= self.desired_count <= self.autoscaling.max:
             raise FieldError(f"desired_count {self.desired_count} is outside autoscaling "
                              f"{self.autoscaling.min}..{self.autoscaling.max}", "desired_count")
+        if self.app and self.app.sidecar and self.app.sidecar_memory_mib >= self.memory:
+            raise FieldError(f"{self.app.sidecar_memory_mib} MiB for the sidecar leaves nothing of the task's "
+                             f"{self.memory} MiB for the app", "app", "sidecar_memory_mib")
         if self.autoscaling and self.autoscaling.requests_per_target and not self.target_group:
             raise FieldError("tracking requests per target needs a target_group", "autoscaling",
                              "requests_per_target")
@@ -586,6 +598,17 @@ class CloudWatchThresholds(Section):
     memory_percent: float = Field(90, gt=0, le=100, description="a service's average MemoryUtilization (AWS/ECS)")
 
 
+class SmtpSpec(Section):
+    """The mail server Grafana sends alert email through (Amazon SES's SMTP interface or any other)."""
+
+    host: str = Field(pattern=r"^[A-Za-z0-9.-]+:\d{1,5}$", description="host:port, e.g. "
+                                                                     "email-smtp.us-east-1.amazonaws.com:587")
+    from_address: str = Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    user: str | None = Field(None, description="SMTP user name (not secret)")
+    password_secret: str | None = Field(None, description="the secret (a key of secrets.values) holding the SMTP "
+                                                          "password; it reaches Grafana as an environment variable")
+
+
 class AlertingSpec(Section):
     thresholds: AlertThresholds
     cloudwatch: CloudWatchThresholds = Field(default_factory=CloudWatchThresholds,
@@ -594,6 +617,8 @@ class AlertingSpec(Section):
     slack_webhook_secret: str = Field("slack-webhook", description="the secret (a key of secrets.values) holding "
                                                                    "the Slack webhook; it reaches Grafana as an "
                                                                    "environment variable, never a file")
+    smtp: SmtpSpec | None = Field(None, description="where Grafana sends critical alert email; without it the email "
+                                                    "contact point cannot deliver (plan says so)")
 
     @field_validator("email_addresses")
     @classmethod

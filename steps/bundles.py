@@ -43,12 +43,16 @@ GRAFANA_ADMIN_SECRET = "grafana-admin"
 @dataclass(frozen=True)
 class Facts:
     """What other steps decide and the files need: the Loki chunks bucket (step storage), the
-    Cloud Map namespace the services register in (step ecs), and the region the run works in.
-    Retention and sampling are the manifest's own (`logging`, `observability`)."""
+    Cloud Map namespace the services register in and the cluster whose tasks Prometheus finds
+    (step ecs), the load balancer's DNS name (step alb: Grafana's links, when the manifest names
+    no domain), and the region the run works in. Retention and sampling are the manifest's own
+    (`logging`, `observability`)."""
 
     loki_bucket: str
     namespace: str
     region: str
+    cluster_arn: str
+    load_balancer_dns: str
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,13 @@ class Container:
     secrets: dict[str, str] = field(default_factory=dict)  # variable → secret name (under APP/ENV/)
     health_check: tuple[str, ...] | None = None  # ECS healthCheck.command
     data_dir: str | None = None
+    memory: int | None = None  # MiB, the container's own hard limit (the sidecar: never the app's memory)
+
+
+#: Share of the collector sidecar's memory its memory_limiter lets it use (limit_mib), and share of
+#: that kept free for a spike between two checks (spike_limit_mib: it refuses data above the rest).
+#: The memory_limiter README (collector v0.156.0) suggests a spike limit of about 20 % of the limit.
+COLLECTOR_MEMORY_SHARE, COLLECTOR_SPIKE_SHARE = 0.8, 0.25
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,7 @@ class Bundle:
     files: dict[str, bytes]  # relative path → content, sorted by path
     hash: str
     container: Container
+    notes: tuple[str, ...] = ()  # what a user must know about this service's config (plan shows them)
 
 
 def render(manifest, facts: Facts) -> dict[str, Bundle]:
@@ -79,17 +91,40 @@ def render(manifest, facts: Facts) -> dict[str, Bundle]:
         raise OrchestratorError(f"Grafana's admin password comes from the secret {GRAFANA_ADMIN_SECRET!r}, "
                                 "which the manifest's secrets.values does not list")
     alerting = manifest.alerting
-    if alerting is not None and alerting.slack_webhook_secret not in manifest.secrets.values:
-        raise OrchestratorError(f"alerting.slack_webhook_secret names {alerting.slack_webhook_secret!r}, "
-                                "which the manifest's secrets.values does not list")
+    if alerting is not None:
+        for field_name, secret in (("slack_webhook_secret", alerting.slack_webhook_secret),
+                                   ("smtp.password_secret", alerting.smtp and alerting.smtp.password_secret)):
+            if secret and secret not in manifest.secrets.values:
+                raise OrchestratorError(f"alerting.{field_name} names {secret!r}, "
+                                        "which the manifest's secrets.values does not list")
+    _check_prometheus_can_discover(manifest)
     values = _values(manifest, facts)
     bundles = {}
-    for service, container in _containers(manifest).items():
+    for service, container in _containers(manifest, facts).items():
         files = _render_folder(service, values, manifest)
+        notes: tuple[str, ...] = ()
         if service == "grafana":  # dashboards and alerting, generated (steps/grafana_content.py)
             files = dict(sorted({**files, **grafana_content.files(manifest)}.items()))
-        bundles[service] = Bundle(service=service, files=files, hash=bundle_hash(files), container=container)
+            notes = (ADMIN_PASSWORD_NOTE, *grafana_content.delivery_notes(manifest))
+        bundles[service] = Bundle(service=service, files=files, hash=bundle_hash(files), container=container,
+                                  notes=notes)
     return bundles
+
+
+#: Grafana reads GF_SECURITY_ADMIN_PASSWORD only when it creates its database (on EFS), so the
+#: secret and the password part once either changes; docs/operations.md has the reset.
+ADMIN_PASSWORD_NOTE = (f"Grafana takes its admin password from the secret {GRAFANA_ADMIN_SECRET!r} only when it "
+                       "first creates its database (kept on EFS): a changed secret does not change the password. "
+                       "To bring them back in step: docs/operations.md, 'Grafana's admin password'")
+
+
+def _check_prometheus_can_discover(manifest) -> None:
+    """Prometheus finds the app's tasks through ECS's API: its task role needs the grant for it."""
+    role = manifest.iam.task_roles.get("prometheus")
+    if manifest.services is not None and "prometheus" in manifest.services.tasks and (
+            role is None or "ecs-discovery" not in role.grants):
+        raise OrchestratorError("Prometheus finds the app's tasks through ECS's API: iam.task_roles.prometheus.grants "
+                                "needs ecs-discovery")
 
 
 def bundle_hash(files: dict[str, bytes]) -> str:
@@ -107,13 +142,17 @@ def app_environment(manifest) -> dict[str, str]:
     """The OpenTelemetry SDK settings of the app container: send to the sidecar, sample per environment.
 
     The .NET SDK has no Jaeger remote sampler, so the ratio is set here (OTEL_TRACES_SAMPLER);
-    `parentbased_*` keeps a trace whole when a caller already decided.
+    `parentbased_*` keeps a trace whole when a caller already decided. Metrics are exported at
+    the scrape interval, so every scrape sees a new value.
     """
     sampling = manifest.observability.trace_sampling
     environment = {
         "OTEL_SERVICE_NAME": manifest.app,
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://localhost:{OTLP_GRPC}",
         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        # The SDK pushes metrics every 60 s by default: with a 15 s scrape, a series would change
+        # once in four scrapes and rate() over Grafana's window would read 0 one time in four.
+        "OTEL_METRIC_EXPORT_INTERVAL": str(manifest.observability.scrape_interval_seconds * 1000),  # ms
     }
     if sampling.errors_always:  # the collector's tail sampling applies the ratio, after it has seen errors
         environment["OTEL_TRACES_SAMPLER"] = "parentbased_always_on"
@@ -126,7 +165,7 @@ def app_environment(manifest) -> dict[str, str]:
 # -- what each service runs -------------------------------------------------------------------
 
 
-def _containers(manifest) -> dict[str, Container]:
+def _containers(manifest, facts: Facts) -> dict[str, Container]:
     images = manifest.observability.images
     return {
         "otel-collector": Container(
@@ -134,7 +173,7 @@ def _containers(manifest) -> dict[str, Container]:
             ports=(OTLP_GRPC, OTLP_HTTP, COLLECTOR_SELF_METRICS, COLLECTOR_METRICS),
             # The image is FROM scratch (no shell, no curl); it ships /healthcheck, which probes
             # 127.0.0.1:13133/, the health_check extension of config.yaml.
-            health_check=("CMD", "/healthcheck")),
+            health_check=("CMD", "/healthcheck"), memory=sidecar_memory(manifest)),
         "prometheus": Container(
             image=images.prometheus, config_dir="/etc/prometheus",
             command=("--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"),
@@ -147,24 +186,49 @@ def _containers(manifest) -> dict[str, Container]:
             ports=(OTLP_GRPC, OTLP_HTTP, JAEGER_UI, JAEGER_SELF_METRICS, JAEGER_HEALTH), data_dir="/tmp/jaeger"),
         "grafana": Container(
             image=images.grafana, config_dir=GRAFANA_PROVISIONING, command=(), ports=(GRAFANA,),
-            environment=_grafana_environment(manifest),
+            environment=_grafana_environment(manifest, facts),
             secrets={"GF_SECURITY_ADMIN_PASSWORD": GRAFANA_ADMIN_SECRET, **grafana_content.container_secrets(manifest)},
             data_dir="/var/lib/grafana"),  # the EFS access point /grafana (uid 472, the image's user)
     }
 
 
-def _grafana_environment(manifest) -> dict[str, str]:
+def _grafana_environment(manifest, facts: Facts) -> dict[str, str]:
     environment = {
         "GF_PATHS_PROVISIONING": GRAFANA_PROVISIONING,
         "GF_SECURITY_ADMIN_USER": "admin",
         "GF_USERS_ALLOW_SIGN_UP": "false",
         "GF_ANALYTICS_REPORTING_ENABLED": "false",
+        # The address users reach Grafana at: the links in alert notifications are built on it.
+        "GF_SERVER_ROOT_URL": grafana_url(manifest, facts),
+        **grafana_content.container_environment(manifest),
     }
-    sub_path = _grafana_sub_path(manifest)
-    if sub_path:  # the load balancer forwards /grafana* unchanged, so Grafana serves from that path
-        environment["GF_SERVER_ROOT_URL"] = f"%(protocol)s://%(domain)s:%(http_port)s{sub_path}/"
+    if _grafana_sub_path(manifest):  # the load balancer forwards /grafana* unchanged: Grafana serves from that path
         environment["GF_SERVER_SERVE_FROM_SUB_PATH"] = "true"
     return environment
+
+
+def grafana_url(manifest, facts: Facts) -> str:
+    """Grafana's address as users reach it: the manifest's domain, else the load balancer's DNS
+    name; https when the load balancer has a certificate (HTTP then redirects to it)."""
+    scheme = "https" if manifest.load_balancer.certificate_arn else "http"
+    host = manifest.load_balancer.domain or facts.load_balancer_dns
+    return f"{scheme}://{host}{_grafana_sub_path(manifest)}/"
+
+
+def sidecar_memory(manifest) -> int | None:
+    """The collector sidecar's own memory (MiB): the app's `sidecar_memory_mib`."""
+    for task in (manifest.services.tasks.values() if manifest.services else ()):
+        if task.app is not None and task.app.sidecar == "otel-collector":
+            return task.app.sidecar_memory_mib
+    return None
+
+
+def collector_memory_limits(memory_mib: int) -> dict[str, int]:
+    """memory_limiter's limit_mib and spike_limit_mib for a collector container of `memory_mib`:
+    it refuses data at limit - spike and forces a GC at limit, both below the container's limit,
+    where ECS would kill the container (and, the sidecar being essential, its task)."""
+    limit = int(memory_mib * COLLECTOR_MEMORY_SHARE)
+    return {"limit_mib": limit, "spike_limit_mib": int(limit * COLLECTOR_SPIKE_SHARE)}
 
 
 def _grafana_sub_path(manifest) -> str:
@@ -186,18 +250,23 @@ def _values(manifest, facts: Facts) -> dict:
     def dns(service: str) -> str:  # Cloud Map A records of the service's tasks
         return f"{service}.{namespace}"
 
+    memory = sidecar_memory(manifest) or 256
     return {
         "app": manifest.app,
         "environment": manifest.environment,
         "region": facts.region,
+        "cluster_arn": facts.cluster_arn,
+        "collector_limit_mib": collector_memory_limits(memory)["limit_mib"],
+        "collector_spike_limit_mib": collector_memory_limits(memory)["spike_limit_mib"],
         "loki_bucket": facts.loki_bucket,
         "log_retention": _hours(manifest.logging.retention_days),
         "metrics_retention": f"{observability.metrics_retention_days}d",
         "traces_retention": _hours(observability.traces_retention_days),
         "scrape_interval": f"{observability.scrape_interval_seconds}s",
+        # How soon a new app task is scraped; each refresh is about six ECS and EC2 reads.
+        "discovery_refresh": f"{max(30, observability.scrape_interval_seconds)}s",
         "trace_processors": _trace_processors(sampling.errors_always),
         "trace_sampling_percentage": round(sampling.ratio * 100, 6),
-        "gamepulse_dns": dns(manifest.app),
         "loki_dns": dns("loki"),
         "jaeger_dns": dns("jaeger"),
         "loki_otlp_endpoint": f"http://{dns('loki')}:{LOKI}/otlp",
@@ -267,6 +336,20 @@ def _fill(node, values: dict, source: str):
     return node
 
 
+def _prometheus_storage(config: dict, manifest) -> dict:
+    """Without an EFS data volume Prometheus keeps its TSDB on the task's ephemeral storage (20 GiB
+    on Fargate by default, lost when the task is replaced): a size bound keeps it from filling it."""
+    task = manifest.services.tasks.get("prometheus") if manifest.services else None
+    if task is not None and task.data_volume is None:
+        config["storage"]["tsdb"]["retention"]["size"] = TASK_STORAGE_RETENTION
+    return config
+
+
+#: Prometheus's size bound on task-local storage: below Fargate's default 20 GiB of ephemeral storage,
+#: which the image and the other writes share.
+TASK_STORAGE_RETENTION = "14GB"
+
+
 def _collector_sampling(config: dict, manifest) -> dict:
     """The tail sampling processor is there only where errors are always kept."""
     if not manifest.observability.trace_sampling.errors_always:
@@ -278,4 +361,4 @@ def _collector_sampling(config: dict, manifest) -> dict:
 _SOURCES = {"otel-collector": "otel-collector", "prometheus": "prometheus", "loki": "loki", "jaeger": "jaeger",
             "grafana": "grafana/provisioning"}
 #: Changes to a rendered file that a value alone cannot express.
-_ADJUSTMENTS = {"otel-collector/config.yaml": _collector_sampling}
+_ADJUSTMENTS = {"otel-collector/config.yaml": _collector_sampling, "prometheus/prometheus.yml": _prometheus_storage}

@@ -25,7 +25,6 @@ from grafana_foundation_sdk.builders.dashboard import Dashboard, Row
 from grafana_foundation_sdk.builders.histogram import Panel as Histogram
 from grafana_foundation_sdk.builders.logs import Panel as Logs
 from grafana_foundation_sdk.builders.loki import Dataquery as LokiQuery
-from grafana_foundation_sdk.builders.nodegraph import Panel as NodeGraph
 from grafana_foundation_sdk.builders.prometheus import Dataquery as PrometheusQuery
 from grafana_foundation_sdk.builders.stat import Panel as Stat
 from grafana_foundation_sdk.builders.table import Panel as Table
@@ -65,7 +64,7 @@ def files(manifest) -> dict[str, bytes]:
     """The dashboards (under the provider's folder `dashboards/<app>/`) and, when the manifest has
     an `alerting` section, the alerting files (`alerting/`)."""
     content = {f"dashboards/{manifest.app}/{board.uid}.json": (JSON.encode(board) + "\n").encode()
-               for board in (_numbered(builder.build()) for builder in _dashboards(manifest))}
+               for board in (_numbered(builder.build(), _min_interval(manifest)) for builder in _dashboards(manifest))}
     if manifest.alerting is not None:
         content["alerting/rules.yaml"] = _yaml(manifest, {"apiVersion": 1, "groups": [_rule_group(manifest)]})
         content["alerting/contact-points.yaml"] = _yaml(manifest, {"apiVersion": 1,
@@ -78,7 +77,32 @@ def container_secrets(manifest) -> dict[str, str]:
     """Environment of the grafana container from Secrets Manager that this content needs."""
     if manifest.alerting is None:
         return {}
-    return {SLACK_WEBHOOK_VARIABLE: manifest.alerting.slack_webhook_secret}
+    secrets = {SLACK_WEBHOOK_VARIABLE: manifest.alerting.slack_webhook_secret}
+    smtp = manifest.alerting.smtp
+    if smtp is not None and smtp.password_secret:
+        secrets["GF_SMTP_PASSWORD"] = smtp.password_secret
+    return secrets
+
+
+def container_environment(manifest) -> dict[str, str]:
+    """Plain environment of the grafana container for this content: the mail server critical
+    alerts are sent through (Grafana's [smtp] settings), when the manifest names one."""
+    smtp = manifest.alerting.smtp if manifest.alerting is not None else None
+    if smtp is None:
+        return {}
+    environment = {"GF_SMTP_ENABLED": "true", "GF_SMTP_HOST": smtp.host, "GF_SMTP_FROM_ADDRESS": smtp.from_address}
+    if smtp.user:
+        environment["GF_SMTP_USER"] = smtp.user
+    return environment
+
+
+def delivery_notes(manifest) -> tuple[str, ...]:
+    """What plan must say about notifications that cannot reach anyone."""
+    if manifest.alerting is not None and manifest.alerting.smtp is None:
+        return (f"critical alerts cannot be emailed to {', '.join(manifest.alerting.email_addresses)}: Grafana has no "
+                "mail server (set alerting.smtp); they still reach Slack, and the CloudWatch alarms still email "
+                "through the SNS topic",)
+    return ()
 
 
 def _dashboards(manifest) -> list[Dashboard]:
@@ -86,6 +110,12 @@ def _dashboards(manifest) -> list[Dashboard]:
 
 
 # -- dashboards ---------------------------------------------------------------------------------
+
+
+def _min_interval(manifest) -> str:
+    """No panel asks Prometheus for steps finer than its scrape interval (which the app's SDK
+    exports at): `$__rate_interval` then spans at least four samples."""
+    return f"{manifest.observability.scrape_interval_seconds}s"
 
 
 def _dashboard(manifest, uid: str, title: str) -> Dashboard:
@@ -170,8 +200,9 @@ def _database(manifest) -> Dashboard:
 
 def _logs_and_traces(manifest) -> Dashboard:
     """Live logs and errors (a log's trace id opens the trace: Loki datasource's derived field);
-    trace latency and recent traces (a span opens its logs: Jaeger datasource's traces-to-logs);
-    the service map from Jaeger's dependencies."""
+    trace latency and recent traces (a span opens its logs: Jaeger datasource's traces-to-logs).
+    No service map: it needs the collector's servicegraph connector, and the pinned collector
+    (aws-otel-collector v0.49.0, pkg/defaultcomponents/defaults.go) is built with no connector."""
     app = manifest.app
     stream = f'{{service_name="{app}"}}'
     return (_dashboard(manifest, "logs-traces", "logs and traces")
@@ -180,15 +211,16 @@ def _logs_and_traces(manifest) -> Dashboard:
             .with_panel(Histogram().title("Trace latency distribution (recent traces)").unit("ms")
                         .height(8).span(12).datasource(JAEGER).with_target(_jaeger("A", "search", app, limit=500)))
             .with_panel(Table().title("Recent traces (open one for its logs)").height(8).span(12)
-                        .datasource(JAEGER).with_target(_jaeger("A", "search", app, limit=50)))
-            .with_panel(NodeGraph().title("Service map").height(10).span(24)
-                        .datasource(JAEGER).with_target(_jaeger("A", "dependencyGraph"))))
+                        .datasource(JAEGER).with_target(_jaeger("A", "search", app, limit=50))))
 
 
-def _numbered(board):
-    """Panel ids 1, 2, ... in layout order: stable, and unique as links and alert rules need them."""
+def _numbered(board, min_interval: str):
+    """Panel ids 1, 2, ... in layout order: stable, and unique as links and alert rules need them;
+    every panel that queries Prometheus gets the manifest's minimum interval."""
     for number, panel in enumerate(board.panels, start=1):
         panel.id_val = number
+        if getattr(panel, "datasource", None) is not None and panel.datasource.uid == PROMETHEUS.uid:
+            panel.interval = min_interval
     return board
 
 
@@ -276,9 +308,28 @@ def _jaeger(ref_id: str, query_type: str, service: str | None = None, limit: int
 # -- alerting -----------------------------------------------------------------------------------
 
 
+#: What each rule does when its query returns nothing, and why (Grafana's noDataState).
+NO_DATA = {
+    # No requests: no rate and no quantile to judge. Silence itself is the no-telemetry rule's.
+    "error-rate": "OK",
+    "p95-latency": "OK",
+    # Container Insights has no series for a service with no running task (or with Container
+    # Insights off): Grafana raises it as DatasourceNoData, at the rule's severity.
+    "cpu": "NoData",
+    "memory": "NoData",
+    # Its query counts the app's series, or 0 (`or vector(0)`): nothing at all can only mean
+    # Prometheus answered nothing, which is as blind as no telemetry.
+    "no-telemetry": "Alerting",
+}
+#: A series every running task of the app exports whether or not it serves requests (the .NET
+#: runtime's System.Runtime meter: configs/grafana/metrics.yaml).
+HEARTBEAT = "dotnet_process_memory_working_set_bytes"
+NO_TELEMETRY_QUERY = f"count({HEARTBEAT}) or vector(0)"
+
+
 def _rule_group(manifest) -> dict:
     thresholds = manifest.alerting.thresholds
-    rules = []
+    rules = [_no_telemetry_rule(manifest)]
     for severity in ("warning", "critical"):
         rules += [
             _prometheus_rule(manifest, "error-rate", "High error rate", severity,
@@ -302,7 +353,23 @@ def _prometheus_rule(manifest, name: str, title: str, severity: str, query: str,
         _alert_query("B", EXPRESSION.uid, _reduce("B", "A", "last")),
         _alert_query("C", EXPRESSION.uid, _above("C", "B", threshold)),
     ]
-    return _rule(manifest, name, title, severity, data, "C", threshold, summary, no_data="OK")
+    return _rule(manifest, name, title, severity, data, "C", threshold, summary)
+
+
+def _no_telemetry_rule(manifest) -> dict:
+    """Fires when Prometheus holds no series of the app's runtime for 5 minutes: the app, its
+    collector sidecar or the scrape is broken, and every other rule is blind (docs/incidents.md)."""
+    data = [
+        _alert_query("A", PROMETHEUS.uid, PrometheusQuery().ref_id("A").expr(NO_TELEMETRY_QUERY).instant()
+                     .datasource(PROMETHEUS)),
+        _alert_query("B", EXPRESSION.uid, _reduce("B", "A", "last")),
+        _alert_query("C", EXPRESSION.uid, _threshold("C", "B", "lt", 1)),
+    ]
+    rule = _rule(manifest, "no-telemetry", f"No telemetry from {manifest.app}", "critical", data, "C", 1,
+                 f"Prometheus has received no metrics from any {manifest.app} task for 5 minutes: dashboards and "
+                 "the other alert rules are blind")
+    rule["annotations"]["runbook"] = f"docs/incidents.md#no-telemetry-from-{manifest.app}"
+    return rule
 
 
 def _usage_rule(manifest, resource: str, title: str, severity: str, threshold: float) -> dict:
@@ -320,17 +387,17 @@ def _usage_rule(manifest, resource: str, title: str, severity: str, threshold: f
     ]
     summary = ("{{ $labels.ServiceName }} uses {{ humanize $values.E.Value }}% of its reserved "
                + resource.lower())
-    return _rule(manifest, resource.lower(), title, severity, data, "F", threshold, summary, no_data="NoData")
+    return _rule(manifest, resource.lower(), title, severity, data, "F", threshold, summary)
 
 
 def _rule(manifest, name: str, title: str, severity: str, data: list[dict], condition: str, threshold: float,
-          summary: str, no_data: str) -> dict:
+          summary: str) -> dict:
     return {
         "uid": f"{manifest.app}-{name}-{severity}",
         "title": f"{title} ({severity})",
         "condition": condition,
         "data": data,
-        "noDataState": no_data,
+        "noDataState": NO_DATA[name],
         "execErrState": "Error",
         "for": "5m",
         "annotations": {"summary": summary, "threshold": format(threshold, "g")},
@@ -352,7 +419,11 @@ def _reduce(ref_id: str, of: str, reducer: str) -> expr.TypeReduce:
 
 
 def _above(ref_id: str, of: str, threshold: float) -> expr.TypeThreshold:
-    evaluator = expr.ExprTypeThresholdConditionsEvaluator().type("gt").params([threshold])
+    return _threshold(ref_id, of, "gt", threshold)
+
+
+def _threshold(ref_id: str, of: str, comparison: str, threshold: float) -> expr.TypeThreshold:
+    evaluator = expr.ExprTypeThresholdConditionsEvaluator().type(comparison).params([threshold])
     return (expr.TypeThreshold().ref_id(ref_id).datasource(EXPRESSION).expression(of)
             .conditions([expr.ExprTypeThresholdConditions().evaluator(evaluator)]))
 

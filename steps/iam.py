@@ -192,9 +192,22 @@ def _ecs_describe(where: GrantContext) -> list[dict]:
                   {"ArnEquals": {"ecs:cluster": where.cluster_arn}})]
 
 
+def _ecs_discovery(where: GrantContext) -> list[dict]:
+    """What Prometheus's ECS service discovery (aws_sd_configs, role ecs: prometheus/prometheus
+    v3.14.0 discovery/aws/ecs.go) calls for this cluster's tasks: ecs-describe, plus the calls it
+    makes beyond our cluster's ARNs. It checks its credentials with a DescribeClusters naming no
+    cluster, which ECS answers for the cluster `default` (a cluster of that name need not exist),
+    and reads each awsvpc task's network interface (DescribeNetworkInterfaces supports no
+    resource-level permissions)."""
+    default = f"arn:{where.partition}:ecs:{where.region}:{where.account_id}:cluster/default"
+    return [*_ecs_describe(where),
+            allow("EcsCredentialCheck", ["ecs:DescribeClusters"], default),
+            allow("TaskNetworkInterfaces", ["ec2:DescribeNetworkInterfaces"], "*")]
+
+
 #: The statements each manifest grant (schema.Grant) stands for.
 GRANTS = {"config-read": _config_read, "loki-bucket": _loki_bucket, "cloudwatch-read": _cloudwatch_read,
-          "ecs-describe": _ecs_describe}
+          "ecs-describe": _ecs_describe, "ecs-discovery": _ecs_discovery}
 
 
 def _known(values) -> list[str]:

@@ -175,7 +175,8 @@ class ServicesStep(Step):
             # Plain strings: a value not known yet renders as its placeholder (the hash follows once known).
             rendered = bundles.render(manifest, bundles.Facts(
                 loki_bucket=f"{_get(buckets, 'loki-chunks', 'storage.buckets')}", namespace=f"{namespace}",
-                region=inputs.region))
+                region=inputs.region, cluster_arn=f"{inputs.output('ecs', 'cluster_arn')}",
+                load_balancer_dns=f"{inputs.output('alb', 'dns_name')}"))
             services = tuple(self._service(manifest, inputs, name, task, rendered, cluster, config_bucket)
                              for name, task in spec.tasks.items())
         return ServicesDesired(cluster=cluster, namespace_id=inputs.output("ecs", "namespace_id"),
@@ -206,7 +207,8 @@ class ServicesStep(Step):
             image = ImageRef(container=name, repository=repository.name or task.app.image, tag=repository.tag,
                              uri=_get(inputs.output("ecr", "repositories"), task.app.image, "ecr.repositories"))
             app = taskdefs.AppContainer(
-                name=name, image=KNOWN_AFTER_APPLY, port=task.app.port, health_check=tuple(task.app.health_check),
+                name=name, image=KNOWN_AFTER_APPLY, port=task.app.port,
+                health_check=tuple(task.app.health_check) if task.app.health_check else None,
                 environment={**bundles.app_environment(manifest), **task.app.environment},
                 secrets={variable: _get(secret_arns, secret, "secrets.arns")
                          for variable, secret in task.app.secrets.items()})
@@ -365,8 +367,9 @@ class ServicesStep(Step):
                                       diffs=(FieldDiff("hash", last, service.bundle.hash),),
                                       calls=("s3:PutObject",), payload=service,
                                       record={"hash": service.bundle.hash},
-                                      note=f"{len(service.bundle.files)} file(s) under "
-                                           f"s3://{desired.config_bucket}/{service.bundle_key}"))
+                                      note="; ".join([f"{len(service.bundle.files)} file(s) under "
+                                                      f"s3://{desired.config_bucket}/{service.bundle_key}",
+                                                      *service.bundle.notes])))
         definition = _with_image(service, observed.images.get(service.name))
         digest = taskdefs.definition_hash(definition)
         live = observed.services.get(service.name)
@@ -376,7 +379,8 @@ class ServicesStep(Step):
             changes.append(Change("create" if live is None else "update", "task_definition", service.name,
                                   diffs=_definition_diffs(definition, live, observed.definitions.get(service.name)),
                                   calls=("ecs:RegisterTaskDefinition", "ecs:DeregisterTaskDefinition"),
-                                  payload=(service, definition, digest)))
+                                  payload=(service, definition, digest),
+                                  note="; ".join(taskdefs.health_check_notes(definition))))
             arn = Unknown(f"services.task_definitions.{service.name}")
         discovery = observed.discovery.get(service.name)
         if discovery is None:

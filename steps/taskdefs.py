@@ -56,7 +56,7 @@ class AppContainer:
     name: str
     image: str  # repository URI@digest
     port: int
-    health_check: tuple[str, ...]
+    health_check: tuple[str, ...] | None  # None: the load balancer's health check is the app's only one
     environment: dict[str, str]
     secrets: dict[str, str]  # variable → secret ARN
 
@@ -121,6 +121,8 @@ def _bundle_container(settings: TaskSettings, bundle: Bundle, secret_arns: dict[
         "logConfiguration": _logs(settings, bundle.service)}
     if spec.command:
         container["command"] = list(spec.command)
+    if spec.memory:
+        container["memory"] = spec.memory
     if spec.health_check:
         container["healthCheck"] = {"command": list(spec.health_check), "interval": 15, "timeout": 5, "retries": 3,
                                     "startPeriod": 10}
@@ -135,14 +137,34 @@ def _app_container(settings: TaskSettings, app: AppContainer, sidecar: str | Non
         "portMappings": [{"containerPort": app.port, "protocol": "tcp"}],
         "environment": _pairs(app.environment),
         "secrets": [{"name": name, "valueFrom": arn} for name, arn in sorted(app.secrets.items())],
-        "healthCheck": {"command": list(app.health_check), "interval": 15, "timeout": 5, "retries": 3,
-                        "startPeriod": 30},
         "logConfiguration": _logs(settings, app.name)}
+    if app.health_check:
+        container["healthCheck"] = {"command": list(app.health_check), "interval": 15, "timeout": 5, "retries": 3,
+                                    "startPeriod": 30}
     if sidecar:
         container["dependsOn"] = [{"containerName": sidecar, "condition": "HEALTHY"}]
     if settings.stop_timeout:
         container["stopTimeout"] = settings.stop_timeout
     return container
+
+
+def health_check_notes(definition: dict) -> list[str]:
+    """A CMD-SHELL health check runs a program that must be in the image; nothing before a
+    rollout can tell (ECS then marks every task unhealthy and the circuit breaker rolls back)."""
+    notes = []
+    for container in definition["containerDefinitions"]:
+        command = container.get("healthCheck", {}).get("command", [])
+        if len(command) > 1 and command[0] == "CMD-SHELL":
+            program = command[1].split()[0] if command[1].split() else ""
+            if program and program not in _SHELL_BUILTINS:
+                notes.append(f"container {container['name']}'s health check runs {program!r}: its image must have "
+                             f"it (the stock ASP.NET runtime image has neither curl nor wget), or every rollout "
+                             "rolls back")
+    return notes
+
+
+#: Words of a shell command line that name no program of the image.
+_SHELL_BUILTINS = {"exit", "test", "[", "true", "false", "echo", "cd", "exec"}
 
 
 def _pairs(values: dict[str, str]) -> list[dict]:

@@ -4,6 +4,7 @@ bytes and a bundle's hash moves exactly when its files do; images are pinned; th
 health check runs a program its image has."""
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -15,11 +16,13 @@ from orchestrator.manifest import load_manifest
 from orchestrator.schema import LoggingSpec, ObservabilityImages
 from steps import bundles, grafana_content
 from steps.bundles import Facts, app_environment, bundle_hash, render
+from tests import promtool
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
 ACCOUNT = "123456789012"
 ENVIRONMENTS = ["dev", "staging", "prod"]
+ALB_DNS = {env: f"gamepulse-{env}-1234567890.us-east-1.elb.amazonaws.com" for env in ENVIRONMENTS}
 
 # PLATFORM.md's table: log and Loki retention, trace sampling (ratio, errors always).
 LOG_RETENTION_HOURS = {"dev": "720h", "staging": "720h", "prod": "2160h"}
@@ -46,7 +49,8 @@ COLLECTOR_COMPONENTS = {
 
 def facts(env: str) -> Facts:
     return Facts(loki_bucket=f"gamepulse-{env}-loki-chunks-{ACCOUNT}", namespace=f"gamepulse-{env}.local",
-                 region="us-east-1")
+                 region="us-east-1", cluster_arn=f"arn:aws:ecs:us-east-1:{ACCOUNT}:cluster/gamepulse-{env}",
+                 load_balancer_dns=ALB_DNS[env])
 
 
 def rendered(env: str, manifest=None) -> dict[str, bundles.Bundle]:
@@ -170,23 +174,66 @@ def test_trace_sampling_matches_the_environment(env):
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
-def test_prometheus_finds_targets_in_cloud_map_and_keeps_the_app_labels(env):
+def test_prometheus_config_is_valid_for_promtool(env, tmp_path):
+    """promtool 2.42 (Debian's) checks all but the two v3 fields `for_promtool_2` takes out;
+    those are checked below against Prometheus v3.14.0's documentation."""
+    config = parsed(env, "prometheus", "prometheus.yml")
+    result = promtool.run("check", "config", promtool.for_promtool_2(config, tmp_path).name, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # v3.14.0 docs/configuration/configuration.md: <tsdb> retention {time, size, percentage};
+    # <aws_sd_config> keys; ecs.go looks clusters up by ARN (a name would find no cluster).
+    assert set(config["storage"]["tsdb"]["retention"]) <= {"time", "size", "percentage"}
+    documented = {"role", "region", "endpoint", "access_key", "secret_key", "profile", "role_arn", "external_id",
+                  "refresh_interval", "port", "filters", "clusters"}
+    for job in config["scrape_configs"]:
+        for sd in job.get("aws_sd_configs", []):
+            assert set(sd) <= documented and sd["role"] == "ecs"
+            assert all(re.fullmatch(r"arn:aws:ecs:us-east-1:\d{12}:cluster/gamepulse-" + env, c) for c in sd["clusters"])
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_prometheus_scrapes_every_app_task_at_the_most_autoscaling_allows(env, tmp_path):
+    """At the top of autoscaling (10 in dev and staging, 20 in prod) every task's sidecar is a
+    target of both jobs, and the cluster's other services are not: what promtool's own
+    relabelling makes of the targets ECS discovery finds. A Cloud Map MULTIVALUE answer would
+    have named 8."""
+    manifest = load_manifest(MANIFESTS, env)
+    top = manifest.services.tasks["gamepulse"].autoscaling.max
+    assert top == {"dev": 10, "staging": 10, "prod": 20}[env]
+    cluster = facts(env).cluster_arn
+    tasks = [promtool.ecs_target(f"10.1.{i // 200}.{i % 200 + 10}", "gamepulse", 80, cluster) for i in range(top)]
+    others = [promtool.ecs_target(f"10.2.0.{i}", service, 80, cluster)
+              for i, service in enumerate(["prometheus", "loki", "jaeger", "grafana"], start=1)]
+    starting = [promtool.ecs_target("10.3.0.1", "gamepulse", 80, cluster, status="PROVISIONING")]
     config = parsed(env, "prometheus", "prometheus.yml")
     collector = parsed(env, "otel-collector", "config.yaml")
+    app_port = port(collector["exporters"]["prometheus"]["endpoint"])
+    self_port = collector["service"]["telemetry"]["metrics"]["readers"][0]["pull"]["exporter"]["prometheus"]["port"]
+    ips = {t["labels"]["__meta_ecs_ip_address"] for t in tasks}
+    for job, wanted_port in (("gamepulse", app_port), ("otel-collector", self_port)):
+        found = promtool.scraped_targets(config, job, {cluster: tasks + others + starting}, tmp_path / job)
+        assert sorted(t["__address__"] for t in found) == sorted(f"{ip}:{wanted_port}" for ip in ips), job
+    app_job = {job["job_name"]: job for job in config["scrape_configs"]}["gamepulse"]
+    assert app_job["honor_labels"] is True  # the exporter's job and instance (service.name, service.instance.id)
+    assert "dns_sd_configs" not in app_job
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_prometheus_finds_the_single_task_services_in_cloud_map(env):
+    config = parsed(env, "prometheus", "prometheus.yml")
     namespace = facts(env).namespace
     assert config["storage"]["tsdb"]["retention"]["time"] == "15d"
     assert config["global"]["external_labels"]["environment"] == env
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    app = jobs["gamepulse"]
-    assert app["honor_labels"] is True
-    assert app["dns_sd_configs"] == [{"names": [f"gamepulse.{namespace}"], "type": "A",
-                                      "port": port(collector["exporters"]["prometheus"]["endpoint"])}]
     assert jobs["loki"]["dns_sd_configs"][0]["names"] == [f"loki.{namespace}"]
     assert jobs["loki"]["dns_sd_configs"][0]["port"] == parsed(env, "loki", "loki.yaml")["server"]["http_listen_port"]
-    for job in config["scrape_configs"]:
+    for name, job in jobs.items():
         for sd in job.get("dns_sd_configs", []):
             assert sd["type"] == "A"
             assert all(name.endswith(f".{namespace}") for name in sd["names"])
+            service = sd["names"][0].split(".")[0]
+            task = load_manifest(MANIFESTS, env).services.tasks[service]
+            assert task.autoscaling is None and task.desired_count == 1, f"{service}: DNS names at most 8 tasks"
 
 
 def test_prometheus_keeps_its_data_on_the_efs_volume():
