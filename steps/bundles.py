@@ -115,7 +115,7 @@ def render(manifest, facts: Facts) -> dict[str, Bundle]:
 #: secret and the password part once either changes; docs/operations.md has the reset.
 ADMIN_PASSWORD_NOTE = (f"Grafana takes its admin password from the secret {GRAFANA_ADMIN_SECRET!r} only when it "
                        "first creates its database (kept on EFS): a changed secret does not change the password. "
-                       "To bring them back in step: docs/operations.md, 'Grafana's admin password'")
+                       "To bring them back in step: docs/observability.md, section \"Grafana's admin password\"")
 
 
 def _check_prometheus_can_discover(manifest) -> None:

@@ -25,6 +25,7 @@ import yaml
 from orchestrator.errors import ManifestError, OrchestratorError
 from orchestrator.manifest import load_manifest
 from steps import bundles, grafana_content
+from tests import promtool
 from steps.bundles import Facts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,8 +43,10 @@ def manifest(env: str):
 
 
 def render(env: str, the_manifest=None) -> dict[str, bundles.Bundle]:
-    return bundles.render(the_manifest or manifest(env), Facts(loki_bucket=f"gamepulse-{env}-loki-chunks",
-                                                               namespace=f"gamepulse-{env}.local", region="us-east-1"))
+    return bundles.render(the_manifest or manifest(env), Facts(
+        loki_bucket=f"gamepulse-{env}-loki-chunks", namespace=f"gamepulse-{env}.local", region="us-east-1",
+        cluster_arn=f"arn:aws:ecs:us-east-1:123456789012:cluster/gamepulse-{env}",
+        load_balancer_dns=f"gamepulse-{env}-1.us-east-1.elb.amazonaws.com"))
 
 
 @functools.cache
@@ -202,8 +205,11 @@ def test_dashboards_show_what_the_issue_asks_for(env):
     for uid, words in {"gamepulse-application": ["request rate", "p50, p95, p99", "error rate", "status code"],
                        "gamepulse-infrastructure": ["cpu", "memory", "network"],
                        "gamepulse-database": ["connections", "query duration"],
-                       "gamepulse-logs-traces": ["live logs", "errors", "trace latency", "service map"]}.items():
+                       "gamepulse-logs-traces": ["live logs", "errors", "trace latency"]}.items():
         assert all(word in titles[uid] for word in words), (uid, titles[uid])
+    # No service map: it needs the collector's servicegraph connector, and the pinned
+    # aws-otel-collector v0.49.0 is built with no connector (pkg/defaultcomponents/defaults.go).
+    assert "service map" not in titles["gamepulse-logs-traces"]
     latency = next(panel for panel in boards["gamepulse-application"]["panels"] if panel["title"].startswith("Latency"))
     assert [parse(target["expr"]).args[0].val for target in latency["targets"]] == [0.5, 0.95, 0.99]
     for board in boards.values():  # provisioned panels need unique ids
@@ -281,7 +287,7 @@ def test_an_error_rate_without_traffic_is_not_an_alert():
     idle = [counter({"__name__": "http_server_request_duration_seconds_count", "http_response_status_code": code}, 0)
             for code in ("200", "503")]
     assert run_rule(rule, prometheus_samples=idle) == set()
-    assert rule["noDataState"] == "OK"
+    assert rule["noDataState"] == "OK"  # silence has its own rule: the no-telemetry rule
 
 
 def run_rule(rule: dict, prometheus_samples: list | None = None, query_results: dict | None = None) -> set:
@@ -456,7 +462,9 @@ def test_rules_are_valid_provisioning_entries(env):
     (group,) = yaml.safe_load(grafana_files(env)["alerting/rules.yaml"])["groups"]
     (provider,) = yaml.safe_load(grafana_files(env)["dashboards/providers.yaml"])["providers"]
     assert group["folder"] == provider["folder"] and group["interval"] and group["name"]
-    assert len(group["rules"]) == 8  # error rate, p95 latency, CPU, memory; each at two severities
+    # error rate, p95 latency, CPU, memory, each at two severities; no telemetry (critical)
+    assert len(group["rules"]) == 9
+    assert {rule["noDataState"] for rule in group["rules"]} <= {"OK", "NoData", "Alerting"}
     for rule in group["rules"]:
         assert re.fullmatch(r"[A-Za-z0-9_-]{1,40}", rule["uid"])
         assert rule["condition"] in {query["refId"] for query in rule["data"]}
@@ -555,3 +563,112 @@ def test_email_addresses_must_be_addresses(tmp_path):
     message = "alerting.email_addresses.1: 'ops; team' is not an email address"
     with pytest.raises(ManifestError, match=re.escape(message)):
         load_manifest(tmp_path, "dev")
+
+
+# --- PromQL as Prometheus evaluates it (promtool, tests/promtool.py) ----------------------------
+
+
+def rate_interval(panel: dict) -> str:
+    """Grafana's $__rate_interval for a panel: four times its minimum interval (the scrape
+    interval), which is more than $__interval plus one scrape at any dashboard width of 1 h."""
+    return f"{4 * int(panel['interval'].rstrip('s'))}s"
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_every_promql_expression_is_valid_for_promtool(env, tmp_path):
+    expressions = [query["expr"] for query in queries(env, "prometheus")]
+    assert len(expressions) > 20
+    rules_file = {"groups": [{"name": "every-query", "rules": [
+        {"record": f"query:{index}", "expr": expression.replace("$__rate_interval", "1m")}
+        for index, expression in enumerate(expressions)]}]}
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules_file))
+    result = promtool.run("check", "rules", "rules.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_every_prometheus_panel_asks_for_no_less_than_the_scrape_interval(env):
+    scrape = f"{manifest(env).observability.scrape_interval_seconds}s"
+    prometheus_panels = [panel for panel in panels(env) if panel["datasource"]["uid"] == "prometheus"]
+    assert prometheus_panels and all(panel["interval"] == scrape for panel in prometheus_panels)
+    assert bundles.app_environment(manifest(env))["OTEL_METRIC_EXPORT_INTERVAL"] == str(
+        manifest(env).observability.scrape_interval_seconds * 1000)
+
+
+def exported_counter(export_seconds: int, scrape_seconds: int, phase: int, minutes: int = 8) -> str:
+    """What Prometheus stores of a counter of 10 requests/s that the SDK exports every
+    `export_seconds` (starting `phase` seconds in) and the sidecar's exporter serves until the
+    next export: one value per scrape, in promtool's series notation."""
+    values = []
+    for t in range(0, minutes * 60 + 1, scrape_seconds):
+        last_export = phase + ((t - phase) // export_seconds) * export_seconds if t >= phase else 0
+        values.append(str(10 * max(last_export, 0)))
+    return " ".join(values)
+
+
+def gap_test(env: str, export_seconds: int, workdir):
+    """promtool evaluates the application dashboard's request-rate query (with Grafana's
+    $__rate_interval) every 5 s for a minute, over three tasks exporting out of phase; each
+    evaluation must show traffic. No evaluation time falls on a sample, so Prometheus 3's
+    left-open windows and 2.42's left-closed ones hold the same samples."""
+    board = next(b for b in dashboards(env).values() if b["uid"] == "gamepulse-application")
+    panel = next(p for p in board["panels"] if p["title"] == "Requests / s")
+    query = panel["targets"][0]["expr"].replace("$__rate_interval", rate_interval(panel))
+    scrape = manifest(env).observability.scrape_interval_seconds
+    series = [{"series": f'http_server_request_duration_seconds_count{{instance="task-{phase}"}}',
+               "values": exported_counter(export_seconds, scrape, phase)} for phase in (1, 6, 11)]
+    evaluations = [{"expr": f"({query}) > bool 0", "eval_time": f"{6 * 60 + 2 + 5 * step}s",
+                    "exp_samples": [{"labels": "{}", "value": 1}]} for step in range(12)]
+    return promtool.test_rules({"groups": []}, {"evaluation_interval": f"{scrape}s", "tests": [
+        {"interval": f"{scrape}s", "input_series": series, "promql_expr_test": evaluations}]}, workdir)
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_dashboard_rates_have_no_zero_gaps_at_the_sdks_export_interval(env, tmp_path):
+    export_seconds = int(bundles.app_environment(manifest(env))["OTEL_METRIC_EXPORT_INTERVAL"]) // 1000
+    result = gap_test(env, export_seconds, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_sdks_default_export_interval_would_show_zero_gaps(tmp_path):
+    """The .NET SDK's default, 60 s, with a 15 s scrape: some evaluations see no change in the window."""
+    result = gap_test("dev", 60, tmp_path)
+    assert result.returncode != 0 and "got: {} 0E+00" in result.stdout + result.stderr, result.stdout
+
+
+def no_telemetry_alert(env: str) -> dict:
+    """The no-telemetry rule as a Prometheus alerting rule: its query (A), below its threshold (C)."""
+    rule = rules(env)["gamepulse-no-telemetry-critical"]
+    by_ref = {query["refId"]: query["model"] for query in rule["data"]}
+    (condition,) = by_ref[rule["condition"]]["conditions"]
+    assert by_ref["B"]["reducer"] == "last" and by_ref[rule["condition"]]["expression"] == "B"
+    comparison = {"lt": "<", "gt": ">"}[condition["evaluator"]["type"]]
+    return {"alert": "NoTelemetry", "for": rule["for"],
+            "expr": f"({by_ref['A']['expr']}) {comparison} {condition['evaluator']['params'][0]}"}
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_no_telemetry_rule_fires_when_gamepulse_sends_nothing(env, tmp_path):
+    """Two tasks report for 10 minutes, then nothing (their series go stale): the rule is quiet
+    while they report and fires once the silence has lasted its `for`."""
+    rule = rules(env)["gamepulse-no-telemetry-critical"]
+    assert rule["noDataState"] == "Alerting" and rule["labels"]["severity"] == "critical"
+    assert rule["annotations"]["runbook"] == "docs/incidents.md#no-telemetry-from-gamepulse"
+    series = [{"series": f'dotnet_process_memory_working_set_bytes{{instance="task-{n}"}}',
+               "values": "100000000+0x40 stale"} for n in (1, 2)]
+    firing = [{"exp_labels": {}, "exp_annotations": {}}]
+    checks = [("9m", []), ("13m", []), ("17m", firing)]
+    result = promtool.test_rules(
+        {"groups": [{"name": "grafana", "interval": "1m", "rules": [no_telemetry_alert(env)]}]},
+        {"evaluation_interval": "1m", "tests": [{"interval": "15s", "input_series": series, "alert_rule_test": [
+            {"eval_time": at, "alertname": "NoTelemetry", "exp_alerts": alerts} for at, alerts in checks]}]},
+        tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_no_telemetry_rule_fires_when_gamepulse_never_sent_anything(tmp_path):
+    result = promtool.test_rules(
+        {"groups": [{"name": "grafana", "interval": "1m", "rules": [no_telemetry_alert("prod")]}]},
+        {"evaluation_interval": "1m", "tests": [{"interval": "15s", "input_series": [], "alert_rule_test": [
+            {"eval_time": "6m", "alertname": "NoTelemetry", "exp_alerts": [{"exp_labels": {}}]}]}]}, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
