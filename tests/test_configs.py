@@ -4,6 +4,7 @@ bytes and a bundle's hash moves exactly when its files do; images are pinned; th
 health check runs a program its image has."""
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 from pathlib import Path
@@ -409,3 +410,89 @@ def test_render_needs_the_observability_section_and_the_grafana_secret():
         update={"values": {k: v for k, v in manifest.secrets.values.items() if k != "grafana-admin"}})
     with pytest.raises(OrchestratorError, match="grafana-admin"):
         render(manifest.model_copy(update={"secrets": secrets}), facts("dev"))
+
+
+# --- the collector sidecar's memory, Grafana's address, the app's health check -----------------
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_collector_refuses_data_below_its_own_containers_memory(env):
+    manifest = load_manifest(MANIFESTS, env)
+    task = manifest.services.tasks["gamepulse"]
+    container = rendered(env)["otel-collector"].container
+    limiter = parsed(env, "otel-collector", "config.yaml")["processors"]["memory_limiter"]
+    assert container.memory == task.app.sidecar_memory_mib < task.memory  # its own, within the task's
+    assert "limit_percentage" not in limiter  # a percentage reads the whole task's memory
+    assert 0 < limiter["spike_limit_mib"] < limiter["limit_mib"] < container.memory
+
+
+def test_a_sidecar_that_takes_the_whole_task_is_refused(tmp_path):
+    base = (MANIFESTS / "gamepulse.yaml").read_text().replace("sidecar_memory_mib: 256", "sidecar_memory_mib: 1024")
+    (tmp_path / "gamepulse.yaml").write_text(base)
+    shutil.copy(MANIFESTS / "dev.yaml", tmp_path / "dev.yaml")
+    with pytest.raises(ManifestError, match="sidecar_memory_mib"):
+        load_manifest(tmp_path, "dev")
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_grafanas_links_carry_the_load_balancers_name(env):
+    """Alert notifications link to GF_SERVER_ROOT_URL: the load balancer's DNS name (no domain in
+    the manifests), https where the load balancer has a certificate."""
+    manifest = load_manifest(MANIFESTS, env)
+    environment = rendered(env)["grafana"].container.environment
+    scheme = "https" if manifest.load_balancer.certificate_arn else "http"
+    assert environment["GF_SERVER_ROOT_URL"] == f"{scheme}://{ALB_DNS[env]}/grafana/"
+    assert environment["GF_SERVER_SERVE_FROM_SUB_PATH"] == "true"
+
+
+def test_grafanas_links_use_the_manifests_domain_when_it_names_one():
+    manifest = load_manifest(MANIFESTS, "prod")
+    named = manifest.model_copy(update={"load_balancer": manifest.load_balancer.model_copy(
+        update={"domain": "play.gamepulse.example"})})
+    assert render(named, facts("prod"))["grafana"].container.environment["GF_SERVER_ROOT_URL"] == \
+        "https://play.gamepulse.example/grafana/"
+
+
+def test_the_app_has_no_container_health_check_by_default_and_a_shell_check_is_noted():
+    from steps import taskdefs
+
+    manifest = load_manifest(MANIFESTS, "dev")
+    assert manifest.services.tasks["gamepulse"].app.health_check is None  # the load balancer's check is the app's
+    settings = taskdefs.TaskSettings(family="gamepulse-dev-gamepulse", service="gamepulse", cpu=512, memory=1024,
+                                     execution_role_arn="arn:x", task_role_arn="arn:y", log_group="g",
+                                     region="us-east-1", init_image="i:1", config_bucket="b")
+    app = taskdefs.AppContainer(name="gamepulse", image="repo@sha256:0", port=8080, health_check=None,
+                                environment={}, secrets={})
+    bundle = rendered("dev")["otel-collector"]
+    definition = taskdefs.render(settings, bundle, app, {})
+    containers = {c["name"]: c for c in definition["containerDefinitions"]}
+    assert "healthCheck" not in containers["gamepulse"]
+    assert containers["otel-collector"]["healthCheck"]["command"] == ["CMD", "/healthcheck"]  # no shell: no note
+    assert containers["otel-collector"]["memory"] == 256
+    assert taskdefs.health_check_notes(definition) == []
+    curl = dataclasses.replace(app, health_check=("CMD-SHELL", "curl -fsS http://localhost:8080/health || exit 1"))
+    [note] = taskdefs.health_check_notes(taskdefs.render(settings, bundle, curl, {}))
+    assert "gamepulse" in note and "'curl'" in note and "rolls back" in note
+
+
+def test_plan_notes_say_what_grafana_cannot_do():
+    notes = " ".join(rendered("dev")["grafana"].notes)
+    assert "cannot be emailed to platform-oncall@gamepulse.example" in notes and "alerting.smtp" in notes
+    assert "admin password" in notes and "does not change the password" in notes
+
+
+def test_smtp_settings_reach_grafana_and_the_password_only_from_secrets_manager():
+    from orchestrator.schema import SmtpSpec
+
+    manifest = load_manifest(MANIFESTS, "dev")
+    secrets = manifest.secrets.model_copy(update={"values": {**manifest.secrets.values, "smtp-password":
+                                                            manifest.secrets.values["grafana-admin"]}})
+    alerting = manifest.alerting.model_copy(update={"smtp": SmtpSpec(
+        host="email-smtp.us-east-1.amazonaws.com:587", from_address="grafana@gamepulse.example", user="AKIAEXAMPLE",
+        password_secret="smtp-password")})
+    bundle = render(manifest.model_copy(update={"alerting": alerting, "secrets": secrets}), facts("dev"))["grafana"]
+    assert bundle.container.environment["GF_SMTP_HOST"] == "email-smtp.us-east-1.amazonaws.com:587"
+    assert bundle.container.environment["GF_SMTP_ENABLED"] == "true"
+    assert bundle.container.secrets["GF_SMTP_PASSWORD"] == "smtp-password"
+    assert "GF_SMTP_PASSWORD" not in bundle.container.environment
+    assert not any("cannot be emailed" in note for note in bundle.notes)

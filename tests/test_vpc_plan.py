@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import yaml
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.manifest import load_manifest
@@ -96,9 +97,73 @@ def test_desired_security_groups_resolve_sources(dev):
     assert groups["alb"].name == "gamepulse-dev-alb"
     assert [(r.port, r.source) for r in groups["alb"].rules] == [(80, "0.0.0.0/0"), (443, "0.0.0.0/0")]
     assert [(r.port, r.source_kind, r.source) for r in groups["endpoints"].rules] == [(443, "cidr", "10.20.0.0/16")]
-    # 6 ports x 2 source groups, and 4 from the monitoring group itself (Grafana to Prometheus, Loki, Jaeger)
-    assert len(groups["monitoring"].rules) == 16
-    assert {r.source for r in groups["efs"].rules} == {"app", "monitoring"}
+    # Grafana from the load balancer, the sidecar's 2, and 4 from the monitoring group itself
+    assert len(groups["monitoring"].rules) == 7
+    assert {r.source for r in groups["efs"].rules} == {"monitoring"}
+
+
+def platform_hops(manifest) -> set[tuple[str, int, str]]:
+    """(security group, TCP port, source) of every connection the platform makes, read from what
+    it runs: the load balancer's listeners and target groups, the rendered collector, Prometheus
+    and Grafana configs, the tasks' EFS volumes and the VPC endpoints."""
+    from urllib.parse import urlsplit
+
+    from steps import bundles
+
+    tasks = manifest.services.tasks
+    rendered = bundles.render(manifest, bundles.Facts(loki_bucket="b", namespace="ns.local", region="us-east-1",
+                                                      cluster_arn="arn:aws:ecs:us-east-1:1:cluster/c",
+                                                      load_balancer_dns="lb.example"))
+    group_of = {name: task.security_group for name, task in tasks.items()}
+    app_group = group_of["gamepulse"]
+    files = {service: {path: yaml.safe_load(content) for path, content in bundle.files.items()
+                       if path.endswith((".yaml", ".yml"))} for service, bundle in rendered.items()}
+
+    def port_of(address: str) -> int:
+        return urlsplit(address if "://" in address else f"tcp://{address}").port
+
+    def service_of(address: str) -> str:
+        return urlsplit(address if "://" in address else f"tcp://{address}").hostname.split(".")[0]
+
+    alb = manifest.load_balancer.security_group
+    hops = {(alb, port, "0.0.0.0/0") for port in (80, 443)}  # users, HTTP and HTTPS
+    for name, task in tasks.items():  # load balancer -> each service behind a target group
+        if task.target_group:
+            hops.add((group_of[name], manifest.load_balancer.target_groups[task.target_group].port, alb))
+    collector = files["otel-collector"]["config.yaml"]
+    for exporter in collector["exporters"].values():  # sidecar -> Loki and Jaeger
+        if "endpoint" in exporter and not exporter["endpoint"].startswith("0.0.0.0"):
+            hops.add((group_of[service_of(exporter["endpoint"])], port_of(exporter["endpoint"]), app_group))
+    prometheus = files["prometheus"]["prometheus.yml"]
+    for job in prometheus["scrape_configs"]:  # Prometheus -> the sidecars and the other monitoring services
+        for sd in job.get("aws_sd_configs", []):
+            replaced = [r["replacement"] for r in job.get("relabel_configs", []) if r.get("target_label") == "__address__"]
+            hops.add((app_group, int(replaced[0].rsplit(":", 1)[1]) if replaced else sd["port"], group_of["prometheus"]))
+        for sd in job.get("dns_sd_configs", []):
+            hops.add((group_of[sd["names"][0].split(".")[0]], sd["port"], group_of["prometheus"]))
+    for source in files["grafana"]["datasources/datasources.yaml"]["datasources"]:  # Grafana -> its datasources
+        if "url" in source:
+            hops.add((group_of[service_of(source["url"])], port_of(source["url"]), group_of["grafana"]))
+    for name, task in tasks.items():  # tasks with a data volume -> EFS (NFS)
+        if task.data_volume:
+            hops.add((manifest.efs.security_group, 2049, group_of[name]))
+    hops.add((manifest.network.endpoints.security_group, 443, "vpc"))  # tasks -> the interface endpoints
+    return hops
+
+
+@pytest.mark.parametrize("env", ["dev", "staging", "prod"])
+def test_every_hop_the_platform_makes_is_open_and_nothing_else_is(env):
+    """PLATFORM.md: each port opened only to who uses it."""
+    manifest = load_manifest(MANIFESTS, env)
+    desired = STEP.desired(manifest, INPUTS)
+    opened = {(group.logical, rule.port, "vpc" if rule.source == manifest.network.cidr else rule.source)
+              for group in desired.security_groups for rule in group.rules}
+    needed = platform_hops(manifest)
+    assert needed - opened == set(), "needed but closed"
+    assert opened - needed == set(), "open but used by nothing"
+    assert ("monitoring", 3000, "alb") in needed and ("app", 8889, "monitoring") in needed
+    assert ("monitoring", 3100, "app") in needed and ("monitoring", 4317, "app") in needed
+    assert ("monitoring", 9090, "monitoring") in needed and ("efs", 2049, "monitoring") in needed
 
 
 def test_desired_endpoints(dev):
@@ -144,7 +209,7 @@ def test_plan_from_nothing_creates_everything_in_dependency_order(dev):
     private = next(c for c in changes if c.key == "route_table/private")
     assert {d.field: d.new for d in private.diffs}["route 0.0.0.0/0"] == KNOWN_AFTER_APPLY
     monitoring = next(c for c in changes if c.key == "ingress/monitoring")
-    assert len(monitoring.payload.add) == 16  # new source groups stay a rule per port and group
+    assert len(monitoring.payload.add) == 7  # new source groups stay a rule per port and group
 
 
 def test_plan_with_everything_in_place_is_empty(dev):
@@ -376,7 +441,7 @@ def test_destroy_goes_in_a_safe_order_and_revokes_group_references_first(dev):
                      "security_group", "vpc"]
     revokes = {c.name: c.payload.revoke for c in changes if c.kind == "ingress"}
     assert set(revokes) == {"app", "efs", "monitoring"}  # the groups whose rules name other groups
-    assert len(revokes["monitoring"]) == 16
+    assert len(revokes["monitoring"]) == 7
 
 
 def test_outputs_before_and_after_apply(dev):
