@@ -82,7 +82,12 @@ def test_task_roles_get_only_what_their_grants_name(manifest):
     cluster = f"arn:aws:ecs:us-east-1:{ACCOUNT}:cluster/gamepulse-dev"
     assert prometheus["EcsDescribeCluster"]["Resource"] == cluster
     assert prometheus["EcsListInCluster"]["Condition"] == {"ArnEquals": {"ecs:cluster": cluster}}
-    assert set(prometheus) == set(statements(roles["grafana"]))
+    # Prometheus's ECS discovery (aws_sd_configs, role ecs) also checks its credentials on the
+    # cluster `default` and reads each task's network interface; Grafana does neither.
+    assert set(prometheus) == set(statements(roles["grafana"])) | {"EcsCredentialCheck", "TaskNetworkInterfaces"}
+    assert prometheus["EcsCredentialCheck"]["Resource"] == f"arn:aws:ecs:us-east-1:{ACCOUNT}:cluster/default"
+    assert prometheus["TaskNetworkInterfaces"] == {"Sid": "TaskNetworkInterfaces", "Effect": "Allow",
+                                                   "Action": ["ec2:DescribeNetworkInterfaces"], "Resource": "*"}
     assert "LokiChunksReadWrite" not in prometheus and "CloudWatchRead" not in app
     for role in roles.values():  # least privilege: no wildcard actions, "*" resources only where AWS needs them
         for statement in (s for doc in role.inline_policies.values() for s in doc["Statement"]):
