@@ -94,7 +94,7 @@ def test_task_roles_get_only_what_their_grants_name(manifest):
             assert statement["Effect"] == "Allow"
             assert not any("*" in action for action in statement["Action"])
             if statement["Resource"] == "*":
-                assert statement["Sid"] in ("CloudWatchRead", "EcsListInCluster")
+                assert statement["Sid"] in ("CloudWatchRead", "EcsListInCluster", "TaskNetworkInterfaces")
                 assert all(a.split(":")[1].startswith(("Describe", "Get", "List")) for a in statement["Action"])
 
 
