@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.schema import AppContainerSpec
 from steps import grafana_content
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -65,7 +66,7 @@ class Container:
     secrets: dict[str, str] = field(default_factory=dict)  # variable → secret name (under APP/ENV/)
     health_check: tuple[str, ...] | None = None  # ECS healthCheck.command
     data_dir: str | None = None
-    memory: int | None = None  # MiB, the container's own hard limit (the sidecar: never the app's memory)
+    memory: int | None = None  # MiB, the container's own hard limit (the sidecar's: never the app's memory)
 
 
 #: Share of the collector sidecar's memory its memory_limiter lets it use (limit_mib), and share of
@@ -215,12 +216,13 @@ def grafana_url(manifest, facts: Facts) -> str:
     return f"{scheme}://{host}{_grafana_sub_path(manifest)}/"
 
 
-def sidecar_memory(manifest) -> int | None:
-    """The collector sidecar's own memory (MiB): the app's `sidecar_memory_mib`."""
+def sidecar_memory(manifest) -> int:
+    """The collector sidecar's own memory (MiB): the `sidecar_memory_mib` of the app it runs
+    beside (the schema's default where no app runs it: the bundle then serves no task)."""
     for task in (manifest.services.tasks.values() if manifest.services else ()):
         if task.app is not None and task.app.sidecar == "otel-collector":
             return task.app.sidecar_memory_mib
-    return None
+    return AppContainerSpec.model_fields["sidecar_memory_mib"].default
 
 
 def collector_memory_limits(memory_mib: int) -> dict[str, int]:
@@ -250,14 +252,14 @@ def _values(manifest, facts: Facts) -> dict:
     def dns(service: str) -> str:  # Cloud Map A records of the service's tasks
         return f"{service}.{namespace}"
 
-    memory = sidecar_memory(manifest) or 256
+    limits = collector_memory_limits(sidecar_memory(manifest))
     return {
         "app": manifest.app,
         "environment": manifest.environment,
         "region": facts.region,
         "cluster_arn": facts.cluster_arn,
-        "collector_limit_mib": collector_memory_limits(memory)["limit_mib"],
-        "collector_spike_limit_mib": collector_memory_limits(memory)["spike_limit_mib"],
+        "collector_limit_mib": limits["limit_mib"],
+        "collector_spike_limit_mib": limits["spike_limit_mib"],
         "loki_bucket": facts.loki_bucket,
         "log_retention": _hours(manifest.logging.retention_days),
         "metrics_retention": f"{observability.metrics_retention_days}d",

@@ -496,3 +496,20 @@ def test_smtp_settings_reach_grafana_and_the_password_only_from_secrets_manager(
     assert bundle.container.secrets["GF_SMTP_PASSWORD"] == "smtp-password"
     assert "GF_SMTP_PASSWORD" not in bundle.container.environment
     assert not any("cannot be emailed" in note for note in bundle.notes)
+
+
+def test_prometheus_on_task_storage_is_bounded_below_the_tasks_disk(tmp_path):
+    """Prometheus does not support EFS (NFS): without `data_volume` the TSDB lives on the task's
+    ephemeral storage (20 GiB on Fargate), bounded by size as well as time."""
+    manifest = load_manifest(MANIFESTS, "prod")
+    on_efs = yaml.safe_load(render(manifest, facts("prod"))["prometheus"].files["prometheus.yml"])
+    assert set(on_efs["storage"]["tsdb"]["retention"]) == {"time"}
+    tasks = {**manifest.services.tasks,
+             "prometheus": manifest.services.tasks["prometheus"].model_copy(update={"data_volume": None})}
+    local = manifest.model_copy(update={"services": manifest.services.model_copy(update={"tasks": tasks})})
+    retention = yaml.safe_load(render(local, facts("prod"))["prometheus"].files["prometheus.yml"])[
+        "storage"]["tsdb"]["retention"]
+    assert retention == {"time": "15d", "size": "14GB"}
+    assert int(retention["size"].removesuffix("GB")) < 20
+    comment = (MANIFESTS / "gamepulse.yaml").read_text()
+    assert "Prometheus does not support" in comment and "data_volume" in comment

@@ -36,10 +36,12 @@ def upstream_outputs() -> dict:
         "iam": {"execution_role_arn": f"arn:aws:iam::{ACCOUNT}:role/gamepulse-dev-execution",
                 "task_role_arns": roles},
         "efs": {"file_system_id": "fs-1", "access_points": {"prometheus": "fsap-prom", "grafana": "fsap-graf"}},
-        "ecs": {"cluster_name": "gamepulse-dev", "log_groups": {name: f"/ecs/gamepulse-dev/{name}" for name in
+        "ecs": {"cluster_name": "gamepulse-dev", "cluster_arn": f"arn:aws:ecs:us-east-1:{ACCOUNT}:cluster/gamepulse-dev",
+                "log_groups": {name: f"/ecs/gamepulse-dev/{name}" for name in
                                                                  SERVICES + ["otel-collector"]},
                 "namespace_id": "ns-1", "namespace_name": "gamepulse-dev.local"},
         "alb": {"target_groups": {"gamepulse": "arn:tg/gamepulse", "grafana": "arn:tg/grafana"},
+                "dns_name": "gamepulse-dev-123.us-east-1.elb.amazonaws.com",
                 "arn_suffix": "app/gamepulse-dev/1", "target_group_arn_suffixes": {"gamepulse": "targetgroup/gp/2"}},
     }
 
@@ -242,6 +244,35 @@ def test_plan_from_nothing_creates_every_resource_kind_per_service(manifest):
     assert len([c for c in changes if c.kind == "service"]) == 5
     service = next(c for c in changes if c.key == "service/gamepulse")
     assert dict((d.field, d.new) for d in service.diffs)["task_definition"] == KNOWN_AFTER_APPLY
+
+
+def test_grafanas_links_and_prometheus_discovery_follow_the_upstream_steps(manifest):
+    """GF_SERVER_ROOT_URL (every link in an alert) carries the alb step's DNS name; Prometheus
+    discovers the tasks of the ecs step's cluster."""
+    import yaml
+
+    desired = {service.name: service for service in desired_for(manifest).services}
+    (grafana,) = [c for c in desired["grafana"].definition["containerDefinitions"] if c["name"] == "grafana"]
+    environment = {pair["name"]: pair["value"] for pair in grafana["environment"]}
+    assert environment["GF_SERVER_ROOT_URL"] == "http://gamepulse-dev-123.us-east-1.elb.amazonaws.com/grafana/"
+    config = yaml.safe_load(desired["prometheus"].bundle.files["prometheus.yml"])
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["gamepulse"]["aws_sd_configs"][0]["clusters"] == [
+        f"arn:aws:ecs:us-east-1:{ACCOUNT}:cluster/gamepulse-dev"]
+
+
+def test_plan_says_what_cannot_work_before_it_is_deployed(manifest):
+    """A shell health check naming a program, and an email contact point with no mail server."""
+    app = manifest.services.tasks["gamepulse"].app.model_copy(
+        update={"health_check": ["CMD-SHELL", "curl -fsS http://localhost:8080/health || exit 1"]})
+    tasks = {**manifest.services.tasks, "gamepulse": manifest.services.tasks["gamepulse"].model_copy(
+        update={"app": app})}
+    curl = manifest.model_copy(update={"services": manifest.services.model_copy(update={"tasks": tasks})})
+    changes = {change.key: change for change in STEP.plan(desired_for(curl), ServicesFacts(), {})}
+    assert "health check runs 'curl'" in changes["task_definition/gamepulse"].note
+    assert changes["task_definition/grafana"].note == ""
+    assert "cannot be emailed" in changes["bundle/grafana"].note
+    assert "admin password" in changes["bundle/grafana"].note
 
 
 def test_plan_is_empty_when_everything_matches(manifest):
