@@ -474,7 +474,7 @@ class AppContainerSpec(Section):
     secrets: dict[str, str] = Field({}, description="variable → secret name of secrets.values (injected by ARN)")
     sidecar: Bundle | None = Field(None, description="a configs/ bundle run beside the app (the app starts once it is "
                                                   "HEALTHY), e.g. otel-collector")
-    sidecar_memory_mib: int = Field(256, ge=64, description="the sidecar's own memory (a hard limit of its container); "
+    sidecar_memory_mib: int = Field(256, ge=128, description="the sidecar's own memory (a hard limit of its container); "
                                                           "its memory_limiter refuses data below it, so it never "
                                                           "takes the app's memory")
 

@@ -69,10 +69,11 @@ class Container:
     memory: int | None = None  # MiB, the container's own hard limit (the sidecar's: never the app's memory)
 
 
-#: Share of the collector sidecar's memory its memory_limiter lets it use (limit_mib), and share of
-#: that kept free for a spike between two checks (spike_limit_mib: it refuses data above the rest).
-#: The memory_limiter README (collector v0.156.0) suggests a spike limit of about 20 % of the limit.
-COLLECTOR_MEMORY_SHARE, COLLECTOR_SPIKE_SHARE = 0.8, 0.25
+#: The collector's memory_limiter (collector v0.156.0, processor/memorylimiterprocessor README):
+#: `limit_mib` bounds the Go heap, and the whole process uses about 50 MiB more; the soft limit,
+#: where it starts refusing data, is `limit_mib - spike_limit_mib`, the spike limit about 20 % of
+#: `limit_mib` (its default). The heap gets 80 % of the container less that overhead.
+COLLECTOR_HEAP_SHARE, COLLECTOR_PROCESS_OVERHEAD_MIB, COLLECTOR_SPIKE_SHARE = 0.8, 50, 0.2
 
 
 @dataclass(frozen=True)
@@ -227,9 +228,9 @@ def sidecar_memory(manifest) -> int:
 
 def collector_memory_limits(memory_mib: int) -> dict[str, int]:
     """memory_limiter's limit_mib and spike_limit_mib for a collector container of `memory_mib`:
-    it refuses data at limit - spike and forces a GC at limit, both below the container's limit,
-    where ECS would kill the container (and, the sidecar being essential, its task)."""
-    limit = int(memory_mib * COLLECTOR_MEMORY_SHARE)
+    it refuses data at limit - spike and forces a GC at limit, and the process stays below the
+    container's limit, where ECS would kill the container (and, the sidecar being essential, its task)."""
+    limit = int(memory_mib * COLLECTOR_HEAP_SHARE) - COLLECTOR_PROCESS_OVERHEAD_MIB
     return {"limit_mib": limit, "spike_limit_mib": int(limit * COLLECTOR_SPIKE_SHARE)}
 
 

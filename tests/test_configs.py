@@ -424,6 +424,8 @@ def test_the_collector_refuses_data_below_its_own_containers_memory(env):
     assert container.memory == task.app.sidecar_memory_mib < task.memory  # its own, within the task's
     assert "limit_percentage" not in limiter  # a percentage reads the whole task's memory
     assert 0 < limiter["spike_limit_mib"] < limiter["limit_mib"] < container.memory
+    # The limit bounds the heap; the process takes about 50 MiB more (the memory_limiter README).
+    assert limiter["limit_mib"] + 50 < container.memory
 
 
 def test_a_sidecar_that_takes_the_whole_task_is_refused(tmp_path):
