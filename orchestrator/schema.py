@@ -696,6 +696,9 @@ class Manifest(Section):
                 raise FieldError(f"has no task role: add {name} to iam.task_roles", *at)
             if name not in self.cluster.log_groups:
                 raise FieldError(f"has no log group: add {name} to cluster.log_groups", *at)
+            if spec.bundle == "prometheus" and "ecs-discovery" not in self.iam.task_roles[name].grants:
+                raise FieldError("Prometheus finds the app's tasks through ECS's API: add ecs-discovery to its "
+                                 "grants", "iam", "task_roles", name, "grants")
             known = {"security_group": (spec.security_group, self.network.security_groups),
                      "target_group": (spec.target_group, self.load_balancer.target_groups),
                      "data_volume": (spec.data_volume, self.efs.access_points)}

@@ -99,7 +99,6 @@ def render(manifest, facts: Facts) -> dict[str, Bundle]:
             if secret and secret not in manifest.secrets.values:
                 raise OrchestratorError(f"alerting.{field_name} names {secret!r}, "
                                         "which the manifest's secrets.values does not list")
-    _check_prometheus_can_discover(manifest)
     values = _values(manifest, facts)
     bundles = {}
     for service, container in _containers(manifest, facts).items():
@@ -114,19 +113,10 @@ def render(manifest, facts: Facts) -> dict[str, Bundle]:
 
 
 #: Grafana reads GF_SECURITY_ADMIN_PASSWORD only when it creates its database (on EFS), so the
-#: secret and the password part once either changes; docs/operations.md has the reset.
+#: secret and the password part once either changes; docs/observability.md has the reset.
 ADMIN_PASSWORD_NOTE = (f"Grafana takes its admin password from the secret {GRAFANA_ADMIN_SECRET!r} only when it "
                        "first creates its database (kept on EFS): a changed secret does not change the password. "
                        "To bring them back in step: docs/observability.md, section \"Grafana's admin password\"")
-
-
-def _check_prometheus_can_discover(manifest) -> None:
-    """Prometheus finds the app's tasks through ECS's API: its task role needs the grant for it."""
-    role = manifest.iam.task_roles.get("prometheus")
-    if manifest.services is not None and "prometheus" in manifest.services.tasks and (
-            role is None or "ecs-discovery" not in role.grants):
-        raise OrchestratorError("Prometheus finds the app's tasks through ECS's API: iam.task_roles.prometheus.grants "
-                                "needs ecs-discovery")
 
 
 def bundle_hash(files: dict[str, bytes]) -> str:

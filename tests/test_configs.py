@@ -515,3 +515,12 @@ def test_prometheus_on_task_storage_is_bounded_below_the_tasks_disk(tmp_path):
     assert int(retention["size"].removesuffix("GB")) < 20
     comment = (MANIFESTS / "gamepulse.yaml").read_text()
     assert "Prometheus does not support" in comment and "data_volume" in comment
+
+
+def test_prometheus_without_the_discovery_grant_is_a_manifest_error(tmp_path):
+    base = (MANIFESTS / "gamepulse.yaml").read_text()
+    (tmp_path / "gamepulse.yaml").write_text(base.replace("[config-read, cloudwatch-read, ecs-discovery]",
+                                                          "[config-read, cloudwatch-read, ecs-describe]"))
+    shutil.copy(MANIFESTS / "dev.yaml", tmp_path / "dev.yaml")
+    with pytest.raises(ManifestError, match="iam.task_roles.prometheus.grants: Prometheus finds the app's tasks"):
+        load_manifest(tmp_path, "dev")
