@@ -195,8 +195,10 @@ def test_apply_builds_the_network_with_tags_in_the_create_calls(manifest, aws, e
     assert ingress(ec2, groups["alb"]) == {(80, "0.0.0.0/0"), (443, "0.0.0.0/0")}
     assert ingress(ec2, groups["app"]) == {(8080, groups["alb"]), (8888, groups["monitoring"]),
                                            (8889, groups["monitoring"])}
-    assert ingress(ec2, groups["efs"]) == {(2049, groups["monitoring"]), (2049, groups["app"])}
-    assert len(ingress(ec2, groups["monitoring"])) == 16
+    assert ingress(ec2, groups["efs"]) == {(2049, groups["monitoring"])}  # only the monitoring tasks mount EFS
+    assert ingress(ec2, groups["monitoring"]) == {
+        (3000, groups["alb"]), (3100, groups["app"]), (4317, groups["app"]),
+        *((port, groups["monitoring"]) for port in (9090, 3100, 16686, 8888))}
     assert ingress(ec2, groups["endpoints"]) == {(443, "10.20.0.0/16")}
 
     endpoints = {e["ServiceName"].removeprefix("com.amazonaws.us-east-1."): e for e in found["endpoints"]}
@@ -278,7 +280,7 @@ def test_a_tag_added_to_the_manifest_reaches_the_security_group_rules(manifest, 
     group_ids = list(outputs["security_groups"].values())
     rules = ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": group_ids}])
     ingress_rules = [rule for rule in rules["SecurityGroupRules"] if not rule["IsEgress"]]
-    assert len(ingress_rules) == 24
+    assert len(ingress_rules) == 14
     assert all(tags_of(rule)["team"] == "games" for rule in ingress_rules)
     assert plan_step(STEP, tagged, forget_crash(aws), recorded=recorded) == []
 
