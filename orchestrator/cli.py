@@ -544,3 +544,41 @@ def sandbox_status():
     else:
         click.echo("sandbox not running")
         sys.exit(1)
+
+
+# -- verify, loadtest, drill: prove a deployed environment works (package ops/) -----------------
+
+
+def deployed_environment(options: Options, env: str, url: str | None = None):
+    from ops.platform import deployed
+    manifest = load(options, env)
+    return deployed(connect(options, manifest), manifest, url)
+
+
+URL_OPT = click.option("--url", default=None, metavar="URL",
+                       help="Reach the load balancer at this base URL instead of its DNS name (a domain that matches "
+                            "its certificate, a local server).")
+
+
+def print_report(report, as_json: bool) -> None:
+    """The report as a table or JSON; exit 1 when a check failed."""
+    click.echo(report.as_json() if as_json else report.as_table())
+    if report.failures:
+        sys.exit(1)
+
+
+@cli.command()
+@ENV_ARG
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+@click.option("--wait", "wait_seconds", type=click.FloatRange(0, 1800), default=180.0, show_default=True,
+              help="Seconds to wait for the probe request's trace, log lines and metric to arrive.")
+@click.option("--allow-empty", is_flag=True, help="List dashboard panels without data, without failing.")
+@URL_OPT
+@click.pass_obj
+def verify(options: Options, env: str, as_json: bool, wait_seconds: float, allow_empty: bool, url: str | None):
+    """Check that the deployed ENV works end to end: load balancer, services, a traced request in
+    Jaeger, Loki and Prometheus, dashboards, alert rules, contact points, CloudWatch alarms.
+    Read-only but for one request; exit 1 when a check fails."""
+    from ops.verify import verify as run_verify
+    print_report(run_verify(deployed_environment(options, env, url), wait_seconds=wait_seconds, allow_empty=allow_empty),
+                 as_json)
