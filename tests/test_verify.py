@@ -102,17 +102,21 @@ def test_an_empty_panel_is_listed_with_its_query_and_allowed_with_allow_empty(ap
     assert " info " in line and "no data for sum by (gc_heap_generation)" in line, line
 
 
-def test_a_service_not_running_what_it_should_fails_verify(applied, manifest):
-    ecs = client(applied, "ecs")
-    ecs.update_service(cluster="gamepulse-dev", service="loki", desiredCount=2)  # moto keeps running at 1
+def test_a_service_without_healthy_targets_fails_verify(applied, manifest):
+    elb = client(applied, "elbv2")
+    (group,) = [group for group in elb.describe_target_groups()["TargetGroups"]
+                if group["TargetGroupName"].startswith("gamepulse-dev-grafana-")]
+    elb.deregister_targets(TargetGroupArn=group["TargetGroupArn"], Targets=[{"Id": "10.20.1.10", "Port": 3000}])
     platform = FakePlatform(manifest)
     try:
         result = verify(applied, platform, "--json")
     finally:
         platform.close()
-        ecs.update_service(cluster="gamepulse-dev", service="loki", desiredCount=1)
+        register_targets(applied)
     assert result.returncode == 1
-    assert set(failed_checks(result)) == {"service loki"}
+    failed = failed_checks(result)
+    assert set(failed) == {"service grafana"}
+    assert "targets none" in failed["service grafana"]["evidence"]
 
 
 def test_an_alarm_in_alarm_fails_verify_and_names_it(applied, manifest):
