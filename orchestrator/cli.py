@@ -582,3 +582,41 @@ def verify(options: Options, env: str, as_json: bool, wait_seconds: float, allow
     from ops.verify import verify as run_verify
     print_report(run_verify(deployed_environment(options, env, url), wait_seconds=wait_seconds, allow_empty=allow_empty),
                  as_json)
+
+
+def parse_duration(ctx, param, value):
+    import re
+    if value is not None and not re.fullmatch(r"[1-9]\d*(s|m|h)", value):
+        raise click.BadParameter(f"{value!r} is not a duration such as 90s, 5m or 1h")
+    return value
+
+
+ALLOW_PROD_OPT = click.option("--allow-prod", is_flag=True,
+                              help="Run against an environment that refuses destroy (prod) as well.")
+
+
+@cli.command()
+@ENV_ARG
+@click.option("--vus", type=click.IntRange(1), default=None,
+              help="Peak virtual users (the stages scale to it; at most loadtest.max_vus).")
+@click.option("--duration", default=None, callback=parse_duration, metavar="DURATION",
+              help="Total duration, e.g. 90s or 5m (the stages scale to it; at most loadtest.max_duration).")
+@ALLOW_PROD_OPT
+@URL_OPT
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to save the k6 script, its summary, the samples and the timeline "
+                   "(default .orchestrator/loadtest/ENV-TIME).")
+@click.pass_obj
+def loadtest(options: Options, env: str, vus, duration, allow_prod: bool, url, as_json: bool, out_dir):
+    """Run k6 against ENV's load balancer (routes, stages and thresholds from the manifest's
+    loadtest section) while sampling ECS, autoscaling and CloudWatch; exit 1 when a threshold fails."""
+    from ops.loadtest import as_text, loadtest as run_loadtest
+    from ops.platform import refuse_prod
+    refuse_prod(load(options, env), allow_prod, "loadtest")
+    environment = deployed_environment(options, env, url)
+    out_dir = out_dir or Path(".orchestrator", "loadtest", f"{env}-{time.strftime('%Y%m%d-%H%M%S')}")
+    result = run_loadtest(environment, vus=vus, duration=duration, out_dir=out_dir)
+    click.echo(json.dumps(result, indent=2) if as_json else as_text(result))
+    if not result["passed"]:
+        sys.exit(1)
