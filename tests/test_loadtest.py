@@ -51,6 +51,7 @@ def test_k6_sends_what_the_report_counts_and_the_thresholds_pass(applied, manife
     assert summary["metrics"]["http_reqs"]["values"]["count"] == report["requests"]
     samples = json.loads(Path(report["files"]["samples"]).read_text())
     assert samples["tasks"] and samples["tasks"][0]["desired"] == 2
+    assert Path(report["files"]["timeline"]).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")  # matplotlib (test extra)
 
 
 def test_a_failing_error_rate_threshold_fails_the_run_with_exit_1(applied, manifest, tmp_path):  # noqa: F811
