@@ -620,3 +620,22 @@ def loadtest(options: Options, env: str, vus, duration, allow_prod: bool, url, a
     click.echo(json.dumps(result, indent=2) if as_json else as_text(result))
     if not result["passed"]:
         sys.exit(1)
+
+
+@cli.command()
+@ENV_ARG
+@click.argument("scenario", type=click.Choice(["notify", "task-failure"]))
+@ALLOW_PROD_OPT
+@URL_OPT
+@click.option("--timeout", type=click.FloatRange(1, 3600), default=900.0, show_default=True,
+              help="Seconds to wait for recovery before the drill fails.")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+@click.pass_obj
+def drill(options: Options, env: str, scenario: str, allow_prod: bool, url, timeout: float, as_json: bool):
+    """Rehearse a failure on ENV and report what happened: notify (a test notification through
+    every contact point and the SNS topic), task-failure (stop one app task; time to replacement
+    and healthy targets). Refuses prod unless --allow-prod; exit 1 when a check fails."""
+    from ops.drill import drill as run_drill
+    from ops.platform import refuse_prod
+    refuse_prod(load(options, env), allow_prod, f"drill {scenario}")
+    print_report(run_drill(deployed_environment(options, env, url), scenario, timeout=timeout), as_json)

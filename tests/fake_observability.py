@@ -65,7 +65,7 @@ class FakePlatform:
         self.traces: dict[str, dict] = {}
         self.logs: list[tuple[dict, int, str]] = []
         self.route_counts: Counter = Counter()
-        self.tested_receivers: list[str] = []
+        self.tested_receivers: list[dict] = []
         self._lock = threading.Lock()
         platform = self
 
@@ -157,9 +157,11 @@ class FakePlatform:
                 "name": self.manifest.app, "file": "GamePulse", "interval": 60,
                 "lastEvaluation": "2026-12-06T12:00:00Z", "evaluationTime": 0.01,
                 "rules": [self.rule_state(index, rule) for index, rule in enumerate(self.rules)]}]}}
-        if path == "/api/v1/provisioning/contact-points":
+        if path == "/api/v1/provisioning/contact-points":  # secure settings read back redacted
             return 200, [{"uid": receiver["uid"], "name": point["name"], "type": receiver["type"],
-                          "settings": receiver["settings"], "disableResolveMessage": False}
+                          "settings": {key: "[REDACTED]" if key == "url" and receiver["type"] == "slack" else value
+                                       for key, value in receiver["settings"].items()},
+                          "disableResolveMessage": False}
                          for point in self.points for receiver in point["receivers"]]
         if path == "/api/alertmanager/grafana/config/api/v1/receivers/test":
             return self.test_receivers(body)
@@ -192,7 +194,7 @@ class FakePlatform:
         for receiver in body["receivers"]:
             configs = []
             for config in receiver["grafana_managed_receiver_configs"]:
-                self.tested_receivers.append(config.get("uid", ""))
+                self.tested_receivers.append(config)
                 bad = config.get("type") == self.failing_receiver
                 failed |= bad
                 configs.append({"name": config.get("name", receiver["name"]), "uid": config.get("uid", ""),
