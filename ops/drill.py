@@ -22,14 +22,14 @@ from ops.report import Report
 from orchestrator import waiters
 from orchestrator.errors import OrchestratorError
 
-SCENARIOS = ("notify", "task-failure")
+SCENARIOS = ("notify", "task-failure", "alert")
 #: Grafana answers a provisioned secure setting (a Slack URL) as this; a test sends the stored one.
 REDACTED = "[REDACTED]"
 
 
 def drill(deployed, scenario: str, *, timeout: float = 900.0) -> Report:
     report = Report(f"drill {scenario} {deployed.manifest.environment} ({deployed.manifest.prefix})")
-    {"notify": notify, "task-failure": task_failure}[scenario](report, deployed, timeout)
+    {"notify": notify, "task-failure": task_failure, "alert": alert}[scenario](report, deployed, timeout)
     return report
 
 
@@ -127,3 +127,92 @@ def _alarm_path(report: Report, deployed, service: str, since) -> None:
     report.note("unhealthy-host alarm", f"{names[0]}: " + ("; ".join(moves) if moves else
                 "no state change (the replacement was quicker than the alarm's 3 of 5 minutes)")
                 + ("" if not fired else ("" if "to OK" in moves[-1] else " (still in ALARM)")))
+
+
+# -- alert ------------------------------------------------------------------------------------
+
+#: The rule the drill drives: the error-rate rule at each severity (steps/grafana_content.py).
+ALERT_RULE = "error-rate"
+
+
+def alert(report: Report, deployed, timeout: float) -> None:
+    """Errors on the drill route until the warning rule fires, then silence until it resolves."""
+    import tempfile
+    from pathlib import Path
+
+    from ops import k6
+    from ops.verify import provisioned
+    manifest = deployed.manifest
+    route = manifest.loadtest.drill_route if manifest.loadtest else None
+    if not route:
+        raise OrchestratorError("the alert drill needs loadtest.drill_route in the manifest: a route the app answers "
+                                "with 5xx for drills and no user calls; nothing was changed")
+    _, rules, _ = provisioned(manifest)
+    titles = {rule["labels"]["severity"]: rule["title"] for rule in rules
+              if rule["uid"].startswith(f"{manifest.app}-{ALERT_RULE}-")}
+    grafana = deployed.grafana()
+    policy = grafana.get("/api/v1/provisioning/policies")
+    binary = k6.find()
+    script = Path(tempfile.mkdtemp(prefix="drill-")) / "alert.js"
+    script.write_text(k6.drill_script(deployed.alb_url, route, manifest.loadtest.drill_rate, f"{int(timeout)}s"))
+    started = waiters.clock()
+    seen: dict[str, dict[str, float]] = {severity: {} for severity in titles}
+
+    def states() -> dict[str, str]:
+        found = {rule.get("name"): rule.get("state", "?") for rule in grafana.rule_states()}
+        now = round(waiters.clock() - started, 1)
+        for severity, title in titles.items():
+            seen[severity].setdefault(found.get(title, "?"), now)
+        return {severity: found.get(title, "?") for severity, title in titles.items()}
+
+    def fired() -> tuple[bool, str]:
+        now = states()
+        return now.get("warning") == "firing", ", ".join(f"{key} {value}" for key, value in sorted(now.items()))
+
+    def resolved() -> tuple[bool, str]:
+        now = states()
+        return all(value in ("inactive", "normal") for value in now.values()), \
+            ", ".join(f"{key} {value}" for key, value in sorted(now.items()))
+
+    process = k6.start(binary, str(script), _free_port())
+    report.note("errors sent", f"{manifest.loadtest.drill_rate}/s to {deployed.alb_url}{route}")
+    try:
+        _step(report, "firing", fired, timeout, started)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        process.communicate(timeout=60)
+    report.add("traffic stopped", process.returncode is not None, "the drill's k6 has exited")
+    for severity, title in sorted(titles.items()):
+        path = seen[severity]
+        report.note(f"rule {title}", ", ".join(f"{state} at +{at:.0f}s" for state, at in path.items()))
+        if "firing" in path:
+            report.add(f"routed {severity}", True, f"severity={severity} goes to {_receiver(policy, severity)} "
+                       "(notification policy)")
+    report.add("pending before firing", "pending" in seen.get("warning", {}),
+               "the rule waited its pending period (for: 5m)" if "pending" in seen.get("warning", {}) else
+               "the rule was never seen pending", "the rule fired without its pending period: check its `for`")
+    _step(report, "resolved", resolved, timeout, started)
+
+
+def _step(report: Report, name: str, check, timeout: float, started: float) -> None:
+    try:
+        evidence = waiters.wait_until(f"alert drill: {name}", check, timeout=timeout, max_delay=15.0)
+        report.facts[f"{name}_seconds"] = round(waiters.clock() - started, 1)
+        report.add(name, True, f"at +{waiters.clock() - started:.0f}s: {evidence}")
+    except waiters.WaitTimeout as error:
+        report.add(name, False, str(error), "the error-rate rule did not move: check its query in Grafana > Alerting "
+                   "and that the drill route answers 5xx")
+
+
+def _receiver(policy: dict, severity: str) -> str:
+    """The contact point Grafana's notification policy tree routes `severity` to (first match)."""
+    for route in policy.get("routes") or []:
+        if ["severity", "=", severity] in (route.get("object_matchers") or []):
+            return route.get("receiver") or policy.get("receiver", "?")
+    return policy.get("receiver", "?")
+
+
+def _free_port() -> int:
+    from orchestrator.sandbox import free_port
+    return free_port()

@@ -99,6 +99,25 @@ export function handleSummary(data) {{
 """
 
 
+def drill_script(base_url: str, path: str, rate: int, duration: str) -> str:
+    """A constant arrival rate on one route for `duration`, no thresholds: the alert drill's errors."""
+    options = {"scenarios": {"drill": {"executor": "constant-arrival-rate", "rate": rate, "timeUnit": "1s",
+                                       "duration": duration, "preAllocatedVUs": max(2, rate)}}}
+    return f"""// Rendered by `orchestrator drill ENV alert`; do not edit.
+import http from 'k6/http';
+
+export const options = {json.dumps(options, indent=2)};
+
+export default function () {{
+  http.get({json.dumps(base_url.rstrip('/') + path)}, {{ tags: {{ name: {json.dumps(path)} }} }});
+}}
+
+export function handleSummary(data) {{
+  return {{}};
+}}
+"""
+
+
 def start(k6: str, script_path: str, api_port: int) -> subprocess.Popen:
     return subprocess.Popen([k6, "run", "--quiet", "--no-color", "--address", f"127.0.0.1:{api_port}", script_path],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -624,7 +624,7 @@ def loadtest(options: Options, env: str, vus, duration, allow_prod: bool, url, a
 
 @cli.command()
 @ENV_ARG
-@click.argument("scenario", type=click.Choice(["notify", "task-failure"]))
+@click.argument("scenario", type=click.Choice(["notify", "task-failure", "alert"]))
 @ALLOW_PROD_OPT
 @URL_OPT
 @click.option("--timeout", type=click.FloatRange(1, 3600), default=900.0, show_default=True,
@@ -634,7 +634,8 @@ def loadtest(options: Options, env: str, vus, duration, allow_prod: bool, url, a
 def drill(options: Options, env: str, scenario: str, allow_prod: bool, url, timeout: float, as_json: bool):
     """Rehearse a failure on ENV and report what happened: notify (a test notification through
     every contact point and the SNS topic), task-failure (stop one app task; time to replacement
-    and healthy targets). Refuses prod unless --allow-prod; exit 1 when a check fails."""
+    and healthy targets), alert (errors on loadtest.drill_route until the error-rate rule fires, then
+    until it resolves). Refuses prod unless --allow-prod; exit 1 when a check fails."""
     from ops.drill import drill as run_drill
     from ops.platform import refuse_prod
     refuse_prod(load(options, env), allow_prod, f"drill {scenario}")

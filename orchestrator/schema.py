@@ -641,6 +641,10 @@ class LoadtestSpec(Section):
     max_vus: int = Field(100, ge=1, le=5000, description="no run of this environment uses more virtual users")
     max_duration: str = Field("15m", pattern=DURATION, description="no run of this environment lasts longer")
     sample_interval_seconds: int = Field(30, ge=5, le=300, description="how often AWS is sampled during the run")
+    drill_route: str | None = Field(None, pattern=r"^/[^\s]*$",
+                                    description="a route the app answers with 5xx for drills and no user calls: "
+                                                "`orchestrator drill ENV alert` sends its errors there")
+    drill_rate: int = Field(10, ge=1, le=200, description="requests per second the alert drill sends")
 
     @model_validator(mode="after")
     def _within_caps(self) -> "LoadtestSpec":

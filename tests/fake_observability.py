@@ -58,9 +58,10 @@ class FakePlatform:
         self.rules = [rule for group in yaml.safe_load(files["alerting/rules.yaml"])["groups"]
                       for rule in group["rules"]]
         self.points = yaml.safe_load(files["alerting/contact-points.yaml"])["contactPoints"]
+        self.policy = yaml.safe_load(files["alerting/policies.yaml"])["policies"][0]
+        self.last_error_at = 0.0  # when the app last answered 500 (drives the error-rate rules)
         self.empty_query = "dotnet_gc_collections_total"
         self.failing_receiver: str | None = None
-        self.rule_overrides: dict[str, dict] = {}  # rule title → fields of its state (a drill's alert)
         self.hits: Counter = Counter()  # path → requests the app routes answered
         self.traces: dict[str, dict] = {}
         self.logs: list[tuple[dict, int, str]] = []
@@ -114,6 +115,8 @@ class FakePlatform:
         status = 500 if path in self.error_paths else 200
         with self._lock:
             self.hits[path] += 1
+            if status == 500:
+                self.last_error_at = time.monotonic()
             if self.omit != "metric":
                 self.route_counts[route] += 1
         if traceparent:
@@ -157,6 +160,8 @@ class FakePlatform:
                 "name": self.manifest.app, "file": "GamePulse", "interval": 60,
                 "lastEvaluation": "2026-12-06T12:00:00Z", "evaluationTime": 0.01,
                 "rules": [self.rule_state(index, rule) for index, rule in enumerate(self.rules)]}]}}
+        if path == "/api/v1/provisioning/policies":  # the notification policy tree (a Route)
+            return 200, {key: value for key, value in self.policy.items() if key != "orgId"}
         if path == "/api/v1/provisioning/contact-points":  # secure settings read back redacted
             return 200, [{"uid": receiver["uid"], "name": point["name"], "type": receiver["type"],
                           "settings": {key: "[REDACTED]" if key == "url" and receiver["type"] == "slack" else value
@@ -186,8 +191,17 @@ class FakePlatform:
         if self.omit == "rule" and index == 0:
             state.update(health="error", lastError="Post \"http://prometheus.gamepulse-dev.local:9090/api/v1/query\": "
                                                    "dial tcp: lookup prometheus.gamepulse-dev.local: no such host")
-        state.update(self.rule_overrides.get(rule["title"], {}))
+        if rule["uid"].startswith(f"{self.manifest.app}-error-rate-") and self.error_paths:
+            state["state"] = self.error_rule_state(rule["labels"]["severity"])
         return state
+
+    def error_rule_state(self, severity: str) -> str:
+        """While the app answers errors: pending, then (warning only) firing once 15 errors were
+        answered; inactive again once no error came for half a second."""
+        errors = sum(self.hits[path] for path in self.error_paths)
+        if not errors or time.monotonic() - self.last_error_at > 0.5:
+            return "inactive"
+        return "firing" if severity == "warning" and errors >= 15 else "pending"
 
     def test_receivers(self, body):
         results, failed = [], False

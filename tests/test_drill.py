@@ -52,7 +52,7 @@ def test_a_contact_point_that_fails_its_test_is_named_with_grafanas_answer(appli
     assert "FAIL" in line and "the receiver timed out" in line
 
 
-@pytest.mark.parametrize("scenario", ["notify", "task-failure"])
+@pytest.mark.parametrize("scenario", ["notify", "task-failure", "alert"])
 def test_drills_refuse_prod_unless_asked_before_any_aws_call(scenario):
     result = run("http://127.0.0.1:9", "drill", "prod", scenario)
     assert result.returncode == 1
@@ -140,3 +140,55 @@ def test_task_failure_fails_when_ecs_does_not_replace_the_task(manifest, monkeyp
     (failure,) = report.failures
     assert failure.name == "replaced" and "gave up waiting for gamepulse: ECS replaced the task" in failure.evidence
     assert "describe-services" in failure.action
+
+
+# -- alert, with the real k6 against the local fake -------------------------------------------
+
+
+class SecretOnly:
+    """Secrets Manager's answer for Grafana's admin password (the rest of AWS is not used)."""
+
+    def client(self, name):
+        assert name == "secretsmanager", name
+        return self
+
+    def get_secret_value(self, SecretId):
+        return {"SecretString": "drill-test-password"}
+
+
+def test_alert_drives_the_error_rate_rule_through_pending_firing_routing_and_resolved(manifest, monkeypatch):
+    import os
+    import sys
+    from pathlib import Path
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    loadtest = manifest.loadtest.model_copy(update={"drill_route": "/api/drill/error", "drill_rate": 50})
+    manifest = manifest.model_copy(update={"loadtest": loadtest})
+    platform = FakePlatform(manifest, error_paths=("/api/drill/error",))
+    deployed = Deployed(manifest, SecretOnly(), {"secrets": {"arns": {"grafana-admin": "arn:secret"}}},
+                        base_url=platform.url)
+    try:
+        report = drill(deployed, "alert", timeout=60)
+    finally:
+        platform.close()
+    results = {check.name: check for check in report.checks}
+    assert not report.failures, report.as_table()
+    assert results["routed warning"].evidence == "severity=warning goes to gamepulse-slack (notification policy)"
+    assert "routed critical" not in results  # only the warning rule fired
+    assert results["pending before firing"].result == "pass"
+    assert results["rule High error rate (warning)"].evidence.startswith("inactive at +")
+    assert "pending at +" in results["rule High error rate (warning)"].evidence
+    assert "firing at +" in results["rule High error rate (warning)"].evidence
+    assert report.facts["resolved_seconds"] >= report.facts["firing_seconds"]
+    assert set(platform.hits) == {"/api/drill/error"}  # no user route was touched
+    assert time_since_last_error(platform) > 0.5  # restored: the errors stopped
+
+
+def time_since_last_error(platform) -> float:
+    import time
+    return time.monotonic() - platform.last_error_at
+
+
+def test_the_alert_drill_needs_a_drill_route(manifest):
+    from orchestrator.errors import OrchestratorError
+    with pytest.raises(OrchestratorError, match="needs loadtest.drill_route"):
+        drill(Deployed(manifest, SecretOnly(), {}), "alert")
