@@ -242,16 +242,21 @@ def as_text(result: dict) -> str:
         f"({scaling['activities']} scaling activities)",
         f"  load balancer   {lb['request_count']} requests (CloudWatch), target response time "
         f"{'-' if lb['target_response_time_ms'] is None else str(lb['target_response_time_ms']) + ' ms'}",
-        f"  monitoring      collector sidecar: {_percent(overhead['sidecar_cpu_percent'])} of the task's CPU, "
-        f"{_percent(overhead['sidecar_memory_percent'])} of its memory",
+        f"  monitoring      {_overhead_line(overhead)}",
         *(f"  saved           {name}: {path}" for name, path in result["files"].items()),
         *(f"  note            {note}" for note in result["notes"]),
     ]
     return "\n".join(lines)
 
 
-def _percent(value) -> str:
-    return "not measured (needs Container Insights container metrics)" if value is None else f"{value}%"
+def _overhead_line(overhead: dict) -> str:
+    cpu, memory = overhead["sidecar_cpu_percent"], overhead["sidecar_memory_percent"]
+    if cpu is None and memory is None:
+        return ("collector sidecar: not measured (no ContainerCpuUtilized/ContainerMemoryUtilized: Container "
+                "Insights publishes container metrics only with enhanced observability)")
+    def shown(value):
+        return "-" if value is None else f"{value}%"
+    return f"collector sidecar: {shown(cpu)} of the task's CPU, {shown(memory)} of its memory"
 
 
 # -- the timeline -----------------------------------------------------------------------------

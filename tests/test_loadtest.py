@@ -118,3 +118,18 @@ def test_the_script_carries_the_manifests_routes_weights_and_thresholds(manifest
     assert '[{"path": "/api/games/{id}", "upTo": 9}, {"path": "/health", "upTo": 10}]' in text
     assert '"p(95)<500"' in text and '"rate<0.01"' in text
     assert '"executor": "ramping-vus"' in text
+
+
+def test_the_report_times_scale_out_and_the_sidecars_share_from_what_aws_answered():
+    """AWS's answers moto cannot give (scaling activities, container metrics), as a fixture."""
+    from ops.loadtest import Run, _overhead, _scaling
+    run = Run("https://example.test", [])
+    run.tasks = [{"t": 0, "desired": 2, "running": 2, "pending": 0}, {"t": 30, "desired": 2, "running": 2, "pending": 0},
+                 {"t": 60, "desired": 5, "running": 3, "pending": 2}, {"t": 90, "desired": 5, "running": 5, "pending": 0}]
+    activities = [{"start": 41.5, "end": 44.0, "status": "Successful",
+                   "description": "Setting desired count to 5."}]
+    assert _scaling(run, activities) == {"tasks_at_start": 2, "tasks_at_peak": 5, "scale_out_began_s": 41.5,
+                                         "scale_out_finished_s": 90, "activities": 1}
+    cloudwatch = {"app_cpu": [300.0, 340.0], "sidecar_cpu": [40.0, 40.0], "app_memory": [600.0], "sidecar_memory": [150.0]}
+    assert _overhead(cloudwatch) == {"sidecar_cpu_percent": 11.1, "sidecar_memory_percent": 20.0}
+    assert _overhead({}) == {"sidecar_cpu_percent": None, "sidecar_memory_percent": None}

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import FAKE_ENV, MANIFESTS
 from tests.fake_observability import FakePlatform
-from tests.test_cli import run, server  # noqa: F401 (the moto server fixture)
+from tests.test_cli import dev_manifests, run, server  # noqa: F401 (the moto server fixture)
 
 
 def client(endpoint: str, service: str):
@@ -146,8 +146,8 @@ def test_verify_never_shows_the_grafana_password(applied, manifest):
     assert password not in result.stdout + result.stderr
 
 
-def test_verify_before_any_apply_is_a_clear_error(server):  # noqa: F811
-    urllib.request.urlopen(urllib.request.Request(f"{server}/moto-api/reset", method="POST")).read()
-    result = run(server, "verify", "staging")
+def test_verify_before_any_apply_is_a_clear_error(applied, tmp_path):
+    manifests = dev_manifests(tmp_path, state={"table": "gamepulse-never-applied"})
+    result = run(applied, "verify", "dev", manifests=manifests)
     assert result.returncode == 1
-    assert "staging has no state table yet: run `orchestrator apply staging` first" in result.stderr
+    assert "dev has no state table yet: run `orchestrator apply dev` first" in result.stderr
