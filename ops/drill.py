@@ -107,7 +107,7 @@ def task_failure(report: Report, deployed, timeout: float) -> None:
             report.add(name, True, f"after {seconds:.0f}s: {evidence}")
         except waiters.WaitTimeout as error:
             report.add(name, False, str(error), f"read the service's events (aws ecs describe-services --cluster "
-                       f"{cluster} --services {service}) and docs/incidents.md, 'Unhealthy hosts'")
+                       f"{cluster} --services {service}) and docs/incidents.md, unhealthy hosts")
             return
     _alarm_path(report, deployed, service, wall)
 

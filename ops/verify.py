@@ -73,7 +73,7 @@ def check_services(report: Report, deployed) -> None:
         ok = state["running"] == state["desired"] and state["rollout"] == "COMPLETED" and healthy
         report.add(f"service {name}", ok, state["line"],
                    f"read the service's events and stopped tasks (aws ecs describe-services --cluster "
-                   f"{deployed.cluster} --services {name}); docs/incidents.md, 'Unhealthy hosts'")
+                   f"{deployed.cluster} --services {name}); docs/incidents.md, unhealthy hosts")
 
 
 def grafana_or_fail(report: Report, deployed):
