@@ -97,7 +97,9 @@ class Grafana:
         return self.get(f"/api/dashboards/uid/{uid}")["dashboard"]
 
     def query(self, target: dict, time_from: str = "now-1h", time_to: str = "now") -> dict:
-        """One panel target through /api/ds/query: {refId: {frames, error, status}}."""
+        """One panel target through /api/ds/query: {refId: {frames, error, status}}. Prometheus,
+        Loki, CloudWatch and Jaeger all have backends in Grafana (pkg/tsdb/*), so every panel's
+        queries run there; one query per request (data_source.md: one datasource per request)."""
         body = {"queries": [{"maxDataPoints": 100, "intervalMs": 60_000, **target}], "from": time_from, "to": time_to}
         return self.post("/api/ds/query", body, accept=(200, 400, 500))["results"]
 

@@ -234,8 +234,10 @@ def check_panel(report: Report, grafana, board: dict, panel: dict, allow_empty: 
         if datasource.get("uid") == EXPRESSION_UID:
             continue  # computed from the panel's other queries
         queries.append(_describe(target))
-        results = grafana.query({**target, "datasource": datasource})
-        result = results.get(target.get("refId", "A"), {})
+        try:
+            result = grafana.query({**target, "datasource": datasource}).get(target.get("refId", "A"), {})
+        except HttpError as error:
+            result = {"error": str(error)}
         if result.get("error"):
             errors.append(f"{target.get('refId', 'A')}: {result['error']}")
         series += sum(1 for frame in result.get("frames", []) if _has_values(frame))

@@ -49,9 +49,11 @@ class FakePlatform:
     or wrong; `empty_query`: a substring of the panel query answered without data (omit="panel");
     `failing_receiver`: the integration type whose receiver test fails."""
 
-    def __init__(self, manifest, *, omit: str | None = None, error_paths: tuple[str, ...] = ()):
+    def __init__(self, manifest, *, omit: str | None = None, error_paths: tuple[str, ...] = (),
+                 trace_delay_polls: int = 0):
         from steps import grafana_content
         self.manifest, self.omit, self.error_paths = manifest, omit, error_paths
+        self.trace_delay_polls, self.trace_polls = trace_delay_polls, 0  # Jaeger has a trace only after N reads
         files = grafana_content.files(manifest)
         self.boards = {json.loads(content)["uid"]: json.loads(content)
                        for path, content in files.items() if path.startswith("dashboards/")}
@@ -229,7 +231,8 @@ class FakePlatform:
             return 200, {"status": "success", "data": {"resultType": "streams", "result": self.loki(query),
                                                        "stats": {}}}
         if uid == "jaeger" and path.startswith("api/traces/"):
-            trace = self.traces.get(path.rsplit("/", 1)[-1])
+            self.trace_polls += 1
+            trace = self.traces.get(path.rsplit("/", 1)[-1]) if self.trace_polls > self.trace_delay_polls else None
             if trace is None:
                 return 404, {"data": None, "total": 0, "limit": 0, "offset": 0,
                              "errors": [{"code": 404, "msg": "trace not found"}]}

@@ -91,6 +91,16 @@ def test_verify_names_the_one_missing_signal_and_exits_1(applied, manifest, omit
     assert check["action"], "a failure says what to do"
 
 
+def test_verify_waits_for_a_trace_that_arrives_late(applied, manifest):
+    platform = FakePlatform(manifest, trace_delay_polls=2)
+    try:
+        result = run(applied, "verify", "dev", "--url", platform.url, "--wait", "60")
+    finally:
+        platform.close()
+    assert result.returncode == 0, result.stdout
+    assert platform.trace_polls == 3  # asked at once, then after each back-off, until Jaeger had it
+
+
 def test_an_empty_panel_is_listed_with_its_query_and_allowed_with_allow_empty(applied, manifest):
     platform = FakePlatform(manifest, omit="panel")
     try:
