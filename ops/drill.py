@@ -15,7 +15,6 @@ by ECS (the drill waits for it), the alert drill's traffic stops before it waits
 from __future__ import annotations
 
 import datetime as dt
-import time
 
 from ops.http import HttpError
 from ops.report import Report
