@@ -70,6 +70,48 @@ def notify(report: Report, deployed, timeout: float) -> None:
                "no confirmed subscription receives the alarms: confirm the email sent to each address")
 
 
+# -- the error-rate rule, watched during a drill -----------------------------------------------
+
+#: The Grafana rule a failing task or the alert drill moves: error rate, at each severity
+#: (steps/grafana_content.py); there is no Grafana rule on unhealthy hosts (CloudWatch's alarm is).
+ALERT_RULE = "error-rate"
+
+
+class RuleWatch:
+    """The error-rate rules' states, polled during a drill: when each state was first seen."""
+
+    def __init__(self, grafana, manifest, started: float):
+        from ops.verify import provisioned
+        _, rules, _ = provisioned(manifest)
+        self.grafana, self.started = grafana, started
+        self.titles = {rule["labels"]["severity"]: rule["title"] for rule in rules
+                       if rule["uid"].startswith(f"{manifest.app}-{ALERT_RULE}-")}
+        self.seen: dict[str, dict[str, float]] = {severity: {} for severity in self.titles}
+
+    def poll(self) -> dict[str, str]:
+        found = {rule.get("name"): rule.get("state", "?") for rule in self.grafana.rule_states()}
+        now = round(waiters.clock() - self.started, 1)
+        states = {severity: found.get(title, "?") for severity, title in self.titles.items()}
+        for severity, state in states.items():
+            self.seen[severity].setdefault(state, now)
+        return states
+
+    def report(self, report: Report) -> None:
+        for severity, title in sorted(self.titles.items()):
+            report.note(f"rule {title}", ", ".join(f"{state} at +{at:.0f}s" for state, at in self.seen[severity].items()))
+
+
+def rule_watch(report: Report, deployed, started: float):
+    """A RuleWatch, or None (with a note) when Grafana cannot be reached: the drill goes on."""
+    try:
+        watch = RuleWatch(deployed.grafana(), deployed.manifest, started)
+        watch.poll()
+        return watch
+    except (OrchestratorError, HttpError) as error:
+        report.note("Grafana rules", f"not watched: {error}")
+        return None
+
+
 # -- task-failure ------------------------------------------------------------------------------
 
 
@@ -84,8 +126,11 @@ def task_failure(report: Report, deployed, timeout: float) -> None:
     ecs.stop_task(cluster=cluster, task=victim, reason="orchestrator drill task-failure")
     report.note("stopped", f"task {victim.rsplit('/', 1)[-1]} of {service}")
     group = deployed.target_group(service)
+    watch = rule_watch(report, deployed, started)
 
     def replaced() -> tuple[bool, str]:
+        if watch:
+            watch.poll()
         state = ecs.describe_services(cluster=cluster, services=[service])["services"][0]
         running = [arn for arn in ecs.list_tasks(cluster=cluster, serviceName=service,
                                                  desiredStatus="RUNNING")["taskArns"] if arn != victim]
@@ -93,6 +138,8 @@ def task_failure(report: Report, deployed, timeout: float) -> None:
                 f"{len(running)}/{state['desiredCount']} running without the stopped task")
 
     def healthy() -> tuple[bool, str]:
+        if watch:
+            watch.poll()
         states = [t["TargetHealth"]["State"] for t in
                   elb.describe_target_health(TargetGroupArn=group)["TargetHealthDescriptions"]]
         wanted = ecs.describe_services(cluster=cluster, services=[service])["services"][0]["desiredCount"]
@@ -109,8 +156,10 @@ def task_failure(report: Report, deployed, timeout: float) -> None:
         except waiters.WaitTimeout as error:
             report.add(name, False, str(error), f"read the service's events (aws ecs describe-services --cluster "
                        f"{cluster} --services {service}) and docs/incidents.md, unhealthy hosts")
-            return
+            break
     _alarm_path(report, deployed, service, wall)
+    if watch:
+        watch.report(report)
 
 
 def _alarm_path(report: Report, deployed, service: str, since) -> None:
@@ -132,9 +181,6 @@ def _alarm_path(report: Report, deployed, service: str, since) -> None:
 
 # -- alert ------------------------------------------------------------------------------------
 
-#: The rule the drill drives: the error-rate rule at each severity (steps/grafana_content.py).
-ALERT_RULE = "error-rate"
-
 
 def alert(report: Report, deployed, timeout: float) -> None:
     """Errors on the drill route until the warning rule fires, then silence until it resolves."""
@@ -142,36 +188,25 @@ def alert(report: Report, deployed, timeout: float) -> None:
     from pathlib import Path
 
     from ops import k6
-    from ops.verify import provisioned
     manifest = deployed.manifest
     route = manifest.loadtest.drill_route if manifest.loadtest else None
     if not route:
         raise OrchestratorError("the alert drill needs loadtest.drill_route in the manifest: a route the app answers "
                                 "with 5xx for drills and no user calls; nothing was changed")
-    _, rules, _ = provisioned(manifest)
-    titles = {rule["labels"]["severity"]: rule["title"] for rule in rules
-              if rule["uid"].startswith(f"{manifest.app}-{ALERT_RULE}-")}
     grafana = deployed.grafana()
     policy = grafana.get("/api/v1/provisioning/policies")
     binary = k6.find()
     script = Path(tempfile.mkdtemp(prefix="drill-")) / "alert.js"
     script.write_text(k6.drill_script(deployed.alb_url, route, manifest.loadtest.drill_rate, f"{int(timeout)}s"))
     started = waiters.clock()
-    seen: dict[str, dict[str, float]] = {severity: {} for severity in titles}
-
-    def states() -> dict[str, str]:
-        found = {rule.get("name"): rule.get("state", "?") for rule in grafana.rule_states()}
-        now = round(waiters.clock() - started, 1)
-        for severity, title in titles.items():
-            seen[severity].setdefault(found.get(title, "?"), now)
-        return {severity: found.get(title, "?") for severity, title in titles.items()}
+    watch = RuleWatch(grafana, manifest, started)
 
     def fired() -> tuple[bool, str]:
-        now = states()
+        now = watch.poll()
         return now.get("warning") == "firing", ", ".join(f"{key} {value}" for key, value in sorted(now.items()))
 
     def resolved() -> tuple[bool, str]:
-        now = states()
+        now = watch.poll()
         return all(value in ("inactive", "normal") for value in now.values()), \
             ", ".join(f"{key} {value}" for key, value in sorted(now.items()))
 
@@ -184,14 +219,13 @@ def alert(report: Report, deployed, timeout: float) -> None:
             process.terminate()
         process.communicate(timeout=60)
     report.add("traffic stopped", process.returncode is not None, "the drill's k6 has exited")
-    for severity, title in sorted(titles.items()):
-        path = seen[severity]
-        report.note(f"rule {title}", ", ".join(f"{state} at +{at:.0f}s" for state, at in path.items()))
+    watch.report(report)
+    for severity, path in sorted(watch.seen.items()):
         if "firing" in path:
             report.add(f"routed {severity}", True, f"severity={severity} goes to {_receiver(policy, severity)} "
                        "(notification policy)")
-    report.add("pending before firing", "pending" in seen.get("warning", {}),
-               "the rule waited its pending period (for: 5m)" if "pending" in seen.get("warning", {}) else
+    report.add("pending before firing", "pending" in watch.seen.get("warning", {}),
+               "the rule waited its pending period (for: 5m)" if "pending" in watch.seen.get("warning", {}) else
                "the rule was never seen pending", "the rule fired without its pending period: check its `for`")
     _step(report, "resolved", resolved, timeout, started)
 

@@ -96,6 +96,10 @@ class FakeEcsService:
         self.polls += 1
         return {"TargetHealthDescriptions": [{"TargetHealth": {"State": state}} for state in states]}
 
+    # secretsmanager (Grafana's admin password)
+    def get_secret_value(self, SecretId):
+        return {"SecretString": "drill-test-password"}
+
     # cloudwatch
     def describe_alarm_history(self, **_):
         return {"AlarmHistoryItems": [{"HistorySummary": "Alarm updated from OK to ALARM"},
@@ -110,17 +114,21 @@ class FakeAws:
         return self.service
 
 
-def deployed_with(manifest, service) -> Deployed:
-    outputs = {"services": {"cluster_name": "gamepulse-dev"},
+def deployed_with(manifest, service, base_url: str | None = None) -> Deployed:
+    outputs = {"services": {"cluster_name": "gamepulse-dev"}, "secrets": {"arns": {"grafana-admin": "arn:secret"}},
                "alb": {"target_groups": {"gamepulse": "arn:aws:elasticloadbalancing:us-east-1:123456789012:"
                                                       "targetgroup/gamepulse-dev-gamepulse-1a2b/0123456789abcdef"}},
                "dashboards": {"alarm_names": ["gamepulse-dev-tg-gamepulse-unhealthy-hosts", "gamepulse-dev-alb-5xx"]}}
-    return Deployed(manifest, FakeAws(service), outputs)
+    return Deployed(manifest, FakeAws(service), outputs, base_url)
 
 
 def test_task_failure_stops_one_task_and_measures_replacement_and_healthy_targets(manifest):
     service = FakeEcsService()
-    report = drill(deployed_with(manifest, service), "task-failure", timeout=60)
+    platform = FakePlatform(manifest)
+    try:
+        report = drill(deployed_with(manifest, service, platform.url), "task-failure", timeout=60)
+    finally:
+        platform.close()
     assert service.stopped == ["arn:aws:ecs:us-east-1:123456789012:task/gamepulse-dev/aaa"]
     assert len(service.tasks) == 2  # restored: ECS's replacement runs
     results = {check.name: check for check in report.checks}
@@ -128,6 +136,7 @@ def test_task_failure_stops_one_task_and_measures_replacement_and_healthy_target
     assert results["unhealthy-host alarm"].evidence == ("gamepulse-dev-tg-gamepulse-unhealthy-hosts: Alarm updated "
                                                         "from OK to ALARM; Alarm updated from ALARM to OK")
     assert {"replaced_seconds", "targets healthy_seconds"} <= set(report.facts)
+    assert results["rule High error rate (warning)"].evidence == "inactive at +0s"  # watched throughout
     assert not report.failures
 
 
@@ -136,7 +145,8 @@ def test_task_failure_fails_when_ecs_does_not_replace_the_task(manifest, monkeyp
     clock = iter(range(0, 10_000, 7))
     monkeypatch.setattr(waiters, "clock", lambda: next(clock))
     service = FakeEcsService(replaces=False)
-    report = drill(deployed_with(manifest, service), "task-failure", timeout=60)
+    report = drill(deployed_with(manifest, service), "task-failure", timeout=60)  # Grafana unreachable
+    assert any(check.name == "Grafana rules" and check.evidence.startswith("not watched:") for check in report.checks)
     (failure,) = report.failures
     assert failure.name == "replaced" and "gave up waiting for gamepulse: ECS replaced the task" in failure.evidence
     assert "describe-services" in failure.action
