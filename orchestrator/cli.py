@@ -544,3 +544,99 @@ def sandbox_status():
     else:
         click.echo("sandbox not running")
         sys.exit(1)
+
+
+# -- verify, loadtest, drill: prove a deployed environment works (package ops/) -----------------
+
+
+def deployed_environment(options: Options, env: str, url: str | None = None):
+    from ops.platform import deployed
+    manifest = load(options, env)
+    return deployed(connect(options, manifest), manifest, url)
+
+
+URL_OPT = click.option("--url", default=None, metavar="URL",
+                       help="Reach the load balancer at this base URL instead of its DNS name (a domain that matches "
+                            "its certificate, a local server).")
+
+
+def print_report(report, as_json: bool) -> None:
+    """The report as a table or JSON; exit 1 when a check failed."""
+    click.echo(report.as_json() if as_json else report.as_table())
+    if report.failures:
+        sys.exit(1)
+
+
+@cli.command()
+@ENV_ARG
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+@click.option("--wait", "wait_seconds", type=click.FloatRange(0, 1800), default=180.0, show_default=True,
+              help="Seconds to wait for the probe request's trace, log lines and metric to arrive.")
+@click.option("--allow-empty", is_flag=True, help="List dashboard panels without data, without failing.")
+@URL_OPT
+@click.pass_obj
+def verify(options: Options, env: str, as_json: bool, wait_seconds: float, allow_empty: bool, url: str | None):
+    """Check that the deployed ENV works end to end: load balancer, services, a traced request in
+    Jaeger, Loki and Prometheus, dashboards, alert rules, contact points, CloudWatch alarms.
+    Read-only but for one request; exit 1 when a check fails."""
+    from ops.verify import verify as run_verify
+    print_report(run_verify(deployed_environment(options, env, url), wait_seconds=wait_seconds, allow_empty=allow_empty),
+                 as_json)
+
+
+def parse_duration(ctx, param, value):
+    import re
+    if value is not None and not re.fullmatch(r"[1-9]\d*(s|m|h)", value):
+        raise click.BadParameter(f"{value!r} is not a duration such as 90s, 5m or 1h")
+    return value
+
+
+ALLOW_PROD_OPT = click.option("--allow-prod", is_flag=True,
+                              help="Run against an environment that refuses destroy (prod) as well.")
+
+
+@cli.command()
+@ENV_ARG
+@click.option("--vus", type=click.IntRange(1), default=None,
+              help="Peak virtual users (the stages scale to it; at most loadtest.max_vus).")
+@click.option("--duration", default=None, callback=parse_duration, metavar="DURATION",
+              help="Total duration, e.g. 90s or 5m (the stages scale to it; at most loadtest.max_duration).")
+@ALLOW_PROD_OPT
+@URL_OPT
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to save the k6 script, its summary, the samples and the timeline "
+                   "(default .orchestrator/loadtest/ENV-TIME).")
+@click.pass_obj
+def loadtest(options: Options, env: str, vus, duration, allow_prod: bool, url, as_json: bool, out_dir):
+    """Run k6 against ENV's load balancer (routes, stages and thresholds from the manifest's
+    loadtest section) while sampling ECS, autoscaling and CloudWatch; exit 1 when a threshold fails."""
+    from ops.loadtest import as_text, loadtest as run_loadtest
+    from ops.platform import refuse_prod
+    refuse_prod(load(options, env), allow_prod, "loadtest")
+    environment = deployed_environment(options, env, url)
+    out_dir = out_dir or Path(".orchestrator", "loadtest", f"{env}-{time.strftime('%Y%m%d-%H%M%S')}")
+    result = run_loadtest(environment, vus=vus, duration=duration, out_dir=out_dir)
+    click.echo(json.dumps(result, indent=2) if as_json else as_text(result))
+    if not result["passed"]:
+        sys.exit(1)
+
+
+@cli.command()
+@ENV_ARG
+@click.argument("scenario", type=click.Choice(["notify", "task-failure", "alert"]))
+@ALLOW_PROD_OPT
+@URL_OPT
+@click.option("--timeout", type=click.FloatRange(1, 3600), default=900.0, show_default=True,
+              help="Seconds to wait for recovery before the drill fails.")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+@click.pass_obj
+def drill(options: Options, env: str, scenario: str, allow_prod: bool, url, timeout: float, as_json: bool):
+    """Rehearse a failure on ENV and report what happened: notify (a test notification through
+    every contact point and the SNS topic), task-failure (stop one app task; time to replacement
+    and healthy targets), alert (errors on loadtest.drill_route until the error-rate rule fires, then
+    until it resolves). Refuses prod unless --allow-prod; exit 1 when a check fails."""
+    from ops.drill import drill as run_drill
+    from ops.platform import refuse_prod
+    refuse_prod(load(options, env), allow_prod, f"drill {scenario}")
+    print_report(run_drill(deployed_environment(options, env, url), scenario, timeout=timeout), as_json)

@@ -332,6 +332,18 @@ def route_gateway_endpoints_as_modified() -> None:
 _applied = False
 
 
+def answer_scaling_activities() -> None:
+    """moto gap (MOTO-NOTES: Application Auto Scaling): `DescribeScalingActivities` is not
+    implemented (HTTP 500) and no scaling is simulated. Answer as AWS does for a target that has
+    not scaled: no activities (`orchestrator loadtest` reads them)."""
+    from moto.applicationautoscaling.responses import ApplicationAutoScalingResponse
+
+    def describe_scaling_activities(self) -> str:
+        return json.dumps({"ScalingActivities": []})
+
+    ApplicationAutoScalingResponse.describe_scaling_activities = describe_scaling_activities
+
+
 def apply_fixes() -> None:
     """Patch moto once per process."""
     global _applied
@@ -345,6 +357,7 @@ def apply_fixes() -> None:
         seed_images()
         tag_api_finds_ecr_repositories()
         route_gateway_endpoints_as_modified()
+        answer_scaling_activities()
         _applied = True
 
 

@@ -629,6 +629,60 @@ class AlertingSpec(Section):
         return addresses
 
 
+# --- loadtest (`orchestrator loadtest`: the k6 script is rendered from it) -------------------
+
+DURATION = r"^[1-9]\d*(s|m|h)$"
+
+
+def duration_seconds(text: str) -> int:
+    """`90s`, `5m`, `1h` in seconds."""
+    return int(text[:-1]) * {"s": 1, "m": 60, "h": 3600}[text[-1]]
+
+
+class LoadtestRoute(Section):
+    path: str = Field(pattern=r"^/[^\s]*$", description="request path: the route template as the app names it "
+                                                       "(`{id}` is replaced by a number from 1 to 1000 per request)")
+    weight: int = Field(1, ge=1, description="share of the requests, relative to the other routes")
+
+
+class LoadtestStage(Section):
+    duration: str = Field(pattern=DURATION, description="how long this stage ramps, e.g. 30s, 2m")
+    target: int = Field(ge=0, description="virtual users at the end of the stage")
+
+
+class LoadtestThresholds(Section):
+    p95_ms: float = Field(gt=0, description="k6 fails the run when p95 request duration is at or above this")
+    error_rate_percent: float = Field(ge=0, le=100, description="… or when this share of requests fails "
+                                                                "(k6's http_req_failed: status 4xx/5xx or no answer)")
+
+
+class LoadtestSpec(Section):
+    """What `orchestrator loadtest` sends: weighted routes, ramping stages of virtual users, and the
+    thresholds that decide pass or fail. `--vus` and `--duration` scale the stages, never past the caps."""
+
+    routes: list[LoadtestRoute] = Field(min_length=1)
+    stages: list[LoadtestStage] = Field(min_length=1)
+    thresholds: LoadtestThresholds
+    max_vus: int = Field(100, ge=1, le=5000, description="no run of this environment uses more virtual users")
+    max_duration: str = Field("15m", pattern=DURATION, description="no run of this environment lasts longer")
+    sample_interval_seconds: int = Field(30, ge=5, le=300, description="how often AWS is sampled during the run")
+    drill_route: str | None = Field(None, pattern=r"^/[^\s]*$",
+                                    description="a route the app answers with 5xx for drills and no user calls: "
+                                                "`orchestrator drill ENV alert` sends its errors there")
+    drill_rate: int = Field(10, ge=1, le=200, description="requests per second the alert drill sends")
+
+    @model_validator(mode="after")
+    def _within_caps(self) -> "LoadtestSpec":
+        for index, stage in enumerate(self.stages):
+            if stage.target > self.max_vus:
+                raise FieldError(f"{stage.target} virtual users is above max_vus ({self.max_vus})",
+                                 "stages", index, "target")
+        total = sum(duration_seconds(stage.duration) for stage in self.stages)
+        if total > duration_seconds(self.max_duration):
+            raise FieldError(f"the stages last {total}s, longer than max_duration ({self.max_duration})", "stages")
+        return self
+
+
 # --- the whole manifest --------------------------------------------------------------------
 
 
@@ -656,6 +710,7 @@ class Manifest(Section):
     alerting: AlertingSpec | None = Field(
         None, description="Grafana and CloudWatch alert thresholds per environment and who is notified "
                           "(steps/grafana_content.py, steps/dashboards.py)")
+    loadtest: LoadtestSpec | None = Field(None, description="what `orchestrator loadtest` sends and its thresholds")
 
     @field_validator("tags")
     @classmethod

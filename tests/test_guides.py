@@ -88,7 +88,7 @@ COMMANDS = guide_commands()
 def test_the_guides_have_commands_for_every_operation():
     names = {parse(args).command.name for _, args in COMMANDS}
     assert {"validate", "plan", "apply", "status", "outputs", "destroy", "prune", "unlock", "policy",
-            "graph", "schema"} <= names, names
+            "graph", "schema", "verify", "loadtest", "drill"} <= names, names
 
 
 @pytest.mark.parametrize("where, args", COMMANDS, ids=[where for where, _ in COMMANDS])
