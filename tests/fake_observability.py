@@ -161,7 +161,7 @@ class FakePlatform:
             return 200, {"status": "success", "data": {"groups": [{
                 "name": self.manifest.app, "file": "GamePulse", "interval": 60,
                 "lastEvaluation": "2026-12-06T12:00:00Z", "evaluationTime": 0.01,
-                "rules": [self.rule_state(index, rule) for index, rule in enumerate(self.rules)]}]}}
+                "rules": [self.rule_state(rule) for rule in self.rules]}]}}
         if path == "/api/v1/provisioning/policies":  # the notification policy tree (a Route)
             return 200, {key: value for key, value in self.policy.items() if key != "orgId"}
         if path == "/api/v1/provisioning/contact-points":  # secure settings read back redacted
@@ -186,11 +186,11 @@ class FakePlatform:
                 {"name": "Value", "type": "number", "typeInfo": {"frame": "float64", "nullable": True}}]},
             "data": {"values": [[1765022400000, 1765022460000], [1.0, 2.0]]}}]}
 
-    def rule_state(self, index: int, rule: dict) -> dict:
+    def rule_state(self, rule: dict) -> dict:
         state = {"name": rule["title"], "query": "", "labels": rule.get("labels", {}), "health": "ok",
                  "type": "alerting", "state": "inactive", "lastEvaluation": "2026-12-06T12:00:00Z",
                  "evaluationTime": 0.01}
-        if self.omit == "rule" and index == 0:
+        if self.omit == "rule" and rule["uid"] == f"{self.manifest.app}-error-rate-warning":
             state.update(health="error", lastError="Post \"http://prometheus.gamepulse-dev.local:9090/api/v1/query\": "
                                                    "dial tcp: lookup prometheus.gamepulse-dev.local: no such host")
         if rule["uid"].startswith(f"{self.manifest.app}-error-rate-") and self.error_paths:
