@@ -147,14 +147,14 @@ def failed_steps(results: dict) -> list[str]:
 
 def run_locked(options: Options, env: str, command: str, targets, lock_timeout: float, work, *,
                allow: frozenset[str] = frozenset(), parallelism: int | None = None, report=None,
-               image_tags: dict[str, str] | None = None):
+               image_tags: dict[str, str] | None = None, redeploys=()):
     """Load, connect, take the lock, run `work(engine)`, record the run, release the lock;
     then `report(results)` (it may raise), then fail if a step failed."""
     from orchestrator.engine import Engine
-    from orchestrator.manifest import manifest_hash, with_image_tags
+    from orchestrator.manifest import manifest_hash
     from orchestrator.render import run_summary
 
-    manifest = with_image_tags(load(options, env), image_tags or {})
+    manifest = requested(load(options, env), image_tags or {}, redeploys)
     graph = build_graph()
     graph.select(targets)  # unknown targets fail before any AWS call
     aws = connect(options, manifest)
@@ -221,9 +221,29 @@ def parse_image_tags(ctx, param, values) -> dict[str, str]:
     return tags
 
 
+def requested(manifest, image_tags: dict[str, str], redeploys=()):
+    """The manifest with the run's requests (`--image-tag`, `--redeploy`). A name the manifest
+    does not have is a usage error, as a malformed value is: exit 2 (1 under --detailed-exitcode)."""
+    from orchestrator.errors import ManifestError, UsageError
+    from orchestrator.manifest import with_image_tags, with_redeploys
+    try:
+        return with_redeploys(with_image_tags(manifest, image_tags), redeploys)
+    except ManifestError as error:
+        raise UsageError(str(error)) from None
+
+
+def request_flags(image_tags: dict[str, str], redeploys) -> list[str]:
+    """The run's requests as they are recorded with its command: `--image-tag gamepulse=1.4.2 --redeploy loki`."""
+    return [*(f"--image-tag {name}={tag}" for name, tag in sorted(image_tags.items())),
+            *(f"--redeploy {name}" for name in sorted(set(redeploys)))]
+
+
 IMAGE_TAG_OPT = click.option("--image-tag", "image_tags", multiple=True, metavar="NAME=TAG", callback=parse_image_tags,
                              help="Deploy (plan: as apply would) this tag of repository NAME (images.repositories) "
                                   "instead of the manifest's (repeatable).")
+REDEPLOY_OPT = click.option("--redeploy", "redeploys", multiple=True, metavar="SERVICE",
+                            help="A new deployment of this service (services.tasks) though nothing changed: its "
+                                 "tasks are replaced (ECS force new deployment; repeatable).")
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -251,15 +271,15 @@ def validate(options: Options, env: str):
                    "the steps that depend on it).")
 @allow_flags
 @IMAGE_TAG_OPT
+@REDEPLOY_OPT
 @click.pass_obj
 def plan(options: Options, env: str, targets, as_json: bool, detailed_exitcode: bool, destroying: bool,
-         delete_data: bool, delete_secrets: bool, image_tags: dict[str, str]):
+         delete_data: bool, delete_secrets: bool, image_tags: dict[str, str], redeploys):
     """Show what `apply` (or `destroy`) would change; read-only."""
     from orchestrator.engine import Engine
-    from orchestrator.manifest import with_image_tags
     from orchestrator.render import pending, plan_json, plan_text
 
-    manifest = with_image_tags(load(options, env), image_tags)
+    manifest = requested(load(options, env), image_tags, redeploys)
     if destroying:
         refuse_if_protected(manifest)
     graph = build_graph()
@@ -270,13 +290,11 @@ def plan(options: Options, env: str, targets, as_json: bool, detailed_exitcode: 
     what = "Destroy plan" if destroying else "Plan"
     click.echo(plan_json(env, results) if as_json else
                plan_text(f"{what} for {manifest.prefix} ({manifest.region}):", results))
-    failures = failed_steps(results)
-    if failures:
-        raise OrchestratorError(f"could not plan {len(failures)} step(s): {', '.join(failures)} (see above)")
-    problems = [name for name, result in results.items() if result.problems]
+    problems = [f"{name}: could not plan: {results[name].error}" for name in failed_steps(results)]
+    problems += [f"{name}: {problem}" for name, result in results.items() for problem in result.problems]
     if problems:
-        raise OrchestratorError(f"pre-flight problems in {', '.join(problems)} (see above): apply would stop "
-                                "before any change")
+        raise OrchestratorError(f"{len(problems)} problem(s) found (apply would stop before any change):\n  "
+                                + "\n  ".join(problems))
     if detailed_exitcode and pending(results):
         sys.exit(2)
 
@@ -288,12 +306,15 @@ def plan(options: Options, env: str, targets, as_json: bool, detailed_exitcode: 
 @LOCK_TIMEOUT_OPT
 @allow_flags
 @IMAGE_TAG_OPT
+@REDEPLOY_OPT
 @click.pass_obj
-def apply(options: Options, env: str, targets, parallelism, lock_timeout, delete_data, delete_secrets, image_tags):
+def apply(options: Options, env: str, targets, parallelism, lock_timeout, delete_data, delete_secrets, image_tags,
+          redeploys):
     """Converge AWS to the manifest of ENV."""
-    command = " ".join(["apply", *(f"--image-tag {name}={tag}" for name, tag in sorted(image_tags.items()))])
+    command = " ".join(["apply", *request_flags(image_tags, redeploys)])
     run_locked(options, env, command, targets, lock_timeout, lambda engine: engine.apply(targets),
-               allow=allowed(delete_data, delete_secrets), parallelism=parallelism, image_tags=image_tags)
+               allow=allowed(delete_data, delete_secrets), parallelism=parallelism, image_tags=image_tags,
+               redeploys=redeploys)
 
 
 @cli.command()

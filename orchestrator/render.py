@@ -74,6 +74,7 @@ def plan_text(title: str, results: dict) -> str:
             lines.append(f"{name}: {result.error}" if kept else f"{name}: not planned ({result.error})")
             continue
         lines.extend(f"{name}: PROBLEM: {problem}" for problem in result.problems)
+        lines.extend(f"{name}: note: {remark}" for remark in result.remarks)
         if result.error:  # a step planned, with a remark (prune: other changes pending)
             lines.append(f"{name}: {result.error}")
         if not result.changes:
@@ -122,7 +123,7 @@ def plan_json(env: str, results: dict) -> str:
 
     return json.dumps({
         "environment": env,
-        "steps": {name: {"status": r.status, "error": r.error, "problems": r.problems,
+        "steps": {name: {"status": r.status, "error": r.error, "problems": r.problems, "remarks": r.remarks,
                          "changes": [change(c, r) for c in r.changes]}
                   for name, r in results.items()},
         "pending": pending(results),

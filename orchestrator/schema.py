@@ -10,7 +10,7 @@ import ipaddress
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 NAME = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"
 #: In a secret's `env`, stands for the environment's name (upper case, `-` as `_`).
@@ -631,6 +631,9 @@ class Manifest(Section):
     alerting: AlertingSpec | None = Field(
         None, description="Grafana and CloudWatch alert thresholds per environment and who is notified "
                           "(steps/grafana_content.py, steps/dashboards.py)")
+    #: Services to deploy anew though nothing changed (`apply --redeploy NAME`): a run's request,
+    #: never read from a file (`orchestrator.manifest.with_redeploys`).
+    _redeploy: frozenset[str] = PrivateAttr(default_factory=frozenset)
 
     @field_validator("tags")
     @classmethod
@@ -687,6 +690,10 @@ class Manifest(Section):
                 for variable, secret in spec.app.secrets.items():
                     if secret not in self.secrets.values:
                         raise FieldError(f"{secret!r} is not one of secrets.values", *at, "app", "secrets", variable)
+
+    @property
+    def redeploy(self) -> frozenset[str]:
+        return self._redeploy
 
     @property
     def prefix(self) -> str:

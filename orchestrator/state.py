@@ -181,6 +181,7 @@ class StateStore:
         self._run_started = 0.0
         self._exists = False  # once seen, a table does not vanish during a run
         self._created = False
+        self._protected = False
 
     @property
     def client(self):
@@ -193,19 +194,25 @@ class StateStore:
     # -- the table --------------------------------------------------------------------------------
 
     def ensure_table(self) -> None:
-        """Create the table on first use; afterwards one read. Deletion protection is only ever
-        turned on here (the table is shared: prod asking for it must not be undone by dev).
+        """Create the table on first use (the lock lives in it); afterwards one read.
         Point-in-time recovery and TTL are verified once the lock says when they last were
-        (`_verify_settings`)."""
+        (`_verify_settings`); deletion protection waits for the pre-flight checks (`protect`)."""
         table = self._describe()
         if table is None:
             self._create()
             waiters.wait_until(f"state table {self.table}", self._is_active, log=log)
             self._created = True
-        elif self.manifest.state.deletion_protection and not table.get("DeletionProtectionEnabled"):
-            self.client.update_table(TableName=self.table, DeletionProtectionEnabled=True)
-            log.info("state table deletion protection enabled", table=self.table)
+        self._protected = bool(table and table.get("DeletionProtectionEnabled"))
         self._exists = True
+
+    def protect(self) -> None:
+        """Turn deletion protection on when the manifest asks for it and it is off. Only ever on
+        (the table is shared: prod asking for it must not be undone by dev), and only once an
+        apply passed its pre-flight checks: a run that stops there has changed nothing."""
+        if self.manifest.state.deletion_protection and not self._protected:
+            self.client.update_table(TableName=self.table, DeletionProtectionEnabled=True)
+            self._protected = True
+            log.info("state table deletion protection enabled", table=self.table)
 
     def exists(self) -> bool:
         """Read-only: plan and status must never create the table."""
@@ -233,7 +240,7 @@ class StateStore:
                 KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
                 BillingMode="PAY_PER_REQUEST",
                 SSESpecification={"Enabled": True, "SSEType": "KMS"},  # no key id: the AWS managed key
-                DeletionProtectionEnabled=self.manifest.state.deletion_protection,
+                DeletionProtectionEnabled=False,  # `protect`, once the pre-flight checks passed
                 Tags=tagging.tag_list(self.table_tags()))
             log.info("state table created", table=self.table)
         except ClientError as error:
