@@ -348,15 +348,17 @@ def refuse_if_protected(manifest) -> None:
 def report_destroy(env: str, targets, allow: frozenset[str], results: dict) -> None:
     """Kept data is listed with the command that removes it too; anything else left fails the
     run (exit 1), naming it and the commands that remove it."""
-    from orchestrator.render import destroy_leftovers, refusal
+    from orchestrator.render import destroy_leftovers, kept_line
     left, kept = destroy_leftovers(results)
     again = " ".join(["orchestrator destroy", env, "--yes", *(f"--target {t}" for t in targets)])
     if kept:
-        flags = sorted({f"--{change.blocked}" for change in kept} | {f"--{flag}" for flag in allow})
+        passed = "".join(f" --{flag}" for flag in sorted(allow))
         click.echo(f"Kept {len(kept)} resource(s) that hold data, as asked (not a failure):")
         for change in kept:
-            click.echo(f"  {change.kind} {change.name}: {refusal(change)}")
-        click.echo(f"To delete them as well: {again} {' '.join(flags)}")
+            click.echo(f"  {kept_line(change, again + passed)}")
+        if len({change.blocked for change in kept}) > 1:
+            flags = sorted({f"--{change.blocked}" for change in kept} | {f"--{flag}" for flag in allow})
+            click.echo(f"To delete them all: {again} {' '.join(flags)}")
     if left:
         flags = "".join(f" --{flag}" for flag in sorted(allow))
         protected = sorted(name for name, result in results.items()
@@ -384,7 +386,8 @@ def prune(options: Options, env: str, dry_run: bool, lock_timeout, delete_data, 
         aws = connect(options, manifest)
         engine = Engine(manifest, aws, build_graph(), store=store_for(aws, manifest), allow=allow)
         results = engine.prune(dry_run=True)
-        click.echo(plan_text(f"Prune (dry run) for {manifest.prefix} ({manifest.region}):", results))
+        click.echo(plan_text(f"Prune (dry run) for {manifest.prefix} ({manifest.region}):", results,
+                             nothing="Nothing to prune"))
         report_unclassified(engine, aws, manifest)
         failures = failed_steps(results)
         if failures:
@@ -392,7 +395,8 @@ def prune(options: Options, env: str, dry_run: bool, lock_timeout, delete_data, 
     else:
         def work(engine):
             results = engine.prune(dry_run=False)
-            click.echo(plan_text(f"Pruned {engine.manifest.prefix} ({engine.manifest.region}):", results))
+            click.echo(plan_text(f"Pruned {engine.manifest.prefix} ({engine.manifest.region}):", results,
+                                 nothing="Nothing to prune"))
             report_unclassified(engine, engine.aws, engine.manifest)
             return results
 
@@ -402,8 +406,9 @@ def prune(options: Options, env: str, dry_run: bool, lock_timeout, delete_data, 
 def report_unclassified(engine, aws, manifest) -> None:
     """Resources carrying the environment's tags that no step describes: listed, never removed."""
     from orchestrator.engine import undescribed
-    from orchestrator.tags import owned_arns
+    from orchestrator.tags import gone, owned_arns
     unknown = undescribed(owned_arns(aws, manifest.app, manifest.environment), engine.observed)
+    unknown = sorted(set(unknown) - gone(aws, unknown))
     if unknown:
         click.echo(f"{len(unknown)} resource(s) carry {manifest.environment}'s ownership tags but no step describes "
                    "them (left alone; remove them by hand if they are not needed):")
@@ -414,9 +419,11 @@ def report_unclassified(engine, aws, manifest) -> None:
 @ENV_ARG
 @click.option("--json", "as_json", is_flag=True, help="As JSON.")
 @click.option("--live", is_flag=True, help="Also compare AWS with the manifest now (read-only): drift per step.")
+@click.option("--outputs", "full", is_flag=True, help="Each step with its outputs (ids, ARNs, names) as well.")
 @click.pass_obj
-def status(options: Options, env: str, as_json: bool, live: bool):
-    """What the state table says of ENV: steps, outputs, lock, last runs."""
+def status(options: Options, env: str, as_json: bool, live: bool, full: bool):
+    """What runs in ENV and how it is: the lock, the steps, the services and their health, the
+    alarms, the last runs (who, when, what). Read-only."""
     from orchestrator.render import drift_of, status_text
     manifest = load(options, env)
     aws = connect(options, manifest)
@@ -430,17 +437,16 @@ def status(options: Options, env: str, as_json: bool, live: bool):
     graph = build_graph()
     records = {name: records[name] for name in graph.order() if name in records}  # dependency order
     drift = None
-    views: dict = {}
     if live:
         from orchestrator.engine import Engine
         drift = drift_of(Engine(manifest, aws, graph, store=store).plan())
-        views = live_views(aws, manifest, graph, records)
+    views = live_views(aws, manifest, graph, records)
     if as_json:
-        click.echo(json.dumps({"environment": env, "lock": holder, "steps": records, "runs": runs,
-                               **({"drift": drift, "live": views} if live else {})}, indent=2, default=str))
+        click.echo(json.dumps({"environment": env, "lock": holder, "steps": records, "runs": runs, "live": views,
+                               **({"drift": drift} if live else {})}, indent=2, default=str))
     else:
-        from orchestrator.render import live_text
-        click.echo(status_text(env, records, holder, runs, now, drift) + live_text(views))
+        click.echo(status_text(env, records, holder, runs, now, drift, full=full, views=views,
+                               unapplied=[name for name in graph.order() if name not in records]))
 
 
 def live_views(aws, manifest, graph, records: dict) -> dict:

@@ -338,6 +338,10 @@ class Engine:
         result.changes = [change for change in planned if change.action == "delete"]
         result.refused = [change for change in result.changes if self.refuses(change)]
         others = len(planned) - len(result.changes)
+        applied = self._records.get(name, {}).get("status") not in (None, "kept")
+        if others and not applied and not result.changes:  # destroyed, or never applied: apply creates it
+            result.error = "not applied: nothing of it to prune"
+            return
         if others:
             result.error = f"{others} other change(s) pending: `apply` makes them and its deletes; pruned nothing"
             return

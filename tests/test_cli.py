@@ -266,8 +266,12 @@ def test_destroy_leaves_nothing_tagged_but_what_holds_data(endpoint):
                         logEvents=[{"timestamp": int(time.time() * 1000), "message": "started"}])
     result = run(endpoint, "destroy", "dev", "--yes")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "kept file_system" in result.stdout and "--delete-data" in result.stdout
-    assert "To delete them as well: orchestrator destroy dev --yes --delete-data --delete-secrets" in result.stdout
+    assert "  kept (holds data): repository gamepulse — to delete it too: orchestrator destroy dev --yes " \
+           "--delete-data\n" in result.stdout
+    assert "  kept (holds data): secret db-connection — to delete it too: orchestrator destroy dev --yes " \
+           "--delete-secrets\n" in result.stdout
+    assert "kept (holds data): file_system" in result.stdout, "the run summary says kept, never deleted"
+    assert "To delete them all: orchestrator destroy dev --yes --delete-data --delete-secrets" in result.stdout
     # Log groups are kept only when they hold logs.
     assert [g["logGroupName"] for g in logs.describe_log_groups(logGroupNamePrefix="/ecs/gamepulse-dev/")[
         "logGroups"]] == ["/ecs/gamepulse-dev/grafana"]
@@ -295,6 +299,13 @@ def test_destroy_leaves_nothing_tagged_but_what_holds_data(endpoint):
     (fs,) = client(endpoint, "efs").describe_file_systems()["FileSystems"]
     assert client(endpoint, "efs").describe_mount_targets(FileSystemId=fs["FileSystemId"])["MountTargets"] == []
 
+    # What a user sees next: nothing to prune, and nothing already gone listed as left over.
+    pruned = run(endpoint, "prune", "dev", "--dry-run")
+    assert pruned.returncode == 0, pruned.stderr[-3000:]
+    assert "Nothing to prune." in pruned.stdout and "pending" not in pruned.stdout, pruned.stdout
+    assert "vpc: not applied: nothing of it to prune" in pruned.stdout
+    assert "no step describes" not in pruned.stdout, pruned.stdout
+
     everything = run(endpoint, "destroy", "dev", "--yes", "--delete-data", "--delete-secrets")
     assert everything.returncode == 0, everything.stderr[-3000:]
     assert client(endpoint, "efs").describe_file_systems()["FileSystems"] == []
@@ -316,7 +327,10 @@ def test_status_outputs_graph_unlock_and_schema(endpoint):
     assert outputs["vpc"]["vpc_id"].startswith("vpc-")
     client(endpoint, "ec2").modify_vpc_attribute(VpcId=outputs["vpc"]["vpc_id"], EnableDnsHostnames={"Value": False})
     live = run(endpoint, "status", "dev", "--live")
-    assert "live: 1 change(s) pending: see `orchestrator plan dev`" in live.stdout, live.stdout + live.stderr
+    assert "  live: vpc 1 change(s) pending: see `orchestrator plan dev`" in live.stdout, live.stdout + live.stderr
+    assert "    not applied: ecr, storage, secrets, efs, ecs, alb, iam, services, dashboards" in live.stdout
+    full = run(endpoint, "status", "dev", "--live", "--outputs").stdout
+    assert "live: 1 change(s) pending: see `orchestrator plan dev`" in full and "vpc_id: vpc-" in full
     graph = run(endpoint, "graph", "dev", "--format", "dot").stdout
     assert '"vpc" -> "alb";' in graph
     assert run(endpoint, "unlock", "dev", "--force").stdout.strip() == "dev was not locked"
@@ -411,7 +425,7 @@ def test_plan_destroy_shows_what_destroy_does_and_a_protected_load_balancer_fail
     assert "destroy dev: incomplete" in destroyed.stdout
     assert "vpc: what it still owns (kept: alb keeps resources that use it)" in error
     assert error.endswith("run `orchestrator apply dev --target alb`, then run `orchestrator destroy dev --yes`")
-    assert "Kept " in destroyed.stdout and "To delete them as well: orchestrator destroy dev --yes --delete-data" \
+    assert "Kept " in destroyed.stdout and "— to delete it too: orchestrator destroy dev --yes --delete-data" \
         in destroyed.stdout
 
     unprotected = dev_manifests(tmp_path, load_balancer={"deletion_protection": False})
@@ -455,7 +469,7 @@ def test_prune_lists_then_removes_what_the_manifest_no_longer_describes(endpoint
     assert "/gamepulse/dev/by-a-crashed-tool" in groups(), "what no step describes is only listed"
     assert json.loads(run(endpoint, "status", "dev", "--json").stdout)["steps"]["ecs"]["status"] == "ok"
     again = run(endpoint, "prune", "dev", "--dry-run")
-    assert "No changes" in again.stdout
+    assert "Nothing to prune." in again.stdout
 
 
 def test_a_missing_certificate_and_secret_source_stop_apply_before_any_change(endpoint, wire):

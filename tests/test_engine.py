@@ -304,6 +304,9 @@ class FakeStore:
     def steps(self):
         return {}
 
+    def protect(self):
+        pass
+
     def record_change(self, lease, step, change):
         self.events.append(("recorded", change.name, change.record))
 
@@ -514,7 +517,7 @@ def test_a_destroy_plan_names_refusals_and_never_a_flag_that_does_not_exist():
     summary = run_summary("destroy dev: ok", results, CallLedger())
     assert "--delete-protected" not in text + summary
     assert "left load_balancer web: deletion protection is on" in summary
-    assert "kept log_group /ecs/web: it holds logs (needs --delete-data)" in summary
+    assert "kept (holds data): log_group /ecs/web — to delete it too: pass --delete-data" in summary
     left, kept = destroy_leftovers(results)
     assert left == ["alb: load_balancer web: deletion protection is on: set it to false and apply",
                     "vpc: what it still owns (kept: alb keeps resources that use it)"]
@@ -589,6 +592,18 @@ def test_prune_deletes_only_what_the_manifest_no_longer_wants_and_leaves_a_step_
     results = engine_for(steps).prune(dry_run=False)
     assert results["b"].error == "1 other change(s) pending: `apply` makes them and its deletes; pruned nothing"
     assert set(cloud) == {"a", "old-b-1"}
+
+
+def test_prune_of_a_step_not_applied_says_so_instead_of_changes_pending():
+    """After a destroy (or before the first apply) a step's plan is all creates: nothing to prune."""
+    from orchestrator.render import plan_text
+    cloud = {}
+    steps = [ThingStep("a", cloud=cloud), ThingStep("b", ["a"], cloud=cloud)]
+    engine_for(steps).apply(targets=["a"])
+    results = engine_for(steps).prune(dry_run=True)
+    assert (results["a"].error, results["b"].error) == (None, "not applied: nothing of it to prune")
+    text = plan_text("Prune (dry run):", results, nothing="Nothing to prune")
+    assert "Nothing to prune." in text and "pending" not in text
 
 
 def test_an_older_revision_of_a_described_task_definition_is_not_left_unclassified():
