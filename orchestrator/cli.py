@@ -540,14 +540,21 @@ def sandbox():
     """The local AWS emulator (a moto server on 127.0.0.1)."""
 
 
-@sandbox.command("start", help="Start the sandbox in the background (if it does not run yet).")
+@sandbox.command("start", help="Start the sandbox in the background (if it does not run yet), with demo "
+                                 "certificates for the domains the manifests name and the demo image tags.")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Default: a free port.")
-def sandbox_start(port):
+@click.pass_obj
+def sandbox_start(options: Options, port):
     from orchestrator import sandbox as box
     record = box.start(port)
     state = "already running" if record.get("already_running") else "started"
     click.echo(f"sandbox {state} at {record['url']} (pid {record['pid']}); point commands at it with "
                "`orchestrator --sandbox COMMAND`, or `export ORCHESTRATOR_SANDBOX=1` for every command")
+    certificates = box.issue_demo_certificates(record, options.manifests)
+    if certificates:
+        click.echo("its ACM holds demo certificates for " +
+                   ", ".join(f"{domain} ({environment})" for environment, domain in certificates.items()))
+    click.echo(f"each new image repository holds the demo tags {box.EMULATOR_SETTINGS[box.SEED_TAGS]}")
 
 
 @sandbox.command("stop", help="Stop the sandbox; its AWS state is gone with it.")

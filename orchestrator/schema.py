@@ -363,11 +363,22 @@ class PathRuleSpec(Section):
     priority: int = Field(ge=1, le=50000)
 
 
+class CertificateSpec(Section):
+    """The HTTPS certificate by the domain it is for: looked up in ACM in the manifest's region."""
+
+    domain: str = Field(pattern=r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$",
+                        description="the certificate's domain name (api.example.com); the ISSUED certificate "
+                                    "for it is used")
+
+
 class LoadBalancerSpec(Section):
     security_group: str = "alb"
     idle_timeout_seconds: int = Field(60, ge=1, le=4000)
     deletion_protection: bool = False
-    certificate_arn: str | None = Field(None, pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/.+$")
+    certificate_arn: str | None = Field(None, pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/.+$",
+                                        description="the HTTPS certificate by its ACM ARN (or `certificate`)")
+    certificate: CertificateSpec | None = Field(None, description="the HTTPS certificate by its domain, looked up "
+                                                                  "in ACM (or `certificate_arn`)")
     ssl_policy: str = "ELBSecurityPolicy-TLS13-1-2-2021-06"
     target_groups: dict[str, TargetGroupSpec]
     default_target: str
@@ -375,6 +386,9 @@ class LoadBalancerSpec(Section):
 
     @model_validator(mode="after")
     def _targets_exist(self) -> "LoadBalancerSpec":
+        if self.certificate_arn and self.certificate:
+            raise FieldError("name the certificate once: by `certificate_arn` or by `certificate.domain`",
+                             "certificate")
         names = set(self.target_groups)
         if self.default_target not in names:
             raise FieldError(f"{self.default_target!r} is not one of the target groups ({', '.join(sorted(names))})",

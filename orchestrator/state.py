@@ -91,6 +91,8 @@ TTL_ATTRIBUTE = "expires_at"  # run records only
 SHARED_ENV = "shared"
 #: How often a run waiting for the lock (`wait_seconds`) looks again.
 POLL_SECONDS = 2.0
+#: While it waits, a run says so once, then again this often (the polls between are silent).
+WAIT_REPORT_SECONDS = 30.0
 #: Table settings verified by a run of the environment are trusted this long (AWS seconds).
 SETTINGS_CHECK_SECONDS = 86400
 #: DynamoDB's item size limit (bytes).
@@ -279,15 +281,19 @@ class StateStore:
 
     def acquire(self, run_id: str, command: str, wait_seconds: float = 0) -> "Lease":
         """Take the environment's lock, polling up to `wait_seconds` while another run holds it."""
-        waited = 0.0
+        waited, report_at = 0.0, 0.0
         while True:
             lease, holder = self._try_acquire(run_id, command)
             if lease is not None:
                 return lease
             if waited >= wait_seconds:
                 raise LockHeld(self._held_message(holder))
+            if waited >= report_at:  # once at first, then every WAIT_REPORT_SECONDS: not every poll
+                who = f"run {holder.get('run_id')} ({holder.get('user')}@{holder.get('host')}, {holder.get('command')})"
+                log.info("waiting for the lock" if waited == 0 else "still waiting for the lock", held_by=who,
+                         waited_s=round(waited), gives_up_in_s=round(wait_seconds - waited))
+                report_at += WAIT_REPORT_SECONDS
             delay = min(POLL_SECONDS, wait_seconds - waited)
-            log.info("waiting for lock", holder=holder.get("run_id"), waited_s=round(waited, 1))
             waiters.sleep(delay)
             waited += delay
 
