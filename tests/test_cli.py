@@ -473,23 +473,131 @@ def test_prune_lists_then_removes_what_the_manifest_no_longer_describes(endpoint
 
 
 def test_a_missing_certificate_and_secret_source_stop_apply_before_any_change(endpoint, wire):
-    # staging names a certificate that this account does not hold; its database source is unset.
+    # staging names its certificate by a domain this account holds none for; its database source is unset.
+    assert run(endpoint, "apply", "dev", "--target", "ecr").returncode == 0  # the shared state table exists
     unset = {"GAMEPULSE_STAGING_DB_CONNECTION": ""}
     planned = run(endpoint, "plan", "staging", "--detailed-exitcode", extra_env=unset)
     assert planned.returncode == 1, planned.stdout + planned.stderr
-    assert "alb: PROBLEM: certificate arn:aws:acm:us-east-1:123456789012:certificate/00000000-0000-4000-8000-" \
-           "000000000001 (load_balancer.certificate_arn) does not exist" in planned.stdout
+    assert "alb: PROBLEM: no ISSUED certificate for staging.gamepulse.example.com (load_balancer.certificate.domain) " \
+           "in ACM in us-east-1" in planned.stdout
+    error = planned.stderr[planned.stderr.index("Error: "):]
+    assert error.startswith("Error: 2 problem(s) found (apply would stop before any change):"), error
+    assert "alb: no ISSUED certificate for staging.gamepulse.example.com" in error
+    assert "secrets: secret gamepulse/staging/db-connection: environment variable GAMEPULSE_STAGING_DB_CONNECTION " \
+           "is not set or empty" in error
 
     wire.reset()
     applied = run(endpoint, "apply", "staging", extra_env=unset)
     assert applied.returncode == 1, applied.stdout + applied.stderr
     assert "apply stopped before any change: 2 problem(s) found first:" in applied.stderr
-    assert "alb: certificate arn:aws:acm:" in applied.stderr
-    assert "secrets: could not plan: secret gamepulse/staging/db-connection: environment variable " \
+    assert "alb: no ISSUED certificate for staging.gamepulse.example.com" in applied.stderr
+    assert "secrets: secret gamepulse/staging/db-connection: environment variable " \
            "GAMEPULSE_STAGING_DB_CONNECTION is not set or empty" in applied.stderr
     assert wire.count(mutating=True, exclude=("DynamoDB",)) == 0, wire.operations(mutating=True)
+    assert "UpdateTable" not in wire.operations(mutating=True), "staging asks for deletion protection: not yet"
+    table = client(endpoint, "dynamodb").describe_table(TableName="gamepulse-orchestrator-state")["Table"]
+    assert table["DeletionProtectionEnabled"] is False
     (last,) = json.loads(run(endpoint, "status", "staging", "--json").stdout)["runs"]
     assert last["result"] == "failed"
+
+
+def test_a_run_against_another_account_is_refused_before_any_change_naming_both(endpoint, wire, tmp_path):
+    manifests = dev_manifests(tmp_path)
+    overlay = (tmp_path / "dev.yaml").read_text().replace("account_id: '123456789012'", "account_id: '210987654321'")
+    (tmp_path / "dev.yaml").write_text(overlay)
+    for command in (["apply", "dev"], ["plan", "dev"], ["destroy", "dev", "--yes"]):
+        refused = run(endpoint, *command, manifests=manifests)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "the credentials are for account 123456789012, but the dev manifest is for account 210987654321; " \
+               "nothing was changed" in refused.stderr
+    assert wire.count(mutating=True) == 0, wire.operations(mutating=True)
+
+
+def test_image_tag_and_redeploy_usage_errors_exit_2_and_1_under_detailed_exitcode(endpoint, wire):
+    for flags in (["--image-tag", "api=1.4.2"], ["--image-tag", "gamepulse:1.4.2"], ["--redeploy", "api"]):
+        for command in (["apply", "dev"], ["plan", "dev"]):
+            usage = run(endpoint, *command, *flags)
+            assert usage.returncode == 2, (flags, command, usage.stderr)
+        pipeline = run(endpoint, "plan", "dev", "--detailed-exitcode", *flags)
+        assert pipeline.returncode == 1, (flags, pipeline.stderr)
+    named = run(endpoint, "plan", "dev", "--image-tag", "api=1.4.2")
+    assert "--image-tag api=1.4.2: 'api' is not one of images.repositories (gamepulse)" in named.stderr
+    assert "--redeploy api: 'api' is not one of services.tasks" in run(endpoint, "plan", "dev", "--redeploy",
+                                                                       "api").stderr
+    assert wire.count() == 0, "a usage error is found before any AWS call"
+
+
+def deployments(endpoint) -> dict[str, list[str]]:
+    """Each dev service's deployment ids: a new one is a rollout (tasks started anew)."""
+    names = ["gamepulse", "prometheus", "loki", "jaeger", "grafana"]
+    return {service["serviceName"]: [d["id"] for d in service["deployments"]] for service in
+            client(endpoint, "ecs").describe_services(cluster="gamepulse-dev", services=names)["services"]}
+
+
+def rolled(before: dict, after: dict) -> set[str]:
+    return {name for name in after if after[name] != before[name]}
+
+
+def test_a_secret_with_a_new_value_rolls_exactly_the_services_that_read_it(endpoint):
+    assert run(endpoint, "apply", "dev").returncode == 0
+    secrets = client(endpoint, "secretsmanager")
+
+    # Rotated outside the tool (a rotation, a hand edit): only Grafana reads the admin password.
+    secrets.put_secret_value(SecretId="gamepulse/dev/grafana-admin", SecretString="rotated-by-hand-0123456789")
+    planned = run(endpoint, "plan", "dev", "--detailed-exitcode")
+    assert planned.returncode == 2, planned.stdout + planned.stderr
+    assert "Plan: 0 to create, 1 to update, 0 to replace, 0 to delete." in planned.stdout
+    assert "~ update service grafana" in planned.stdout and "secret:grafana-admin: " in planned.stdout
+    assert "new deployment: secret grafana-admin has a new value since the last rollout (ECS reads secrets only " \
+           "when a task starts)" in planned.stdout
+    before = deployments(endpoint)
+    applied = run(endpoint, "apply", "dev")
+    assert applied.returncode == 0, applied.stderr[-3000:]
+    assert rolled(before, deployments(endpoint)) == {"grafana"}
+    assert run(endpoint, "plan", "dev", "--detailed-exitcode").returncode == 0
+
+    # A new value in its source: written, and the app (its only reader) rolls once it is.
+    new_value = "Host=db.dev.local;Database=gamepulse;Username=demo;Password=rotated-9876"
+    changed = {"GAMEPULSE_DEV_DB_CONNECTION": new_value}
+    planned = run(endpoint, "plan", "dev", extra_env=changed)
+    assert "~ update secret db-connection" in planned.stdout and "~ update service gamepulse" in planned.stdout
+    assert "secret:db-connection: " in planned.stdout and "→ (known after apply)" in planned.stdout
+    before = deployments(endpoint)
+    applied = run(endpoint, "apply", "dev", extra_env=changed)
+    assert applied.returncode == 0, applied.stderr[-3000:]
+    assert rolled(before, deployments(endpoint)) == {"gamepulse"}
+    assert run(endpoint, "plan", "dev", "--detailed-exitcode", extra_env=changed).returncode == 0
+    for output in (planned.stdout + planned.stderr, applied.stdout + applied.stderr):
+        assert new_value not in output and "rotated-by-hand" not in output
+
+    # An image-only pipeline without the secrets' variables: the plan says the values are kept.
+    unset = {"GAMEPULSE_DEV_DB_CONNECTION": "", "GAMEPULSE_DEV_SLACK_WEBHOOK": ""}
+    planned = run(endpoint, "plan", "dev", "--detailed-exitcode", extra_env=unset)
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    assert "secrets: note: secret gamepulse/dev/slack-webhook: environment variable GAMEPULSE_DEV_SLACK_WEBHOOK " \
+           "is not set; its current value is kept (the tasks keep reading it)" in planned.stdout
+    assert "secrets: note: secret gamepulse/dev/db-connection:" in planned.stdout
+    assert run(endpoint, "apply", "dev", extra_env=unset).returncode == 0
+    assert secrets.get_secret_value(SecretId="gamepulse/dev/db-connection")["SecretString"] == new_value
+
+
+def test_redeploy_forces_a_new_deployment_shown_in_plan(endpoint):
+    assert run(endpoint, "apply", "dev").returncode == 0
+    planned = run(endpoint, "plan", "dev", "--redeploy", "loki", "--detailed-exitcode")
+    assert planned.returncode == 2, planned.stdout + planned.stderr
+    assert "~ update service loki" in planned.stdout and "note: new deployment: --redeploy" in planned.stdout
+    before = deployments(endpoint)
+    applied = run(endpoint, "apply", "dev", "--redeploy", "loki")
+    assert applied.returncode == 0, applied.stderr[-3000:]
+    assert rolled(before, deployments(endpoint)) == {"loki"}
+    status = run(endpoint, "status", "dev")
+    lines = status.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith("started (UTC)"))
+    header, last = lines[at], lines[at + 1]
+    assert header.split() == ["started", "(UTC)", "by", "command", "result", "took", "run"]
+    assert "apply --redeploy loki" in last and f"@{socket.gethostname()}" in last
+    assert header.index("command") == last.index("apply --redeploy loki"), "the columns line up"
+    assert run(endpoint, "plan", "dev", "--detailed-exitcode").returncode == 0
 
 
 def test_a_pipeline_deploys_another_image_tag_without_editing_files(endpoint):
@@ -514,4 +622,4 @@ def test_a_pipeline_deploys_another_image_tag_without_editing_files(endpoint):
     missing = run(endpoint, "apply", "dev", "--image-tag", "gamepulse=9.9.9")
     assert missing.returncode == 1
     assert "image tag '9.9.9' does not exist in ECR repository 'gamepulse' (its tags: 1.4.2, 1.4.1)" in missing.stderr
-    assert run(endpoint, "apply", "dev", "--image-tag", "nope=1.0.0").returncode == 1
+    assert run(endpoint, "apply", "dev", "--image-tag", "nope=1.0.0").returncode == 2  # a usage error
