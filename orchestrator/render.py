@@ -228,12 +228,12 @@ def _steps_in_brief(env: str, records: dict, drift: dict[str, dict] | None, unap
         lines = [f"  steps: all {len(fine)} ok"]
     else:
         lines = [f"  steps: {len(fine)} ok" + (f" ({', '.join(fine)})" if fine else "")]
-        if unapplied:
-            lines.append(f"    not applied: {', '.join(unapplied)}")
     for name, record in records.items():
         if name not in fine:
             error = f": {record['error']}" if record.get("error") else ""
             lines.append(f"    {name} {record.get('status', '?')}{error}")
+    if unapplied:
+        lines.append(f"    not applied: {', '.join(unapplied)}")
     if drift is not None:
         differing = {name: _drift_line(found, env) for name, found in drift.items()
                      if name in records and (found.get("error") or found["pending"])}

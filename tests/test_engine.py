@@ -621,3 +621,32 @@ def test_a_prune_that_leaves_a_step_to_apply_says_so_once():
                                            "pruned nothing")
     text = plan_text("Prune:", {"services": waiting})
     assert text.count("services:") == 1 and "services: 2 other change(s) pending" in text
+
+
+def test_status_is_brief_names_what_is_not_ok_and_lines_up_the_last_runs():
+    from orchestrator.render import status_text
+    records = {"vpc": {"status": "ok", "outputs": {"vpc_id": "vpc-1"}},
+               "services": {"status": "failed", "error": "the rollout of service loki failed"}}
+    runs = [{"started_at": "2026-12-06T11:27:52.000+00:00", "user": "ana", "host": "laptop", "result": "failed",
+             "command": "apply --image-tag gamepulse=1.4.2", "seconds": 41.23, "run_id": "a7d0a9ff6f14"},
+            {"started_at": "2026-12-06T10:02:11.000+00:00", "user": "ci", "host": "runner-7", "result": "ok",
+             "command": "apply", "seconds": 3, "run_id": "0389db08cbfa"}]
+    text = status_text("dev", records, None, runs, 0.0, unapplied=["dashboards"])
+    lines = text.splitlines()
+    assert lines[:4] == ["Environment dev: not locked", "  steps: 1 ok (vpc)",
+                         "    services failed: the rollout of service loki failed", "    not applied: dashboards"]
+    assert "vpc-1" not in text, "outputs only with --outputs"
+    header, first, second = lines[-3:]
+    assert header.split() == ["started", "(UTC)", "by", "command", "result", "took", "run"]
+    assert first.split()[:3] == ["2026-12-06", "11:27:52", "ana@laptop"] and "41.2s" in first
+    for column in ("by", "command", "result", "took", "run"):
+        at = header.index(column)
+        assert first[at - 1] == second[at - 1] == " " and first[at] != " " and second[at] != " ", column
+    assert "vpc_id: vpc-1" in status_text("dev", records, None, runs, 0.0, full=True)
+
+
+def test_a_kept_resource_is_said_kept_with_how_to_delete_it_too():
+    from orchestrator.render import kept_line
+    kept = Change("delete", "repository", "gamepulse", blocked="delete-data", note="it holds images")
+    assert kept_line(kept, "orchestrator destroy dev --yes") == \
+        "kept (holds data): repository gamepulse — to delete it too: orchestrator destroy dev --yes --delete-data"
