@@ -461,7 +461,8 @@ class ServicesStep(Step):
         observed.registered[service.name] = arn
         if change.action == "update":  # a first revision has no older ones to deregister
             self._deregister_old(ecs, definition["family"], observed.keep_revisions, arn)
-        return Accepted(record={"arn": arn, "hash": digest, **({"image_tag": service.image.tag} if service.image else {})})
+        tag = {"image_tag": service.image.tag} if service.image else {}  # the plan names the image in service by it
+        return Accepted(record={"arn": arn, "hash": digest, **tag})
 
     _update_task_definition = _create_task_definition
 
@@ -842,7 +843,8 @@ def _tag_in_service(service: DesiredService, live: dict | None, recorded: dict[s
     return record.get("image_tag") if live and record.get("arn") == live["taskDefinition"] else None
 
 
-def _with_image_tags(diffs: tuple[FieldDiff, ...], service: DesiredService, old_tag: str | None) -> tuple[FieldDiff, ...]:
+def _with_image_tags(diffs: tuple[FieldDiff, ...], service: DesiredService,
+                     old_tag: str | None) -> tuple[FieldDiff, ...]:
     """The app's image as a person reads it: `gamepulse 1.4.2 → gamepulse 1.4.1 (sha256:…)`, the
     repository and tag first, the digest deployed after (the old digest where its tag is not known)."""
     if service.image is None:

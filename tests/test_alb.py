@@ -588,7 +588,8 @@ def test_a_certificate_named_by_domain_is_the_issued_one_acm_holds(env, manifest
         harness.run_step(STEP, by_domain, env.aws, env.upstream)
     assert [c for c in env.aws.ledger.calls[before:] if c.mutating and c.step == STEP.name] == []
 
-    cert, key = self_signed_certificate("api.by-domain.example.com")  # an EC key: ACM lists it only when asked for its key type
+    # An EC key: AWS's ListCertificates lists it only when asked for its key type.
+    cert, key = self_signed_certificate("api.by-domain.example.com")
     arn = acm.import_certificate(Certificate=cert, PrivateKey=key)["CertificateArn"]
     changes, _, _ = harness.run_step(STEP, by_domain, env.aws, env.upstream)
     https = next(c for c in changes if c.key == "listener/https")

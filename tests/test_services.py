@@ -608,6 +608,14 @@ def test_a_rotated_secret_is_a_new_deployment_of_its_readers_awaited_to_the_end(
     assert primary["rolloutState"] == "COMPLETED" and primary["id"] not in before["gamepulse"]
     assert run(manifest, aws, rotated, recorded)[0] == [], "recorded at the rollout: nothing pending after it"
 
+    del recorded["service/grafana"]["secret_versions"]  # as an older release recorded it
+    before = len(harness.mutations(aws))
+    applied, _, _ = run(manifest, aws, rotated, recorded)
+    assert [c.key for c in applied] == ["service/grafana"] and harness.mutations(aws)[before:] == []
+    assert recorded["service/grafana"]["secret_versions"] == {
+        key: platform["secrets"]["versions"][key] for key in ("grafana-admin", "slack-webhook")}
+    assert deployments() == after, "recorded, without a new deployment"
+
 
 @pytest.mark.managed_policies
 def test_revisions_beyond_the_kept_number_are_deregistered(aws, manifest, platform):
@@ -631,7 +639,8 @@ def test_the_plan_of_a_new_image_names_the_container_both_tags_and_the_new_diges
     assert diff.old == "gamepulse 1.4.1"
     assert re.fullmatch(r"gamepulse 1\.4\.2 \(sha256:[0-9a-f]{12}…\)", diff.new), diff.new
     from orchestrator.render import change_lines
-    assert "        container:gamepulse.image: gamepulse 1.4.1 → gamepulse 1.4.2 (sha256:" in change_lines(definition)[1]
+    shown = change_lines(definition)[1]
+    assert shown.startswith("        container:gamepulse.image: gamepulse 1.4.1 → gamepulse 1.4.2 (sha256:"), shown
 
 
 def test_the_image_in_service_is_named_by_its_digest_where_no_record_names_its_tag(manifest):
