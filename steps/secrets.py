@@ -177,6 +177,7 @@ class SecretsStep(Step):
         if not ctx.destroying:  # a destroy needs no value: it never reads the sources
             sources = self._read_sources(ctx, desired, facts)
             self._compare_values(ctx, client, facts, sources)
+            self._describe_versions(client, facts, compared=set(sources))
         return facts
 
     @staticmethod
@@ -228,6 +229,17 @@ class SecretsStep(Step):
                 key = by_arn[item["ARN"]]
                 current = ctx.secret(item.get("SecretString", ""))
                 facts.owned[key].value = "same" if current == sources[key] else "differs"
+                facts.owned[key].version = item.get("VersionId") or facts.owned[key].version
+
+    @staticmethod
+    def _describe_versions(client, facts: SecretsFacts, compared: set[str]) -> None:
+        """The current version of each live secret whose value was not read (a generated one, a
+        source not set), by DescribeSecret: ListSecrets "might not reflect changes from the last
+        five minutes" (AWS), and a stale version would roll the services that read the secret
+        again. The values read above came with their version."""
+        for key, secret in sorted(facts.owned.items()):
+            if key not in compared and not secret.deleted:
+                secret.version = _version_of(client.describe_secret(SecretId=secret.arn)) or secret.version
 
     def preflight(self, ctx, desired: SecretsDesired, observed: SecretsFacts) -> list[str]:
         return list(observed.unreadable)

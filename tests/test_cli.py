@@ -494,7 +494,7 @@ def test_a_missing_certificate_and_secret_source_stop_apply_before_any_change(en
     assert "secrets: secret gamepulse/staging/db-connection: environment variable " \
            "GAMEPULSE_STAGING_DB_CONNECTION is not set or empty" in applied.stderr
     assert wire.count(mutating=True, exclude=("DynamoDB",)) == 0, wire.operations(mutating=True)
-    assert "UpdateTable" not in wire.operations(mutating=True), "staging asks for deletion protection: not yet"
+    assert wire.operations(mutating=True)["DynamoDB:UpdateTable"] == 0, "staging asks for deletion protection: not yet"
     table = client(endpoint, "dynamodb").describe_table(TableName="gamepulse-orchestrator-state")["Table"]
     assert table["DeletionProtectionEnabled"] is False
     (last,) = json.loads(run(endpoint, "status", "staging", "--json").stdout)["runs"]

@@ -199,7 +199,9 @@ def test_apply_creates_secrets_with_values_and_tags_then_changes_nothing(manifes
     again, outputs_again, _ = harness.run_step(STEP, manifest, aws)
     assert again == [] and harness.mutations(aws) == ["secrets-manager:CreateSecret"] * 3
     reads = [f"{c.service}:{c.operation}" for c in harness.calls_since(aws, before, STEP.name)]
-    assert reads == ["secrets-manager:ListSecrets", "secrets-manager:BatchGetSecretValue"]
+    # The generated value is not read: its current version comes from DescribeSecret (ListSecrets may lag).
+    assert reads == ["secrets-manager:ListSecrets", "secrets-manager:BatchGetSecretValue",
+                     "secrets-manager:DescribeSecret"]
     assert value_of(sm, "gamepulse/dev/grafana-admin") == generated  # generated once, then kept
     assert outputs_again == outputs
 
@@ -249,6 +251,25 @@ def lagging_list(aws) -> None:
         return None
 
     aws.register("before-call.secrets-manager.ListSecrets", stale)
+
+
+def test_versions_are_the_current_ones_when_list_secrets_still_shows_old_ones(manifest, aws, sm):
+    """ListSecrets may lag minutes behind a write: the versions services compare come from reads
+    that see the write (BatchGetSecretValue for values compared, DescribeSecret for the others)."""
+    _, first, _ = harness.run_step(STEP, manifest, aws)
+    stale = {item["Name"]: item for item in sm.list_secrets()["SecretList"]}
+    sm.put_secret_value(SecretId="gamepulse/dev/grafana-admin", SecretString="rotated-by-hand-0123456789")
+    sm.put_secret_value(SecretId="gamepulse/dev/db-connection", SecretString=DB_VALUE)  # same value, new version
+
+    def as_before(**kwargs):
+        return AWSResponse("https://secretsmanager.us-east-1.amazonaws.com/", 200, {}, None), {
+            "SecretList": list(stale.values())}
+
+    aws.register("before-call.secrets-manager.ListSecrets", as_before)
+    _, outputs, _ = harness.run_step(STEP, manifest, aws)
+    assert outputs["versions"] == {key: current_version(sm, f"gamepulse/dev/{key}") for key in first["versions"]}
+    assert {key for key in first["versions"] if outputs["versions"][key] != first["versions"][key]} == \
+        {"grafana-admin", "db-connection"}
 
 
 def test_a_quick_re_apply_on_a_lagging_list_carries_on_with_our_existing_secrets(manifest, aws, sm, monkeypatch):
