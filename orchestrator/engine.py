@@ -40,6 +40,8 @@ class StepResult:
     refused: list[Change] = field(default_factory=list)
     #: What the step's pre-flight checks found would fail later (read-only; stops an apply).
     problems: list[str] = field(default_factory=list)
+    #: What the plan says that is not a change (`Step.remarks`): a kept secret value.
+    remarks: list[str] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None
@@ -128,6 +130,8 @@ class Engine:
         self._load_records()
         selected = self.graph.select(targets)
         planned = self._preflight(selected)
+        if self.store is not None and self.lease is not None:
+            self.store.protect()  # the first change of a run: never before its pre-flight checks
         results = self._run(selected, self._apply_step)
         for name, result in results.items():  # a step's time is its plan's and its apply's
             result.seconds += planned[name].seconds
@@ -263,6 +267,7 @@ class Engine:
         desired = step.desired(self.manifest, inputs)
         observed = step.observe(ctx, desired)
         result.problems = list(step.preflight(ctx, desired, observed))
+        result.remarks = list(step.remarks(desired, observed))
         result.changes = step.plan(desired, observed, self._recorded(name))
         result.refused = [change for change in result.changes if self.refuses(change)]
         result.outputs = self._outputs(step, desired, observed)
@@ -333,6 +338,10 @@ class Engine:
         result.changes = [change for change in planned if change.action == "delete"]
         result.refused = [change for change in result.changes if self.refuses(change)]
         others = len(planned) - len(result.changes)
+        applied = self._records.get(name, {}).get("status") not in (None, "kept")
+        if others and not applied and not result.changes:  # destroyed, or never applied: apply creates it
+            result.error = "not applied: nothing of it to prune"
+            return
         if others:
             result.error = f"{others} other change(s) pending: `apply` makes them and its deletes; pruned nothing"
             return

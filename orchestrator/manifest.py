@@ -82,6 +82,23 @@ def with_image_tags(manifest: Manifest, tags: dict[str, str]) -> Manifest:
         raise ManifestError([f"--image-tag: {_human(error)}" for error in err.errors(include_url=False)]) from None
 
 
+def with_redeploys(manifest: Manifest, names) -> Manifest:
+    """The manifest asking for a new deployment of these services though nothing changed
+    (`apply --redeploy gamepulse`: tasks restarted, e.g. to read a value they cache). Each name
+    is a key of services.tasks."""
+    names = frozenset(names)
+    if not names:
+        return manifest
+    tasks = manifest.services.tasks if manifest.services else {}
+    unknown = sorted(names - set(tasks))
+    if unknown:
+        raise ManifestError([f"--redeploy {name}: {name!r} is not one of services.tasks "
+                             f"({', '.join(sorted(tasks)) or 'none'})" for name in unknown])
+    copy = manifest.model_copy()
+    copy._redeploy = names
+    return copy
+
+
 def list_environments(directory: Path | str) -> list[str]:
     """The environments a directory defines: its `*.yaml` files other than the base."""
     directory = Path(directory)

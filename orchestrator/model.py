@@ -224,6 +224,8 @@ class Step:
       certificate that does not exist, a secret source that cannot be read, an image tag not
       pushed), one message each. The engine runs it for every selected step before any step
       applies; a problem stops the run before any change. Default: none.
+    - ``remarks(desired, observed)`` — pure: what the plan should say that is not a change (a
+      secret whose source is not set keeps its current value), one line each. Default: none.
     - ``permissions(manifest, scope)`` — the IAM statements the deploy role needs for this step's
       observe, apply and destroy, scoped to the environment's resource names
       (`orchestrator.permissions`; `orchestrator policy ENV` prints them all).
@@ -256,6 +258,9 @@ class Step:
         raise NotImplementedError
 
     def preflight(self, ctx, desired, observed) -> list[str]:
+        return []
+
+    def remarks(self, desired, observed) -> list[str]:
         return []
 
     def permissions(self, manifest, scope) -> list[dict]:

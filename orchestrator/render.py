@@ -60,8 +60,9 @@ def change_lines(change: Change, dependants: tuple[str, ...] = (), refused: bool
     return lines
 
 
-def plan_text(title: str, results: dict) -> str:
-    """Counts first, then each step's changes; refusals and what is not planned are named."""
+def plan_text(title: str, results: dict, nothing: str = "No changes. AWS matches the manifest") -> str:
+    """Counts first, then each step's changes; refusals and what is not planned are named.
+    `nothing` is the headline when there is no change (prune: "Nothing to prune")."""
     lines = []
     totals: Counter = Counter()
     refused = 0
@@ -74,6 +75,7 @@ def plan_text(title: str, results: dict) -> str:
             lines.append(f"{name}: {result.error}" if kept else f"{name}: not planned ({result.error})")
             continue
         lines.extend(f"{name}: PROBLEM: {problem}" for problem in result.problems)
+        lines.extend(f"{name}: note: {remark}" for remark in result.remarks)
         if result.error:  # a step planned, with a remark (prune: other changes pending)
             lines.append(f"{name}: {result.error}")
         if not result.changes:
@@ -92,7 +94,7 @@ def plan_text(title: str, results: dict) -> str:
     unplanned = [name for name, r in results.items()
                  if r.status == "failed" or (r.status == "skipped" and not r.error.startswith("kept:"))]
     if not totals and not refused:
-        counts = "No changes. AWS matches the manifest" + (" for the steps planned." if unplanned else ".")
+        counts = nothing + (" for the steps planned." if unplanned else ".")
     else:
         summary = ", ".join(f"{totals[a]} to {a}" for a in ("create", "update", "replace", "delete"))
         counts = f"Plan: {summary}." + (f" {refused} refused (see below)." if refused else "")
@@ -122,11 +124,18 @@ def plan_json(env: str, results: dict) -> str:
 
     return json.dumps({
         "environment": env,
-        "steps": {name: {"status": r.status, "error": r.error, "problems": r.problems,
+        "steps": {name: {"status": r.status, "error": r.error, "problems": r.problems, "remarks": r.remarks,
                          "changes": [change(c, r) for c in r.changes]}
                   for name, r in results.items()},
         "pending": pending(results),
     }, indent=2, default=str)
+
+
+def kept_line(change: Change, command: str = "") -> str:
+    """A resource a run kept because it holds data: said as kept, never as if deleted, with how
+    to delete it too (the command, given one, else the flag)."""
+    how = f"{command} --{change.blocked}" if command else f"pass --{change.blocked}"
+    return f"kept (holds data): {change.kind} {change.name} — to delete it too: {how}"
 
 
 def destroy_leftovers(results: dict) -> tuple[list[str], list[Change]]:
@@ -155,8 +164,8 @@ def run_summary(title: str, results: dict, ledger) -> str:
         lines.append(f"  {name:<{width}}  {result.status:<8} {len(result.applied):>7} {calls:>6} "
                      f"{result.seconds:>6.1f}s")
         for change in result.refused:
-            lines.append(f"  {'':<{width}}  {'kept' if change.keeps_data else 'left'} {change.kind} {change.name}: "
-                         f"{refusal(change)}")
+            lines.append(f"  {'':<{width}}  " + (kept_line(change) if change.keeps_data else
+                                                  f"left {change.kind} {change.name}: {refusal(change)}"))
         if result.error:
             lines.append(f"  {'':<{width}}  {result.error}")
     total = ledger.count()
@@ -182,18 +191,59 @@ def drift_of(results: dict) -> dict[str, dict]:
 
 
 def status_text(env: str, records: dict, holder: dict | None, runs: list[dict], now: float,
-                drift: dict[str, dict] | None = None) -> str:
-    lines = [f"Environment {env}"]
-    if holder:
-        age = now - float(holder.get("acquired_at", now))
-        left = float(holder.get("lease_until", now)) - now
-        lease = f"lease ends in {left:.0f}s unless renewed" if left > 0 else "lease expired: the next run takes over"
-        lines.append(f"  locked by {holder.get('user')}@{holder.get('host')} (pid {holder.get('pid')}, "
-                     f"{holder.get('command')}, run {holder.get('run_id')}) for {age:.0f}s; {lease}")
-    else:
-        lines.append("  not locked")
+                drift: dict[str, dict] | None = None, full: bool = False, views: dict[str, dict] | None = None,
+                unapplied: list[str] | tuple[str, ...] = ()) -> str:
+    """`status`: the lock, the steps (one line when all is well; with `full`, each step with its
+    outputs), with `drift` what an apply would change now, the steps' live `views` (what runs,
+    its health, the alarms), and the last runs (who, when, what)."""
+    lines = [f"Environment {env}: {_lock_line(holder, now)}"]
     if not records:
         lines.append("  nothing applied yet")
+    elif full:
+        lines += _steps_in_full(env, records, drift)
+    else:
+        lines += _steps_in_brief(env, records, drift, unapplied)
+    if views:
+        lines.append(live_text(views))
+    if runs:
+        lines += ["", "  last runs:", *_runs_table(runs)]
+    return "\n".join(lines)
+
+
+def _lock_line(holder: dict | None, now: float) -> str:
+    if not holder:
+        return "not locked"
+    age = now - float(holder.get("acquired_at", now))
+    left = float(holder.get("lease_until", now)) - now
+    lease = f"lease ends in {left:.0f}s unless renewed" if left > 0 else "lease expired: the next run takes over"
+    return (f"locked by {holder.get('user')}@{holder.get('host')} (pid {holder.get('pid')}, {holder.get('command')}, "
+            f"run {holder.get('run_id')}) for {age:.0f}s; {lease}")
+
+
+def _steps_in_brief(env: str, records: dict, drift: dict[str, dict] | None, unapplied) -> list[str]:
+    """One line for the steps whose last run succeeded, one for each other (with its error), one
+    for the steps never applied, and with `drift` one line saying which steps an apply would change."""
+    fine = [name for name, record in records.items() if record.get("status") == "ok" and not record.get("error")]
+    if len(fine) == len(records) and not unapplied:
+        lines = [f"  steps: all {len(fine)} ok"]
+    else:
+        lines = [f"  steps: {len(fine)} ok" + (f" ({', '.join(fine)})" if fine else "")]
+    for name, record in records.items():
+        if name not in fine:
+            error = f": {record['error']}" if record.get("error") else ""
+            lines.append(f"    {name} {record.get('status', '?')}{error}")
+    if unapplied:
+        lines.append(f"    not applied: {', '.join(unapplied)}")
+    if drift is not None:
+        differing = {name: _drift_line(found, env) for name, found in drift.items()
+                     if name in records and (found.get("error") or found["pending"])}
+        lines.append("  live: AWS matches the manifest" if not differing else
+                     "  live: " + "; ".join(f"{name} {line}" for name, line in differing.items()))
+    return lines
+
+
+def _steps_in_full(env: str, records: dict, drift: dict[str, dict] | None) -> list[str]:
+    lines = []
     for name, record in records.items():
         lines.append(f"  {name:<10} {record.get('status', '?'):<9} last run {record.get('last_run', '-')} "
                      f"at {record.get('updated_at', '-')}")
@@ -203,12 +253,20 @@ def status_text(env: str, records: dict, holder: dict | None, runs: list[dict], 
             lines.append(f"  {'':<10} live: {_drift_line(drift[name], env)}")
         for key, value in sorted((record.get("outputs") or {}).items()):
             lines.append(f"  {'':<10} {key}: {show_value(value, limit=10_000)}")
-    if runs:
-        lines.append("  last runs:")
-        for run in runs:
-            lines.append(f"    {run.get('started_at', '?')}  {run.get('command', '?'):<8} "
-                         f"{run.get('result', 'running'):<8} run {run.get('run_id')}")
-    return "\n".join(lines)
+    return lines
+
+
+def _runs_table(runs: list[dict]) -> list[str]:
+    """The last runs, newest first, in aligned columns: when, who, what, how it ended, how long."""
+    rows = [("started (UTC)", "by", "command", "result", "took", "run")]
+    for run in runs:
+        started = str(run.get("started_at", "?")).replace("T", " ")[:19]
+        who = f"{run.get('user', '?')}@{run.get('host', '?')}"
+        took = f"{float(run['seconds']):.1f}s" if run.get("seconds") is not None else "-"
+        rows.append((started, who, str(run.get("command", "?")), str(run.get("result", "running")), took,
+                     str(run.get("run_id", "?"))))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return ["    " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
 
 
 def live_text(views: dict[str, dict]) -> str:

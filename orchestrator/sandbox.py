@@ -30,6 +30,9 @@ EMULATOR_SETTINGS = {
     "ORCHESTRATOR_SANDBOX_IMAGE_TAGS": "1.4.1 1.4.2",
 }
 
+#: The setting naming the image tags each new repository holds (`orchestrator.emulator.seed_images`).
+SEED_TAGS = "ORCHESTRATOR_SANDBOX_IMAGE_TAGS"
+
 #: Credentials for the sandbox: never a real key, whatever the user's environment holds.
 SANDBOX_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "sandbox", "AWS_SECRET_ACCESS_KEY": "sandbox",
                        "AWS_SESSION_TOKEN": "sandbox"}
@@ -91,6 +94,41 @@ def start(port: int | None = None, timeout: float = 30.0) -> dict:
         time.sleep(0.1)
     record_path().write_text(json.dumps(record))
     return record
+
+
+def issue_demo_certificates(record: dict, manifests: Path) -> dict[str, str]:
+    """Not a moto gap: the sandbox's ACM starts empty, so the certificates the manifests name by
+    domain (`load_balancer.certificate.domain`: staging, prod) are requested in it (validated at
+    once, `MOTO_ACM_VALIDATION_WAIT=0`), as a real account would hold them; then staging and prod
+    apply in the sandbox with no hand work. A domain that already has one is left alone; an
+    invalid manifest is skipped (`validate` names its problems). Returns environment → domain."""
+    import boto3
+
+    from orchestrator.errors import ManifestError
+    from orchestrator.manifest import list_environments, load_manifest
+    wanted: dict[str, tuple[str, str]] = {}  # environment → (region, domain)
+    try:
+        environments = list_environments(manifests)
+    except ManifestError:
+        return {}
+    for environment in environments:
+        try:
+            manifest = load_manifest(manifests, environment)
+        except ManifestError:
+            continue
+        if manifest.load_balancer.certificate:
+            wanted[environment] = (manifest.region, manifest.load_balancer.certificate.domain)
+    for region in sorted({region for region, _ in wanted.values()}):
+        acm = boto3.client("acm", region_name=region, endpoint_url=record["url"],
+                           aws_access_key_id=SANDBOX_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                           aws_secret_access_key=SANDBOX_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                           aws_session_token=SANDBOX_CREDENTIALS["AWS_SESSION_TOKEN"])
+        held = {item["DomainName"] for page in acm.get_paginator("list_certificates").paginate()
+                for item in page["CertificateSummaryList"]}
+        for domain in sorted({domain for where, domain in wanted.values() if where == region} - held):
+            acm.request_certificate(DomainName=domain, ValidationMethod="DNS",
+                                    Tags=[{"Key": "orchestrator:sandbox", "Value": "demo certificate"}])
+    return {environment: domain for environment, (_, domain) in sorted(wanted.items())}
 
 
 #: How long `stop` waits for the server to exit after SIGTERM, then after SIGKILL.

@@ -10,7 +10,7 @@ import ipaddress
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 NAME = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"
 #: In a secret's `env`, stands for the environment's name (upper case, `-` as `_`).
@@ -363,11 +363,22 @@ class PathRuleSpec(Section):
     priority: int = Field(ge=1, le=50000)
 
 
+class CertificateSpec(Section):
+    """The HTTPS certificate by the domain it is for: looked up in ACM in the manifest's region."""
+
+    domain: str = Field(pattern=r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$",
+                        description="the certificate's domain name (api.example.com); the ISSUED certificate "
+                                    "for it is used")
+
+
 class LoadBalancerSpec(Section):
     security_group: str = "alb"
     idle_timeout_seconds: int = Field(60, ge=1, le=4000)
     deletion_protection: bool = False
-    certificate_arn: str | None = Field(None, pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/.+$")
+    certificate_arn: str | None = Field(None, pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/.+$",
+                                        description="the HTTPS certificate by its ACM ARN (or `certificate`)")
+    certificate: CertificateSpec | None = Field(None, description="the HTTPS certificate by its domain, looked up "
+                                                                  "in ACM (or `certificate_arn`)")
     ssl_policy: str = "ELBSecurityPolicy-TLS13-1-2-2021-06"
     target_groups: dict[str, TargetGroupSpec]
     default_target: str
@@ -378,6 +389,9 @@ class LoadBalancerSpec(Section):
 
     @model_validator(mode="after")
     def _targets_exist(self) -> "LoadBalancerSpec":
+        if self.certificate_arn and self.certificate:
+            raise FieldError("name the certificate once: by `certificate_arn` or by `certificate.domain`",
+                             "certificate")
         names = set(self.target_groups)
         if self.default_target not in names:
             raise FieldError(f"{self.default_target!r} is not one of the target groups ({', '.join(sorted(names))})",
@@ -711,6 +725,9 @@ class Manifest(Section):
         None, description="Grafana and CloudWatch alert thresholds per environment and who is notified "
                           "(steps/grafana_content.py, steps/dashboards.py)")
     loadtest: LoadtestSpec | None = Field(None, description="what `orchestrator loadtest` sends and its thresholds")
+    #: Services to deploy anew though nothing changed (`apply --redeploy NAME`): a run's request,
+    #: never read from a file (`orchestrator.manifest.with_redeploys`).
+    _redeploy: frozenset[str] = PrivateAttr(default_factory=frozenset)
 
     @field_validator("tags")
     @classmethod
@@ -770,6 +787,10 @@ class Manifest(Section):
                 for variable, secret in spec.app.secrets.items():
                     if secret not in self.secrets.values:
                         raise FieldError(f"{secret!r} is not one of secrets.values", *at, "app", "secrets", variable)
+
+    @property
+    def redeploy(self) -> frozenset[str]:
+        return self._redeploy
 
     @property
     def prefix(self) -> str:

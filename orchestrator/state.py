@@ -91,6 +91,8 @@ TTL_ATTRIBUTE = "expires_at"  # run records only
 SHARED_ENV = "shared"
 #: How often a run waiting for the lock (`wait_seconds`) looks again.
 POLL_SECONDS = 2.0
+#: While it waits, a run says so once, then again this often (the polls between are silent).
+WAIT_REPORT_SECONDS = 30.0
 #: Table settings verified by a run of the environment are trusted this long (AWS seconds).
 SETTINGS_CHECK_SECONDS = 86400
 #: DynamoDB's item size limit (bytes).
@@ -181,6 +183,7 @@ class StateStore:
         self._run_started = 0.0
         self._exists = False  # once seen, a table does not vanish during a run
         self._created = False
+        self._protected = False
 
     @property
     def client(self):
@@ -193,19 +196,25 @@ class StateStore:
     # -- the table --------------------------------------------------------------------------------
 
     def ensure_table(self) -> None:
-        """Create the table on first use; afterwards one read. Deletion protection is only ever
-        turned on here (the table is shared: prod asking for it must not be undone by dev).
+        """Create the table on first use (the lock lives in it); afterwards one read.
         Point-in-time recovery and TTL are verified once the lock says when they last were
-        (`_verify_settings`)."""
+        (`_verify_settings`); deletion protection waits for the pre-flight checks (`protect`)."""
         table = self._describe()
         if table is None:
             self._create()
             waiters.wait_until(f"state table {self.table}", self._is_active, log=log)
             self._created = True
-        elif self.manifest.state.deletion_protection and not table.get("DeletionProtectionEnabled"):
-            self.client.update_table(TableName=self.table, DeletionProtectionEnabled=True)
-            log.info("state table deletion protection enabled", table=self.table)
+        self._protected = bool(table and table.get("DeletionProtectionEnabled"))
         self._exists = True
+
+    def protect(self) -> None:
+        """Turn deletion protection on when the manifest asks for it and it is off. Only ever on
+        (the table is shared: prod asking for it must not be undone by dev), and only once an
+        apply passed its pre-flight checks: a run that stops there has changed nothing."""
+        if self.manifest.state.deletion_protection and not self._protected:
+            self.client.update_table(TableName=self.table, DeletionProtectionEnabled=True)
+            self._protected = True
+            log.info("state table deletion protection enabled", table=self.table)
 
     def exists(self) -> bool:
         """Read-only: plan and status must never create the table."""
@@ -233,7 +242,7 @@ class StateStore:
                 KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
                 BillingMode="PAY_PER_REQUEST",
                 SSESpecification={"Enabled": True, "SSEType": "KMS"},  # no key id: the AWS managed key
-                DeletionProtectionEnabled=self.manifest.state.deletion_protection,
+                DeletionProtectionEnabled=False,  # `protect`, once the pre-flight checks passed
                 Tags=tagging.tag_list(self.table_tags()))
             log.info("state table created", table=self.table)
         except ClientError as error:
@@ -272,15 +281,19 @@ class StateStore:
 
     def acquire(self, run_id: str, command: str, wait_seconds: float = 0) -> "Lease":
         """Take the environment's lock, polling up to `wait_seconds` while another run holds it."""
-        waited = 0.0
+        waited, report_at = 0.0, 0.0
         while True:
             lease, holder = self._try_acquire(run_id, command)
             if lease is not None:
                 return lease
             if waited >= wait_seconds:
                 raise LockHeld(self._held_message(holder))
+            if waited >= report_at:  # once at first, then every WAIT_REPORT_SECONDS: not every poll
+                who = f"run {holder.get('run_id')} ({holder.get('user')}@{holder.get('host')}, {holder.get('command')})"
+                log.info("waiting for the lock" if waited == 0 else "still waiting for the lock", held_by=who,
+                         waited_s=round(waited), gives_up_in_s=round(wait_seconds - waited))
+                report_at += WAIT_REPORT_SECONDS
             delay = min(POLL_SECONDS, wait_seconds - waited)
-            log.info("waiting for lock", holder=holder.get("run_id"), waited_s=round(waited, 1))
             waiters.sleep(delay)
             waited += delay
 

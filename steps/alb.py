@@ -17,7 +17,8 @@ from botocore.exceptions import ClientError
 from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields, is_unknown
+from orchestrator.model import (KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Unknown, Wait, diff_fields,
+                                is_unknown)
 from orchestrator.permissions import FIND_BY_TAG, allow, service_linked_role
 from orchestrator.retry import eventually
 from orchestrator.waiters import WaitFailed, botocore_check
@@ -117,6 +118,9 @@ class AlbDesired:
     listeners: tuple[Listener, ...]
     rules: tuple[Rule, ...]
     tags: dict[str, str]  # every resource of the step carries them: ownership plus the manifest's
+    #: `load_balancer.certificate.domain`: the HTTPS listener's certificate is the ISSUED one ACM
+    #: holds for it (found by observe; until then the listener's ARN is not known).
+    certificate_domain: str | None = None
 
     @property
     def https(self) -> bool:
@@ -182,6 +186,8 @@ class AlbFacts:
     target_groups: dict[str, ObservedTargetGroup] = field(default_factory=dict)  # by AWS name
     listeners: dict[int, ObservedListener] = field(default_factory=dict)  # by port
     rules: list[ObservedRule] = field(default_factory=list)  # not the listeners' default rules
+    #: The ISSUED certificate ACM holds for `certificate_domain` (None: none found).
+    certificate_arn: str | None = None
 
 
 @dataclass(frozen=True)
@@ -213,9 +219,11 @@ class AlbStep(Step):
         groups = tuple(_target_group(prefix, key, tg, vpc_id) for key, tg in spec.target_groups.items())
         names = {group.key: group.name for group in groups}
         forward_default = Action("forward", names[spec.default_target])
-        if spec.certificate_arn:
+        domain = spec.certificate.domain if spec.certificate else None
+        if spec.certificate_arn or domain:
+            certificate = spec.certificate_arn or Unknown(f"acm certificate for {domain}")
             listeners = (Listener(HTTP, "HTTP", REDIRECT_TO_HTTPS),
-                         Listener(HTTPS, "HTTPS", forward_default, spec.certificate_arn, spec.ssl_policy))
+                         Listener(HTTPS, "HTTPS", forward_default, certificate, spec.ssl_policy))
         else:
             listeners = (Listener(HTTP, "HTTP", forward_default),)
         rule_port = listeners[-1].port
@@ -231,7 +239,8 @@ class AlbStep(Step):
             listeners=listeners,
             rules=tuple(Rule(rule_port, rule.priority, tuple(rule.paths), Action("forward", names[rule.target]))
                         for rule in sorted(spec.rules, key=lambda r: r.priority)),
-            tags=tagging.ownership_tags(manifest.app, manifest.environment, self.name, manifest.tags))
+            tags=tagging.ownership_tags(manifest.app, manifest.environment, self.name, manifest.tags),
+            certificate_domain=domain)
 
     # -- observe ----------------------------------------------------------------------------
 
@@ -280,6 +289,8 @@ class AlbStep(Step):
                                     action=_observed_action(rule["Actions"], names_by_arn),
                                     owned=owned(rule["RuleArn"]), tags=tags.get(rule["RuleArn"], {}))
                        for port, rule in rules]
+        if desired.certificate_domain and not ctx.destroying:
+            facts.certificate_arn = _issued_certificate(ctx.client("acm"), desired.certificate_domain)
         return facts
 
     @staticmethod
@@ -327,7 +338,10 @@ class AlbStep(Step):
             FIND_BY_TAG,
             # Pre-flight: the HTTPS listener's certificate exists and is issued.
             *([allow("CertificateCheck", ["acm:DescribeCertificate"], [manifest.load_balancer.certificate_arn])]
-              if manifest.load_balancer.certificate_arn else [])]
+              if manifest.load_balancer.certificate_arn else []),
+            # By domain: ListCertificates supports no resource-level permissions.
+            *([allow("CertificateByDomain", ["acm:ListCertificates"], "*")]
+              if manifest.load_balancer.certificate else [])]
 
     @staticmethod
     def _tags(elb, arns: list[str]) -> dict[str, dict[str, str]]:
@@ -375,6 +389,10 @@ class AlbStep(Step):
     def preflight(self, ctx, desired: AlbDesired, observed: AlbFacts) -> list[str]:
         """The HTTPS listener's certificate: it exists in this region and is issued (else the
         listener's create fails after the load balancer and target groups were made)."""
+        if desired.certificate_domain:
+            return [] if observed.certificate_arn else [
+                f"no ISSUED certificate for {desired.certificate_domain} (load_balancer.certificate.domain) in ACM "
+                f"in {ctx.region}: request it there with DNS validation and wait until it is issued"]
         arns = sorted({listener.certificate_arn for listener in desired.listeners if listener.certificate_arn})
         return [problem for arn in arns if (problem := _certificate_problem(ctx.client("acm"), arn))]
 
@@ -384,7 +402,7 @@ class AlbStep(Step):
         rule_changes, rule_deletes = self._plan_rules(desired, observed)
         return [*self._plan_load_balancer(desired.load_balancer, observed.load_balancer, desired.tags),
                 *self._plan_target_groups(desired, observed),
-                *self._plan_listeners(desired.listeners, observed.listeners, desired.tags),
+                *self._plan_listeners(_with_certificate(desired, observed), observed.listeners, desired.tags),
                 *rule_changes, *rule_deletes,
                 *[_listener_deletion(seen) for port, seen in sorted(observed.listeners.items())
                   if seen.owned and port not in {listener.port for listener in desired.listeners}],
@@ -693,6 +711,31 @@ class AlbStep(Step):
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+
+#: The key types ListCertificates returns only when asked (by default: RSA_2048 only).
+CERTIFICATE_KEY_TYPES = ["RSA_1024", "RSA_2048", "RSA_3072", "RSA_4096", "EC_prime256v1", "EC_secp384r1",
+                         "EC_secp521r1"]
+
+
+def _issued_certificate(acm, domain: str) -> str | None:
+    """The ISSUED certificate for `domain` (its name or one of its other names), the one valid
+    longest when there are several (a renewal by hand leaves the old one until it expires)."""
+    found = [item for page in acm.get_paginator("list_certificates").paginate(
+        CertificateStatuses=["ISSUED"], Includes={"keyTypes": CERTIFICATE_KEY_TYPES})
+        for item in page["CertificateSummaryList"]
+        if domain == item.get("DomainName") or domain in item.get("SubjectAlternativeNameSummaries", [])]
+    found.sort(key=lambda item: str(item.get("NotAfter", "")), reverse=True)
+    return found[0]["CertificateArn"] if found else None
+
+
+def _with_certificate(desired: AlbDesired, observed: AlbFacts) -> tuple[Listener, ...]:
+    """The listeners, the HTTPS one with the certificate observe found for the domain (where
+    none was found, it stays not known: the pre-flight check stops the apply)."""
+    if not desired.certificate_domain or not observed.certificate_arn:
+        return desired.listeners
+    return tuple(replace(listener, certificate_arn=observed.certificate_arn) if listener.port == HTTPS else listener
+                 for listener in desired.listeners)
 
 
 def _certificate_problem(acm, arn: str) -> str | None:

@@ -61,6 +61,9 @@ class ObservedSecret:
     description: str
     tags: dict[str, str]
     deleted: bool  # scheduled for deletion (DeletedDate set)
+    #: The id of the version labelled AWSCURRENT: it changes whenever the value does (a write by
+    #: this tool, a rotation, a hand edit). Services record it at their rollout; never a value.
+    version: str = ""
     #: "same" / "differs" from the source; "unknown" when not compared (a generated value, a
     #: source that cannot be read, or a secret scheduled for deletion, whose value AWS withholds).
     value: str = "unknown"
@@ -71,7 +74,9 @@ class SecretsFacts:
     recovery_window_days: int
     owned: dict[str, ObservedSecret] = field(default_factory=dict)  # key → ours
     foreign: dict[str, ObservedSecret] = field(default_factory=dict)  # desired key taken by another owner
-    missing_sources: set[str] = field(default_factory=set)  # keys whose source could not be read
+    missing_sources: set[str] = field(default_factory=set)  # keys of existing secrets whose source is unread
+    #: Why a secret that does not exist yet cannot be made (its source cannot be read): pre-flight problems.
+    unreadable: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,9 @@ def _value_origin(secret: DesiredSecret) -> str:
 class SecretsOutputs:
     arns: dict[str, str]  # secret ARN by the manifest's name (never a value)
     names: dict[str, str]
+    #: The AWSCURRENT version id by the manifest's name ("known after apply" where this run writes
+    #: a value): a service whose tasks read a secret rolls when it differs from its rollout's.
+    versions: dict[str, str]
 
 
 class SecretsStep(Step):
@@ -169,6 +177,7 @@ class SecretsStep(Step):
         if not ctx.destroying:  # a destroy needs no value: it never reads the sources
             sources = self._read_sources(ctx, desired, facts)
             self._compare_values(ctx, client, facts, sources)
+            self._describe_versions(client, facts, compared=set(sources))
         return facts
 
     @staticmethod
@@ -185,12 +194,12 @@ class SecretsStep(Step):
     def _read_sources(ctx, desired: SecretsDesired, facts: SecretsFacts) -> dict[str, str]:
         """Values of the env and file sources, by key, each registered with the redactor at once.
 
-        A source that cannot be read is an error (raised now, at plan time, naming every such
-        secret at once) for a secret that does not exist yet; for one that exists, its current
-        value is kept, with a warning.
+        A source that cannot be read is a pre-flight problem (`preflight`: apply stops before any
+        change, plan names every such secret) for a secret that does not exist yet; for one that exists, its current
+        value is kept (an image-only pipeline need not hold every secret), with a warning and a
+        line in the plan (`remarks`).
         """
         values: dict[str, str] = {}
-        unavailable: list[str] = []
         for key, secret in desired.secrets.items():
             if secret.source == "generate":
                 continue
@@ -198,13 +207,11 @@ class SecretsStep(Step):
                 values[key] = ctx.secret(read_source(secret))
             except SourceUnavailable as problem:
                 if key not in facts.owned:
-                    unavailable.append(str(problem))
+                    facts.unreadable.append(str(problem))
                     continue
                 facts.missing_sources.add(key)
                 ctx.log.warning("secret source unavailable; keeping the current value", secret=secret.name,
                                 problem=str(problem))
-        if unavailable:
-            raise SourceUnavailable("; ".join(unavailable))
         return values
 
     @staticmethod
@@ -222,8 +229,29 @@ class SecretsStep(Step):
                 key = by_arn[item["ARN"]]
                 current = ctx.secret(item.get("SecretString", ""))
                 facts.owned[key].value = "same" if current == sources[key] else "differs"
+                facts.owned[key].version = item.get("VersionId") or facts.owned[key].version
+
+    @staticmethod
+    def _describe_versions(client, facts: SecretsFacts, compared: set[str]) -> None:
+        """The current version of each live secret whose value was not read (a generated one, a
+        source not set), by DescribeSecret: ListSecrets "might not reflect changes from the last
+        five minutes" (AWS), and a stale version would roll the services that read the secret
+        again. The values read above came with their version."""
+        for key, secret in sorted(facts.owned.items()):
+            if key not in compared and not secret.deleted:
+                secret.version = _version_of(client.describe_secret(SecretId=secret.arn)) or secret.version
+
+    def preflight(self, ctx, desired: SecretsDesired, observed: SecretsFacts) -> list[str]:
+        return list(observed.unreadable)
 
     # -- plan ------------------------------------------------------------------------------
+
+    def remarks(self, desired: SecretsDesired, observed: SecretsFacts) -> list[str]:
+        def unread(secret: DesiredSecret) -> str:
+            return f"{secret.source_label()} is {'not set' if secret.source == 'env' else 'not readable'}"
+
+        return [f"secret {desired.secrets[key].name}: {unread(desired.secrets[key])}; its current value is kept "
+                "(the tasks keep reading it)" for key in sorted(observed.missing_sources)]
 
     def plan(self, desired: SecretsDesired, observed: SecretsFacts, recorded: dict[str, dict]) -> list[Change]:
         changes: list[Change] = []
@@ -343,7 +371,8 @@ class SecretsStep(Step):
             return
         observed.owned[secret.key] = ObservedSecret(name=secret.name, arn=response["ARN"],
                                                     description=secret.description, tags=dict(secret.tags),
-                                                    deleted=False, value="same")
+                                                    deleted=False, version=response.get("VersionId", ""),
+                                                    value="same")
 
     def _apply_to_existing(self, ctx, client, secret: DesiredSecret, value: str, current: ObservedSecret,
                            observed: SecretsFacts) -> None:
@@ -374,9 +403,9 @@ class SecretsStep(Step):
             client.tag_resource(SecretId=work.arn, Tags=tagging.tag_list(work.tags_to_set))
         if work.put_value:
             # A fresh token per write: observe has already established that the value differs.
-            client.put_secret_value(SecretId=work.arn, SecretString=ctx.secret(read_source(secret)),
-                                    ClientRequestToken=str(uuid.uuid4()))
-            current.value = "same"
+            written = client.put_secret_value(SecretId=work.arn, SecretString=ctx.secret(read_source(secret)),
+                                              ClientRequestToken=str(uuid.uuid4()))
+            current.value, current.version = "same", written["VersionId"]
         current.description, current.tags = secret.description, {**current.tags, **secret.tags}
 
     # -- outputs and destroy ---------------------------------------------------------------
@@ -384,7 +413,8 @@ class SecretsStep(Step):
     def outputs(self, desired: SecretsDesired, observed: SecretsFacts) -> SecretsOutputs:
         return SecretsOutputs(arns={key: observed.owned[key].arn if key in observed.owned else KNOWN_AFTER_APPLY
                                     for key in desired.secrets},
-                              names={key: secret.name for key, secret in desired.secrets.items()})
+                              names={key: secret.name for key, secret in desired.secrets.items()},
+                              versions={key: _current_version(observed, key) for key in desired.secrets})
 
     def plan_destroy(self, observed: SecretsFacts) -> list[Change]:
         return [self._delete(key, current, observed.recovery_window_days, "destroy")
@@ -394,7 +424,24 @@ class SecretsStep(Step):
 def _observed(item: dict) -> ObservedSecret:
     """A secret as ListSecrets or DescribeSecret show it (its value is compared separately)."""
     return ObservedSecret(name=item["Name"], arn=item["ARN"], description=item.get("Description", ""),
-                          tags=tagging.tag_dict(item.get("Tags")), deleted="DeletedDate" in item)
+                          tags=tagging.tag_dict(item.get("Tags")), deleted="DeletedDate" in item,
+                          version=_version_of(item))
+
+
+def _version_of(item: dict) -> str:
+    """The AWSCURRENT version id, from ListSecrets' SecretVersionsToStages or DescribeSecret's
+    VersionIdsToStages."""
+    stages = item.get("SecretVersionsToStages") or item.get("VersionIdsToStages") or {}
+    return next((version for version, labels in stages.items() if "AWSCURRENT" in labels), "")
+
+
+def _current_version(observed: SecretsFacts, key: str) -> str:
+    """The version tasks starting now would read, or "known after apply" where this run writes a
+    new value (or creates or restores the secret)."""
+    current = observed.owned.get(key)
+    if current is None or current.deleted or current.value == "differs" or not current.version:
+        return KNOWN_AFTER_APPLY
+    return current.version
 
 
 STEP = SecretsStep

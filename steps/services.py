@@ -33,6 +33,10 @@ REQUESTS_METRIC = "ALBRequestCountPerTarget"
 DESCRIBE_BATCH = 10
 #: Fields ECS accepts but an emulator may not read back: compared with the last-applied record.
 RECORDED_FIELDS = ("deployment", "grace_period", "capacity_provider", "managed_tags")
+#: A service change's field for a secret whose new version its tasks must read (`secret:NAME`),
+#: and for `--redeploy`: both force a new deployment of the revision in service.
+SECRET_FIELD = "secret:"
+REDEPLOY = "redeploy"
 
 
 # --- desired ---------------------------------------------------------------------------------
@@ -70,6 +74,11 @@ class DesiredService:
     grace_period: int | None
     capacity_provider: str
     scaling: Scaling | None
+    #: The AWSCURRENT version id of each secret its containers read (secret key → id): the tasks
+    #: read a secret's value only when they start, so a new version needs a new deployment.
+    secret_versions: dict[str, str] = field(default_factory=dict)
+    #: `apply --redeploy NAME`: a new deployment with nothing else changed.
+    redeploy: bool = False
 
 
 @dataclass(frozen=True)
@@ -213,6 +222,9 @@ class ServicesStep(Step):
                 secrets={variable: _get(secret_arns, secret, "secrets.arns")
                          for variable, secret in task.app.secrets.items()})
         arns = {secret: _get(secret_arns, secret, "secrets.arns") for secret in manifest.secrets.values}
+        reads = set(task.app.secrets.values()) if task.app else set()
+        reads |= set(bundle.container.secrets.values()) if bundle else set()
+        versions = inputs.output("secrets", "versions")
         definition = taskdefs.render(settings, bundle, app, arns)
         load_balancers: tuple[dict, ...] = ()
         if task.target_group:
@@ -233,7 +245,9 @@ class ServicesStep(Step):
                         "deploymentCircuitBreaker": {"enable": True, "rollback": True}},
             grace_period=task.grace_period_seconds if load_balancers else None,
             capacity_provider=task.capacity_provider,
-            scaling=_scaling(task, cluster, name, inputs))
+            scaling=_scaling(task, cluster, name, inputs),
+            secret_versions={key: _get(versions, key, "secrets.versions") for key in sorted(reads)},
+            redeploy=name in manifest.redeploy)
 
     # -- observe ----------------------------------------------------------------------------
 
@@ -376,8 +390,9 @@ class ServicesStep(Step):
         in_service = _in_service_hash(service.name, live, observed, recorded)
         arn = live["taskDefinition"] if live else None
         if in_service != digest:
+            diffs = _definition_diffs(definition, live, observed.definitions.get(service.name))
             changes.append(Change("create" if live is None else "update", "task_definition", service.name,
-                                  diffs=_definition_diffs(definition, live, observed.definitions.get(service.name)),
+                                  diffs=_with_image_tags(diffs, service, _tag_in_service(service, live, recorded)),
                                   calls=("ecs:RegisterTaskDefinition", "ecs:DeregisterTaskDefinition"),
                                   payload=(service, definition, digest),
                                   note="; ".join(taskdefs.health_check_notes(definition))))
@@ -396,29 +411,37 @@ class ServicesStep(Step):
     def _plan_ecs_service(self, desired: ServicesDesired, service: DesiredService, live: dict | None, arn: str,
                           discovery: dict | None, recorded: dict[str, dict], owned: bool) -> list[Change]:
         wanted = _service_fields(service, arn, discovery)
-        record = {key: wanted[key] for key in RECORDED_FIELDS}
+        record = {**{key: wanted[key] for key in RECORDED_FIELDS}, "secret_versions": service.secret_versions}
         if live is None:
             return [Change("create", "service", service.name,
                            diffs=tuple(FieldDiff(key, None, value) for key, value in wanted.items()),
                            calls=("ecs:CreateService",), payload=service, record=record)]
         if not owned:
             raise tagging.not_ours("ECS service", service.name)
-        current = {**_live_fields(live), **recorded.get(f"service/{service.name}", {})}
+        last = recorded.get(f"service/{service.name}", {})
+        current = {**_live_fields(live), **last}
         diffs = [FieldDiff(key, current.get(key), value) for key, value in wanted.items()
                  if key != "desired_count" and current.get(key) != value]
-        note = ""
+        notes = []
         if service.scaling is None:
             if live["desiredCount"] != service.desired_count:
                 diffs.append(FieldDiff("desired_count", live["desiredCount"], service.desired_count))
         else:
-            note = (f"desired count left to autoscaling ({live['desiredCount']} now, "
-                    f"{service.scaling.min}..{service.scaling.max})")
+            notes.append(f"desired count left to autoscaling ({live['desiredCount']} now, "
+                         f"{service.scaling.min}..{service.scaling.max})")
+        rolls, why = _forced_deployment(service, last.get("secret_versions"))
+        notes += why
+        record_only = not rolls and service.secret_versions and "secret_versions" not in last
         retag = tagging.tag_diffs(tagging.tag_dict(live.get("tags"), "key", "value"), desired.tags)
-        if not diffs and not retag:
+        if not diffs and not rolls and not retag and not record_only:
             return []
-        calls = (("ecs:UpdateService",) if diffs else ()) + (("ecs:TagResource",) if retag else ())
-        return [Change("update", "service", service.name, diffs=tuple(diffs) + retag, calls=calls, payload=service,
-                       record=record, note=note)]
+        if record_only:  # recorded by an older version of this tool: from now on, as its tasks read them
+            notes.append("records the secret versions its tasks read (no new deployment)")
+            rolls = (FieldDiff("secret_versions", None, service.secret_versions),)
+        calls = (("ecs:UpdateService",) if diffs or (rolls and not record_only) else ()) + \
+            (("ecs:TagResource",) if retag else ())
+        return [Change("update", "service", service.name, diffs=tuple(diffs) + rolls + retag, calls=calls,
+                       payload=service, record=record, note="; ".join(notes))]
 
     # -- apply ------------------------------------------------------------------------------
 
@@ -442,7 +465,8 @@ class ServicesStep(Step):
         observed.registered[service.name] = arn
         if change.action == "update":  # a first revision has no older ones to deregister
             self._deregister_old(ecs, definition["family"], observed.keep_revisions, arn)
-        return Accepted(record={"arn": arn, "hash": digest})
+        tag = {"image_tag": service.image.tag} if service.image else {}  # the plan names the image in service by it
+        return Accepted(record={"arn": arn, "hash": digest, **tag})
 
     _update_task_definition = _create_task_definition
 
@@ -513,8 +537,12 @@ class ServicesStep(Step):
             if change.differs("capacity_provider"):  # ECS moves tasks to another provider only on a new deployment
                 params["capacityProviderStrategy"] = [{"capacityProvider": service.capacity_provider, "weight": 1}]
                 params["forceNewDeployment"] = True
+            forced = change.differs(REDEPLOY) or any(d.field.startswith(SECRET_FIELD) for d in change.diffs)
+            if forced:  # tasks read secrets only as they start: new tasks, the same revision
+                params["forceNewDeployment"] = True
             observed.services[service.name] = ecs.update_service(**params)["service"]
-            if change.differs("task_definition", "network", "load_balancers", "capacity_provider", "desired_count"):
+            if forced or change.differs("task_definition", "network", "load_balancers", "capacity_provider",
+                                        "desired_count"):
                 waits = (self._rollout(ctx, service, arn, observed),)
         if change.differs("tags"):
             to_set = change.tags_to_set()
@@ -811,6 +839,50 @@ def _definition_diffs(definition: dict, live: dict | None, described: dict | Non
         diffs += [FieldDiff(f"container:{name}.{key}", before.get(key), after.get(key))
                   for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
     return tuple(diffs)
+
+
+def _tag_in_service(service: DesiredService, live: dict | None, recorded: dict[str, dict]) -> str | None:
+    """The image tag the revision in service was registered with, when the record names it."""
+    record = recorded.get(f"task_definition/{service.name}", {})
+    return record.get("image_tag") if live and record.get("arn") == live["taskDefinition"] else None
+
+
+def _with_image_tags(diffs: tuple[FieldDiff, ...], service: DesiredService,
+                     old_tag: str | None) -> tuple[FieldDiff, ...]:
+    """The app's image as a person reads it: `gamepulse 1.4.2 → gamepulse 1.4.1 (sha256:…)`, the
+    repository and tag first, the digest deployed after (the old digest where its tag is not known)."""
+    if service.image is None:
+        return diffs
+    field_name = f"container:{service.image.container}.image"
+
+    def label(image, tag: str | None, digest_shown: bool) -> Any:
+        if image is None or is_unknown(image):
+            return image if tag is None else f"{service.image.repository} {tag}"
+        digest = image.rpartition("@")[2] if "@" in image else ""
+        short = f"{digest[:19]}…" if digest else image
+        if tag is None:
+            return f"{service.image.repository} {short}" if image.startswith(service.image.uri) else image
+        return f"{service.image.repository} {tag}" + (f" ({short})" if digest_shown and digest else "")
+
+    return tuple(FieldDiff(d.field, label(d.old, old_tag, False), label(d.new, service.image.tag, True))
+                 if d.field == field_name else d for d in diffs)
+
+
+def _forced_deployment(service: DesiredService, last_versions: dict | None) -> tuple[tuple[FieldDiff, ...], list[str]]:
+    """Why the service needs a new deployment with nothing else changed: a secret its tasks read
+    has a new version since its last rollout (`last_versions`, recorded then), or `--redeploy`.
+    The differences name secrets and version ids, never a value."""
+    rotated = sorted(key for key, version in service.secret_versions.items()
+                     if last_versions is not None and key in last_versions and last_versions[key] != version)
+    diffs = tuple(FieldDiff(f"{SECRET_FIELD}{key}", last_versions[key], service.secret_versions[key])
+                  for key in rotated)
+    notes = [f"new deployment: secret {', '.join(rotated)} has a new value since the last rollout "
+             "(ECS reads secrets only when a task starts)"] if rotated else []
+    if service.redeploy:
+        diffs += (FieldDiff(REDEPLOY, None, "forced (--redeploy)"),)
+        if not rotated:
+            notes.append("new deployment: --redeploy")
+    return diffs, notes
 
 
 def _service_fields(service: DesiredService, arn: str, discovery: dict | None) -> dict:

@@ -273,19 +273,19 @@ def make_network() -> dict:
             "security_groups": groups}
 
 
-def self_signed_certificate() -> tuple[bytes, bytes]:
+def self_signed_certificate(domain: str = "gamepulse.example.com") -> tuple[bytes, bytes]:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gamepulse.example.com")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain)])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now)
             .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("gamepulse.example.com")]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]), critical=False)
             .sign(key, hashes.SHA256()))
     return (cert.public_bytes(serialization.Encoding.PEM),
             key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
@@ -571,6 +571,41 @@ def test_target_groups_of_others_cost_no_read_and_a_left_over_one_of_ours_is_fou
     assert left_over not in {g["TargetGroupArn"] for g in client.describe_target_groups()["TargetGroups"]}
     for arn in others:
         client.delete_target_group(TargetGroupArn=arn)
+
+
+def test_a_certificate_named_by_domain_is_the_issued_one_acm_holds(env, manifest, monkeypatch):
+    import moto.settings
+
+    from orchestrator.errors import OrchestratorError
+    from orchestrator.schema import CertificateSpec
+    by_domain = with_lb(manifest, certificate=CertificateSpec(domain="api.by-domain.example.com"))
+    acm = env.aws.client("acm")
+    monkeypatch.setattr(moto.settings, "ACM_VALIDATION_WAIT", 3600)
+    acm.request_certificate(DomainName="api.by-domain.example.com", ValidationMethod="DNS")  # pending validation
+    before = len(env.aws.ledger.calls)
+    with pytest.raises(OrchestratorError, match=r"no ISSUED certificate for api.by-domain.example.com "
+                                                r"\(load_balancer.certificate.domain\) in ACM in us-east-1"):
+        harness.run_step(STEP, by_domain, env.aws, env.upstream)
+    assert [c for c in env.aws.ledger.calls[before:] if c.mutating and c.step == STEP.name] == []
+
+    # An EC key: AWS's ListCertificates lists it only when asked for its key type.
+    cert, key = self_signed_certificate("api.by-domain.example.com")
+    arn = acm.import_certificate(Certificate=cert, PrivateKey=key)["CertificateArn"]
+    changes, _, _ = harness.run_step(STEP, by_domain, env.aws, env.upstream)
+    https = next(c for c in changes if c.key == "listener/https")
+    assert dict((d.field, d.new) for d in https.diffs)["certificate_arn"] == arn
+    assert listeners_by_port(env)[443]["Certificates"][0]["CertificateArn"] == arn
+    assert harness.plan_step(STEP, by_domain, env.aws, env.upstream) == []
+    harness.run_step(STEP, manifest, env.aws, env.upstream)  # back to HTTP only
+
+
+def test_a_certificate_is_named_once(manifest):
+    from pydantic import ValidationError
+
+    from orchestrator.schema import LoadBalancerSpec
+    spec = manifest.load_balancer.model_dump()
+    with pytest.raises(ValidationError, match="name the certificate once"):
+        LoadBalancerSpec.model_validate({**spec, "certificate_arn": CERT, "certificate": {"domain": "api.example.com"}})
 
 
 def test_a_certificate_that_does_not_exist_stops_apply_before_any_change(env, manifest):

@@ -266,8 +266,12 @@ def test_destroy_leaves_nothing_tagged_but_what_holds_data(endpoint):
                         logEvents=[{"timestamp": int(time.time() * 1000), "message": "started"}])
     result = run(endpoint, "destroy", "dev", "--yes")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "kept file_system" in result.stdout and "--delete-data" in result.stdout
-    assert "To delete them as well: orchestrator destroy dev --yes --delete-data --delete-secrets" in result.stdout
+    assert "  kept (holds data): repository gamepulse — to delete it too: orchestrator destroy dev --yes " \
+           "--delete-data\n" in result.stdout
+    assert "  kept (holds data): secret db-connection — to delete it too: orchestrator destroy dev --yes " \
+           "--delete-secrets\n" in result.stdout
+    assert "kept (holds data): file_system" in result.stdout, "the run summary says kept, never deleted"
+    assert "To delete them all: orchestrator destroy dev --yes --delete-data --delete-secrets" in result.stdout
     # Log groups are kept only when they hold logs.
     assert [g["logGroupName"] for g in logs.describe_log_groups(logGroupNamePrefix="/ecs/gamepulse-dev/")[
         "logGroups"]] == ["/ecs/gamepulse-dev/grafana"]
@@ -295,6 +299,13 @@ def test_destroy_leaves_nothing_tagged_but_what_holds_data(endpoint):
     (fs,) = client(endpoint, "efs").describe_file_systems()["FileSystems"]
     assert client(endpoint, "efs").describe_mount_targets(FileSystemId=fs["FileSystemId"])["MountTargets"] == []
 
+    # What a user sees next: nothing to prune, and nothing already gone listed as left over.
+    pruned = run(endpoint, "prune", "dev", "--dry-run")
+    assert pruned.returncode == 0, pruned.stderr[-3000:]
+    assert "Nothing to prune." in pruned.stdout and "pending" not in pruned.stdout, pruned.stdout
+    assert "vpc: not applied: nothing of it to prune" in pruned.stdout
+    assert "no step describes" not in pruned.stdout, pruned.stdout
+
     everything = run(endpoint, "destroy", "dev", "--yes", "--delete-data", "--delete-secrets")
     assert everything.returncode == 0, everything.stderr[-3000:]
     assert client(endpoint, "efs").describe_file_systems()["FileSystems"] == []
@@ -316,7 +327,10 @@ def test_status_outputs_graph_unlock_and_schema(endpoint):
     assert outputs["vpc"]["vpc_id"].startswith("vpc-")
     client(endpoint, "ec2").modify_vpc_attribute(VpcId=outputs["vpc"]["vpc_id"], EnableDnsHostnames={"Value": False})
     live = run(endpoint, "status", "dev", "--live")
-    assert "live: 1 change(s) pending: see `orchestrator plan dev`" in live.stdout, live.stdout + live.stderr
+    assert "  live: vpc 1 change(s) pending: see `orchestrator plan dev`" in live.stdout, live.stdout + live.stderr
+    assert "    not applied: ecr, storage, secrets, efs, ecs, alb, iam, services, dashboards" in live.stdout
+    full = run(endpoint, "status", "dev", "--live", "--outputs").stdout
+    assert "live: 1 change(s) pending: see `orchestrator plan dev`" in full and "vpc_id: vpc-" in full
     graph = run(endpoint, "graph", "dev", "--format", "dot").stdout
     assert '"vpc" -> "alb";' in graph
     assert run(endpoint, "unlock", "dev", "--force").stdout.strip() == "dev was not locked"
@@ -411,7 +425,7 @@ def test_plan_destroy_shows_what_destroy_does_and_a_protected_load_balancer_fail
     assert "destroy dev: incomplete" in destroyed.stdout
     assert "vpc: what it still owns (kept: alb keeps resources that use it)" in error
     assert error.endswith("run `orchestrator apply dev --target alb`, then run `orchestrator destroy dev --yes`")
-    assert "Kept " in destroyed.stdout and "To delete them as well: orchestrator destroy dev --yes --delete-data" \
+    assert "Kept " in destroyed.stdout and "— to delete it too: orchestrator destroy dev --yes --delete-data" \
         in destroyed.stdout
 
     unprotected = dev_manifests(tmp_path, load_balancer={"deletion_protection": False})
@@ -455,27 +469,135 @@ def test_prune_lists_then_removes_what_the_manifest_no_longer_describes(endpoint
     assert "/gamepulse/dev/by-a-crashed-tool" in groups(), "what no step describes is only listed"
     assert json.loads(run(endpoint, "status", "dev", "--json").stdout)["steps"]["ecs"]["status"] == "ok"
     again = run(endpoint, "prune", "dev", "--dry-run")
-    assert "No changes" in again.stdout
+    assert "Nothing to prune." in again.stdout
 
 
 def test_a_missing_certificate_and_secret_source_stop_apply_before_any_change(endpoint, wire):
-    # staging names a certificate that this account does not hold; its database source is unset.
+    # staging names its certificate by a domain this account holds none for; its database source is unset.
+    assert run(endpoint, "apply", "dev", "--target", "ecr").returncode == 0  # the shared state table exists
     unset = {"GAMEPULSE_STAGING_DB_CONNECTION": ""}
     planned = run(endpoint, "plan", "staging", "--detailed-exitcode", extra_env=unset)
     assert planned.returncode == 1, planned.stdout + planned.stderr
-    assert "alb: PROBLEM: certificate arn:aws:acm:us-east-1:123456789012:certificate/00000000-0000-4000-8000-" \
-           "000000000001 (load_balancer.certificate_arn) does not exist" in planned.stdout
+    assert "alb: PROBLEM: no ISSUED certificate for staging.gamepulse.example.com (load_balancer.certificate.domain) " \
+           "in ACM in us-east-1" in planned.stdout
+    error = planned.stderr[planned.stderr.index("Error: "):]
+    assert error.startswith("Error: 2 problem(s) found (apply would stop before any change):"), error
+    assert "alb: no ISSUED certificate for staging.gamepulse.example.com" in error
+    assert "secrets: secret gamepulse/staging/db-connection: environment variable GAMEPULSE_STAGING_DB_CONNECTION " \
+           "is not set or empty" in error
 
     wire.reset()
     applied = run(endpoint, "apply", "staging", extra_env=unset)
     assert applied.returncode == 1, applied.stdout + applied.stderr
     assert "apply stopped before any change: 2 problem(s) found first:" in applied.stderr
-    assert "alb: certificate arn:aws:acm:" in applied.stderr
-    assert "secrets: could not plan: secret gamepulse/staging/db-connection: environment variable " \
+    assert "alb: no ISSUED certificate for staging.gamepulse.example.com" in applied.stderr
+    assert "secrets: secret gamepulse/staging/db-connection: environment variable " \
            "GAMEPULSE_STAGING_DB_CONNECTION is not set or empty" in applied.stderr
     assert wire.count(mutating=True, exclude=("DynamoDB",)) == 0, wire.operations(mutating=True)
+    assert wire.operations(mutating=True)["DynamoDB:UpdateTable"] == 0, "staging asks for deletion protection: not yet"
+    table = client(endpoint, "dynamodb").describe_table(TableName="gamepulse-orchestrator-state")["Table"]
+    assert table["DeletionProtectionEnabled"] is False
     (last,) = json.loads(run(endpoint, "status", "staging", "--json").stdout)["runs"]
     assert last["result"] == "failed"
+
+
+def test_a_run_against_another_account_is_refused_before_any_change_naming_both(endpoint, wire, tmp_path):
+    manifests = dev_manifests(tmp_path)
+    overlay = (tmp_path / "dev.yaml").read_text().replace("account_id: '123456789012'", "account_id: '210987654321'")
+    (tmp_path / "dev.yaml").write_text(overlay)
+    for command in (["apply", "dev"], ["plan", "dev"], ["destroy", "dev", "--yes"]):
+        refused = run(endpoint, *command, manifests=manifests)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "the credentials are for account 123456789012, but the dev manifest is for account 210987654321; " \
+               "nothing was changed" in refused.stderr
+    assert wire.count(mutating=True) == 0, wire.operations(mutating=True)
+
+
+def test_image_tag_and_redeploy_usage_errors_exit_2_and_1_under_detailed_exitcode(endpoint, wire):
+    for flags in (["--image-tag", "api=1.4.2"], ["--image-tag", "gamepulse:1.4.2"], ["--redeploy", "api"]):
+        for command in (["apply", "dev"], ["plan", "dev"]):
+            usage = run(endpoint, *command, *flags)
+            assert usage.returncode == 2, (flags, command, usage.stderr)
+        pipeline = run(endpoint, "plan", "dev", "--detailed-exitcode", *flags)
+        assert pipeline.returncode == 1, (flags, pipeline.stderr)
+    named = run(endpoint, "plan", "dev", "--image-tag", "api=1.4.2")
+    assert "--image-tag api=1.4.2: 'api' is not one of images.repositories (gamepulse)" in named.stderr
+    assert "--redeploy api: 'api' is not one of services.tasks" in run(endpoint, "plan", "dev", "--redeploy",
+                                                                       "api").stderr
+    assert wire.count() == 0, "a usage error is found before any AWS call"
+
+
+def deployments(endpoint) -> dict[str, list[str]]:
+    """Each dev service's deployment ids: a new one is a rollout (tasks started anew)."""
+    names = ["gamepulse", "prometheus", "loki", "jaeger", "grafana"]
+    return {service["serviceName"]: [d["id"] for d in service["deployments"]] for service in
+            client(endpoint, "ecs").describe_services(cluster="gamepulse-dev", services=names)["services"]}
+
+
+def rolled(before: dict, after: dict) -> set[str]:
+    return {name for name in after if after[name] != before[name]}
+
+
+def test_a_secret_with_a_new_value_rolls_exactly_the_services_that_read_it(endpoint):
+    assert run(endpoint, "apply", "dev").returncode == 0
+    secrets = client(endpoint, "secretsmanager")
+
+    # Rotated outside the tool (a rotation, a hand edit): only Grafana reads the admin password.
+    secrets.put_secret_value(SecretId="gamepulse/dev/grafana-admin", SecretString="rotated-by-hand-0123456789")
+    planned = run(endpoint, "plan", "dev", "--detailed-exitcode")
+    assert planned.returncode == 2, planned.stdout + planned.stderr
+    assert "Plan: 0 to create, 1 to update, 0 to replace, 0 to delete." in planned.stdout
+    assert "~ update service grafana" in planned.stdout and "secret:grafana-admin: " in planned.stdout
+    assert "new deployment: secret grafana-admin has a new value since the last rollout (ECS reads secrets only " \
+           "when a task starts)" in planned.stdout
+    before = deployments(endpoint)
+    applied = run(endpoint, "apply", "dev")
+    assert applied.returncode == 0, applied.stderr[-3000:]
+    assert rolled(before, deployments(endpoint)) == {"grafana"}
+    assert run(endpoint, "plan", "dev", "--detailed-exitcode").returncode == 0
+
+    # A new value in its source: written, and the app (its only reader) rolls once it is.
+    new_value = "Host=db.dev.local;Database=gamepulse;Username=demo;Password=rotated-9876"
+    changed = {"GAMEPULSE_DEV_DB_CONNECTION": new_value}
+    planned = run(endpoint, "plan", "dev", extra_env=changed)
+    assert "~ update secret db-connection" in planned.stdout and "~ update service gamepulse" in planned.stdout
+    assert "secret:db-connection: " in planned.stdout and "→ (known after apply)" in planned.stdout
+    before = deployments(endpoint)
+    applied = run(endpoint, "apply", "dev", extra_env=changed)
+    assert applied.returncode == 0, applied.stderr[-3000:]
+    assert rolled(before, deployments(endpoint)) == {"gamepulse"}
+    assert run(endpoint, "plan", "dev", "--detailed-exitcode", extra_env=changed).returncode == 0
+    for output in (planned.stdout + planned.stderr, applied.stdout + applied.stderr):
+        assert new_value not in output and "rotated-by-hand" not in output
+
+    # An image-only pipeline without the secrets' variables: the plan says the values are kept.
+    unset = {"GAMEPULSE_DEV_DB_CONNECTION": "", "GAMEPULSE_DEV_SLACK_WEBHOOK": ""}
+    planned = run(endpoint, "plan", "dev", "--detailed-exitcode", extra_env=unset)
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    assert "secrets: note: secret gamepulse/dev/slack-webhook: environment variable GAMEPULSE_DEV_SLACK_WEBHOOK " \
+           "is not set; its current value is kept (the tasks keep reading it)" in planned.stdout
+    assert "secrets: note: secret gamepulse/dev/db-connection:" in planned.stdout
+    assert run(endpoint, "apply", "dev", extra_env=unset).returncode == 0
+    assert secrets.get_secret_value(SecretId="gamepulse/dev/db-connection")["SecretString"] == new_value
+
+
+def test_redeploy_forces_a_new_deployment_shown_in_plan(endpoint):
+    assert run(endpoint, "apply", "dev").returncode == 0
+    planned = run(endpoint, "plan", "dev", "--redeploy", "loki", "--detailed-exitcode")
+    assert planned.returncode == 2, planned.stdout + planned.stderr
+    assert "~ update service loki" in planned.stdout and "note: new deployment: --redeploy" in planned.stdout
+    before = deployments(endpoint)
+    applied = run(endpoint, "apply", "dev", "--redeploy", "loki")
+    assert applied.returncode == 0, applied.stderr[-3000:]
+    assert rolled(before, deployments(endpoint)) == {"loki"}
+    status = run(endpoint, "status", "dev")
+    lines = status.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith("started (UTC)"))
+    header, last = lines[at], lines[at + 1]
+    assert header.split() == ["started", "(UTC)", "by", "command", "result", "took", "run"]
+    assert "apply --redeploy loki" in last and f"@{socket.gethostname()}" in last
+    assert header.index("command") == last.index("apply --redeploy loki"), "the columns line up"
+    assert run(endpoint, "plan", "dev", "--detailed-exitcode").returncode == 0
 
 
 def test_a_pipeline_deploys_another_image_tag_without_editing_files(endpoint):
@@ -500,4 +622,4 @@ def test_a_pipeline_deploys_another_image_tag_without_editing_files(endpoint):
     missing = run(endpoint, "apply", "dev", "--image-tag", "gamepulse=9.9.9")
     assert missing.returncode == 1
     assert "image tag '9.9.9' does not exist in ECR repository 'gamepulse' (its tags: 1.4.2, 1.4.1)" in missing.stderr
-    assert run(endpoint, "apply", "dev", "--image-tag", "nope=1.0.0").returncode == 1
+    assert run(endpoint, "apply", "dev", "--image-tag", "nope=1.0.0").returncode == 2  # a usage error

@@ -304,6 +304,9 @@ class FakeStore:
     def steps(self):
         return {}
 
+    def protect(self):
+        pass
+
     def record_change(self, lease, step, change):
         self.events.append(("recorded", change.name, change.record))
 
@@ -514,7 +517,7 @@ def test_a_destroy_plan_names_refusals_and_never_a_flag_that_does_not_exist():
     summary = run_summary("destroy dev: ok", results, CallLedger())
     assert "--delete-protected" not in text + summary
     assert "left load_balancer web: deletion protection is on" in summary
-    assert "kept log_group /ecs/web: it holds logs (needs --delete-data)" in summary
+    assert "kept (holds data): log_group /ecs/web — to delete it too: pass --delete-data" in summary
     left, kept = destroy_leftovers(results)
     assert left == ["alb: load_balancer web: deletion protection is on: set it to false and apply",
                     "vpc: what it still owns (kept: alb keeps resources that use it)"]
@@ -591,6 +594,18 @@ def test_prune_deletes_only_what_the_manifest_no_longer_wants_and_leaves_a_step_
     assert set(cloud) == {"a", "old-b-1"}
 
 
+def test_prune_of_a_step_not_applied_says_so_instead_of_changes_pending():
+    """After a destroy (or before the first apply) a step's plan is all creates: nothing to prune."""
+    from orchestrator.render import plan_text
+    cloud = {}
+    steps = [ThingStep("a", cloud=cloud), ThingStep("b", ["a"], cloud=cloud)]
+    engine_for(steps).apply(targets=["a"])
+    results = engine_for(steps).prune(dry_run=True)
+    assert (results["a"].error, results["b"].error) == (None, "not applied: nothing of it to prune")
+    text = plan_text("Prune (dry run):", results, nothing="Nothing to prune")
+    assert "Nothing to prune." in text and "pending" not in text
+
+
 def test_an_older_revision_of_a_described_task_definition_is_not_left_unclassified():
     from orchestrator.engine import undescribed
     observed = {"services": {"gamepulse": {"taskDefinition": "arn:aws:ecs:us-east-1:1:task-definition/gp-dev-app:3"}}}
@@ -606,3 +621,32 @@ def test_a_prune_that_leaves_a_step_to_apply_says_so_once():
                                            "pruned nothing")
     text = plan_text("Prune:", {"services": waiting})
     assert text.count("services:") == 1 and "services: 2 other change(s) pending" in text
+
+
+def test_status_is_brief_names_what_is_not_ok_and_lines_up_the_last_runs():
+    from orchestrator.render import status_text
+    records = {"vpc": {"status": "ok", "outputs": {"vpc_id": "vpc-1"}},
+               "services": {"status": "failed", "error": "the rollout of service loki failed"}}
+    runs = [{"started_at": "2026-12-06T11:27:52.000+00:00", "user": "ana", "host": "laptop", "result": "failed",
+             "command": "apply --image-tag gamepulse=1.4.2", "seconds": 41.23, "run_id": "a7d0a9ff6f14"},
+            {"started_at": "2026-12-06T10:02:11.000+00:00", "user": "ci", "host": "runner-7", "result": "ok",
+             "command": "apply", "seconds": 3, "run_id": "0389db08cbfa"}]
+    text = status_text("dev", records, None, runs, 0.0, unapplied=["dashboards"])
+    lines = text.splitlines()
+    assert lines[:4] == ["Environment dev: not locked", "  steps: 1 ok (vpc)",
+                         "    services failed: the rollout of service loki failed", "    not applied: dashboards"]
+    assert "vpc-1" not in text, "outputs only with --outputs"
+    header, first, second = lines[-3:]
+    assert header.split() == ["started", "(UTC)", "by", "command", "result", "took", "run"]
+    assert first.split()[:3] == ["2026-12-06", "11:27:52", "ana@laptop"] and "41.2s" in first
+    for column in ("by", "command", "result", "took", "run"):
+        at = header.index(column)
+        assert first[at - 1] == second[at - 1] == " " and first[at] != " " and second[at] != " ", column
+    assert "vpc_id: vpc-1" in status_text("dev", records, None, runs, 0.0, full=True)
+
+
+def test_a_kept_resource_is_said_kept_with_how_to_delete_it_too():
+    from orchestrator.render import kept_line
+    kept = Change("delete", "repository", "gamepulse", blocked="delete-data", note="it holds images")
+    assert kept_line(kept, "orchestrator destroy dev --yes") == \
+        "kept (holds data): repository gamepulse — to delete it too: orchestrator destroy dev --yes --delete-data"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 import types
 import typing
 from pathlib import Path
@@ -225,9 +226,23 @@ def assignments(text: str) -> dict[str, str]:
     return {name: value for name, value in re.findall(r"\b(GAMEPULSE_[A-Z_]+)='([^']*)'", text)}
 
 
-def test_the_readme_sandbox_values_are_the_makefiles():
+def demo_values() -> dict[str, str]:
+    """The demo's secret values: exported by the Makefile's `demo` target."""
     makefile = (ROOT / "Makefile").read_text()
-    demo_env = assignments(re.search(r"^DEMO_ENV :=(.*?)\n\n", makefile, re.MULTILINE | re.DOTALL).group(1))
+    return dict(re.findall(r"^demo: export (GAMEPULSE_[A-Z_]+) := (.*)$", makefile, re.MULTILINE))
+
+
+def test_the_readme_sandbox_values_are_the_makefiles():
+    demo_env = demo_values()
     assert set(demo_env) == {"GAMEPULSE_DEV_DB_CONNECTION", "GAMEPULSE_DEV_SLACK_WEBHOOK"}
     readme = assignments("\n".join(code_blocks(ROOT / "README.md")))
     assert readme == demo_env
+
+
+def test_make_demo_never_shows_the_demo_secret_values():
+    """make echoes each recipe line before it runs it: the values must not stand on one."""
+    shown = subprocess.run(["make", "-n", "--always-make", "demo"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout
+    assert "orchestrator --sandbox apply dev" in shown
+    for value in demo_values().values():
+        assert value not in shown

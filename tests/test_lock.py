@@ -74,6 +74,18 @@ def test_waiting_acquire_gives_up_after_wait_seconds(store, aws, monkeypatch):
     assert slept == [2.0, 2.0, 1.0]
 
 
+def test_waiting_for_the_lock_says_so_once_then_every_30_seconds(store, aws, monkeypatch):
+    from structlog.testing import capture_logs
+    store.acquire("run-a", "apply")
+    monkeypatch.setattr(waiters, "sleep", lambda seconds: None)
+    with capture_logs() as logs, pytest.raises(LockHeld):
+        second_run(aws).acquire("run-b", "apply", wait_seconds=75)
+    said = [(entry["event"], entry["waited_s"], entry["gives_up_in_s"]) for entry in logs if "lock" in entry["event"]]
+    assert said == [("waiting for the lock", 0, 75), ("still waiting for the lock", 30, 45),
+                    ("still waiting for the lock", 60, 15)], "one line, then one every 30 s: not one per 2 s poll"
+    assert all("run run-a (" in entry["held_by"] for entry in logs if "lock" in entry["event"])
+
+
 def lock_item(aws) -> dict:
     return next(item for item in raw_items(aws) if item["sk"]["S"] == "lock")
 

@@ -55,14 +55,15 @@ def test_dev_keeps_the_base_network_and_has_no_certificate():
     dev = load_manifest(MANIFESTS, "dev")
     assert dev.network.cidr == "10.20.0.0/16"
     assert (dev.network.zones, dev.network.nat_gateways) == (2, "single")
-    assert dev.load_balancer.certificate_arn is None
+    assert dev.load_balancer.certificate_arn is None and dev.load_balancer.certificate is None
     assert dev.state.deletion_protection is False
 
 
-def test_staging_has_a_certificate():
+def test_staging_names_its_certificate_by_domain_and_every_shipped_manifest_pins_the_sandbox_account():
     staging = load_manifest(MANIFESTS, "staging")
-    assert staging.load_balancer.certificate_arn == \
-        "arn:aws:acm:us-east-1:123456789012:certificate/00000000-0000-4000-8000-000000000001"
+    assert staging.load_balancer.certificate.domain == "staging.gamepulse.example.com"
+    assert staging.load_balancer.certificate_arn is None
+    assert {load_manifest(MANIFESTS, env).account_id for env in ("dev", "staging", "prod")} == {"123456789012"}
     assert staging.network.cidr == "10.30.0.0/16"
     assert staging.efs.backups is True
 

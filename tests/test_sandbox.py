@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -90,3 +91,35 @@ def test_a_record_of_a_server_gone_long_ago_signals_nothing(home):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_start_issues_demo_certificates_so_staging_and_prod_plan_with_no_hand_work(home):
+    """The real sandbox, as a new user starts it: its ACM holds an ISSUED certificate for each
+    domain the manifests name, and it says which image tags it holds."""
+    import os
+
+    import boto3
+
+    from tests.conftest import FAKE_ENV, MANIFESTS
+    cli_path = str(Path(sys.executable).parent / "orchestrator")
+    env = {**os.environ, **FAKE_ENV, "ORCHESTRATOR_HOME": str(home), "ORCHESTRATOR_MANIFESTS": str(MANIFESTS)}
+    started = subprocess.run([cli_path, "sandbox", "start"], capture_output=True, text=True, env=env, timeout=60)
+    try:
+        assert started.returncode == 0, started.stderr
+        assert ("its ACM holds demo certificates for play.gamepulse.example.com (prod), "
+                "staging.gamepulse.example.com (staging)") in started.stdout
+        assert "each new image repository holds the demo tags 1.4.1 1.4.2" in started.stdout
+        acm = boto3.client("acm", region_name="us-east-1", endpoint_url=sandbox.read_record()["url"])
+        issued = {item["DomainName"] for item in acm.list_certificates(CertificateStatuses=["ISSUED"])[
+            "CertificateSummaryList"]}
+        assert issued == {"play.gamepulse.example.com", "staging.gamepulse.example.com"}
+        for environment in ("staging", "prod"):
+            planned = subprocess.run([cli_path, "--sandbox", "plan", environment], capture_output=True, text=True,
+                                     env=env, timeout=120)
+            assert planned.returncode == 0, planned.stdout[-2000:] + planned.stderr[-2000:]
+            assert "PROBLEM" not in planned.stdout
+        again = subprocess.run([cli_path, "sandbox", "start"], capture_output=True, text=True, env=env, timeout=60)
+        assert "already running" in again.stdout
+        assert len(acm.list_certificates()["CertificateSummaryList"]) == 2, "no second certificate per domain"
+    finally:
+        subprocess.run([cli_path, "sandbox", "stop"], capture_output=True, env=env, timeout=60)

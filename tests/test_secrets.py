@@ -49,6 +49,16 @@ def facts_for(desired, *, missing=(), **changed_by_key) -> SecretsFacts:
     return SecretsFacts(recovery_window_days=7, owned=owned, missing_sources=set(missing))
 
 
+def harness_context(manifest, aws):
+    from orchestrator.context import StepContext
+    return StepContext(aws=aws, manifest=manifest, step=STEP.name)
+
+
+def current_version(sm, name: str) -> str:
+    versions = sm.list_secret_version_ids(SecretId=name)["Versions"]
+    return next(v["VersionId"] for v in versions if "AWSCURRENT" in v["VersionStages"])
+
+
 def test_desired_names_secrets_under_app_and_env_with_ownership_tags(manifest):
     desired = desired_for(manifest)
     assert [s.name for s in desired.secrets.values()] == NAMES
@@ -189,7 +199,9 @@ def test_apply_creates_secrets_with_values_and_tags_then_changes_nothing(manifes
     again, outputs_again, _ = harness.run_step(STEP, manifest, aws)
     assert again == [] and harness.mutations(aws) == ["secrets-manager:CreateSecret"] * 3
     reads = [f"{c.service}:{c.operation}" for c in harness.calls_since(aws, before, STEP.name)]
-    assert reads == ["secrets-manager:ListSecrets", "secrets-manager:BatchGetSecretValue"]
+    # The generated value is not read: its current version comes from DescribeSecret (ListSecrets may lag).
+    assert reads == ["secrets-manager:ListSecrets", "secrets-manager:BatchGetSecretValue",
+                     "secrets-manager:DescribeSecret"]
     assert value_of(sm, "gamepulse/dev/grafana-admin") == generated  # generated once, then kept
     assert outputs_again == outputs
 
@@ -241,6 +253,25 @@ def lagging_list(aws) -> None:
     aws.register("before-call.secrets-manager.ListSecrets", stale)
 
 
+def test_versions_are_the_current_ones_when_list_secrets_still_shows_old_ones(manifest, aws, sm):
+    """ListSecrets may lag minutes behind a write: the versions services compare come from reads
+    that see the write (BatchGetSecretValue for values compared, DescribeSecret for the others)."""
+    _, first, _ = harness.run_step(STEP, manifest, aws)
+    stale = {item["Name"]: item for item in sm.list_secrets()["SecretList"]}
+    sm.put_secret_value(SecretId="gamepulse/dev/grafana-admin", SecretString="rotated-by-hand-0123456789")
+    sm.put_secret_value(SecretId="gamepulse/dev/db-connection", SecretString=DB_VALUE)  # same value, new version
+
+    def as_before(**kwargs):
+        return AWSResponse("https://secretsmanager.us-east-1.amazonaws.com/", 200, {}, None), {
+            "SecretList": list(stale.values())}
+
+    aws.register("before-call.secrets-manager.ListSecrets", as_before)
+    _, outputs, _ = harness.run_step(STEP, manifest, aws)
+    assert outputs["versions"] == {key: current_version(sm, f"gamepulse/dev/{key}") for key in first["versions"]}
+    assert {key for key in first["versions"] if outputs["versions"][key] != first["versions"][key]} == \
+        {"grafana-admin", "db-connection"}
+
+
 def test_a_quick_re_apply_on_a_lagging_list_carries_on_with_our_existing_secrets(manifest, aws, sm, monkeypatch):
     first = harness.run_step(STEP, manifest, aws)[1]
     generated = value_of(sm, "gamepulse/dev/grafana-admin")
@@ -259,7 +290,10 @@ def test_a_quick_re_apply_on_a_lagging_list_carries_on_with_our_existing_secrets
     assert sorted(listed(sm)) == NAMES and not any("DeletedDate" in s for s in listed(sm).values())
     assert value_of(sm, "gamepulse/dev/db-connection") == "Host=db.test;Password=changed-a-minute-later"
     assert value_of(sm, "gamepulse/dev/grafana-admin") == generated  # a generated value is kept
-    assert outputs == first
+    assert (outputs["arns"], outputs["names"]) == (first["arns"], first["names"])
+    changed = {key for key, version in outputs["versions"].items() if version != first["versions"][key]}
+    assert changed == {"db-connection"}, "a new version where a value was written, and only there"
+    assert outputs["versions"]["db-connection"] == current_version(sm, "gamepulse/dev/db-connection")
     assert harness.plan_step(STEP, manifest, aws) == []
 
 
@@ -310,26 +344,34 @@ def test_a_changed_environment_value_is_written_as_a_new_version(manifest, aws, 
     assert sorted(stage for v in versions for stage in v["VersionStages"]) == ["AWSCURRENT", "AWSPREVIOUS"]
 
 
-def test_a_missing_source_for_a_new_secret_fails_the_plan_naming_secret_and_source(manifest, aws, tmp_path,
-                                                                                    monkeypatch):
+def preflight_problems(manifest, aws) -> list[str]:
+    """What `plan` reports before any change: the step's pre-flight problems (apply stops on them)."""
+    from orchestrator.engine import Engine
+    from orchestrator.graph import StepGraph
+    (result,) = Engine(manifest, aws, StepGraph([STEP])).plan().values()
+    assert result.status == "ok", result.error
+    return result.problems
+
+
+def test_a_missing_source_for_a_new_secret_is_a_pre_flight_problem_naming_secret_and_source(manifest, aws, tmp_path,
+                                                                                             monkeypatch):
     monkeypatch.delenv("GAMEPULSE_DEV_SLACK_WEBHOOK")
-    with pytest.raises(OrchestratorError, match="gamepulse/dev/slack-webhook: environment variable "
-                                                "GAMEPULSE_DEV_SLACK_WEBHOOK is not set"):
-        harness.plan_step(STEP, manifest, aws)
+    assert preflight_problems(manifest, aws) == [
+        "secret gamepulse/dev/slack-webhook: environment variable GAMEPULSE_DEV_SLACK_WEBHOOK is not set or empty; "
+        "set it to the secret's value (values are never read from the manifest)"]
 
     from_file = with_secrets(manifest, token=SecretSpec(source="file", path=str(tmp_path / "absent.txt")))
-    with pytest.raises(OrchestratorError, match=f"gamepulse/dev/token: cannot read file {tmp_path}/absent.txt"):
-        harness.plan_step(STEP, from_file, aws)
+    [problem] = [p for p in preflight_problems(from_file, aws) if "token" in p]
+    assert problem.startswith(f"secret gamepulse/dev/token: cannot read file {tmp_path}/absent.txt")
     assert harness.mutations(aws) == []
 
 
 def test_every_missing_source_is_named_at_once_and_destroy_needs_none(manifest, aws, sm, monkeypatch):
     monkeypatch.delenv("GAMEPULSE_DEV_SLACK_WEBHOOK")
     monkeypatch.delenv("GAMEPULSE_DEV_DB_CONNECTION")
-    with pytest.raises(OrchestratorError) as raised:
-        harness.plan_step(STEP, manifest, aws)
-    assert "GAMEPULSE_DEV_DB_CONNECTION is not set" in str(raised.value)
-    assert "GAMEPULSE_DEV_SLACK_WEBHOOK is not set" in str(raised.value)
+    problems = "\n".join(preflight_problems(manifest, aws))
+    assert "GAMEPULSE_DEV_DB_CONNECTION is not set" in problems
+    assert "GAMEPULSE_DEV_SLACK_WEBHOOK is not set" in problems
 
     monkeypatch.setenv("GAMEPULSE_DEV_DB_CONNECTION", "Host=x;Password=only-for-create")
     monkeypatch.setenv("GAMEPULSE_DEV_SLACK_WEBHOOK", "https://hooks.example/only-for-create")
@@ -350,6 +392,10 @@ def test_a_missing_source_for_an_existing_secret_keeps_its_value_with_a_warning(
     [warning] = [entry for entry in logs if entry["log_level"] == "warning"]
     assert warning["secret"] == "gamepulse/dev/db-connection" and "GAMEPULSE_DEV_DB_CONNECTION" in warning["problem"]
     assert value_of(sm, "gamepulse/dev/db-connection") == DB_VALUE
+    desired = STEP.desired(manifest, harness.inputs(STEP))
+    assert STEP.remarks(desired, STEP.observe(harness_context(manifest, aws), desired)) == [
+        "secret gamepulse/dev/db-connection: environment variable GAMEPULSE_DEV_DB_CONNECTION is not set; its "
+        "current value is kept (the tasks keep reading it)"]
 
 
 def test_a_file_source_is_read_without_its_trailing_newline(manifest, aws, sm, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from orchestrator.errors import ManifestError, OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY
 from orchestrator.waiters import WaitFailed
 from steps import taskdefs
-from steps.services import ServicesFacts, ServicesStep, _policy_view, _service_fields
+from steps.services import ServicesFacts, ServicesStep, _policy_view, _service_fields, _with_image
 from tests import harness
 
 STEP = ServicesStep()
@@ -32,7 +33,8 @@ def upstream_outputs() -> dict:
         "ecr": {"repositories": {"gamepulse": f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/gamepulse"}},
         "storage": {"buckets": {"config": "gp-config", "loki-chunks": "gp-loki"}},
         "secrets": {"arns": {name: f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:gamepulse/dev/{name}-AbCdEf"
-                             for name in ("db-connection", "grafana-admin", "slack-webhook")}},
+                             for name in ("db-connection", "grafana-admin", "slack-webhook")},
+                    "versions": {name: f"{name}-v1" for name in ("db-connection", "grafana-admin", "slack-webhook")}},
         "iam": {"execution_role_arn": f"arn:aws:iam::{ACCOUNT}:role/gamepulse-dev-execution",
                 "task_role_arns": roles},
         "efs": {"file_system_id": "fs-1", "access_points": {"prometheus": "fsap-prom", "grafana": "fsap-graf"}},
@@ -74,8 +76,9 @@ def converged(desired, digest: str = DIGEST) -> tuple[ServicesFacts, dict]:
         facts.owned.add(service.name)
         recorded[f"task_definition/{service.name}"] = {
             "arn": arn, "hash": taskdefs.definition_hash(_with_image(service, facts.images.get(service.name)))}
-        recorded[f"service/{service.name}"] = {key: fields[key] for key in
-                                              ("deployment", "grace_period", "capacity_provider", "managed_tags")}
+        recorded[f"service/{service.name}"] = {**{key: fields[key] for key in
+                                                 ("deployment", "grace_period", "capacity_provider", "managed_tags")},
+                                              "secret_versions": service.secret_versions}
         if service.bundle:
             recorded[f"bundle/{service.name}"] = {"hash": service.bundle.hash}
         if service.scaling:
@@ -313,6 +316,55 @@ def test_cpu_and_memory_change_is_a_new_revision(manifest):
     new = desired_for(changed(manifest, services={"tasks": {"loki": {"cpu": 1024, "memory": 2048}}}))
     changes = STEP.plan(new, facts, recorded)
     assert keys(changes) == ["update task_definition/loki", "update service/loki"]
+
+
+def with_versions(**changed_versions) -> dict:
+    outputs = upstream_outputs()
+    outputs["secrets"]["versions"].update({key.replace("_", "-"): value for key, value in changed_versions.items()})
+    return outputs
+
+
+def test_a_secret_with_a_new_version_rolls_exactly_the_services_that_read_it(manifest):
+    facts, recorded = converged(desired_for(manifest))
+    rotated = desired_for(manifest, with_versions(db_connection="db-connection-v2"))
+    [change] = STEP.plan(rotated, facts, recorded)
+    assert (change.key, change.calls) == ("service/gamepulse", ("ecs:UpdateService",))
+    assert [(d.field, d.old, d.new) for d in change.diffs] == [
+        ("secret:db-connection", "db-connection-v1", "db-connection-v2")]
+    assert "new deployment: secret db-connection has a new value since the last rollout" in change.note
+    assert "ECS reads secrets only when a task starts" in change.note
+
+    grafana = desired_for(manifest, with_versions(grafana_admin="grafana-admin-v2", slack_webhook="slack-webhook-v2"))
+    assert keys(STEP.plan(grafana, facts, recorded)) == ["update service/grafana"]
+
+
+def test_a_secret_this_run_writes_rolls_its_readers_known_after_apply(manifest):
+    facts, recorded = converged(desired_for(manifest))
+    [change] = STEP.plan(desired_for(manifest, with_versions(db_connection=KNOWN_AFTER_APPLY)), facts, recorded)
+    assert change.key == "service/gamepulse"
+    assert [(d.field, d.new) for d in change.diffs] == [("secret:db-connection", KNOWN_AFTER_APPLY)]
+
+
+def test_redeploy_forces_a_new_deployment_of_that_service_only(manifest):
+    from orchestrator.manifest import with_redeploys
+    facts, recorded = converged(desired_for(manifest))
+    [change] = STEP.plan(desired_for(with_redeploys(manifest, ["loki"])), facts, recorded)
+    assert (change.key, change.calls, change.note) == ("service/loki", ("ecs:UpdateService",),
+                                                       "new deployment: --redeploy")
+    assert [(d.field, d.new) for d in change.diffs] == [("redeploy", "forced (--redeploy)")]
+    with pytest.raises(ManifestError, match="--redeploy api: 'api' is not one of services.tasks"):
+        with_redeploys(manifest, ["api"])
+
+
+def test_a_record_without_secret_versions_gets_them_without_a_deployment(manifest):
+    """A service rolled out by a release that did not record them: recorded once, no call."""
+    desired = desired_for(manifest)
+    facts, recorded = converged(desired)
+    del recorded["service/gamepulse"]["secret_versions"]
+    [change] = STEP.plan(desired, facts, recorded)
+    assert (change.key, change.calls) == ("service/gamepulse", ())
+    assert change.record["secret_versions"] == {"db-connection": "db-connection-v1"}
+    assert "records the secret versions its tasks read (no new deployment)" in change.note
 
 
 def test_desired_count_is_left_to_autoscaling_where_it_manages_the_service(manifest):
@@ -566,6 +618,37 @@ def test_fifty_services_read_at_most_twice_what_dev_reads_unchanged(aws, manifes
 
 
 @pytest.mark.managed_policies
+def test_a_rotated_secret_is_a_new_deployment_of_its_readers_awaited_to_the_end(aws, manifest, platform):
+    recorded: dict = {}
+    run(manifest, aws, platform, recorded)
+    ecs = ecs_client()
+
+    def deployments() -> dict[str, list[str]]:
+        return {s["serviceName"]: [d["id"] for d in s["deployments"]]
+                for s in ecs.describe_services(cluster="gamepulse-dev", services=SERVICES)["services"]}
+
+    before = deployments()
+    rotated = copy.deepcopy(platform)
+    rotated["secrets"]["versions"]["db-connection"] = "a-new-version-id"
+    applied, _, _ = run(manifest, aws, rotated, recorded)
+    assert [c.key for c in applied] == ["service/gamepulse"]
+    after = deployments()
+    assert {name for name in SERVICES if after[name] != before[name]} == {"gamepulse"}
+    [primary] = [d for d in ecs.describe_services(cluster="gamepulse-dev", services=["gamepulse"])["services"][0][
+        "deployments"] if d["status"] == "PRIMARY"]
+    assert primary["rolloutState"] == "COMPLETED" and primary["id"] not in before["gamepulse"]
+    assert run(manifest, aws, rotated, recorded)[0] == [], "recorded at the rollout: nothing pending after it"
+
+    del recorded["service/grafana"]["secret_versions"]  # as an older release recorded it
+    before = len(harness.mutations(aws))
+    applied, _, _ = run(manifest, aws, rotated, recorded)
+    assert [c.key for c in applied] == ["service/grafana"] and harness.mutations(aws)[before:] == []
+    assert recorded["service/grafana"]["secret_versions"] == {
+        key: platform["secrets"]["versions"][key] for key in ("grafana-admin", "slack-webhook")}
+    assert deployments() == after, "recorded, without a new deployment"
+
+
+@pytest.mark.managed_policies
 def test_revisions_beyond_the_kept_number_are_deregistered(aws, manifest, platform):
     recorded: dict = {}
     keep_two = changed(manifest, services={"keep_revisions": 2})
@@ -576,7 +659,7 @@ def test_revisions_beyond_the_kept_number_are_deregistered(aws, manifest, platfo
 
 
 @pytest.mark.managed_policies
-def test_the_plan_of_a_new_image_names_the_container_and_both_digests(aws, manifest, platform):
+def test_the_plan_of_a_new_image_names_the_container_both_tags_and_the_new_digest(aws, manifest, platform):
     recorded: dict = {}
     run(manifest, aws, platform, recorded)
     changes = harness.plan_step(STEP, changed(manifest, images={"repositories": {"gamepulse": {"tag": "1.4.2"}}}),
@@ -584,7 +667,21 @@ def test_the_plan_of_a_new_image_names_the_container_and_both_digests(aws, manif
     definition = next(c for c in changes if c.key == "task_definition/gamepulse")
     [diff] = definition.diffs
     assert diff.field == "container:gamepulse.image"
-    assert diff.old.split("@")[0] == diff.new.split("@")[0] and diff.old != diff.new
+    assert diff.old == "gamepulse 1.4.1"
+    assert re.fullmatch(r"gamepulse 1\.4\.2 \(sha256:[0-9a-f]{12}…\)", diff.new), diff.new
+    from orchestrator.render import change_lines
+    shown = change_lines(definition)[1]
+    assert shown.startswith("        container:gamepulse.image: gamepulse 1.4.1 → gamepulse 1.4.2 (sha256:"), shown
+
+
+def test_the_image_in_service_is_named_by_its_digest_where_no_record_names_its_tag(manifest):
+    desired = desired_for(manifest)
+    facts, recorded = converged(desired)
+    facts.definitions["gamepulse"] = _with_image(desired.services[0], image_uri())
+    facts.images["gamepulse"] = image_uri("sha256:" + "2" * 64)
+    [definition, _] = STEP.plan(desired, facts, recorded)
+    [diff] = definition.diffs
+    assert (diff.old, diff.new) == ("gamepulse sha256:111111111111…", "gamepulse 1.4.1 (sha256:222222222222…)")
 
 
 @pytest.mark.managed_policies

@@ -101,8 +101,14 @@ def test_existing_table_is_only_read(store, aws):
 
 
 def test_existing_table_gets_deletion_protection_when_an_environment_asks_and_keeps_it(store, aws):
-    StateStore(aws, make_manifest("prod", deletion_protection=True)).ensure_table()
-    StateStore(aws, make_manifest("dev", deletion_protection=False)).ensure_table()
+    prod = StateStore(aws, make_manifest("prod", deletion_protection=True))
+    prod.ensure_table()
+    assert aws.client("dynamodb").describe_table(TableName=TABLE)["Table"]["DeletionProtectionEnabled"] is False, \
+        "only `protect` (once an apply passed its pre-flight checks) turns it on"
+    prod.protect()
+    dev = StateStore(aws, make_manifest("dev", deletion_protection=False))
+    dev.ensure_table()
+    dev.protect()
     assert aws.client("dynamodb").describe_table(TableName=TABLE)["Table"]["DeletionProtectionEnabled"] is True
 
 
