@@ -387,6 +387,21 @@ class LoadBalancerSpec(Section):
                                description="the name users reach the load balancer by (a DNS record you keep); "
                                            "links in alerts use it, else the load balancer's own DNS name")
 
+    @property
+    def https(self) -> bool:
+        """The load balancer serves HTTPS: a certificate is named, by ARN or by domain."""
+        return bool(self.certificate_arn or self.certificate)
+
+    @property
+    def public_name(self) -> str | None:
+        """The name users reach the load balancer by: `domain`, else the certificate's domain (HTTPS
+        validates only for it) unless a wildcard; None means the load balancer's own DNS name."""
+        if self.domain:
+            return self.domain
+        if self.certificate and not self.certificate.domain.startswith("*."):
+            return self.certificate.domain
+        return None
+
     @model_validator(mode="after")
     def _targets_exist(self) -> "LoadBalancerSpec":
         if self.certificate_arn and self.certificate:

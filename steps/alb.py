@@ -121,6 +121,9 @@ class AlbDesired:
     #: `load_balancer.certificate.domain`: the HTTPS listener's certificate is the ISSUED one ACM
     #: holds for it (found by observe; until then the listener's ARN is not known).
     certificate_domain: str | None = None
+    #: The name users reach it by (`LoadBalancerSpec.public_name`): the `url` output uses it, since
+    #: HTTPS validates for that name only; None: the load balancer's own DNS name.
+    public_name: str | None = None
 
     @property
     def https(self) -> bool:
@@ -240,7 +243,8 @@ class AlbStep(Step):
             rules=tuple(Rule(rule_port, rule.priority, tuple(rule.paths), Action("forward", names[rule.target]))
                         for rule in sorted(spec.rules, key=lambda r: r.priority)),
             tags=tagging.ownership_tags(manifest.app, manifest.environment, self.name, manifest.tags),
-            certificate_domain=domain)
+            certificate_domain=domain,
+            public_name=spec.public_name)
 
     # -- observe ----------------------------------------------------------------------------
 
@@ -682,7 +686,7 @@ class AlbStep(Step):
             load_balancer_name=desired.load_balancer.name,
             dns_name=lb.dns_name if lb else KNOWN_AFTER_APPLY,
             zone_id=lb.zone_id if lb else KNOWN_AFTER_APPLY,
-            url=f"{scheme}://{lb.dns_name}" if lb else KNOWN_AFTER_APPLY,
+            url=f"{scheme}://{desired.public_name or lb.dns_name}" if lb else KNOWN_AFTER_APPLY,
             # CloudWatch's LoadBalancer and TargetGroup dimensions: the ARN after its resource type.
             arn_suffix=lb.arn.split(":loadbalancer/")[-1] if lb else KNOWN_AFTER_APPLY,
             target_groups={key: seen.arn if seen else KNOWN_AFTER_APPLY for key, seen in groups.items()},

@@ -200,10 +200,10 @@ def _grafana_environment(manifest, facts: Facts) -> dict[str, str]:
 
 
 def grafana_url(manifest, facts: Facts) -> str:
-    """Grafana's address as users reach it: the manifest's domain, else the load balancer's DNS
-    name; https when the load balancer has a certificate (HTTP then redirects to it)."""
-    scheme = "https" if manifest.load_balancer.certificate_arn else "http"
-    host = manifest.load_balancer.domain or facts.load_balancer_dns
+    """Grafana's address as users reach it: the manifest's domain (or its certificate's), else the
+    load balancer's DNS name; https when the load balancer has a certificate (HTTP then redirects)."""
+    scheme = "https" if manifest.load_balancer.https else "http"
+    host = manifest.load_balancer.public_name or facts.load_balancer_dns
     return f"{scheme}://{host}{_grafana_sub_path(manifest)}/"
 
 

@@ -591,7 +591,8 @@ def test_a_certificate_named_by_domain_is_the_issued_one_acm_holds(env, manifest
     # An EC key: AWS's ListCertificates lists it only when asked for its key type.
     cert, key = self_signed_certificate("api.by-domain.example.com")
     arn = acm.import_certificate(Certificate=cert, PrivateKey=key)["CertificateArn"]
-    changes, _, _ = harness.run_step(STEP, by_domain, env.aws, env.upstream)
+    changes, outputs, _ = harness.run_step(STEP, by_domain, env.aws, env.upstream)
+    assert outputs["url"] == "https://api.by-domain.example.com"  # the name the certificate is valid for
     https = next(c for c in changes if c.key == "listener/https")
     assert dict((d.field, d.new) for d in https.diffs)["certificate_arn"] == arn
     assert listeners_by_port(env)[443]["Certificates"][0]["CertificateArn"] == arn

@@ -436,15 +436,15 @@ def test_a_sidecar_that_takes_the_whole_task_is_refused(tmp_path):
         load_manifest(tmp_path, "dev")
 
 
-@pytest.mark.parametrize("env", ENVIRONMENTS)
-def test_grafanas_links_carry_the_load_balancers_name(env):
-    """Alert notifications link to GF_SERVER_ROOT_URL: the load balancer's DNS name (no domain in
-    the manifests), https where the load balancer has a certificate."""
-    manifest = load_manifest(MANIFESTS, env)
-    environment = rendered(env)["grafana"].container.environment
-    scheme = "https" if manifest.load_balancer.certificate_arn else "http"
-    assert environment["GF_SERVER_ROOT_URL"] == f"{scheme}://{ALB_DNS[env]}/grafana/"
-    assert environment["GF_SERVER_SERVE_FROM_SUB_PATH"] == "true"
+def test_grafanas_links_carry_the_load_balancers_name_or_its_certificates_domain():
+    """Alert notifications link to GF_SERVER_ROOT_URL: the load balancer's DNS name where no name is
+    given (dev); the certificate's domain over https where the load balancer has one (staging,
+    prod), since a browser accepts the certificate for that name only."""
+    roots = {env: rendered(env)["grafana"].container.environment["GF_SERVER_ROOT_URL"] for env in ENVIRONMENTS}
+    assert roots == {"dev": f"http://{ALB_DNS['dev']}/grafana/",
+                     "staging": "https://staging.gamepulse.example.com/grafana/",
+                     "prod": "https://play.gamepulse.example.com/grafana/"}
+    assert rendered("dev")["grafana"].container.environment["GF_SERVER_SERVE_FROM_SUB_PATH"] == "true"
 
 
 def test_grafanas_links_use_the_manifests_domain_when_it_names_one():
