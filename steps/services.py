@@ -878,6 +878,8 @@ def _forced_deployment(service: DesiredService, last_versions: dict | None) -> t
                   for key in rotated)
     notes = [f"new deployment: secret {', '.join(rotated)} has a new value since the last rollout "
              "(ECS reads secrets only when a task starts)"] if rotated else []
+    if bundles.GRAFANA_ADMIN_SECRET in rotated:  # the one secret a new task does not take up
+        notes.append(bundles.ADMIN_PASSWORD_NOTE)
     if service.redeploy:
         diffs += (FieldDiff(REDEPLOY, None, "forced (--redeploy)"),)
         if not rotated:
