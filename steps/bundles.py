@@ -82,7 +82,8 @@ class Bundle:
     files: dict[str, bytes]  # relative path → content, sorted by path
     hash: str
     container: Container
-    notes: tuple[str, ...] = ()  # what a user must know about this service's config (plan shows them)
+    notes: tuple[str, ...] = ()  # what a user must know when this service's config changes (on its change)
+    remarks: tuple[str, ...] = ()  # what a user must know on every plan, changed or not (`Step.remarks`)
 
 
 def render(manifest, facts: Facts) -> dict[str, Bundle]:
@@ -104,11 +105,12 @@ def render(manifest, facts: Facts) -> dict[str, Bundle]:
     for service, container in _containers(manifest, facts).items():
         files = _render_folder(service, values, manifest)
         notes: tuple[str, ...] = ()
+        remarks: tuple[str, ...] = ()
         if service == "grafana":  # dashboards and alerting, generated (steps/grafana_content.py)
             files = dict(sorted({**files, **grafana_content.files(manifest)}.items()))
-            notes = (ADMIN_PASSWORD_NOTE, *grafana_content.delivery_notes(manifest))
+            notes, remarks = (ADMIN_PASSWORD_NOTE,), grafana_content.delivery_notes(manifest)
         bundles[service] = Bundle(service=service, files=files, hash=bundle_hash(files), container=container,
-                                  notes=notes)
+                                  notes=notes, remarks=remarks)
     return bundles
 
 

@@ -443,6 +443,11 @@ class ServicesStep(Step):
         return [Change("update", "service", service.name, diffs=tuple(diffs) + rolls + retag, calls=calls,
                        payload=service, record=record, note="; ".join(notes))]
 
+    def remarks(self, desired: ServicesDesired, observed: ServicesFacts) -> list[str]:
+        """What the rendered configs cannot do, said on every plan (not only when they change):
+        critical alerts that no mail server will send."""
+        return [remark for service in desired.services if service.bundle for remark in service.bundle.remarks]
+
     # -- apply ------------------------------------------------------------------------------
 
     def apply(self, ctx, change: Change, observed: ServicesFacts) -> Accepted | None:

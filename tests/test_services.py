@@ -274,8 +274,13 @@ def test_plan_says_what_cannot_work_before_it_is_deployed(manifest):
     changes = {change.key: change for change in STEP.plan(desired_for(curl), ServicesFacts(), {})}
     assert "health check runs 'curl'" in changes["task_definition/gamepulse"].note
     assert changes["task_definition/grafana"].note == ""
-    assert "cannot be emailed" in changes["bundle/grafana"].note
     assert "admin password" in changes["bundle/grafana"].note
+    # Said on every plan, not only with a change: a converged plan says it too.
+    desired = desired_for(curl)
+    facts, recorded = converged(desired)
+    assert STEP.plan(desired, facts, recorded) == []
+    [remark] = STEP.remarks(desired, facts)
+    assert "cannot be emailed to platform-oncall@gamepulse.example" in remark
 
 
 def test_plan_is_empty_when_everything_matches(manifest):
