@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from orchestrator.errors import Interrupted, OrchestratorError
+from orchestrator.errors import Interrupted, NotApplied, OrchestratorError
 
 ENV_ARG = click.argument("env")
 PARALLELISM_OPT = click.option("--parallelism", type=click.IntRange(1, 64), default=None,
@@ -174,7 +174,7 @@ def run_locked(options: Options, env: str, command: str, targets, lock_timeout: 
         outcome = ("failed" if failed_steps(results) else
                    "incomplete" if any(r.status in ("kept", "skipped") for r in results.values()) else "ok")
     except OrchestratorError as error:  # stopped before any change (pre-flight), or interrupted
-        outcome = "interrupted" if isinstance(error, Interrupted) else "failed"
+        outcome = "interrupted" if isinstance(error, Interrupted) else getattr(error, "outcome", "failed")
         raise
     finally:
         results = engine.results
@@ -251,21 +251,28 @@ def validate(options: Options, env: str):
                    "the steps that depend on it).")
 @allow_flags
 @IMAGE_TAG_OPT
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="Also save the plan to FILE: `apply FILE` applies exactly it, or refuses if anything it rests "
+                   "on moved (the manifest, the state, AWS). Holds no secret value.")
 @click.pass_obj
 def plan(options: Options, env: str, targets, as_json: bool, detailed_exitcode: bool, destroying: bool,
-         delete_data: bool, delete_secrets: bool, image_tags: dict[str, str]):
+         delete_data: bool, delete_secrets: bool, image_tags: dict[str, str], out: Path | None):
     """Show what `apply` (or `destroy`) would change; read-only."""
     from orchestrator.engine import Engine
     from orchestrator.manifest import with_image_tags
     from orchestrator.render import pending, plan_json, plan_text
 
-    manifest = with_image_tags(load(options, env), image_tags)
+    if out is not None and destroying:
+        raise click.UsageError("--out saves a plan for `apply`; a destroy plan cannot be saved (run `destroy` itself)")
+    from_files = load(options, env)
+    manifest = with_image_tags(from_files, image_tags)
     if destroying:
         refuse_if_protected(manifest)
     graph = build_graph()
     graph.select(targets)
     aws = connect(options, manifest)
-    engine = Engine(manifest, aws, graph, store=store_for(aws, manifest), allow=allowed(delete_data, delete_secrets))
+    store = store_for(aws, manifest)
+    engine = Engine(manifest, aws, graph, store=store, allow=allowed(delete_data, delete_secrets))
     results = engine.plan_destroy(targets) if destroying else engine.plan(targets)
     what = "Destroy plan" if destroying else "Plan"
     click.echo(plan_json(env, results) if as_json else
@@ -277,23 +284,126 @@ def plan(options: Options, env: str, targets, as_json: bool, detailed_exitcode: 
     if problems:
         raise OrchestratorError(f"pre-flight problems in {', '.join(problems)} (see above): apply would stop "
                                 "before any change")
+    if out is not None:
+        save_plan(out, engine, store, from_files, results, targets, image_tags, allowed(delete_data, delete_secrets))
     if detailed_exitcode and pending(results):
         sys.exit(2)
 
 
+def save_plan(out: Path, engine, store, from_files, results: dict, targets, image_tags: dict[str, str],
+              allow: frozenset[str]) -> None:
+    """Write the plan just shown to `out` with what it rests on (see orchestrator.planfile)."""
+    from orchestrator import planfile
+    from orchestrator.render import is_refused
+    inputs = planfile.PlanInputs(targets=tuple(targets), image_tags=tuple(sorted(image_tags.items())),
+                                 allow=tuple(sorted(allow)))
+    last_run = (store.runs(1) or [None])[0] if store.exists() else None
+    document = planfile.build(manifest_from_files=from_files, manifest=engine.manifest,
+                              account_id=engine.aws.account_id(), inputs=inputs, results=results,
+                              records=engine.records, last_run=last_run, refused=is_refused)
+    planfile.write(out, document)
+    # stderr: stdout may be the plan as JSON, which this line must not spoil.
+    click.echo(f"Saved the plan ({planfile.pending(document)} change(s)) to {out}. Apply exactly it with: "
+               f"orchestrator apply {from_files.environment} {out}", err=True)
+
+
 @cli.command()
 @ENV_ARG
+@click.argument("plan_file", required=False, type=click.Path(dir_okay=False, path_type=Path), metavar="[PLAN_FILE]")
 @TARGET_OPT
 @PARALLELISM_OPT
 @LOCK_TIMEOUT_OPT
 @allow_flags
 @IMAGE_TAG_OPT
+@click.option("--yes", is_flag=True, help="Apply without asking first (asked only on a terminal).")
 @click.pass_obj
-def apply(options: Options, env: str, targets, parallelism, lock_timeout, delete_data, delete_secrets, image_tags):
-    """Converge AWS to the manifest of ENV."""
+def apply(options: Options, env: str, plan_file: Path | None, targets, parallelism, lock_timeout, delete_data,
+          delete_secrets, image_tags, yes: bool):
+    """Converge AWS to the manifest of ENV; or apply exactly a saved plan (`plan ENV --out FILE`):
+    `apply FILE`, or `apply ENV FILE` to check that FILE is ENV's plan too.
+
+    On a terminal, `apply ENV` shows the plan and asks before any change (`--yes` does not ask;
+    nor does a run without a terminal). A manifest with `protection.require_saved_plan` accepts
+    only a saved plan."""
+    env, plan_file = apply_arguments(options, env, plan_file)
+    if plan_file is not None:
+        if targets or image_tags or delete_data or delete_secrets:
+            raise click.UsageError("a saved plan holds its --target, --image-tag and --delete-* flags; make the plan "
+                                   "again with the ones you want")
+        apply_saved(options, env, plan_file, parallelism, lock_timeout)
+        return
+    flags = [*(f"--target {t}" for t in targets), *(f"--image-tag {name}={tag}" for name, tag in sorted(image_tags.items())),
+             *(f"--{flag}" for flag in sorted(allowed(delete_data, delete_secrets)))]
+    if load(options, env).protection.require_saved_plan:
+        plan_command = " ".join(["orchestrator plan", env, *flags, "--out", f"{env}.plan"])
+        raise OrchestratorError(f"{env} applies only a saved plan (protection.require_saved_plan in its manifest); "
+                                f"nothing was changed. Make one with `{plan_command}`, review it, then apply exactly "
+                                f"it with `orchestrator apply {env} {env}.plan`")
+    review = None if yes or not sys.stdin.isatty() else Confirmation(env)
     command = " ".join(["apply", *(f"--image-tag {name}={tag}" for name, tag in sorted(image_tags.items()))])
-    run_locked(options, env, command, targets, lock_timeout, lambda engine: engine.apply(targets),
+    run_locked(options, env, command, targets, lock_timeout, lambda engine: engine.apply(targets, review=review),
                allow=allowed(delete_data, delete_secrets), parallelism=parallelism, image_tags=image_tags)
+
+
+def apply_arguments(options: Options, first: str, second: Path | None) -> tuple[str | None, Path | None]:
+    """(environment, plan file) from `apply ENV`, `apply FILE` or `apply ENV FILE`. One word is
+    an environment if the manifests define it, else a plan file if one exists by that name."""
+    if second is not None:
+        return first, second
+    from orchestrator.manifest import list_environments
+    is_environment = first in list_environments(options.manifests)
+    is_file = Path(first).is_file()
+    if is_environment and is_file:
+        raise click.UsageError(f"{first!r} is both an environment and a file here: write ./{first} for the plan "
+                               f"file, or `apply {first} FILE`")
+    if is_file:
+        return None, Path(first)
+    return first, None  # an environment, or an unknown name: loading its manifest says which exist
+
+
+def apply_saved(options: Options, env: str | None, path: Path, parallelism, lock_timeout) -> None:
+    """`apply FILE`: exactly the saved plan, or a refusal naming what moved (exit 1, nothing
+    changed). The plan was made without the lock; every check is made again under it."""
+    from orchestrator import planfile
+    from orchestrator.manifest import with_image_tags
+    saved = planfile.read(path)
+    saved.check_environment(env)
+    from_files = load(options, saved.environment)
+    saved.check_manifest(from_files)  # before any AWS call
+    image_tags = dict(saved.inputs.image_tags)
+    saved.check_account(connect(options, with_image_tags(from_files, image_tags)).account_id())
+    click.echo(f"Applying the {saved.describe()}")
+
+    def work(engine):
+        saved.runs = lambda: engine.store.runs(10)
+        return engine.apply(saved.inputs.targets, review=saved)
+
+    command = " ".join(["apply", *saved.inputs.flags(), f"(saved plan {path.name})"])
+    run_locked(options, saved.environment, command, saved.inputs.targets, lock_timeout, work,
+               allow=frozenset(saved.inputs.allow), parallelism=parallelism, image_tags=image_tags)
+
+
+class Confirmation:
+    """`apply ENV` on a terminal: the plan (computed under the lock, so what is confirmed is what
+    is applied), then a question; anything but "yes" stops before any change and the lock is
+    released. The engine's `Review`."""
+
+    def __init__(self, env: str):
+        self.env = env
+
+    def approve(self, planned: dict, records: dict) -> None:
+        from orchestrator.render import pending, plan_text
+        count = pending(planned)
+        if not count:
+            return  # nothing would change: nothing to confirm
+        click.echo(plan_text(f"Plan for {self.env}:", planned))
+        answer = click.prompt(f"\nApply these {count} change(s) to {self.env}? Only 'yes' applies them",
+                              default="", show_default=False)
+        if answer.strip() != "yes":
+            raise NotApplied(f"apply {self.env} declined: nothing was changed", "declined")
+
+    def admit(self, step: str, changes: list) -> None:
+        pass  # the person confirmed the plan; the engine's own checks apply
 
 
 @cli.command()
