@@ -20,11 +20,11 @@ $(STAMP): setup.cfg pyproject.toml
 
 demo: install
 	$(BIN)/orchestrator sandbox start
-	$(DEMO_ENV) $(BIN)/orchestrator --sandbox apply dev
+	$(DEMO_ENV) $(BIN)/orchestrator --sandbox apply dev --yes
 	$(BIN)/orchestrator --sandbox status dev
 	@echo
 	@echo "== applying dev again: nothing should change =="
-	$(DEMO_ENV) $(BIN)/orchestrator --sandbox apply dev
+	$(DEMO_ENV) $(BIN)/orchestrator --sandbox apply dev --yes
 	$(BIN)/orchestrator --sandbox outputs dev
 	@echo
 	@echo "The sandbox keeps running for you to explore (orchestrator --sandbox plan dev, ...);"
