@@ -252,8 +252,9 @@ def validate(options: Options, env: str):
 @allow_flags
 @IMAGE_TAG_OPT
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
-              help="Also save the plan to FILE: `apply FILE` applies exactly it, or refuses if anything it rests "
-                   "on moved (the manifest, the state, AWS). Holds no secret value.")
+              help="Also save the plan to FILE: `apply FILE` applies exactly it (with --destroy: destroys exactly "
+                   "that), or refuses if anything it rests on moved (the manifest, the state, AWS). Holds no "
+                   "secret value.")
 @click.pass_obj
 def plan(options: Options, env: str, targets, as_json: bool, detailed_exitcode: bool, destroying: bool,
          delete_data: bool, delete_secrets: bool, image_tags: dict[str, str], out: Path | None):
@@ -262,8 +263,6 @@ def plan(options: Options, env: str, targets, as_json: bool, detailed_exitcode: 
     from orchestrator.manifest import with_image_tags
     from orchestrator.render import pending, plan_json, plan_text
 
-    if out is not None and destroying:
-        raise click.UsageError("--out saves a plan for `apply`; a destroy plan cannot be saved (run `destroy` itself)")
     from_files = load(options, env)
     manifest = with_image_tags(from_files, image_tags)
     if destroying:
@@ -285,18 +284,19 @@ def plan(options: Options, env: str, targets, as_json: bool, detailed_exitcode: 
         raise OrchestratorError(f"pre-flight problems in {', '.join(problems)} (see above): apply would stop "
                                 "before any change")
     if out is not None:
-        save_plan(out, engine, store, from_files, results, targets, image_tags, allowed(delete_data, delete_secrets))
+        save_plan(out, engine, store, from_files, results, targets, image_tags, allowed(delete_data, delete_secrets),
+                  destroying)
     if detailed_exitcode and pending(results):
         sys.exit(2)
 
 
 def save_plan(out: Path, engine, store, from_files, results: dict, targets, image_tags: dict[str, str],
-              allow: frozenset[str]) -> None:
+              allow: frozenset[str], destroying: bool) -> None:
     """Write the plan just shown to `out` with what it rests on (see orchestrator.planfile)."""
     from orchestrator import planfile
     from orchestrator.render import is_refused
     inputs = planfile.PlanInputs(targets=tuple(targets), image_tags=tuple(sorted(image_tags.items())),
-                                 allow=tuple(sorted(allow)))
+                                 allow=tuple(sorted(allow)), destroy=destroying)
     last_run = (store.runs(1) or [None])[0] if store.exists() else None
     document = planfile.build(manifest_from_files=from_files, manifest=engine.manifest,
                               account_id=engine.aws.account_id(), inputs=inputs, results=results,
@@ -334,12 +334,13 @@ def apply(options: Options, env: str, plan_file: Path | None, targets, paralleli
         return
     flags = [*(f"--target {t}" for t in targets), *(f"--image-tag {name}={tag}" for name, tag in sorted(image_tags.items())),
              *(f"--{flag}" for flag in sorted(allowed(delete_data, delete_secrets)))]
-    if load(options, env).protection.require_saved_plan:
+    manifest = load(options, env)
+    if manifest.protection.require_saved_plan:
         plan_command = " ".join(["orchestrator plan", env, *flags, "--out", f"{env}.plan"])
         raise OrchestratorError(f"{env} applies only a saved plan (protection.require_saved_plan in its manifest); "
                                 f"nothing was changed. Make one with `{plan_command}`, review it, then apply exactly "
                                 f"it with `orchestrator apply {env} {env}.plan`")
-    review = None if yes or not sys.stdin.isatty() else Confirmation(env)
+    review = None if yes or not sys.stdin.isatty() else Confirmation(env, f"{manifest.prefix} ({manifest.region})")
     command = " ".join(["apply", *(f"--image-tag {name}={tag}" for name, tag in sorted(image_tags.items()))])
     run_locked(options, env, command, targets, lock_timeout, lambda engine: engine.apply(targets, review=review),
                allow=allowed(delete_data, delete_secrets), parallelism=parallelism, image_tags=image_tags)
@@ -372,15 +373,23 @@ def apply_saved(options: Options, env: str | None, path: Path, parallelism, lock
     saved.check_manifest(from_files)  # before any AWS call
     image_tags = dict(saved.inputs.image_tags)
     saved.check_account(connect(options, with_image_tags(from_files, image_tags)).account_id())
+    if saved.inputs.destroy:
+        refuse_if_protected(from_files)
     click.echo(f"Applying the {saved.describe()}")
+    targets, allow = saved.inputs.targets, frozenset(saved.inputs.allow)
 
     def work(engine):
         saved.runs = lambda: engine.store.runs(10)
-        return engine.apply(saved.inputs.targets, review=saved)
+        if saved.inputs.destroy:
+            return engine.destroy(targets, review=saved)
+        return engine.apply(targets, review=saved)
 
-    command = " ".join(["apply", *saved.inputs.flags(), f"(saved plan {path.name})"])
-    run_locked(options, saved.environment, command, saved.inputs.targets, lock_timeout, work,
-               allow=frozenset(saved.inputs.allow), parallelism=parallelism, image_tags=image_tags)
+    verb = "destroy" if saved.inputs.destroy else "apply"
+    flags = [flag for flag in saved.inputs.flags() if flag != "--destroy"]
+    report = (lambda results: report_destroy(saved.environment, targets, allow, results)) if saved.inputs.destroy \
+        else None
+    run_locked(options, saved.environment, " ".join([verb, *flags, f"(saved plan {path.name})"]), targets,
+               lock_timeout, work, allow=allow, parallelism=parallelism, image_tags=image_tags, report=report)
 
 
 class Confirmation:
@@ -388,15 +397,16 @@ class Confirmation:
     is applied), then a question; anything but "yes" stops before any change and the lock is
     released. The engine's `Review`."""
 
-    def __init__(self, env: str):
+    def __init__(self, env: str, where: str):
         self.env = env
+        self.where = where
 
     def approve(self, planned: dict, records: dict) -> None:
         from orchestrator.render import pending, plan_text
         count = pending(planned)
         if not count:
             return  # nothing would change: nothing to confirm
-        click.echo(plan_text(f"Plan for {self.env}:", planned))
+        click.echo(plan_text(f"Plan for {self.where}:", planned))
         answer = click.prompt(f"\nApply these {count} change(s) to {self.env}? Only 'yes' applies them",
                               default="", show_default=False)
         if answer.strip() != "yes":

@@ -161,7 +161,13 @@ class Engine:
         self._retire()
         return results
 
-    def destroy(self, targets: Iterable[str] = ()) -> dict[str, StepResult]:
+    def destroy(self, targets: Iterable[str] = (), review: Review | None = None) -> dict[str, StepResult]:
+        """Delete what the selected steps own, in reverse order. `review`, when given, approves
+        the destroy plan (every step planned first, read-only) before any delete, and admits each
+        step's deletes as it starts."""
+        if review is not None:
+            review.approve(self.plan_destroy(targets), self.records)
+        self._review = review
         return self._destroy(targets, self._destroy_step)
 
     def plan_destroy(self, targets: Iterable[str] = ()) -> dict[str, StepResult]:
@@ -386,6 +392,8 @@ class Engine:
 
     def _destroy_step(self, name: str, result: StepResult) -> None:
         step, ctx, desired, observed = self._plan_destroy_step(name, result)
+        if self._review is not None:
+            self._review.admit(name, result.changes)
         log.info("destroying", step=name, deletes=len(result.changes))
         result.refused = []  # `_execute` lists them again as it meets them
         self._execute(step, ctx, result, observed, result.changes)

@@ -62,11 +62,13 @@ class PlanInputs:
     targets: tuple[str, ...] = ()
     image_tags: tuple[tuple[str, str], ...] = ()
     allow: tuple[str, ...] = ()
+    #: A destroy plan (`plan --destroy --out`): applying it runs `destroy`.
+    destroy: bool = False
 
     def flags(self) -> list[str]:
         """The same inputs as command-line flags (to show how to make the plan again)."""
-        return [*(f"--target {t}" for t in self.targets), *(f"--image-tag {n}={t}" for n, t in self.image_tags),
-                *(f"--{flag}" for flag in self.allow)]
+        return [*(["--destroy"] if self.destroy else []), *(f"--target {t}" for t in self.targets),
+                *(f"--image-tag {n}={t}" for n, t in self.image_tags), *(f"--{flag}" for flag in self.allow)]
 
 
 # -- what a plan is computed from ---------------------------------------------------------------
@@ -122,7 +124,7 @@ def build(*, manifest_from_files, manifest, account_id: str, inputs: PlanInputs,
         "region": manifest.region,
         "account_id": account_id,
         "inputs": {"targets": list(inputs.targets), "image_tags": dict(inputs.image_tags),
-                   "allow": list(inputs.allow)},
+                   "allow": list(inputs.allow), "destroy": inputs.destroy},
         "manifest": {"sha256": manifest_hash(manifest_from_files),
                      "content": manifest_from_files.model_dump(mode="json")},
         "images": {name: repository.tag for name, repository in sorted(manifest.images.repositories.items())},
@@ -141,7 +143,10 @@ def write(path: Path, document: dict) -> None:
         raise OrchestratorError(f"{path}: not written: the plan would hold a secret value (a bug: please report "
                                 "it); nothing was saved")
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise OrchestratorError(f"{path}: cannot write the plan there: {error.strerror}; nothing was saved") from None
     try:
         with os.fdopen(handle, "w") as out:
             out.write(text)
@@ -204,11 +209,13 @@ class SavedPlan:
         raw = document["inputs"]
         self.inputs = PlanInputs(targets=tuple(raw.get("targets", ())),
                                  image_tags=tuple(sorted(raw.get("image_tags", {}).items())),
-                                 allow=tuple(raw.get("allow", ())))
+                                 allow=tuple(raw.get("allow", ())), destroy=bool(raw.get("destroy", False)))
         self.steps: dict[str, dict] = document["steps"]
         #: Called to name the runs that wrote state since the plan (newest first); set by the caller.
         self.runs: Callable[[], list[dict]] = lambda: []
-        self._admitted: dict[str, list[dict]] = {}
+        #: Per step, the saved changes not yet matched by a change the apply made.
+        self._admitted = {name: [_facts(change) for change in step.get("changes", [])]
+                          for name, step in self.steps.items()}
 
     @property
     def again(self) -> str:
@@ -217,7 +224,7 @@ class SavedPlan:
 
     def describe(self) -> str:
         doc = self.document
-        return (f"saved plan {self.path} for {doc['environment']} ({doc['app']}-{doc['environment']}, account "
+        return (f"saved {'destroy ' if self.inputs.destroy else ''}plan {self.path} for {doc['environment']} ({doc['app']}-{doc['environment']}, account "
                 f"{doc['account_id']}, {doc['region']}), made {doc['created_at']} by {doc['created_by']}: "
                 f"{pending(doc)} change(s)")
 
@@ -257,7 +264,6 @@ class SavedPlan:
                              "manifest and the changes read the same (the config files under configs/ changed?)")
         if moved:
             raise NotApplied(self._refusal(moved), "refused")
-        self._admitted = {name: [_facts(change) for change in step["changes"]] for name, step in self.steps.items()}
 
     def admit(self, step: str, changes: list[Change]) -> None:
         """Each change a step is about to make must be one the plan holds: the same resource and
@@ -408,6 +414,8 @@ def _fields(change: dict) -> str:
 
 
 def _show(value: Any, limit: int = 100) -> str:
+    if value is None:
+        return "(none)"
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
     return text if len(text) <= limit else text[:limit - 1] + "…"
 

@@ -104,6 +104,26 @@ def test_a_saved_plan_applies_exactly_its_calls_once_and_holds_no_secret(endpoin
     assert refused["result"] == "refused"
 
 
+def test_a_saved_destroy_plan_deletes_exactly_what_it_listed(endpoint, tmp_path):
+    assert run(endpoint, "apply", "dev").returncode == 0
+    file = tmp_path / "dashboards.plan"
+    planned = run(endpoint, "plan", "dev", "--destroy", "--target", "dashboards", "--out", str(file))
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    document = json.loads(file.read_text())
+    assert document["inputs"]["destroy"] is True and list(document["steps"]) == ["dashboards"]
+    assert {change["action"] for change in document["steps"]["dashboards"]["changes"]} == {"delete"}
+
+    applied = run(endpoint, "-v", "--log-format", "json", "apply", "dev", str(file))
+    assert applied.returncode == 0, applied.stderr[-3000:]
+    assert "destroy dev --target dashboards (saved plan dashboards.plan): ok" in applied.stdout
+    made = mutating_calls(applied.stderr)
+    assert ("dashboards", "DeleteDashboards") in made
+    assert set(made) <= planned_calls(document), set(made) - planned_calls(document)
+    assert client(endpoint, "cloudwatch").describe_alarms(AlarmNamePrefix="gamepulse-dev-")["MetricAlarms"] == []
+    assert client(endpoint, "ecs").describe_services(cluster="gamepulse-dev", services=["gamepulse"])[
+        "services"][0]["status"] == "ACTIVE", "only the planned step was destroyed"
+
+
 def test_a_saved_plan_is_refused_after_a_hand_change_in_aws_naming_it(endpoint, wire, tmp_path):
     assert run(endpoint, "apply", "dev").returncode == 0
     file = tmp_path / "dev.plan"
@@ -236,7 +256,7 @@ class Terminal:
 def test_apply_on_a_terminal_shows_the_plan_and_asks_first(endpoint, wire):
     terminal = Terminal(endpoint, "apply", "dev")
     screen = terminal.read_until("Only 'yes' applies them:")
-    assert "Plan for dev:" in screen and "+ create vpc" in screen
+    assert "Plan for gamepulse-dev (us-east-1):" in screen and "+ create vpc" in screen
     assert re.search(r"Apply these \d+ change\(s\) to dev\? Only 'yes' applies them:", screen)
     terminal.type("no")
     assert terminal.finish() == 1, terminal.screen[-3000:]
@@ -260,15 +280,14 @@ def test_apply_on_a_terminal_shows_the_plan_and_asks_first(endpoint, wire):
         assert "Only 'yes'" not in terminal.screen and ": ok in" in terminal.screen
 
 
-# -- admitting each step's changes (pure) ------------------------------------------------------------
+# -- checking a plan against a fresh one (pure) ----------------------------------------------------
 
 
-def saved_plan_with(changes: list[Change]):
-    from orchestrator.planfile import SavedPlan, comparable
-    plan = SavedPlan.__new__(SavedPlan)
-    plan.path = "dev.plan"
-    plan._admitted = {"services": [comparable(change) for change in changes]}
-    return plan
+def saved_plan_with(changes: list[Change], desired: str = "d1"):
+    from orchestrator.planfile import SavedPlan, comparable, state_version
+    return SavedPlan("dev.plan", {"environment": "dev", "inputs": {}, "state": state_version({}),
+                                  "steps": {"services": {"desired": desired,
+                                                         "changes": [comparable(c) for c in changes]}}})
 
 
 def test_a_step_may_make_only_the_changes_the_plan_holds_with_unknowns_resolved():
@@ -289,3 +308,16 @@ def test_a_step_may_make_only_the_changes_the_plan_holds_with_unknowns_resolved(
             saved_plan_with([planned]).admit("services", [unplanned])
     with pytest.raises(OrchestratorError, match="stopped before update service api"):
         saved_plan_with([planned]).admit("services", [resolved, resolved])  # once only
+
+
+def test_what_a_step_would_set_changing_behind_the_same_changes_is_refused():
+    """A config file changed since the plan: a create's content differs while its change reads the same."""
+    from orchestrator.engine import StepResult
+    from orchestrator.errors import NotApplied
+    create = Change("create", "bundle", "loki", calls=("s3:PutObject",))
+    same = {"services": StepResult("services", changes=[create], desired_digest="d1")}
+    saved_plan_with([create]).approve(same, {})
+    other = {"services": StepResult("services", changes=[create], desired_digest="d2")}
+    with pytest.raises(NotApplied, match=r"what services would create or set differs from the plan's although the "
+                                         r"manifest and the changes read the same \(the config files"):
+        saved_plan_with([create]).approve(other, {})
