@@ -366,24 +366,46 @@ def _covers(saved: dict, fresh: dict) -> bool:
         return False
     if not set(fresh.get("calls", ())) <= set(saved.get("calls", ())):
         return False
-    allowed = {d["field"]: d for d in saved.get("diffs", [])}
+    unused = list(saved.get("diffs", []))  # a field may differ more than once (two ingress rules)
     for diff in fresh.get("diffs", []):
-        kept = allowed.get(diff["field"])
-        if kept is None or not _value_covers(kept.get("old"), diff.get("old")) \
-                or not _value_covers(kept.get("new"), diff.get("new")):
+        match = next((i for i, kept in enumerate(unused) if kept["field"] == diff["field"]
+                      and _value_covers(kept.get("old"), diff.get("old"))
+                      and _value_covers(kept.get("new"), diff.get("new"))), None)
+        if match is None:
             return False
+        unused.pop(match)
     return True
 
 
 def _value_covers(saved: Any, fresh: Any) -> bool:
-    """Equal, where a value the plan did not know yet ("(known after apply)") stands for any."""
+    """Equal, where a value the plan did not know yet ("(known after apply)") stands for any. In
+    a list holding one, the known items must all be there; how many the unknown ones are was not
+    known either (equal placeholders in a set are one)."""
     if isinstance(saved, str) and KNOWN_AFTER_APPLY in saved:
         return True
     if isinstance(saved, dict) and isinstance(fresh, dict):
         return saved.keys() == fresh.keys() and all(_value_covers(saved[k], fresh[k]) for k in saved)
     if isinstance(saved, list) and isinstance(fresh, list):
+        if any(_holds_unknown(item) for item in saved):
+            left = list(fresh)
+            for item in (item for item in saved if not _holds_unknown(item)):
+                found = next((i for i, candidate in enumerate(left) if _value_covers(item, candidate)), None)
+                if found is None:
+                    return False
+                left.pop(found)
+            return True
         return len(saved) == len(fresh) and all(_value_covers(a, b) for a, b in zip(saved, fresh))
     return saved == fresh
+
+
+def _holds_unknown(value: Any) -> bool:
+    if isinstance(value, str):
+        return KNOWN_AFTER_APPLY in value
+    if isinstance(value, dict):
+        return any(_holds_unknown(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_holds_unknown(item) for item in value)
+    return False
 
 
 def _differences(before: Any, after: Any, path: str = "") -> list[str]:

@@ -3,6 +3,7 @@ then `apply FILE` — applied exactly, or refused naming what moved; `apply ENV`
 asks first. End to end: the installed command line against a moto server."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pty
@@ -61,7 +62,16 @@ def alb_security_group(endpoint) -> str:
 
 
 def test_a_saved_plan_applies_exactly_its_calls_once_and_holds_no_secret(endpoint, wire, tmp_path):
-    assert run(endpoint, "apply", "dev").returncode == 0
+    # The first deploy of an environment, as staging and prod make it: from nothing, by a saved plan.
+    cold = tmp_path / "cold.plan"
+    assert run(endpoint, "plan", "dev", "--out", str(cold)).returncode == 0
+    created = run(endpoint, "-v", "--log-format", "json", "apply", str(cold))
+    assert created.returncode == 0, created.stderr[-3000:]
+    made, listed = set(mutating_calls(created.stderr)), planned_calls(json.loads(cold.read_text()))
+    assert ("vpc", "CreateVpc") in made and ("services", "CreateService") in made
+    assert made <= listed, made - listed
+    assert run(endpoint, "plan", "dev", "--detailed-exitcode").returncode == 0, "the saved plan converged"
+
     before = running_image(endpoint)
     file = tmp_path / "dev.plan"
     planned = run(endpoint, "plan", "dev", "--image-tag", "gamepulse=1.4.2", "--out", str(file))
@@ -308,6 +318,23 @@ def test_a_step_may_make_only_the_changes_the_plan_holds_with_unknowns_resolved(
             saved_plan_with([planned]).admit("services", [unplanned])
     with pytest.raises(OrchestratorError, match="stopped before update service api"):
         saved_plan_with([planned]).admit("services", [resolved, resolved])  # once only
+
+
+def test_unknown_items_and_fields_that_differ_twice_are_matched_as_planned():
+    from orchestrator.errors import OrchestratorError
+    # Placeholders in a set collapse to one: the plan listed one resource it did not know yet.
+    planned = Change("create", "inline_policy", "read", calls=("iam:PutRolePolicy",), diffs=(
+        FieldDiff("document", None, {"Resource": sorted({Unknown("secrets.a"), Unknown("secrets.b")}) + ["arn:x"]}),
+        FieldDiff("ingress", None, "tcp 80"), FieldDiff("ingress", None, "tcp 443")))
+    applied = Change("create", "inline_policy", "read", calls=("iam:PutRolePolicy",), diffs=(
+        FieldDiff("document", None, {"Resource": ["arn:a", "arn:b", "arn:x"]}),
+        FieldDiff("ingress", None, "tcp 80"), FieldDiff("ingress", None, "tcp 443")))
+    saved_plan_with([planned]).admit("services", [applied])
+    without_known = dataclasses.replace(applied, diffs=(FieldDiff("document", None, {"Resource": ["arn:a"]}),))
+    extra_rule = dataclasses.replace(applied, diffs=applied.diffs + (FieldDiff("ingress", None, "tcp 22"),))
+    for unplanned in (without_known, extra_rule):
+        with pytest.raises(OrchestratorError, match="does not hold that change"):
+            saved_plan_with([planned]).admit("services", [unplanned])
 
 
 def test_what_a_step_would_set_changing_behind_the_same_changes_is_refused():
