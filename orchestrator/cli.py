@@ -400,9 +400,12 @@ class Confirmation:
     def __init__(self, env: str, where: str):
         self.env = env
         self.where = where
+        self.confirmed = None
 
     def approve(self, planned: dict, records: dict) -> None:
+        from orchestrator.planfile import PlannedChanges
         from orchestrator.render import pending, plan_text
+        self.confirmed = PlannedChanges.of(planned, "the plan confirmed")
         count = pending(planned)
         if not count:
             return  # nothing would change: nothing to confirm
@@ -413,7 +416,7 @@ class Confirmation:
             raise NotApplied(f"apply {self.env} declined: nothing was changed", "declined")
 
     def admit(self, step: str, changes: list) -> None:
-        pass  # the person confirmed the plan; the engine's own checks apply
+        self.confirmed.admit(step, changes)  # nothing beyond what was confirmed
 
 
 @cli.command()

@@ -213,9 +213,8 @@ class SavedPlan:
         self.steps: dict[str, dict] = document["steps"]
         #: Called to name the runs that wrote state since the plan (newest first); set by the caller.
         self.runs: Callable[[], list[dict]] = lambda: []
-        #: Per step, the saved changes not yet matched by a change the apply made.
-        self._admitted = {name: [_facts(change) for change in step.get("changes", [])]
-                          for name, step in self.steps.items()}
+        self._admitted = PlannedChanges({name: step.get("changes", []) for name, step in self.steps.items()},
+                                        f"the saved plan {path}")
 
     @property
     def again(self) -> str:
@@ -266,17 +265,7 @@ class SavedPlan:
             raise NotApplied(self._refusal(moved), "refused")
 
     def admit(self, step: str, changes: list[Change]) -> None:
-        """Each change a step is about to make must be one the plan holds: the same resource and
-        action, no field and no call beyond the saved ones, values the same (a value the plan
-        showed as "(known after apply)" may be any)."""
-        saved = self._admitted.get(step, [])
-        for change in changes:
-            fresh = _facts(comparable(change))
-            match = next((index for index, candidate in enumerate(saved) if _covers(candidate, fresh)), None)
-            if match is None:
-                raise OrchestratorError(f"stopped before {_title(fresh)}: the saved plan {self.path} does not hold "
-                                        f"that change ({_fields(fresh)}); what earlier steps changed stays")
-            saved.pop(match)
+        self._admitted.admit(step, changes)
 
     def _state_moved(self, records: dict[str, dict]) -> list[str]:
         saved = self.document["state"]
@@ -306,6 +295,33 @@ class SavedPlan:
     def _refusal(self, moved: list[str]) -> str:
         return (f"the saved plan {self.path} no longer holds; nothing was changed:\n  " + "\n  ".join(moved) +
                 f"\nMake a new plan (`{self.again}`), review it, and apply that.")
+
+
+class PlannedChanges:
+    """The changes a run was approved with (a saved plan, or the plan a person confirmed), per
+    step. Each change a step is about to make must be one of them, once: the same resource and
+    action, no field and no call beyond the approved ones, values the same (a value the plan
+    showed as "(known after apply)" may be any)."""
+
+    def __init__(self, steps: dict[str, list[dict]], source: str):
+        #: Per step, the approved changes not yet matched by a change the run made.
+        self._left = {name: [_facts(change) for change in changes] for name, changes in steps.items()}
+        self.source = source
+
+    @classmethod
+    def of(cls, planned: dict, source: str) -> "PlannedChanges":
+        return cls({name: [comparable(change) for change in result.changes] for name, result in planned.items()},
+                   source)
+
+    def admit(self, step: str, changes: list[Change]) -> None:
+        left = self._left.get(step, [])
+        for change in changes:
+            fresh = _facts(comparable(change))
+            match = next((index for index, candidate in enumerate(left) if _covers(candidate, fresh)), None)
+            if match is None:
+                raise OrchestratorError(f"stopped before {_title(fresh)}: {self.source} does not hold that change "
+                                        f"({_fields(fresh)}); what earlier steps changed stays")
+            left.pop(match)
 
 
 # -- comparing ------------------------------------------------------------------------------------
