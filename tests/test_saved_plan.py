@@ -348,3 +348,16 @@ def test_what_a_step_would_set_changing_behind_the_same_changes_is_refused():
     with pytest.raises(NotApplied, match=r"what services would create or set differs from the plan's although the "
                                          r"manifest and the changes read the same \(the config files"):
         saved_plan_with([create]).approve(other, {})
+
+
+def test_a_plan_that_would_hold_a_secret_value_is_not_written(tmp_path):
+    from orchestrator.errors import OrchestratorError
+    from orchestrator.log import redactor
+    from orchestrator.planfile import write
+    redactor.register("s3cr3t-value-from-a-source")
+    document = {"steps": {"secrets": {"changes": [{"note": "set to s3cr3t-value-from-a-source"}]}}}
+    with pytest.raises(OrchestratorError, match="not written: the plan would hold a secret value"):
+        write(tmp_path / "dev.plan", document)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OrchestratorError, match="cannot write the plan there"):
+        write(tmp_path / "missing" / "dev.plan", {"steps": {}})
