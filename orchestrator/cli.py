@@ -308,7 +308,7 @@ def save_plan(out: Path, engine, store, from_files, results: dict, targets, imag
 
 
 @cli.command()
-@ENV_ARG
+@click.argument("env", metavar="ENV|PLAN_FILE")
 @click.argument("plan_file", required=False, type=click.Path(dir_okay=False, path_type=Path), metavar="[PLAN_FILE]")
 @TARGET_OPT
 @PARALLELISM_OPT
