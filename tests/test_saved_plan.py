@@ -361,3 +361,30 @@ def test_a_plan_that_would_hold_a_secret_value_is_not_written(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(OrchestratorError, match="cannot write the plan there"):
         write(tmp_path / "missing" / "dev.plan", {"steps": {}})
+
+
+def test_a_step_whose_changes_moved_after_the_check_is_stopped_before_its_calls():
+    """The engine admits each step's changes as it starts: a step re-planned once its upstream
+    step applied (here after a change by hand right after the check) makes no unplanned call."""
+    from orchestrator.planfile import SavedPlan, comparable, state_version
+    from tests.test_engine import ThingStep, engine_for
+    cloud: dict = {}
+    steps = [ThingStep("a", cloud=cloud), ThingStep("b", ["a"], cloud=cloud)]
+    planned = engine_for(steps).plan()
+    saved = SavedPlan("dev.plan", {"environment": "dev", "inputs": {}, "state": state_version({}), "steps": {
+        name: {"desired": result.desired_digest, "changes": [comparable(change) for change in result.changes]}
+        for name, result in planned.items()}})
+
+    class HandChangeRightAfterTheCheck:
+        def approve(self, planned, records):
+            saved.approve(planned, records)
+            cloud["b"] = {"name": "b", "after": "by hand"}
+
+        def admit(self, step, changes):
+            saved.admit(step, changes)
+
+    results = engine_for(steps).apply(review=HandChangeRightAfterTheCheck())
+    assert results["a"].status == "ok" and cloud["a"]["after"] == []
+    assert results["b"].status == "failed"
+    assert "stopped before update thing b: the saved plan dev.plan does not hold that change" in results["b"].error
+    assert cloud["b"] == {"name": "b", "after": "by hand"}, "b was changed although the plan did not hold it"
