@@ -182,6 +182,7 @@ def test_a_saved_plan_is_refused_after_the_manifest_was_edited_before_any_aws_ca
 
 
 def test_damaged_foreign_and_other_environment_files_are_refused_clearly(endpoint, wire, tmp_path):
+    from orchestrator.planfile import digest
     file = tmp_path / "dev.plan"
     assert run(endpoint, "plan", "dev", "--target", "ecr", "--out", str(file)).returncode == 0
     document = json.loads(file.read_text())
@@ -199,12 +200,22 @@ def test_damaged_foreign_and_other_environment_files_are_refused_clearly(endpoin
     assert "plan file format version 2; this orchestrator" in refusal(json.dumps({**document, "version": 2}))
     tampered = {**document, "inputs": {**document["inputs"], "targets": []}}
     assert "the plan file was changed or damaged after it was saved" in refusal(json.dumps(tampered))
-    assert f"bad.plan is a plan for dev, not staging; nothing was changed" in refusal(file.read_text(), "staging")
+    assert "bad.plan is a plan for dev, not staging; nothing was changed" in refusal(file.read_text(), "staging")
+
+    def resealed(**fields) -> str:  # a well-formed file, as another version or account would write it
+        body = {key: value for key, value in {**document, **fields}.items() if key != "checksum"}
+        return json.dumps({**body, "checksum": digest(body)})
+
+    assert "bad.plan was made by orchestrator 9.9.9, this is" in refusal(resealed(orchestrator="9.9.9"))
+    assert ("bad.plan was planned in account 111111111111, but the credentials are for account 123456789012; "
+            "nothing was changed") in refusal(resealed(account_id="111111111111"))
     assert "No such file" in run(endpoint, "apply", "dev", str(tmp_path / "none.plan")).stderr
 
     fixed = run(endpoint, "apply", str(file), "--image-tag", "gamepulse=1.4.2")
     assert fixed.returncode == 2 and "a saved plan holds its --target, --image-tag" in fixed.stderr
-    assert wire.count() == 0, wire.operations()
+    # Only the account's check asked AWS anything (who the credentials are); nothing was written.
+    assert set(wire.operations()) == {"sts:GetCallerIdentity"}, wire.operations()
+    assert client(endpoint, "dynamodb").list_tables()["TableNames"] == []
 
 
 def test_staging_and_prod_apply_only_a_saved_plan():
