@@ -302,9 +302,11 @@ def save_plan(out: Path, engine, store, from_files, results: dict, targets, imag
                               account_id=engine.aws.account_id(), inputs=inputs, results=results,
                               records=engine.records, last_run=last_run, refused=is_refused)
     planfile.write(out, document)
-    # stderr: stdout may be the plan as JSON, which this line must not spoil.
-    click.echo(f"Saved the plan ({planfile.pending(document)} change(s)) to {out}. Apply exactly it with: "
-               f"orchestrator apply {from_files.environment} {out}", err=True)
+    message = (f"Saved the plan ({planfile.pending(document)} change(s)) to {out}. Apply exactly it with: "
+               f"orchestrator apply {from_files.environment} {out}")
+    # On stderr, with the progress lines: stdout may be the plan as JSON, which this must not spoil.
+    click.echo(json.dumps({"event": "plan saved", "level": "info", "message": message, "file": str(out)})
+               if LOG_FORMAT["value"] == "json" else message, err=True)
 
 
 @cli.command()
