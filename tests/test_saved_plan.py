@@ -182,6 +182,22 @@ def test_a_saved_plan_is_refused_after_the_manifest_was_edited_before_any_aws_ca
     assert wire.count() == 0, wire.operations()
 
 
+def test_a_saved_plan_is_refused_after_another_run_applied_naming_that_run(endpoint, wire, tmp_path):
+    file = tmp_path / "dev.plan"
+    assert run(endpoint, "plan", "dev", "--target", "ecs", "--out", str(file)).returncode == 0
+    other = run(endpoint, "apply", "dev", "--target", "ecs", "--image-tag", "gamepulse=1.4.2")  # a colleague's
+    assert other.returncode == 0, other.stderr[-3000:]
+    [theirs] = json.loads(run(endpoint, "status", "dev", "--json").stdout)["runs"]
+
+    wire.reset()
+    refused = run(endpoint, "apply", str(file))
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    assert (f"step(s) ecs, vpc, by run {theirs['run_id']} (apply --image-tag gamepulse=1.4.2, {theirs['user']}@"
+            f"{theirs['host']}, started {theirs['started_at']}, ok)") in refused.stderr
+    assert "ecs: create cluster gamepulse-dev: no longer needed (AWS already matches)" in refused.stderr
+    assert wire.count(mutating=True, exclude=("DynamoDB",)) == 0, wire.operations(mutating=True)
+
+
 def test_damaged_foreign_and_other_environment_files_are_refused_clearly(endpoint, wire, tmp_path):
     from orchestrator.planfile import digest
     file = tmp_path / "dev.plan"
