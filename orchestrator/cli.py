@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from orchestrator.errors import Interrupted, OrchestratorError
+from orchestrator.errors import Interrupted, NotApplied, OrchestratorError
 
 ENV_ARG = click.argument("env")
 PARALLELISM_OPT = click.option("--parallelism", type=click.IntRange(1, 64), default=None,
@@ -174,7 +174,7 @@ def run_locked(options: Options, env: str, command: str, targets, lock_timeout: 
         outcome = ("failed" if failed_steps(results) else
                    "incomplete" if any(r.status in ("kept", "skipped") for r in results.values()) else "ok")
     except OrchestratorError as error:  # stopped before any change (pre-flight), or interrupted
-        outcome = "interrupted" if isinstance(error, Interrupted) else "failed"
+        outcome = "interrupted" if isinstance(error, Interrupted) else getattr(error, "outcome", "failed")
         raise
     finally:
         results = engine.results
@@ -272,20 +272,26 @@ def validate(options: Options, env: str):
 @allow_flags
 @IMAGE_TAG_OPT
 @REDEPLOY_OPT
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="Also save the plan to FILE: `apply FILE` applies exactly it (with --destroy: destroys exactly "
+                   "that), or refuses if anything it rests on moved (the manifest, the state, AWS). Holds no "
+                   "secret value.")
 @click.pass_obj
 def plan(options: Options, env: str, targets, as_json: bool, detailed_exitcode: bool, destroying: bool,
-         delete_data: bool, delete_secrets: bool, image_tags: dict[str, str], redeploys):
+         delete_data: bool, delete_secrets: bool, image_tags: dict[str, str], redeploys, out: Path | None):
     """Show what `apply` (or `destroy`) would change; read-only."""
     from orchestrator.engine import Engine
     from orchestrator.render import pending, plan_json, plan_text
 
-    manifest = requested(load(options, env), image_tags, redeploys)
+    from_files = load(options, env)
+    manifest = requested(from_files, image_tags, redeploys)
     if destroying:
         refuse_if_protected(manifest)
     graph = build_graph()
     graph.select(targets)
     aws = connect(options, manifest)
-    engine = Engine(manifest, aws, graph, store=store_for(aws, manifest), allow=allowed(delete_data, delete_secrets))
+    store = store_for(aws, manifest)
+    engine = Engine(manifest, aws, graph, store=store, allow=allowed(delete_data, delete_secrets))
     results = engine.plan_destroy(targets) if destroying else engine.plan(targets)
     what = "Destroy plan" if destroying else "Plan"
     click.echo(plan_json(env, results) if as_json else
@@ -295,26 +301,145 @@ def plan(options: Options, env: str, targets, as_json: bool, detailed_exitcode: 
     if problems:
         raise OrchestratorError(f"{len(problems)} problem(s) found (apply would stop before any change):\n  "
                                 + "\n  ".join(problems))
+    if out is not None:
+        save_plan(out, engine, store, from_files, results, targets, image_tags, redeploys,
+                  allowed(delete_data, delete_secrets), destroying)
     if detailed_exitcode and pending(results):
         sys.exit(2)
 
 
+def save_plan(out: Path, engine, store, from_files, results: dict, targets, image_tags: dict[str, str], redeploys,
+              allow: frozenset[str], destroying: bool) -> None:
+    """Write the plan just shown to `out` with what it rests on (see orchestrator.planfile)."""
+    from orchestrator import planfile
+    from orchestrator.render import is_refused
+    inputs = planfile.PlanInputs(targets=tuple(targets), image_tags=tuple(sorted(image_tags.items())),
+                                 redeploys=tuple(sorted(set(redeploys))), allow=tuple(sorted(allow)),
+                                 destroy=destroying)
+    last_run = (store.runs(1) or [None])[0] if store.exists() else None
+    document = planfile.build(manifest_from_files=from_files, manifest=engine.manifest,
+                              account_id=engine.aws.account_id(), inputs=inputs, results=results,
+                              records=engine.records, last_run=last_run, refused=is_refused)
+    planfile.write(out, document)
+    message = (f"Saved the plan ({planfile.pending(document)} change(s)) to {out}. Apply exactly it with: "
+               f"orchestrator apply {from_files.environment} {out}")
+    # On stderr, with the progress lines: stdout may be the plan as JSON, which this must not spoil.
+    click.echo(json.dumps({"event": "plan saved", "level": "info", "message": message, "file": str(out)})
+               if LOG_FORMAT["value"] == "json" else message, err=True)
+
+
 @cli.command()
-@ENV_ARG
+@click.argument("env", metavar="ENV|PLAN_FILE")
+@click.argument("plan_file", required=False, type=click.Path(dir_okay=False, path_type=Path), metavar="[PLAN_FILE]")
 @TARGET_OPT
 @PARALLELISM_OPT
 @LOCK_TIMEOUT_OPT
 @allow_flags
 @IMAGE_TAG_OPT
 @REDEPLOY_OPT
+@click.option("--yes", is_flag=True, help="Apply without asking first (asked only on a terminal).")
 @click.pass_obj
-def apply(options: Options, env: str, targets, parallelism, lock_timeout, delete_data, delete_secrets, image_tags,
-          redeploys):
-    """Converge AWS to the manifest of ENV."""
+def apply(options: Options, env: str, plan_file: Path | None, targets, parallelism, lock_timeout, delete_data,
+          delete_secrets, image_tags, redeploys, yes: bool):
+    """Converge AWS to the manifest of ENV; or apply exactly a saved plan (`plan ENV --out FILE`):
+    `apply FILE`, or `apply ENV FILE` to check that FILE is ENV's plan too.
+
+    On a terminal, `apply ENV` shows the plan and asks before any change (`--yes` does not ask;
+    nor does a run without a terminal). A manifest with `protection.require_saved_plan` accepts
+    only a saved plan."""
+    env, plan_file = apply_arguments(options, env, plan_file)
+    if plan_file is not None:
+        if targets or image_tags or redeploys or delete_data or delete_secrets:
+            raise click.UsageError("a saved plan holds its --target, --image-tag, --redeploy and --delete-* flags; "
+                                   "make the plan again with the ones you want")
+        apply_saved(options, env, plan_file, parallelism, lock_timeout)
+        return
+    manifest = load(options, env)
+    if manifest.protection.require_saved_plan:
+        flags = [*(f"--target {t}" for t in targets), *request_flags(image_tags, redeploys),
+                 *(f"--{flag}" for flag in sorted(allowed(delete_data, delete_secrets)))]
+        plan_command = " ".join(["orchestrator plan", env, *flags, "--out", f"{env}.plan"])
+        raise OrchestratorError(f"{env} applies only a saved plan (protection.require_saved_plan in its manifest); "
+                                f"nothing was changed. Make one with `{plan_command}`, review it, then apply exactly "
+                                f"it with `orchestrator apply {env} {env}.plan`")
+    review = None if yes or not sys.stdin.isatty() else Confirmation(env, f"{manifest.prefix} ({manifest.region})")
     command = " ".join(["apply", *request_flags(image_tags, redeploys)])
-    run_locked(options, env, command, targets, lock_timeout, lambda engine: engine.apply(targets),
+    run_locked(options, env, command, targets, lock_timeout, lambda engine: engine.apply(targets, review=review),
                allow=allowed(delete_data, delete_secrets), parallelism=parallelism, image_tags=image_tags,
                redeploys=redeploys)
+
+
+def apply_arguments(options: Options, first: str, second: Path | None) -> tuple[str | None, Path | None]:
+    """(environment, plan file) from `apply ENV`, `apply FILE` or `apply ENV FILE`. One word is
+    an environment if the manifests define it, else a plan file if one exists by that name."""
+    if second is not None:
+        return first, second
+    from orchestrator.manifest import list_environments
+    is_environment = first in list_environments(options.manifests)
+    is_file = Path(first).is_file()
+    if is_environment and is_file:
+        raise click.UsageError(f"{first!r} is both an environment and a file here: write ./{first} for the plan "
+                               f"file, or `apply {first} FILE`")
+    if is_file:
+        return None, Path(first)
+    return first, None  # an environment, or an unknown name: loading its manifest says which exist
+
+
+def apply_saved(options: Options, env: str | None, path: Path, parallelism, lock_timeout) -> None:
+    """`apply FILE`: exactly the saved plan, or a refusal naming what moved (exit 1, nothing
+    changed). The plan was made without the lock; every check is made again under it."""
+    from orchestrator import planfile
+    saved = planfile.read(path)
+    saved.check_environment(env)
+    from_files = load(options, saved.environment)
+    saved.check_manifest(from_files)  # before any AWS call
+    image_tags, redeploys = dict(saved.inputs.image_tags), saved.inputs.redeploys
+    saved.check_account(connect(options, requested(from_files, image_tags, redeploys)).account_id())
+    if saved.inputs.destroy:
+        refuse_if_protected(from_files)
+    click.echo(f"Applying the {saved.describe()}")
+    targets, allow = saved.inputs.targets, frozenset(saved.inputs.allow)
+
+    def work(engine):
+        saved.runs = lambda: engine.store.runs(10)
+        if saved.inputs.destroy:
+            return engine.destroy(targets, review=saved)
+        return engine.apply(targets, review=saved)
+
+    verb = "destroy" if saved.inputs.destroy else "apply"
+    flags = [flag for flag in saved.inputs.flags() if flag != "--destroy"]
+    report = (lambda results: report_destroy(saved.environment, targets, allow, results)) if saved.inputs.destroy \
+        else None
+    run_locked(options, saved.environment, " ".join([verb, *flags, f"(saved plan {path.name})"]), targets,
+               lock_timeout, work, allow=allow, parallelism=parallelism, image_tags=image_tags, redeploys=redeploys,
+               report=report)
+
+
+class Confirmation:
+    """`apply ENV` on a terminal: the plan (computed under the lock, so what is confirmed is what
+    is applied), then a question; anything but "yes" stops before any change and the lock is
+    released. The engine's `Review`."""
+
+    def __init__(self, env: str, where: str):
+        self.env = env
+        self.where = where
+        self.confirmed = None
+
+    def approve(self, planned: dict, records: dict) -> None:
+        from orchestrator.planfile import PlannedChanges
+        from orchestrator.render import pending, plan_text
+        self.confirmed = PlannedChanges.of(planned, "the plan confirmed")
+        count = pending(planned)
+        if not count:
+            return  # nothing would change: nothing to confirm
+        click.echo(plan_text(f"Plan for {self.where}:", planned))
+        answer = click.prompt(f"\nApply these {count} change(s) to {self.env}? Only 'yes' applies them",
+                              default="", show_default=False)
+        if answer.strip() != "yes":
+            raise NotApplied(f"apply {self.env} declined: nothing was changed", "declined")
+
+    def admit(self, step: str, changes: list) -> None:
+        self.confirmed.admit(step, changes)  # nothing beyond what was confirmed
 
 
 @cli.command()

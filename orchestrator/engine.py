@@ -15,7 +15,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Protocol
 
 import structlog
 
@@ -49,6 +49,9 @@ class StepResult:
     dependants: tuple[str, ...] = ()
     #: The failure itself, for callers that want more than `error`'s one line.
     exception: BaseException | None = field(default=None, repr=False)
+    #: A digest of what the step was planned to reach (`desired_hash`): a saved plan keeps it, so
+    #: that its apply sees when the inputs besides the manifest (config files) changed.
+    desired_digest: str = ""
 
     def summary(self) -> dict:
         return {"status": self.status, "changes": len(self.applied) if self.applied else len(self.changes),
@@ -93,6 +96,19 @@ def describe_error(error: Exception) -> str:
     return redactor.clean(f"{operation + ': ' if operation else ''}{code}: {message}")
 
 
+class Review(Protocol):
+    """Who decides, between planning and changing, that an apply goes on: a person confirming
+    on a terminal, or a saved plan that the fresh plan must match. Either raises to stop."""
+
+    def approve(self, planned: dict[str, StepResult], records: dict[str, dict]) -> None:
+        """Called once every selected step is planned (and passed pre-flight), before any change,
+        with the state records the plan was computed from."""
+
+    def admit(self, step: str, changes: list[Change]) -> None:
+        """Called as each step is about to make its changes (re-planned where an upstream step
+        changed what it reads): raise to stop the step before any of its calls."""
+
+
 class Engine:
     """Runs plan, apply and destroy over the selected steps of a graph."""
 
@@ -116,6 +132,13 @@ class Engine:
         self._planned: dict[str, tuple[dict, Any, Any]] = {}
         #: Per step pruned: the facts its observe returned.
         self.observed: dict[str, Any] = {}
+        #: The review of the apply in progress (see `Review`), if any.
+        self._review: Review | None = None
+
+    @property
+    def records(self) -> dict[str, dict]:
+        """The state records (per step) the last plan or apply was computed from."""
+        return self._records
 
     # -- public commands -------------------------------------------------------------------
 
@@ -124,21 +147,31 @@ class Engine:
         self._load_records()
         return self._run(self.graph.select(targets), self._plan_step)
 
-    def apply(self, targets: Iterable[str] = ()) -> dict[str, StepResult]:
+    def apply(self, targets: Iterable[str] = (), review: Review | None = None) -> dict[str, StepResult]:
         """Plan every selected step and run its pre-flight checks, then apply: a problem found
-        (or a step that cannot be planned) stops the run before any change, naming them all."""
+        (or a step that cannot be planned) stops the run before any change, naming them all.
+        `review`, when given, approves the plan before any change and admits each step's changes."""
         self._load_records()
         selected = self.graph.select(targets)
         planned = self._preflight(selected)
+        if review is not None:
+            review.approve(planned, self.records)
         if self.store is not None and self.lease is not None:
             self.store.protect()  # the first change of a run: never before its pre-flight checks
+        self._review = review
         results = self._run(selected, self._apply_step)
         for name, result in results.items():  # a step's time is its plan's and its apply's
             result.seconds += planned[name].seconds
         self._retire()
         return results
 
-    def destroy(self, targets: Iterable[str] = ()) -> dict[str, StepResult]:
+    def destroy(self, targets: Iterable[str] = (), review: Review | None = None) -> dict[str, StepResult]:
+        """Delete what the selected steps own, in reverse order. `review`, when given, approves
+        the destroy plan (every step planned first, read-only) before any delete, and admits each
+        step's deletes as it starts."""
+        if review is not None:
+            review.approve(self.plan_destroy(targets), self.records)
+        self._review = review
         return self._destroy(targets, self._destroy_step)
 
     def plan_destroy(self, targets: Iterable[str] = ()) -> dict[str, StepResult]:
@@ -271,6 +304,7 @@ class Engine:
         result.changes = step.plan(desired, observed, self._recorded(name))
         result.refused = [change for change in result.changes if self.refuses(change)]
         result.outputs = self._outputs(step, desired, observed)
+        result.desired_digest = desired_hash(desired)
         self._planned[name] = (inputs.outputs, desired, observed)
 
     def _apply_step(self, name: str, result: StepResult) -> None:
@@ -282,6 +316,8 @@ class Engine:
             desired = step.desired(self.manifest, inputs)
             observed = step.observe(ctx, desired)
         result.changes = step.plan(desired, observed, self._recorded(name))
+        if self._review is not None:
+            self._review.admit(name, result.changes)
         if result.changes:
             log.info("changing", step=name, changes=len(result.changes))
         else:
@@ -365,6 +401,8 @@ class Engine:
 
     def _destroy_step(self, name: str, result: StepResult) -> None:
         step, ctx, desired, observed = self._plan_destroy_step(name, result)
+        if self._review is not None:
+            self._review.admit(name, result.changes)
         log.info("destroying", step=name, deletes=len(result.changes))
         result.refused = []  # `_execute` lists them again as it meets them
         self._execute(step, ctx, result, observed, result.changes)

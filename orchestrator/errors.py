@@ -40,3 +40,12 @@ class UsageError(OrchestratorError):
 
 class StepFailed(OrchestratorError):
     """A step failed; the message names the step and the AWS error (never a secret)."""
+
+
+class NotApplied(OrchestratorError):
+    """An apply stopped by a decision rather than a failure: a person declined at the prompt,
+    or a saved plan no longer holds. `outcome` is what the run record says. Exit code 1."""
+
+    def __init__(self, message: str, outcome: str):
+        super().__init__(message)
+        self.outcome = outcome

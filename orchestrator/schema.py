@@ -47,6 +47,8 @@ class StateSpec(Section):
 
 class ProtectionSpec(Section):
     refuse_destroy: bool = Field(False, description="`destroy` refuses to run for this environment")
+    require_saved_plan: bool = Field(False, description="`apply ENV` refuses: only a saved plan is applied "
+                                                        "(`plan ENV --out FILE`, reviewed, then `apply ENV FILE`)")
 
 
 class LoggingSpec(Section):

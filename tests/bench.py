@@ -81,7 +81,7 @@ def timed(endpoint: str, *args: str, manifests: Path = ROOT / "manifests") -> Ru
     env.pop("CI", None)
     cpu_before = cpu_of_children()
     started = time.perf_counter()
-    result = subprocess.run([CLI, *args], capture_output=True, text=True, env=env)
+    result = subprocess.run([CLI, *args], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
     seconds = time.perf_counter() - started
     if result.returncode not in (0, 2):
         sys.exit(f"{' '.join(args)} failed:\n{result.stderr[-4000:]}")

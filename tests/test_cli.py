@@ -62,7 +62,9 @@ def run(endpoint, *args, manifests=MANIFESTS, extra_env=None, timeout=180):
     env = {**os.environ, **FAKE_ENV, "AWS_ENDPOINT_URL": endpoint, "ORCHESTRATOR_MANIFESTS": str(manifests),
            **(extra_env or {})}
     env.pop("CI", None)
-    return subprocess.run([CLI, *args], capture_output=True, text=True, env=env, timeout=timeout)
+    # No terminal, as in a pipeline: `apply` would otherwise ask first (its stdin is the test's).
+    return subprocess.run([CLI, *args], capture_output=True, text=True, env=env, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
 
 
 def client(endpoint, service):
@@ -148,7 +150,8 @@ def start_slow_apply(endpoint, server):
     env.pop("CI", None)
     # Create the state table first so that runs race for the lock, not for the table.
     assert run(endpoint, "apply", "dev", "--target", "ecr").returncode == 0
-    first = subprocess.Popen([CLI, "apply", "dev"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first = subprocess.Popen([CLI, "apply", "dev"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                             stdin=subprocess.DEVNULL)
     table = client(endpoint, "dynamodb")
     lock_key = {"pk": {"S": "gamepulse/dev"}, "sk": {"S": "lock"}}
     while "run_id" not in table.get_item(TableName="gamepulse-orchestrator-state", Key=lock_key).get("Item", {}):
@@ -221,7 +224,7 @@ def test_killed_apply_then_new_apply_converges_without_duplicates(endpoint, tmp_
     env = {**os.environ, **FAKE_ENV, "AWS_ENDPOINT_URL": endpoint, "ORCHESTRATOR_MANIFESTS": str(tmp_path)}
     env.pop("CI", None)
     proc = subprocess.Popen([CLI, "apply", "dev"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)
+                            env=env, stdin=subprocess.DEVNULL)
     # Kill it as soon as it has started creating the network.
     for line in proc.stdout:
         if "+ create" in line and "subnet" in line:
@@ -377,6 +380,16 @@ def dev_manifests(tmp_path, **sections) -> Path:
     return tmp_path
 
 
+def without_saved_plans(tmp_path, env: str) -> Path:
+    """The manifests in `tmp_path`, `env` not requiring a saved plan (`apply ENV` runs)."""
+    for name in ("gamepulse.yaml", f"{env}.yaml"):
+        shutil.copy(MANIFESTS / name, tmp_path)
+    overlay = yaml.safe_load((MANIFESTS / f"{env}.yaml").read_text())
+    overlay.setdefault("protection", {})["require_saved_plan"] = False
+    (tmp_path / f"{env}.yaml").write_text(yaml.safe_dump(overlay))
+    return tmp_path
+
+
 def tagged_dev_arns(endpoint) -> list[str]:
     tagging = client(endpoint, "resourcegroupstaggingapi")
     return [item["ResourceARN"] for item in tagging.get_resources(
@@ -472,7 +485,7 @@ def test_prune_lists_then_removes_what_the_manifest_no_longer_describes(endpoint
     assert "Nothing to prune." in again.stdout
 
 
-def test_a_missing_certificate_and_secret_source_stop_apply_before_any_change(endpoint, wire):
+def test_a_missing_certificate_and_secret_source_stop_apply_before_any_change(endpoint, wire, tmp_path):
     # staging names its certificate by a domain this account holds none for; its database source is unset.
     assert run(endpoint, "apply", "dev", "--target", "ecr").returncode == 0  # the shared state table exists
     unset = {"GAMEPULSE_STAGING_DB_CONNECTION": ""}
@@ -487,7 +500,7 @@ def test_a_missing_certificate_and_secret_source_stop_apply_before_any_change(en
            "is not set or empty" in error
 
     wire.reset()
-    applied = run(endpoint, "apply", "staging", extra_env=unset)
+    applied = run(endpoint, "apply", "staging", extra_env=unset, manifests=without_saved_plans(tmp_path, "staging"))
     assert applied.returncode == 1, applied.stdout + applied.stderr
     assert "apply stopped before any change: 2 problem(s) found first:" in applied.stderr
     assert "alb: no ISSUED certificate for staging.gamepulse.example.com" in applied.stderr
