@@ -24,7 +24,7 @@ from orchestrator.context import StepContext
 from orchestrator.errors import Interrupted, LockLost, OrchestratorError
 from orchestrator.graph import StepGraph
 from orchestrator.log import redactor
-from orchestrator.model import Accepted, Change, Inputs, Step, as_plain, is_unknown
+from orchestrator.model import Accepted, Change, Inputs, Step, as_plain, is_unknown, recordable
 from orchestrator.render import refusal
 from orchestrator.scheduler import run_concurrently
 
@@ -56,7 +56,7 @@ class StepResult:
     def summary(self) -> dict:
         return {"status": self.status, "changes": len(self.applied) if self.applied else len(self.changes),
                 "refused": [c.key for c in self.refused], "seconds": round(self.seconds, 2),
-                **({"error": self.error} if self.error else {})}
+                **({"error": recordable(self.error)} if self.error else {})}
 
 
 def output_fields(step: Step) -> tuple[str, ...]:
@@ -444,7 +444,8 @@ class Engine:
         self.store.finish_step(self.lease, name, status=result.status,
                                desired_hash=digest or previous.get("desired_hash", ""),
                                outputs=known_outputs(result.outputs) or previous.get("outputs", {}),
-                               changes=len(result.applied), error=result.error)
+                               changes=len(result.applied),
+                               error=recordable(result.error) if result.error else result.error)
 
     def _load_records(self) -> None:
         if self.store is not None:

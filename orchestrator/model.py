@@ -38,6 +38,13 @@ class Unknown(str):
         return Unknown, (self.source,)
 
 
+def recordable(text: str) -> str:
+    """A message fit for the state table: one that quotes a plan's "(known after apply)" (a saved
+    plan's refusal does) says it in other words, since the client factory rightly refuses to send
+    any string holding the marker."""
+    return text.replace(KNOWN_AFTER_APPLY, "(not known when planned)")
+
+
 def is_unknown(value: Any) -> bool:
     """True for a value not known before apply, or a string built from one."""
     return isinstance(value, str) and KNOWN_AFTER_APPLY in value

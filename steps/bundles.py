@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.model import KNOWN_AFTER_APPLY, Unknown
 from orchestrator.schema import AppContainerSpec
 from steps import grafana_content
 
@@ -123,7 +124,10 @@ ADMIN_PASSWORD_NOTE = (f"Grafana takes its admin password from the secret {GRAFA
 
 def bundle_hash(files: dict[str, bytes]) -> str:
     """sha256 over the sorted paths and contents (each length-prefixed, so no two bundles collide by
-    moving bytes between a path and its content)."""
+    moving bytes between a path and its content). Files rendered with a value not known before
+    apply (the cluster's ARN, the load balancer's name) have a hash not known either."""
+    if any(KNOWN_AFTER_APPLY.encode() in content for content in files.values()):
+        return Unknown("services.bundle_hash")
     digest = hashlib.sha256()
     for path in sorted(files):
         for part in (path.encode(), files[path]):

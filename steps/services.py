@@ -861,8 +861,8 @@ def _with_image_tags(diffs: tuple[FieldDiff, ...], service: DesiredService,
     field_name = f"container:{service.image.container}.image"
 
     def label(image, tag: str | None, digest_shown: bool) -> Any:
-        if image is None or is_unknown(image):
-            return image if tag is None else f"{service.image.repository} {tag}"
+        if image is None or is_unknown(image):  # still "(known after apply)": a saved plan matches any digest
+            return image if tag is None else f"{service.image.repository} {tag} {image}"
         digest = image.rpartition("@")[2] if "@" in image else ""
         short = f"{digest[:19]}…" if digest else image
         if tag is None:
