@@ -15,7 +15,7 @@ Last, at 0 ms and 40 ms added to every AWS call by the proxy (as on a real netwo
 apply, an unchanged re-apply and a plan, each with its wall and CPU time, calls (reads,
 mutating), average concurrency (the calls' summed durations at the proxy / wall time), peak
 concurrency, and the critical path: the longest chain of round trips each waiting for the
-last, and the step that holds most of it. `python -m tests.bench latency [CHECKOUT ...]` runs
+last, and the steps that hold most of it. `python -m tests.bench latency [CHECKOUT ...]` runs
 only this part, alternating the given checkouts of this project (run with the installed
 dependencies) to compare code side by side in one run.
 """
@@ -195,7 +195,7 @@ class Trace:
     average_concurrency: float  # the calls' summed durations / wall seconds
     peak_concurrency: int  # the most calls in flight at once
     critical_path: int  # the longest chain of round trips, each starting after the last one answered
-    critical_step: str  # the step that holds most of that chain, with its share
+    critical_step: str  # the steps that hold most of that chain, with their shares
 
 
 def peak_in_flight(spans) -> int:
@@ -254,8 +254,8 @@ def traced(proxy, source: Path | None, *args: str) -> Trace:
     spans = list(proxy.spans)
     chain = longest_chain(spans)
     owners = steps_of(spans, run.errors)
-    holders = Counter(owners.get(id(span), "?") for span in chain).most_common(1)
-    holder = f"{holders[0][0]} ({holders[0][1]})" if holders else ""
+    holders = Counter(owners.get(id(span), "?") for span in chain).most_common(4)
+    holder = ", ".join(f"{step} {count}" for step, count in holders)
     reads = sum(1 for span in spans if not mutating(_method(span), span.operation))
     return Trace(run.seconds, run.cpu, len(spans), reads, len(spans) - reads,
                  sum(span.end - span.start for span in spans) / run.seconds, peak_in_flight(spans),
@@ -272,7 +272,7 @@ def latency(sources: list[Path | None]) -> None:
     from tests.wire import CountingProxy
     server, url = start_server()
     print(f"{'latency':>7} {'code':<8} {'scenario':<18} {'wall s':>7} {'CPU s':>6} {'calls':>6} {'reads':>6} "
-          f"{'mut':>4} {'avg conc':>8} {'peak':>5} {'chain':>6}  chain held by")
+          f"{'mut':>4} {'avg conc':>8} {'peak':>5} {'chain':>6}  chain held by (calls)")
     results = {}
     try:
         for delay in LATENCIES:
