@@ -115,6 +115,9 @@ class Aws:
         """The shared client for `service`. With `ledger_name`, a client of its own whose calls
         the ledger files under that name instead of the current step (the state store's)."""
         key = (service, ledger_name)
+        client = self._clients.get(key)  # made once: the steps need not queue behind another's new client
+        if client is not None:
+            return client
         with self._lock:
             client = self._clients.get(key)
             if client is None:
@@ -197,7 +200,7 @@ class Aws:
         name order (many accounts lack some letters, e.g. us-west-1 has two of a, b, c)."""
         with self._facts_lock:
             if self._zones is None:
-                found = self.client("ec2", ledger_name=FACTS).describe_availability_zones(Filters=[
+                found = self._as_facts(self.client("ec2").describe_availability_zones, Filters=[
                     {"Name": "zone-type", "Values": ["availability-zone"]},
                     {"Name": "state", "Values": ["available"]}])["AvailabilityZones"]
                 self._zones = sorted(zone["ZoneName"] for zone in found)
@@ -206,8 +209,18 @@ class Aws:
     def _caller(self) -> dict:
         with self._facts_lock:
             if self._identity is None:
-                self._identity = self.client("sts", ledger_name=FACTS).get_caller_identity()
+                self._identity = self._as_facts(self.client("sts").get_caller_identity)
             return self._identity
+
+    @staticmethod
+    def _as_facts(call, **params):
+        """`call(**params)` filed under FACTS in the ledger, through the step's own client (a
+        client of its own would cost its creation: tens of milliseconds of CPU for EC2's model)."""
+        token = current_step.set(FACTS)
+        try:
+            return call(**params)
+        finally:
+            current_step.reset(token)
 
 
 class UnknownValueSent(Exception):
