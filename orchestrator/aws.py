@@ -43,6 +43,9 @@ FACTS = "facts"
 #: Any other service: DEFAULT_CONCURRENCY.
 CONCURRENCY = {"ec2": 8, "ecs": 8, "s3": 8, "iam": 4}
 DEFAULT_CONCURRENCY = 4
+#: `Aws.each`'s name for a few reads each of a different service (a step's kinds of resource):
+#: each then has one or two calls in flight to its own service; DEFAULT_CONCURRENCY bounds them.
+SEVERAL_SERVICES = "several services"
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -151,6 +154,7 @@ class Aws:
         """`[read(item) for item in items]`, with up to the service's bound (CONCURRENCY) of the
         reads in flight at once across the run: for a step's reads that do not depend on each
         other (each role's policies, each bucket's settings). Results keep the items' order.
+        `service` is the AWS service the reads call, or SEVERAL_SERVICES.
 
         When reads fail, the first failing item's exception is raised, as the loop would have
         raised it; reads not started yet are dropped. A `read` that itself calls `each` (for any
