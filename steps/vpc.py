@@ -397,7 +397,7 @@ class VpcStep(Step):
         owner = tagging.owner_filters(ctx.app, ctx.env, self.name)
         owned = ctx.owns
         facts = Facts()
-        facts.addresses, facts.vpc = ctx.each("ec2", _call, [
+        facts.addresses, facts.vpc = ctx.each("ec2", lambda read: read(), [
             lambda: _by_logical(desired.prefix, [Seen(id=a["AllocationId"], tags=tagging.tag_dict(a.get("Tags")))
                                                  for a in ec2.describe_addresses(Filters=owner)["Addresses"]]),
             lambda: _find_vpc(ec2, owner, desired.vpc)])
@@ -425,7 +425,7 @@ class VpcStep(Step):
 
         # Everything else is found by the VPC alone: one describe per kind, all at once.
         (facts.subnets, facts.internet_gateways, (facts.nat_gateways, facts.failed_nat_gateways), tables,
-         (facts.security_groups, facts.rules), facts.endpoints) = ctx.each("ec2", _call, [
+         (facts.security_groups, facts.rules), facts.endpoints) = ctx.each("ec2", lambda read: read(), [
             lambda: _key_subnets(_describe(ec2, "describe_subnets", "Subnets", Filters=in_vpc), desired, owned),
             gateways,
             lambda: _key_nat_gateways(_describe(ec2, "describe_nat_gateways", "NatGateways", Filter=owner + in_vpc),
@@ -876,11 +876,6 @@ def _vpc_quota(quotas) -> int | None:
                    ["Quota"]["Value"])
     except quotas.exceptions.NoSuchResourceException:
         return None
-
-
-def _call(read):
-    """`ctx.each`'s reader for a list of reads of different kinds."""
-    return read()
 
 
 def _describe(ec2, operation: str, key: str, **params) -> list[dict]:
