@@ -284,7 +284,8 @@ def latency(sources: list[Path | None]) -> None:
                                            ("plan", ("plan", "dev"))):
                         trace = results[delay, number, scenario] = traced(proxy, source, *args)
                         name = "installed" if source is None else f"#{number}"
-                        print(f"{delay * 1000:>5.0f}ms {name:<8} {scenario:<18} {trace.seconds:>7.2f} {trace.cpu:>6.2f} "
+                        print(f"{delay * 1000:>5.0f}ms {name:<8} {scenario:<18} {trace.seconds:>7.2f} "
+                              f"{trace.cpu:>6.2f} "
                               f"{trace.calls:>6} {trace.reads:>6} {trace.mutating:>4} "
                               f"{trace.average_concurrency:>8.2f} {trace.peak_concurrency:>5} {trace.critical_path:>6}"
                               f"  {trace.critical_step}", flush=True)
@@ -300,7 +301,8 @@ def latency(sources: list[Path | None]) -> None:
                 first = results[delay, 0, scenario]
                 for number in range(1, len(sources)):
                     other = results[delay, number, scenario]
-                    print(f"{delay * 1000:>5.0f}ms #{number}/#0 {scenario:<18} wall {other.seconds / first.seconds:.2f}x "
+                    print(f"{delay * 1000:>5.0f}ms #{number}/#0 {scenario:<18} "
+                          f"wall {other.seconds / first.seconds:.2f}x "
                           f"CPU {other.cpu / first.cpu:.2f}x")
 
 

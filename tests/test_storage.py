@@ -368,7 +368,10 @@ def test_bucket_reads_at_once_fail_as_the_bucket_by_bucket_loop_did(failures, ou
 
     aws = Aws("us-east-1")
     buckets = [("a", {}, False), ("b", {}, False)]
-    read = lambda: read_buckets(lambda fn, items: aws.each("s3", fn, items), _FailingS3(failures), buckets)  # noqa: E731
+
+    def read():
+        return read_buckets(lambda fn, items: aws.each("s3", fn, items), _FailingS3(failures), buckets)
+
     if isinstance(outcome, str):
         with pytest.raises(ClientError, match=outcome):
             read()
