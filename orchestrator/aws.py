@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import structlog
 
@@ -24,6 +25,30 @@ current_step: contextvars.ContextVar[str] = contextvars.ContextVar("current_step
 STATE = "state"
 #: The ledger's name for the run facts (account, partition, zones), asked once per run.
 FACTS = "facts"
+
+#: Reads of one service a run keeps in flight at once (`Aws.each`), below what AWS throttles.
+#: AWS meters each account and region with token buckets (one per API or group of APIs): a burst
+#: of reads spends tokens that refill at a sustained rate. A step's reads are a burst of tens, so
+#: a few in flight at 50-200 ms a round trip stay well inside the documented buckets, leaving
+#: room for the other tools of the account; botocore's standard retry absorbs a throttle left.
+#: - ec2: 100 tokens for non-mutating actions, 20 a second (EC2 API reference, "Request
+#:   throttling for the Amazon EC2 API").
+#: - ecs: 50 tokens for cluster and service reads, 20 a second sustained (ECS developer guide,
+#:   "Request throttling for the Amazon ECS API").
+#: - s3: 5,500 GET/HEAD a second per prefix (S3 user guide, "Best practices design patterns:
+#:   optimizing Amazon S3 performance"); the bucket-settings reads are far below.
+#: - iam: IAM publishes no numbers; it throttles per account, globally, across every tool and
+#:   region of the account (AWS Security Blog, "How to monitor and query IAM resources at scale
+#:   - Part 2"), so it gets the smallest bound.
+#: Any other service: DEFAULT_CONCURRENCY.
+CONCURRENCY = {"ec2": 8, "ecs": 8, "s3": 8, "iam": 4}
+DEFAULT_CONCURRENCY = 4
+#: `Aws.each`'s name for a few reads each of a different service (a step's kinds of resource):
+#: each then has one or two calls in flight to its own service; DEFAULT_CONCURRENCY bounds them.
+SEVERAL_SERVICES = "several services"
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 READ_PREFIXES = ("Describe", "Get", "List", "Head", "BatchGet", "Query", "Scan", "Lookup", "Discover",
                  "Search", "Select", "Check")
@@ -86,11 +111,16 @@ class Aws:
         self._identity: dict | None = None
         self._zones: list[str] | None = None
         self._facts_lock = threading.Lock()
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._in_each = threading.local()
 
     def client(self, service: str, *, ledger_name: str | None = None):
         """The shared client for `service`. With `ledger_name`, a client of its own whose calls
         the ledger files under that name instead of the current step (the state store's)."""
         key = (service, ledger_name)
+        client = self._clients.get(key)  # made once: the steps need not queue behind another's new client
+        if client is not None:
+            return client
         with self._lock:
             client = self._clients.get(key)
             if client is None:
@@ -118,6 +148,47 @@ class Aws:
             log.debug("aws call", step=ledger_name or current_step.get(), service=event[1], operation=event[2])
         return count_request
 
+    # -- independent reads at once -------------------------------------------------------------
+
+    def each(self, service: str, read: Callable[[Item], Result], items: Iterable[Item]) -> list[Result]:
+        """`[read(item) for item in items]`, with up to the service's bound (CONCURRENCY) of the
+        reads in flight at once across the run: for a step's reads that do not depend on each
+        other (each role's policies, each bucket's settings). Results keep the items' order.
+        `service` is the AWS service the reads call, or SEVERAL_SERVICES.
+
+        When reads fail, the first failing item's exception is raised, as the loop would have
+        raised it; reads not started yet are dropped. A `read` that itself calls `each` (for any
+        service) runs those reads one after another, so that no read waits for a slot while
+        holding one."""
+        items = list(items)
+        limit = CONCURRENCY.get(service, DEFAULT_CONCURRENCY)
+        if len(items) < 2 or limit < 2 or getattr(self._in_each, "active", False):
+            return [read(item) for item in items]
+        slots = self._slots_of(service, limit)
+
+        def one(item):
+            with slots:
+                self._in_each.active = True
+                try:
+                    return read(item)
+                finally:
+                    self._in_each.active = False
+
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max_workers=min(limit, len(items)), thread_name_prefix=f"each-{service}") as pool:
+            # Each read runs in a copy of the caller's context: the ledger files its calls under the step.
+            futures = [pool.submit(contextvars.copy_context().run, one, item) for item in items]
+            try:
+                return [future.result() for future in futures]
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+
+    def _slots_of(self, service: str, limit: int) -> threading.BoundedSemaphore:
+        with self._lock:
+            return self._slots.setdefault(service, threading.BoundedSemaphore(limit))
+
     # -- run facts: asked once per run, shared by the steps running at once --------------------
 
     def account_id(self) -> str:
@@ -133,7 +204,7 @@ class Aws:
         name order (many accounts lack some letters, e.g. us-west-1 has two of a, b, c)."""
         with self._facts_lock:
             if self._zones is None:
-                found = self.client("ec2", ledger_name=FACTS).describe_availability_zones(Filters=[
+                found = self._as_facts(self.client("ec2").describe_availability_zones, Filters=[
                     {"Name": "zone-type", "Values": ["availability-zone"]},
                     {"Name": "state", "Values": ["available"]}])["AvailabilityZones"]
                 self._zones = sorted(zone["ZoneName"] for zone in found)
@@ -142,8 +213,18 @@ class Aws:
     def _caller(self) -> dict:
         with self._facts_lock:
             if self._identity is None:
-                self._identity = self.client("sts", ledger_name=FACTS).get_caller_identity()
+                self._identity = self._as_facts(self.client("sts").get_caller_identity)
             return self._identity
+
+    @staticmethod
+    def _as_facts(call, **params):
+        """`call(**params)` filed under FACTS in the ledger, through the step's own client (a
+        client of its own would cost its creation: tens of milliseconds of CPU for EC2's model)."""
+        token = current_step.set(FACTS)
+        try:
+            return call(**params)
+        finally:
+            current_step.reset(token)
 
 
 class UnknownValueSent(Exception):

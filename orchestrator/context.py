@@ -39,6 +39,10 @@ class StepContext:
     def client(self, service: str):
         return self.aws.client(service)
 
+    def each(self, service: str, read, items) -> list:
+        """`[read(item) for item in items]`, reads of `service` at once (`Aws.each`)."""
+        return self.aws.each(service, read, items)
+
     @property
     def app(self) -> str:
         return self.manifest.app

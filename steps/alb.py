@@ -257,9 +257,10 @@ class AlbStep(Step):
         lb = self._find_load_balancer(elb, desired.load_balancer.name)
         listeners = [listener for page in elb.get_paginator("describe_listeners").paginate(
             LoadBalancerArn=lb["LoadBalancerArn"]) for listener in page["Listeners"]] if lb else []
-        rules = [(listener["Port"], rule) for listener in listeners
-                 for page in elb.get_paginator("describe_rules").paginate(ListenerArn=listener["ListenerArn"])
-                 for rule in page["Rules"] if not rule["IsDefault"]]
+        rules_of = ctx.each("elbv2", lambda listener: [
+            rule for page in elb.get_paginator("describe_rules").paginate(ListenerArn=listener["ListenerArn"])
+            for rule in page["Rules"] if not rule["IsDefault"]], listeners)
+        rules = [(listener["Port"], rule) for listener, found in zip(listeners, rules_of) for rule in found]
         all_groups = self._find_target_groups(ctx, elb, desired, [listener["DefaultActions"] for listener in listeners]
                                               + [rule["Actions"] for _, rule in rules])
         names_by_arn = {group["TargetGroupArn"]: group["TargetGroupName"] for group in all_groups}
@@ -271,12 +272,16 @@ class AlbStep(Step):
         def owned(arn: str) -> bool:
             return ctx.owns(tags.get(arn, {}))
 
+        # The load balancer's and each target group's attributes, read at once.
+        seen_lb, *seen_groups = ctx.each("elbv2", lambda read: read(), [
+            lambda: lb and self._observed_load_balancer(elb, lb, owned(lb["LoadBalancerArn"]))] + [
+            lambda group=group: self._observed_target_group(elb, group, owned(group["TargetGroupArn"]))
+            for group in ours])
         if lb:
-            facts.load_balancer = self._observed_load_balancer(elb, lb, owned(lb["LoadBalancerArn"]))
+            facts.load_balancer = seen_lb
             facts.load_balancer.tags = tags.get(lb["LoadBalancerArn"], {})
-        for group in ours:
-            seen = facts.target_groups[group["TargetGroupName"]] = self._observed_target_group(
-                elb, group, owned(group["TargetGroupArn"]))
+        for group, seen in zip(ours, seen_groups):
+            facts.target_groups[group["TargetGroupName"]] = seen
             seen.tags = tags.get(seen.arn, {})
         for listener in listeners:
             certificates = listener.get("Certificates") or [{}]

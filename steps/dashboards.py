@@ -24,7 +24,7 @@ import json
 from dataclasses import dataclass, field
 
 from orchestrator import tags as tagging
-from orchestrator.aws import unless_code
+from orchestrator.aws import SEVERAL_SERVICES, unless_code
 from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step, Unknown, diff_fields, is_unknown
 from orchestrator.permissions import FIND_BY_TAG, allow
 
@@ -240,12 +240,20 @@ class DashboardsStep(Step):
     def observe(self, ctx, desired: DashboardsDesired) -> DashboardsFacts:
         facts = DashboardsFacts(dashboard_name=desired.dashboard.name)
         owned_tags = self._owned_tags(ctx)
-        facts.key = self._observe_key(ctx, desired.key_alias, owned_tags)
-        facts.topic = self._observe_topic(ctx, desired.topic_arn, owned_tags)
-        if facts.topic is not None:
-            facts.subscriptions = self._observe_subscriptions(ctx, facts.topic.arn)
-        facts.alarms = self._observe_alarms(ctx, desired.alarm_prefix, owned_tags)
-        facts.dashboard = self._observe_dashboard(ctx, desired.dashboard.name)
+
+        def topic_and_subscriptions():
+            topic = self._observe_topic(ctx, desired.topic_arn, owned_tags)
+            return topic, (self._observe_subscriptions(ctx, topic.arn) if topic is not None else None)
+
+        # Key, topic, alarms and dashboard: four services, read at once.
+        facts.key, (facts.topic, subscriptions), facts.alarms, facts.dashboard = ctx.each(
+            SEVERAL_SERVICES, lambda read: read(), [
+                lambda: self._observe_key(ctx, desired.key_alias, owned_tags),
+                topic_and_subscriptions,
+                lambda: self._observe_alarms(ctx, desired.alarm_prefix, owned_tags),
+                lambda: self._observe_dashboard(ctx, desired.dashboard.name)])
+        if subscriptions is not None:
+            facts.subscriptions = subscriptions
         return facts
 
     def _owned_tags(self, ctx) -> dict[str, dict[str, str]]:

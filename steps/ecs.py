@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from orchestrator import tags as tagging
-from orchestrator.aws import error_code, unless_code
+from orchestrator.aws import SEVERAL_SERVICES, error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
 from orchestrator.permissions import FIND_BY_TAG, allow, service_linked_role
@@ -172,9 +172,12 @@ class EcsStep(Step):
     # -- observe ----------------------------------------------------------------------------
 
     def observe(self, ctx, desired: EcsDesired) -> EcsFacts:
-        return EcsFacts(cluster=self._observe_cluster(ctx, desired.cluster.name),
-                        log_groups=self._observe_log_groups(ctx, desired),
-                        namespace=self._observe_namespace(ctx, desired.namespace.name))
+        """Cluster (ECS), log groups (CloudWatch Logs) and namespace (Cloud Map), read at once."""
+        cluster, log_groups, namespace = ctx.each(SEVERAL_SERVICES, lambda read: read(), [
+            lambda: self._observe_cluster(ctx, desired.cluster.name),
+            lambda: self._observe_log_groups(ctx, desired),
+            lambda: self._observe_namespace(ctx, desired.namespace.name)])
+        return EcsFacts(cluster=cluster, log_groups=log_groups, namespace=namespace)
 
     def _observe_cluster(self, ctx, name: str) -> ObservedCluster | None:
         response = ctx.client("ecs").describe_clusters(clusters=[name], include=["SETTINGS", "TAGS"])

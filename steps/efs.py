@@ -405,14 +405,14 @@ class EfsStep(Step):
             mine = item["CreationToken"] == token
             if item["LifeCycleState"] in ("deleting", "deleted") or not (mine or is_ours(fs.tags, ctx.app, ctx.env)):
                 continue
-            fs.mount_targets = read_mount_targets(efs, fs.id)
-            fs.access_points = read_access_points(efs, fs.id, ctx.app, ctx.env)
+            fs.mount_targets, fs.access_points = ctx.each("efs", lambda read: read(), [
+                lambda: read_mount_targets(efs, fs.id), lambda: read_access_points(efs, fs.id, ctx.app, ctx.env)])
             facts.file_systems[fs.id] = fs
             if mine:
                 facts.current = fs.id
         current = facts.current_fs()
         if current is not None:
-            self._observe_settings(efs, current, desired)
+            self._observe_settings(ctx, efs, current, desired)
         return facts
 
     def _tagged_file_system_ids(self, ctx) -> list[str]:
@@ -443,15 +443,22 @@ class EfsStep(Step):
             FIND_BY_TAG]
 
     @staticmethod
-    def _observe_settings(efs, fs: ObservedFileSystem, desired: EfsDesired) -> None:
-        """What only the platform's file system needs: mount-target groups, lifecycle, backups."""
-        for mount_target in fs.mount_targets.values():
-            if mount_target.state == "available":
-                mount_target.security_groups = read_mount_target_groups(efs, mount_target.id)
-        policies = efs.describe_lifecycle_configuration(FileSystemId=fs.id)["LifecyclePolicies"]
-        fs.transition_to_ia = next((p["TransitionToIA"] for p in policies if "TransitionToIA" in p), None)
-        if desired.backups:
+    def _observe_settings(ctx, efs, fs: ObservedFileSystem, desired: EfsDesired) -> None:
+        """What only the platform's file system needs: mount-target groups, lifecycle, backups,
+        read at once (each read fills its own field)."""
+        def groups(mount_target: ObservedMountTarget) -> None:
+            mount_target.security_groups = read_mount_target_groups(efs, mount_target.id)
+
+        def lifecycle() -> None:
+            policies = efs.describe_lifecycle_configuration(FileSystemId=fs.id)["LifecyclePolicies"]
+            fs.transition_to_ia = next((p["TransitionToIA"] for p in policies if "TransitionToIA" in p), None)
+
+        def backups() -> None:
             fs.backups = read_backup_status(efs, fs.id)
+
+        reads = [lambda mount_target=mount_target: groups(mount_target)
+                 for mount_target in fs.mount_targets.values() if mount_target.state == "available"]
+        ctx.each("efs", lambda read: read(), reads + [lifecycle] + ([backups] if desired.backups else []))
 
     # -- plan ---------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from orchestrator import tags as tagging
 from orchestrator import waiters
-from orchestrator.aws import error_code, unless_code
+from orchestrator.aws import SEVERAL_SERVICES, error_code, unless_code
 from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Unknown, Wait, is_unknown
 from orchestrator.permissions import allow
 from orchestrator.waiters import WaitFailed
@@ -257,24 +257,38 @@ class ServicesStep(Step):
                               rollout_timeout=desired.rollout_timeout)
         ecs = ctx.client("ecs")
         facts.poller = RolloutPoller(ecs, ctx.client("elbv2"), desired.cluster)
-        if not ctx.destroying:
+
+        def images() -> dict[str, str]:
+            if ctx.destroying:
+                return {}
             ecr = ctx.client("ecr")
-            for service in desired.services:
-                # A repository that does not exist yet (a plan from nothing) holds no image yet either.
-                if service.image is not None and not is_unknown(service.image.uri):
-                    facts.images[service.name] = resolve_image(ecr, service.image.repository, service.image.tag)
-        facts.services = self._observe_services(ecs, desired)
+            # A repository that does not exist yet (a plan from nothing) holds no image yet either.
+            pushed = [s for s in desired.services if s.image is not None and not is_unknown(s.image.uri)]
+            digests = ctx.each("ecr", lambda s: resolve_image(ecr, s.image.repository, s.image.tag), pushed)
+            return dict(zip((service.name for service in pushed), digests))
+
+        def discovery() -> dict[str, dict] | None:
+            if is_unknown(desired.namespace_id):
+                return None
+            return self._observe_discovery(ctx.client("servicediscovery"), desired.namespace_id)
+
+        # Images (ECR), services (ECS) and Cloud Map services: three services, read at once.
+        found_images, facts.services, found_discovery = ctx.each(SEVERAL_SERVICES, lambda read: read(), [
+            images, lambda: self._observe_services(ecs, desired), discovery])
+        facts.images.update(found_images)
+        if found_discovery is not None:
+            facts.discovery = found_discovery
         facts.owned = {name for name, live in facts.services.items()
                        if ctx.owns(tagging.tag_dict(live.get("tags"), "key", "value"))}
         wanted = {s.name for s in desired.services}
         # What goes: everything when destroying, else our services the manifest no longer lists.
         going = sorted(facts.owned | wanted) if ctx.destroying else sorted(facts.owned - wanted)
-        if not is_unknown(desired.namespace_id):
-            facts.discovery = self._observe_discovery(ctx.client("servicediscovery"), desired.namespace_id)
+        reads = []  # each fills its own facts: scaling targets and policies, task definitions
         if facts.services and (going or any(s.scaling for s in desired.services)):
-            self._observe_scaling(ctx.client("application-autoscaling"), facts, desired.cluster)
+            reads.append(lambda: self._observe_scaling(ctx.client("application-autoscaling"), facts, desired.cluster))
         if not ctx.destroying:
-            self._observe_definitions(ecs, desired, facts, ctx.recorded)
+            reads.append(lambda: self._observe_definitions(ctx, ecs, desired, facts))
+        ctx.each(SEVERAL_SERVICES, lambda read: read(), reads)
         if going:
             self._observe_bundles(ctx.client("s3"), desired.config_bucket, going, facts)
             families = {_family(facts.services[name]["taskDefinition"]) for name in going if name in facts.services}
@@ -286,17 +300,20 @@ class ServicesStep(Step):
                     if _family(arn) == family]
         return facts
 
-    def _observe_definitions(self, ecs, desired: ServicesDesired, facts: ServicesFacts, recorded: dict) -> None:
+    def _observe_definitions(self, ctx, ecs, desired: ServicesDesired, facts: ServicesFacts) -> None:
         """The definition in service, described only where the last-applied record does not prove
         it is the one wanted (same revision, same hash): a change is coming, or the service runs
-        a revision this tool did not record."""
+        a revision this tool did not record. The describes go out at once."""
+        unproven = []
         for service in desired.services:
             live = facts.services.get(service.name)
-            record = recorded.get(f"task_definition/{service.name}", {})
+            record = ctx.recorded.get(f"task_definition/{service.name}", {})
             wanted = taskdefs.definition_hash(_with_image(service, facts.images.get(service.name)))
             if live and (record.get("arn"), record.get("hash")) != (live["taskDefinition"], wanted):
-                facts.definitions[service.name] = ecs.describe_task_definition(
-                    taskDefinition=live["taskDefinition"])["taskDefinition"]
+                unproven.append((service.name, live["taskDefinition"]))
+        described = ctx.each("ecs", lambda item: ecs.describe_task_definition(taskDefinition=item[1])["taskDefinition"],
+                             unproven)
+        facts.definitions.update((name, definition) for (name, _), definition in zip(unproven, described))
 
     def _observe_services(self, ecs, desired: ServicesDesired) -> dict[str, dict]:
         """The cluster's services, ten per describe: ours by name, and any other (one the manifest

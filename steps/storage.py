@@ -174,39 +174,78 @@ def parse_policy(text: str) -> dict | str:
         return text  # not JSON: differs from anything we want, and shows as is in the plan
 
 
-def read_bucket(s3, name: str, tags: dict[str, str], count_versions: bool) -> ObservedBucket | None:
-    """One of our buckets with its managed settings; None when it is gone (deleted since the listing)."""
+def read_buckets(each, s3, buckets: list[tuple[str, dict[str, str], bool]]) -> list[ObservedBucket | None]:
+    """Our buckets (name, tags, count_versions) with their managed settings, every setting of
+    every bucket read at once through `each` (`StepContext.each`); None for a bucket deleted
+    since the listing. A failure surfaces as reading them one by one would have raised it: the
+    first in bucket and setting order, unless its bucket was found gone by an earlier read."""
+    found = [ObservedBucket(name=name, owned=True, tags=tags) for name, tags, _ in buckets]
+    reads = [(bucket, reader) for bucket, (_, _, count_versions) in zip(found, buckets)
+             for reader in SETTING_READS + ((_read_versions,) if count_versions else ())]
+    failures = each(lambda read: _failure_of(read[1], s3, read[0]), reads)
+    gone = set()
+    for (bucket, _), failure in zip(reads, failures):
+        if failure is None or bucket.name in gone:
+            continue
+        if error_code(failure) != "NoSuchBucket":
+            raise failure
+        gone.add(bucket.name)
+    return [None if bucket.name in gone else bucket for bucket in found]
+
+
+def _failure_of(reader, s3, bucket: ObservedBucket) -> Exception | None:
     try:
-        return _read_settings(s3, ObservedBucket(name=name, owned=True, tags=tags), count_versions)
-    except ClientError as error:
-        if error_code(error) == "NoSuchBucket":
-            return None
-        raise
+        reader(s3, bucket)
+        return None
+    except Exception as error:  # raised in bucket order by read_buckets
+        return error
 
 
-def _read_settings(s3, bucket: ObservedBucket, count_versions: bool) -> ObservedBucket:
-    name = bucket.name
-    block = unless_code({"NoSuchPublicAccessBlockConfiguration"}, s3.get_public_access_block, Bucket=name)
+def _read_public_access_block(s3, bucket: ObservedBucket) -> None:
+    block = unless_code({"NoSuchPublicAccessBlockConfiguration"}, s3.get_public_access_block, Bucket=bucket.name)
     bucket.public_access_block = block and block["PublicAccessBlockConfiguration"]
-    controls = unless_code({"OwnershipControlsNotFoundError"}, s3.get_bucket_ownership_controls, Bucket=name)
+
+
+def _read_ownership(s3, bucket: ObservedBucket) -> None:
+    controls = unless_code({"OwnershipControlsNotFoundError"}, s3.get_bucket_ownership_controls, Bucket=bucket.name)
     bucket.ownership = controls and controls["OwnershipControls"]["Rules"][0]["ObjectOwnership"]
+
+
+def _read_encryption(s3, bucket: ObservedBucket) -> None:
     encryption = unless_code({"ServerSideEncryptionConfigurationNotFoundError"}, s3.get_bucket_encryption,
-                             Bucket=name)
+                             Bucket=bucket.name)
     if encryption:
         rule = encryption["ServerSideEncryptionConfiguration"]["Rules"][0]
         bucket.encryption = {"SSEAlgorithm": rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"],
                              "BucketKeyEnabled": rule.get("BucketKeyEnabled", False)}
+
+
+def _read_versioning(s3, bucket: ObservedBucket) -> None:
     # A bucket that was never versioned has no Status; for this step it is the same as Suspended.
-    bucket.versioning = s3.get_bucket_versioning(Bucket=name).get("Status") or "Suspended"
-    lifecycle = unless_code({"NoSuchLifecycleConfiguration"}, s3.get_bucket_lifecycle_configuration, Bucket=name)
+    bucket.versioning = s3.get_bucket_versioning(Bucket=bucket.name).get("Status") or "Suspended"
+
+
+def _read_lifecycle(s3, bucket: ObservedBucket) -> None:
+    lifecycle = unless_code({"NoSuchLifecycleConfiguration"}, s3.get_bucket_lifecycle_configuration,
+                            Bucket=bucket.name)
     bucket.lifecycle = normalized_rules(lifecycle["Rules"]) if lifecycle else []
-    policy = unless_code({"NoSuchBucketPolicy"}, s3.get_bucket_policy, Bucket=name)
+
+
+def _read_policy(s3, bucket: ObservedBucket) -> None:
+    policy = unless_code({"NoSuchBucketPolicy"}, s3.get_bucket_policy, Bucket=bucket.name)
     bucket.policy = parse_policy(policy["Policy"]) if policy else None
-    if count_versions:  # only a delete needs to know whether the bucket holds data
-        versions = s3.list_object_versions(Bucket=name, MaxKeys=COUNT_LIMIT)
-        bucket.versions = len(versions.get("Versions", [])) + len(versions.get("DeleteMarkers", []))
-        bucket.more_versions = bool(versions.get("IsTruncated"))
-    return bucket
+
+
+def _read_versions(s3, bucket: ObservedBucket) -> None:
+    """Only a delete needs to know whether the bucket holds data."""
+    versions = s3.list_object_versions(Bucket=bucket.name, MaxKeys=COUNT_LIMIT)
+    bucket.versions = len(versions.get("Versions", [])) + len(versions.get("DeleteMarkers", []))
+    bucket.more_versions = bool(versions.get("IsTruncated"))
+
+
+#: The managed settings' reads, in the order a bucket is read.
+SETTING_READS = (_read_public_access_block, _read_ownership, _read_encryption, _read_versioning, _read_lifecycle,
+                 _read_policy)
 
 
 def owned_bucket_tags(tagging_api, app: str, env: str, step: str) -> dict[str, dict[str, str]]:
@@ -360,6 +399,7 @@ class StorageStep(Step):
                              rendered=frozenset(bucket.name for bucket in desired.buckets if bucket.rendered))
         wanted = {bucket.name for bucket in desired.buckets}
         owned_tags = owned_bucket_tags(ctx.client("resourcegroupstaggingapi"), ctx.app, ctx.env, self.name)
+        ours = []
         for name in list_bucket_names(s3, f"{desired.prefix}-"):
             if name not in wanted and not name.endswith(f"-{desired.account_id}"):
                 continue
@@ -370,9 +410,11 @@ class StorageStep(Step):
                 if name in wanted:  # refused by plan: nothing more to read
                     facts.buckets[name] = ObservedBucket(name=name, owned=False, tags=tags)
                 continue
-            found = read_bucket(s3, name, tags, count_versions=ctx.destroying or name not in wanted)
+            ours.append((name, tags, ctx.destroying or name not in wanted))
+        for found in read_buckets(lambda read, items: ctx.each("s3", read, items), s3, ours):
             if found is not None:
-                facts.buckets[name] = found
+                facts.buckets[found.name] = found
+        facts.buckets = dict(sorted(facts.buckets.items()))  # in the listing's order, as plan shows them
         return facts
 
     def plan(self, desired: StorageDesired, observed: StorageFacts, recorded: dict[str, dict]) -> list[Change]:

@@ -397,39 +397,51 @@ class VpcStep(Step):
         owner = tagging.owner_filters(ctx.app, ctx.env, self.name)
         owned = ctx.owns
         facts = Facts()
-        facts.addresses = _by_logical(
-            desired.prefix, [Seen(id=a["AllocationId"], tags=tagging.tag_dict(a.get("Tags")))
-                             for a in ec2.describe_addresses(Filters=owner)["Addresses"]])
-        facts.vpc = _find_vpc(ec2, owner, desired.vpc)
+        facts.addresses, facts.vpc = ctx.each("ec2", lambda read: read(), [
+            lambda: _by_logical(desired.prefix, [Seen(id=a["AllocationId"], tags=tagging.tag_dict(a.get("Tags")))
+                                                 for a in ec2.describe_addresses(Filters=owner)["Addresses"]]),
+            lambda: _find_vpc(ec2, owner, desired.vpc)])
         if facts.vpc is None:
             return facts
         in_vpc = [{"Name": "vpc-id", "Values": [facts.vpc.id]}]
-        facts.subnets = _key_subnets(_describe(ec2, "describe_subnets", "Subnets", Filters=in_vpc), desired, owned)
-        facts.internet_gateways = _by_logical(desired.prefix, [
-            SeenGateway(id=g["InternetGatewayId"], tags=tagging.tag_dict(g.get("Tags")),
-                        attached_to=tuple(a["VpcId"] for a in g.get("Attachments", [])))
-            for g in _describe(ec2, "describe_internet_gateways", "InternetGateways", Filters=owner)])
-        facts.nat_gateways, facts.failed_nat_gateways = _key_nat_gateways(
-            _describe(ec2, "describe_nat_gateways", "NatGateways", Filter=owner + in_vpc), desired.prefix)
-        tables = _describe(ec2, "describe_route_tables", "RouteTables", Filters=in_vpc)
+
+        def gateways():
+            return _by_logical(desired.prefix, [
+                SeenGateway(id=g["InternetGatewayId"], tags=tagging.tag_dict(g.get("Tags")),
+                            attached_to=tuple(a["VpcId"] for a in g.get("Attachments", [])))
+                for g in _describe(ec2, "describe_internet_gateways", "InternetGateways", Filters=owner)])
+
+        def groups_and_rules():
+            groups = _key_groups(_describe(ec2, "describe_security_groups", "SecurityGroups", Filters=in_vpc),
+                                 desired, owned)
+            group_ids = [group.id for group in groups.values()]
+            rules = {group_id: [] for group_id in group_ids}
+            if group_ids:
+                for rule in _describe(ec2, "describe_security_group_rules", "SecurityGroupRules",
+                                      Filters=[{"Name": "group-id", "Values": group_ids}]):
+                    if not rule["IsEgress"]:
+                        rules[rule["GroupId"]].append(_seen_rule(rule))
+            return groups, rules
+
+        # Everything else is found by the VPC alone: one describe per kind, all at once.
+        (facts.subnets, facts.internet_gateways, (facts.nat_gateways, facts.failed_nat_gateways), tables,
+         (facts.security_groups, facts.rules), facts.endpoints) = ctx.each("ec2", lambda read: read(), [
+            lambda: _key_subnets(_describe(ec2, "describe_subnets", "Subnets", Filters=in_vpc), desired, owned),
+            gateways,
+            lambda: _key_nat_gateways(_describe(ec2, "describe_nat_gateways", "NatGateways", Filter=owner + in_vpc),
+                                      desired.prefix),
+            lambda: _describe(ec2, "describe_route_tables", "RouteTables", Filters=in_vpc),
+            groups_and_rules,
+            lambda: _by_logical(desired.prefix, [
+                _seen_endpoint(e) for e in _describe(ec2, "describe_vpc_endpoints", "VpcEndpoints",
+                                                     Filters=owner + in_vpc)
+                if e["State"].lower() not in ("deleting", "deleted")])])
         facts.route_tables = _by_logical(desired.prefix, [
             SeenTable(id=t["RouteTableId"], tags=tagging.tag_dict(t.get("Tags")), routes=_routes(t))
             for t in tables if owned(tagging.tag_dict(t.get("Tags")))])
         facts.associations = {a["SubnetId"]: Association(a["RouteTableAssociationId"], a["RouteTableId"])
                               for t in tables for a in t.get("Associations", [])
                               if a.get("SubnetId") and a.get("AssociationState", {}).get("State") != "disassociated"}
-        facts.security_groups = _key_groups(
-            _describe(ec2, "describe_security_groups", "SecurityGroups", Filters=in_vpc), desired, owned)
-        group_ids = [group.id for group in facts.security_groups.values()]
-        facts.rules = {group_id: [] for group_id in group_ids}
-        if group_ids:
-            for rule in _describe(ec2, "describe_security_group_rules", "SecurityGroupRules",
-                                  Filters=[{"Name": "group-id", "Values": group_ids}]):
-                if not rule["IsEgress"]:
-                    facts.rules[rule["GroupId"]].append(_seen_rule(rule))
-        facts.endpoints = _by_logical(desired.prefix, [
-            _seen_endpoint(e) for e in _describe(ec2, "describe_vpc_endpoints", "VpcEndpoints", Filters=owner + in_vpc)
-            if e["State"].lower() not in ("deleting", "deleted")])
         return facts
 
     # -- pre-flight ---------------------------------------------------------------------------

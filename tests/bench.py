@@ -10,6 +10,14 @@ of other environments and tools (IAM roles, target groups, repositories, file sy
 groups, buckets, secrets): observing only what is ours, it should cost the same reads and
 about the same time as in an empty account. Each scenario's calls, wall seconds and CPU
 seconds (user + system of the command's process) are printed side by side.
+
+Last, at 0 ms and 40 ms added to every AWS call by the proxy (as on a real network): a cold
+apply, an unchanged re-apply and a plan, each with its wall and CPU time, calls (reads,
+mutating), average concurrency (the calls' summed durations at the proxy / wall time), peak
+concurrency, and the critical path: the longest chain of round trips each waiting for the
+last, and the steps that hold most of it. `python -m tests.bench latency [CHECKOUT ...]` runs
+only this part, alternating the given checkouts of this project (run with the installed
+dependencies) to compare code side by side in one run.
 """
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +70,7 @@ class Run:
     cpu: float  # user + system seconds of the command's process
     peak_kib: int
     output: str = ""  # what the command printed (the run summary)
+    errors: str = ""  # what it logged
 
     def step_calls(self, step: str) -> int:
         """The calls one step made, from the run summary's row for it."""
@@ -73,20 +83,25 @@ def cpu_of_children() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def timed(endpoint: str, *args: str, manifests: Path = ROOT / "manifests") -> Run:
+def timed(endpoint: str, *args: str, manifests: Path = ROOT / "manifests", source: Path | None = None) -> Run:
     """Wall and CPU seconds and peak memory (KiB) of one command-line run. The CPU seconds are
     the difference in the children's usage, which counts each child once it has been waited for
-    (the emulator, a child too, only when it ends)."""
+    (the emulator, a child too, only when it ends). `source`: run that checkout's code instead
+    of the installed one (same dependencies)."""
     env = {**os.environ, **ENV, "AWS_ENDPOINT_URL": endpoint, "ORCHESTRATOR_MANIFESTS": str(manifests)}
     env.pop("CI", None)
+    command = [CLI]
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
+        command = [sys.executable, "-P", "-c", "from orchestrator.cli import main; main()"]
     cpu_before = cpu_of_children()
     started = time.perf_counter()
-    result = subprocess.run([CLI, *args], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    result = subprocess.run([*command, *args], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
     seconds = time.perf_counter() - started
     if result.returncode not in (0, 2):
         sys.exit(f"{' '.join(args)} failed:\n{result.stderr[-4000:]}")
     return Run(seconds, cpu_of_children() - cpu_before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-               result.stdout)
+               result.stdout, result.stderr)
 
 
 def fifty_services(folder: Path) -> Path:
@@ -165,7 +180,135 @@ def reset(url: str) -> None:
     urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST")).read()
 
 
+#: Latency added to every AWS call by the proxy: none, and a far-away region's round trip.
+LATENCIES = (0.0, 0.040)
+
+
+@dataclass
+class Trace:
+    """One command run through the latency proxy, as seen at the wire."""
+    seconds: float  # wall
+    cpu: float
+    calls: int
+    reads: int
+    mutating: int
+    average_concurrency: float  # the calls' summed durations / wall seconds
+    peak_concurrency: int  # the most calls in flight at once
+    critical_path: int  # the longest chain of round trips, each starting after the last one answered
+    critical_step: str  # the steps that hold most of that chain, with their shares
+
+
+def peak_in_flight(spans) -> int:
+    events = sorted([(span.start, 1) for span in spans] + [(span.end, -1) for span in spans])
+    peak = in_flight = 0
+    for _, change in events:
+        in_flight += change
+        peak = max(peak, in_flight)
+    return peak
+
+
+def longest_chain(spans) -> list:
+    """The most calls that ran one after another: earliest-ending first, each one starting only
+    after the last one chosen was answered (the greedy choice is the longest such chain)."""
+    chain, answered = [], float("-inf")
+    for span in sorted(spans, key=lambda span: span.end):
+        if span.start >= answered:
+            chain.append(span)
+            answered = span.end
+    return chain
+
+
+#: The botocore service names the CLI logs for the two REST services the proxy names by path.
+REST_SERVICES = {"s3": "s3", "elasticfilesystem": "efs"}
+
+
+def steps_of(spans, log_lines: str) -> dict:
+    """Which step sent each span: the CLI's `-v` log names the step of every call as it leaves;
+    calls are matched to log lines in order, by operation (REST requests by service)."""
+    sent = [event for event in map(_json_or_none, log_lines.splitlines())
+            if event and event.get("event") == "aws call"]
+    taken = [False] * len(sent)
+    owner = {}
+    for span in sorted(spans, key=lambda span: span.start):
+        rest = REST_SERVICES.get(span.service) if " " in span.operation else None
+        for index, event in enumerate(sent):
+            if not taken[index] and (event["service"] == rest if rest else event["operation"] == span.operation):
+                taken[index] = True
+                owner[id(span)] = event.get("step", "?")
+                break
+    return owner
+
+
+def _json_or_none(line: str):
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
+
+
+def traced(proxy, source: Path | None, *args: str) -> Trace:
+    """Run a command through `proxy` (with every call logged) and read its calls' concurrency."""
+    from tests.wire import mutating
+    proxy.reset()
+    run = timed(proxy.url, "-v", "--log-format", "json", *args, source=source)
+    spans = list(proxy.spans)
+    chain = longest_chain(spans)
+    owners = steps_of(spans, run.errors)
+    holders = Counter(owners.get(id(span), "?") for span in chain).most_common(4)
+    holder = ", ".join(f"{step} {count}" for step, count in holders)
+    reads = sum(1 for span in spans if not mutating(_method(span), span.operation))
+    return Trace(run.seconds, run.cpu, len(spans), reads, len(spans) - reads,
+                 sum(span.end - span.start for span in spans) / run.seconds, peak_in_flight(spans),
+                 len(chain), holder)
+
+
+def _method(span) -> str:
+    return span.operation.split(" ")[0] if " " in span.operation else "POST"
+
+
+def latency(sources: list[Path | None]) -> None:
+    """Cold apply, unchanged re-apply and plan at each added latency, for each source tree (a
+    checkout of this project to compare against; None is the installed one), alternated."""
+    from tests.wire import CountingProxy
+    server, url = start_server()
+    print(f"{'latency':>7} {'code':<8} {'scenario':<18} {'wall s':>7} {'CPU s':>6} {'calls':>6} {'reads':>6} "
+          f"{'mut':>4} {'avg conc':>8} {'peak':>5} {'chain':>6}  chain held by (calls)")
+    results = {}
+    try:
+        for delay in LATENCIES:
+            proxy = CountingProxy(url, delay=delay)
+            try:
+                for number, source in enumerate(sources):
+                    reset(url)
+                    for scenario, args in (("cold apply", ("apply", "dev")), ("unchanged apply", ("apply", "dev")),
+                                           ("plan", ("plan", "dev"))):
+                        trace = results[delay, number, scenario] = traced(proxy, source, *args)
+                        name = "installed" if source is None else f"#{number}"
+                        print(f"{delay * 1000:>5.0f}ms {name:<8} {scenario:<18} {trace.seconds:>7.2f} "
+                              f"{trace.cpu:>6.2f} "
+                              f"{trace.calls:>6} {trace.reads:>6} {trace.mutating:>4} "
+                              f"{trace.average_concurrency:>8.2f} {trace.peak_concurrency:>5} {trace.critical_path:>6}"
+                              f"  {trace.critical_step}", flush=True)
+            finally:
+                proxy.close()
+    finally:
+        server.terminate()
+        server.wait()
+    if len(sources) > 1:
+        print("\nRatios to the first code (wall, CPU) in this run:")
+        for delay in LATENCIES:
+            for scenario in ("cold apply", "unchanged apply", "plan"):
+                first = results[delay, 0, scenario]
+                for number in range(1, len(sources)):
+                    other = results[delay, number, scenario]
+                    print(f"{delay * 1000:>5.0f}ms #{number}/#0 {scenario:<18} "
+                          f"wall {other.seconds / first.seconds:.2f}x "
+                          f"CPU {other.cpu / first.cpu:.2f}x")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["latency"]:
+        return latency([Path(arg).resolve() for arg in sys.argv[2:]] or [None])
     from tests.wire import CountingProxy
     server, url = start_server()
     proxy = CountingProxy(url)
@@ -249,6 +392,8 @@ def main() -> None:
           f"({services_fifty / services_dev:.2f}x, target: at most 2x); the whole apply reads {fifty_reads} times "
           f"(dev: {re_reads}; each service's task role adds IAM's four reads); {fifty.seconds:.2f} s, "
           f"CPU {fifty.cpu:.2f} s.")
+    print("\nAt each latency added per AWS call, on a fresh server (each call logged with -v, which the CPU includes):")
+    latency([None])
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ destroy / crash against moto (with AWS-managed policies loaded)."""
 from __future__ import annotations
 
 import json
+import threading
 import urllib.parse
 from collections import Counter
 
@@ -453,3 +454,51 @@ def test_a_role_removed_from_the_manifest_is_found_by_its_name_and_deleted(manif
         name for name in ROLE_NAMES if name not in ("gamepulse-dev-execution", "gamepulse-dev-task-loki"))
     assert role_names(iam) == ["gamepulse-dev-execution", "gamepulse-dev-task-loki"]
     assert len(role_names(iam, prefix="gamepulse-staging-")) == 1
+
+
+def test_an_aws_error_of_a_role_read_at_once_surfaces_as_when_read_one_by_one(manifest, aws, iam, monkeypatch):
+    from botocore.exceptions import ClientError
+
+    from orchestrator import aws as aws_module
+    from orchestrator import tags as tagging
+    from orchestrator.context import StepContext
+
+    trust = json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+    owned = [{"Key": k, "Value": v} for k, v in tagging.ownership_tags("gamepulse", "dev", "iam", {}).items()]
+    for name in ROLE_NAMES:
+        iam.create_role(RoleName=name, AssumeRolePolicyDocument=trust, Tags=owned)
+        iam.put_role_policy(RoleName=name, PolicyName="grants", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}))
+    denied = ROLE_NAMES[2:]  # several roles fail; the loop met the first of them in name order first
+    other_denied, first_waits = threading.Event(), threading.Event()
+
+    def access_denied(params, **kwargs):
+        role = params["body"]["RoleName"]  # the query protocol's serialised parameters
+        if role == denied[0] and first_waits.is_set():
+            other_denied.wait(timeout=30)  # at once, the first role's error comes after another one's
+        elif role in denied:
+            other_denied.set()
+        if role in denied:
+            return AWSResponse("https://iam.amazonaws.com/", 403, {}, None), {
+                "Error": {"Code": "AccessDenied", "Message": f"not authorized to read {role}"},
+                "ResponseMetadata": {"HTTPStatusCode": 403}}
+        return None
+
+    aws.register("before-call.iam.GetRolePolicy", access_denied)
+    ctx = StepContext(aws=aws, manifest=manifest, step="iam")
+    desired = desired_for(manifest)
+
+    def error_of_observe() -> ClientError:
+        with pytest.raises(ClientError) as raised:
+            STEP.observe(ctx, desired)
+        return raised.value
+
+    monkeypatch.setitem(aws_module.CONCURRENCY, "iam", 1)  # one read at a time, as before
+    one_by_one = error_of_observe()
+    monkeypatch.setitem(aws_module.CONCURRENCY, "iam", 4)
+    other_denied.clear()
+    first_waits.set()
+    at_once = error_of_observe()
+    assert str(at_once) == str(one_by_one)
+    assert f"not authorized to read {denied[0]}" in str(at_once) and "GetRolePolicy" in str(at_once)

@@ -325,3 +325,55 @@ def test_tags_others_added_survive_an_apply_and_make_no_plan_change(manifest, aw
         tags = s3.get_bucket_tagging(Bucket=name)["TagSet"]
         assert theirs in tags and {"Key": "project", "Value": "gamepulse"} in tags
     assert harness.plan_step(STEP, manifest, aws) == []
+
+
+class _FailingS3:
+    """An S3 client whose bucket-settings reads answer 'not configured', except the failures
+    asked for: {(bucket, method): error code}."""
+    ABSENT = {"get_public_access_block": "NoSuchPublicAccessBlockConfiguration",
+              "get_bucket_ownership_controls": "OwnershipControlsNotFoundError",
+              "get_bucket_encryption": "ServerSideEncryptionConfigurationNotFoundError",
+              "get_bucket_lifecycle_configuration": "NoSuchLifecycleConfiguration",
+              "get_bucket_policy": "NoSuchBucketPolicy"}
+
+    def __init__(self, failures: dict[tuple[str, str], str]):
+        self.failures = failures
+
+    def __getattr__(self, method: str):
+        from botocore.exceptions import ClientError
+
+        def call(Bucket: str, **params):
+            code = self.failures.get((Bucket, method)) or self.ABSENT.get(method)
+            if code:
+                raise ClientError({"Error": {"Code": code, "Message": f"{method} of {Bucket}: {code}"}}, method)
+            return {}
+        return call
+
+
+@pytest.mark.parametrize("failures, outcome", [
+    # The first bucket is found gone before its policy read fails: it is skipped, the second one's error raised.
+    ({("a", "get_bucket_ownership_controls"): "NoSuchBucket", ("a", "get_bucket_policy"): "AccessDenied",
+      ("b", "get_bucket_encryption"): "AccessDenied"}, "get_bucket_encryption of b: AccessDenied"),
+    # The first bucket's failure wins over the second's, and over a 'gone' found later in its own reads.
+    ({("a", "get_bucket_versioning"): "AccessDenied", ("a", "get_bucket_policy"): "NoSuchBucket",
+      ("b", "get_public_access_block"): "SlowDown"}, "get_bucket_versioning of a: AccessDenied"),
+    # Only 'gone' buckets: no error, and they are left out.
+    ({("a", "get_bucket_policy"): "NoSuchBucket"}, ["b"]),
+])
+def test_bucket_reads_at_once_fail_as_the_bucket_by_bucket_loop_did(failures, outcome):
+    from botocore.exceptions import ClientError
+
+    from orchestrator.aws import Aws
+    from steps.storage import read_buckets
+
+    aws = Aws("us-east-1")
+    buckets = [("a", {}, False), ("b", {}, False)]
+
+    def read():
+        return read_buckets(lambda fn, items: aws.each("s3", fn, items), _FailingS3(failures), buckets)
+
+    if isinstance(outcome, str):
+        with pytest.raises(ClientError, match=outcome):
+            read()
+    else:
+        assert [found.name for found in read() if found is not None] == outcome

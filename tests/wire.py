@@ -7,6 +7,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from orchestrator.aws import is_mutating
@@ -33,13 +34,25 @@ def mutating(method: str, op: str) -> bool:
     return is_mutating(op)
 
 
+@dataclass(frozen=True)
+class Span:
+    """One request as the proxy saw it: arrival and response sent (`time.perf_counter` seconds)."""
+    start: float
+    end: float
+    service: str
+    operation: str
+
+
 class CountingProxy:
-    """Forwards everything to `upstream` and keeps a list of (service, operation, mutating).
-    `delay` adds latency to every request, to make a run last long enough to race against."""
+    """Forwards everything to `upstream` and keeps a list of (service, operation, mutating), and
+    beside it each answered request's `Span`.
+    `delay` adds latency to every request, as a far-away AWS endpoint would (and makes a run
+    last long enough to race against)."""
 
     def __init__(self, upstream: str, delay: float = 0.0):
         self.upstream = urllib.parse.urlsplit(upstream)
         self.requests: list[tuple[str, str, bool]] = []
+        self.spans: list[Span] = []
         self._lock = threading.Lock()
         proxy = self
 
@@ -50,6 +63,7 @@ class CountingProxy:
                 pass
 
             def _forward(self):
+                arrived = time.perf_counter()
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 if len(body) < length:  # the client died while sending: AWS would never see this request
@@ -73,6 +87,8 @@ class CountingProxy:
                 self.end_headers()
                 self.wfile.write(payload)
                 conn.close()
+                with proxy._lock:
+                    proxy.spans.append(Span(arrived, time.perf_counter(), service, op))
 
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _forward
 
@@ -84,6 +100,7 @@ class CountingProxy:
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.spans.clear()
 
     def count(self, *, mutating: bool | None = None, exclude: tuple[str, ...] = ()) -> int:
         return sum(1 for service, _, is_mut in self.requests
