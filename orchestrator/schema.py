@@ -326,7 +326,10 @@ class CapacityStrategy(Section):
 
 
 class ClusterSpec(Section):
-    container_insights: bool = True
+    container_insights: Literal["enhanced", "enabled", "disabled"] = Field(
+        "enhanced", description="CloudWatch Container Insights: `enhanced` adds per-container metrics (what "
+                                "`orchestrator loadtest` needs to weigh the collector sidecar against the app), "
+                                "`enabled` per task and service only, `disabled` none (docs/cost.md)")
     capacity_providers: list[Literal["FARGATE", "FARGATE_SPOT"]] = ["FARGATE", "FARGATE_SPOT"]
     default_strategy: list[CapacityStrategy] = [CapacityStrategy(provider="FARGATE", weight=1)]
     log_groups: list[str] = Field(description="one per task family")

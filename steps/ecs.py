@@ -31,7 +31,7 @@ class Strategy:
 @dataclass(frozen=True)
 class Cluster:
     name: str
-    container_insights: str  # "enabled" | "disabled", as ECS spells the setting
+    container_insights: str  # "enhanced" | "enabled" | "disabled", as ECS spells the setting
     capacity_providers: tuple[str, ...]  # sorted: the order means nothing to ECS
     default_strategy: tuple[Strategy, ...]  # sorted by provider
 
@@ -158,7 +158,7 @@ class EcsStep(Step):
         return EcsDesired(
             cluster=Cluster(
                 name=prefix,
-                container_insights="enabled" if spec.container_insights else "disabled",
+                container_insights=spec.container_insights,
                 capacity_providers=tuple(sorted(spec.capacity_providers)),
                 default_strategy=_sorted_strategy(Strategy(s.provider, s.weight, s.base)
                                                   for s in spec.default_strategy)),

@@ -42,7 +42,7 @@ def recorded_for(desired) -> dict:
 def test_desired_resolves_names_and_settings_from_the_manifest(manifest):
     desired = desired_for(manifest)
     assert desired.cluster.name == "gamepulse-dev"
-    assert desired.cluster.container_insights == "enabled"
+    assert desired.cluster.container_insights == "enhanced"
     assert desired.cluster.capacity_providers == ("FARGATE", "FARGATE_SPOT")
     assert desired.cluster.default_strategy == (Strategy("FARGATE", 1, 0),)
     assert [g.name for g in desired.log_groups] == [f"/ecs/gamepulse-dev/{f}" for f in FAMILIES]
@@ -71,7 +71,7 @@ def test_container_insights_drift_is_an_update_cluster_settings(manifest):
     observed.cluster.container_insights = "disabled"
     [change] = STEP.plan(desired, observed, recorded_for(desired))
     assert (change.action, change.kind, change.calls) == ("update", "cluster", ("ecs:UpdateClusterSettings",))
-    assert [(d.field, d.old, d.new) for d in change.diffs] == [("container_insights", "disabled", "enabled")]
+    assert [(d.field, d.old, d.new) for d in change.diffs] == [("container_insights", "disabled", "enhanced")]
 
 
 def test_capacity_provider_or_strategy_drift_is_a_put_cluster_capacity_providers(manifest):
@@ -222,7 +222,7 @@ def test_apply_creates_cluster_log_groups_and_namespace_with_settings_and_tags(e
         [("create", "cluster")] + [("create", "log_group")] * 6 + [("create", "namespace")]
     cluster = env.aws.client("ecs").describe_clusters(clusters=["gamepulse-dev"],
                                                       include=["SETTINGS", "TAGS"])["clusters"][0]
-    assert cluster["settings"] == [{"name": "containerInsights", "value": "enabled"}]
+    assert cluster["settings"] == [{"name": "containerInsights", "value": "enhanced"}]
     assert sorted(cluster["capacityProviders"]) == ["FARGATE", "FARGATE_SPOT"]
     assert cluster["defaultCapacityProviderStrategy"] == [{"capacityProvider": "FARGATE", "weight": 1, "base": 0}]
     tags = {t["key"]: t["value"] for t in cluster["tags"]}
@@ -279,7 +279,7 @@ def test_drift_made_by_hand_is_shown_by_plan_then_repaired(env, manifest):
     assert "ecs:UpdateClusterSettings" in harness.mutations(aws)
     assert "ecs:CreateCluster" not in harness.mutations(aws), "create_cluster on an existing cluster resets it"
     cluster = ecs.describe_clusters(clusters=["gamepulse-dev"], include=["SETTINGS"])["clusters"][0]
-    assert cluster["settings"] == [{"name": "containerInsights", "value": "enabled"}]
+    assert cluster["settings"] == [{"name": "containerInsights", "value": "enhanced"}]
     assert harness.plan_step(STEP, manifest, aws, env.upstream, env.recorded) == []
     retention = {g["logGroupName"]: g.get("retentionInDays")
                  for g in logs.describe_log_groups(logGroupNamePrefix="/ecs/gamepulse-dev/")["logGroups"]}
