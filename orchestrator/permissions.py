@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from orchestrator.tags import APP, ENV
+
 
 def partition_of(region: str) -> str:
     """The ARN partition a region belongs to, for a policy printed without credentials (a run
@@ -39,6 +41,13 @@ def allow(sid: str, actions: list[str], resources: list[str] | str, condition: d
     if condition:
         statement["Condition"] = condition
     return statement
+
+
+def tagged_as_ours(manifest) -> dict:
+    """The condition that a create (or its tag-on-create) sends this environment's ownership
+    tags: for actions authorised only on "*" (no ARN exists before the create), so the
+    statement still allows nothing but making resources of this environment."""
+    return {"StringEquals": {f"aws:RequestTag/{APP}": manifest.app, f"aws:RequestTag/{ENV}": manifest.environment}}
 
 
 #: Steps find their other resources by their ownership tags; GetResources supports no

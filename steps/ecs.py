@@ -124,20 +124,22 @@ class EcsStep(Step):
         """The deploy role's statements for this step: the environment's cluster and log groups;
         namespaces have generated ids, so those of this account and region."""
         return [
-            allow("EcsCluster", ["ecs:DescribeClusters", "ecs:DeleteCluster", "ecs:PutClusterCapacityProviders",
-                                 "ecs:UpdateClusterSettings", "ecs:TagResource", "ecs:ListTagsForResource"],
+            # TagResource: also the tag-on-create of CreateCluster (condition ecs:CreateAction).
+            allow("EcsCluster", ["ecs:CreateCluster", "ecs:DescribeClusters", "ecs:DeleteCluster",
+                                 "ecs:PutClusterCapacityProviders", "ecs:UpdateClusterSettings", "ecs:TagResource",
+                                 "ecs:ListTagsForResource"],
                   scope.arn("ecs", f"cluster/{manifest.prefix}")),
-            # CreateCluster supports no resource-level permissions.
-            allow("EcsCreateCluster", ["ecs:CreateCluster"], "*"),
             # DescribeLogStreams: does a group about to be deleted hold logs?
             allow("LogGroups", ["logs:CreateLogGroup", "logs:DeleteLogGroup", "logs:PutRetentionPolicy",
                                 "logs:TagResource", "logs:ListTagsForResource", "logs:DescribeLogStreams"],
                   scope.arn("logs", f"log-group:/ecs/{manifest.prefix}/*")),
-            # DescribeLogGroups is asked with our name prefix, but is authorised on all groups.
-            allow("LogGroupsDescribe", ["logs:DescribeLogGroups"], scope.arn("logs", "log-group:*")),
-            allow("CloudMapNamespace", ["servicediscovery:GetNamespace", "servicediscovery:DeleteNamespace",
-                                        "servicediscovery:TagResource", "servicediscovery:ListTagsForResource"],
+            # DescribeLogGroups is asked with our name prefix, but is authorised on "*" only.
+            allow("LogGroupsDescribe", ["logs:DescribeLogGroups"], "*"),
+            allow("CloudMapNamespace", ["servicediscovery:GetNamespace", "servicediscovery:DeleteNamespace"],
                   scope.arn("servicediscovery", "namespace/*")),
+            # Cloud Map's tagging actions are authorised on "*" only (also the tag-on-create of
+            # its namespaces and services).
+            allow("CloudMapTags", ["servicediscovery:TagResource", "servicediscovery:ListTagsForResource"], "*"),
             # These Cloud Map calls support no resource-level permissions; a private namespace is
             # a Route 53 hosted zone Cloud Map makes and deletes in the caller's name (zone ids
             # are generated), in the VPC it reads.

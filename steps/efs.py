@@ -34,7 +34,7 @@ from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
-from orchestrator.permissions import FIND_BY_TAG, allow
+from orchestrator.permissions import FIND_BY_TAG, allow, tagged_as_ours
 from orchestrator.waiters import WaitFailed
 
 #: Changing these means a new file system, and the data goes with the old one.
@@ -428,11 +428,13 @@ class EfsStep(Step):
         return [
             allow("EfsFileSystems", [f"elasticfilesystem:{action}" for action in (
                 "DescribeFileSystems", "DescribeMountTargets", "DescribeMountTargetSecurityGroups",
-                "DescribeAccessPoints", "DescribeLifecycleConfiguration", "DescribeBackupPolicy", "CreateFileSystem",
-                "DeleteFileSystem", "UpdateFileSystem", "PutLifecycleConfiguration", "PutBackupPolicy",
+                "DescribeAccessPoints", "DescribeLifecycleConfiguration", "DescribeBackupPolicy", "DeleteFileSystem", "UpdateFileSystem", "PutLifecycleConfiguration", "PutBackupPolicy",
                 "CreateMountTarget", "DeleteMountTarget", "ModifyMountTargetSecurityGroups", "CreateAccessPoint",
                 "DeleteAccessPoint", "TagResource")],
                   [scope.arn("elasticfilesystem", "file-system/*"), scope.arn("elasticfilesystem", "access-point/*")]),
+            # CreateFileSystem is authorised on "*" only (no ARN before the create): held to a
+            # file system that carries this environment's ownership tags.
+            allow("EfsCreateFileSystem", ["elasticfilesystem:CreateFileSystem"], "*", tagged_as_ours(manifest)),
             # A mount target is a network interface EFS makes in the caller's name. EC2 describes
             # support no resource-level permissions; the interface's own actions are held to
             # this account and region.

@@ -231,7 +231,7 @@ class IamStep(Step):
             trust_policy=trust,
             inline_policies={SECRETS_POLICY: policy(allow("ReadPlatformSecrets", ["secretsmanager:GetSecretValue"],
                                                           secret_arns))} if secret_arns else {},
-            managed_policies=tuple(sorted(manifest.iam.execution_role_managed_policies)), tags=tags)
+            managed_policies=tuple(sorted(manifest.iam.execution_policies(inputs.partition))), tags=tags)
         roles = {execution.name: execution}
         for key, spec in sorted(manifest.iam.task_roles.items()):
             where = GrantContext(service=key, buckets=buckets, cluster=prefix, region=inputs.region,
@@ -288,7 +288,7 @@ class IamStep(Step):
             # ListRoles supports no resource-level permissions. It answers role names, paths and
             # trust policies, none of the roles' permissions policies.
             allow("IamListRoleNames", ["iam:ListRoles"], "*")]
-        managed = sorted(manifest.iam.execution_role_managed_policies)
+        managed = sorted(manifest.iam.execution_policies(scope.partition))
         if managed:  # only the managed policies the manifest names can be attached
             statements.append(allow("IamAttachManifestPolicies", ["iam:AttachRolePolicy"], roles,
                                     {"ArnEquals": {"iam:PolicyARN": managed}}))

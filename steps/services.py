@@ -130,20 +130,24 @@ class ServicesStep(Step):
             "RegisterScalableTarget", "DeregisterScalableTarget", "PutScalingPolicy", "DeleteScalingPolicy",
             "TagResource")]
         return [
+            # TagResource: also the tag-on-create of services and task definitions.
             allow("EcsServices", ["ecs:CreateService", "ecs:UpdateService", "ecs:DeleteService", "ecs:DescribeServices",
-                                  "ecs:ListServices", "ecs:ListTasks", "ecs:DescribeTasks", "ecs:TagResource"],
+                                  "ecs:DescribeTasks", "ecs:TagResource", "ecs:RegisterTaskDefinition",
+                                  "ecs:DeleteTaskDefinitions"],
                   [scope.arn("ecs", f"cluster/{prefix}"), scope.arn("ecs", f"service/{prefix}/*"),
                    scope.arn("ecs", f"task/{prefix}/*"), scope.arn("ecs", f"task-definition/{prefix}-*:*")]),
-            # The task-definition actions support no resource-level permissions.
-            allow("EcsTaskDefinitions", ["ecs:RegisterTaskDefinition", "ecs:DeregisterTaskDefinition",
-                                         "ecs:DescribeTaskDefinition", "ecs:ListTaskDefinitions",
-                                         "ecs:DeleteTaskDefinitions"], "*"),
+            # ListServices and ListTasks are authorised on "*" only, held to the cluster by ecs:cluster.
+            allow("EcsListInCluster", ["ecs:ListServices", "ecs:ListTasks"], "*",
+                  {"ArnEquals": {"ecs:cluster": scope.arn("ecs", f"cluster/{prefix}")}}),
+            # These task-definition actions support no resource-level permissions.
+            allow("EcsTaskDefinitions", ["ecs:DeregisterTaskDefinition", "ecs:DescribeTaskDefinition",
+                                         "ecs:ListTaskDefinitions"], "*"),
             allow("PassTaskRoles", ["iam:PassRole"], scope.arn("iam", f"role/{prefix}-*", regional=False),
                   {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}),
             allow("ConfigBundles", ["s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion",
                                     "s3:ListBucketVersions"], [config, f"{config}/*"]),
-            allow("CloudMapServices", ["servicediscovery:CreateService", "servicediscovery:DeleteService",
-                                       "servicediscovery:TagResource"],
+            # (Cloud Map's TagResource, authorised on "*" only, is the ecs step's.)
+            allow("CloudMapServices", ["servicediscovery:CreateService", "servicediscovery:DeleteService"],
                   [scope.arn("servicediscovery", "namespace/*"), scope.arn("servicediscovery", "service/*")]),
             # Scalable targets have generated ids; the describes and Cloud Map's ListServices support
             # no resource-level permissions, nor does DescribeTargetHealth.

@@ -337,8 +337,9 @@ class StorageStep(Step):
         """The deploy role's statements for this step: the environment's buckets only."""
         buckets = f"arn:{scope.partition}:s3:::{manifest.prefix}-*-{scope.account_id}"  # no region, no account
         return [
+            # CreateBucket with tags (CreateBucketConfiguration.Tags) also needs s3:TagResource.
             allow("S3Buckets", [f"s3:{action}" for action in (
-                "CreateBucket", "DeleteBucket", "ListBucket", "ListBucketVersions", "GetBucketTagging",
+                "CreateBucket", "TagResource", "DeleteBucket", "ListBucket", "ListBucketVersions", "GetBucketTagging",
                 "PutBucketTagging", "GetBucketVersioning", "PutBucketVersioning", "GetEncryptionConfiguration",
                 "PutEncryptionConfiguration", "GetLifecycleConfiguration", "PutLifecycleConfiguration",
                 "GetBucketOwnershipControls", "PutBucketOwnershipControls", "GetBucketPolicy", "PutBucketPolicy",

@@ -334,7 +334,7 @@ class VpcStep(Step):
         permissions; EC2 resources have generated ids, so the changes are held to this account
         and region (what is ours among them is decided by our tags)."""
         return [
-            allow("Ec2Describe", ["ec2:DescribeVpcs", "ec2:DescribeVpcAttribute", "ec2:DescribeSubnets",
+            allow("Ec2Describe", ["ec2:DescribeVpcs", "ec2:DescribeSubnets",
                                   "ec2:DescribeAddresses", "ec2:DescribeInternetGateways", "ec2:DescribeNatGateways",
                                   "ec2:DescribeRouteTables", "ec2:DescribeSecurityGroups",
                                   "ec2:DescribeSecurityGroupRules", "ec2:DescribeVpcEndpoints"], "*"),
@@ -346,7 +346,7 @@ class VpcStep(Step):
                 "AssociateRouteTable", "DisassociateRouteTable", "ReplaceRouteTableAssociation", "CreateSecurityGroup",
                 "DeleteSecurityGroup", "AuthorizeSecurityGroupIngress", "RevokeSecurityGroupIngress",
                 "ModifySecurityGroupRules", "CreateVpcEndpoint", "DeleteVpcEndpoints", "ModifyVpcEndpoint",
-                "CreateTags")], scope.arn("ec2", "*")),
+                "CreateTags", "DescribeVpcAttribute")], scope.arn("ec2", "*")),
             # An interface endpoint with private DNS associates AWS's hosted zone with the VPC;
             # Route 53 supports no resource-level permissions for that association.
             allow("VpcEndpointPrivateDns", ["route53:AssociateVPCWithHostedZone"], "*"),
