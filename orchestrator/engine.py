@@ -14,6 +14,7 @@ import hashlib
 import json
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -101,6 +102,8 @@ class Engine:
         self.graph = graph
         self.store = store
         self.lease = lease
+        #: Idempotency tokens are this run's (StepContext.token).
+        self.run_id = getattr(lease, "run_id", None) or uuid.uuid4().hex
         self.allow = frozenset(allow)
         self.parallelism = parallelism
         self.results: dict[str, StepResult] = {}
@@ -215,7 +218,7 @@ class Engine:
 
     def _context(self, name: str, destroying: bool = False) -> StepContext:
         return StepContext(aws=self.aws, manifest=self.manifest, step=name, allow=self.allow, destroying=destroying,
-                           stop=self._stop_if_needed, recorded=self._recorded(name))
+                           stop=self._stop_if_needed, recorded=self._recorded(name), run_id=self.run_id)
 
     def _stop_if_needed(self, before: str = "") -> None:
         """Raise unless this run may go on changing AWS: not interrupted, lock still held."""

@@ -284,7 +284,7 @@ def sync_tags(efs, resource_id: str, current: dict[str, str], wanted: dict[str, 
 
 
 def create_file_system(ctx, efs, desired: FileSystem) -> ObservedFileSystem:
-    token = ctx.token("file_system")
+    token = ctx.token("file_system", stable=True)
     try:
         item = efs.create_file_system(CreationToken=token, PerformanceMode=desired.performance_mode,
                                       ThroughputMode=desired.throughput_mode, Encrypted=desired.encrypted,
@@ -398,7 +398,7 @@ class EfsStep(Step):
         """The platform's file system by its creation token, and the others carrying our tags
         (left over) by one tagging-API query: never a listing of the account's file systems."""
         efs = ctx.client("efs")
-        token = ctx.token("file_system")
+        token = ctx.token("file_system", stable=True)
         facts = EfsFacts()
         for item in read_file_systems(efs, token, self._tagged_file_system_ids(ctx)):
             fs = observed_file_system(item)

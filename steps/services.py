@@ -437,14 +437,34 @@ class ServicesStep(Step):
     def _create_task_definition(self, ctx, change: Change, observed: ServicesFacts) -> Accepted:
         service, definition, digest = change.payload
         ecs = ctx.client("ecs")
-        arn = ecs.register_task_definition(**definition, tags=tagging.tag_list(ctx.tags(), "key", "value"))[
-            "taskDefinition"]["taskDefinitionArn"]
+        arn = self._registered_already(ctx, ecs, definition["family"], digest) or ecs.register_task_definition(
+            **definition, tags=tagging.tag_list(ctx.tags(), "key", "value"))["taskDefinition"]["taskDefinitionArn"]
         observed.registered[service.name] = arn
         if change.action == "update":  # a first revision has no older ones to deregister
             self._deregister_old(ecs, definition["family"], observed.keep_revisions, arn)
         return Accepted(record={"arn": arn, "hash": digest})
 
     _update_task_definition = _create_task_definition
+
+    @staticmethod
+    def _registered_already(ctx, ecs, family: str, digest: str) -> str | None:
+        """The family's newest ACTIVE revision when it is this very definition (its normal form's
+        hash) and ours: registered by a run killed (or whose answer was lost) before it recorded
+        it. RegisterTaskDefinition has no idempotency token, so without this every such run
+        would leave one more revision."""
+        try:
+            newest = ecs.describe_task_definition(taskDefinition=family, include=["TAGS"])
+        except Exception as error:
+            if error_code(error) != "ClientException":  # ECS's answer for a family with no ACTIVE revision
+                raise
+            return None
+        tags = tagging.tag_dict(newest.get("tags"), "key", "value")
+        if newest["taskDefinition"].get("status") != "ACTIVE" or not ctx.owns(tags) \
+                or taskdefs.definition_hash(newest["taskDefinition"]) != digest:
+            return None
+        ctx.log.info("adopting task definition registered by an earlier run", revision=newest["taskDefinition"]
+                     ["taskDefinitionArn"].rsplit("/", 1)[-1])
+        return newest["taskDefinition"]["taskDefinitionArn"]
 
     def _deregister_old(self, ecs, family: str, keep: int, current: str) -> None:
         """Revisions beyond the newest `keep` (never the one just registered)."""

@@ -187,6 +187,16 @@ def crash_after(aws, n: int, *, state_table: bool = False) -> None:
     aws.register("after-call", after_call)
 
 
+def crash_after_operation(aws, service: str, operation: str) -> None:
+    """Kill the run (raise `Crash`) right after AWS accepted the first `service` `operation`
+    (botocore's service name, e.g. "ecs", "RegisterTaskDefinition")."""
+    def after_call(http_response, parsed, model, **kwargs):
+        if (model.service_model.service_name, model.name) == (service, operation) and http_response.status_code < 300:
+            raise Crash(f"killed after {service} {operation}")
+
+    aws.register("after-call", after_call)
+
+
 def forget_crash(aws) -> None:
     """A fresh process after a crash: new clients, no hooks (the AWS state stays)."""
     from orchestrator.aws import Aws
