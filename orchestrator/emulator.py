@@ -329,6 +329,57 @@ def route_gateway_endpoints_as_modified() -> None:
     VPCBackend.delete_vpc_endpoints = delete_vpc_endpoints
 
 
+#: The creates whose idempotency token AWS honours and moto does not (measured with moto 5.2.5:
+#: a second CreateRouteTable, CreateVpcEndpoint, EFS CreateAccessPoint or Cloud Map CreateService
+#: with the same token makes a second resource; CreateNatGateway answers Resource.AlreadyAssociated
+#: and CreatePrivateDnsNamespace ConflictingDomainExists). Per moto response class: its backend
+#: attribute and, per action, the token's parameter. (ECS CreateService, Secrets Manager
+#: CreateSecret and EFS CreateFileSystem already answer a repeated token as AWS does.)
+TOKENS = {
+    "EC2Response": ("ec2_backend", {"CreateNatGateway": "ClientToken", "CreateRouteTable": "ClientToken",
+                                    "CreateVpcEndpoint": "ClientToken", "CreateNetworkInterface": "ClientToken"}),
+    "EFSResponse": ("efs_backend", {"CreateAccessPoint": "ClientToken"}),
+    "ServiceDiscoveryResponse": ("servicediscovery_backend", {"CreatePrivateDnsNamespace": "CreatorRequestId",
+                                                              "CreateService": "CreatorRequestId"}),
+}
+
+
+def honour_idempotency_tokens() -> None:
+    """moto gap (MOTO-NOTES: "idempotency tokens are mostly ignored"): a create retried with the
+    same token — botocore retries a request whose answer was lost after AWS acted — makes a
+    second resource in moto (or fails), where AWS answers with the first one. Answer a repeated
+    token with the same request body as the first answer was; a token reused with another body
+    goes to moto as before (AWS: IdempotentParameterMismatch). Kept on the backend, so a reset
+    forgets them, as a new account would."""
+    import importlib
+
+    modules = {"EC2Response": "moto.ec2.responses", "EFSResponse": "moto.efs.responses",
+               "ServiceDiscoveryResponse": "moto.servicediscovery.responses"}
+    for class_name, (backend_attribute, actions) in TOKENS.items():
+        cls = getattr(importlib.import_module(modules[class_name]), class_name)
+        original = cls.call_action
+
+        def call_action(self, _original=original, _backend=backend_attribute, _actions=actions):
+            action = self._get_action()
+            token = self._get_param(_actions[action]) if action in _actions else None
+            if not token:
+                return _original(self)
+            backend = getattr(self, _backend)
+            answers = backend.__dict__.setdefault("_orchestrator_token_answers", {})
+            body = self.body if isinstance(self.body, (str, bytes)) else json.dumps(self.body, sort_keys=True)
+            request = json.dumps([sorted((k, v) for k, v in self.querystring.items() if k != "Action"),
+                                  body if isinstance(body, str) else body.decode(errors="replace")])
+            key = (action, token)
+            if key in answers and answers[key][0] == request:
+                return answers[key][1]
+            answer = _original(self)
+            if int(answer[0]) < 300:
+                answers[key] = (request, answer)
+            return answer
+
+        cls.call_action = call_action
+
+
 _applied = False
 
 
@@ -345,6 +396,7 @@ def apply_fixes() -> None:
         seed_images()
         tag_api_finds_ecr_repositories()
         route_gateway_endpoints_as_modified()
+        honour_idempotency_tokens()
         _applied = True
 
 
