@@ -329,6 +329,46 @@ def route_gateway_endpoints_as_modified() -> None:
     VPCBackend.delete_vpc_endpoints = delete_vpc_endpoints
 
 
+def require_ecs_service_linked_role() -> None:
+    """moto gaps (MOTO-NOTES: "service-linked roles exist from the start"): in a fresh account
+    ECS answers the first CreateCluster with capacity providers with InvalidParameterException
+    "Unable to assume the service linked role", while it makes AWSServiceRoleForECS (the next
+    try succeeds); moto creates the cluster. And IAM answers CreateServiceLinkedRole for a role
+    that exists with InvalidInput "… has been taken in this account", where moto says
+    EntityAlreadyExists. Answer both as AWS does."""
+    from moto.ecs.exceptions import InvalidParameterException
+    from moto.ecs.models import EC2ContainerServiceBackend
+    from moto.iam.exceptions import InvalidInput
+    from moto.iam.models import IAMBackend, iam_backends
+
+    import inspect
+
+    original_create_cluster = EC2ContainerServiceBackend.create_cluster
+    signature = inspect.signature(original_create_cluster)
+
+    def create_cluster(self, *args, **kwargs):
+        if signature.bind(self, *args, **kwargs).arguments.get("capacity_providers"):
+            iam = iam_backends[self.account_id]["global"]
+            if not any(getattr(role, "_linked_service", None) == "ecs.amazonaws.com" for role in iam.roles.values()):
+                iam.create_service_linked_role("ecs.amazonaws.com", "", "")
+                raise InvalidParameterException("Unable to assume the service linked role. "
+                                                "Please verify that the ECS service linked role exists.")
+        return original_create_cluster(self, *args, **kwargs)
+
+    original_linked_role = IAMBackend.create_service_linked_role
+
+    def create_service_linked_role(self, service_name, description, suffix):
+        taken = [role.name for role in self.roles.values()
+                 if getattr(role, "_linked_service", None) == service_name and not suffix]
+        if taken:
+            raise InvalidInput(f"Service role name {taken[0]} has been taken in this account, "
+                               "please try a different suffix.")
+        return original_linked_role(self, service_name, description, suffix)
+
+    EC2ContainerServiceBackend.create_cluster = create_cluster
+    IAMBackend.create_service_linked_role = create_service_linked_role
+
+
 #: The creates whose idempotency token AWS honours and moto does not (measured with moto 5.2.5:
 #: a second CreateRouteTable, CreateVpcEndpoint, EFS CreateAccessPoint or Cloud Map CreateService
 #: with the same token makes a second resource; CreateNatGateway answers Resource.AlreadyAssociated
@@ -397,6 +437,7 @@ def apply_fixes() -> None:
         tag_api_finds_ecr_repositories()
         route_gateway_endpoints_as_modified()
         honour_idempotency_tokens()
+        require_ecs_service_linked_role()
         _applied = True
 
 

@@ -9,7 +9,17 @@ from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
 from orchestrator.permissions import FIND_BY_TAG, allow, service_linked_role
+from orchestrator.retry import eventually
 from orchestrator.waiters import WaitFailed
+from steps.iam import ensure_service_linked_role
+
+#: ECS's service-linked role's service (AWSServiceRoleForECS).
+ECS_SERVICE = "ecs.amazonaws.com"
+
+
+def _linked_role_not_ready(error: Exception) -> bool:
+    """ECS's answer while its service-linked role is being made (a fresh account)."""
+    return error_code(error) == "InvalidParameterException" and "Unable to assume the service linked role" in str(error)
 
 CONTAINER_INSIGHTS = "containerInsights"
 DELETE_DATA = "delete-data"
@@ -148,7 +158,7 @@ class EcsStep(Step):
                                      "route53:GetHostedZone", "route53:ListHostedZonesByName",
                                      "route53:ChangeResourceRecordSets", "route53:DeleteHostedZone",
                                      "ec2:DescribeVpcs"], "*"),
-            service_linked_role(scope, "ecs.amazonaws.com"),
+            service_linked_role(scope, ECS_SERVICE),
             FIND_BY_TAG]
 
     # -- desired ----------------------------------------------------------------------------
@@ -252,7 +262,7 @@ class EcsStep(Step):
     def _plan_cluster(self, cluster: Cluster, seen: ObservedCluster | None, tags: dict[str, str]) -> list[Change]:
         if seen is None:
             return [Change("create", "cluster", cluster.name, diffs=diff_fields(cluster, None, CLUSTER_FIELDS),
-                           calls=("ecs:CreateCluster",), payload=cluster)]
+                           calls=("iam:CreateServiceLinkedRole", "ecs:CreateCluster"), payload=cluster)]
         if not seen.owned:
             raise tagging.not_ours("ECS cluster", cluster.name)
         diffs = diff_fields(cluster, seen, CLUSTER_FIELDS) + tagging.tag_diffs(seen.tags, tags)
@@ -321,7 +331,12 @@ class EcsStep(Step):
 
     def _create_cluster(self, ctx, change: Change, observed: EcsFacts) -> None:
         cluster: Cluster = change.payload
-        response = ctx.client("ecs").create_cluster(
+        # In a fresh account ECS makes its service-linked role on the first cluster with capacity
+        # providers, and refuses that create until the role is usable: make the role first, and
+        # retry that refusal for a bounded time (the role may have been made just now).
+        ensure_service_linked_role(ctx, ECS_SERVICE)
+        response = eventually(
+            ctx.client("ecs").create_cluster, retry_if=_linked_role_not_ready,
             clusterName=cluster.name,
             settings=_settings_param(cluster),
             capacityProviders=list(cluster.capacity_providers),

@@ -31,6 +31,20 @@ from orchestrator.permissions import allow
 EXECUTION = "execution"
 #: What IAM answers for a role or policy that is gone already: a delete counts as done.
 GONE = frozenset({"NoSuchEntity"})
+
+
+def ensure_service_linked_role(ctx, service: str) -> None:
+    """The account's service-linked role for `service` (ecs.amazonaws.com, …), made now where a
+    step's first call would otherwise fail while AWS makes it (ECS: "Unable to assume the
+    service linked role"). IAM answers InvalidInput "…has been taken in this account" when the
+    role exists: nothing to do."""
+    try:
+        ctx.client("iam").create_service_linked_role(AWSServiceName=service)
+    except Exception as error:
+        if not (error_code(error) == "InvalidInput" and "has been taken" in str(error)):
+            raise
+        return
+    ctx.log.info("created the account's service-linked role", service=service)
 SECRETS_POLICY = "read-secrets"
 GRANTS_POLICY = "grants"
 

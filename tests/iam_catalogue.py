@@ -104,6 +104,17 @@ TAG_ON_CREATE: dict[tuple[str, str], tuple[str, str | None, str]] = {
 PASSED_ROLES = {("ecs", "RegisterTaskDefinition"): ("taskRoleArn", "executionRoleArn")}
 
 
+#: Calls whose first use in an account makes the service's linked role in the caller's name, which
+#: needs iam:CreateServiceLinkedRole for that service (ELB user guide, "Service-linked role for
+#: Elastic Load Balancing"; Application Auto Scaling user guide, "Service-linked roles"; ECS
+#: developer guide, "Using service-linked roles for Amazon ECS").
+FIRST_USE_MAKES_LINKED_ROLE = {
+    ("elasticloadbalancing", "CreateLoadBalancer"): "elasticloadbalancing.amazonaws.com",
+    ("application-autoscaling", "RegisterScalableTarget"): "ecs.application-autoscaling.amazonaws.com",
+    ("ecs", "CreateCluster"): "ecs.amazonaws.com",
+}
+
+
 @dataclass
 class Request:
     """One authorisation AWS makes for a call."""
@@ -414,6 +425,11 @@ def requests_of(prefix: str, operation: str, params: dict) -> list[Request]:
         action, create_key, _ = TAG_ON_CREATE[(prefix, operation)]
         tagging = dict(context, **({create_key: [operation]} if create_key else {}))
         requests.append(Request(call, action, _created_arn(prefix, operation, params), tagging))
+    linked = FIRST_USE_MAKES_LINKED_ROLE.get((prefix, operation))
+    if linked:
+        requests.append(Request(call, "iam:CreateServiceLinkedRole",
+                                f"arn:{PARTITION}:iam::{ACCOUNT}:role/aws-service-role/{linked}/SAMPLE",
+                                {"iam:AWSServiceName": [linked]}))
     for param in PASSED_ROLES.get((prefix, operation), ()):
         if params.get(param):
             requests.append(Request(call, "iam:PassRole", params[param],
