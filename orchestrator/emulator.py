@@ -369,6 +369,25 @@ def require_ecs_service_linked_role() -> None:
     IAMBackend.create_service_linked_role = create_service_linked_role
 
 
+def answer_elastic_ip_quota() -> None:
+    """moto gap: Service Quotas answers GetServiceQuota only for VPC's quotas (NoSuchResource for
+    EC2's "EC2-VPC Elastic IPs", L-0263D0A3) and does not implement GetAWSDefaultServiceQuota.
+    Answer that quota with AWS's default (5 per Region), as an account that never raised it."""
+    from moto.servicequotas.models import ServiceQuotasBackend
+
+    original = ServiceQuotasBackend.get_service_quota
+
+    def get_service_quota(self, service_code: str, quota_code: str) -> dict:
+        if (service_code, quota_code) == ("ec2", "L-0263D0A3"):
+            return {"ServiceCode": "ec2", "ServiceName": "Amazon Elastic Compute Cloud (Amazon EC2)",
+                    "QuotaArn": f"arn:aws:servicequotas:{self.region_name}:{self.account_id}:ec2/L-0263D0A3",
+                    "QuotaCode": "L-0263D0A3", "QuotaName": "EC2-VPC Elastic IPs", "Value": 5.0, "Unit": "None",
+                    "Adjustable": True, "GlobalQuota": False}
+        return original(self, service_code, quota_code)
+
+    ServiceQuotasBackend.get_service_quota = get_service_quota
+
+
 #: The creates whose idempotency token AWS honours and moto does not (measured with moto 5.2.5:
 #: a second CreateRouteTable, CreateVpcEndpoint, EFS CreateAccessPoint or Cloud Map CreateService
 #: with the same token makes a second resource; CreateNatGateway answers Resource.AlreadyAssociated
@@ -438,6 +457,7 @@ def apply_fixes() -> None:
         route_gateway_endpoints_as_modified()
         honour_idempotency_tokens()
         require_ecs_service_linked_role()
+        answer_elastic_ip_quota()
         _applied = True
 
 

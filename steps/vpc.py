@@ -50,6 +50,9 @@ IN_USE_TIMEOUT_APPLYING = 30.0
 
 #: Service Quotas' service and quota code of "VPCs per Region" (pre-flight).
 VPCS_PER_REGION = ("vpc", "L-F678F1CE")
+#: Service Quotas' "EC2-VPC Elastic IPs" (per Region; AWS's default is 5). DescribeAccountAttributes'
+#: `vpc-max-elastic-ips` is not among the attribute names the EC2 API reference documents.
+ELASTIC_IPS_PER_REGION = ("ec2", "L-0263D0A3")
 
 #: Kinds in the order their deletes are safe: what uses a resource goes before it.
 DELETE_ORDER = ("endpoint", "nat_gateway", "eip", "route_table", "internet_gateway", "subnet", "ingress",
@@ -350,10 +353,11 @@ class VpcStep(Step):
             # An interface endpoint with private DNS associates AWS's hosted zone with the VPC;
             # Route 53 supports no resource-level permissions for that association.
             allow("VpcEndpointPrivateDns", ["route53:AssociateVPCWithHostedZone"], "*"),
-            # Pre-flight quotas. DescribeAccountAttributes supports no resource-level permissions.
-            allow("QuotaVpcs", ["servicequotas:GetServiceQuota"],
-                  scope.arn("servicequotas", "/".join(VPCS_PER_REGION))),
-            allow("QuotaElasticIps", ["ec2:DescribeAccountAttributes"], "*")]
+            # Pre-flight quotas: the applied value, else AWS's default.
+            allow("Quotas", ["servicequotas:GetServiceQuota"],
+                  [scope.arn("servicequotas", "/".join(quota)) for quota in (VPCS_PER_REGION, ELASTIC_IPS_PER_REGION)]),
+            # GetAWSDefaultServiceQuota supports no resource-level permissions.
+            allow("QuotaDefaults", ["servicequotas:GetAWSDefaultServiceQuota"], "*")]
 
     # -- desired ----------------------------------------------------------------------------
 
@@ -440,15 +444,14 @@ class VpcStep(Step):
         ec2 = ctx.client("ec2")
         problems = []
         if observed.vpc is None:
-            limit = _vpc_quota(ctx.client("service-quotas"))
+            limit = _quota(ctx, VPCS_PER_REGION, "VPCs per Region")
             used = len(_describe(ec2, "describe_vpcs", "Vpcs"))
             if limit is not None and used + 1 > limit:
                 problems.append(f"the region has {used} VPCs, its quota (VPCs per Region, {VPCS_PER_REGION[1]}) is "
                                 f"{limit}: delete one or ask for a higher quota")
         new_addresses = [address for address in desired.addresses if address.logical not in observed.addresses]
-        if new_addresses:
-            attributes = ec2.describe_account_attributes(AttributeNames=["vpc-max-elastic-ips"])["AccountAttributes"]
-            limit = int(attributes[0]["AttributeValues"][0]["AttributeValue"])
+        limit = _quota(ctx, ELASTIC_IPS_PER_REGION, "EC2-VPC Elastic IPs") if new_addresses else None
+        if limit is not None:
             used = len(ec2.describe_addresses()["Addresses"])
             if used + len(new_addresses) > limit:
                 problems.append(f"the NAT gateways need {len(new_addresses)} new Elastic IP(s); the account holds "
@@ -857,13 +860,23 @@ def _endpoints(prefix: str, services: str, spec, zones: tuple[str, ...],
 
 
 
-def _vpc_quota(quotas) -> int | None:
-    """The applied VPCs-per-Region quota; None where Service Quotas has no applied value for it."""
-    try:
-        return int(quotas.get_service_quota(ServiceCode=VPCS_PER_REGION[0], QuotaCode=VPCS_PER_REGION[1])
-                   ["Quota"]["Value"])
-    except quotas.exceptions.NoSuchResourceException:
-        return None
+def _quota(ctx, quota: tuple[str, str], name: str) -> int | None:
+    """A quota's applied value, else AWS's default for it; None (the check skipped, and said so)
+    where Service Quotas knows neither or the deploy role may not read it (an organisation's
+    policy can deny Service Quotas while allowing everything the apply needs)."""
+    quotas = ctx.client("service-quotas")
+    service, code = quota
+    for read in (quotas.get_service_quota, quotas.get_aws_default_service_quota):
+        try:
+            return int(read(ServiceCode=service, QuotaCode=code)["Quota"]["Value"])
+        except Exception as error:
+            reason = error_code(error)
+            if reason == "AccessDeniedException":
+                break
+            if reason != "NoSuchResourceException":
+                raise
+    ctx.log.warning("quota not checked", quota=f"{name} ({code})", reason=reason)
+    return None
 
 
 def _describe(ec2, operation: str, key: str, **params) -> list[dict]:
