@@ -84,7 +84,7 @@ class Aws:
         self.ledger = CallLedger()
         self._handlers: list[tuple[str, object]] = []
         self._identity: dict | None = None
-        self._zones: list[str] | None = None
+        self._zones: dict[str, str] | None = None
         self._facts_lock = threading.Lock()
 
     def client(self, service: str, *, ledger_name: str | None = None):
@@ -131,13 +131,31 @@ class Aws:
     def available_zones(self) -> list[str]:
         """The region's availability zones that exist and are available to this account, in
         name order (many accounts lack some letters, e.g. us-west-1 has two of a, b, c)."""
+        return sorted(self._zone_ids())
+
+    def zone_ids(self) -> dict[str, str]:
+        """Zone name → zone id (`use1-az1`): names are mapped per account, ids are the same
+        physical zone in every account (what AWS's per-zone support tables name)."""
+        return dict(self._zone_ids())
+
+    def _zone_ids(self) -> dict[str, str]:
         with self._facts_lock:
             if self._zones is None:
                 found = self.client("ec2", ledger_name=FACTS).describe_availability_zones(Filters=[
                     {"Name": "zone-type", "Values": ["availability-zone"]},
                     {"Name": "state", "Values": ["available"]}])["AvailabilityZones"]
-                self._zones = sorted(zone["ZoneName"] for zone in found)
-            return list(self._zones)
+                self._zones = {zone["ZoneName"]: zone.get("ZoneId", "") for zone in found}
+            return self._zones
+
+    def endpoint_service_zones(self, service_names: tuple[str, ...]) -> dict[str, list[str]]:
+        """Per endpoint service name (`com.amazonaws.REGION.logs`), the zones it is offered in
+        (a service the region does not offer at all is absent)."""
+        if not service_names:
+            return {}
+        pages = self.client("ec2", ledger_name=FACTS).get_paginator("describe_vpc_endpoint_services").paginate(
+            ServiceNames=list(service_names))
+        return {detail["ServiceName"]: list(detail.get("AvailabilityZones", []))
+                for page in pages for detail in page["ServiceDetails"]}
 
     def _caller(self) -> dict:
         with self._facts_lock:

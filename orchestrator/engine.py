@@ -237,7 +237,8 @@ class Engine:
                 outputs[dep] = self._records.get(dep, {}).get("outputs", {})
         declared = {dep: output_fields(self.graph.steps[dep]) for dep in step.depends_on}
         return Inputs(account_id=self.aws.account_id(), region=self.manifest.region, outputs=outputs,
-                      declared=declared, partition=self.aws.partition(), zones=self.aws.available_zones)
+                      declared=declared, partition=self.aws.partition(), zones=self.aws.available_zones,
+                      zone_ids=self.aws.zone_ids, endpoint_zones=self.aws.endpoint_service_zones)
 
     def _outputs(self, step: Step, desired, observed) -> dict[str, Any]:
         outputs = step.outputs(desired, observed)

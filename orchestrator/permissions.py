@@ -64,9 +64,10 @@ def service_linked_role(scope: Scope, service: str) -> dict:
 
 
 #: The run facts every run reads once (orchestrator/aws.py): the zones the region offers the
-#: account; DescribeAvailabilityZones supports no resource-level permissions. (GetCallerIdentity,
-#: for the account and partition, needs no permission.)
-RUN_FACTS = allow("RunFactsZones", ["ec2:DescribeAvailabilityZones"], "*")
+#: account, and which of them offer the interface endpoint services the manifest names; neither
+#: describe supports resource-level permissions. (GetCallerIdentity, for the account and
+#: partition, needs no permission.)
+RUN_FACTS = allow("RunFactsZones", ["ec2:DescribeAvailabilityZones", "ec2:DescribeVpcEndpointServices"], "*")
 
 
 def deploy_policy(manifest, scope: Scope, steps, state_statements: list[dict]) -> dict:

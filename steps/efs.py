@@ -36,6 +36,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
 from orchestrator.permissions import FIND_BY_TAG, allow, tagged_as_ours
 from orchestrator.waiters import WaitFailed
+from steps.vpc import usable_zones
 
 #: Changing these means a new file system, and the data goes with the old one.
 REPLACE_FIELDS = ("performance_mode", "encrypted")
@@ -133,7 +134,7 @@ def upstream_network(manifest, inputs) -> tuple[list[str], list[str], str]:
     KNOWN_AFTER_APPLY while the network is only planned."""
     zones = inputs.output("vpc", "zones")
     if zones == KNOWN_AFTER_APPLY:
-        zones = manifest.network.zone_names(inputs.zones())
+        zones = usable_zones(manifest, inputs)
     subnets = inputs.output("vpc", "private_subnet_ids")
     if subnets == KNOWN_AFTER_APPLY:
         subnets = [KNOWN_AFTER_APPLY] * len(zones)

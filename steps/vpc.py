@@ -364,10 +364,7 @@ class VpcStep(Step):
     def desired(self, manifest, inputs) -> Network:
         spec = manifest.network
         prefix = manifest.prefix
-        try:
-            zones = tuple(spec.zone_names(inputs.zones() if not spec.availability_zones else []))
-        except ValueError as error:
-            raise OrchestratorError(str(error)) from None
+        zones = tuple(usable_zones(manifest, inputs))
         public_cidrs, private_cidrs = spec.subnet_cidrs()
         subnets = tuple(Subnet(f"{kind}-{zone}", f"{prefix}-{kind}-{zone}", zone, cidr, kind == "public")
                         for kind, cidrs in (("public", public_cidrs), ("private", private_cidrs))
@@ -835,6 +832,50 @@ def _security_group(prefix: str, spec, name: str) -> SecurityGroup:
             rules.update(Rule(port, kind, value, rule.description) for port in rule.ports)
     return SecurityGroup(name, f"{prefix}-{name}", group.description,
                          tuple(sorted(rules, key=lambda r: (r.port, r.source_kind, r.source))))
+
+
+#: Zones where Fargate runs Linux tasks, by zone id, in the regions where it is not every zone
+#: (ECS developer guide, "Supported Regions for Amazon ECS on AWS Fargate", Linux containers).
+FARGATE_ZONE_IDS = {"us-west-1": frozenset({"usw1-az1", "usw1-az3"}),
+                    "ap-northeast-1": frozenset({"apne1-az1", "apne1-az2", "apne1-az4"})}
+
+
+def usable_zones(manifest, inputs) -> list[str]:
+    """The zones the network spans: the manifest's own, or the first `zones` of those that
+    offer Fargate and every interface endpoint service the manifest names (not merely the first
+    names: an endpoint or a task in a zone that lacks its service fails half way through).
+    A zone that lacks one is named with what it lacks."""
+    spec = manifest.network
+    services = tuple(sorted(f"{_service_prefix(inputs.partition, manifest.region)}.{service}"
+                            for service in spec.endpoints.interface))
+    offered = inputs.endpoint_zones(services) if inputs.endpoint_zones is not None else None
+    ids = inputs.zone_ids() if inputs.zone_ids is not None else None
+    fargate = FARGATE_ZONE_IDS.get(manifest.region)
+
+    def lacks(zone: str) -> list[str]:
+        missing = [service for service in services if offered is not None and zone not in offered.get(service, [])]
+        if fargate is not None and ids is not None and ids.get(zone) not in fargate:
+            missing.append("Fargate")
+        return missing
+
+    if spec.availability_zones:
+        named = {zone: lacks(zone) for zone in spec.availability_zones}
+        short = {zone: missing for zone, missing in named.items() if missing}
+        if short:
+            raise OrchestratorError("network.availability_zones: " + "; ".join(
+                f"{zone} does not offer {', '.join(missing)}" for zone, missing in short.items()))
+        return list(spec.availability_zones)
+    available = inputs.zones()
+    qualifying = [zone for zone in available if not lacks(zone)]
+    if len(qualifying) < spec.zones and len(qualifying) < len(available):
+        raise OrchestratorError(
+            f"network.zones is {spec.zones}, but only {len(qualifying)} zone(s) offer Fargate and every interface "
+            f"endpoint the manifest names ({', '.join(qualifying) or 'none'}): " + "; ".join(
+                f"{zone} does not offer {', '.join(lacks(zone))}" for zone in available if lacks(zone)))
+    try:
+        return spec.zone_names(qualifying)
+    except ValueError as error:
+        raise OrchestratorError(str(error)) from None
 
 
 def _service_prefix(partition: str, region: str) -> str:
