@@ -388,6 +388,40 @@ def answer_elastic_ip_quota() -> None:
     ServiceQuotasBackend.get_service_quota = get_service_quota
 
 
+#: The switch: how many times ECS refuses a role after IAM created it (0, the default: never).
+NEW_ROLE_REFUSALS = "ORCHESTRATOR_EMULATE_NEW_ROLE_REFUSALS"
+
+
+def refuse_new_roles_for_a_while() -> None:
+    """moto gap (MOTO-NOTES: "IAM is consistent at once"): AWS documents that IAM changes take
+    time to become visible; ECS answers RegisterTaskDefinition naming a role it cannot see yet
+    with ClientException "Role is not valid". With ORCHESTRATOR_EMULATE_NEW_ROLE_REFUSALS=K
+    (tests turn it on), ECS refuses each role that way K times after IAM created it, then
+    accepts it: "for a while", counted in attempts rather than seconds so that a test needs no
+    clock."""
+    import inspect
+    import os
+
+    from moto.ecs.exceptions import EcsClientException
+    from moto.ecs.models import EC2ContainerServiceBackend
+
+    original = EC2ContainerServiceBackend.register_task_definition
+    signature = inspect.signature(original)
+
+    def register_task_definition(self, *args, **kwargs):
+        refusals = int(os.environ.get(NEW_ROLE_REFUSALS) or 0)
+        if refusals:
+            arguments = signature.bind(self, *args, **kwargs).arguments
+            counts = self.__dict__.setdefault("_orchestrator_role_refusals", {})
+            for role in (arguments.get("task_role_arn"), arguments.get("execution_role_arn")):
+                if role and counts.get(role, 0) < refusals:
+                    counts[role] = counts.get(role, 0) + 1
+                    raise EcsClientException("Role is not valid")
+        return original(self, *args, **kwargs)
+
+    EC2ContainerServiceBackend.register_task_definition = register_task_definition
+
+
 #: The creates whose idempotency token AWS honours and moto does not (measured with moto 5.2.5:
 #: a second CreateRouteTable, CreateVpcEndpoint, EFS CreateAccessPoint or Cloud Map CreateService
 #: with the same token makes a second resource; CreateNatGateway answers Resource.AlreadyAssociated
@@ -458,6 +492,7 @@ def apply_fixes() -> None:
         honour_idempotency_tokens()
         require_ecs_service_linked_role()
         answer_elastic_ip_quota()
+        refuse_new_roles_for_a_while()
         _applied = True
 
 

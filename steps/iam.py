@@ -25,12 +25,31 @@ from dataclasses import dataclass, field
 from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step
+from orchestrator import waiters
+from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait
 from orchestrator.permissions import allow
 
 EXECUTION = "execution"
 #: What IAM answers for a role or policy that is gone already: a delete counts as done.
 GONE = frozenset({"NoSuchEntity"})
+
+#: How long a role or policy created or changed in this run is given to reach ECS before the
+#: services step uses it. IAM is eventually consistent (IAM user guide, "Changes that I make are
+#: not always immediately visible") and says no more; ECS refuses a role it cannot see yet
+#: ("Role is not valid") or tasks fail to assume it, and the circuit breaker rolls back. Only a
+#: run that changed IAM waits; the services step also retries ECS's role errors.
+IAM_PROPAGATION_SECONDS = 10.0
+
+
+def _propagation(role: str) -> Wait:
+    """Until IAM_PROPAGATION_SECONDS after this change to `role`."""
+    since = waiters.clock()
+
+    def check() -> tuple[bool, str]:
+        left = IAM_PROPAGATION_SECONDS - (waiters.clock() - since)
+        return (True, "given time to reach ECS") if left <= 0 else (False, f"{left:.0f}s of IAM propagation left")
+
+    return Wait(f"IAM change to role {role} to reach ECS", check, timeout=IAM_PROPAGATION_SECONDS + 60)
 
 
 def ensure_service_linked_role(ctx, service: str) -> None:
@@ -327,8 +346,15 @@ class IamStep(Step):
 
     # -- apply -----------------------------------------------------------------------------
 
-    def apply(self, ctx, change: Change, observed: IamFacts) -> None:
-        client = ctx.client("iam")
+    def apply(self, ctx, change: Change, observed: IamFacts) -> Accepted | None:
+        """The change; any but a delete is waited on until IAM has had time to show it to ECS."""
+        self._apply_change(ctx, ctx.client("iam"), change, observed)
+        if change.action == "delete":
+            return None
+        role = change.name if change.kind == "role" else change.payload.role
+        return Accepted(waits=(_propagation(role),))
+
+    def _apply_change(self, ctx, client, change: Change, observed: IamFacts) -> None:
         if change.kind == "role":
             self._apply_role(ctx, client, change, observed)
             return

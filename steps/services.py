@@ -22,6 +22,7 @@ from orchestrator import waiters
 from orchestrator.aws import error_code, unless_code
 from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Unknown, Wait, is_unknown
 from orchestrator.permissions import allow
+from orchestrator.retry import eventually
 from orchestrator.waiters import WaitFailed
 from steps import bundles, taskdefs
 from steps.ecr import resolve_image
@@ -113,6 +114,12 @@ class ServicesOutputs:
     services: dict[str, str]  # ECS service ARN by name
     task_definitions: dict[str, str]  # task definition ARN in service, by service
     discovery_names: dict[str, str]  # DNS name each service is found by
+
+
+def _role_not_visible_yet(error: Exception) -> bool:
+    """ECS's answer to a task definition naming a role IAM has not shown it yet (created or
+    changed seconds ago): IAM is eventually consistent."""
+    return error_code(error) == "ClientException" and "Role is not valid" in str(error)
 
 
 class ServicesStep(Step):
@@ -437,7 +444,8 @@ class ServicesStep(Step):
     def _create_task_definition(self, ctx, change: Change, observed: ServicesFacts) -> Accepted:
         service, definition, digest = change.payload
         ecs = ctx.client("ecs")
-        arn = self._registered_already(ctx, ecs, definition["family"], digest) or ecs.register_task_definition(
+        arn = self._registered_already(ctx, ecs, definition["family"], digest) or eventually(
+            ecs.register_task_definition, retry_if=_role_not_visible_yet,
             **definition, tags=tagging.tag_list(ctx.tags(), "key", "value"))["taskDefinition"]["taskDefinitionArn"]
         observed.registered[service.name] = arn
         if change.action == "update":  # a first revision has no older ones to deregister

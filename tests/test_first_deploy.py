@@ -3,6 +3,8 @@ is being made tried again (the emulator refuses CreateCluster with capacity prov
 ECS's role exists, as ECS does)."""
 from __future__ import annotations
 
+import pytest
+
 from tests import harness
 from tests.test_ecs import STEP, _Http, load_dev, make_vpc
 
@@ -46,3 +48,50 @@ def test_create_cluster_refused_while_the_linked_role_is_being_made_is_tried_aga
     assert refusals == [True]
     assert ("create", "cluster") in [(c.action, c.kind) for c in changes]
     assert aws.client("ecs").describe_clusters(clusters=["gamepulse-dev"])["clusters"][0]["status"] == "ACTIVE"
+
+
+# -- IAM propagation ------------------------------------------------------------------------------
+
+
+@pytest.mark.managed_policies
+def test_a_run_that_changed_iam_waits_for_it_to_reach_ecs_and_says_so(manifest, aws, monkeypatch, capsys):
+    from orchestrator import waiters
+    from steps import iam
+    from tests.test_iam import STEP as IAM, UPSTREAM
+
+    now = [0.0]
+    monkeypatch.setattr(waiters, "clock", lambda: now[0])
+    monkeypatch.setattr(waiters, "sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
+    monkeypatch.setattr(iam, "IAM_PROPAGATION_SECONDS", 10.0)
+    recorded: dict = {}
+    harness.run_step(IAM, manifest, aws, upstream=UPSTREAM, recorded=recorded)
+    out = capsys.readouterr().out
+    assert "IAM change to role gamepulse-dev-execution to reach ECS" in out
+    assert 10.0 <= now[0] <= 20.0  # bounded: the propagation time, then the next poll
+
+    before = now[0]
+    assert harness.run_step(IAM, manifest, aws, upstream=UPSTREAM, recorded=recorded)[0] == []
+    assert now[0] == before  # nothing changed: no wait
+    assert "to reach ECS" not in capsys.readouterr().out
+
+
+def test_ecs_refusing_a_just_created_role_for_a_while_is_tried_again(manifest, fake_aws_env, monkeypatch):
+    """The emulator's switch: ECS answers "Role is not valid" three times per new role."""
+    from moto import mock_aws
+
+    from orchestrator.aws import Aws
+    from orchestrator.emulator import NEW_ROLE_REFUSALS
+    monkeypatch.setenv(NEW_ROLE_REFUSALS, "3")
+    monkeypatch.setenv("ORCHESTRATOR_SANDBOX_IMAGE_TAGS", "1.4.1")
+    monkeypatch.setenv("MOTO_ECS_SERVICE_RUNNING", "1")
+    with mock_aws(config={"iam": {"load_aws_managed_policies": True}}):
+        aws = Aws("us-east-1")
+        refused = []
+        aws.register("after-call.ecs.RegisterTaskDefinition",
+                     lambda http_response, **kwargs: refused.append(http_response.status_code >= 400))
+        results = harness.engine(manifest, aws).apply()
+        assert {r.status for r in results.values()} == {"ok"}, {n: r.error for n, r in results.items()}
+        assert sum(refused) >= 3  # ECS did refuse, and the run went on
+        import boto3
+        assert len(boto3.client("ecs", region_name="us-east-1").list_services(
+            cluster="gamepulse-dev")["serviceArns"]) == 5
