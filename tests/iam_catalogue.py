@@ -143,6 +143,13 @@ def resource_types(action: str) -> list[dict]:
     return required or types
 
 
+def dependent_actions(action: str) -> list[str]:
+    """What the catalogue says the action also needs (for the action, or one of its resource
+    types); none for any action this tool calls in the pinned data release."""
+    details = action_details(action)
+    return sorted(set(details["dependentActions"]) | {d for t in details["resourceTypes"] for d in t["dependentActions"]})
+
+
 def arn_pattern(service: str, type_name: str) -> str:
     return CATALOGUE.resources.get_resource_type_details(service, type_name)["arn"]
 
@@ -421,6 +428,8 @@ def requests_of(prefix: str, operation: str, params: dict) -> list[Request]:
     requests = [Request(call, action, resource, dict(context))
                 for action in actions_of(prefix, operation, params)
                 for resource in (named_resources(prefix, operation, params) or [None])]
+    requests += [Request(call, dependent, None, dict(context))
+                 for action in actions_of(prefix, operation, params) for dependent in dependent_actions(action)]
     if tags and (prefix, operation) in TAG_ON_CREATE:
         action, create_key, _ = TAG_ON_CREATE[(prefix, operation)]
         tagging = dict(context, **({create_key: [operation]} if create_key else {}))
