@@ -85,6 +85,7 @@ class Aws:
         self._handlers: list[tuple[str, object]] = []
         self._identity: dict | None = None
         self._zones: dict[str, str] | None = None
+        self._endpoint_zones: dict[tuple[str, ...], dict[str, list[str]]] = {}
         self._facts_lock = threading.Lock()
 
     def client(self, service: str, *, ledger_name: str | None = None):
@@ -149,13 +150,17 @@ class Aws:
 
     def endpoint_service_zones(self, service_names: tuple[str, ...]) -> dict[str, list[str]]:
         """Per endpoint service name (`com.amazonaws.REGION.logs`), the zones it is offered in
-        (a service the region does not offer at all is absent)."""
+        (a service the region does not offer at all is absent). Read once per run."""
         if not service_names:
             return {}
-        pages = self.client("ec2", ledger_name=FACTS).get_paginator("describe_vpc_endpoint_services").paginate(
-            ServiceNames=list(service_names))
-        return {detail["ServiceName"]: list(detail.get("AvailabilityZones", []))
-                for page in pages for detail in page["ServiceDetails"]}
+        with self._facts_lock:
+            if service_names not in self._endpoint_zones:
+                pages = self.client("ec2", ledger_name=FACTS).get_paginator(
+                    "describe_vpc_endpoint_services").paginate(ServiceNames=list(service_names))
+                self._endpoint_zones[service_names] = {
+                    detail["ServiceName"]: list(detail.get("AvailabilityZones", []))
+                    for page in pages for detail in page["ServiceDetails"]}
+            return dict(self._endpoint_zones[service_names])
 
     def _caller(self) -> dict:
         with self._facts_lock:

@@ -229,3 +229,15 @@ def test_the_policy_comes_as_managed_policies_each_within_iams_size_limit():
     assert list(policies) == [f"gamepulse-dev-deploy-{n}" for n in range(1, len(policies) + 1)]
     assert 1 < len(policies) <= 10
     assert all(len(json.dumps(document, separators=(",", ":"))) <= 6_144 for document in policies.values())
+
+
+def test_a_managed_policy_arn_of_another_partition_is_a_manifest_error_naming_the_field(tmp_path):
+    import shutil
+
+    from orchestrator.manifest import load_manifest
+    shutil.copytree("manifests", tmp_path / "manifests")
+    overlay = tmp_path / "manifests" / "dev.yaml"
+    overlay.write_text(overlay.read_text() + "\nregion: cn-north-1\niam:\n  execution_role_managed_policies:\n"
+                       "    - arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy\n")
+    with pytest.raises(Exception, match=r"dev.yaml.*iam.execution_role_managed_policies.*partition 'aws-cn'"):
+        load_manifest(tmp_path / "manifests", "dev")
