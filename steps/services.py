@@ -117,9 +117,11 @@ class ServicesOutputs:
 
 
 def _role_not_visible_yet(error: Exception) -> bool:
-    """ECS's answer to a task definition naming a role IAM has not shown it yet (created or
-    changed seconds ago): IAM is eventually consistent."""
-    return error_code(error) == "ClientException" and "Role is not valid" in str(error)
+    """ECS's answers while a role it needs is not visible to it yet (created or changed seconds
+    ago; IAM is eventually consistent): a task definition naming it, "Role is not valid"; a
+    service with a load balancer, "Unable to assume role" (its service-linked role)."""
+    return (error_code(error) == "ClientException" and "Role is not valid" in str(error)) or \
+        (error_code(error) == "InvalidParameterException" and "Unable to assume role" in str(error))
 
 
 class ServicesStep(Step):
@@ -508,7 +510,7 @@ class ServicesStep(Step):
                       tags=tagging.tag_list(ctx.tags(), "key", "value"))
         if service.grace_period is not None:
             params["healthCheckGracePeriodSeconds"] = service.grace_period
-        created = ctx.client("ecs").create_service(**params)["service"]
+        created = eventually(ctx.client("ecs").create_service, retry_if=_role_not_visible_yet, **params)["service"]
         observed.services[service.name] = created
         return Accepted(waits=(self._rollout(ctx, service, arn, observed),))
 
@@ -541,7 +543,8 @@ class ServicesStep(Step):
             if change.differs("capacity_provider"):  # ECS moves tasks to another provider only on a new deployment
                 params["capacityProviderStrategy"] = [{"capacityProvider": service.capacity_provider, "weight": 1}]
                 params["forceNewDeployment"] = True
-            observed.services[service.name] = ecs.update_service(**params)["service"]
+            observed.services[service.name] = eventually(ecs.update_service, retry_if=_role_not_visible_yet,
+                                                         **params)["service"]
             if change.differs("task_definition", "network", "load_balancers", "capacity_provider", "desired_count"):
                 waits = (self._rollout(ctx, service, arn, observed),)
         if change.differs("tags"):

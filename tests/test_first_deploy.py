@@ -95,3 +95,26 @@ def test_ecs_refusing_a_just_created_role_for_a_while_is_tried_again(manifest, f
         import boto3
         assert len(boto3.client("ecs", region_name="us-east-1").list_services(
             cluster="gamepulse-dev")["serviceArns"]) == 5
+
+
+@pytest.mark.managed_policies
+def test_ecs_unable_to_assume_a_role_just_made_is_tried_again_on_create_service(aws, manifest, monkeypatch):
+    """AWS's answer moto cannot give: ECS cannot assume the role yet when the service is made."""
+    from tests.test_services import STEP as SERVICES
+
+    platform = harness.apply_dependencies(SERVICES, manifest, aws, monkeypatch)
+    refusals = []
+
+    def not_yet(**kwargs):
+        if len(refusals) < 2:
+            refusals.append(True)
+            return _Http(400), {"Error": {"Code": "InvalidParameterException",
+                                          "Message": "Unable to assume role and validate the specified "
+                                                     "targetGroupArn. Please verify that the ECS service role "
+                                                     "being passed has the proper permissions."}}
+        return None
+
+    aws.register("before-call.ecs.CreateService", not_yet)
+    harness.run_step(SERVICES, manifest, aws, upstream=platform, recorded={})
+    assert refusals == [True, True]
+    assert len(aws.client("ecs").list_services(cluster="gamepulse-dev")["serviceArns"]) == 5
