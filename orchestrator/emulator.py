@@ -388,6 +388,30 @@ def answer_elastic_ip_quota() -> None:
     ServiceQuotasBackend.get_service_quota = get_service_quota
 
 
+def repeat_elb_creates_as_aws_does() -> None:
+    """moto gap (MOTO-NOTES advice 7: duplicate-name ALBs): CreateLoadBalancer with a name that
+    exists makes a second load balancer, and CreateTargetGroup answers DuplicateTargetGroupName;
+    AWS documents both as idempotent ("If you attempt to create multiple load balancers / target
+    groups with the same settings, each call succeeds"), answering with the existing one — which
+    a retried request whose answer was lost relies on. Answer a repeat with the existing one
+    (the settings are not compared: AWS refuses a repeat with other settings)."""
+    from moto.elbv2.models import ELBv2Backend
+
+    original_balancer = ELBv2Backend.create_load_balancer
+    original_group = ELBv2Backend.create_target_group
+
+    def create_load_balancer(self, name, *args, **kwargs):
+        existing = [lb for lb in self.load_balancers.values() if lb.name == name]
+        return existing[0] if existing else original_balancer(self, name, *args, **kwargs)
+
+    def create_target_group(self, name, **kwargs):
+        existing = [group for group in self.target_groups.values() if group.name == name]
+        return existing[0] if existing else original_group(self, name, **kwargs)
+
+    ELBv2Backend.create_load_balancer = create_load_balancer
+    ELBv2Backend.create_target_group = create_target_group
+
+
 #: The switch: how many times ECS refuses a role after IAM created it (0, the default: never).
 NEW_ROLE_REFUSALS = "ORCHESTRATOR_EMULATE_NEW_ROLE_REFUSALS"
 
@@ -493,6 +517,7 @@ def apply_fixes() -> None:
         require_ecs_service_linked_role()
         answer_elastic_ip_quota()
         refuse_new_roles_for_a_while()
+        repeat_elb_creates_as_aws_does()
         _applied = True
 
 

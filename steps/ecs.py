@@ -17,6 +17,15 @@ from steps.iam import ensure_service_linked_role
 ECS_SERVICE = "ecs.amazonaws.com"
 
 
+def _adopt_log_group(ctx, logs, name: str) -> None:
+    """A log group CreateLogGroup says exists: ours (our tags) to carry on with, or an error."""
+    found = [g for g in logs.describe_log_groups(logGroupNamePrefix=name)["logGroups"] if g["logGroupName"] == name]
+    arn = found[0]["arn"].removesuffix(":*") if found else None
+    tags = logs.list_tags_for_resource(resourceArn=arn)["tags"] if arn else {}
+    if not ctx.owns(tags):
+        raise tagging.not_ours("log group", name, ctx.tags())
+
+
 def _linked_role_not_ready(error: Exception) -> bool:
     """ECS's answer while its service-linked role is being made (a fresh account)."""
     return error_code(error) == "InvalidParameterException" and "Unable to assume the service linked role" in str(error)
@@ -379,7 +388,13 @@ class EcsStep(Step):
     def _create_log_group(self, ctx, change: Change, observed: EcsFacts) -> None:
         group: LogGroup = change.payload
         logs = ctx.client("logs")
-        logs.create_log_group(logGroupName=group.name, tags=ctx.tags())
+        try:
+            logs.create_log_group(logGroupName=group.name, tags=ctx.tags())
+        except Exception as error:
+            if error_code(error) != "ResourceAlreadyExistsException":
+                raise
+            # Made already (a lost answer retried, or observe's list lagged): carry on only with ours.
+            _adopt_log_group(ctx, logs, group.name)
         logs.put_retention_policy(logGroupName=group.name, retentionInDays=group.retention_days)
         observed.log_groups[group.name] = ObservedLogGroup(group.name, owned=True,
                                                            retention_days=group.retention_days, tags=ctx.tags())

@@ -30,18 +30,27 @@ def takes_a_token(model) -> bool:
 TOKEN_NAMES = {"CreatorRequestId", "CreationToken", "clientToken", "ClientToken", "ClientRequestToken"}
 
 
-def lose_answers(aws, every: int, lost: list[str]) -> None:
-    """Every `every`-th create that takes a token (state table aside): AWS acts, then the answer
-    to the first attempt is lost; botocore sees a read timeout and sends the same request again."""
+#: Name-keyed creates without a token: a retry answers "already exists" (or the same resource),
+#: which the steps carry on with when the resource found carries our tags.
+NAME_KEYED = {"iam.CreateRole", "s3.CreateBucket", "logs.CreateLogGroup", "ecr.CreateRepository",
+              "ecs.CreateCluster", "sns.CreateTopic", "elbv2.CreateLoadBalancer", "elbv2.CreateTargetGroup"}
+
+
+def lose_answers(aws, every: int, lost: list[str], chosen=None) -> None:
+    """Every `every`-th create that takes a token (or that `chosen(name)` picks; state table
+    aside): AWS acts, then the answer to the first attempt is lost; botocore sees a read timeout
+    and sends the same request again."""
     seen = {"count": 0}
     call = threading.local()  # before-call fires once per API call, before-send once per attempt
 
     def choose(model, **kwargs):
         call.lose = False
-        if model.service_model.service_name != "dynamodb" and is_mutating(model.name) and takes_a_token(model):
+        name = f"{model.service_model.service_name}.{model.name}"
+        picked = chosen(name) if chosen else takes_a_token(model)
+        if model.service_model.service_name != "dynamodb" and is_mutating(model.name) and picked:
             seen["count"] += 1
             call.lose = seen["count"] % every == 0
-            call.name = f"{model.service_model.service_name}.{model.name}"
+            call.name = name
 
     def after_aws_acted(request, **kwargs):
         if getattr(call, "lose", False):
@@ -78,3 +87,17 @@ def test_an_apply_whose_answers_are_lost_after_aws_acted_makes_no_duplicate(mani
         StateStore(again, manifest).break_lock()
         results = harness.engine(manifest, again).apply()
         assert [c.key for r in results.values() for c in r.changes] == []
+
+
+def test_lost_answers_to_name_keyed_creates_are_carried_on_with_when_the_resource_is_ours(
+        manifest, fake_aws_env, monkeypatch, no_backoff):
+    monkeypatch.setenv("ORCHESTRATOR_SANDBOX_IMAGE_TAGS", "1.4.1")
+    monkeypatch.setenv("MOTO_ECS_SERVICE_RUNNING", "1")
+    with mock_aws(config={"iam": {"load_aws_managed_policies": True}}):
+        aws = Aws("us-east-1")
+        lost: list[str] = []
+        lose_answers(aws, 1, lost, chosen=NAME_KEYED.__contains__)
+        results = harness.engine(manifest, aws).apply()
+        assert {r.status for r in results.values()} == {"ok"}, {n: r.error for n, r in results.items()}
+        assert set(lost) == NAME_KEYED
+        assert inventory() == EXPECTED
