@@ -109,7 +109,8 @@ class Aws:
         self.ledger = CallLedger()
         self._handlers: list[tuple[str, object]] = []
         self._identity: dict | None = None
-        self._zones: list[str] | None = None
+        self._zones: dict[str, str] | None = None
+        self._endpoint_zones: dict[tuple[str, ...], dict[str, list[str]]] = {}
         self._facts_lock = threading.Lock()
         self._slots: dict[str, threading.BoundedSemaphore] = {}
         self._in_each = threading.local()
@@ -202,13 +203,35 @@ class Aws:
     def available_zones(self) -> list[str]:
         """The region's availability zones that exist and are available to this account, in
         name order (many accounts lack some letters, e.g. us-west-1 has two of a, b, c)."""
+        return sorted(self._zone_ids())
+
+    def zone_ids(self) -> dict[str, str]:
+        """Zone name → zone id (`use1-az1`): names are mapped per account, ids are the same
+        physical zone in every account (what AWS's per-zone support tables name)."""
+        return dict(self._zone_ids())
+
+    def _zone_ids(self) -> dict[str, str]:
         with self._facts_lock:
             if self._zones is None:
                 found = self._as_facts(self.client("ec2").describe_availability_zones, Filters=[
                     {"Name": "zone-type", "Values": ["availability-zone"]},
                     {"Name": "state", "Values": ["available"]}])["AvailabilityZones"]
-                self._zones = sorted(zone["ZoneName"] for zone in found)
-            return list(self._zones)
+                self._zones = {zone["ZoneName"]: zone.get("ZoneId", "") for zone in found}
+            return self._zones
+
+    def endpoint_service_zones(self, service_names: tuple[str, ...]) -> dict[str, list[str]]:
+        """Per endpoint service name (`com.amazonaws.REGION.logs`), the zones it is offered in
+        (a service the region does not offer at all is absent). Read once per run."""
+        if not service_names:
+            return {}
+        with self._facts_lock:
+            if service_names not in self._endpoint_zones:
+                pages = self.client("ec2", ledger_name=FACTS).get_paginator(
+                    "describe_vpc_endpoint_services").paginate(ServiceNames=list(service_names))
+                self._endpoint_zones[service_names] = {
+                    detail["ServiceName"]: list(detail.get("AvailabilityZones", []))
+                    for page in pages for detail in page["ServiceDetails"]}
+            return dict(self._endpoint_zones[service_names])
 
     def _caller(self) -> dict:
         with self._facts_lock:

@@ -31,6 +31,9 @@ class StepContext:
     #: The step's last-applied records (`Change.key` → record), as `plan` gets them: observe may
     #: skip a read that a record makes needless (a task definition proven unchanged by its hash).
     recorded: dict = field(default_factory=dict)
+    #: This run's id: idempotency tokens are this run's, so a retry within the run is one request
+    #: to AWS, and a later run (after a destroy, say) never meets a token AWS remembers.
+    run_id: str = ""
 
     def __post_init__(self) -> None:
         if self.log is None:
@@ -63,13 +66,18 @@ class StepContext:
         """The resource carries this environment's ownership tags for this step."""
         return tagging.is_owned(tags, self.app, self.env, self.step)
 
-    def token(self, logical: str, salt: str = "") -> str:
-        """An idempotency token derived from app, env, step and the resource's logical name.
+    def token(self, logical: str, salt: str = "", *, stable: bool = False) -> str:
+        """An idempotency token derived from this run, app, env, step and the resource's
+        logical name: botocore's retry of a create whose answer was lost sends the same token,
+        and AWS answers with what the first request made instead of making a second one.
 
         `salt` distinguishes a deliberate re-creation (a replacement) from a retry of the same
-        create. 32 hex characters fit every API's token limit (EFS allows 64, EC2 64).
+        create. `stable` leaves the run out, for a token that is also the resource's key across
+        runs (an EFS file system's CreationToken, by which observe finds it). 32 hex characters
+        fit every API's token limit (EFS allows 64, EC2 64, ECS 36).
         """
-        basis = f"{self.app}/{self.env}/{self.step}/{logical}/{salt}"
+        run = "" if stable else self.run_id
+        basis = f"{self.app}/{self.env}/{self.step}/{logical}/{salt}/{run}"
         return hashlib.sha256(basis.encode()).hexdigest()[:32]
 
     def wait_for(self, wait) -> None:

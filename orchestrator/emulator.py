@@ -329,6 +329,174 @@ def route_gateway_endpoints_as_modified() -> None:
     VPCBackend.delete_vpc_endpoints = delete_vpc_endpoints
 
 
+def require_ecs_service_linked_role() -> None:
+    """moto gaps (MOTO-NOTES: "service-linked roles exist from the start"): in a fresh account
+    ECS answers the first CreateCluster with capacity providers with InvalidParameterException
+    "Unable to assume the service linked role", while it makes AWSServiceRoleForECS (the next
+    try succeeds); moto creates the cluster. And IAM answers CreateServiceLinkedRole for a role
+    that exists with InvalidInput "… has been taken in this account", where moto says
+    EntityAlreadyExists. Answer both as AWS does."""
+    from moto.ecs.exceptions import InvalidParameterException
+    from moto.ecs.models import EC2ContainerServiceBackend
+    from moto.iam.exceptions import InvalidInput
+    from moto.iam.models import IAMBackend, iam_backends
+
+    import inspect
+
+    original_create_cluster = EC2ContainerServiceBackend.create_cluster
+    signature = inspect.signature(original_create_cluster)
+
+    def create_cluster(self, *args, **kwargs):
+        if signature.bind(self, *args, **kwargs).arguments.get("capacity_providers"):
+            iam = iam_backends[self.account_id]["global"]
+            if not any(getattr(role, "_linked_service", None) == "ecs.amazonaws.com" for role in iam.roles.values()):
+                iam.create_service_linked_role("ecs.amazonaws.com", "", "")
+                raise InvalidParameterException("Unable to assume the service linked role. "
+                                                "Please verify that the ECS service linked role exists.")
+        return original_create_cluster(self, *args, **kwargs)
+
+    original_linked_role = IAMBackend.create_service_linked_role
+
+    def create_service_linked_role(self, service_name, description, suffix):
+        taken = [role.name for role in self.roles.values()
+                 if getattr(role, "_linked_service", None) == service_name and not suffix]
+        if taken:
+            raise InvalidInput(f"Service role name {taken[0]} has been taken in this account, "
+                               "please try a different suffix.")
+        return original_linked_role(self, service_name, description, suffix)
+
+    EC2ContainerServiceBackend.create_cluster = create_cluster
+    IAMBackend.create_service_linked_role = create_service_linked_role
+
+
+def answer_elastic_ip_quota() -> None:
+    """moto gap: Service Quotas answers GetServiceQuota only for VPC's quotas (NoSuchResource for
+    EC2's "EC2-VPC Elastic IPs", L-0263D0A3) and does not implement GetAWSDefaultServiceQuota.
+    Answer that quota with AWS's default (5 per Region), as an account that never raised it."""
+    from moto.servicequotas.models import ServiceQuotasBackend
+
+    original = ServiceQuotasBackend.get_service_quota
+
+    def get_service_quota(self, service_code: str, quota_code: str) -> dict:
+        if (service_code, quota_code) == ("ec2", "L-0263D0A3"):
+            return {"ServiceCode": "ec2", "ServiceName": "Amazon Elastic Compute Cloud (Amazon EC2)",
+                    "QuotaArn": f"arn:aws:servicequotas:{self.region_name}:{self.account_id}:ec2/L-0263D0A3",
+                    "QuotaCode": "L-0263D0A3", "QuotaName": "EC2-VPC Elastic IPs", "Value": 5.0, "Unit": "None",
+                    "Adjustable": True, "GlobalQuota": False}
+        return original(self, service_code, quota_code)
+
+    ServiceQuotasBackend.get_service_quota = get_service_quota
+
+
+def repeat_elb_creates_as_aws_does() -> None:
+    """moto gap (MOTO-NOTES advice 7: duplicate-name ALBs): CreateLoadBalancer with a name that
+    exists makes a second load balancer, and CreateTargetGroup answers DuplicateTargetGroupName;
+    AWS documents both as idempotent ("If you attempt to create multiple load balancers / target
+    groups with the same settings, each call succeeds"), answering with the existing one — which
+    a retried request whose answer was lost relies on. Answer a repeat with the existing one
+    (the settings are not compared: AWS refuses a repeat with other settings)."""
+    from moto.elbv2.models import ELBv2Backend
+
+    original_balancer = ELBv2Backend.create_load_balancer
+    original_group = ELBv2Backend.create_target_group
+
+    def create_load_balancer(self, name, *args, **kwargs):
+        existing = [lb for lb in self.load_balancers.values() if lb.name == name]
+        return existing[0] if existing else original_balancer(self, name, *args, **kwargs)
+
+    def create_target_group(self, name, **kwargs):
+        existing = [group for group in self.target_groups.values() if group.name == name]
+        return existing[0] if existing else original_group(self, name, **kwargs)
+
+    ELBv2Backend.create_load_balancer = create_load_balancer
+    ELBv2Backend.create_target_group = create_target_group
+
+
+#: The switch: how many times ECS refuses a role after IAM created it (0, the default: never).
+NEW_ROLE_REFUSALS = "ORCHESTRATOR_EMULATE_NEW_ROLE_REFUSALS"
+
+
+def refuse_new_roles_for_a_while() -> None:
+    """moto gap (MOTO-NOTES: "IAM is consistent at once"): AWS documents that IAM changes take
+    time to become visible; ECS answers RegisterTaskDefinition naming a role it cannot see yet
+    with ClientException "Role is not valid". With ORCHESTRATOR_EMULATE_NEW_ROLE_REFUSALS=K
+    (tests turn it on), ECS refuses each role that way K times after IAM created it, then
+    accepts it: "for a while", counted in attempts rather than seconds so that a test needs no
+    clock."""
+    import inspect
+    import os
+
+    from moto.ecs.exceptions import EcsClientException
+    from moto.ecs.models import EC2ContainerServiceBackend
+
+    original = EC2ContainerServiceBackend.register_task_definition
+    signature = inspect.signature(original)
+
+    def register_task_definition(self, *args, **kwargs):
+        refusals = int(os.environ.get(NEW_ROLE_REFUSALS) or 0)
+        if refusals:
+            arguments = signature.bind(self, *args, **kwargs).arguments
+            counts = self.__dict__.setdefault("_orchestrator_role_refusals", {})
+            for role in (arguments.get("task_role_arn"), arguments.get("execution_role_arn")):
+                if role and counts.get(role, 0) < refusals:
+                    counts[role] = counts.get(role, 0) + 1
+                    raise EcsClientException("Role is not valid")
+        return original(self, *args, **kwargs)
+
+    EC2ContainerServiceBackend.register_task_definition = register_task_definition
+
+
+#: The creates whose idempotency token AWS honours and moto does not (measured with moto 5.2.5:
+#: a second CreateRouteTable, CreateVpcEndpoint, EFS CreateAccessPoint or Cloud Map CreateService
+#: with the same token makes a second resource; CreateNatGateway answers Resource.AlreadyAssociated
+#: and CreatePrivateDnsNamespace ConflictingDomainExists). Per moto response class: its backend
+#: attribute and, per action, the token's parameter. (ECS CreateService, Secrets Manager
+#: CreateSecret and EFS CreateFileSystem already answer a repeated token as AWS does.)
+TOKENS = {
+    "EC2Response": ("ec2_backend", {"CreateNatGateway": "ClientToken", "CreateRouteTable": "ClientToken",
+                                    "CreateVpcEndpoint": "ClientToken", "CreateNetworkInterface": "ClientToken"}),
+    "EFSResponse": ("efs_backend", {"CreateAccessPoint": "ClientToken"}),
+    "ServiceDiscoveryResponse": ("servicediscovery_backend", {"CreatePrivateDnsNamespace": "CreatorRequestId",
+                                                              "CreateService": "CreatorRequestId"}),
+}
+
+
+def honour_idempotency_tokens() -> None:
+    """moto gap (MOTO-NOTES: "idempotency tokens are mostly ignored"): a create retried with the
+    same token — botocore retries a request whose answer was lost after AWS acted — makes a
+    second resource in moto (or fails), where AWS answers with the first one. Answer a repeated
+    token with the same request body as the first answer was; a token reused with another body
+    goes to moto as before (AWS: IdempotentParameterMismatch). Kept on the backend, so a reset
+    forgets them, as a new account would."""
+    import importlib
+
+    modules = {"EC2Response": "moto.ec2.responses", "EFSResponse": "moto.efs.responses",
+               "ServiceDiscoveryResponse": "moto.servicediscovery.responses"}
+    for class_name, (backend_attribute, actions) in TOKENS.items():
+        cls = getattr(importlib.import_module(modules[class_name]), class_name)
+        original = cls.call_action
+
+        def call_action(self, _original=original, _backend=backend_attribute, _actions=actions):
+            action = self._get_action()
+            token = self._get_param(_actions[action]) if action in _actions else None
+            if not token:
+                return _original(self)
+            backend = getattr(self, _backend)
+            answers = backend.__dict__.setdefault("_orchestrator_token_answers", {})
+            body = self.body if isinstance(self.body, (str, bytes)) else json.dumps(self.body, sort_keys=True)
+            request = json.dumps([sorted((k, v) for k, v in self.querystring.items() if k != "Action"),
+                                  body if isinstance(body, str) else body.decode(errors="replace")])
+            key = (action, token)
+            if key in answers and answers[key][0] == request:
+                return answers[key][1]
+            answer = _original(self)
+            if int(answer[0]) < 300:
+                answers[key] = (request, answer)
+            return answer
+
+        cls.call_action = call_action
+
+
 _applied = False
 
 
@@ -358,6 +526,11 @@ def apply_fixes() -> None:
         tag_api_finds_ecr_repositories()
         route_gateway_endpoints_as_modified()
         answer_scaling_activities()
+        honour_idempotency_tokens()
+        require_ecs_service_linked_role()
+        answer_elastic_ip_quota()
+        refuse_new_roles_for_a_while()
+        repeat_elb_creates_as_aws_does()
         _applied = True
 
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
@@ -119,6 +120,8 @@ class Engine:
         self.graph = graph
         self.store = store
         self.lease = lease
+        #: Idempotency tokens are this run's (StepContext.token).
+        self.run_id = getattr(lease, "run_id", None) or uuid.uuid4().hex
         self.allow = frozenset(allow)
         self.parallelism = parallelism
         self.results: dict[str, StepResult] = {}
@@ -252,7 +255,7 @@ class Engine:
 
     def _context(self, name: str, destroying: bool = False) -> StepContext:
         return StepContext(aws=self.aws, manifest=self.manifest, step=name, allow=self.allow, destroying=destroying,
-                           stop=self._stop_if_needed, recorded=self._recorded(name))
+                           stop=self._stop_if_needed, recorded=self._recorded(name), run_id=self.run_id)
 
     def _stop_if_needed(self, before: str = "") -> None:
         """Raise unless this run may go on changing AWS: not interrupted, lock still held."""
@@ -271,7 +274,8 @@ class Engine:
                 outputs[dep] = self._records.get(dep, {}).get("outputs", {})
         declared = {dep: output_fields(self.graph.steps[dep]) for dep in step.depends_on}
         return Inputs(account_id=self.aws.account_id(), region=self.manifest.region, outputs=outputs,
-                      declared=declared, partition=self.aws.partition(), zones=self.aws.available_zones)
+                      declared=declared, partition=self.aws.partition(), zones=self.aws.available_zones,
+                      zone_ids=self.aws.zone_ids, endpoint_zones=self.aws.endpoint_service_zones)
 
     def _outputs(self, step: Step, desired, observed) -> dict[str, Any]:
         outputs = step.outputs(desired, observed)

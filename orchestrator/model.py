@@ -180,6 +180,11 @@ class Inputs:
     declared: dict[str, tuple[str, ...]] | None = None
     partition: str = "aws"
     zones: Callable[[], list[str]] = field(default=lambda: [], compare=False, repr=False)
+    #: Zone name → zone id; None where not known (a plan's unit test).
+    zone_ids: Callable[[], dict[str, str]] | None = field(default=None, compare=False, repr=False)
+    #: Endpoint service names → the zones each is offered in; None where not known.
+    endpoint_zones: Callable[[tuple[str, ...]], dict[str, list[str]]] | None = field(
+        default=None, compare=False, repr=False)
 
     def output(self, step: str, key: str) -> Any:
         if self.declared is not None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from orchestrator.tags import APP, ENV
+
 
 def partition_of(region: str) -> str:
     """The ARN partition a region belongs to, for a policy printed without credentials (a run
@@ -41,6 +43,13 @@ def allow(sid: str, actions: list[str], resources: list[str] | str, condition: d
     return statement
 
 
+def tagged_as_ours(manifest) -> dict:
+    """The condition that a create (or its tag-on-create) sends this environment's ownership
+    tags: for actions authorised only on "*" (no ARN exists before the create), so the
+    statement still allows nothing but making resources of this environment."""
+    return {"StringEquals": {f"aws:RequestTag/{APP}": manifest.app, f"aws:RequestTag/{ENV}": manifest.environment}}
+
+
 #: Steps find their other resources by their ownership tags; GetResources supports no
 #: resource-level permissions (it answers resource ARNs and tags, nothing else).
 FIND_BY_TAG = allow("FindOwnResourcesByTag", ["tag:GetResources"], "*")
@@ -55,9 +64,10 @@ def service_linked_role(scope: Scope, service: str) -> dict:
 
 
 #: The run facts every run reads once (orchestrator/aws.py): the zones the region offers the
-#: account; DescribeAvailabilityZones supports no resource-level permissions. (GetCallerIdentity,
-#: for the account and partition, needs no permission.)
-RUN_FACTS = allow("RunFactsZones", ["ec2:DescribeAvailabilityZones"], "*")
+#: account, and which of them offer the interface endpoint services the manifest names; neither
+#: describe supports resource-level permissions. (GetCallerIdentity, for the account and
+#: partition, needs no permission.)
+RUN_FACTS = allow("RunFactsZones", ["ec2:DescribeAvailabilityZones", "ec2:DescribeVpcEndpointServices"], "*")
 
 
 def deploy_policy(manifest, scope: Scope, steps, state_statements: list[dict]) -> dict:

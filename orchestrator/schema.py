@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from orchestrator.permissions import partition_of
+
 NAME = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"
 #: In a secret's `env`, stands for the environment's name (upper case, `-` as `_`).
 ENV_PLACEHOLDER = "{ENV}"
@@ -223,10 +225,22 @@ class TaskRoleSpec(Section):
     grants: list[Grant] = Field([], description="what the task may do; each grant names its actions and resources")
 
 
+#: The execution role's managed policy when the manifest names none, an AWS-managed policy whose
+#: ARN is in the region's partition (arn:aws:, arn:aws-cn:, arn:aws-us-gov:).
+DEFAULT_EXECUTION_POLICY = "iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
+
+
 class IamSpec(Section):
     task_roles: dict[str, TaskRoleSpec]
-    execution_role_managed_policies: list[str] = [
-        "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"]
+    execution_role_managed_policies: list[str] | None = Field(
+        None, description="managed policy ARNs for the execution role; default: AWS's "
+                          "AmazonECSTaskExecutionRolePolicy in the region's partition")
+
+    def execution_policies(self, partition: str) -> list[str]:
+        """The execution role's managed policy ARNs, the default one in `partition`."""
+        if self.execution_role_managed_policies is not None:
+            return list(self.execution_role_managed_policies)
+        return [f"arn:{partition}:{DEFAULT_EXECUTION_POLICY}"]
 
 
 # --- images (step ecr) ---------------------------------------------------------------------
@@ -767,7 +781,16 @@ class Manifest(Section):
         if self.services is not None:
             self._check_service_references(self.services)
         self._check_secret_variables()
+        self._check_partition_of_arns()
         return self
+
+    def _check_partition_of_arns(self) -> None:
+        """An ARN of another partition than the region's can never be attached there."""
+        partition = partition_of(self.region)
+        for index, arn in enumerate(self.iam.execution_role_managed_policies or []):
+            if not arn.startswith(f"arn:{partition}:"):
+                raise FieldError(f"{arn!r} is not an ARN of partition {partition!r} (region {self.region})",
+                                 "iam", "execution_role_managed_policies", index)
 
     def _check_secret_variables(self) -> None:
         """One variable must not silently feed dev and prod: a secret read from the environment

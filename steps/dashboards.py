@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from orchestrator import tags as tagging
 from orchestrator.aws import SEVERAL_SERVICES, unless_code
 from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step, Unknown, diff_fields, is_unknown
-from orchestrator.permissions import FIND_BY_TAG, allow
+from orchestrator.permissions import FIND_BY_TAG, allow, tagged_as_ours
 
 #: KMS's shortest wait before it deletes a key scheduled for deletion.
 KEY_DELETION_DAYS = 7
@@ -185,8 +185,10 @@ class DashboardsStep(Step):
         subscriptions), its alarms by name prefix and its dashboard."""
         topic = scope.arn("sns", f"{manifest.prefix}-alerts")
         return [
-            # CreateKey supports no resource-level permissions; key ids are generated.
-            allow("AlertKeyCreate", ["kms:CreateKey"], "*"),
+            # CreateKey supports no resource-level permissions; key ids are generated. Created
+            # with tags, it also needs kms:TagResource, which cannot be held to a key ARN (the key
+            # does not exist yet): both on "*", for a key carrying this environment's tags.
+            allow("AlertKeyCreate", ["kms:CreateKey", "kms:TagResource"], "*", tagged_as_ours(manifest)),
             allow("AlertKey", [f"kms:{action}" for action in (
                 "DescribeKey", "GetKeyPolicy", "PutKeyPolicy", "CreateAlias", "DeleteAlias", "ScheduleKeyDeletion",
                 "TagResource", "ListResourceTags")], [scope.arn("kms", f"alias/{manifest.prefix}-alerts"),

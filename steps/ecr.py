@@ -361,11 +361,20 @@ def _lifecycle_policy_of(client, name: str) -> dict | None:
 
 
 def _apply_create(client, repository: DesiredRepository) -> ObservedRepository:
-    item = client.create_repository(
-        repositoryName=repository.name, imageTagMutability=repository.tag_mutability,
-        imageScanningConfiguration={"scanOnPush": repository.scan_on_push},
-        encryptionConfiguration={"encryptionType": repository.encryption},
-        tags=tagging.tag_list(repository.tags))["repository"]
+    try:
+        item = client.create_repository(
+            repositoryName=repository.name, imageTagMutability=repository.tag_mutability,
+            imageScanningConfiguration={"scanOnPush": repository.scan_on_push},
+            encryptionConfiguration={"encryptionType": repository.encryption},
+            tags=tagging.tag_list(repository.tags))["repository"]
+    except Exception as error:
+        if error_code(error) != "RepositoryAlreadyExistsException":
+            raise
+        # Made already (a lost answer retried): carry on only with a repository carrying our tags.
+        item = client.describe_repositories(repositoryNames=[repository.name])["repositories"][0]
+        tags = tagging.tag_dict(client.list_tags_for_resource(resourceArn=item["repositoryArn"])["tags"])
+        if any(tags.get(key) != repository.tags.get(key) for key in (tagging.APP, tagging.ENV, tagging.STEP)):
+            raise tagging.not_ours("ECR repository", repository.name, repository.tags) from None
     _put_lifecycle_policy(client, repository)
     return ObservedRepository(name=repository.name, arn=item["repositoryArn"], uri=item["repositoryUri"],
                               scan_on_push=repository.scan_on_push, tag_mutability=repository.tag_mutability,

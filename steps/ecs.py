@@ -9,7 +9,26 @@ from orchestrator.aws import SEVERAL_SERVICES, error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
 from orchestrator.permissions import FIND_BY_TAG, allow, service_linked_role
+from orchestrator.retry import eventually
 from orchestrator.waiters import WaitFailed
+from steps.iam import ensure_service_linked_role
+
+#: ECS's service-linked role's service (AWSServiceRoleForECS).
+ECS_SERVICE = "ecs.amazonaws.com"
+
+
+def _adopt_log_group(ctx, logs, name: str) -> None:
+    """A log group CreateLogGroup says exists: ours (our tags) to carry on with, or an error."""
+    found = [g for g in logs.describe_log_groups(logGroupNamePrefix=name)["logGroups"] if g["logGroupName"] == name]
+    arn = found[0]["arn"].removesuffix(":*") if found else None
+    tags = logs.list_tags_for_resource(resourceArn=arn)["tags"] if arn else {}
+    if not ctx.owns(tags):
+        raise tagging.not_ours("log group", name, ctx.tags())
+
+
+def _linked_role_not_ready(error: Exception) -> bool:
+    """ECS's answer while its service-linked role is being made (a fresh account)."""
+    return error_code(error) == "InvalidParameterException" and "Unable to assume the service linked role" in str(error)
 
 CONTAINER_INSIGHTS = "containerInsights"
 DELETE_DATA = "delete-data"
@@ -124,20 +143,22 @@ class EcsStep(Step):
         """The deploy role's statements for this step: the environment's cluster and log groups;
         namespaces have generated ids, so those of this account and region."""
         return [
-            allow("EcsCluster", ["ecs:DescribeClusters", "ecs:DeleteCluster", "ecs:PutClusterCapacityProviders",
-                                 "ecs:UpdateClusterSettings", "ecs:TagResource", "ecs:ListTagsForResource"],
+            # TagResource: also the tag-on-create of CreateCluster (condition ecs:CreateAction).
+            allow("EcsCluster", ["ecs:CreateCluster", "ecs:DescribeClusters", "ecs:DeleteCluster",
+                                 "ecs:PutClusterCapacityProviders", "ecs:UpdateClusterSettings", "ecs:TagResource",
+                                 "ecs:ListTagsForResource"],
                   scope.arn("ecs", f"cluster/{manifest.prefix}")),
-            # CreateCluster supports no resource-level permissions.
-            allow("EcsCreateCluster", ["ecs:CreateCluster"], "*"),
             # DescribeLogStreams: does a group about to be deleted hold logs?
             allow("LogGroups", ["logs:CreateLogGroup", "logs:DeleteLogGroup", "logs:PutRetentionPolicy",
                                 "logs:TagResource", "logs:ListTagsForResource", "logs:DescribeLogStreams"],
                   scope.arn("logs", f"log-group:/ecs/{manifest.prefix}/*")),
-            # DescribeLogGroups is asked with our name prefix, but is authorised on all groups.
-            allow("LogGroupsDescribe", ["logs:DescribeLogGroups"], scope.arn("logs", "log-group:*")),
-            allow("CloudMapNamespace", ["servicediscovery:GetNamespace", "servicediscovery:DeleteNamespace",
-                                        "servicediscovery:TagResource", "servicediscovery:ListTagsForResource"],
+            # DescribeLogGroups is asked with our name prefix, but is authorised on "*" only.
+            allow("LogGroupsDescribe", ["logs:DescribeLogGroups"], "*"),
+            allow("CloudMapNamespace", ["servicediscovery:GetNamespace", "servicediscovery:DeleteNamespace"],
                   scope.arn("servicediscovery", "namespace/*")),
+            # Cloud Map's tagging actions are authorised on "*" only (also the tag-on-create of
+            # its namespaces and services).
+            allow("CloudMapTags", ["servicediscovery:TagResource", "servicediscovery:ListTagsForResource"], "*"),
             # These Cloud Map calls support no resource-level permissions; a private namespace is
             # a Route 53 hosted zone Cloud Map makes and deletes in the caller's name (zone ids
             # are generated), in the VPC it reads.
@@ -146,7 +167,7 @@ class EcsStep(Step):
                                      "route53:GetHostedZone", "route53:ListHostedZonesByName",
                                      "route53:ChangeResourceRecordSets", "route53:DeleteHostedZone",
                                      "ec2:DescribeVpcs"], "*"),
-            service_linked_role(scope, "ecs.amazonaws.com"),
+            service_linked_role(scope, ECS_SERVICE),
             FIND_BY_TAG]
 
     # -- desired ----------------------------------------------------------------------------
@@ -253,7 +274,7 @@ class EcsStep(Step):
     def _plan_cluster(self, cluster: Cluster, seen: ObservedCluster | None, tags: dict[str, str]) -> list[Change]:
         if seen is None:
             return [Change("create", "cluster", cluster.name, diffs=diff_fields(cluster, None, CLUSTER_FIELDS),
-                           calls=("ecs:CreateCluster",), payload=cluster)]
+                           calls=("iam:CreateServiceLinkedRole", "ecs:CreateCluster"), payload=cluster)]
         if not seen.owned:
             raise tagging.not_ours("ECS cluster", cluster.name)
         diffs = diff_fields(cluster, seen, CLUSTER_FIELDS) + tagging.tag_diffs(seen.tags, tags)
@@ -322,7 +343,12 @@ class EcsStep(Step):
 
     def _create_cluster(self, ctx, change: Change, observed: EcsFacts) -> None:
         cluster: Cluster = change.payload
-        response = ctx.client("ecs").create_cluster(
+        # In a fresh account ECS makes its service-linked role on the first cluster with capacity
+        # providers, and refuses that create until the role is usable: make the role first, and
+        # retry that refusal for a bounded time (the role may have been made just now).
+        ensure_service_linked_role(ctx, ECS_SERVICE)
+        response = eventually(
+            ctx.client("ecs").create_cluster, retry_if=_linked_role_not_ready,
             clusterName=cluster.name,
             settings=_settings_param(cluster),
             capacityProviders=list(cluster.capacity_providers),
@@ -365,7 +391,13 @@ class EcsStep(Step):
     def _create_log_group(self, ctx, change: Change, observed: EcsFacts) -> None:
         group: LogGroup = change.payload
         logs = ctx.client("logs")
-        logs.create_log_group(logGroupName=group.name, tags=ctx.tags())
+        try:
+            logs.create_log_group(logGroupName=group.name, tags=ctx.tags())
+        except Exception as error:
+            if error_code(error) != "ResourceAlreadyExistsException":
+                raise
+            # Made already (a lost answer retried, or observe's list lagged): carry on only with ours.
+            _adopt_log_group(ctx, logs, group.name)
         logs.put_retention_policy(logGroupName=group.name, retentionInDays=group.retention_days)
         observed.log_groups[group.name] = ObservedLogGroup(group.name, owned=True,
                                                            retention_days=group.retention_days, tags=ctx.tags())

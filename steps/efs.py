@@ -34,8 +34,9 @@ from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
-from orchestrator.permissions import FIND_BY_TAG, allow
+from orchestrator.permissions import FIND_BY_TAG, allow, tagged_as_ours
 from orchestrator.waiters import WaitFailed
+from steps.vpc import usable_zones
 
 #: Changing these means a new file system, and the data goes with the old one.
 REPLACE_FIELDS = ("performance_mode", "encrypted")
@@ -133,7 +134,7 @@ def upstream_network(manifest, inputs) -> tuple[list[str], list[str], str]:
     KNOWN_AFTER_APPLY while the network is only planned."""
     zones = inputs.output("vpc", "zones")
     if zones == KNOWN_AFTER_APPLY:
-        zones = manifest.network.zone_names(inputs.zones())
+        zones = usable_zones(manifest, inputs)
     subnets = inputs.output("vpc", "private_subnet_ids")
     if subnets == KNOWN_AFTER_APPLY:
         subnets = [KNOWN_AFTER_APPLY] * len(zones)
@@ -284,7 +285,7 @@ def sync_tags(efs, resource_id: str, current: dict[str, str], wanted: dict[str, 
 
 
 def create_file_system(ctx, efs, desired: FileSystem) -> ObservedFileSystem:
-    token = ctx.token("file_system")
+    token = ctx.token("file_system", stable=True)
     try:
         item = efs.create_file_system(CreationToken=token, PerformanceMode=desired.performance_mode,
                                       ThroughputMode=desired.throughput_mode, Encrypted=desired.encrypted,
@@ -398,7 +399,7 @@ class EfsStep(Step):
         """The platform's file system by its creation token, and the others carrying our tags
         (left over) by one tagging-API query: never a listing of the account's file systems."""
         efs = ctx.client("efs")
-        token = ctx.token("file_system")
+        token = ctx.token("file_system", stable=True)
         facts = EfsFacts()
         for item in read_file_systems(efs, token, self._tagged_file_system_ids(ctx)):
             fs = observed_file_system(item)
@@ -428,11 +429,13 @@ class EfsStep(Step):
         return [
             allow("EfsFileSystems", [f"elasticfilesystem:{action}" for action in (
                 "DescribeFileSystems", "DescribeMountTargets", "DescribeMountTargetSecurityGroups",
-                "DescribeAccessPoints", "DescribeLifecycleConfiguration", "DescribeBackupPolicy", "CreateFileSystem",
-                "DeleteFileSystem", "UpdateFileSystem", "PutLifecycleConfiguration", "PutBackupPolicy",
+                "DescribeAccessPoints", "DescribeLifecycleConfiguration", "DescribeBackupPolicy", "DeleteFileSystem", "UpdateFileSystem", "PutLifecycleConfiguration", "PutBackupPolicy",
                 "CreateMountTarget", "DeleteMountTarget", "ModifyMountTargetSecurityGroups", "CreateAccessPoint",
                 "DeleteAccessPoint", "TagResource")],
                   [scope.arn("elasticfilesystem", "file-system/*"), scope.arn("elasticfilesystem", "access-point/*")]),
+            # CreateFileSystem is authorised on "*" only (no ARN before the create): held to a
+            # file system that carries this environment's ownership tags.
+            allow("EfsCreateFileSystem", ["elasticfilesystem:CreateFileSystem"], "*", tagged_as_ours(manifest)),
             # A mount target is a network interface EFS makes in the caller's name. EC2 describes
             # support no resource-level permissions; the interface's own actions are held to
             # this account and region.

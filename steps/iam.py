@@ -25,12 +25,45 @@ from dataclasses import dataclass, field
 from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step
+from orchestrator import waiters
+from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait
 from orchestrator.permissions import allow
 
 EXECUTION = "execution"
 #: What IAM answers for a role or policy that is gone already: a delete counts as done.
 GONE = frozenset({"NoSuchEntity"})
+
+#: How long a role or policy created or changed in this run is given to reach ECS before the
+#: services step uses it. IAM is eventually consistent (IAM user guide, "Changes that I make are
+#: not always immediately visible") and says no more; ECS refuses a role it cannot see yet
+#: ("Role is not valid") or tasks fail to assume it, and the circuit breaker rolls back. Only a
+#: run that changed IAM waits; the services step also retries ECS's role errors.
+IAM_PROPAGATION_SECONDS = 10.0
+
+
+def _propagation(role: str) -> Wait:
+    """Until IAM_PROPAGATION_SECONDS after this change to `role`."""
+    since = waiters.clock()
+
+    def check() -> tuple[bool, str]:
+        left = IAM_PROPAGATION_SECONDS - (waiters.clock() - since)
+        return (True, "given time to reach ECS") if left <= 0 else (False, f"{left:.0f}s of IAM propagation left")
+
+    return Wait(f"IAM change to role {role} to reach ECS", check, timeout=IAM_PROPAGATION_SECONDS + 60)
+
+
+def ensure_service_linked_role(ctx, service: str) -> None:
+    """The account's service-linked role for `service` (ecs.amazonaws.com, …), made now where a
+    step's first call would otherwise fail while AWS makes it (ECS: "Unable to assume the
+    service linked role"). IAM answers InvalidInput "…has been taken in this account" when the
+    role exists: nothing to do."""
+    try:
+        ctx.client("iam").create_service_linked_role(AWSServiceName=service)
+    except Exception as error:
+        if not (error_code(error) == "InvalidInput" and "has been taken" in str(error)):
+            raise
+        return
+    ctx.log.info("created the account's service-linked role", service=service)
 SECRETS_POLICY = "read-secrets"
 GRANTS_POLICY = "grants"
 
@@ -244,7 +277,7 @@ class IamStep(Step):
             trust_policy=trust,
             inline_policies={SECRETS_POLICY: policy(allow("ReadPlatformSecrets", ["secretsmanager:GetSecretValue"],
                                                           secret_arns))} if secret_arns else {},
-            managed_policies=tuple(sorted(manifest.iam.execution_role_managed_policies)), tags=tags)
+            managed_policies=tuple(sorted(manifest.iam.execution_policies(inputs.partition))), tags=tags)
         roles = {execution.name: execution}
         for key, spec in sorted(manifest.iam.task_roles.items()):
             where = GrantContext(service=key, buckets=buckets, cluster=prefix, region=inputs.region,
@@ -309,7 +342,7 @@ class IamStep(Step):
             # ListRoles supports no resource-level permissions. It answers role names, paths and
             # trust policies, none of the roles' permissions policies.
             allow("IamListRoleNames", ["iam:ListRoles"], "*")]
-        managed = sorted(manifest.iam.execution_role_managed_policies)
+        managed = sorted(manifest.iam.execution_policies(scope.partition))
         if managed:  # only the managed policies the manifest names can be attached
             statements.append(allow("IamAttachManifestPolicies", ["iam:AttachRolePolicy"], roles,
                                     {"ArnEquals": {"iam:PolicyARN": managed}}))
@@ -334,8 +367,15 @@ class IamStep(Step):
 
     # -- apply -----------------------------------------------------------------------------
 
-    def apply(self, ctx, change: Change, observed: IamFacts) -> None:
-        client = ctx.client("iam")
+    def apply(self, ctx, change: Change, observed: IamFacts) -> Accepted | None:
+        """The change; any but a delete is waited on until IAM has had time to show it to ECS."""
+        self._apply_change(ctx, ctx.client("iam"), change, observed)
+        if change.action == "delete":
+            return None
+        role = change.name if change.kind == "role" else change.payload.role
+        return Accepted(waits=(_propagation(role),))
+
+    def _apply_change(self, ctx, client, change: Change, observed: IamFacts) -> None:
         if change.kind == "role":
             self._apply_role(ctx, client, change, observed)
             return

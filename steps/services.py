@@ -22,6 +22,7 @@ from orchestrator import waiters
 from orchestrator.aws import SEVERAL_SERVICES, error_code, unless_code
 from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Unknown, Wait, is_unknown
 from orchestrator.permissions import allow
+from orchestrator.retry import eventually
 from orchestrator.waiters import WaitFailed
 from steps import bundles, taskdefs
 from steps.ecr import resolve_image
@@ -124,6 +125,14 @@ class ServicesOutputs:
     discovery_names: dict[str, str]  # DNS name each service is found by
 
 
+def _role_not_visible_yet(error: Exception) -> bool:
+    """ECS's answers while a role it needs is not visible to it yet (created or changed seconds
+    ago; IAM is eventually consistent): a task definition naming it, "Role is not valid"; a
+    service with a load balancer, "Unable to assume role" (its service-linked role)."""
+    return (error_code(error) == "ClientException" and "Role is not valid" in str(error)) or \
+        (error_code(error) == "InvalidParameterException" and "Unable to assume role" in str(error))
+
+
 class ServicesStep(Step):
     name = "services"
     depends_on = ("vpc", "ecr", "storage", "secrets", "iam", "efs", "ecs", "alb")
@@ -139,20 +148,24 @@ class ServicesStep(Step):
             "RegisterScalableTarget", "DeregisterScalableTarget", "PutScalingPolicy", "DeleteScalingPolicy",
             "TagResource")]
         return [
+            # TagResource: also the tag-on-create of services and task definitions.
             allow("EcsServices", ["ecs:CreateService", "ecs:UpdateService", "ecs:DeleteService", "ecs:DescribeServices",
-                                  "ecs:ListServices", "ecs:ListTasks", "ecs:DescribeTasks", "ecs:TagResource"],
+                                  "ecs:DescribeTasks", "ecs:TagResource", "ecs:RegisterTaskDefinition",
+                                  "ecs:DeleteTaskDefinitions"],
                   [scope.arn("ecs", f"cluster/{prefix}"), scope.arn("ecs", f"service/{prefix}/*"),
                    scope.arn("ecs", f"task/{prefix}/*"), scope.arn("ecs", f"task-definition/{prefix}-*:*")]),
-            # The task-definition actions support no resource-level permissions.
-            allow("EcsTaskDefinitions", ["ecs:RegisterTaskDefinition", "ecs:DeregisterTaskDefinition",
-                                         "ecs:DescribeTaskDefinition", "ecs:ListTaskDefinitions",
-                                         "ecs:DeleteTaskDefinitions"], "*"),
+            # ListServices and ListTasks are authorised on "*" only, held to the cluster by ecs:cluster.
+            allow("EcsListInCluster", ["ecs:ListServices", "ecs:ListTasks"], "*",
+                  {"ArnEquals": {"ecs:cluster": scope.arn("ecs", f"cluster/{prefix}")}}),
+            # These task-definition actions support no resource-level permissions.
+            allow("EcsTaskDefinitions", ["ecs:DeregisterTaskDefinition", "ecs:DescribeTaskDefinition",
+                                         "ecs:ListTaskDefinitions"], "*"),
             allow("PassTaskRoles", ["iam:PassRole"], scope.arn("iam", f"role/{prefix}-*", regional=False),
                   {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}),
             allow("ConfigBundles", ["s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion",
                                     "s3:ListBucketVersions"], [config, f"{config}/*"]),
-            allow("CloudMapServices", ["servicediscovery:CreateService", "servicediscovery:DeleteService",
-                                       "servicediscovery:TagResource"],
+            # (Cloud Map's TagResource, authorised on "*" only, is the ecs step's.)
+            allow("CloudMapServices", ["servicediscovery:CreateService", "servicediscovery:DeleteService"],
                   [scope.arn("servicediscovery", "namespace/*"), scope.arn("servicediscovery", "service/*")]),
             # Scalable targets have generated ids; the describes and Cloud Map's ListServices support
             # no resource-level permissions, nor does DescribeTargetHealth.
@@ -482,8 +495,9 @@ class ServicesStep(Step):
     def _create_task_definition(self, ctx, change: Change, observed: ServicesFacts) -> Accepted:
         service, definition, digest = change.payload
         ecs = ctx.client("ecs")
-        arn = ecs.register_task_definition(**definition, tags=tagging.tag_list(ctx.tags(), "key", "value"))[
-            "taskDefinition"]["taskDefinitionArn"]
+        arn = self._registered_already(ctx, ecs, definition["family"], digest) or eventually(
+            ecs.register_task_definition, retry_if=_role_not_visible_yet,
+            **definition, tags=tagging.tag_list(ctx.tags(), "key", "value"))["taskDefinition"]["taskDefinitionArn"]
         observed.registered[service.name] = arn
         if change.action == "update":  # a first revision has no older ones to deregister
             self._deregister_old(ecs, definition["family"], observed.keep_revisions, arn)
@@ -491,6 +505,26 @@ class ServicesStep(Step):
         return Accepted(record={"arn": arn, "hash": digest, **tag})
 
     _update_task_definition = _create_task_definition
+
+    @staticmethod
+    def _registered_already(ctx, ecs, family: str, digest: str) -> str | None:
+        """The family's newest ACTIVE revision when it is this very definition (its normal form's
+        hash) and ours: registered by a run killed (or whose answer was lost) before it recorded
+        it. RegisterTaskDefinition has no idempotency token, so without this every such run
+        would leave one more revision."""
+        try:
+            newest = ecs.describe_task_definition(taskDefinition=family, include=["TAGS"])
+        except Exception as error:
+            if error_code(error) != "ClientException":  # ECS's answer for a family with no ACTIVE revision
+                raise
+            return None
+        tags = tagging.tag_dict(newest.get("tags"), "key", "value")
+        if newest["taskDefinition"].get("status") != "ACTIVE" or not ctx.owns(tags) \
+                or taskdefs.definition_hash(newest["taskDefinition"]) != digest:
+            return None
+        ctx.log.info("adopting task definition registered by an earlier run", revision=newest["taskDefinition"]
+                     ["taskDefinitionArn"].rsplit("/", 1)[-1])
+        return newest["taskDefinition"]["taskDefinitionArn"]
 
     def _deregister_old(self, ecs, family: str, keep: int, current: str) -> None:
         """Revisions beyond the newest `keep` (never the one just registered)."""
@@ -526,7 +560,7 @@ class ServicesStep(Step):
                       tags=tagging.tag_list(ctx.tags(), "key", "value"))
         if service.grace_period is not None:
             params["healthCheckGracePeriodSeconds"] = service.grace_period
-        created = ctx.client("ecs").create_service(**params)["service"]
+        created = eventually(ctx.client("ecs").create_service, retry_if=_role_not_visible_yet, **params)["service"]
         observed.services[service.name] = created
         return Accepted(waits=(self._rollout(ctx, service, arn, observed),))
 
@@ -562,7 +596,8 @@ class ServicesStep(Step):
             forced = change.differs(REDEPLOY) or any(d.field.startswith(SECRET_FIELD) for d in change.diffs)
             if forced:  # tasks read secrets only as they start: new tasks, the same revision
                 params["forceNewDeployment"] = True
-            observed.services[service.name] = ecs.update_service(**params)["service"]
+            observed.services[service.name] = eventually(ecs.update_service, retry_if=_role_not_visible_yet,
+                                                         **params)["service"]
             if forced or change.differs("task_definition", "network", "load_balancers", "capacity_provider",
                                         "desired_count"):
                 waits = (self._rollout(ctx, service, arn, observed),)

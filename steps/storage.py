@@ -321,8 +321,12 @@ def create_bucket(s3, bucket: Bucket) -> None:
         if code == "BucketAlreadyExists":
             raise OrchestratorError(f"bucket {bucket.name}: the name is taken by another AWS account; "
                                     "bucket names are global") from None
-        if code != "BucketAlreadyOwnedByYou":  # ours already: a retry after a crash
+        if code != "BucketAlreadyOwnedByYou":
             raise
+        # This account's already (a crash, or a lost answer retried): carry on only with ours.
+        found = read_tags(s3, bucket.name) or {}
+        if any(found.get(key) != bucket.tags.get(key) for key in (tagging.APP, tagging.ENV, tagging.STEP)):
+            raise tagging.not_ours("S3 bucket", bucket.name, bucket.tags) from None
     for setting in settings_to_put_at_create(bucket):
         put_setting(s3, bucket, setting)
 
@@ -376,8 +380,9 @@ class StorageStep(Step):
         """The deploy role's statements for this step: the environment's buckets only."""
         buckets = f"arn:{scope.partition}:s3:::{manifest.prefix}-*-{scope.account_id}"  # no region, no account
         return [
+            # CreateBucket with tags (CreateBucketConfiguration.Tags) also needs s3:TagResource.
             allow("S3Buckets", [f"s3:{action}" for action in (
-                "CreateBucket", "DeleteBucket", "ListBucket", "ListBucketVersions", "GetBucketTagging",
+                "CreateBucket", "TagResource", "DeleteBucket", "ListBucket", "ListBucketVersions", "GetBucketTagging",
                 "PutBucketTagging", "GetBucketVersioning", "PutBucketVersioning", "GetEncryptionConfiguration",
                 "PutEncryptionConfiguration", "GetLifecycleConfiguration", "PutLifecycleConfiguration",
                 "GetBucketOwnershipControls", "PutBucketOwnershipControls", "GetBucketPolicy", "PutBucketPolicy",

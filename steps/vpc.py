@@ -50,6 +50,9 @@ IN_USE_TIMEOUT_APPLYING = 30.0
 
 #: Service Quotas' service and quota code of "VPCs per Region" (pre-flight).
 VPCS_PER_REGION = ("vpc", "L-F678F1CE")
+#: Service Quotas' "EC2-VPC Elastic IPs" (per Region; AWS's default is 5). DescribeAccountAttributes'
+#: `vpc-max-elastic-ips` is not among the attribute names the EC2 API reference documents.
+ELASTIC_IPS_PER_REGION = ("ec2", "L-0263D0A3")
 
 #: Kinds in the order their deletes are safe: what uses a resource goes before it.
 DELETE_ORDER = ("endpoint", "nat_gateway", "eip", "route_table", "internet_gateway", "subnet", "ingress",
@@ -334,7 +337,7 @@ class VpcStep(Step):
         permissions; EC2 resources have generated ids, so the changes are held to this account
         and region (what is ours among them is decided by our tags)."""
         return [
-            allow("Ec2Describe", ["ec2:DescribeVpcs", "ec2:DescribeVpcAttribute", "ec2:DescribeSubnets",
+            allow("Ec2Describe", ["ec2:DescribeVpcs", "ec2:DescribeSubnets",
                                   "ec2:DescribeAddresses", "ec2:DescribeInternetGateways", "ec2:DescribeNatGateways",
                                   "ec2:DescribeRouteTables", "ec2:DescribeSecurityGroups",
                                   "ec2:DescribeSecurityGroupRules", "ec2:DescribeVpcEndpoints"], "*"),
@@ -346,24 +349,22 @@ class VpcStep(Step):
                 "AssociateRouteTable", "DisassociateRouteTable", "ReplaceRouteTableAssociation", "CreateSecurityGroup",
                 "DeleteSecurityGroup", "AuthorizeSecurityGroupIngress", "RevokeSecurityGroupIngress",
                 "ModifySecurityGroupRules", "CreateVpcEndpoint", "DeleteVpcEndpoints", "ModifyVpcEndpoint",
-                "CreateTags")], scope.arn("ec2", "*")),
+                "CreateTags", "DescribeVpcAttribute")], scope.arn("ec2", "*")),
             # An interface endpoint with private DNS associates AWS's hosted zone with the VPC;
             # Route 53 supports no resource-level permissions for that association.
             allow("VpcEndpointPrivateDns", ["route53:AssociateVPCWithHostedZone"], "*"),
-            # Pre-flight quotas. DescribeAccountAttributes supports no resource-level permissions.
-            allow("QuotaVpcs", ["servicequotas:GetServiceQuota"],
-                  scope.arn("servicequotas", "/".join(VPCS_PER_REGION))),
-            allow("QuotaElasticIps", ["ec2:DescribeAccountAttributes"], "*")]
+            # Pre-flight quotas: the applied value, else AWS's default.
+            allow("Quotas", ["servicequotas:GetServiceQuota"],
+                  [scope.arn("servicequotas", "/".join(quota)) for quota in (VPCS_PER_REGION, ELASTIC_IPS_PER_REGION)]),
+            # GetAWSDefaultServiceQuota supports no resource-level permissions.
+            allow("QuotaDefaults", ["servicequotas:GetAWSDefaultServiceQuota"], "*")]
 
     # -- desired ----------------------------------------------------------------------------
 
     def desired(self, manifest, inputs) -> Network:
         spec = manifest.network
         prefix = manifest.prefix
-        try:
-            zones = tuple(spec.zone_names(inputs.zones() if not spec.availability_zones else []))
-        except ValueError as error:
-            raise OrchestratorError(str(error)) from None
+        zones = tuple(usable_zones(manifest, inputs))
         public_cidrs, private_cidrs = spec.subnet_cidrs()
         subnets = tuple(Subnet(f"{kind}-{zone}", f"{prefix}-{kind}-{zone}", zone, cidr, kind == "public")
                         for kind, cidrs in (("public", public_cidrs), ("private", private_cidrs))
@@ -452,15 +453,14 @@ class VpcStep(Step):
         ec2 = ctx.client("ec2")
         problems = []
         if observed.vpc is None:
-            limit = _vpc_quota(ctx.client("service-quotas"))
+            limit = _quota(ctx, VPCS_PER_REGION, "VPCs per Region")
             used = len(_describe(ec2, "describe_vpcs", "Vpcs"))
             if limit is not None and used + 1 > limit:
                 problems.append(f"the region has {used} VPCs, its quota (VPCs per Region, {VPCS_PER_REGION[1]}) is "
                                 f"{limit}: delete one or ask for a higher quota")
         new_addresses = [address for address in desired.addresses if address.logical not in observed.addresses]
-        if new_addresses:
-            attributes = ec2.describe_account_attributes(AttributeNames=["vpc-max-elastic-ips"])["AccountAttributes"]
-            limit = int(attributes[0]["AttributeValues"][0]["AttributeValue"])
+        limit = _quota(ctx, ELASTIC_IPS_PER_REGION, "EC2-VPC Elastic IPs") if new_addresses else None
+        if limit is not None:
             used = len(ec2.describe_addresses()["Addresses"])
             if used + len(new_addresses) > limit:
                 problems.append(f"the NAT gateways need {len(new_addresses)} new Elastic IP(s); the account holds "
@@ -846,6 +846,50 @@ def _security_group(prefix: str, spec, name: str) -> SecurityGroup:
                          tuple(sorted(rules, key=lambda r: (r.port, r.source_kind, r.source))))
 
 
+#: Zones where Fargate runs Linux tasks, by zone id, in the regions where it is not every zone
+#: (ECS developer guide, "Supported Regions for Amazon ECS on AWS Fargate", Linux containers).
+FARGATE_ZONE_IDS = {"us-west-1": frozenset({"usw1-az1", "usw1-az3"}),
+                    "ap-northeast-1": frozenset({"apne1-az1", "apne1-az2", "apne1-az4"})}
+
+
+def usable_zones(manifest, inputs) -> list[str]:
+    """The zones the network spans: the manifest's own, or the first `zones` of those that
+    offer Fargate and every interface endpoint service the manifest names (not merely the first
+    names: an endpoint or a task in a zone that lacks its service fails half way through).
+    A zone that lacks one is named with what it lacks."""
+    spec = manifest.network
+    services = tuple(sorted(f"{_service_prefix(inputs.partition, manifest.region)}.{service}"
+                            for service in spec.endpoints.interface))
+    offered = inputs.endpoint_zones(services) if inputs.endpoint_zones is not None else None
+    ids = inputs.zone_ids() if inputs.zone_ids is not None else None
+    fargate = FARGATE_ZONE_IDS.get(manifest.region)
+
+    def lacks(zone: str) -> list[str]:
+        missing = [service for service in services if offered is not None and zone not in offered.get(service, [])]
+        if fargate is not None and ids is not None and ids.get(zone) not in fargate:
+            missing.append("Fargate")
+        return missing
+
+    if spec.availability_zones:
+        named = {zone: lacks(zone) for zone in spec.availability_zones}
+        short = {zone: missing for zone, missing in named.items() if missing}
+        if short:
+            raise OrchestratorError("network.availability_zones: " + "; ".join(
+                f"{zone} does not offer {', '.join(missing)}" for zone, missing in short.items()))
+        return list(spec.availability_zones)
+    available = inputs.zones()
+    qualifying = [zone for zone in available if not lacks(zone)]
+    if len(qualifying) < spec.zones and len(qualifying) < len(available):
+        raise OrchestratorError(
+            f"network.zones is {spec.zones}, but only {len(qualifying)} zone(s) offer Fargate and every interface "
+            f"endpoint the manifest names ({', '.join(qualifying) or 'none'}): " + "; ".join(
+                f"{zone} does not offer {', '.join(lacks(zone))}" for zone in available if lacks(zone)))
+    try:
+        return spec.zone_names(qualifying)
+    except ValueError as error:
+        raise OrchestratorError(str(error)) from None
+
+
 def _service_prefix(partition: str, region: str) -> str:
     """What endpoint service names begin with: `com.amazonaws.REGION`, in China `cn.com.amazonaws.REGION`."""
     return f"{'cn.' if partition == 'aws-cn' else ''}com.amazonaws.{region}"
@@ -869,13 +913,23 @@ def _endpoints(prefix: str, services: str, spec, zones: tuple[str, ...],
 
 
 
-def _vpc_quota(quotas) -> int | None:
-    """The applied VPCs-per-Region quota; None where Service Quotas has no applied value for it."""
-    try:
-        return int(quotas.get_service_quota(ServiceCode=VPCS_PER_REGION[0], QuotaCode=VPCS_PER_REGION[1])
-                   ["Quota"]["Value"])
-    except quotas.exceptions.NoSuchResourceException:
-        return None
+def _quota(ctx, quota: tuple[str, str], name: str) -> int | None:
+    """A quota's applied value, else AWS's default for it; None (the check skipped, and said so)
+    where Service Quotas knows neither or the deploy role may not read it (an organisation's
+    policy can deny Service Quotas while allowing everything the apply needs)."""
+    quotas = ctx.client("service-quotas")
+    service, code = quota
+    for read in (quotas.get_service_quota, quotas.get_aws_default_service_quota):
+        try:
+            return int(read(ServiceCode=service, QuotaCode=code)["Quota"]["Value"])
+        except Exception as error:
+            reason = error_code(error)
+            if reason == "AccessDeniedException":
+                break
+            if reason != "NoSuchResourceException":
+                raise
+    ctx.log.warning("quota not checked", quota=f"{name} ({code})", reason=reason)
+    return None
 
 
 def _describe(ec2, operation: str, key: str, **params) -> list[dict]:

@@ -54,10 +54,13 @@ def no_network(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def no_waiting(monkeypatch):
-    """Retry and wait loops back off without taking wall time."""
+    """Retry and wait loops back off without taking wall time; IAM changes are visible at once
+    (as in moto; tests of the propagation wait set it themselves)."""
     from orchestrator import retry, waiters
+    from steps import iam
     monkeypatch.setattr(retry, "sleep", lambda seconds: None)
     monkeypatch.setattr(waiters, "sleep", lambda seconds: None)
+    monkeypatch.setattr(iam, "IAM_PROPAGATION_SECONDS", 0.0)
 
 
 @pytest.fixture(scope="session", autouse=True)

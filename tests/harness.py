@@ -10,6 +10,13 @@ from orchestrator.graph import StepGraph
 from orchestrator.model import KNOWN_AFTER_APPLY, Change, Inputs, Step
 
 RUN_ID = "test-run"
+
+
+def run_id() -> str:
+    """A run's own id, as the command line makes one per run: idempotency tokens are per run
+    (StepContext.token), and the emulator remembers them as AWS does."""
+    import uuid
+    return f"{RUN_ID}-{uuid.uuid4().hex[:8]}"
 ACCOUNT = "123456789012"
 #: The zones moto's us-east-1 offers (a run fact the engine reads from EC2).
 ZONES = [f"us-east-1{letter}" for letter in "abcdef"]
@@ -76,7 +83,7 @@ def _engine(step, manifest, aws, upstream: dict | None, recorded: dict | None, a
     store = StateStore(aws, manifest)
     store.ensure_table()
     store.break_lock()  # the lock of a run a test killed (step tests are not about the lock)
-    lease = store.acquire(RUN_ID, "test")
+    lease = store.acquire(run_id(), "test")
     for key, record in (recorded or {}).items():  # a test's own last-applied records
         kind, _, name = key.partition("/")
         store.record_change(lease, step.name, Change("create", kind, name, record=record))
@@ -150,7 +157,7 @@ def engine(manifest, aws, steps=None, *, allow=(), with_state: bool = True):
         from orchestrator.state import StateStore
         store = StateStore(aws, manifest)
         store.ensure_table()
-        lease = store.acquire(RUN_ID, "test")
+        lease = store.acquire(run_id(), "test")
     return Engine(manifest, aws, graph, store=store, lease=lease, allow=allow)
 
 
@@ -183,6 +190,16 @@ def crash_after(aws, n: int, *, state_table: bool = False) -> None:
             seen["count"] += 1
             if seen["count"] == n:
                 raise Crash(f"killed after mutating call {n}: {model.name}")
+
+    aws.register("after-call", after_call)
+
+
+def crash_after_operation(aws, service: str, operation: str) -> None:
+    """Kill the run (raise `Crash`) right after AWS accepted the first `service` `operation`
+    (botocore's service name, e.g. "ecs", "RegisterTaskDefinition")."""
+    def after_call(http_response, parsed, model, **kwargs):
+        if (model.service_model.service_name, model.name) == (service, operation) and http_response.status_code < 300:
+            raise Crash(f"killed after {service} {operation}")
 
     aws.register("after-call", after_call)
 

@@ -62,6 +62,8 @@ def inventory() -> dict[str, int]:
         "alarms": len(boto3.client("cloudwatch", **kw).describe_alarms(AlarmNamePrefix="gamepulse-dev-")
                       ["MetricAlarms"]),
         "dashboards": len(boto3.client("cloudwatch", **kw).list_dashboards()["DashboardEntries"]),
+        "task definitions": len([arn for arn in boto3.client("ecs", **kw).list_task_definitions(
+            status="ACTIVE")["taskDefinitionArns"] if ":task-definition/gamepulse-dev-" in arn]),
     }
 
 
@@ -70,7 +72,20 @@ EXPECTED = {"vpcs": 1, "subnets": 4, "nat gateways": 1, "elastic ips": 1, "secur
             "mount targets": 2, "access points": 2, "load balancers": 1, "target groups": 2, "listeners": 1,
             "log groups": 6, "namespaces": 1, "clusters": 1, "services": 5, "cloud map services": 5,
             "scalable targets": 1, "scaling policies": 1, "alert keys": 1, "topics": 1, "subscriptions": 1,
-            "alarms": 15, "dashboards": 1}
+            "alarms": 15, "dashboards": 1, "task definitions": 5}
+
+#: Each create (or create-like put) of a cold apply, by botocore service name and operation.
+CREATES = [("ec2", op) for op in ("CreateVpc", "CreateSubnet", "AllocateAddress", "CreateInternetGateway",
+                                  "CreateNatGateway", "CreateRouteTable", "CreateSecurityGroup", "CreateVpcEndpoint")] + [
+    ("s3", "CreateBucket"), ("secretsmanager", "CreateSecret"), ("iam", "CreateRole"),
+    ("ecr", "CreateRepository"), ("efs", "CreateFileSystem"), ("efs", "CreateMountTarget"),
+    ("efs", "CreateAccessPoint"), ("ecs", "CreateCluster"), ("logs", "CreateLogGroup"),
+    ("servicediscovery", "CreatePrivateDnsNamespace"), ("elbv2", "CreateLoadBalancer"),
+    ("elbv2", "CreateTargetGroup"), ("elbv2", "CreateListener"), ("ecs", "RegisterTaskDefinition"),
+    ("servicediscovery", "CreateService"), ("ecs", "CreateService"),
+    ("application-autoscaling", "RegisterScalableTarget"), ("application-autoscaling", "PutScalingPolicy"),
+    ("kms", "CreateKey"), ("kms", "CreateAlias"), ("sns", "CreateTopic"), ("sns", "Subscribe"),
+    ("cloudwatch", "PutMetricAlarm"), ("cloudwatch", "PutDashboard")]
 
 
 @pytest.mark.parametrize("kill_after", KILL_AFTER)
@@ -97,3 +112,23 @@ def test_apply_killed_after_a_mutating_call_converges_on_the_next_run(manifest, 
         results = harness.engine(manifest, again).apply()
         assert [c.key for r in results.values() for c in r.changes] == []
         assert harness.mutations(again) == []
+
+
+@pytest.mark.parametrize("service, operation", CREATES, ids=[f"{s}.{o}" for s, o in CREATES])
+def test_apply_killed_right_after_each_create_leaves_no_extra_resource(manifest, fake_aws_env, service, operation,
+                                                                       monkeypatch):
+    """What AWS made before the kill carries our tags (or, for a task definition, is the same
+    definition): the next run finds and uses it instead of making a second one."""
+    monkeypatch.setenv("ORCHESTRATOR_SANDBOX_IMAGE_TAGS", "1.4.1")
+    monkeypatch.setenv("MOTO_ECS_SERVICE_RUNNING", "1")
+    with mock_aws(config={"iam": {"load_aws_managed_policies": True}}):
+        killed = Aws("us-east-1")
+        harness.crash_after_operation(killed, service, operation)
+        with pytest.raises(harness.Crash):
+            harness.engine(manifest, killed).apply()
+
+        rerun = Aws("us-east-1")
+        StateStore(rerun, manifest).break_lock()
+        results = harness.engine(manifest, rerun).apply()
+        assert {r.status for r in results.values()} == {"ok"}, {n: r.error for n, r in results.items()}
+        assert inventory() == EXPECTED

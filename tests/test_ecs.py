@@ -55,7 +55,7 @@ def test_plan_from_nothing_creates_everything_with_vpc_known_after_apply(manifes
     changes = STEP.plan(desired, EcsFacts(), {})
     assert [(c.action, c.kind) for c in changes] == \
         [("create", "cluster")] + [("create", "log_group")] * 6 + [("create", "namespace")]
-    assert changes[0].calls == ("ecs:CreateCluster",)
+    assert changes[0].calls == ("iam:CreateServiceLinkedRole", "ecs:CreateCluster")
     assert changes[-1].diffs[0].new == KNOWN_AFTER_APPLY
     assert changes[-1].record == {"vpc_id": KNOWN_AFTER_APPLY}
 
@@ -488,3 +488,4 @@ def namespaces(aws) -> list[str]:
 
 def cluster_status(aws) -> str:
     return aws.client("ecs").describe_clusters(clusters=["gamepulse-dev"])["clusters"][0]["status"]
+

