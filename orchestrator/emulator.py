@@ -500,6 +500,30 @@ def honour_idempotency_tokens() -> None:
 _applied = False
 
 
+def filter_cloud_map_services_by_namespace() -> None:
+    """moto gap: ListServices ignores its Filters (its own docstring says so) and answers the
+    services of every namespace. AWS answers those of the NAMESPACE_ID asked for; without it, a
+    second environment in the account took the first one's Cloud Map services for its own."""
+    from moto.servicediscovery.responses import ServiceDiscoveryResponse
+
+    original = ServiceDiscoveryResponse.list_services
+
+    def list_services(self):
+        wanted = {value for condition in self._get_param("Filters") or []
+                  if condition.get("Name") == "NAMESPACE_ID" for value in condition.get("Values", [])}
+        if not wanted:
+            return original(self)
+        backend = self.servicediscovery_backend
+        every = backend.list_services
+        backend.list_services = lambda: [service for service in every() if service.namespace_id in wanted]
+        try:  # requests are served one at a time (serialize_requests)
+            return original(self)
+        finally:
+            del backend.list_services
+
+    ServiceDiscoveryResponse.list_services = list_services
+
+
 def answer_scaling_activities() -> None:
     """moto gap (MOTO-NOTES: Application Auto Scaling): `DescribeScalingActivities` is not
     implemented (HTTP 500) and no scaling is simulated. Answer as AWS does for a target that has
@@ -526,6 +550,7 @@ def apply_fixes() -> None:
         tag_api_finds_ecr_repositories()
         route_gateway_endpoints_as_modified()
         answer_scaling_activities()
+        filter_cloud_map_services_by_namespace()
         honour_idempotency_tokens()
         require_ecs_service_linked_role()
         answer_elastic_ip_quota()

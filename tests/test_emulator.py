@@ -150,3 +150,22 @@ def test_a_create_repeated_with_its_token_answers_the_first_resource_as_aws_does
     assert [len(tables), len(endpoints), len(points), len(services)] == [1, 1, 1, 1]
     # Another request under a token already used is not answered from it.
     assert ec2.create_route_table(VpcId=vpc, ClientToken="t-6")["RouteTable"]["RouteTableId"] not in tables
+
+
+def test_cloud_map_services_are_listed_per_namespace_as_aws_does(mock):
+    """Two environments in one account: each must find only its own namespace's services, or the
+    second takes the first one's Cloud Map names for its own (seen: staging after dev)."""
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    discovery = boto3.client("servicediscovery", region_name="us-east-1")
+    namespaces = {}
+    for env, cidr in (("dev", "10.20.0.0/16"), ("staging", "10.30.0.0/16")):
+        vpc = ec2.create_vpc(CidrBlock=cidr)["Vpc"]["VpcId"]
+        operation = discovery.create_private_dns_namespace(Name=f"gamepulse-{env}.local", Vpc=vpc)["OperationId"]
+        namespaces[env] = discovery.get_operation(OperationId=operation)["Operation"]["Targets"]["NAMESPACE"]
+        discovery.create_service(Name="gamepulse", NamespaceId=namespaces[env],
+                                 DnsConfig={"DnsRecords": [{"Type": "A", "TTL": 10}]})
+    for env, namespace in namespaces.items():
+        listed = discovery.list_services(Filters=[{"Name": "NAMESPACE_ID", "Values": [namespace],
+                                                   "Condition": "EQ"}])["Services"]
+        assert [discovery.get_service(Id=s["Id"])["Service"]["NamespaceId"] for s in listed] == [namespace], env
+    assert len(discovery.list_services()["Services"]) == 2
