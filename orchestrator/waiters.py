@@ -57,9 +57,9 @@ def settle(waits: Iterable[Wait], *, max_delay: float = 15.0, log=None,
         for wait in pending:
             done, status = wait.check()
             if done:
-                final[wait.what] = status
-                if rounds > 1:
+                if rounds > 1 and wait.what not in final:  # several changes may await the same thing: said once
                     log.info("wait over", what=wait.what, status=status, waited_s=round(clock() - started, 1))
+                final[wait.what] = status
             else:
                 still.append((wait, status))
         if not still:
@@ -68,7 +68,7 @@ def settle(waits: Iterable[Wait], *, max_delay: float = 15.0, log=None,
         for wait, status in still:
             if elapsed + delay > wait.timeout:
                 raise WaitTimeout(f"gave up waiting for {wait.what} after {elapsed:.0f}s (last status: {status})")
-        log.info("waiting", what="; ".join(f"{wait.what}: {status}" for wait, status in still),
+        log.info("waiting", what="; ".join(dict.fromkeys(f"{wait.what}: {status}" for wait, status in still)),
                  waited_s=round(elapsed, 1), next_check_s=delay)
         sleep(delay)
         if stop is not None:

@@ -67,6 +67,10 @@ def test_a_run_that_changed_iam_waits_for_it_to_reach_ecs_and_says_so(manifest, 
     harness.run_step(IAM, manifest, aws, upstream=UPSTREAM, recorded=recorded)
     out = capsys.readouterr().out
     assert "IAM change to role gamepulse-dev-execution to reach ECS" in out
+    # Several changes to one role await the same thing: each progress line names it once.
+    progress = [line for line in out.splitlines() if "waiting" in line and "to reach ECS" in line]
+    assert progress and all(line.count("role gamepulse-dev-execution to reach") == 1 for line in progress), progress
+    assert sum("wait over" in line and "gamepulse-dev-execution" in line for line in out.splitlines()) == 1
     assert 10.0 <= now[0] <= 20.0  # bounded: the propagation time, then the next poll
 
     before = now[0]
