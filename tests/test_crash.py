@@ -88,25 +88,34 @@ CREATES = [("ec2", op) for op in ("CreateVpc", "CreateSubnet", "AllocateAddress"
     ("cloudwatch", "PutMetricAlarm"), ("cloudwatch", "PutDashboard")]
 
 
-@pytest.mark.parametrize("kill_after", KILL_AFTER)
-def test_apply_killed_after_a_mutating_call_converges_on_the_next_run(manifest, fake_aws_env, kill_after,
-                                                                     monkeypatch):
-    # As in the sandbox: the app's image is in its repository, and tasks start.
+def killed_then_applied_again(manifest, arm_crash) -> None:
+    """A cold `apply dev` killed where `arm_crash(aws)` says, then a new process's apply: every
+    step ok and exactly the clean inventory. Runs inside the caller's mock_aws."""
+    killed = Aws("us-east-1")
+    arm_crash(killed)
+    with pytest.raises(harness.Crash):
+        harness.engine(manifest, killed).apply()
+
+    # The next process: the killed run's lock is still held until its lease ends.
+    rerun = Aws("us-east-1")
+    StateStore(rerun, manifest).break_lock()
+    results = harness.engine(manifest, rerun).apply()
+    assert {r.status for r in results.values()} == {"ok"}, {n: r.error for n, r in results.items()}
+    assert inventory() == EXPECTED
+
+
+@pytest.fixture
+def as_in_the_sandbox(monkeypatch):
+    """The app's image is in its repository, and tasks start."""
     monkeypatch.setenv("ORCHESTRATOR_SANDBOX_IMAGE_TAGS", "1.4.1")
     monkeypatch.setenv("MOTO_ECS_SERVICE_RUNNING", "1")
+
+
+@pytest.mark.parametrize("kill_after", KILL_AFTER)
+def test_apply_killed_after_a_mutating_call_converges_on_the_next_run(manifest, fake_aws_env, as_in_the_sandbox,
+                                                                     kill_after):
     with mock_aws(config={"iam": {"load_aws_managed_policies": True}}):
-        killed = Aws("us-east-1")
-        harness.crash_after(killed, kill_after, state_table=True)
-        with pytest.raises(harness.Crash):
-            harness.engine(manifest, killed).apply()
-
-        # The next process: the killed run's lock is still held until its lease ends.
-        rerun = Aws("us-east-1")
-        StateStore(rerun, manifest).break_lock()
-        results = harness.engine(manifest, rerun).apply()
-        assert {r.status for r in results.values()} == {"ok"}, {n: r.error for n, r in results.items()}
-        assert inventory() == EXPECTED
-
+        killed_then_applied_again(manifest, lambda aws: harness.crash_after(aws, kill_after, state_table=True))
         again = Aws("us-east-1")
         StateStore(again, manifest).break_lock()
         results = harness.engine(manifest, again).apply()
@@ -115,20 +124,9 @@ def test_apply_killed_after_a_mutating_call_converges_on_the_next_run(manifest, 
 
 
 @pytest.mark.parametrize("service, operation", CREATES, ids=[f"{s}.{o}" for s, o in CREATES])
-def test_apply_killed_right_after_each_create_leaves_no_extra_resource(manifest, fake_aws_env, service, operation,
-                                                                       monkeypatch):
+def test_apply_killed_right_after_each_create_leaves_no_extra_resource(manifest, fake_aws_env, as_in_the_sandbox,
+                                                                       service, operation):
     """What AWS made before the kill carries our tags (or, for a task definition, is the same
     definition): the next run finds and uses it instead of making a second one."""
-    monkeypatch.setenv("ORCHESTRATOR_SANDBOX_IMAGE_TAGS", "1.4.1")
-    monkeypatch.setenv("MOTO_ECS_SERVICE_RUNNING", "1")
     with mock_aws(config={"iam": {"load_aws_managed_policies": True}}):
-        killed = Aws("us-east-1")
-        harness.crash_after_operation(killed, service, operation)
-        with pytest.raises(harness.Crash):
-            harness.engine(manifest, killed).apply()
-
-        rerun = Aws("us-east-1")
-        StateStore(rerun, manifest).break_lock()
-        results = harness.engine(manifest, rerun).apply()
-        assert {r.status for r in results.values()} == {"ok"}, {n: r.error for n, r in results.items()}
-        assert inventory() == EXPECTED
+        killed_then_applied_again(manifest, lambda aws: harness.crash_after_operation(aws, service, operation))
