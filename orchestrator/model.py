@@ -220,15 +220,21 @@ class Step:
 
     - ``desired(manifest, inputs)`` — pure: the resources this step owns, fully resolved.
     - ``observe(ctx, desired)`` — read-only calls; returns the step's own facts object, found by
-      deterministic name and ownership tags. It must be usable by `apply` as working memory:
-      `apply` updates it (new ids) so that `outputs` needs no second read. Facts only a delete
-      needs are read when `ctx.destroying` or for resources the manifest no longer wants.
+      deterministic name and ownership tags. It is also `apply`'s working memory (see below).
+      Facts only a delete needs are read when `ctx.destroying` or for resources the manifest
+      no longer wants.
     - ``plan(desired, observed, recorded)`` — pure: the changes that close the gap. `recorded`
       maps `Change.key` to the `record` kept at the last apply.
     - ``apply(ctx, change, observed)`` — the calls AWS accepts for one change; returns an
       `Accepted` (or None) with the record to keep and the waits that settle the change. The
       engine records the change at once, then settles the waits of all the step's changes
       together. A handler that needs an earlier change settled first calls `ctx.settle()`.
+      **A handler updates `observed` in place** to what AWS holds once it accepted the change:
+      what it created is added with what AWS answered (ids, ARNs), what it changed is updated,
+      what it deleted is removed. The engine never observes again after a change (AWS's reads
+      may lag its writes, and a second read costs calls): the step's later handlers, `outputs`
+      after apply and destroy (and so the step record and the inputs of dependants in the same
+      run), the retire phase and prune's sweep for undescribed resources all read these facts.
     - ``outputs(desired, observed)`` — an instance of the step's `Outputs` dataclass: the ids
       and names downstream steps read (`Unknown` where not created yet).
     - ``plan_destroy(observed)`` — pure: the deletes, in a safe order, for what this step owns.

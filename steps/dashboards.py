@@ -12,6 +12,9 @@
   from the alb and services steps, each notifying the topic (alarm and recovery).
 - A CloudWatch dashboard `APP-ENV` for the AWS-level view.
 
+The alarms and the dashboard body are built in steps/cloudwatch_content.py (pure); this module
+puts them and the topic in place.
+
 Reads on an unchanged apply (seven): the key and its policy, the topic's attributes, its
 subscriptions, every alarm of the environment (one `describe_alarms` by name prefix), the tags
 of key, topic and alarms (one tagging-API query) and the dashboard. Alarms that Application
@@ -27,6 +30,8 @@ from orchestrator import tags as tagging
 from orchestrator.aws import SEVERAL_SERVICES, unless_code
 from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step, Unknown, diff_fields, is_unknown
 from orchestrator.permissions import FIND_BY_TAG, allow, tagged_as_ours
+from steps import cloudwatch_content
+from steps.cloudwatch_content import ALARM_FIELDS, Alarm, Dashboard
 
 #: KMS's shortest wait before it deletes a key scheduled for deletion.
 KEY_DELETION_DAYS = 7
@@ -37,11 +42,6 @@ AUTOSCALING_ALARMS = "TargetTracking-"
 DELETE_ALARMS_BATCH = 100  # DeleteAlarms takes at most 100 names
 #: GetResources pages by tags counted (a resource with five tags counts five); 500 is its most.
 TAGS_PER_PAGE = 500
-#: Every alarm: minute values, at or above the threshold in 3 of the last 5 minutes.
-PERIOD, EVALUATION_PERIODS, DATAPOINTS = 60, 5, 3
-ALARM_FIELDS = ("namespace", "metric", "statistic", "dimensions", "period", "evaluation_periods",
-                "datapoints_to_alarm", "threshold", "comparison", "treat_missing_data", "actions_enabled",
-                "alarm_actions", "ok_actions", "insufficient_data_actions", "description")
 #: What a plan shows of a new alarm (an update shows every field that differs).
 ALARM_SUMMARY = ("metric", "dimensions", "statistic", "threshold", "alarm_actions")
 
@@ -61,36 +61,6 @@ class Topic:
     name: str
     arn: str  # built from account, region and name: known before it exists
     kms_key: str  # the alias of the topic's key
-
-
-@dataclass(frozen=True)
-class Alarm:
-    name: str  # PREFIX-SUBJECT-CHECK: `status --live` reads what it watches from it
-    namespace: str
-    metric: str
-    statistic: str
-    dimensions: tuple[tuple[str, str], ...]  # sorted (name, value)
-    threshold: float
-    alarm_actions: tuple[str, ...]  # the topic: it hears of trouble…
-    description: str
-    period: int = PERIOD
-    evaluation_periods: int = EVALUATION_PERIODS
-    datapoints_to_alarm: int = DATAPOINTS
-    comparison: str = "GreaterThanOrEqualToThreshold"
-    # No data is no trouble: no 5XX answers, no requests, a service scaled to nothing.
-    treat_missing_data: str = "notBreaching"
-    actions_enabled: bool = True
-    insufficient_data_actions: tuple[str, ...] = ()
-
-    @property
-    def ok_actions(self) -> tuple[str, ...]:
-        return self.alarm_actions  # …and of its end
-
-
-@dataclass(frozen=True)
-class Dashboard:
-    name: str
-    body: dict
 
 
 @dataclass(frozen=True)
@@ -222,9 +192,10 @@ class DashboardsStep(Step):
         cluster = inputs.output("services", "cluster_name")
         service_arns = inputs.output("services", "services")
         tasks = list(manifest.services.tasks) if manifest.services else []
-        services = {task: _service_name(_get(service_arns, task, "services.services")) for task in tasks}
-        alarms = _alarms(prefix, alerting.cloudwatch, topic_arn, lb_suffix, groups, cluster, services) \
-            if alerting is not None else ()
+        services = {task: cloudwatch_content.service_name(_get(service_arns, task, "services.services"))
+                    for task in tasks}
+        alarms = cloudwatch_content.alarms(prefix, alerting.cloudwatch, topic_arn, lb_suffix, groups, cluster,
+                                           services) if alerting is not None else ()
         alarm_arns = [f"arn:{inputs.partition}:cloudwatch:{inputs.region}:{inputs.account_id}:alarm:{alarm.name}"
                       for alarm in alarms]
         url = inputs.output("alb", "url")
@@ -232,8 +203,8 @@ class DashboardsStep(Step):
             key=key, topic=topic, key_alias=key_alias, topic_arn=topic_arn,
             emails=tuple(sorted(set(alerting.email_addresses))) if alerting else (), alarm_prefix=f"{prefix}-",
             alarms=alarms,
-            dashboard=Dashboard(prefix, _dashboard_body(inputs.region, lb_suffix, groups, cluster, services,
-                                                        alarm_arns)),
+            dashboard=Dashboard(prefix, cloudwatch_content.dashboard_body(inputs.region, lb_suffix, groups, cluster,
+                                                                          services, alarm_arns)),
             alb_url=url, grafana_url=url if is_unknown(url) else f"{url}/grafana/",
             tags=tagging.ownership_tags(manifest.app, manifest.environment, self.name, manifest.tags))
 
@@ -405,8 +376,8 @@ class DashboardsStep(Step):
         action = "create" if observed.dashboard is None else "update"
         # The body is long: the plan names the widgets that differ, by title.
         return [Change(action, "dashboard", dashboard.name,
-                       diffs=(FieldDiff("widgets", _widget_titles(observed.dashboard),
-                                        _widget_titles(dashboard.body)),),
+                       diffs=(FieldDiff("widgets", cloudwatch_content.widget_titles(observed.dashboard),
+                                        cloudwatch_content.widget_titles(dashboard.body)),),
                        calls=("cloudwatch:PutDashboard",), payload=dashboard)]
 
     # -- apply ------------------------------------------------------------------------------
@@ -482,7 +453,8 @@ class DashboardsStep(Step):
 
     def _create_alarm(self, ctx, change: Change, observed: DashboardsFacts) -> None:
         alarm: Alarm = change.payload
-        ctx.client("cloudwatch").put_metric_alarm(**_alarm_params(alarm), Tags=tagging.tag_list(ctx.tags()))
+        ctx.client("cloudwatch").put_metric_alarm(**cloudwatch_content.alarm_params(alarm),
+                                                  Tags=tagging.tag_list(ctx.tags()))
         observed.alarms[alarm.name] = _as_observed(alarm, ctx.tags(), arn="", state="")
 
     def _update_alarm(self, ctx, change: Change, observed: DashboardsFacts) -> None:
@@ -490,7 +462,7 @@ class DashboardsStep(Step):
         alarm: Alarm = change.payload
         cloudwatch, seen = ctx.client("cloudwatch"), observed.alarms[alarm.name]
         if any(diff.field != "tags" for diff in change.diffs):
-            cloudwatch.put_metric_alarm(**_alarm_params(alarm))
+            cloudwatch.put_metric_alarm(**cloudwatch_content.alarm_params(alarm))
         tags = seen.tags
         if change.differs("tags"):
             to_set = change.tags_to_set()
@@ -507,7 +479,8 @@ class DashboardsStep(Step):
 
     def _create_dashboard(self, ctx, change: Change, observed: DashboardsFacts) -> None:
         dashboard: Dashboard = change.payload
-        ctx.client("cloudwatch").put_dashboard(DashboardName=dashboard.name, DashboardBody=_canonical(dashboard.body))
+        ctx.client("cloudwatch").put_dashboard(DashboardName=dashboard.name,
+                                               DashboardBody=cloudwatch_content.canonical(dashboard.body))
         observed.dashboard = dashboard.body
 
     _update_dashboard = _create_dashboard
@@ -559,7 +532,7 @@ class DashboardsStep(Step):
         for page in pages:
             for item in page["MetricAlarms"]:
                 if item["AlarmName"] in known:
-                    subject, check = _subject_and_check(item["AlarmName"], prefix)
+                    subject, check = cloudwatch_content.subject_and_check(item["AlarmName"], prefix)
                     states.setdefault(subject, {})[check] = item["StateValue"]
         alb_url, grafana_url = outputs.get("alb_url", ""), outputs.get("grafana_url", "")
         lines = [f"load balancer  {alb_url or '(not known)'}", f"Grafana        {grafana_url or '(not known)'}"]
@@ -577,64 +550,6 @@ def _get(values, key: str, what: str):
     if isinstance(values, dict) and key in values:
         return values[key]
     return Unknown(f"{what}.{key}")
-
-
-def _service_name(arn: str) -> str:
-    """CloudWatch's ServiceName dimension: the name at the end of the service's ARN."""
-    return arn if is_unknown(arn) else arn.rsplit("/", 1)[-1]
-
-
-#: Alarm names: PREFIX-SUBJECT-CHECK; what `status --live` shows is read back from them.
-SUBJECTS = {"alb": "load balancer", "tg": "target group", "svc": "service"}
-
-
-def _alarms(prefix: str, limits, topic_arn: str, lb_suffix: str, groups: dict[str, str], cluster: str,
-            services: dict[str, str]) -> tuple[Alarm, ...]:
-    actions = (topic_arn,)
-    lb = ("LoadBalancer", lb_suffix)
-    alarms = [Alarm(f"{prefix}-alb-5xx", "AWS/ApplicationELB", "HTTPCode_ELB_5XX_Count", "Sum", (lb,),
-                    float(limits.alb_5xx_count), actions,
-                    "The load balancer itself answers 5XX (no healthy target, timeouts)")]
-    for key, suffix in groups.items():
-        dims = tuple(sorted((lb, ("TargetGroup", suffix))))
-        alarms += [
-            Alarm(f"{prefix}-tg-{key}-response-time", "AWS/ApplicationELB", "TargetResponseTime", "Average", dims,
-                  float(limits.response_time_seconds), actions,
-                  f"Targets of {key} answer slowly (seconds)"),
-            Alarm(f"{prefix}-tg-{key}-unhealthy-hosts", "AWS/ApplicationELB", "UnHealthyHostCount", "Maximum", dims,
-                  float(limits.unhealthy_hosts), actions,
-                  f"Targets of {key} fail their health check")]
-    for name, service in services.items():
-        dims = (("ClusterName", cluster), ("ServiceName", service))
-        alarms += [
-            Alarm(f"{prefix}-svc-{name}-cpu", "AWS/ECS", "CPUUtilization", "Average", dims,
-                  float(limits.cpu_percent), actions, f"ECS service {name} uses much of its CPU (percent)"),
-            Alarm(f"{prefix}-svc-{name}-memory", "AWS/ECS", "MemoryUtilization", "Average", dims,
-                  float(limits.memory_percent), actions,
-                  f"ECS service {name} uses much of its memory (percent)")]
-    return tuple(alarms)
-
-
-def _subject_and_check(name: str, prefix: str) -> tuple[str, str]:
-    """`gamepulse-dev-svc-grafana-cpu` → ("service grafana", "cpu"), from the names `_alarms` gives."""
-    kind, _, rest = name.removeprefix(prefix).partition("-")
-    if kind == "alb":
-        return SUBJECTS["alb"], rest
-    for check in ("response-time", "unhealthy-hosts", "cpu", "memory"):
-        if rest.endswith(f"-{check}"):
-            return f"{SUBJECTS.get(kind, kind)} {rest.removesuffix(f'-{check}')}", check
-    return SUBJECTS.get(kind, kind), rest
-
-
-def _alarm_params(alarm: Alarm) -> dict:
-    return {"AlarmName": alarm.name, "AlarmDescription": alarm.description, "ActionsEnabled": alarm.actions_enabled,
-            "AlarmActions": list(alarm.alarm_actions), "OKActions": list(alarm.ok_actions),
-            "InsufficientDataActions": list(alarm.insufficient_data_actions),
-            "Namespace": alarm.namespace, "MetricName": alarm.metric, "Statistic": alarm.statistic,
-            "Dimensions": [{"Name": name, "Value": value} for name, value in alarm.dimensions],
-            "Period": alarm.period, "EvaluationPeriods": alarm.evaluation_periods,
-            "DatapointsToAlarm": alarm.datapoints_to_alarm, "Threshold": alarm.threshold,
-            "ComparisonOperator": alarm.comparison, "TreatMissingData": alarm.treat_missing_data}
 
 
 def _observed_alarm(item: dict, owned: bool, tags: dict[str, str]) -> ObservedAlarm:
@@ -689,52 +604,6 @@ def _key_deletion(seen: ObservedKey) -> Change:
 def _topic_deletion(seen: ObservedTopic) -> Change:
     return Change("delete", "topic", seen.arn.rsplit(":", 1)[-1], calls=("sns:DeleteTopic",),
                   note="its email subscriptions go with it")
-
-
-def _canonical(body: dict) -> str:
-    return json.dumps(body, sort_keys=True, separators=(",", ":"))
-
-
-def _widget_titles(body: dict | None) -> list[str] | None:
-    if body is None:
-        return None
-    return [widget.get("properties", {}).get("title", "") for widget in body.get("widgets", [])]
-
-
-def _dashboard_body(region: str, lb_suffix: str, groups: dict[str, str], cluster: str, services: dict[str, str],
-                    alarm_arns: list[str]) -> dict:
-    """The AWS-level view: the load balancer's traffic and errors, each target group's response
-    time and hosts, each service's CPU and memory, and the state of every alarm. Plain data in
-    the form CloudWatch keeps it, so that the body read back compares equal."""
-    def metric_widget(title: str, metrics: list, y: int, x: int = 0, stat: str = "Sum") -> dict:
-        return {"type": "metric", "x": x, "y": y, "width": 12, "height": 6,
-                "properties": {"title": title, "region": region, "view": "timeSeries", "stacked": False,
-                               "period": PERIOD, "stat": stat, "metrics": metrics}}
-
-    elb = "AWS/ApplicationELB"
-    widgets = [
-        metric_widget("Load balancer: requests and 5XX", [
-            [elb, "RequestCount", "LoadBalancer", lb_suffix],
-            [elb, "HTTPCode_ELB_5XX_Count", "LoadBalancer", lb_suffix],
-            [elb, "HTTPCode_Target_5XX_Count", "LoadBalancer", lb_suffix]], y=0),
-        metric_widget("Target response time (s)", [
-            [elb, "TargetResponseTime", "LoadBalancer", lb_suffix, "TargetGroup", suffix, {"label": key}]
-            for key, suffix in groups.items()], y=0, x=12, stat="Average"),
-        metric_widget("Healthy and unhealthy targets", [
-            [elb, metric, "LoadBalancer", lb_suffix, "TargetGroup", suffix, {"label": f"{key} {label}"}]
-            for key, suffix in groups.items()
-            for metric, label in (("HealthyHostCount", "healthy"), ("UnHealthyHostCount", "unhealthy"))],
-            y=6, stat="Maximum"),
-        metric_widget("ECS CPU (%)", [["AWS/ECS", "CPUUtilization", "ClusterName", cluster, "ServiceName", service,
-                                       {"label": name}] for name, service in services.items()],
-                      y=6, x=12, stat="Average"),
-        metric_widget("ECS memory (%)", [["AWS/ECS", "MemoryUtilization", "ClusterName", cluster, "ServiceName",
-                                          service, {"label": name}] for name, service in services.items()],
-                      y=12, stat="Average")]
-    if alarm_arns:
-        widgets.append({"type": "alarm", "x": 12, "y": 12, "width": 12, "height": 6,
-                        "properties": {"title": "Alarms", "alarms": alarm_arns}})
-    return {"widgets": widgets}
 
 
 STEP = DashboardsStep

@@ -656,3 +656,113 @@ def test_a_kept_resource_is_said_kept_with_how_to_delete_it_too():
     kept = Change("delete", "repository", "gamepulse", blocked="delete-data", note="it holds images")
     assert kept_line(kept, "orchestrator destroy dev --yes") == \
         "kept (holds data): repository gamepulse — to delete it too: orchestrator destroy dev --yes --delete-data"
+
+
+# --- handlers keep the observed facts: what outputs and dependants read afterwards ---------------
+
+
+class LaggingCloud:
+    """Things by name, each given an id when made. Reads show this run's writes only later
+    (`catch_up`), as AWS's describe and tagging APIs may: a second read after a change would
+    not see it."""
+
+    def __init__(self, *names: str):
+        self.made = 0
+        self.real = {name: self._new_id() for name in names}
+        self.visible = dict(self.real)
+
+    def _new_id(self) -> str:
+        self.made += 1
+        return f"id-{self.made}"
+
+    def create(self, name: str) -> str:
+        self.real[name] = self._new_id()
+        return self.real[name]
+
+    def delete(self, name: str) -> None:
+        del self.real[name]
+
+    def catch_up(self) -> None:
+        self.visible = dict(self.real)
+
+
+@dataclass(frozen=True)
+class MadeOutputs:
+    ids: dict  # name → the id the cloud gave
+
+
+class MadeStep(Step):
+    """Owns the things of `wanted` in a lagging cloud; its outputs are their ids, read from the
+    facts its handlers keep, never from a second read."""
+
+    Outputs = MadeOutputs
+
+    def __init__(self, name, wanted=(), cloud=None, depends_on=(), keep=()):
+        self.name, self.wanted, self.cloud, self.depends_on = name, set(wanted), cloud, tuple(depends_on)
+        self.keep = set(keep)  # deletes refused for their data
+        self.seen_inputs: dict = {}
+        self.seen_by_handlers: list[list[str]] = []
+
+    def desired(self, manifest, inputs):
+        self.seen_inputs = {dep: inputs.output(dep, "ids") for dep in self.depends_on}
+        return sorted(self.wanted)
+
+    def observe(self, ctx, desired):
+        return {"ids": dict(self.cloud.visible)}
+
+    def plan(self, desired, observed, recorded):
+        return [*(Change("create", "thing", name) for name in desired if name not in observed["ids"]),
+                *(Change("delete", "thing", name) for name in sorted(observed["ids"]) if name not in desired)]
+
+    def apply(self, ctx, change, observed):
+        self.seen_by_handlers.append(sorted(observed["ids"]))
+        if change.action == "create":
+            observed["ids"][change.name] = self.cloud.create(change.name)
+        else:
+            self.cloud.delete(change.name)
+            del observed["ids"][change.name]
+
+    def outputs(self, desired, observed):
+        return MadeOutputs(ids=dict(observed["ids"]))
+
+    def plan_destroy(self, observed):
+        return [Change("delete", "thing", name, blocked="delete-data" if name in self.keep else None)
+                for name in sorted(observed["ids"])]
+
+
+class OutputsStore(FakeStore):
+    """Keeps the outputs each step's record was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.outputs = {}
+
+    def finish_step(self, lease, step, **kwargs):
+        self.outputs[step] = kwargs["outputs"]
+
+
+def test_outputs_after_apply_are_what_the_handlers_did_though_a_second_read_would_not_show_it():
+    cloud = LaggingCloud("old")
+    made = MadeStep("made", wanted=("a", "b"), cloud=cloud)
+    user = MadeStep("user", cloud=LaggingCloud(), depends_on=["made"])
+    store = OutputsStore()
+
+    results = engine_for([made, user], store=store, lease=FakeLease()).apply()
+
+    assert cloud.visible == {"old": "id-1"}, "a second read would still show the old thing only"
+    assert results["made"].outputs == {"ids": {"a": "id-2", "b": "id-3"}}
+    assert store.outputs["made"] == {"ids": {"a": "id-2", "b": "id-3"}}
+    assert user.seen_inputs == {"made": {"a": "id-2", "b": "id-3"}}, "dependants read them in the same run"
+    assert made.seen_by_handlers == [["old"], ["a", "old"], ["a", "b", "old"]], \
+        "each handler reads what the handlers before it did"
+
+
+def test_outputs_after_destroy_are_what_its_handlers_left():
+    cloud = LaggingCloud("a", "kept")
+    store = OutputsStore()
+
+    results = engine_for([MadeStep("made", cloud=cloud, keep={"kept"})], store=store, lease=FakeLease()).destroy()
+
+    assert cloud.real == {"kept": "id-2"} and cloud.visible == {"a": "id-1", "kept": "id-2"}
+    assert [c.name for c in results["made"].refused] == ["kept"]
+    assert results["made"].outputs == store.outputs["made"] == {"ids": {"kept": "id-2"}}

@@ -8,9 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from boto3.dynamodb.types import TypeSerializer
-
-from orchestrator import state
+from orchestrator import lock, state
 from orchestrator.aws import Aws
 from orchestrator.errors import OrchestratorError
 from orchestrator.log import redactor
@@ -35,6 +33,7 @@ def now(aws, monkeypatch):
     seconds, as AWS does) and this machine's monotonic clock reads it too, so time passes alike
     for AWS and every run; tests move it by assigning `now.t`."""
     clock = SimpleNamespace(t=T0)
+    monkeypatch.setattr(lock, "ticks", lambda: clock.t)
     monkeypatch.setattr(state, "ticks", lambda: clock.t)
     stating_the_time(aws, clock)
     return clock
@@ -288,27 +287,3 @@ def test_forget_step_removes_every_resource_record(store, lease, aws):
         store.record_change(lease, "vpc", Change("create", "route", str(index), record={"n": index}))
     store.forget_step(lease, "vpc")
     assert [item["sk"]["S"] for item in raw_items(aws) if item["sk"]["S"].startswith("step#")] == []
-
-
-def test_records_an_earlier_release_kept_are_read_then_moved_to_items_of_their_own(store, lease, aws):
-    """Earlier releases kept every last-applied record inside the step item and named some kinds
-    with hyphens; they read back under today's keys and move on the step's next write."""
-    dynamodb = aws.client("dynamodb")
-    legacy = {"step": "efs", "status": "ok", "desired_hash": "h", "outputs": {},
-              "applied": {"backup-policy/fs": {"enabled": True}}}
-    dynamodb.put_item(TableName=TABLE, Item={"pk": {"S": "gamepulse/dev"}, "sk": {"S": "step#efs"},
-                                             **{k: TypeSerializer().serialize(v) for k, v in legacy.items()}})
-    dynamodb.put_item(TableName=TABLE, Item={"pk": {"S": "gamepulse/dev"}, "sk": {"S": "step#efs#rec#mount-target/a"},
-                                             "step": {"S": "efs"}, "key": {"S": "mount-target/a"},
-                                             "record": {"M": {"subnet": {"S": "subnet-1"}}}})
-    fresh = StateStore(aws, make_manifest())
-    assert fresh.steps()["efs"]["applied"] == {"backup_policy/fs": {"enabled": True},
-                                               "mount_target/a": {"subnet": "subnet-1"}}
-
-    fresh.finish_step(lease, "efs", status="ok", desired_hash="h2", outputs={}, changes=1)
-    keys = sorted(item["sk"]["S"] for item in raw_items(aws) if item["sk"]["S"].startswith("step#efs"))
-    assert keys == ["step#efs", "step#efs#rec#backup_policy/fs", "step#efs#rec#mount_target/a"]
-    step_item = next(item for item in raw_items(aws) if item["sk"]["S"] == "step#efs")
-    assert "applied" not in step_item
-    assert StateStore(aws, make_manifest()).steps()["efs"]["applied"] == {
-        "backup_policy/fs": {"enabled": True}, "mount_target/a": {"subnet": "subnet-1"}}
