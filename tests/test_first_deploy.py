@@ -4,6 +4,7 @@ ECS's role exists, as ECS does)."""
 from __future__ import annotations
 
 import pytest
+from structlog.testing import capture_logs
 
 from tests import harness
 from tests.test_ecs import STEP, _Http, load_dev, make_vpc
@@ -54,7 +55,7 @@ def test_create_cluster_refused_while_the_linked_role_is_being_made_is_tried_aga
 
 
 @pytest.mark.managed_policies
-def test_a_run_that_changed_iam_waits_for_it_to_reach_ecs_and_says_so(manifest, aws, monkeypatch, capsys):
+def test_a_run_that_changed_iam_waits_for_it_to_reach_ecs_and_says_so(manifest, aws, monkeypatch):
     from orchestrator import waiters
     from steps import iam
     from tests.test_iam import STEP as IAM, UPSTREAM
@@ -64,19 +65,21 @@ def test_a_run_that_changed_iam_waits_for_it_to_reach_ecs_and_says_so(manifest, 
     monkeypatch.setattr(waiters, "sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
     monkeypatch.setattr(iam, "IAM_PROPAGATION_SECONDS", 10.0)
     recorded: dict = {}
-    harness.run_step(IAM, manifest, aws, upstream=UPSTREAM, recorded=recorded)
-    out = capsys.readouterr().out
-    assert "IAM change to role gamepulse-dev-execution to reach ECS" in out
+    with capture_logs() as logs:
+        harness.run_step(IAM, manifest, aws, upstream=UPSTREAM, recorded=recorded)
+    progress = [log["what"] for log in logs if log["event"] == "waiting"]
+    assert progress and "IAM change to role gamepulse-dev-execution to reach ECS" in progress[0]
     # Several changes to one role await the same thing: each progress line names it once.
-    progress = [line for line in out.splitlines() if "waiting" in line and "to reach ECS" in line]
-    assert progress and all(line.count("role gamepulse-dev-execution to reach") == 1 for line in progress), progress
-    assert sum("wait over" in line and "gamepulse-dev-execution" in line for line in out.splitlines()) == 1
+    assert all(line.count("role gamepulse-dev-execution to reach") == 1 for line in progress), progress
+    assert [log["what"] for log in logs if log["event"] == "wait over"].count(
+        "IAM change to role gamepulse-dev-execution to reach ECS") == 1
     assert 10.0 <= now[0] <= 20.0  # bounded: the propagation time, then the next poll
 
     before = now[0]
-    assert harness.run_step(IAM, manifest, aws, upstream=UPSTREAM, recorded=recorded)[0] == []
+    with capture_logs() as logs:
+        assert harness.run_step(IAM, manifest, aws, upstream=UPSTREAM, recorded=recorded)[0] == []
     assert now[0] == before  # nothing changed: no wait
-    assert "to reach ECS" not in capsys.readouterr().out
+    assert not [log for log in logs if "to reach ECS" in str(log.get("what", ""))]
 
 
 def test_ecs_refusing_a_just_created_role_for_a_while_is_tried_again(manifest, fake_aws_env, monkeypatch):

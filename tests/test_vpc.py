@@ -557,7 +557,7 @@ def test_quotas_that_a_create_would_hit_stop_the_apply_before_any_change(manifes
     assert len(mutations(aws)) == before
 
 
-def test_quotas_service_quotas_does_not_allow_are_skipped_and_said_so(manifest, aws, capsys):
+def test_quotas_service_quotas_does_not_allow_are_skipped_and_said_so(manifest, aws):
     """An organisation may deny Service Quotas to the deploy role: the apply goes on, naming the
     quota it could not check."""
     class Http:
@@ -566,6 +566,9 @@ def test_quotas_service_quotas_does_not_allow_are_skipped_and_said_so(manifest, 
 
     denied = {"Error": {"Code": "AccessDeniedException", "Message": "not authorized"}}
     aws.register("before-call.service-quotas.GetServiceQuota", lambda **kwargs: (Http(), denied))
-    run_step(STEP, manifest, aws)
-    out = capsys.readouterr().out
-    assert "quota not checked" in out and "VPCs per Region (L-F678F1CE)" in out and "AccessDeniedException" in out
+    from structlog.testing import capture_logs
+    with capture_logs() as logs:
+        run_step(STEP, manifest, aws)
+    said = [log for log in logs if log["event"] == "quota not checked"]
+    assert [log["quota"] for log in said if "VPCs" in log["quota"]] == ["VPCs per Region (L-F678F1CE)"], said
+    assert all("AccessDeniedException" in log["reason"] for log in said), said
