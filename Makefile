@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 demo: export GAMEPULSE_DEV_DB_CONNECTION := Host=db.dev.local;Database=gamepulse;Username=demo;Password=demo-only
 demo: export GAMEPULSE_DEV_SLACK_WEBHOOK := https://hooks.slack.example/services/DEMO/ONLY
 
-.PHONY: install demo test bench lint clean sandbox-stop
+.PHONY: install demo test promtool bench lint clean sandbox-stop
 
 install: $(STAMP)
 
@@ -35,8 +35,18 @@ demo: install
 sandbox-stop: install
 	$(BIN)/orchestrator sandbox stop
 
-test: install
+test: install promtool
 	$(BIN)/python -m pytest -n 2 -q
+
+# The tests run promtool (Prometheus's own checker) on the rendered configs and queries. It is
+# Debian's `prometheus` package: installed here when missing and allowed (root with apt-get).
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else \
+	    echo "make test needs promtool: install Debian's prometheus package (sudo apt-get install prometheus) or put promtool on PATH" >&2; exit 1; \
+	  fi; }
 
 bench: install
 	$(BIN)/python -m tests.bench
