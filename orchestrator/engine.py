@@ -9,12 +9,14 @@ step that depends on it has moved to what replaced it.
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import hashlib
 import json
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
@@ -133,6 +135,9 @@ class Engine:
         #: Per step planned: the upstream outputs it was planned with, its desired and observed
         #: facts (apply reuses them when the upstream outputs are still the same).
         self._planned: dict[str, tuple[dict, Any, Any]] = {}
+        #: Per step observed early (`_observe_early`): the upstream outputs (from the records) it
+        #: was observed with, its desired facts, and what its observe returned or raised.
+        self._early: dict[str, tuple[dict, Any, Any, BaseException | None]] = {}
         #: Per step pruned: the facts its observe returned.
         self.observed: dict[str, Any] = {}
         #: The review of the apply in progress (see `Review`), if any.
@@ -148,7 +153,9 @@ class Engine:
     def plan(self, targets: Iterable[str] = ()) -> dict[str, StepResult]:
         """Read-only: what apply would change. Upstream values not yet known show as such."""
         self._load_records()
-        return self._run(self.graph.select(targets), self._plan_step)
+        selected = self.graph.select(targets)
+        self._observe_early(selected)
+        return self._run(selected, self._plan_step)
 
     def apply(self, targets: Iterable[str] = (), review: Review | None = None) -> dict[str, StepResult]:
         """Plan every selected step and run its pre-flight checks, then apply: a problem found
@@ -288,6 +295,7 @@ class Engine:
         return self._records.get(name, {}).get("applied", {}) or {}
 
     def _preflight(self, selected: set[str]) -> dict[str, StepResult]:
+        self._observe_early(selected)
         planned = self._run(selected, self._plan_step)
         problems = [f"{name}: {problem}" for name, result in planned.items() for problem in result.problems]
         problems += [f"{name}: could not plan: {result.error}" for name, result in planned.items()
@@ -297,12 +305,55 @@ class Engine:
                                     + "\n  ".join(problems))
         return planned
 
+    def _known_upstream(self, name: str) -> bool:
+        """Every step this one depends on has a record of a successful run that holds every
+        output it declares: what this step will be planned with is known before they are."""
+        for dep in self.graph.steps[name].depends_on:
+            record = self._records.get(dep, {})
+            if record.get("status") != "ok" or set(output_fields(self.graph.steps[dep])) - set(record.get("outputs", {})):
+                return False
+        return True
+
+    def _observe_early(self, selected: set[str]) -> None:
+        """Observe at once, all together, every selected step whose upstream outputs are known
+        from the state records, instead of each after its upstream steps were planned. Read-only;
+        `_plan_step` uses what was observed only where the upstream outputs it is planned with
+        are still the ones recorded, and observes again where one really changed."""
+        self._early = {}
+        early = sorted(name for name in selected if self._known_upstream(name))
+
+        def observe(name: str) -> None:
+            current_step.set(name)
+            step = self.graph.steps[name]
+            inputs = self._inputs(name, from_records=True)
+            try:
+                desired = step.desired(self.manifest, inputs)
+            except Exception:  # the plan computes it again, and reports it there
+                return
+            try:
+                self._early[name] = (inputs.outputs, desired, step.observe(self._context(name), desired), None)
+            except Exception as error:  # reported by the plan, if it is planned with these inputs
+                self._early[name] = (inputs.outputs, desired, None, error)
+
+        if not early:
+            return
+        with ThreadPoolExecutor(max_workers=max(1, min(self.parallelism or len(early), len(early))),
+                                thread_name_prefix="observe") as pool:
+            for future in [pool.submit(contextvars.copy_context().run, observe, name) for name in early]:
+                future.result()
+
     def _plan_step(self, name: str, result: StepResult) -> None:
         step = self.graph.steps[name]
         ctx = self._context(name)
         inputs = self._inputs(name)
-        desired = step.desired(self.manifest, inputs)
-        observed = step.observe(ctx, desired)
+        early = self._early.pop(name, None)
+        if early is not None and early[0] == inputs.outputs:  # planned with what it was observed with
+            _, desired, observed, error = early
+            if error is not None:
+                raise error
+        else:
+            desired = step.desired(self.manifest, inputs)
+            observed = step.observe(ctx, desired)
         result.problems = list(step.preflight(ctx, desired, observed))
         result.remarks = list(step.remarks(desired, observed))
         result.changes = step.plan(desired, observed, self._recorded(name))

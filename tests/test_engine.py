@@ -766,3 +766,71 @@ def test_outputs_after_destroy_are_what_its_handlers_left():
     assert cloud.real == {"kept": "id-2"} and cloud.visible == {"a": "id-1", "kept": "id-2"}
     assert [c.name for c in results["made"].refused] == ["kept"]
     assert results["made"].outputs == store.outputs["made"] == {"ids": {"kept": "id-2"}}
+
+
+class RecordsStore(FakeStore):
+    """A state store whose step records say what a previous apply left."""
+
+    def __init__(self, records):
+        super().__init__()
+        self.records = records
+
+    def steps(self):
+        return {name: {"step": name, "applied": {}, **record} for name, record in self.records.items()}
+
+
+class Observing(ThingStep):
+    """Counts its observes, with the upstream outputs each was made with."""
+
+    def __init__(self, *args, log=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.log = log if log is not None else []
+
+    def observe(self, ctx, desired):
+        self.log.append((self.name, desired["after"]))
+        return super().observe(ctx, desired)
+
+
+@pytest.mark.parametrize("command", ["plan", "apply"])
+def test_a_step_whose_upstream_outputs_are_recorded_observes_together_with_them(command):
+    # a and b observe through one barrier: b waiting for a to be planned would break it.
+    barrier = threading.Barrier(2, timeout=10)
+    cloud = {"a": {"name": "a", "after": []}, "b": {"name": "b", "after": [("a", "id-a")]}}
+    log = []
+    steps = [Observing("a", cloud=cloud, barrier=barrier, log=log),
+             Observing("b", ["a"], cloud=cloud, barrier=barrier, log=log)]
+    store = RecordsStore({"a": {"status": "ok", "outputs": {"id": "id-a"}}, "b": {"status": "ok", "outputs": {"id": "id-b"}}})
+
+    results = getattr(engine_for(steps, store=store), command)()
+
+    assert {name: r.status for name, r in results.items()} == {"a": "ok", "b": "ok"}
+    assert all(not r.changes for r in results.values())
+    assert sorted(log) == [("a", []), ("b", [("a", "id-a")])], "each step observed once"
+
+
+def test_a_step_whose_upstream_output_really_changed_is_observed_again_with_the_new_value():
+    cloud = {"a": {"name": "a", "after": []}, "b": {"name": "b", "after": [("a", "id-old")]}}
+    log = []
+    steps = [Observing("a", cloud=cloud, log=log), Observing("b", ["a"], cloud=cloud, log=log),
+             Observing("c", ["b"], cloud=cloud, log=log)]
+    # a's record holds an id its plan no longer gives; c was never applied (its upstream b was).
+    store = RecordsStore({"a": {"status": "ok", "outputs": {"id": "id-old"}},
+                          "b": {"status": "ok", "outputs": {"id": "id-b"}}})
+
+    results = engine_for(steps, store=store).plan()
+
+    assert log.count(("b", [("a", "id-old")])) == 1, "observed early with the recorded value"
+    assert log.count(("b", [("a", "id-a")])) == 1, "then again with what a's plan gives"
+    assert results["b"].changes[0].diffs[0].new == [("a", "id-a")]
+    assert log.count(("c", [("b", "id-b")])) == 1, "b's output did not change: c is observed once"
+
+
+def test_a_step_whose_upstream_has_no_record_waits_for_it():
+    log = []
+    steps = [Observing("a", log=log), Observing("b", ["a"], log=log)]
+    store = RecordsStore({"a": {"status": "failed", "outputs": {"id": "id-a"}}})
+
+    results = engine_for(steps, store=store).plan()
+
+    assert log == [("a", []), ("b", [("a", KNOWN_AFTER_APPLY)])]
+    assert results["b"].changes[0].diffs[0].new == [("a", KNOWN_AFTER_APPLY)]
