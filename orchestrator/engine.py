@@ -476,21 +476,37 @@ class Engine:
         return bool(change.blocked) and change.blocked not in self.allow
 
     def _execute(self, step, ctx: StepContext, result: StepResult, observed, changes: list[Change]) -> None:
-        """Each change: its calls, then its record at once; then all their waits together."""
-        for change in changes:
-            if self.refuses(change):
-                result.refused.append(change)
-                log.warning("refused", step=step.name, kind=change.kind, name=change.name, why=refusal(change))
-                continue
-            self._stop_if_needed(before=f"{change.action} {change.kind} {change.name}")
-            log.info(_verb(change), step=step.name, kind=change.kind, name=change.name)
-            accepted = step.apply(ctx, change, observed) or Accepted()
-            result.applied.append(change)
-            if self.store is not None and self.lease is not None:
-                kept = change if accepted.record is None else dataclasses.replace(change, record=accepted.record)
-                self.store.record_change(self.lease, step.name, kept)
-            ctx.pending.extend(accepted.waits)
+        """Each change: its calls, then its record; then all their waits together.
+
+        The records of changes AWS accepted one after another are written together, before the
+        next change whose handler may settle an earlier change's waits, before the step's own
+        waits, and before any failure or stop ends the step: a wait never stands between AWS
+        accepting a change and its record."""
+        unrecorded: list[Change] = []
+        try:
+            for change in changes:
+                if self.refuses(change):
+                    result.refused.append(change)
+                    log.warning("refused", step=step.name, kind=change.kind, name=change.name, why=refusal(change))
+                    continue
+                if ctx.pending:  # its handler may settle them first
+                    self._record(step.name, unrecorded)
+                self._stop_if_needed(before=f"{change.action} {change.kind} {change.name}")
+                log.info(_verb(change), step=step.name, kind=change.kind, name=change.name)
+                accepted = step.apply(ctx, change, observed) or Accepted()
+                result.applied.append(change)
+                unrecorded.append(change if accepted.record is None else
+                                  dataclasses.replace(change, record=accepted.record))
+                ctx.pending.extend(accepted.waits)
+        finally:
+            self._record(step.name, unrecorded)
         ctx.settle()
+
+    def _record(self, step: str, unrecorded: list[Change]) -> None:
+        """Write the records of the changes accepted since the last write, together; empties the list."""
+        if unrecorded and self.store is not None and self.lease is not None:
+            self.store.record_changes(self.lease, step, list(unrecorded))
+        unrecorded.clear()
 
     def _finish_record(self, name: str, result: StepResult, digest: str | None) -> None:
         if self.store is None or self.lease is None:

@@ -313,8 +313,9 @@ class FakeStore:
     def protect(self):
         pass
 
-    def record_change(self, lease, step, change):
-        self.events.append(("recorded", change.name, change.record))
+    def record_changes(self, lease, step, changes):
+        self.events.append(("written", [change.name for change in changes]))
+        self.events.extend(("recorded", change.name, change.record) for change in changes)
 
     def finish_step(self, lease, step, **kwargs):
         self.events.append(("finished", step))
@@ -350,8 +351,40 @@ def test_a_change_is_recorded_as_soon_as_aws_accepts_it_then_all_waits_settle_to
     engine_for([Slow("a")], store=store, lease=FakeLease()).apply()
     # Both records (with what AWS answered, not only what the plan knew) before any wait polled;
     # then the two waits polled round by round, together.
-    assert store.events[:2] == [("recorded", "t1", {"arn": "arn:t1"}), ("recorded", "t2", {"arn": "arn:t2"})]
+    # (t1's record is written before t2's handler runs: it may settle t1's wait first.)
+    assert store.events[:4] == [("written", ["t1"]), ("recorded", "t1", {"arn": "arn:t1"}),
+                                ("written", ["t2"]), ("recorded", "t2", {"arn": "arn:t2"})]
     assert polls == [("t1", ["t1", "t2"]), ("t2", ["t1", "t2"])] * 2
+
+
+def test_records_of_changes_accepted_one_after_another_are_written_together_never_after_a_wait():
+    from orchestrator.model import Accepted, Wait
+    store = FakeStore()
+
+    class Mixed(ThingStep):
+        """t1, t2 without waits; t3 with one, which t4's handler settles first; t5 fails."""
+
+        def plan(self, desired, observed, recorded):
+            return [Change("create", "thing", f"t{i}", record={"n": i}) for i in range(1, 6)]
+
+        def apply(self, ctx, change, observed):
+            store.events.append(("called", change.name))
+            if change.name == "t3":
+                return Accepted(waits=(Wait("t3 ready", lambda: (True, "ready")),))
+            if change.name == "t4":
+                ctx.settle()
+            if change.name == "t5":
+                raise RuntimeError("t5 refused")
+
+    results = engine_for([Mixed("a")], store=store, lease=FakeLease()).apply()
+
+    assert results["a"].status == "failed"
+    assert [e for e in store.events if e[0] in ("called", "written")] == [
+        ("called", "t1"), ("called", "t2"), ("called", "t3"),
+        ("written", ["t1", "t2", "t3"]),  # before t4's handler may wait for t3
+        ("called", "t4"), ("called", "t5"),
+        ("written", ["t4"]),  # t5 failed: what AWS accepted before it is recorded all the same
+    ]
 
 
 def test_a_failed_wait_fails_the_step_and_names_what_it_waited_for():
