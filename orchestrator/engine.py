@@ -1,9 +1,12 @@
 """The reconcile engine: observe, compare, act — for every selected step, in graph order.
 
 It knows steps only through the contract in `orchestrator.model` and AWS only through the
-client factory. A change has two phases: the calls AWS accepts, after which the state store
-records it at once (with what apply learned), then its waits, settled together with the waits
-of the step's other changes. Deletes a step marks `retire` (what a replacement superseded,
+client factory. A step whose upstream outputs are known from the state records observes at
+once, together with the others, not after its upstream steps; it observes again only where
+an upstream output really changed. A change has two phases: the calls AWS accepts, after
+which the state store records it (with what apply learned; the records of changes accepted
+one after another with no wait between them in one write), then its waits, settled together
+with the waits of the step's other changes. Deletes a step marks `retire` (what a replacement superseded,
 what the manifest no longer wants) run in a final phase, in reverse graph order, after every
 step that depends on it has moved to what replaced it.
 """
