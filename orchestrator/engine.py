@@ -1,20 +1,25 @@
 """The reconcile engine: observe, compare, act — for every selected step, in graph order.
 
 It knows steps only through the contract in `orchestrator.model` and AWS only through the
-client factory. A change has two phases: the calls AWS accepts, after which the state store
-records it at once (with what apply learned), then its waits, settled together with the waits
-of the step's other changes. Deletes a step marks `retire` (what a replacement superseded,
+client factory. A step whose upstream outputs are known from the state records observes at
+once, together with the others, not after its upstream steps; it observes again only where
+an upstream output really changed. A change has two phases: the calls AWS accepts, after
+which the state store records it (with what apply learned; the records of changes accepted
+one after another with no wait between them in one write), then its waits, settled together
+with the waits of the step's other changes. Deletes a step marks `retire` (what a replacement superseded,
 what the manifest no longer wants) run in a final phase, in reverse graph order, after every
 step that depends on it has moved to what replaced it.
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import hashlib
 import json
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
@@ -133,6 +138,9 @@ class Engine:
         #: Per step planned: the upstream outputs it was planned with, its desired and observed
         #: facts (apply reuses them when the upstream outputs are still the same).
         self._planned: dict[str, tuple[dict, Any, Any]] = {}
+        #: Per step observed early (`_observe_early`): the upstream outputs (from the records) it
+        #: was observed with, its desired facts, and what its observe returned or raised.
+        self._early: dict[str, tuple[dict, Any, Any, BaseException | None]] = {}
         #: Per step pruned: the facts its observe returned.
         self.observed: dict[str, Any] = {}
         #: The review of the apply in progress (see `Review`), if any.
@@ -148,7 +156,9 @@ class Engine:
     def plan(self, targets: Iterable[str] = ()) -> dict[str, StepResult]:
         """Read-only: what apply would change. Upstream values not yet known show as such."""
         self._load_records()
-        return self._run(self.graph.select(targets), self._plan_step)
+        selected = self.graph.select(targets)
+        self._observe_early(selected)
+        return self._run(selected, self._plan_step)
 
     def apply(self, targets: Iterable[str] = (), review: Review | None = None) -> dict[str, StepResult]:
         """Plan every selected step and run its pre-flight checks, then apply: a problem found
@@ -288,6 +298,7 @@ class Engine:
         return self._records.get(name, {}).get("applied", {}) or {}
 
     def _preflight(self, selected: set[str]) -> dict[str, StepResult]:
+        self._observe_early(selected)
         planned = self._run(selected, self._plan_step)
         problems = [f"{name}: {problem}" for name, result in planned.items() for problem in result.problems]
         problems += [f"{name}: could not plan: {result.error}" for name, result in planned.items()
@@ -297,12 +308,55 @@ class Engine:
                                     + "\n  ".join(problems))
         return planned
 
+    def _known_upstream(self, name: str) -> bool:
+        """Every step this one depends on has a record of a successful run that holds every
+        output it declares: what this step will be planned with is known before they are."""
+        for dep in self.graph.steps[name].depends_on:
+            record = self._records.get(dep, {})
+            if record.get("status") != "ok" or set(output_fields(self.graph.steps[dep])) - set(record.get("outputs", {})):
+                return False
+        return True
+
+    def _observe_early(self, selected: set[str]) -> None:
+        """Observe at once, all together, every selected step whose upstream outputs are known
+        from the state records, instead of each after its upstream steps were planned. Read-only;
+        `_plan_step` uses what was observed only where the upstream outputs it is planned with
+        are still the ones recorded, and observes again where one really changed."""
+        self._early = {}
+        early = sorted(name for name in selected if self._known_upstream(name))
+
+        def observe(name: str) -> None:
+            current_step.set(name)
+            step = self.graph.steps[name]
+            inputs = self._inputs(name, from_records=True)
+            try:
+                desired = step.desired(self.manifest, inputs)
+            except Exception:  # the plan computes it again, and reports it there
+                return
+            try:
+                self._early[name] = (inputs.outputs, desired, step.observe(self._context(name), desired), None)
+            except Exception as error:  # reported by the plan, if it is planned with these inputs
+                self._early[name] = (inputs.outputs, desired, None, error)
+
+        if not early:
+            return
+        with ThreadPoolExecutor(max_workers=max(1, min(self.parallelism or len(early), len(early))),
+                                thread_name_prefix="observe") as pool:
+            for future in [pool.submit(contextvars.copy_context().run, observe, name) for name in early]:
+                future.result()
+
     def _plan_step(self, name: str, result: StepResult) -> None:
         step = self.graph.steps[name]
         ctx = self._context(name)
         inputs = self._inputs(name)
-        desired = step.desired(self.manifest, inputs)
-        observed = step.observe(ctx, desired)
+        early = self._early.pop(name, None)
+        if early is not None and early[0] == inputs.outputs:  # planned with what it was observed with
+            _, desired, observed, error = early
+            if error is not None:
+                raise error
+        else:
+            desired = step.desired(self.manifest, inputs)
+            observed = step.observe(ctx, desired)
         result.problems = list(step.preflight(ctx, desired, observed))
         result.remarks = list(step.remarks(desired, observed))
         result.changes = step.plan(desired, observed, self._recorded(name))
@@ -425,21 +479,37 @@ class Engine:
         return bool(change.blocked) and change.blocked not in self.allow
 
     def _execute(self, step, ctx: StepContext, result: StepResult, observed, changes: list[Change]) -> None:
-        """Each change: its calls, then its record at once; then all their waits together."""
-        for change in changes:
-            if self.refuses(change):
-                result.refused.append(change)
-                log.warning("refused", step=step.name, kind=change.kind, name=change.name, why=refusal(change))
-                continue
-            self._stop_if_needed(before=f"{change.action} {change.kind} {change.name}")
-            log.info(_verb(change), step=step.name, kind=change.kind, name=change.name)
-            accepted = step.apply(ctx, change, observed) or Accepted()
-            result.applied.append(change)
-            if self.store is not None and self.lease is not None:
-                kept = change if accepted.record is None else dataclasses.replace(change, record=accepted.record)
-                self.store.record_change(self.lease, step.name, kept)
-            ctx.pending.extend(accepted.waits)
+        """Each change: its calls, then its record; then all their waits together.
+
+        The records of changes AWS accepted one after another are written together, before the
+        next change whose handler may settle an earlier change's waits, before the step's own
+        waits, and before any failure or stop ends the step: a wait never stands between AWS
+        accepting a change and its record."""
+        unrecorded: list[Change] = []
+        try:
+            for change in changes:
+                if self.refuses(change):
+                    result.refused.append(change)
+                    log.warning("refused", step=step.name, kind=change.kind, name=change.name, why=refusal(change))
+                    continue
+                if ctx.pending:  # its handler may settle them first
+                    self._record(step.name, unrecorded)
+                self._stop_if_needed(before=f"{change.action} {change.kind} {change.name}")
+                log.info(_verb(change), step=step.name, kind=change.kind, name=change.name)
+                accepted = step.apply(ctx, change, observed) or Accepted()
+                result.applied.append(change)
+                unrecorded.append(change if accepted.record is None else
+                                  dataclasses.replace(change, record=accepted.record))
+                ctx.pending.extend(accepted.waits)
+        finally:
+            self._record(step.name, unrecorded)
         ctx.settle()
+
+    def _record(self, step: str, unrecorded: list[Change]) -> None:
+        """Write the records of the changes accepted since the last write, together; empties the list."""
+        if unrecorded and self.store is not None and self.lease is not None:
+            self.store.record_changes(self.lease, step, list(unrecorded))
+        unrecorded.clear()
 
     def _finish_record(self, name: str, result: StepResult, digest: str | None) -> None:
         if self.store is None or self.lease is None:

@@ -35,6 +35,7 @@ The table is shared by all environments of an app, so it carries the ownership t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import socket
 import threading
@@ -273,32 +274,40 @@ class StateStore:
     # -- fenced writes ----------------------------------------------------------------------------
 
     def record_change(self, lease: Lease, step: str, change: Change, record: dict | None = None) -> None:
-        """Called as soon as AWS accepted one change, so a crash later still leaves its record.
-        `record`, when given, is the last-applied configuration to keep instead of
-        `change.record` (apply may learn values the plan did not know).
+        """`record_changes` of one change. `record`, when given, is the last-applied
+        configuration to keep instead of `change.record`."""
+        self.record_changes(lease, step, [change if record is None else _with_record(change, record)])
 
-        Writes only what is new, in one transaction: the step's first change in this run marks
-        it "applying" (so `status` never shows a half-changed step as ok), and the resource's
-        record is written or deleted if it changed."""
+    def record_changes(self, lease: Lease, step: str, changes: list[Change]) -> None:
+        """Called once AWS accepted the changes (the engine passes those accepted one after
+        another with no wait between them), so a crash later still leaves their records.
+
+        Writes only what is new, in as few transactions as DynamoDB allows (99 writes each, with
+        the lock check): the step's first change in this run marks it "applying" (so `status`
+        never shows a half-changed step as ok), and each resource's record is written or deleted
+        if it changed. The step's own item goes in the first transaction."""
         current = self._current(step)
         applied = current["applied"]
-        kept = record if record is not None else change.record
-        writes = []
-        if change.action == "delete":
-            if change.key in applied:
-                del applied[change.key]
-                writes.append({"Delete": {"TableName": self.table, "Key": self.key(_record_sk(step, change.key))}})
-        elif kept is not None:
-            value = plain(storable(kept))
-            if applied.get(change.key) != value:
-                applied[change.key] = value
-                writes.append(self._put_op({"sk": _record_sk(step, change.key), "step": step, "key": change.key,
-                                            "record": value}, f"the record of {step} {change.key}"))
+        writes: dict[str, dict] = {}  # by sort key: a resource changed twice is written once, as it ends
+        for change in changes:
+            sk = _record_sk(step, change.key)
+            if change.action == "delete":
+                if change.key in applied:
+                    del applied[change.key]
+                    writes[sk] = {"Delete": {"TableName": self.table, "Key": self.key(sk)}}
+            elif change.record is not None:
+                value = plain(storable(change.record))
+                if applied.get(change.key) != value:
+                    applied[change.key] = value
+                    writes[sk] = self._put_op({"sk": sk, "step": step, "key": change.key, "record": value},
+                                              f"the record of {step} {change.key}")
+        ordered = list(writes.values())
         if current.get("status") != "applying" or current.get("last_run") != lease.run_id:
             current.update(status="applying", last_run=lease.run_id, updated_at=iso(self.time.earliest()))
-            writes.append(self._step_put(current))
-        if writes:
-            self._fenced(lease, *writes)
+            ordered.insert(0, self._step_put(current))
+        for start in range(0, len(ordered), MAX_TRANSACTION_WRITES):
+            self._fenced(lease, *ordered[start:start + MAX_TRANSACTION_WRITES])
+        if ordered:
             self._cache(current)
 
     def finish_step(self, lease: Lease, step: str, *, status: str, desired_hash: str, outputs: dict,
@@ -396,6 +405,10 @@ def _conflicted(error: Exception) -> bool:
     reasons = getattr(error, "response", {}).get("CancellationReasons", [])
     codes = {reason.get("Code") for reason in reasons}
     return "TransactionConflict" in codes and "ConditionalCheckFailed" not in codes
+
+
+def _with_record(change: Change, record: dict) -> Change:
+    return dataclasses.replace(change, record=record)
 
 
 def _record_sk(step: str, key: str) -> str:

@@ -313,8 +313,9 @@ class FakeStore:
     def protect(self):
         pass
 
-    def record_change(self, lease, step, change):
-        self.events.append(("recorded", change.name, change.record))
+    def record_changes(self, lease, step, changes):
+        self.events.append(("written", [change.name for change in changes]))
+        self.events.extend(("recorded", change.name, change.record) for change in changes)
 
     def finish_step(self, lease, step, **kwargs):
         self.events.append(("finished", step))
@@ -350,8 +351,40 @@ def test_a_change_is_recorded_as_soon_as_aws_accepts_it_then_all_waits_settle_to
     engine_for([Slow("a")], store=store, lease=FakeLease()).apply()
     # Both records (with what AWS answered, not only what the plan knew) before any wait polled;
     # then the two waits polled round by round, together.
-    assert store.events[:2] == [("recorded", "t1", {"arn": "arn:t1"}), ("recorded", "t2", {"arn": "arn:t2"})]
+    # (t1's record is written before t2's handler runs: it may settle t1's wait first.)
+    assert store.events[:4] == [("written", ["t1"]), ("recorded", "t1", {"arn": "arn:t1"}),
+                                ("written", ["t2"]), ("recorded", "t2", {"arn": "arn:t2"})]
     assert polls == [("t1", ["t1", "t2"]), ("t2", ["t1", "t2"])] * 2
+
+
+def test_records_of_changes_accepted_one_after_another_are_written_together_never_after_a_wait():
+    from orchestrator.model import Accepted, Wait
+    store = FakeStore()
+
+    class Mixed(ThingStep):
+        """t1, t2 without waits; t3 with one, which t4's handler settles first; t5 fails."""
+
+        def plan(self, desired, observed, recorded):
+            return [Change("create", "thing", f"t{i}", record={"n": i}) for i in range(1, 6)]
+
+        def apply(self, ctx, change, observed):
+            store.events.append(("called", change.name))
+            if change.name == "t3":
+                return Accepted(waits=(Wait("t3 ready", lambda: (True, "ready")),))
+            if change.name == "t4":
+                ctx.settle()
+            if change.name == "t5":
+                raise RuntimeError("t5 refused")
+
+    results = engine_for([Mixed("a")], store=store, lease=FakeLease()).apply()
+
+    assert results["a"].status == "failed"
+    assert [e for e in store.events if e[0] in ("called", "written")] == [
+        ("called", "t1"), ("called", "t2"), ("called", "t3"),
+        ("written", ["t1", "t2", "t3"]),  # before t4's handler may wait for t3
+        ("called", "t4"), ("called", "t5"),
+        ("written", ["t4"]),  # t5 failed: what AWS accepted before it is recorded all the same
+    ]
 
 
 def test_a_failed_wait_fails_the_step_and_names_what_it_waited_for():
@@ -766,3 +799,71 @@ def test_outputs_after_destroy_are_what_its_handlers_left():
     assert cloud.real == {"kept": "id-2"} and cloud.visible == {"a": "id-1", "kept": "id-2"}
     assert [c.name for c in results["made"].refused] == ["kept"]
     assert results["made"].outputs == store.outputs["made"] == {"ids": {"kept": "id-2"}}
+
+
+class RecordsStore(FakeStore):
+    """A state store whose step records say what a previous apply left."""
+
+    def __init__(self, records):
+        super().__init__()
+        self.records = records
+
+    def steps(self):
+        return {name: {"step": name, "applied": {}, **record} for name, record in self.records.items()}
+
+
+class Observing(ThingStep):
+    """Counts its observes, with the upstream outputs each was made with."""
+
+    def __init__(self, *args, log=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.log = log if log is not None else []
+
+    def observe(self, ctx, desired):
+        self.log.append((self.name, desired["after"]))
+        return super().observe(ctx, desired)
+
+
+@pytest.mark.parametrize("command", ["plan", "apply"])
+def test_a_step_whose_upstream_outputs_are_recorded_observes_together_with_them(command):
+    # a and b observe through one barrier: b waiting for a to be planned would break it.
+    barrier = threading.Barrier(2, timeout=10)
+    cloud = {"a": {"name": "a", "after": []}, "b": {"name": "b", "after": [("a", "id-a")]}}
+    log = []
+    steps = [Observing("a", cloud=cloud, barrier=barrier, log=log),
+             Observing("b", ["a"], cloud=cloud, barrier=barrier, log=log)]
+    store = RecordsStore({"a": {"status": "ok", "outputs": {"id": "id-a"}}, "b": {"status": "ok", "outputs": {"id": "id-b"}}})
+
+    results = getattr(engine_for(steps, store=store), command)()
+
+    assert {name: r.status for name, r in results.items()} == {"a": "ok", "b": "ok"}
+    assert all(not r.changes for r in results.values())
+    assert sorted(log) == [("a", []), ("b", [("a", "id-a")])], "each step observed once"
+
+
+def test_a_step_whose_upstream_output_really_changed_is_observed_again_with_the_new_value():
+    cloud = {"a": {"name": "a", "after": []}, "b": {"name": "b", "after": [("a", "id-old")]}}
+    log = []
+    steps = [Observing("a", cloud=cloud, log=log), Observing("b", ["a"], cloud=cloud, log=log),
+             Observing("c", ["b"], cloud=cloud, log=log)]
+    # a's record holds an id its plan no longer gives; c was never applied (its upstream b was).
+    store = RecordsStore({"a": {"status": "ok", "outputs": {"id": "id-old"}},
+                          "b": {"status": "ok", "outputs": {"id": "id-b"}}})
+
+    results = engine_for(steps, store=store).plan()
+
+    assert log.count(("b", [("a", "id-old")])) == 1, "observed early with the recorded value"
+    assert log.count(("b", [("a", "id-a")])) == 1, "then again with what a's plan gives"
+    assert results["b"].changes[0].diffs[0].new == [("a", "id-a")]
+    assert log.count(("c", [("b", "id-b")])) == 1, "b's output did not change: c is observed once"
+
+
+def test_a_step_whose_upstream_has_no_record_waits_for_it():
+    log = []
+    steps = [Observing("a", log=log), Observing("b", ["a"], log=log)]
+    store = RecordsStore({"a": {"status": "failed", "outputs": {"id": "id-a"}}})
+
+    results = engine_for(steps, store=store).plan()
+
+    assert log == [("a", []), ("b", [("a", KNOWN_AFTER_APPLY)])]
+    assert results["b"].changes[0].diffs[0].new == [("a", KNOWN_AFTER_APPLY)]

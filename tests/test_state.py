@@ -287,3 +287,16 @@ def test_forget_step_removes_every_resource_record(store, lease, aws):
         store.record_change(lease, "vpc", Change("create", "route", str(index), record={"n": index}))
     store.forget_step(lease, "vpc")
     assert [item["sk"]["S"] for item in raw_items(aws) if item["sk"]["S"].startswith("step#")] == []
+
+
+def test_records_of_changes_accepted_together_are_written_together_in_as_few_transactions_as_allowed(
+        store, lease, aws):
+    changes = [Change("create", "route", str(index), record={"n": index}) for index in range(150)]
+    changes += [Change("update", "route", "0", record={"n": "again"}), Change("delete", "route", "1")]
+    before = writes(aws)
+    store.record_changes(lease, "vpc", changes)
+    # 149 records and the step's "applying" mark: two transactions of at most 99 writes (and the lock check).
+    assert writes(aws) - before == 2
+    applied = StateStore(aws, make_manifest()).steps()["vpc"]["applied"]
+    assert len(applied) == 149 and applied["route/0"] == {"n": "again"} and "route/1" not in applied
+    assert StateStore(aws, make_manifest()).steps()["vpc"]["status"] == "applying"
