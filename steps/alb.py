@@ -528,10 +528,6 @@ class AlbStep(Step):
 
     # -- apply ------------------------------------------------------------------------------
 
-    def apply(self, ctx, change: Change, observed: AlbFacts) -> Accepted | None:
-        """Carry out one change; the handler is named after the change: `_create_listener` …"""
-        return getattr(self, f"_{change.action}_{change.kind}")(ctx, change, observed)
-
     def _create_load_balancer(self, ctx, change: Change, observed: AlbFacts) -> Accepted:
         lb: LoadBalancer = change.payload
         elb = ctx.client("elbv2")
@@ -592,7 +588,6 @@ class AlbStep(Step):
             deregistration_delay_seconds=group.deregistration_delay_seconds, tags=ctx.tags())
 
     #: The new target group comes first; the old one is deleted by its own change, last.
-    _replace_target_group = _create_target_group
 
     def _update_target_group(self, ctx, change: Change, observed: AlbFacts) -> None:
         group: TargetGroup = change.payload
@@ -678,6 +673,22 @@ class AlbStep(Step):
         seen: ObservedRule = change.payload
         unless_code({"RuleNotFound"}, ctx.client("elbv2").delete_rule, RuleArn=seen.arn)  # gone with its listener?
         observed.rules.remove(seen)
+
+    handlers = {
+        ("create", "load_balancer"): _create_load_balancer,
+        ("update", "load_balancer"): _update_load_balancer,
+        ("delete", "load_balancer"): _delete_load_balancer,
+        ("create", "target_group"): _create_target_group,
+        ("replace", "target_group"): _create_target_group,
+        ("update", "target_group"): _update_target_group,
+        ("delete", "target_group"): _delete_target_group,
+        ("create", "listener"): _create_listener,
+        ("update", "listener"): _update_listener,
+        ("delete", "listener"): _delete_listener,
+        ("create", "rule"): _create_rule,
+        ("update", "rule"): _update_rule,
+        ("delete", "rule"): _delete_rule,
+    }
 
     # -- outputs and destroy ----------------------------------------------------------------
 

@@ -382,10 +382,6 @@ class DashboardsStep(Step):
 
     # -- apply ------------------------------------------------------------------------------
 
-    def apply(self, ctx, change: Change, observed: DashboardsFacts) -> None:
-        """Carry out one change; the handler is named after the change: `_create_topic` …"""
-        return getattr(self, f"_{change.action}_{change.kind}")(ctx, change, observed)
-
     def _create_key(self, ctx, change: Change, observed: DashboardsFacts) -> None:
         key: Key = change.payload
         kms = ctx.client("kms")
@@ -483,11 +479,27 @@ class DashboardsStep(Step):
                                                DashboardBody=cloudwatch_content.canonical(dashboard.body))
         observed.dashboard = dashboard.body
 
-    _update_dashboard = _create_dashboard
 
     def _delete_dashboard(self, ctx, change: Change, observed: DashboardsFacts) -> None:
         unless_code({"ResourceNotFound"}, ctx.client("cloudwatch").delete_dashboards, DashboardNames=[change.name])
         observed.dashboard = None
+
+    handlers = {
+        ("create", "key"): _create_key,
+        ("update", "key"): _update_key,
+        ("delete", "key"): _delete_key,
+        ("create", "topic"): _create_topic,
+        ("update", "topic"): _update_topic,
+        ("delete", "topic"): _delete_topic,
+        ("create", "subscription"): _create_subscription,
+        ("delete", "subscription"): _delete_subscription,
+        ("create", "alarm"): _create_alarm,
+        ("update", "alarm"): _update_alarm,
+        ("delete", "alarms"): _delete_alarms,
+        ("create", "dashboard"): _create_dashboard,
+        ("update", "dashboard"): _create_dashboard,
+        ("delete", "dashboard"): _delete_dashboard,
+    }
 
     # -- outputs and destroy ----------------------------------------------------------------
 

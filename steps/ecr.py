@@ -231,26 +231,43 @@ class EcrStep(Step):
 
     # -- apply -----------------------------------------------------------------------------
 
-    def apply(self, ctx, change: Change, observed: EcrFacts) -> None:
+    def _create_repository(self, ctx, change: Change, observed: EcrFacts) -> None:
+        repository = change.payload.repository
+        observed.owned[repository.name] = _apply_create(ctx.client("ecr"), repository)
+
+    def _replace_repository(self, ctx, change: Change, observed: EcrFacts) -> None:
+        """The encryption of a repository is fixed at creation: delete, then create."""
+        work: RepositoryWork = change.payload
         client = ctx.client("ecr")
-        if change.action == "delete":
-            unless_code(GONE, client.delete_repository, repositoryName=change.name, force=change.payload.force)
-            del observed.owned[change.name]
-            return
+        unless_code(GONE, client.delete_repository, repositoryName=work.repository.name, force=work.force)
+        observed.owned[work.repository.name] = _apply_create(client, work.repository)
+
+    def _update_repository(self, ctx, change: Change, observed: EcrFacts) -> None:
         work: RepositoryWork = change.payload
         repository = work.repository
-        if change.kind == "lifecycle_policy":
-            _put_lifecycle_policy(client, repository)
-            observed.owned[repository.name].lifecycle_policy = canonical_lifecycle_policy(repository.lifecycle_policy)
-        elif change.action == "update":
-            _apply_settings(client, work)
-            current = observed.owned[repository.name]
-            current.scan_on_push, current.tag_mutability = repository.scan_on_push, repository.tag_mutability
-            current.tags.update(work.tags_to_set)
-        else:  # create, or replace: the encryption of a repository is fixed at creation
-            if change.action == "replace":
-                unless_code(GONE, client.delete_repository, repositoryName=repository.name, force=work.force)
-            observed.owned[repository.name] = _apply_create(client, repository)
+        _apply_settings(ctx.client("ecr"), work)
+        current = observed.owned[repository.name]
+        current.scan_on_push, current.tag_mutability = repository.scan_on_push, repository.tag_mutability
+        current.tags.update(work.tags_to_set)
+
+    def _delete_repository(self, ctx, change: Change, observed: EcrFacts) -> None:
+        work: DeleteWork = change.payload
+        unless_code(GONE, ctx.client("ecr").delete_repository, repositoryName=change.name, force=work.force)
+        del observed.owned[change.name]
+
+    def _set_lifecycle_policy(self, ctx, change: Change, observed: EcrFacts) -> None:
+        repository = change.payload.repository
+        _put_lifecycle_policy(ctx.client("ecr"), repository)
+        observed.owned[repository.name].lifecycle_policy = canonical_lifecycle_policy(repository.lifecycle_policy)
+
+    handlers = {
+        ("create", "repository"): _create_repository,
+        ("replace", "repository"): _replace_repository,
+        ("update", "repository"): _update_repository,
+        ("delete", "repository"): _delete_repository,
+        ("create", "lifecycle_policy"): _set_lifecycle_policy,
+        ("update", "lifecycle_policy"): _set_lifecycle_policy,
+    }
 
     # -- outputs and destroy ---------------------------------------------------------------
 

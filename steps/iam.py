@@ -52,6 +52,11 @@ def _propagation(role: str) -> Wait:
     return Wait(f"IAM change to role {role} to reach ECS", check, timeout=IAM_PROPAGATION_SECONDS + 60)
 
 
+def _propagated(role: str) -> Accepted:
+    """A change to `role` AWS accepted, settled once IAM has had time to show it to ECS."""
+    return Accepted(waits=(_propagation(role),))
+
+
 def ensure_service_linked_role(ctx, service: str) -> None:
     """The account's service-linked role for `service` (ecs.amazonaws.com, …), made now where a
     step's first call would otherwise fail while AWS makes it (ECS: "Unable to assume the
@@ -367,45 +372,58 @@ class IamStep(Step):
 
     # -- apply -----------------------------------------------------------------------------
 
-    def apply(self, ctx, change: Change, observed: IamFacts) -> Accepted | None:
-        """The change; any but a delete is waited on until IAM has had time to show it to ECS."""
-        self._apply_change(ctx, ctx.client("iam"), change, observed)
-        if change.action == "delete":
-            return None
-        role = change.name if change.kind == "role" else change.payload.role
-        return Accepted(waits=(_propagation(role),))
+    # Every change but a delete is settled once IAM has had time to show it to ECS (`_propagated`).
 
-    def _apply_change(self, ctx, client, change: Change, observed: IamFacts) -> None:
-        if change.kind == "role":
-            self._apply_role(ctx, client, change, observed)
-            return
+    def _create_role(self, ctx, change: Change, observed: IamFacts) -> Accepted:
+        work: RoleWork = change.payload
+        self._create_or_adopt_role(ctx, ctx.client("iam"), work.role, observed)
+        return _propagated(work.role.name)
+
+    def _update_role(self, ctx, change: Change, observed: IamFacts) -> Accepted:
+        work: RoleWork = change.payload
+        self._update_role_settings(ctx.client("iam"), work, observed)
+        return _propagated(work.role.name)
+
+    def _delete_role(self, ctx, change: Change, observed: IamFacts) -> None:
+        unless_code(GONE, ctx.client("iam").delete_role, RoleName=change.name)
+        del observed.owned[change.name]
+
+    def _put_inline_policy(self, ctx, change: Change, observed: IamFacts) -> Accepted:
         work: PolicyWork = change.payload
-        current = observed.owned[work.role]
-        if change.kind == "inline_policy" and change.action == "delete":
-            unless_code(GONE, client.delete_role_policy, RoleName=work.role, PolicyName=work.policy)
-            del current.inline_policies[work.policy]
-        elif change.kind == "inline_policy":
-            text = json.dumps(work.document)
-            if KNOWN_AFTER_APPLY in text:
-                raise OrchestratorError(f"inline policy {work.policy} of IAM role {work.role} refers to values not "
-                                        "known yet; apply the secrets and storage steps first")
-            client.put_role_policy(RoleName=work.role, PolicyName=work.policy, PolicyDocument=text)
-            current.inline_policies[work.policy] = normalise_policy(work.document)
-        elif change.action == "delete":
-            unless_code(GONE, client.detach_role_policy, RoleName=work.role, PolicyArn=work.policy)
-            current.managed_policies.discard(work.policy)
-        else:
-            client.attach_role_policy(RoleName=work.role, PolicyArn=work.policy)
-            current.managed_policies.add(work.policy)
+        text = json.dumps(work.document)
+        if KNOWN_AFTER_APPLY in text:
+            raise OrchestratorError(f"inline policy {work.policy} of IAM role {work.role} refers to values not "
+                                    "known yet; apply the secrets and storage steps first")
+        ctx.client("iam").put_role_policy(RoleName=work.role, PolicyName=work.policy, PolicyDocument=text)
+        observed.owned[work.role].inline_policies[work.policy] = normalise_policy(work.document)
+        return _propagated(work.role)
 
-    def _apply_role(self, ctx, client, change: Change, observed: IamFacts) -> None:
-        if change.action == "delete":
-            unless_code(GONE, client.delete_role, RoleName=change.name)
-            del observed.owned[change.name]
-        elif change.action == "create":
-            self._create_or_adopt_role(ctx, client, change.payload.role, observed)
-        else:
-            self._update_role_settings(client, change.payload, observed)
+    def _delete_inline_policy(self, ctx, change: Change, observed: IamFacts) -> None:
+        work: PolicyWork = change.payload
+        unless_code(GONE, ctx.client("iam").delete_role_policy, RoleName=work.role, PolicyName=work.policy)
+        del observed.owned[work.role].inline_policies[work.policy]
+
+    def _attach_managed_policy(self, ctx, change: Change, observed: IamFacts) -> Accepted:
+        work: PolicyWork = change.payload
+        ctx.client("iam").attach_role_policy(RoleName=work.role, PolicyArn=work.policy)
+        observed.owned[work.role].managed_policies.add(work.policy)
+        return _propagated(work.role)
+
+    def _detach_managed_policy(self, ctx, change: Change, observed: IamFacts) -> None:
+        work: PolicyWork = change.payload
+        unless_code(GONE, ctx.client("iam").detach_role_policy, RoleName=work.role, PolicyArn=work.policy)
+        observed.owned[work.role].managed_policies.discard(work.policy)
+
+    handlers = {
+        ("create", "role"): _create_role,
+        ("update", "role"): _update_role,
+        ("delete", "role"): _delete_role,
+        ("create", "inline_policy"): _put_inline_policy,
+        ("update", "inline_policy"): _put_inline_policy,
+        ("delete", "inline_policy"): _delete_inline_policy,
+        ("create", "managed_policy"): _attach_managed_policy,
+        ("delete", "managed_policy"): _detach_managed_policy,
+    }
 
     def _create_or_adopt_role(self, ctx, client, role: DesiredRole, observed: IamFacts) -> None:
         try:

@@ -91,6 +91,14 @@ class SecretWork:
     put_value: bool = False
 
 
+@dataclass(frozen=True)
+class SecretDeletion:
+    """A secret to schedule for deletion, recoverable for the window's days."""
+
+    arn: str
+    recovery_window_days: int
+
+
 class SourceUnavailable(OrchestratorError):
     """The environment variable or file a secret's value comes from cannot be read."""
 
@@ -335,22 +343,31 @@ class SecretsStep(Step):
     @staticmethod
     def _delete(key: str, current: ObservedSecret, window: int, why: str) -> Change:
         return Change("delete", "secret", key, calls=("secretsmanager:DeleteSecret",),
-                      payload=(current.arn, window), blocked="delete-secrets",
+                      payload=SecretDeletion(current.arn, window), blocked="delete-secrets",
                       note=f"{why}: schedules deletion of {current.name} with a {window}-day recovery window; "
                            "needs --delete-secrets")
 
     # -- apply -----------------------------------------------------------------------------
 
-    def apply(self, ctx, change: Change, observed: SecretsFacts) -> None:
-        client = ctx.client("secretsmanager")
-        if change.action == "delete":
-            arn, window = change.payload
-            unless_code({"ResourceNotFoundException"}, client.delete_secret, SecretId=arn, RecoveryWindowInDays=window)
-            observed.owned[change.name].deleted = True
-        elif change.action == "create":
-            self._apply_create(ctx, client, change.payload.secret, observed)
-        else:
-            self._apply_update(ctx, client, change.payload, observed)
+    def _create_secret(self, ctx, change: Change, observed: SecretsFacts) -> None:
+        work: SecretWork = change.payload
+        self._apply_create(ctx, ctx.client("secretsmanager"), work.secret, observed)
+
+    def _update_secret(self, ctx, change: Change, observed: SecretsFacts) -> None:
+        work: SecretWork = change.payload
+        self._apply_update(ctx, ctx.client("secretsmanager"), work, observed)
+
+    def _delete_secret(self, ctx, change: Change, observed: SecretsFacts) -> None:
+        deletion: SecretDeletion = change.payload
+        unless_code({"ResourceNotFoundException"}, ctx.client("secretsmanager").delete_secret,
+                    SecretId=deletion.arn, RecoveryWindowInDays=deletion.recovery_window_days)
+        observed.owned[change.name].deleted = True
+
+    handlers = {
+        ("create", "secret"): _create_secret,
+        ("update", "secret"): _update_secret,
+        ("delete", "secret"): _delete_secret,
+    }
 
     def _apply_create(self, ctx, client, secret: DesiredSecret, observed: SecretsFacts) -> None:
         value = ctx.secret(generate_value(secret.length) if secret.source == "generate" else read_source(secret))

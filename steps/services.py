@@ -480,17 +480,12 @@ class ServicesStep(Step):
 
     # -- apply ------------------------------------------------------------------------------
 
-    def apply(self, ctx, change: Change, observed: ServicesFacts) -> Accepted | None:
-        return getattr(self, f"_{change.action}_{change.kind}")(ctx, change, observed)
-
     def _create_bundle(self, ctx, change: Change, observed: ServicesFacts) -> None:
         service: DesiredService = change.payload
         s3 = ctx.client("s3")
         bucket = observed.config_bucket
         for path, content in service.bundle.files.items():
             s3.put_object(Bucket=bucket, Key=f"{service.bundle_key}{path}", Body=content)
-
-    _update_bundle = _create_bundle
 
     def _create_task_definition(self, ctx, change: Change, observed: ServicesFacts) -> Accepted:
         service, definition, digest = change.payload
@@ -504,7 +499,6 @@ class ServicesStep(Step):
         tag = {"image_tag": service.image.tag} if service.image else {}  # the plan names the image in service by it
         return Accepted(record={"arn": arn, "hash": digest, **tag})
 
-    _update_task_definition = _create_task_definition
 
     @staticmethod
     def _registered_already(ctx, ecs, family: str, digest: str) -> str | None:
@@ -636,7 +630,6 @@ class ServicesStep(Step):
                 scaling.delete_scaling_policy(PolicyName=name, ServiceNamespace="ecs", ResourceId=target.resource_id,
                                               ScalableDimension=SCALABLE_DIMENSION)
 
-    _update_scaling = _create_scaling
 
     # -- destroy ----------------------------------------------------------------------------
 
@@ -686,6 +679,23 @@ class ServicesStep(Step):
         for start in range(0, len(arns), 10):
             ecs.delete_task_definitions(taskDefinitions=arns[start:start + 10])
         observed.revisions.pop(change.name, None)
+
+    handlers = {
+        ("create", "bundle"): _create_bundle,
+        ("update", "bundle"): _create_bundle,
+        ("create", "task_definition"): _create_task_definition,
+        ("update", "task_definition"): _create_task_definition,
+        ("create", "discovery_service"): _create_discovery_service,
+        ("create", "service"): _create_service,
+        ("update", "service"): _update_service,
+        ("create", "scaling"): _create_scaling,
+        ("update", "scaling"): _create_scaling,
+        ("delete", "scaling"): _delete_scaling,
+        ("delete", "service"): _delete_service,
+        ("delete", "discovery_service"): _delete_discovery_service,
+        ("delete", "bundle"): _delete_bundle,
+        ("delete", "task_definition"): _delete_task_definition,
+    }
 
     # -- status --live ---------------------------------------------------------------------
 

@@ -154,7 +154,7 @@ def test_destroy_schedules_deletion_of_live_owned_secrets_only_with_the_flag(man
     changes = STEP.plan_destroy(facts)
     assert [(c.action, c.name, c.blocked) for c in changes] == [
         ("delete", "db-connection", "delete-secrets"), ("delete", "slack-webhook", "delete-secrets")]
-    assert changes[0].payload[1] == 7
+    assert changes[0].payload.recovery_window_days == 7
 
 
 # -- against moto -------------------------------------------------------------------------------
