@@ -59,7 +59,9 @@ class ContractError(Exception):
 #: The flags that let a run delete what holds data. A change `blocked` by one of them keeps its
 #: data on purpose until the flag is passed; one blocked by anything else (a load balancer's
 #: deletion protection) cannot be allowed from the command line: its `note` says what to change.
-ALLOW_FLAGS = ("delete-data", "delete-secrets")
+DELETE_DATA = "delete-data"
+DELETE_SECRETS = "delete-secrets"
+ALLOW_FLAGS = (DELETE_DATA, DELETE_SECRETS)
 
 #: How a sensitive value shows in plans, logs and state.
 SENSITIVE = "(sensitive)"
@@ -201,6 +203,14 @@ class Inputs:
         if value is _MISSING or value == KNOWN_AFTER_APPLY:
             return Unknown(f"{step}.{key}")
         return _mark_unknowns(value, f"{step}.{key}")
+
+    def entry(self, step: str, key: str, item: str) -> Any:
+        """`item` of the output map `step.key` (a role ARN by task name), or an `Unknown` naming
+        it while the map or the item is not known yet."""
+        values = self.output(step, key)
+        if isinstance(values, dict) and item in values:
+            return values[item]
+        return Unknown(f"{step}.{key}.{item}")
 
 
 _MISSING = object()

@@ -780,8 +780,8 @@ def _check_length(what: str, name: str) -> None:
 def _target_group(prefix: str, key: str, spec, vpc_id: str) -> TargetGroup:
     """The AWS name carries a hash of protocol, port and VPC (unknown until the VPC exists)."""
     _check_length("target group", f"{prefix}-{key}-0000")
-    if vpc_id == KNOWN_AFTER_APPLY:
-        name = KNOWN_AFTER_APPLY
+    if is_unknown(vpc_id):
+        name = vpc_id
     else:
         name = f"{prefix}-{key}-{hashlib.sha256(f'{spec.protocol}:{spec.port}:{vpc_id}'.encode()).hexdigest()[:4]}"
     health = spec.health_check
@@ -799,12 +799,12 @@ def _target_group_key(name_prefix: str, name: str) -> str | None:
 
 
 def _sorted_ids(ids) -> tuple[str, ...] | str:
-    return KNOWN_AFTER_APPLY if ids == KNOWN_AFTER_APPLY else tuple(sorted(ids))
+    return ids if is_unknown(ids) else tuple(sorted(ids))
 
 
 def _security_group(groups, name: str) -> tuple[str, ...] | str:
-    if groups == KNOWN_AFTER_APPLY:
-        return KNOWN_AFTER_APPLY
+    if is_unknown(groups):
+        return groups
     if name not in groups:
         raise OrchestratorError(f"load balancer security group {name!r} is not among the vpc step's security "
                                 f"groups ({', '.join(sorted(groups))})")

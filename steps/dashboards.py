@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from orchestrator import tags as tagging
 from orchestrator.aws import SEVERAL_SERVICES, unless_code
-from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step, Unknown, diff_fields, is_unknown
+from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step, diff_fields, is_unknown
 from orchestrator.permissions import FIND_BY_TAG, allow, tagged_as_ours
 from steps import cloudwatch_content
 from steps.cloudwatch_content import ALARM_FIELDS, Alarm, Dashboard
@@ -186,13 +186,11 @@ class DashboardsStep(Step):
         key = _key(manifest, inputs, key_alias) if alerting is not None else None
         topic = Topic(topic_name, topic_arn, key_alias) if alerting is not None else None
         lb_suffix = inputs.output("alb", "arn_suffix")
-        group_suffixes = inputs.output("alb", "target_group_arn_suffixes")
-        groups = {group: _get(group_suffixes, group, "alb.target_group_arn_suffixes")
+        groups = {group: inputs.entry("alb", "target_group_arn_suffixes", group)
                   for group in manifest.load_balancer.target_groups}
         cluster = inputs.output("services", "cluster_name")
-        service_arns = inputs.output("services", "services")
         tasks = list(manifest.services.tasks) if manifest.services else []
-        services = {task: cloudwatch_content.service_name(_get(service_arns, task, "services.services"))
+        services = {task: cloudwatch_content.service_name(inputs.entry("services", "services", task))
                     for task in tasks}
         alarms = cloudwatch_content.alarms(prefix, alerting.cloudwatch, topic_arn, lb_suffix, groups, cluster,
                                            services) if alerting is not None else ()
@@ -555,13 +553,6 @@ class DashboardsStep(Step):
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def _get(values, key: str, what: str):
-    """`values[key]` of an upstream output map, or an Unknown naming it while not known."""
-    if isinstance(values, dict) and key in values:
-        return values[key]
-    return Unknown(f"{what}.{key}")
 
 
 def _observed_alarm(item: dict, owned: bool, tags: dict[str, str]) -> ObservedAlarm:

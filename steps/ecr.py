@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step
+from orchestrator.model import DELETE_DATA, KNOWN_AFTER_APPLY, Change, FieldDiff, Step
 from orchestrator.permissions import FIND_BY_TAG, allow
 
 #: What ECR answers for a repository that is gone already: a delete counts as done.
@@ -168,7 +168,7 @@ class EcrStep(Step):
         for item in _repositories_named(client, sorted(set(desired.repositories) | self._tagged_names(ctx))):
             name = item["repositoryName"]
             tags = tagging.tag_dict(client.list_tags_for_resource(resourceArn=item["repositoryArn"]).get("tags"))
-            if self._owns(tags, desired):
+            if ctx.owns(tags):
                 wanted = desired.repositories.get(name)
                 # Whether it holds images matters only to a delete: destroy, removal, re-encryption.
                 may_delete = ctx.destroying or wanted is None or wanted.encryption != _encryption_of(item)
@@ -195,9 +195,6 @@ class EcrStep(Step):
                                           "ecr:PutLifecyclePolicy"],
                       [scope.arn("ecr", f"repository/{name}") for name in names]),
                 FIND_BY_TAG]
-
-    def _owns(self, tags: dict[str, str], desired: EcrDesired) -> bool:
-        return tagging.is_owned(tags, desired.app, desired.env, self.name)
 
     @staticmethod
     def _observed(client, item: dict, tags: dict[str, str], *, wanted: bool, count_images: bool) -> ObservedRepository:
@@ -314,7 +311,7 @@ def _replace(repository: DesiredRepository, current: ObservedRepository) -> Chan
                   diffs=(FieldDiff("encryption", current.encryption, repository.encryption),),
                   calls=("ecr:DeleteRepository", "ecr:CreateRepository", "ecr:PutLifecyclePolicy"),
                   payload=RepositoryWork(repository=repository, arn=current.arn, force=current.holds_images),
-                  blocked="delete-data" if current.holds_images else None, note=note,
+                  blocked=DELETE_DATA if current.holds_images else None, note=note,
                   outage=f"a repository's name cannot exist twice: {repository.name} is deleted first, and "
                          "tasks cannot pull images until they are pushed again")
 
@@ -353,7 +350,7 @@ def _delete(current: ObservedRepository, why: str) -> Change:
                          else "it holds no images")
     return Change("delete", "repository", current.name, calls=("ecr:DeleteRepository",),
                   payload=DeleteWork(force=current.holds_images),
-                  blocked="delete-data" if current.holds_images else None, note=note)
+                  blocked=DELETE_DATA if current.holds_images else None, note=note)
 
 
 # -- AWS helpers ---------------------------------------------------------------------------

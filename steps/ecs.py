@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from orchestrator import tags as tagging
 from orchestrator.aws import SEVERAL_SERVICES, error_code, unless_code
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
+from orchestrator.model import DELETE_DATA, KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
 from orchestrator.permissions import FIND_BY_TAG, allow, service_linked_role
 from orchestrator.retry import eventually
 from orchestrator.waiters import WaitFailed
@@ -31,7 +31,6 @@ def _linked_role_not_ready(error: Exception) -> bool:
     return error_code(error) == "InvalidParameterException" and "Unable to assume the service linked role" in str(error)
 
 CONTAINER_INSIGHTS = "containerInsights"
-DELETE_DATA = "delete-data"
 
 
 # --- desired ---------------------------------------------------------------------------------

@@ -33,7 +33,8 @@ from botocore.exceptions import ClientError
 from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
+from orchestrator.model import (DELETE_DATA, KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields,
+                                is_unknown)
 from orchestrator.permissions import FIND_BY_TAG, allow, tagged_as_ours
 from orchestrator.waiters import WaitFailed
 from steps.vpc import usable_zones
@@ -131,17 +132,17 @@ class EfsFacts:
 
 def upstream_network(manifest, inputs) -> tuple[list[str], list[str], str]:
     """(zones, private subnet ids, efs security group id) from the vpc step, each value
-    KNOWN_AFTER_APPLY while the network is only planned."""
+    `Unknown` while the network is only planned."""
     zones = inputs.output("vpc", "zones")
-    if zones == KNOWN_AFTER_APPLY:
+    if is_unknown(zones):
         zones = usable_zones(manifest, inputs)
     subnets = inputs.output("vpc", "private_subnet_ids")
-    if subnets == KNOWN_AFTER_APPLY:
-        subnets = [KNOWN_AFTER_APPLY] * len(zones)
+    if is_unknown(subnets):
+        subnets = [subnets] * len(zones)
     groups = inputs.output("vpc", "security_groups")
     group = manifest.efs.security_group
-    if groups == KNOWN_AFTER_APPLY:
-        return list(zones), list(subnets), KNOWN_AFTER_APPLY
+    if is_unknown(groups):
+        return list(zones), list(subnets), groups
     if group not in groups:
         raise OrchestratorError(f"efs: security group {group!r} is not among the vpc step's security groups "
                                 f"({', '.join(sorted(groups))})")
@@ -149,10 +150,6 @@ def upstream_network(manifest, inputs) -> tuple[list[str], list[str], str]:
 
 
 # -- reading ----------------------------------------------------------------------------------
-
-
-def is_ours(tags: dict[str, str], app: str, env: str) -> bool:
-    return tagging.is_owned(tags, app, env, EfsStep.name)
 
 
 def normalized_tags(items) -> dict[str, str]:
@@ -188,12 +185,12 @@ def read_mount_target_groups(efs, mt_id: str) -> tuple[str, ...]:
     return tuple(sorted(efs.describe_mount_target_security_groups(MountTargetId=mt_id)["SecurityGroups"]))
 
 
-def read_access_points(efs, fs_id: str, app: str, env: str) -> list[ObservedAccessPoint]:
+def read_access_points(ctx, efs, fs_id: str) -> list[ObservedAccessPoint]:
     found = []
     for page in efs.get_paginator("describe_access_points").paginate(FileSystemId=fs_id):
         for item in page["AccessPoints"]:
             tags = normalized_tags(item.get("Tags"))
-            if not is_ours(tags, app, env) or item["LifeCycleState"] in ("deleting", "deleted"):
+            if not ctx.owns(tags) or item["LifeCycleState"] in ("deleting", "deleted"):
                 continue
             root = item.get("RootDirectory", {})
             info = root.get("CreationInfo", {})
@@ -318,7 +315,7 @@ def delete_access_point(efs, ap_id: str) -> None:
 
 
 def require_known(mount_target: MountTarget) -> None:
-    if KNOWN_AFTER_APPLY in (mount_target.subnet_id, mount_target.security_group_id):
+    if is_unknown(mount_target.subnet_id) or is_unknown(mount_target.security_group_id):
         raise OrchestratorError(f"efs: mount target in {mount_target.zone} needs the private subnet and the efs "
                                 "security group from the vpc step, which are not known yet: apply vpc first")
 
@@ -428,10 +425,10 @@ class EfsStep(Step):
         for item in read_file_systems(efs, token, self._tagged_file_system_ids(ctx)):
             fs = observed_file_system(item)
             mine = item["CreationToken"] == token
-            if item["LifeCycleState"] in ("deleting", "deleted") or not (mine or is_ours(fs.tags, ctx.app, ctx.env)):
+            if item["LifeCycleState"] in ("deleting", "deleted") or not (mine or ctx.owns(fs.tags)):
                 continue
             fs.mount_targets, fs.access_points = ctx.each("efs", lambda read: read(), [
-                lambda: read_mount_targets(efs, fs.id), lambda: read_access_points(efs, fs.id, ctx.app, ctx.env)])
+                lambda: read_mount_targets(efs, fs.id), lambda: read_access_points(ctx, efs, fs.id)])
             facts.file_systems[fs.id] = fs
             if mine:
                 facts.current = fs.id
@@ -495,7 +492,7 @@ class EfsStep(Step):
             changes = [self._plan_create_fs(desired.file_system)] + self._new_fs_children(desired, recorded)
         elif diff_fields(desired.file_system, current, REPLACE_FIELDS):
             changes = [self._plan_replace_fs(desired.file_system, current)] + [
-                dataclasses.replace(change, blocked="delete-data", note=f"part of replacing file system {current.id}")
+                dataclasses.replace(change, blocked=DELETE_DATA, note=f"part of replacing file system {current.id}")
                 for change in self._new_fs_children(desired, recorded)]
         else:
             changes = (self._plan_update_fs(desired.file_system, current)
@@ -523,7 +520,7 @@ class EfsStep(Step):
         return Change("replace", "file_system", fs.name, diffs=diff_fields(fs, current, REPLACE_FIELDS),
                       calls=("efs:DeleteAccessPoint", "efs:DeleteMountTarget", "efs:DeleteFileSystem",
                              "efs:CreateFileSystem"),
-                      payload=FileSystemReplacement(fs, current), blocked="delete-data",
+                      payload=FileSystemReplacement(fs, current), blocked=DELETE_DATA,
                       note=f"file system {current.id}: {', '.join(REPLACE_FIELDS)} cannot change in place; "
                            "replacing it deletes its data (pass --delete-data to allow)")
 
@@ -648,7 +645,7 @@ class EfsStep(Step):
             f"{len(fs.access_points)} access point(s)"
         return Change("delete", "file_system", fs.name or fs.id,
                       calls=("efs:DeleteAccessPoint", "efs:DeleteMountTarget", "efs:DeleteFileSystem"),
-                      payload=fs, blocked="delete-data",
+                      payload=fs, blocked=DELETE_DATA,
                       note=f"file system {fs.id} {why}with {holds}; deleting it deletes its data "
                            "(pass --delete-data to allow)")
 

@@ -26,7 +26,7 @@ from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator import waiters
-from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait
+from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, is_unknown
 from orchestrator.permissions import allow
 
 EXECUTION = "execution"
@@ -314,7 +314,7 @@ class IamStep(Step):
                 return None
             role = found["Role"]
             tags = tagging.tag_dict(role.get("Tags"))  # GetRole returns every tag (the key is absent: none)
-            if not tagging.is_owned(tags, desired.app, desired.env, self.name):
+            if not ctx.owns(tags):
                 return name
             return ObservedRole(
                 name=name, arn=role["Arn"], trust_policy=normalise_policy(role["AssumeRolePolicyDocument"]),
@@ -391,7 +391,7 @@ class IamStep(Step):
     def _put_inline_policy(self, ctx, change: Change, observed: IamFacts) -> Accepted:
         work: PolicyWork = change.payload
         text = json.dumps(work.document)
-        if KNOWN_AFTER_APPLY in text:
+        if is_unknown(text):
             raise OrchestratorError(f"inline policy {work.policy} of IAM role {work.role} refers to values not "
                                     "known yet; apply the secrets and storage steps first")
         ctx.client("iam").put_role_policy(RoleName=work.role, PolicyName=work.policy, PolicyDocument=text)

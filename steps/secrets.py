@@ -18,7 +18,7 @@ from pathlib import Path
 from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import KNOWN_AFTER_APPLY, SENSITIVE, Change, FieldDiff, Step
+from orchestrator.model import DELETE_SECRETS, KNOWN_AFTER_APPLY, SENSITIVE, Change, FieldDiff, Step
 from orchestrator.permissions import allow
 
 #: BatchGetSecretValue takes at most this many secret ids per call.
@@ -178,7 +178,7 @@ class SecretsStep(Step):
         for item in self._list_under_prefix(client, desired.prefix):
             key = item["Name"][len(desired.prefix):]
             secret = _observed(item)
-            if self._owns(secret.tags, desired):
+            if ctx.owns(secret.tags):
                 facts.owned[key] = secret
             elif key in desired.secrets:
                 facts.foreign[key] = secret
@@ -194,9 +194,6 @@ class SecretsStep(Step):
         pages = client.get_paginator("list_secrets").paginate(
             Filters=[{"Key": "name", "Values": [prefix]}], IncludePlannedDeletion=True)
         return [item for page in pages for item in page["SecretList"] if item["Name"].startswith(prefix)]
-
-    def _owns(self, tags: dict[str, str], desired: SecretsDesired) -> bool:
-        return tagging.is_owned(tags, desired.app, desired.env, self.name)
 
     @staticmethod
     def _read_sources(ctx, desired: SecretsDesired, facts: SecretsFacts) -> dict[str, str]:
@@ -343,7 +340,7 @@ class SecretsStep(Step):
     @staticmethod
     def _delete(key: str, current: ObservedSecret, window: int, why: str) -> Change:
         return Change("delete", "secret", key, calls=("secretsmanager:DeleteSecret",),
-                      payload=SecretDeletion(current.arn, window), blocked="delete-secrets",
+                      payload=SecretDeletion(current.arn, window), blocked=DELETE_SECRETS,
                       note=f"{why}: schedules deletion of {current.name} with a {window}-day recovery window; "
                            "needs --delete-secrets")
 

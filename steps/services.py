@@ -190,13 +190,12 @@ class ServicesStep(Step):
         spec = manifest.services
         cluster = inputs.output("ecs", "cluster_name")
         namespace = inputs.output("ecs", "namespace_name")
-        buckets = inputs.output("storage", "buckets")
-        config_bucket = _get(buckets, "config", "storage.buckets")
+        config_bucket = inputs.entry("storage", "buckets", "config")
         services: tuple[DesiredService, ...] = ()
         if spec is not None:  # a manifest without services runs none (destroy still finds ours)
             # Plain strings: a value not known yet renders as its placeholder (the hash follows once known).
             rendered = bundles.render(manifest, bundles.Facts(
-                loki_bucket=f"{_get(buckets, 'loki-chunks', 'storage.buckets')}", namespace=f"{namespace}",
+                loki_bucket=f"{inputs.entry('storage', 'buckets', 'loki-chunks')}", namespace=f"{namespace}",
                 region=inputs.region, cluster_arn=f"{inputs.output('ecs', 'cluster_arn')}",
                 load_balancer_dns=f"{inputs.output('alb', 'dns_name')}"))
             services = tuple(self._service(manifest, inputs, name, task, rendered, cluster, config_bucket)
@@ -212,46 +211,41 @@ class ServicesStep(Step):
                  config_bucket: str) -> DesiredService:
         bundle_name = task.bundle or (task.app.sidecar if task.app else None)
         bundle = rendered[bundle_name] if bundle_name else None
-        secret_arns = inputs.output("secrets", "arns")
-        efs_points = inputs.output("efs", "access_points")
         settings = taskdefs.TaskSettings(
             family=f"{manifest.prefix}-{name}", service=name, cpu=task.cpu, memory=task.memory,
             execution_role_arn=inputs.output("iam", "execution_role_arn"),
-            task_role_arn=_get(inputs.output("iam", "task_role_arns"), name, "iam.task_role_arns"),
-            log_group=_get(inputs.output("ecs", "log_groups"), name, "ecs.log_groups"),
+            task_role_arn=inputs.entry("iam", "task_role_arns", name),
+            log_group=inputs.entry("ecs", "log_groups", name),
             region=inputs.region, init_image=manifest.services.init_image, config_bucket=config_bucket,
             stop_timeout=task.stop_timeout_seconds,
             file_system_id=inputs.output("efs", "file_system_id") if task.data_volume else None,
-            access_point_id=_get(efs_points, task.data_volume, "efs.access_points") if task.data_volume else None)
+            access_point_id=inputs.entry("efs", "access_points", task.data_volume) if task.data_volume else None)
         image = app = None
         if task.app is not None:
             repository = manifest.images.repositories[task.app.image]
             image = ImageRef(container=name, repository=repository.name or task.app.image, tag=repository.tag,
-                             uri=_get(inputs.output("ecr", "repositories"), task.app.image, "ecr.repositories"))
+                             uri=inputs.entry("ecr", "repositories", task.app.image))
             app = taskdefs.AppContainer(
                 name=name, image=KNOWN_AFTER_APPLY, port=task.app.port,
                 health_check=tuple(task.app.health_check) if task.app.health_check else None,
                 environment={**bundles.app_environment(manifest), **task.app.environment},
-                secrets={variable: _get(secret_arns, secret, "secrets.arns")
+                secrets={variable: inputs.entry("secrets", "arns", secret)
                          for variable, secret in task.app.secrets.items()})
-        arns = {secret: _get(secret_arns, secret, "secrets.arns") for secret in manifest.secrets.values}
+        arns = {secret: inputs.entry("secrets", "arns", secret) for secret in manifest.secrets.values}
         reads = set(task.app.secrets.values()) if task.app else set()
         reads |= set(bundle.container.secrets.values()) if bundle else set()
-        versions = inputs.output("secrets", "versions")
         definition = taskdefs.render(settings, bundle, app, arns)
         load_balancers: tuple[dict, ...] = ()
         if task.target_group:
             port = manifest.load_balancer.target_groups[task.target_group].port
-            load_balancers = ({"targetGroupArn": _get(inputs.output("alb", "target_groups"), task.target_group,
-                                                      "alb.target_groups"),
+            load_balancers = ({"targetGroupArn": inputs.entry("alb", "target_groups", task.target_group),
                                "containerName": name if task.app else bundle.service, "containerPort": port},)
-        security_groups = inputs.output("vpc", "security_groups")
         return DesiredService(
             name=name, bundle=bundle, bundle_key=taskdefs.bundle_prefix(name, bundle.hash) if bundle else "",
             definition=definition, image=image,
             desired_count=task.desired_count,
             network={"subnets": sorted(_known_list(inputs.output("vpc", "private_subnet_ids"))),
-                     "securityGroups": [_get(security_groups, task.security_group, "vpc.security_groups")],
+                     "securityGroups": [inputs.entry("vpc", "security_groups", task.security_group)],
                      "assignPublicIp": "DISABLED"},
             load_balancers=load_balancers,
             deployment={"minimumHealthyPercent": task.min_healthy_percent, "maximumPercent": task.max_percent,
@@ -259,7 +253,7 @@ class ServicesStep(Step):
             grace_period=task.grace_period_seconds if load_balancers else None,
             capacity_provider=task.capacity_provider,
             scaling=_scaling(task, cluster, name, inputs),
-            secret_versions={key: _get(versions, key, "secrets.versions") for key in sorted(reads)},
+            secret_versions={key: inputs.entry("secrets", "versions", key) for key in sorted(reads)},
             redeploy=name in manifest.redeploy)
 
     # -- observe ----------------------------------------------------------------------------
@@ -858,13 +852,6 @@ def _deletions(services: list[str], discovery: list[str], observed: ServicesFact
     return changes
 
 
-def _get(values, key: str, what: str):
-    """`values[key]` of an upstream output map, or an Unknown naming it while not known."""
-    if isinstance(values, dict) and key in values:
-        return values[key]
-    return Unknown(f"{what}.{key}")
-
-
 def _known_list(values) -> list:
     return list(values) if isinstance(values, list) else [values]
 
@@ -983,7 +970,7 @@ def _scaling(task, cluster: str, name: str, inputs) -> Scaling | None:
                                 "PredefinedMetricSpecification": {"PredefinedMetricType": CPU_METRIC}}}
     if spec.requests_per_target:
         label = (f"{inputs.output('alb', 'arn_suffix')}/"
-                 f"{_get(inputs.output('alb', 'target_group_arn_suffixes'), task.target_group, 'alb.target_groups')}")
+                 f"{inputs.entry('alb', 'target_group_arn_suffixes', task.target_group)}")
         policies[f"{name}-requests"] = {"TargetValue": float(spec.requests_per_target), **cooldowns,
                                         "PredefinedMetricSpecification": {"PredefinedMetricType": REQUESTS_METRIC,
                                                                           "ResourceLabel": label}}

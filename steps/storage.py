@@ -27,7 +27,7 @@ from botocore.exceptions import ClientError
 from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import Change, FieldDiff, Step, diff_fields
+from orchestrator.model import DELETE_DATA, Change, FieldDiff, Step, diff_fields
 from orchestrator.permissions import allow
 from orchestrator.retry import eventually
 
@@ -498,7 +498,7 @@ class StorageStep(Step):
                           note=f"bucket {found.name} holds {count} object version(s) of rendered config bundles, "
                                "which every apply uploads again: emptied and deleted")
         return Change("delete", "bucket", key, calls=calls,
-                      payload=found, blocked="delete-data",
+                      payload=found, blocked=DELETE_DATA,
                       note=f"bucket {found.name} holds {count} object version(s); deleting it deletes them "
                            "for good (pass --delete-data to allow)")
 

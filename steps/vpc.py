@@ -23,7 +23,7 @@ from orchestrator import tags as tagging
 from orchestrator import waiters
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError, StepFailed
-from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
+from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields, is_unknown
 from orchestrator.permissions import allow
 from orchestrator.retry import eventually
 from orchestrator.waiters import WaitFailed, botocore_check
@@ -305,7 +305,7 @@ class Ids:
     def now(self, kind: str, logical: str) -> str:
         """The id at apply time, when everything this change needs has been created."""
         found = self(kind, logical)
-        if found == KNOWN_AFTER_APPLY:
+        if is_unknown(found):
             raise OrchestratorError(f"{kind.replace('_', ' ')} {logical} does not exist yet; run apply again")
         return found
 
@@ -1082,11 +1082,6 @@ def _seen_endpoint(endpoint: dict) -> SeenEndpoint:
 # --- plan, helpers ---------------------------------------------------------------------------
 
 
-def _tag_diffs(desired: Network, name: str, seen: Seen) -> tuple[FieldDiff, ...]:
-    """Tags we set that are missing or changed (tags others add are left alone)."""
-    missing = {k: v for k, v in desired.tags_for(name).items() if seen.tags.get(k) != v}
-    return (FieldDiff("tags", {k: seen.tags.get(k) for k in missing}, missing),) if missing else ()
-
 
 def _calls(diffs: tuple[FieldDiff, ...], by_field: dict[str, str]) -> tuple[str, ...]:
     """The API calls an update implies: one per differing field (CreateTags for tags)."""
@@ -1117,7 +1112,7 @@ def _plan_vpc(desired: Network, seen: SeenVpc | None, ids: Ids) -> list[Change]:
         raise OrchestratorError(f"VPC {vpc.name} ({seen.id}) has the range {seen.cidr} but the manifest asks for "
                                 f"{vpc.cidr}; AWS cannot change a VPC's range: restore network.cidr, or destroy "
                                 "the environment and apply again")
-    diffs = diff_fields(vpc, seen, VPC_FIELDS) + _tag_diffs(desired, vpc.name, seen)
+    diffs = diff_fields(vpc, seen, VPC_FIELDS) + tagging.tag_diffs(seen.tags, desired.tags_for(vpc.name))
     return _update("vpc", vpc.logical, diffs, {"enable_dns_support": "ec2:ModifyVpcAttribute",
                                                "enable_dns_hostnames": "ec2:ModifyVpcAttribute"}, vpc)
 
@@ -1132,7 +1127,8 @@ def _plan_internet_gateway(desired: Network, observed: Facts, ids: Ids) -> list[
                        calls=("ec2:CreateInternetGateway", "ec2:AttachInternetGateway"), payload=gateway)]
     vpc_id = ids("vpc", "vpc")
     attach = () if vpc_id in seen.attached_to else (FieldDiff("attached_to", list(seen.attached_to), vpc_id),)
-    return _update("internet_gateway", gateway.logical, attach + _tag_diffs(desired, gateway.name, seen),
+    retag = tagging.tag_diffs(seen.tags, desired.tags_for(gateway.name))
+    return _update("internet_gateway", gateway.logical, attach + retag,
                    {"attached_to": "ec2:AttachInternetGateway"}, gateway)
 
 
@@ -1153,7 +1149,8 @@ def _plan_subnet(desired: Network, subnet: Subnet, seen: SeenSubnet | None, ids:
                        outage=f"{subnet.name} has the same name, and a new range may overlap the old one: "
                               "nothing can run in it until it exists again, and the delete fails while "
                               "anything (tasks, load balancer, mount targets, endpoints) still uses it")]
-    diffs = diff_fields(subnet, seen, ("map_public_ip_on_launch",)) + _tag_diffs(desired, subnet.name, seen)
+    diffs = (diff_fields(subnet, seen, ("map_public_ip_on_launch",))
+             + tagging.tag_diffs(seen.tags, desired.tags_for(subnet.name)))
     return _update("subnet", subnet.logical, diffs, {"map_public_ip_on_launch": "ec2:ModifySubnetAttribute"},
                    subnet, note="" if seen.owned else "adopted: the subnet lost its ownership tags")
 
@@ -1162,7 +1159,7 @@ def _plan_address(desired: Network, address: Address, seen: Seen | None, ids: Id
     if seen is None:
         ids.fresh.add(f"eip/{address.logical}")
         return [Change("create", "eip", address.logical, calls=("ec2:AllocateAddress",), payload=address)]
-    return _update("eip", address.logical, _tag_diffs(desired, address.name, seen), {}, address)
+    return _update("eip", address.logical, tagging.tag_diffs(seen.tags, desired.tags_for(address.name)), {}, address)
 
 
 def _plan_nat_gateway(desired: Network, nat: NatGateway, observed: Facts, ids: Ids) -> list[Change]:
@@ -1175,7 +1172,8 @@ def _plan_nat_gateway(desired: Network, nat: NatGateway, observed: Facts, ids: I
                               FieldDiff("allocation", None, ids("eip", nat.address))),
                        calls=("ec2:CreateNatGateway",), payload=nat,
                        note=f"{len(failed)} earlier attempt(s) failed: {', '.join(failed)}" if failed else "")]
-    diffs = diff_fields({"state": "available"}, seen, ("state",)) + _tag_diffs(desired, nat.name, seen)
+    diffs = (diff_fields({"state": "available"}, seen, ("state",))
+             + tagging.tag_diffs(seen.tags, desired.tags_for(nat.name)))
     note = "wait until it is available" if seen.state != "available" else ""
     return _update("nat_gateway", nat.logical, diffs, {}, nat, note=note)
 
@@ -1218,7 +1216,7 @@ def _plan_route_table(desired: Network, table: RouteTable, observed: Facts, ids:
     if seen is None:
         return [Change("create", "route_table", table.logical, diffs=tuple(diffs),
                        calls=("ec2:CreateRouteTable", *calls), payload=work)]
-    tags = _tag_diffs(desired, table.name, seen)
+    tags = tagging.tag_diffs(seen.tags, desired.tags_for(table.name))
     if not diffs and not tags:
         return []
     return [Change("update", "route_table", table.logical, diffs=(*diffs, *tags),
@@ -1242,7 +1240,8 @@ def _plan_security_group(desired: Network, group: SecurityGroup, seen: SeenGroup
                        payload=group, note="a security group's description cannot change",
                        outage=f"a security group's name is unique in its VPC: {group.name} is deleted first, "
                               "which fails while a network interface (a task, the load balancer) uses it")]
-    return _update("security_group", group.logical, _tag_diffs(desired, group.name, seen), {}, group,
+    retag = tagging.tag_diffs(seen.tags, desired.tags_for(group.name))
+    return _update("security_group", group.logical, retag, {}, group,
                    note="" if seen.owned else "adopted: the group lost its ownership tags")
 
 
@@ -1257,7 +1256,7 @@ def _plan_ingress(group: SecurityGroup, tags: dict[str, str], observed: Facts, i
     a group)."""
     last_descriptions = recorded.get("descriptions", {})
     group_id = ids("security_group", group.logical)
-    present = [] if group_id == KNOWN_AFTER_APPLY else observed.rules.get(group_id, [])
+    present = [] if is_unknown(group_id) else observed.rules.get(group_id, [])
     wanted = {_rule_key(rule, ids): rule for rule in group.rules}
     names = {seen.id: logical for logical, seen in observed.security_groups.items()}
     kept: dict[tuple, SeenRule] = {}
@@ -1287,7 +1286,7 @@ def _plan_ingress(group: SecurityGroup, tags: dict[str, str], observed: Facts, i
     work = IngressWork(tuple(add), tuple(rule.id for rule in revoke),
                        tuple((seen.id, rule) for seen, rule in redescribe),
                        tuple((seen.id, tuple(sorted(to_set.items()))) for seen, _, to_set in retag))
-    action = "create" if group_id == KNOWN_AFTER_APPLY else "update"
+    action = "create" if is_unknown(group_id) else "update"
     record = {"descriptions": {rule.label: rule.description for rule in group.rules}}
     return [Change(action, "ingress", group.logical, diffs=tuple(diffs), calls=tuple(calls), payload=work,
                    record=record)]
@@ -1299,7 +1298,7 @@ def _rule_key(rule: Rule, ids: Ids) -> tuple:
     source = rule.source
     if rule.source_kind == "group":
         group_id = ids("security_group", rule.source)
-        source = group_id if group_id != KNOWN_AFTER_APPLY else ("new group", rule.source)
+        source = ("new group", rule.source) if is_unknown(group_id) else group_id
     return ("tcp", rule.port, rule.port, rule.source_kind, source)
 
 
@@ -1323,7 +1322,7 @@ def _plan_endpoint(desired: Network, endpoint: Endpoint, seen: SeenEndpoint | No
                        calls=("ec2:CreateVpcEndpoint",), payload=endpoint)]
     present = {"route_tables": sorted(seen.route_tables), "subnets": sorted(seen.subnets),
                "security_groups": sorted(seen.security_groups), "private_dns": seen.private_dns}
-    diffs = diff_fields(wanted, present, tuple(wanted)) + _tag_diffs(desired, endpoint.name, seen)
+    diffs = diff_fields(wanted, present, tuple(wanted)) + tagging.tag_diffs(seen.tags, desired.tags_for(endpoint.name))
     modify = {k: "ec2:ModifyVpcEndpoint" for k in wanted}
     return _update("endpoint", endpoint.logical, diffs, modify, endpoint)
 
