@@ -65,7 +65,6 @@ class RepositoryWork:
     arn: str = ""
     scan_on_push: bool = False
     tag_mutability: bool = False
-    tags_to_set: dict[str, str] = field(default_factory=dict)
     force: bool = False  # replace even though it holds images (only reachable with --delete-data)
 
 
@@ -242,10 +241,10 @@ class EcrStep(Step):
     def _update_repository(self, ctx, change: Change, observed: EcrFacts) -> None:
         work: RepositoryWork = change.payload
         repository = work.repository
-        _apply_settings(ctx.client("ecr"), work)
+        _apply_settings(ctx.client("ecr"), work, change.tags_to_set())
         current = observed.owned[repository.name]
         current.scan_on_push, current.tag_mutability = repository.scan_on_push, repository.tag_mutability
-        current.tags.update(work.tags_to_set)
+        current.tags.update(change.tags_to_set())
 
     def _delete_repository(self, ctx, change: Change, observed: EcrFacts) -> None:
         work: DeleteWork = change.payload
@@ -320,16 +319,14 @@ def _updates(repository: DesiredRepository, current: ObservedRepository) -> list
     changes = []
     work = RepositoryWork(
         repository=repository, arn=current.arn, scan_on_push=current.scan_on_push != repository.scan_on_push,
-        tag_mutability=current.tag_mutability != repository.tag_mutability,
-        tags_to_set=tagging.reconcile(current.tags, repository.tags))
+        tag_mutability=current.tag_mutability != repository.tag_mutability)
+    retag = tagging.tag_diffs(current.tags, repository.tags)  # our keys only: tags others added are no difference
     diffs = [FieldDiff(name, getattr(current, name), getattr(repository, name))
-             for name in ("scan_on_push", "tag_mutability") if getattr(work, name)]
-    if work.tags_to_set:  # our keys only: tags others added are no difference
-        diffs.append(FieldDiff("tags", {k: current.tags.get(k) for k in work.tags_to_set}, work.tags_to_set))
+             for name in ("scan_on_push", "tag_mutability") if getattr(work, name)] + list(retag)
     if diffs:
         calls = [call for needed, call in ((work.scan_on_push, "ecr:PutImageScanningConfiguration"),
                                            (work.tag_mutability, "ecr:PutImageTagMutability"),
-                                           (bool(work.tags_to_set), "ecr:TagResource")) if needed]
+                                           (bool(retag), "ecr:TagResource")) if needed]
         changes.append(Change("update", "repository", repository.name, diffs=tuple(diffs), calls=tuple(calls),
                               payload=work))
     wanted = canonical_lifecycle_policy(repository.lifecycle_policy)
@@ -401,15 +398,15 @@ def _put_lifecycle_policy(client, repository: DesiredRepository) -> None:
                                 lifecyclePolicyText=json.dumps(repository.lifecycle_policy))
 
 
-def _apply_settings(client, work: RepositoryWork) -> None:
+def _apply_settings(client, work: RepositoryWork, tags_to_set: dict[str, str]) -> None:
     repository = work.repository
     if work.scan_on_push:
         client.put_image_scanning_configuration(repositoryName=repository.name,
                                                 imageScanningConfiguration={"scanOnPush": repository.scan_on_push})
     if work.tag_mutability:
         client.put_image_tag_mutability(repositoryName=repository.name, imageTagMutability=repository.tag_mutability)
-    if work.tags_to_set:
-        client.tag_resource(resourceArn=work.arn, tags=tagging.tag_list(work.tags_to_set))
+    if tags_to_set:
+        client.tag_resource(resourceArn=work.arn, tags=tagging.tag_list(tags_to_set))
 
 
 def _encryption_of(item: dict) -> str:

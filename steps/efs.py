@@ -297,8 +297,9 @@ def create_file_system(ctx, efs, desired: FileSystem) -> ObservedFileSystem:
     return dataclasses.replace(fs, name=desired.name)
 
 
-def delete_file_system(ctx, efs, fs: ObservedFileSystem) -> None:
-    """Access points, then mount targets (waiting until they are gone), then the file system."""
+def delete_file_system(ctx, efs, fs: ObservedFileSystem) -> Wait:
+    """Access points, then mount targets (waiting until they are gone), then the file system;
+    returns the wait until the file system is gone."""
     for ap in fs.access_points:
         delete_access_point(efs, ap.id)
     for mount_target in fs.mount_targets.values():
@@ -306,8 +307,8 @@ def delete_file_system(ctx, efs, fs: ObservedFileSystem) -> None:
     ctx.pending.extend(mount_target_gone(efs, mount_target.id, fs.name) for mount_target in fs.mount_targets.values())
     ctx.settle()
     unless_code({"FileSystemNotFound"}, efs.delete_file_system, FileSystemId=fs.id)
-    ctx.wait_for(gone(f"deletion of file system {fs.name} ({fs.id})",
-                      lambda: efs.describe_file_systems(FileSystemId=fs.id)["FileSystems"][0], "FileSystemNotFound"))
+    return gone(f"deletion of file system {fs.name} ({fs.id})",
+                lambda: efs.describe_file_systems(FileSystemId=fs.id)["FileSystems"][0], "FileSystemNotFound")
 
 
 def delete_access_point(efs, ap_id: str) -> None:
@@ -665,7 +666,8 @@ class EfsStep(Step):
 
     def _replace_file_system(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
         work: FileSystemReplacement = change.payload
-        delete_file_system(ctx, ctx.client("efs"), work.old)
+        # Gone before the create: the new one's creation token would find the old one.
+        ctx.wait_for(delete_file_system(ctx, ctx.client("efs"), work.old))
         del observed.file_systems[work.old.id]
         return Accepted(waits=(self._make_file_system(ctx, work.fs, observed),))
 
@@ -680,12 +682,13 @@ class EfsStep(Step):
         current.throughput_mode, current.state = fs.throughput_mode, "updating"
         return Accepted(waits=(fs_available(efs, current, fs.name),))
 
-    def _delete_file_system(self, ctx, change: Change, observed: EfsFacts) -> None:
+    def _delete_file_system(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
         fs: ObservedFileSystem = change.payload
-        delete_file_system(ctx, ctx.client("efs"), fs)
+        wait = delete_file_system(ctx, ctx.client("efs"), fs)
         observed.file_systems.pop(fs.id, None)
         if observed.current == fs.id:
             observed.current = None
+        return Accepted(waits=(wait,))
 
     def _update_lifecycle(self, ctx, change: Change, observed: EfsFacts) -> None:
         transition: str | None = change.payload

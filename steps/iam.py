@@ -114,7 +114,6 @@ class RoleWork:
     role: DesiredRole
     trust_policy: bool = False
     description: bool = False
-    tags_to_set: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -381,7 +380,7 @@ class IamStep(Step):
 
     def _update_role(self, ctx, change: Change, observed: IamFacts) -> Accepted:
         work: RoleWork = change.payload
-        self._update_role_settings(ctx.client("iam"), work, observed)
+        self._update_role_settings(ctx.client("iam"), change, observed)
         return _propagated(work.role.name)
 
     def _delete_role(self, ctx, change: Change, observed: IamFacts) -> None:
@@ -454,17 +453,18 @@ class IamStep(Step):
         observed.owned[role.name] = current
         settings = _role_settings(role, current, {"description": found.get("Description", "")})
         if settings is not None:
-            self._update_role_settings(client, settings.payload, observed)
+            self._update_role_settings(client, settings, observed)
 
     @staticmethod
-    def _update_role_settings(client, work: RoleWork, observed: IamFacts) -> None:
-        role = work.role
+    def _update_role_settings(client, change: Change, observed: IamFacts) -> None:
+        work: RoleWork = change.payload
+        role, tags_to_set = work.role, change.tags_to_set()
         if work.trust_policy:
             client.update_assume_role_policy(RoleName=role.name, PolicyDocument=json.dumps(role.trust_policy))
         if work.description:
             client.update_role(RoleName=role.name, Description=role.description)
-        if work.tags_to_set:
-            client.tag_role(RoleName=role.name, Tags=tagging.tag_list(work.tags_to_set))
+        if tags_to_set:
+            client.tag_role(RoleName=role.name, Tags=tagging.tag_list(tags_to_set))
         current = observed.owned[role.name]
         current.trust_policy, current.tags = normalise_policy(role.trust_policy), {**current.tags, **role.tags}
 
@@ -539,20 +539,19 @@ def _role_settings(role: DesiredRole, current: ObservedRole, recorded: dict | No
     read does not return) with what the last apply recorded. Tags others added stay."""
     work = RoleWork(
         role=role, trust_policy=current.trust_policy != normalise_policy(role.trust_policy),
-        description=recorded is not None and recorded.get("description") != role.description,
-        tags_to_set=tagging.reconcile(current.tags, role.tags))
+        description=recorded is not None and recorded.get("description") != role.description)
+    retag = tagging.tag_diffs(current.tags, role.tags)
     diffs = []
     if work.trust_policy:
         diffs.append(FieldDiff("trust_policy", current.trust_policy, normalise_policy(role.trust_policy)))
     if work.description:
         diffs.append(FieldDiff("description", recorded.get("description"), role.description))
-    if work.tags_to_set:
-        diffs.append(FieldDiff("tags", {k: current.tags.get(k) for k in work.tags_to_set}, work.tags_to_set))
+    diffs += retag
     if not diffs:
         return None
     calls = [call for needed, call in ((work.trust_policy, "iam:UpdateAssumeRolePolicy"),
                                        (work.description, "iam:UpdateRole"),
-                                       (bool(work.tags_to_set), "iam:TagRole")) if needed]
+                                       (bool(retag), "iam:TagRole")) if needed]
     return Change("update", "role", role.name, diffs=tuple(diffs), calls=tuple(calls), payload=work,
                   record={"description": role.description})
 

@@ -103,7 +103,7 @@ def test_description_and_tag_drift_are_updates_that_keep_tags_others_added(manif
     change = changes[0]
     assert change.calls == ("secretsmanager:UpdateSecret", "secretsmanager:TagResource")
     assert {d.field for d in change.diffs} == {"description", "tags"}
-    assert change.payload.tags_to_set == {"project": "gamepulse"}
+    assert change.tags_to_set() == {"project": "gamepulse"}
     assert [(d.old, d.new) for d in change.diffs if d.field == "tags"] == [({"project": "other"}, {"project": "gamepulse"})]
 
 
