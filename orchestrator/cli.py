@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from orchestrator.errors import Interrupted, NotApplied, OrchestratorError
+from orchestrator.model import DELETE_DATA, DELETE_SECRETS
 
 ENV_ARG = click.argument("env")
 PARALLELISM_OPT = click.option("--parallelism", type=click.IntRange(1, 64), default=None,
@@ -208,7 +209,7 @@ def allow_flags(func):
 
 
 def allowed(delete_data: bool, delete_secrets: bool) -> frozenset[str]:
-    return frozenset(name for name, on in (("delete-data", delete_data), ("delete-secrets", delete_secrets)) if on)
+    return frozenset(name for name, on in ((DELETE_DATA, delete_data), (DELETE_SECRETS, delete_secrets)) if on)
 
 
 def parse_image_tags(ctx, param, values) -> dict[str, str]:

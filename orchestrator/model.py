@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal, Mapping
 
 Action = Literal["create", "update", "replace", "delete"]
+ACTIONS: tuple[str, ...] = ("create", "update", "replace", "delete")
 
 #: How a value that exists only once an upstream change has been applied shows in plans.
 KNOWN_AFTER_APPLY = "(known after apply)"
@@ -57,7 +59,9 @@ class ContractError(Exception):
 #: The flags that let a run delete what holds data. A change `blocked` by one of them keeps its
 #: data on purpose until the flag is passed; one blocked by anything else (a load balancer's
 #: deletion protection) cannot be allowed from the command line: its `note` says what to change.
-ALLOW_FLAGS = ("delete-data", "delete-secrets")
+DELETE_DATA = "delete-data"
+DELETE_SECRETS = "delete-secrets"
+ALLOW_FLAGS = (DELETE_DATA, DELETE_SECRETS)
 
 #: How a sensitive value shows in plans, logs and state.
 SENSITIVE = "(sensitive)"
@@ -200,6 +204,14 @@ class Inputs:
             return Unknown(f"{step}.{key}")
         return _mark_unknowns(value, f"{step}.{key}")
 
+    def entry(self, step: str, key: str, item: str) -> Any:
+        """`item` of the output map `step.key` (a role ARN by task name), or an `Unknown` naming
+        it while the map or the item is not known yet."""
+        values = self.output(step, key)
+        if isinstance(values, dict) and item in values:
+            return values[item]
+        return Unknown(f"{step}.{key}.{item}")
+
 
 _MISSING = object()
 
@@ -215,6 +227,12 @@ def _mark_unknowns(value: Any, source: str) -> Any:
     return value
 
 
+#: What every handler takes: the step, the run context, the change (its `payload` is the
+#: step's typed record for it), and the step's facts, which the handler updates in place.
+HANDLER_PARAMETERS = ("self", "ctx", "change", "observed")
+Handler = Callable[[Any, Any, "Change", Any], "Accepted | None"]
+
+
 class Step:
     """Base of every reconcile step. Subclasses set `name` and `depends_on` and implement:
 
@@ -225,8 +243,13 @@ class Step:
       no longer wants.
     - ``plan(desired, observed, recorded)`` — pure: the changes that close the gap. `recorded`
       maps `Change.key` to the `record` kept at the last apply.
-    - ``apply(ctx, change, observed)`` — the calls AWS accepts for one change; returns an
-      `Accepted` (or None) with the record to keep and the waits that settle the change. The
+    - ``handlers`` — the table `apply` dispatches by: (action, kind) → the method that carries
+      out such a change, each with the one signature ``(self, ctx, change, observed)`` and
+      reading its own typed `change.payload`. A table of the functions themselves (not names)
+      so that static analysis sees every handler used; a handler with another signature is an
+      error when the class is made, a change with no handler one at the change, naming both.
+      Each handler is what ``apply(ctx, change, observed)`` runs: the calls AWS accepts for
+      one change; it returns an `Accepted` (or None) with the record to keep and the waits that settle the change. The
       engine records the change at once, then settles the waits of all the step's changes
       together. A handler that needs an earlier change settled first calls `ctx.settle()`.
       **A handler updates `observed` in place** to what AWS holds once it accepted the change:
@@ -256,6 +279,19 @@ class Step:
     description: ClassVar[str] = ""
     #: The dataclass `outputs` returns; its fields are what dependants may read.
     Outputs: ClassVar[type]
+    #: (action, kind) → the handler `apply` runs for such a change (see the class docstring).
+    handlers: ClassVar[Mapping[tuple[str, str], Handler]] = {}
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        for (action, kind), handler in cls.handlers.items():
+            if action not in ACTIONS:
+                raise ContractError(f"step {cls.__name__}: handler {handler.__name__} is registered for "
+                                    f"action {action!r}, which is none of {', '.join(ACTIONS)}")
+            params = list(inspect.signature(handler).parameters)
+            if params != list(HANDLER_PARAMETERS):
+                raise ContractError(f"step {cls.__name__}: handler {handler.__name__} for {action} {kind} takes "
+                                    f"({', '.join(params)}), not ({', '.join(HANDLER_PARAMETERS)})")
 
     def desired(self, manifest, inputs: Inputs) -> Any:
         raise NotImplementedError
@@ -267,7 +303,12 @@ class Step:
         raise NotImplementedError
 
     def apply(self, ctx, change: Change, observed) -> Accepted | None:
-        raise NotImplementedError
+        """Carry out one change by the handler registered for its action and kind."""
+        handler = self.handlers.get((change.action, change.kind))
+        if handler is None:
+            raise ContractError(f"step {self.name} has no handler for {change.action} {change.kind} "
+                                f"(change {change.key})")
+        return handler(self, ctx, change, observed)
 
     def outputs(self, desired, observed) -> Any:
         raise NotImplementedError

@@ -528,10 +528,6 @@ class AlbStep(Step):
 
     # -- apply ------------------------------------------------------------------------------
 
-    def apply(self, ctx, change: Change, observed: AlbFacts) -> Accepted | None:
-        """Carry out one change; the handler is named after the change: `_create_listener` …"""
-        return getattr(self, f"_{change.action}_{change.kind}")(ctx, change, observed)
-
     def _create_load_balancer(self, ctx, change: Change, observed: AlbFacts) -> Accepted:
         lb: LoadBalancer = change.payload
         elb = ctx.client("elbv2")
@@ -592,7 +588,6 @@ class AlbStep(Step):
             deregistration_delay_seconds=group.deregistration_delay_seconds, tags=ctx.tags())
 
     #: The new target group comes first; the old one is deleted by its own change, last.
-    _replace_target_group = _create_target_group
 
     def _update_target_group(self, ctx, change: Change, observed: AlbFacts) -> None:
         group: TargetGroup = change.payload
@@ -678,6 +673,22 @@ class AlbStep(Step):
         seen: ObservedRule = change.payload
         unless_code({"RuleNotFound"}, ctx.client("elbv2").delete_rule, RuleArn=seen.arn)  # gone with its listener?
         observed.rules.remove(seen)
+
+    handlers = {
+        ("create", "load_balancer"): _create_load_balancer,
+        ("update", "load_balancer"): _update_load_balancer,
+        ("delete", "load_balancer"): _delete_load_balancer,
+        ("create", "target_group"): _create_target_group,
+        ("replace", "target_group"): _create_target_group,
+        ("update", "target_group"): _update_target_group,
+        ("delete", "target_group"): _delete_target_group,
+        ("create", "listener"): _create_listener,
+        ("update", "listener"): _update_listener,
+        ("delete", "listener"): _delete_listener,
+        ("create", "rule"): _create_rule,
+        ("update", "rule"): _update_rule,
+        ("delete", "rule"): _delete_rule,
+    }
 
     # -- outputs and destroy ----------------------------------------------------------------
 
@@ -769,8 +780,8 @@ def _check_length(what: str, name: str) -> None:
 def _target_group(prefix: str, key: str, spec, vpc_id: str) -> TargetGroup:
     """The AWS name carries a hash of protocol, port and VPC (unknown until the VPC exists)."""
     _check_length("target group", f"{prefix}-{key}-0000")
-    if vpc_id == KNOWN_AFTER_APPLY:
-        name = KNOWN_AFTER_APPLY
+    if is_unknown(vpc_id):
+        name = vpc_id
     else:
         name = f"{prefix}-{key}-{hashlib.sha256(f'{spec.protocol}:{spec.port}:{vpc_id}'.encode()).hexdigest()[:4]}"
     health = spec.health_check
@@ -788,12 +799,12 @@ def _target_group_key(name_prefix: str, name: str) -> str | None:
 
 
 def _sorted_ids(ids) -> tuple[str, ...] | str:
-    return KNOWN_AFTER_APPLY if ids == KNOWN_AFTER_APPLY else tuple(sorted(ids))
+    return ids if is_unknown(ids) else tuple(sorted(ids))
 
 
 def _security_group(groups, name: str) -> tuple[str, ...] | str:
-    if groups == KNOWN_AFTER_APPLY:
-        return KNOWN_AFTER_APPLY
+    if is_unknown(groups):
+        return groups
     if name not in groups:
         raise OrchestratorError(f"load balancer security group {name!r} is not among the vpc step's security "
                                 f"groups ({', '.join(sorted(groups))})")

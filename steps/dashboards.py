@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from orchestrator import tags as tagging
 from orchestrator.aws import SEVERAL_SERVICES, unless_code
-from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step, Unknown, diff_fields, is_unknown
+from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step, diff_fields, is_unknown
 from orchestrator.permissions import FIND_BY_TAG, allow, tagged_as_ours
 from steps import cloudwatch_content
 from steps.cloudwatch_content import ALARM_FIELDS, Alarm, Dashboard
@@ -186,13 +186,11 @@ class DashboardsStep(Step):
         key = _key(manifest, inputs, key_alias) if alerting is not None else None
         topic = Topic(topic_name, topic_arn, key_alias) if alerting is not None else None
         lb_suffix = inputs.output("alb", "arn_suffix")
-        group_suffixes = inputs.output("alb", "target_group_arn_suffixes")
-        groups = {group: _get(group_suffixes, group, "alb.target_group_arn_suffixes")
+        groups = {group: inputs.entry("alb", "target_group_arn_suffixes", group)
                   for group in manifest.load_balancer.target_groups}
         cluster = inputs.output("services", "cluster_name")
-        service_arns = inputs.output("services", "services")
         tasks = list(manifest.services.tasks) if manifest.services else []
-        services = {task: cloudwatch_content.service_name(_get(service_arns, task, "services.services"))
+        services = {task: cloudwatch_content.service_name(inputs.entry("services", "services", task))
                     for task in tasks}
         alarms = cloudwatch_content.alarms(prefix, alerting.cloudwatch, topic_arn, lb_suffix, groups, cluster,
                                            services) if alerting is not None else ()
@@ -382,10 +380,6 @@ class DashboardsStep(Step):
 
     # -- apply ------------------------------------------------------------------------------
 
-    def apply(self, ctx, change: Change, observed: DashboardsFacts) -> None:
-        """Carry out one change; the handler is named after the change: `_create_topic` …"""
-        return getattr(self, f"_{change.action}_{change.kind}")(ctx, change, observed)
-
     def _create_key(self, ctx, change: Change, observed: DashboardsFacts) -> None:
         key: Key = change.payload
         kms = ctx.client("kms")
@@ -483,11 +477,27 @@ class DashboardsStep(Step):
                                                DashboardBody=cloudwatch_content.canonical(dashboard.body))
         observed.dashboard = dashboard.body
 
-    _update_dashboard = _create_dashboard
 
     def _delete_dashboard(self, ctx, change: Change, observed: DashboardsFacts) -> None:
         unless_code({"ResourceNotFound"}, ctx.client("cloudwatch").delete_dashboards, DashboardNames=[change.name])
         observed.dashboard = None
+
+    handlers = {
+        ("create", "key"): _create_key,
+        ("update", "key"): _update_key,
+        ("delete", "key"): _delete_key,
+        ("create", "topic"): _create_topic,
+        ("update", "topic"): _update_topic,
+        ("delete", "topic"): _delete_topic,
+        ("create", "subscription"): _create_subscription,
+        ("delete", "subscription"): _delete_subscription,
+        ("create", "alarm"): _create_alarm,
+        ("update", "alarm"): _update_alarm,
+        ("delete", "alarms"): _delete_alarms,
+        ("create", "dashboard"): _create_dashboard,
+        ("update", "dashboard"): _create_dashboard,
+        ("delete", "dashboard"): _delete_dashboard,
+    }
 
     # -- outputs and destroy ----------------------------------------------------------------
 
@@ -543,13 +553,6 @@ class DashboardsStep(Step):
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def _get(values, key: str, what: str):
-    """`values[key]` of an upstream output map, or an Unknown naming it while not known."""
-    if isinstance(values, dict) and key in values:
-        return values[key]
-    return Unknown(f"{what}.{key}")
 
 
 def _observed_alarm(item: dict, owned: bool, tags: dict[str, str]) -> ObservedAlarm:

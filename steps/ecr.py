@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step
+from orchestrator.model import DELETE_DATA, KNOWN_AFTER_APPLY, Change, FieldDiff, Step
 from orchestrator.permissions import FIND_BY_TAG, allow
 
 #: What ECR answers for a repository that is gone already: a delete counts as done.
@@ -65,7 +65,6 @@ class RepositoryWork:
     arn: str = ""
     scan_on_push: bool = False
     tag_mutability: bool = False
-    tags_to_set: dict[str, str] = field(default_factory=dict)
     force: bool = False  # replace even though it holds images (only reachable with --delete-data)
 
 
@@ -168,7 +167,7 @@ class EcrStep(Step):
         for item in _repositories_named(client, sorted(set(desired.repositories) | self._tagged_names(ctx))):
             name = item["repositoryName"]
             tags = tagging.tag_dict(client.list_tags_for_resource(resourceArn=item["repositoryArn"]).get("tags"))
-            if self._owns(tags, desired):
+            if ctx.owns(tags):
                 wanted = desired.repositories.get(name)
                 # Whether it holds images matters only to a delete: destroy, removal, re-encryption.
                 may_delete = ctx.destroying or wanted is None or wanted.encryption != _encryption_of(item)
@@ -195,9 +194,6 @@ class EcrStep(Step):
                                           "ecr:PutLifecyclePolicy"],
                       [scope.arn("ecr", f"repository/{name}") for name in names]),
                 FIND_BY_TAG]
-
-    def _owns(self, tags: dict[str, str], desired: EcrDesired) -> bool:
-        return tagging.is_owned(tags, desired.app, desired.env, self.name)
 
     @staticmethod
     def _observed(client, item: dict, tags: dict[str, str], *, wanted: bool, count_images: bool) -> ObservedRepository:
@@ -231,26 +227,43 @@ class EcrStep(Step):
 
     # -- apply -----------------------------------------------------------------------------
 
-    def apply(self, ctx, change: Change, observed: EcrFacts) -> None:
+    def _create_repository(self, ctx, change: Change, observed: EcrFacts) -> None:
+        repository = change.payload.repository
+        observed.owned[repository.name] = _apply_create(ctx.client("ecr"), repository)
+
+    def _replace_repository(self, ctx, change: Change, observed: EcrFacts) -> None:
+        """The encryption of a repository is fixed at creation: delete, then create."""
+        work: RepositoryWork = change.payload
         client = ctx.client("ecr")
-        if change.action == "delete":
-            unless_code(GONE, client.delete_repository, repositoryName=change.name, force=change.payload.force)
-            del observed.owned[change.name]
-            return
+        unless_code(GONE, client.delete_repository, repositoryName=work.repository.name, force=work.force)
+        observed.owned[work.repository.name] = _apply_create(client, work.repository)
+
+    def _update_repository(self, ctx, change: Change, observed: EcrFacts) -> None:
         work: RepositoryWork = change.payload
         repository = work.repository
-        if change.kind == "lifecycle_policy":
-            _put_lifecycle_policy(client, repository)
-            observed.owned[repository.name].lifecycle_policy = canonical_lifecycle_policy(repository.lifecycle_policy)
-        elif change.action == "update":
-            _apply_settings(client, work)
-            current = observed.owned[repository.name]
-            current.scan_on_push, current.tag_mutability = repository.scan_on_push, repository.tag_mutability
-            current.tags.update(work.tags_to_set)
-        else:  # create, or replace: the encryption of a repository is fixed at creation
-            if change.action == "replace":
-                unless_code(GONE, client.delete_repository, repositoryName=repository.name, force=work.force)
-            observed.owned[repository.name] = _apply_create(client, repository)
+        _apply_settings(ctx.client("ecr"), work, change.tags_to_set())
+        current = observed.owned[repository.name]
+        current.scan_on_push, current.tag_mutability = repository.scan_on_push, repository.tag_mutability
+        current.tags.update(change.tags_to_set())
+
+    def _delete_repository(self, ctx, change: Change, observed: EcrFacts) -> None:
+        work: DeleteWork = change.payload
+        unless_code(GONE, ctx.client("ecr").delete_repository, repositoryName=change.name, force=work.force)
+        del observed.owned[change.name]
+
+    def _set_lifecycle_policy(self, ctx, change: Change, observed: EcrFacts) -> None:
+        repository = change.payload.repository
+        _put_lifecycle_policy(ctx.client("ecr"), repository)
+        observed.owned[repository.name].lifecycle_policy = canonical_lifecycle_policy(repository.lifecycle_policy)
+
+    handlers = {
+        ("create", "repository"): _create_repository,
+        ("replace", "repository"): _replace_repository,
+        ("update", "repository"): _update_repository,
+        ("delete", "repository"): _delete_repository,
+        ("create", "lifecycle_policy"): _set_lifecycle_policy,
+        ("update", "lifecycle_policy"): _set_lifecycle_policy,
+    }
 
     # -- outputs and destroy ---------------------------------------------------------------
 
@@ -297,7 +310,7 @@ def _replace(repository: DesiredRepository, current: ObservedRepository) -> Chan
                   diffs=(FieldDiff("encryption", current.encryption, repository.encryption),),
                   calls=("ecr:DeleteRepository", "ecr:CreateRepository", "ecr:PutLifecyclePolicy"),
                   payload=RepositoryWork(repository=repository, arn=current.arn, force=current.holds_images),
-                  blocked="delete-data" if current.holds_images else None, note=note,
+                  blocked=DELETE_DATA if current.holds_images else None, note=note,
                   outage=f"a repository's name cannot exist twice: {repository.name} is deleted first, and "
                          "tasks cannot pull images until they are pushed again")
 
@@ -306,16 +319,14 @@ def _updates(repository: DesiredRepository, current: ObservedRepository) -> list
     changes = []
     work = RepositoryWork(
         repository=repository, arn=current.arn, scan_on_push=current.scan_on_push != repository.scan_on_push,
-        tag_mutability=current.tag_mutability != repository.tag_mutability,
-        tags_to_set=tagging.reconcile(current.tags, repository.tags))
+        tag_mutability=current.tag_mutability != repository.tag_mutability)
+    retag = tagging.tag_diffs(current.tags, repository.tags)  # our keys only: tags others added are no difference
     diffs = [FieldDiff(name, getattr(current, name), getattr(repository, name))
-             for name in ("scan_on_push", "tag_mutability") if getattr(work, name)]
-    if work.tags_to_set:  # our keys only: tags others added are no difference
-        diffs.append(FieldDiff("tags", {k: current.tags.get(k) for k in work.tags_to_set}, work.tags_to_set))
+             for name in ("scan_on_push", "tag_mutability") if getattr(work, name)] + list(retag)
     if diffs:
         calls = [call for needed, call in ((work.scan_on_push, "ecr:PutImageScanningConfiguration"),
                                            (work.tag_mutability, "ecr:PutImageTagMutability"),
-                                           (bool(work.tags_to_set), "ecr:TagResource")) if needed]
+                                           (bool(retag), "ecr:TagResource")) if needed]
         changes.append(Change("update", "repository", repository.name, diffs=tuple(diffs), calls=tuple(calls),
                               payload=work))
     wanted = canonical_lifecycle_policy(repository.lifecycle_policy)
@@ -336,7 +347,7 @@ def _delete(current: ObservedRepository, why: str) -> Change:
                          else "it holds no images")
     return Change("delete", "repository", current.name, calls=("ecr:DeleteRepository",),
                   payload=DeleteWork(force=current.holds_images),
-                  blocked="delete-data" if current.holds_images else None, note=note)
+                  blocked=DELETE_DATA if current.holds_images else None, note=note)
 
 
 # -- AWS helpers ---------------------------------------------------------------------------
@@ -387,15 +398,15 @@ def _put_lifecycle_policy(client, repository: DesiredRepository) -> None:
                                 lifecyclePolicyText=json.dumps(repository.lifecycle_policy))
 
 
-def _apply_settings(client, work: RepositoryWork) -> None:
+def _apply_settings(client, work: RepositoryWork, tags_to_set: dict[str, str]) -> None:
     repository = work.repository
     if work.scan_on_push:
         client.put_image_scanning_configuration(repositoryName=repository.name,
                                                 imageScanningConfiguration={"scanOnPush": repository.scan_on_push})
     if work.tag_mutability:
         client.put_image_tag_mutability(repositoryName=repository.name, imageTagMutability=repository.tag_mutability)
-    if work.tags_to_set:
-        client.tag_resource(resourceArn=work.arn, tags=tagging.tag_list(work.tags_to_set))
+    if tags_to_set:
+        client.tag_resource(resourceArn=work.arn, tags=tagging.tag_list(tags_to_set))
 
 
 def _encryption_of(item: dict) -> str:

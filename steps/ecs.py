@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from orchestrator import tags as tagging
 from orchestrator.aws import SEVERAL_SERVICES, error_code, unless_code
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
+from orchestrator.model import DELETE_DATA, KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
 from orchestrator.permissions import FIND_BY_TAG, allow, service_linked_role
 from orchestrator.retry import eventually
 from orchestrator.waiters import WaitFailed
@@ -31,7 +31,6 @@ def _linked_role_not_ready(error: Exception) -> bool:
     return error_code(error) == "InvalidParameterException" and "Unable to assume the service linked role" in str(error)
 
 CONTAINER_INSIGHTS = "containerInsights"
-DELETE_DATA = "delete-data"
 
 
 # --- desired ---------------------------------------------------------------------------------
@@ -337,10 +336,6 @@ class EcsStep(Step):
 
     # -- apply ------------------------------------------------------------------------------
 
-    def apply(self, ctx, change: Change, observed: EcsFacts) -> Accepted | None:
-        """Carry out one change; the handler is named after the change: `_create_cluster` …"""
-        return getattr(self, f"_{change.action}_{change.kind}")(ctx, change, observed)
-
     def _create_cluster(self, ctx, change: Change, observed: EcsFacts) -> None:
         cluster: Cluster = change.payload
         # In a fresh account ECS makes its service-linked role on the first cluster with capacity
@@ -466,6 +461,19 @@ class EcsStep(Step):
         ctx.pending.extend(self._delete_namespace(ctx, change, observed).waits)
         ctx.settle()
         return self._create_namespace(ctx, change, observed)
+
+    handlers = {
+        ("create", "cluster"): _create_cluster,
+        ("update", "cluster"): _update_cluster,
+        ("delete", "cluster"): _delete_cluster,
+        ("create", "log_group"): _create_log_group,
+        ("update", "log_group"): _update_log_group,
+        ("delete", "log_group"): _delete_log_group,
+        ("create", "namespace"): _create_namespace,
+        ("update", "namespace"): _update_namespace,
+        ("delete", "namespace"): _delete_namespace,
+        ("replace", "namespace"): _replace_namespace,
+    }
 
     # -- outputs and destroy ----------------------------------------------------------------
 

@@ -33,7 +33,8 @@ from botocore.exceptions import ClientError
 from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
+from orchestrator.model import (DELETE_DATA, KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields,
+                                is_unknown)
 from orchestrator.permissions import FIND_BY_TAG, allow, tagged_as_ours
 from orchestrator.waiters import WaitFailed
 from steps.vpc import usable_zones
@@ -131,17 +132,17 @@ class EfsFacts:
 
 def upstream_network(manifest, inputs) -> tuple[list[str], list[str], str]:
     """(zones, private subnet ids, efs security group id) from the vpc step, each value
-    KNOWN_AFTER_APPLY while the network is only planned."""
+    `Unknown` while the network is only planned."""
     zones = inputs.output("vpc", "zones")
-    if zones == KNOWN_AFTER_APPLY:
+    if is_unknown(zones):
         zones = usable_zones(manifest, inputs)
     subnets = inputs.output("vpc", "private_subnet_ids")
-    if subnets == KNOWN_AFTER_APPLY:
-        subnets = [KNOWN_AFTER_APPLY] * len(zones)
+    if is_unknown(subnets):
+        subnets = [subnets] * len(zones)
     groups = inputs.output("vpc", "security_groups")
     group = manifest.efs.security_group
-    if groups == KNOWN_AFTER_APPLY:
-        return list(zones), list(subnets), KNOWN_AFTER_APPLY
+    if is_unknown(groups):
+        return list(zones), list(subnets), groups
     if group not in groups:
         raise OrchestratorError(f"efs: security group {group!r} is not among the vpc step's security groups "
                                 f"({', '.join(sorted(groups))})")
@@ -149,10 +150,6 @@ def upstream_network(manifest, inputs) -> tuple[list[str], list[str], str]:
 
 
 # -- reading ----------------------------------------------------------------------------------
-
-
-def is_ours(tags: dict[str, str], app: str, env: str) -> bool:
-    return tagging.is_owned(tags, app, env, EfsStep.name)
 
 
 def normalized_tags(items) -> dict[str, str]:
@@ -188,12 +185,12 @@ def read_mount_target_groups(efs, mt_id: str) -> tuple[str, ...]:
     return tuple(sorted(efs.describe_mount_target_security_groups(MountTargetId=mt_id)["SecurityGroups"]))
 
 
-def read_access_points(efs, fs_id: str, app: str, env: str) -> list[ObservedAccessPoint]:
+def read_access_points(ctx, efs, fs_id: str) -> list[ObservedAccessPoint]:
     found = []
     for page in efs.get_paginator("describe_access_points").paginate(FileSystemId=fs_id):
         for item in page["AccessPoints"]:
             tags = normalized_tags(item.get("Tags"))
-            if not is_ours(tags, app, env) or item["LifeCycleState"] in ("deleting", "deleted"):
+            if not ctx.owns(tags) or item["LifeCycleState"] in ("deleting", "deleted"):
                 continue
             root = item.get("RootDirectory", {})
             info = root.get("CreationInfo", {})
@@ -300,8 +297,9 @@ def create_file_system(ctx, efs, desired: FileSystem) -> ObservedFileSystem:
     return dataclasses.replace(fs, name=desired.name)
 
 
-def delete_file_system(ctx, efs, fs: ObservedFileSystem) -> None:
-    """Access points, then mount targets (waiting until they are gone), then the file system."""
+def delete_file_system(ctx, efs, fs: ObservedFileSystem) -> Wait:
+    """Access points, then mount targets (waiting until they are gone), then the file system;
+    returns the wait until the file system is gone."""
     for ap in fs.access_points:
         delete_access_point(efs, ap.id)
     for mount_target in fs.mount_targets.values():
@@ -309,8 +307,8 @@ def delete_file_system(ctx, efs, fs: ObservedFileSystem) -> None:
     ctx.pending.extend(mount_target_gone(efs, mount_target.id, fs.name) for mount_target in fs.mount_targets.values())
     ctx.settle()
     unless_code({"FileSystemNotFound"}, efs.delete_file_system, FileSystemId=fs.id)
-    ctx.wait_for(gone(f"deletion of file system {fs.name} ({fs.id})",
-                      lambda: efs.describe_file_systems(FileSystemId=fs.id)["FileSystems"][0], "FileSystemNotFound"))
+    return gone(f"deletion of file system {fs.name} ({fs.id})",
+                lambda: efs.describe_file_systems(FileSystemId=fs.id)["FileSystems"][0], "FileSystemNotFound")
 
 
 def delete_access_point(efs, ap_id: str) -> None:
@@ -318,7 +316,7 @@ def delete_access_point(efs, ap_id: str) -> None:
 
 
 def require_known(mount_target: MountTarget) -> None:
-    if KNOWN_AFTER_APPLY in (mount_target.subnet_id, mount_target.security_group_id):
+    if is_unknown(mount_target.subnet_id) or is_unknown(mount_target.security_group_id):
         raise OrchestratorError(f"efs: mount target in {mount_target.zone} needs the private subnet and the efs "
                                 "security group from the vpc step, which are not known yet: apply vpc first")
 
@@ -363,6 +361,30 @@ def same_settings(desired: AccessPoint, found: ObservedAccessPoint) -> bool:
 
 
 @dataclass(frozen=True)
+class FileSystemReplacement:
+    """Payload of a file system's replace: the one to create, and the one it supersedes."""
+
+    fs: FileSystem
+    old: ObservedFileSystem
+
+
+@dataclass(frozen=True)
+class MountTargetWork:
+    """Payload of a mount target's replace or update: what the manifest wants, what AWS has."""
+
+    mt: MountTarget
+    found: ObservedMountTarget
+
+
+@dataclass(frozen=True)
+class AccessPointWork:
+    """Payload of an access point's replace or tag update: what the manifest wants, what AWS has."""
+
+    ap: AccessPoint
+    found: ObservedAccessPoint
+
+
+@dataclass(frozen=True)
 class EfsOutputs:
     file_system_id: str
     file_system_arn: str
@@ -404,10 +426,10 @@ class EfsStep(Step):
         for item in read_file_systems(efs, token, self._tagged_file_system_ids(ctx)):
             fs = observed_file_system(item)
             mine = item["CreationToken"] == token
-            if item["LifeCycleState"] in ("deleting", "deleted") or not (mine or is_ours(fs.tags, ctx.app, ctx.env)):
+            if item["LifeCycleState"] in ("deleting", "deleted") or not (mine or ctx.owns(fs.tags)):
                 continue
             fs.mount_targets, fs.access_points = ctx.each("efs", lambda read: read(), [
-                lambda: read_mount_targets(efs, fs.id), lambda: read_access_points(efs, fs.id, ctx.app, ctx.env)])
+                lambda: read_mount_targets(efs, fs.id), lambda: read_access_points(ctx, efs, fs.id)])
             facts.file_systems[fs.id] = fs
             if mine:
                 facts.current = fs.id
@@ -468,43 +490,43 @@ class EfsStep(Step):
     def plan(self, desired: EfsDesired, observed: EfsFacts, recorded: dict[str, dict]) -> list[Change]:
         current = observed.current_fs()
         if current is None:
-            changes = [self._create_fs(desired.file_system)] + self._new_fs_children(desired, recorded)
+            changes = [self._plan_create_fs(desired.file_system)] + self._new_fs_children(desired, recorded)
         elif diff_fields(desired.file_system, current, REPLACE_FIELDS):
-            changes = [self._replace_fs(desired.file_system, current)] + [
-                dataclasses.replace(change, blocked="delete-data", note=f"part of replacing file system {current.id}")
+            changes = [self._plan_replace_fs(desired.file_system, current)] + [
+                dataclasses.replace(change, blocked=DELETE_DATA, note=f"part of replacing file system {current.id}")
                 for change in self._new_fs_children(desired, recorded)]
         else:
-            changes = (self._update_fs(desired.file_system, current)
+            changes = (self._plan_update_fs(desired.file_system, current)
                        + self._lifecycle(desired, current.transition_to_ia)
                        + self._backups(desired, current.backups, recorded)
                        + self._mount_targets(desired, current)
                        + self._access_points(desired, current))
         leftovers = [fs for fs_id, fs in sorted(observed.file_systems.items()) if fs_id != observed.current]
-        return changes + [self._delete_fs(fs, leftover=True) for fs in leftovers]
+        return changes + [self._plan_delete_fs(fs, leftover=True) for fs in leftovers]
 
     def _new_fs_children(self, desired: EfsDesired, recorded: dict[str, dict]) -> list[Change]:
         """What a new file system needs after its create."""
         return (self._lifecycle(desired, None) + self._backups(desired, None, recorded)
-                + [self._create_mount_target(mt) for mt in desired.mount_targets]
-                + [self._create_access_point(ap) for ap in desired.access_points])
+                + [self._plan_create_mount_target(mt) for mt in desired.mount_targets]
+                + [self._plan_create_access_point(ap) for ap in desired.access_points])
 
     @staticmethod
-    def _create_fs(fs: FileSystem) -> Change:
+    def _plan_create_fs(fs: FileSystem) -> Change:
         diffs = tuple(FieldDiff(name, None, getattr(fs, name))
                       for name in ("performance_mode", "throughput_mode", "encrypted"))
         return Change("create", "file_system", fs.name, diffs=diffs, calls=("efs:CreateFileSystem",), payload=fs)
 
     @staticmethod
-    def _replace_fs(fs: FileSystem, current: ObservedFileSystem) -> Change:
+    def _plan_replace_fs(fs: FileSystem, current: ObservedFileSystem) -> Change:
         return Change("replace", "file_system", fs.name, diffs=diff_fields(fs, current, REPLACE_FIELDS),
                       calls=("efs:DeleteAccessPoint", "efs:DeleteMountTarget", "efs:DeleteFileSystem",
                              "efs:CreateFileSystem"),
-                      payload=(fs, current), blocked="delete-data",
+                      payload=FileSystemReplacement(fs, current), blocked=DELETE_DATA,
                       note=f"file system {current.id}: {', '.join(REPLACE_FIELDS)} cannot change in place; "
                            "replacing it deletes its data (pass --delete-data to allow)")
 
     @staticmethod
-    def _update_fs(fs: FileSystem, current: ObservedFileSystem) -> list[Change]:
+    def _plan_update_fs(fs: FileSystem, current: ObservedFileSystem) -> list[Change]:
         throughput = diff_fields(fs, current, ("throughput_mode",))
         tags = tagging.tag_diffs(current.tags, fs.tags)
         if not throughput + tags:
@@ -538,7 +560,7 @@ class EfsStep(Step):
                        calls=("efs:PutBackupPolicy",), payload=status, record={"enabled": status == "ENABLED"})]
 
     @staticmethod
-    def _create_mount_target(mt: MountTarget) -> Change:
+    def _plan_create_mount_target(mt: MountTarget) -> Change:
         return Change("create", "mount_target", mt.zone,
                       diffs=(FieldDiff("subnet_id", None, mt.subnet_id),
                              FieldDiff("security_groups", None, [mt.security_group_id])),
@@ -552,30 +574,30 @@ class EfsStep(Step):
         for mt in desired.mount_targets:
             found = fs.mount_targets.get(mt.zone)
             if found is None:
-                changes.append(self._create_mount_target(mt))
+                changes.append(self._plan_create_mount_target(mt))
             elif found.subnet_id != mt.subnet_id:
                 changes.append(Change("replace", "mount_target", mt.zone,
                                       diffs=(FieldDiff("subnet_id", found.subnet_id, mt.subnet_id),),
                                       calls=("efs:DeleteMountTarget", "efs:CreateMountTarget"),
-                                      payload=(mt, found), note=f"mount target {found.id}: the subnet cannot change",
+                                      payload=MountTargetWork(mt, found), note=f"mount target {found.id}: the subnet cannot change",
                                       outage=f"a zone holds one mount target: tasks in {mt.zone} cannot mount the "
                                              "file system until the new one is available"))
             elif found.state != "available":
                 # Its security groups cannot be read yet: wait for it, then check them.
                 changes.append(Change("update", "mount_target", mt.zone,
-                                      diffs=(FieldDiff("state", found.state, "available"),), payload=(mt, found),
+                                      diffs=(FieldDiff("state", found.state, "available"),), payload=MountTargetWork(mt, found),
                                       note=f"mount target {found.id}: wait until it is available, then check its "
                                            "security groups"))
             elif found.security_groups != (mt.security_group_id,):
                 changes.append(Change("update", "mount_target", mt.zone,
                                       diffs=(FieldDiff("security_groups", list(found.security_groups),
                                                        [mt.security_group_id]),),
-                                      calls=("efs:ModifyMountTargetSecurityGroups",), payload=(mt, found),
+                                      calls=("efs:ModifyMountTargetSecurityGroups",), payload=MountTargetWork(mt, found),
                                       note=f"mount target {found.id}"))
         return changes
 
     @staticmethod
-    def _create_access_point(ap: AccessPoint) -> Change:
+    def _plan_create_access_point(ap: AccessPoint) -> Change:
         return Change("create", "access_point", ap.key, diffs=(FieldDiff("settings", None, settings_text(ap)),),
                       calls=("efs:CreateAccessPoint",), payload=ap)
 
@@ -594,124 +616,114 @@ class EfsStep(Step):
                 changes.append(Change(
                     "replace", "access_point", ap.key,
                     diffs=(FieldDiff("settings", settings_text(old), settings_text(ap)),),
-                    calls=("efs:CreateAccessPoint",), payload=(ap, old),
+                    calls=("efs:CreateAccessPoint",), payload=AccessPointWork(ap, old),
                     note=f"access point {old.id}: access points cannot change, so a new one replaces it"))
-                changes.append(self._delete_access_point(old, ap.key, "replaced"))
+                changes.append(self._plan_delete_access_point(old, ap.key, "replaced"))
                 keep = old
             elif keep is None:
-                changes.append(self._create_access_point(ap))
+                changes.append(self._plan_create_access_point(ap))
             elif tagging.reconcile(keep.tags, ap.tags):
                 changes.append(Change("update", "access_point", ap.key, diffs=tagging.tag_diffs(keep.tags, ap.tags),
-                                      calls=("efs:TagResource",), payload=(ap, keep), note=f"access point {keep.id}"))
-            changes += [self._delete_access_point(found, ap.key, "a duplicate")
+                                      calls=("efs:TagResource",), payload=AccessPointWork(ap, keep), note=f"access point {keep.id}"))
+            changes += [self._plan_delete_access_point(found, ap.key, "a duplicate")
                         for found in candidates if found is not keep]
         for name, leftovers in sorted(by_name.items()):
             key = name.removeprefix(f"{desired.prefix}-")
-            changes += [self._delete_access_point(found, key, "no longer in the manifest") for found in leftovers]
+            changes += [self._plan_delete_access_point(found, key, "no longer in the manifest") for found in leftovers]
         return changes
 
     @staticmethod
-    def _delete_access_point(found: ObservedAccessPoint, key: str, why: str, retire: bool = True) -> Change:
+    def _plan_delete_access_point(found: ObservedAccessPoint, key: str, why: str, retire: bool = True) -> Change:
         """`retire`: during an apply, the services step (whose tasks mount it) moves off it first."""
         return Change("delete", "access_point", key, calls=("efs:DeleteAccessPoint",), payload=found, retire=retire,
                       note=f"access point {found.id} is {why}; the files stay in the file system")
 
     @staticmethod
-    def _delete_fs(fs: ObservedFileSystem, leftover: bool = False) -> Change:
+    def _plan_delete_fs(fs: ObservedFileSystem, leftover: bool = False) -> Change:
         """A leftover goes with its mount targets; on destroy they are changes of their own before it."""
         why = "is not the platform's file system any more; " if leftover else ""
         holds = (f"{len(fs.mount_targets)} mount target(s) and " if leftover else "") + \
             f"{len(fs.access_points)} access point(s)"
         return Change("delete", "file_system", fs.name or fs.id,
                       calls=("efs:DeleteAccessPoint", "efs:DeleteMountTarget", "efs:DeleteFileSystem"),
-                      payload=fs, blocked="delete-data",
+                      payload=fs, blocked=DELETE_DATA,
                       note=f"file system {fs.id} {why}with {holds}; deleting it deletes its data "
                            "(pass --delete-data to allow)")
 
     # -- apply --------------------------------------------------------------------------------
 
-    def apply(self, ctx, change: Change, observed: EfsFacts) -> Accepted | None:
-        efs = ctx.client("efs")
-        handler = {
-            ("create", "file_system"): self._apply_create_fs,
-            ("replace", "file_system"): self._apply_replace_fs,
-            ("update", "file_system"): self._apply_update_fs,
-            ("delete", "file_system"): self._apply_delete_fs,
-            ("update", "lifecycle"): self._apply_lifecycle,
-            ("update", "backup_policy"): self._apply_backups,
-            ("create", "mount_target"): self._apply_create_mount_target,
-            ("replace", "mount_target"): self._apply_replace_mount_target,
-            ("update", "mount_target"): self._apply_update_mount_target,
-            ("delete", "mount_target"): self._apply_delete_mount_target,
-            ("create", "access_point"): self._apply_create_access_point,
-            ("replace", "access_point"): self._apply_replace_access_point,
-            ("update", "access_point"): self._apply_access_point_tags,
-            ("delete", "access_point"): self._apply_delete_access_point,
-        }[(change.action, change.kind)]
-        wait = handler(ctx, efs, change.payload, observed)
-        return Accepted(waits=(wait,)) if wait else None
+    def _create_file_system(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
+        fs: FileSystem = change.payload
+        return Accepted(waits=(self._make_file_system(ctx, fs, observed),))
 
     @staticmethod
-    def _apply_create_fs(ctx, efs, fs: FileSystem, observed: EfsFacts) -> Wait:
+    def _make_file_system(ctx, fs: FileSystem, observed: EfsFacts) -> Wait:
+        efs = ctx.client("efs")
         created = create_file_system(ctx, efs, fs)
         observed.file_systems[created.id] = created
         observed.current = created.id
         return fs_available(efs, created, fs.name)
 
-    @staticmethod
-    def _apply_replace_fs(ctx, efs, payload, observed: EfsFacts) -> Wait:
-        fs, old = payload
-        delete_file_system(ctx, efs, old)
-        del observed.file_systems[old.id]
-        return EfsStep._apply_create_fs(ctx, efs, fs, observed)
+    def _replace_file_system(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
+        work: FileSystemReplacement = change.payload
+        # Gone before the create: the new one's creation token would find the old one.
+        ctx.wait_for(delete_file_system(ctx, ctx.client("efs"), work.old))
+        del observed.file_systems[work.old.id]
+        return Accepted(waits=(self._make_file_system(ctx, work.fs, observed),))
 
-    @staticmethod
-    def _apply_update_fs(ctx, efs, fs: FileSystem, observed: EfsFacts) -> Wait | None:
+    def _update_file_system(self, ctx, change: Change, observed: EfsFacts) -> Accepted | None:
+        fs: FileSystem = change.payload
+        efs = ctx.client("efs")
         current = available_fs(ctx, efs, observed)
         current.tags = sync_tags(efs, current.id, current.tags, fs.tags)
         if current.throughput_mode == fs.throughput_mode:
             return None
         efs.update_file_system(FileSystemId=current.id, ThroughputMode=fs.throughput_mode)
         current.throughput_mode, current.state = fs.throughput_mode, "updating"
-        return fs_available(efs, current, fs.name)
+        return Accepted(waits=(fs_available(efs, current, fs.name),))
 
-    @staticmethod
-    def _apply_delete_fs(ctx, efs, fs: ObservedFileSystem, observed: EfsFacts) -> None:
-        delete_file_system(ctx, efs, fs)
+    def _delete_file_system(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
+        fs: ObservedFileSystem = change.payload
+        wait = delete_file_system(ctx, ctx.client("efs"), fs)
         observed.file_systems.pop(fs.id, None)
         if observed.current == fs.id:
             observed.current = None
+        return Accepted(waits=(wait,))
 
-    @staticmethod
-    def _apply_lifecycle(ctx, efs, transition: str | None, observed: EfsFacts) -> None:
+    def _update_lifecycle(self, ctx, change: Change, observed: EfsFacts) -> None:
+        transition: str | None = change.payload
+        efs = ctx.client("efs")
         current = available_fs(ctx, efs, observed)
         policies = [{"TransitionToIA": transition}] if transition else []
         efs.put_lifecycle_configuration(FileSystemId=current.id, LifecyclePolicies=policies)
         current.transition_to_ia = transition
 
-    @staticmethod
-    def _apply_backups(ctx, efs, status: str, observed: EfsFacts) -> None:
+    def _update_backup_policy(self, ctx, change: Change, observed: EfsFacts) -> None:
+        status: str = change.payload
+        efs = ctx.client("efs")
         current = available_fs(ctx, efs, observed)
         efs.put_backup_policy(FileSystemId=current.id, BackupPolicy={"Status": status})
         current.backups = status
 
-    @staticmethod
-    def _apply_create_mount_target(ctx, efs, mt: MountTarget, observed: EfsFacts) -> Wait:
-        return create_mount_target(efs, available_fs(ctx, efs, observed), mt)
+    def _create_mount_target(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
+        mt: MountTarget = change.payload
+        efs = ctx.client("efs")
+        return Accepted(waits=(create_mount_target(efs, available_fs(ctx, efs, observed), mt),))
 
-    @staticmethod
-    def _apply_replace_mount_target(ctx, efs, payload, observed: EfsFacts) -> Wait:
+    def _replace_mount_target(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
         """Delete first (see the plan's outage): a zone holds one mount target of a file system."""
-        mt, old = payload
-        require_known(mt)
-        ctx.wait_for(EfsStep._apply_delete_mount_target(ctx, efs, old, observed))
-        return create_mount_target(efs, available_fs(ctx, efs, observed), mt)
+        work: MountTargetWork = change.payload
+        require_known(work.mt)
+        efs = ctx.client("efs")
+        ctx.wait_for(self._remove_mount_target(efs, work.found, observed))
+        return Accepted(waits=(create_mount_target(efs, available_fs(ctx, efs, observed), work.mt),))
 
-    @staticmethod
-    def _apply_update_mount_target(ctx, efs, payload, observed: EfsFacts) -> None:
+    def _update_mount_target(self, ctx, change: Change, observed: EfsFacts) -> None:
         """Wait for one an interrupted run left `creating` (then read its groups); put the groups right."""
-        mt, found = payload
+        work: MountTargetWork = change.payload
+        mt, found = work.mt, work.found
         require_known(mt)
+        efs = ctx.client("efs")
         if found.state != "available":
             ctx.wait_for(mount_target_available(efs, found.id, observed.current_fs().name, found.zone))
             found.state = "available"
@@ -720,33 +732,55 @@ class EfsStep(Step):
             efs.modify_mount_target_security_groups(MountTargetId=found.id, SecurityGroups=[mt.security_group_id])
             found.security_groups = (mt.security_group_id,)
 
+    def _delete_mount_target(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
+        found: ObservedMountTarget = change.payload
+        return Accepted(waits=(self._remove_mount_target(ctx.client("efs"), found, observed),))
+
     @staticmethod
-    def _apply_delete_mount_target(ctx, efs, found: ObservedMountTarget, observed: EfsFacts) -> Wait:
+    def _remove_mount_target(efs, found: ObservedMountTarget, observed: EfsFacts) -> Wait:
         fs = next(fs for fs in observed.file_systems.values() if found in fs.mount_targets.values())
         unless_code({"MountTargetNotFound"}, efs.delete_mount_target, MountTargetId=found.id)
         fs.mount_targets.pop(found.zone, None)
         return mount_target_gone(efs, found.id, fs.name)
 
-    @staticmethod
-    def _apply_create_access_point(ctx, efs, ap: AccessPoint, observed: EfsFacts) -> Wait:
-        return create_access_point(ctx, efs, available_fs(ctx, efs, observed), ap)
+    def _create_access_point(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
+        ap: AccessPoint = change.payload
+        efs = ctx.client("efs")
+        return Accepted(waits=(create_access_point(ctx, efs, available_fs(ctx, efs, observed), ap),))
 
-    @staticmethod
-    def _apply_replace_access_point(ctx, efs, payload, observed: EfsFacts) -> Wait:
+    def _replace_access_point(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
         """The new one; the old one is retired by its own change once the services moved to it."""
-        ap, _old = payload
-        return create_access_point(ctx, efs, available_fs(ctx, efs, observed), ap)
+        work: AccessPointWork = change.payload
+        efs = ctx.client("efs")
+        return Accepted(waits=(create_access_point(ctx, efs, available_fs(ctx, efs, observed), work.ap),))
 
-    @staticmethod
-    def _apply_access_point_tags(ctx, efs, payload, observed: EfsFacts) -> None:
-        ap, found = payload
-        found.tags = sync_tags(efs, found.id, found.tags, ap.tags)
+    def _update_access_point(self, ctx, change: Change, observed: EfsFacts) -> None:
+        """Only its tags: an access point's settings cannot change (a change replaces it)."""
+        work: AccessPointWork = change.payload
+        work.found.tags = sync_tags(ctx.client("efs"), work.found.id, work.found.tags, work.ap.tags)
 
-    @staticmethod
-    def _apply_delete_access_point(ctx, efs, found: ObservedAccessPoint, observed: EfsFacts) -> None:
-        delete_access_point(efs, found.id)
+    def _delete_access_point(self, ctx, change: Change, observed: EfsFacts) -> None:
+        found: ObservedAccessPoint = change.payload
+        delete_access_point(ctx.client("efs"), found.id)
         fs = observed.current_fs()
         fs.access_points = [ap for ap in fs.access_points if ap.id != found.id]
+
+    handlers = {
+        ("create", "file_system"): _create_file_system,
+        ("replace", "file_system"): _replace_file_system,
+        ("update", "file_system"): _update_file_system,
+        ("delete", "file_system"): _delete_file_system,
+        ("update", "lifecycle"): _update_lifecycle,
+        ("update", "backup_policy"): _update_backup_policy,
+        ("create", "mount_target"): _create_mount_target,
+        ("replace", "mount_target"): _replace_mount_target,
+        ("update", "mount_target"): _update_mount_target,
+        ("delete", "mount_target"): _delete_mount_target,
+        ("create", "access_point"): _create_access_point,
+        ("replace", "access_point"): _replace_access_point,
+        ("update", "access_point"): _update_access_point,
+        ("delete", "access_point"): _delete_access_point,
+    }
 
     # -- outputs and destroy --------------------------------------------------------------------
 
@@ -772,7 +806,7 @@ class EfsStep(Step):
             changes += [Change("delete", "mount_target", zone, calls=("efs:DeleteMountTarget",), payload=found,
                                note=f"mount target {found.id} of {fs.id}; the file system's data is not touched")
                         for zone, found in sorted(fs.mount_targets.items())]
-            changes.append(self._delete_fs(fs))
+            changes.append(self._plan_delete_fs(fs))
         return changes
 
 

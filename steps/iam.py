@@ -26,7 +26,7 @@ from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator import waiters
-from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait
+from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, is_unknown
 from orchestrator.permissions import allow
 
 EXECUTION = "execution"
@@ -50,6 +50,11 @@ def _propagation(role: str) -> Wait:
         return (True, "given time to reach ECS") if left <= 0 else (False, f"{left:.0f}s of IAM propagation left")
 
     return Wait(f"IAM change to role {role} to reach ECS", check, timeout=IAM_PROPAGATION_SECONDS + 60)
+
+
+def _propagated(role: str) -> Accepted:
+    """A change to `role` AWS accepted, settled once IAM has had time to show it to ECS."""
+    return Accepted(waits=(_propagation(role),))
 
 
 def ensure_service_linked_role(ctx, service: str) -> None:
@@ -109,7 +114,6 @@ class RoleWork:
     role: DesiredRole
     trust_policy: bool = False
     description: bool = False
-    tags_to_set: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -309,7 +313,7 @@ class IamStep(Step):
                 return None
             role = found["Role"]
             tags = tagging.tag_dict(role.get("Tags"))  # GetRole returns every tag (the key is absent: none)
-            if not tagging.is_owned(tags, desired.app, desired.env, self.name):
+            if not ctx.owns(tags):
                 return name
             return ObservedRole(
                 name=name, arn=role["Arn"], trust_policy=normalise_policy(role["AssumeRolePolicyDocument"]),
@@ -367,45 +371,58 @@ class IamStep(Step):
 
     # -- apply -----------------------------------------------------------------------------
 
-    def apply(self, ctx, change: Change, observed: IamFacts) -> Accepted | None:
-        """The change; any but a delete is waited on until IAM has had time to show it to ECS."""
-        self._apply_change(ctx, ctx.client("iam"), change, observed)
-        if change.action == "delete":
-            return None
-        role = change.name if change.kind == "role" else change.payload.role
-        return Accepted(waits=(_propagation(role),))
+    # Every change but a delete is settled once IAM has had time to show it to ECS (`_propagated`).
 
-    def _apply_change(self, ctx, client, change: Change, observed: IamFacts) -> None:
-        if change.kind == "role":
-            self._apply_role(ctx, client, change, observed)
-            return
+    def _create_role(self, ctx, change: Change, observed: IamFacts) -> Accepted:
+        work: RoleWork = change.payload
+        self._create_or_adopt_role(ctx, ctx.client("iam"), work.role, observed)
+        return _propagated(work.role.name)
+
+    def _update_role(self, ctx, change: Change, observed: IamFacts) -> Accepted:
+        work: RoleWork = change.payload
+        self._update_role_settings(ctx.client("iam"), change, observed)
+        return _propagated(work.role.name)
+
+    def _delete_role(self, ctx, change: Change, observed: IamFacts) -> None:
+        unless_code(GONE, ctx.client("iam").delete_role, RoleName=change.name)
+        del observed.owned[change.name]
+
+    def _put_inline_policy(self, ctx, change: Change, observed: IamFacts) -> Accepted:
         work: PolicyWork = change.payload
-        current = observed.owned[work.role]
-        if change.kind == "inline_policy" and change.action == "delete":
-            unless_code(GONE, client.delete_role_policy, RoleName=work.role, PolicyName=work.policy)
-            del current.inline_policies[work.policy]
-        elif change.kind == "inline_policy":
-            text = json.dumps(work.document)
-            if KNOWN_AFTER_APPLY in text:
-                raise OrchestratorError(f"inline policy {work.policy} of IAM role {work.role} refers to values not "
-                                        "known yet; apply the secrets and storage steps first")
-            client.put_role_policy(RoleName=work.role, PolicyName=work.policy, PolicyDocument=text)
-            current.inline_policies[work.policy] = normalise_policy(work.document)
-        elif change.action == "delete":
-            unless_code(GONE, client.detach_role_policy, RoleName=work.role, PolicyArn=work.policy)
-            current.managed_policies.discard(work.policy)
-        else:
-            client.attach_role_policy(RoleName=work.role, PolicyArn=work.policy)
-            current.managed_policies.add(work.policy)
+        text = json.dumps(work.document)
+        if is_unknown(text):
+            raise OrchestratorError(f"inline policy {work.policy} of IAM role {work.role} refers to values not "
+                                    "known yet; apply the secrets and storage steps first")
+        ctx.client("iam").put_role_policy(RoleName=work.role, PolicyName=work.policy, PolicyDocument=text)
+        observed.owned[work.role].inline_policies[work.policy] = normalise_policy(work.document)
+        return _propagated(work.role)
 
-    def _apply_role(self, ctx, client, change: Change, observed: IamFacts) -> None:
-        if change.action == "delete":
-            unless_code(GONE, client.delete_role, RoleName=change.name)
-            del observed.owned[change.name]
-        elif change.action == "create":
-            self._create_or_adopt_role(ctx, client, change.payload.role, observed)
-        else:
-            self._update_role_settings(client, change.payload, observed)
+    def _delete_inline_policy(self, ctx, change: Change, observed: IamFacts) -> None:
+        work: PolicyWork = change.payload
+        unless_code(GONE, ctx.client("iam").delete_role_policy, RoleName=work.role, PolicyName=work.policy)
+        del observed.owned[work.role].inline_policies[work.policy]
+
+    def _attach_managed_policy(self, ctx, change: Change, observed: IamFacts) -> Accepted:
+        work: PolicyWork = change.payload
+        ctx.client("iam").attach_role_policy(RoleName=work.role, PolicyArn=work.policy)
+        observed.owned[work.role].managed_policies.add(work.policy)
+        return _propagated(work.role)
+
+    def _detach_managed_policy(self, ctx, change: Change, observed: IamFacts) -> None:
+        work: PolicyWork = change.payload
+        unless_code(GONE, ctx.client("iam").detach_role_policy, RoleName=work.role, PolicyArn=work.policy)
+        observed.owned[work.role].managed_policies.discard(work.policy)
+
+    handlers = {
+        ("create", "role"): _create_role,
+        ("update", "role"): _update_role,
+        ("delete", "role"): _delete_role,
+        ("create", "inline_policy"): _put_inline_policy,
+        ("update", "inline_policy"): _put_inline_policy,
+        ("delete", "inline_policy"): _delete_inline_policy,
+        ("create", "managed_policy"): _attach_managed_policy,
+        ("delete", "managed_policy"): _detach_managed_policy,
+    }
 
     def _create_or_adopt_role(self, ctx, client, role: DesiredRole, observed: IamFacts) -> None:
         try:
@@ -436,17 +453,18 @@ class IamStep(Step):
         observed.owned[role.name] = current
         settings = _role_settings(role, current, {"description": found.get("Description", "")})
         if settings is not None:
-            self._update_role_settings(client, settings.payload, observed)
+            self._update_role_settings(client, settings, observed)
 
     @staticmethod
-    def _update_role_settings(client, work: RoleWork, observed: IamFacts) -> None:
-        role = work.role
+    def _update_role_settings(client, change: Change, observed: IamFacts) -> None:
+        work: RoleWork = change.payload
+        role, tags_to_set = work.role, change.tags_to_set()
         if work.trust_policy:
             client.update_assume_role_policy(RoleName=role.name, PolicyDocument=json.dumps(role.trust_policy))
         if work.description:
             client.update_role(RoleName=role.name, Description=role.description)
-        if work.tags_to_set:
-            client.tag_role(RoleName=role.name, Tags=tagging.tag_list(work.tags_to_set))
+        if tags_to_set:
+            client.tag_role(RoleName=role.name, Tags=tagging.tag_list(tags_to_set))
         current = observed.owned[role.name]
         current.trust_policy, current.tags = normalise_policy(role.trust_policy), {**current.tags, **role.tags}
 
@@ -521,20 +539,19 @@ def _role_settings(role: DesiredRole, current: ObservedRole, recorded: dict | No
     read does not return) with what the last apply recorded. Tags others added stay."""
     work = RoleWork(
         role=role, trust_policy=current.trust_policy != normalise_policy(role.trust_policy),
-        description=recorded is not None and recorded.get("description") != role.description,
-        tags_to_set=tagging.reconcile(current.tags, role.tags))
+        description=recorded is not None and recorded.get("description") != role.description)
+    retag = tagging.tag_diffs(current.tags, role.tags)
     diffs = []
     if work.trust_policy:
         diffs.append(FieldDiff("trust_policy", current.trust_policy, normalise_policy(role.trust_policy)))
     if work.description:
         diffs.append(FieldDiff("description", recorded.get("description"), role.description))
-    if work.tags_to_set:
-        diffs.append(FieldDiff("tags", {k: current.tags.get(k) for k in work.tags_to_set}, work.tags_to_set))
+    diffs += retag
     if not diffs:
         return None
     calls = [call for needed, call in ((work.trust_policy, "iam:UpdateAssumeRolePolicy"),
                                        (work.description, "iam:UpdateRole"),
-                                       (bool(work.tags_to_set), "iam:TagRole")) if needed]
+                                       (bool(retag), "iam:TagRole")) if needed]
     return Change("update", "role", role.name, diffs=tuple(diffs), calls=tuple(calls), payload=work,
                   record={"description": role.description})
 

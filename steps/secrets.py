@@ -18,7 +18,7 @@ from pathlib import Path
 from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import KNOWN_AFTER_APPLY, SENSITIVE, Change, FieldDiff, Step
+from orchestrator.model import DELETE_SECRETS, KNOWN_AFTER_APPLY, SENSITIVE, Change, FieldDiff, Step
 from orchestrator.permissions import allow
 
 #: BatchGetSecretValue takes at most this many secret ids per call.
@@ -87,8 +87,15 @@ class SecretWork:
     arn: str = ""
     restore: bool = False
     description: bool = False
-    tags_to_set: dict[str, str] = field(default_factory=dict)
     put_value: bool = False
+
+
+@dataclass(frozen=True)
+class SecretDeletion:
+    """A secret to schedule for deletion, recoverable for the window's days."""
+
+    arn: str
+    recovery_window_days: int
 
 
 class SourceUnavailable(OrchestratorError):
@@ -170,7 +177,7 @@ class SecretsStep(Step):
         for item in self._list_under_prefix(client, desired.prefix):
             key = item["Name"][len(desired.prefix):]
             secret = _observed(item)
-            if self._owns(secret.tags, desired):
+            if ctx.owns(secret.tags):
                 facts.owned[key] = secret
             elif key in desired.secrets:
                 facts.foreign[key] = secret
@@ -186,9 +193,6 @@ class SecretsStep(Step):
         pages = client.get_paginator("list_secrets").paginate(
             Filters=[{"Key": "name", "Values": [prefix]}], IncludePlannedDeletion=True)
         return [item for page in pages for item in page["SecretList"] if item["Name"].startswith(prefix)]
-
-    def _owns(self, tags: dict[str, str], desired: SecretsDesired) -> bool:
-        return tagging.is_owned(tags, desired.app, desired.env, self.name)
 
     @staticmethod
     def _read_sources(ctx, desired: SecretsDesired, facts: SecretsFacts) -> dict[str, str]:
@@ -289,7 +293,7 @@ class SecretsStep(Step):
         put_value = secret.source != "generate" and source_readable
         work = self._settings_work(secret, current, restore=True, put_value=put_value)
         diffs = self._settings_diffs(work, current)
-        calls = ("secretsmanager:RestoreSecret",) + self._settings_calls(work)
+        calls = ("secretsmanager:RestoreSecret",) + self._settings_calls(work, diffs)
         if put_value:
             diffs += (FieldDiff("value", SENSITIVE, SENSITIVE, sensitive=True),)
         note = "restores the secret scheduled for deletion; " + (
@@ -305,8 +309,8 @@ class SecretsStep(Step):
         if not diffs:
             return None
         note = f"value will change (from {secret.source_label()})" if work.put_value else ""
-        return Change("update", "secret", secret.key, diffs=diffs, calls=self._settings_calls(work), payload=work,
-                      record=self._record(secret), note=note)
+        return Change("update", "secret", secret.key, diffs=diffs, calls=self._settings_calls(work, diffs),
+                      payload=work, record=self._record(secret), note=note)
 
     @staticmethod
     def _settings_work(secret: DesiredSecret, current: ObservedSecret, *, restore: bool = False,
@@ -314,43 +318,49 @@ class SecretsStep(Step):
         """Only our tag keys are managed: tags others added (cost allocation, compliance) stay."""
         return SecretWork(
             secret=secret, arn=current.arn, restore=restore, description=current.description != secret.description,
-            tags_to_set=tagging.reconcile(current.tags, secret.tags), put_value=put_value)
+            put_value=put_value)
 
     @staticmethod
     def _settings_diffs(work: SecretWork, current: ObservedSecret) -> tuple[FieldDiff, ...]:
         diffs = []
         if work.description:
             diffs.append(FieldDiff("description", current.description, work.secret.description))
-        if work.tags_to_set:
-            diffs.append(FieldDiff("tags", {k: current.tags.get(k) for k in work.tags_to_set}, work.tags_to_set))
-        return tuple(diffs)
+        return tuple(diffs) + tagging.tag_diffs(current.tags, work.secret.tags)
 
     @staticmethod
-    def _settings_calls(work: SecretWork) -> tuple[str, ...]:
+    def _settings_calls(work: SecretWork, diffs: tuple[FieldDiff, ...]) -> tuple[str, ...]:
         wanted = [(work.description, "secretsmanager:UpdateSecret"),
-                  (bool(work.tags_to_set), "secretsmanager:TagResource"),
+                  (any(diff.field == "tags" for diff in diffs), "secretsmanager:TagResource"),
                   (work.put_value, "secretsmanager:PutSecretValue")]
         return tuple(call for needed, call in wanted if needed)
 
     @staticmethod
     def _delete(key: str, current: ObservedSecret, window: int, why: str) -> Change:
         return Change("delete", "secret", key, calls=("secretsmanager:DeleteSecret",),
-                      payload=(current.arn, window), blocked="delete-secrets",
+                      payload=SecretDeletion(current.arn, window), blocked=DELETE_SECRETS,
                       note=f"{why}: schedules deletion of {current.name} with a {window}-day recovery window; "
                            "needs --delete-secrets")
 
     # -- apply -----------------------------------------------------------------------------
 
-    def apply(self, ctx, change: Change, observed: SecretsFacts) -> None:
-        client = ctx.client("secretsmanager")
-        if change.action == "delete":
-            arn, window = change.payload
-            unless_code({"ResourceNotFoundException"}, client.delete_secret, SecretId=arn, RecoveryWindowInDays=window)
-            observed.owned[change.name].deleted = True
-        elif change.action == "create":
-            self._apply_create(ctx, client, change.payload.secret, observed)
-        else:
-            self._apply_update(ctx, client, change.payload, observed)
+    def _create_secret(self, ctx, change: Change, observed: SecretsFacts) -> None:
+        work: SecretWork = change.payload
+        self._apply_create(ctx, ctx.client("secretsmanager"), work.secret, observed)
+
+    def _update_secret(self, ctx, change: Change, observed: SecretsFacts) -> None:
+        self._apply_update(ctx, ctx.client("secretsmanager"), change, observed)
+
+    def _delete_secret(self, ctx, change: Change, observed: SecretsFacts) -> None:
+        deletion: SecretDeletion = change.payload
+        unless_code({"ResourceNotFoundException"}, ctx.client("secretsmanager").delete_secret,
+                    SecretId=deletion.arn, RecoveryWindowInDays=deletion.recovery_window_days)
+        observed.owned[change.name].deleted = True
+
+    handlers = {
+        ("create", "secret"): _create_secret,
+        ("update", "secret"): _update_secret,
+        ("delete", "secret"): _delete_secret,
+    }
 
     def _apply_create(self, ctx, client, secret: DesiredSecret, observed: SecretsFacts) -> None:
         value = ctx.secret(generate_value(secret.length) if secret.source == "generate" else read_source(secret))
@@ -389,18 +399,20 @@ class SecretsStep(Step):
                 current.value = "same" if stored == value else "differs"
             change = self._update(secret, current)
         if change is not None:
-            self._apply_update(ctx, client, change.payload, observed)
+            self._apply_update(ctx, client, change, observed)
 
     @staticmethod
-    def _apply_update(ctx, client, work: SecretWork, observed: SecretsFacts) -> None:
+    def _apply_update(ctx, client, change: Change, observed: SecretsFacts) -> None:
+        work: SecretWork = change.payload
+        tags_to_set = change.tags_to_set()
         secret, current = work.secret, observed.owned[work.secret.key]
         if work.restore:
             client.restore_secret(SecretId=work.arn)
             current.deleted = False
         if work.description:
             client.update_secret(SecretId=work.arn, Description=secret.description)
-        if work.tags_to_set:
-            client.tag_resource(SecretId=work.arn, Tags=tagging.tag_list(work.tags_to_set))
+        if tags_to_set:
+            client.tag_resource(SecretId=work.arn, Tags=tagging.tag_list(tags_to_set))
         if work.put_value:
             # A fresh token per write: observe has already established that the value differs.
             written = client.put_secret_value(SecretId=work.arn, SecretString=ctx.secret(read_source(secret)),

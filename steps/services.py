@@ -190,13 +190,12 @@ class ServicesStep(Step):
         spec = manifest.services
         cluster = inputs.output("ecs", "cluster_name")
         namespace = inputs.output("ecs", "namespace_name")
-        buckets = inputs.output("storage", "buckets")
-        config_bucket = _get(buckets, "config", "storage.buckets")
+        config_bucket = inputs.entry("storage", "buckets", "config")
         services: tuple[DesiredService, ...] = ()
         if spec is not None:  # a manifest without services runs none (destroy still finds ours)
             # Plain strings: a value not known yet renders as its placeholder (the hash follows once known).
             rendered = bundles.render(manifest, bundles.Facts(
-                loki_bucket=f"{_get(buckets, 'loki-chunks', 'storage.buckets')}", namespace=f"{namespace}",
+                loki_bucket=f"{inputs.entry('storage', 'buckets', 'loki-chunks')}", namespace=f"{namespace}",
                 region=inputs.region, cluster_arn=f"{inputs.output('ecs', 'cluster_arn')}",
                 load_balancer_dns=f"{inputs.output('alb', 'dns_name')}"))
             services = tuple(self._service(manifest, inputs, name, task, rendered, cluster, config_bucket)
@@ -212,46 +211,41 @@ class ServicesStep(Step):
                  config_bucket: str) -> DesiredService:
         bundle_name = task.bundle or (task.app.sidecar if task.app else None)
         bundle = rendered[bundle_name] if bundle_name else None
-        secret_arns = inputs.output("secrets", "arns")
-        efs_points = inputs.output("efs", "access_points")
         settings = taskdefs.TaskSettings(
             family=f"{manifest.prefix}-{name}", service=name, cpu=task.cpu, memory=task.memory,
             execution_role_arn=inputs.output("iam", "execution_role_arn"),
-            task_role_arn=_get(inputs.output("iam", "task_role_arns"), name, "iam.task_role_arns"),
-            log_group=_get(inputs.output("ecs", "log_groups"), name, "ecs.log_groups"),
+            task_role_arn=inputs.entry("iam", "task_role_arns", name),
+            log_group=inputs.entry("ecs", "log_groups", name),
             region=inputs.region, init_image=manifest.services.init_image, config_bucket=config_bucket,
             stop_timeout=task.stop_timeout_seconds,
             file_system_id=inputs.output("efs", "file_system_id") if task.data_volume else None,
-            access_point_id=_get(efs_points, task.data_volume, "efs.access_points") if task.data_volume else None)
+            access_point_id=inputs.entry("efs", "access_points", task.data_volume) if task.data_volume else None)
         image = app = None
         if task.app is not None:
             repository = manifest.images.repositories[task.app.image]
             image = ImageRef(container=name, repository=repository.name or task.app.image, tag=repository.tag,
-                             uri=_get(inputs.output("ecr", "repositories"), task.app.image, "ecr.repositories"))
+                             uri=inputs.entry("ecr", "repositories", task.app.image))
             app = taskdefs.AppContainer(
                 name=name, image=KNOWN_AFTER_APPLY, port=task.app.port,
                 health_check=tuple(task.app.health_check) if task.app.health_check else None,
                 environment={**bundles.app_environment(manifest), **task.app.environment},
-                secrets={variable: _get(secret_arns, secret, "secrets.arns")
+                secrets={variable: inputs.entry("secrets", "arns", secret)
                          for variable, secret in task.app.secrets.items()})
-        arns = {secret: _get(secret_arns, secret, "secrets.arns") for secret in manifest.secrets.values}
+        arns = {secret: inputs.entry("secrets", "arns", secret) for secret in manifest.secrets.values}
         reads = set(task.app.secrets.values()) if task.app else set()
         reads |= set(bundle.container.secrets.values()) if bundle else set()
-        versions = inputs.output("secrets", "versions")
         definition = taskdefs.render(settings, bundle, app, arns)
         load_balancers: tuple[dict, ...] = ()
         if task.target_group:
             port = manifest.load_balancer.target_groups[task.target_group].port
-            load_balancers = ({"targetGroupArn": _get(inputs.output("alb", "target_groups"), task.target_group,
-                                                      "alb.target_groups"),
+            load_balancers = ({"targetGroupArn": inputs.entry("alb", "target_groups", task.target_group),
                                "containerName": name if task.app else bundle.service, "containerPort": port},)
-        security_groups = inputs.output("vpc", "security_groups")
         return DesiredService(
             name=name, bundle=bundle, bundle_key=taskdefs.bundle_prefix(name, bundle.hash) if bundle else "",
             definition=definition, image=image,
             desired_count=task.desired_count,
             network={"subnets": sorted(_known_list(inputs.output("vpc", "private_subnet_ids"))),
-                     "securityGroups": [_get(security_groups, task.security_group, "vpc.security_groups")],
+                     "securityGroups": [inputs.entry("vpc", "security_groups", task.security_group)],
                      "assignPublicIp": "DISABLED"},
             load_balancers=load_balancers,
             deployment={"minimumHealthyPercent": task.min_healthy_percent, "maximumPercent": task.max_percent,
@@ -259,7 +253,7 @@ class ServicesStep(Step):
             grace_period=task.grace_period_seconds if load_balancers else None,
             capacity_provider=task.capacity_provider,
             scaling=_scaling(task, cluster, name, inputs),
-            secret_versions={key: _get(versions, key, "secrets.versions") for key in sorted(reads)},
+            secret_versions={key: inputs.entry("secrets", "versions", key) for key in sorted(reads)},
             redeploy=name in manifest.redeploy)
 
     # -- observe ----------------------------------------------------------------------------
@@ -480,17 +474,12 @@ class ServicesStep(Step):
 
     # -- apply ------------------------------------------------------------------------------
 
-    def apply(self, ctx, change: Change, observed: ServicesFacts) -> Accepted | None:
-        return getattr(self, f"_{change.action}_{change.kind}")(ctx, change, observed)
-
     def _create_bundle(self, ctx, change: Change, observed: ServicesFacts) -> None:
         service: DesiredService = change.payload
         s3 = ctx.client("s3")
         bucket = observed.config_bucket
         for path, content in service.bundle.files.items():
             s3.put_object(Bucket=bucket, Key=f"{service.bundle_key}{path}", Body=content)
-
-    _update_bundle = _create_bundle
 
     def _create_task_definition(self, ctx, change: Change, observed: ServicesFacts) -> Accepted:
         service, definition, digest = change.payload
@@ -504,7 +493,6 @@ class ServicesStep(Step):
         tag = {"image_tag": service.image.tag} if service.image else {}  # the plan names the image in service by it
         return Accepted(record={"arn": arn, "hash": digest, **tag})
 
-    _update_task_definition = _create_task_definition
 
     @staticmethod
     def _registered_already(ctx, ecs, family: str, digest: str) -> str | None:
@@ -636,7 +624,6 @@ class ServicesStep(Step):
                 scaling.delete_scaling_policy(PolicyName=name, ServiceNamespace="ecs", ResourceId=target.resource_id,
                                               ScalableDimension=SCALABLE_DIMENSION)
 
-    _update_scaling = _create_scaling
 
     # -- destroy ----------------------------------------------------------------------------
 
@@ -686,6 +673,23 @@ class ServicesStep(Step):
         for start in range(0, len(arns), 10):
             ecs.delete_task_definitions(taskDefinitions=arns[start:start + 10])
         observed.revisions.pop(change.name, None)
+
+    handlers = {
+        ("create", "bundle"): _create_bundle,
+        ("update", "bundle"): _create_bundle,
+        ("create", "task_definition"): _create_task_definition,
+        ("update", "task_definition"): _create_task_definition,
+        ("create", "discovery_service"): _create_discovery_service,
+        ("create", "service"): _create_service,
+        ("update", "service"): _update_service,
+        ("create", "scaling"): _create_scaling,
+        ("update", "scaling"): _create_scaling,
+        ("delete", "scaling"): _delete_scaling,
+        ("delete", "service"): _delete_service,
+        ("delete", "discovery_service"): _delete_discovery_service,
+        ("delete", "bundle"): _delete_bundle,
+        ("delete", "task_definition"): _delete_task_definition,
+    }
 
     # -- status --live ---------------------------------------------------------------------
 
@@ -848,13 +852,6 @@ def _deletions(services: list[str], discovery: list[str], observed: ServicesFact
     return changes
 
 
-def _get(values, key: str, what: str):
-    """`values[key]` of an upstream output map, or an Unknown naming it while not known."""
-    if isinstance(values, dict) and key in values:
-        return values[key]
-    return Unknown(f"{what}.{key}")
-
-
 def _known_list(values) -> list:
     return list(values) if isinstance(values, list) else [values]
 
@@ -973,7 +970,7 @@ def _scaling(task, cluster: str, name: str, inputs) -> Scaling | None:
                                 "PredefinedMetricSpecification": {"PredefinedMetricType": CPU_METRIC}}}
     if spec.requests_per_target:
         label = (f"{inputs.output('alb', 'arn_suffix')}/"
-                 f"{_get(inputs.output('alb', 'target_group_arn_suffixes'), task.target_group, 'alb.target_groups')}")
+                 f"{inputs.entry('alb', 'target_group_arn_suffixes', task.target_group)}")
         policies[f"{name}-requests"] = {"TargetValue": float(spec.requests_per_target), **cooldowns,
                                         "PredefinedMetricSpecification": {"PredefinedMetricType": REQUESTS_METRIC,
                                                                           "ResourceLabel": label}}

@@ -27,7 +27,7 @@ from botocore.exceptions import ClientError
 from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import Change, FieldDiff, Step, diff_fields
+from orchestrator.model import DELETE_DATA, Change, FieldDiff, Step, diff_fields
 from orchestrator.permissions import allow
 from orchestrator.retry import eventually
 
@@ -439,17 +439,26 @@ class StorageStep(Step):
                                {name: found for name, found in observed.buckets.items() if name not in wanted})
         return changes + self.plan_destroy(removed)
 
-    def apply(self, ctx, change: Change, observed: StorageFacts) -> None:
+    def _create_bucket(self, ctx, change: Change, observed: StorageFacts) -> None:
+        bucket: Bucket = change.payload
+        create_bucket(ctx.client("s3"), bucket)
+
+    def _update_bucket(self, ctx, change: Change, observed: StorageFacts) -> None:
+        bucket: Bucket = change.payload
         s3 = ctx.client("s3")
-        if change.action == "create":
-            create_bucket(s3, change.payload)
-        elif change.action == "update":
-            for diff in change.diffs:
-                put_setting(s3, change.payload, diff.field)
-        else:
-            found: ObservedBucket = change.payload
-            delete_bucket(s3, found.name, purge=bool(found.versions))
-            observed.buckets.pop(found.name, None)
+        for diff in change.diffs:
+            put_setting(s3, bucket, diff.field)
+
+    def _delete_bucket(self, ctx, change: Change, observed: StorageFacts) -> None:
+        found: ObservedBucket = change.payload
+        delete_bucket(ctx.client("s3"), found.name, purge=bool(found.versions))
+        observed.buckets.pop(found.name, None)
+
+    handlers = {
+        ("create", "bucket"): _create_bucket,
+        ("update", "bucket"): _update_bucket,
+        ("delete", "bucket"): _delete_bucket,
+    }
 
     def outputs(self, desired: StorageDesired, observed: StorageFacts) -> StorageOutputs:
         return StorageOutputs(buckets={bucket.key: bucket.name for bucket in desired.buckets},
@@ -489,7 +498,7 @@ class StorageStep(Step):
                           note=f"bucket {found.name} holds {count} object version(s) of rendered config bundles, "
                                "which every apply uploads again: emptied and deleted")
         return Change("delete", "bucket", key, calls=calls,
-                      payload=found, blocked="delete-data",
+                      payload=found, blocked=DELETE_DATA,
                       note=f"bucket {found.name} holds {count} object version(s); deleting it deletes them "
                            "for good (pass --delete-data to allow)")
 

@@ -23,7 +23,7 @@ from orchestrator import tags as tagging
 from orchestrator import waiters
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError, StepFailed
-from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
+from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields, is_unknown
 from orchestrator.permissions import allow
 from orchestrator.retry import eventually
 from orchestrator.waiters import WaitFailed, botocore_check
@@ -305,7 +305,7 @@ class Ids:
     def now(self, kind: str, logical: str) -> str:
         """The id at apply time, when everything this change needs has been created."""
         found = self(kind, logical)
-        if found == KNOWN_AFTER_APPLY:
+        if is_unknown(found):
             raise OrchestratorError(f"{kind.replace('_', ' ')} {logical} does not exist yet; run apply again")
         return found
 
@@ -499,16 +499,15 @@ class VpcStep(Step):
     # -- apply ------------------------------------------------------------------------------
 
     def apply(self, ctx, change: Change, observed: Facts) -> Accepted | None:
-        """Carry out one change; the handler is named after it: `_create_subnet` …"""
-        handler = getattr(self, f"_{change.action}_{change.kind}")
+        """Carry out one change by its handler (`handlers`), saying which change an error refused."""
         try:
-            return handler(ctx, change, observed, Ids(observed))
+            return super().apply(ctx, change, observed)
         except ClientError as error:
             message = error.response.get("Error", {}).get("Message", "")
             raise StepFailed(f"could not {change.action} {change.kind.replace('_', ' ')} {change.name}: "
                              f"{error_code(error)}: {message}") from error
 
-    def _create_vpc(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
+    def _create_vpc(self, ctx, change: Change, observed: Facts) -> None:
         vpc: Vpc = change.payload
         ec2 = ctx.client("ec2")
         created = ec2.create_vpc(CidrBlock=vpc.cidr, TagSpecifications=_tag_spec(ctx, "vpc", vpc.name))["Vpc"]
@@ -517,15 +516,15 @@ class VpcStep(Step):
                                enable_dns_support=True, enable_dns_hostnames=False)
         _set_dns_attributes(ec2, vpc, observed.vpc)
 
-    def _update_vpc(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
+    def _update_vpc(self, ctx, change: Change, observed: Facts) -> None:
         _set_dns_attributes(ctx.client("ec2"), change.payload, observed.vpc)
         _retag(ctx, change, observed.vpc)
 
-    def _delete_vpc(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
+    def _delete_vpc(self, ctx, change: Change, observed: Facts) -> None:
         _delete(ctx, f"deletion of VPC {observed.vpc.id}", ctx.client("ec2").delete_vpc, VpcId=observed.vpc.id)
         observed.vpc = None
 
-    def _create_internet_gateway(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
+    def _create_internet_gateway(self, ctx, change: Change, observed: Facts) -> None:
         gateway: InternetGateway = change.payload
         ec2 = ctx.client("ec2")
         created = ec2.create_internet_gateway(
@@ -534,13 +533,13 @@ class VpcStep(Step):
         observed.internet_gateways[gateway.logical] = seen
         _attach_gateway(ec2, seen, observed.vpc.id)
 
-    def _update_internet_gateway(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
+    def _update_internet_gateway(self, ctx, change: Change, observed: Facts) -> None:
         seen = observed.internet_gateways[change.name]
         if observed.vpc.id not in seen.attached_to:
             _attach_gateway(ctx.client("ec2"), seen, observed.vpc.id)
         _retag(ctx, change, seen)
 
-    def _delete_internet_gateway(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
+    def _delete_internet_gateway(self, ctx, change: Change, observed: Facts) -> None:
         ec2 = ctx.client("ec2")
         seen = observed.internet_gateways[change.name]
         for vpc_id in seen.attached_to:
@@ -550,7 +549,7 @@ class VpcStep(Step):
                 ec2.delete_internet_gateway, InternetGatewayId=seen.id)
         del observed.internet_gateways[change.name]
 
-    def _create_subnet(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
+    def _create_subnet(self, ctx, change: Change, observed: Facts) -> None:
         subnet: Subnet = change.payload
         ec2 = ctx.client("ec2")
         created = _eventually(ec2.create_subnet, VpcId=observed.vpc.id, CidrBlock=subnet.cidr,
@@ -561,22 +560,22 @@ class VpcStep(Step):
         observed.subnets[subnet.logical] = seen
         _set_public_ip_on_launch(ec2, subnet, seen)
 
-    def _update_subnet(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
+    def _update_subnet(self, ctx, change: Change, observed: Facts) -> None:
         seen = observed.subnets[change.name]
         _set_public_ip_on_launch(ctx.client("ec2"), change.payload, seen)
         _retag(ctx, change, seen)
 
-    def _replace_subnet(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
-        self._delete_subnet(ctx, change, observed, ids)
-        self._create_subnet(ctx, change, observed, ids)
+    def _replace_subnet(self, ctx, change: Change, observed: Facts) -> None:
+        self._delete_subnet(ctx, change, observed)
+        self._create_subnet(ctx, change, observed)
 
-    def _delete_subnet(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
+    def _delete_subnet(self, ctx, change: Change, observed: Facts) -> None:
         seen = observed.subnets.pop(change.name)
         _delete(ctx, f"deletion of subnet {change.name} ({seen.id})", ctx.client("ec2").delete_subnet,
                 SubnetId=seen.id)
         observed.associations.pop(seen.id, None)
 
-    def _create_eip(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
+    def _create_eip(self, ctx, change: Change, observed: Facts) -> None:
         address: Address = change.payload
         # allocate_address takes no idempotency token: the tag in the call is what a re-run finds.
         created = ctx.client("ec2").allocate_address(Domain="vpc",
@@ -584,15 +583,16 @@ class VpcStep(Step):
         observed.addresses[address.logical] = Seen(id=created["AllocationId"],
                                                    tags=ctx.tags() | {"Name": address.name})
 
-    def _update_eip(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
+    def _update_eip(self, ctx, change: Change, observed: Facts) -> None:
         _retag(ctx, change, observed.addresses[change.name])
 
-    def _delete_eip(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
+    def _delete_eip(self, ctx, change: Change, observed: Facts) -> None:
         seen = observed.addresses.pop(change.name)
         _delete(ctx, f"release of Elastic IP {change.name} ({seen.id})", ctx.client("ec2").release_address,
                 AllocationId=seen.id)
 
-    def _create_nat_gateway(self, ctx, change: Change, observed: Facts, ids: Ids) -> Accepted:
+    def _create_nat_gateway(self, ctx, change: Change, observed: Facts) -> Accepted:
+        ids = Ids(observed)
         nat: NatGateway = change.payload
         ec2 = ctx.client("ec2")
         # The ids of the gateways that failed salt the token: a retry after one failed must not
@@ -605,20 +605,20 @@ class VpcStep(Step):
         observed.nat_gateways[nat.logical] = seen
         return Accepted(waits=(_nat_available(ec2, nat.name, seen),))
 
-    def _update_nat_gateway(self, ctx, change: Change, observed: Facts, ids: Ids) -> Accepted:
+    def _update_nat_gateway(self, ctx, change: Change, observed: Facts) -> Accepted:
         seen = observed.nat_gateways[change.name]
         _retag(ctx, change, seen)
         return Accepted(waits=(_nat_available(ctx.client("ec2"), change.payload.name, seen),)
                         if seen.state != "available" else ())
 
-    def _delete_nat_gateway(self, ctx, change: Change, observed: Facts, ids: Ids) -> Accepted:
+    def _delete_nat_gateway(self, ctx, change: Change, observed: Facts) -> Accepted:
         ec2 = ctx.client("ec2")
         seen = observed.nat_gateways.pop(change.name)
         what = f"deletion of NAT gateway {change.name} ({seen.id})"
         _delete(ctx, what, ec2.delete_nat_gateway, settle_first=False, NatGatewayId=seen.id)
         return Accepted(waits=(Wait(what, botocore_check(ec2, "nat_gateway_deleted", what, NatGatewayIds=[seen.id])),))
 
-    def _create_route_table(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
+    def _create_route_table(self, ctx, change: Change, observed: Facts) -> None:
         work: TableWork = change.payload
         table = work.table
         params = {"VpcId": observed.vpc.id, "TagSpecifications": _tag_spec(ctx, "route-table", table.name)}
@@ -626,9 +626,10 @@ class VpcStep(Step):
                               **_with_token(ctx, change, params))["RouteTable"]
         observed.route_tables[table.logical] = SeenTable(id=created["RouteTableId"],
                                                          tags=ctx.tags() | {"Name": table.name}, routes={})
-        self._update_route_table(ctx, change, observed, ids)
+        self._update_route_table(ctx, change, observed)
 
-    def _update_route_table(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
+    def _update_route_table(self, ctx, change: Change, observed: Facts) -> None:
+        ids = Ids(observed)
         work: TableWork = change.payload
         ec2 = ctx.client("ec2")
         if work.set_routes:
@@ -649,7 +650,7 @@ class VpcStep(Step):
             ec2.disassociate_route_table(AssociationId=observed.associations.pop(subnet_id).id)
         _retag(ctx, change, seen)
 
-    def _delete_route_table(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
+    def _delete_route_table(self, ctx, change: Change, observed: Facts) -> None:
         """Disassociates what is associated at this moment (an earlier change may have moved a
         subnet to a new table), then deletes the table with its routes."""
         ec2 = ctx.client("ec2")
@@ -662,7 +663,7 @@ class VpcStep(Step):
         _delete(ctx, f"deletion of route table {change.name} ({seen.id})", ec2.delete_route_table,
                 RouteTableId=seen.id)
 
-    def _create_security_group(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
+    def _create_security_group(self, ctx, change: Change, observed: Facts) -> None:
         group: SecurityGroup = change.payload
         created = _eventually(ctx.client("ec2").create_security_group, GroupName=group.name,
                               Description=group.description, VpcId=observed.vpc.id,
@@ -671,10 +672,10 @@ class VpcStep(Step):
                                                             tags=ctx.tags() | {"Name": group.name})
         observed.rules[created["GroupId"]] = []
 
-    def _update_security_group(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
+    def _update_security_group(self, ctx, change: Change, observed: Facts) -> None:
         _retag(ctx, change, observed.security_groups[change.name])
 
-    def _replace_security_group(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
+    def _replace_security_group(self, ctx, change: Change, observed: Facts) -> None:
         """A description cannot change: delete and create again. AWS refuses to delete a group
         that another group's rule references, so those rules go first (the ingress changes that
         follow add them back, pointing at the new group)."""
@@ -684,19 +685,20 @@ class VpcStep(Step):
             referencing = [rule.id for rule in rules if rule.source == old.id and group_id != old.id]
             if referencing:
                 _revoke(ec2, group_id, referencing, observed)
-        self._delete_security_group(ctx, change, observed, ids)
-        self._create_security_group(ctx, change, observed, ids)
+        self._delete_security_group(ctx, change, observed)
+        self._create_security_group(ctx, change, observed)
 
-    def _delete_security_group(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
+    def _delete_security_group(self, ctx, change: Change, observed: Facts) -> None:
         seen = observed.security_groups.pop(change.name)
         _delete(ctx, f"deletion of security group {change.name} ({seen.id})",
                 ctx.client("ec2").delete_security_group, GroupId=seen.id)
         observed.rules.pop(seen.id, None)
 
-    def _create_ingress(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
-        self._update_ingress(ctx, change, observed, ids)
+    def _create_ingress(self, ctx, change: Change, observed: Facts) -> None:
+        self._update_ingress(ctx, change, observed)
 
-    def _update_ingress(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
+    def _update_ingress(self, ctx, change: Change, observed: Facts) -> None:
+        ids = Ids(observed)
         work: IngressWork = change.payload
         ec2 = ctx.client("ec2")
         group_id = ids.now("security_group", change.name)
@@ -716,12 +718,13 @@ class VpcStep(Step):
                 for rule_id, rule in work.redescribe])
         _retag_rules(ec2, work.retag)
 
-    def _delete_ingress(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
+    def _delete_ingress(self, ctx, change: Change, observed: Facts) -> None:
         work: IngressWork = change.payload
         group_id = observed.security_groups[change.name].id
         _revoke(ctx.client("ec2"), group_id, list(work.revoke), observed)
 
-    def _create_endpoint(self, ctx, change: Change, observed: Facts, ids: Ids) -> Accepted:
+    def _create_endpoint(self, ctx, change: Change, observed: Facts) -> Accepted:
+        ids = Ids(observed)
         endpoint: Endpoint = change.payload
         ec2 = ctx.client("ec2")
         if endpoint.type == "Gateway":
@@ -736,7 +739,8 @@ class VpcStep(Step):
         observed.endpoints[endpoint.logical] = _seen_endpoint(created)
         return Accepted(waits=(_endpoint_available(ec2, endpoint.name, created["VpcEndpointId"]),))
 
-    def _update_endpoint(self, ctx, change: Change, observed: Facts, ids: Ids) -> None:
+    def _update_endpoint(self, ctx, change: Change, observed: Facts) -> None:
+        ids = Ids(observed)
         endpoint: Endpoint = change.payload
         seen = observed.endpoints[endpoint.logical]
         wanted = {"RouteTable": {ids.now("route_table", t) for t in endpoint.route_tables},
@@ -757,7 +761,7 @@ class VpcStep(Step):
             seen.security_groups, seen.private_dns = frozenset(wanted["SecurityGroup"]), endpoint.private_dns
         _retag(ctx, change, seen)
 
-    def _delete_endpoint(self, ctx, change: Change, observed: Facts, ids: Ids) -> Accepted:
+    def _delete_endpoint(self, ctx, change: Change, observed: Facts) -> Accepted:
         """Awaits the endpoint's end: its network interfaces hold its subnets until then."""
         ec2 = ctx.client("ec2")
         seen = observed.endpoints.pop(change.name)
@@ -772,6 +776,38 @@ class VpcStep(Step):
             return state == "deleted", state
 
         return Accepted(waits=(Wait(f"deletion of VPC endpoint {change.name} ({seen.id})", check),))
+
+    handlers = {
+        ("create", "vpc"): _create_vpc,
+        ("update", "vpc"): _update_vpc,
+        ("delete", "vpc"): _delete_vpc,
+        ("create", "internet_gateway"): _create_internet_gateway,
+        ("update", "internet_gateway"): _update_internet_gateway,
+        ("delete", "internet_gateway"): _delete_internet_gateway,
+        ("create", "subnet"): _create_subnet,
+        ("update", "subnet"): _update_subnet,
+        ("replace", "subnet"): _replace_subnet,
+        ("delete", "subnet"): _delete_subnet,
+        ("create", "eip"): _create_eip,
+        ("update", "eip"): _update_eip,
+        ("delete", "eip"): _delete_eip,
+        ("create", "nat_gateway"): _create_nat_gateway,
+        ("update", "nat_gateway"): _update_nat_gateway,
+        ("delete", "nat_gateway"): _delete_nat_gateway,
+        ("create", "route_table"): _create_route_table,
+        ("update", "route_table"): _update_route_table,
+        ("delete", "route_table"): _delete_route_table,
+        ("create", "security_group"): _create_security_group,
+        ("update", "security_group"): _update_security_group,
+        ("replace", "security_group"): _replace_security_group,
+        ("delete", "security_group"): _delete_security_group,
+        ("create", "ingress"): _create_ingress,
+        ("update", "ingress"): _update_ingress,
+        ("delete", "ingress"): _delete_ingress,
+        ("create", "endpoint"): _create_endpoint,
+        ("update", "endpoint"): _update_endpoint,
+        ("delete", "endpoint"): _delete_endpoint,
+    }
 
     # -- outputs ----------------------------------------------------------------------------
 
@@ -1046,11 +1082,6 @@ def _seen_endpoint(endpoint: dict) -> SeenEndpoint:
 # --- plan, helpers ---------------------------------------------------------------------------
 
 
-def _tag_diffs(desired: Network, name: str, seen: Seen) -> tuple[FieldDiff, ...]:
-    """Tags we set that are missing or changed (tags others add are left alone)."""
-    missing = {k: v for k, v in desired.tags_for(name).items() if seen.tags.get(k) != v}
-    return (FieldDiff("tags", {k: seen.tags.get(k) for k in missing}, missing),) if missing else ()
-
 
 def _calls(diffs: tuple[FieldDiff, ...], by_field: dict[str, str]) -> tuple[str, ...]:
     """The API calls an update implies: one per differing field (CreateTags for tags)."""
@@ -1081,7 +1112,7 @@ def _plan_vpc(desired: Network, seen: SeenVpc | None, ids: Ids) -> list[Change]:
         raise OrchestratorError(f"VPC {vpc.name} ({seen.id}) has the range {seen.cidr} but the manifest asks for "
                                 f"{vpc.cidr}; AWS cannot change a VPC's range: restore network.cidr, or destroy "
                                 "the environment and apply again")
-    diffs = diff_fields(vpc, seen, VPC_FIELDS) + _tag_diffs(desired, vpc.name, seen)
+    diffs = diff_fields(vpc, seen, VPC_FIELDS) + tagging.tag_diffs(seen.tags, desired.tags_for(vpc.name))
     return _update("vpc", vpc.logical, diffs, {"enable_dns_support": "ec2:ModifyVpcAttribute",
                                                "enable_dns_hostnames": "ec2:ModifyVpcAttribute"}, vpc)
 
@@ -1096,7 +1127,8 @@ def _plan_internet_gateway(desired: Network, observed: Facts, ids: Ids) -> list[
                        calls=("ec2:CreateInternetGateway", "ec2:AttachInternetGateway"), payload=gateway)]
     vpc_id = ids("vpc", "vpc")
     attach = () if vpc_id in seen.attached_to else (FieldDiff("attached_to", list(seen.attached_to), vpc_id),)
-    return _update("internet_gateway", gateway.logical, attach + _tag_diffs(desired, gateway.name, seen),
+    retag = tagging.tag_diffs(seen.tags, desired.tags_for(gateway.name))
+    return _update("internet_gateway", gateway.logical, attach + retag,
                    {"attached_to": "ec2:AttachInternetGateway"}, gateway)
 
 
@@ -1117,7 +1149,8 @@ def _plan_subnet(desired: Network, subnet: Subnet, seen: SeenSubnet | None, ids:
                        outage=f"{subnet.name} has the same name, and a new range may overlap the old one: "
                               "nothing can run in it until it exists again, and the delete fails while "
                               "anything (tasks, load balancer, mount targets, endpoints) still uses it")]
-    diffs = diff_fields(subnet, seen, ("map_public_ip_on_launch",)) + _tag_diffs(desired, subnet.name, seen)
+    diffs = (diff_fields(subnet, seen, ("map_public_ip_on_launch",))
+             + tagging.tag_diffs(seen.tags, desired.tags_for(subnet.name)))
     return _update("subnet", subnet.logical, diffs, {"map_public_ip_on_launch": "ec2:ModifySubnetAttribute"},
                    subnet, note="" if seen.owned else "adopted: the subnet lost its ownership tags")
 
@@ -1126,7 +1159,7 @@ def _plan_address(desired: Network, address: Address, seen: Seen | None, ids: Id
     if seen is None:
         ids.fresh.add(f"eip/{address.logical}")
         return [Change("create", "eip", address.logical, calls=("ec2:AllocateAddress",), payload=address)]
-    return _update("eip", address.logical, _tag_diffs(desired, address.name, seen), {}, address)
+    return _update("eip", address.logical, tagging.tag_diffs(seen.tags, desired.tags_for(address.name)), {}, address)
 
 
 def _plan_nat_gateway(desired: Network, nat: NatGateway, observed: Facts, ids: Ids) -> list[Change]:
@@ -1139,7 +1172,8 @@ def _plan_nat_gateway(desired: Network, nat: NatGateway, observed: Facts, ids: I
                               FieldDiff("allocation", None, ids("eip", nat.address))),
                        calls=("ec2:CreateNatGateway",), payload=nat,
                        note=f"{len(failed)} earlier attempt(s) failed: {', '.join(failed)}" if failed else "")]
-    diffs = diff_fields({"state": "available"}, seen, ("state",)) + _tag_diffs(desired, nat.name, seen)
+    diffs = (diff_fields({"state": "available"}, seen, ("state",))
+             + tagging.tag_diffs(seen.tags, desired.tags_for(nat.name)))
     note = "wait until it is available" if seen.state != "available" else ""
     return _update("nat_gateway", nat.logical, diffs, {}, nat, note=note)
 
@@ -1182,7 +1216,7 @@ def _plan_route_table(desired: Network, table: RouteTable, observed: Facts, ids:
     if seen is None:
         return [Change("create", "route_table", table.logical, diffs=tuple(diffs),
                        calls=("ec2:CreateRouteTable", *calls), payload=work)]
-    tags = _tag_diffs(desired, table.name, seen)
+    tags = tagging.tag_diffs(seen.tags, desired.tags_for(table.name))
     if not diffs and not tags:
         return []
     return [Change("update", "route_table", table.logical, diffs=(*diffs, *tags),
@@ -1206,7 +1240,8 @@ def _plan_security_group(desired: Network, group: SecurityGroup, seen: SeenGroup
                        payload=group, note="a security group's description cannot change",
                        outage=f"a security group's name is unique in its VPC: {group.name} is deleted first, "
                               "which fails while a network interface (a task, the load balancer) uses it")]
-    return _update("security_group", group.logical, _tag_diffs(desired, group.name, seen), {}, group,
+    retag = tagging.tag_diffs(seen.tags, desired.tags_for(group.name))
+    return _update("security_group", group.logical, retag, {}, group,
                    note="" if seen.owned else "adopted: the group lost its ownership tags")
 
 
@@ -1221,7 +1256,7 @@ def _plan_ingress(group: SecurityGroup, tags: dict[str, str], observed: Facts, i
     a group)."""
     last_descriptions = recorded.get("descriptions", {})
     group_id = ids("security_group", group.logical)
-    present = [] if group_id == KNOWN_AFTER_APPLY else observed.rules.get(group_id, [])
+    present = [] if is_unknown(group_id) else observed.rules.get(group_id, [])
     wanted = {_rule_key(rule, ids): rule for rule in group.rules}
     names = {seen.id: logical for logical, seen in observed.security_groups.items()}
     kept: dict[tuple, SeenRule] = {}
@@ -1251,7 +1286,7 @@ def _plan_ingress(group: SecurityGroup, tags: dict[str, str], observed: Facts, i
     work = IngressWork(tuple(add), tuple(rule.id for rule in revoke),
                        tuple((seen.id, rule) for seen, rule in redescribe),
                        tuple((seen.id, tuple(sorted(to_set.items()))) for seen, _, to_set in retag))
-    action = "create" if group_id == KNOWN_AFTER_APPLY else "update"
+    action = "create" if is_unknown(group_id) else "update"
     record = {"descriptions": {rule.label: rule.description for rule in group.rules}}
     return [Change(action, "ingress", group.logical, diffs=tuple(diffs), calls=tuple(calls), payload=work,
                    record=record)]
@@ -1263,7 +1298,7 @@ def _rule_key(rule: Rule, ids: Ids) -> tuple:
     source = rule.source
     if rule.source_kind == "group":
         group_id = ids("security_group", rule.source)
-        source = group_id if group_id != KNOWN_AFTER_APPLY else ("new group", rule.source)
+        source = ("new group", rule.source) if is_unknown(group_id) else group_id
     return ("tcp", rule.port, rule.port, rule.source_kind, source)
 
 
@@ -1287,7 +1322,7 @@ def _plan_endpoint(desired: Network, endpoint: Endpoint, seen: SeenEndpoint | No
                        calls=("ec2:CreateVpcEndpoint",), payload=endpoint)]
     present = {"route_tables": sorted(seen.route_tables), "subnets": sorted(seen.subnets),
                "security_groups": sorted(seen.security_groups), "private_dns": seen.private_dns}
-    diffs = diff_fields(wanted, present, tuple(wanted)) + _tag_diffs(desired, endpoint.name, seen)
+    diffs = diff_fields(wanted, present, tuple(wanted)) + tagging.tag_diffs(seen.tags, desired.tags_for(endpoint.name))
     modify = {k: "ec2:ModifyVpcEndpoint" for k in wanted}
     return _update("endpoint", endpoint.logical, diffs, modify, endpoint)
 

@@ -89,7 +89,7 @@ def test_tag_drift_is_repaired_and_tags_others_added_are_kept(manifest):
     tags = {**desired.repositories["gamepulse"].tags, "owner": "someone", "extra": "x"}
     [change] = STEP.plan(desired, facts_for(desired, tags=tags), {})
     assert change.calls == ("ecr:TagResource",)
-    assert change.payload.tags_to_set == {"owner": "platform-team"}
+    assert change.tags_to_set() == {"owner": "platform-team"}
     assert [(d.field, d.old, d.new) for d in change.diffs] == [("tags", {"owner": "someone"},
                                                                  {"owner": "platform-team"})]
     assert STEP.plan(desired, facts_for(desired, tags={**desired.repositories["gamepulse"].tags, "extra": "x"}),

@@ -167,7 +167,7 @@ def test_each_kind_of_drift_is_its_own_repair(manifest):
         ("update", "role/gamepulse-dev-task-jaeger")}
     execution_change = changes[("update", "role/gamepulse-dev-execution")]
     assert execution_change.calls == ("iam:UpdateAssumeRolePolicy", "iam:TagRole")
-    assert execution_change.payload.tags_to_set == {"project": "gamepulse"}
+    assert execution_change.tags_to_set() == {"project": "gamepulse"}
     assert [(d.old, d.new) for d in execution_change.diffs if d.field == "tags"] == [
         ({"project": "hijacked"}, {"project": "gamepulse"})]
     assert changes[("update", "role/gamepulse-dev-task-jaeger")].calls == ("iam:UpdateRole",)

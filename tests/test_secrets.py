@@ -103,7 +103,7 @@ def test_description_and_tag_drift_are_updates_that_keep_tags_others_added(manif
     change = changes[0]
     assert change.calls == ("secretsmanager:UpdateSecret", "secretsmanager:TagResource")
     assert {d.field for d in change.diffs} == {"description", "tags"}
-    assert change.payload.tags_to_set == {"project": "gamepulse"}
+    assert change.tags_to_set() == {"project": "gamepulse"}
     assert [(d.old, d.new) for d in change.diffs if d.field == "tags"] == [({"project": "other"}, {"project": "gamepulse"})]
 
 
@@ -154,7 +154,7 @@ def test_destroy_schedules_deletion_of_live_owned_secrets_only_with_the_flag(man
     changes = STEP.plan_destroy(facts)
     assert [(c.action, c.name, c.blocked) for c in changes] == [
         ("delete", "db-connection", "delete-secrets"), ("delete", "slack-webhook", "delete-secrets")]
-    assert changes[0].payload[1] == 7
+    assert changes[0].payload.recovery_window_days == 7
 
 
 # -- against moto -------------------------------------------------------------------------------
