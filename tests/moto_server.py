@@ -28,4 +28,8 @@ def moto_server() -> Iterator[str]:
         yield url
     finally:
         process.terminate()
-        process.wait(10)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:  # on a loaded machine it may not get the CPU to exit in time
+            process.kill()
+            process.wait()
