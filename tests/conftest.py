@@ -122,15 +122,11 @@ def aws(mock):
     return Aws("us-east-1")
 
 
-#: The xdist group of the tests that share `applied`: run on one worker, dev is applied once.
-APPLIED_DEV_GROUP = pytest.mark.xdist_group("applied-dev")
-
-
 @pytest.fixture(scope="session")
 def applied():
     """dev applied once, through the command line, to a moto server of its own, shared by every
-    test that only reads it or puts back what it changed (verify, loadtest, drill). Their modules
-    mark themselves with APPLIED_DEV_GROUP so that, with `--dist loadgroup`, one worker applies."""
+    test that only reads it or puts back what it changed (verify, loadtest, drill): one apply per
+    worker, where each of the three modules applied dev on each worker that ran its tests."""
     from tests.moto_server import moto_server
     from tests.test_cli import run
     from tests.test_verify import register_targets

@@ -10,11 +10,9 @@ import pytest
 from ops.drill import drill
 from ops.platform import Deployed
 from orchestrator.manifest import load_manifest
-from tests.conftest import APPLIED_DEV_GROUP, MANIFESTS
+from tests.conftest import MANIFESTS
 from tests.fake_observability import FakePlatform
 from tests.test_cli import run
-
-pytestmark = APPLIED_DEV_GROUP
 
 
 @pytest.fixture

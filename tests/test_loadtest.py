@@ -13,11 +13,9 @@ import pytest
 from ops import k6
 from orchestrator.errors import OrchestratorError
 from orchestrator.manifest import load_manifest
-from tests.conftest import APPLIED_DEV_GROUP, MANIFESTS
+from tests.conftest import MANIFESTS
 from tests.fake_observability import FakePlatform
 from tests.test_cli import dev_manifests, run
-
-pytestmark = APPLIED_DEV_GROUP
 
 #: Where the test extra installed k6; the command line finds it on PATH, as an operator's would.
 WITH_K6 = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}

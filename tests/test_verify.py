@@ -8,11 +8,9 @@ import json
 
 import pytest
 
-from tests.conftest import APPLIED_DEV_GROUP, FAKE_ENV, MANIFESTS
+from tests.conftest import FAKE_ENV, MANIFESTS
 from tests.fake_observability import FakePlatform
 from tests.test_cli import dev_manifests, run
-
-pytestmark = APPLIED_DEV_GROUP
 
 
 def client(endpoint: str, service: str):
