@@ -27,19 +27,9 @@ CLI = str(Path(sys.executable).parent / "orchestrator")
 @pytest.fixture(scope="module")
 def server():
     """One moto server for the module, with the settings the sandbox uses; reset per test."""
-    from orchestrator import sandbox
-    port = sandbox.free_port()
-    env = {**os.environ, **FAKE_ENV, **sandbox.EMULATOR_SETTINGS}
-    process = subprocess.Popen([sys.executable, "-m", "orchestrator.emulator", "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while not sandbox.is_alive({"url": url}):
-        assert time.monotonic() < deadline, "moto server did not start"
-        time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait(10)
+    from tests.moto_server import moto_server
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,7 @@ from ops.platform import Deployed
 from orchestrator.manifest import load_manifest
 from tests.conftest import MANIFESTS
 from tests.fake_observability import FakePlatform
-from tests.test_cli import run, server  # noqa: F401 (the moto server fixture)
-from tests.test_verify import applied  # noqa: F401 (dev applied once to the moto server)
+from tests.test_cli import run
 
 
 @pytest.fixture
@@ -21,7 +20,7 @@ def manifest():
     return load_manifest(MANIFESTS, "dev")
 
 
-def test_notify_tests_every_contact_point_and_the_sns_topic(applied, manifest):  # noqa: F811
+def test_notify_tests_every_contact_point_and_the_sns_topic(applied, manifest):
     platform = FakePlatform(manifest)
     try:
         result = run(applied, "drill", "dev", "notify", "--url", platform.url, "--json")
@@ -40,7 +39,7 @@ def test_notify_tests_every_contact_point_and_the_sns_topic(applied, manifest): 
     assert platform.tested_receivers and all("[REDACTED]" not in json.dumps(c) for c in platform.tested_receivers)
 
 
-def test_a_contact_point_that_fails_its_test_is_named_with_grafanas_answer(applied, manifest):  # noqa: F811
+def test_a_contact_point_that_fails_its_test_is_named_with_grafanas_answer(applied, manifest):
     platform = FakePlatform(manifest)
     platform.failing_receiver = "email"
     try:

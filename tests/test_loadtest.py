@@ -15,8 +15,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.manifest import load_manifest
 from tests.conftest import MANIFESTS
 from tests.fake_observability import FakePlatform
-from tests.test_cli import dev_manifests, run, server  # noqa: F401 (the moto server fixture)
-from tests.test_verify import applied  # noqa: F401 (dev applied once to the moto server)
+from tests.test_cli import dev_manifests, run
 
 #: Where the test extra installed k6; the command line finds it on PATH, as an operator's would.
 WITH_K6 = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -32,7 +31,7 @@ def loadtest(endpoint, platform, tmp_path, *args, manifests=MANIFESTS):
                "--out", str(tmp_path / "out"), *args, manifests=manifests, extra_env=WITH_K6)
 
 
-def test_k6_sends_what_the_report_counts_and_the_thresholds_pass(applied, manifest, tmp_path):  # noqa: F811
+def test_k6_sends_what_the_report_counts_and_the_thresholds_pass(applied, manifest, tmp_path):
     platform = FakePlatform(manifest)
     try:
         result = loadtest(applied, platform, tmp_path, "--json")
@@ -54,7 +53,7 @@ def test_k6_sends_what_the_report_counts_and_the_thresholds_pass(applied, manife
     assert Path(report["files"]["timeline"]).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")  # matplotlib (test extra)
 
 
-def test_a_failing_error_rate_threshold_fails_the_run_with_exit_1(applied, manifest, tmp_path):  # noqa: F811
+def test_a_failing_error_rate_threshold_fails_the_run_with_exit_1(applied, manifest, tmp_path):
     platform = FakePlatform(manifest, error_paths=("/health",))  # a tenth of the requests answer 500
     try:
         result = loadtest(applied, platform, tmp_path)
@@ -66,7 +65,7 @@ def test_a_failing_error_rate_threshold_fails_the_run_with_exit_1(applied, manif
     assert "threshold       http_req_duration p(95)<500: pass" in result.stdout
 
 
-def test_the_p95_threshold_is_the_manifests(applied, manifest, tmp_path):  # noqa: F811
+def test_the_p95_threshold_is_the_manifests(applied, manifest, tmp_path):
     manifests = dev_manifests(tmp_path, loadtest={"thresholds": {"p95_ms": 0.001, "error_rate_percent": 50}})
     platform = FakePlatform(manifest)
     try:
@@ -84,7 +83,7 @@ def test_prod_is_refused_without_allow_prod_before_any_aws_call(tmp_path):
     assert "loadtest refused for prod" in result.stderr and "--allow-prod" in result.stderr
 
 
-def test_vus_and_duration_are_capped_by_the_manifest(applied, manifest, tmp_path):  # noqa: F811
+def test_vus_and_duration_are_capped_by_the_manifest(applied, manifest, tmp_path):
     platform = FakePlatform(manifest)
     try:
         too_many = run(applied, "loadtest", "dev", "--url", platform.url, "--vus", "101", extra_env=WITH_K6)
@@ -96,7 +95,7 @@ def test_vus_and_duration_are_capped_by_the_manifest(applied, manifest, tmp_path
     assert not platform.hits
 
 
-def test_without_k6_on_path_the_error_says_how_to_install_it(applied, manifest, tmp_path):  # noqa: F811
+def test_without_k6_on_path_the_error_says_how_to_install_it(applied, manifest, tmp_path):
     result = run(applied, "loadtest", "dev", "--url", "http://127.0.0.1:9", extra_env={"PATH": "/nonexistent"})
     assert result.returncode == 1
     assert "k6 is not on PATH: install k6 from Grafana's packages" in result.stderr

@@ -13,7 +13,7 @@ from orchestrator.errors import ManifestError, OrchestratorError
 from orchestrator.model import KNOWN_AFTER_APPLY
 from orchestrator.waiters import WaitFailed
 from steps import taskdefs
-from steps.services import ServicesFacts, ServicesStep, _policy_view, _service_fields, _with_image
+from steps.services import ServicesFacts, ServicesStep, _policy_view, _with_image
 from tests import harness
 
 STEP = ServicesStep()
@@ -65,7 +65,6 @@ def converged(desired, digest: str = DIGEST) -> tuple[ServicesFacts, dict]:
     for service in desired.services:
         arn = f"arn:aws:ecs:us-east-1:{ACCOUNT}:task-definition/gamepulse-dev-{service.name}:1"
         facts.discovery[service.name] = {"Id": f"srv-{service.name}", "Arn": f"arn:sd:{service.name}"}
-        fields = _service_fields(service, arn, facts.discovery[service.name])
         facts.services[service.name] = {
             "serviceName": service.name, "serviceArn": f"arn:svc/{service.name}", "status": "ACTIVE",
             "taskDefinition": arn, "desiredCount": service.desired_count,
@@ -76,8 +75,9 @@ def converged(desired, digest: str = DIGEST) -> tuple[ServicesFacts, dict]:
         facts.owned.add(service.name)
         recorded[f"task_definition/{service.name}"] = {
             "arn": arn, "hash": taskdefs.definition_hash(_with_image(service, facts.images.get(service.name)))}
-        recorded[f"service/{service.name}"] = {**{key: fields[key] for key in
-                                                 ("deployment", "grace_period", "capacity_provider", "managed_tags")},
+        # Written out, not taken from the step's own field builder: what the last apply recorded.
+        recorded[f"service/{service.name}"] = {"deployment": service.deployment, "grace_period": service.grace_period,
+                                              "capacity_provider": service.capacity_provider, "managed_tags": True,
                                               "secret_versions": service.secret_versions}
         if service.bundle:
             recorded[f"bundle/{service.name}"] = {"hash": service.bundle.hash}

@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.schema import BucketSpec, StorageSpec
-from steps.storage import ABORT_MULTIPART_DAYS, ObservedBucket, StorageFacts, StorageStep
+from steps.storage import ObservedBucket, StorageFacts, StorageStep
 from tests import harness
 
 ACCOUNT = "123456789012"
@@ -46,7 +46,7 @@ def test_desired_names_buckets_per_account_with_log_retention_on_the_log_bucket(
     assert loki.arn == f"arn:aws:s3:::{LOKI}"
     assert loki.lifecycle[0]["Expiration"] == {"Days": manifest.logging.retention_days}
     assert "Expiration" not in config.lifecycle[0]
-    assert config.lifecycle[0]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": ABORT_MULTIPART_DAYS}
+    assert config.lifecycle[0]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 7}
     assert config.lifecycle[0]["NoncurrentVersionExpiration"] == {"NoncurrentDays": 30}
     assert loki.tags["orchestrator:step"] == "storage" and loki.tags["project"] == "gamepulse"
     assert loki.policy["Statement"][0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}

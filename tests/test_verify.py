@@ -5,30 +5,20 @@ verify at the fake (moto's load balancer DNS name resolves nowhere)."""
 from __future__ import annotations
 
 import json
-import urllib.request
 
 import pytest
 
 from tests.conftest import FAKE_ENV, MANIFESTS
 from tests.fake_observability import FakePlatform
-from tests.test_cli import dev_manifests, run, server  # noqa: F401 (the moto server fixture)
+from tests.test_cli import dev_manifests, run
 
 
 def client(endpoint: str, service: str):
-    """A client of the moto server; module fixtures run before the per-test fake credentials."""
+    """A client of the moto server; session fixtures run before the per-test fake credentials."""
     import boto3
     return boto3.client(service, region_name="us-east-1", endpoint_url=endpoint,
                         aws_access_key_id=FAKE_ENV["AWS_ACCESS_KEY_ID"],
                         aws_secret_access_key=FAKE_ENV["AWS_SECRET_ACCESS_KEY"])
-
-
-@pytest.fixture(scope="module")
-def applied(server):  # noqa: F811
-    urllib.request.urlopen(urllib.request.Request(f"{server}/moto-api/reset", method="POST")).read()
-    result = run(server, "apply", "dev")
-    assert result.returncode == 0, result.stderr[-3000:]
-    register_targets(server)
-    return server
 
 
 def register_targets(endpoint: str) -> None:
