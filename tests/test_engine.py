@@ -867,3 +867,33 @@ def test_a_step_whose_upstream_has_no_record_waits_for_it():
 
     assert log == [("a", []), ("b", [("a", KNOWN_AFTER_APPLY)])]
     assert results["b"].changes[0].diffs[0].new == [("a", KNOWN_AFTER_APPLY)]
+
+
+class SlowToObserve(Observing):
+    """Its observe takes `seconds` on the engine's clock."""
+
+    def __init__(self, *args, clock, seconds, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.clock, self.seconds = clock, seconds
+
+    def observe(self, ctx, desired):
+        self.clock[0] += self.seconds
+        return super().observe(ctx, desired)
+
+
+def test_a_step_observed_early_counts_that_time_as_its_own(monkeypatch):
+    """The summary's time column: b's reads went out before a was planned, and are still b's."""
+    import types
+
+    from orchestrator import engine as engine_module
+    clock = [0.0]
+    monkeypatch.setattr(engine_module, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    cloud = {"a": {"name": "a", "after": []}, "b": {"name": "b", "after": [("a", "id-a")]}}
+    steps = [SlowToObserve("a", cloud=cloud, clock=clock, seconds=1.0),
+             SlowToObserve("b", ["a"], cloud=cloud, clock=clock, seconds=7.0)]
+    store = RecordsStore({"a": {"status": "ok", "outputs": {"id": "id-a"}},
+                          "b": {"status": "ok", "outputs": {"id": "id-b"}}})
+
+    results = engine_for(steps, store=store, parallelism=1).plan()
+
+    assert (results["a"].seconds, results["b"].seconds) == (1.0, 7.0)
