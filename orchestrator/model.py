@@ -156,6 +156,9 @@ class Wait:
     what: str
     check: Callable[[], tuple[bool, str]] = field(compare=False, repr=False)
     timeout: float = 900.0
+    #: For a wait that is a span of time (no AWS state to poll): the waiters' clock when it is
+    #: over, so the poll sleeps to it instead of past it.
+    due: float | None = None
 
 
 @dataclass(frozen=True)

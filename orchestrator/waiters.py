@@ -68,9 +68,11 @@ def settle(waits: Iterable[Wait], *, max_delay: float = 15.0, log=None,
         for wait, status in still:
             if elapsed + delay > wait.timeout:
                 raise WaitTimeout(f"gave up waiting for {wait.what} after {elapsed:.0f}s (last status: {status})")
+        due = [wait.due - clock() for wait, _ in still if wait.due is not None]
+        step = min([delay, *(max(left, 0.0) for left in due)])  # never sleep past a known end
         log.info("waiting", what="; ".join(dict.fromkeys(f"{wait.what}: {status}" for wait, status in still)),
-                 waited_s=round(elapsed, 1), next_check_s=delay)
-        sleep(delay)
+                 waited_s=round(elapsed, 1), next_check_s=round(step, 1))
+        sleep(step)
         if stop is not None:
             stop()
         delay = min(delay * 2, max_delay)

@@ -49,7 +49,8 @@ def _propagation(role: str) -> Wait:
         left = IAM_PROPAGATION_SECONDS - (waiters.clock() - since)
         return (True, "given time to reach ECS") if left <= 0 else (False, f"{left:.0f}s of IAM propagation left")
 
-    return Wait(f"IAM change to role {role} to reach ECS", check, timeout=IAM_PROPAGATION_SECONDS + 60)
+    return Wait(f"IAM change to role {role} to reach ECS", check, timeout=IAM_PROPAGATION_SECONDS + 60,
+                due=since + IAM_PROPAGATION_SECONDS)
 
 
 def _propagated(role: str) -> Accepted:

@@ -74,6 +74,7 @@ def test_a_run_that_changed_iam_waits_for_it_to_reach_ecs_and_says_so(manifest, 
     assert [log["what"] for log in logs if log["event"] == "wait over"].count(
         "IAM change to role gamepulse-dev-execution to reach ECS") == 1
     assert 10.0 <= now[0] <= 20.0  # bounded: the propagation time, then the next poll
+    assert now[0] == 10.0, "a span of time known in advance is slept to its end, not past it"
 
     before = now[0]
     with capture_logs() as logs:
