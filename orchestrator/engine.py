@@ -137,7 +137,7 @@ class Engine:
         self._retiring: dict[str, tuple[StepContext, Any, list[Change], str]] = {}
         #: Per step planned: the upstream outputs it was planned with, its desired and observed
         #: facts (apply reuses them when the upstream outputs are still the same).
-        self._planned: dict[str, tuple[dict, Any, Any]] = {}
+        self._planned: dict[str, tuple[dict, Any, Any, list[Change]]] = {}
         #: Per step observed early (`_observe_early`): the upstream outputs (from the records) it
         #: was observed with, its desired facts, and what its observe returned or raised.
         self._early: dict[str, tuple[dict, Any, Any, BaseException | None]] = {}
@@ -372,17 +372,18 @@ class Engine:
         result.refused = [change for change in result.changes if self.refuses(change)]
         result.outputs = self._outputs(step, desired, observed)
         result.desired_digest = desired_hash(desired)
-        self._planned[name] = (inputs.outputs, desired, observed)
+        self._planned[name] = (inputs.outputs, desired, observed, result.changes)
 
     def _apply_step(self, name: str, result: StepResult) -> None:
         step = self.graph.steps[name]
         ctx = self._context(name)
         inputs = self._inputs(name)
-        planned_with, desired, observed = self._planned.pop(name, (None, None, None))
+        planned_with, desired, observed, changes = self._planned.pop(name, (None, None, None, None))
         if planned_with != inputs.outputs:  # an upstream step changed what this one was planned with
             desired = step.desired(self.manifest, inputs)
             observed = step.observe(ctx, desired)
-        result.changes = step.plan(desired, observed, self._recorded(name))
+            changes = step.plan(desired, observed, self._recorded(name))
+        result.changes = changes
         if self._review is not None:
             self._review.admit(name, result.changes)
         if result.changes:

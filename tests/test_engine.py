@@ -585,22 +585,26 @@ def test_a_preflight_problem_stops_apply_before_any_step_changes_anything_naming
     assert "c: PROBLEM: c needs a certificate" in plan_text("Plan:", plan)
 
 
-def test_apply_observes_once_a_step_whose_upstream_outputs_did_not_change():
+def test_apply_observes_and_plans_once_a_step_whose_upstream_outputs_did_not_change():
     cloud = {}
-    observed = []
+    observed, planned = [], []
 
     class Counting(ThingStep):
         def observe(self, ctx, desired):
             observed.append(self.name)
             return super().observe(ctx, desired)
 
+        def plan(self, desired, observed, recorded):
+            planned.append(self.name)
+            return super().plan(desired, observed, recorded)
+
     steps = [Counting("a", cloud=cloud), Counting("b", ["a"], cloud=cloud)]
     engine_for(steps).apply()
-    # First apply: b was planned with a's id not known yet, so it looks again once a exists.
-    assert sorted(observed) == ["a", "b", "b"]
-    observed.clear()
+    # First apply: b was planned with a's id not known yet, so it looks and plans again once a exists.
+    assert sorted(observed) == ["a", "b", "b"] and sorted(planned) == ["a", "b", "b"]
+    observed.clear(), planned.clear()
     engine_for(steps).apply()
-    assert sorted(observed) == ["a", "b"]
+    assert sorted(observed) == ["a", "b"] and sorted(planned) == ["a", "b"]
 
 
 def test_prune_deletes_only_what_the_manifest_no_longer_wants_and_leaves_a_step_with_changes_pending():
