@@ -1,5 +1,6 @@
 """Step `ecr`: the platform's image repositories (scan on push, immutable tags, encryption,
-lifecycle policy), and `resolve_image`, which turns an image tag into the digest to deploy.
+lifecycle policy), and the image each deploys: the manifest's tag, resolved to its digest
+(`resolve_image`) and given to dependants as the output `images`.
 
 Repository names are the manifest's keys (`gamepulse`), so they are shared by every
 environment deployed to one account and region: a repository of that name owned by anyone
@@ -31,6 +32,8 @@ class DesiredRepository:
     encryption: str
     lifecycle_policy: dict
     tags: dict[str, str]
+    #: The image tag to deploy (`images.repositories.KEY.tag`), resolved to its digest; None: none.
+    image_tag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,9 @@ class ObservedRepository:
 class EcrFacts:
     owned: dict[str, ObservedRepository] = field(default_factory=dict)
     foreign: dict[str, dict[str, str]] = field(default_factory=dict)  # desired name → its owner's tags
+    images: dict[str, str] = field(default_factory=dict)  # repository name → URI@digest of its image_tag
+    #: Repository name → why its image_tag cannot be deployed (not pushed).
+    missing_images: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,11 @@ def _version_key(tag: str) -> tuple:
 class EcrOutputs:
     repositories: dict[str, str]  # repository URI by the manifest's name
     repository_arns: dict[str, str]
+    #: The image to deploy by the manifest's name, `URI@sha256:…` (its tag resolved to the digest).
+    images: dict[str, str]
+    #: Why the image of a manifest's name cannot be deployed (its tag is not in the repository):
+    #: the services step stops on it before any change, where it deploys that image.
+    image_problems: dict[str, str]
 
 
 class EcrStep(Step):
@@ -151,7 +162,7 @@ class EcrStep(Step):
             spec.name or key: DesiredRepository(
                 key=key, name=spec.name or key, scan_on_push=spec.scan_on_push, tag_mutability=spec.tag_mutability,
                 encryption=spec.encryption, lifecycle_policy=lifecycle_policy(spec.expire_untagged_days, spec.keep_tagged),
-                tags=tags)
+                tags=tags, image_tag=spec.tag)
             for key, spec in sorted(manifest.images.repositories.items())}
         return EcrDesired(app=manifest.app, env=manifest.environment, repositories=repositories)
 
@@ -175,6 +186,9 @@ class EcrStep(Step):
                                                    count_images=may_delete)
             elif name in desired.repositories:
                 facts.foreign[name] = tags
+        if not ctx.destroying:
+            for name in sorted(set(facts.owned) & set(desired.repositories)):
+                _resolve_into(facts, client, desired.repositories[name])
         return facts
 
     def _tagged_names(self, ctx) -> set[str]:
@@ -229,7 +243,9 @@ class EcrStep(Step):
 
     def _create_repository(self, ctx, change: Change, observed: EcrFacts) -> None:
         repository = change.payload.repository
-        observed.owned[repository.name] = _apply_create(ctx.client("ecr"), repository)
+        client = ctx.client("ecr")
+        observed.owned[repository.name] = _apply_create(client, repository)
+        _resolve_into(observed, client, repository)
 
     def _replace_repository(self, ctx, change: Change, observed: EcrFacts) -> None:
         """The encryption of a repository is fixed at creation: delete, then create."""
@@ -237,6 +253,7 @@ class EcrStep(Step):
         client = ctx.client("ecr")
         unless_code(GONE, client.delete_repository, repositoryName=work.repository.name, force=work.force)
         observed.owned[work.repository.name] = _apply_create(client, work.repository)
+        _resolve_into(observed, client, work.repository)
 
     def _update_repository(self, ctx, change: Change, observed: EcrFacts) -> None:
         work: RepositoryWork = change.payload
@@ -273,7 +290,11 @@ class EcrStep(Step):
 
         return EcrOutputs(
             repositories={repo.key: known(name, "uri") for name, repo in desired.repositories.items()},
-            repository_arns={repo.key: known(name, "arn") for name, repo in desired.repositories.items()})
+            repository_arns={repo.key: known(name, "arn") for name, repo in desired.repositories.items()},
+            images={repo.key: observed.images[name] for name, repo in desired.repositories.items()
+                    if name in observed.images},
+            image_problems={repo.key: observed.missing_images[name] for name, repo in desired.repositories.items()
+                            if name in observed.missing_images})
 
     def plan_destroy(self, observed: EcrFacts) -> list[Change]:
         return [_delete(current, "destroy") for _, current in sorted(observed.owned.items())]
@@ -369,6 +390,20 @@ def _repositories_named(client, names: list[str]) -> list[dict]:
 def _lifecycle_policy_of(client, name: str) -> dict | None:
     found = unless_code({"LifecyclePolicyNotFoundException"}, client.get_lifecycle_policy, repositoryName=name)
     return canonical_lifecycle_policy(found["lifecyclePolicyText"]) if found else None
+
+
+def _resolve_into(facts: EcrFacts, client, repository: DesiredRepository) -> None:
+    """The digest of the repository's image tag into `facts.images`, or why it cannot be had into
+    `facts.missing_images`. Also read right after the repository is made: a registry that fills
+    new repositories (replication, a pull-through cache, the sandbox's) may hold the tag already."""
+    facts.images.pop(repository.name, None)
+    facts.missing_images.pop(repository.name, None)
+    if repository.image_tag is None:
+        return
+    try:
+        facts.images[repository.name] = resolve_image(client, repository.name, repository.image_tag)
+    except OrchestratorError as error:
+        facts.missing_images[repository.name] = str(error)
 
 
 def _apply_create(client, repository: DesiredRepository) -> ObservedRepository:

@@ -7,10 +7,9 @@ described only where the last-applied record does not prove what is in service (
 keeps the revision registered and the hash of its normal form: `steps.taskdefs`). Bundles are
 compared by their content hash, recorded at upload.
 
-A rollout succeeds when what users mean by it holds: the PRIMARY deployment runs the revision
-just registered, its rollout state is COMPLETED with every task running, and the load
-balancer's targets are healthy. A circuit-breaker rollback or a timeout fails the step, with
-ECS's own reasons (service events, stopped tasks' `stoppedReason`, unhealthy targets).
+A change that starts a deployment is settled by its rollout, awaited to its end
+(`steps.rollouts`: a circuit-breaker rollback or a timeout fails the step with ECS's reasons);
+`status --live` shows the services as ECS says they run now (`rollouts.live_services`).
 """
 from __future__ import annotations
 
@@ -20,18 +19,15 @@ from typing import Any
 from orchestrator import tags as tagging
 from orchestrator import waiters
 from orchestrator.aws import SEVERAL_SERVICES, error_code, unless_code
-from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Unknown, Wait, is_unknown
+from orchestrator.errors import OrchestratorError
+from orchestrator.model import Accepted, Change, FieldDiff, Step, Unknown, Wait, is_unknown
 from orchestrator.permissions import allow
 from orchestrator.retry import eventually
-from orchestrator.waiters import WaitFailed
-from steps import bundles, taskdefs
-from steps.ecr import resolve_image
+from steps import bundles, rollouts, taskdefs
 
 SCALABLE_DIMENSION = "ecs:service:DesiredCount"
 CPU_METRIC = "ECSServiceAverageCPUUtilization"
 REQUESTS_METRIC = "ALBRequestCountPerTarget"
-#: ECS answers describe_services for at most this many services per call.
-DESCRIBE_BATCH = 10
 #: Fields ECS accepts but an emulator may not read back: compared with the last-applied record.
 RECORDED_FIELDS = ("deployment", "grace_period", "capacity_provider", "managed_tags")
 #: A service change's field for a secret whose new version its tasks must read (`secret:NAME`),
@@ -45,12 +41,14 @@ REDEPLOY = "redeploy"
 
 @dataclass(frozen=True)
 class ImageRef:
-    """The app's image: a tag of a repository, deployed by the digest it resolves to."""
+    """The app's image: a tag of a repository, deployed by the digest it resolves to (step ecr's
+    output `images`, in the definition's container `container`)."""
 
     container: str
     repository: str
     tag: str
     uri: str  # the repository's URI (step ecr): not known until the repository exists
+    problem: str = ""  # why step ecr found no image of the tag (not pushed): a pre-flight problem
 
 
 @dataclass(frozen=True)
@@ -66,7 +64,7 @@ class DesiredService:
     name: str
     bundle: bundles.Bundle | None
     bundle_key: str  # S3 prefix of the bundle's files
-    definition: dict  # RegisterTaskDefinition request; the app image is filled in from `image`
+    definition: dict  # RegisterTaskDefinition request
     image: ImageRef | None
     desired_count: int
     network: dict  # awsvpcConfiguration
@@ -99,7 +97,6 @@ class ServicesDesired:
 
 @dataclass
 class ServicesFacts:
-    images: dict[str, str] = field(default_factory=dict)  # service → repository URI@digest
     services: dict[str, dict] = field(default_factory=dict)  # name → describe_services entry (not INACTIVE)
     definitions: dict[str, dict] = field(default_factory=dict)  # service → in-service definition, described
     discovery: dict[str, dict] = field(default_factory=dict)  # Cloud Map service name → {Id, Arn}
@@ -114,7 +111,7 @@ class ServicesFacts:
     config_bucket: str = ""
     keep_revisions: int = 5
     rollout_timeout: int = 900
-    poller: "RolloutPoller | None" = None
+    poller: rollouts.RolloutPoller | None = None
 
 
 @dataclass(frozen=True)
@@ -223,10 +220,12 @@ class ServicesStep(Step):
         image = app = None
         if task.app is not None:
             repository = manifest.images.repositories[task.app.image]
+            problems = inputs.output("ecr", "image_problems")
             image = ImageRef(container=name, repository=repository.name or task.app.image, tag=repository.tag,
-                             uri=inputs.entry("ecr", "repositories", task.app.image))
+                             uri=inputs.entry("ecr", "repositories", task.app.image),
+                             problem=problems.get(task.app.image, "") if isinstance(problems, dict) else "")
             app = taskdefs.AppContainer(
-                name=name, image=KNOWN_AFTER_APPLY, port=task.app.port,
+                name=name, image=inputs.entry("ecr", "images", task.app.image), port=task.app.port,
                 health_check=tuple(task.app.health_check) if task.app.health_check else None,
                 environment={**bundles.app_environment(manifest), **task.app.environment},
                 secrets={variable: inputs.entry("secrets", "arns", secret)
@@ -263,26 +262,16 @@ class ServicesStep(Step):
                               config_bucket=desired.config_bucket, keep_revisions=desired.keep_revisions,
                               rollout_timeout=desired.rollout_timeout)
         ecs = ctx.client("ecs")
-        facts.poller = RolloutPoller(ecs, ctx.client("elbv2"), desired.cluster)
-
-        def images() -> dict[str, str]:
-            if ctx.destroying:
-                return {}
-            ecr = ctx.client("ecr")
-            # A repository that does not exist yet (a plan from nothing) holds no image yet either.
-            pushed = [s for s in desired.services if s.image is not None and not is_unknown(s.image.uri)]
-            digests = ctx.each("ecr", lambda s: resolve_image(ecr, s.image.repository, s.image.tag), pushed)
-            return dict(zip((service.name for service in pushed), digests))
+        facts.poller = rollouts.RolloutPoller(ecs, ctx.client("elbv2"), desired.cluster)
 
         def discovery() -> dict[str, dict] | None:
             if is_unknown(desired.namespace_id):
                 return None
             return self._observe_discovery(ctx.client("servicediscovery"), desired.namespace_id)
 
-        # Images (ECR), services (ECS) and Cloud Map services: three services, read at once.
-        found_images, facts.services, found_discovery = ctx.each(SEVERAL_SERVICES, lambda read: read(), [
-            images, lambda: self._observe_services(ecs, desired), discovery])
-        facts.images.update(found_images)
+        # Services (ECS) and Cloud Map services: two services, read at once.
+        facts.services, found_discovery = ctx.each(SEVERAL_SERVICES, lambda read: read(), [
+            lambda: self._observe_services(ecs, desired), discovery])
         if found_discovery is not None:
             facts.discovery = found_discovery
         facts.owned = {name for name, live in facts.services.items()
@@ -315,7 +304,7 @@ class ServicesStep(Step):
         for service in desired.services:
             live = facts.services.get(service.name)
             record = ctx.recorded.get(f"task_definition/{service.name}", {})
-            wanted = taskdefs.definition_hash(_with_image(service, facts.images.get(service.name)))
+            wanted = taskdefs.definition_hash(service.definition)
             if live and (record.get("arn"), record.get("hash")) != (live["taskDefinition"], wanted):
                 unproven.append((service.name, live["taskDefinition"]))
         described = ctx.each("ecs", lambda item: ecs.describe_task_definition(taskDefinition=item[1])["taskDefinition"],
@@ -333,8 +322,8 @@ class ServicesStep(Step):
                 cluster=desired.cluster) for arn in page["serviceArns"]]
             names += sorted(set(listed) - set(names))
             found = {}
-            for start in range(0, len(names), DESCRIBE_BATCH):
-                batch = names[start:start + DESCRIBE_BATCH]
+            for start in range(0, len(names), rollouts.DESCRIBE_BATCH):
+                batch = names[start:start + rollouts.DESCRIBE_BATCH]
                 for service in ecs.describe_services(cluster=desired.cluster, services=batch,
                                                      include=["TAGS"])["services"]:
                     if service["status"] != "INACTIVE":
@@ -408,13 +397,13 @@ class ServicesStep(Step):
                                       note="; ".join([f"{len(service.bundle.files)} file(s) under "
                                                       f"s3://{desired.config_bucket}/{service.bundle_key}",
                                                       *service.bundle.notes])))
-        definition = _with_image(service, observed.images.get(service.name))
+        definition = service.definition
         digest = taskdefs.definition_hash(definition)
         live = observed.services.get(service.name)
         in_service = _in_service_hash(service.name, live, observed, recorded)
         arn = live["taskDefinition"] if live else None
         if in_service != digest:
-            diffs = _definition_diffs(definition, live, observed.definitions.get(service.name))
+            diffs = _definition_diffs(service.name, definition, live, observed.definitions.get(service.name))
             changes.append(Change("create" if live is None else "update", "task_definition", service.name,
                                   diffs=_with_image_tags(diffs, service, _tag_in_service(service, live, recorded)),
                                   calls=("ecs:RegisterTaskDefinition", "ecs:DeregisterTaskDefinition"),
@@ -467,6 +456,11 @@ class ServicesStep(Step):
         return [Change("update", "service", service.name, diffs=tuple(diffs) + rolls + retag, calls=calls,
                        payload=service, record=record, note="; ".join(notes))]
 
+    def preflight(self, ctx, desired: ServicesDesired, observed: ServicesFacts) -> list[str]:
+        """An image tag to deploy that its repository does not hold (found by step ecr)."""
+        return [f"service {service.name}: {service.image.problem}" for service in desired.services
+                if service.image is not None and service.image.problem]
+
     def remarks(self, desired: ServicesDesired, observed: ServicesFacts) -> list[str]:
         """What the rendered configs cannot do, said on every plan (not only when they change):
         critical alerts that no mail server will send."""
@@ -483,6 +477,7 @@ class ServicesStep(Step):
 
     def _create_task_definition(self, ctx, change: Change, observed: ServicesFacts) -> Accepted:
         service, definition, digest = change.payload
+        _refuse_unknown_image(service, definition)
         ecs = ctx.client("ecs")
         arn = self._registered_already(ctx, ecs, definition["family"], digest) or eventually(
             ecs.register_task_definition, retry_if=_role_not_visible_yet,
@@ -694,26 +689,13 @@ class ServicesStep(Step):
     # -- status --live ---------------------------------------------------------------------
 
     def live(self, ctx, outputs: dict) -> dict:
-        """What `status --live` shows of this step, per service of the manifest, as ECS and the
-        load balancer say now: desired, running and pending tasks, the PRIMARY deployment's
-        rollout state, the revision in service, target health."""
+        """What `status --live` shows of this step: per service of the manifest, its tasks,
+        rollout, revision and target health now (`rollouts.live_services`)."""
         if ctx.manifest.services is None:
             return {}
-        ecs, elb = ctx.client("ecs"), ctx.client("elbv2")
-        names = list(ctx.manifest.services.tasks)
-        found: dict[str, dict] = {}
-        try:
-            for start in range(0, len(names), DESCRIBE_BATCH):
-                for service in ecs.describe_services(cluster=outputs.get("cluster_name") or ctx.manifest.prefix,
-                                                     services=names[start:start + DESCRIBE_BATCH])["services"]:
-                    if service["status"] != "INACTIVE":
-                        found[service["serviceName"]] = service
-        except Exception as error:
-            if error_code(error) != "ClusterNotFoundException":
-                raise
-        services = {name: _live_state(found.get(name), elb) for name in names}
-        return {"title": "services", "services": services,
-                "lines": [f"{name:<12} {state['line']}" for name, state in services.items()]}
+        return rollouts.live_services(ctx.client("ecs"), ctx.client("elbv2"),
+                                      outputs.get("cluster_name") or ctx.manifest.prefix,
+                                      list(ctx.manifest.services.tasks))
 
     # -- outputs ----------------------------------------------------------------------------
 
@@ -722,109 +704,12 @@ class ServicesStep(Step):
         namespace = desired.namespace_name
         return ServicesOutputs(
             cluster_name=desired.cluster,
-            services={name: observed.services[name]["serviceArn"] if name in observed.services else KNOWN_AFTER_APPLY
-                      for name in names},
+            services={name: observed.services[name]["serviceArn"] if name in observed.services
+                      else Unknown(f"services.services.{name}") for name in names},
             task_definitions={name: observed.registered.get(name) or
                               (observed.services[name]["taskDefinition"] if name in observed.services
-                               else KNOWN_AFTER_APPLY) for name in names},
+                               else Unknown(f"services.task_definitions.{name}")) for name in names},
             discovery_names={name: f"{name}.{namespace}" for name in names})
-
-
-def _live_state(service: dict | None, elb) -> dict:
-    if service is None:
-        return {"line": "not deployed"}
-    primary = next((d for d in service.get("deployments", []) if d["status"] == "PRIMARY"), {})
-    health: dict[str, int] = {}
-    for balancer in service.get("loadBalancers", []):
-        for target in elb.describe_target_health(TargetGroupArn=balancer["targetGroupArn"])["TargetHealthDescriptions"]:
-            state = target["TargetHealth"]["State"]
-            health[state] = health.get(state, 0) + 1
-    state = {"desired": service["desiredCount"], "running": service["runningCount"],
-             "pending": service["pendingCount"], "rollout": primary.get("rolloutState", "-"),
-             "revision": service["taskDefinition"].rsplit("/", 1)[-1], "targets": health}
-    targets = (", targets " + (", ".join(f"{count} {what}" for what, count in sorted(health.items())) or "none")
-               if service.get("loadBalancers") else "")
-    state["line"] = (f"{state['running']}/{state['desired']} running, {state['pending']} pending, rollout "
-                     f"{state['rollout']}, revision {state['revision']}{targets}")
-    return state
-
-
-# --- the rollout -----------------------------------------------------------------------------
-
-
-class RolloutPoller:
-    """Awaits the rollouts of the services a run changed, with one describe_services per round
-    for up to ten of them: the first check of a round reads every awaited service, the others
-    use what it read."""
-
-    def __init__(self, ecs, elb, cluster: str):
-        self.ecs, self.elb, self.cluster = ecs, elb, cluster
-        self.expected: dict[str, tuple[str, list[str], float]] = {}  # name → (revision, target groups, deadline)
-        self.fresh: dict[str, dict] = {}
-
-    def expect(self, name: str, arn: str, target_groups: list[str], timeout: float) -> None:
-        self.expected[name] = (arn, target_groups, waiters.clock() + timeout)
-
-    def check(self, name: str) -> tuple[bool, str]:
-        service = self._read(name)
-        arn, target_groups, deadline = self.expected[name]
-        if service is None:
-            raise WaitFailed(f"service {name} disappeared during its rollout")
-        primary = next((d for d in service.get("deployments", []) if d["status"] == "PRIMARY"), None)
-        if primary is None or primary["taskDefinition"] != arn or primary.get("rolloutState") == "FAILED":
-            self.expected.pop(name)
-            raise WaitFailed(f"the rollout of service {name} failed"
-                             + (" and ECS rolled it back" if primary and primary["taskDefinition"] != arn else "")
-                             + f": {self._reasons(name, service, target_groups)}")
-        state = primary.get("rolloutState", "UNKNOWN")
-        status = f"{primary.get('runningCount', 0)}/{primary.get('desiredCount', 0)} running, {state}"
-        done = state == "COMPLETED" and primary.get("runningCount") == primary.get("desiredCount")
-        if done:
-            unhealthy = self._unhealthy_targets(target_groups)
-            if not unhealthy:
-                self.expected.pop(name)
-                return True, status
-            status += f", targets not healthy yet: {'; '.join(unhealthy)}"
-        if waiters.clock() > deadline:
-            self.expected.pop(name)
-            raise WaitFailed(f"the rollout of service {name} did not finish in time ({status}): "
-                             f"{self._reasons(name, service, target_groups)}")
-        return False, status
-
-    def _read(self, name: str) -> dict | None:
-        if name not in self.fresh:
-            names = sorted(self.expected)
-            for start in range(0, len(names), DESCRIBE_BATCH):
-                for service in self.ecs.describe_services(cluster=self.cluster,
-                                                          services=names[start:start + DESCRIBE_BATCH])["services"]:
-                    self.fresh[service["serviceName"]] = service
-        return self.fresh.pop(name, None)
-
-    def _unhealthy_targets(self, target_groups: list[str]) -> list[str]:
-        found = []
-        for arn in target_groups:
-            for target in self.elb.describe_target_health(TargetGroupArn=arn)["TargetHealthDescriptions"]:
-                health = target["TargetHealth"]
-                if health["State"] not in ("healthy", "draining"):
-                    found.append(f"{target['Target']['Id']} {health['State']}"
-                                 + (f" ({health.get('Reason')}: {health.get('Description', '')})"
-                                    if health.get("Reason") else ""))
-        return found
-
-    def _reasons(self, name: str, service: dict, target_groups: list[str]) -> str:
-        """What ECS says went wrong: its latest events, why tasks stopped, why targets are unhealthy."""
-        events = [event["message"] for event in service.get("events", [])[:3]]
-        stopped = []
-        arns = self.ecs.list_tasks(cluster=self.cluster, serviceName=name, desiredStatus="STOPPED")["taskArns"][:5]
-        if arns:
-            for task in self.ecs.describe_tasks(cluster=self.cluster, tasks=arns)["tasks"]:
-                reason = task.get("stoppedReason", "")
-                containers = [f"{c['name']}: {c['reason']}" for c in task.get("containers", []) if c.get("reason")]
-                stopped.append("; ".join([reason, *containers]).strip("; "))
-        parts = [f"events: {' | '.join(events)}" if events else "",
-                 f"stopped tasks: {' | '.join(s for s in stopped if s)}" if any(stopped) else "",
-                 f"targets: {' | '.join(self._unhealthy_targets(target_groups))}" if target_groups else ""]
-        return "; ".join(part for part in parts if part and not part.endswith(": ")) or "ECS gave no reason"
 
 
 # --- planning helpers (pure) -------------------------------------------------------------------
@@ -856,15 +741,6 @@ def _known_list(values) -> list:
     return list(values) if isinstance(values, list) else [values]
 
 
-def _with_image(service: DesiredService, image: str | None) -> dict:
-    if service.image is None:
-        return service.definition
-    resolved = image or Unknown(f"ecr.{service.image.repository}:{service.image.tag}")
-    return {**service.definition, "containerDefinitions": [
-        {**c, "image": resolved} if c["name"] == service.image.container else c
-        for c in service.definition["containerDefinitions"]]}
-
-
 def _in_service_hash(name: str, live: dict | None, observed: ServicesFacts, recorded: dict[str, dict]) -> str | None:
     """The hash of the definition in service: the normal form of what observe described, else
     the record's when it names that revision."""
@@ -876,12 +752,14 @@ def _in_service_hash(name: str, live: dict | None, observed: ServicesFacts, reco
     return record.get("hash") if record.get("arn") == live["taskDefinition"] else None
 
 
-def _definition_diffs(definition: dict, live: dict | None, described: dict | None) -> tuple[FieldDiff, ...]:
+def _definition_diffs(service_name: str, definition: dict, live: dict | None,
+                      described: dict | None) -> tuple[FieldDiff, ...]:
     """What changes, field by field (per container: image, environment, …) when the definition in
     service is known; otherwise (a first revision) the images it will run."""
     new = taskdefs.normalise(definition)
     if live is None or described is None:
-        return (FieldDiff("revision", live["taskDefinition"] if live else None, KNOWN_AFTER_APPLY),
+        return (FieldDiff("revision", live["taskDefinition"] if live else None,
+                          Unknown(f"services.task_definitions.{service_name}")),
                 *(FieldDiff(f"container:{c['name']}.image", None, c.get("image")) for c in new["containerDefinitions"]))
     old = taskdefs.normalise(described)
     diffs = [FieldDiff(key, old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
@@ -893,6 +771,19 @@ def _definition_diffs(definition: dict, live: dict | None, described: dict | Non
         diffs += [FieldDiff(f"container:{name}.{key}", before.get(key), after.get(key))
                   for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
     return tuple(diffs)
+
+
+def _refuse_unknown_image(service: DesiredService, definition: dict) -> None:
+    """A definition whose app image step ecr could not resolve (a repository this run made holds
+    no image of the tag yet: the pre-flight saw no repository to look in) is not registered:
+    said in the user's words, not as a request refused for an unknown value."""
+    if service.image is None:
+        return
+    image = next(c["image"] for c in definition["containerDefinitions"] if c["name"] == service.image.container)
+    if is_unknown(image):
+        raise OrchestratorError(f"service {service.name}: " + (
+            service.image.problem or f"no image tagged {service.image.tag!r} is known in ECR repository "
+                                     f"{service.image.repository!r}; push it, then apply again"))
 
 
 def _tag_in_service(service: DesiredService, live: dict | None, recorded: dict[str, dict]) -> str | None:

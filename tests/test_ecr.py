@@ -1,5 +1,5 @@
 """Step `ecr`: pure planning without AWS, then apply / drift / destroy / crash against moto, and
-the image resolver the services step uses."""
+the image to deploy it resolves for the services step (its outputs `images`, `image_problems`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -180,16 +180,50 @@ def test_apply_creates_the_repository_with_settings_tags_and_lifecycle_then_chan
     rules = json.loads(ecr.get_lifecycle_policy(repositoryName="gamepulse")["lifecyclePolicyText"])["rules"]
     assert [(r["selection"]["tagStatus"], r["selection"]["countNumber"]) for r in rules] == [("untagged", 7),
                                                                                              ("tagged", 30)]
+    # The manifest's tag 1.4.1 is not pushed: no image to deploy, and why (the services step stops on it).
     assert outputs == {"repositories": {"gamepulse": repo["repositoryUri"]},
-                       "repository_arns": {"gamepulse": repo["repositoryArn"]}}
+                       "repository_arns": {"gamepulse": repo["repositoryArn"]}, "images": {},
+                       "image_problems": {"gamepulse": "image tag '1.4.1' does not exist in ECR repository 'gamepulse' "
+                                                       "(its tags: none); push it first or name an existing tag"}}
     assert harness.mutations(aws) == ["ecr:CreateRepository", "ecr:PutLifecyclePolicy"]
 
     before = len(aws.ledger.calls)
     again, outputs_again, _ = harness.run_step(STEP, manifest, aws)
     assert again == [] and len(harness.mutations(aws)) == 2 and outputs_again == outputs
     assert sorted(c.operation for c in harness.calls_since(aws, before, STEP.name)) == [
-        "DescribeRepositories", "GetLifecyclePolicy", "GetResources",  # others of ours, by tag
+        "DescribeImages", "DescribeRepositories", "GetLifecyclePolicy", "GetResources",  # others of ours, by tag
+        "ListImages",  # the tags it holds, for the message: 1.4.1 is not among them
         "ListTagsForResource"]  # images are counted only to delete
+
+
+def test_the_image_to_deploy_is_the_manifests_tag_by_its_digest(manifest, aws, ecr):
+    harness.run_step(STEP, manifest, aws)
+    digest = push(ecr, "gamepulse", "1.4.1")
+    push(ecr, "gamepulse", "1.4.2", layer="b")
+    before = len(aws.ledger.calls)
+    applied, outputs, _ = harness.run_step(STEP, manifest, aws)
+    assert applied == []
+    assert (outputs["images"], outputs["image_problems"]) == ({"gamepulse": f"{URI}@{digest}"}, {})
+    reads = [c.operation for c in harness.calls_since(aws, before, STEP.name)]
+    assert reads.count("DescribeImages") == 1 and "ListImages" not in reads
+
+
+def test_a_repository_that_holds_the_tag_once_made_gives_its_image_in_the_same_run(manifest, aws, monkeypatch):
+    """A registry that fills new repositories (here the sandbox's seeded tags) holds the image
+    the moment the repository exists: the run that made it deploys it."""
+    monkeypatch.setenv("ORCHESTRATOR_SANDBOX_IMAGE_TAGS", "1.4.1")
+    applied, outputs, _ = harness.run_step(STEP, manifest, aws)
+    assert [(c.action, c.name) for c in applied] == [("create", "gamepulse")]
+    [image] = aws.client("ecr").describe_images(repositoryName="gamepulse")["imageDetails"]
+    assert (outputs["images"], outputs["image_problems"]) == ({"gamepulse": f"{URI}@{image['imageDigest']}"}, {})
+
+
+def test_destroy_resolves_no_image(manifest, aws):
+    harness.run_step(STEP, manifest, aws)
+    before = len(aws.ledger.calls)
+    applied, _, _ = harness.run_step(STEP, manifest, aws, destroy=True)
+    assert [(c.action, c.name) for c in applied] == [("delete", "gamepulse")]
+    assert "DescribeImages" not in [c.operation for c in harness.calls_since(aws, before, STEP.name)]
 
 
 def test_drift_is_shown_by_plan_then_repaired(manifest, aws, ecr):
