@@ -504,7 +504,12 @@ def test_create_then_unchanged_apply_makes_no_call_and_registers_nothing(aws, ma
     assert all(s["serviceRegistries"] for s in described)
     assert {t["key"]: t["value"] for t in by_name["loki"]["tags"]}["orchestrator:step"] == "services"
     definition = ecs.describe_task_definition(taskDefinition=outputs["task_definitions"]["gamepulse"])["taskDefinition"]
-    assert "@sha256:" in container(definition, "gamepulse")["image"]
+    assert container(definition, "gamepulse")["image"] == \
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com/gamepulse@sha256:" + "1" * 64  # step ecr's image output
+    # The record proves what is in service: the revision ECS holds, the hash of its answer's normal form.
+    assert recorded["task_definition/gamepulse"]["arn"] == definition["taskDefinitionArn"]
+    assert recorded["task_definition/gamepulse"]["hash"] == taskdefs.definition_hash(definition)
+    assert recorded["task_definition/gamepulse"]["image_tag"] == "1.4.1"
     import boto3
     keys_in_bucket = [o["Key"] for o in boto3.client("s3", region_name="us-east-1").list_objects_v2(
         Bucket=platform["storage"]["buckets"]["config"])["Contents"]]
