@@ -793,3 +793,17 @@ def test_a_service_dropped_from_the_manifest_is_deleted_with_its_name_revisions_
     assert "jaeger" not in names and len(names) == 4
     assert "jaeger/" not in str(boto3.client("s3", region_name="us-east-1").list_object_versions(
         Bucket=platform["storage"]["buckets"]["config"]))
+
+
+def test_the_live_view_says_how_each_service_runs_now(aws, manifest, platform):
+    from orchestrator.context import StepContext
+    recorded: dict = {}
+    _, outputs, _ = run(manifest, aws, platform, recorded)
+    ecs_client().delete_service(cluster="gamepulse-dev", service="jaeger", force=True)
+    view = STEP.live(StepContext(aws=aws, manifest=manifest, step="services"), outputs)
+    assert view["lines"][0] == ("gamepulse    2/2 running, 0 pending, rollout COMPLETED, revision "
+                                "gamepulse-dev-gamepulse:1, targets none")
+    assert "jaeger       not deployed" in view["lines"]
+    assert view["services"]["loki"]["revision"] == "gamepulse-dev-loki:1"
+    gone = STEP.live(StepContext(aws=aws, manifest=manifest, step="services"), {"cluster_name": "no-such-cluster"})
+    assert {state["line"] for state in gone["services"].values()} == {"not deployed"}
