@@ -106,7 +106,8 @@ def test_a_saved_plan_applies_exactly_its_calls_once_and_holds_no_secret(endpoin
     assert again.returncode == 1, again.stderr[-3000:]
     assert f"the saved plan {file} no longer holds; nothing was changed" in again.stderr
     assert "the state of dev was written since the plan" in again.stderr
-    assert f"step(s) services, by run {last['run_id']} (apply --image-tag gamepulse=1.4.2 (saved plan dev.plan)" \
+    # ecr: the image it resolves for the tag is its output; services: the revision in service.
+    assert f"step(s) ecr, services, by run {last['run_id']} (apply --image-tag gamepulse=1.4.2 (saved plan dev.plan)" \
         in again.stderr
     assert "services: update service gamepulse: no longer needed (AWS already matches)" in again.stderr
     assert f"Make a new plan (`orchestrator plan dev --image-tag gamepulse=1.4.2 --out {file}`)" in again.stderr
