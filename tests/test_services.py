@@ -147,6 +147,7 @@ def test_gamepulse_runs_the_app_after_the_collector_sidecar_with_its_bundle_copi
                                "valueFrom": upstream_outputs()["secrets"]["arns"]["db-connection"]}]
     assert {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://localhost:4317"} in app["environment"]
     assert app["logConfiguration"]["options"]["awslogs-group"] == "/ecs/gamepulse-dev/gamepulse"
+    assert app["image"] == f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/gamepulse@sha256:{'1' * 64}"  # step ecr's
     assert (gamepulse.image.repository, gamepulse.image.tag, gamepulse.image.uri) == \
         ("gamepulse", "1.4.1", f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/gamepulse")
     assert gamepulse.load_balancers == ({"targetGroupArn": "arn:tg/gamepulse", "containerName": "gamepulse",
@@ -260,7 +261,8 @@ def test_plan_from_nothing_creates_every_resource_kind_per_service(manifest):
                                  "create scaling/gamepulse"]
     assert len([c for c in changes if c.kind == "service"]) == 5
     service = next(c for c in changes if c.key == "service/gamepulse")
-    assert dict((d.field, d.new) for d in service.diffs)["task_definition"] == KNOWN_AFTER_APPLY
+    revision = dict((d.field, d.new) for d in service.diffs)["task_definition"]
+    assert revision == KNOWN_AFTER_APPLY and revision.source == "services.task_definitions.gamepulse"
     # What each value not known yet waits for: the revision this step registers, the image step ecr resolves.
     definition = next(c for c in changes if c.key == "task_definition/gamepulse")
     diffs = {d.field: d.new for d in definition.diffs}
