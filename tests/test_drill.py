@@ -4,6 +4,7 @@ run_task / describe_tasks); every drill refuses prod unless asked."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -135,7 +136,8 @@ def test_task_failure_stops_one_task_and_measures_replacement_and_healthy_target
     assert results["unhealthy-host alarm"].evidence == ("gamepulse-dev-tg-gamepulse-unhealthy-hosts: Alarm updated "
                                                         "from OK to ALARM; Alarm updated from ALARM to OK")
     assert {"replaced_seconds", "targets healthy_seconds"} <= set(report.facts)
-    assert results["rule High error rate (warning)"].evidence == "inactive at +0s"  # watched throughout
+    # Watched throughout, and never left inactive (when the first look came depends on the machine's load).
+    assert re.fullmatch(r"inactive at \+\d+s", results["rule High error rate (warning)"].evidence)
     assert not report.failures
 
 
