@@ -257,10 +257,10 @@ class UnknownValueSent(Exception):
 def refuse_unknown_values(params, model, **kwargs) -> None:
     """Refuse a request that holds a value not known yet (`orchestrator.model.Unknown`, or a
     string built from one), naming the step, the field and the output it waited for."""
-    from orchestrator.model import KNOWN_AFTER_APPLY
+    from orchestrator.model import is_unknown
 
     def find(value, path: str):
-        if isinstance(value, str) and KNOWN_AFTER_APPLY in value:
+        if is_unknown(value):
             return path, getattr(value, "source", "") or "an upstream output"
         items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
         for key, item in items:

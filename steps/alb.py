@@ -17,8 +17,7 @@ from botocore.exceptions import ClientError
 from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import (KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Unknown, Wait, diff_fields,
-                                is_unknown)
+from orchestrator.model import Accepted, Change, FieldDiff, Step, Unknown, Wait, diff_fields, is_unknown
 from orchestrator.permissions import FIND_BY_TAG, allow, service_linked_role
 from orchestrator.retry import eventually
 from orchestrator.waiters import WaitFailed, botocore_check
@@ -104,7 +103,7 @@ class Rule:
 @dataclass(frozen=True)
 class LoadBalancer:
     name: str
-    subnets: tuple[str, ...] | str  # sorted; KNOWN_AFTER_APPLY before the vpc step ran
+    subnets: tuple[str, ...] | str  # sorted; an Unknown before the vpc step ran
     security_groups: tuple[str, ...] | str
     idle_timeout_seconds: int
     deletion_protection: bool
@@ -697,18 +696,22 @@ class AlbStep(Step):
         groups = {group.key: observed.target_groups.get(group.name) for group in desired.target_groups}
         listeners = {listener.key: observed.listeners.get(listener.port) for listener in desired.listeners}
         scheme = "https" if desired.https else "http"
+        def unknown(output: str) -> Unknown:
+            return Unknown(f"{self.name}.{output}")
+
         return AlbOutputs(
-            load_balancer_arn=lb.arn if lb else KNOWN_AFTER_APPLY,
+            load_balancer_arn=lb.arn if lb else unknown("load_balancer_arn"),
             load_balancer_name=desired.load_balancer.name,
-            dns_name=lb.dns_name if lb else KNOWN_AFTER_APPLY,
-            zone_id=lb.zone_id if lb else KNOWN_AFTER_APPLY,
-            url=f"{scheme}://{desired.public_name or lb.dns_name}" if lb else KNOWN_AFTER_APPLY,
+            dns_name=lb.dns_name if lb else unknown("dns_name"),
+            zone_id=lb.zone_id if lb else unknown("zone_id"),
+            url=f"{scheme}://{desired.public_name or lb.dns_name}" if lb else unknown("url"),
             # CloudWatch's LoadBalancer and TargetGroup dimensions: the ARN after its resource type.
-            arn_suffix=lb.arn.split(":loadbalancer/")[-1] if lb else KNOWN_AFTER_APPLY,
-            target_groups={key: seen.arn if seen else KNOWN_AFTER_APPLY for key, seen in groups.items()},
-            target_group_arn_suffixes={key: seen.arn.split(":")[-1] if seen else KNOWN_AFTER_APPLY
-                                          for key, seen in groups.items()},
-            listener_arns={key: seen.arn if seen else KNOWN_AFTER_APPLY for key, seen in listeners.items()})
+            arn_suffix=lb.arn.split(":loadbalancer/")[-1] if lb else unknown("arn_suffix"),
+            target_groups={key: seen.arn if seen else unknown(f"target_groups.{key}") for key, seen in groups.items()},
+            target_group_arn_suffixes={key: seen.arn.split(":")[-1] if seen else
+                                       unknown(f"target_group_arn_suffixes.{key}") for key, seen in groups.items()},
+            listener_arns={key: seen.arn if seen else unknown(f"listener_arns.{key}")
+                           for key, seen in listeners.items()})
 
     def plan_destroy(self, observed: AlbFacts) -> list[Change]:
         """Rules, listeners, the load balancer, then target groups; only what carries our tags.

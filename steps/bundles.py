@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import KNOWN_AFTER_APPLY, Unknown
+from orchestrator.model import Unknown, is_unknown
 from orchestrator.schema import AppContainerSpec
 from steps import grafana_content
 
@@ -126,7 +126,7 @@ def bundle_hash(files: dict[str, bytes]) -> str:
     """sha256 over the sorted paths and contents (each length-prefixed, so no two bundles collide by
     moving bytes between a path and its content). Files rendered with a value not known before
     apply (the cluster's ARN, the load balancer's name) have a hash not known either."""
-    if any(KNOWN_AFTER_APPLY.encode() in content for content in files.values()):
+    if any(is_unknown(content.decode(errors="replace")) for content in files.values()):
         return Unknown("services.bundle_hash")
     digest = hashlib.sha256()
     for path in sorted(files):

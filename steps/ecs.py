@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from orchestrator import tags as tagging
 from orchestrator.aws import SEVERAL_SERVICES, error_code, unless_code
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import DELETE_DATA, KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
+from orchestrator.model import DELETE_DATA, Accepted, Change, FieldDiff, Step, Unknown, Wait, diff_fields
 from orchestrator.permissions import FIND_BY_TAG, allow, service_linked_role
 from orchestrator.retry import eventually
 from orchestrator.waiters import WaitFailed
@@ -481,11 +481,11 @@ class EcsStep(Step):
         cluster, namespace = observed.cluster, observed.namespace
         return EcsOutputs(
             cluster_name=desired.cluster.name,
-            cluster_arn=cluster.arn if cluster else KNOWN_AFTER_APPLY,
+            cluster_arn=cluster.arn if cluster else Unknown(f"{self.name}.cluster_arn"),
             log_groups={group.family: group.name for group in desired.log_groups},
-            namespace_id=namespace.id if namespace else KNOWN_AFTER_APPLY,
+            namespace_id=namespace.id if namespace else Unknown(f"{self.name}.namespace_id"),
             namespace_name=desired.namespace.name,
-            namespace_arn=namespace.arn if namespace else KNOWN_AFTER_APPLY)
+            namespace_arn=namespace.arn if namespace else Unknown(f"{self.name}.namespace_arn"))
 
     def plan_destroy(self, observed: EcsFacts) -> list[Change]:
         """Namespace, then log groups (one holding logs is refused without delete-data), then the

@@ -33,7 +33,7 @@ from botocore.exceptions import ClientError
 from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import (DELETE_DATA, KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields,
+from orchestrator.model import (DELETE_DATA, Accepted, Change, FieldDiff, Step, Unknown, Wait, diff_fields,
                                 is_unknown)
 from orchestrator.permissions import FIND_BY_TAG, allow, tagged_as_ours
 from orchestrator.waiters import WaitFailed
@@ -792,10 +792,12 @@ class EfsStep(Step):
                 if fs else None
             access_points[ap.key] = found
         return EfsOutputs(
-            file_system_id=fs.id if fs else KNOWN_AFTER_APPLY,
-            file_system_arn=fs.arn if fs else KNOWN_AFTER_APPLY,
-            access_points={key: f.id if f else KNOWN_AFTER_APPLY for key, f in access_points.items()},
-            access_point_arns={key: f.arn if f else KNOWN_AFTER_APPLY for key, f in access_points.items()})
+            file_system_id=fs.id if fs else Unknown(f"{self.name}.file_system_id"),
+            file_system_arn=fs.arn if fs else Unknown(f"{self.name}.file_system_arn"),
+            access_points={key: f.id if f else Unknown(f"{self.name}.access_points.{key}")
+                           for key, f in access_points.items()},
+            access_point_arns={key: f.arn if f else Unknown(f"{self.name}.access_point_arns.{key}")
+                               for key, f in access_points.items()})
 
     def plan_destroy(self, observed: EfsFacts) -> list[Change]:
         """Mount targets go in any case: they hold no data, and while they stand the network
