@@ -10,9 +10,17 @@ the `delete-data` flag. A create whose answer was lost is retried by the same to
 tag, since `ClientToken` is not honoured everywhere (MOTO-NOTES: EFS). Only our tag keys are
 managed: tags others added stay.
 
-Interrupted runs. A file system or mount target may still be `creating`: nothing goes on such a
-file system until it is available, and such a mount target is waited for before its security
-groups (which AWS reads from its network interface) are read and compared.
+Interrupted runs. A file system or mount target may still be `creating`: the plan then waits for
+it (a change of its `state`, with no call), since nothing goes on such a file system until it is
+available, and a mount target's security groups (which AWS reads from its network interface)
+can only be read once it is available.
+
+Delete first. A zone holds one mount target of a file system, and a file system's creation
+token finds the old one until it is gone: such a replacement is planned as the delete of the
+old resource (and, for a file system, of its mount targets), then a `replace` that creates the
+new one. Each handler returns its waits in `Accepted`; one that needs an earlier change
+settled (the old one gone, a new file system available) settles first (`ctx.settle()`), so a
+run killed in between converges on the next apply: the old one is gone, the plan creates.
 
 Data. The file system holds the services' data: apply and destroy delete it, with its mount
 targets and access points, only with `delete-data`, and so does a change that AWS can only
@@ -249,9 +257,17 @@ def fs_available(efs, fs: ObservedFileSystem, name: str) -> Wait:
                      lambda: efs.describe_file_systems(FileSystemId=fs.id)["FileSystems"][0], note)
 
 
-def mount_target_available(efs, mt_id: str, fs_name: str, zone: str) -> Wait:
-    return available(f"mount target {mt_id} of {fs_name} in {zone}",
-                     lambda: efs.describe_mount_targets(MountTargetId=mt_id)["MountTargets"][0])
+def mount_target_available(efs, found: ObservedMountTarget, fs_name: str, read_groups: bool = False) -> Wait:
+    """Until it is available; then its facts say so. `read_groups`: with the security groups AWS
+    reads from its network interface, which one still `creating` may not have had (not after a
+    create of ours, which set them)."""
+    def note() -> None:
+        found.state = "available"
+        if read_groups:
+            found.security_groups = read_mount_target_groups(efs, found.id)
+
+    return available(f"mount target {found.id} of {fs_name} in {found.zone}",
+                     lambda: efs.describe_mount_targets(MountTargetId=found.id)["MountTargets"][0], note)
 
 
 def mount_target_gone(efs, mt_id: str, fs_name: str) -> Wait:
@@ -259,15 +275,12 @@ def mount_target_gone(efs, mt_id: str, fs_name: str) -> Wait:
                 lambda: efs.describe_mount_targets(MountTargetId=mt_id)["MountTargets"][0], "MountTargetNotFound")
 
 
-def available_fs(ctx, efs, observed: EfsFacts) -> ObservedFileSystem:
-    """The platform's file system once it is available: a new one, or one an interrupted run
-    left `creating`, takes no mount target, access point or setting until then
-    (IncorrectFileSystemLifeCycleState)."""
+def available_fs(ctx, observed: EfsFacts) -> ObservedFileSystem:
+    """The platform's file system once it is available: a new one (its create's wait), or one an
+    interrupted run left `creating` (the plan's wait for its state), takes no mount target,
+    access point or setting until then (IncorrectFileSystemLifeCycleState)."""
     ctx.settle()
-    fs = observed.current_fs()
-    if fs.state != "available":
-        ctx.wait_for(fs_available(efs, fs, fs.name))
-    return fs
+    return observed.current_fs()
 
 
 # -- changing ---------------------------------------------------------------------------------
@@ -297,15 +310,11 @@ def create_file_system(ctx, efs, desired: FileSystem) -> ObservedFileSystem:
     return dataclasses.replace(fs, name=desired.name)
 
 
-def delete_file_system(ctx, efs, fs: ObservedFileSystem) -> Wait:
-    """Access points, then mount targets (waiting until they are gone), then the file system;
-    returns the wait until the file system is gone."""
+def delete_file_system(efs, fs: ObservedFileSystem) -> Wait:
+    """Its access points, then the file system (its mount targets are gone already: changes of
+    their own, settled before); returns the wait until the file system is gone."""
     for ap in fs.access_points:
         delete_access_point(efs, ap.id)
-    for mount_target in fs.mount_targets.values():
-        unless_code({"MountTargetNotFound"}, efs.delete_mount_target, MountTargetId=mount_target.id)
-    ctx.pending.extend(mount_target_gone(efs, mount_target.id, fs.name) for mount_target in fs.mount_targets.values())
-    ctx.settle()
     unless_code({"FileSystemNotFound"}, efs.delete_file_system, FileSystemId=fs.id)
     return gone(f"deletion of file system {fs.name} ({fs.id})",
                 lambda: efs.describe_file_systems(FileSystemId=fs.id)["FileSystems"][0], "FileSystemNotFound")
@@ -325,10 +334,10 @@ def create_mount_target(efs, fs: ObservedFileSystem, desired: MountTarget) -> Wa
     require_known(desired)
     item = efs.create_mount_target(FileSystemId=fs.id, SubnetId=desired.subnet_id,
                                    SecurityGroups=[desired.security_group_id])
-    mt_id = item["MountTargetId"]
-    fs.mount_targets[desired.zone] = ObservedMountTarget(id=mt_id, zone=desired.zone, subnet_id=desired.subnet_id,
-                                                         security_groups=(desired.security_group_id,))
-    return mount_target_available(efs, mt_id, fs.name, desired.zone)
+    created = ObservedMountTarget(id=item["MountTargetId"], zone=desired.zone, subnet_id=desired.subnet_id,
+                                  security_groups=(desired.security_group_id,), state=item["LifeCycleState"])
+    fs.mount_targets[desired.zone] = created
+    return mount_target_available(efs, created, fs.name)
 
 
 def create_access_point(ctx, efs, fs: ObservedFileSystem, desired: AccessPoint) -> Wait:
@@ -361,16 +370,8 @@ def same_settings(desired: AccessPoint, found: ObservedAccessPoint) -> bool:
 
 
 @dataclass(frozen=True)
-class FileSystemReplacement:
-    """Payload of a file system's replace: the one to create, and the one it supersedes."""
-
-    fs: FileSystem
-    old: ObservedFileSystem
-
-
-@dataclass(frozen=True)
 class MountTargetWork:
-    """Payload of a mount target's replace or update: what the manifest wants, what AWS has."""
+    """Payload of a mount target's update: what the manifest wants, what AWS has."""
 
     mt: MountTarget
     found: ObservedMountTarget
@@ -492,17 +493,19 @@ class EfsStep(Step):
         if current is None:
             changes = [self._plan_create_fs(desired.file_system)] + self._new_fs_children(desired, recorded)
         elif diff_fields(desired.file_system, current, REPLACE_FIELDS):
-            changes = [self._plan_replace_fs(desired.file_system, current)] + [
+            changes = self._plan_replace_fs(desired.file_system, current) + [
                 dataclasses.replace(change, blocked=DELETE_DATA, note=f"part of replacing file system {current.id}")
                 for change in self._new_fs_children(desired, recorded)]
         else:
-            changes = (self._plan_update_fs(desired.file_system, current)
+            changes = (self._plan_wait_for_fs(desired.file_system, current)
+                       + self._plan_update_fs(desired.file_system, current)
                        + self._lifecycle(desired, current.transition_to_ia)
                        + self._backups(desired, current.backups, recorded)
                        + self._mount_targets(desired, current)
                        + self._access_points(desired, current))
         leftovers = [fs for fs_id, fs in sorted(observed.file_systems.items()) if fs_id != observed.current]
-        return changes + [self._plan_delete_fs(fs, leftover=True) for fs in leftovers]
+        return changes + [change for fs in leftovers for change in self._plan_delete_fs_and_mount_targets(
+            fs, blocked=DELETE_DATA, why="is not the platform's file system any more")]
 
     def _new_fs_children(self, desired: EfsDesired, recorded: dict[str, dict]) -> list[Change]:
         """What a new file system needs after its create."""
@@ -516,14 +519,26 @@ class EfsStep(Step):
                       for name in ("performance_mode", "throughput_mode", "encrypted"))
         return Change("create", "file_system", fs.name, diffs=diffs, calls=("efs:CreateFileSystem",), payload=fs)
 
+    def _plan_replace_fs(self, fs: FileSystem, current: ObservedFileSystem) -> list[Change]:
+        """Delete first: the old file system's mount targets, then it (with its access points),
+        then the new one, whose creation token would find the old one while it exists."""
+        why = f"is replaced by a new {fs.name}"
+        return self._plan_delete_fs_and_mount_targets(current, blocked=DELETE_DATA, why=why) + [
+            Change("replace", "file_system", fs.name, diffs=diff_fields(fs, current, REPLACE_FIELDS),
+                   calls=("efs:CreateFileSystem",), payload=fs, blocked=DELETE_DATA,
+                   note=f"file system {current.id}: {', '.join(REPLACE_FIELDS)} cannot change in place; "
+                        "replacing it deletes its data (pass --delete-data to allow)",
+                   outage=f"its creation token is the new one's, so the old one goes first: tasks cannot mount "
+                          f"{fs.name} until the new one and its mount targets are available")]
+
     @staticmethod
-    def _plan_replace_fs(fs: FileSystem, current: ObservedFileSystem) -> Change:
-        return Change("replace", "file_system", fs.name, diffs=diff_fields(fs, current, REPLACE_FIELDS),
-                      calls=("efs:DeleteAccessPoint", "efs:DeleteMountTarget", "efs:DeleteFileSystem",
-                             "efs:CreateFileSystem"),
-                      payload=FileSystemReplacement(fs, current), blocked=DELETE_DATA,
-                      note=f"file system {current.id}: {', '.join(REPLACE_FIELDS)} cannot change in place; "
-                           "replacing it deletes its data (pass --delete-data to allow)")
+    def _plan_wait_for_fs(fs: FileSystem, current: ObservedFileSystem) -> list[Change]:
+        """One an interrupted run left `creating`: wait until it is available (no call), before
+        anything goes on it."""
+        if current.state == "available":
+            return []
+        return [Change("update", "file_system", fs.name, diffs=(FieldDiff("state", current.state, "available"),),
+                       payload=fs, note=f"file system {current.id}: wait until it is available")]
 
     @staticmethod
     def _plan_update_fs(fs: FileSystem, current: ObservedFileSystem) -> list[Change]:
@@ -568,26 +583,28 @@ class EfsStep(Step):
 
     def _mount_targets(self, desired: EfsDesired, fs: ObservedFileSystem) -> list[Change]:
         wanted = {mt.zone for mt in desired.mount_targets}
-        changes = [Change("delete", "mount_target", zone, calls=("efs:DeleteMountTarget",), payload=found,
-                          note=f"mount target {found.id}: its zone is no longer one of the network's")
+        changes = [self._plan_delete_mount_target(found, fs, "its zone is no longer one of the network's")
                    for zone, found in sorted(fs.mount_targets.items()) if zone not in wanted]
         for mt in desired.mount_targets:
             found = fs.mount_targets.get(mt.zone)
             if found is None:
                 changes.append(self._plan_create_mount_target(mt))
             elif found.subnet_id != mt.subnet_id:
+                # Delete first: a zone holds one mount target of a file system.
+                changes.append(self._plan_delete_mount_target(found, fs, "replaced: the subnet cannot change"))
                 changes.append(Change("replace", "mount_target", mt.zone,
                                       diffs=(FieldDiff("subnet_id", found.subnet_id, mt.subnet_id),),
-                                      calls=("efs:DeleteMountTarget", "efs:CreateMountTarget"),
-                                      payload=MountTargetWork(mt, found), note=f"mount target {found.id}: the subnet cannot change",
+                                      calls=("efs:CreateMountTarget",), payload=mt,
+                                      note=f"mount target {found.id}: the subnet cannot change",
                                       outage=f"a zone holds one mount target: tasks in {mt.zone} cannot mount the "
                                              "file system until the new one is available"))
             elif found.state != "available":
-                # Its security groups cannot be read yet: wait for it, then check them.
+                # Its security groups cannot be read yet: wait for it (they are read then, and
+                # compared by the next plan: its create set them, so they differ only if the
+                # manifest changed since).
                 changes.append(Change("update", "mount_target", mt.zone,
                                       diffs=(FieldDiff("state", found.state, "available"),), payload=MountTargetWork(mt, found),
-                                      note=f"mount target {found.id}: wait until it is available, then check its "
-                                           "security groups"))
+                                      note=f"mount target {found.id}: wait until it is available"))
             elif found.security_groups != (mt.security_group_id,):
                 changes.append(Change("update", "mount_target", mt.zone,
                                       diffs=(FieldDiff("security_groups", list(found.security_groups),
@@ -639,16 +656,24 @@ class EfsStep(Step):
                       note=f"access point {found.id} is {why}; the files stay in the file system")
 
     @staticmethod
-    def _plan_delete_fs(fs: ObservedFileSystem, leftover: bool = False) -> Change:
-        """A leftover goes with its mount targets; on destroy they are changes of their own before it."""
-        why = "is not the platform's file system any more; " if leftover else ""
-        holds = (f"{len(fs.mount_targets)} mount target(s) and " if leftover else "") + \
-            f"{len(fs.access_points)} access point(s)"
+    def _plan_delete_mount_target(found: ObservedMountTarget, fs: ObservedFileSystem, why: str,
+                                  blocked: str | None = None) -> Change:
+        return Change("delete", "mount_target", found.zone, calls=("efs:DeleteMountTarget",), payload=found,
+                      blocked=blocked, note=f"mount target {found.id} of {fs.id}: {why}")
+
+    def _plan_delete_fs_and_mount_targets(self, fs: ObservedFileSystem, blocked: str | None, why: str) -> list[Change]:
+        """Its mount targets (changes of their own, whose waits the file system's delete settles
+        first: AWS refuses to delete a file system that has any), then it with its access points.
+        `blocked`: the mount targets of a file system that is kept stay too."""
+        return [self._plan_delete_mount_target(found, fs, f"its file system {why}", blocked)
+                for _, found in sorted(fs.mount_targets.items())] + [self._plan_delete_fs(fs, why)]
+
+    @staticmethod
+    def _plan_delete_fs(fs: ObservedFileSystem, why: str = "") -> Change:
         return Change("delete", "file_system", fs.name or fs.id,
-                      calls=("efs:DeleteAccessPoint", "efs:DeleteMountTarget", "efs:DeleteFileSystem"),
-                      payload=fs, blocked=DELETE_DATA,
-                      note=f"file system {fs.id} {why}with {holds}; deleting it deletes its data "
-                           "(pass --delete-data to allow)")
+                      calls=("efs:DeleteAccessPoint", "efs:DeleteFileSystem"), payload=fs, blocked=DELETE_DATA,
+                      note=f"file system {fs.id} {why + '; ' if why else ''}with {len(fs.access_points)} access "
+                           "point(s); deleting it deletes its data (pass --delete-data to allow)")
 
     # -- apply --------------------------------------------------------------------------------
 
@@ -665,16 +690,20 @@ class EfsStep(Step):
         return fs_available(efs, created, fs.name)
 
     def _replace_file_system(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
-        work: FileSystemReplacement = change.payload
-        # Gone before the create: the new one's creation token would find the old one.
-        ctx.wait_for(delete_file_system(ctx, ctx.client("efs"), work.old))
-        del observed.file_systems[work.old.id]
-        return Accepted(waits=(self._make_file_system(ctx, work.fs, observed),))
+        """The new one, once the old one is gone (the delete change before this one): the new
+        one's creation token would find the old one."""
+        fs: FileSystem = change.payload
+        ctx.settle()
+        return Accepted(waits=(self._make_file_system(ctx, fs, observed),))
 
     def _update_file_system(self, ctx, change: Change, observed: EfsFacts) -> Accepted | None:
+        """Wait for one an interrupted run left `creating` (a change of its own, with no call), or
+        put its throughput mode and our tags right."""
         fs: FileSystem = change.payload
         efs = ctx.client("efs")
-        current = available_fs(ctx, efs, observed)
+        if change.differs("state"):
+            return Accepted(waits=(fs_available(efs, observed.current_fs(), fs.name),))
+        current = available_fs(ctx, observed)
         current.tags = sync_tags(efs, current.id, current.tags, fs.tags)
         if current.throughput_mode == fs.throughput_mode:
             return None
@@ -683,8 +712,10 @@ class EfsStep(Step):
         return Accepted(waits=(fs_available(efs, current, fs.name),))
 
     def _delete_file_system(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
+        """Once its mount targets are gone (their delete changes before this one)."""
         fs: ObservedFileSystem = change.payload
-        wait = delete_file_system(ctx, ctx.client("efs"), fs)
+        ctx.settle()
+        wait = delete_file_system(ctx.client("efs"), fs)
         observed.file_systems.pop(fs.id, None)
         if observed.current == fs.id:
             observed.current = None
@@ -693,7 +724,7 @@ class EfsStep(Step):
     def _update_lifecycle(self, ctx, change: Change, observed: EfsFacts) -> None:
         transition: str | None = change.payload
         efs = ctx.client("efs")
-        current = available_fs(ctx, efs, observed)
+        current = available_fs(ctx, observed)
         policies = [{"TransitionToIA": transition}] if transition else []
         efs.put_lifecycle_configuration(FileSystemId=current.id, LifecyclePolicies=policies)
         current.transition_to_ia = transition
@@ -701,36 +732,34 @@ class EfsStep(Step):
     def _update_backup_policy(self, ctx, change: Change, observed: EfsFacts) -> None:
         status: str = change.payload
         efs = ctx.client("efs")
-        current = available_fs(ctx, efs, observed)
+        current = available_fs(ctx, observed)
         efs.put_backup_policy(FileSystemId=current.id, BackupPolicy={"Status": status})
         current.backups = status
 
     def _create_mount_target(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
         mt: MountTarget = change.payload
         efs = ctx.client("efs")
-        return Accepted(waits=(create_mount_target(efs, available_fs(ctx, efs, observed), mt),))
+        return Accepted(waits=(create_mount_target(efs, available_fs(ctx, observed), mt),))
 
     def _replace_mount_target(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
-        """Delete first (see the plan's outage): a zone holds one mount target of a file system."""
-        work: MountTargetWork = change.payload
-        require_known(work.mt)
-        efs = ctx.client("efs")
-        ctx.wait_for(self._remove_mount_target(efs, work.found, observed))
-        return Accepted(waits=(create_mount_target(efs, available_fs(ctx, efs, observed), work.mt),))
+        """The new one, once the old one is gone (the delete change before this one, see the
+        plan's outage): a zone holds one mount target of a file system."""
+        mt: MountTarget = change.payload
+        require_known(mt)
+        return Accepted(waits=(create_mount_target(ctx.client("efs"), available_fs(ctx, observed), mt),))
 
-    def _update_mount_target(self, ctx, change: Change, observed: EfsFacts) -> None:
-        """Wait for one an interrupted run left `creating` (then read its groups); put the groups right."""
+    def _update_mount_target(self, ctx, change: Change, observed: EfsFacts) -> Accepted | None:
+        """Wait for one an interrupted run left `creating` (its groups are read once it is
+        available: the next plan compares them), or put its groups right."""
         work: MountTargetWork = change.payload
         mt, found = work.mt, work.found
-        require_known(mt)
         efs = ctx.client("efs")
-        if found.state != "available":
-            ctx.wait_for(mount_target_available(efs, found.id, observed.current_fs().name, found.zone))
-            found.state = "available"
-            found.security_groups = read_mount_target_groups(efs, found.id)
-        if found.security_groups != (mt.security_group_id,):
-            efs.modify_mount_target_security_groups(MountTargetId=found.id, SecurityGroups=[mt.security_group_id])
-            found.security_groups = (mt.security_group_id,)
+        if change.differs("state"):
+            return Accepted(waits=(mount_target_available(efs, found, observed.current_fs().name, read_groups=True),))
+        require_known(mt)
+        efs.modify_mount_target_security_groups(MountTargetId=found.id, SecurityGroups=[mt.security_group_id])
+        found.security_groups = (mt.security_group_id,)
+        return None
 
     def _delete_mount_target(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
         found: ObservedMountTarget = change.payload
@@ -746,13 +775,13 @@ class EfsStep(Step):
     def _create_access_point(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
         ap: AccessPoint = change.payload
         efs = ctx.client("efs")
-        return Accepted(waits=(create_access_point(ctx, efs, available_fs(ctx, efs, observed), ap),))
+        return Accepted(waits=(create_access_point(ctx, efs, available_fs(ctx, observed), ap),))
 
     def _replace_access_point(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
         """The new one; the old one is retired by its own change once the services moved to it."""
         work: AccessPointWork = change.payload
         efs = ctx.client("efs")
-        return Accepted(waits=(create_access_point(ctx, efs, available_fs(ctx, efs, observed), work.ap),))
+        return Accepted(waits=(create_access_point(ctx, efs, available_fs(ctx, observed), work.ap),))
 
     def _update_access_point(self, ctx, change: Change, observed: EfsFacts) -> None:
         """Only its tags: an access point's settings cannot change (a change replaces it)."""
@@ -805,9 +834,8 @@ class EfsStep(Step):
         points, goes only with `delete-data`."""
         changes = []
         for _, fs in sorted(observed.file_systems.items()):
-            changes += [Change("delete", "mount_target", zone, calls=("efs:DeleteMountTarget",), payload=found,
-                               note=f"mount target {found.id} of {fs.id}; the file system's data is not touched")
-                        for zone, found in sorted(fs.mount_targets.items())]
+            changes += [self._plan_delete_mount_target(found, fs, "the file system's data is not touched")
+                        for _, found in sorted(fs.mount_targets.items())]
             changes.append(self._plan_delete_fs(fs))
         return changes
 

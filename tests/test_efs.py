@@ -112,11 +112,17 @@ def test_removed_tags_are_put_back_and_tags_others_added_are_kept(manifest):
 def test_performance_mode_change_replaces_the_file_system_only_with_the_flag(manifest):
     desired = desired_for(with_efs(manifest, performance_mode="maxIO"))
     changes = STEP.plan(desired, as_found(desired_for(manifest)), {})
-    assert changes[0].action == "replace" and changes[0].kind == "file_system"
-    assert "deletes its data" in changes[0].note
+    # Delete first, each a change of its own: the old mount targets, the old file system (its
+    # creation token is the new one's), then the new one and what goes on it.
+    assert [(c.action, c.kind, c.name) for c in changes] == [
+        ("delete", "mount_target", "us-east-1a"), ("delete", "mount_target", "us-east-1b"),
+        ("delete", "file_system", FS_NAME), ("replace", "file_system", FS_NAME), ("update", "lifecycle", FS_NAME),
+        ("create", "mount_target", "us-east-1a"), ("create", "mount_target", "us-east-1b"),
+        ("create", "access_point", "grafana"), ("create", "access_point", "prometheus")]
+    replace = changes[3]
+    assert "deletes its data" in replace.note and "tasks cannot mount" in replace.outage
+    assert [(d.field, d.old, d.new) for d in replace.diffs] == [("performance_mode", "generalPurpose", "maxIO")]
     assert {c.blocked for c in changes} == {"delete-data"}
-    assert [c.kind for c in changes[1:]] == ["lifecycle", "mount_target", "mount_target", "access_point",
-                                             "access_point"]
 
 
 def test_lifecycle_is_compared_with_what_aws_reads_back(manifest):
@@ -151,7 +157,9 @@ def test_mount_target_drift(manifest):
     assert [(c.action, c.name, c.calls) for c in changes] == [
         ("delete", "us-east-1c", ("efs:DeleteMountTarget",)),
         ("update", "us-east-1a", ("efs:ModifyMountTargetSecurityGroups",)),
-        ("replace", "us-east-1b", ("efs:DeleteMountTarget", "efs:CreateMountTarget"))]
+        ("delete", "us-east-1b", ("efs:DeleteMountTarget",)),  # first: a zone holds one mount target
+        ("replace", "us-east-1b", ("efs:CreateMountTarget",))]
+    assert "a zone holds one mount target" in changes[-1].outage
 
 
 def test_access_points_are_replaced_deduplicated_and_dropped(manifest):
@@ -177,16 +185,18 @@ def test_leftover_file_system_and_destroy_need_the_flag(manifest):
     desired = desired_for(manifest)
     facts = as_found(desired)
     facts.file_systems["fs-0"] = dataclasses.replace(facts.current_fs(), id="fs-0", name="gamepulse-dev-old")
-    (leftover,) = STEP.plan(desired, facts, {})
+    *its_mount_targets, leftover = STEP.plan(desired, facts, {})
     assert summary([leftover]) == [("delete", "file_system", "gamepulse-dev-old", "delete-data")]
+    # Its mount targets go before it, and only with it.
+    assert summary(its_mount_targets) == [("delete", "mount_target", "us-east-1a", "delete-data"),
+                                          ("delete", "mount_target", "us-east-1b", "delete-data")]
     # Mount targets go in any case (the network cannot be deleted around them); the data needs the flag.
     mount_targets = [("delete", "mount_target", "us-east-1a", None), ("delete", "mount_target", "us-east-1b", None)]
     assert summary(STEP.plan_destroy(facts)) == [
         *mount_targets, ("delete", "file_system", "gamepulse-dev-old", "delete-data"),
         *mount_targets, ("delete", "file_system", FS_NAME, "delete-data")]
-    # On destroy its mount targets are changes of their own before it; a leftover goes with them.
     assert "with 2 access point(s); deleting it" in STEP.plan_destroy(facts)[-1].note
-    assert "with 2 mount target(s) and 2 access point(s)" in leftover.note
+    assert "is not the platform's file system any more; with 2 access point(s)" in leftover.note
 
 
 # -- against moto -------------------------------------------------------------------------------
@@ -348,6 +358,82 @@ def test_throughput_mode_change_is_applied_in_place(manifest, aws, efs, network)
     assert [(c.action, c.kind) for c in applied] == [("update", "file_system")]
     assert calls == [("UpdateFileSystem", f"/2015-02-01/file-systems/{outputs['file_system_id']}",
                       {"ThroughputMode": "elastic"})]
+
+
+def replace_text(changes) -> str:
+    from orchestrator.render import change_lines
+    return "\n".join(line for change in changes for line in change_lines(change))
+
+
+def test_a_performance_mode_change_replaces_the_file_system_delete_first_with_the_flag(manifest, aws, efs, network):
+    _, before, _ = harness.run_step(STEP, manifest, aws, upstream=network)
+    changed = with_efs(manifest, performance_mode="maxIO")
+    text = replace_text(harness.plan_step(STEP, changed, aws, upstream=network))
+    assert f"- delete file_system {FS_NAME}   [LOSES DATA: allowed by --delete-data]" in text
+    assert f"-/+ replace file_system {FS_NAME}   [LOSES DATA: allowed by --delete-data]" in text
+    assert "OUTAGE: deleted before it is created again: its creation token is the new one's" in text
+    assert "performance_mode: generalPurpose → maxIO" in text
+
+    applied, _, _ = harness.run_step(STEP, changed, aws, upstream=network)  # without the flag: nothing
+    assert applied == [] and inventory(efs) == (1, 2, 2)
+    assert our_file_systems(efs)[0]["FileSystemId"] == before["file_system_id"]
+
+    _, after, _ = harness.run_step(STEP, changed, aws, upstream=network, allow=("delete-data",))
+    (fs,) = our_file_systems(efs)
+    assert fs["FileSystemId"] == after["file_system_id"] != before["file_system_id"]
+    assert fs["PerformanceMode"] == "maxIO" and inventory(efs) == (1, 2, 2)
+    assert harness.plan_step(STEP, changed, aws, upstream=network) == []
+
+
+def test_a_killed_replace_of_the_file_system_converges_on_the_next_apply(manifest, aws, efs, network):
+    harness.run_step(STEP, manifest, aws, upstream=network)
+    changed = with_efs(manifest, performance_mode="maxIO")
+    harness.crash_after_operation(aws, "efs", "DeleteFileSystem")  # the old one gone, the new one not made
+    with pytest.raises(harness.Crash):
+        harness.run_step(STEP, changed, aws, upstream=network, allow=("delete-data",))
+    assert inventory(efs) == (0, 0, 0)
+
+    rerun = harness.forget_crash(aws)
+    harness.run_step(STEP, changed, rerun, upstream=network, allow=("delete-data",))
+    assert [fs["PerformanceMode"] for fs in our_file_systems(efs)] == ["maxIO"] and inventory(efs) == (1, 2, 2)
+    assert harness.plan_step(STEP, changed, rerun, upstream=network) == []
+
+
+def moved_subnet(network: dict) -> dict:
+    """The network with the second zone's private subnet replaced by another in the same zone."""
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    subnet = ec2.create_subnet(VpcId=network["vpc"]["vpc_id"], CidrBlock="10.20.64.0/20",
+                               AvailabilityZone=ZONES[1])["Subnet"]["SubnetId"]
+    return {"vpc": {**network["vpc"], "private_subnet_ids": [network["vpc"]["private_subnet_ids"][0], subnet]}}
+
+
+def test_a_mount_target_whose_subnet_changed_is_replaced_delete_first(manifest, aws, efs, network):
+    _, outputs, _ = harness.run_step(STEP, manifest, aws, upstream=network)
+    moved = moved_subnet(network)
+    text = replace_text(harness.plan_step(STEP, manifest, aws, upstream=moved))
+    assert "- delete mount_target us-east-1b" in text and "-/+ replace mount_target us-east-1b" in text
+    assert "OUTAGE: deleted before it is created again: a zone holds one mount target" in text
+
+    harness.run_step(STEP, manifest, aws, upstream=moved)
+    mount_targets = efs.describe_mount_targets(FileSystemId=outputs["file_system_id"])["MountTargets"]
+    assert sorted((mt["AvailabilityZoneName"], mt["SubnetId"]) for mt in mount_targets) == list(
+        zip(ZONES, moved["vpc"]["private_subnet_ids"]))
+    assert harness.plan_step(STEP, manifest, aws, upstream=moved) == []
+
+
+def test_a_killed_replace_of_a_mount_target_converges_on_the_next_apply(manifest, aws, efs, network):
+    _, outputs, _ = harness.run_step(STEP, manifest, aws, upstream=network)
+    moved = moved_subnet(network)
+    harness.crash_after_operation(aws, "efs", "DeleteMountTarget")  # the old one gone, the new one not made
+    with pytest.raises(harness.Crash):
+        harness.run_step(STEP, manifest, aws, upstream=moved)
+    assert inventory(efs) == (1, 1, 2)
+
+    rerun = harness.forget_crash(aws)
+    harness.run_step(STEP, manifest, rerun, upstream=moved)
+    mount_targets = efs.describe_mount_targets(FileSystemId=outputs["file_system_id"])["MountTargets"]
+    assert sorted(mt["SubnetId"] for mt in mount_targets) == sorted(moved["vpc"]["private_subnet_ids"])
+    assert harness.plan_step(STEP, manifest, rerun, upstream=moved) == []
 
 
 def test_destroy_keeps_the_file_system_and_strangers_unless_told(manifest, aws, efs, network):
