@@ -326,9 +326,12 @@ class EcsStep(Step):
             retag = tagging.tag_diffs(seen.tags, tags)
             return [Change("update", "namespace", namespace.name, diffs=retag,
                            calls=("servicediscovery:TagResource",), payload=namespace)] if retag else []
-        return [Change("replace", "namespace", namespace.name,
+        # Delete first, a change of its own whose wait the replace settles before it creates.
+        return [Change("delete", "namespace", namespace.name, calls=("servicediscovery:DeleteNamespace",),
+                       note=f"in {last_vpc}: replaced by one in {namespace.vpc_id}"),
+                Change("replace", "namespace", namespace.name,
                        diffs=(FieldDiff("vpc_id", last_vpc, namespace.vpc_id),),
-                       calls=("servicediscovery:DeleteNamespace", "servicediscovery:CreatePrivateDnsNamespace"),
+                       calls=("servicediscovery:CreatePrivateDnsNamespace",),
                        payload=namespace, record=record,
                        outage="a namespace cannot move to another VPC and its name cannot exist twice: it is "
                               "deleted first, and services registered in it cannot be found by name until "
@@ -457,8 +460,8 @@ class EcsStep(Step):
                                           f"deletion of Cloud Map namespace {change.name}"),))
 
     def _replace_namespace(self, ctx, change: Change, observed: EcsFacts) -> Accepted:
-        """Delete first (see the plan's outage): the name cannot exist twice."""
-        ctx.pending.extend(self._delete_namespace(ctx, change, observed).waits)
+        """The new one, once the old one is gone (the delete change before this one, see the
+        plan's outage): the name cannot exist twice."""
         ctx.settle()
         return self._create_namespace(ctx, change, observed)
 
