@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -83,10 +82,6 @@ class CallLedger:
     def count(self, *, step: str | None = None, mutating: bool | None = None) -> int:
         return sum(1 for call in self.calls
                    if (step is None or call.step == step) and (mutating is None or call.mutating == mutating))
-
-    def by_operation(self, *, mutating: bool | None = None) -> Counter:
-        return Counter(f"{c.service}:{c.operation}" for c in self.calls
-                       if mutating is None or c.mutating == mutating)
 
 
 class Aws:
