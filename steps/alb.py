@@ -104,7 +104,7 @@ class Rule:
 class LoadBalancer:
     name: str
     subnets: tuple[str, ...] | str  # sorted; an Unknown before the vpc step ran
-    security_groups: tuple[str, ...] | str
+    security_groups: tuple[str, ...]
     idle_timeout_seconds: int
     deletion_protection: bool
 
@@ -182,6 +182,14 @@ class ObservedRule:
     tags: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RuleWork:
+    """Payload of a rule's update: what the manifest wants, and the rule AWS has."""
+
+    rule: Rule
+    found: ObservedRule
+
+
 @dataclass
 class AlbFacts:
     load_balancer: ObservedLoadBalancer | None = None
@@ -233,7 +241,7 @@ class AlbStep(Step):
             load_balancer=LoadBalancer(
                 name=prefix,
                 subnets=_sorted_ids(inputs.output("vpc", "public_subnet_ids")),
-                security_groups=_security_group(inputs.output("vpc", "security_groups"), spec.security_group),
+                security_groups=(inputs.entry("vpc", "security_groups", spec.security_group),),
                 idle_timeout_seconds=spec.idle_timeout_seconds,
                 deletion_protection=spec.deletion_protection),
             name_prefix=f"{prefix}-",
@@ -507,7 +515,7 @@ class AlbStep(Step):
             if modify or retag:
                 calls = (("elbv2:ModifyRule",) if modify else ()) + (("elbv2:AddTags",) if retag else ())
                 changes.append(Change("update", "rule", _rule_name(rule.port, rule.priority), diffs=modify + retag,
-                                      calls=calls, payload=(rule, seen.arn)))
+                                      calls=calls, payload=RuleWork(rule, seen)))
         leftovers = [seen for seen in observed.rules if seen.owned and seen.arn not in kept]
         for rule in unplaced:
             same = next((seen for seen in leftovers
@@ -522,7 +530,7 @@ class AlbStep(Step):
             changes.append(Change("update", "rule", name,
                                   diffs=(FieldDiff("priority", same.priority, rule.priority),) + retag,
                                   calls=("elbv2:SetRulePriorities",) + (("elbv2:AddTags",) if retag else ()),
-                                  payload=(rule, same.arn)))
+                                  payload=RuleWork(rule, same)))
         return changes, [_rule_deletion(seen) for seen in leftovers]
 
     # -- apply ------------------------------------------------------------------------------
@@ -657,14 +665,14 @@ class AlbStep(Step):
                                            tags=ctx.tags()))
 
     def _update_rule(self, ctx, change: Change, observed: AlbFacts) -> None:
-        rule, arn = change.payload
+        work: RuleWork = change.payload
+        rule, seen = work.rule, work.found
         elb = ctx.client("elbv2")
         if change.differs("priority"):
-            elb.set_rule_priorities(RulePriorities=[{"RuleArn": arn, "Priority": rule.priority}])
+            elb.set_rule_priorities(RulePriorities=[{"RuleArn": seen.arn, "Priority": rule.priority}])
         if change.differs("paths", "action"):
-            elb.modify_rule(RuleArn=arn, Conditions=_conditions_param(rule),
+            elb.modify_rule(RuleArn=seen.arn, Conditions=_conditions_param(rule),
                             Actions=_action_param(rule.action, observed))
-        seen = next(seen for seen in observed.rules if seen.arn == arn)
         seen.priority, seen.paths, seen.action = rule.priority, rule.paths, rule.action
         _add_tags(elb, seen, change)
 
@@ -804,14 +812,6 @@ def _target_group_key(name_prefix: str, name: str) -> str | None:
 def _sorted_ids(ids) -> tuple[str, ...] | str:
     return ids if is_unknown(ids) else tuple(sorted(ids))
 
-
-def _security_group(groups, name: str) -> tuple[str, ...] | str:
-    if is_unknown(groups):
-        return groups
-    if name not in groups:
-        raise OrchestratorError(f"load balancer security group {name!r} is not among the vpc step's security "
-                                f"groups ({', '.join(sorted(groups))})")
-    return (groups[name],)
 
 
 def _listener_key(port: int) -> str:

@@ -147,14 +147,8 @@ def upstream_network(manifest, inputs) -> tuple[list[str], list[str], str]:
     subnets = inputs.output("vpc", "private_subnet_ids")
     if is_unknown(subnets):
         subnets = [subnets] * len(zones)
-    groups = inputs.output("vpc", "security_groups")
-    group = manifest.efs.security_group
-    if is_unknown(groups):
-        return list(zones), list(subnets), groups
-    if group not in groups:
-        raise OrchestratorError(f"efs: security group {group!r} is not among the vpc step's security groups "
-                                f"({', '.join(sorted(groups))})")
-    return list(zones), list(subnets), groups[group]
+    # The manifest's checks make sure the network has the group; its id may not be known yet.
+    return list(zones), list(subnets), inputs.entry("vpc", "security_groups", manifest.efs.security_group)
 
 
 # -- reading ----------------------------------------------------------------------------------

@@ -9,8 +9,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
 
-from orchestrator.errors import OrchestratorError
-from orchestrator.model import KNOWN_AFTER_APPLY
+from orchestrator.model import KNOWN_AFTER_APPLY, Unknown
 from orchestrator.schema import AccessPointSpec
 from steps.efs import EfsFacts, EfsStep, ObservedAccessPoint, ObservedFileSystem, ObservedMountTarget
 from tests import harness
@@ -72,10 +71,12 @@ def test_desired_before_the_network_exists_names_zones_with_unknown_ids(manifest
     assert STEP.outputs(desired, EfsFacts()).file_system_id == KNOWN_AFTER_APPLY
 
 
-def test_a_security_group_the_network_lacks_is_a_clear_error(manifest):
+def test_a_security_group_the_network_has_not_made_yet_is_not_known_yet(manifest):
+    """The manifest's checks make sure the network describes the group; the vpc step's outputs
+    lack it only until that step applied it."""
     upstream = {"vpc": {**UPSTREAM["vpc"], "security_groups": {"app": "sg-app"}}}
-    with pytest.raises(OrchestratorError, match="security group 'efs' is not among the vpc step's"):
-        desired_for(manifest, upstream)
+    group = desired_for(manifest, upstream).mount_targets[0].security_group_id
+    assert isinstance(group, Unknown) and group.source == "vpc.security_groups.efs"
 
 
 def test_plan_from_nothing_creates_everything_in_order_without_touching_backups(manifest):
