@@ -280,9 +280,9 @@ def available_fs(ctx, observed: EfsFacts) -> ObservedFileSystem:
 # -- changing ---------------------------------------------------------------------------------
 
 
-def sync_tags(efs, resource_id: str, current: dict[str, str], wanted: dict[str, str]) -> dict[str, str]:
-    """Put our tags that are missing or changed (tags others added stay); returns the tags now on it."""
-    to_set = tagging.reconcile(current, wanted)
+def put_tags(efs, resource_id: str, current: dict[str, str], change: Change) -> dict[str, str]:
+    """Put the tags of the change's `tags` difference (tags others added stay); returns the tags now on it."""
+    to_set = change.tags_to_set()
     if to_set:
         efs.tag_resource(ResourceId=resource_id, Tags=tagging.tag_list(to_set))
     return {**current, **to_set}
@@ -297,11 +297,10 @@ def create_file_system(ctx, efs, desired: FileSystem) -> ObservedFileSystem:
     except ClientError as error:
         if error_code(error) != "FileSystemAlreadyExists":
             raise
-        # Created already (a retry, or its tags were removed since): the token finds it.
+        # Created already (a retry whose answer was lost, which observe's listing did not show
+        # yet): the token finds it. Tags removed from it since show in the next plan.
         item = efs.describe_file_systems(CreationToken=token)["FileSystems"][0]
-    fs = observed_file_system(item)
-    fs.tags = sync_tags(efs, fs.id, fs.tags, desired.tags)  # nothing to put after a create that carried them
-    return dataclasses.replace(fs, name=desired.name)
+    return dataclasses.replace(observed_file_system(item), name=desired.name)
 
 
 def delete_file_system(efs, fs: ObservedFileSystem) -> Wait:
@@ -698,7 +697,7 @@ class EfsStep(Step):
         if change.differs("state"):
             return Accepted(waits=(fs_available(efs, observed.current_fs(), fs.name),))
         current = available_fs(ctx, observed)
-        current.tags = sync_tags(efs, current.id, current.tags, fs.tags)
+        current.tags = put_tags(efs, current.id, current.tags, change)
         if current.throughput_mode == fs.throughput_mode:
             return None
         efs.update_file_system(FileSystemId=current.id, ThroughputMode=fs.throughput_mode)
@@ -780,7 +779,7 @@ class EfsStep(Step):
     def _update_access_point(self, ctx, change: Change, observed: EfsFacts) -> None:
         """Only its tags: an access point's settings cannot change (a change replaces it)."""
         work: AccessPointWork = change.payload
-        work.found.tags = sync_tags(ctx.client("efs"), work.found.id, work.found.tags, work.ap.tags)
+        work.found.tags = put_tags(ctx.client("efs"), work.found.id, work.found.tags, change)
 
     def _delete_access_point(self, ctx, change: Change, observed: EfsFacts) -> None:
         found: ObservedAccessPoint = change.payload
