@@ -297,11 +297,8 @@ def put_setting(s3, bucket: Bucket, setting: str) -> None:
 
 def setting_diffs(bucket: Bucket, found: ObservedBucket) -> tuple[FieldDiff, ...]:
     """The settings that differ; tags only on our keys (tags others added are no difference)."""
-    diffs = diff_fields(bucket, found, [setting for setting in SETTINGS if setting != "tags"])
-    to_set = tagging.reconcile(found.tags, bucket.tags)
-    if to_set:
-        diffs += (FieldDiff("tags", {key: found.tags.get(key) for key in to_set}, to_set),)
-    return diffs
+    return (diff_fields(bucket, found, [setting for setting in SETTINGS if setting != "tags"])
+            + tagging.tag_diffs(found.tags, bucket.tags))
 
 
 def settings_to_put_at_create(bucket: Bucket) -> list[str]:
