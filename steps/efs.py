@@ -121,6 +121,8 @@ class ObservedFileSystem:
     tags: dict[str, str]
     state: str = "available"
     mount_targets: dict[str, ObservedMountTarget] = field(default_factory=dict)  # zone → mount target
+    #: Zone → a mount target still `deleting` (a run killed after its delete): a zone holds one.
+    deleting_mount_targets: dict[str, ObservedMountTarget] = field(default_factory=dict)
     access_points: list[ObservedAccessPoint] = field(default_factory=list)  # ours only
     transition_to_ia: str | None = None
     backups: str | None = None  # read only when the manifest asks for backups
@@ -130,6 +132,9 @@ class ObservedFileSystem:
 class EfsFacts:
     file_systems: dict[str, ObservedFileSystem] = field(default_factory=dict)  # id → ours
     current: str | None = None  # id of the platform's file system
+    #: The platform's file system still `deleting` (a run killed after a replace's delete): its
+    #: creation token is the new one's until it is gone.
+    deleting: ObservedFileSystem | None = None
 
     def current_fs(self) -> ObservedFileSystem | None:
         return self.file_systems.get(self.current) if self.current else None
@@ -170,15 +175,18 @@ def read_file_systems(efs, token: str, ids: list[str]) -> list[dict]:
     return sorted(items.values(), key=lambda item: item["CreationTime"])
 
 
-def read_mount_targets(efs, fs_id: str) -> dict[str, ObservedMountTarget]:
-    found = {}
+def read_mount_targets(efs, fs_id: str) -> tuple[dict[str, ObservedMountTarget], dict[str, ObservedMountTarget]]:
+    """(zone → mount target, zone → one still `deleting`)."""
+    found, deleting = {}, {}
     for page in efs.get_paginator("describe_mount_targets").paginate(FileSystemId=fs_id):
         for item in page["MountTargets"]:
-            if item["LifeCycleState"] not in ("deleting", "deleted"):
-                found[item["AvailabilityZoneName"]] = ObservedMountTarget(
-                    id=item["MountTargetId"], zone=item["AvailabilityZoneName"], subnet_id=item["SubnetId"],
-                    state=item["LifeCycleState"])
-    return found
+            if item["LifeCycleState"] == "deleted":
+                continue
+            into = deleting if item["LifeCycleState"] == "deleting" else found
+            into[item["AvailabilityZoneName"]] = ObservedMountTarget(
+                id=item["MountTargetId"], zone=item["AvailabilityZoneName"], subnet_id=item["SubnetId"],
+                state=item["LifeCycleState"])
+    return found, deleting
 
 
 def read_mount_target_groups(efs, mt_id: str) -> tuple[str, ...]:
@@ -309,6 +317,10 @@ def delete_file_system(efs, fs: ObservedFileSystem) -> Wait:
     for ap in fs.access_points:
         delete_access_point(efs, ap.id)
     unless_code({"FileSystemNotFound"}, efs.delete_file_system, FileSystemId=fs.id)
+    return file_system_gone(efs, fs)
+
+
+def file_system_gone(efs, fs: ObservedFileSystem) -> Wait:
     return gone(f"deletion of file system {fs.name} ({fs.id})",
                 lambda: efs.describe_file_systems(FileSystemId=fs.id)["FileSystems"][0], "FileSystemNotFound")
 
@@ -420,9 +432,11 @@ class EfsStep(Step):
         for item in read_file_systems(efs, token, self._tagged_file_system_ids(ctx)):
             fs = observed_file_system(item)
             mine = item["CreationToken"] == token
+            if mine and item["LifeCycleState"] == "deleting":
+                facts.deleting = fs
             if item["LifeCycleState"] in ("deleting", "deleted") or not (mine or ctx.owns(fs.tags)):
                 continue
-            fs.mount_targets, fs.access_points = ctx.each("efs", lambda read: read(), [
+            (fs.mount_targets, fs.deleting_mount_targets), fs.access_points = ctx.each("efs", lambda read: read(), [
                 lambda: read_mount_targets(efs, fs.id), lambda: read_access_points(ctx, efs, fs.id)])
             facts.file_systems[fs.id] = fs
             if mine:
@@ -484,7 +498,8 @@ class EfsStep(Step):
     def plan(self, desired: EfsDesired, observed: EfsFacts, recorded: dict[str, dict]) -> list[Change]:
         current = observed.current_fs()
         if current is None:
-            changes = [self._plan_create_fs(desired.file_system)] + self._new_fs_children(desired, recorded)
+            changes = (self._plan_wait_until_gone(observed.deleting) + [self._plan_create_fs(desired.file_system)]
+                       + self._new_fs_children(desired, recorded))
         elif diff_fields(desired.file_system, current, REPLACE_FIELDS):
             changes = self._plan_replace_fs(desired.file_system, current) + [
                 dataclasses.replace(change, blocked=DELETE_DATA, note=f"part of replacing file system {current.id}")
@@ -505,6 +520,16 @@ class EfsStep(Step):
         return (self._lifecycle(desired, None) + self._backups(desired, None, recorded)
                 + [self._plan_create_mount_target(mt) for mt in desired.mount_targets]
                 + [self._plan_create_access_point(ap) for ap in desired.access_points])
+
+    @staticmethod
+    def _plan_wait_until_gone(deleting: ObservedFileSystem | None) -> list[Change]:
+        """The platform's file system an interrupted run was deleting: its creation token finds it
+        until it is gone, so the create waits for that (a change with no call)."""
+        if deleting is None:
+            return []
+        return [Change("delete", "file_system", deleting.name or deleting.id,
+                       diffs=(FieldDiff("state", "deleting", "deleted"),), payload=deleting,
+                       note=f"file system {deleting.id}: an interrupted run deleted it; wait until it is gone")]
 
     @staticmethod
     def _plan_create_fs(fs: FileSystem) -> Change:
@@ -580,6 +605,12 @@ class EfsStep(Step):
                    for zone, found in sorted(fs.mount_targets.items()) if zone not in wanted]
         for mt in desired.mount_targets:
             found = fs.mount_targets.get(mt.zone)
+            if found is None and mt.zone in fs.deleting_mount_targets:
+                # An interrupted run deleted it (a replace's first half): a zone holds one.
+                old = fs.deleting_mount_targets[mt.zone]
+                changes.append(Change("delete", "mount_target", mt.zone, diffs=(FieldDiff("state", "deleting", "deleted"),),
+                                      payload=old, note=f"mount target {old.id}: an interrupted run deleted it; "
+                                                        "wait until it is gone"))
             if found is None:
                 changes.append(self._plan_create_mount_target(mt))
             elif found.subnet_id != mt.subnet_id:
@@ -671,7 +702,9 @@ class EfsStep(Step):
     # -- apply --------------------------------------------------------------------------------
 
     def _create_file_system(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
+        """Once one an interrupted run was deleting is gone (the change before this one)."""
         fs: FileSystem = change.payload
+        ctx.settle()
         return Accepted(waits=(self._make_file_system(ctx, fs, observed),))
 
     @staticmethod
@@ -705,8 +738,12 @@ class EfsStep(Step):
         return Accepted(waits=(fs_available(efs, current, fs.name),))
 
     def _delete_file_system(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
-        """Once its mount targets are gone (their delete changes before this one)."""
+        """Once its mount targets are gone (their delete changes before this one); for one an
+        interrupted run deleted already, only the wait until it is gone."""
         fs: ObservedFileSystem = change.payload
+        if change.differs("state"):
+            observed.deleting = None
+            return Accepted(waits=(file_system_gone(ctx.client("efs"), fs),))
         ctx.settle()
         wait = delete_file_system(ctx.client("efs"), fs)
         observed.file_systems.pop(fs.id, None)
@@ -755,7 +792,12 @@ class EfsStep(Step):
         return None
 
     def _delete_mount_target(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
+        """For one an interrupted run deleted already, only the wait until it is gone."""
         found: ObservedMountTarget = change.payload
+        if change.differs("state"):
+            fs = observed.current_fs()
+            fs.deleting_mount_targets.pop(found.zone, None)
+            return Accepted(waits=(mount_target_gone(ctx.client("efs"), found.id, fs.name),))
         return Accepted(waits=(self._remove_mount_target(ctx.client("efs"), found, observed),))
 
     @staticmethod

@@ -588,6 +588,77 @@ def test_a_file_system_left_creating_is_waited_for_before_anything_goes_on_it(ma
     assert harness.plan_step(STEP, manifest, aws, upstream=network) == []
 
 
+def still_deleting(aws, operation: str, items: str, old: dict, id_key: str, parent: tuple[str, str],
+                   describes: int) -> dict:
+    """moto gap: a deleted resource is gone at once; AWS shows it `deleting` for a while. The first
+    `describes` answers of `operation` that would show `old` (by its id, or listing its parent
+    (query key, value)) show it `deleting`; `left` counts down to 0 when it is gone."""
+    state = {"left": describes}
+    deleting = {**old, "LifeCycleState": "deleting"}
+
+    def answer(params, **kwargs):
+        query = params["query_string"]
+        if state["left"] and query.get(id_key) == old[id_key]:
+            state["left"] -= 1
+            return AWSResponse("https://efs.test", 200, {}, None), {items: [deleting]}
+        if state["left"] and query.get(parent[0]) == parent[1]:
+            params["context"]["listing"] = True  # moto answers; `add` puts it in the answer
+
+    def add(parsed, context, **kwargs):
+        if context.get("listing") and state["left"]:
+            state["left"] -= 1
+            parsed[items].append(deleting)
+
+    aws.register(f"before-call.efs.{operation}", answer)
+    aws.register(f"after-call.efs.{operation}", add)
+    return state
+
+
+def test_a_replace_killed_while_the_old_file_system_is_deleting_waits_until_it_is_gone(manifest, aws, efs, network):
+    harness.run_step(STEP, manifest, aws, upstream=network)
+    (old,) = our_file_systems(efs)
+    changed = with_efs(manifest, performance_mode="maxIO")
+    harness.crash_after_operation(aws, "efs", "DeleteFileSystem")
+    with pytest.raises(harness.Crash):
+        harness.run_step(STEP, changed, aws, upstream=network, allow=("delete-data",))
+
+    rerun = harness.forget_crash(aws)
+    # Deleting for the observe's listing by creation token and the first poll of the wait; its
+    # token is the new one's until then.
+    state = still_deleting(rerun, "DescribeFileSystems", "FileSystems", old, "FileSystemId",
+                           ("CreationToken", old["CreationToken"]), 2)
+    refuse_while(rerun, state, "FileSystemAlreadyExists", "CreateFileSystem")
+    applied, _, _ = harness.run_step(STEP, changed, rerun, upstream=network, allow=("delete-data",))
+    assert [(c.action, c.kind, c.calls) for c in applied[:2]] == [
+        ("delete", "file_system", ()), ("create", "file_system", ("efs:CreateFileSystem",))]
+    assert [(d.field, d.old, d.new) for d in applied[0].diffs] == [("state", "deleting", "deleted")]
+    assert state["left"] == 0 and inventory(efs) == (1, 2, 2)
+    assert harness.plan_step(STEP, changed, rerun, upstream=network) == []
+
+
+def test_a_replace_killed_while_the_old_mount_target_is_deleting_waits_until_it_is_gone(manifest, aws, efs, network):
+    _, outputs, _ = harness.run_step(STEP, manifest, aws, upstream=network)
+    fs_id = outputs["file_system_id"]
+    old = next(mt for mt in efs.describe_mount_targets(FileSystemId=fs_id)["MountTargets"]
+               if mt["AvailabilityZoneName"] == ZONES[1])
+    moved = moved_subnet(network)
+    harness.crash_after_operation(aws, "efs", "DeleteMountTarget")
+    with pytest.raises(harness.Crash):
+        harness.run_step(STEP, manifest, aws, upstream=moved)
+
+    rerun = harness.forget_crash(aws)
+    # Deleting for the observe's listing and the first poll of the wait: a zone holds one.
+    state = still_deleting(rerun, "DescribeMountTargets", "MountTargets", old, "MountTargetId", ("FileSystemId", fs_id), 2)
+    refuse_while(rerun, state, "MountTargetConflict", "CreateMountTarget")
+    applied, _, _ = harness.run_step(STEP, manifest, rerun, upstream=moved)
+    assert [(c.action, c.kind, c.name, c.calls) for c in applied] == [
+        ("delete", "mount_target", ZONES[1], ()), ("create", "mount_target", ZONES[1], ("efs:CreateMountTarget",))]
+    mount_targets = efs.describe_mount_targets(FileSystemId=fs_id)["MountTargets"]
+    assert state["left"] == 0 and sorted(mt["SubnetId"] for mt in mount_targets) == sorted(
+        moved["vpc"]["private_subnet_ids"])
+    assert harness.plan_step(STEP, manifest, rerun, upstream=moved) == []
+
+
 def test_file_systems_of_others_cost_no_read_and_a_left_over_one_of_ours_is_found_by_its_tags(
         manifest, aws, efs, network):
     harness.run_step(STEP, manifest, aws, upstream=network)
