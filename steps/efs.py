@@ -19,8 +19,9 @@ Delete first. A zone holds one mount target of a file system, and a file system'
 token finds the old one until it is gone: such a replacement is planned as the delete of the
 old resource (and, for a file system, of its mount targets), then a `replace` that creates the
 new one. Each handler returns its waits in `Accepted`; one that needs an earlier change
-settled (the old one gone, a new file system available) settles first (`ctx.settle()`), so a
-run killed in between converges on the next apply: the old one is gone, the plan creates.
+settled (the old one gone, a new file system available) settles first (`ctx.settle()`). A run
+killed in between converges on the next apply: observe sees the old one gone or still
+`deleting`, and the plan waits until it is gone (a change with no call) before it creates.
 
 Data. The file system holds the services' data: apply and destroy delete it, with its mount
 targets and access points, only with `delete-data`, and so does a change that AWS can only
