@@ -207,6 +207,12 @@ class Inputs:
             return Unknown(f"{step}.{key}")
         return _mark_unknowns(value, f"{step}.{key}")
 
+    def items(self, step: str, key: str, count: int = 1) -> list:
+        """The list output `step.key` (subnet ids), or while it is not known `count` `Unknown`s
+        naming it: as many as the manifest says there will be (one stands for any number)."""
+        values = self.output(step, key)
+        return [values] * count if is_unknown(values) else list(values)
+
     def entry(self, step: str, key: str, item: str) -> Any:
         """`item` of the output map `step.key` (a role ARN by task name), or an `Unknown` naming
         it while the map or the item is not known yet."""

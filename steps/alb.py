@@ -103,7 +103,7 @@ class Rule:
 @dataclass(frozen=True)
 class LoadBalancer:
     name: str
-    subnets: tuple[str, ...] | str  # sorted; an Unknown before the vpc step ran
+    subnets: tuple[str, ...]  # sorted
     security_groups: tuple[str, ...]
     idle_timeout_seconds: int
     deletion_protection: bool
@@ -240,7 +240,7 @@ class AlbStep(Step):
         return AlbDesired(
             load_balancer=LoadBalancer(
                 name=prefix,
-                subnets=_sorted_ids(inputs.output("vpc", "public_subnet_ids")),
+                subnets=tuple(sorted(inputs.items("vpc", "public_subnet_ids"))),
                 security_groups=(inputs.entry("vpc", "security_groups", spec.security_group),),
                 idle_timeout_seconds=spec.idle_timeout_seconds,
                 deletion_protection=spec.deletion_protection),
@@ -807,10 +807,6 @@ def _target_group_key(name_prefix: str, name: str) -> str | None:
     """`gamepulse-dev-grafana-1a2b` → `grafana`: which manifest entry a target group was for."""
     match = re.fullmatch(re.escape(name_prefix) + r"(.+)-[0-9a-f]{4}", name)
     return match.group(1) if match else None
-
-
-def _sorted_ids(ids) -> tuple[str, ...] | str:
-    return ids if is_unknown(ids) else tuple(sorted(ids))
 
 
 

@@ -150,11 +150,9 @@ def upstream_network(manifest, inputs) -> tuple[list[str], list[str], str]:
     zones = inputs.output("vpc", "zones")
     if is_unknown(zones):
         zones = usable_zones(manifest, inputs)
-    subnets = inputs.output("vpc", "private_subnet_ids")
-    if is_unknown(subnets):
-        subnets = [subnets] * len(zones)
+    subnets = inputs.items("vpc", "private_subnet_ids", count=len(zones))
     # The manifest's checks make sure the network has the group; its id may not be known yet.
-    return list(zones), list(subnets), inputs.entry("vpc", "security_groups", manifest.efs.security_group)
+    return list(zones), subnets, inputs.entry("vpc", "security_groups", manifest.efs.security_group)
 
 
 # -- reading ----------------------------------------------------------------------------------

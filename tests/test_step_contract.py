@@ -162,3 +162,15 @@ def test_an_unknown_kept_in_a_record_or_saved_plan_reads_back_as_an_unknown_nami
     inputs = Inputs("123456789012", "us-east-1", {"alb": written}, declared={"alb": ("target_groups",)})
     read = inputs.output("alb", "target_groups")["api"]
     assert isinstance(read, Unknown) and read.source == "alb.target_groups.api"
+
+
+def test_a_list_output_not_known_yet_is_as_many_unknowns_as_asked_never_its_characters():
+    from orchestrator.model import Inputs, Unknown
+
+    declared = {"vpc": ("private_subnet_ids",)}
+    known = Inputs("123456789012", "us-east-1", {"vpc": {"private_subnet_ids": ["subnet-a", "subnet-b"]}},
+                   declared=declared)
+    assert known.items("vpc", "private_subnet_ids", count=3) == ["subnet-a", "subnet-b"]
+    unknown = Inputs("123456789012", "us-east-1", {}, declared=declared).items("vpc", "private_subnet_ids", count=2)
+    assert len(unknown) == 2 and all(isinstance(item, Unknown) and item.source == "vpc.private_subnet_ids"
+                                     for item in unknown)
