@@ -21,7 +21,6 @@ from ops.report import Report
 from orchestrator import waiters
 from orchestrator.errors import OrchestratorError
 
-SCENARIOS = ("notify", "task-failure", "alert")
 #: Grafana answers a secure setting (a Slack URL) as this. The test sends each integration's uid
 #: without it: Grafana loads the stored secure settings by uid before testing (grafana/grafana
 #: pkg/services/ngalert/api/api_alertmanager.go, RoutePostTestReceivers: ProcessSecureSettings).

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -83,10 +82,6 @@ class CallLedger:
     def count(self, *, step: str | None = None, mutating: bool | None = None) -> int:
         return sum(1 for call in self.calls
                    if (step is None or call.step == step) and (mutating is None or call.mutating == mutating))
-
-    def by_operation(self, *, mutating: bool | None = None) -> Counter:
-        return Counter(f"{c.service}:{c.operation}" for c in self.calls
-                       if mutating is None or c.mutating == mutating)
 
 
 class Aws:
@@ -257,10 +252,10 @@ class UnknownValueSent(Exception):
 def refuse_unknown_values(params, model, **kwargs) -> None:
     """Refuse a request that holds a value not known yet (`orchestrator.model.Unknown`, or a
     string built from one), naming the step, the field and the output it waited for."""
-    from orchestrator.model import KNOWN_AFTER_APPLY
+    from orchestrator.model import is_unknown
 
     def find(value, path: str):
-        if isinstance(value, str) and KNOWN_AFTER_APPLY in value:
+        if is_unknown(value):
             return path, getattr(value, "source", "") or "an upstream output"
         items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
         for key, item in items:

@@ -212,7 +212,7 @@ def allowed(delete_data: bool, delete_secrets: bool) -> frozenset[str]:
     return frozenset(name for name, on in ((DELETE_DATA, delete_data), (DELETE_SECRETS, delete_secrets)) if on)
 
 
-def parse_image_tags(ctx, param, values) -> dict[str, str]:
+def parse_image_tags(ctx, _param, values) -> dict[str, str]:
     tags = {}
     for value in values:
         name, sep, tag = value.partition("=")
@@ -744,7 +744,7 @@ def verify(options: Options, env: str, as_json: bool, wait_seconds: float, allow
                  as_json)
 
 
-def parse_duration(ctx, param, value):
+def parse_duration(ctx, _param, value):
     import re
     if value is not None and not re.fullmatch(r"[1-9]\d*(s|m|h)", value):
         raise click.BadParameter(f"{value!r} is not a duration such as 90s, 5m or 1h")

@@ -80,12 +80,6 @@ class StepContext:
         basis = f"{self.app}/{self.env}/{self.step}/{logical}/{salt}/{run}"
         return hashlib.sha256(basis.encode()).hexdigest()[:32]
 
-    def wait_for(self, wait) -> None:
-        """Settle `wait` now, with whatever else is pending (a change that must be complete
-        before the same handler goes on: mount targets gone before their file system)."""
-        self.pending.append(wait)
-        self.settle()
-
     def settle(self) -> None:
         """Settle every pending wait now: a handler whose change needs an earlier one done
         (a route to a NAT gateway that must be available) calls this first."""

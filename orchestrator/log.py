@@ -32,7 +32,7 @@ class Redactor:
                 text = text.replace(value, SENSITIVE)
         return text
 
-    def __call__(self, logger, method, event: dict) -> dict:
+    def __call__(self, _logger, method, event: dict) -> dict:
         return {key: self._clean_value(value) for key, value in event.items()}
 
     def _clean_value(self, value):
@@ -52,7 +52,7 @@ redactor = Redactor()
 _FIELDS_FIRST = ("step", "what", "kind", "name")
 
 
-def _console(logger, method, event: dict) -> str:
+def _console(_logger, method, event: dict) -> str:
     """`12:00:01 vpc        waiting  what=nat gateway public-a status=pending waited_s=4.0`"""
     stamp = event.pop("timestamp", "")
     step = event.pop("step", "")

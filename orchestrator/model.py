@@ -207,6 +207,12 @@ class Inputs:
             return Unknown(f"{step}.{key}")
         return _mark_unknowns(value, f"{step}.{key}")
 
+    def items(self, step: str, key: str, count: int = 1) -> list:
+        """The list output `step.key` (subnet ids), or while it is not known `count` `Unknown`s
+        naming it: as many as the manifest says there will be (one stands for any number)."""
+        values = self.output(step, key)
+        return [values] * count if is_unknown(values) else list(values)
+
     def entry(self, step: str, key: str, item: str) -> Any:
         """`item` of the output map `step.key` (a role ARN by task name), or an `Unknown` naming
         it while the map or the item is not known yet."""
@@ -254,7 +260,11 @@ class Step:
       Each handler is what ``apply(ctx, change, observed)`` runs: the calls AWS accepts for
       one change; it returns an `Accepted` (or None) with the record to keep and the waits that settle the change. The
       engine records the change at once, then settles the waits of all the step's changes
-      together. A handler that needs an earlier change settled first calls `ctx.settle()`.
+      together. A handler that needs an earlier change settled first calls `ctx.settle()`, before
+      any call of its own: no handler waits between two calls. A replacement that must delete
+      first (`Change.outage`) is planned as the old resource's delete, then the `replace` that
+      creates the new one once the delete settled; a run killed between them finds the old one
+      gone and plans a create.
       **A handler updates `observed` in place** to what AWS holds once it accepted the change:
       what it created is added with what AWS answered (ids, ARNs), what it changed is updated,
       what it deleted is removed. The engine never observes again after a change (AWS's reads

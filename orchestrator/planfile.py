@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 from orchestrator import __version__
 from orchestrator.errors import NotApplied, OrchestratorError
-from orchestrator.model import KNOWN_AFTER_APPLY, Change, as_plain
+from orchestrator.model import Change, as_plain, is_unknown
 
 FORMAT = "orchestrator-plan"
 #: The file format's version: bumped when a field changes meaning; older readers refuse newer files.
@@ -400,7 +400,7 @@ def _value_covers(saved: Any, fresh: Any) -> bool:
     """Equal, where a value the plan did not know yet ("(known after apply)") stands for any. In
     a list holding one, the known items must all be there; how many the unknown ones are was not
     known either (equal placeholders in a set are one)."""
-    if isinstance(saved, str) and KNOWN_AFTER_APPLY in saved:
+    if is_unknown(saved):
         return True
     if isinstance(saved, dict) and isinstance(fresh, dict):
         return saved.keys() == fresh.keys() and all(_value_covers(saved[k], fresh[k]) for k in saved)
@@ -419,7 +419,7 @@ def _value_covers(saved: Any, fresh: Any) -> bool:
 
 def _holds_unknown(value: Any) -> bool:
     if isinstance(value, str):
-        return KNOWN_AFTER_APPLY in value
+        return is_unknown(value)
     if isinstance(value, dict):
         return any(_holds_unknown(item) for item in value.values())
     if isinstance(value, list):

@@ -17,8 +17,7 @@ from botocore.exceptions import ClientError
 from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import (KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Unknown, Wait, diff_fields,
-                                is_unknown)
+from orchestrator.model import Accepted, Change, FieldDiff, Step, Unknown, Wait, diff_fields, is_unknown
 from orchestrator.permissions import FIND_BY_TAG, allow, service_linked_role
 from orchestrator.retry import eventually
 from orchestrator.waiters import WaitFailed, botocore_check
@@ -104,8 +103,8 @@ class Rule:
 @dataclass(frozen=True)
 class LoadBalancer:
     name: str
-    subnets: tuple[str, ...] | str  # sorted; KNOWN_AFTER_APPLY before the vpc step ran
-    security_groups: tuple[str, ...] | str
+    subnets: tuple[str, ...]  # sorted
+    security_groups: tuple[str, ...]
     idle_timeout_seconds: int
     deletion_protection: bool
 
@@ -183,6 +182,14 @@ class ObservedRule:
     tags: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RuleWork:
+    """Payload of a rule's update: what the manifest wants, and the rule AWS has."""
+
+    rule: Rule
+    found: ObservedRule
+
+
 @dataclass
 class AlbFacts:
     load_balancer: ObservedLoadBalancer | None = None
@@ -233,8 +240,8 @@ class AlbStep(Step):
         return AlbDesired(
             load_balancer=LoadBalancer(
                 name=prefix,
-                subnets=_sorted_ids(inputs.output("vpc", "public_subnet_ids")),
-                security_groups=_security_group(inputs.output("vpc", "security_groups"), spec.security_group),
+                subnets=tuple(sorted(inputs.items("vpc", "public_subnet_ids"))),
+                security_groups=(inputs.entry("vpc", "security_groups", spec.security_group),),
                 idle_timeout_seconds=spec.idle_timeout_seconds,
                 deletion_protection=spec.deletion_protection),
             name_prefix=f"{prefix}-",
@@ -508,7 +515,7 @@ class AlbStep(Step):
             if modify or retag:
                 calls = (("elbv2:ModifyRule",) if modify else ()) + (("elbv2:AddTags",) if retag else ())
                 changes.append(Change("update", "rule", _rule_name(rule.port, rule.priority), diffs=modify + retag,
-                                      calls=calls, payload=(rule, seen.arn)))
+                                      calls=calls, payload=RuleWork(rule, seen)))
         leftovers = [seen for seen in observed.rules if seen.owned and seen.arn not in kept]
         for rule in unplaced:
             same = next((seen for seen in leftovers
@@ -523,7 +530,7 @@ class AlbStep(Step):
             changes.append(Change("update", "rule", name,
                                   diffs=(FieldDiff("priority", same.priority, rule.priority),) + retag,
                                   calls=("elbv2:SetRulePriorities",) + (("elbv2:AddTags",) if retag else ()),
-                                  payload=(rule, same.arn)))
+                                  payload=RuleWork(rule, same)))
         return changes, [_rule_deletion(seen) for seen in leftovers]
 
     # -- apply ------------------------------------------------------------------------------
@@ -658,14 +665,14 @@ class AlbStep(Step):
                                            tags=ctx.tags()))
 
     def _update_rule(self, ctx, change: Change, observed: AlbFacts) -> None:
-        rule, arn = change.payload
+        work: RuleWork = change.payload
+        rule, seen = work.rule, work.found
         elb = ctx.client("elbv2")
         if change.differs("priority"):
-            elb.set_rule_priorities(RulePriorities=[{"RuleArn": arn, "Priority": rule.priority}])
+            elb.set_rule_priorities(RulePriorities=[{"RuleArn": seen.arn, "Priority": rule.priority}])
         if change.differs("paths", "action"):
-            elb.modify_rule(RuleArn=arn, Conditions=_conditions_param(rule),
+            elb.modify_rule(RuleArn=seen.arn, Conditions=_conditions_param(rule),
                             Actions=_action_param(rule.action, observed))
-        seen = next(seen for seen in observed.rules if seen.arn == arn)
         seen.priority, seen.paths, seen.action = rule.priority, rule.paths, rule.action
         _add_tags(elb, seen, change)
 
@@ -697,18 +704,22 @@ class AlbStep(Step):
         groups = {group.key: observed.target_groups.get(group.name) for group in desired.target_groups}
         listeners = {listener.key: observed.listeners.get(listener.port) for listener in desired.listeners}
         scheme = "https" if desired.https else "http"
+        def unknown(output: str) -> Unknown:
+            return Unknown(f"{self.name}.{output}")
+
         return AlbOutputs(
-            load_balancer_arn=lb.arn if lb else KNOWN_AFTER_APPLY,
+            load_balancer_arn=lb.arn if lb else unknown("load_balancer_arn"),
             load_balancer_name=desired.load_balancer.name,
-            dns_name=lb.dns_name if lb else KNOWN_AFTER_APPLY,
-            zone_id=lb.zone_id if lb else KNOWN_AFTER_APPLY,
-            url=f"{scheme}://{desired.public_name or lb.dns_name}" if lb else KNOWN_AFTER_APPLY,
+            dns_name=lb.dns_name if lb else unknown("dns_name"),
+            zone_id=lb.zone_id if lb else unknown("zone_id"),
+            url=f"{scheme}://{desired.public_name or lb.dns_name}" if lb else unknown("url"),
             # CloudWatch's LoadBalancer and TargetGroup dimensions: the ARN after its resource type.
-            arn_suffix=lb.arn.split(":loadbalancer/")[-1] if lb else KNOWN_AFTER_APPLY,
-            target_groups={key: seen.arn if seen else KNOWN_AFTER_APPLY for key, seen in groups.items()},
-            target_group_arn_suffixes={key: seen.arn.split(":")[-1] if seen else KNOWN_AFTER_APPLY
-                                          for key, seen in groups.items()},
-            listener_arns={key: seen.arn if seen else KNOWN_AFTER_APPLY for key, seen in listeners.items()})
+            arn_suffix=lb.arn.split(":loadbalancer/")[-1] if lb else unknown("arn_suffix"),
+            target_groups={key: seen.arn if seen else unknown(f"target_groups.{key}") for key, seen in groups.items()},
+            target_group_arn_suffixes={key: seen.arn.split(":")[-1] if seen else
+                                       unknown(f"target_group_arn_suffixes.{key}") for key, seen in groups.items()},
+            listener_arns={key: seen.arn if seen else unknown(f"listener_arns.{key}")
+                           for key, seen in listeners.items()})
 
     def plan_destroy(self, observed: AlbFacts) -> list[Change]:
         """Rules, listeners, the load balancer, then target groups; only what carries our tags.
@@ -797,18 +808,6 @@ def _target_group_key(name_prefix: str, name: str) -> str | None:
     match = re.fullmatch(re.escape(name_prefix) + r"(.+)-[0-9a-f]{4}", name)
     return match.group(1) if match else None
 
-
-def _sorted_ids(ids) -> tuple[str, ...] | str:
-    return ids if is_unknown(ids) else tuple(sorted(ids))
-
-
-def _security_group(groups, name: str) -> tuple[str, ...] | str:
-    if is_unknown(groups):
-        return groups
-    if name not in groups:
-        raise OrchestratorError(f"load balancer security group {name!r} is not among the vpc step's security "
-                                f"groups ({', '.join(sorted(groups))})")
-    return (groups[name],)
 
 
 def _listener_key(port: int) -> str:

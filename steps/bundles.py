@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import KNOWN_AFTER_APPLY, Unknown
+from orchestrator.model import Unknown, is_unknown
 from orchestrator.schema import AppContainerSpec
 from steps import grafana_content
 
@@ -34,7 +34,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 # Ports, shared by the rendered files and the container definitions.
 OTLP_GRPC, OTLP_HTTP = 4317, 4318
-COLLECTOR_METRICS, COLLECTOR_SELF_METRICS, COLLECTOR_HEALTH = 8889, 8888, 13133
+COLLECTOR_METRICS, COLLECTOR_SELF_METRICS = 8889, 8888
 PROMETHEUS, LOKI, JAEGER_UI, JAEGER_SELF_METRICS, JAEGER_HEALTH, GRAFANA = 9090, 3100, 16686, 8888, 13133, 3000
 
 GRAFANA_PROVISIONING = "/etc/grafana/provisioning"
@@ -126,7 +126,7 @@ def bundle_hash(files: dict[str, bytes]) -> str:
     """sha256 over the sorted paths and contents (each length-prefixed, so no two bundles collide by
     moving bytes between a path and its content). Files rendered with a value not known before
     apply (the cluster's ARN, the load balancer's name) have a hash not known either."""
-    if any(KNOWN_AFTER_APPLY.encode() in content for content in files.values()):
+    if any(is_unknown(content.decode(errors="replace")) for content in files.values()):
         return Unknown("services.bundle_hash")
     digest = hashlib.sha256()
     for path in sorted(files):

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from orchestrator import tags as tagging
 from orchestrator.aws import SEVERAL_SERVICES, unless_code
-from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step, diff_fields, is_unknown
+from orchestrator.model import Change, FieldDiff, Step, Unknown, diff_fields, is_unknown
 from orchestrator.permissions import FIND_BY_TAG, allow, tagged_as_ours
 from steps import cloudwatch_content
 from steps.cloudwatch_content import ALARM_FIELDS, Alarm, Dashboard
@@ -504,7 +504,7 @@ class DashboardsStep(Step):
     def outputs(self, desired: DashboardsDesired, observed: DashboardsFacts) -> DashboardsOutputs:
         topic = observed.topic
         return DashboardsOutputs(
-            topic_arn=topic.arn if topic else (KNOWN_AFTER_APPLY if desired.topic else ""),
+            topic_arn=topic.arn if topic else (Unknown(f"{self.name}.topic_arn") if desired.topic else ""),
             subscriptions={email: "pending confirmation" if arn == PENDING else "confirmed"
                            for email, arn in sorted(observed.subscriptions.items()) if email in desired.emails},
             alarm_names=[alarm.name for alarm in desired.alarms],

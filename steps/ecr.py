@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import DELETE_DATA, KNOWN_AFTER_APPLY, Change, FieldDiff, Step
+from orchestrator.model import DELETE_DATA, Change, FieldDiff, Step, Unknown
 from orchestrator.permissions import FIND_BY_TAG, allow
 
 #: What ECR answers for a repository that is gone already: a delete counts as done.
@@ -285,12 +285,15 @@ class EcrStep(Step):
     # -- outputs and destroy ---------------------------------------------------------------
 
     def outputs(self, desired: EcrDesired, observed: EcrFacts) -> EcrOutputs:
-        def known(name: str, attribute: str) -> str:
-            return getattr(observed.owned[name], attribute) if name in observed.owned else KNOWN_AFTER_APPLY
+        def known(name: str, attribute: str, output: str) -> str:
+            if name in observed.owned:
+                return getattr(observed.owned[name], attribute)
+            return Unknown(f"{self.name}.{output}.{desired.repositories[name].key}")
 
         return EcrOutputs(
-            repositories={repo.key: known(name, "uri") for name, repo in desired.repositories.items()},
-            repository_arns={repo.key: known(name, "arn") for name, repo in desired.repositories.items()},
+            repositories={repo.key: known(name, "uri", "repositories") for name, repo in desired.repositories.items()},
+            repository_arns={repo.key: known(name, "arn", "repository_arns")
+                             for name, repo in desired.repositories.items()},
             images={repo.key: observed.images[name] for name, repo in desired.repositories.items()
                     if name in observed.images},
             image_problems={repo.key: observed.missing_images[name] for name, repo in desired.repositories.items()

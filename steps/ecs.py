@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from orchestrator import tags as tagging
 from orchestrator.aws import SEVERAL_SERVICES, error_code, unless_code
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import DELETE_DATA, KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields
+from orchestrator.model import DELETE_DATA, Accepted, Change, FieldDiff, Step, Unknown, Wait, diff_fields
 from orchestrator.permissions import FIND_BY_TAG, allow, service_linked_role
 from orchestrator.retry import eventually
 from orchestrator.waiters import WaitFailed
@@ -326,9 +326,12 @@ class EcsStep(Step):
             retag = tagging.tag_diffs(seen.tags, tags)
             return [Change("update", "namespace", namespace.name, diffs=retag,
                            calls=("servicediscovery:TagResource",), payload=namespace)] if retag else []
-        return [Change("replace", "namespace", namespace.name,
+        # Delete first, a change of its own whose wait the replace settles before it creates.
+        return [Change("delete", "namespace", namespace.name, calls=("servicediscovery:DeleteNamespace",),
+                       note=f"in {last_vpc}: replaced by one in {namespace.vpc_id}"),
+                Change("replace", "namespace", namespace.name,
                        diffs=(FieldDiff("vpc_id", last_vpc, namespace.vpc_id),),
-                       calls=("servicediscovery:DeleteNamespace", "servicediscovery:CreatePrivateDnsNamespace"),
+                       calls=("servicediscovery:CreatePrivateDnsNamespace",),
                        payload=namespace, record=record,
                        outage="a namespace cannot move to another VPC and its name cannot exist twice: it is "
                               "deleted first, and services registered in it cannot be found by name until "
@@ -457,8 +460,8 @@ class EcsStep(Step):
                                           f"deletion of Cloud Map namespace {change.name}"),))
 
     def _replace_namespace(self, ctx, change: Change, observed: EcsFacts) -> Accepted:
-        """Delete first (see the plan's outage): the name cannot exist twice."""
-        ctx.pending.extend(self._delete_namespace(ctx, change, observed).waits)
+        """The new one, once the old one is gone (the delete change before this one, see the
+        plan's outage): the name cannot exist twice."""
         ctx.settle()
         return self._create_namespace(ctx, change, observed)
 
@@ -481,11 +484,11 @@ class EcsStep(Step):
         cluster, namespace = observed.cluster, observed.namespace
         return EcsOutputs(
             cluster_name=desired.cluster.name,
-            cluster_arn=cluster.arn if cluster else KNOWN_AFTER_APPLY,
+            cluster_arn=cluster.arn if cluster else Unknown(f"{self.name}.cluster_arn"),
             log_groups={group.family: group.name for group in desired.log_groups},
-            namespace_id=namespace.id if namespace else KNOWN_AFTER_APPLY,
+            namespace_id=namespace.id if namespace else Unknown(f"{self.name}.namespace_id"),
             namespace_name=desired.namespace.name,
-            namespace_arn=namespace.arn if namespace else KNOWN_AFTER_APPLY)
+            namespace_arn=namespace.arn if namespace else Unknown(f"{self.name}.namespace_arn"))
 
     def plan_destroy(self, observed: EcsFacts) -> list[Change]:
         """Namespace, then log groups (one holding logs is refused without delete-data), then the

@@ -10,9 +10,18 @@ the `delete-data` flag. A create whose answer was lost is retried by the same to
 tag, since `ClientToken` is not honoured everywhere (MOTO-NOTES: EFS). Only our tag keys are
 managed: tags others added stay.
 
-Interrupted runs. A file system or mount target may still be `creating`: nothing goes on such a
-file system until it is available, and such a mount target is waited for before its security
-groups (which AWS reads from its network interface) are read and compared.
+Interrupted runs. A file system or mount target may still be `creating`: the plan then waits for
+it (a change of its `state`, with no call), since nothing goes on such a file system until it is
+available, and a mount target's security groups (which AWS reads from its network interface)
+can only be read once it is available.
+
+Delete first. A zone holds one mount target of a file system, and a file system's creation
+token finds the old one until it is gone: such a replacement is planned as the delete of the
+old resource (and, for a file system, of its mount targets), then a `replace` that creates the
+new one. Each handler returns its waits in `Accepted`; one that needs an earlier change
+settled (the old one gone, a new file system available) settles first (`ctx.settle()`). A run
+killed in between converges on the next apply: observe sees the old one gone or still
+`deleting`, and the plan waits until it is gone (a change with no call) before it creates.
 
 Data. The file system holds the services' data: apply and destroy delete it, with its mount
 targets and access points, only with `delete-data`, and so does a change that AWS can only
@@ -33,7 +42,7 @@ from botocore.exceptions import ClientError
 from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import (DELETE_DATA, KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields,
+from orchestrator.model import (DELETE_DATA, Accepted, Change, FieldDiff, Step, Unknown, Wait, diff_fields,
                                 is_unknown)
 from orchestrator.permissions import FIND_BY_TAG, allow, tagged_as_ours
 from orchestrator.waiters import WaitFailed
@@ -113,6 +122,8 @@ class ObservedFileSystem:
     tags: dict[str, str]
     state: str = "available"
     mount_targets: dict[str, ObservedMountTarget] = field(default_factory=dict)  # zone → mount target
+    #: Zone → a mount target still `deleting` (a run killed after its delete): a zone holds one.
+    deleting_mount_targets: dict[str, ObservedMountTarget] = field(default_factory=dict)
     access_points: list[ObservedAccessPoint] = field(default_factory=list)  # ours only
     transition_to_ia: str | None = None
     backups: str | None = None  # read only when the manifest asks for backups
@@ -122,6 +133,9 @@ class ObservedFileSystem:
 class EfsFacts:
     file_systems: dict[str, ObservedFileSystem] = field(default_factory=dict)  # id → ours
     current: str | None = None  # id of the platform's file system
+    #: The platform's file system still `deleting` (a run killed after a replace's delete): its
+    #: creation token is the new one's until it is gone.
+    deleting: ObservedFileSystem | None = None
 
     def current_fs(self) -> ObservedFileSystem | None:
         return self.file_systems.get(self.current) if self.current else None
@@ -136,17 +150,9 @@ def upstream_network(manifest, inputs) -> tuple[list[str], list[str], str]:
     zones = inputs.output("vpc", "zones")
     if is_unknown(zones):
         zones = usable_zones(manifest, inputs)
-    subnets = inputs.output("vpc", "private_subnet_ids")
-    if is_unknown(subnets):
-        subnets = [subnets] * len(zones)
-    groups = inputs.output("vpc", "security_groups")
-    group = manifest.efs.security_group
-    if is_unknown(groups):
-        return list(zones), list(subnets), groups
-    if group not in groups:
-        raise OrchestratorError(f"efs: security group {group!r} is not among the vpc step's security groups "
-                                f"({', '.join(sorted(groups))})")
-    return list(zones), list(subnets), groups[group]
+    subnets = inputs.items("vpc", "private_subnet_ids", count=len(zones))
+    # The manifest's checks make sure the network has the group; its id may not be known yet.
+    return list(zones), subnets, inputs.entry("vpc", "security_groups", manifest.efs.security_group)
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -168,15 +174,18 @@ def read_file_systems(efs, token: str, ids: list[str]) -> list[dict]:
     return sorted(items.values(), key=lambda item: item["CreationTime"])
 
 
-def read_mount_targets(efs, fs_id: str) -> dict[str, ObservedMountTarget]:
-    found = {}
+def read_mount_targets(efs, fs_id: str) -> tuple[dict[str, ObservedMountTarget], dict[str, ObservedMountTarget]]:
+    """(zone → mount target, zone → one still `deleting`)."""
+    found, deleting = {}, {}
     for page in efs.get_paginator("describe_mount_targets").paginate(FileSystemId=fs_id):
         for item in page["MountTargets"]:
-            if item["LifeCycleState"] not in ("deleting", "deleted"):
-                found[item["AvailabilityZoneName"]] = ObservedMountTarget(
-                    id=item["MountTargetId"], zone=item["AvailabilityZoneName"], subnet_id=item["SubnetId"],
-                    state=item["LifeCycleState"])
-    return found
+            if item["LifeCycleState"] == "deleted":
+                continue
+            into = deleting if item["LifeCycleState"] == "deleting" else found
+            into[item["AvailabilityZoneName"]] = ObservedMountTarget(
+                id=item["MountTargetId"], zone=item["AvailabilityZoneName"], subnet_id=item["SubnetId"],
+                state=item["LifeCycleState"])
+    return found, deleting
 
 
 def read_mount_target_groups(efs, mt_id: str) -> tuple[str, ...]:
@@ -249,9 +258,17 @@ def fs_available(efs, fs: ObservedFileSystem, name: str) -> Wait:
                      lambda: efs.describe_file_systems(FileSystemId=fs.id)["FileSystems"][0], note)
 
 
-def mount_target_available(efs, mt_id: str, fs_name: str, zone: str) -> Wait:
-    return available(f"mount target {mt_id} of {fs_name} in {zone}",
-                     lambda: efs.describe_mount_targets(MountTargetId=mt_id)["MountTargets"][0])
+def mount_target_available(efs, found: ObservedMountTarget, fs_name: str, read_groups: bool = False) -> Wait:
+    """Until it is available; then its facts say so. `read_groups`: with the security groups AWS
+    reads from its network interface, which one still `creating` may not have had (not after a
+    create of ours, which set them)."""
+    def note() -> None:
+        found.state = "available"
+        if read_groups:
+            found.security_groups = read_mount_target_groups(efs, found.id)
+
+    return available(f"mount target {found.id} of {fs_name} in {found.zone}",
+                     lambda: efs.describe_mount_targets(MountTargetId=found.id)["MountTargets"][0], note)
 
 
 def mount_target_gone(efs, mt_id: str, fs_name: str) -> Wait:
@@ -259,23 +276,20 @@ def mount_target_gone(efs, mt_id: str, fs_name: str) -> Wait:
                 lambda: efs.describe_mount_targets(MountTargetId=mt_id)["MountTargets"][0], "MountTargetNotFound")
 
 
-def available_fs(ctx, efs, observed: EfsFacts) -> ObservedFileSystem:
-    """The platform's file system once it is available: a new one, or one an interrupted run
-    left `creating`, takes no mount target, access point or setting until then
-    (IncorrectFileSystemLifeCycleState)."""
+def available_fs(ctx, observed: EfsFacts) -> ObservedFileSystem:
+    """The platform's file system once it is available: a new one (its create's wait), or one an
+    interrupted run left `creating` (the plan's wait for its state), takes no mount target,
+    access point or setting until then (IncorrectFileSystemLifeCycleState)."""
     ctx.settle()
-    fs = observed.current_fs()
-    if fs.state != "available":
-        ctx.wait_for(fs_available(efs, fs, fs.name))
-    return fs
+    return observed.current_fs()
 
 
 # -- changing ---------------------------------------------------------------------------------
 
 
-def sync_tags(efs, resource_id: str, current: dict[str, str], wanted: dict[str, str]) -> dict[str, str]:
-    """Put our tags that are missing or changed (tags others added stay); returns the tags now on it."""
-    to_set = tagging.reconcile(current, wanted)
+def put_tags(efs, resource_id: str, current: dict[str, str], change: Change) -> dict[str, str]:
+    """Put the tags of the change's `tags` difference (tags others added stay); returns the tags now on it."""
+    to_set = change.tags_to_set()
     if to_set:
         efs.tag_resource(ResourceId=resource_id, Tags=tagging.tag_list(to_set))
     return {**current, **to_set}
@@ -290,23 +304,22 @@ def create_file_system(ctx, efs, desired: FileSystem) -> ObservedFileSystem:
     except ClientError as error:
         if error_code(error) != "FileSystemAlreadyExists":
             raise
-        # Created already (a retry, or its tags were removed since): the token finds it.
+        # Created already (a retry whose answer was lost, which observe's listing did not show
+        # yet): the token finds it. Tags removed from it since show in the next plan.
         item = efs.describe_file_systems(CreationToken=token)["FileSystems"][0]
-    fs = observed_file_system(item)
-    fs.tags = sync_tags(efs, fs.id, fs.tags, desired.tags)  # nothing to put after a create that carried them
-    return dataclasses.replace(fs, name=desired.name)
+    return dataclasses.replace(observed_file_system(item), name=desired.name)
 
 
-def delete_file_system(ctx, efs, fs: ObservedFileSystem) -> Wait:
-    """Access points, then mount targets (waiting until they are gone), then the file system;
-    returns the wait until the file system is gone."""
+def delete_file_system(efs, fs: ObservedFileSystem) -> Wait:
+    """Its access points, then the file system (its mount targets are gone already: changes of
+    their own, settled before); returns the wait until the file system is gone."""
     for ap in fs.access_points:
         delete_access_point(efs, ap.id)
-    for mount_target in fs.mount_targets.values():
-        unless_code({"MountTargetNotFound"}, efs.delete_mount_target, MountTargetId=mount_target.id)
-    ctx.pending.extend(mount_target_gone(efs, mount_target.id, fs.name) for mount_target in fs.mount_targets.values())
-    ctx.settle()
     unless_code({"FileSystemNotFound"}, efs.delete_file_system, FileSystemId=fs.id)
+    return file_system_gone(efs, fs)
+
+
+def file_system_gone(efs, fs: ObservedFileSystem) -> Wait:
     return gone(f"deletion of file system {fs.name} ({fs.id})",
                 lambda: efs.describe_file_systems(FileSystemId=fs.id)["FileSystems"][0], "FileSystemNotFound")
 
@@ -325,10 +338,10 @@ def create_mount_target(efs, fs: ObservedFileSystem, desired: MountTarget) -> Wa
     require_known(desired)
     item = efs.create_mount_target(FileSystemId=fs.id, SubnetId=desired.subnet_id,
                                    SecurityGroups=[desired.security_group_id])
-    mt_id = item["MountTargetId"]
-    fs.mount_targets[desired.zone] = ObservedMountTarget(id=mt_id, zone=desired.zone, subnet_id=desired.subnet_id,
-                                                         security_groups=(desired.security_group_id,))
-    return mount_target_available(efs, mt_id, fs.name, desired.zone)
+    created = ObservedMountTarget(id=item["MountTargetId"], zone=desired.zone, subnet_id=desired.subnet_id,
+                                  security_groups=(desired.security_group_id,), state=item["LifeCycleState"])
+    fs.mount_targets[desired.zone] = created
+    return mount_target_available(efs, created, fs.name)
 
 
 def create_access_point(ctx, efs, fs: ObservedFileSystem, desired: AccessPoint) -> Wait:
@@ -361,16 +374,8 @@ def same_settings(desired: AccessPoint, found: ObservedAccessPoint) -> bool:
 
 
 @dataclass(frozen=True)
-class FileSystemReplacement:
-    """Payload of a file system's replace: the one to create, and the one it supersedes."""
-
-    fs: FileSystem
-    old: ObservedFileSystem
-
-
-@dataclass(frozen=True)
 class MountTargetWork:
-    """Payload of a mount target's replace or update: what the manifest wants, what AWS has."""
+    """Payload of a mount target's update: what the manifest wants, what AWS has."""
 
     mt: MountTarget
     found: ObservedMountTarget
@@ -426,9 +431,11 @@ class EfsStep(Step):
         for item in read_file_systems(efs, token, self._tagged_file_system_ids(ctx)):
             fs = observed_file_system(item)
             mine = item["CreationToken"] == token
+            if mine and item["LifeCycleState"] == "deleting":
+                facts.deleting = fs
             if item["LifeCycleState"] in ("deleting", "deleted") or not (mine or ctx.owns(fs.tags)):
                 continue
-            fs.mount_targets, fs.access_points = ctx.each("efs", lambda read: read(), [
+            (fs.mount_targets, fs.deleting_mount_targets), fs.access_points = ctx.each("efs", lambda read: read(), [
                 lambda: read_mount_targets(efs, fs.id), lambda: read_access_points(ctx, efs, fs.id)])
             facts.file_systems[fs.id] = fs
             if mine:
@@ -490,19 +497,22 @@ class EfsStep(Step):
     def plan(self, desired: EfsDesired, observed: EfsFacts, recorded: dict[str, dict]) -> list[Change]:
         current = observed.current_fs()
         if current is None:
-            changes = [self._plan_create_fs(desired.file_system)] + self._new_fs_children(desired, recorded)
+            changes = (self._plan_wait_until_gone(observed.deleting) + [self._plan_create_fs(desired.file_system)]
+                       + self._new_fs_children(desired, recorded))
         elif diff_fields(desired.file_system, current, REPLACE_FIELDS):
-            changes = [self._plan_replace_fs(desired.file_system, current)] + [
+            changes = self._plan_replace_fs(desired.file_system, current) + [
                 dataclasses.replace(change, blocked=DELETE_DATA, note=f"part of replacing file system {current.id}")
                 for change in self._new_fs_children(desired, recorded)]
         else:
-            changes = (self._plan_update_fs(desired.file_system, current)
+            changes = (self._plan_wait_for_fs(desired.file_system, current)
+                       + self._plan_update_fs(desired.file_system, current)
                        + self._lifecycle(desired, current.transition_to_ia)
                        + self._backups(desired, current.backups, recorded)
                        + self._mount_targets(desired, current)
                        + self._access_points(desired, current))
         leftovers = [fs for fs_id, fs in sorted(observed.file_systems.items()) if fs_id != observed.current]
-        return changes + [self._plan_delete_fs(fs, leftover=True) for fs in leftovers]
+        return changes + [change for fs in leftovers for change in self._plan_delete_fs_and_mount_targets(
+            fs, blocked=DELETE_DATA, why="is not the platform's file system any more")]
 
     def _new_fs_children(self, desired: EfsDesired, recorded: dict[str, dict]) -> list[Change]:
         """What a new file system needs after its create."""
@@ -511,19 +521,41 @@ class EfsStep(Step):
                 + [self._plan_create_access_point(ap) for ap in desired.access_points])
 
     @staticmethod
+    def _plan_wait_until_gone(deleting: ObservedFileSystem | None) -> list[Change]:
+        """The platform's file system an interrupted run was deleting: its creation token finds it
+        until it is gone, so the create waits for that (a change with no call)."""
+        if deleting is None:
+            return []
+        return [Change("delete", "file_system", deleting.name or deleting.id,
+                       diffs=(FieldDiff("state", "deleting", "deleted"),), payload=deleting,
+                       note=f"file system {deleting.id}: an interrupted run deleted it; wait until it is gone")]
+
+    @staticmethod
     def _plan_create_fs(fs: FileSystem) -> Change:
         diffs = tuple(FieldDiff(name, None, getattr(fs, name))
                       for name in ("performance_mode", "throughput_mode", "encrypted"))
         return Change("create", "file_system", fs.name, diffs=diffs, calls=("efs:CreateFileSystem",), payload=fs)
 
+    def _plan_replace_fs(self, fs: FileSystem, current: ObservedFileSystem) -> list[Change]:
+        """Delete first: the old file system's mount targets, then it (with its access points),
+        then the new one, whose creation token would find the old one while it exists."""
+        why = f"is replaced by a new {fs.name}"
+        return self._plan_delete_fs_and_mount_targets(current, blocked=DELETE_DATA, why=why) + [
+            Change("replace", "file_system", fs.name, diffs=diff_fields(fs, current, REPLACE_FIELDS),
+                   calls=("efs:CreateFileSystem",), payload=fs, blocked=DELETE_DATA,
+                   note=f"file system {current.id}: {', '.join(REPLACE_FIELDS)} cannot change in place; "
+                        "replacing it deletes its data (pass --delete-data to allow)",
+                   outage=f"its creation token is the new one's, so the old one goes first: tasks cannot mount "
+                          f"{fs.name} until the new one and its mount targets are available")]
+
     @staticmethod
-    def _plan_replace_fs(fs: FileSystem, current: ObservedFileSystem) -> Change:
-        return Change("replace", "file_system", fs.name, diffs=diff_fields(fs, current, REPLACE_FIELDS),
-                      calls=("efs:DeleteAccessPoint", "efs:DeleteMountTarget", "efs:DeleteFileSystem",
-                             "efs:CreateFileSystem"),
-                      payload=FileSystemReplacement(fs, current), blocked=DELETE_DATA,
-                      note=f"file system {current.id}: {', '.join(REPLACE_FIELDS)} cannot change in place; "
-                           "replacing it deletes its data (pass --delete-data to allow)")
+    def _plan_wait_for_fs(fs: FileSystem, current: ObservedFileSystem) -> list[Change]:
+        """One an interrupted run left `creating`: wait until it is available (no call), before
+        anything goes on it."""
+        if current.state == "available":
+            return []
+        return [Change("update", "file_system", fs.name, diffs=(FieldDiff("state", current.state, "available"),),
+                       payload=fs, note=f"file system {current.id}: wait until it is available")]
 
     @staticmethod
     def _plan_update_fs(fs: FileSystem, current: ObservedFileSystem) -> list[Change]:
@@ -568,26 +600,34 @@ class EfsStep(Step):
 
     def _mount_targets(self, desired: EfsDesired, fs: ObservedFileSystem) -> list[Change]:
         wanted = {mt.zone for mt in desired.mount_targets}
-        changes = [Change("delete", "mount_target", zone, calls=("efs:DeleteMountTarget",), payload=found,
-                          note=f"mount target {found.id}: its zone is no longer one of the network's")
+        changes = [self._plan_delete_mount_target(found, fs, "its zone is no longer one of the network's")
                    for zone, found in sorted(fs.mount_targets.items()) if zone not in wanted]
         for mt in desired.mount_targets:
             found = fs.mount_targets.get(mt.zone)
+            if found is None and mt.zone in fs.deleting_mount_targets:
+                # An interrupted run deleted it (a replace's first half): a zone holds one.
+                old = fs.deleting_mount_targets[mt.zone]
+                changes.append(Change("delete", "mount_target", mt.zone, diffs=(FieldDiff("state", "deleting", "deleted"),),
+                                      payload=old, note=f"mount target {old.id}: an interrupted run deleted it; "
+                                                        "wait until it is gone"))
             if found is None:
                 changes.append(self._plan_create_mount_target(mt))
             elif found.subnet_id != mt.subnet_id:
+                # Delete first: a zone holds one mount target of a file system.
+                changes.append(self._plan_delete_mount_target(found, fs, "replaced: the subnet cannot change"))
                 changes.append(Change("replace", "mount_target", mt.zone,
                                       diffs=(FieldDiff("subnet_id", found.subnet_id, mt.subnet_id),),
-                                      calls=("efs:DeleteMountTarget", "efs:CreateMountTarget"),
-                                      payload=MountTargetWork(mt, found), note=f"mount target {found.id}: the subnet cannot change",
+                                      calls=("efs:CreateMountTarget",), payload=mt,
+                                      note=f"mount target {found.id}: the subnet cannot change",
                                       outage=f"a zone holds one mount target: tasks in {mt.zone} cannot mount the "
                                              "file system until the new one is available"))
             elif found.state != "available":
-                # Its security groups cannot be read yet: wait for it, then check them.
+                # Its security groups cannot be read yet: wait for it (they are read then, and
+                # compared by the next plan: its create set them, so they differ only if the
+                # manifest changed since).
                 changes.append(Change("update", "mount_target", mt.zone,
                                       diffs=(FieldDiff("state", found.state, "available"),), payload=MountTargetWork(mt, found),
-                                      note=f"mount target {found.id}: wait until it is available, then check its "
-                                           "security groups"))
+                                      note=f"mount target {found.id}: wait until it is available"))
             elif found.security_groups != (mt.security_group_id,):
                 changes.append(Change("update", "mount_target", mt.zone,
                                       diffs=(FieldDiff("security_groups", list(found.security_groups),
@@ -639,21 +679,31 @@ class EfsStep(Step):
                       note=f"access point {found.id} is {why}; the files stay in the file system")
 
     @staticmethod
-    def _plan_delete_fs(fs: ObservedFileSystem, leftover: bool = False) -> Change:
-        """A leftover goes with its mount targets; on destroy they are changes of their own before it."""
-        why = "is not the platform's file system any more; " if leftover else ""
-        holds = (f"{len(fs.mount_targets)} mount target(s) and " if leftover else "") + \
-            f"{len(fs.access_points)} access point(s)"
+    def _plan_delete_mount_target(found: ObservedMountTarget, fs: ObservedFileSystem, why: str,
+                                  blocked: str | None = None) -> Change:
+        return Change("delete", "mount_target", found.zone, calls=("efs:DeleteMountTarget",), payload=found,
+                      blocked=blocked, note=f"mount target {found.id} of {fs.id}: {why}")
+
+    def _plan_delete_fs_and_mount_targets(self, fs: ObservedFileSystem, blocked: str | None, why: str) -> list[Change]:
+        """Its mount targets (changes of their own, whose waits the file system's delete settles
+        first: AWS refuses to delete a file system that has any), then it with its access points.
+        `blocked`: the mount targets of a file system that is kept stay too."""
+        return [self._plan_delete_mount_target(found, fs, f"its file system {why}", blocked)
+                for _, found in sorted(fs.mount_targets.items())] + [self._plan_delete_fs(fs, why)]
+
+    @staticmethod
+    def _plan_delete_fs(fs: ObservedFileSystem, why: str = "") -> Change:
         return Change("delete", "file_system", fs.name or fs.id,
-                      calls=("efs:DeleteAccessPoint", "efs:DeleteMountTarget", "efs:DeleteFileSystem"),
-                      payload=fs, blocked=DELETE_DATA,
-                      note=f"file system {fs.id} {why}with {holds}; deleting it deletes its data "
-                           "(pass --delete-data to allow)")
+                      calls=("efs:DeleteAccessPoint", "efs:DeleteFileSystem"), payload=fs, blocked=DELETE_DATA,
+                      note=f"file system {fs.id} {why + '; ' if why else ''}with {len(fs.access_points)} access "
+                           "point(s); deleting it deletes its data (pass --delete-data to allow)")
 
     # -- apply --------------------------------------------------------------------------------
 
     def _create_file_system(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
+        """Once one an interrupted run was deleting is gone (the change before this one)."""
         fs: FileSystem = change.payload
+        ctx.settle()
         return Accepted(waits=(self._make_file_system(ctx, fs, observed),))
 
     @staticmethod
@@ -665,17 +715,21 @@ class EfsStep(Step):
         return fs_available(efs, created, fs.name)
 
     def _replace_file_system(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
-        work: FileSystemReplacement = change.payload
-        # Gone before the create: the new one's creation token would find the old one.
-        ctx.wait_for(delete_file_system(ctx, ctx.client("efs"), work.old))
-        del observed.file_systems[work.old.id]
-        return Accepted(waits=(self._make_file_system(ctx, work.fs, observed),))
+        """The new one, once the old one is gone (the delete change before this one): the new
+        one's creation token would find the old one."""
+        fs: FileSystem = change.payload
+        ctx.settle()
+        return Accepted(waits=(self._make_file_system(ctx, fs, observed),))
 
     def _update_file_system(self, ctx, change: Change, observed: EfsFacts) -> Accepted | None:
+        """Wait for one an interrupted run left `creating` (a change of its own, with no call), or
+        put its throughput mode and our tags right."""
         fs: FileSystem = change.payload
         efs = ctx.client("efs")
-        current = available_fs(ctx, efs, observed)
-        current.tags = sync_tags(efs, current.id, current.tags, fs.tags)
+        if change.differs("state"):
+            return Accepted(waits=(fs_available(efs, observed.current_fs(), fs.name),))
+        current = available_fs(ctx, observed)
+        current.tags = put_tags(efs, current.id, current.tags, change)
         if current.throughput_mode == fs.throughput_mode:
             return None
         efs.update_file_system(FileSystemId=current.id, ThroughputMode=fs.throughput_mode)
@@ -683,8 +737,14 @@ class EfsStep(Step):
         return Accepted(waits=(fs_available(efs, current, fs.name),))
 
     def _delete_file_system(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
+        """Once its mount targets are gone (their delete changes before this one); for one an
+        interrupted run deleted already, only the wait until it is gone."""
         fs: ObservedFileSystem = change.payload
-        wait = delete_file_system(ctx, ctx.client("efs"), fs)
+        if change.differs("state"):
+            observed.deleting = None
+            return Accepted(waits=(file_system_gone(ctx.client("efs"), fs),))
+        ctx.settle()
+        wait = delete_file_system(ctx.client("efs"), fs)
         observed.file_systems.pop(fs.id, None)
         if observed.current == fs.id:
             observed.current = None
@@ -693,7 +753,7 @@ class EfsStep(Step):
     def _update_lifecycle(self, ctx, change: Change, observed: EfsFacts) -> None:
         transition: str | None = change.payload
         efs = ctx.client("efs")
-        current = available_fs(ctx, efs, observed)
+        current = available_fs(ctx, observed)
         policies = [{"TransitionToIA": transition}] if transition else []
         efs.put_lifecycle_configuration(FileSystemId=current.id, LifecyclePolicies=policies)
         current.transition_to_ia = transition
@@ -701,39 +761,42 @@ class EfsStep(Step):
     def _update_backup_policy(self, ctx, change: Change, observed: EfsFacts) -> None:
         status: str = change.payload
         efs = ctx.client("efs")
-        current = available_fs(ctx, efs, observed)
+        current = available_fs(ctx, observed)
         efs.put_backup_policy(FileSystemId=current.id, BackupPolicy={"Status": status})
         current.backups = status
 
     def _create_mount_target(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
         mt: MountTarget = change.payload
         efs = ctx.client("efs")
-        return Accepted(waits=(create_mount_target(efs, available_fs(ctx, efs, observed), mt),))
+        return Accepted(waits=(create_mount_target(efs, available_fs(ctx, observed), mt),))
 
     def _replace_mount_target(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
-        """Delete first (see the plan's outage): a zone holds one mount target of a file system."""
-        work: MountTargetWork = change.payload
-        require_known(work.mt)
-        efs = ctx.client("efs")
-        ctx.wait_for(self._remove_mount_target(efs, work.found, observed))
-        return Accepted(waits=(create_mount_target(efs, available_fs(ctx, efs, observed), work.mt),))
+        """The new one, once the old one is gone (the delete change before this one, see the
+        plan's outage): a zone holds one mount target of a file system."""
+        mt: MountTarget = change.payload
+        require_known(mt)
+        return Accepted(waits=(create_mount_target(ctx.client("efs"), available_fs(ctx, observed), mt),))
 
-    def _update_mount_target(self, ctx, change: Change, observed: EfsFacts) -> None:
-        """Wait for one an interrupted run left `creating` (then read its groups); put the groups right."""
+    def _update_mount_target(self, ctx, change: Change, observed: EfsFacts) -> Accepted | None:
+        """Wait for one an interrupted run left `creating` (its groups are read once it is
+        available: the next plan compares them), or put its groups right."""
         work: MountTargetWork = change.payload
         mt, found = work.mt, work.found
-        require_known(mt)
         efs = ctx.client("efs")
-        if found.state != "available":
-            ctx.wait_for(mount_target_available(efs, found.id, observed.current_fs().name, found.zone))
-            found.state = "available"
-            found.security_groups = read_mount_target_groups(efs, found.id)
-        if found.security_groups != (mt.security_group_id,):
-            efs.modify_mount_target_security_groups(MountTargetId=found.id, SecurityGroups=[mt.security_group_id])
-            found.security_groups = (mt.security_group_id,)
+        if change.differs("state"):
+            return Accepted(waits=(mount_target_available(efs, found, observed.current_fs().name, read_groups=True),))
+        require_known(mt)
+        efs.modify_mount_target_security_groups(MountTargetId=found.id, SecurityGroups=[mt.security_group_id])
+        found.security_groups = (mt.security_group_id,)
+        return None
 
     def _delete_mount_target(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
+        """For one an interrupted run deleted already, only the wait until it is gone."""
         found: ObservedMountTarget = change.payload
+        if change.differs("state"):
+            fs = observed.current_fs()
+            fs.deleting_mount_targets.pop(found.zone, None)
+            return Accepted(waits=(mount_target_gone(ctx.client("efs"), found.id, fs.name),))
         return Accepted(waits=(self._remove_mount_target(ctx.client("efs"), found, observed),))
 
     @staticmethod
@@ -746,18 +809,18 @@ class EfsStep(Step):
     def _create_access_point(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
         ap: AccessPoint = change.payload
         efs = ctx.client("efs")
-        return Accepted(waits=(create_access_point(ctx, efs, available_fs(ctx, efs, observed), ap),))
+        return Accepted(waits=(create_access_point(ctx, efs, available_fs(ctx, observed), ap),))
 
     def _replace_access_point(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
         """The new one; the old one is retired by its own change once the services moved to it."""
         work: AccessPointWork = change.payload
         efs = ctx.client("efs")
-        return Accepted(waits=(create_access_point(ctx, efs, available_fs(ctx, efs, observed), work.ap),))
+        return Accepted(waits=(create_access_point(ctx, efs, available_fs(ctx, observed), work.ap),))
 
     def _update_access_point(self, ctx, change: Change, observed: EfsFacts) -> None:
         """Only its tags: an access point's settings cannot change (a change replaces it)."""
         work: AccessPointWork = change.payload
-        work.found.tags = sync_tags(ctx.client("efs"), work.found.id, work.found.tags, work.ap.tags)
+        work.found.tags = put_tags(ctx.client("efs"), work.found.id, work.found.tags, change)
 
     def _delete_access_point(self, ctx, change: Change, observed: EfsFacts) -> None:
         found: ObservedAccessPoint = change.payload
@@ -792,10 +855,12 @@ class EfsStep(Step):
                 if fs else None
             access_points[ap.key] = found
         return EfsOutputs(
-            file_system_id=fs.id if fs else KNOWN_AFTER_APPLY,
-            file_system_arn=fs.arn if fs else KNOWN_AFTER_APPLY,
-            access_points={key: f.id if f else KNOWN_AFTER_APPLY for key, f in access_points.items()},
-            access_point_arns={key: f.arn if f else KNOWN_AFTER_APPLY for key, f in access_points.items()})
+            file_system_id=fs.id if fs else Unknown(f"{self.name}.file_system_id"),
+            file_system_arn=fs.arn if fs else Unknown(f"{self.name}.file_system_arn"),
+            access_points={key: f.id if f else Unknown(f"{self.name}.access_points.{key}")
+                           for key, f in access_points.items()},
+            access_point_arns={key: f.arn if f else Unknown(f"{self.name}.access_point_arns.{key}")
+                               for key, f in access_points.items()})
 
     def plan_destroy(self, observed: EfsFacts) -> list[Change]:
         """Mount targets go in any case: they hold no data, and while they stand the network
@@ -803,9 +868,8 @@ class EfsStep(Step):
         points, goes only with `delete-data`."""
         changes = []
         for _, fs in sorted(observed.file_systems.items()):
-            changes += [Change("delete", "mount_target", zone, calls=("efs:DeleteMountTarget",), payload=found,
-                               note=f"mount target {found.id} of {fs.id}; the file system's data is not touched")
-                        for zone, found in sorted(fs.mount_targets.items())]
+            changes += [self._plan_delete_mount_target(found, fs, "the file system's data is not touched")
+                        for _, found in sorted(fs.mount_targets.items())]
             changes.append(self._plan_delete_fs(fs))
         return changes
 

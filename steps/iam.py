@@ -26,7 +26,7 @@ from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator import waiters
-from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, is_unknown
+from orchestrator.model import Accepted, Change, FieldDiff, Step, Unknown, Wait, is_unknown
 from orchestrator.permissions import allow
 
 EXECUTION = "execution"
@@ -186,7 +186,7 @@ class GrantContext:
     partition: str
 
     def bucket(self, purpose: str) -> str:
-        return self.buckets.get(purpose, KNOWN_AFTER_APPLY)
+        return self.buckets.get(purpose, Unknown(f"storage.buckets.{purpose}"))
 
     @property
     def cluster_arn(self) -> str:
@@ -251,7 +251,7 @@ GRANTS = {"config-read": _config_read, "loki-bucket": _loki_bucket, "cloudwatch-
 def _known(values) -> list[str]:
     """ARNs from an upstream output that may not be known yet (a plan from nothing)."""
     if not isinstance(values, dict):
-        return [KNOWN_AFTER_APPLY]
+        return [values]  # the Unknown naming the output
     return sorted(set(values.values()))
 
 
@@ -472,12 +472,12 @@ class IamStep(Step):
     # -- outputs and destroy ---------------------------------------------------------------
 
     def outputs(self, desired: IamDesired, observed: IamFacts) -> IamOutputs:
-        def arn(name: str) -> str:
-            return observed.owned[name].arn if name in observed.owned else KNOWN_AFTER_APPLY
+        def arn(name: str, output: str) -> str:
+            return observed.owned[name].arn if name in observed.owned else Unknown(f"{self.name}.{output}")
 
-        return IamOutputs(execution_role_arn=arn(desired.execution_role),
-                          task_role_arns={role.key: arn(name) for name, role in desired.roles.items()
-                                          if name != desired.execution_role},
+        return IamOutputs(execution_role_arn=arn(desired.execution_role, "execution_role_arn"),
+                          task_role_arns={role.key: arn(name, f"task_role_arns.{role.key}")
+                                          for name, role in desired.roles.items() if name != desired.execution_role},
                           role_names=sorted(desired.roles))
 
     def plan_destroy(self, observed: IamFacts) -> list[Change]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError
-from orchestrator.model import DELETE_SECRETS, KNOWN_AFTER_APPLY, SENSITIVE, Change, FieldDiff, Step
+from orchestrator.model import DELETE_SECRETS, SENSITIVE, Change, FieldDiff, Step, Unknown
 from orchestrator.permissions import allow
 
 #: BatchGetSecretValue takes at most this many secret ids per call.
@@ -423,8 +423,8 @@ class SecretsStep(Step):
     # -- outputs and destroy ---------------------------------------------------------------
 
     def outputs(self, desired: SecretsDesired, observed: SecretsFacts) -> SecretsOutputs:
-        return SecretsOutputs(arns={key: observed.owned[key].arn if key in observed.owned else KNOWN_AFTER_APPLY
-                                    for key in desired.secrets},
+        return SecretsOutputs(arns={key: observed.owned[key].arn if key in observed.owned
+                                    else Unknown(f"{self.name}.arns.{key}") for key in desired.secrets},
                               names={key: secret.name for key, secret in desired.secrets.items()},
                               versions={key: _current_version(observed, key) for key in desired.secrets})
 
@@ -452,7 +452,7 @@ def _current_version(observed: SecretsFacts, key: str) -> str:
     new value (or creates or restores the secret)."""
     current = observed.owned.get(key)
     if current is None or current.deleted or current.value == "differs" or not current.version:
-        return KNOWN_AFTER_APPLY
+        return Unknown(f"secrets.versions.{key}")
     return current.version
 
 

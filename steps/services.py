@@ -243,7 +243,7 @@ class ServicesStep(Step):
             name=name, bundle=bundle, bundle_key=taskdefs.bundle_prefix(name, bundle.hash) if bundle else "",
             definition=definition, image=image,
             desired_count=task.desired_count,
-            network={"subnets": sorted(_known_list(inputs.output("vpc", "private_subnet_ids"))),
+            network={"subnets": sorted(inputs.items("vpc", "private_subnet_ids")),
                      "securityGroups": [inputs.entry("vpc", "security_groups", task.security_group)],
                      "assignPublicIp": "DISABLED"},
             load_balancers=load_balancers,
@@ -735,10 +735,6 @@ def _deletions(services: list[str], discovery: list[str], observed: ServicesFact
                        note=f"{len(versions)} object version(s) of its config bundles")
                 for name, versions in sorted(observed.bundle_versions.items())]
     return changes
-
-
-def _known_list(values) -> list:
-    return list(values) if isinstance(values, list) else [values]
 
 
 def _in_service_hash(name: str, live: dict | None, observed: ServicesFacts, recorded: dict[str, dict]) -> str | None:

@@ -297,11 +297,8 @@ def put_setting(s3, bucket: Bucket, setting: str) -> None:
 
 def setting_diffs(bucket: Bucket, found: ObservedBucket) -> tuple[FieldDiff, ...]:
     """The settings that differ; tags only on our keys (tags others added are no difference)."""
-    diffs = diff_fields(bucket, found, [setting for setting in SETTINGS if setting != "tags"])
-    to_set = tagging.reconcile(found.tags, bucket.tags)
-    if to_set:
-        diffs += (FieldDiff("tags", {key: found.tags.get(key) for key in to_set}, to_set),)
-    return diffs
+    return (diff_fields(bucket, found, [setting for setting in SETTINGS if setting != "tags"])
+            + tagging.tag_diffs(found.tags, bucket.tags))
 
 
 def settings_to_put_at_create(bucket: Bucket) -> list[str]:
@@ -392,11 +389,15 @@ class StorageStep(Step):
             # ListBuckets supports no resource-level permissions (it answers bucket names).
             allow("S3ListBucketNames", ["s3:ListAllMyBuckets"], "*")]
 
+    # -- desired -----------------------------------------------------------------------------
+
     def desired(self, manifest, inputs) -> StorageDesired:
         tags = tagging.ownership_tags(manifest.app, manifest.environment, self.name, manifest.tags)
         buckets = tuple(desired_bucket(manifest, key, spec, inputs.account_id, inputs.region, inputs.partition, tags)
                         for key, spec in sorted(manifest.storage.buckets.items()))
         return StorageDesired(prefix=manifest.prefix, account_id=inputs.account_id, buckets=buckets)
+
+    # -- observe -----------------------------------------------------------------------------
 
     def observe(self, ctx, desired: StorageDesired) -> StorageFacts:
         s3 = ctx.client("s3")
@@ -422,6 +423,8 @@ class StorageStep(Step):
         facts.buckets = dict(sorted(facts.buckets.items()))  # in the listing's order, as plan shows them
         return facts
 
+    # -- plan --------------------------------------------------------------------------------
+
     def plan(self, desired: StorageDesired, observed: StorageFacts, recorded: dict[str, dict]) -> list[Change]:
         changes = []
         for bucket in desired.buckets:
@@ -438,6 +441,8 @@ class StorageStep(Step):
         removed = StorageFacts(observed.prefix, observed.account_id,
                                {name: found for name, found in observed.buckets.items() if name not in wanted})
         return changes + self.plan_destroy(removed)
+
+    # -- apply -------------------------------------------------------------------------------
 
     def _create_bucket(self, ctx, change: Change, observed: StorageFacts) -> None:
         bucket: Bucket = change.payload
@@ -459,6 +464,8 @@ class StorageStep(Step):
         ("update", "bucket"): _update_bucket,
         ("delete", "bucket"): _delete_bucket,
     }
+
+    # -- outputs and destroy -----------------------------------------------------------------
 
     def outputs(self, desired: StorageDesired, observed: StorageFacts) -> StorageOutputs:
         return StorageOutputs(buckets={bucket.key: bucket.name for bucket in desired.buckets},

@@ -23,7 +23,7 @@ from orchestrator import tags as tagging
 from orchestrator import waiters
 from orchestrator.aws import error_code, unless_code
 from orchestrator.errors import OrchestratorError, StepFailed
-from orchestrator.model import KNOWN_AFTER_APPLY, Accepted, Change, FieldDiff, Step, Wait, diff_fields, is_unknown
+from orchestrator.model import Accepted, Change, FieldDiff, Step, Unknown, Wait, diff_fields, is_unknown
 from orchestrator.permissions import allow
 from orchestrator.retry import eventually
 from orchestrator.waiters import WaitFailed, botocore_check
@@ -289,17 +289,20 @@ class Facts:
 
 
 class Ids:
-    """Resolves logical names to ids: observed ids, or KNOWN_AFTER_APPLY for a resource that is
-    missing or that this plan creates or replaces (`fresh` holds those change keys)."""
+    """Resolves logical names to ids: observed ids, or an `Unknown` for a resource that is
+    missing or that this plan creates or replaces (`fresh` holds those change keys).
+
+    The `Unknown` names the output it stands for (`output`: `vpc.vpc_id`), or else the
+    resource it waits for (`vpc.subnet.private-a`)."""
 
     def __init__(self, observed: Facts, fresh: set[str] | None = None):
         self.observed = observed
         self.fresh = set() if fresh is None else fresh
 
-    def __call__(self, kind: str, logical: str) -> str:
+    def __call__(self, kind: str, logical: str, output: str = "") -> str:
         seen = self.observed.of_kind(kind).get(logical)
         if seen is None or f"{kind}/{logical}" in self.fresh:
-            return KNOWN_AFTER_APPLY
+            return Unknown(f"vpc.{output or f'{kind}.{logical}'}")
         return seen.id
 
     def now(self, kind: str, logical: str) -> str:
@@ -812,21 +815,22 @@ class VpcStep(Step):
     # -- outputs ----------------------------------------------------------------------------
 
     def outputs(self, desired: Network, observed: Facts) -> VpcOutputs:
-        """Ids downstream steps read; each one not created yet is KNOWN_AFTER_APPLY."""
+        """Ids downstream steps read; each one not created yet is an `Unknown` naming its output."""
         ids = Ids(observed)
         public = [s.logical for s in desired.subnets if s.map_public_ip_on_launch]
         private = [s.logical for s in desired.subnets if not s.map_public_ip_on_launch]
         return VpcOutputs(
-            vpc_id=ids("vpc", "vpc"),
+            vpc_id=ids("vpc", "vpc", "vpc_id"),
             vpc_cidr=desired.vpc.cidr,
             zones=list(desired.zones),
-            public_subnet_ids=[ids("subnet", s) for s in public],
-            private_subnet_ids=[ids("subnet", s) for s in private],
-            security_groups={g.logical: ids("security_group", g.logical) for g in desired.security_groups},
-            public_route_table_id=ids("route_table", "public"),
-            private_route_table_ids=[ids("route_table", t.logical) for t in desired.route_tables
-                                     if t.logical != "public"],
-            nat_gateway_ids=[ids("nat_gateway", n.logical) for n in desired.nat_gateways])
+            public_subnet_ids=[ids("subnet", s, "public_subnet_ids") for s in public],
+            private_subnet_ids=[ids("subnet", s, "private_subnet_ids") for s in private],
+            security_groups={g.logical: ids("security_group", g.logical, f"security_groups.{g.logical}")
+                             for g in desired.security_groups},
+            public_route_table_id=ids("route_table", "public", "public_route_table_id"),
+            private_route_table_ids=[ids("route_table", t.logical, "private_route_table_ids")
+                                     for t in desired.route_tables if t.logical != "public"],
+            nat_gateway_ids=[ids("nat_gateway", n.logical, "nat_gateway_ids") for n in desired.nat_gateways])
 
 
 

@@ -133,10 +133,11 @@ def test_retention_and_tags_together_are_one_update_with_both_calls(manifest):
 def test_a_namespace_whose_vpc_changed_is_replaced(manifest):
     desired = desired_for(manifest, vpc_id="vpc-new")
     observed = observed_matching(desired)
-    [change] = STEP.plan(desired, observed, {"namespace/gamepulse-dev.local": {"vpc_id": "vpc-old"}})
+    [delete, change] = STEP.plan(desired, observed, {"namespace/gamepulse-dev.local": {"vpc_id": "vpc-old"}})
+    assert (delete.action, delete.kind, delete.calls) == ("delete", "namespace", ("servicediscovery:DeleteNamespace",))
     assert (change.action, change.kind, change.diffs[0].old, change.diffs[0].new) == \
         ("replace", "namespace", "vpc-old", "vpc-new")
-    assert change.record == {"vpc_id": "vpc-new"}
+    assert change.record == {"vpc_id": "vpc-new"} and "deleted first" in change.outage
 
 
 def test_a_resource_with_our_name_but_not_our_tags_is_refused_by_name(manifest):
@@ -470,7 +471,7 @@ def test_a_new_vpc_moves_the_namespace(env, manifest):
     old_id = env.outputs["namespace_id"]
     moved = {"vpc": {"vpc_id": make_vpc()}}
     changes, outputs, _ = harness.run_step(STEP, manifest, env.aws, moved, env.recorded)
-    assert [(c.action, c.kind) for c in changes] == [("replace", "namespace")]
+    assert [(c.action, c.kind) for c in changes] == [("delete", "namespace"), ("replace", "namespace")]
     assert namespaces(env.aws) == ["gamepulse-dev.local"] and outputs["namespace_id"] != old_id
     assert env.recorded["namespace/gamepulse-dev.local"] == moved["vpc"]
 

@@ -9,8 +9,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
 
-from orchestrator.errors import OrchestratorError
-from orchestrator.model import KNOWN_AFTER_APPLY
+from orchestrator.model import KNOWN_AFTER_APPLY, Unknown
 from orchestrator.schema import AccessPointSpec
 from steps.efs import EfsFacts, EfsStep, ObservedAccessPoint, ObservedFileSystem, ObservedMountTarget
 from tests import harness
@@ -72,10 +71,12 @@ def test_desired_before_the_network_exists_names_zones_with_unknown_ids(manifest
     assert STEP.outputs(desired, EfsFacts()).file_system_id == KNOWN_AFTER_APPLY
 
 
-def test_a_security_group_the_network_lacks_is_a_clear_error(manifest):
+def test_a_security_group_the_network_has_not_made_yet_is_not_known_yet(manifest):
+    """The manifest's checks make sure the network describes the group; the vpc step's outputs
+    lack it only until that step applied it."""
     upstream = {"vpc": {**UPSTREAM["vpc"], "security_groups": {"app": "sg-app"}}}
-    with pytest.raises(OrchestratorError, match="security group 'efs' is not among the vpc step's"):
-        desired_for(manifest, upstream)
+    group = desired_for(manifest, upstream).mount_targets[0].security_group_id
+    assert isinstance(group, Unknown) and group.source == "vpc.security_groups.efs"
 
 
 def test_plan_from_nothing_creates_everything_in_order_without_touching_backups(manifest):
@@ -112,11 +113,17 @@ def test_removed_tags_are_put_back_and_tags_others_added_are_kept(manifest):
 def test_performance_mode_change_replaces_the_file_system_only_with_the_flag(manifest):
     desired = desired_for(with_efs(manifest, performance_mode="maxIO"))
     changes = STEP.plan(desired, as_found(desired_for(manifest)), {})
-    assert changes[0].action == "replace" and changes[0].kind == "file_system"
-    assert "deletes its data" in changes[0].note
+    # Delete first, each a change of its own: the old mount targets, the old file system (its
+    # creation token is the new one's), then the new one and what goes on it.
+    assert [(c.action, c.kind, c.name) for c in changes] == [
+        ("delete", "mount_target", "us-east-1a"), ("delete", "mount_target", "us-east-1b"),
+        ("delete", "file_system", FS_NAME), ("replace", "file_system", FS_NAME), ("update", "lifecycle", FS_NAME),
+        ("create", "mount_target", "us-east-1a"), ("create", "mount_target", "us-east-1b"),
+        ("create", "access_point", "grafana"), ("create", "access_point", "prometheus")]
+    replace = changes[3]
+    assert "deletes its data" in replace.note and "tasks cannot mount" in replace.outage
+    assert [(d.field, d.old, d.new) for d in replace.diffs] == [("performance_mode", "generalPurpose", "maxIO")]
     assert {c.blocked for c in changes} == {"delete-data"}
-    assert [c.kind for c in changes[1:]] == ["lifecycle", "mount_target", "mount_target", "access_point",
-                                             "access_point"]
 
 
 def test_lifecycle_is_compared_with_what_aws_reads_back(manifest):
@@ -151,7 +158,9 @@ def test_mount_target_drift(manifest):
     assert [(c.action, c.name, c.calls) for c in changes] == [
         ("delete", "us-east-1c", ("efs:DeleteMountTarget",)),
         ("update", "us-east-1a", ("efs:ModifyMountTargetSecurityGroups",)),
-        ("replace", "us-east-1b", ("efs:DeleteMountTarget", "efs:CreateMountTarget"))]
+        ("delete", "us-east-1b", ("efs:DeleteMountTarget",)),  # first: a zone holds one mount target
+        ("replace", "us-east-1b", ("efs:CreateMountTarget",))]
+    assert "a zone holds one mount target" in changes[-1].outage
 
 
 def test_access_points_are_replaced_deduplicated_and_dropped(manifest):
@@ -177,16 +186,18 @@ def test_leftover_file_system_and_destroy_need_the_flag(manifest):
     desired = desired_for(manifest)
     facts = as_found(desired)
     facts.file_systems["fs-0"] = dataclasses.replace(facts.current_fs(), id="fs-0", name="gamepulse-dev-old")
-    (leftover,) = STEP.plan(desired, facts, {})
+    *its_mount_targets, leftover = STEP.plan(desired, facts, {})
     assert summary([leftover]) == [("delete", "file_system", "gamepulse-dev-old", "delete-data")]
+    # Its mount targets go before it, and only with it.
+    assert summary(its_mount_targets) == [("delete", "mount_target", "us-east-1a", "delete-data"),
+                                          ("delete", "mount_target", "us-east-1b", "delete-data")]
     # Mount targets go in any case (the network cannot be deleted around them); the data needs the flag.
     mount_targets = [("delete", "mount_target", "us-east-1a", None), ("delete", "mount_target", "us-east-1b", None)]
     assert summary(STEP.plan_destroy(facts)) == [
         *mount_targets, ("delete", "file_system", "gamepulse-dev-old", "delete-data"),
         *mount_targets, ("delete", "file_system", FS_NAME, "delete-data")]
-    # On destroy its mount targets are changes of their own before it; a leftover goes with them.
     assert "with 2 access point(s); deleting it" in STEP.plan_destroy(facts)[-1].note
-    assert "with 2 mount target(s) and 2 access point(s)" in leftover.note
+    assert "is not the platform's file system any more; with 2 access point(s)" in leftover.note
 
 
 # -- against moto -------------------------------------------------------------------------------
@@ -350,6 +361,82 @@ def test_throughput_mode_change_is_applied_in_place(manifest, aws, efs, network)
                       {"ThroughputMode": "elastic"})]
 
 
+def replace_text(changes) -> str:
+    from orchestrator.render import change_lines
+    return "\n".join(line for change in changes for line in change_lines(change))
+
+
+def test_a_performance_mode_change_replaces_the_file_system_delete_first_with_the_flag(manifest, aws, efs, network):
+    _, before, _ = harness.run_step(STEP, manifest, aws, upstream=network)
+    changed = with_efs(manifest, performance_mode="maxIO")
+    text = replace_text(harness.plan_step(STEP, changed, aws, upstream=network))
+    assert f"- delete file_system {FS_NAME}   [LOSES DATA: allowed by --delete-data]" in text
+    assert f"-/+ replace file_system {FS_NAME}   [LOSES DATA: allowed by --delete-data]" in text
+    assert "OUTAGE: deleted before it is created again: its creation token is the new one's" in text
+    assert "performance_mode: generalPurpose → maxIO" in text
+
+    applied, _, _ = harness.run_step(STEP, changed, aws, upstream=network)  # without the flag: nothing
+    assert applied == [] and inventory(efs) == (1, 2, 2)
+    assert our_file_systems(efs)[0]["FileSystemId"] == before["file_system_id"]
+
+    _, after, _ = harness.run_step(STEP, changed, aws, upstream=network, allow=("delete-data",))
+    (fs,) = our_file_systems(efs)
+    assert fs["FileSystemId"] == after["file_system_id"] != before["file_system_id"]
+    assert fs["PerformanceMode"] == "maxIO" and inventory(efs) == (1, 2, 2)
+    assert harness.plan_step(STEP, changed, aws, upstream=network) == []
+
+
+def test_a_killed_replace_of_the_file_system_converges_on_the_next_apply(manifest, aws, efs, network):
+    harness.run_step(STEP, manifest, aws, upstream=network)
+    changed = with_efs(manifest, performance_mode="maxIO")
+    harness.crash_after_operation(aws, "efs", "DeleteFileSystem")  # the old one gone, the new one not made
+    with pytest.raises(harness.Crash):
+        harness.run_step(STEP, changed, aws, upstream=network, allow=("delete-data",))
+    assert inventory(efs) == (0, 0, 0)
+
+    rerun = harness.forget_crash(aws)
+    harness.run_step(STEP, changed, rerun, upstream=network, allow=("delete-data",))
+    assert [fs["PerformanceMode"] for fs in our_file_systems(efs)] == ["maxIO"] and inventory(efs) == (1, 2, 2)
+    assert harness.plan_step(STEP, changed, rerun, upstream=network) == []
+
+
+def moved_subnet(network: dict) -> dict:
+    """The network with the second zone's private subnet replaced by another in the same zone."""
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    subnet = ec2.create_subnet(VpcId=network["vpc"]["vpc_id"], CidrBlock="10.20.64.0/20",
+                               AvailabilityZone=ZONES[1])["Subnet"]["SubnetId"]
+    return {"vpc": {**network["vpc"], "private_subnet_ids": [network["vpc"]["private_subnet_ids"][0], subnet]}}
+
+
+def test_a_mount_target_whose_subnet_changed_is_replaced_delete_first(manifest, aws, efs, network):
+    _, outputs, _ = harness.run_step(STEP, manifest, aws, upstream=network)
+    moved = moved_subnet(network)
+    text = replace_text(harness.plan_step(STEP, manifest, aws, upstream=moved))
+    assert "- delete mount_target us-east-1b" in text and "-/+ replace mount_target us-east-1b" in text
+    assert "OUTAGE: deleted before it is created again: a zone holds one mount target" in text
+
+    harness.run_step(STEP, manifest, aws, upstream=moved)
+    mount_targets = efs.describe_mount_targets(FileSystemId=outputs["file_system_id"])["MountTargets"]
+    assert sorted((mt["AvailabilityZoneName"], mt["SubnetId"]) for mt in mount_targets) == list(
+        zip(ZONES, moved["vpc"]["private_subnet_ids"]))
+    assert harness.plan_step(STEP, manifest, aws, upstream=moved) == []
+
+
+def test_a_killed_replace_of_a_mount_target_converges_on_the_next_apply(manifest, aws, efs, network):
+    _, outputs, _ = harness.run_step(STEP, manifest, aws, upstream=network)
+    moved = moved_subnet(network)
+    harness.crash_after_operation(aws, "efs", "DeleteMountTarget")  # the old one gone, the new one not made
+    with pytest.raises(harness.Crash):
+        harness.run_step(STEP, manifest, aws, upstream=moved)
+    assert inventory(efs) == (1, 1, 2)
+
+    rerun = harness.forget_crash(aws)
+    harness.run_step(STEP, manifest, rerun, upstream=moved)
+    mount_targets = efs.describe_mount_targets(FileSystemId=outputs["file_system_id"])["MountTargets"]
+    assert sorted(mt["SubnetId"] for mt in mount_targets) == sorted(moved["vpc"]["private_subnet_ids"])
+    assert harness.plan_step(STEP, manifest, rerun, upstream=moved) == []
+
+
 def test_destroy_keeps_the_file_system_and_strangers_unless_told(manifest, aws, efs, network):
     harness.run_step(STEP, manifest, aws, upstream=network)
     stranger = efs.create_file_system(CreationToken="hand-made", Tags=[{"Key": "Name", "Value": FS_NAME}])
@@ -499,6 +586,77 @@ def test_a_file_system_left_creating_is_waited_for_before_anything_goes_on_it(ma
     assert state["left"] == 0 and inventory(efs) == (1, 2, 2)
     assert KNOWN_AFTER_APPLY not in str(outputs)
     assert harness.plan_step(STEP, manifest, aws, upstream=network) == []
+
+
+def still_deleting(aws, operation: str, items: str, old: dict, id_key: str, parent: tuple[str, str],
+                   describes: int) -> dict:
+    """moto gap: a deleted resource is gone at once; AWS shows it `deleting` for a while. The first
+    `describes` answers of `operation` that would show `old` (by its id, or listing its parent
+    (query key, value)) show it `deleting`; `left` counts down to 0 when it is gone."""
+    state = {"left": describes}
+    deleting = {**old, "LifeCycleState": "deleting"}
+
+    def answer(params, **kwargs):
+        query = params["query_string"]
+        if state["left"] and query.get(id_key) == old[id_key]:
+            state["left"] -= 1
+            return AWSResponse("https://efs.test", 200, {}, None), {items: [deleting]}
+        if state["left"] and query.get(parent[0]) == parent[1]:
+            params["context"]["listing"] = True  # moto answers; `add` puts it in the answer
+
+    def add(parsed, context, **kwargs):
+        if context.get("listing") and state["left"]:
+            state["left"] -= 1
+            parsed[items].append(deleting)
+
+    aws.register(f"before-call.efs.{operation}", answer)
+    aws.register(f"after-call.efs.{operation}", add)
+    return state
+
+
+def test_a_replace_killed_while_the_old_file_system_is_deleting_waits_until_it_is_gone(manifest, aws, efs, network):
+    harness.run_step(STEP, manifest, aws, upstream=network)
+    (old,) = our_file_systems(efs)
+    changed = with_efs(manifest, performance_mode="maxIO")
+    harness.crash_after_operation(aws, "efs", "DeleteFileSystem")
+    with pytest.raises(harness.Crash):
+        harness.run_step(STEP, changed, aws, upstream=network, allow=("delete-data",))
+
+    rerun = harness.forget_crash(aws)
+    # Deleting for the observe's listing by creation token and the first poll of the wait; its
+    # token is the new one's until then.
+    state = still_deleting(rerun, "DescribeFileSystems", "FileSystems", old, "FileSystemId",
+                           ("CreationToken", old["CreationToken"]), 2)
+    refuse_while(rerun, state, "FileSystemAlreadyExists", "CreateFileSystem")
+    applied, _, _ = harness.run_step(STEP, changed, rerun, upstream=network, allow=("delete-data",))
+    assert [(c.action, c.kind, c.calls) for c in applied[:2]] == [
+        ("delete", "file_system", ()), ("create", "file_system", ("efs:CreateFileSystem",))]
+    assert [(d.field, d.old, d.new) for d in applied[0].diffs] == [("state", "deleting", "deleted")]
+    assert state["left"] == 0 and inventory(efs) == (1, 2, 2)
+    assert harness.plan_step(STEP, changed, rerun, upstream=network) == []
+
+
+def test_a_replace_killed_while_the_old_mount_target_is_deleting_waits_until_it_is_gone(manifest, aws, efs, network):
+    _, outputs, _ = harness.run_step(STEP, manifest, aws, upstream=network)
+    fs_id = outputs["file_system_id"]
+    old = next(mt for mt in efs.describe_mount_targets(FileSystemId=fs_id)["MountTargets"]
+               if mt["AvailabilityZoneName"] == ZONES[1])
+    moved = moved_subnet(network)
+    harness.crash_after_operation(aws, "efs", "DeleteMountTarget")
+    with pytest.raises(harness.Crash):
+        harness.run_step(STEP, manifest, aws, upstream=moved)
+
+    rerun = harness.forget_crash(aws)
+    # Deleting for the observe's listing and the first poll of the wait: a zone holds one.
+    state = still_deleting(rerun, "DescribeMountTargets", "MountTargets", old, "MountTargetId", ("FileSystemId", fs_id), 2)
+    refuse_while(rerun, state, "MountTargetConflict", "CreateMountTarget")
+    applied, _, _ = harness.run_step(STEP, manifest, rerun, upstream=moved)
+    assert [(c.action, c.kind, c.name, c.calls) for c in applied] == [
+        ("delete", "mount_target", ZONES[1], ()), ("create", "mount_target", ZONES[1], ("efs:CreateMountTarget",))]
+    mount_targets = efs.describe_mount_targets(FileSystemId=fs_id)["MountTargets"]
+    assert state["left"] == 0 and sorted(mt["SubnetId"] for mt in mount_targets) == sorted(
+        moved["vpc"]["private_subnet_ids"])
+    assert harness.plan_step(STEP, manifest, rerun, upstream=moved) == []
 
 
 def test_file_systems_of_others_cost_no_read_and_a_left_over_one_of_ours_is_found_by_its_tags(

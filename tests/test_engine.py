@@ -290,8 +290,8 @@ def test_ctrl_c_ends_a_long_wait_at_the_next_poll():
     class Waiting(ThingStep):
         def apply(self, ctx, change, observed):
             engine.cancelled.set()  # Ctrl-C while AWS is still provisioning
-            from orchestrator.model import Wait
-            ctx.wait_for(Wait("load balancer", lambda: (False, "provisioning")))
+            from orchestrator.model import Accepted, Wait
+            return Accepted(waits=(Wait("load balancer", lambda: (False, "provisioning")),))
 
     engine = engine_for([Waiting("a")])
     results = engine.apply()

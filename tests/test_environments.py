@@ -22,4 +22,4 @@ def test_environment_plans_from_nothing(env, aws):
     assert len(nat_gateways) == (3 if env == "prod" else 1)
     listeners = sorted(name for kind, name in creates if kind == "listener")
     assert listeners == (["http"] if env == "dev" else ["http", "https"])
-    assert aws.ledger.count(mutating=True) == 0, aws.ledger.by_operation(mutating=True)
+    assert aws.ledger.count(mutating=True) == 0, [c.operation for c in aws.ledger.calls if c.mutating]
