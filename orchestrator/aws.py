@@ -226,11 +226,12 @@ class Aws:
             return {}
         with self._facts_lock:
             if service_names not in self._endpoint_zones:
-                pages = self.client("ec2", ledger_name=FACTS).get_paginator(
-                    "describe_vpc_endpoint_services").paginate(ServiceNames=list(service_names))
-                self._endpoint_zones[service_names] = {
-                    detail["ServiceName"]: list(detail.get("AvailabilityZones", []))
-                    for page in pages for detail in page["ServiceDetails"]}
+                def read() -> dict[str, list[str]]:
+                    pages = self.client("ec2").get_paginator("describe_vpc_endpoint_services").paginate(
+                        ServiceNames=list(service_names))
+                    return {detail["ServiceName"]: list(detail.get("AvailabilityZones", []))
+                            for page in pages for detail in page["ServiceDetails"]}
+                self._endpoint_zones[service_names] = self._as_facts(read)
             return dict(self._endpoint_zones[service_names])
 
     def _caller(self) -> dict:
@@ -241,8 +242,8 @@ class Aws:
 
     @staticmethod
     def _as_facts(call, **params):
-        """`call(**params)` filed under FACTS in the ledger, through the step's own client (a
-        client of its own would cost its creation: tens of milliseconds of CPU for EC2's model)."""
+        """`call(**params)` filed under FACTS in the ledger, through the service's shared client
+        (a client of its own would cost its creation again: milliseconds of CPU each)."""
         token = current_step.set(FACTS)
         try:
             return call(**params)
