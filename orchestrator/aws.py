@@ -8,6 +8,7 @@ for eventual consistency.
 from __future__ import annotations
 
 import contextvars
+import functools
 import threading
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable
@@ -96,11 +97,14 @@ class Aws:
     def __init__(self, region: str, profile: str | None = None, endpoint_url: str | None = None,
                  max_attempts: int = 6):
         import boto3
+        import botocore.session
         from botocore.config import Config
 
         self.region = region
         self.endpoint_url = endpoint_url
-        self._session = boto3.session.Session(profile_name=profile, region_name=region)
+        core = botocore.session.get_session()  # what boto3 makes itself, held to reach its data loader
+        self._session = boto3.session.Session(botocore_session=core, profile_name=profile, region_name=region)
+        core.get_component("data_loader").file_loader = plain_json_files()
         self._config = Config(retries={"mode": "standard", "max_attempts": max_attempts},
                               connect_timeout=10, read_timeout=60, max_pool_connections=32,
                               user_agent_extra="gamepulse-orchestrator")
@@ -249,6 +253,38 @@ class Aws:
             return call(**params)
         finally:
             current_step.reset(token)
+
+
+def plain_json_files():
+    """botocore's reader of its data files (service models, endpoint rules, paginators), reading
+    JSON into plain dicts. botocore's own asks the parser for an OrderedDict per JSON object, a
+    Python call each; a dict keeps the same order, and nothing in botocore needs more of one (no
+    `move_to_end`, no order-sensitive comparison): EC2's 4.5 MB model parses in some 60% of the
+    CPU, and the models of a plan's seventeen services are a fifth of its CPU."""
+    return _plain_json_files_class()()
+
+
+@functools.cache
+def _plain_json_files_class():
+    """Made on first use: botocore's loaders module is not imported by commands that call no AWS."""
+    import gzip
+    import json
+    import os
+
+    from botocore.loaders import JSONFileLoader
+
+    class PlainJsonFiles(JSONFileLoader):
+        OPENERS = ((".json", open), (".json.gz", gzip.open))  # botocore's order: plain, then gzipped
+
+        def load_file(self, file_path):
+            for extension, opener in self.OPENERS:
+                path = file_path + extension
+                if os.path.isfile(path):
+                    with opener(path, "rb") as file:
+                        return json.loads(file.read().decode("utf-8"))
+            return None
+
+    return PlainJsonFiles
 
 
 class UnknownValueSent(Exception):

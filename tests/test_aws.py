@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from orchestrator.aws import FACTS, STATE
+from orchestrator.aws import FACTS, STATE, plain_json_files
 from orchestrator.engine import Engine
 from orchestrator.graph import StepGraph
 from orchestrator.manifest import load_manifest
@@ -50,3 +50,18 @@ def test_a_plan_makes_one_client_per_service_it_calls_and_none_for_another(aws):
     assert all(count == 1 for count in made.values()), made  # the state store's own included
     assert {call.service for call in aws.ledger.calls if call.step == STATE} == {"dynamodb"}
     assert {"ec2", "iam", "s3", "ecs"} <= called
+
+
+def test_service_models_are_read_as_plain_dicts_holding_what_botocore_reads(aws):
+    from botocore.loaders import create_loader
+    assert type(aws._session._session.get_component("data_loader").file_loader) is type(plain_json_files())
+    ours, botocores = create_loader(), create_loader()
+    ours.file_loader = plain_json_files()
+    for service, kind in (("ec2", "service-2"), ("s3", "service-2"), ("s3", "endpoint-rule-set-1"),
+                          ("iam", "paginators-1"), ("ecs", "waiters-2")):
+        model, reference = ours.load_service_model(service, kind), botocores.load_service_model(service, kind)
+        assert type(model) is dict and model == reference
+        assert list(model) == list(reference)
+    shapes = ours.load_service_model("ec2", "service-2")["shapes"]
+    assert type(shapes) is dict and list(shapes) == list(botocores.load_service_model("ec2", "service-2")["shapes"])
+    assert ours.load_data("endpoints") == botocores.load_data("endpoints")
