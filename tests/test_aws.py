@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from orchestrator.aws import FACTS, STATE, plain_json_files
+from orchestrator.aws import FACTS, STATE, current_step, plain_json_files
 from orchestrator.engine import Engine
 from orchestrator.graph import StepGraph
 from orchestrator.manifest import load_manifest
@@ -30,13 +30,17 @@ def count_clients(aws) -> Counter:
 
 def test_run_facts_share_the_step_clients_and_stay_filed_under_facts(aws):
     made = count_clients(aws)
-    zones = aws.available_zones()
-    offered = aws.endpoint_service_zones(("com.amazonaws.us-east-1.s3",))
-    aws.client("ec2").describe_vpcs()
+    token = current_step.set("vpc")  # the step that asks
+    try:
+        zones = aws.available_zones()
+        offered = aws.endpoint_service_zones(("com.amazonaws.us-east-1.s3",))
+        aws.client("ec2").describe_vpcs()
+    finally:
+        current_step.reset(token)
     assert zones and offered["com.amazonaws.us-east-1.s3"]
     assert made == {"ec2": 1}
     assert [(call.step, call.operation) for call in aws.ledger.calls] == [
-        (FACTS, "DescribeAvailabilityZones"), (FACTS, "DescribeVpcEndpointServices"), ("engine", "DescribeVpcs")]
+        (FACTS, "DescribeAvailabilityZones"), (FACTS, "DescribeVpcEndpointServices"), ("vpc", "DescribeVpcs")]
 
 
 def test_a_plan_makes_one_client_per_service_it_calls_and_none_for_another(aws):
