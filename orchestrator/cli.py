@@ -148,14 +148,15 @@ def failed_steps(results: dict) -> list[str]:
 
 def run_locked(options: Options, env: str, command: str, targets, lock_timeout: float, work, *,
                allow: frozenset[str] = frozenset(), parallelism: int | None = None, report=None,
-               image_tags: dict[str, str] | None = None, redeploys=()):
-    """Load, connect, take the lock, run `work(engine)`, record the run, release the lock;
-    then `report(results)` (it may raise), then fail if a step failed."""
+               image_tags: dict[str, str] | None = None, redeploys=(), from_files=None):
+    """Load (unless the caller passes the manifest it loaded, `from_files`), connect, take the
+    lock, run `work(engine)`, record the run, release the lock; then `report(results)` (it may
+    raise), then fail if a step failed."""
     from orchestrator.engine import Engine
     from orchestrator.manifest import manifest_hash
     from orchestrator.render import run_summary
 
-    manifest = requested(load(options, env), image_tags or {}, redeploys)
+    manifest = requested(load(options, env) if from_files is None else from_files, image_tags or {}, redeploys)
     graph = build_graph()
     graph.select(targets)  # unknown targets fail before any AWS call
     aws = connect(options, manifest)
@@ -367,7 +368,7 @@ def apply(options: Options, env: str, plan_file: Path | None, targets, paralleli
     command = " ".join(["apply", *request_flags(image_tags, redeploys)])
     run_locked(options, env, command, targets, lock_timeout, lambda engine: engine.apply(targets, review=review),
                allow=allowed(delete_data, delete_secrets), parallelism=parallelism, image_tags=image_tags,
-               redeploys=redeploys)
+               redeploys=redeploys, from_files=manifest)
 
 
 def apply_arguments(options: Options, first: str, second: Path | None) -> tuple[str | None, Path | None]:
@@ -413,7 +414,7 @@ def apply_saved(options: Options, env: str | None, path: Path, parallelism, lock
         else None
     run_locked(options, saved.environment, " ".join([verb, *flags, f"(saved plan {path.name})"]), targets,
                lock_timeout, work, allow=allow, parallelism=parallelism, image_tags=image_tags, redeploys=redeploys,
-               report=report)
+               report=report, from_files=from_files)
 
 
 class Confirmation:
@@ -461,7 +462,7 @@ def destroy(options: Options, env: str, targets, yes: bool, parallelism, lock_ti
         raise click.UsageError("destroy deletes resources: pass --yes to confirm")
     allow = allowed(delete_data, delete_secrets)
     run_locked(options, env, "destroy", targets, lock_timeout, lambda engine: engine.destroy(targets),
-               allow=allow, parallelism=parallelism,
+               allow=allow, parallelism=parallelism, from_files=manifest,
                report=lambda results: report_destroy(env, targets, allow, results))
 
 

@@ -83,6 +83,28 @@ def test_every_rendered_file_is_yaml_that_says_where_it_came_from(env):
             assert isinstance(yaml.safe_load(text), dict), (service, path)
 
 
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_libyaml_renders_exactly_the_bytes_of_pure_python_yaml(env, monkeypatch):
+    """Templates are read and files written with libyaml, for speed; every file (so every bundle's
+    hash, which decides whether a service is redeployed) is what PyYAML's pure-Python loader and
+    dumper make: a run after the switch redeploys nothing."""
+    assert yaml.__with_libyaml__ and bundles._SAFE_DUMPER is yaml.CSafeDumper
+    assert issubclass(bundles._TemplateLoader, yaml.CSafeLoader)
+    fast = rendered(env)
+
+    class PureTemplateLoader(yaml.SafeLoader):
+        pass
+
+    PureTemplateLoader.add_constructor("!param", bundles._TemplateLoader.yaml_constructors["!param"])
+    monkeypatch.setattr(bundles, "_TemplateLoader", PureTemplateLoader)
+    monkeypatch.setattr(bundles, "_SAFE_DUMPER", yaml.SafeDumper)
+    pure = rendered(env)
+    assert {service: bundle.files for service, bundle in fast.items()} == \
+        {service: bundle.files for service, bundle in pure.items()}
+    assert {service: bundle.hash for service, bundle in fast.items()} == \
+        {service: bundle.hash for service, bundle in pure.items()}
+
+
 # --- the collector sidecar ---------------------------------------------------------------------
 
 
