@@ -5,8 +5,9 @@ client factory. A step whose upstream outputs are known from the state records o
 once, together with the others, not after its upstream steps; it observes again only where
 an upstream output really changed. A change has two phases: the calls AWS accepts, after
 which the state store records it (with what apply learned; the records of changes accepted
-one after another with no wait between them in one write), then its waits, settled together
-with the waits of the step's other changes. Deletes a step marks `retire` (what a replacement superseded,
+one after another with no wait between them in one write, which for the last of a step's
+changes is the write of the step's outcome), then its waits, settled together with the waits
+of the step's other changes. Deletes a step marks `retire` (what a replacement superseded,
 what the manifest no longer wants) run in a final phase, in reverse graph order, after every
 step that depends on it has moved to what replaced it.
 """
@@ -392,10 +393,14 @@ class Engine:
             log.info("up to date", step=name)
         now = [change for change in result.changes if not change.retire]
         later = [change for change in result.changes if change.retire]
-        self._execute(step, ctx, result, observed, now)
-        result.outputs = self._outputs(step, desired, observed)
+        unwritten = self._execute(step, ctx, result, observed, now, leave_last=True)
+        try:
+            result.outputs = self._outputs(step, desired, observed)
+        except BaseException:
+            self._record(name, unwritten)
+            raise
         result.status = "ok"
-        self._finish_record(name, result, desired_hash(desired))
+        self._finish_record(name, result, desired_hash(desired), records=unwritten)
         if later:
             self._retiring[name] = (ctx, observed, later, desired_hash(desired))
 
@@ -488,22 +493,25 @@ class Engine:
         """A change this run will not make: blocked, and not allowed by a flag passed."""
         return bool(change.blocked) and change.blocked not in self.allow
 
-    def _execute(self, step, ctx: StepContext, result: StepResult, observed, changes: list[Change]) -> None:
+    def _execute(self, step, ctx: StepContext, result: StepResult, observed, changes: list[Change], *,
+                 leave_last: bool = False) -> list[Change]:
         """Each change: its calls, then its record; then all their waits together.
 
-        The records of changes AWS accepted one after another are written together, before the
-        next change whose handler may settle an earlier change's waits, before the step's own
-        waits, and before any failure or stop ends the step: a wait never stands between AWS
-        accepting a change and its record."""
+        The records of changes AWS accepted one after another are written together: before any
+        wait is settled (a handler settling earlier changes' waits, or about to wait otherwise,
+        calls `ctx.settle`, whose `before_settle` writes them; the step's own waits at the end
+        likewise) and before any failure or stop ends the step: a wait never stands between AWS
+        accepting a change and its record. With `leave_last`, the records of the changes
+        accepted after the last wait, when nothing is left to wait for, are returned unwritten:
+        the caller writes them at once, with the step's outcome, in one write."""
         unrecorded: list[Change] = []
+        ctx.before_settle = lambda: self._record(step.name, unrecorded)
         try:
             for change in changes:
                 if self.refuses(change):
                     result.refused.append(change)
                     log.warning("refused", step=step.name, kind=change.kind, name=change.name, why=refusal(change))
                     continue
-                if ctx.pending:  # its handler may settle them first
-                    self._record(step.name, unrecorded)
                 self._stop_if_needed(before=f"{change.action} {change.kind} {change.name}")
                 log.info(_verb(change), step=step.name, kind=change.kind, name=change.name)
                 accepted = step.apply(ctx, change, observed) or Accepted()
@@ -511,9 +519,15 @@ class Engine:
                 unrecorded.append(change if accepted.record is None else
                                   dataclasses.replace(change, record=accepted.record))
                 ctx.pending.extend(accepted.waits)
-        finally:
+            if ctx.pending:
+                ctx.settle()
+        except BaseException:
             self._record(step.name, unrecorded)
-        ctx.settle()
+            raise
+        if leave_last:
+            return unrecorded
+        self._record(step.name, unrecorded)
+        return []
 
     def _record(self, step: str, unrecorded: list[Change]) -> None:
         """Write the records of the changes accepted since the last write, together; empties the list."""
@@ -521,7 +535,8 @@ class Engine:
             self.store.record_changes(self.lease, step, list(unrecorded))
         unrecorded.clear()
 
-    def _finish_record(self, name: str, result: StepResult, digest: str | None) -> None:
+    def _finish_record(self, name: str, result: StepResult, digest: str | None, records: list[Change] = ()) -> None:
+        """Write the step's outcome, with `records` (changes accepted and not recorded yet)."""
         if self.store is None or self.lease is None:
             return
         previous = self._records.get(name, {})
@@ -529,7 +544,7 @@ class Engine:
                                desired_hash=digest or previous.get("desired_hash", ""),
                                outputs=known_outputs(result.outputs) or previous.get("outputs", {}),
                                changes=len(result.applied),
-                               error=recordable(result.error) if result.error else result.error)
+                               error=recordable(result.error) if result.error else result.error, records=records)
 
     def _load_records(self) -> None:
         if self.store is not None:

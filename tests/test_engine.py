@@ -317,8 +317,8 @@ class FakeStore:
         self.events.append(("written", [change.name for change in changes]))
         self.events.extend(("recorded", change.name, change.record) for change in changes)
 
-    def finish_step(self, lease, step, **kwargs):
-        self.events.append(("finished", step))
+    def finish_step(self, lease, step, records=(), **kwargs):
+        self.events.append(("finished", step, [change.name for change in records]))
 
     def forget_step(self, lease, step):
         pass
@@ -349,12 +349,23 @@ def test_a_change_is_recorded_as_soon_as_aws_accepts_it_then_all_waits_settle_to
             return Accepted(record={"arn": f"arn:{change.name}"}, waits=(Wait(f"thing {change.name}", check),))
 
     engine_for([Slow("a")], store=store, lease=FakeLease()).apply()
-    # Both records (with what AWS answered, not only what the plan knew) before any wait polled;
-    # then the two waits polled round by round, together.
-    # (t1's record is written before t2's handler runs: it may settle t1's wait first.)
-    assert store.events[:4] == [("written", ["t1"]), ("recorded", "t1", {"arn": "arn:t1"}),
-                                ("written", ["t2"]), ("recorded", "t2", {"arn": "arn:t2"})]
+    # Both records (with what AWS answered, not only what the plan knew), in one write, before
+    # any wait polled; then the two waits polled round by round, together.
+    assert store.events[:3] == [("written", ["t1", "t2"]), ("recorded", "t1", {"arn": "arn:t1"}),
+                                ("recorded", "t2", {"arn": "arn:t2"})]
     assert polls == [("t1", ["t1", "t2"]), ("t2", ["t1", "t2"])] * 2
+    assert store.events[3:] == [("finished", "a", [])]
+
+
+def test_the_records_of_changes_with_nothing_to_wait_for_go_with_the_steps_outcome():
+    store = FakeStore()
+
+    class Quick(ThingStep):
+        def plan(self, desired, observed, recorded):
+            return [Change("create", "thing", f"t{i}", record={"n": i}) for i in (1, 2)]
+
+    engine_for([Quick("a")], store=store, lease=FakeLease()).apply()
+    assert store.events == [("finished", "a", ["t1", "t2"])]
 
 
 def test_records_of_changes_accepted_one_after_another_are_written_together_never_after_a_wait():
@@ -380,9 +391,9 @@ def test_records_of_changes_accepted_one_after_another_are_written_together_neve
 
     assert results["a"].status == "failed"
     assert [e for e in store.events if e[0] in ("called", "written")] == [
-        ("called", "t1"), ("called", "t2"), ("called", "t3"),
-        ("written", ["t1", "t2", "t3"]),  # before t4's handler may wait for t3
-        ("called", "t4"), ("called", "t5"),
+        ("called", "t1"), ("called", "t2"), ("called", "t3"), ("called", "t4"),
+        ("written", ["t1", "t2", "t3"]),  # as t4's handler settles t3's wait, before the wait
+        ("called", "t5"),
         ("written", ["t4"]),  # t5 failed: what AWS accepted before it is recorded all the same
     ]
 
