@@ -360,10 +360,12 @@ class Engine:
         ctx = self._context(name)
         inputs = self._inputs(name)
         early = self._early.pop(name, None)
-        if early is not None and early[0] == inputs.outputs:  # planned with what it was observed with
-            _, desired, observed, error = early
+        if early is not None and (early[0] == inputs.outputs or step.observes_by_manifest):
+            _, desired, observed, error = early  # observed with what it is planned with, or by names alone
             if error is not None:
                 raise error
+            if early[0] != inputs.outputs:
+                desired = step.desired(self.manifest, inputs)
         else:
             desired = step.desired(self.manifest, inputs)
             observed = step.observe(ctx, desired)
@@ -382,7 +384,8 @@ class Engine:
         planned_with, desired, observed, changes = self._planned.pop(name, (None, None, None, None))
         if planned_with != inputs.outputs:  # an upstream step changed what this one was planned with
             desired = step.desired(self.manifest, inputs)
-            observed = step.observe(ctx, desired)
+            if observed is None or not step.observes_by_manifest:
+                observed = step.observe(ctx, desired)
             changes = step.plan(desired, observed, self._recorded(name))
         result.changes = changes
         if self._review is not None:

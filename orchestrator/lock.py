@@ -159,6 +159,11 @@ class Lock:
         self._seen = fields(item)
         return self._seen
 
+    def seen_free(self) -> None:
+        """The lock item is known absent without reading it (this run just created the table):
+        the next attempt takes it on the condition that it still is."""
+        self._seen = {}
+
     def _try_acquire(self, run_id: str, command: str, also) -> tuple[Lease | None, dict]:
         """Take the lock if it is free, or if its lease ended before AWS's time now (the lower
         bound: a lease is never cut short). Returns (lease, {}) on success, (None, holder) when

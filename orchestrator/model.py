@@ -284,6 +284,11 @@ class Step:
     Outputs: ClassVar[type]
     #: (action, kind) → the handler `apply` runs for such a change (see the class docstring).
     handlers: ClassVar[Mapping[tuple[str, str], Handler]] = {}
+    #: True when `observe` finds everything by what the manifest and the run's facts name (names,
+    #: prefixes, the account), never by an upstream step's output: where an upstream output
+    #: changed after this step was observed (its first apply creates it), the engine plans again
+    #: from the same observation instead of reading AWS again.
+    observes_by_manifest: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

@@ -124,10 +124,12 @@ class StateStore:
             if error_code(error) != "ResourceNotFoundException":
                 raise
             if self._describe() is None:
-                self._create()
-                self._created = True
+                self._created = self._create()
             waiters.wait_until(f"state table {self.table}", self._is_active, log=log)
-            self._lock.look()
+            if self._created:  # a table this run made holds no lock item: the taking's condition says so
+                self._lock.seen_free()
+            else:
+                self._lock.look()
         described = table.result() if table is not None else None
         self._protected = bool(described and described.get("DeletionProtectionEnabled"))
         self._exists = True
@@ -158,7 +160,8 @@ class StateStore:
                 return None
             raise
 
-    def _create(self) -> None:
+    def _create(self) -> bool:
+        """Create the table; False when another run is creating it right now."""
         try:
             self.client.create_table(
                 TableName=self.table,
@@ -170,9 +173,11 @@ class StateStore:
                 DeletionProtectionEnabled=False,  # `protect`, once the pre-flight checks passed
                 Tags=tagging.tag_list(self.table_tags()))
             log.info("state table created", table=self.table)
+            return True
         except ClientError as error:
             if error_code(error) != "ResourceInUseException":  # another run is creating it right now
                 raise
+            return False
 
     def _is_active(self) -> tuple[bool, str]:
         table = self._describe()

@@ -147,6 +147,7 @@ class DashboardsOutputs:
 class DashboardsStep(Step):
     name = "dashboards"
     depends_on = ("alb", "services")
+    observes_by_manifest = True  # key, topic, alarms, dashboard by the names the manifest gives them
     Outputs = DashboardsOutputs
     description = "SNS alert topic with email subscriptions, CloudWatch alarms, CloudWatch dashboard"
 

@@ -265,6 +265,7 @@ class IamOutputs:
 class IamStep(Step):
     name = "iam"
     depends_on = ("secrets", "storage")
+    observes_by_manifest = True  # roles by the names the manifest gives them
     Outputs = IamOutputs
     description = "IAM: the ECS task execution role and one least-privilege task role per service"
 

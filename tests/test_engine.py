@@ -912,3 +912,23 @@ def test_a_step_observed_early_counts_that_time_as_its_own(monkeypatch):
     results = engine_for(steps, store=store, parallelism=1).plan()
 
     assert (results["a"].seconds, results["b"].seconds) == (1.0, 7.0)
+
+
+@pytest.mark.parametrize("by_manifest", [False, True])
+def test_a_step_observing_by_names_alone_is_not_observed_again_when_an_upstream_output_becomes_known(by_manifest):
+    """The first apply: b was planned while a's id was not known yet. b is planned again with
+    it; it reads AWS again only if its observation may depend on that output."""
+    cloud = {}
+
+    class Counted(ThingStep):
+        observes_by_manifest = by_manifest
+        observed = 0
+
+        def observe(self, ctx, desired):
+            Counted.observed += 1
+            return super().observe(ctx, desired)
+
+    results = engine_for([ThingStep("a", cloud=cloud), Counted("b", ["a"], cloud=cloud)]).apply()
+    assert results["b"].status == "ok"
+    assert cloud["b"]["after"] == [("a", "id-a")], "planned again with the output now known"
+    assert Counted.observed == (1 if by_manifest else 2)
