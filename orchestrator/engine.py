@@ -20,7 +20,7 @@ import json
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
@@ -36,6 +36,10 @@ from orchestrator.render import refusal
 from orchestrator.scheduler import run_concurrently
 
 log = structlog.get_logger("orchestrator.engine")
+
+#: How many of a step's changes that name what they need (`Change.after`) are made at once: AWS
+#: throttles mutating calls harder than reads (IAM, CloudWatch: a few per second per account).
+CHANGES_AT_ONCE = 4
 
 
 @dataclass
@@ -509,19 +513,23 @@ class Engine:
         the caller writes them at once, with the step's outcome, in one write."""
         unrecorded: list[Change] = []
         ctx.before_settle = lambda: self._record(step.name, unrecorded)
+
+        def accepted(change: Change, answer: Accepted) -> None:  # in plan order
+            result.applied.append(change)
+            unrecorded.append(change if answer.record is None else dataclasses.replace(change, record=answer.record))
+            ctx.pending.extend(answer.waits)
+
         try:
             for change in changes:
                 if self.refuses(change):
                     result.refused.append(change)
                     log.warning("refused", step=step.name, kind=change.kind, name=change.name, why=refusal(change))
-                    continue
-                self._stop_if_needed(before=f"{change.action} {change.kind} {change.name}")
-                log.info(_verb(change), step=step.name, kind=change.kind, name=change.name)
-                accepted = step.apply(ctx, change, observed) or Accepted()
-                result.applied.append(change)
-                unrecorded.append(change if accepted.record is None else
-                                  dataclasses.replace(change, record=accepted.record))
-                ctx.pending.extend(accepted.waits)
+            wanted = [change for change in changes if not self.refuses(change)]
+            if any(change.after is not None for change in wanted):
+                self._make_together(step, ctx, observed, wanted, accepted)
+            else:
+                for change in wanted:
+                    accepted(change, self._make(step, ctx, observed, change))
             if ctx.pending:
                 ctx.settle()
         except BaseException:
@@ -531,6 +539,75 @@ class Engine:
             return unrecorded
         self._record(step.name, unrecorded)
         return []
+
+    def _make(self, step, ctx: StepContext, observed, change: Change) -> Accepted:
+        """One change's calls, if this run may still change AWS."""
+        self._stop_if_needed(before=f"{change.action} {change.kind} {change.name}")
+        log.info(_verb(change), step=step.name, kind=change.kind, name=change.name)
+        return step.apply(ctx, change, observed) or Accepted()
+
+    def _make_together(self, step, ctx: StepContext, observed, changes: list[Change], accepted) -> None:
+        """The changes, each started as soon as it may: one that names what it needs
+        (`Change.after`) once the earlier changes with those keys were made, beside others, up
+        to CHANGES_AT_ONCE; one that does not once every earlier change was made, alone, on
+        this thread (its handler may settle waits), and none later before it was made.
+        `accepted` gets each change AWS accepted in plan order, once every earlier one ended.
+        After a failure (or a stop) no change starts; those running end and are passed on (AWS
+        accepted them: they are recorded); then the first failure in plan order is raised."""
+        answers: dict[int, Accepted | BaseException] = {}
+        waiting = list(range(len(changes)))  # not started, in plan order
+        running: dict[Future, int] = {}
+        passed = 0  # changes before this index were passed on to `accepted`
+
+        def end(index: int, answer) -> None:
+            nonlocal passed
+            answers[index] = answer
+            while passed in answers:
+                if not isinstance(answers[passed], BaseException):
+                    accepted(changes[passed], answers[passed])
+                passed += 1
+
+        def made_before(index: int, keys: tuple[str, ...]) -> bool:
+            return all(earlier in answers for earlier in range(index) if changes[earlier].key in keys)
+
+        def startable() -> list[int]:
+            ready = []
+            for index in waiting:
+                change = changes[index]
+                if change.after is None:  # alone: once all before it ended; nothing past it
+                    return [index] if index == waiting[0] and not running and not ready else ready
+                if len(running) + len(ready) < CHANGES_AT_ONCE and made_before(index, change.after):
+                    ready.append(index)
+            return ready
+
+        with ThreadPoolExecutor(max_workers=CHANGES_AT_ONCE, thread_name_prefix=f"change-{step.name}") as pool:
+            while waiting or running:
+                ready = [] if any(isinstance(a, BaseException) for a in answers.values()) else startable()
+                for index in ready:
+                    waiting.remove(index)
+                    change = changes[index]
+                    if change.after is None:
+                        try:
+                            end(index, self._make(step, ctx, observed, change))
+                        except BaseException as error:  # raised below, in plan order
+                            end(index, error)
+                    else:
+                        running[pool.submit(contextvars.copy_context().run, self._make, step, ctx, observed,
+                                            change)] = index
+                if ready:
+                    continue
+                if not running:  # a failure or stop: nothing more starts
+                    break
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in sorted(done, key=running.get):
+                    index = running.pop(future)
+                    try:
+                        end(index, future.result())
+                    except BaseException as error:  # raised below, in plan order
+                        end(index, error)
+        for index in sorted(answers):
+            if isinstance(answers[index], BaseException):
+                raise answers[index]
 
     def _record(self, step: str, unrecorded: list[Change]) -> None:
         """Write the records of the changes accepted since the last write, together; empties the list."""

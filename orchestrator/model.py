@@ -101,6 +101,11 @@ class Change:
     reverse graph order, once every step that depends on this one has moved off it.
     `outage`: for a replacement that must delete before it creates (a resource whose name
     cannot exist twice), what is unavailable in between; the plan shows it.
+    `after`: the keys of the earlier changes of the same step this one needs made first (`()`:
+    none); the engine starts it beside other such changes as soon as those are made (IAM's
+    roles together, each role's policies once it exists). None (the default): after every
+    earlier change, alone. The handler of a change that names them must not settle waits
+    (`ctx.settle`) and updates only its own resource in `observed`.
     """
 
     action: Action
@@ -115,6 +120,7 @@ class Change:
     holds_dependencies: bool = False
     retire: bool = False
     outage: str = ""
+    after: tuple[str, ...] | None = field(default=None, compare=False)
 
     @property
     def key(self) -> str:

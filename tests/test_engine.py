@@ -932,3 +932,47 @@ def test_a_step_observing_by_names_alone_is_not_observed_again_when_an_upstream_
     assert results["b"].status == "ok"
     assert cloud["b"]["after"] == [("a", "id-a")], "planned again with the output now known"
     assert Counted.observed == (1 if by_manifest else 2)
+
+
+def together_step(events, fail=(), after=None, meet=("t1", "t3")):
+    """Changes t1..t3 naming what they need (`after`, by change name); the two `meet` meet at a
+    barrier, so they must be in flight at once."""
+    import threading
+    from orchestrator.model import Accepted
+    barrier = threading.Barrier(2, timeout=30)
+
+    class Together(ThingStep):
+        def plan(self, desired, observed, recorded):
+            return [Change("create", "thing", name, record={"n": name},
+                           after=None if after[name] is None else tuple(f"thing/{d}" for d in after[name]))
+                    for name in ("t1", "t2", "t3")]
+
+        def apply(self, ctx, change, observed):
+            events.append(("start", change.name))
+            if change.name in meet:
+                barrier.wait()
+            if change.name in fail:
+                raise RuntimeError(f"{change.name} refused")
+            events.append(("end", change.name))
+            return Accepted(record={"made": change.name})
+
+    return Together("a")
+
+
+def test_changes_naming_what_they_need_are_made_together_and_recorded_in_plan_order():
+    events, store = [], FakeStore()
+    step = together_step(events, after={"t1": (), "t2": ("t1",), "t3": ()})
+    results = engine_for([step], store=store, lease=FakeLease()).apply()
+    assert results["a"].status == "ok"
+    assert events.index(("start", "t2")) > events.index(("end", "t1")), "t2 needs t1 made first"
+    assert [c.name for c in results["a"].applied] == ["t1", "t2", "t3"]
+    assert store.events == [("finished", "a", ["t1", "t2", "t3"])]
+
+
+def test_a_failure_among_changes_made_together_records_the_others_and_starts_nothing_more():
+    events, store = [], FakeStore()
+    step = together_step(events, fail=("t1",), after={"t1": (), "t2": (), "t3": None}, meet=("t1", "t2"))
+    results = engine_for([step], store=store, lease=FakeLease()).apply()
+    assert results["a"].status == "failed" and results["a"].error == "t1 refused"
+    assert ("start", "t3") not in events, "t3 waits for every earlier change, and t1 failed"
+    assert ("written", ["t2"]) in store.events, "t2 was in flight beside t1: AWS accepted it, it is recorded"
