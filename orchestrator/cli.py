@@ -163,14 +163,13 @@ def run_locked(options: Options, env: str, command: str, targets, lock_timeout: 
     store = store_for(aws, manifest)
     store.ensure_table()
     run_id = uuid.uuid4().hex[:12]
-    lease = store.acquire(run_id, command, wait_seconds=lock_timeout)
+    lease = store.acquire(run_id, command, wait_seconds=lock_timeout, manifest_hash=manifest_hash(manifest))
     lease.start_heartbeat()
     engine = Engine(manifest, aws, graph, store=store, lease=lease, allow=allow, parallelism=parallelism)
     results = engine.results  # filled as steps run, so an interrupted run still reports them
     outcome = "interrupted"
     started = time.monotonic()
     try:
-        store.start_run(lease, command, manifest_hash(manifest))
         results = work(engine)
         # "incomplete": a destroy that kept what it was asked to remove (a protected load balancer).
         outcome = ("failed" if failed_steps(results) else
@@ -185,9 +184,9 @@ def run_locked(options: Options, env: str, command: str, targets, lock_timeout: 
                              "seconds": round(time.monotonic() - started, 2)}
         try:
             if not lease.lost:
-                store.finish_run(lease, outcome, summary)
+                store.finish_run(lease, outcome, summary)  # and frees the lock, in one write
         finally:
-            lease.release()
+            lease.release()  # if not freed above
             verb, _, flags = command.partition(" ")  # "apply --image-tag x=1" → "apply dev --image-tag x=1"
             title = " ".join(filter(None, (verb, env, flags)))
             click.echo(run_summary(f"{title}: {outcome} in {time.monotonic() - started:.1f}s", results,

@@ -34,6 +34,9 @@ class StepContext:
     #: This run's id: idempotency tokens are this run's, so a retry within the run is one request
     #: to AWS, and a later run (after a destroy, say) never meets a token AWS remembers.
     run_id: str = ""
+    #: Called before any wait is settled (the engine writes the records of the changes accepted
+    #: so far, in one write: a wait never stands between a change and its record).
+    before_settle: Callable[[], None] = lambda: None
 
     def __post_init__(self) -> None:
         if self.log is None:
@@ -82,7 +85,10 @@ class StepContext:
 
     def settle(self) -> None:
         """Settle every pending wait now: a handler whose change needs an earlier one done
-        (a route to a NAT gateway that must be available) calls this first."""
+        (a route to a NAT gateway that must be available) calls this first. The records of the
+        changes accepted so far are written first (`before_settle`), even with nothing pending:
+        a handler calls this before it waits in other ways too (a delete retried while in use)."""
+        self.before_settle()
         waits, self.pending = self.pending, []
         if waits:
             waiters.settle(waits, log=self.log, stop=self.stop)

@@ -5,8 +5,9 @@ client factory. A step whose upstream outputs are known from the state records o
 once, together with the others, not after its upstream steps; it observes again only where
 an upstream output really changed. A change has two phases: the calls AWS accepts, after
 which the state store records it (with what apply learned; the records of changes accepted
-one after another with no wait between them in one write), then its waits, settled together
-with the waits of the step's other changes. Deletes a step marks `retire` (what a replacement superseded,
+one after another with no wait between them in one write, which for the last of a step's
+changes is the write of the step's outcome), then its waits, settled together with the waits
+of the step's other changes. Deletes a step marks `retire` (what a replacement superseded,
 what the manifest no longer wants) run in a final phase, in reverse graph order, after every
 step that depends on it has moved to what replaced it.
 """
@@ -19,7 +20,7 @@ import json
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
@@ -35,6 +36,10 @@ from orchestrator.render import refusal
 from orchestrator.scheduler import run_concurrently
 
 log = structlog.get_logger("orchestrator.engine")
+
+#: How many of a step's changes that name what they need (`Change.after`) are made at once: AWS
+#: throttles mutating calls harder than reads (IAM, CloudWatch: a few per second per account).
+CHANGES_AT_ONCE = 4
 
 
 @dataclass
@@ -359,10 +364,12 @@ class Engine:
         ctx = self._context(name)
         inputs = self._inputs(name)
         early = self._early.pop(name, None)
-        if early is not None and early[0] == inputs.outputs:  # planned with what it was observed with
-            _, desired, observed, error = early
+        if early is not None and (early[0] == inputs.outputs or step.observes_by_manifest):
+            _, desired, observed, error = early  # observed with what it is planned with, or by names alone
             if error is not None:
                 raise error
+            if early[0] != inputs.outputs:
+                desired = step.desired(self.manifest, inputs)
         else:
             desired = step.desired(self.manifest, inputs)
             observed = step.observe(ctx, desired)
@@ -381,7 +388,8 @@ class Engine:
         planned_with, desired, observed, changes = self._planned.pop(name, (None, None, None, None))
         if planned_with != inputs.outputs:  # an upstream step changed what this one was planned with
             desired = step.desired(self.manifest, inputs)
-            observed = step.observe(ctx, desired)
+            if observed is None or not step.observes_by_manifest:
+                observed = step.observe(ctx, desired)
             changes = step.plan(desired, observed, self._recorded(name))
         result.changes = changes
         if self._review is not None:
@@ -392,10 +400,14 @@ class Engine:
             log.info("up to date", step=name)
         now = [change for change in result.changes if not change.retire]
         later = [change for change in result.changes if change.retire]
-        self._execute(step, ctx, result, observed, now)
-        result.outputs = self._outputs(step, desired, observed)
+        unwritten = self._execute(step, ctx, result, observed, now, leave_last=True)
+        try:
+            result.outputs = self._outputs(step, desired, observed)
+        except BaseException:
+            self._record(name, unwritten)
+            raise
         result.status = "ok"
-        self._finish_record(name, result, desired_hash(desired))
+        self._finish_record(name, result, desired_hash(desired), records=unwritten)
         if later:
             self._retiring[name] = (ctx, observed, later, desired_hash(desired))
 
@@ -488,32 +500,114 @@ class Engine:
         """A change this run will not make: blocked, and not allowed by a flag passed."""
         return bool(change.blocked) and change.blocked not in self.allow
 
-    def _execute(self, step, ctx: StepContext, result: StepResult, observed, changes: list[Change]) -> None:
+    def _execute(self, step, ctx: StepContext, result: StepResult, observed, changes: list[Change], *,
+                 leave_last: bool = False) -> list[Change]:
         """Each change: its calls, then its record; then all their waits together.
 
-        The records of changes AWS accepted one after another are written together, before the
-        next change whose handler may settle an earlier change's waits, before the step's own
-        waits, and before any failure or stop ends the step: a wait never stands between AWS
-        accepting a change and its record."""
+        The records of changes AWS accepted one after another are written together: before any
+        wait is settled (a handler settling earlier changes' waits, or about to wait otherwise,
+        calls `ctx.settle`, whose `before_settle` writes them; the step's own waits at the end
+        likewise) and before any failure or stop ends the step: a wait never stands between AWS
+        accepting a change and its record. With `leave_last`, the records of the changes
+        accepted after the last wait, when nothing is left to wait for, are returned unwritten:
+        the caller writes them at once, with the step's outcome, in one write."""
         unrecorded: list[Change] = []
+        ctx.before_settle = lambda: self._record(step.name, unrecorded)
+
+        def accepted(change: Change, answer: Accepted) -> None:  # in plan order
+            result.applied.append(change)
+            unrecorded.append(change if answer.record is None else dataclasses.replace(change, record=answer.record))
+            ctx.pending.extend(answer.waits)
+
         try:
             for change in changes:
                 if self.refuses(change):
                     result.refused.append(change)
                     log.warning("refused", step=step.name, kind=change.kind, name=change.name, why=refusal(change))
-                    continue
-                if ctx.pending:  # its handler may settle them first
-                    self._record(step.name, unrecorded)
-                self._stop_if_needed(before=f"{change.action} {change.kind} {change.name}")
-                log.info(_verb(change), step=step.name, kind=change.kind, name=change.name)
-                accepted = step.apply(ctx, change, observed) or Accepted()
-                result.applied.append(change)
-                unrecorded.append(change if accepted.record is None else
-                                  dataclasses.replace(change, record=accepted.record))
-                ctx.pending.extend(accepted.waits)
-        finally:
+            wanted = [change for change in changes if not self.refuses(change)]
+            if any(change.after is not None for change in wanted):
+                self._make_together(step, ctx, observed, wanted, accepted)
+            else:
+                for change in wanted:
+                    accepted(change, self._make(step, ctx, observed, change))
+            if ctx.pending:
+                ctx.settle()
+        except BaseException:
             self._record(step.name, unrecorded)
-        ctx.settle()
+            raise
+        if leave_last:
+            return unrecorded
+        self._record(step.name, unrecorded)
+        return []
+
+    def _make(self, step, ctx: StepContext, observed, change: Change) -> Accepted:
+        """One change's calls, if this run may still change AWS."""
+        self._stop_if_needed(before=f"{change.action} {change.kind} {change.name}")
+        log.info(_verb(change), step=step.name, kind=change.kind, name=change.name)
+        return step.apply(ctx, change, observed) or Accepted()
+
+    def _make_together(self, step, ctx: StepContext, observed, changes: list[Change], accepted) -> None:
+        """The changes, each started as soon as it may: one that names what it needs
+        (`Change.after`) once the earlier changes with those keys were made, beside others, up
+        to CHANGES_AT_ONCE; one that does not once every earlier change was made, alone, on
+        this thread (its handler may settle waits), and none later before it was made.
+        `accepted` gets each change AWS accepted in plan order, once every earlier one ended.
+        After a failure (or a stop) no change starts; those running end and are passed on (AWS
+        accepted them: they are recorded); then the first failure in plan order is raised."""
+        answers: dict[int, Accepted | BaseException] = {}
+        waiting = list(range(len(changes)))  # not started, in plan order
+        running: dict[Future, int] = {}
+        passed = 0  # changes before this index were passed on to `accepted`
+
+        def end(index: int, answer) -> None:
+            nonlocal passed
+            answers[index] = answer
+            while passed in answers:
+                if not isinstance(answers[passed], BaseException):
+                    accepted(changes[passed], answers[passed])
+                passed += 1
+
+        def made_before(index: int, keys: tuple[str, ...]) -> bool:
+            return all(earlier in answers for earlier in range(index) if changes[earlier].key in keys)
+
+        def startable() -> list[int]:
+            ready = []
+            for index in waiting:
+                change = changes[index]
+                if change.after is None:  # alone: once all before it ended; nothing past it
+                    return [index] if index == waiting[0] and not running and not ready else ready
+                if len(running) + len(ready) < CHANGES_AT_ONCE and made_before(index, change.after):
+                    ready.append(index)
+            return ready
+
+        with ThreadPoolExecutor(max_workers=CHANGES_AT_ONCE, thread_name_prefix=f"change-{step.name}") as pool:
+            while waiting or running:
+                ready = [] if any(isinstance(a, BaseException) for a in answers.values()) else startable()
+                for index in ready:
+                    waiting.remove(index)
+                    change = changes[index]
+                    if change.after is None:
+                        try:
+                            end(index, self._make(step, ctx, observed, change))
+                        except BaseException as error:  # raised below, in plan order
+                            end(index, error)
+                    else:
+                        running[pool.submit(contextvars.copy_context().run, self._make, step, ctx, observed,
+                                            change)] = index
+                if ready:
+                    continue
+                if not running:  # a failure or stop: nothing more starts
+                    break
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in sorted(done, key=running.get):
+                    index = running.pop(future)
+                    try:
+                        end(index, future.result())
+                    except BaseException as error:  # raised below, in plan order
+                        end(index, error)
+        for index in sorted(answers):
+            if isinstance(answers[index], BaseException):
+                raise answers[index]
 
     def _record(self, step: str, unrecorded: list[Change]) -> None:
         """Write the records of the changes accepted since the last write, together; empties the list."""
@@ -521,7 +615,8 @@ class Engine:
             self.store.record_changes(self.lease, step, list(unrecorded))
         unrecorded.clear()
 
-    def _finish_record(self, name: str, result: StepResult, digest: str | None) -> None:
+    def _finish_record(self, name: str, result: StepResult, digest: str | None, records: list[Change] = ()) -> None:
+        """Write the step's outcome, with `records` (changes accepted and not recorded yet)."""
         if self.store is None or self.lease is None:
             return
         previous = self._records.get(name, {})
@@ -529,7 +624,7 @@ class Engine:
                                desired_hash=digest or previous.get("desired_hash", ""),
                                outputs=known_outputs(result.outputs) or previous.get("outputs", {}),
                                changes=len(result.applied),
-                               error=recordable(result.error) if result.error else result.error)
+                               error=recordable(result.error) if result.error else result.error, records=records)
 
     def _load_records(self) -> None:
         if self.store is not None:

@@ -36,7 +36,7 @@ import threading
 import time
 from datetime import timezone
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
@@ -128,12 +128,16 @@ class Lock:
     def __init__(self, store: StateStore):
         self.store = store
         self.lease_seconds = store.manifest.state.lock_lease_seconds
+        #: The lock item as last read (`look`), until an attempt to take the lock uses it.
+        self._seen: dict | None = None
 
-    def acquire(self, run_id: str, command: str, wait_seconds: float = 0) -> Lease:
-        """Take the environment's lock, polling up to `wait_seconds` while another run holds it."""
+    def acquire(self, run_id: str, command: str, wait_seconds: float = 0,
+                also: Callable[[float], list[dict]] = lambda now: []) -> Lease:
+        """Take the environment's lock, polling up to `wait_seconds` while another run holds it.
+        `also(now)` gives writes that go in the same transaction as the taking (the run record)."""
         waited, report_at = 0.0, 0.0
         while True:
-            lease, holder = self._try_acquire(run_id, command)
+            lease, holder = self._try_acquire(run_id, command, also)
             if lease is not None:
                 return lease
             if waited >= wait_seconds:
@@ -147,38 +151,81 @@ class Lock:
             waiters.sleep(delay)
             waited += delay
 
-    def _try_acquire(self, run_id: str, command: str) -> tuple[Lease | None, dict]:
-        """One conditional write: the lock is ours if free, or if its lease ended before AWS's
-        time now (the lower bound: a lease is never cut short). Returns (lease, {}) on success,
-        (None, holder) when another run holds it."""
-        if not self.store.time.known:
-            self.holder()  # the lease is written in AWS's time: learn it first
-        now = round(self.store.time.earliest(), 3)
+    def look(self) -> dict:
+        """Read the lock item (consistently) and keep what it says for the next attempt to take
+        it: its holder, lease and fence ({} before the first run)."""
+        store = self.store
+        item = store.client.get_item(TableName=store.table, Key=store.key(LOCK), ConsistentRead=True).get("Item")
+        self._seen = fields(item)
+        return self._seen
+
+    def seen_free(self) -> None:
+        """The lock item is known absent without reading it (this run just created the table):
+        the next attempt takes it on the condition that it still is."""
+        self._seen = {}
+
+    def _try_acquire(self, run_id: str, command: str, also) -> tuple[Lease | None, dict]:
+        """Take the lock if it is free, or if its lease ended before AWS's time now (the lower
+        bound: a lease is never cut short). Returns (lease, {}) on success, (None, holder) when
+        another run holds it.
+
+        The taking is one transaction, conditional on the lock item being as it was last read
+        (`look`: its fence, and no live lease), with `also`'s writes. While it is in flight the
+        step records are read (`StateStore.load_steps_meanwhile`), which is safe when the lock
+        was read free: a record is only ever written in a transaction that checks the lock item
+        names its writer, and taking the lock adds one to the fence, so a lock read free with
+        fence F and taken by this transaction on the condition "fence is still F" was free, and
+        nothing wrote a record, from that read until this taking. The records are read after the
+        lock was (their query is sent once the lock's answer arrived) and before or after the
+        taking, so they are the records as they stand when this run holds the lock. A lock read
+        held by an expired lease (a takeover) gives no such guarantee: its holder may still
+        write until the taking; the records are then read afterwards."""
+        seen, self._seen = (self._seen if self._seen is not None else self.look()), None
+        for _ in range(3):  # the lock changed between the read and the taking, but is free: once more
+            now = round(self.store.time.earliest(), 3)
+            if seen.get("run_id") and seen.get("lease_until", now) >= now:
+                return None, seen
+            lease, seen = self._take(run_id, command, seen, now, also)
+            if lease is not None:
+                return lease, {}
+        return None, seen
+
+    def _take(self, run_id: str, command: str, seen: dict, now: float, also) -> tuple[Lease | None, dict]:
+        """One conditional taking of the lock as `seen`; (None, the lock item now) if it changed."""
         holder = {"run_id": run_id, "user": user(), "host": socket.gethostname(), "pid": os.getpid(),
                   "command": command, "acquired_at": now, "lease_until": now + self.lease_seconds}
+        fence = seen.get("fence", 0)
         names = {f"#{name}": name for name in [*holder, "fence"]}
-        values = {f":{name}": value for name, value in holder.items()} | {":zero": 0, ":one": 1, ":now": now}
-        update = ", ".join(f"#{name} = :{name}" for name in holder)
+        values = {f":{name}": value for name, value in holder.items()} | {":seen": fence, ":next": fence + 1,
+                                                                          ":now": now}
+        unchanged = "#fence = :seen" if "fence" in seen else "attribute_not_exists(#fence)"
+        store = self.store
+        taking = {"Update": {
+            "TableName": store.table, "Key": store.key(LOCK),
+            "UpdateExpression": "SET " + ", ".join(f"#{name} = :{name}" for name in holder) + ", #fence = :next",
+            "ConditionExpression": f"{unchanged} AND (attribute_not_exists(#lease_until) OR #lease_until < :now)",
+            "ExpressionAttributeNames": names, "ExpressionAttributeValues": serialize(values),
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}}
+        records = None if seen.get("run_id") else store.load_steps_meanwhile()
         try:
-            response = self.update_item(
-                UpdateExpression=f"SET {update}, #fence = if_not_exists(#fence, :zero) + :one",
-                ConditionExpression="attribute_not_exists(#lease_until) OR #lease_until < :now",
-                ExpressionAttributeNames=names, ExpressionAttributeValues=serialize(values),
-                ReturnValues="ALL_OLD", ReturnValuesOnConditionCheckFailure="ALL_OLD")
+            eventually(store.client.transact_write_items, TransactItems=[taking, *also(now)], retry_if=conflicted)
         except ClientError as error:
-            if error_code(error) != "ConditionalCheckFailedException":
+            if records is not None:
+                records.cancel()
+            reasons = error.response.get("CancellationReasons", [])
+            if not (reasons and reasons[0].get("Code") == "ConditionalCheckFailed"):
                 raise
-            return None, fields(error.response.get("Item"))
-        previous = fields(response.get("Attributes"))
-        fence = previous.get("fence", 0) + 1  # the update added one, atomically
-        if previous.get("run_id"):
-            log.warning("lock expired, taking over", from_run=previous["run_id"],
-                        holder=f"{previous.get('user')}@{previous.get('host')}", fence=fence)
-            self.store.close_abandoned_run(previous["run_id"])
-        log.info("lock acquired", env=self.store.manifest.environment, run_id=run_id, fence=fence)
-        lease = Lease(self, run_id, fence, holder["lease_until"])
+            return None, fields(reasons[0].get("Item"))
+        if records is not None:
+            store.adopt_steps(records)
+        if seen.get("run_id"):
+            log.warning("lock expired, taking over", from_run=seen["run_id"],
+                        holder=f"{seen.get('user')}@{seen.get('host')}", fence=fence + 1)
+            store.close_abandoned_run(seen["run_id"], taking_over=True)
+        log.info("lock acquired", env=store.manifest.environment, run_id=run_id, fence=fence + 1)
+        lease = Lease(self, run_id, fence + 1, holder["lease_until"])
         try:
-            if self.store.check_settings(previous.get("table_checked_at"), now):
+            if store.check_settings(seen.get("table_checked_at"), now):
                 lease.table_checked_at = now
         except BaseException:
             lease.release()
@@ -197,9 +244,7 @@ class Lock:
 
     def holder(self) -> dict | None:
         """Who holds the lock (the lock item's fields), or None when it is free."""
-        store = self.store
-        item = store.client.get_item(TableName=store.table, Key=store.key(LOCK), ConsistentRead=True).get("Item")
-        holder = fields(item)
+        holder = self.look()
         return holder if holder.get("run_id") else None
 
     def break_(self) -> dict | None:
@@ -231,6 +276,7 @@ class Lease:
         self.taken_by: dict | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._released = False
 
     def start_heartbeat(self) -> None:
         interval = self.lock.lease_seconds / 3
@@ -306,26 +352,52 @@ class Lease:
                            f"stopping without writing")
         raise LockLost("this run's lock was broken (`orchestrator unlock --force`); stopping without writing")
 
-    def release(self) -> None:
+    def release(self, *writes: dict) -> None:
         """Free the lock if it is still ours, stamping when this run verified the table's
-        settings. Never raises: a lock already gone or taken over is left as is, and one that
-        cannot be freed now expires with its lease."""
+        settings, with `writes` (the run record's end) in the same transaction: they are made
+        only if the lock is still ours, and the lock is freed once they are. Never raises: a
+        lock already gone or taken over is left as is (and the lease marked lost when `writes`
+        were refused for it), and one that cannot be freed now expires with its lease. Once
+        freed, a second call does nothing."""
         self.stop_heartbeat()
+        if self._released:
+            return
+        store = self.lock.store
         condition = self.condition()
         free = _free_lock(self.table_checked_at)
+        freeing = {"TableName": store.table, "Key": store.key(LOCK), "UpdateExpression": free["UpdateExpression"],
+                   "ConditionExpression": condition["ConditionExpression"],
+                   "ExpressionAttributeNames": {**condition["ExpressionAttributeNames"],
+                                                **free["ExpressionAttributeNames"]},
+                   "ExpressionAttributeValues": {**condition["ExpressionAttributeValues"],
+                                                 **free.get("ExpressionAttributeValues", {})}}
         try:
-            self.lock.update_item(
-                UpdateExpression=free["UpdateExpression"], ConditionExpression=condition["ConditionExpression"],
-                ExpressionAttributeNames={**condition["ExpressionAttributeNames"], **free["ExpressionAttributeNames"]},
-                ExpressionAttributeValues={**condition["ExpressionAttributeValues"],
-                                           **free.get("ExpressionAttributeValues", {})})
+            if writes:
+                eventually(store.client.transact_write_items, retry_if=conflicted, TransactItems=[
+                    {"Update": {**freeing, "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}}, *writes])
+            else:
+                store.client.update_item(**freeing)
+            self._released = True
             log.info("lock released", run_id=self.run_id)
         except (ClientError, BotoCoreError) as error:
-            if error_code(error) == "ConditionalCheckFailedException":
+            reasons = getattr(error, "response", {}).get("CancellationReasons", [])
+            if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
+                self.lose(fields(reasons[0].get("Item")))
+            elif error_code(error) == "ConditionalCheckFailedException":
                 log.info("lock no longer ours; left as is", run_id=self.run_id)
             else:
                 log.warning("lock not released; it expires with its lease", run_id=self.run_id,
                             lease_until=iso(self.lease_until), error=str(error))
+
+
+def conflicted(error: Exception) -> bool:
+    """A transaction cancelled only because a concurrent one touched the same item (the lock
+    item, which every fenced transaction checks): retried with the one retry policy."""
+    if error_code(error) != "TransactionCanceledException":
+        return False
+    reasons = getattr(error, "response", {}).get("CancellationReasons", [])
+    codes = {reason.get("Code") for reason in reasons}
+    return "TransactionConflict" in codes and "ConditionalCheckFailed" not in codes
 
 
 def _free_lock(table_checked_at: float | None = None) -> dict:

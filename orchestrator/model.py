@@ -101,6 +101,11 @@ class Change:
     reverse graph order, once every step that depends on this one has moved off it.
     `outage`: for a replacement that must delete before it creates (a resource whose name
     cannot exist twice), what is unavailable in between; the plan shows it.
+    `after`: the keys of the earlier changes of the same step this one needs made first (`()`:
+    none); the engine starts it beside other such changes as soon as those are made (IAM's
+    roles together, each role's policies once it exists). None (the default): after every
+    earlier change, alone. The handler of a change that names them must not settle waits
+    (`ctx.settle`) and updates only its own resource in `observed`.
     """
 
     action: Action
@@ -115,6 +120,7 @@ class Change:
     holds_dependencies: bool = False
     retire: bool = False
     outage: str = ""
+    after: tuple[str, ...] | None = field(default=None, compare=False)
 
     @property
     def key(self) -> str:
@@ -294,6 +300,11 @@ class Step:
     Outputs: ClassVar[type]
     #: (action, kind) → the handler `apply` runs for such a change (see the class docstring).
     handlers: ClassVar[Mapping[tuple[str, str], Handler]] = {}
+    #: True when `observe` finds everything by what the manifest and the run's facts name (names,
+    #: prefixes, the account), never by an upstream step's output: where an upstream output
+    #: changed after this step was observed (its first apply creates it), the engine plans again
+    #: from the same observation instead of reading AWS again.
+    observes_by_manifest: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

@@ -15,15 +15,19 @@ Items share the partition key `app/env`; the sort key says what they are:
 
 Every time the store writes is AWS's (`orchestrator.lock.AwsTime`), never this machine's.
 
-**Reads.** An unchanged apply reads the state table twice and writes four times (take the
-lock, start and finish the run record, release), plus a heartbeat per third of a lease.
-DescribeTable is read every run: it says whether the table exists and is active, whether
-deletion protection is on, and its answer gives AWS's time before the lock is written. The
-step records are read every run, consistently. Point-in-time recovery and TTL, which
-DescribeTable does not show, are set when the table is created and read again only when the
-lock item's `table_checked_at` says no run of this environment verified them in the last day
-(or ever: a run interrupted while creating the table); the run that verified them stamps that
-time when it releases the lock. A setting turned off by hand is thus restored within a day.
+**Reads.** An unchanged apply reads the state table twice and writes twice, in three round
+trips one after another: it reads the lock item (which says whether the table exists, who
+holds the lock, and in its answer AWS's time); then takes the lock and starts the run record
+in one transaction while it reads the step records (consistently; why that is safe:
+`Lock._try_acquire`); and at the end finishes the run record and frees the lock in one
+transaction. A heartbeat renews the lease every third of a lease. DescribeTable is read only
+when the table is missing (to create it, or wait while another run creates it) and, beside
+the lock's read, when the environment asks for deletion protection (`protect`). Point-in-time
+recovery and TTL, which DescribeTable does not show, are set when the table is created and
+read again only when the lock item's `table_checked_at` says no run of this environment
+verified them in the last day (or ever: a run interrupted while creating the table); the run
+that verified them stamps that time when it releases the lock. A setting turned off by hand
+is thus restored within a day.
 
 **Retries.** Throttling and transient errors are retried by botocore's standard mode alone;
 a fenced write cancelled by a concurrent transaction on the lock item (steps run at once) is
@@ -34,12 +38,14 @@ The table is shared by all environments of an app, so it carries the ownership t
 """
 from __future__ import annotations
 
+import contextvars
 import copy
 import dataclasses
 import json
 import socket
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import structlog
 from botocore.exceptions import ClientError
@@ -49,7 +55,7 @@ from orchestrator import waiters
 from orchestrator.aws import STATE, Aws, error_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.items import fields, iso, plain, serialize, storable
-from orchestrator.lock import AwsTime, Lease, Lock, user
+from orchestrator.lock import AwsTime, Lease, Lock, conflicted, user
 from orchestrator.model import Change
 from orchestrator.retry import eventually
 
@@ -87,6 +93,7 @@ class StateStore:
         # cache is authoritative: record_change/finish_step write without reading.
         self._steps: dict[str, dict] = {}
         self._steps_loaded = False
+        self._steps_fresh = False  # read while the lock was taken: `steps()` uses them once
         self._cache_lock = threading.Lock()
         self._run: dict | None = None
         self._run_started = 0.0
@@ -105,15 +112,26 @@ class StateStore:
     # -- the table --------------------------------------------------------------------------------
 
     def ensure_table(self) -> None:
-        """Create the table on first use (the lock lives in it); afterwards one read.
-        Point-in-time recovery and TTL are verified once the lock says when they last were
-        (`check_settings`); deletion protection waits for the pre-flight checks (`protect`)."""
-        table = self._describe()
-        if table is None:
-            self._create()
+        """Create the table on first use (the lock lives in it); afterwards one read, of the
+        lock item (kept for taking the lock), and beside it DescribeTable when the environment
+        asks for deletion protection. Point-in-time recovery and TTL are verified once the lock
+        says when they last were (`check_settings`); deletion protection waits for the pre-flight
+        checks (`protect`)."""
+        table = _in_background(self._describe) if self.manifest.state.deletion_protection else None
+        try:
+            self._lock.look()
+        except ClientError as error:
+            if error_code(error) != "ResourceNotFoundException":
+                raise
+            if self._describe() is None:
+                self._created = self._create()
             waiters.wait_until(f"state table {self.table}", self._is_active, log=log)
-            self._created = True
-        self._protected = bool(table and table.get("DeletionProtectionEnabled"))
+            if self._created:  # a table this run made holds no lock item: the taking's condition says so
+                self._lock.seen_free()
+            else:
+                self._lock.look()
+        described = table.result() if table is not None else None
+        self._protected = bool(described and described.get("DeletionProtectionEnabled"))
         self._exists = True
 
     def protect(self) -> None:
@@ -142,7 +160,8 @@ class StateStore:
                 return None
             raise
 
-    def _create(self) -> None:
+    def _create(self) -> bool:
+        """Create the table; False when another run is creating it right now."""
         try:
             self.client.create_table(
                 TableName=self.table,
@@ -154,9 +173,11 @@ class StateStore:
                 DeletionProtectionEnabled=False,  # `protect`, once the pre-flight checks passed
                 Tags=tagging.tag_list(self.table_tags()))
             log.info("state table created", table=self.table)
+            return True
         except ClientError as error:
             if error_code(error) != "ResourceInUseException":  # another run is creating it right now
                 raise
+            return False
 
     def _is_active(self) -> tuple[bool, str]:
         table = self._describe()
@@ -193,9 +214,13 @@ class StateStore:
 
     # -- the lock (orchestrator.lock) ------------------------------------------------------------
 
-    def acquire(self, run_id: str, command: str, wait_seconds: float = 0) -> Lease:
-        """Take the environment's lock, polling up to `wait_seconds` while another run holds it."""
-        return self._lock.acquire(run_id, command, wait_seconds)
+    def acquire(self, run_id: str, command: str, wait_seconds: float = 0, manifest_hash: str | None = None) -> Lease:
+        """Take the environment's lock, polling up to `wait_seconds` while another run holds it;
+        with `manifest_hash`, start the run's record in the same transaction."""
+        def run_record(now: float) -> list[dict]:
+            return [] if manifest_hash is None else [self._start_run(run_id, command, manifest_hash, now)]
+
+        return self._lock.acquire(run_id, command, wait_seconds, also=run_record)
 
     def lock_holder(self) -> dict | None:
         return self._lock.holder()
@@ -211,6 +236,10 @@ class StateStore:
         """Every step record of the environment, by step name, each with its resources'
         last-applied records under "applied"; none while the table does not exist (a plan
         before the first apply: one read either way)."""
+        with self._cache_lock:
+            if self._steps_fresh:
+                self._steps_fresh = False
+                return copy.deepcopy(self._steps)
         try:
             records = self._query_steps(STEP_PREFIX)
         except ClientError as error:
@@ -221,6 +250,21 @@ class StateStore:
             self._steps, self._steps_loaded = records, True
         return copy.deepcopy(records)
 
+    def load_steps_meanwhile(self) -> Future:
+        """Start reading every step record in the background (while the lock is being taken:
+        `Lock._try_acquire` says when that is safe); `adopt_steps` keeps what it read."""
+        return _in_background(self._query_steps, STEP_PREFIX)
+
+    def adopt_steps(self, records: Future) -> None:
+        """Keep the step records read by `load_steps_meanwhile` as this run's, for the next
+        `steps()`; a failed read is left for `steps()` to make again."""
+        try:
+            found = records.result()
+        except Exception:  # read again by steps(), which reports it
+            return
+        with self._cache_lock:
+            self._steps, self._steps_loaded, self._steps_fresh = found, True, True
+
     def runs(self, limit: int = 10) -> list[dict]:
         """The latest run records, newest first (sort keys begin with the start time)."""
         response = self.client.query(
@@ -229,11 +273,14 @@ class StateStore:
             ScanIndexForward=False, Limit=limit)
         return [fields(item) for item in response["Items"]]
 
-    def close_abandoned_run(self, run_id: str) -> None:
+    def close_abandoned_run(self, run_id: str, *, taking_over: bool = False) -> None:
         """A run whose lock was taken over or broken will never finish its record: say so, so
-        that `status` does not show it running for ever. Only a record still "running" changes."""
+        that `status` does not show it running for ever. Only a record still "running" changes;
+        `taking_over`: never this run's own (started as the lock was taken; a restarted run may
+        reuse its id)."""
+        own = (self._run or {}).get("started_at") if taking_over else None
         for run in self.runs(limit=20):
-            if run.get("run_id") != run_id:
+            if run.get("run_id") != run_id or run.get("started_at") == own:
                 continue
             try:
                 self.client.update_item(
@@ -287,6 +334,18 @@ class StateStore:
         never shows a half-changed step as ok), and each resource's record is written or deleted
         if it changed. The step's own item goes in the first transaction."""
         current = self._current(step)
+        ordered = self._record_writes(current, step, changes)
+        if current.get("status") != "applying" or current.get("last_run") != lease.run_id:
+            current.update(status="applying", last_run=lease.run_id, updated_at=iso(self.time.earliest()))
+            ordered.insert(0, self._step_put(current))
+        for start in range(0, len(ordered), MAX_TRANSACTION_WRITES):
+            self._fenced(lease, *ordered[start:start + MAX_TRANSACTION_WRITES])
+        if ordered:
+            self._cache(current)
+
+    def _record_writes(self, current: dict, step: str, changes) -> list[dict]:
+        """The writes of the records of `changes` that differ from what `current` (the step's
+        record as stored) holds, which is updated to them."""
         applied = current["applied"]
         writes: dict[str, dict] = {}  # by sort key: a resource changed twice is written once, as it ends
         for change in changes:
@@ -301,23 +360,23 @@ class StateStore:
                     applied[change.key] = value
                     writes[sk] = self._put_op({"sk": sk, "step": step, "key": change.key, "record": value},
                                               f"the record of {step} {change.key}")
-        ordered = list(writes.values())
-        if current.get("status") != "applying" or current.get("last_run") != lease.run_id:
-            current.update(status="applying", last_run=lease.run_id, updated_at=iso(self.time.earliest()))
-            ordered.insert(0, self._step_put(current))
-        for start in range(0, len(ordered), MAX_TRANSACTION_WRITES):
-            self._fenced(lease, *ordered[start:start + MAX_TRANSACTION_WRITES])
-        if ordered:
-            self._cache(current)
+        return list(writes.values())
 
     def finish_step(self, lease: Lease, step: str, *, status: str, desired_hash: str, outputs: dict,
-                    changes: int, error: str | None = None) -> None:
+                    changes: int, error: str | None = None, records=()) -> None:
         """Write the step's outcome, unless it is exactly what is stored already: an unchanged
-        apply writes nothing."""
+        apply writes nothing. `records`: changes AWS accepted that are not recorded yet, written
+        in the same transaction (before it, with the "applying" mark, when they are too many
+        for one)."""
+        if len(records) >= MAX_TRANSACTION_WRITES:
+            self.record_changes(lease, step, list(records))
+            records = ()
         current = self._current(step)
+        writes = self._record_writes(current, step, records)
         outputs = plain(storable(outputs))
         unchanged = (status == "ok" and changes == 0 and error is None and current.get("status") == "ok"
-                     and current.get("desired_hash") == desired_hash and current.get("outputs") == outputs)
+                     and current.get("desired_hash") == desired_hash and current.get("outputs") == outputs
+                     and not writes)
         if unchanged:
             return
         current.update(status=status, desired_hash=desired_hash, outputs=outputs, changes=changes,
@@ -325,7 +384,7 @@ class StateStore:
         current.pop("error", None)
         if error is not None:
             current["error"] = error
-        self._fenced(lease, self._step_put(current))
+        self._fenced(lease, *writes, self._step_put(current))
         self._cache(current)
 
     def forget_step(self, lease: Lease, step: str) -> None:
@@ -339,20 +398,25 @@ class StateStore:
         with self._cache_lock:
             self._steps.pop(step, None)
 
-    def start_run(self, lease: Lease, command: str, manifest_hash: str) -> None:
+    def _start_run(self, run_id: str, command: str, manifest_hash: str, now: float) -> dict:
+        """The write of the run's record, made as the lock is taken (`acquire`)."""
         self._run_started = ticks()
-        started = iso(self.time.earliest())
-        self._run = {"sk": f"{RUN_PREFIX}{started}#{lease.run_id}", "run_id": lease.run_id, "command": command,
+        started = iso(now)
+        self._run = {"sk": f"{RUN_PREFIX}{started}#{run_id}", "run_id": run_id, "command": command,
                      "manifest_hash": manifest_hash, "user": user(), "host": socket.gethostname(),
                      "started_at": started, "result": "running", "expires_at": self._run_expiry()}
-        self._fenced(lease, self._put_op(self._run, "the run record"))
+        return self._put_op(self._run, "the run record")
 
     def finish_run(self, lease: Lease, result: str, summary: dict) -> None:
+        """Finish the run's record and free the lock, in one transaction (`Lease.release`);
+        raises LockLost when the lock turned out not to be this run's any more."""
         if self._run is None:
-            raise RuntimeError("finish_run called before start_run")
+            raise RuntimeError("finish_run called before the run was started (acquire with its manifest hash)")
         self._run.update(result=result, summary=summary, finished_at=iso(self.time.earliest()),
                          seconds=round(ticks() - self._run_started, 2), expires_at=self._run_expiry())
-        self._fenced(lease, self._put_op(self._run, "the run record"))
+        lease.check()
+        lease.release(self._put_op(self._run, "the run record"))
+        lease.check()
 
     def _run_expiry(self) -> int:
         return int(self.time.earliest()) + self.manifest.state.run_retention_days * 86400
@@ -385,7 +449,7 @@ class StateStore:
         lease.check()
         try:
             eventually(self.client.transact_write_items, TransactItems=[lease.condition_check(), *writes],
-                       retry_if=_conflicted)
+                       retry_if=conflicted)
         except ClientError as error:
             reasons = error.response.get("CancellationReasons", [])
             if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
@@ -398,13 +462,13 @@ class StateStore:
         return {"pk": {"S": self.pk}, "sk": {"S": sk}}
 
 
-def _conflicted(error: Exception) -> bool:
-    """A transaction cancelled only because a concurrent one touched the same item."""
-    if error_code(error) != "TransactionCanceledException":
-        return False
-    reasons = getattr(error, "response", {}).get("CancellationReasons", [])
-    codes = {reason.get("Code") for reason in reasons}
-    return "TransactionConflict" in codes and "ConditionalCheckFailed" not in codes
+def _in_background(call, *args) -> Future:
+    """`call(*args)` on a thread of its own (with this thread's context: the step it is logged
+    under); the future holds its result or exception."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state")
+    future = pool.submit(contextvars.copy_context().run, call, *args)
+    pool.shutdown(wait=False)
+    return future
 
 
 def _with_record(change: Change, record: dict) -> Change:

@@ -147,6 +147,7 @@ class DashboardsOutputs:
 class DashboardsStep(Step):
     name = "dashboards"
     depends_on = ("alb", "services")
+    observes_by_manifest = True  # key, topic, alarms, dashboard by the names the manifest gives them
     Outputs = DashboardsOutputs
     description = "SNS alert topic with email subscriptions, CloudWatch alarms, CloudWatch dashboard"
 
@@ -350,7 +351,7 @@ class DashboardsStep(Step):
             seen = observed.alarms.get(alarm.name)
             if seen is None:
                 changes.append(Change("create", "alarm", alarm.name, diffs=diff_fields(alarm, None, ALARM_SUMMARY),
-                                      calls=("cloudwatch:PutMetricAlarm",), payload=alarm))
+                                      calls=("cloudwatch:PutMetricAlarm",), payload=alarm, after=()))  # together
                 continue
             if not seen.owned:
                 raise tagging.not_ours("CloudWatch alarm", alarm.name, desired.tags)

@@ -296,7 +296,8 @@ class EcsStep(Step):
             if found is None:
                 changes.append(Change("create", "log_group", group.name,
                                       diffs=(FieldDiff("retention_days", None, group.retention_days),),
-                                      calls=("logs:CreateLogGroup", "logs:PutRetentionPolicy"), payload=group))
+                                      calls=("logs:CreateLogGroup", "logs:PutRetentionPolicy"), payload=group,
+                                      after=()))  # the new log groups are made together
                 continue
             if not found.owned:
                 raise tagging.not_ours("log group", group.name)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from orchestrator import tags as tagging
 from orchestrator.aws import error_code, unless_code
@@ -265,6 +265,7 @@ class IamOutputs:
 class IamStep(Step):
     name = "iam"
     depends_on = ("secrets", "storage")
+    observes_by_manifest = True  # roles by the names the manifest gives them
     Outputs = IamOutputs
     description = "IAM: the ECS task execution role and one least-privilege task role per service"
 
@@ -506,13 +507,15 @@ def _attached_policies(client, role: str) -> set[str]:
 
 
 def _create_role(role: DesiredRole) -> list[Change]:
-    """The role, then its inline policies, then its managed policies."""
+    """The role, then its inline policies, then its managed policies. New roles are made
+    together, and each one's policies as soon as it exists (`Change.after`)."""
     changes = [Change("create", "role", role.name,
                       diffs=(FieldDiff("trust_policy", None, role.trust_policy),),
-                      calls=("iam:CreateRole",), payload=RoleWork(role=role), record={"description": role.description})]
-    changes += [_put_inline("create", role.name, name, document, None)
+                      calls=("iam:CreateRole",), payload=RoleWork(role=role), record={"description": role.description},
+                      after=())]
+    changes += [replace(_put_inline("create", role.name, name, document, None), after=(changes[0].key,))
                 for name, document in sorted(role.inline_policies.items())]
-    changes += [_attach(role.name, arn) for arn in role.managed_policies]
+    changes += [replace(_attach(role.name, arn), after=(changes[0].key,)) for arn in role.managed_policies]
     return changes
 
 

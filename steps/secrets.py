@@ -287,7 +287,7 @@ class SecretsStep(Step):
                       diffs=(FieldDiff("description", None, secret.description),
                              FieldDiff("value", None, SENSITIVE, sensitive=True)),
                       calls=("secretsmanager:CreateSecret",), payload=SecretWork(secret=secret),
-                      record=self._record(secret), note=_value_origin(secret))
+                      record=self._record(secret), note=_value_origin(secret), after=())  # made together
 
     def _restore(self, secret: DesiredSecret, current: ObservedSecret, source_readable: bool) -> Change:
         put_value = secret.source != "generate" and source_readable

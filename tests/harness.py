@@ -177,21 +177,34 @@ class Crash(BaseException):
     """Stands for the process being killed: BaseException, so no `except Exception` catches it."""
 
 
-def crash_after(aws, n: int, *, state_table: bool = False) -> None:
+def crash_after(aws, n: int, *, state_table: bool = False):
     """Kill the run (raise `Crash`) right after the n-th mutating call AWS accepted; calls to the
-    state table and lock count only with `state_table` (a whole run's crash test)."""
+    state table and lock count only with `state_table` (a whole run's crash test). A killed
+    process sends nothing more: a call of the same kinds sent after the kill raises `Crash` too
+    (calls made at once with the n-th, already sent, are answered). Returns a function that says
+    how many mutating calls AWS accepted in all (the n-th and those in flight beside it)."""
     from orchestrator.aws import is_mutating
     seen = {"count": 0}
+    aws.crash = seen  # a later crash_after on the same clients replaces this one's hooks
+
+    def counted(model) -> bool:
+        return aws.crash is seen and (state_table or model.service_model.service_name != "dynamodb")
+
+    def before_call(model, **kwargs):
+        if seen["count"] >= n and counted(model):
+            raise Crash(f"killed after mutating call {n}: nothing more is sent")
 
     def after_call(http_response, parsed, model, **kwargs):
-        if not state_table and model.service_model.service_name == "dynamodb":
+        if not counted(model):
             return
         if is_mutating(model.name) and http_response.status_code < 300:
             seen["count"] += 1
             if seen["count"] == n:
                 raise Crash(f"killed after mutating call {n}: {model.name}")
 
+    aws.register("before-call", before_call)
     aws.register("after-call", after_call)
+    return lambda: seen["count"]
 
 
 def crash_after_operation(aws, service: str, operation: str) -> None:

@@ -11,8 +11,8 @@ from orchestrator.aws import Aws
 from orchestrator.state import StateStore
 from tests import harness
 
-#: Kill points: spread over the ~195 mutating calls of a cold apply (state table included).
-KILL_AFTER = [1, 2, 9, 23, 41, 60, 77, 95, 110, 120, 140, 150, 162, 185]
+#: Kill points: spread over the ~168 mutating calls of a cold apply (state table included).
+KILL_AFTER = [1, 2, 9, 23, 41, 60, 77, 95, 110, 120, 140, 150, 158, 164]
 
 MINE = [{"Name": "tag:orchestrator:env", "Values": ["dev"]}]
 

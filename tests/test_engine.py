@@ -317,8 +317,8 @@ class FakeStore:
         self.events.append(("written", [change.name for change in changes]))
         self.events.extend(("recorded", change.name, change.record) for change in changes)
 
-    def finish_step(self, lease, step, **kwargs):
-        self.events.append(("finished", step))
+    def finish_step(self, lease, step, records=(), **kwargs):
+        self.events.append(("finished", step, [change.name for change in records]))
 
     def forget_step(self, lease, step):
         pass
@@ -349,12 +349,23 @@ def test_a_change_is_recorded_as_soon_as_aws_accepts_it_then_all_waits_settle_to
             return Accepted(record={"arn": f"arn:{change.name}"}, waits=(Wait(f"thing {change.name}", check),))
 
     engine_for([Slow("a")], store=store, lease=FakeLease()).apply()
-    # Both records (with what AWS answered, not only what the plan knew) before any wait polled;
-    # then the two waits polled round by round, together.
-    # (t1's record is written before t2's handler runs: it may settle t1's wait first.)
-    assert store.events[:4] == [("written", ["t1"]), ("recorded", "t1", {"arn": "arn:t1"}),
-                                ("written", ["t2"]), ("recorded", "t2", {"arn": "arn:t2"})]
+    # Both records (with what AWS answered, not only what the plan knew), in one write, before
+    # any wait polled; then the two waits polled round by round, together.
+    assert store.events[:3] == [("written", ["t1", "t2"]), ("recorded", "t1", {"arn": "arn:t1"}),
+                                ("recorded", "t2", {"arn": "arn:t2"})]
     assert polls == [("t1", ["t1", "t2"]), ("t2", ["t1", "t2"])] * 2
+    assert store.events[3:] == [("finished", "a", [])]
+
+
+def test_the_records_of_changes_with_nothing_to_wait_for_go_with_the_steps_outcome():
+    store = FakeStore()
+
+    class Quick(ThingStep):
+        def plan(self, desired, observed, recorded):
+            return [Change("create", "thing", f"t{i}", record={"n": i}) for i in (1, 2)]
+
+    engine_for([Quick("a")], store=store, lease=FakeLease()).apply()
+    assert store.events == [("finished", "a", ["t1", "t2"])]
 
 
 def test_records_of_changes_accepted_one_after_another_are_written_together_never_after_a_wait():
@@ -380,9 +391,9 @@ def test_records_of_changes_accepted_one_after_another_are_written_together_neve
 
     assert results["a"].status == "failed"
     assert [e for e in store.events if e[0] in ("called", "written")] == [
-        ("called", "t1"), ("called", "t2"), ("called", "t3"),
-        ("written", ["t1", "t2", "t3"]),  # before t4's handler may wait for t3
-        ("called", "t4"), ("called", "t5"),
+        ("called", "t1"), ("called", "t2"), ("called", "t3"), ("called", "t4"),
+        ("written", ["t1", "t2", "t3"]),  # as t4's handler settles t3's wait, before the wait
+        ("called", "t5"),
         ("written", ["t4"]),  # t5 failed: what AWS accepted before it is recorded all the same
     ]
 
@@ -901,3 +912,67 @@ def test_a_step_observed_early_counts_that_time_as_its_own(monkeypatch):
     results = engine_for(steps, store=store, parallelism=1).plan()
 
     assert (results["a"].seconds, results["b"].seconds) == (1.0, 7.0)
+
+
+@pytest.mark.parametrize("by_manifest", [False, True])
+def test_a_step_observing_by_names_alone_is_not_observed_again_when_an_upstream_output_becomes_known(by_manifest):
+    """The first apply: b was planned while a's id was not known yet. b is planned again with
+    it; it reads AWS again only if its observation may depend on that output."""
+    cloud = {}
+
+    class Counted(ThingStep):
+        observes_by_manifest = by_manifest
+        observed = 0
+
+        def observe(self, ctx, desired):
+            Counted.observed += 1
+            return super().observe(ctx, desired)
+
+    results = engine_for([ThingStep("a", cloud=cloud), Counted("b", ["a"], cloud=cloud)]).apply()
+    assert results["b"].status == "ok"
+    assert cloud["b"]["after"] == [("a", "id-a")], "planned again with the output now known"
+    assert Counted.observed == (1 if by_manifest else 2)
+
+
+def together_step(events, fail=(), after=None, meet=("t1", "t3")):
+    """Changes t1..t3 naming what they need (`after`, by change name); the two `meet` meet at a
+    barrier, so they must be in flight at once."""
+    import threading
+    from orchestrator.model import Accepted
+    barrier = threading.Barrier(2, timeout=30)
+
+    class Together(ThingStep):
+        def plan(self, desired, observed, recorded):
+            return [Change("create", "thing", name, record={"n": name},
+                           after=None if after[name] is None else tuple(f"thing/{d}" for d in after[name]))
+                    for name in ("t1", "t2", "t3")]
+
+        def apply(self, ctx, change, observed):
+            events.append(("start", change.name))
+            if change.name in meet:
+                barrier.wait()
+            if change.name in fail:
+                raise RuntimeError(f"{change.name} refused")
+            events.append(("end", change.name))
+            return Accepted(record={"made": change.name})
+
+    return Together("a")
+
+
+def test_changes_naming_what_they_need_are_made_together_and_recorded_in_plan_order():
+    events, store = [], FakeStore()
+    step = together_step(events, after={"t1": (), "t2": ("t1",), "t3": ()})
+    results = engine_for([step], store=store, lease=FakeLease()).apply()
+    assert results["a"].status == "ok"
+    assert events.index(("start", "t2")) > events.index(("end", "t1")), "t2 needs t1 made first"
+    assert [c.name for c in results["a"].applied] == ["t1", "t2", "t3"]
+    assert store.events == [("finished", "a", ["t1", "t2", "t3"])]
+
+
+def test_a_failure_among_changes_made_together_records_the_others_and_starts_nothing_more():
+    events, store = [], FakeStore()
+    step = together_step(events, fail=("t1",), after={"t1": (), "t2": (), "t3": None}, meet=("t1", "t2"))
+    results = engine_for([step], store=store, lease=FakeLease()).apply()
+    assert results["a"].status == "failed" and results["a"].error == "t1 refused"
+    assert ("start", "t3") not in events, "t3 waits for every earlier change, and t1 failed"
+    assert ("written", ["t2"]) in store.events, "t2 was in flight beside t1: AWS accepted it, it is recorded"

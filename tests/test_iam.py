@@ -333,13 +333,15 @@ def test_a_run_killed_after_any_mutating_call_converges_without_duplicates(manif
     calls = 5  # 2 × CreateRole, 2 × PutRolePolicy, 1 × AttachRolePolicy
     for n in range(1, calls + 1):
         env = smaller.model_copy(update={"environment": f"crash{n}"})  # a clean slate, cheaper than a reset
-        harness.crash_after(crashing, n)
+        accepted = harness.crash_after(crashing, n)
         with pytest.raises(harness.Crash):
             harness.run_step(STEP, env, crashing, upstream=UPSTREAM)
 
         writes = len(harness.mutations(rerun))
         harness.run_step(STEP, env, rerun, upstream=UPSTREAM)
-        assert len(harness.mutations(rerun)) - writes == calls - n
+        # The roles are made together: the calls in flight beside the n-th were made as well.
+        assert accepted() >= n
+        assert len(harness.mutations(rerun)) - writes == calls - accepted()
         assert role_names(iam, f"gamepulse-crash{n}-") == [f"gamepulse-crash{n}-execution",
                                                             f"gamepulse-crash{n}-task-loki"]
         assert iam.list_role_policies(RoleName=f"gamepulse-crash{n}-task-loki")["PolicyNames"] == ["grants"]
@@ -394,9 +396,9 @@ def test_a_quick_re_apply_on_a_lagging_list_adopts_our_roles(manifest, aws, iam)
     assert [(c.action, c.kind) for c in applied] == [("create", "role"), ("create", "inline_policy"),
                                                      ("create", "managed_policy"), ("create", "role"),
                                                      ("create", "inline_policy")]
-    assert harness.mutations(aws)[writes:] == [
+    assert sorted(harness.mutations(aws)[writes:]) == sorted([  # the roles are made together
         "iam:CreateRole", "iam:PutRolePolicy", "iam:AttachRolePolicy",
-        "iam:CreateRole", "iam:TagRole", "iam:PutRolePolicy"]  # the adopted loki role had a tag drift
+        "iam:CreateRole", "iam:TagRole", "iam:PutRolePolicy"])  # the adopted loki role had a tag drift
     assert outputs == first and role_names(iam) == ["gamepulse-dev-execution", "gamepulse-dev-task-loki"]
     tags = {t["Key"]: t["Value"] for t in iam.list_role_tags(RoleName="gamepulse-dev-task-loki")["Tags"]}
     assert tags["project"] == "gamepulse" and tags["compliance:scope"] == "pci"
@@ -411,7 +413,8 @@ def test_a_lagging_list_hiding_a_role_of_someone_else_still_refuses_it(manifest,
     lagging_role_list(aws, roles=7)
     with pytest.raises(OrchestratorError, match="IAM role gamepulse-dev-execution exists but does not carry"):
         harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)
-    assert harness.mutations(aws) == ["iam:CreateRole", "iam:CreateRole"]  # by hand, then ours: refused
+    # By hand, then ours: refused. (The other roles, made beside it, are ours and recorded.)
+    assert "iam:TagRole" not in harness.mutations(aws) and "iam:UpdateAssumeRolePolicy" not in harness.mutations(aws)
     assert "Tags" not in iam.get_role(RoleName="gamepulse-dev-execution")["Role"]
     assert iam.list_role_policies(RoleName="gamepulse-dev-execution")["PolicyNames"] == []
 

@@ -159,15 +159,17 @@ def test_dead_holder_is_taken_over_and_its_late_writes_change_nothing(store, aws
 def test_lease_is_lost_when_the_same_run_id_takes_over_with_a_newer_fence(store, aws, now):
     """The fence, not only the run id, decides: a restarted run reusing its id still fences out
     its earlier incarnation."""
-    old = store.acquire("run-a", "apply")
+    old = store.acquire("run-a", "apply", manifest_hash="m")
     now.t = T0 + LEASE + 1
     newer_store = second_run(aws)
-    new = newer_store.acquire("run-a", "apply")
+    new = newer_store.acquire("run-a", "apply", manifest_hash="m")
 
     with pytest.raises(LockLost):
-        store.start_run(old, "apply", manifest_hash="m")
-    assert second_run(aws).runs() == []
-    newer_store.start_run(new, "apply", manifest_hash="m")
+        store.finish_run(old, "ok", {})
+    runs = second_run(aws).runs()
+    assert [run["result"] for run in runs] == ["running", "abandoned"], "the newer run's record is not the one closed"
+    newer_store.finish_run(new, "ok", {})
+    assert second_run(aws).runs()[0]["result"] == "ok"
 
 
 def test_heartbeat_extends_the_lease(store, aws, now):
@@ -286,11 +288,55 @@ def test_racing_acquires_have_exactly_one_winner(store, aws, monkeypatch):
 
 
 def test_a_run_whose_lock_was_taken_over_or_broken_is_recorded_as_abandoned(store, aws, now):
-    dead = store.acquire("run-a", "apply")
-    store.start_run(dead, "apply", manifest_hash="m")
+    store.acquire("run-a", "apply", manifest_hash="m")
     now.t = T0 + LEASE + 1  # it died without finishing
     second = second_run(aws)
-    lease = second.acquire("run-b", "apply")
-    second.start_run(lease, "apply", manifest_hash="m")
+    second.acquire("run-b", "apply", manifest_hash="m")
     second.break_lock()
     assert {run["run_id"]: run["result"] for run in second.runs()} == {"run-a": "abandoned", "run-b": "abandoned"}
+
+
+def step_reads(aws) -> int:
+    return sum(1 for call in aws.ledger.calls if call.step == STATE and call.operation == "Query")
+
+
+def test_the_records_read_while_the_lock_is_taken_are_the_last_holders_final_ones(store, aws):
+    """The next run reads the step records beside taking the lock, and sees every write of the
+    run that held it before, up to its release."""
+    first = store.acquire("run-a", "apply", manifest_hash="m")
+    store.finish_step(first, "vpc", status="ok", desired_hash="h1", outputs={"vpc_id": "vpc-1"}, changes=1)
+    store.finish_run(first, "ok", {})  # and frees the lock
+
+    second = second_run(aws)
+    second.ensure_table()
+    queries = step_reads(aws)
+    second.acquire("run-b", "apply", manifest_hash="m")
+    assert second.steps()["vpc"]["outputs"] == {"vpc_id": "vpc-1"}
+    assert step_reads(aws) == queries + 1, "the records are read once, as the lock is taken"
+
+
+def test_records_written_between_reading_the_lock_and_taking_it_are_not_missed(store, aws):
+    """A run that read the lock free, then lost the race for it to a run that wrote records and
+    released: its taking fails on the fence that moved, and it reads the records again with
+    the next attempt, so it sees what the other run wrote."""
+    late = second_run(aws)
+    late.ensure_table()  # reads the lock: free, fence 0
+    other = store.acquire("run-a", "apply")
+    store.finish_step(other, "vpc", status="ok", desired_hash="h1", outputs={"vpc_id": "vpc-1"}, changes=1)
+    other.release()
+
+    lease = late.acquire("run-b", "apply")
+    assert lease.fence == 2
+    assert late.steps()["vpc"]["outputs"] == {"vpc_id": "vpc-1"}
+
+
+def test_a_takeover_reads_the_records_only_once_the_lock_is_taken(store, aws, now):
+    """A holder whose lease expired may still write until the lock is taken from it: the run
+    taking over reads the records afterwards, not beside the taking."""
+    old = store.acquire("run-a", "apply")
+    now.t = T0 + LEASE + 1
+    newer = second_run(aws)
+    newer.ensure_table()
+    store.finish_step(old, "vpc", status="ok", desired_hash="h1", outputs={"vpc_id": "late"}, changes=1)
+    newer.acquire("run-b", "apply")
+    assert newer.steps()["vpc"]["outputs"] == {"vpc_id": "late"}

@@ -165,11 +165,10 @@ def test_forget_step_removes_its_record(store, lease):
     assert store.steps() == {}
 
 
-def test_runs_are_listed_newest_first_and_expire_after_retention(store, lease, now):
+def test_runs_are_listed_newest_first_and_expire_after_retention(store, now):
     for minute, command in enumerate(["apply", "plan-not-really", "destroy"]):
         now.t = T0 + 60 * minute
-        assert lease.renew()  # the heartbeat's work
-        store.start_run(lease, command, manifest_hash=f"m{minute}")
+        lease = store.acquire("run-1", command, manifest_hash=f"m{minute}")  # the run record starts with the lock
         now.t += 7.5
         store.finish_run(lease, "ok", {"vpc": {"changes": minute, "seconds": 1.5, "status": "ok"}})
 
@@ -182,10 +181,10 @@ def test_runs_are_listed_newest_first_and_expire_after_retention(store, lease, n
     assert len(store.runs(limit=2)) == 2
 
 
-def test_a_registered_secret_never_reaches_a_stored_item(store, lease, aws):
+def test_a_registered_secret_never_reaches_a_stored_item(store, aws):
     secret = "s3cr3t-Pa55word-for-state-test"
     redactor.register(secret)
-    store.start_run(lease, "apply", manifest_hash="m")
+    lease = store.acquire("run-1", "apply", manifest_hash="m")
     store.record_change(lease, "secrets", Change("update", "secret", "db", record={"conn": f"Password={secret}"}))
     store.finish_step(lease, "secrets", status="failed", desired_hash="h", outputs={"list": [secret]}, changes=1,
                       error=f"AccessDenied: {secret}")
@@ -207,15 +206,14 @@ def state_calls_of_a_run(aws_factory) -> Counter:
     aws = aws_factory()
     store = StateStore(aws, make_manifest())
     store.ensure_table()
-    lease = store.acquire("run-x", "apply")
-    store.start_run(lease, "apply", manifest_hash="m")
+    lease = store.acquire("run-x", "apply", manifest_hash="m")
     store.steps()
-    store.finish_run(lease, "ok", {})
-    lease.release()
+    store.finish_run(lease, "ok", {})  # and frees the lock
+    lease.release()  # as the command line does in any case: nothing more
     return Counter(call.operation for call in aws.ledger.calls if call.step == "state")
 
 
-def test_an_unchanged_run_reads_the_table_twice_and_its_settings_once_a_day(aws, now):
+def test_an_unchanged_run_reads_the_table_twice_and_writes_twice_and_its_settings_once_a_day(aws, now):
     def new_process():
         return stating_the_time(Aws("us-east-1"), now)
 
@@ -223,8 +221,7 @@ def test_an_unchanged_run_reads_the_table_twice_and_its_settings_once_a_day(aws,
     assert created["CreateTable"] == created["UpdateContinuousBackups"] == created["UpdateTimeToLive"] == 1
 
     now.t += 3600
-    assert state_calls_of_a_run(new_process) == Counter(
-        {"DescribeTable": 1, "Query": 1, "UpdateItem": 2, "TransactWriteItems": 2})
+    assert state_calls_of_a_run(new_process) == Counter({"GetItem": 1, "Query": 1, "TransactWriteItems": 2})
 
     # Turned off by hand: the next run after a day notices and turns it on again.
     aws.client("dynamodb").update_continuous_backups(
