@@ -432,7 +432,7 @@ class Engine:
                 log.warning("old resources kept", step=name, kept=[c.key for c in changes], because=why)
                 result.error = f"kept {len(changes)} superseded resource(s) for the next apply: {why}"
                 continue
-            current_step.set(name)
+            token = current_step.set(name)  # in the caller's thread: reset once this step is done
             step = self.graph.steps[name]
             try:
                 self._execute(step, ctx, result, observed, changes)
@@ -441,6 +441,8 @@ class Engine:
                 result.error = f"retiring old resources: {describe_error(error)}"
                 log.error("step failed", step=name, error=result.error)
                 digest = None
+            finally:
+                current_step.reset(token)
             if self.store is not None and self.lease is not None and not self.lease.lost:
                 self._finish_record(name, result, digest)
 
