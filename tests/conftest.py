@@ -91,8 +91,11 @@ def shared_service_models():
 
 @pytest.fixture(scope="session", autouse=True)
 def emulator_fixes():
-    """The same fixes for moto's gaps that the sandbox applies (orchestrator/emulator.py)."""
+    """The same fixes for moto's gaps that the sandbox applies (orchestrator/emulator.py), and
+    AWS-managed IAM policies parsed once, for the one partition the tests use."""
     from orchestrator.emulator import apply_fixes
+    from tests.moto_server import load_managed_policies_once
+    load_managed_policies_once()
     apply_fixes()
 
 
@@ -122,16 +125,62 @@ def aws(mock):
     return Aws("us-east-1")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "dev_applied: the `endpoint` fixture starts from dev applied (the state a cold "
+                                       "`apply dev` left, restored) instead of an empty account")
+
+
 @pytest.fixture(scope="session")
-def applied():
-    """dev applied once, through the command line, to a moto server of its own, shared by every
-    test that only reads it or puts back what it changed (verify, loadtest, drill): one apply per
-    worker, where each of the three modules applied dev on each worker that ran its tests."""
+def server():
+    """One moto server per worker (the emulator, with the settings the sandbox uses), for the
+    command-line tests; each test resets it (`endpoint`) or restores a snapshot (`dev_applied`)."""
     from tests.moto_server import moto_server
-    from tests.test_cli import run
-    from tests.test_verify import register_targets
     with moto_server() as url:
-        result = run(url, "apply", "dev")
-        assert result.returncode == 0, result.stderr[-3000:]
-        register_targets(url)
         yield url
+
+
+@pytest.fixture(scope="session")
+def wire(server):
+    """Every request the command line sends passes this counting proxy on its way to moto."""
+    from tests.wire import CountingProxy
+    proxy = CountingProxy(server)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture(scope="session")
+def dev_snapshot(server):
+    """dev applied once from nothing, through the command line as a user runs it, and the moto
+    state it left (the state table included) saved as the snapshot "dev"."""
+    from tests.moto_server import reset, snapshot
+    from tests.test_cli import run
+    reset(server)
+    result = run(server, "apply", "dev")
+    assert result.returncode == 0, result.stderr[-3000:]
+    snapshot(server, "dev")
+    return "dev"
+
+
+@pytest.fixture
+def endpoint(request, server, wire):
+    """The proxy's URL, before a new account: empty, or with the `dev_applied` marker, holding
+    exactly what a cold `apply dev` made (its run in the state table included)."""
+    from tests.moto_server import reset, restore
+    if request.node.get_closest_marker("dev_applied"):
+        restore(server, request.getfixturevalue("dev_snapshot"))
+    else:
+        reset(server)
+    wire.reset()
+    return wire.url
+
+
+@pytest.fixture
+def applied(server, dev_snapshot):
+    """dev applied (the snapshot restored) with the apps' tasks registered as load balancer
+    targets, for verify, loadtest and drill: each test starts from it, whatever the one before
+    changed."""
+    from tests.moto_server import restore
+    from tests.test_verify import register_targets
+    restore(server, dev_snapshot)
+    register_targets(server)
+    return server
