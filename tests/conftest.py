@@ -94,8 +94,9 @@ def emulator_fixes():
     """The same fixes for moto's gaps that the sandbox applies (orchestrator/emulator.py), and
     AWS-managed IAM policies parsed once, for the one partition the tests use."""
     from orchestrator.emulator import apply_fixes
-    from tests.moto_server import load_managed_policies_once
+    from tests.moto_server import load_managed_policies_once, watch_requests
     load_managed_policies_once()
+    watch_requests()
     apply_fixes()
 
 

@@ -194,14 +194,45 @@ def crash_after(aws, n: int, *, state_table: bool = False) -> None:
     aws.register("after-call", after_call)
 
 
-def crash_after_operation(aws, service: str, operation: str) -> None:
-    """Kill the run (raise `Crash`) right after AWS accepted the first `service` `operation`
-    (botocore's service name, e.g. "ecs", "RegisterTaskDefinition")."""
-    def after_call(http_response, parsed, model, **kwargs):
-        if (model.service_model.service_name, model.name) == (service, operation) and http_response.status_code < 300:
-            raise Crash(f"killed after {service} {operation}")
+def killed_states(run, *, operations=(), counts=(), state_table: bool = False):
+    """Run `run()` once (in the caller's mock_aws) and save moto's state as a run killed right
+    after each of these calls would leave it: after AWS accepted the first call of each
+    (service, operation) in `operations` (botocore's service name, e.g. ("ecs",
+    "RegisterTaskDefinition")), saved as "ecs.RegisterTaskDefinition"; after the n-th mutating
+    call it accepted, for each n in `counts`, saved as "n" (calls to the state table and lock
+    count only with `state_table`). The state is taken while moto serves nothing else, as a
+    kill stops the process there. Returns the `Snapshots`; each kill point must be reached."""
+    from botocore.session import get_session
 
-    aws.register("after-call", after_call)
+    from orchestrator.aws import is_mutating
+    from tests.moto_server import WATCHERS, Snapshots
+
+    session = get_session()
+    event_of = {f"before-send.{session.get_service_model(service).service_id.hyphenize()}.{operation}":
+                f"{service}.{operation}" for service, operation in operations}
+    wanted_counts = {int(n) for n in counts}
+    snapshots, seen = Snapshots(), {"count": 0}
+
+    def watcher(event_name: str, response) -> None:
+        if response.status_code >= 300:
+            return
+        name = event_of.get(event_name)
+        if name is not None and name not in snapshots:
+            snapshots.save(name)
+        operation, service_id = event_name.rsplit(".", 1)[1], event_name.split(".")[1]
+        if is_mutating(operation) and (state_table or service_id != "dynamodb"):
+            seen["count"] += 1
+            if seen["count"] in wanted_counts:
+                snapshots.save(str(seen["count"]))
+
+    WATCHERS.append(watcher)
+    try:
+        run()
+    finally:
+        WATCHERS.remove(watcher)
+    missing = [name for name in [*event_of.values(), *map(str, sorted(wanted_counts))] if name not in snapshots]
+    assert not missing, f"the run never reached these kill points: {missing}"
+    return snapshots
 
 
 def forget_crash(aws) -> None:

@@ -1,10 +1,12 @@
 """moto for the tests: the emulator (orchestrator/emulator.py, the sandbox's fixes for moto's gaps)
-plus two things that only make the tests faster and change nothing a test can see:
+plus what only makes the tests faster and changes nothing a test can see:
 
 - `load_managed_policies_once`: AWS-managed IAM policies only where a test can meet them;
 - `Snapshots`: moto's whole state (every backend, the state table in DynamoDB included) saved
   and put back, so that a test that needs "dev applied" starts from a real cold `apply dev`
-  made once, instead of making its own.
+  made once, instead of making its own;
+- `watch_requests`: in-process, a look at moto's state right after it served a request (the
+  crash tests save it there: the state a run killed right after that call leaves).
 
 `moto_server()` runs the emulator with both as a subprocess (`python -m tests.moto_server`);
 in-process tests (`mock_aws`) get them from conftest."""
@@ -47,29 +49,49 @@ def load_managed_policies_once() -> None:
     IAMBackend._init_aws_policies = init_aws_policies
 
 
+#: Called as `watcher(event_name, response)` after moto served each in-process request (event
+#: name as botocore's: "before-send.<service id>.<Operation>"), while no other request is served.
+WATCHERS: list[Callable] = []
+
+
+def watch_requests() -> None:
+    """Call the WATCHERS after each in-process request. Patched in before the emulator's fixes,
+    so that the emulator's lock (one request at a time) holds while they run: what they see is
+    moto's state right after that request, with nothing served since."""
+    from moto.core.botocore_stubber import BotocoreStubber
+
+    original = BotocoreStubber.__call__
+
+    def call(self, event_name, request, **kwargs):
+        response = original(self, event_name, request, **kwargs)
+        if response is not None:
+            for watcher in list(WATCHERS):
+                watcher(event_name, response)
+        return response
+
+    BotocoreStubber.__call__ = call
+
+
 class Snapshots:
     """moto's state by name: `save(name)` pickles every backend moto holds (all services, accounts
     and regions); `restore(name)` puts an independent copy of it back in place of the current state,
     as moto's own reset does (moto keeps everything in its backends). The same objects stay shared
-    as they were (e.g. a load balancer's subnets are the EC2 backend's). Objects that cannot be
-    pickled and never change (moto's module-level backend tables, private keys) are referenced,
-    not copied."""
+    as they were (e.g. a load balancer's subnets are the EC2 backend's); what `_referenced` names
+    is shared with the live state, not copied."""
 
     def __init__(self):
-        self._saved: dict[str, tuple[bytes, list]] = {}
+        self._saved: dict[str, bytes] = {}
 
     def save(self, name: str) -> None:
         from moto.core.base_backend import BackendDict
-        shared: list = []
         buffer = io.BytesIO()
-        _Pickler(buffer, shared).dump([(backends, dict(backends)) for backends in BackendDict._instances])
-        self._saved[name] = (buffer.getvalue(), shared)
+        _Pickler(buffer).dump([(backends, dict(backends)) for backends in BackendDict._instances])
+        self._saved[name] = buffer.getvalue()
 
     def restore(self, name: str) -> None:
         from moto.core.base_backend import BackendDict
         from moto.core.model_instances import reset_model_data
-        data, shared = self._saved[name]
-        state = _Unpickler(io.BytesIO(data), shared).load()
+        state = pickle.loads(self._saved[name])
         for backends in BackendDict._instances:
             backends.clear()
         BackendDict._instances.clear()
@@ -84,32 +106,35 @@ class Snapshots:
 
 _LOCKS = {type(threading.Lock()): threading.Lock, type(threading.RLock()): threading.RLock}
 
+#: Objects a snapshot refers to instead of copying, by id (kept alive here).
+_SHARED: dict[int, object] = {}
+
+
+def _shared(key: int) -> object:
+    return _SHARED[key]
+
+
+def _referenced(obj) -> bool:
+    """What a snapshot shares with the live state instead of copying: moto's module-level
+    backend tables (the state lives in what they hold), private keys (immutable, and not
+    picklable), and moto's catalogue of public AMIs (1 MB of every EC2 backend's 1.2; nothing in
+    the platform reads or changes an AMI)."""
+    from moto.core.base_backend import BackendDict
+    from moto.ec2.models.amis import Ami
+    return isinstance(obj, (BackendDict, Ami)) or type(obj).__module__.startswith("cryptography.")
+
 
 class _Pickler(pickle.Pickler):
-    def __init__(self, file, shared: list):
+    def __init__(self, file):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self.shared = shared
-
-    def persistent_id(self, obj):
-        from moto.core.base_backend import BackendDict
-        if isinstance(obj, BackendDict) or type(obj).__module__.startswith("cryptography."):
-            self.shared.append(obj)
-            return len(self.shared) - 1
-        return None
 
     def reducer_override(self, obj):
         if type(obj) in _LOCKS:  # a lock guards the copy it is in, held by nobody
             return _LOCKS[type(obj)], ()
+        if _referenced(obj):
+            _SHARED[id(obj)] = obj
+            return _shared, (id(obj),)
         return NotImplemented
-
-
-class _Unpickler(pickle.Unpickler):
-    def __init__(self, file, shared: list):
-        super().__init__(file)
-        self.shared = shared
-
-    def persistent_load(self, pid):
-        return self.shared[pid]
 
 
 def serve_snapshots(snapshots: Snapshots) -> None:
