@@ -29,10 +29,12 @@ FAKE_ENV = {
 }
 
 
-#: Modules whose tests each drive the command line against a moto server (6-45 s a test), the
-#: slowest first. They run before the rest, so that with `-n 2` the two workers end together rather
-#: than one finishing a long test while the other idles. The order changes no result.
-SLOW_MODULES_FIRST = ("test_guides.py", "test_cli.py", "test_saved_plan.py", "test_crash.py")
+#: Modules holding the longest tests (command lines against a moto server, 5-30 s a test; the
+#: chains of killed runs), the slowest first. They run before the rest, so that with `-n 2` the two
+#: workers end together rather than one finishing a long test while the other idles. The order
+#: changes no result.
+SLOW_MODULES_FIRST = ("test_guides.py", "test_cli.py", "test_saved_plan.py", "test_vpc.py", "test_crash.py",
+                      "test_dashboards.py")
 
 
 def pytest_collection_modifyitems(items):
@@ -91,8 +93,9 @@ def shared_service_models():
 
 @pytest.fixture(scope="session", autouse=True)
 def emulator_fixes():
-    """The same fixes for moto's gaps that the sandbox applies (orchestrator/emulator.py), and
-    AWS-managed IAM policies parsed once, for the one partition the tests use."""
+    """The same fixes for moto's gaps that the sandbox applies (orchestrator/emulator.py), and the
+    tests' own additions (tests/moto_server.py): AWS-managed IAM policies parsed once, for the one
+    partition the tests use; a look at moto's state after each request (the crash tests)."""
     from orchestrator.emulator import apply_fixes
     from tests.moto_server import load_managed_policies_once, watch_requests
     load_managed_policies_once()
