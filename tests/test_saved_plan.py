@@ -19,7 +19,7 @@ import yaml
 from orchestrator.aws import is_mutating
 from orchestrator.model import Change, FieldDiff, Unknown
 from tests.conftest import FAKE_ENV, MANIFESTS
-from tests.test_cli import CLI, client, run
+from tests.test_cli import CLI, IAM_AT_ONCE, client, run
 
 GENERATED_SECRET = "gamepulse/dev/grafana-admin"
 
@@ -253,7 +253,8 @@ class Terminal:
 
     def __init__(self, endpoint, *args):
         self.master, slave = pty.openpty()
-        env = {**os.environ, **FAKE_ENV, "AWS_ENDPOINT_URL": endpoint, "ORCHESTRATOR_MANIFESTS": str(MANIFESTS)}
+        env = {**os.environ, **FAKE_ENV, "AWS_ENDPOINT_URL": endpoint, "ORCHESTRATOR_MANIFESTS": str(MANIFESTS),
+               **IAM_AT_ONCE}
         env.pop("CI", None)
         self.process = subprocess.Popen([CLI, *args], stdin=slave, stdout=slave, stderr=slave, env=env)
         os.close(slave)
