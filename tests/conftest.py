@@ -29,10 +29,12 @@ FAKE_ENV = {
 }
 
 
-#: Modules whose tests each drive the command line against a moto server (6-45 s a test), the
-#: slowest first. They run before the rest, so that with `-n 2` the two workers end together rather
-#: than one finishing a long test while the other idles. The order changes no result.
-SLOW_MODULES_FIRST = ("test_guides.py", "test_cli.py", "test_saved_plan.py", "test_crash.py")
+#: Modules holding the longest tests (command lines against a moto server, 5-30 s a test; the
+#: chains of killed runs), the slowest first. They run before the rest, so that with `-n 2` the two
+#: workers end together rather than one finishing a long test while the other idles. The order
+#: changes no result.
+SLOW_MODULES_FIRST = ("test_guides.py", "test_cli.py", "test_saved_plan.py", "test_vpc.py", "test_crash.py",
+                      "test_dashboards.py")
 
 
 def pytest_collection_modifyitems(items):
@@ -91,8 +93,13 @@ def shared_service_models():
 
 @pytest.fixture(scope="session", autouse=True)
 def emulator_fixes():
-    """The same fixes for moto's gaps that the sandbox applies (orchestrator/emulator.py)."""
+    """The same fixes for moto's gaps that the sandbox applies (orchestrator/emulator.py), and the
+    tests' own additions (tests/moto_server.py): AWS-managed IAM policies parsed once, for the one
+    partition the tests use; a look at moto's state after each request (the crash tests)."""
     from orchestrator.emulator import apply_fixes
+    from tests.moto_server import load_managed_policies_once, watch_requests
+    load_managed_policies_once()
+    watch_requests()
     apply_fixes()
 
 
@@ -122,16 +129,62 @@ def aws(mock):
     return Aws("us-east-1")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "dev_applied: the `endpoint` fixture starts from dev applied (the state a cold "
+                                       "`apply dev` left, restored) instead of an empty account")
+
+
 @pytest.fixture(scope="session")
-def applied():
-    """dev applied once, through the command line, to a moto server of its own, shared by every
-    test that only reads it or puts back what it changed (verify, loadtest, drill): one apply per
-    worker, where each of the three modules applied dev on each worker that ran its tests."""
+def server():
+    """One moto server per worker (the emulator, with the settings the sandbox uses), for the
+    command-line tests; each test resets it (`endpoint`) or restores a snapshot (`dev_applied`)."""
     from tests.moto_server import moto_server
-    from tests.test_cli import run
-    from tests.test_verify import register_targets
     with moto_server() as url:
-        result = run(url, "apply", "dev")
-        assert result.returncode == 0, result.stderr[-3000:]
-        register_targets(url)
         yield url
+
+
+@pytest.fixture(scope="session")
+def wire(server):
+    """Every request the command line sends passes this counting proxy on its way to moto."""
+    from tests.wire import CountingProxy
+    proxy = CountingProxy(server)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture(scope="session")
+def dev_snapshot(server):
+    """dev applied once from nothing, through the command line as a user runs it, and the moto
+    state it left (the state table included) saved as the snapshot "dev"."""
+    from tests.moto_server import reset, snapshot
+    from tests.test_cli import run
+    reset(server)
+    result = run(server, "apply", "dev")
+    assert result.returncode == 0, result.stderr[-3000:]
+    snapshot(server, "dev")
+    return "dev"
+
+
+@pytest.fixture
+def endpoint(request, server, wire):
+    """The proxy's URL, before a new account: empty, or with the `dev_applied` marker, holding
+    exactly what a cold `apply dev` made (its run in the state table included)."""
+    from tests.moto_server import reset, restore
+    if request.node.get_closest_marker("dev_applied"):
+        restore(server, request.getfixturevalue("dev_snapshot"))
+    else:
+        reset(server)
+    wire.reset()
+    return wire.url
+
+
+@pytest.fixture
+def applied(server, dev_snapshot):
+    """dev applied (the snapshot restored) with the apps' tasks registered as load balancer
+    targets, for verify, loadtest and drill: each test starts from it, whatever the one before
+    changed."""
+    from tests.moto_server import restore
+    from tests.test_verify import register_targets
+    restore(server, dev_snapshot)
+    register_targets(server)
+    return server

@@ -8,6 +8,7 @@ import importlib
 from orchestrator.engine import Engine
 from orchestrator.graph import StepGraph
 from orchestrator.model import KNOWN_AFTER_APPLY, Change, Inputs, Step
+from tests.moto_server import Snapshots
 
 RUN_ID = "test-run"
 
@@ -163,14 +164,39 @@ def engine(manifest, aws, steps=None, *, allow=(), with_state: bool = True):
 
 def apply_dependencies(step, manifest, aws, monkeypatch) -> dict[str, dict]:
     """Apply every step `step` depends on (the repository holding the demo tags 1.4.1 and 1.4.2,
-    services reaching a steady state as in the sandbox); their outputs by step."""
+    services reaching a steady state as in the sandbox); their outputs by step.
+
+    In a fresh account the first such apply per worker (per steps, manifest, moto settings) is
+    made for real and moto's state after it saved; later ones restore that state and give the
+    same outputs (a real apply of these steps from nothing takes 3-5 s)."""
+    import copy
+    import os
+
+    from moto.core.base_backend import BackendDict
+    from moto.settings import load_iam_aws_managed_policies
+
     monkeypatch.setenv("ORCHESTRATOR_SANDBOX_IMAGE_TAGS", "1.4.1 1.4.2")
     monkeypatch.setenv("MOTO_ECS_SERVICE_RUNNING", "1")
+    fresh = not BackendDict._instances  # nothing asked of moto yet in this test
+    key = repr((sorted(step.depends_on), manifest, load_iam_aws_managed_policies(),
+                sorted((k, v) for k, v in os.environ.items() if k.startswith(("ORCHESTRATOR_", "MOTO_")))))
+    if fresh and key in _APPLIED:
+        _APPLIED_STATES.restore(key)
+        return copy.deepcopy(_APPLIED[key])
     run = engine(manifest, aws, with_state=True)
     results = run.apply(targets=list(step.depends_on))
     run.lease.release()
     assert {r.status for r in results.values()} == {"ok"}, {n: r.error for n, r in results.items()}
-    return {name: result.outputs for name, result in results.items()}
+    outputs = {name: result.outputs for name, result in results.items()}
+    if fresh:
+        _APPLIED_STATES.save(key)
+        _APPLIED[key] = copy.deepcopy(outputs)
+    return outputs
+
+
+#: apply_dependencies' applies from nothing: outputs and moto's state, by what they depend on.
+_APPLIED: dict[str, dict] = {}
+_APPLIED_STATES = Snapshots()
 
 
 class Crash(BaseException):
@@ -207,14 +233,45 @@ def crash_after(aws, n: int, *, state_table: bool = False):
     return lambda: seen["count"]
 
 
-def crash_after_operation(aws, service: str, operation: str) -> None:
-    """Kill the run (raise `Crash`) right after AWS accepted the first `service` `operation`
-    (botocore's service name, e.g. "ecs", "RegisterTaskDefinition")."""
-    def after_call(http_response, parsed, model, **kwargs):
-        if (model.service_model.service_name, model.name) == (service, operation) and http_response.status_code < 300:
-            raise Crash(f"killed after {service} {operation}")
+def killed_states(run, *, operations=(), counts=(), state_table: bool = False):
+    """Run `run()` once (in the caller's mock_aws) and save moto's state as a run killed right
+    after each of these calls would leave it: after AWS accepted the first call of each
+    (service, operation) in `operations` (botocore's service name, e.g. ("ecs",
+    "RegisterTaskDefinition")), saved as "ecs.RegisterTaskDefinition"; after the n-th mutating
+    call it accepted, for each n in `counts`, saved as "n" (calls to the state table and lock
+    count only with `state_table`). The state is taken while moto serves nothing else, as a
+    kill stops the process there. Returns the `Snapshots`; each kill point must be reached."""
+    from botocore.session import get_session
 
-    aws.register("after-call", after_call)
+    from orchestrator.aws import is_mutating
+    from tests.moto_server import WATCHERS, Snapshots
+
+    session = get_session()
+    event_of = {f"before-send.{session.get_service_model(service).service_id.hyphenize()}.{operation}":
+                f"{service}.{operation}" for service, operation in operations}
+    wanted_counts = {int(n) for n in counts}
+    snapshots, seen = Snapshots(), {"count": 0}
+
+    def watcher(event_name: str, response) -> None:
+        if response.status_code >= 300:
+            return
+        name = event_of.get(event_name)
+        if name is not None and name not in snapshots:
+            snapshots.save(name)
+        operation, service_id = event_name.rsplit(".", 1)[1], event_name.split(".")[1]
+        if is_mutating(operation) and (state_table or service_id != "dynamodb"):
+            seen["count"] += 1
+            if seen["count"] in wanted_counts:
+                snapshots.save(str(seen["count"]))
+
+    WATCHERS.append(watcher)
+    try:
+        run()
+    finally:
+        WATCHERS.remove(watcher)
+    missing = [name for name in [*event_of.values(), *map(str, sorted(wanted_counts))] if name not in snapshots]
+    assert not missing, f"the run never reached these kill points: {missing}"
+    return snapshots
 
 
 def forget_crash(aws) -> None:

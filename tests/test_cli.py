@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import boto3
@@ -24,33 +23,15 @@ from tests.conftest import FAKE_ENV, MANIFESTS
 CLI = str(Path(sys.executable).parent / "orchestrator")
 
 
-@pytest.fixture(scope="module")
-def server():
-    """One moto server for the module, with the settings the sandbox uses; reset per test."""
-    from tests.moto_server import moto_server
-    with moto_server() as url:
-        yield url
+#: The command line's environment in which IAM changes reach ECS at once (tests/iam_at_once).
+IAM_AT_ONCE = {"PYTHONPATH": str(Path(__file__).parent / "iam_at_once")}
 
 
-@pytest.fixture(scope="module")
-def wire(server):
-    """Every request the command line sends passes this counting proxy on its way to moto."""
-    from tests.wire import CountingProxy
-    proxy = CountingProxy(server)
-    yield proxy
-    proxy.close()
-
-
-@pytest.fixture
-def endpoint(server, wire):
-    urllib.request.urlopen(urllib.request.Request(f"{server}/moto-api/reset", method="POST")).read()
-    wire.reset()
-    return wire.url
-
-
-def run(endpoint, *args, manifests=MANIFESTS, extra_env=None, timeout=180):
+def run(endpoint, *args, manifests=MANIFESTS, extra_env=None, timeout=180, iam_waits=False):
+    """The installed command line, as a user runs it; IAM changes reach ECS at once unless
+    `iam_waits` (AWS's propagation time, as the product waits it)."""
     env = {**os.environ, **FAKE_ENV, "AWS_ENDPOINT_URL": endpoint, "ORCHESTRATOR_MANIFESTS": str(manifests),
-           **(extra_env or {})}
+           **({} if iam_waits else IAM_AT_ONCE), **(extra_env or {})}
     env.pop("CI", None)
     # No terminal, as in a pipeline: `apply` would otherwise ask first (its stdin is the test's).
     return subprocess.run([CLI, *args], capture_output=True, text=True, env=env, timeout=timeout,
@@ -74,8 +55,11 @@ def test_validate_names_every_problem_and_calls_no_aws(tmp_path):
 
 
 def test_apply_from_nothing_then_unchanged_apply_makes_no_mutating_call(endpoint, wire):
-    first = run(endpoint, "apply", "dev")
+    first = run(endpoint, "apply", "dev", iam_waits=True)
     assert first.returncode == 0, first.stderr[-3000:]
+    # The one run of the command line that sits out IAM's propagation time, as on AWS.
+    assert 'wait over  what="IAM change to role gamepulse-dev-execution to reach ECS" status="given time to reach ' \
+           'ECS"' in first.stderr, first.stderr[-3000:]
     ec2 = client(endpoint, "ec2")
     vpcs = ec2.describe_vpcs(Filters=[{"Name": "tag:orchestrator:env", "Values": ["dev"]}])["Vpcs"]
     assert [v["CidrBlock"] for v in vpcs] == ["10.20.0.0/16"]
@@ -251,8 +235,8 @@ def test_a_client_killed_while_sending_a_request_holds_up_no_other(server):
         half_sent.close()
 
 
+@pytest.mark.dev_applied
 def test_destroy_leaves_nothing_tagged_but_what_holds_data(endpoint):
-    assert run(endpoint, "apply", "dev").returncode == 0
     logs = client(endpoint, "logs")
     logs.create_log_stream(logGroupName="/ecs/gamepulse-dev/grafana", logStreamName="grafana/1")
     logs.put_log_events(logGroupName="/ecs/gamepulse-dev/grafana", logStreamName="grafana/1",
@@ -404,6 +388,7 @@ def destroy_events(stderr: str) -> set[tuple[str, str, str, bool]]:
     return seen
 
 
+@pytest.mark.dev_applied  # then deletion protection turned on
 def test_plan_destroy_shows_what_destroy_does_and_a_protected_load_balancer_fails_destroy(endpoint, tmp_path):
     manifests = dev_manifests(tmp_path, load_balancer={"deletion_protection": True})
     assert run(endpoint, "apply", "dev", manifests=manifests).returncode == 0
@@ -448,8 +433,8 @@ def test_destroy_works_after_switching_nat_mode(endpoint, tmp_path):
     assert ec2.describe_vpcs(Filters=[{"Name": "tag:orchestrator:env", "Values": ["dev"]}])["Vpcs"] == []
 
 
+@pytest.mark.dev_applied
 def test_prune_lists_then_removes_what_the_manifest_no_longer_describes(endpoint):
-    assert run(endpoint, "apply", "dev").returncode == 0
     ours = {"orchestrator:app": "gamepulse", "orchestrator:env": "dev"}
     # Left behind: a log group of a family dropped from the manifest (a step knows the kind), and
     # a log group no step knows of.
@@ -541,8 +526,8 @@ def rolled(before: dict, after: dict) -> set[str]:
     return {name for name in after if after[name] != before[name]}
 
 
+@pytest.mark.dev_applied
 def test_a_secret_with_a_new_value_rolls_exactly_the_services_that_read_it(endpoint):
-    assert run(endpoint, "apply", "dev").returncode == 0
     secrets = client(endpoint, "secretsmanager")
 
     # Rotated outside the tool (a rotation, a hand edit): only Grafana reads the admin password.
@@ -584,8 +569,8 @@ def test_a_secret_with_a_new_value_rolls_exactly_the_services_that_read_it(endpo
     assert secrets.get_secret_value(SecretId="gamepulse/dev/db-connection")["SecretString"] == new_value
 
 
+@pytest.mark.dev_applied
 def test_redeploy_forces_a_new_deployment_shown_in_plan(endpoint):
-    assert run(endpoint, "apply", "dev").returncode == 0
     planned = run(endpoint, "plan", "dev", "--redeploy", "loki", "--detailed-exitcode")
     assert planned.returncode == 2, planned.stdout + planned.stderr
     assert "~ update service loki" in planned.stdout and "note: new deployment: --redeploy" in planned.stdout
@@ -603,8 +588,8 @@ def test_redeploy_forces_a_new_deployment_shown_in_plan(endpoint):
     assert run(endpoint, "plan", "dev", "--detailed-exitcode").returncode == 0
 
 
+@pytest.mark.dev_applied
 def test_a_pipeline_deploys_another_image_tag_without_editing_files(endpoint):
-    assert run(endpoint, "apply", "dev").returncode == 0
     deployed = run(endpoint, "apply", "dev", "--image-tag", "gamepulse=1.4.2")
     assert deployed.returncode == 0, deployed.stderr[-3000:]
     ecs = client(endpoint, "ecs")

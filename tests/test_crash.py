@@ -88,14 +88,9 @@ CREATES = [("ec2", op) for op in ("CreateVpc", "CreateSubnet", "AllocateAddress"
     ("cloudwatch", "PutMetricAlarm"), ("cloudwatch", "PutDashboard")]
 
 
-def killed_then_applied_again(manifest, arm_crash) -> None:
-    """A cold `apply dev` killed where `arm_crash(aws)` says, then a new process's apply: every
-    step ok and exactly the clean inventory. Runs inside the caller's mock_aws."""
-    killed = Aws("us-east-1")
-    arm_crash(killed)
-    with pytest.raises(harness.Crash):
-        harness.engine(manifest, killed).apply()
-
+def applied_again_converges(manifest) -> None:
+    """What a killed run left is in moto: a new process's apply ends with every step ok and
+    exactly the clean inventory."""
     # The next process: the killed run's lock is still held until its lease ends.
     rerun = Aws("us-east-1")
     StateStore(rerun, manifest).break_lock()
@@ -111,11 +106,33 @@ def as_in_the_sandbox(monkeypatch):
     monkeypatch.setenv("MOTO_ECS_SERVICE_RUNNING", "1")
 
 
+#: moto with AWS-managed policies (the execution role attaches one).
+AWS = {"iam": {"load_aws_managed_policies": True}}
+
+_killed_runs: list = []  # made once per worker, by the first test that needs it
+
+
+@pytest.fixture
+def killed_runs(manifest, fake_aws_env, as_in_the_sandbox):
+    """The states a cold `apply dev` leaves when killed right after each kill point (KILL_AFTER,
+    state table included, and each create in CREATES), saved from one cold apply: a run killed
+    there would have made exactly the calls this one had made by then."""
+    if not _killed_runs:
+        def cold_apply():
+            results = harness.engine(manifest, Aws("us-east-1")).apply()
+            assert {r.status for r in results.values()} == {"ok"}, {n: r.error for n, r in results.items()}
+
+        with mock_aws(config=AWS):
+            _killed_runs.append(harness.killed_states(cold_apply, operations=CREATES, counts=KILL_AFTER,
+                                                      state_table=True))
+    return _killed_runs[0]
+
+
 @pytest.mark.parametrize("kill_after", KILL_AFTER)
-def test_apply_killed_after_a_mutating_call_converges_on_the_next_run(manifest, fake_aws_env, as_in_the_sandbox,
-                                                                     kill_after):
-    with mock_aws(config={"iam": {"load_aws_managed_policies": True}}):
-        killed_then_applied_again(manifest, lambda aws: harness.crash_after(aws, kill_after, state_table=True))
+def test_apply_killed_after_a_mutating_call_converges_on_the_next_run(manifest, killed_runs, kill_after):
+    with mock_aws(config=AWS):
+        killed_runs.restore(str(kill_after))
+        applied_again_converges(manifest)
         again = Aws("us-east-1")
         StateStore(again, manifest).break_lock()
         results = harness.engine(manifest, again).apply()
@@ -124,9 +141,9 @@ def test_apply_killed_after_a_mutating_call_converges_on_the_next_run(manifest, 
 
 
 @pytest.mark.parametrize("service, operation", CREATES, ids=[f"{s}.{o}" for s, o in CREATES])
-def test_apply_killed_right_after_each_create_leaves_no_extra_resource(manifest, fake_aws_env, as_in_the_sandbox,
-                                                                       service, operation):
+def test_apply_killed_right_after_each_create_leaves_no_extra_resource(manifest, killed_runs, service, operation):
     """What AWS made before the kill carries our tags (or, for a task definition, is the same
     definition): the next run finds and uses it instead of making a second one."""
-    with mock_aws(config={"iam": {"load_aws_managed_policies": True}}):
-        killed_then_applied_again(manifest, lambda aws: harness.crash_after_operation(aws, service, operation))
+    with mock_aws(config=AWS):
+        killed_runs.restore(f"{service}.{operation}")
+        applied_again_converges(manifest)

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from orchestrator.cli import cli
 from orchestrator.schema import Manifest
 from tests.conftest import MANIFESTS, ROOT
-from tests.test_cli import endpoint, run, server, wire  # noqa: F401 (the moto server fixtures)
+from tests.test_cli import run
 
 GUIDES = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
 ENVIRONMENTS = {path.stem for path in MANIFESTS.glob("*.yaml")} - {"gamepulse"}
@@ -184,7 +184,7 @@ def walkthrough() -> list[tuple[list[str], int]]:
     return steps
 
 
-def test_the_walkthrough_runs_command_by_command(endpoint):  # noqa: F811 (a fixture)
+def test_the_walkthrough_runs_command_by_command(endpoint):
     steps = walkthrough()
     names = [args[0] for args, _ in steps]
     assert {"apply", "status", "plan", "destroy"} <= set(names), names
@@ -196,12 +196,12 @@ def test_the_walkthrough_runs_command_by_command(endpoint):  # noqa: F811 (a fix
                                                f"{result.stderr[-2000:]}")
 
 
-def test_the_drift_example_is_what_plan_prints(endpoint):  # noqa: F811 (a fixture)
+@pytest.mark.dev_applied
+def test_the_drift_example_is_what_plan_prints(endpoint):
     """The three changes by hand that operations.md describes, and the plan's lines for them."""
     import boto3
     [example] = re.findall(r"<!-- drift -->\s*\n```[^\n]*\n(.*?)^```", (ROOT / "docs" / "operations.md").read_text(),
                            re.MULTILINE | re.DOTALL)
-    assert run(endpoint, "apply", "dev", "--target", "alb", "--target", "ecr").returncode == 0
     aws = {"region_name": "us-east-1", "endpoint_url": endpoint}
     ec2, ecr, elb = (boto3.client(name, **aws) for name in ("ec2", "ecr", "elbv2"))
     [group] = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["gamepulse-dev-app"]}])[

@@ -19,7 +19,7 @@ import yaml
 from orchestrator.aws import is_mutating
 from orchestrator.model import Change, FieldDiff, Unknown
 from tests.conftest import FAKE_ENV, MANIFESTS
-from tests.test_cli import CLI, client, endpoint, run, server, wire  # noqa: F401 (the moto server fixtures)
+from tests.test_cli import CLI, IAM_AT_ONCE, client, run
 
 GENERATED_SECRET = "gamepulse/dev/grafana-admin"
 
@@ -116,8 +116,8 @@ def test_a_saved_plan_applies_exactly_its_calls_once_and_holds_no_secret(endpoin
     assert refused["result"] == "refused"
 
 
+@pytest.mark.dev_applied
 def test_a_saved_destroy_plan_deletes_exactly_what_it_listed(endpoint, tmp_path):
-    assert run(endpoint, "apply", "dev").returncode == 0
     file = tmp_path / "dashboards.plan"
     planned = run(endpoint, "plan", "dev", "--destroy", "--target", "dashboards", "--out", str(file))
     assert planned.returncode == 0, planned.stderr[-3000:]
@@ -136,8 +136,8 @@ def test_a_saved_destroy_plan_deletes_exactly_what_it_listed(endpoint, tmp_path)
         "services"][0]["status"] == "ACTIVE", "only the planned step was destroyed"
 
 
+@pytest.mark.dev_applied
 def test_a_saved_plan_is_refused_after_a_hand_change_in_aws_naming_it(endpoint, wire, tmp_path):
-    assert run(endpoint, "apply", "dev").returncode == 0
     file = tmp_path / "dev.plan"
     assert run(endpoint, "plan", "dev", "--image-tag", "gamepulse=1.4.2", "--out", str(file)).returncode == 0
     ssh = [{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]
@@ -254,7 +254,8 @@ class Terminal:
 
     def __init__(self, endpoint, *args):
         self.master, slave = pty.openpty()
-        env = {**os.environ, **FAKE_ENV, "AWS_ENDPOINT_URL": endpoint, "ORCHESTRATOR_MANIFESTS": str(MANIFESTS)}
+        env = {**os.environ, **FAKE_ENV, "AWS_ENDPOINT_URL": endpoint, "ORCHESTRATOR_MANIFESTS": str(MANIFESTS),
+               **IAM_AT_ONCE}
         env.pop("CI", None)
         self.process = subprocess.Popen([CLI, *args], stdin=slave, stdout=slave, stderr=slave, env=env)
         os.close(slave)
