@@ -68,8 +68,7 @@ def settle(waits: Iterable[Wait], *, max_delay: float = 15.0, log=None,
         for wait, status in still:
             if elapsed + delay > wait.timeout:
                 raise WaitTimeout(f"gave up waiting for {wait.what} after {elapsed:.0f}s (last status: {status})")
-        due = [wait.due - clock() for wait, _ in still if wait.due is not None]
-        step = min([delay, *(max(left, 0.0) for left in due)])  # never sleep past a known end
+        step = _next_check(delay, [wait.due for wait, _ in still if wait.due is not None])
         log.info("waiting", what="; ".join(dict.fromkeys(f"{wait.what}: {status}" for wait, status in still)),
                  waited_s=round(elapsed, 1), next_check_s=round(step, 1))
         sleep(step)
@@ -78,6 +77,21 @@ def settle(waits: Iterable[Wait], *, max_delay: float = 15.0, log=None,
         delay = min(delay * 2, max_delay)
         pending = [wait for wait, _ in still]
     return final
+
+
+#: How far past a known end a check comes, so that it finds the span over (the clocks of a sleep
+#: and of the check need not agree to the microsecond).
+DUE_MARGIN = 0.05
+
+
+def _next_check(delay: float, dues: list[float]) -> float:
+    """Seconds to sleep before the next round: the back-off's `delay`, but never past a span of
+    time known to end sooner (a wait's `due`). Spans ending within the same `delay` (the roles a
+    run changed one after another, milliseconds apart) are slept to together, to the last of
+    them: one round for all, not one per role."""
+    lefts = [max(due - clock(), 0.0) for due in dues]
+    within = [left for left in lefts if left <= delay]
+    return max(within) + DUE_MARGIN if within else delay
 
 
 def wait_until(what: str, check: Callable[[], tuple[bool, str]], *, timeout: float = 900.0,

@@ -74,13 +74,42 @@ def test_a_run_that_changed_iam_waits_for_it_to_reach_ecs_and_says_so(manifest, 
     assert [log["what"] for log in logs if log["event"] == "wait over"].count(
         "IAM change to role gamepulse-dev-execution to reach ECS") == 1
     assert 10.0 <= now[0] <= 20.0  # bounded: the propagation time, then the next poll
-    assert now[0] == 10.0, "a span of time known in advance is slept to its end, not past it"
+    assert now[0] == 10.0 + waiters.DUE_MARGIN, "a span of time known in advance is slept to its end, not past it"
 
     before = now[0]
     with capture_logs() as logs:
         assert harness.run_step(IAM, manifest, aws, upstream=UPSTREAM, recorded=recorded)[0] == []
     assert now[0] == before  # nothing changed: no wait
     assert not [log for log in logs if "to reach ECS" in str(log.get("what", ""))]
+
+
+@pytest.mark.managed_policies
+def test_roles_changed_one_after_another_are_waited_for_in_one_round_with_no_zero_seconds_left(
+        manifest, aws, monkeypatch):
+    """On a real clock each role's wait ends a few milliseconds after the last one's: one sleep
+    covers them all, and no progress line says "0s left"."""
+    from orchestrator import waiters
+    from steps import iam
+    from tests.test_iam import STEP as IAM, UPSTREAM
+
+    now = [0.0]
+    propagation = iam._propagation
+
+    def a_little_later(role: str):  # each change is accepted a few milliseconds after the last
+        now[0] += 0.003
+        return propagation(role)
+
+    monkeypatch.setattr(waiters, "clock", lambda: now[0])
+    monkeypatch.setattr(waiters, "sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
+    monkeypatch.setattr(iam, "IAM_PROPAGATION_SECONDS", 10.0)
+    monkeypatch.setattr(iam, "_propagation", a_little_later)
+    with capture_logs() as logs:
+        harness.run_step(IAM, manifest, aws, upstream=UPSTREAM, recorded={})
+    progress = [log["what"] for log in logs if log["event"] == "waiting"]
+    assert len(progress) == 4, progress  # after the back-off's 1, 2 and 4 s, the end of every role's span
+    assert not [line for line in progress if " 0s of IAM propagation left" in line], progress
+    over = [log["what"] for log in logs if log["event"] == "wait over"]
+    assert len(over) == len(set(over)) >= 7  # every role, each said once
 
 
 def test_ecs_refusing_a_just_created_role_for_a_while_is_tried_again(manifest, fake_aws_env, monkeypatch):
