@@ -7,7 +7,7 @@ import importlib
 
 from orchestrator.engine import Engine
 from orchestrator.graph import StepGraph
-from orchestrator.model import KNOWN_AFTER_APPLY, Change, Inputs, Step
+from orchestrator.model import Change, Inputs, Step, Unknown
 from tests.moto_server import Snapshots
 
 RUN_ID = "test-run"
@@ -52,7 +52,7 @@ def upstream_stub(name: str, values: dict) -> Step:
             return []
 
         def outputs(self, desired, observed):
-            return outputs_class(**{f.name: values.get(f.name, KNOWN_AFTER_APPLY)
+            return outputs_class(**{f.name: values.get(f.name, Unknown(f"{self.name}.{f.name}"))
                                     for f in dataclasses.fields(outputs_class)})
 
         def plan_destroy(self, observed):

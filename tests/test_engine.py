@@ -10,7 +10,7 @@ from orchestrator.aws import CallLedger
 from orchestrator.engine import Engine
 from orchestrator.errors import OrchestratorError
 from orchestrator.graph import StepGraph
-from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step
+from orchestrator.model import KNOWN_AFTER_APPLY, Change, FieldDiff, Step, Unknown
 from orchestrator.scheduler import run_concurrently
 
 
@@ -86,7 +86,7 @@ class ThingStep(Step):
         observed["thing"] = change.payload
 
     def outputs(self, desired, observed):
-        return ThingOutputs(id=f"id-{self.name}" if observed["thing"] else KNOWN_AFTER_APPLY)
+        return ThingOutputs(id=f"id-{self.name}" if observed["thing"] else Unknown(f"{self.name}.id"))
 
     def plan_destroy(self, observed):
         if observed["thing"] is None:
