@@ -203,30 +203,37 @@ class Crash(BaseException):
     """Stands for the process being killed: BaseException, so no `except Exception` catches it."""
 
 
-def crash_after(aws, n: int, *, state_table: bool = False):
-    """Kill the run (raise `Crash`) right after the n-th mutating call AWS accepted; calls to the
-    state table and lock count only with `state_table` (a whole run's crash test). A killed
-    process sends nothing more: a call of the same kinds sent after the kill raises `Crash` too
-    (calls made at once with the n-th, already sent, are answered). Returns a function that says
-    how many mutating calls AWS accepted in all (the n-th and those in flight beside it)."""
+def crash_after(aws, n: int = 0, *, operation: tuple[str, str] | None = None, state_table: bool = False):
+    """Kill the run (raise `Crash`) right after the n-th mutating call AWS accepted, or with
+    `operation` (botocore's service name and operation, e.g. ("efs", "DeleteFileSystem")) right
+    after AWS accepted the first such call; calls to the state table and lock count only with
+    `state_table` (a whole run's crash test). A killed process sends nothing more: a call of the
+    same kinds sent after the kill raises `Crash` too (calls made at once with the one that killed
+    it, already sent, are answered). Returns a function that says how many mutating calls AWS
+    accepted in all (the killing one and those in flight beside it)."""
     from orchestrator.aws import is_mutating
-    seen = {"count": 0}
+    seen = {"count": 0, "killed": False}
     aws.crash = seen  # a later crash_after on the same clients replaces this one's hooks
 
     def counted(model) -> bool:
         return aws.crash is seen and (state_table or model.service_model.service_name != "dynamodb")
 
     def before_call(model, **kwargs):
-        if seen["count"] >= n and counted(model):
-            raise Crash(f"killed after mutating call {n}: nothing more is sent")
+        if seen["killed"] and counted(model):
+            raise Crash(f"killed after {seen['killed']}: nothing more is sent")
 
     def after_call(http_response, parsed, model, **kwargs):
-        if not counted(model):
+        if not counted(model) or not is_mutating(model.name) or http_response.status_code >= 300:
             return
-        if is_mutating(model.name) and http_response.status_code < 300:
-            seen["count"] += 1
-            if seen["count"] == n:
-                raise Crash(f"killed after mutating call {n}: {model.name}")
+        seen["count"] += 1
+        if seen["killed"]:
+            return
+        if operation is None and seen["count"] == n:
+            seen["killed"] = f"mutating call {n}"
+        elif operation == (model.service_model.service_name, model.name):
+            seen["killed"] = f"{operation[0]} {operation[1]}"
+        if seen["killed"]:
+            raise Crash(f"killed after {seen['killed']}: {model.name}")
 
     aws.register("before-call", before_call)
     aws.register("after-call", after_call)

@@ -389,7 +389,7 @@ def test_a_performance_mode_change_replaces_the_file_system_delete_first_with_th
 def test_a_killed_replace_of_the_file_system_converges_on_the_next_apply(manifest, aws, efs, network):
     harness.run_step(STEP, manifest, aws, upstream=network)
     changed = with_efs(manifest, performance_mode="maxIO")
-    harness.crash_after_operation(aws, "efs", "DeleteFileSystem")  # the old one gone, the new one not made
+    harness.crash_after(aws, operation=("efs", "DeleteFileSystem"))  # the old one gone, the new one not made
     with pytest.raises(harness.Crash):
         harness.run_step(STEP, changed, aws, upstream=network, allow=("delete-data",))
     assert inventory(efs) == (0, 0, 0)
@@ -425,7 +425,7 @@ def test_a_mount_target_whose_subnet_changed_is_replaced_delete_first(manifest, 
 def test_a_killed_replace_of_a_mount_target_converges_on_the_next_apply(manifest, aws, efs, network):
     _, outputs, _ = harness.run_step(STEP, manifest, aws, upstream=network)
     moved = moved_subnet(network)
-    harness.crash_after_operation(aws, "efs", "DeleteMountTarget")  # the old one gone, the new one not made
+    harness.crash_after(aws, operation=("efs", "DeleteMountTarget"))  # the old one gone, the new one not made
     with pytest.raises(harness.Crash):
         harness.run_step(STEP, manifest, aws, upstream=moved)
     assert inventory(efs) == (1, 1, 2)
@@ -618,7 +618,7 @@ def test_a_replace_killed_while_the_old_file_system_is_deleting_waits_until_it_i
     harness.run_step(STEP, manifest, aws, upstream=network)
     (old,) = our_file_systems(efs)
     changed = with_efs(manifest, performance_mode="maxIO")
-    harness.crash_after_operation(aws, "efs", "DeleteFileSystem")
+    harness.crash_after(aws, operation=("efs", "DeleteFileSystem"))
     with pytest.raises(harness.Crash):
         harness.run_step(STEP, changed, aws, upstream=network, allow=("delete-data",))
 
@@ -642,7 +642,7 @@ def test_a_replace_killed_while_the_old_mount_target_is_deleting_waits_until_it_
     old = next(mt for mt in efs.describe_mount_targets(FileSystemId=fs_id)["MountTargets"]
                if mt["AvailabilityZoneName"] == ZONES[1])
     moved = moved_subnet(network)
-    harness.crash_after_operation(aws, "efs", "DeleteMountTarget")
+    harness.crash_after(aws, operation=("efs", "DeleteMountTarget"))
     with pytest.raises(harness.Crash):
         harness.run_step(STEP, manifest, aws, upstream=moved)
 
