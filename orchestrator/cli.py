@@ -115,8 +115,9 @@ def load(options: Options, env: str):
     return load_manifest(options.manifests, env)
 
 
-def connect(options: Options, manifest):
-    """The AWS client factory for this manifest, refusing the wrong account."""
+def connect(options: Options, manifest, *, check: bool = True):
+    """The AWS client factory for this manifest, refusing the wrong account (unless the caller
+    checks it itself: `check_account`)."""
     from orchestrator.aws import Aws
     endpoint = options.endpoint_url
     if options.use_sandbox:
@@ -124,10 +125,15 @@ def connect(options: Options, manifest):
         endpoint = sandbox.endpoint()
         os.environ.update(sandbox.SANDBOX_CREDENTIALS)
     aws = Aws(manifest.region, profile=None if options.use_sandbox else options.profile, endpoint_url=endpoint)
+    if check:
+        check_account(aws, manifest)
+    return aws
+
+
+def check_account(aws, manifest) -> None:
     if manifest.account_id and aws.account_id() != manifest.account_id:
         raise OrchestratorError(f"the credentials are for account {aws.account_id()}, but the {manifest.environment} "
                                 f"manifest is for account {manifest.account_id}; nothing was changed")
-    return aws
 
 
 def build_graph():
@@ -143,16 +149,19 @@ def store_for(aws, manifest):
 
 def graph_and_store(options: Options, manifest, targets, *, ensure_table: bool):
     """The step graph (`--target` checked against it), and the state store on a new connection
-    (`connect`), its table ensured (and lock item read) when `ensure_table`.
+    (`connect`), its table ensured (and lock item read, beside the account's check) when
+    `ensure_table`.
 
     The connection's first round trips (the credentials' account, the lock item) need no step:
     with no target to check, they go out on a thread of their own while this one imports the
     steps and builds the graph (a fifth of a second of CPU), instead of after it. With targets,
     nothing is sent until they are known to be steps."""
     def connected():
-        store = store_for(connect(options, manifest), manifest)
-        if ensure_table:
-            store.ensure_table()
+        if not ensure_table:
+            return store_for(connect(options, manifest), manifest)
+        aws = connect(options, manifest, check=False)
+        store = store_for(aws, manifest)
+        store.ensure_table(meanwhile=lambda: check_account(aws, manifest))
         return store
 
     if targets:
