@@ -45,6 +45,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import structlog
@@ -111,15 +112,23 @@ class StateStore:
 
     # -- the table --------------------------------------------------------------------------------
 
-    def ensure_table(self) -> None:
+    def ensure_table(self, meanwhile: Callable[[], None] | None = None) -> None:
         """Create the table on first use (the lock lives in it); afterwards one read, of the
         lock item (kept for taking the lock), and beside it DescribeTable when the environment
         asks for deletion protection. Point-in-time recovery and TTL are verified once the lock
         says when they last were (`check_settings`); deletion protection waits for the pre-flight
-        checks (`protect`)."""
+        checks (`protect`).
+
+        `meanwhile()` runs while the lock item is read (the caller's check of the credentials'
+        account: a read too); what the read found is acted on (the table created) only once it
+        returned, and not at all when it raised."""
         table = _in_background(self._describe) if self.manifest.state.deletion_protection else None
+        looked = None
+        if meanwhile is not None:
+            looked = _in_background(self._lock.look)
+            meanwhile()
         try:
-            self._lock.look()
+            self._lock.look() if looked is None else looked.result()
         except ClientError as error:
             if error_code(error) != "ResourceNotFoundException":
                 raise

@@ -319,10 +319,12 @@ def test_status_outputs_graph_unlock_and_schema(endpoint):
     assert "network" in schema["properties"]
 
 
-def test_unknown_target_is_a_clear_error(endpoint):
-    result = run(endpoint, "apply", "dev", "--target", "nope")
-    assert result.returncode == 2
-    assert "unknown step(s) in --target: nope" in result.stderr
+def test_unknown_target_is_a_clear_error(endpoint, wire):
+    for command in ("apply", "plan"):
+        result = run(endpoint, command, "dev", "--target", "nope")
+        assert result.returncode == 2
+        assert "unknown step(s) in --target: nope" in result.stderr
+    assert wire.count() == 0, "targets are checked before any AWS call"
 
 
 def test_apply_refuses_a_bucket_under_our_name_without_our_tags_and_leaves_it_untouched(endpoint, wire):

@@ -448,6 +448,48 @@ def test_roles_of_others_cost_no_read_and_are_never_named(manifest, aws, iam):
 
 
 @needs_managed_policies
+def test_a_roles_reads_go_out_together_and_an_inline_policy_added_by_hand_is_still_read(manifest, aws, iam):
+    """An unchanged role costs one round trip, not four in a row: its policy reads are sent while
+    its GetRole is still unanswered. What the manifest cannot foresee (a policy added by hand) is
+    read after ListRolePolicies names it, and planned for deletion as before."""
+    harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)
+    iam.put_role_policy(RoleName="gamepulse-dev-task-loki", PolicyName="debug", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    sent: dict[str, set[str]] = {}  # operations sent, by role
+    every_read_sent = threading.Event()  # the execution role's policy reads, beside its GetRole
+    sent_lock = threading.Lock()
+
+    def note(params, model, **kwargs):
+        with sent_lock:
+            sent.setdefault(params["body"].get("RoleName", ""), set()).add(model.name)
+            if {"ListRolePolicies", "GetRolePolicy", "ListAttachedRolePolicies"} <= sent.get(
+                    "gamepulse-dev-execution", set()):
+                every_read_sent.set()
+
+    others_came_first = []
+
+    def answered_once_the_others_are_sent(params, **kwargs):
+        if params["body"]["RoleName"] == "gamepulse-dev-execution":  # one by one, they never come first
+            others_came_first.append(every_read_sent.wait(timeout=10))
+
+    aws.register("before-call.iam", note)
+    aws.register("before-call.iam.GetRole", answered_once_the_others_are_sent)
+    before = len(aws.ledger.calls)
+    changes = harness.plan_step(STEP, manifest, aws, upstream=UPSTREAM)
+    assert others_came_first == [True]
+    assert [(c.action, c.key) for c in changes] == [("delete", "inline_policy/gamepulse-dev-task-loki/debug")]
+    assert Counter(c.operation for c in harness.calls_since(aws, before, STEP.name)) == {
+        "ListRoles": 1, "GetRole": 7, "ListRolePolicies": 7, "GetRolePolicy": 8, "ListAttachedRolePolicies": 7}
+
+
+def test_a_first_deploy_reads_each_missing_role_once(manifest, aws):
+    """Roles ListRoles does not show get their GetRole only: no policy read of a role that is not there."""
+    before = len(aws.ledger.calls)
+    harness.plan_step(STEP, manifest, aws, upstream=UPSTREAM)
+    assert Counter(c.operation for c in harness.calls_since(aws, before, STEP.name)) == {"ListRoles": 1, "GetRole": 7}
+
+
+@needs_managed_policies
 def test_a_role_removed_from_the_manifest_is_found_by_its_name_and_deleted(manifest, aws, iam):
     harness.run_step(STEP, manifest, aws, upstream=UPSTREAM)
     foreign_roles(iam, 6)

@@ -1,6 +1,7 @@
 """The state table: how it is created, and how step and run records round-trip (moto in-process)."""
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from decimal import Decimal
 from email.utils import formatdate
@@ -66,6 +67,25 @@ def writes(aws) -> int:
 
 def raw_items(aws) -> list[dict]:
     return aws.client("dynamodb").scan(TableName=TABLE)["Items"]
+
+
+def test_a_check_failing_beside_the_first_read_leaves_the_account_untouched(aws, now):
+    """The CLI checks the credentials' account while the lock item is read: when the check
+    refuses, the missing table is not created."""
+    read = threading.Event()
+    aws.register("after-call.dynamodb.GetItem", lambda **kwargs: read.set())
+
+    def wrong_account():
+        assert read.wait(timeout=10)  # the lock item's read, beside this check, found no table
+        raise OrchestratorError("the credentials are for another account")
+
+    store = StateStore(aws, make_manifest())
+    with pytest.raises(OrchestratorError, match="another account"):
+        store.ensure_table(meanwhile=wrong_account)
+    assert writes(aws) == 0 and store.exists() is False
+    checked = []
+    store.ensure_table(meanwhile=lambda: checked.append(True))
+    assert checked == [True] and store.exists() is True
 
 
 def test_table_is_created_on_demand_encrypted_with_pitr_ttl_and_tags(aws, now):
