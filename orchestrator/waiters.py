@@ -69,7 +69,10 @@ def settle(waits: Iterable[Wait], *, max_delay: float = 15.0, log=None,
             if elapsed + delay > wait.timeout:
                 raise WaitTimeout(f"gave up waiting for {wait.what} after {elapsed:.0f}s (last status: {status})")
         step = _next_check(delay, [wait.due for wait, _ in still if wait.due is not None])
-        log.info("waiting", what="; ".join(dict.fromkeys(f"{wait.what}: {status}" for wait, status in still)),
+        awaited: dict[str, str] = {}  # several changes awaiting one thing: named once, with its first status
+        for wait, status in still:
+            awaited.setdefault(wait.what, status)
+        log.info("waiting", what="; ".join(f"{what}: {status}" for what, status in awaited.items()),
                  waited_s=round(elapsed, 1), next_check_s=round(step, 1))
         sleep(step)
         if stop is not None:

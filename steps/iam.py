@@ -41,6 +41,11 @@ GONE = frozenset({"NoSuchEntity"})
 IAM_PROPAGATION_SECONDS = 10.0
 
 
+#: What every IAM change of a run waits for: one thing, said once in the progress lines however
+#: many roles changed (the changes themselves are listed as they are made).
+PROPAGATION = "IAM changes of this run to reach ECS"
+
+
 def _propagation(role: str) -> Wait:
     """Until IAM_PROPAGATION_SECONDS after this change to `role`."""
     since = waiters.clock()
@@ -49,7 +54,7 @@ def _propagation(role: str) -> Wait:
         left = IAM_PROPAGATION_SECONDS - (waiters.clock() - since)
         return (True, "given time to reach ECS") if left <= 0 else (False, f"{left:.0f}s of IAM propagation left")
 
-    return Wait(f"IAM change to role {role} to reach ECS", check, timeout=IAM_PROPAGATION_SECONDS + 60,
+    return Wait(PROPAGATION, check, timeout=IAM_PROPAGATION_SECONDS + 60,
                 due=since + IAM_PROPAGATION_SECONDS)
 
 
