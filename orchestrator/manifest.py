@@ -165,7 +165,7 @@ def _read(file: Path) -> _Parsed:
     message the user sees is PyYAML's, whatever libyaml would have said."""
     text = file.read_text(encoding="utf-8")
     try:
-        return _parse(str(file), text, _FAST_LOADER)
+        return _parse(str(file), text, _SAFE_LOADER)
     except yaml.MarkedYAMLError:
         pass
     try:
@@ -177,7 +177,7 @@ def _read(file: Path) -> _Parsed:
 
 
 #: libyaml's parser with PyYAML's safe constructor, when PyYAML was built with libyaml.
-_FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _parse(label: str, text: str, loader_class: type[yaml.SafeLoader]) -> _Parsed:
