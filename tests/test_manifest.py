@@ -151,6 +151,17 @@ def test_an_empty_base_manifest_is_named_instead_of_every_field_reported_missing
         "shares (app, region, state, network, ...)"]
 
 
+def test_merge_keys_and_keys_that_are_not_names_are_invalid_yaml_at_their_line(tmp_path):
+    shutil.copy(MANIFESTS / "gamepulse.yaml", tmp_path)
+    (tmp_path / "dev.yaml").write_text("tags:\n  team: games\nlogging: &shared {retention_days: 7}\n"
+                                       "protection:\n  <<: *shared\n")
+    (tmp_path / "qa.yaml").write_text("tags:\n  team: games\n  [a, b]: c\n")
+    assert problems(tmp_path, "dev") == [
+        f"{tmp_path / 'dev.yaml'}:5:3: invalid YAML: merge keys (<<) are not supported; write the fields out"]
+    assert problems(tmp_path, "qa") == [
+        f"{tmp_path / 'qa.yaml'}:3:3: invalid YAML: a key must be a plain name, not a list or a mapping"]
+
+
 # --- secret sources per environment ------------------------------------------------------------
 
 
