@@ -281,6 +281,25 @@ def killed_states(run, *, operations=(), counts=(), state_table: bool = False):
     return snapshots
 
 
+def kill_points(crashing, *, reset, run):
+    """Each point at which a run can be killed, in turn: `reset()` puts AWS back as it was before
+    the run, then `run(crashing)` is killed right after its n-th mutating call AWS accepted, for
+    n = 1, 2, ...; yields n after each kill (the caller then runs again with a fresh process and
+    checks that it converged). Ends when a run goes through: n is past its last mutating call,
+    every point has been tried. The caller checks how many points there were."""
+    n = 0
+    while True:
+        n += 1
+        reset()
+        crash_after(crashing, n)
+        try:
+            run(crashing)
+        except Crash:
+            yield n
+        else:
+            return
+
+
 def forget_crash(aws) -> None:
     """A fresh process after a crash: new clients, no hooks (the AWS state stays)."""
     from orchestrator.aws import Aws

@@ -371,23 +371,16 @@ def test_a_run_killed_after_any_mutating_call_converges_without_duplicates(env, 
     # One process that gets killed and one that runs next, each reused for every crash point:
     # a crash hook armed for call n stays silent at any other count.
     crashing, rerun = harness.forget_crash(env.aws), harness.forget_crash(env.aws)
-    n = 0
-    while True:
-        n += 1
-        harness.run_step(STEP, manifest, env.aws, env.upstream, {}, destroy=True, allow=("delete-data",))
-        harness.crash_after(crashing, n)
-        try:
-            harness.run_step(STEP, manifest, crashing, env.upstream, {})
-        except harness.Crash:
-            pass
-        else:
-            break  # n is past the last mutating call: every crash point has been tried
+    points = harness.kill_points(crashing, reset=lambda: harness.run_step(STEP, manifest, env.aws, env.upstream, {},
+                                                                          destroy=True, allow=("delete-data",)),
+                                 run=lambda aws: harness.run_step(STEP, manifest, aws, env.upstream, {}))
+    for n in points:
         harness.run_step(STEP, manifest, rerun, env.upstream, {})
         assert harness.plan_step(STEP, manifest, rerun, env.upstream) == [], f"not converged after crash {n}"
         assert namespaces(rerun) == ["gamepulse-dev.local"]
         assert len(log_group_names(rerun)) == len(FAMILIES)
         assert cluster_status(rerun) == "ACTIVE"
-    assert n == 15, "14 mutating calls on a cold apply: cluster, 6 x (log group + retention), namespace"
+    assert n == 14, "14 mutating calls on a cold apply: cluster, 6 x (log group + retention), namespace"
     harness.run_step(STEP, manifest, env.aws, env.upstream, env.recorded)
 
 
