@@ -447,12 +447,20 @@ class StorageStep(Step):
     def _create_bucket(self, ctx, change: Change, observed: StorageFacts) -> None:
         bucket: Bucket = change.payload
         create_bucket(ctx.client("s3"), bucket)
+        observed.buckets[bucket.name] = ObservedBucket(
+            name=bucket.name, owned=True, tags=dict(bucket.tags),
+            **{setting: getattr(bucket, setting) for setting in SETTINGS if setting != "tags"})
 
     def _update_bucket(self, ctx, change: Change, observed: StorageFacts) -> None:
         bucket: Bucket = change.payload
         s3 = ctx.client("s3")
+        found = observed.buckets[bucket.name]
         for diff in change.diffs:
             put_setting(s3, bucket, diff.field)
+            if diff.field == "tags":
+                found.tags.update(diff.new)
+            else:
+                setattr(found, diff.field, diff.new)
 
     def _delete_bucket(self, ctx, change: Change, observed: StorageFacts) -> None:
         found: ObservedBucket = change.payload

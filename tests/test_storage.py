@@ -304,6 +304,17 @@ def test_a_crash_after_any_call_converges_on_rerun(manifest, s3):
     assert n == 12, "12 mutating calls on a cold apply"
 
 
+def test_after_an_apply_the_steps_facts_are_what_a_fresh_look_finds(manifest, aws, s3):
+    """Handlers update the observed facts in place (the step contract): what apply leaves behind
+    is what observing AWS again gives, settings and tags alike, so prune and outputs are right."""
+    _, _, left = harness.run_step(STEP, manifest, aws)
+    assert sorted(left.buckets) == [CONFIG, LOKI]
+    s3.put_bucket_versioning(Bucket=LOKI, VersioningConfiguration={"Status": "Suspended"})  # drift: updated back
+    _, _, left = harness.run_step(STEP, manifest, aws)
+    _, _, fresh = harness.run_step(STEP, manifest, aws)  # nothing to change: what observe found
+    assert left.buckets == fresh.buckets
+
+
 def test_tags_others_added_survive_an_apply_and_make_no_plan_change(manifest, aws, s3):
     harness.run_step(STEP, manifest, aws)
     theirs = {"Key": "cost-allocation", "Value": "team-42"}
