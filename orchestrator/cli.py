@@ -566,9 +566,9 @@ def prune(options: Options, env: str, dry_run: bool, lock_timeout, delete_data, 
 def report_unclassified(engine, aws, manifest) -> None:
     """Resources carrying the environment's tags that no step describes: listed, never removed."""
     from orchestrator.engine import undescribed
-    from orchestrator.tags import gone, owned_arns
+    from orchestrator.tags import owned_arns
     unknown = undescribed(owned_arns(aws, manifest.app, manifest.environment), engine.observed)
-    unknown = sorted(set(unknown) - gone(aws, unknown))
+    unknown = sorted(set(unknown) - engine.gone(unknown))
     if unknown:
         click.echo(f"{len(unknown)} resource(s) carry {manifest.environment}'s ownership tags but no step describes "
                    "them (left alone; remove them by hand if they are not needed):")

@@ -207,6 +207,18 @@ class Engine:
         moved. `observed` keeps each step's facts: what is described, for the tag sweep."""
         return self._destroy((), lambda name, result: self._prune_step(name, result, dry_run))
 
+    def gone(self, arns: list[str]) -> set[str]:
+        """Of `arns` (listed with this environment's tags, described by no step), those every
+        step says are of its kinds and already gone or going (`Step.gone`)."""
+        found: set[str] = set()
+        for name in self.graph.order():
+            token = current_step.set(name)
+            try:
+                found |= self.graph.steps[name].gone(self._context(name), arns)
+            finally:
+                current_step.reset(token)
+        return found
+
     def _destroy(self, targets: Iterable[str], work) -> dict[str, StepResult]:
         self._load_records()
         selected = self.graph.select_for_destroy(targets)

@@ -352,6 +352,13 @@ class Step:
     def live(self, ctx, outputs: dict) -> dict:
         return {}
 
+    def gone(self, ctx, arns: list[str]) -> set[str]:
+        """Of the ARNs the tagging API lists with this environment's tags and no step describes,
+        those of this step's kinds whose resource is already gone or going: the API keeps listing
+        some (a deleted NAT gateway, an INACTIVE ECS service or cluster, a KMS key until its
+        deletion date) for a while. Read-only."""
+        return set()
+
 
 def diff_fields(desired: Any, actual: Any, fields: list[str] | tuple[str, ...]) -> tuple[FieldDiff, ...]:
     """Field-level differences between two objects (dataclasses or dicts) on the named fields."""

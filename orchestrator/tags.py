@@ -66,37 +66,9 @@ def owned_arns(aws, app: str, env: str) -> list[str]:
     return sorted(item["ResourceARN"] for page in pages for item in page["ResourceTagMappingList"])
 
 
-def gone(aws, arns: list[str]) -> set[str]:
-    """Of the ARNs the tagging API listed, those whose resource is already gone or going: the API
-    keeps listing, with their tags, a deleted NAT gateway and INACTIVE ECS services and clusters
-    for a while, and a KMS key until its deletion date. One describe per kind (by id, batched)."""
-    def of(kind: str) -> list[str]:
-        service, _, resource = kind.partition(":")
-        return [arn for arn in arns if arn.split(":")[2] == service and arn.split(":", 5)[5].startswith(resource + "/")]
-
-    found: set[str] = set()
-    nat = {arn.rsplit("/", 1)[-1]: arn for arn in of("ec2:natgateway")}
-    if nat:
-        answer = aws.client("ec2").describe_nat_gateways(NatGatewayIds=sorted(nat))["NatGateways"]
-        found |= {nat[item["NatGatewayId"]] for item in answer if item["State"] in ("deleting", "deleted")}
-    ecs = aws.client("ecs") if of("ecs:service") or of("ecs:cluster") else None
-    services: dict[str, list[str]] = {}
-    for arn in of("ecs:service"):
-        services.setdefault(arn.split("/")[-2], []).append(arn)
-    for cluster, listed in services.items():
-        for start in range(0, len(listed), 10):
-            answer = ecs.describe_services(cluster=cluster, services=listed[start:start + 10])
-            found |= {item["serviceArn"] for item in answer["services"] if item["status"] == "INACTIVE"}
-            found |= {item["arn"] for item in answer.get("failures", []) if item.get("reason") == "MISSING"}
-    clusters = of("ecs:cluster")
-    if clusters:
-        found |= {item["clusterArn"] for item in ecs.describe_clusters(clusters=clusters)["clusters"]
-                  if item["status"] == "INACTIVE"}
-    kms = aws.client("kms") if of("kms:key") else None
-    for arn in of("kms:key"):
-        if kms.describe_key(KeyId=arn)["KeyMetadata"]["KeyState"] in ("PendingDeletion", "PendingReplicaDeletion"):
-            found.add(arn)
-    return found
+def arns_of(arns, service: str, resource: str) -> list[str]:
+    """The ARNs of one kind of resource (`ec2`, `natgateway`), of a list the tagging API gave."""
+    return [arn for arn in arns if arn.split(":")[2] == service and arn.split(":", 5)[5].startswith(resource + "/")]
 
 
 def tag_diffs(current: dict[str, str], wanted: dict[str, str]) -> tuple[FieldDiff, ...]:

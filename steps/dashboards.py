@@ -512,6 +512,12 @@ class DashboardsStep(Step):
             dashboard_name=desired.dashboard.name,
             alb_url=desired.alb_url, grafana_url=desired.grafana_url)
 
+    def gone(self, ctx, arns: list[str]) -> set[str]:
+        """KMS keys pending deletion, which the tagging API lists until their deletion date."""
+        kms = ctx.client("kms")
+        return {arn for arn in tagging.arns_of(arns, "kms", "key")
+                if kms.describe_key(KeyId=arn)["KeyMetadata"]["KeyState"] in ("PendingDeletion", "PendingReplicaDeletion")}
+
     def plan_destroy(self, observed: DashboardsFacts) -> list[Change]:
         """Alarms, the dashboard, the topic with its subscriptions, then its key: only what is
         ours (the dashboard takes no tags: it is ours by its name)."""

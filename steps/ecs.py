@@ -491,6 +491,14 @@ class EcsStep(Step):
             namespace_name=desired.namespace.name,
             namespace_arn=namespace.arn if namespace else Unknown(f"{self.name}.namespace_arn"))
 
+    def gone(self, ctx, arns: list[str]) -> set[str]:
+        """Clusters deleted (INACTIVE), which the tagging API lists for a while."""
+        clusters = tagging.arns_of(arns, "ecs", "cluster")
+        if not clusters:
+            return set()
+        return {item["clusterArn"] for item in ctx.client("ecs").describe_clusters(clusters=clusters)["clusters"]
+                if item["status"] == "INACTIVE"}
+
     def plan_destroy(self, observed: EcsFacts) -> list[Change]:
         """Namespace, then log groups (one holding logs is refused without delete-data), then the
         cluster, which the services step must have emptied. Only what carries our tags."""

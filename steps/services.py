@@ -622,6 +622,21 @@ class ServicesStep(Step):
 
     # -- destroy ----------------------------------------------------------------------------
 
+    def gone(self, ctx, arns: list[str]) -> set[str]:
+        """ECS services deleted (INACTIVE, or no longer known), which the tagging API lists for a
+        while; described per cluster, ten at a time (DescribeServices' limit)."""
+        by_cluster: dict[str, list[str]] = {}
+        for arn in tagging.arns_of(arns, "ecs", "service"):
+            by_cluster.setdefault(arn.split("/")[-2], []).append(arn)
+        found: set[str] = set()
+        batch = rollouts.DESCRIBE_BATCH
+        for cluster, listed in by_cluster.items():
+            for start in range(0, len(listed), batch):
+                answer = ctx.client("ecs").describe_services(cluster=cluster, services=listed[start:start + batch])
+                found |= {item["serviceArn"] for item in answer["services"] if item["status"] == "INACTIVE"}
+                found |= {item["arn"] for item in answer.get("failures", []) if item.get("reason") == "MISSING"}
+        return found
+
     def plan_destroy(self, observed: ServicesFacts) -> list[Change]:
         """Scaling first (it would scale the service back up), then every service scaled to zero
         and deleted, awaited until INACTIVE (their targets leave the target groups and their

@@ -499,6 +499,14 @@ class VpcStep(Step):
         """Everything of ours, in a safe order (see DELETE_ORDER); nothing without our tags."""
         return _deletes(observed, keep=None)
 
+    def gone(self, ctx, arns: list[str]) -> set[str]:
+        """NAT gateways deleted or deleting, which the tagging API lists for a while."""
+        nat = {arn.rsplit("/", 1)[-1]: arn for arn in tagging.arns_of(arns, "ec2", "natgateway")}
+        if not nat:
+            return set()
+        answer = ctx.client("ec2").describe_nat_gateways(NatGatewayIds=sorted(nat))["NatGateways"]
+        return {nat[item["NatGatewayId"]] for item in answer if item["State"] in ("deleting", "deleted")}
+
     # -- apply ------------------------------------------------------------------------------
 
     def apply(self, ctx, change: Change, observed: Facts) -> Accepted | None:
