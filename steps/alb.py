@@ -219,6 +219,35 @@ class AlbStep(Step):
     Outputs = AlbOutputs
     description = "Application Load Balancer, target groups, listeners and path rules"
 
+    def permissions(self, manifest, scope) -> list[dict]:
+        """The deploy role's statements for this step: the environment's load balancer, its
+        listeners and rules, and the target groups named after the environment."""
+        name = manifest.prefix
+        ours = [scope.arn("elasticloadbalancing", resource) for resource in (
+            f"loadbalancer/app/{name}/*", f"listener/app/{name}/*", f"listener-rule/app/{name}/*",
+            f"targetgroup/{name}-*/*")]
+        return [
+            # The ELB describes support no resource-level permissions.
+            allow("ElbDescribe", ["elasticloadbalancing:DescribeLoadBalancers",
+                                  "elasticloadbalancing:DescribeLoadBalancerAttributes",
+                                  "elasticloadbalancing:DescribeTargetGroups",
+                                  "elasticloadbalancing:DescribeTargetGroupAttributes",
+                                  "elasticloadbalancing:DescribeListeners", "elasticloadbalancing:DescribeRules",
+                                  "elasticloadbalancing:DescribeTags"], "*"),
+            allow("ElbChange", [f"elasticloadbalancing:{action}" for action in (
+                "CreateLoadBalancer", "DeleteLoadBalancer", "ModifyLoadBalancerAttributes", "SetSubnets",
+                "SetSecurityGroups", "CreateTargetGroup", "DeleteTargetGroup", "ModifyTargetGroup",
+                "ModifyTargetGroupAttributes", "CreateListener", "DeleteListener", "ModifyListener", "CreateRule",
+                "DeleteRule", "ModifyRule", "SetRulePriorities", "AddTags")], ours),
+            service_linked_role(scope, "elasticloadbalancing.amazonaws.com"),
+            FIND_BY_TAG,
+            # Pre-flight: the HTTPS listener's certificate exists and is issued.
+            *([allow("CertificateCheck", ["acm:DescribeCertificate"], [manifest.load_balancer.certificate_arn])]
+              if manifest.load_balancer.certificate_arn else []),
+            # By domain: ListCertificates supports no resource-level permissions.
+            *([allow("CertificateByDomain", ["acm:ListCertificates"], "*")]
+              if manifest.load_balancer.certificate else [])]
+
     # -- desired ----------------------------------------------------------------------------
 
     def desired(self, manifest, inputs) -> AlbDesired:
@@ -329,35 +358,6 @@ class AlbStep(Step):
         seen = {group["TargetGroupArn"] for group in found}
         others = sorted({arn for arn in tagged + pointed_at if arn not in seen})
         return found + _target_groups_by(elb, "TargetGroupArns", others)
-
-    def permissions(self, manifest, scope) -> list[dict]:
-        """The deploy role's statements for this step: the environment's load balancer, its
-        listeners and rules, and the target groups named after the environment."""
-        name = manifest.prefix
-        ours = [scope.arn("elasticloadbalancing", resource) for resource in (
-            f"loadbalancer/app/{name}/*", f"listener/app/{name}/*", f"listener-rule/app/{name}/*",
-            f"targetgroup/{name}-*/*")]
-        return [
-            # The ELB describes support no resource-level permissions.
-            allow("ElbDescribe", ["elasticloadbalancing:DescribeLoadBalancers",
-                                  "elasticloadbalancing:DescribeLoadBalancerAttributes",
-                                  "elasticloadbalancing:DescribeTargetGroups",
-                                  "elasticloadbalancing:DescribeTargetGroupAttributes",
-                                  "elasticloadbalancing:DescribeListeners", "elasticloadbalancing:DescribeRules",
-                                  "elasticloadbalancing:DescribeTags"], "*"),
-            allow("ElbChange", [f"elasticloadbalancing:{action}" for action in (
-                "CreateLoadBalancer", "DeleteLoadBalancer", "ModifyLoadBalancerAttributes", "SetSubnets",
-                "SetSecurityGroups", "CreateTargetGroup", "DeleteTargetGroup", "ModifyTargetGroup",
-                "ModifyTargetGroupAttributes", "CreateListener", "DeleteListener", "ModifyListener", "CreateRule",
-                "DeleteRule", "ModifyRule", "SetRulePriorities", "AddTags")], ours),
-            service_linked_role(scope, "elasticloadbalancing.amazonaws.com"),
-            FIND_BY_TAG,
-            # Pre-flight: the HTTPS listener's certificate exists and is issued.
-            *([allow("CertificateCheck", ["acm:DescribeCertificate"], [manifest.load_balancer.certificate_arn])]
-              if manifest.load_balancer.certificate_arn else []),
-            # By domain: ListCertificates supports no resource-level permissions.
-            *([allow("CertificateByDomain", ["acm:ListCertificates"], "*")]
-              if manifest.load_balancer.certificate else [])]
 
     @staticmethod
     def _tags(elb, arns: list[str]) -> dict[str, dict[str, str]]:

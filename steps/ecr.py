@@ -154,6 +154,18 @@ class EcrStep(Step):
     Outputs = EcrOutputs
     description = "ECR repositories: scan on push, immutable tags, encryption, lifecycle policy"
 
+    def permissions(self, manifest, scope) -> list[dict]:
+        """The deploy role's statements for this step: the manifest's repositories only (their
+        names are not per environment, so no wider pattern would be ours alone)."""
+        names = sorted(spec.name or key for key, spec in manifest.images.repositories.items())
+        return [allow("EcrRepositories", ["ecr:DescribeRepositories", "ecr:ListTagsForResource",
+                                          "ecr:GetLifecyclePolicy", "ecr:ListImages", "ecr:DescribeImages",
+                                          "ecr:CreateRepository", "ecr:DeleteRepository", "ecr:TagResource",
+                                          "ecr:PutImageScanningConfiguration", "ecr:PutImageTagMutability",
+                                          "ecr:PutLifecyclePolicy"],
+                      [scope.arn("ecr", f"repository/{name}") for name in names]),
+                FIND_BY_TAG]
+
     # -- desired ---------------------------------------------------------------------------
 
     def desired(self, manifest, inputs) -> EcrDesired:
@@ -196,18 +208,6 @@ class EcrStep(Step):
             TagFilters=tagging.owner_tag_filters(ctx.app, ctx.env, self.name), ResourceTypeFilters=["ecr:repository"])
         return {item["ResourceARN"].split(":repository/", 1)[-1]
                 for page in pages for item in page["ResourceTagMappingList"]}
-
-    def permissions(self, manifest, scope) -> list[dict]:
-        """The deploy role's statements for this step: the manifest's repositories only (their
-        names are not per environment, so no wider pattern would be ours alone)."""
-        names = sorted(spec.name or key for key, spec in manifest.images.repositories.items())
-        return [allow("EcrRepositories", ["ecr:DescribeRepositories", "ecr:ListTagsForResource",
-                                          "ecr:GetLifecyclePolicy", "ecr:ListImages", "ecr:DescribeImages",
-                                          "ecr:CreateRepository", "ecr:DeleteRepository", "ecr:TagResource",
-                                          "ecr:PutImageScanningConfiguration", "ecr:PutImageTagMutability",
-                                          "ecr:PutLifecyclePolicy"],
-                      [scope.arn("ecr", f"repository/{name}") for name in names]),
-                FIND_BY_TAG]
 
     @staticmethod
     def _observed(client, item: dict, tags: dict[str, str], *, wanted: bool, count_images: bool) -> ObservedRepository:

@@ -403,6 +403,31 @@ class EfsStep(Step):
     Outputs = EfsOutputs
     description = "EFS file system (encrypted), mount targets in the private subnets, access points"
 
+    def permissions(self, manifest, scope) -> list[dict]:
+        """The deploy role's statements for this step. File systems and access points have
+        generated ids, so the statements name this account's in this region; what is ours
+        among them is decided by creation token and tags."""
+        return [
+            allow("EfsFileSystems", [f"elasticfilesystem:{action}" for action in (
+                "DescribeFileSystems", "DescribeMountTargets", "DescribeMountTargetSecurityGroups",
+                "DescribeAccessPoints", "DescribeLifecycleConfiguration", "DescribeBackupPolicy", "DeleteFileSystem", "UpdateFileSystem", "PutLifecycleConfiguration", "PutBackupPolicy",
+                "CreateMountTarget", "DeleteMountTarget", "ModifyMountTargetSecurityGroups", "CreateAccessPoint",
+                "DeleteAccessPoint", "TagResource")],
+                  [scope.arn("elasticfilesystem", "file-system/*"), scope.arn("elasticfilesystem", "access-point/*")]),
+            # CreateFileSystem is authorised on "*" only (no ARN before the create): held to a
+            # file system that carries this environment's ownership tags.
+            allow("EfsCreateFileSystem", ["elasticfilesystem:CreateFileSystem"], "*", tagged_as_ours(manifest)),
+            # A mount target is a network interface EFS makes in the caller's name. EC2 describes
+            # support no resource-level permissions; the interface's own actions are held to
+            # this account and region.
+            allow("EfsMountTargetNetworkRead", ["ec2:DescribeSubnets", "ec2:DescribeNetworkInterfaces",
+                                                "ec2:DescribeNetworkInterfaceAttribute"], "*"),
+            allow("EfsMountTargetNetwork", ["ec2:CreateNetworkInterface", "ec2:DeleteNetworkInterface",
+                                            "ec2:ModifyNetworkInterfaceAttribute"], scope.arn("ec2", "*")),
+            FIND_BY_TAG]
+
+    # -- desired ---------------------------------------------------------------------------
+
     def desired(self, manifest, inputs) -> EfsDesired:
         spec = manifest.efs
         tags = tagging.ownership_tags(manifest.app, manifest.environment, self.name, manifest.tags)
@@ -421,6 +446,8 @@ class EfsStep(Step):
                 AccessPoint(key=key, name=f"{manifest.prefix}-{key}", path=ap.path, uid=ap.uid, gid=ap.gid,
                             permissions=ap.permissions, tags={**tags, "Name": f"{manifest.prefix}-{key}"})
                 for key, ap in sorted(spec.access_points.items())))
+
+    # -- observe ---------------------------------------------------------------------------
 
     def observe(self, ctx, desired: EfsDesired) -> EfsFacts:
         """The platform's file system by its creation token, and the others carrying our tags
@@ -450,29 +477,6 @@ class EfsStep(Step):
             TagFilters=tagging.owner_tag_filters(ctx.app, ctx.env, self.name),
             ResourceTypeFilters=["elasticfilesystem:file-system"])
         return [item["ResourceARN"].rsplit("/", 1)[-1] for page in pages for item in page["ResourceTagMappingList"]]
-
-    def permissions(self, manifest, scope) -> list[dict]:
-        """The deploy role's statements for this step. File systems and access points have
-        generated ids, so the statements name this account's in this region; what is ours
-        among them is decided by creation token and tags."""
-        return [
-            allow("EfsFileSystems", [f"elasticfilesystem:{action}" for action in (
-                "DescribeFileSystems", "DescribeMountTargets", "DescribeMountTargetSecurityGroups",
-                "DescribeAccessPoints", "DescribeLifecycleConfiguration", "DescribeBackupPolicy", "DeleteFileSystem", "UpdateFileSystem", "PutLifecycleConfiguration", "PutBackupPolicy",
-                "CreateMountTarget", "DeleteMountTarget", "ModifyMountTargetSecurityGroups", "CreateAccessPoint",
-                "DeleteAccessPoint", "TagResource")],
-                  [scope.arn("elasticfilesystem", "file-system/*"), scope.arn("elasticfilesystem", "access-point/*")]),
-            # CreateFileSystem is authorised on "*" only (no ARN before the create): held to a
-            # file system that carries this environment's ownership tags.
-            allow("EfsCreateFileSystem", ["elasticfilesystem:CreateFileSystem"], "*", tagged_as_ours(manifest)),
-            # A mount target is a network interface EFS makes in the caller's name. EC2 describes
-            # support no resource-level permissions; the interface's own actions are held to
-            # this account and region.
-            allow("EfsMountTargetNetworkRead", ["ec2:DescribeSubnets", "ec2:DescribeNetworkInterfaces",
-                                                "ec2:DescribeNetworkInterfaceAttribute"], "*"),
-            allow("EfsMountTargetNetwork", ["ec2:CreateNetworkInterface", "ec2:DeleteNetworkInterface",
-                                            "ec2:ModifyNetworkInterfaceAttribute"], scope.arn("ec2", "*")),
-            FIND_BY_TAG]
 
     @staticmethod
     def _observe_settings(ctx, efs, fs: ObservedFileSystem, desired: EfsDesired) -> None:

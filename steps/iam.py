@@ -274,6 +274,23 @@ class IamStep(Step):
     Outputs = IamOutputs
     description = "IAM: the ECS task execution role and one least-privilege task role per service"
 
+    def permissions(self, manifest, scope) -> list[dict]:
+        """The deploy role's statements for this step: the environment's roles only."""
+        roles = scope.arn("iam", f"role/{manifest.prefix}-*", regional=False)
+        statements = [
+            allow("IamRoles", ["iam:GetRole", "iam:ListRolePolicies", "iam:GetRolePolicy",
+                               "iam:ListAttachedRolePolicies", "iam:CreateRole", "iam:DeleteRole", "iam:TagRole",
+                               "iam:UpdateRole", "iam:UpdateAssumeRolePolicy", "iam:PutRolePolicy",
+                               "iam:DeleteRolePolicy", "iam:DetachRolePolicy"], roles),
+            # ListRoles supports no resource-level permissions. It answers role names, paths and
+            # trust policies, none of the roles' permissions policies.
+            allow("IamListRoleNames", ["iam:ListRoles"], "*")]
+        managed = sorted(manifest.iam.execution_policies(scope.partition))
+        if managed:  # only the managed policies the manifest names can be attached
+            statements.append(allow("IamAttachManifestPolicies", ["iam:AttachRolePolicy"], roles,
+                                    {"ArnEquals": {"iam:PolicyARN": managed}}))
+        return statements
+
     # -- desired ---------------------------------------------------------------------------
 
     def desired(self, manifest, inputs) -> IamDesired:
@@ -342,23 +359,6 @@ class IamStep(Step):
         pages = client.get_paginator("list_roles").paginate(PaginationConfig={"PageSize": 1000})
         return {role["RoleName"] for page in pages for role in page["Roles"]
                 if role["RoleName"].startswith(f"{prefix}-")}
-
-    def permissions(self, manifest, scope) -> list[dict]:
-        """The deploy role's statements for this step: the environment's roles only."""
-        roles = scope.arn("iam", f"role/{manifest.prefix}-*", regional=False)
-        statements = [
-            allow("IamRoles", ["iam:GetRole", "iam:ListRolePolicies", "iam:GetRolePolicy",
-                               "iam:ListAttachedRolePolicies", "iam:CreateRole", "iam:DeleteRole", "iam:TagRole",
-                               "iam:UpdateRole", "iam:UpdateAssumeRolePolicy", "iam:PutRolePolicy",
-                               "iam:DeleteRolePolicy", "iam:DetachRolePolicy"], roles),
-            # ListRoles supports no resource-level permissions. It answers role names, paths and
-            # trust policies, none of the roles' permissions policies.
-            allow("IamListRoleNames", ["iam:ListRoles"], "*")]
-        managed = sorted(manifest.iam.execution_policies(scope.partition))
-        if managed:  # only the managed policies the manifest names can be attached
-            statements.append(allow("IamAttachManifestPolicies", ["iam:AttachRolePolicy"], roles,
-                                    {"ArnEquals": {"iam:PolicyARN": managed}}))
-        return statements
 
     # -- plan ------------------------------------------------------------------------------
 
