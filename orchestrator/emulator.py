@@ -388,6 +388,28 @@ def answer_elastic_ip_quota() -> None:
     ServiceQuotasBackend.get_service_quota = get_service_quota
 
 
+def refuse_unused_transaction_values() -> None:
+    """moto gap: TransactWriteItems checks only that each item's expression attribute *names* are
+    used; DynamoDB also refuses a value no expression of the item uses ("ValidationException:
+    Value provided in ExpressionAttributeValues unused in expressions"), as moto's own
+    UpdateItem does. Refuse it in a transaction too, with moto's message."""
+    import re
+
+    from moto.dynamodb.responses import DynamoHandler, validate_attributes_used
+
+    original = DynamoHandler.transact_write_items
+
+    def transact_write_items(self):
+        for item in self.body["TransactItems"]:
+            (request,) = item.values()
+            expressions = " ".join(request.get(key, "") for key in ("UpdateExpression", "ConditionExpression"))
+            validate_attributes_used(request.get("ExpressionAttributeValues"),
+                                     re.findall(r":[A-Za-z0-9_]+", expressions), provided_attr="Values")
+        return original(self)
+
+    DynamoHandler.transact_write_items = transact_write_items
+
+
 def repeat_elb_creates_as_aws_does() -> None:
     """moto gap (MOTO-NOTES advice 7: duplicate-name ALBs): CreateLoadBalancer with a name that
     exists makes a second load balancer, and CreateTargetGroup answers DuplicateTargetGroupName;
@@ -556,6 +578,7 @@ def apply_fixes() -> None:
         answer_elastic_ip_quota()
         refuse_new_roles_for_a_while()
         repeat_elb_creates_as_aws_does()
+        refuse_unused_transaction_values()
         _applied = True
 
 

@@ -196,8 +196,10 @@ class Lock:
                   "command": command, "acquired_at": now, "lease_until": now + self.lease_seconds}
         fence = seen.get("fence", 0)
         names = {f"#{name}": name for name in [*holder, "fence"]}
-        values = {f":{name}": value for name, value in holder.items()} | {":seen": fence, ":next": fence + 1,
-                                                                          ":now": now}
+        # DynamoDB refuses a value the expressions do not use: `:seen` only where the item has a fence.
+        values = {f":{name}": value for name, value in holder.items()} | {":next": fence + 1, ":now": now}
+        if "fence" in seen:
+            values[":seen"] = fence
         unchanged = "#fence = :seen" if "fence" in seen else "attribute_not_exists(#fence)"
         store = self.store
         taking = {"Update": {

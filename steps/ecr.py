@@ -105,14 +105,14 @@ def canonical_lifecycle_policy(policy: dict | str) -> dict:
     return {**document, "rules": sorted(rules, key=lambda rule: rule.get("rulePriority", 0))}
 
 
-def resolve_image(client, repository_name: str, tag: str) -> str:
-    """`URI@sha256:…` of the image `tag` in `repository_name`, for deploying by digest.
+def resolve_image(client, repository_name: str, uri: str, tag: str) -> str:
+    """`URI@sha256:…` of the image `tag` in `repository_name` (whose URI observe already read),
+    for deploying by digest.
 
     Raises OrchestratorError naming repository and tag when either does not exist.
     """
     try:
         image = client.describe_images(repositoryName=repository_name, imageIds=[{"imageTag": tag}])["imageDetails"][0]
-        repository = client.describe_repositories(repositoryNames=[repository_name])["repositories"][0]
     except ClientError as err:
         if error_code(err) == "ImageNotFoundException":
             raise OrchestratorError(f"image tag {tag!r} does not exist in ECR repository {repository_name!r} "
@@ -122,7 +122,7 @@ def resolve_image(client, repository_name: str, tag: str) -> str:
             raise OrchestratorError(f"ECR repository {repository_name!r} does not exist (wanted image tag {tag!r}); "
                                     "apply the ecr step and push the image first") from None
         raise
-    return f"{repository['repositoryUri']}@{image['imageDigest']}"
+    return f"{uri}@{image['imageDigest']}"
 
 
 def _tags(client, repository_name: str) -> list[str]:
@@ -404,7 +404,8 @@ def _resolve_into(facts: EcrFacts, client, repository: DesiredRepository) -> Non
     if repository.image_tag is None:
         return
     try:
-        facts.images[repository.name] = resolve_image(client, repository.name, repository.image_tag)
+        facts.images[repository.name] = resolve_image(client, repository.name, facts.owned[repository.name].uri,
+                                                      repository.image_tag)
     except OrchestratorError as error:
         facts.missing_images[repository.name] = str(error)
 

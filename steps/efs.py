@@ -705,25 +705,16 @@ class EfsStep(Step):
     # -- apply --------------------------------------------------------------------------------
 
     def _create_file_system(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
-        """Once one an interrupted run was deleting is gone (the change before this one)."""
+        """A new file system (a create, or a replace's new one), once what the change before it
+        removes is gone: one an interrupted run was deleting, or the old one of a replace (the
+        new one's creation token would find either)."""
         fs: FileSystem = change.payload
         ctx.settle()
-        return Accepted(waits=(self._make_file_system(ctx, fs, observed),))
-
-    @staticmethod
-    def _make_file_system(ctx, fs: FileSystem, observed: EfsFacts) -> Wait:
         efs = ctx.client("efs")
         created = create_file_system(ctx, efs, fs)
         observed.file_systems[created.id] = created
         observed.current = created.id
-        return fs_available(efs, created, fs.name)
-
-    def _replace_file_system(self, ctx, change: Change, observed: EfsFacts) -> Accepted:
-        """The new one, once the old one is gone (the delete change before this one): the new
-        one's creation token would find the old one."""
-        fs: FileSystem = change.payload
-        ctx.settle()
-        return Accepted(waits=(self._make_file_system(ctx, fs, observed),))
+        return Accepted(waits=(fs_available(efs, created, fs.name),))
 
     def _update_file_system(self, ctx, change: Change, observed: EfsFacts) -> Accepted | None:
         """Wait for one an interrupted run left `creating` (a change of its own, with no call), or
@@ -834,7 +825,7 @@ class EfsStep(Step):
 
     handlers = {
         ("create", "file_system"): _create_file_system,
-        ("replace", "file_system"): _replace_file_system,
+        ("replace", "file_system"): _create_file_system,
         ("update", "file_system"): _update_file_system,
         ("delete", "file_system"): _delete_file_system,
         ("update", "lifecycle"): _update_lifecycle,

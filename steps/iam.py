@@ -46,8 +46,8 @@ IAM_PROPAGATION_SECONDS = 10.0
 PROPAGATION = "IAM changes of this run to reach ECS"
 
 
-def _propagation(role: str) -> Wait:
-    """Until IAM_PROPAGATION_SECONDS after this change to `role`."""
+def _propagation() -> Wait:
+    """Until IAM_PROPAGATION_SECONDS after this change."""
     since = waiters.clock()
 
     def check() -> tuple[bool, str]:
@@ -58,9 +58,9 @@ def _propagation(role: str) -> Wait:
                 due=since + IAM_PROPAGATION_SECONDS)
 
 
-def _propagated(role: str) -> Accepted:
+def _propagated() -> Accepted:
     """A change to `role` AWS accepted, settled once IAM has had time to show it to ECS."""
-    return Accepted(waits=(_propagation(role),))
+    return Accepted(waits=(_propagation(),))
 
 
 def ensure_service_linked_role(ctx, service: str) -> None:
@@ -384,12 +384,11 @@ class IamStep(Step):
     def _create_role(self, ctx, change: Change, observed: IamFacts) -> Accepted:
         work: RoleWork = change.payload
         self._create_or_adopt_role(ctx, ctx.client("iam"), work.role, observed)
-        return _propagated(work.role.name)
+        return _propagated()
 
     def _update_role(self, ctx, change: Change, observed: IamFacts) -> Accepted:
-        work: RoleWork = change.payload
         self._update_role_settings(ctx.client("iam"), change, observed)
-        return _propagated(work.role.name)
+        return _propagated()
 
     def _delete_role(self, ctx, change: Change, observed: IamFacts) -> None:
         unless_code(GONE, ctx.client("iam").delete_role, RoleName=change.name)
@@ -403,7 +402,7 @@ class IamStep(Step):
                                     "known yet; apply the secrets and storage steps first")
         ctx.client("iam").put_role_policy(RoleName=work.role, PolicyName=work.policy, PolicyDocument=text)
         observed.owned[work.role].inline_policies[work.policy] = normalise_policy(work.document)
-        return _propagated(work.role)
+        return _propagated()
 
     def _delete_inline_policy(self, ctx, change: Change, observed: IamFacts) -> None:
         work: PolicyWork = change.payload
@@ -414,7 +413,7 @@ class IamStep(Step):
         work: PolicyWork = change.payload
         ctx.client("iam").attach_role_policy(RoleName=work.role, PolicyArn=work.policy)
         observed.owned[work.role].managed_policies.add(work.policy)
-        return _propagated(work.role)
+        return _propagated()
 
     def _detach_managed_policy(self, ctx, change: Change, observed: IamFacts) -> None:
         work: PolicyWork = change.payload

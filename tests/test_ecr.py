@@ -330,16 +330,16 @@ def test_resolve_image_gives_the_digest_of_a_tag(aws, ecr):
     ecr.create_repository(repositoryName="gamepulse")
     digest = push(ecr, "gamepulse", "1.4.2")
     push(ecr, "gamepulse", "1.4.3", layer="b")
-    assert resolve_image(ecr, "gamepulse", "1.4.2") == f"{URI}@{digest}"
+    assert resolve_image(ecr, "gamepulse", URI, "1.4.2") == f"{URI}@{digest}"
     assert digest.startswith("sha256:")
 
 
 def test_resolve_image_names_repository_and_tag_when_either_is_missing(aws, ecr):
     ecr.create_repository(repositoryName="gamepulse")
     with pytest.raises(OrchestratorError, match="image tag '9.9.9' does not exist in ECR repository 'gamepulse'"):
-        resolve_image(ecr, "gamepulse", "9.9.9")
+        resolve_image(ecr, "gamepulse", URI, "9.9.9")
     with pytest.raises(OrchestratorError, match="ECR repository 'nope' does not exist \\(wanted image tag '1.0.0'\\)"):
-        resolve_image(ecr, "nope", "1.0.0")
+        resolve_image(ecr, "nope", URI, "1.0.0")
 
 
 def test_repositories_of_others_cost_no_read_and_a_removed_one_of_ours_is_found_by_its_tags(manifest, aws, ecr):

@@ -93,9 +93,9 @@ def test_roles_changed_one_after_another_are_waited_for_in_one_round_with_no_zer
     now = [0.0]
     propagation = iam._propagation
 
-    def a_little_later(role: str):  # each change is accepted a few milliseconds after the last
+    def a_little_later():  # each change is accepted a few milliseconds after the last
         now[0] += 0.003
-        return propagation(role)
+        return propagation()
 
     monkeypatch.setattr(waiters, "clock", lambda: now[0])
     monkeypatch.setattr(waiters, "sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
