@@ -179,7 +179,7 @@ def apply_dependencies(step, manifest, aws, monkeypatch) -> dict[str, dict]:
     monkeypatch.setenv("MOTO_ECS_SERVICE_RUNNING", "1")
     fresh = not BackendDict._instances  # nothing asked of moto yet in this test
     key = repr((sorted(step.depends_on), manifest, load_iam_aws_managed_policies(),
-                sorted((k, v) for k, v in os.environ.items() if k.startswith(("ORCHESTRATOR_", "MOTO_")))))
+                sorted((k, v) for k, v in os.environ.items() if k.startswith(("ORCHESTRATOR_", "MOTO_", "GAMEPULSE_")))))
     if fresh and key in _APPLIED:
         _APPLIED_STATES.restore(key)
         return copy.deepcopy(_APPLIED[key])

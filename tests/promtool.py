@@ -1,7 +1,7 @@
 """Prometheus's own tool, promtool, on what the platform renders: config syntax, relabelling
 of discovered targets, and PromQL evaluated over series (`promtool test rules`).
 
-promtool comes from Debian's `prometheus` package (.ci/run installs it): 2.42 on Debian 12,
+promtool comes from Debian's `prometheus` package (`make test` installs it): 2.42 on Debian 12,
 where the platform runs Prometheus v3.14.0. What that means for these checks:
 - Two fields of the rendered prometheus.yml are newer than 2.42 and are checked against v3.14.0's
   documentation instead (docs/configuration/configuration.md): `storage.tsdb.retention` and
@@ -22,8 +22,8 @@ from pathlib import Path
 import yaml
 
 PROMTOOL = shutil.which("promtool")
-MISSING = ("promtool is not installed: apt-get install -y prometheus (Debian's package; .ci/run installs it "
-           "before the tests)")
+MISSING = ("promtool is not installed: apt-get install -y prometheus (Debian's package; `make test` installs "
+           "it before the tests)")
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:

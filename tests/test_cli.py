@@ -32,7 +32,8 @@ def run(endpoint, *args, manifests=MANIFESTS, extra_env=None, timeout=180, iam_w
     `iam_waits` (AWS's propagation time, as the product waits it)."""
     env = {**os.environ, **FAKE_ENV, "AWS_ENDPOINT_URL": endpoint, "ORCHESTRATOR_MANIFESTS": str(manifests),
            **({} if iam_waits else IAM_AT_ONCE), **(extra_env or {})}
-    env.pop("CI", None)
+    for name in ("CI", "AWS_PROFILE", "ORCHESTRATOR_SANDBOX"):  # the developer's shell: not the tests' account
+        env.pop(name, None)
     # No terminal, as in a pipeline: `apply` would otherwise ask first (its stdin is the test's).
     return subprocess.run([CLI, *args], capture_output=True, text=True, env=env, timeout=timeout,
                           stdin=subprocess.DEVNULL)
