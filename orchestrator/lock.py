@@ -92,10 +92,6 @@ class AwsTime:
             if self._seen is None or seen[2] >= self._seen[2]:
                 self._seen = seen
 
-    @property
-    def known(self) -> bool:
-        return self._seen is not None
-
     def earliest(self) -> float:
         """AWS's time now is at least this."""
         date, _, received = self._last()
@@ -181,14 +177,14 @@ class Lock:
         held by an expired lease (a takeover) gives no such guarantee: its holder may still
         write until the taking; the records are then read afterwards."""
         seen, self._seen = (self._seen if self._seen is not None else self.look()), None
-        for _ in range(3):  # the lock changed between the read and the taking, but is free: once more
+        while True:  # the lock changed between the read and the taking, but is free: once more (each
+            # change raised its fence, so another run took or freed it: this ends once one holds it)
             now = round(self.store.time.earliest(), 3)
             if seen.get("run_id") and seen.get("lease_until", now) >= now:
                 return None, seen
             lease, seen = self._take(run_id, command, seen, now, also)
             if lease is not None:
                 return lease, {}
-        return None, seen
 
     def _take(self, run_id: str, command: str, seen: dict, now: float, also) -> tuple[Lease | None, dict]:
         """One conditional taking of the lock as `seen`; (None, the lock item now) if it changed."""

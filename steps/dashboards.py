@@ -515,8 +515,13 @@ class DashboardsStep(Step):
     def gone(self, ctx, arns: list[str]) -> set[str]:
         """KMS keys pending deletion, which the tagging API lists until their deletion date."""
         kms = ctx.client("kms")
-        return {arn for arn in tagging.arns_of(arns, "kms", "key")
-                if kms.describe_key(KeyId=arn)["KeyMetadata"]["KeyState"] in ("PendingDeletion", "PendingReplicaDeletion")}
+
+        def going(arn: str) -> bool:
+            answer = unless_code({"NotFoundException"}, kms.describe_key, KeyId=arn)
+            return answer is None or answer["KeyMetadata"]["KeyState"] in ("PendingDeletion", "PendingReplicaDeletion")
+
+        keys = tagging.arns_of(arns, "kms", "key")
+        return {arn for arn, gone in zip(keys, ctx.each("kms", going, keys), strict=True) if gone}
 
     def plan_destroy(self, observed: DashboardsFacts) -> list[Change]:
         """Alarms, the dashboard, the topic with its subscriptions, then its key: only what is

@@ -496,8 +496,9 @@ class EcsStep(Step):
         clusters = tagging.arns_of(arns, "ecs", "cluster")
         if not clusters:
             return set()
-        return {item["clusterArn"] for item in ctx.client("ecs").describe_clusters(clusters=clusters)["clusters"]
-                if item["status"] == "INACTIVE"}
+        answer = ctx.client("ecs").describe_clusters(clusters=clusters)
+        return ({item["clusterArn"] for item in answer["clusters"] if item["status"] == "INACTIVE"}
+                | {item["arn"] for item in answer.get("failures", []) if item.get("reason") == "MISSING"})
 
     def plan_destroy(self, observed: EcsFacts) -> list[Change]:
         """Namespace, then log groups (one holding logs is refused without delete-data), then the

@@ -632,7 +632,11 @@ class ServicesStep(Step):
         batch = rollouts.DESCRIBE_BATCH
         for cluster, listed in by_cluster.items():
             for start in range(0, len(listed), batch):
-                answer = ctx.client("ecs").describe_services(cluster=cluster, services=listed[start:start + batch])
+                answer = unless_code({"ClusterNotFoundException"}, ctx.client("ecs").describe_services,
+                                     cluster=cluster, services=listed[start:start + batch])
+                if answer is None:  # the cluster is gone, and its services with it
+                    found |= set(listed)
+                    break
                 found |= {item["serviceArn"] for item in answer["services"] if item["status"] == "INACTIVE"}
                 found |= {item["arn"] for item in answer.get("failures", []) if item.get("reason") == "MISSING"}
         return found

@@ -473,17 +473,20 @@ def test_a_crash_after_any_call_converges_on_rerun(manifest, efs):
     # crash hook fires once, at its own count, and is inert afterwards.
     crashing = Aws("us-east-1")
     rerun = harness.forget_crash(crashing)
-    cold_mutations = 6
-    for n in range(1, cold_mutations + 1):
+    network: dict = {}
+
+    def reset():
         moto_api_backend.reset()
-        network = build_network()
-        harness.crash_after(crashing, n)
-        with pytest.raises(harness.Crash):
-            harness.run_step(STEP, manifest, crashing, upstream=network)
+        network.clear()
+        network.update(build_network())
+
+    for n in harness.kill_points(crashing, reset=reset,
+                                 run=lambda aws: harness.run_step(STEP, manifest, aws, upstream=network)):
         _, outputs, _ = harness.run_step(STEP, manifest, rerun, upstream=network)
         assert inventory(efs) == (1, 2, 2), f"after a crash at call {n}"
         assert KNOWN_AFTER_APPLY not in str(outputs), f"after a crash at call {n}"
         assert harness.plan_step(STEP, manifest, rerun, upstream=network) == [], f"after a crash at call {n}"
+    assert n == 6, "6 mutating calls on a cold apply"
 
 
 def create_as_the_step_would(manifest, aws, efs, network) -> dict:
