@@ -8,7 +8,6 @@ for eventual consistency.
 from __future__ import annotations
 
 import contextvars
-import functools
 import threading
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
@@ -86,20 +85,23 @@ class CallLedger:
 
 
 class Aws:
-    """Hands out one boto3 client per service, shared by all threads (clients are thread-safe;
+    """Hands out one botocore client per service, shared by all threads (clients are thread-safe;
     sessions are not, so clients are built under a lock)."""
 
     def __init__(self, region: str, profile: str | None = None, endpoint_url: str | None = None,
                  max_attempts: int = 6):
-        import boto3
         import botocore.session
         from botocore.config import Config
 
+        from orchestrator import service_models
+
         self.region = region
         self.endpoint_url = endpoint_url
-        core = botocore.session.get_session()  # what boto3 makes itself, held to reach its data loader
-        self._session = boto3.session.Session(botocore_session=core, profile_name=profile, region_name=region)
-        core.get_component("data_loader").file_loader = plain_json_files()
+        # botocore's own session, as boto3 would make it (boto3 adds nothing a client of ours uses,
+        # and its import costs every command CPU); its data loader is ours (service_models).
+        self._session = botocore.session.Session(profile=profile)
+        self._session.register_component("data_loader", service_models.loader(
+            self._session.get_config_variable("data_path"), service_models.cache_folder()))
         self._config = Config(retries={"mode": "standard", "max_attempts": max_attempts},
                               connect_timeout=10, read_timeout=60, max_pool_connections=32,
                               user_agent_extra="gamepulse-orchestrator")
@@ -124,7 +126,8 @@ class Aws:
         with self._lock:
             client = self._clients.get(key)
             if client is None:
-                client = self._session.client(service, config=self._config, endpoint_url=self.endpoint_url)
+                client = self._session.create_client(service, region_name=self.region, config=self._config,
+                                                     endpoint_url=self.endpoint_url)
                 client.meta.events.register("before-send", self._counter_for(ledger_name))
                 client.meta.events.register("provide-client-params", refuse_unknown_values)
                 for event, handler in self._handlers:
@@ -248,38 +251,6 @@ class Aws:
             return call(**params)
         finally:
             current_step.reset(token)
-
-
-def plain_json_files():
-    """botocore's reader of its data files (service models, endpoint rules, paginators), reading
-    JSON into plain dicts. botocore's own asks the parser for an OrderedDict per JSON object, a
-    Python call each; a dict keeps the same order, and nothing in botocore needs more of one (no
-    `move_to_end`, no order-sensitive comparison): EC2's 4.5 MB model parses in some 60% of the
-    CPU, and the models of a plan's seventeen services are a fifth of its CPU."""
-    return _plain_json_files_class()()
-
-
-@functools.cache
-def _plain_json_files_class():
-    """Made on first use: botocore's loaders module is not imported by commands that call no AWS."""
-    import gzip
-    import json
-    import os
-
-    from botocore.loaders import JSONFileLoader
-
-    class PlainJsonFiles(JSONFileLoader):
-        OPENERS = ((".json", open), (".json.gz", gzip.open))  # botocore's order: plain, then gzipped
-
-        def load_file(self, file_path):
-            for extension, opener in self.OPENERS:
-                path = file_path + extension
-                if os.path.isfile(path):
-                    with opener(path, "rb") as file:
-                        return json.loads(file.read().decode("utf-8"))
-            return None
-
-    return PlainJsonFiles
 
 
 class UnknownValueSent(Exception):

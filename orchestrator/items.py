@@ -1,17 +1,17 @@
 """Values to and from the state table's DynamoDB items, for the records (orchestrator.state) and
-the lock (orchestrator.lock) alike."""
+the lock (orchestrator.lock) alike.
+
+Items are written as DynamoDB's AttributeValue maps (`{"S": ...}`, `{"N": ...}`, `{"M": {...}}`)
+by the few lines below rather than by boto3's TypeSerializer: the records hold only strings,
+numbers, booleans, nulls, maps and lists, and importing boto3 for it cost every command some 11 ms
+of CPU (boto3 pulls in s3transfer and multiprocessing), a fiftieth of a plan's."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-
 from orchestrator.log import redactor
-
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
 
 
 def storable(value: Any) -> Any:
@@ -41,7 +41,41 @@ def plain(value: Any) -> Any:
 
 def attribute(value: Any) -> dict:
     """One value as a DynamoDB attribute value (`{"S": ...}`, `{"N": ...}`, ...)."""
-    return _serializer.serialize(storable(value))
+    return _attribute(storable(value))
+
+
+def _attribute(value: Any) -> dict:
+    if value is None:
+        return {"NULL": True}
+    if isinstance(value, bool):  # before int: a bool is an int to Python
+        return {"BOOL": value}
+    if isinstance(value, (int, Decimal)):
+        if isinstance(value, Decimal) and not value.is_finite():
+            raise TypeError(f"the state table stores no {value} (DynamoDB numbers are finite)")
+        return {"N": str(value)}
+    if isinstance(value, str):
+        return {"S": value}
+    if isinstance(value, dict):
+        return {"M": {key: _attribute(item) for key, item in value.items()}}
+    if isinstance(value, list):
+        return {"L": [_attribute(item) for item in value]}
+    raise TypeError(f"the state table stores no {type(value).__name__} values")
+
+
+def _value(attribute: dict) -> Any:
+    """The Python value of a DynamoDB attribute value (numbers as Decimal, as `plain` takes them)."""
+    (kind, value), = attribute.items()
+    if kind in ("S", "BOOL"):
+        return value
+    if kind == "N":
+        return Decimal(value)
+    if kind == "NULL":
+        return None
+    if kind == "M":
+        return {key: _value(item) for key, item in value.items()}
+    if kind == "L":
+        return [_value(item) for item in value]
+    raise ValueError(f"an attribute of type {kind}, which the orchestrator never writes")
 
 
 def serialize(values: dict) -> dict:
@@ -51,7 +85,7 @@ def serialize(values: dict) -> dict:
 
 def fields(item: dict | None) -> dict:
     """A DynamoDB item as a plain dict, without its keys."""
-    return {key: plain(_deserializer.deserialize(value)) for key, value in (item or {}).items()
+    return {key: plain(_value(value)) for key, value in (item or {}).items()
             if key not in ("pk", "sk")}
 
 

@@ -79,15 +79,22 @@ def no_waiting(monkeypatch):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def shared_service_models():
-    """Each fresh `Aws` (each "new process" of a crash test) would parse botocore's service
-    models again, 0.1-0.3 s per client; one shared loader keeps tests fast, as one long-lived
-    process would."""
+def shared_service_models(tmp_path_factory):
+    """Each fresh `Aws` (each "new process" of a crash test) would load botocore's service
+    models again, tens of milliseconds per client; one shared loader keeps tests fast, as one
+    long-lived process would. The files it keeps (orchestrator.service_models) go to a folder of
+    this test session, for the command lines the tests start too, never to the user's cache."""
+    import functools
+
     from botocore import loaders, session
+
+    from orchestrator import service_models
     loader = loaders.create_loader()
     with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
         patch.setattr(session.Session, "_register_data_loader",
                       lambda self: self._components.lazy_register_component("data_loader", lambda: loader))
+        patch.setattr(service_models, "loader", functools.cache(service_models.loader))
         yield
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from orchestrator.aws import FACTS, STATE, current_step, plain_json_files
+from orchestrator.aws import FACTS, STATE, current_step
 from orchestrator.engine import Engine
 from orchestrator.graph import StepGraph
 from orchestrator.manifest import load_manifest
@@ -17,14 +17,14 @@ from tests.conftest import MANIFESTS
 def count_clients(aws) -> Counter:
     """Counts each client the factory makes, by service (its name in the ledger's calls)."""
     made: Counter = Counter()
-    make = aws._session.client
+    make = aws._session.create_client
 
     def counting(service, **kwargs):
         client = make(service, **kwargs)
         made[client.meta.service_model.service_id.hyphenize()] += 1
         return client
 
-    aws._session.client = counting
+    aws._session.create_client = counting
     return made
 
 
@@ -54,18 +54,3 @@ def test_a_plan_makes_one_client_per_service_it_calls_and_none_for_another(aws):
     assert all(count == 1 for count in made.values()), made  # the state store's own included
     assert {call.service for call in aws.ledger.calls if call.step == STATE} == {"dynamodb"}
     assert {"ec2", "iam", "s3", "ecs"} <= called
-
-
-def test_service_models_are_read_as_plain_dicts_holding_what_botocore_reads(aws):
-    from botocore.loaders import create_loader
-    assert type(aws._session._session.get_component("data_loader").file_loader) is type(plain_json_files())
-    ours, botocores = create_loader(), create_loader()
-    ours.file_loader = plain_json_files()
-    for service, kind in (("ec2", "service-2"), ("s3", "service-2"), ("s3", "endpoint-rule-set-1"),
-                          ("iam", "paginators-1"), ("ecs", "waiters-2")):
-        model, reference = ours.load_service_model(service, kind), botocores.load_service_model(service, kind)
-        assert type(model) is dict and model == reference
-        assert list(model) == list(reference)
-    shapes = ours.load_service_model("ec2", "service-2")["shapes"]
-    assert type(shapes) is dict and list(shapes) == list(botocores.load_service_model("ec2", "service-2")["shapes"])
-    assert ours.load_data("endpoints") == botocores.load_data("endpoints")

@@ -1,0 +1,103 @@
+"""botocore's data files, read by orchestrator.service_models: the same models botocore reads
+(less the documentation strings botocore uses only for help texts), kept in the user's cache for
+the next run, and still read when the cache is damaged, unwritable or out of date."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from botocore.exceptions import UnknownServiceError
+from botocore.loaders import create_loader
+
+from orchestrator import service_models
+from orchestrator.service_models import without_documentation
+
+#: A new loader on each call, as each run makes (conftest shares one across the suite's runs).
+new_loader = getattr(service_models.loader, "__wrapped__", service_models.loader)
+
+#: (service, kind of file) a run reads: a model of each protocol, endpoint rules, paginators, waiters.
+FILES = (("ec2", "service-2"), ("s3", "service-2"), ("iam", "service-2"), ("s3", "endpoint-rule-set-1"),
+         ("iam", "paginators-1"), ("ecs", "waiters-2"))
+
+
+def documented(model: dict) -> int:
+    """How many documentation strings a service model holds where botocore looks for them."""
+    shapes = model.get("shapes", {}).values()
+    return sum(1 for part in (model, *model.get("operations", {}).values(), *shapes,
+                              *(member for shape in shapes for member in shape.get("members", {}).values()))
+               if "documentation" in part)
+
+
+def test_models_are_botocores_as_plain_dicts_without_documentation(tmp_path):
+    ours, botocores = new_loader(None, tmp_path), create_loader()
+    for service, kind in FILES:
+        model, reference = ours.load_service_model(service, kind), botocores.load_service_model(service, kind)
+        if kind == "service-2":
+            assert documented(reference) > 100 and documented(model) == 0
+            reference = without_documentation(json.loads(json.dumps(reference)))
+        assert type(model) is dict and list(model) == list(reference)
+        assert model == reference
+    assert ours.load_data("endpoints") == botocores.load_data("endpoints")
+
+
+def test_a_later_run_reads_the_kept_files_without_parsing_json(tmp_path, monkeypatch):
+    first = {(service, kind): new_loader(None, tmp_path).load_service_model(service, kind)
+             for service, kind in FILES}
+    kept = list(tmp_path.glob("*.pickle"))
+    assert len(kept) >= len(FILES)
+    monkeypatch.setattr(json, "loads", lambda *args, **kwargs: pytest.fail("parsed JSON again"))
+    later = new_loader(None, tmp_path)
+    assert {key: later.load_service_model(*key) for key in FILES} == first
+
+
+def test_a_damaged_or_unwritable_cache_still_gives_the_models(tmp_path):
+    reference = new_loader(None, None).load_service_model("sts", "service-2")
+    new_loader(None, tmp_path).load_service_model("sts", "service-2")
+    for kept in tmp_path.glob("*.pickle"):
+        kept.write_bytes(kept.read_bytes()[:100])  # a write cut short (by a full disk, say)
+    assert new_loader(None, tmp_path).load_service_model("sts", "service-2") == reference
+    assert new_loader(None, tmp_path).load_service_model("sts", "service-2") == reference  # kept again
+
+    blocked = tmp_path / "a file"
+    blocked.write_text("")
+    assert new_loader(None, blocked / "cache").load_service_model("sts", "service-2") == reference
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_changed_data_file_is_read_afresh(tmp_path):
+    """A model of the user's own (AWS_DATA_PATH, ~/.aws/models) or an upgraded botocore: the kept
+    copy is keyed by the file's path, size and time."""
+    data = tmp_path / "data" / "gamepulse-test" / "2020-01-01"
+    data.mkdir(parents=True)
+    model = data / "service-2.json"
+    model.write_text(json.dumps({"metadata": {"apiVersion": "2020-01-01"}, "operations": {}, "shapes": {}}))
+    cache = tmp_path / "cache"
+    assert new_loader(str(tmp_path / "data"), cache).load_service_model(
+        "gamepulse-test", "service-2")["operations"] == {}
+    model.write_text(json.dumps({"metadata": {"apiVersion": "2020-01-01"}, "operations": {"Ping": {}}, "shapes": {}}))
+    os.utime(model, ns=(1, 1))
+    assert new_loader(str(tmp_path / "data"), cache).load_service_model(
+        "gamepulse-test", "service-2")["operations"] == {"Ping": {}}
+
+
+def test_a_service_is_found_in_its_own_folder_and_an_unknown_one_named(tmp_path, monkeypatch):
+    listed = []
+    real_listdir = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda path=".": listed.append(str(path)) or real_listdir(path))
+    loader = new_loader(None, tmp_path)
+    loader.load_service_model("ecs", "service-2")
+    data_folder = loader.BUILTIN_DATA_PATH
+    assert data_folder not in listed  # botocore's own loader lists all ~410 services' folders here
+    with pytest.raises(UnknownServiceError, match="Unknown service: 'no-such-service'"):
+        loader.load_service_model("no-such-service", "service-2")
+
+
+def test_files_kept_for_another_botocore_are_removed(tmp_path, monkeypatch):
+    old = tmp_path / "gamepulse-orchestrator" / "botocore-1.0.0"
+    old.mkdir(parents=True)
+    (old / "stale.pickle").write_bytes(b"")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    folder = service_models.cache_folder()
+    new_loader(None, folder).load_service_model("sts", "service-2")
+    assert not old.exists() and list(folder.glob("*.pickle"))
