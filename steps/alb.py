@@ -295,14 +295,15 @@ class AlbStep(Step):
         of the load balancer and of each target group that is ours."""
         elb = ctx.client("elbv2")
         facts = AlbFacts()
-        certificate_domain = desired.certificate_domain if not ctx.destroying else None
-        lb, wanted_groups, tagged, facts.certificate_arn = ctx.each(SEVERAL_SERVICES, lambda read: read(), [
-            lambda: self._find_load_balancer(elb, desired.load_balancer.name),
-            # A name not known yet (the VPC it hashes is not created) names nothing that exists.
-            lambda: _target_groups_by(elb, "Names", [group.name for group in desired.target_groups
-                                                     if not is_unknown(group.name)]),
-            lambda: self._tagged_target_groups(ctx),
-            lambda: _issued_certificate(ctx.client("acm"), certificate_domain) if certificate_domain else None])
+        reads = [lambda: self._find_load_balancer(elb, desired.load_balancer.name),
+                 # A name not known yet (the VPC it hashes is not created) names nothing that exists.
+                 lambda: _target_groups_by(elb, "Names", [group.name for group in desired.target_groups
+                                                          if not is_unknown(group.name)]),
+                 lambda: self._tagged_target_groups(ctx)]
+        if desired.certificate_domain and not ctx.destroying:
+            reads.append(lambda: _issued_certificate(ctx.client("acm"), desired.certificate_domain))
+        lb, wanted_groups, tagged, *certificate = ctx.each(SEVERAL_SERVICES, lambda read: read(), reads)
+        facts.certificate_arn = certificate[0] if certificate else None
         listeners = [listener for page in elb.get_paginator("describe_listeners").paginate(
             LoadBalancerArn=lb["LoadBalancerArn"]) for listener in page["Listeners"]] if lb else []
         rules_of = ctx.each("elbv2", lambda listener: [
