@@ -290,9 +290,9 @@ class AlbStep(Step):
         one tagging-API query, and those our listeners and rules point at by ARN.
 
         Reads that need no answer of another go out together (`ctx.each`): first the load
-        balancer, the wanted target groups, the tagging query and the certificate; then the
-        listeners, each listener's rules, the tags of everything found, and last the attributes
-        of the load balancer and of each target group that is ours."""
+        balancer, the wanted target groups, the tagging query and the certificate of the named
+        domain; then the listeners, each listener's rules, the tags of everything found, and
+        last the attributes of the load balancer and of each target group that is ours."""
         elb = ctx.client("elbv2")
         facts = AlbFacts()
         reads = [lambda: self._find_load_balancer(elb, desired.load_balancer.name),
