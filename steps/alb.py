@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from botocore.exceptions import ClientError
 
 from orchestrator import tags as tagging
-from orchestrator.aws import error_code, unless_code
+from orchestrator.aws import SEVERAL_SERVICES, error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import Accepted, Change, FieldDiff, Step, Unknown, Wait, diff_fields, is_unknown
 from orchestrator.permissions import FIND_BY_TAG, allow, service_linked_role
@@ -287,18 +287,32 @@ class AlbStep(Step):
     def observe(self, ctx, desired: AlbDesired) -> AlbFacts:
         """By name and by our tags, never by listing the account: the load balancer and the
         wanted target groups by name, our other target groups (left over from a replacement) by
-        one tagging-API query, and those our listeners and rules point at by ARN."""
+        one tagging-API query, and those our listeners and rules point at by ARN.
+
+        Reads that need no answer of another go out together (`ctx.each`): first the load
+        balancer, the wanted target groups, the tagging query and the certificate of the named
+        domain; then the listeners, each listener's rules, the tags of everything found, and
+        last the attributes of the load balancer and of each target group that is ours."""
         elb = ctx.client("elbv2")
         facts = AlbFacts()
-        lb = self._find_load_balancer(elb, desired.load_balancer.name)
+        reads = [lambda: self._find_load_balancer(elb, desired.load_balancer.name),
+                 # A name not known yet (the VPC it hashes is not created) names nothing that exists.
+                 lambda: _target_groups_by(elb, "Names", [group.name for group in desired.target_groups
+                                                          if not is_unknown(group.name)]),
+                 lambda: self._tagged_target_groups(ctx)]
+        if desired.certificate_domain and not ctx.destroying:
+            reads.append(lambda: _issued_certificate(ctx.client("acm"), desired.certificate_domain))
+        lb, wanted_groups, tagged, *certificate = ctx.each(SEVERAL_SERVICES, lambda read: read(), reads)
+        facts.certificate_arn = certificate[0] if certificate else None
         listeners = [listener for page in elb.get_paginator("describe_listeners").paginate(
             LoadBalancerArn=lb["LoadBalancerArn"]) for listener in page["Listeners"]] if lb else []
         rules_of = ctx.each("elbv2", lambda listener: [
             rule for page in elb.get_paginator("describe_rules").paginate(ListenerArn=listener["ListenerArn"])
             for rule in page["Rules"] if not rule["IsDefault"]], listeners)
         rules = [(listener["Port"], rule) for listener, found in zip(listeners, rules_of) for rule in found]
-        all_groups = self._find_target_groups(ctx, elb, desired, [listener["DefaultActions"] for listener in listeners]
-                                              + [rule["Actions"] for _, rule in rules])
+        all_groups = wanted_groups + self._other_target_groups(
+            elb, wanted_groups, tagged, [listener["DefaultActions"] for listener in listeners]
+            + [rule["Actions"] for _, rule in rules])
         names_by_arn = {group["TargetGroupArn"]: group["TargetGroupName"] for group in all_groups}
         ours = [group for group in all_groups if group["TargetGroupName"].startswith(desired.name_prefix)]
         arns = ([lb["LoadBalancerArn"]] if lb else []) + [g["TargetGroupArn"] for g in ours] + \
@@ -334,8 +348,6 @@ class AlbStep(Step):
                                     action=_observed_action(rule["Actions"], names_by_arn),
                                     owned=owned(rule["RuleArn"]), tags=tags.get(rule["RuleArn"], {}))
                        for port, rule in rules]
-        if desired.certificate_domain and not ctx.destroying:
-            facts.certificate_arn = _issued_certificate(ctx.client("acm"), desired.certificate_domain)
         return facts
 
     @staticmethod
@@ -344,20 +356,22 @@ class AlbStep(Step):
         found = unless_code({"LoadBalancerNotFound"}, elb.describe_load_balancers, Names=[name])
         return found["LoadBalancers"][0] if found else None
 
-    def _find_target_groups(self, ctx, elb, desired: AlbDesired, actions: list[list[dict]]) -> list[dict]:
-        """The wanted target groups (ours or not), the others carrying our tags, and those the
-        given listener and rule actions forward to."""
-        # A name not known yet (the VPC it hashes is not created) names nothing that exists.
-        found = _target_groups_by(elb, "Names", [group.name for group in desired.target_groups
-                                                 if not is_unknown(group.name)])
-        tagged = [item["ResourceARN"] for page in ctx.client("resourcegroupstaggingapi").get_paginator(
+    def _tagged_target_groups(self, ctx) -> list[str]:
+        """The ARNs of the target groups carrying this step's ownership tags (one left over from a
+        replacement cut short has a name the manifest no longer gives)."""
+        return [item["ResourceARN"] for page in ctx.client("resourcegroupstaggingapi").get_paginator(
             "get_resources").paginate(TagFilters=tagging.owner_tag_filters(ctx.app, ctx.env, self.name),
                                       ResourceTypeFilters=["elasticloadbalancing:targetgroup"])
             for item in page["ResourceTagMappingList"]]
+
+    @staticmethod
+    def _other_target_groups(elb, wanted: list[dict], tagged: list[str], actions: list[list[dict]]) -> list[dict]:
+        """Besides the wanted target groups (found by name): those carrying our tags and those the
+        given listener and rule actions forward to."""
         pointed_at = [target for action in actions for target in _forward_targets(action)]
-        seen = {group["TargetGroupArn"] for group in found}
+        seen = {group["TargetGroupArn"] for group in wanted}
         others = sorted({arn for arn in tagged + pointed_at if arn not in seen})
-        return found + _target_groups_by(elb, "TargetGroupArns", others)
+        return _target_groups_by(elb, "TargetGroupArns", others)
 
     @staticmethod
     def _tags(elb, arns: list[str]) -> dict[str, dict[str, str]]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from botocore.exceptions import ClientError
 
 from orchestrator import tags as tagging
-from orchestrator.aws import error_code, unless_code
+from orchestrator.aws import SEVERAL_SERVICES, error_code, unless_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.model import DELETE_DATA, Change, FieldDiff, Step, diff_fields
 from orchestrator.permissions import allow
@@ -400,16 +400,23 @@ class StorageStep(Step):
     # -- observe -----------------------------------------------------------------------------
 
     def observe(self, ctx, desired: StorageDesired) -> StorageFacts:
+        """The buckets named under our prefix, their tags from one tagging-API query (by name
+        where it does not show a bucket: untagged, or not indexed yet) and, for ours, their
+        settings. Reads that need no answer of another go out together (`ctx.each`): the query
+        and the listing; the tags read by name; every setting of every bucket."""
         s3 = ctx.client("s3")
         facts = StorageFacts(prefix=desired.prefix, account_id=desired.account_id,
                              rendered=frozenset(bucket.name for bucket in desired.buckets if bucket.rendered))
         wanted = {bucket.name for bucket in desired.buckets}
-        owned_tags = owned_bucket_tags(ctx.client("resourcegroupstaggingapi"), ctx.app, ctx.env, self.name)
+        owned_tags, listed = ctx.each(SEVERAL_SERVICES, lambda read: read(), [
+            lambda: owned_bucket_tags(ctx.client("resourcegroupstaggingapi"), ctx.app, ctx.env, self.name),
+            lambda: list_bucket_names(s3, f"{desired.prefix}-")])
+        names = [name for name in listed if name in wanted or name.endswith(f"-{desired.account_id}")]
+        unshown = [name for name in names if name not in owned_tags]
+        tags_of = {**owned_tags, **dict(zip(unshown, ctx.each("s3", lambda name: read_tags(s3, name), unshown)))}
         ours = []
-        for name in list_bucket_names(s3, f"{desired.prefix}-"):
-            if name not in wanted and not name.endswith(f"-{desired.account_id}"):
-                continue
-            tags = owned_tags[name] if name in owned_tags else read_tags(s3, name)
+        for name in names:
+            tags = tags_of[name]
             if tags is None:
                 continue  # deleted since the listing
             if not ctx.owns(tags):

@@ -401,13 +401,13 @@ class VpcStep(Step):
         owner = tagging.owner_filters(ctx.app, ctx.env, self.name)
         owned = ctx.owns
         facts = Facts()
-        facts.addresses, facts.vpc = ctx.each("ec2", lambda read: read(), [
+        facts.addresses, vpc = ctx.each("ec2", lambda read: read(), [
             lambda: _by_logical(desired.prefix, [Seen(id=a["AllocationId"], tags=tagging.tag_dict(a.get("Tags")))
                                                  for a in ec2.describe_addresses(Filters=owner)["Addresses"]]),
             lambda: _find_vpc(ec2, owner, desired.vpc)])
-        if facts.vpc is None:
+        if vpc is None:
             return facts
-        in_vpc = [{"Name": "vpc-id", "Values": [facts.vpc.id]}]
+        in_vpc = [{"Name": "vpc-id", "Values": [vpc["VpcId"]]}]
 
         def gateways():
             return _by_logical(desired.prefix, [
@@ -427,9 +427,13 @@ class VpcStep(Step):
                         rules[rule["GroupId"]].append(_seen_rule(rule))
             return groups, rules
 
-        # Everything else is found by the VPC alone: one describe per kind, all at once.
-        (facts.subnets, facts.internet_gateways, (facts.nat_gateways, facts.failed_nat_gateways), tables,
-         (facts.security_groups, facts.rules), facts.endpoints) = ctx.each("ec2", lambda read: read(), [
+        # Everything else is found by the VPC alone: its two DNS attributes and one describe per
+        # kind, all at once.
+        (dns_support, dns_hostnames, facts.subnets, facts.internet_gateways,
+         (facts.nat_gateways, facts.failed_nat_gateways), tables, (facts.security_groups, facts.rules),
+         facts.endpoints) = ctx.each("ec2", lambda read: read(), [
+            lambda: _vpc_attribute(ec2, vpc["VpcId"], "enableDnsSupport"),
+            lambda: _vpc_attribute(ec2, vpc["VpcId"], "enableDnsHostnames"),
             lambda: _key_subnets(_describe(ec2, "describe_subnets", "Subnets", Filters=in_vpc), desired, owned),
             gateways,
             lambda: _key_nat_gateways(_describe(ec2, "describe_nat_gateways", "NatGateways", Filter=owner + in_vpc),
@@ -440,6 +444,8 @@ class VpcStep(Step):
                 _seen_endpoint(e) for e in _describe(ec2, "describe_vpc_endpoints", "VpcEndpoints",
                                                      Filters=owner + in_vpc)
                 if e["State"].lower() not in ("deleting", "deleted")])])
+        facts.vpc = SeenVpc(id=vpc["VpcId"], tags=tagging.tag_dict(vpc.get("Tags")), cidr=vpc["CidrBlock"],
+                            enable_dns_support=dns_support, enable_dns_hostnames=dns_hostnames)
         facts.route_tables = _by_logical(desired.prefix, [
             SeenTable(id=t["RouteTableId"], tags=tagging.tag_dict(t.get("Tags")), routes=_routes(t))
             for t in tables if owned(tagging.tag_dict(t.get("Tags")))])
@@ -997,7 +1003,7 @@ def _by_logical(prefix: str, found: list) -> dict:
     return keyed
 
 
-def _find_vpc(ec2, owner: list[dict], vpc: Vpc) -> SeenVpc | None:
+def _find_vpc(ec2, owner: list[dict], vpc: Vpc) -> dict | None:
     """Our VPC: the one with our tags (preferring the one whose Name is ours). Two candidates
     is an error a human must settle; the tool will not guess which network is the real one."""
     found = ec2.describe_vpcs(Filters=owner)["Vpcs"]
@@ -1008,12 +1014,13 @@ def _find_vpc(ec2, owner: list[dict], vpc: Vpc) -> SeenVpc | None:
     if len(candidates) > 1:
         raise OrchestratorError(f"VPC {vpc.name}: {len(candidates)} VPCs carry this environment's tags "
                                 f"({', '.join(v['VpcId'] for v in candidates)}); delete or untag all but one")
-    found_vpc = candidates[0]
-    vpc_id = found_vpc["VpcId"]
-    support = ec2.describe_vpc_attribute(VpcId=vpc_id, Attribute="enableDnsSupport")["EnableDnsSupport"]
-    hostnames = ec2.describe_vpc_attribute(VpcId=vpc_id, Attribute="enableDnsHostnames")["EnableDnsHostnames"]
-    return SeenVpc(id=vpc_id, tags=tagging.tag_dict(found_vpc.get("Tags")), cidr=found_vpc["CidrBlock"],
-                   enable_dns_support=support["Value"], enable_dns_hostnames=hostnames["Value"])
+    return candidates[0]
+
+
+def _vpc_attribute(ec2, vpc_id: str, attribute: str) -> bool:
+    """`enableDnsSupport` or `enableDnsHostnames`: DescribeVpcs does not return them."""
+    key = attribute[0].upper() + attribute[1:]
+    return ec2.describe_vpc_attribute(VpcId=vpc_id, Attribute=attribute)[key]["Value"]
 
 
 def _key_subnets(found: list[dict], desired: Network, owned) -> dict[str, SeenSubnet]:

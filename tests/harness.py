@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import threading
 
 from orchestrator.engine import Engine
 from orchestrator.graph import StepGraph
@@ -139,6 +140,28 @@ def _unplanned_calls(aws, step: str, since: int, applied: list[Change]) -> list[
 def calls_since(aws, before: int, step: str) -> list:
     """The calls step `step` made after the ledger held `before` calls."""
     return [call for call in aws.ledger.calls[before:] if call.step == step]
+
+
+def held_until_sent_together(aws, reads: set, key=lambda model, params: model.name) -> list[bool]:
+    """Hold each request of `reads` (by `key`: the operation's name unless told) before it is
+    sent, until every one of them has been sent. Reads sent one after another never are all sent
+    while the first is held: it waits out the timeout. Returns, per request held, whether every
+    one of `reads` was sent while it waited (all True: they went out together)."""
+    sent: set = set()
+    lock, all_sent, waited = threading.Lock(), threading.Event(), []
+
+    def hold(model, params, **kwargs) -> None:
+        read = key(model, params)
+        if read not in reads:
+            return
+        with lock:
+            sent.add(read)
+            if sent == reads:
+                all_sent.set()
+        waited.append(all_sent.wait(timeout=10))
+
+    aws.register("before-call", hold)
+    return waited
 
 
 def mutations(aws, step: str | None = None) -> list[str]:

@@ -398,6 +398,18 @@ def test_second_apply_makes_no_mutating_call_and_one_read_per_kind(env, manifest
     assert len(reads) == 9
 
 
+def test_what_is_found_by_name_or_tag_alone_is_read_in_one_round_trip(env, manifest):
+    """The load balancer, the wanted target groups (by name) and our other target groups (by
+    tag) need no answer of another: each is sent while the others are unanswered, not one after
+    another. The plan and the reads are those of an unchanged step (9, as above)."""
+    from orchestrator.aws import Aws
+    aws = Aws("us-east-1")  # hooks of its own, the module's clients left as they are
+    waited = harness.held_until_sent_together(aws, {"DescribeLoadBalancers", "DescribeTargetGroups", "GetResources"})
+    assert harness.plan_step(STEP, manifest, aws, env.upstream) == []
+    assert waited == [True, True, True]
+    assert aws.ledger.count(step=STEP.name) == 9
+
+
 def test_drift_made_by_hand_is_shown_by_plan_then_repaired(env, manifest):
     client = elb(env)
     gamepulse, grafana = env.outputs["target_groups"]["gamepulse"], env.outputs["target_groups"]["grafana"]

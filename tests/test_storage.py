@@ -190,6 +190,17 @@ def test_apply_creates_configured_buckets_then_changes_nothing(manifest, aws, s3
     assert len(harness.calls_since(aws, before, STEP.name)) == 1 + 1 + 2 * 6
 
 
+def test_the_tagging_query_and_the_bucket_listing_go_out_together(manifest, aws):
+    """Neither needs the other's answer: one round trip, not two in a row; then every setting of
+    every bucket at once. The reads are those of an unchanged step (1 + 1 + 2 * 6, as above)."""
+    harness.run_step(STEP, manifest, aws)
+    again = harness.forget_crash(aws)  # a fresh run: hooks of its own
+    waited = harness.held_until_sent_together(again, {"GetResources", "ListBuckets"})
+    assert harness.plan_step(STEP, manifest, again) == []
+    assert waited == [True, True]
+    assert again.ledger.count(step=STEP.name) == 1 + 1 + 2 * 6
+
+
 def test_bucket_outside_us_east_1_is_created_in_its_region(manifest, mock):
     from orchestrator.aws import Aws
     manifest = manifest.model_copy(update={"region": "eu-west-1"})

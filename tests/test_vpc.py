@@ -16,7 +16,8 @@ from orchestrator.manifest import load_manifest
 from orchestrator.waiters import WaitFailed, WaitTimeout
 from steps.vpc import VpcStep
 from tests.conftest import MANIFESTS
-from tests.harness import Crash, crash_after, forget_crash, mutations, plan_step, run_step
+from tests.harness import (Crash, crash_after, forget_crash, held_until_sent_together, mutations, plan_step,
+                           run_step)
 
 STEP = VpcStep()
 OWNER = tagging.owner_filters("gamepulse", "dev", "vpc")
@@ -223,6 +224,23 @@ def test_second_apply_changes_nothing_and_reads_little(manifest, aws, applied):
     assert changes == [] and mutations(again) == []
     assert outputs_again == outputs
     assert again.ledger.count(step=STEP.name, mutating=False) <= 12  # one describe per kind (+ 2 DNS attributes)
+
+
+def test_the_vpcs_dns_attributes_are_read_beside_the_describes_of_what_is_in_it(manifest, aws, applied):
+    """Both attributes need only the VPC's id, as the subnets' describe does: they go out with
+    it, not one after another before it. The reads are those of an unchanged step."""
+    outputs, recorded = applied
+    again = forget_crash(aws)  # a fresh run: hooks of its own
+    count = len(again.ledger.calls)
+
+    def read(model, params) -> str:  # the query protocol's serialised parameters name the attribute
+        return f"{model.name} {params['body']['Attribute']}" if model.name == "DescribeVpcAttribute" else model.name
+
+    waited = held_until_sent_together(again, {"DescribeVpcAttribute enableDnsSupport",
+                                              "DescribeVpcAttribute enableDnsHostnames", "DescribeSubnets"}, read)
+    assert plan_step(STEP, manifest, again, recorded=recorded) == []
+    assert waited == [True, True, True]
+    assert again.ledger.count(step=STEP.name, mutating=False) == 11
 
 
 # --- drift ----------------------------------------------------------------------------------
