@@ -69,3 +69,27 @@ def test_each_files_the_calls_under_the_step_that_asked():
         assert aws.each("s3", lambda _: aws_module.current_step.get(), range(3)) == ["storage"] * 3
     finally:
         aws_module.current_step.reset(token)
+
+
+def test_batches_of_several_services_of_two_steps_do_not_queue_behind_each_other():
+    """Each item of such a batch calls a service of its own: two steps' batches, each as large
+    as the bound, all go out at once (with one bound for the run, the second waited for the first)."""
+    aws = Aws("us-east-1")
+    size = aws_module.DEFAULT_CONCURRENCY
+    all_sent = threading.Barrier(2 * size, timeout=10)
+
+    def read(item: int) -> bool:
+        try:
+            all_sent.wait()
+        except threading.BrokenBarrierError:
+            return False
+        return True
+
+    batches = []
+    threads = [threading.Thread(target=lambda: batches.append(aws.each(aws_module.SEVERAL_SERVICES, read, range(size))))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert batches == [[True] * size] * 2
