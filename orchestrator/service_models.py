@@ -101,7 +101,7 @@ class CachedJsonFiles(JSONFileLoader):
 
     @staticmethod
     def _read(kept: Path | None):
-        if kept is None:
+        if kept is None or not private(kept.parent):
             return None
         try:
             with open(kept, "rb") as file:
@@ -121,6 +121,8 @@ class CachedJsonFiles(JSONFileLoader):
             if not kept.parent.is_dir():
                 kept.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
                 forget_other_versions(kept.parent)
+            if not private(kept.parent):
+                return
             with tempfile.NamedTemporaryFile(dir=kept.parent, prefix=".", suffix=".tmp", delete=False) as out:
                 temporary = out.name
                 pickle.dump(data, out, protocol=pickle.HIGHEST_PROTOCOL)
@@ -129,6 +131,23 @@ class CachedJsonFiles(JSONFileLoader):
             if temporary is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(temporary)
+
+
+def private(folder: Path) -> bool:
+    """The cache folder is the user's own and nobody else may write in it. A pickle runs code
+    when it is loaded, so a folder another user could plant one in (an XDG_CACHE_HOME on a shared
+    disk, say) is never read from or written to. Asked once per run, once the folder exists."""
+    known = _PRIVATE.get(folder)
+    if known is None:
+        try:
+            stat = folder.stat()
+        except OSError:
+            return False  # not there (yet): nothing to read, and `_keep` makes it private
+        known = _PRIVATE[folder] = stat.st_uid == os.getuid() and not stat.st_mode & 0o022
+    return known
+
+
+_PRIVATE: dict[Path, bool] = {}
 
 
 def forget_other_versions(folder: Path) -> None:

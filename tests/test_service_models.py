@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 
 import pytest
 from botocore.exceptions import UnknownServiceError
@@ -101,3 +102,18 @@ def test_files_kept_for_another_botocore_are_removed(tmp_path, monkeypatch):
     folder = service_models.cache_folder()
     new_loader(None, folder).load_service_model("sts", "service-2")
     assert not old.exists() and list(folder.glob("*.pickle"))
+
+
+def test_a_cache_folder_others_may_write_in_is_never_read_nor_written(tmp_path):
+    """A pickle runs code when loaded: one planted in a folder open to others must not be."""
+    shared = tmp_path / "shared"
+    new_loader(None, shared).load_service_model("sts", "service-2")
+    planted = {"metadata": {}, "operations": {"Planted": {}}, "shapes": {}}
+    for kept in shared.glob("*.pickle"):
+        kept.write_bytes(pickle.dumps(planted))
+        os.utime(kept)
+    shared.chmod(0o777)
+    service_models._PRIVATE.clear()  # a later run
+    fresh = new_loader(None, shared).load_service_model("sts", "service-2")
+    assert "Planted" not in fresh["operations"] and "GetCallerIdentity" in fresh["operations"]
+    assert all(pickle.loads(kept.read_bytes()) == planted for kept in shared.glob("*.pickle"))  # nothing written
