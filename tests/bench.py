@@ -18,8 +18,8 @@ concurrency, and the critical path: the longest chain of round trips each waitin
 last, and the steps that hold most of it. `python -m tests.bench latency [CHECKOUT ...]` runs
 only this part, alternating the given checkouts of this project (run with the installed
 dependencies) to compare code side by side in one run. When `terraform` is on PATH, Terraform's
-apply, re-apply and plan of the same workload (tests/bench_terraform) follow the orchestrator's
-at each latency, on the same server reset, and the ratios to Terraform end the output.
+apply, re-apply and plan of the same workload (tests/bench_terraform) take turns with the
+orchestrator's, each on its own server, and the ratios to Terraform end the output.
 """
 from __future__ import annotations
 
@@ -329,42 +329,35 @@ def _method(span) -> str:
     return span.operation.split(" ")[0] if " " in span.operation else "POST"
 
 
+#: The three commands `latency` times, in this order.
+SCENARIOS = (("cold apply", ("apply", "dev")), ("unchanged apply", ("apply", "dev")), ("plan", ("plan", "dev")))
+
+
 def latency(sources: list[Path | None]) -> None:
     """Cold apply, unchanged re-apply and plan at each added latency, for each source tree (a
-    checkout of this project to compare against; None is the installed one), alternated; and,
-    when terraform is on PATH, Terraform's apply, re-apply and plan of the same workload
-    (tests/bench_terraform) after them at each latency, on the same server reset."""
+    checkout of this project to compare against; None is the installed one) and, when terraform
+    is on PATH, for Terraform on the same workload (tests/bench_terraform). Each code has its own
+    server, reset at each latency, so that the codes take turns scenario by scenario: on a noisy
+    machine, what is compared is measured close in time."""
     from tests import bench_terraform
-    from tests.wire import CountingProxy
     skipped = bench_terraform.missing()
-    server, url = start_server()
+    servers = [start_server() for _ in range(len(sources) + (skipped is None))]
     print(f"{'latency':>7} {'code':<9} {'scenario':<18} {'wall s':>7} {'CPU s':>6} {'calls':>6} {'reads':>6} "
           f"{'mut':>4} {'avg conc':>8} {'peak':>5} {'chain':>6}  chain held by (calls)")
     results = {}
     try:
-        for source in sources:  # each checkout's modules compiled before any run is timed (bytecode_cache)
+        for (_, url), source in zip(servers, sources):  # each checkout compiled before any is timed (bytecode_cache)
             timed(url, "plan", "dev", source=source)
         for delay in LATENCIES:
-            proxy = CountingProxy(url, delay=delay)
-            try:
-                for number, source in enumerate(sources):
-                    reset(url)
-                    for scenario, args in (("cold apply", ("apply", "dev")), ("unchanged apply", ("apply", "dev")),
-                                           ("plan", ("plan", "dev"))):
-                        trace = results[delay, number, scenario] = traced(proxy, source, *args)
-                        _print_trace(delay, "installed" if source is None else f"#{number}", scenario, trace)
-                if skipped is None:
-                    reset(url)
-                    skipped = _terraform_runs(proxy, delay, results)
-            finally:
-                proxy.close()
+            skipped = _at_latency(delay, sources, [url for _, url in servers], skipped, results)
     finally:
-        server.terminate()
-        server.wait()
+        for server, _ in servers:
+            server.terminate()
+            server.wait()
     if len(sources) > 1:
         print("\nRatios to the first code (wall, CPU) in this run:")
         for delay in LATENCIES:
-            for scenario in ("cold apply", "unchanged apply", "plan"):
+            for scenario, _ in SCENARIOS:
                 first = results[delay, 0, scenario]
                 for number in range(1, len(sources)):
                     other = results[delay, number, scenario]
@@ -374,8 +367,40 @@ def latency(sources: list[Path | None]) -> None:
     if skipped is None:
         side_by_side(results)
     else:
-        print(f"\nSide by side with Terraform skipped: {skipped} (the Terraform figures of the first table are "
-              "the reference run's).")
+        print(f"\nSide by side with Terraform skipped: {skipped}; Terraform's only figures are the fixed "
+              "reference run's (DESIGN.md).")
+
+
+def _at_latency(delay: float, sources: list[Path | None], urls: list[str], skipped: str | None,
+                results: dict) -> str | None:
+    """Every code's three scenarios at `delay`, in turns, each through a proxy to its reset server
+    (Terraform's the last, `skipped` None); Terraform in a fresh workspace, its own state. Returns
+    None, or why Terraform could not run."""
+    from contextlib import ExitStack
+
+    from tests import bench_terraform
+    from tests.wire import CountingProxy
+    with ExitStack() as stack:
+        proxies = []
+        for url in urls:
+            reset(url)
+            proxies.append(CountingProxy(url, delay=delay))
+            stack.callback(proxies[-1].close)
+        workspace = None
+        if skipped is None:
+            workspace = stack.enter_context(bench_terraform.Workspace(proxies[-1].url, {**os.environ, **ENV}))
+            try:
+                workspace.init()
+            except bench_terraform.TerraformError as error:
+                skipped, workspace = f"terraform init failed ({str(error).strip().splitlines()[-1]})", None
+        for scenario, args in SCENARIOS:
+            for number, source in enumerate(sources):
+                trace = results[delay, number, scenario] = traced(proxies[number], source, *args)
+                _print_trace(delay, "installed" if source is None else f"#{number}", scenario, trace)
+            if workspace is not None:
+                trace = results[delay, "terraform", scenario] = traced_terraform(proxies[-1], workspace, scenario)
+                _print_trace(delay, "terraform", scenario, trace)
+    return skipped
 
 
 def _print_trace(delay: float, name: str, scenario: str, trace: Trace) -> None:
@@ -383,21 +408,6 @@ def _print_trace(delay: float, name: str, scenario: str, trace: Trace) -> None:
           f"{trace.calls:>6} {trace.reads:>6} {trace.mutating:>4} "
           f"{trace.average_concurrency:>8.2f} {trace.peak_concurrency:>5} {trace.critical_path:>6}"
           f"  {trace.critical_step}", flush=True)
-
-
-def _terraform_runs(proxy, delay: float, results: dict) -> str | None:
-    """Terraform's cold apply, unchanged apply and plan through `proxy`, in a fresh workspace (its
-    own state) against the reset server; None, or why Terraform could not run."""
-    from tests import bench_terraform
-    with bench_terraform.Workspace(proxy.url, {**os.environ, **ENV}) as workspace:
-        try:
-            workspace.init()
-        except bench_terraform.TerraformError as error:
-            return f"terraform init failed ({str(error).strip().splitlines()[-1]})"
-        for scenario in ("cold apply", "unchanged apply", "plan"):
-            trace = results[delay, "terraform", scenario] = traced_terraform(proxy, workspace, scenario)
-            _print_trace(delay, "terraform", scenario, trace)
-    return None
 
 
 #: The issue's targets: at most this share of Terraform's wall time (unchanged apply, plan) and
@@ -411,7 +421,7 @@ def side_by_side(results: dict) -> None:
     def verdict(met: bool) -> str:
         return "met" if met else "NOT met"
 
-    print("\nThe orchestrator (first code) / Terraform, same workload, same server reset before each:")
+    print("\nThe orchestrator (first code) / Terraform, same workload, each on its own server, in turns:")
     print(f"{'latency':>7} {'measure':<42} {'ours':>8} {'terraform':>10} {'ratio':>7}  target")
     for delay in LATENCIES:
         ms = f"{delay * 1000:>5.0f}ms"
