@@ -318,7 +318,7 @@ def traced_terraform(proxy, workspace, scenario: str) -> Trace:
     proxy.reset()
     cpu_before = cpu_of_children()
     started = time.perf_counter()
-    workspace.run(*bench_terraform.SCENARIOS[scenario], ok=(0, 2))  # plan -detailed-exitcode: 2 = changes
+    workspace.run(*bench_terraform.COMMANDS[scenario], ok=(0, 2))  # plan -detailed-exitcode: 2 = changes
     seconds = time.perf_counter() - started
     cpu = cpu_of_children() - cpu_before
     spans = list(proxy.spans)
@@ -341,11 +341,12 @@ def latency(sources: list[Path | None]) -> None:
     machine, what is compared is measured close in time."""
     from tests import bench_terraform
     skipped = bench_terraform.missing()
-    servers = [start_server() for _ in range(len(sources) + (skipped is None))]
     print(f"{'latency':>7} {'code':<9} {'scenario':<18} {'wall s':>7} {'CPU s':>6} {'calls':>6} {'reads':>6} "
           f"{'mut':>4} {'avg conc':>8} {'peak':>5} {'chain':>6}  chain held by (calls)")
-    results = {}
+    servers, results = [], {}
     try:
+        for _ in range(len(sources) + (skipped is None)):
+            servers.append(start_server())
         for (_, url), source in zip(servers, sources):  # each checkout compiled before any is timed (bytecode_cache)
             timed(url, "plan", "dev", source=source)
         for delay in LATENCIES:

@@ -106,6 +106,6 @@ class Workspace:
 
 
 #: The commands the bench times, by scenario (as a user runs them in a pipeline).
-SCENARIOS = {"cold apply": ("apply", "-auto-approve", "-input=false", "-no-color"),
+COMMANDS = {"cold apply": ("apply", "-auto-approve", "-input=false", "-no-color"),
              "unchanged apply": ("apply", "-auto-approve", "-input=false", "-no-color"),
              "plan": ("plan", "-input=false", "-no-color", "-detailed-exitcode")}
