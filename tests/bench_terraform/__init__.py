@@ -100,7 +100,9 @@ class Workspace:
         self.run("init", "-input=false", "-no-color", *([f"-plugin-dir={plugins}"] if plugins else []))
 
     def objects(self) -> int:
-        """The resources Terraform manages (data sources left out)."""
+        """The resources Terraform manages (data sources left out); none before the first apply."""
+        if not (self.folder / "terraform.tfstate").exists():
+            return 0
         listed = self.run("state", "list").stdout.split()
         return sum(1 for address in listed if not address.startswith("data.") and ".data." not in address)
 
