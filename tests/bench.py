@@ -17,7 +17,9 @@ mutating), average concurrency (the calls' summed durations at the proxy / wall 
 concurrency, and the critical path: the longest chain of round trips each waiting for the
 last, and the steps that hold most of it. `python -m tests.bench latency [CHECKOUT ...]` runs
 only this part, alternating the given checkouts of this project (run with the installed
-dependencies) to compare code side by side in one run.
+dependencies) to compare code side by side in one run. When `terraform` is on PATH, Terraform's
+apply, re-apply and plan of the same workload (tests/bench_terraform) take turns with the
+orchestrator's, each on its own server, and the ratios to Terraform end the output.
 """
 from __future__ import annotations
 
@@ -76,6 +78,19 @@ class Run:
         """The calls one step made, from the run summary's row for it."""
         row = next(line.split() for line in self.output.splitlines() if line.split()[:1] == [step])
         return int(row[3])
+
+    def changes(self) -> int:
+        """The changes the run made (resources created, updated or deleted), from the run summary."""
+        lines = self.output.splitlines()
+        start = next(index for index, line in enumerate(lines) if line.split()[:3] == ["step", "result", "changes"])
+        total = 0
+        for line in lines[start + 1:]:  # a step's row: step, result, changes, calls, time
+            row = line.split()
+            if row[:2] == ["API", "calls:"]:
+                break
+            if len(row) == 5 and row[2].isdigit() and row[3].isdigit():
+                total += int(row[2])
+        return total
 
 
 def cpu_of_children() -> float:
@@ -217,6 +232,12 @@ class Trace:
     peak_concurrency: int  # the most calls in flight at once
     critical_path: int  # the longest chain of round trips, each starting after the last one answered
     critical_step: str  # the steps that hold most of that chain, with their shares
+    platform_mutating: int = 0  # mutating calls outside the orchestrator's state table (lock, records)
+    objects: int = 0  # what the tool manages once the command ran (see `side_by_side`)
+
+    @property
+    def calls_per_object(self) -> float:
+        return self.calls / self.objects if self.objects else float("nan")
 
 
 def peak_in_flight(spans) -> int:
@@ -269,64 +290,166 @@ def _json_or_none(line: str):
 
 def traced(proxy, source: Path | None, *args: str) -> Trace:
     """Run a command through `proxy` (with every call logged) and read its calls' concurrency."""
-    from tests.wire import mutating
     proxy.reset()
     run = timed(proxy.url, "-v", "--log-format", "json", *args, source=source)
     spans = list(proxy.spans)
-    chain = longest_chain(spans)
     owners = steps_of(spans, run.errors)
-    holders = Counter(owners.get(id(span), "?") for span in chain).most_common(4)
-    holder = ", ".join(f"{step} {count}" for step, count in holders)
-    reads = sum(1 for span in spans if not mutating(_method(span), span.operation))
-    return Trace(run.seconds, run.cpu, len(spans), reads, len(spans) - reads,
-                 sum(span.end - span.start for span in spans) / run.seconds, peak_in_flight(spans),
-                 len(chain), holder)
+    objects = run.changes() if args[0] == "apply" else 0
+    return trace_of(spans, run.seconds, run.cpu, lambda span: owners.get(id(span), "?"), objects)
+
+
+def trace_of(spans, seconds: float, cpu: float, owner, objects: int = 0) -> Trace:
+    """A command's trace from its calls' spans; `owner(span)` names who sent a call (a step)."""
+    from tests.wire import mutating
+    chain = longest_chain(spans)
+    holders = Counter(owner(span) for span in chain).most_common(4)
+    holder = ", ".join(f"{name} {count}" for name, count in holders)
+    writes = [span for span in spans if mutating(_method(span), span.operation)]
+    return Trace(seconds, cpu, len(spans), len(spans) - len(writes), len(writes),
+                 sum(span.end - span.start for span in spans) / seconds, peak_in_flight(spans),
+                 len(chain), holder, sum(1 for span in writes if span.service != "DynamoDB"), objects)
+
+
+def traced_terraform(proxy, workspace, scenario: str) -> Trace:
+    """Run Terraform's command of `scenario` through `proxy`. CPU: terraform's and its provider
+    plugin's (a child terraform waits for). Objects: the resources in its state afterwards; the
+    chain is held by AWS services (Terraform's calls name no step)."""
+    from tests import bench_terraform
+    proxy.reset()
+    cpu_before = cpu_of_children()
+    started = time.perf_counter()
+    workspace.run(*bench_terraform.COMMANDS[scenario], ok=(0, 2))  # plan -detailed-exitcode: 2 = changes
+    seconds = time.perf_counter() - started
+    cpu = cpu_of_children() - cpu_before
+    spans = list(proxy.spans)
+    return trace_of(spans, seconds, cpu, lambda span: span.service, workspace.objects())
 
 
 def _method(span) -> str:
     return span.operation.split(" ")[0] if " " in span.operation else "POST"
 
 
+#: The three commands `latency` times, in this order.
+SCENARIOS = (("cold apply", ("apply", "dev")), ("unchanged apply", ("apply", "dev")), ("plan", ("plan", "dev")))
+
+
 def latency(sources: list[Path | None]) -> None:
     """Cold apply, unchanged re-apply and plan at each added latency, for each source tree (a
-    checkout of this project to compare against; None is the installed one), alternated."""
-    from tests.wire import CountingProxy
-    server, url = start_server()
-    print(f"{'latency':>7} {'code':<8} {'scenario':<18} {'wall s':>7} {'CPU s':>6} {'calls':>6} {'reads':>6} "
+    checkout of this project to compare against; None is the installed one) and, when terraform
+    is on PATH, for Terraform on the same workload (tests/bench_terraform). Each code has its own
+    server, reset at each latency, so that the codes take turns scenario by scenario: on a noisy
+    machine, what is compared is measured close in time."""
+    from tests import bench_terraform
+    skipped = bench_terraform.missing()
+    print(f"{'latency':>7} {'code':<9} {'scenario':<18} {'wall s':>7} {'CPU s':>6} {'calls':>6} {'reads':>6} "
           f"{'mut':>4} {'avg conc':>8} {'peak':>5} {'chain':>6}  chain held by (calls)")
-    results = {}
+    servers, results = [], {}
     try:
-        for source in sources:  # each checkout's modules compiled before any run is timed (bytecode_cache)
+        for _ in range(len(sources) + (skipped is None)):
+            servers.append(start_server())
+        for (_, url), source in zip(servers, sources):  # each checkout compiled before any is timed (bytecode_cache)
             timed(url, "plan", "dev", source=source)
         for delay in LATENCIES:
-            proxy = CountingProxy(url, delay=delay)
-            try:
-                for number, source in enumerate(sources):
-                    reset(url)
-                    for scenario, args in (("cold apply", ("apply", "dev")), ("unchanged apply", ("apply", "dev")),
-                                           ("plan", ("plan", "dev"))):
-                        trace = results[delay, number, scenario] = traced(proxy, source, *args)
-                        name = "installed" if source is None else f"#{number}"
-                        print(f"{delay * 1000:>5.0f}ms {name:<8} {scenario:<18} {trace.seconds:>7.2f} "
-                              f"{trace.cpu:>6.2f} "
-                              f"{trace.calls:>6} {trace.reads:>6} {trace.mutating:>4} "
-                              f"{trace.average_concurrency:>8.2f} {trace.peak_concurrency:>5} {trace.critical_path:>6}"
-                              f"  {trace.critical_step}", flush=True)
-            finally:
-                proxy.close()
+            skipped = _at_latency(delay, sources, [url for _, url in servers], skipped, results)
     finally:
-        server.terminate()
-        server.wait()
+        for server, _ in servers:
+            server.terminate()
+            server.wait()
     if len(sources) > 1:
         print("\nRatios to the first code (wall, CPU) in this run:")
         for delay in LATENCIES:
-            for scenario in ("cold apply", "unchanged apply", "plan"):
+            for scenario, _ in SCENARIOS:
                 first = results[delay, 0, scenario]
                 for number in range(1, len(sources)):
                     other = results[delay, number, scenario]
                     print(f"{delay * 1000:>5.0f}ms #{number}/#0 {scenario:<18} "
                           f"wall {other.seconds / first.seconds:.2f}x "
                           f"CPU {other.cpu / first.cpu:.2f}x")
+    if skipped is None:
+        side_by_side(results)
+    else:
+        print(f"\nSide by side with Terraform skipped: {skipped}; Terraform's only figures are the fixed "
+              "reference run's (DESIGN.md).")
+
+
+def _at_latency(delay: float, sources: list[Path | None], urls: list[str], skipped: str | None,
+                results: dict) -> str | None:
+    """Every code's three scenarios at `delay`, in turns, each through a proxy to its reset server
+    (Terraform's the last, `skipped` None); Terraform in a fresh workspace, its own state. Returns
+    None, or why Terraform could not run."""
+    from contextlib import ExitStack
+
+    from tests import bench_terraform
+    from tests.wire import CountingProxy
+    with ExitStack() as stack:
+        proxies = []
+        for url in urls:
+            reset(url)
+            proxies.append(CountingProxy(url, delay=delay))
+            stack.callback(proxies[-1].close)
+        workspace = None
+        if skipped is None:
+            workspace = stack.enter_context(bench_terraform.Workspace(proxies[-1].url, {**os.environ, **ENV}))
+            try:
+                workspace.init()
+            except bench_terraform.TerraformError as error:
+                skipped, workspace = f"terraform init failed ({str(error).strip().splitlines()[-1]})", None
+        for scenario, args in SCENARIOS:
+            for number, source in enumerate(sources):
+                trace = results[delay, number, scenario] = traced(proxies[number], source, *args)
+                _print_trace(delay, "installed" if source is None else f"#{number}", scenario, trace)
+            if workspace is not None:
+                trace = results[delay, "terraform", scenario] = traced_terraform(proxies[-1], workspace, scenario)
+                _print_trace(delay, "terraform", scenario, trace)
+    return skipped
+
+
+def _print_trace(delay: float, name: str, scenario: str, trace: Trace) -> None:
+    print(f"{delay * 1000:>5.0f}ms {name:<9} {scenario:<18} {trace.seconds:>7.2f} {trace.cpu:>6.2f} "
+          f"{trace.calls:>6} {trace.reads:>6} {trace.mutating:>4} "
+          f"{trace.average_concurrency:>8.2f} {trace.peak_concurrency:>5} {trace.critical_path:>6}"
+          f"  {trace.critical_step}", flush=True)
+
+
+#: The issue's targets: at most this share of Terraform's wall time (unchanged apply, plan) and
+#: of its calls per object created (cold apply); the unchanged apply's own figures at 40 ms.
+WALL_TARGET, CALLS_PER_OBJECT_TARGET = 0.2, 0.5
+CONCURRENCY_TARGET, READS_TODAY = 4.0, 99
+
+
+def side_by_side(results: dict) -> None:
+    """The orchestrator (the first code measured) against Terraform, per latency, with the targets."""
+    def verdict(met: bool) -> str:
+        return "met" if met else "NOT met"
+
+    print("\nThe orchestrator (first code) / Terraform, same workload, each on its own server, in turns:")
+    print(f"{'latency':>7} {'measure':<42} {'ours':>8} {'terraform':>10} {'ratio':>7}  target")
+    for delay in LATENCIES:
+        ms = f"{delay * 1000:>5.0f}ms"
+        for scenario in ("unchanged apply", "plan"):
+            ours, theirs = results[delay, 0, scenario], results[delay, "terraform", scenario]
+            ratio = ours.seconds / theirs.seconds
+            print(f"{ms} {scenario + ': wall s':<42} {ours.seconds:>8.2f} {theirs.seconds:>10.2f} {ratio:>7.2f}  "
+                  f"<= {WALL_TARGET}: {verdict(ratio <= WALL_TARGET)}")
+        ours, theirs = results[delay, 0, "cold apply"], results[delay, "terraform", "cold apply"]
+        print(f"{ms} {'cold apply: objects, as each counts':<42} {ours.objects:>8} {theirs.objects:>10}")
+        for measure, per_object in (("own counts", ours.calls_per_object),
+                                    ("Terraform's count", ours.calls / theirs.objects)):
+            ratio = per_object / theirs.calls_per_object
+            print(f"{ms} {'cold apply: calls/object, ' + measure:<42} {per_object:>8.2f} "
+                  f"{theirs.calls_per_object:>10.2f} {ratio:>7.2f}  <= {CALLS_PER_OBJECT_TARGET}: "
+                  f"{verdict(ratio <= CALLS_PER_OBJECT_TARGET)}")
+    unchanged = results[LATENCIES[-1], 0, "unchanged apply"]
+    ms = f"{LATENCIES[-1] * 1000:.0f} ms"
+    print(f"Unchanged apply at {ms}: average concurrency {unchanged.average_concurrency:.2f} "
+          f"(>= {CONCURRENCY_TARGET}: {verdict(unchanged.average_concurrency >= CONCURRENCY_TARGET)}), "
+          f"reads {unchanged.reads} (<= {READS_TODAY}: {verdict(unchanged.reads <= READS_TODAY)}), "
+          f"mutating to the platform {unchanged.platform_mutating} (0: {verdict(unchanged.platform_mutating == 0)}; "
+          f"{unchanged.mutating - unchanged.platform_mutating} to the state table).")
+    print("Objects: the orchestrator counts the changes of its cold apply (its run summary: a bucket with its\n"
+          "settings is one), Terraform the resources in its state (a bucket's settings are six more); the\n"
+          "same platform either way, Terraform's count is the finer one. tests/bench_terraform/README.md\n"
+          "lists what Terraform's configuration leaves out, and why.")
 
 
 def main() -> None:
