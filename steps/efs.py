@@ -19,7 +19,10 @@ Delete first. A zone holds one mount target of a file system, and a file system'
 token finds the old one until it is gone: such a replacement is planned as the delete of the
 old resource (and, for a file system, of its mount targets), then a `replace` that creates the
 new one. Each handler returns its waits in `Accepted`; one that needs an earlier change
-settled (the old one gone, a new file system available) settles first (`ctx.settle()`). A run
+settled (the old one gone, a new file system available) settles first (`ctx.settle()`). Mount
+targets and access points name the file system's changes as what they need (`Change.after`):
+they are created together, each settling only the file system's waits (and a replaced mount
+target's delete, a change of its own key), never another's availability. A run
 killed in between converges on the next apply: observe sees the old one gone or still
 `deleting`, and the plan waits until it is gone (a change with no call) before it creates.
 
@@ -276,10 +279,19 @@ def mount_target_gone(efs, mt_id: str, fs_name: str) -> Wait:
                 lambda: efs.describe_mount_targets(MountTargetId=mt_id)["MountTargets"][0], "MountTargetNotFound")
 
 
+def on_file_system(desired: EfsDesired) -> tuple[str, ...]:
+    """`Change.after` of a mount target or access point made on the platform's file system: the
+    changes of the file system itself (its create or replace, the wait for one left `creating`),
+    and not each other, so that they are created together, none waiting for another to be
+    available."""
+    return (f"file_system/{desired.file_system.name}",)
+
+
 def available_fs(ctx, observed: EfsFacts) -> ObservedFileSystem:
     """The platform's file system once it is available: a new one (its create's wait), or one an
     interrupted run left `creating` (the plan's wait for its state), takes no mount target,
-    access point or setting until then (IncorrectFileSystemLifeCycleState)."""
+    access point or setting until then (IncorrectFileSystemLifeCycleState). The settle takes
+    only the waits the change depends on (`on_file_system`, and a replaced mount target's delete)."""
     ctx.settle()
     return observed.current_fs()
 
@@ -521,8 +533,8 @@ class EfsStep(Step):
     def _new_fs_children(self, desired: EfsDesired, recorded: dict[str, dict]) -> list[Change]:
         """What a new file system needs after its create."""
         return (self._lifecycle(desired, None) + self._backups(desired, None, recorded)
-                + [self._plan_create_mount_target(mt) for mt in desired.mount_targets]
-                + [self._plan_create_access_point(ap) for ap in desired.access_points])
+                + [self._plan_create_mount_target(mt, on_file_system(desired)) for mt in desired.mount_targets]
+                + [self._plan_create_access_point(ap, on_file_system(desired)) for ap in desired.access_points])
 
     @staticmethod
     def _plan_wait_until_gone(deleting: ObservedFileSystem | None) -> list[Change]:
@@ -596,11 +608,11 @@ class EfsStep(Step):
                        calls=("efs:PutBackupPolicy",), payload=status, record={"enabled": status == "ENABLED"})]
 
     @staticmethod
-    def _plan_create_mount_target(mt: MountTarget) -> Change:
+    def _plan_create_mount_target(mt: MountTarget, after: tuple[str, ...]) -> Change:
         return Change("create", "mount_target", mt.zone,
                       diffs=(FieldDiff("subnet_id", None, mt.subnet_id),
                              FieldDiff("security_groups", None, [mt.security_group_id])),
-                      calls=("efs:CreateMountTarget",), payload=mt)
+                      calls=("efs:CreateMountTarget",), payload=mt, after=after)
 
     def _mount_targets(self, desired: EfsDesired, fs: ObservedFileSystem) -> list[Change]:
         wanted = {mt.zone for mt in desired.mount_targets}
@@ -615,13 +627,13 @@ class EfsStep(Step):
                                       payload=old, note=f"mount target {old.id}: an interrupted run deleted it; "
                                                         "wait until it is gone"))
             if found is None:
-                changes.append(self._plan_create_mount_target(mt))
+                changes.append(self._plan_create_mount_target(mt, on_file_system(desired)))
             elif found.subnet_id != mt.subnet_id:
                 # Delete first: a zone holds one mount target of a file system.
                 changes.append(self._plan_delete_mount_target(found, fs, "replaced: the subnet cannot change"))
                 changes.append(Change("replace", "mount_target", mt.zone,
                                       diffs=(FieldDiff("subnet_id", found.subnet_id, mt.subnet_id),),
-                                      calls=("efs:CreateMountTarget",), payload=mt,
+                                      calls=("efs:CreateMountTarget",), payload=mt, after=on_file_system(desired),
                                       note=f"mount target {found.id}: the subnet cannot change",
                                       outage=f"a zone holds one mount target: tasks in {mt.zone} cannot mount the "
                                              "file system until the new one is available"))
@@ -641,9 +653,9 @@ class EfsStep(Step):
         return changes
 
     @staticmethod
-    def _plan_create_access_point(ap: AccessPoint) -> Change:
+    def _plan_create_access_point(ap: AccessPoint, after: tuple[str, ...]) -> Change:
         return Change("create", "access_point", ap.key, diffs=(FieldDiff("settings", None, settings_text(ap)),),
-                      calls=("efs:CreateAccessPoint",), payload=ap)
+                      calls=("efs:CreateAccessPoint",), payload=ap, after=after)
 
     def _access_points(self, desired: EfsDesired, fs: ObservedFileSystem) -> list[Change]:
         """Match by Name tag; keep one with the right settings, replace otherwise, delete the rest
@@ -660,12 +672,12 @@ class EfsStep(Step):
                 changes.append(Change(
                     "replace", "access_point", ap.key,
                     diffs=(FieldDiff("settings", settings_text(old), settings_text(ap)),),
-                    calls=("efs:CreateAccessPoint",), payload=AccessPointWork(ap, old),
+                    calls=("efs:CreateAccessPoint",), payload=AccessPointWork(ap, old), after=on_file_system(desired),
                     note=f"access point {old.id}: access points cannot change, so a new one replaces it"))
                 changes.append(self._plan_delete_access_point(old, ap.key, "replaced"))
                 keep = old
             elif keep is None:
-                changes.append(self._plan_create_access_point(ap))
+                changes.append(self._plan_create_access_point(ap, on_file_system(desired)))
             elif tagging.reconcile(keep.tags, ap.tags):
                 changes.append(Change("update", "access_point", ap.key, diffs=tagging.tag_diffs(keep.tags, ap.tags),
                                       calls=("efs:TagResource",), payload=AccessPointWork(ap, keep), note=f"access point {keep.id}"))
