@@ -24,7 +24,8 @@ targets and access points name the file system's changes as what they need (`Cha
 they are created together, each settling only the file system's waits (and a replaced mount
 target's delete, a change of its own key), never another's availability. A run
 killed in between converges on the next apply: observe sees the old one gone or still
-`deleting`, and the plan waits until it is gone (a change with no call) before it creates.
+`deleting`, and the plan waits until it is gone (a change with no call) before it creates, or
+before it deletes the file system that had it (AWS refuses while a mount target is deleting).
 
 Data. The file system holds the services' data: apply and destroy delete it, with its mount
 targets and access points, only with `delete-data`, and so does a change that AWS can only
@@ -622,10 +623,7 @@ class EfsStep(Step):
             found = fs.mount_targets.get(mt.zone)
             if found is None and mt.zone in fs.deleting_mount_targets:
                 # An interrupted run deleted it (a replace's first half): a zone holds one.
-                old = fs.deleting_mount_targets[mt.zone]
-                changes.append(Change("delete", "mount_target", mt.zone, diffs=(FieldDiff("state", "deleting", "deleted"),),
-                                      payload=old, note=f"mount target {old.id}: an interrupted run deleted it; "
-                                                        "wait until it is gone"))
+                changes.append(self._plan_wait_until_mount_target_gone(fs.deleting_mount_targets[mt.zone]))
             if found is None:
                 changes.append(self._plan_create_mount_target(mt, on_file_system(desired)))
             elif found.subnet_id != mt.subnet_id:
@@ -695,6 +693,14 @@ class EfsStep(Step):
                       note=f"access point {found.id} is {why}; the files stay in the file system")
 
     @staticmethod
+    def _plan_wait_until_mount_target_gone(old: ObservedMountTarget, blocked: str | None = None) -> Change:
+        """One an interrupted run deleted and AWS still shows `deleting`: its zone holds it, and its
+        file system cannot be deleted (FileSystemInUse), until it is gone (a change with no call)."""
+        return Change("delete", "mount_target", old.zone, diffs=(FieldDiff("state", "deleting", "deleted"),),
+                      payload=old, blocked=blocked,
+                      note=f"mount target {old.id}: an interrupted run deleted it; wait until it is gone")
+
+    @staticmethod
     def _plan_delete_mount_target(found: ObservedMountTarget, fs: ObservedFileSystem, why: str,
                                   blocked: str | None = None) -> Change:
         return Change("delete", "mount_target", found.zone, calls=("efs:DeleteMountTarget",), payload=found,
@@ -702,10 +708,17 @@ class EfsStep(Step):
 
     def _plan_delete_fs_and_mount_targets(self, fs: ObservedFileSystem, blocked: str | None, why: str) -> list[Change]:
         """Its mount targets (changes of their own, whose waits the file system's delete settles
-        first: AWS refuses to delete a file system that has any), then it with its access points.
-        `blocked`: the mount targets of a file system that is kept stay too."""
-        return [self._plan_delete_mount_target(found, fs, f"its file system {why}", blocked)
-                for _, found in sorted(fs.mount_targets.items())] + [self._plan_delete_fs(fs, why)]
+        first: AWS refuses to delete a file system that has any, even one still `deleting`),
+        then it with its access points. `blocked`: the mount targets of a file system that is
+        kept stay too."""
+        return (self._plan_mount_targets_gone(fs, f"its file system {why}", blocked)
+                + [self._plan_delete_fs(fs, why)])
+
+    def _plan_mount_targets_gone(self, fs: ObservedFileSystem, why: str, blocked: str | None = None) -> list[Change]:
+        """The deletes of a file system's mount targets, and the waits for those an interrupted
+        run left `deleting`."""
+        return ([self._plan_wait_until_mount_target_gone(old, blocked) for _, old in sorted(fs.deleting_mount_targets.items())]
+                + [self._plan_delete_mount_target(found, fs, why, blocked) for _, found in sorted(fs.mount_targets.items())])
 
     @staticmethod
     def _plan_delete_fs(fs: ObservedFileSystem, why: str = "") -> Change:
@@ -801,7 +814,7 @@ class EfsStep(Step):
         """For one an interrupted run deleted already, only the wait until it is gone."""
         found: ObservedMountTarget = change.payload
         if change.differs("state"):
-            fs = observed.current_fs()
+            fs = next(fs for fs in observed.file_systems.values() if found in fs.deleting_mount_targets.values())
             fs.deleting_mount_targets.pop(found.zone, None)
             return Accepted(waits=(mount_target_gone(ctx.client("efs"), found.id, fs.name),))
         return Accepted(waits=(self._remove_mount_target(ctx.client("efs"), found, observed),))
@@ -875,8 +888,7 @@ class EfsStep(Step):
         points, goes only with `delete-data`."""
         changes = []
         for _, fs in sorted(observed.file_systems.items()):
-            changes += [self._plan_delete_mount_target(found, fs, "the file system's data is not touched")
-                        for _, found in sorted(fs.mount_targets.items())]
+            changes += self._plan_mount_targets_gone(fs, "the file system's data is not touched")
             changes.append(self._plan_delete_fs(fs))
         return changes
 

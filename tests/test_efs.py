@@ -751,3 +751,27 @@ def test_a_replaced_mount_target_is_created_only_once_the_old_one_is_gone(manife
     assert state["left"] == 0
     mount_targets = efs.describe_mount_targets(FileSystemId=fs_id)["MountTargets"]
     assert sorted(mt["SubnetId"] for mt in mount_targets) == sorted(moved["vpc"]["private_subnet_ids"])
+
+
+def test_a_left_over_file_system_is_deleted_only_once_its_mount_target_left_deleting_is_gone(
+        manifest, aws, efs, network):
+    harness.run_step(STEP, manifest, aws, upstream=network)
+    tags = [{"Key": "orchestrator:app", "Value": "gamepulse"}, {"Key": "orchestrator:env", "Value": "dev"},
+            {"Key": "orchestrator:step", "Value": "efs"}]
+    left_over = efs.create_file_system(CreationToken="an-earlier-token", Encrypted=True, Tags=tags)["FileSystemId"]
+    old = efs.create_mount_target(FileSystemId=left_over, SubnetId=network["vpc"]["private_subnet_ids"][0],
+                                  SecurityGroups=[network["vpc"]["security_groups"]["efs"]])
+    efs.delete_mount_target(MountTargetId=old["MountTargetId"])  # an interrupted run's last call
+    # Deleting for the observe's listing and the first poll of the wait; AWS refuses to delete
+    # the file system until it is gone.
+    state = still_deleting(aws, "DescribeMountTargets", "MountTargets", old, "MountTargetId",
+                           ("FileSystemId", left_over), 2)
+    refuse_while(aws, state, "FileSystemInUse", "DeleteFileSystem")
+
+    applied, _, _ = harness.run_step(STEP, manifest, aws, upstream=network, allow=("delete-data",))
+
+    assert [(c.action, c.kind, c.calls) for c in applied] == [
+        ("delete", "mount_target", ()), ("delete", "file_system", ("efs:DeleteAccessPoint", "efs:DeleteFileSystem"))]
+    assert [(d.field, d.old, d.new) for d in applied[0].diffs] == [("state", "deleting", "deleted")]
+    assert state["left"] == 0 and left_over not in [fs["FileSystemId"] for fs in our_file_systems(efs)]
+    assert harness.plan_step(STEP, manifest, aws, upstream=network) == []
