@@ -222,12 +222,7 @@ class Lock:
             store.close_abandoned_run(seen["run_id"], taking_over=True)
         log.info("lock acquired", env=store.manifest.environment, run_id=run_id, fence=fence + 1)
         lease = Lease(self, run_id, fence + 1, holder["lease_until"])
-        try:
-            if store.check_settings(seen.get("table_checked_at"), now):
-                lease.table_checked_at = now
-        except BaseException:
-            lease.release()
-            raise
+        lease.acquired_at, lease.table_checked_before = now, seen.get("table_checked_at")
         return lease, {}
 
     def _held_message(self, holder: dict) -> str:
@@ -269,6 +264,9 @@ class Lease:
         self.run_id = run_id
         self.fence = fence
         self.lease_until = lease_until  # AWS's time
+        self.acquired_at = lease_until - lock.lease_seconds  # AWS's time
+        #: When a run last verified the table's settings, as the lock item said when taken.
+        self.table_checked_before: float | None = None
         self.table_checked_at: float | None = None  # set when this run verified the table's settings
         self.lost = False
         self.taken_by: dict | None = None

@@ -57,7 +57,7 @@ from orchestrator.aws import STATE, Aws, error_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.items import fields, iso, plain, serialize, storable
 from orchestrator.lock import AwsTime, Lease, Lock, conflicted, user
-from orchestrator.model import Change
+from orchestrator.model import Change, recordable
 from orchestrator.retry import eventually
 
 #: This machine's monotonic clock: it measures how long a run took.
@@ -225,11 +225,33 @@ class StateStore:
 
     def acquire(self, run_id: str, command: str, wait_seconds: float = 0, manifest_hash: str | None = None) -> Lease:
         """Take the environment's lock, polling up to `wait_seconds` while another run holds it;
-        with `manifest_hash`, start the run's record in the same transaction."""
+        with `manifest_hash`, start the run's record in the same transaction. Then verify the
+        table's settings when due (`check_settings`): if that fails, the run's record ends
+        "failed" and the lock is freed (`abandon`) before the error is raised."""
         def run_record(now: float) -> list[dict]:
             return [] if manifest_hash is None else [self._start_run(run_id, command, manifest_hash, now)]
 
-        return self._lock.acquire(run_id, command, wait_seconds, also=run_record)
+        lease = self._lock.acquire(run_id, command, wait_seconds, also=run_record)
+        try:
+            if self.check_settings(lease.table_checked_before, lease.acquired_at):
+                lease.table_checked_at = lease.acquired_at
+        except BaseException as error:
+            self.abandon(lease, error)
+            raise
+        return lease
+
+    def abandon(self, lease: Lease, error: BaseException) -> None:
+        """A run that fails before it could do anything under the lock it just took: its record
+        (if it was started) ends "failed" with the error in one line, and the lock is freed, in
+        one transaction. Never raises: the caller raises `error` itself, which the user sees."""
+        from orchestrator.engine import describe_error
+        if self._run is None:
+            lease.release()
+            return
+        try:
+            self.finish_run(lease, "failed", {"_error": recordable(describe_error(error))})
+        except Exception as failure:  # the lock lost meanwhile: its new holder closes the record
+            log.warning("run record not finished", run_id=lease.run_id, error=str(failure))
 
     def lock_holder(self) -> dict | None:
         return self._lock.holder()

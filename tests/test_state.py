@@ -317,3 +317,24 @@ def test_records_of_changes_accepted_together_are_written_together_in_as_few_tra
     applied = StateStore(aws, make_manifest()).steps()["vpc"]["applied"]
     assert len(applied) == 149 and applied["route/0"] == {"n": "again"} and "route/1" not in applied
     assert StateStore(aws, make_manifest()).steps()["vpc"]["status"] == "applying"
+
+
+def test_a_settings_check_failing_once_the_lock_is_taken_ends_the_run_failed_frees_the_lock_and_raises_it(
+        aws, now):
+    from botocore.exceptions import ClientError
+
+    def denied(**kwargs):
+        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "not allowed"}},
+                          "UpdateContinuousBackups")
+
+    aws.register("before-call.dynamodb.UpdateContinuousBackups", denied)
+    store = StateStore(aws, make_manifest())
+    store.ensure_table()  # created by this run: its settings are due at once
+
+    with pytest.raises(ClientError, match="AccessDeniedException"):
+        store.acquire("run-1", "apply", manifest_hash="abc")
+
+    (run,) = store.runs()
+    assert (run["run_id"], run["result"]) == ("run-1", "failed")
+    assert "UpdateContinuousBackups: AccessDeniedException: not allowed" in run["summary"]["_error"]
+    assert store.lock_holder() is None, "the lock is freed at once, not when its lease ends"
