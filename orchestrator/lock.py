@@ -351,10 +351,12 @@ class Lease:
     def release(self, *writes: dict) -> None:
         """Free the lock if it is still ours, stamping when this run verified the table's
         settings, with `writes` (the run record's end) in the same transaction: they are made
-        only if the lock is still ours, and the lock is freed once they are. Never raises: a
-        lock already gone or taken over is left as is (and the lease marked lost when `writes`
-        were refused for it), and one that cannot be freed now expires with its lease. Once
-        freed, a second call does nothing."""
+        only if the lock is still ours, and the lock is freed once they are. When that
+        transaction fails for another reason (DynamoDB refused one of the writes), the lock is
+        freed on its own, saying that the writes were not made. Never raises: a lock already
+        gone or taken over is left as is (and the lease marked lost when `writes` were refused
+        for it), and one that cannot be freed now expires with its lease. Once freed, a second
+        call does nothing."""
         self.stop_heartbeat()
         if self._released:
             return
@@ -381,6 +383,10 @@ class Lease:
                 self.lose(fields(reasons[0].get("Item")))
             elif error_code(error) == "ConditionalCheckFailedException":
                 log.info("lock no longer ours; left as is", run_id=self.run_id)
+            elif writes:
+                log.warning("run record not finished; freeing the lock without it", run_id=self.run_id,
+                            error=str(error))
+                self.release()
             else:
                 log.warning("lock not released; it expires with its lease", run_id=self.run_id,
                             lease_until=iso(self.lease_until), error=str(error))
