@@ -21,8 +21,8 @@ holds the lock, and in its answer AWS's time); then takes the lock and starts th
 in one transaction while it reads the step records (consistently; why that is safe:
 `Lock._try_acquire`); and at the end finishes the run record and frees the lock in one
 transaction. A heartbeat renews the lease every third of a lease. DescribeTable is read only
-when the table is missing (to create it, or wait while another run creates it) and, beside
-the lock's read, when the environment asks for deletion protection (`protect`). Point-in-time
+when the table is missing (once it is created, by this run or another, until it is active) and,
+beside the lock's read, when the environment asks for deletion protection (`protect`). Point-in-time
 recovery and TTL, which DescribeTable does not show, are set when the table is created and
 read again only when the lock item's `table_checked_at` says no run of this environment
 verified them in the last day (or ever: a run interrupted while creating the table); the run
@@ -130,10 +130,9 @@ class StateStore:
         try:
             self._lock.look() if looked is None else looked.result()
         except ClientError as error:
-            if error_code(error) != "ResourceNotFoundException":
+            if error_code(error) != "ResourceNotFoundException":  # missing, or still being created
                 raise
-            if self._describe() is None:
-                self._created = self._create()
+            self._created = self._create()  # False: it exists (another run is creating it)
             waiters.wait_until(f"state table {self.table}", self._is_active, log=log)
             if self._created:  # a table this run made holds no lock item: the taking's condition says so
                 self._lock.seen_free()

@@ -338,3 +338,29 @@ def test_a_settings_check_failing_once_the_lock_is_taken_ends_the_run_failed_fre
     assert (run["run_id"], run["result"]) == ("run-1", "failed")
     assert "UpdateContinuousBackups: AccessDeniedException: not allowed" in run["summary"]["_error"]
     assert store.lock_holder() is None, "the lock is freed at once, not when its lease ends"
+
+
+def test_a_first_run_creates_the_table_with_one_describe_until_it_is_active(aws, now):
+    StateStore(aws, make_manifest()).ensure_table()
+    calls = Counter(call.operation for call in aws.ledger.calls)
+    assert (calls["CreateTable"], calls["DescribeTable"]) == (1, 1)
+
+
+def test_a_table_another_run_is_creating_is_waited_for_not_created_again(aws, now):
+    """GetItem answers ResourceNotFoundException while a table is still being created: this
+    run's CreateTable is then refused (ResourceInUseException), and it waits for that table."""
+    from botocore.exceptions import ClientError
+    StateStore(stating_the_time(Aws("us-east-1"), now), make_manifest()).ensure_table()  # the other run
+    creating = {"reads": 1}
+
+    def not_yet(**kwargs):
+        if creating["reads"]:
+            creating["reads"] -= 1
+            raise ClientError({"Error": {"Code": "ResourceNotFoundException", "Message": "not found"}}, "GetItem")
+
+    aws.register("before-call.dynamodb.GetItem", not_yet)
+    store = StateStore(aws, make_manifest())
+    store.ensure_table()
+    lease = store.acquire("run-1", "apply")
+    assert lease.fence == 1 and store.exists() and creating["reads"] == 0
+    assert aws.client("dynamodb").list_tables()["TableNames"] == [TABLE]
