@@ -10,7 +10,8 @@ Items share the partition key `app/env`; the sort key says what they are:
 - `step#<name>#rec#<kind/name>`: the last-applied configuration of one resource of the step.
   One item per resource, so no step nears DynamoDB's 400 KB item limit however many or large
   its resources; a single record too large for an item fails with a clear message before
-  DynamoDB refuses it.
+  DynamoDB refuses it. Records written together go in as few transactions as DynamoDB takes
+  (at most 99 writes beside the lock check, and 4 MB of items).
 - `run#<iso start time>#<run id>`: one run, deleted by TTL (`expires_at`) after the retention.
 
 Every time the store writes is AWS's (`orchestrator.lock.AwsTime`), never this machine's.
@@ -76,6 +77,9 @@ SETTINGS_CHECK_SECONDS = 86400
 MAX_ITEM_BYTES = 400 * 1024
 #: TransactWriteItems takes at most 100 actions; one is the lock check.
 MAX_TRANSACTION_WRITES = 99
+#: ... and items of at most 4 MB in all; this much of it is left for the lock check.
+MAX_TRANSACTION_BYTES = 4 * 1024 * 1024
+LOCK_CHECK_BYTES = 2 * 1024
 
 
 class StateStore:
@@ -359,17 +363,17 @@ class StateStore:
         """Called once AWS accepted the changes (the engine passes those accepted one after
         another with no wait between them), so a crash later still leaves their records.
 
-        Writes only what is new, in as few transactions as DynamoDB allows (99 writes each, with
-        the lock check): the step's first change in this run marks it "applying" (so `status`
-        never shows a half-changed step as ok), and each resource's record is written or deleted
-        if it changed. The step's own item goes in the first transaction."""
+        Writes only what is new, in as few transactions as DynamoDB allows (`_transactions`: 99
+        writes and 4 MB each, with the lock check): the step's first change in this run marks it
+        "applying" (so `status` never shows a half-changed step as ok), and each resource's record
+        is written or deleted if it changed. The step's own item goes in the first transaction."""
         current = self._current(step)
         ordered = self._record_writes(current, step, changes)
         if current.get("status") != "applying" or current.get("last_run") != lease.run_id:
             current.update(status="applying", last_run=lease.run_id, updated_at=iso(self.time.earliest()))
             ordered.insert(0, self._step_put(current))
-        for start in range(0, len(ordered), MAX_TRANSACTION_WRITES):
-            self._fenced(lease, *ordered[start:start + MAX_TRANSACTION_WRITES])
+        for writes in _transactions(ordered):
+            self._fenced(lease, *writes)
         if ordered:
             self._cache(current)
 
@@ -396,11 +400,8 @@ class StateStore:
                     changes: int, error: str | None = None, records=()) -> None:
         """Write the step's outcome, unless it is exactly what is stored already: an unchanged
         apply writes nothing. `records`: changes AWS accepted that are not recorded yet, written
-        in the same transaction (before it, with the "applying" mark, when they are too many
-        for one)."""
-        if len(records) >= MAX_TRANSACTION_WRITES:
-            self.record_changes(lease, step, list(records))
-            records = ()
+        in the same transaction (before it, with the "applying" mark, when they are too many or
+        too large for one)."""
         current = self._current(step)
         writes = self._record_writes(current, step, records)
         outputs = plain(storable(outputs))
@@ -414,7 +415,11 @@ class StateStore:
         current.pop("error", None)
         if error is not None:
             current["error"] = error
-        self._fenced(lease, *writes, self._step_put(current))
+        outcome = self._step_put(current)
+        if len(_transactions([*writes, outcome])) > 1:
+            self.record_changes(lease, step, list(records))
+            writes = []
+        self._fenced(lease, *writes, outcome)
         self._cache(current)
 
     def forget_step(self, lease: Lease, step: str) -> None:
@@ -422,9 +427,8 @@ class StateStore:
         owned; the step's own item goes last, so an interrupted forget leaves a step record."""
         current = self._current(step)
         keys = [_record_sk(step, key) for key in current["applied"]] + [STEP_PREFIX + step]
-        for start in range(0, len(keys), MAX_TRANSACTION_WRITES):
-            self._fenced(lease, *({"Delete": {"TableName": self.table, "Key": self.key(sk)}}
-                                  for sk in keys[start:start + MAX_TRANSACTION_WRITES]))
+        for deletes in _transactions([{"Delete": {"TableName": self.table, "Key": self.key(sk)}} for sk in keys]):
+            self._fenced(lease, *deletes)
         with self._cache_lock:
             self._steps.pop(step, None)
 
@@ -507,6 +511,24 @@ def _with_record(change: Change, record: dict) -> Change:
 
 def _record_sk(step: str, key: str) -> str:
     return f"{STEP_PREFIX}{step}{RECORD_INFIX}{key}"
+
+
+def _transactions(writes: list[dict]) -> list[list[dict]]:
+    """`writes`, in order, cut into as few transactions as DynamoDB takes beside the lock check:
+    at most MAX_TRANSACTION_WRITES actions, and items of at most MAX_TRANSACTION_BYTES in all,
+    each write measured by its whole action's JSON wire form (more than the item's size as
+    DynamoDB counts it)."""
+    batches: list[list[dict]] = []
+    size = 0
+    for write in writes:
+        weight = _item_size(write)
+        if not batches or len(batches[-1]) == MAX_TRANSACTION_WRITES or \
+                size + weight > MAX_TRANSACTION_BYTES - LOCK_CHECK_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(write)
+        size += weight
+    return batches
 
 
 def _item_size(item: dict) -> int:

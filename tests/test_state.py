@@ -364,3 +364,29 @@ def test_a_table_another_run_is_creating_is_waited_for_not_created_again(aws, no
     lease = store.acquire("run-1", "apply")
     assert lease.fence == 1 and store.exists() and creating["reads"] == 0
     assert aws.client("dynamodb").list_tables()["TableNames"] == [TABLE]
+
+
+def transaction_sizes(aws) -> list[int]:
+    """The size in bytes of each TransactWriteItems request sent from now on."""
+    sizes = []
+    aws.register("before-call.dynamodb.TransactWriteItems", lambda params, **kwargs: sizes.append(len(params["body"])))
+    return sizes
+
+
+@pytest.mark.parametrize("how", ["record_changes", "finish_step"])
+def test_large_records_are_written_in_transactions_of_at_most_4_mb(store, lease, aws, how):
+    """DynamoDB refuses a transaction whose items add up to more than 4 MB: 30 records of 300 KB
+    (each under the 400 KB item limit) are cut by size, not only at 99 writes."""
+    body = "x" * 300_000
+    changes = [Change("create", "dashboard", f"d{index}", record={"body": body}) for index in range(30)]
+    sizes = transaction_sizes(aws)
+    if how == "record_changes":
+        store.record_changes(lease, "dashboards", changes)
+    else:
+        store.finish_step(lease, "dashboards", status="ok", desired_hash="h", outputs={}, changes=30, records=changes)
+
+    # 9 MB of records: three transactions; the step's outcome then goes on its own.
+    assert max(sizes) <= 4 * 1024 * 1024 and len(sizes) == (3 if how == "record_changes" else 4), sizes
+    record = StateStore(aws, make_manifest()).steps()["dashboards"]
+    assert record["applied"] == {f"dashboard/d{index}": {"body": body} for index in range(30)}
+    assert record["status"] == ("applying" if how == "record_changes" else "ok")
