@@ -221,9 +221,8 @@ class Lock:
                         holder=f"{seen.get('user')}@{seen.get('host')}", fence=fence + 1)
             store.close_abandoned_run(seen["run_id"], taking_over=True)
         log.info("lock acquired", env=store.manifest.environment, run_id=run_id, fence=fence + 1)
-        lease = Lease(self, run_id, fence + 1, holder["lease_until"])
-        lease.acquired_at, lease.table_checked_before = now, seen.get("table_checked_at")
-        return lease, {}
+        return Lease(self, run_id, fence + 1, holder["lease_until"], acquired_at=now,
+                     table_checked_before=seen.get("table_checked_at")), {}
 
     def _held_message(self, holder: dict) -> str:
         now = self.store.time.earliest()
@@ -259,14 +258,15 @@ class Lock:
 class Lease:
     """This run's hold on the lock: renewed by a heartbeat, checked before every write."""
 
-    def __init__(self, lock: Lock, run_id: str, fence: int, lease_until: float):
+    def __init__(self, lock: Lock, run_id: str, fence: int, lease_until: float, *, acquired_at: float,
+                 table_checked_before: float | None = None):
         self.lock = lock
         self.run_id = run_id
         self.fence = fence
         self.lease_until = lease_until  # AWS's time
-        self.acquired_at = lease_until - lock.lease_seconds  # AWS's time
-        #: When a run last verified the table's settings, as the lock item said when taken.
-        self.table_checked_before: float | None = None
+        self.acquired_at = acquired_at  # AWS's time
+        #: When a run last verified the table's settings, as the lock item said when it was taken.
+        self.table_checked_before = table_checked_before
         self.table_checked_at: float | None = None  # set when this run verified the table's settings
         self.lost = False
         self.taken_by: dict | None = None
