@@ -525,19 +525,27 @@ class Engine:
         accepting a change and its record. With `leave_last`, the records of the changes
         accepted after the last wait, when nothing is left to wait for, are returned unwritten:
         the caller writes them at once, with the step's outcome, in one write."""
-        unrecorded: list[Change] = []
-        recording = threading.Lock()  # handlers making changes at once may settle (and so write)
+        unrecorded: dict[int, Change] = {}  # by plan position: each write lists them in plan order
+        made: dict[int, Change] = {}
+        recording = threading.RLock()  # handlers making changes at once may settle (and so write)
 
-        def write_records() -> None:
+        def take_unrecorded() -> list[Change]:
             with recording:
-                self._record(step.name, unrecorded)
+                taken = [unrecorded[index] for index in sorted(unrecorded)]
+                unrecorded.clear()
+            return taken
+
+        def write_records() -> None:  # one write at a time: the store keeps the step's record as written
+            with recording:
+                self._record(step.name, take_unrecorded())
 
         ctx.before_settle = write_records
 
-        def accepted(change: Change, answer: Accepted) -> None:  # in plan order
+        def accepted(index: int, change: Change, answer: Accepted) -> None:
+            """As AWS accepts each change: its record on the way, its waits pending."""
             with recording:
-                result.applied.append(change)
-                unrecorded.append(change if answer.record is None else dataclasses.replace(change, record=answer.record))
+                made[index] = change
+                unrecorded[index] = change if answer.record is None else dataclasses.replace(change, record=answer.record)
             ctx.add_waits(change.key, answer.waits)
 
         try:
@@ -549,15 +557,17 @@ class Engine:
             if any(change.after is not None for change in wanted):
                 self._make_together(step, ctx, observed, wanted, accepted)
             else:
-                for change in wanted:
-                    accepted(change, self._make(step, ctx, observed, change))
+                for index, change in enumerate(wanted):
+                    accepted(index, change, self._make(step, ctx, observed, change))
             if ctx.pending:
                 ctx.settle()
         except BaseException:
             write_records()
             raise
+        finally:
+            result.applied.extend(made[index] for index in sorted(made))
         if leave_last:
-            return unrecorded
+            return take_unrecorded()
         write_records()
         return []
 
@@ -571,29 +581,25 @@ class Engine:
     def _make_together(self, step, ctx: StepContext, observed, changes: list[Change], accepted) -> None:
         """The changes, each started as soon as it may: one that names what it needs
         (`Change.after`) once the earlier changes with those keys and with its own (a replace's
-        delete) were made and passed on (their waits pending, their records on the way), beside
-        others, up to CHANGES_AT_ONCE (its handler may settle the waits of those changes, and
-        only those); one that does not once every earlier change was made, alone, on this thread
-        (its handler may settle every pending wait), and none later before it was made.
-        `accepted` gets each change AWS accepted in plan order, once every earlier one ended;
-        while a handler settles, their records are written at once. After a failure (or a
-        stop) no change starts; those running end and are passed on (AWS accepted them: they
-        are recorded); then the first failure in plan order is raised."""
+        delete) were made (their waits pending), beside others, up to CHANGES_AT_ONCE (its
+        handler may settle the waits of those changes, and only those); one that does not once
+        every earlier change was made, alone, on this thread (its handler may settle every
+        pending wait), and none later before it was made. `accepted(index, change, answer)` gets
+        each change as AWS accepts it; while a handler settles, the records of the changes
+        accepted meanwhile are written at once, so that its wait never delays one. After a
+        failure (or a stop) no change starts; those running end and are passed on (AWS accepted
+        them: they are recorded); then the first failure in plan order is raised."""
         answers: dict[int, Accepted | BaseException] = {}
         waiting = list(range(len(changes)))  # not started, in plan order
         running: dict[Future, int] = {}
-        passed = 0  # changes before this index were passed on to `accepted`
 
         def end(index: int, answer) -> None:
-            nonlocal passed
             answers[index] = answer
-            while passed in answers:
-                if not isinstance(answers[passed], BaseException):
-                    accepted(changes[passed], answers[passed])
-                passed += 1
+            if not isinstance(answer, BaseException):  # before any change that needs it starts
+                accepted(index, changes[index], answer)
 
         def made_before(index: int, keys: tuple[str, ...]) -> bool:
-            return all(earlier < passed for earlier in range(index) if changes[earlier].key in keys)
+            return all(earlier in answers for earlier in range(index) if changes[earlier].key in keys)
 
         def startable() -> list[int]:
             ready = []

@@ -1014,3 +1014,46 @@ def test_a_change_naming_what_it_needs_settles_only_those_waits_and_those_of_its
     assert sorted(e for e in events if e[0] == "poll") == sorted(("poll", a, n) for a, n, _ in plan)
     written = [name for event in store.events if event[0] == "written" for name in event[1]]
     assert sorted(written + store.events[-1][2]) == ["t0", "t1", "t2", "t3", "t3"]
+
+
+def test_a_change_made_while_another_settles_is_recorded_without_waiting_for_that_wait():
+    """t2 settles t1's wait; t3, made meanwhile (and after t2 in plan order), is recorded while
+    that wait still goes on: a wait never stands between AWS accepting a change and its record."""
+    from orchestrator.model import Accepted, Wait
+    settling, t3_written, seen = threading.Event(), threading.Event(), {}
+
+    class Store(FakeStore):
+        def record_changes(self, lease, step, changes):
+            super().record_changes(lease, step, changes)
+            if "t3" in [change.name for change in changes]:
+                t3_written.set()
+
+    polls = iter([False, True])
+
+    def t1_ready():
+        if next(polls):
+            seen["t3 written before the wait was over"] = t3_written.wait(timeout=10)
+            return True, "ready"
+        settling.set()
+        return False, "pending"
+
+    class Settling(ThingStep):
+        def plan(self, desired, observed, recorded):
+            return [Change("create", "thing", "t1", record={}, after=()),
+                    Change("create", "thing", "t2", record={}, after=("thing/t1",)),
+                    Change("create", "thing", "t3", record={}, after=())]
+
+        def apply(self, ctx, change, observed):
+            if change.name == "t1":
+                return Accepted(waits=(Wait("t1 ready", t1_ready),))
+            if change.name == "t2":
+                ctx.settle()
+            if change.name == "t3":
+                assert settling.wait(timeout=30)
+            return Accepted()
+
+    store = Store()
+    results = engine_for([Settling("a")], store=store, lease=FakeLease()).apply()
+    assert results["a"].status == "ok"
+    assert seen == {"t3 written before the wait was over": True}
+    assert [c.name for c in results["a"].applied] == ["t1", "t2", "t3"]
