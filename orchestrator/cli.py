@@ -200,19 +200,23 @@ def run_locked(options: Options, env: str, command: str, targets, lock_timeout: 
     graph, store = graph_and_store(options, manifest, targets, ensure_table=True)
     aws = store.aws
     run_id = uuid.uuid4().hex[:12]
+    # A failure of the store's own checks once the lock is taken ends the run "failed" and frees the lock.
     lease = store.acquire(run_id, command, wait_seconds=lock_timeout, manifest_hash=manifest_hash(manifest))
-    lease.start_heartbeat()
     engine = Engine(manifest, aws, graph, store=store, lease=lease, allow=allow, parallelism=parallelism)
     results = engine.results  # filled as steps run, so an interrupted run still reports them
     outcome = "interrupted"
     started = time.monotonic()
     try:
+        lease.start_heartbeat()
         results = work(engine)
         # "incomplete": a destroy that kept what it was asked to remove (a protected load balancer).
         outcome = ("failed" if failed_steps(results) else
                    "incomplete" if any(r.status in ("kept", "skipped") for r in results.values()) else "ok")
     except OrchestratorError as error:  # stopped before any change (pre-flight), or interrupted
         outcome = "interrupted" if isinstance(error, Interrupted) else getattr(error, "outcome", "failed")
+        raise
+    except Exception as error:  # an AWS error outside a step (the state table's); a declined prompt is not one
+        outcome = "interrupted" if isinstance(error, click.exceptions.Abort) else "failed"
         raise
     finally:
         results = engine.results

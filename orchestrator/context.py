@@ -1,9 +1,12 @@
 """What a step sees while it observes and applies: clients, tags, tokens, waits, logging."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
+import threading
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import structlog
 
@@ -11,6 +14,10 @@ from orchestrator import tags as tagging
 from orchestrator import waiters
 from orchestrator.aws import Aws
 from orchestrator.log import redactor
+
+#: In the thread making a change: the keys of the earlier changes whose waits its handler's
+#: `settle` takes (see `StepContext.making`); None: every pending wait.
+_needs: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar("needs", default=None)
 
 
 @dataclass
@@ -26,7 +33,8 @@ class StepContext:
     #: Raises when the step must stop at once (Ctrl-C, the lock lost); called between polls.
     stop: Callable[[], None] = lambda: None
     log: object = field(default=None)
-    #: Waits of changes AWS accepted and the engine recorded, not settled yet.
+    #: Waits of changes AWS accepted and the engine recorded, not settled yet: (the key of the
+    #: change it settles, the wait).
     pending: list = field(default_factory=list)
     #: The step's last-applied records (`Change.key` → record), as `plan` gets them: observe may
     #: skip a read that a record makes needless (a task definition proven unchanged by its hash).
@@ -41,6 +49,8 @@ class StepContext:
     def __post_init__(self) -> None:
         if self.log is None:
             self.log = structlog.get_logger("orchestrator.step").bind(step=self.step)
+        self._pending_lock = threading.Lock()  # `pending`, shared by the threads making changes
+        self._settling = threading.Lock()  # one settle at a time: a wait two changes need is polled once
 
     def client(self, service: str):
         return self.aws.client(service)
@@ -83,15 +93,50 @@ class StepContext:
         basis = f"{self.app}/{self.env}/{self.step}/{logical}/{salt}/{run}"
         return hashlib.sha256(basis.encode()).hexdigest()[:32]
 
+    def add_waits(self, key: str, waits) -> None:
+        """The waits that settle the change with this key, pending until a settle takes them."""
+        with self._pending_lock:
+            self.pending.extend((key, wait) for wait in waits)
+
+    @contextlib.contextmanager
+    def making(self, change) -> Iterator[None]:
+        """While `change`'s handler runs (in this thread): what its `settle` takes. A change that
+        names what it needs (`Change.after`) waits only for those changes and the earlier ones of
+        its own key (a replace's delete); one that names none, for every earlier change."""
+        token = _needs.set(None if change.after is None else frozenset((*change.after, change.key)))
+        try:
+            yield
+        finally:
+            _needs.reset(token)
+
+    @property
+    def settling(self) -> bool:
+        """A handler is settling waits now (the engine writes records accepted meanwhile at once)."""
+        return self._settling.locked()
+
     def settle(self) -> None:
-        """Settle every pending wait now: a handler whose change needs an earlier one done
-        (a route to a NAT gateway that must be available) calls this first. The records of the
-        changes accepted so far are written first (`before_settle`), even with nothing pending:
-        a handler calls this before it waits in other ways too (a delete retried while in use)."""
-        self.before_settle()
-        waits, self.pending = self.pending, []
-        if waits:
-            waiters.settle(waits, log=self.log, stop=self.stop)
+        """Settle now the pending waits the change being made needs (`making`): a handler whose
+        change needs an earlier one done (a route to a NAT gateway that must be available, a
+        mount target on a new file system) calls this first. The waits of changes it does not
+        depend on stay pending: they do not hold it up. The records of the changes accepted so
+        far are written first (`before_settle`), even with nothing pending: a handler calls this
+        before it waits in other ways too (a delete retried while in use). Handlers making
+        changes at once settle one after another; a wait that failed stays pending (a change
+        that needs it too fails on it as well)."""
+        needs = _needs.get()
+        with self._settling:
+            self.before_settle()
+            with self._pending_lock:
+                taken = [(key, wait) for key, wait in self.pending if needs is None or key in needs]
+                self.pending = [(key, wait) for key, wait in self.pending if needs is not None and key not in needs]
+            if not taken:
+                return
+            try:
+                waiters.settle([wait for _, wait in taken], log=self.log, stop=self.stop)
+            except BaseException:
+                with self._pending_lock:
+                    self.pending = taken + self.pending
+                raise
 
     @staticmethod
     def secret(value: str) -> str:

@@ -525,13 +525,28 @@ class Engine:
         accepting a change and its record. With `leave_last`, the records of the changes
         accepted after the last wait, when nothing is left to wait for, are returned unwritten:
         the caller writes them at once, with the step's outcome, in one write."""
-        unrecorded: list[Change] = []
-        ctx.before_settle = lambda: self._record(step.name, unrecorded)
+        unrecorded: dict[int, Change] = {}  # by plan position: each write lists them in plan order
+        made: dict[int, Change] = {}
+        recording = threading.RLock()  # handlers making changes at once may settle (and so write)
 
-        def accepted(change: Change, answer: Accepted) -> None:  # in plan order
-            result.applied.append(change)
-            unrecorded.append(change if answer.record is None else dataclasses.replace(change, record=answer.record))
-            ctx.pending.extend(answer.waits)
+        def take_unrecorded() -> list[Change]:
+            with recording:
+                taken = [unrecorded[index] for index in sorted(unrecorded)]
+                unrecorded.clear()
+            return taken
+
+        def write_records() -> None:  # one write at a time: the store keeps the step's record as written
+            with recording:
+                self._record(step.name, take_unrecorded())
+
+        ctx.before_settle = write_records
+
+        def accepted(index: int, change: Change, answer: Accepted) -> None:
+            """As AWS accepts each change: its record on the way, its waits pending."""
+            with recording:
+                made[index] = change
+                unrecorded[index] = change if answer.record is None else dataclasses.replace(change, record=answer.record)
+            ctx.add_waits(change.key, answer.waits)
 
         try:
             for change in changes:
@@ -542,44 +557,46 @@ class Engine:
             if any(change.after is not None for change in wanted):
                 self._make_together(step, ctx, observed, wanted, accepted)
             else:
-                for change in wanted:
-                    accepted(change, self._make(step, ctx, observed, change))
+                for index, change in enumerate(wanted):
+                    accepted(index, change, self._make(step, ctx, observed, change))
             if ctx.pending:
                 ctx.settle()
         except BaseException:
-            self._record(step.name, unrecorded)
+            write_records()
             raise
+        finally:
+            result.applied.extend(made[index] for index in sorted(made))
         if leave_last:
-            return unrecorded
-        self._record(step.name, unrecorded)
+            return take_unrecorded()
+        write_records()
         return []
 
     def _make(self, step, ctx: StepContext, observed, change: Change) -> Accepted:
         """One change's calls, if this run may still change AWS."""
         self._stop_if_needed(before=f"{change.action} {change.kind} {change.name}")
         log.info(_verb(change), step=step.name, kind=change.kind, name=change.name)
-        return step.apply(ctx, change, observed) or Accepted()
+        with ctx.making(change):
+            return step.apply(ctx, change, observed) or Accepted()
 
     def _make_together(self, step, ctx: StepContext, observed, changes: list[Change], accepted) -> None:
         """The changes, each started as soon as it may: one that names what it needs
-        (`Change.after`) once the earlier changes with those keys were made, beside others, up
-        to CHANGES_AT_ONCE; one that does not once every earlier change was made, alone, on
-        this thread (its handler may settle waits), and none later before it was made.
-        `accepted` gets each change AWS accepted in plan order, once every earlier one ended.
-        After a failure (or a stop) no change starts; those running end and are passed on (AWS
-        accepted them: they are recorded); then the first failure in plan order is raised."""
+        (`Change.after`) once the earlier changes with those keys and with its own (a replace's
+        delete) were made (their waits pending), beside others, up to CHANGES_AT_ONCE (its
+        handler may settle the waits of those changes, and only those); one that does not once
+        every earlier change was made, alone, on this thread (its handler may settle every
+        pending wait), and none later before it was made. `accepted(index, change, answer)` gets
+        each change as AWS accepts it; while a handler settles, the records of the changes
+        accepted meanwhile are written at once, so that its wait never delays one. After a
+        failure (or a stop) no change starts; those running end and are passed on (AWS accepted
+        them: they are recorded); then the first failure in plan order is raised."""
         answers: dict[int, Accepted | BaseException] = {}
         waiting = list(range(len(changes)))  # not started, in plan order
         running: dict[Future, int] = {}
-        passed = 0  # changes before this index were passed on to `accepted`
 
         def end(index: int, answer) -> None:
-            nonlocal passed
             answers[index] = answer
-            while passed in answers:
-                if not isinstance(answers[passed], BaseException):
-                    accepted(changes[passed], answers[passed])
-                passed += 1
+            if not isinstance(answer, BaseException):  # before any change that needs it starts
+                accepted(index, changes[index], answer)
 
         def made_before(index: int, keys: tuple[str, ...]) -> bool:
             return all(earlier in answers for earlier in range(index) if changes[earlier].key in keys)
@@ -590,7 +607,7 @@ class Engine:
                 change = changes[index]
                 if change.after is None:  # alone: once all before it ended; nothing past it
                     return [index] if index == waiting[0] and not running and not ready else ready
-                if len(running) + len(ready) < CHANGES_AT_ONCE and made_before(index, change.after):
+                if len(running) + len(ready) < CHANGES_AT_ONCE and made_before(index, (*change.after, change.key)):
                     ready.append(index)
             return ready
 
@@ -612,6 +629,8 @@ class Engine:
                     continue
                 if not running:  # a failure or stop: nothing more starts
                     break
+                if ctx.settling:  # a wait must not stand between a change and its record
+                    ctx.before_settle()
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for future in sorted(done, key=running.get):
                     index = running.pop(future)

@@ -221,14 +221,8 @@ class Lock:
                         holder=f"{seen.get('user')}@{seen.get('host')}", fence=fence + 1)
             store.close_abandoned_run(seen["run_id"], taking_over=True)
         log.info("lock acquired", env=store.manifest.environment, run_id=run_id, fence=fence + 1)
-        lease = Lease(self, run_id, fence + 1, holder["lease_until"])
-        try:
-            if store.check_settings(seen.get("table_checked_at"), now):
-                lease.table_checked_at = now
-        except BaseException:
-            lease.release()
-            raise
-        return lease, {}
+        return Lease(self, run_id, fence + 1, holder["lease_until"], acquired_at=now,
+                     table_checked_before=seen.get("table_checked_at")), {}
 
     def _held_message(self, holder: dict) -> str:
         now = self.store.time.earliest()
@@ -264,11 +258,15 @@ class Lock:
 class Lease:
     """This run's hold on the lock: renewed by a heartbeat, checked before every write."""
 
-    def __init__(self, lock: Lock, run_id: str, fence: int, lease_until: float):
+    def __init__(self, lock: Lock, run_id: str, fence: int, lease_until: float, *, acquired_at: float,
+                 table_checked_before: float | None = None):
         self.lock = lock
         self.run_id = run_id
         self.fence = fence
         self.lease_until = lease_until  # AWS's time
+        self.acquired_at = acquired_at  # AWS's time
+        #: When a run last verified the table's settings, as the lock item said when it was taken.
+        self.table_checked_before = table_checked_before
         self.table_checked_at: float | None = None  # set when this run verified the table's settings
         self.lost = False
         self.taken_by: dict | None = None
@@ -353,10 +351,12 @@ class Lease:
     def release(self, *writes: dict) -> None:
         """Free the lock if it is still ours, stamping when this run verified the table's
         settings, with `writes` (the run record's end) in the same transaction: they are made
-        only if the lock is still ours, and the lock is freed once they are. Never raises: a
-        lock already gone or taken over is left as is (and the lease marked lost when `writes`
-        were refused for it), and one that cannot be freed now expires with its lease. Once
-        freed, a second call does nothing."""
+        only if the lock is still ours, and the lock is freed once they are. When that
+        transaction fails for another reason (DynamoDB refused one of the writes), the lock is
+        freed on its own, saying that the writes were not made. Never raises: a lock already
+        gone or taken over is left as is (and the lease marked lost when `writes` were refused
+        for it), and one that cannot be freed now expires with its lease. Once freed, a second
+        call does nothing."""
         self.stop_heartbeat()
         if self._released:
             return
@@ -383,6 +383,10 @@ class Lease:
                 self.lose(fields(reasons[0].get("Item")))
             elif error_code(error) == "ConditionalCheckFailedException":
                 log.info("lock no longer ours; left as is", run_id=self.run_id)
+            elif writes:
+                log.warning("run record not finished; freeing the lock without it", run_id=self.run_id,
+                            error=str(error))
+                self.release()
             else:
                 log.warning("lock not released; it expires with its lease", run_id=self.run_id,
                             lease_until=iso(self.lease_until), error=str(error))

@@ -102,10 +102,12 @@ class Change:
     `outage`: for a replacement that must delete before it creates (a resource whose name
     cannot exist twice), what is unavailable in between; the plan shows it.
     `after`: the keys of the earlier changes of the same step this one needs made first (`()`:
-    none); the engine starts it beside other such changes as soon as those are made (IAM's
-    roles together, each role's policies once it exists). None (the default): after every
-    earlier change, alone. The handler of a change that names them must not settle waits
-    (`ctx.settle`) and updates only its own resource in `observed`.
+    none besides the earlier changes of its own key, such as a replace's delete); the engine
+    starts it beside other such changes as soon as those are made (IAM's roles together, each
+    role's policies once it exists, mount targets once their file system is). Its handler's
+    `ctx.settle()` settles the waits of those changes only, and it updates only its own
+    resource in `observed`. None (the default): after every earlier change, alone; its
+    handler's `ctx.settle()` settles every pending wait.
     """
 
     action: Action
@@ -267,7 +269,8 @@ class Step:
       one change; it returns an `Accepted` (or None) with the record to keep and the waits that settle the change. The
       engine records the change at once, then settles the waits of all the step's changes
       together. A handler that needs an earlier change settled first calls `ctx.settle()`, before
-      any call of its own: no handler waits between two calls. A replacement that must delete
+      any call of its own (it settles what the change depends on: see `Change.after`): no
+      handler waits between two calls. A replacement that must delete
       first (`Change.outage`) is planned as the old resource's delete, then the `replace` that
       creates the new one once the delete settled; a run killed between them finds the old one
       gone and plans a create.

@@ -10,7 +10,8 @@ Items share the partition key `app/env`; the sort key says what they are:
 - `step#<name>#rec#<kind/name>`: the last-applied configuration of one resource of the step.
   One item per resource, so no step nears DynamoDB's 400 KB item limit however many or large
   its resources; a single record too large for an item fails with a clear message before
-  DynamoDB refuses it.
+  DynamoDB refuses it. Records written together go in as few transactions as DynamoDB takes
+  (at most 99 writes beside the lock check, and 4 MB of items).
 - `run#<iso start time>#<run id>`: one run, deleted by TTL (`expires_at`) after the retention.
 
 Every time the store writes is AWS's (`orchestrator.lock.AwsTime`), never this machine's.
@@ -21,8 +22,8 @@ holds the lock, and in its answer AWS's time); then takes the lock and starts th
 in one transaction while it reads the step records (consistently; why that is safe:
 `Lock._try_acquire`); and at the end finishes the run record and frees the lock in one
 transaction. A heartbeat renews the lease every third of a lease. DescribeTable is read only
-when the table is missing (to create it, or wait while another run creates it) and, beside
-the lock's read, when the environment asks for deletion protection (`protect`). Point-in-time
+when the table is missing (once it is created, by this run or another, until it is active) and,
+beside the lock's read, when the environment asks for deletion protection (`protect`). Point-in-time
 recovery and TTL, which DescribeTable does not show, are set when the table is created and
 read again only when the lock item's `table_checked_at` says no run of this environment
 verified them in the last day (or ever: a run interrupted while creating the table); the run
@@ -57,7 +58,7 @@ from orchestrator.aws import STATE, Aws, error_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.items import fields, iso, plain, serialize, storable
 from orchestrator.lock import AwsTime, Lease, Lock, conflicted, user
-from orchestrator.model import Change
+from orchestrator.model import Change, recordable
 from orchestrator.retry import eventually
 
 #: This machine's monotonic clock: it measures how long a run took.
@@ -76,6 +77,9 @@ SETTINGS_CHECK_SECONDS = 86400
 MAX_ITEM_BYTES = 400 * 1024
 #: TransactWriteItems takes at most 100 actions; one is the lock check.
 MAX_TRANSACTION_WRITES = 99
+#: ... and items of at most 4 MB in all; this much of it is left for the lock check.
+MAX_TRANSACTION_BYTES = 4 * 1024 * 1024
+LOCK_CHECK_BYTES = 2 * 1024
 
 
 class StateStore:
@@ -130,10 +134,9 @@ class StateStore:
         try:
             self._lock.look() if looked is None else looked.result()
         except ClientError as error:
-            if error_code(error) != "ResourceNotFoundException":
+            if error_code(error) != "ResourceNotFoundException":  # missing, or still being created
                 raise
-            if self._describe() is None:
-                self._created = self._create()
+            self._created = self._create()  # False: it exists (another run is creating it)
             waiters.wait_until(f"state table {self.table}", self._is_active, log=log)
             if self._created:  # a table this run made holds no lock item: the taking's condition says so
                 self._lock.seen_free()
@@ -225,11 +228,33 @@ class StateStore:
 
     def acquire(self, run_id: str, command: str, wait_seconds: float = 0, manifest_hash: str | None = None) -> Lease:
         """Take the environment's lock, polling up to `wait_seconds` while another run holds it;
-        with `manifest_hash`, start the run's record in the same transaction."""
+        with `manifest_hash`, start the run's record in the same transaction. Then verify the
+        table's settings when due (`check_settings`): if that fails, the run's record ends
+        "failed" and the lock is freed (`abandon`) before the error is raised."""
         def run_record(now: float) -> list[dict]:
             return [] if manifest_hash is None else [self._start_run(run_id, command, manifest_hash, now)]
 
-        return self._lock.acquire(run_id, command, wait_seconds, also=run_record)
+        lease = self._lock.acquire(run_id, command, wait_seconds, also=run_record)
+        try:
+            if self.check_settings(lease.table_checked_before, lease.acquired_at):
+                lease.table_checked_at = lease.acquired_at
+        except BaseException as error:
+            self.abandon(lease, error)
+            raise
+        return lease
+
+    def abandon(self, lease: Lease, error: BaseException) -> None:
+        """A run that fails before it could do anything under the lock it just took: its record
+        (if it was started) ends "failed" with the error in one line, and the lock is freed, in
+        one transaction. Never raises: the caller raises `error` itself, which the user sees."""
+        from orchestrator.engine import describe_error
+        if self._run is None:
+            lease.release()
+            return
+        try:
+            self.finish_run(lease, "failed", {"_error": recordable(describe_error(error))})
+        except Exception as failure:  # the lock lost meanwhile: its new holder closes the record
+            log.warning("run record not finished", run_id=lease.run_id, error=str(failure))
 
     def lock_holder(self) -> dict | None:
         return self._lock.holder()
@@ -338,17 +363,17 @@ class StateStore:
         """Called once AWS accepted the changes (the engine passes those accepted one after
         another with no wait between them), so a crash later still leaves their records.
 
-        Writes only what is new, in as few transactions as DynamoDB allows (99 writes each, with
-        the lock check): the step's first change in this run marks it "applying" (so `status`
-        never shows a half-changed step as ok), and each resource's record is written or deleted
-        if it changed. The step's own item goes in the first transaction."""
+        Writes only what is new, in as few transactions as DynamoDB allows (`_transactions`: 99
+        writes and 4 MB each, with the lock check): the step's first change in this run marks it
+        "applying" (so `status` never shows a half-changed step as ok), and each resource's record
+        is written or deleted if it changed. The step's own item goes in the first transaction."""
         current = self._current(step)
         ordered = self._record_writes(current, step, changes)
         if current.get("status") != "applying" or current.get("last_run") != lease.run_id:
             current.update(status="applying", last_run=lease.run_id, updated_at=iso(self.time.earliest()))
             ordered.insert(0, self._step_put(current))
-        for start in range(0, len(ordered), MAX_TRANSACTION_WRITES):
-            self._fenced(lease, *ordered[start:start + MAX_TRANSACTION_WRITES])
+        for writes in _transactions(ordered):
+            self._fenced(lease, *writes)
         if ordered:
             self._cache(current)
 
@@ -375,11 +400,8 @@ class StateStore:
                     changes: int, error: str | None = None, records=()) -> None:
         """Write the step's outcome, unless it is exactly what is stored already: an unchanged
         apply writes nothing. `records`: changes AWS accepted that are not recorded yet, written
-        in the same transaction (before it, with the "applying" mark, when they are too many
-        for one)."""
-        if len(records) >= MAX_TRANSACTION_WRITES:
-            self.record_changes(lease, step, list(records))
-            records = ()
+        in the same transaction (before it, with the "applying" mark, when they are too many or
+        too large for one)."""
         current = self._current(step)
         writes = self._record_writes(current, step, records)
         outputs = plain(storable(outputs))
@@ -393,7 +415,11 @@ class StateStore:
         current.pop("error", None)
         if error is not None:
             current["error"] = error
-        self._fenced(lease, *writes, self._step_put(current))
+        outcome = self._step_put(current)
+        if len(_transactions([*writes, outcome])) > 1:
+            self.record_changes(lease, step, list(records))
+            writes = []
+        self._fenced(lease, *writes, outcome)
         self._cache(current)
 
     def forget_step(self, lease: Lease, step: str) -> None:
@@ -401,9 +427,8 @@ class StateStore:
         owned; the step's own item goes last, so an interrupted forget leaves a step record."""
         current = self._current(step)
         keys = [_record_sk(step, key) for key in current["applied"]] + [STEP_PREFIX + step]
-        for start in range(0, len(keys), MAX_TRANSACTION_WRITES):
-            self._fenced(lease, *({"Delete": {"TableName": self.table, "Key": self.key(sk)}}
-                                  for sk in keys[start:start + MAX_TRANSACTION_WRITES]))
+        for deletes in _transactions([{"Delete": {"TableName": self.table, "Key": self.key(sk)}} for sk in keys]):
+            self._fenced(lease, *deletes)
         with self._cache_lock:
             self._steps.pop(step, None)
 
@@ -486,6 +511,24 @@ def _with_record(change: Change, record: dict) -> Change:
 
 def _record_sk(step: str, key: str) -> str:
     return f"{STEP_PREFIX}{step}{RECORD_INFIX}{key}"
+
+
+def _transactions(writes: list[dict]) -> list[list[dict]]:
+    """`writes`, in order, cut into as few transactions as DynamoDB takes beside the lock check:
+    at most MAX_TRANSACTION_WRITES actions, and items of at most MAX_TRANSACTION_BYTES in all,
+    each write measured by its whole action's JSON wire form (more than the item's size as
+    DynamoDB counts it)."""
+    batches: list[list[dict]] = []
+    size = 0
+    for write in writes:
+        weight = _item_size(write)
+        if not batches or len(batches[-1]) == MAX_TRANSACTION_WRITES or \
+                size + weight > MAX_TRANSACTION_BYTES - LOCK_CHECK_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(write)
+        size += weight
+    return batches
 
 
 def _item_size(item: dict) -> int:

@@ -19,9 +19,13 @@ Delete first. A zone holds one mount target of a file system, and a file system'
 token finds the old one until it is gone: such a replacement is planned as the delete of the
 old resource (and, for a file system, of its mount targets), then a `replace` that creates the
 new one. Each handler returns its waits in `Accepted`; one that needs an earlier change
-settled (the old one gone, a new file system available) settles first (`ctx.settle()`). A run
+settled (the old one gone, a new file system available) settles first (`ctx.settle()`). Mount
+targets and access points name the file system's changes as what they need (`Change.after`):
+they are created together, each settling only the file system's waits (and a replaced mount
+target's delete, a change of its own key), never another's availability. A run
 killed in between converges on the next apply: observe sees the old one gone or still
-`deleting`, and the plan waits until it is gone (a change with no call) before it creates.
+`deleting`, and the plan waits until it is gone (a change with no call) before it creates, or
+before it deletes the file system that had it (AWS refuses while a mount target is deleting).
 
 Data. The file system holds the services' data: apply and destroy delete it, with its mount
 targets and access points, only with `delete-data`, and so does a change that AWS can only
@@ -276,10 +280,19 @@ def mount_target_gone(efs, mt_id: str, fs_name: str) -> Wait:
                 lambda: efs.describe_mount_targets(MountTargetId=mt_id)["MountTargets"][0], "MountTargetNotFound")
 
 
+def on_file_system(desired: EfsDesired) -> tuple[str, ...]:
+    """`Change.after` of a mount target or access point made on the platform's file system: the
+    changes of the file system itself (its create or replace, the wait for one left `creating`),
+    and not each other, so that they are created together, none waiting for another to be
+    available."""
+    return (f"file_system/{desired.file_system.name}",)
+
+
 def available_fs(ctx, observed: EfsFacts) -> ObservedFileSystem:
     """The platform's file system once it is available: a new one (its create's wait), or one an
     interrupted run left `creating` (the plan's wait for its state), takes no mount target,
-    access point or setting until then (IncorrectFileSystemLifeCycleState)."""
+    access point or setting until then (IncorrectFileSystemLifeCycleState). The settle takes
+    only the waits the change depends on (`on_file_system`, and a replaced mount target's delete)."""
     ctx.settle()
     return observed.current_fs()
 
@@ -521,8 +534,8 @@ class EfsStep(Step):
     def _new_fs_children(self, desired: EfsDesired, recorded: dict[str, dict]) -> list[Change]:
         """What a new file system needs after its create."""
         return (self._lifecycle(desired, None) + self._backups(desired, None, recorded)
-                + [self._plan_create_mount_target(mt) for mt in desired.mount_targets]
-                + [self._plan_create_access_point(ap) for ap in desired.access_points])
+                + [self._plan_create_mount_target(mt, on_file_system(desired)) for mt in desired.mount_targets]
+                + [self._plan_create_access_point(ap, on_file_system(desired)) for ap in desired.access_points])
 
     @staticmethod
     def _plan_wait_until_gone(deleting: ObservedFileSystem | None) -> list[Change]:
@@ -596,11 +609,11 @@ class EfsStep(Step):
                        calls=("efs:PutBackupPolicy",), payload=status, record={"enabled": status == "ENABLED"})]
 
     @staticmethod
-    def _plan_create_mount_target(mt: MountTarget) -> Change:
+    def _plan_create_mount_target(mt: MountTarget, after: tuple[str, ...]) -> Change:
         return Change("create", "mount_target", mt.zone,
                       diffs=(FieldDiff("subnet_id", None, mt.subnet_id),
                              FieldDiff("security_groups", None, [mt.security_group_id])),
-                      calls=("efs:CreateMountTarget",), payload=mt)
+                      calls=("efs:CreateMountTarget",), payload=mt, after=after)
 
     def _mount_targets(self, desired: EfsDesired, fs: ObservedFileSystem) -> list[Change]:
         wanted = {mt.zone for mt in desired.mount_targets}
@@ -610,18 +623,15 @@ class EfsStep(Step):
             found = fs.mount_targets.get(mt.zone)
             if found is None and mt.zone in fs.deleting_mount_targets:
                 # An interrupted run deleted it (a replace's first half): a zone holds one.
-                old = fs.deleting_mount_targets[mt.zone]
-                changes.append(Change("delete", "mount_target", mt.zone, diffs=(FieldDiff("state", "deleting", "deleted"),),
-                                      payload=old, note=f"mount target {old.id}: an interrupted run deleted it; "
-                                                        "wait until it is gone"))
+                changes.append(self._plan_wait_until_mount_target_gone(fs.deleting_mount_targets[mt.zone]))
             if found is None:
-                changes.append(self._plan_create_mount_target(mt))
+                changes.append(self._plan_create_mount_target(mt, on_file_system(desired)))
             elif found.subnet_id != mt.subnet_id:
                 # Delete first: a zone holds one mount target of a file system.
                 changes.append(self._plan_delete_mount_target(found, fs, "replaced: the subnet cannot change"))
                 changes.append(Change("replace", "mount_target", mt.zone,
                                       diffs=(FieldDiff("subnet_id", found.subnet_id, mt.subnet_id),),
-                                      calls=("efs:CreateMountTarget",), payload=mt,
+                                      calls=("efs:CreateMountTarget",), payload=mt, after=on_file_system(desired),
                                       note=f"mount target {found.id}: the subnet cannot change",
                                       outage=f"a zone holds one mount target: tasks in {mt.zone} cannot mount the "
                                              "file system until the new one is available"))
@@ -641,9 +651,9 @@ class EfsStep(Step):
         return changes
 
     @staticmethod
-    def _plan_create_access_point(ap: AccessPoint) -> Change:
+    def _plan_create_access_point(ap: AccessPoint, after: tuple[str, ...]) -> Change:
         return Change("create", "access_point", ap.key, diffs=(FieldDiff("settings", None, settings_text(ap)),),
-                      calls=("efs:CreateAccessPoint",), payload=ap)
+                      calls=("efs:CreateAccessPoint",), payload=ap, after=after)
 
     def _access_points(self, desired: EfsDesired, fs: ObservedFileSystem) -> list[Change]:
         """Match by Name tag; keep one with the right settings, replace otherwise, delete the rest
@@ -660,12 +670,12 @@ class EfsStep(Step):
                 changes.append(Change(
                     "replace", "access_point", ap.key,
                     diffs=(FieldDiff("settings", settings_text(old), settings_text(ap)),),
-                    calls=("efs:CreateAccessPoint",), payload=AccessPointWork(ap, old),
+                    calls=("efs:CreateAccessPoint",), payload=AccessPointWork(ap, old), after=on_file_system(desired),
                     note=f"access point {old.id}: access points cannot change, so a new one replaces it"))
                 changes.append(self._plan_delete_access_point(old, ap.key, "replaced"))
                 keep = old
             elif keep is None:
-                changes.append(self._plan_create_access_point(ap))
+                changes.append(self._plan_create_access_point(ap, on_file_system(desired)))
             elif tagging.reconcile(keep.tags, ap.tags):
                 changes.append(Change("update", "access_point", ap.key, diffs=tagging.tag_diffs(keep.tags, ap.tags),
                                       calls=("efs:TagResource",), payload=AccessPointWork(ap, keep), note=f"access point {keep.id}"))
@@ -683,6 +693,14 @@ class EfsStep(Step):
                       note=f"access point {found.id} is {why}; the files stay in the file system")
 
     @staticmethod
+    def _plan_wait_until_mount_target_gone(old: ObservedMountTarget, blocked: str | None = None) -> Change:
+        """One an interrupted run deleted and AWS still shows `deleting`: its zone holds it, and its
+        file system cannot be deleted (FileSystemInUse), until it is gone (a change with no call)."""
+        return Change("delete", "mount_target", old.zone, diffs=(FieldDiff("state", "deleting", "deleted"),),
+                      payload=old, blocked=blocked,
+                      note=f"mount target {old.id}: an interrupted run deleted it; wait until it is gone")
+
+    @staticmethod
     def _plan_delete_mount_target(found: ObservedMountTarget, fs: ObservedFileSystem, why: str,
                                   blocked: str | None = None) -> Change:
         return Change("delete", "mount_target", found.zone, calls=("efs:DeleteMountTarget",), payload=found,
@@ -690,10 +708,17 @@ class EfsStep(Step):
 
     def _plan_delete_fs_and_mount_targets(self, fs: ObservedFileSystem, blocked: str | None, why: str) -> list[Change]:
         """Its mount targets (changes of their own, whose waits the file system's delete settles
-        first: AWS refuses to delete a file system that has any), then it with its access points.
-        `blocked`: the mount targets of a file system that is kept stay too."""
-        return [self._plan_delete_mount_target(found, fs, f"its file system {why}", blocked)
-                for _, found in sorted(fs.mount_targets.items())] + [self._plan_delete_fs(fs, why)]
+        first: AWS refuses to delete a file system that has any, even one still `deleting`),
+        then it with its access points. `blocked`: the mount targets of a file system that is
+        kept stay too."""
+        return (self._plan_mount_targets_gone(fs, f"its file system {why}", blocked)
+                + [self._plan_delete_fs(fs, why)])
+
+    def _plan_mount_targets_gone(self, fs: ObservedFileSystem, why: str, blocked: str | None = None) -> list[Change]:
+        """The deletes of a file system's mount targets, and the waits for those an interrupted
+        run left `deleting`."""
+        return ([self._plan_wait_until_mount_target_gone(old, blocked) for _, old in sorted(fs.deleting_mount_targets.items())]
+                + [self._plan_delete_mount_target(found, fs, why, blocked) for _, found in sorted(fs.mount_targets.items())])
 
     @staticmethod
     def _plan_delete_fs(fs: ObservedFileSystem, why: str = "") -> Change:
@@ -789,7 +814,7 @@ class EfsStep(Step):
         """For one an interrupted run deleted already, only the wait until it is gone."""
         found: ObservedMountTarget = change.payload
         if change.differs("state"):
-            fs = observed.current_fs()
+            fs = next(fs for fs in observed.file_systems.values() if found in fs.deleting_mount_targets.values())
             fs.deleting_mount_targets.pop(found.zone, None)
             return Accepted(waits=(mount_target_gone(ctx.client("efs"), found.id, fs.name),))
         return Accepted(waits=(self._remove_mount_target(ctx.client("efs"), found, observed),))
@@ -863,8 +888,7 @@ class EfsStep(Step):
         points, goes only with `delete-data`."""
         changes = []
         for _, fs in sorted(observed.file_systems.items()):
-            changes += [self._plan_delete_mount_target(found, fs, "the file system's data is not touched")
-                        for _, found in sorted(fs.mount_targets.items())]
+            changes += self._plan_mount_targets_gone(fs, "the file system's data is not touched")
             changes.append(self._plan_delete_fs(fs))
         return changes
 

@@ -684,3 +684,94 @@ def test_file_systems_of_others_cost_no_read_and_a_left_over_one_of_ours_is_foun
     changes = harness.plan_step(STEP, manifest, aws, upstream=network)
     assert [(c.action, c.kind, c.blocked) for c in changes] == [("delete", "file_system", "delete-data")]
     assert f"file system {left_over} is not the platform's" in changes[0].note
+
+
+def three_zone_network() -> dict:
+    """The vpc step's outputs for three zones (moto's us-east-1 has six)."""
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    zones = ["us-east-1a", "us-east-1b", "us-east-1c"]
+    vpc = ec2.create_vpc(CidrBlock="10.30.0.0/16")["Vpc"]["VpcId"]
+    subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.30.{16 * i}.0/20", AvailabilityZone=zone)
+               ["Subnet"]["SubnetId"] for i, zone in enumerate(zones)]
+    group = ec2.create_security_group(GroupName="gamepulse-dev-efs", Description="efs", VpcId=vpc)["GroupId"]
+    return {"vpc": {"vpc_id": vpc, "zones": zones, "private_subnet_ids": subnets, "security_groups": {"efs": group}}}
+
+
+def efs_requests(aws) -> list[str]:
+    """The mount target and access point operations the step sends from now on, in order (those
+    an injected answer stands in for too: registered before the test's own hooks, which botocore
+    calls after this one, the same event being as specific)."""
+    sent = []
+    for operation in ("CreateMountTarget", "DeleteMountTarget", "DescribeMountTargets", "CreateAccessPoint",
+                      "DescribeAccessPoints"):
+        aws.register(f"before-call.efs.{operation}", lambda model, **kwargs: sent.append(model.name))
+    return sent
+
+
+def test_mount_targets_and_access_points_are_created_together_not_each_after_the_last_is_available(
+        manifest, aws, efs, mock):
+    network = three_zone_network()
+    sent = efs_requests(aws)
+    # As on AWS, each new mount target and access point is `creating` for a while (moto: at once available).
+    mount_targets = still_creating(aws, "DescribeMountTargets", "MountTargets", 6)
+    access_points = still_creating(aws, "DescribeAccessPoints", "AccessPoints", 4)
+
+    applied, _, _ = harness.run_step(STEP, manifest, aws, upstream=network)
+
+    assert [(c.action, c.kind) for c in applied].count(("create", "mount_target")) == 3
+    assert [(c.action, c.kind) for c in applied].count(("create", "access_point")) == 2
+    creates = [i for i, op in enumerate(sent) if op in ("CreateMountTarget", "CreateAccessPoint")]
+    polls = [i for i, op in enumerate(sent) if op in ("DescribeMountTargets", "DescribeAccessPoints")]
+    assert len(creates) == 5 and polls, sent
+    assert max(creates) < min(polls), f"a create waited for an earlier one to be available: {sent}"
+    assert mount_targets["left"] == access_points["left"] == 0 and inventory(efs) == (1, 3, 2)
+    assert harness.plan_step(STEP, manifest, aws, upstream=network) == []
+
+
+def test_a_replaced_mount_target_is_created_only_once_the_old_one_is_gone(manifest, aws, efs, network):
+    _, outputs, _ = harness.run_step(STEP, manifest, aws, upstream=network)
+    fs_id = outputs["file_system_id"]
+    old = next(mt for mt in efs.describe_mount_targets(FileSystemId=fs_id)["MountTargets"]
+               if mt["AvailabilityZoneName"] == ZONES[1])
+    moved = moved_subnet(network)
+    sent = efs_requests(aws)
+    # As on AWS, the deleted one is `deleting` for the first two polls, and its zone holds it till then.
+    state = still_deleting(aws, "DescribeMountTargets", "MountTargets", old, "MountTargetId", ("FileSystemId", fs_id), 0)
+    aws.register("after-call.efs.DeleteMountTarget", lambda **kwargs: state.update(left=2))
+    refuse_while(aws, state, "MountTargetConflict", "CreateMountTarget")
+
+    applied, _, _ = harness.run_step(STEP, manifest, aws, upstream=moved)
+
+    assert [(c.action, c.kind, c.name) for c in applied] == [
+        ("delete", "mount_target", ZONES[1]), ("replace", "mount_target", ZONES[1])]
+    changing = [op for op in sent if op in ("DeleteMountTarget", "DescribeMountTargets", "CreateMountTarget")]
+    assert changing[changing.index("DeleteMountTarget"):] == [
+        "DeleteMountTarget", "DescribeMountTargets", "DescribeMountTargets", "DescribeMountTargets",
+        "CreateMountTarget", "DescribeMountTargets"], "deleted, waited out until gone, then created"
+    assert state["left"] == 0
+    mount_targets = efs.describe_mount_targets(FileSystemId=fs_id)["MountTargets"]
+    assert sorted(mt["SubnetId"] for mt in mount_targets) == sorted(moved["vpc"]["private_subnet_ids"])
+
+
+def test_a_left_over_file_system_is_deleted_only_once_its_mount_target_left_deleting_is_gone(
+        manifest, aws, efs, network):
+    harness.run_step(STEP, manifest, aws, upstream=network)
+    tags = [{"Key": "orchestrator:app", "Value": "gamepulse"}, {"Key": "orchestrator:env", "Value": "dev"},
+            {"Key": "orchestrator:step", "Value": "efs"}]
+    left_over = efs.create_file_system(CreationToken="an-earlier-token", Encrypted=True, Tags=tags)["FileSystemId"]
+    old = efs.create_mount_target(FileSystemId=left_over, SubnetId=network["vpc"]["private_subnet_ids"][0],
+                                  SecurityGroups=[network["vpc"]["security_groups"]["efs"]])
+    efs.delete_mount_target(MountTargetId=old["MountTargetId"])  # an interrupted run's last call
+    # Deleting for the observe's listing and the first poll of the wait; AWS refuses to delete
+    # the file system until it is gone.
+    state = still_deleting(aws, "DescribeMountTargets", "MountTargets", old, "MountTargetId",
+                           ("FileSystemId", left_over), 2)
+    refuse_while(aws, state, "FileSystemInUse", "DeleteFileSystem")
+
+    applied, _, _ = harness.run_step(STEP, manifest, aws, upstream=network, allow=("delete-data",))
+
+    assert [(c.action, c.kind, c.calls) for c in applied] == [
+        ("delete", "mount_target", ()), ("delete", "file_system", ("efs:DeleteAccessPoint", "efs:DeleteFileSystem"))]
+    assert [(d.field, d.old, d.new) for d in applied[0].diffs] == [("state", "deleting", "deleted")]
+    assert state["left"] == 0 and left_over not in [fs["FileSystemId"] for fs in our_file_systems(efs)]
+    assert harness.plan_step(STEP, manifest, aws, upstream=network) == []

@@ -976,3 +976,84 @@ def test_a_failure_among_changes_made_together_records_the_others_and_starts_not
     assert results["a"].status == "failed" and results["a"].error == "t1 refused"
     assert ("start", "t3") not in events, "t3 waits for every earlier change, and t1 failed"
     assert ("written", ["t2"]) in store.events, "t2 was in flight beside t1: AWS accepted it, it is recorded"
+
+
+def test_a_change_naming_what_it_needs_settles_only_those_waits_and_those_of_its_own_key():
+    """t2 and t3 need t1 only; t3 is also the replace of an earlier t3 (its delete). Neither
+    waits for the other's (still pending) waits, nor for t0's, and both go out before any of
+    those is polled; what they name is settled (and recorded) before each of their calls."""
+    from orchestrator.model import Accepted, Wait
+    events, store = [], FakeStore()
+    plan = [("create", "t0", ()), ("create", "t1", ()), ("delete", "t3", ()), ("create", "t2", ("t1",)),
+            ("replace", "t3", ("t1",))]
+
+    class Needing(ThingStep):
+        def plan(self, desired, observed, recorded):
+            return [Change(action, "thing", name, record={"n": name}, after=tuple(f"thing/{n}" for n in needs))
+                    for action, name, needs in plan]
+
+        def apply(self, ctx, change, observed):
+            if change.action in ("create", "replace") and change.name in ("t2", "t3"):
+                ctx.settle()
+            events.append(("call", change.action, change.name))
+
+            def check():
+                events.append(("poll", change.action, change.name))
+                return True, "ready"
+
+            return Accepted(waits=(Wait(f"{change.action} {change.name}", check),))
+
+    results = engine_for([Needing("a")], store=store, lease=FakeLease()).apply()
+
+    assert results["a"].status == "ok"
+    t2, t3 = events.index(("call", "create", "t2")), events.index(("call", "replace", "t3"))
+    assert events.index(("poll", "create", "t1")) < min(t2, t3), "both need t1 settled"
+    assert events.index(("poll", "delete", "t3")) < t3, "a replace settles its own delete first"
+    assert ("poll", "create", "t0") not in events[:max(t2, t3)], "t0 is needed by neither"
+    assert ("poll", "create", "t2") not in events[:t3] and ("poll", "replace", "t3") not in events[:t2]
+    assert sorted(e for e in events if e[0] == "poll") == sorted(("poll", a, n) for a, n, _ in plan)
+    written = [name for event in store.events if event[0] == "written" for name in event[1]]
+    assert sorted(written + store.events[-1][2]) == ["t0", "t1", "t2", "t3", "t3"]
+
+
+def test_a_change_made_while_another_settles_is_recorded_without_waiting_for_that_wait():
+    """t2 settles t1's wait; t3, made meanwhile (and after t2 in plan order), is recorded while
+    that wait still goes on: a wait never stands between AWS accepting a change and its record."""
+    from orchestrator.model import Accepted, Wait
+    settling, t3_written, seen = threading.Event(), threading.Event(), {}
+
+    class Store(FakeStore):
+        def record_changes(self, lease, step, changes):
+            super().record_changes(lease, step, changes)
+            if "t3" in [change.name for change in changes]:
+                t3_written.set()
+
+    polls = iter([False, True])
+
+    def t1_ready():
+        if next(polls):
+            seen["t3 written before the wait was over"] = t3_written.wait(timeout=10)
+            return True, "ready"
+        settling.set()
+        return False, "pending"
+
+    class Settling(ThingStep):
+        def plan(self, desired, observed, recorded):
+            return [Change("create", "thing", "t1", record={}, after=()),
+                    Change("create", "thing", "t2", record={}, after=("thing/t1",)),
+                    Change("create", "thing", "t3", record={}, after=())]
+
+        def apply(self, ctx, change, observed):
+            if change.name == "t1":
+                return Accepted(waits=(Wait("t1 ready", t1_ready),))
+            if change.name == "t2":
+                ctx.settle()
+            if change.name == "t3":
+                assert settling.wait(timeout=30)
+            return Accepted()
+
+    store = Store()
+    results = engine_for([Settling("a")], store=store, lease=FakeLease()).apply()
+    assert results["a"].status == "ok"
+    assert seen == {"t3 written before the wait was over": True}
+    assert [c.name for c in results["a"].applied] == ["t1", "t2", "t3"]

@@ -340,3 +340,29 @@ def test_a_takeover_reads_the_records_only_once_the_lock_is_taken(store, aws, no
     store.finish_step(old, "vpc", status="ok", desired_hash="h1", outputs={"vpc_id": "late"}, changes=1)
     newer.acquire("run-b", "apply")
     assert newer.steps()["vpc"]["outputs"] == {"vpc_id": "late"}
+
+
+def test_a_run_record_dynamodb_refuses_still_lets_the_lock_be_freed_and_says_so(store, aws, now):
+    from botocore.exceptions import ClientError
+    from structlog.testing import capture_logs
+
+    refusing = threading.Event()
+
+    def refused(**kwargs):
+        if refusing.is_set():
+            raise ClientError({"Error": {"Code": "ValidationException",
+                                         "Message": "Item size has exceeded the maximum"}}, "TransactWriteItems")
+
+    lease = store.acquire("run-a", "apply", manifest_hash="abc")
+    aws.register("before-call.dynamodb.TransactWriteItems", refused)
+    refusing.set()
+    with capture_logs() as logs:
+        store.finish_run(lease, "ok", {})
+    refusing.clear()
+
+    assert store.lock_holder() is None, "freed at once, not when its lease ends"
+    assert not lease.lost
+    said = [entry["event"] for entry in logs if entry["log_level"] in ("warning", "info")]
+    assert said == ["run record not finished; freeing the lock without it", "lock released"]
+    assert [run["result"] for run in store.runs()] == ["running"]
+    assert second_run(aws).acquire("run-b", "apply").fence == lease.fence + 1

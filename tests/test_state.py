@@ -317,3 +317,76 @@ def test_records_of_changes_accepted_together_are_written_together_in_as_few_tra
     applied = StateStore(aws, make_manifest()).steps()["vpc"]["applied"]
     assert len(applied) == 149 and applied["route/0"] == {"n": "again"} and "route/1" not in applied
     assert StateStore(aws, make_manifest()).steps()["vpc"]["status"] == "applying"
+
+
+def test_a_settings_check_failing_once_the_lock_is_taken_ends_the_run_failed_frees_the_lock_and_raises_it(
+        aws, now):
+    from botocore.exceptions import ClientError
+
+    def denied(**kwargs):
+        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "not allowed"}},
+                          "UpdateContinuousBackups")
+
+    aws.register("before-call.dynamodb.UpdateContinuousBackups", denied)
+    store = StateStore(aws, make_manifest())
+    store.ensure_table()  # created by this run: its settings are due at once
+
+    with pytest.raises(ClientError, match="AccessDeniedException"):
+        store.acquire("run-1", "apply", manifest_hash="abc")
+
+    (run,) = store.runs()
+    assert (run["run_id"], run["result"]) == ("run-1", "failed")
+    assert "UpdateContinuousBackups: AccessDeniedException: not allowed" in run["summary"]["_error"]
+    assert store.lock_holder() is None, "the lock is freed at once, not when its lease ends"
+
+
+def test_a_first_run_creates_the_table_with_one_describe_until_it_is_active(aws, now):
+    StateStore(aws, make_manifest()).ensure_table()
+    calls = Counter(call.operation for call in aws.ledger.calls)
+    assert (calls["CreateTable"], calls["DescribeTable"]) == (1, 1)
+
+
+def test_a_table_another_run_is_creating_is_waited_for_not_created_again(aws, now):
+    """GetItem answers ResourceNotFoundException while a table is still being created: this
+    run's CreateTable is then refused (ResourceInUseException), and it waits for that table."""
+    from botocore.exceptions import ClientError
+    StateStore(stating_the_time(Aws("us-east-1"), now), make_manifest()).ensure_table()  # the other run
+    creating = {"reads": 1}
+
+    def not_yet(**kwargs):
+        if creating["reads"]:
+            creating["reads"] -= 1
+            raise ClientError({"Error": {"Code": "ResourceNotFoundException", "Message": "not found"}}, "GetItem")
+
+    aws.register("before-call.dynamodb.GetItem", not_yet)
+    store = StateStore(aws, make_manifest())
+    store.ensure_table()
+    lease = store.acquire("run-1", "apply")
+    assert lease.fence == 1 and store.exists() and creating["reads"] == 0
+    assert aws.client("dynamodb").list_tables()["TableNames"] == [TABLE]
+
+
+def transaction_sizes(aws) -> list[int]:
+    """The size in bytes of each TransactWriteItems request sent from now on."""
+    sizes = []
+    aws.register("before-call.dynamodb.TransactWriteItems", lambda params, **kwargs: sizes.append(len(params["body"])))
+    return sizes
+
+
+@pytest.mark.parametrize("how", ["record_changes", "finish_step"])
+def test_large_records_are_written_in_transactions_of_at_most_4_mb(store, lease, aws, how):
+    """DynamoDB refuses a transaction whose items add up to more than 4 MB: 30 records of 300 KB
+    (each under the 400 KB item limit) are cut by size, not only at 99 writes."""
+    body = "x" * 300_000
+    changes = [Change("create", "dashboard", f"d{index}", record={"body": body}) for index in range(30)]
+    sizes = transaction_sizes(aws)
+    if how == "record_changes":
+        store.record_changes(lease, "dashboards", changes)
+    else:
+        store.finish_step(lease, "dashboards", status="ok", desired_hash="h", outputs={}, changes=30, records=changes)
+
+    # 9 MB of records: three transactions; the step's outcome then goes on its own.
+    assert max(sizes) <= 4 * 1024 * 1024 and len(sizes) == (3 if how == "record_changes" else 4), sizes
+    record = StateStore(aws, make_manifest()).steps()["dashboards"]
+    assert record["applied"] == {f"dashboard/d{index}": {"body": body} for index in range(30)}
+    assert record["status"] == ("applying" if how == "record_changes" else "ok")
