@@ -537,7 +537,10 @@ class Engine:
 
         def write_records() -> None:  # one write at a time: the store keeps the step's record as written
             with recording:
-                self._record(step.name, take_unrecorded())
+                indices = sorted(unrecorded)
+                self._record(step.name, [unrecorded[index] for index in indices])
+                for index in indices:  # dropped once written: after a failed write, the next tries them again
+                    del unrecorded[index]
 
         ctx.before_settle = write_records
 
@@ -592,6 +595,7 @@ class Engine:
         answers: dict[int, Accepted | BaseException] = {}
         waiting = list(range(len(changes)))  # not started, in plan order
         running: dict[Future, int] = {}
+        failed_write: list[BaseException] = []  # a record write that failed while a handler settled
 
         def end(index: int, answer) -> None:
             answers[index] = answer
@@ -613,7 +617,8 @@ class Engine:
 
         with ThreadPoolExecutor(max_workers=CHANGES_AT_ONCE, thread_name_prefix=f"change-{step.name}") as pool:
             while waiting or running:
-                ready = [] if any(isinstance(a, BaseException) for a in answers.values()) else startable()
+                stopped = failed_write or any(isinstance(a, BaseException) for a in answers.values())
+                ready = [] if stopped else startable()
                 for index in ready:
                     waiting.remove(index)
                     change = changes[index]
@@ -629,8 +634,11 @@ class Engine:
                     continue
                 if not running:  # a failure or stop: nothing more starts
                     break
-                if ctx.settling:  # a wait must not stand between a change and its record
-                    ctx.before_settle()
+                if ctx.settling and not failed_write:  # a wait must not stand between a change and its record
+                    try:
+                        ctx.before_settle()
+                    except BaseException as error:  # like a failed change: nothing more starts, those running end
+                        failed_write.append(error)
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for future in sorted(done, key=running.get):
                     index = running.pop(future)
@@ -641,6 +649,8 @@ class Engine:
         for index in sorted(answers):
             if isinstance(answers[index], BaseException):
                 raise answers[index]
+        if failed_write:
+            raise failed_write[0]
 
     def _record(self, step: str, unrecorded: list[Change]) -> None:
         """Write the records of the changes accepted since the last write, together; empties the list."""

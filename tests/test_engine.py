@@ -1057,3 +1057,50 @@ def test_a_change_made_while_another_settles_is_recorded_without_waiting_for_tha
     assert results["a"].status == "ok"
     assert seen == {"t3 written before the wait was over": True}
     assert [c.name for c in results["a"].applied] == ["t1", "t2", "t3"]
+
+
+def test_a_record_write_that_fails_while_a_change_settles_loses_no_change_aws_accepted():
+    """t3 is accepted while t2 settles t1's wait; writing its record fails once (DynamoDB
+    throttled past botocore's retries, say). The step fails on that error, but t2, which ends
+    after it, and t3 are both recorded and shown as applied: nothing AWS accepted goes unrecorded."""
+    from orchestrator.model import Accepted, Wait
+    settling, write_failed = threading.Event(), threading.Event()
+
+    class Store(FakeStore):
+        def record_changes(self, lease, step, changes):
+            if "t3" in [change.name for change in changes] and not write_failed.is_set():
+                write_failed.set()
+                raise RuntimeError("state table write throttled")
+            super().record_changes(lease, step, changes)
+
+    polls = iter([False, True])
+
+    def t1_ready():
+        if next(polls):
+            assert write_failed.wait(timeout=10)  # t1's wait lasts until t3's record was tried
+            return True, "ready"
+        settling.set()
+        return False, "pending"
+
+    class Settling(ThingStep):
+        def plan(self, desired, observed, recorded):
+            return [Change("create", "thing", "t1", record={}, after=()),
+                    Change("create", "thing", "t2", record={}, after=("thing/t1",)),
+                    Change("create", "thing", "t3", record={}, after=())]
+
+        def apply(self, ctx, change, observed):
+            if change.name == "t1":
+                return Accepted(waits=(Wait("t1 ready", t1_ready),))
+            if change.name == "t2":
+                ctx.settle()
+            if change.name == "t3":
+                assert settling.wait(timeout=30)
+            return Accepted()
+
+    store = Store()
+    results = engine_for([Settling("a")], store=store, lease=FakeLease()).apply()
+    assert results["a"].status == "failed" and "throttled" in results["a"].error
+    assert [c.name for c in results["a"].applied] == ["t1", "t2", "t3"]
+    recorded = {event[1] for event in store.events if event[0] == "recorded"}
+    recorded |= {name for event in store.events if event[0] == "finished" for name in event[2]}
+    assert recorded == {"t1", "t2", "t3"}
