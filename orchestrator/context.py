@@ -51,6 +51,7 @@ class StepContext:
             self.log = structlog.get_logger("orchestrator.step").bind(step=self.step)
         self._pending_lock = threading.Lock()  # `pending`, shared by the threads making changes
         self._settling = threading.Lock()  # one settle at a time: a wait two changes need is polled once
+        self._failed: dict[str, BaseException] = {}  # change key → how settling its waits failed
 
     def client(self, service: str):
         return self.aws.client(service)
@@ -121,8 +122,8 @@ class StepContext:
         depend on stay pending: they do not hold it up. The records of the changes accepted so
         far are written first (`before_settle`), even with nothing pending: a handler calls this
         before it waits in other ways too (a delete retried while in use). Handlers making
-        changes at once settle one after another; a wait that failed stays pending (a change
-        that needs it too fails on it as well)."""
+        changes at once settle one after another; a wait that failed stays pending, and a change
+        that needs it too fails on the same error at once, without waiting it out again."""
         needs = _needs.get()
         with self._settling:
             self.before_settle()
@@ -132,10 +133,15 @@ class StepContext:
             if not taken:
                 return
             try:
+                failed = next((self._failed[key] for key, _ in taken if key in self._failed), None)
+                if failed is not None:
+                    raise failed
                 waiters.settle([wait for _, wait in taken], log=self.log, stop=self.stop)
-            except BaseException:
+            except BaseException as error:
                 with self._pending_lock:
                     self.pending = taken + self.pending
+                    for key, _ in taken:
+                        self._failed.setdefault(key, error)
                 raise
 
     @staticmethod

@@ -1104,3 +1104,32 @@ def test_a_record_write_that_fails_while_a_change_settles_loses_no_change_aws_ac
     recorded = {event[1] for event in store.events if event[0] == "recorded"}
     recorded |= {name for event in store.events if event[0] == "finished" for name in event[2]}
     assert recorded == {"t1", "t2", "t3"}
+
+
+def test_a_wait_that_failed_is_not_waited_out_again_by_each_change_that_needs_it():
+    """t2 and t3 both need t1, whose file system never becomes available: the first to settle
+    waits it out and fails; the other fails on the same error at once (with five mount targets
+    and access points, the step took five times the wait's timeout to fail)."""
+    from orchestrator.model import Accepted, Wait
+    polls = []
+
+    def t1_ready():
+        polls.append("t1")
+        raise RuntimeError("file system t1 failed to become available")
+
+    class Needing(ThingStep):
+        def plan(self, desired, observed, recorded):
+            return [Change("create", "thing", "t1", record={}, after=()),
+                    Change("create", "thing", "t2", record={}, after=("thing/t1",)),
+                    Change("create", "thing", "t3", record={}, after=("thing/t1",))]
+
+        def apply(self, ctx, change, observed):
+            if change.name == "t1":
+                return Accepted(waits=(Wait("t1 available", t1_ready),))
+            ctx.settle()
+            return Accepted()
+
+    results = engine_for([Needing("a")], store=FakeStore(), lease=FakeLease()).apply()
+    assert results["a"].status == "failed" and "t1 failed to become available" in results["a"].error
+    assert polls == ["t1"]
+    assert [c.name for c in results["a"].applied] == ["t1"]
