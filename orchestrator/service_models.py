@@ -11,8 +11,10 @@ files was a third of its CPU:
   documentation strings, which botocore reads only to write help texts (a third of the bytes).
 
 The cache is keyed by each data file's path, size and modification time, so an upgrade of
-botocore (or a model of the user's own in ~/.aws/models) is read afresh; a cache folder that
-cannot be read or written is passed over, the file is then read as JSON.
+botocore (or a model of the user's own in ~/.aws/models) is read afresh; files no run wrote for a
+month are removed. A cache folder that cannot be read or written, or that another user could
+write in, is passed over: the file is then read as JSON. Kept files hold plain data only and are
+loaded by an unpickler that refuses anything else, so even a planted one can run no code.
 """
 from __future__ import annotations
 
@@ -22,8 +24,9 @@ import hashlib
 import json
 import os
 import pickle
-import shutil
+import stat
 import tempfile
+import time
 from pathlib import Path
 
 import botocore
@@ -32,18 +35,26 @@ from botocore.loaders import JSONFileLoader, Loader, instance_cache
 
 #: The extensions botocore's data files come with, in botocore's order: plain, then gzipped.
 OPENERS = ((".json", open), (".json.gz", gzip.open))
+#: The form of the kept files (what `without_documentation` leaves out): a new form, a new folder.
+FORM = 1
+#: Kept files no run has written for this long are removed (by a run that writes one).
+KEPT_FOR_SECONDS = 30 * 24 * 3600
 
 
 def cache_folder() -> Path | None:
     """Where parsed data files are kept: this botocore's folder in the user's cache
-    (`$XDG_CACHE_HOME`, else ~/.cache), or None where the user has no home."""
-    root = os.environ.get("XDG_CACHE_HOME")
-    if not root:
+    (`$XDG_CACHE_HOME` when absolute, as the XDG spec asks, else ~/.cache), or None where the
+    user has no home."""
+    root = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(root):
         try:
-            root = str(Path.home() / ".cache")
+            home = Path.home()
         except RuntimeError:  # no HOME and no passwd entry
             return None
-    return Path(root) / "gamepulse-orchestrator" / f"botocore-{botocore.__version__}"
+        if not home.is_absolute() or home == Path("/"):
+            return None
+        root = str(home / ".cache")
+    return Path(root) / "gamepulse-orchestrator" / f"botocore-{botocore.__version__}-{FORM}"
 
 
 def loader(data_path: str | None, cache: Path | None) -> Loader:
@@ -79,10 +90,10 @@ class CachedJsonFiles(JSONFileLoader):
         for extension, opener in OPENERS:
             path = file_path + extension
             try:
-                stat = os.stat(path)
+                info = os.stat(path)
             except OSError:
                 continue
-            kept = self._kept(path, stat)
+            kept = self._kept(path, info)
             data = self._read(kept)
             if data is None:
                 with opener(path, "rb") as file:
@@ -93,10 +104,10 @@ class CachedJsonFiles(JSONFileLoader):
             return data
         return None
 
-    def _kept(self, path: str, stat: os.stat_result) -> Path | None:
+    def _kept(self, path: str, info: os.stat_result) -> Path | None:
         if self.cache is None:
             return None
-        key = hashlib.sha256(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:32]
+        key = hashlib.sha256(f"{path}\0{info.st_size}\0{info.st_mtime_ns}".encode()).hexdigest()[:32]
         return self.cache / f"{key}.pickle"
 
     @staticmethod
@@ -105,10 +116,10 @@ class CachedJsonFiles(JSONFileLoader):
             return None
         try:
             with open(kept, "rb") as file:
-                return pickle.load(file)
+                return PlainData(file).load()
         except FileNotFoundError:
             return None
-        except Exception:  # noqa: BLE001 -- unreadable or damaged: read the JSON, keep it again
+        except Exception:  # noqa: BLE001 -- unreadable, damaged or not plain data: read the JSON, keep it again
             return None
 
     def _keep(self, kept: Path | None, data) -> None:
@@ -118,11 +129,12 @@ class CachedJsonFiles(JSONFileLoader):
             return
         temporary = None
         try:
-            if not kept.parent.is_dir():
-                kept.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
-                forget_other_versions(kept.parent)
+            for folder in (kept.parent.parent, kept.parent):  # ours alone, whatever the umask
+                if not folder.is_dir():
+                    folder.mkdir(parents=True, mode=0o700, exist_ok=True)
             if not private(kept.parent):
                 return
+            forget_unused(kept.parent)
             with tempfile.NamedTemporaryFile(dir=kept.parent, prefix=".", suffix=".tmp", delete=False) as out:
                 temporary = out.name
                 pickle.dump(data, out, protocol=pickle.HIGHEST_PROTOCOL)
@@ -133,28 +145,51 @@ class CachedJsonFiles(JSONFileLoader):
                     os.unlink(temporary)
 
 
+class PlainData(pickle.Unpickler):
+    """Loads a kept file: dicts, lists, strings, numbers, booleans and None, nothing else. An
+    unpickler finds a class or function only through `find_class`; refusing every one means
+    no pickle can make it run code."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"a kept data file names {module}.{name}; it holds plain data only")
+
+
 def private(folder: Path) -> bool:
-    """The cache folder is the user's own and nobody else may write in it. A pickle runs code
-    when it is loaded, so a folder another user could plant one in (an XDG_CACHE_HOME on a shared
-    disk, say) is never read from or written to. Asked once per run, once the folder exists."""
+    """The cache folder and the folder holding it are the user's own, real folders (not links),
+    and nobody else may write in them: a folder another user could put files in (an
+    XDG_CACHE_HOME on a shared disk, say) is never read from or written to. Asked once per run,
+    once the folder exists."""
     known = _PRIVATE.get(folder)
     if known is None:
         try:
-            stat = folder.stat()
+            stats = [os.lstat(each) for each in (folder.parent, folder)]
         except OSError:
             return False  # not there (yet): nothing to read, and `_keep` makes it private
-        known = _PRIVATE[folder] = stat.st_uid == os.getuid() and not stat.st_mode & 0o022
+        known = _PRIVATE[folder] = all(stat.S_ISDIR(each.st_mode) and each.st_uid == os.getuid()
+                                       and not each.st_mode & 0o022 for each in stats)
     return known
 
 
 _PRIVATE: dict[Path, bool] = {}
+_FORGOTTEN: set[Path] = set()
 
 
-def forget_other_versions(folder: Path) -> None:
-    """Removes the files kept for other botocore versions, which no run reads any more."""
-    for other in folder.parent.glob("botocore-*"):
-        if other != folder:
-            shutil.rmtree(other, ignore_errors=True)
+def forget_unused(current: Path) -> None:
+    """Removes the kept files (of any botocore version) that no run wrote for a month, and the
+    folders of other versions they leave empty; once per run that writes one, so a cache in use
+    stays put."""
+    if current in _FORGOTTEN:
+        return
+    _FORGOTTEN.add(current)
+    too_old = time.time() - KEPT_FOR_SECONDS
+    for folder in current.parent.glob("botocore-*"):
+        for kept in folder.glob("*.pickle"):
+            with contextlib.suppress(OSError):
+                if kept.stat().st_mtime < too_old:
+                    kept.unlink()
+        if folder != current:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
 
 
 def without_documentation(model: dict) -> dict:

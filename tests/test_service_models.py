@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import time
 
 import pytest
 from botocore.exceptions import UnknownServiceError
@@ -94,25 +95,52 @@ def test_a_service_is_found_in_its_own_folder_and_an_unknown_one_named(tmp_path,
         loader.load_service_model("no-such-service", "service-2")
 
 
-def test_files_kept_for_another_botocore_are_removed(tmp_path, monkeypatch):
-    old = tmp_path / "gamepulse-orchestrator" / "botocore-1.0.0"
-    old.mkdir(parents=True)
-    (old / "stale.pickle").write_bytes(b"")
+def test_files_no_run_wrote_for_a_month_are_removed_whatever_their_botocore(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     folder = service_models.cache_folder()
+    old, recent = tmp_path / "gamepulse-orchestrator" / "botocore-1.0.0-1", folder.parent / "botocore-2.0.0-1"
+    for each in (old, recent):
+        each.mkdir(parents=True)
+        (each / "kept.pickle").write_bytes(b"")
+    month_ago = time.time() - service_models.KEPT_FOR_SECONDS - 60
+    os.utime(old / "kept.pickle", (month_ago, month_ago))
     new_loader(None, folder).load_service_model("sts", "service-2")
-    assert not old.exists() and list(folder.glob("*.pickle"))
+    assert not old.exists() and (recent / "kept.pickle").exists() and list(folder.glob("*.pickle"))
 
 
-def test_a_cache_folder_others_may_write_in_is_never_read_nor_written(tmp_path):
-    """A pickle runs code when loaded: one planted in a folder open to others must not be."""
-    shared = tmp_path / "shared"
+def test_a_kept_file_that_names_code_is_never_run(tmp_path):
+    """Kept files hold plain data: a pickle that would call a function when loaded is refused
+    and the JSON is read instead."""
+    reference = new_loader(None, None).load_service_model("sts", "service-2")
+    new_loader(None, tmp_path).load_service_model("sts", "service-2")
+    marker = tmp_path / "ran"
+    for kept in tmp_path.glob("*.pickle"):
+        kept.write_bytes(pickle.dumps(Runs(str(marker))))
+    assert new_loader(None, tmp_path).load_service_model("sts", "service-2") == reference
+    assert not marker.exists()
+
+
+class Runs:
+    """What a planted pickle could do: call a function (here, create a file) when loaded."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("opened", ["the cache folder", "the folder holding it"])
+def test_a_cache_folder_others_may_write_in_is_never_read_nor_written(tmp_path, opened):
+    """Planted data (an endpoint rule set sending requests elsewhere, say) must not be read: a
+    folder others may write in, or one held by such a folder (they could swap it), is passed over."""
+    shared = tmp_path / "cache" / "botocore-x"
     new_loader(None, shared).load_service_model("sts", "service-2")
     planted = {"metadata": {}, "operations": {"Planted": {}}, "shapes": {}}
     for kept in shared.glob("*.pickle"):
         kept.write_bytes(pickle.dumps(planted))
         os.utime(kept)
-    shared.chmod(0o777)
+    (shared if opened == "the cache folder" else shared.parent).chmod(0o777)
     service_models._PRIVATE.clear()  # a later run
     fresh = new_loader(None, shared).load_service_model("sts", "service-2")
     assert "Planted" not in fresh["operations"] and "GetCallerIdentity" in fresh["operations"]
