@@ -55,7 +55,7 @@ promtool:
 	    echo "make test needs promtool: install Debian's prometheus package (sudo apt-get install prometheus) or put promtool on PATH" >&2; exit 1; \
 	  fi; }
 
-bench: install bytecode
+bench: install
 	$(BIN)/python -m tests.bench
 
 clean:

@@ -43,7 +43,8 @@ FACTS = "facts"
 CONCURRENCY = {"ec2": 8, "ecs": 8, "s3": 8, "iam": 4}
 DEFAULT_CONCURRENCY = 4
 #: `Aws.each`'s name for a few reads each of a different service (a step's kinds of resource):
-#: each then has one or two calls in flight to its own service; DEFAULT_CONCURRENCY bounds them.
+#: each then has one or two calls in flight to its own service; DEFAULT_CONCURRENCY bounds them,
+#: per batch (not across the run: each batch's services differ).
 SEVERAL_SERVICES = "several services"
 
 Item = TypeVar("Item")
@@ -159,7 +160,8 @@ class Aws:
         """`[read(item) for item in items]`, with up to the service's bound (CONCURRENCY) of the
         reads in flight at once across the run: for a step's reads that do not depend on each
         other (each role's policies, each bucket's settings). Results keep the items' order.
-        `service` is the AWS service the reads call, or SEVERAL_SERVICES.
+        `service` is the AWS service the reads call, or SEVERAL_SERVICES: a few reads each of a
+        different service, bounded by DEFAULT_CONCURRENCY within the batch.
 
         When reads fail, the first failing item's exception is raised, as the loop would have
         raised it; reads not started yet are dropped. A `read` that itself calls `each` (for any

@@ -75,7 +75,13 @@ def _value(attribute: dict) -> Any:
         return {key: _value(item) for key, item in value.items()}
     if kind == "L":
         return [_value(item) for item in value]
-    raise ValueError(f"an attribute of type {kind}, which the orchestrator never writes")
+    if kind in ("SS", "BS"):  # never written by the orchestrator; read as boto3 read them (an edit by hand)
+        return set(value)
+    if kind == "NS":
+        return {Decimal(number) for number in value}
+    if kind == "B":
+        return value
+    raise ValueError(f"a DynamoDB attribute of unknown type {kind}")
 
 
 def serialize(values: dict) -> dict:

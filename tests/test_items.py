@@ -24,3 +24,8 @@ def test_values_dynamodb_cannot_hold_are_refused_before_any_call():
     for value, message in ((float("nan"), "NaN"), (Decimal("Infinity"), "Infinity"), ({"a", "b"}, "set")):
         with pytest.raises(TypeError, match=message):
             serialize({"value": value})
+
+
+def test_set_and_binary_attributes_added_by_hand_are_read_as_boto3_reads_them():
+    item = {"tags": {"SS": ["a", "b"]}, "sizes": {"NS": ["1", "2.5"]}, "blob": {"B": b"\x00"}}
+    assert fields(item) == {key: TypeDeserializer().deserialize(value) for key, value in item.items()}
