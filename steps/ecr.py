@@ -183,13 +183,18 @@ class EcrStep(Step):
     def observe(self, ctx, desired: EcrDesired) -> EcrFacts:
         """The wanted repositories by name, and any other of ours (one removed from the manifest)
         by one tagging-API query; never a listing of the account's repositories. ECR describes
-        carry no tags and the tagging API's lag behind, so each repository found has its own
-        tags read, then its lifecycle policy and, before a delete, whether it holds images."""
+        carry no tags: a repository the query lists is ours by the tags it lists it with (as
+        storage takes a bucket's); the query lags behind by seconds to minutes, so any other
+        found (just created, or not ours) has its own tags read. Then each one's lifecycle policy
+        and, before a delete, whether it holds images."""
         client = ctx.client("ecr")
         facts = EcrFacts()
-        for item in _repositories_named(client, sorted(set(desired.repositories) | self._tagged_names(ctx))):
+        tagged = self._tagged(ctx)
+        for item in _repositories_named(client, sorted(set(desired.repositories) | set(tagged))):
             name = item["repositoryName"]
-            tags = tagging.tag_dict(client.list_tags_for_resource(resourceArn=item["repositoryArn"]).get("tags"))
+            tags = tagged.get(name)
+            if tags is None:
+                tags = tagging.tag_dict(client.list_tags_for_resource(resourceArn=item["repositoryArn"]).get("tags"))
             if ctx.owns(tags):
                 wanted = desired.repositories.get(name)
                 # Whether it holds images matters only to a delete: destroy, removal, re-encryption.
@@ -203,10 +208,11 @@ class EcrStep(Step):
                 _resolve_into(facts, client, desired.repositories[name])
         return facts
 
-    def _tagged_names(self, ctx) -> set[str]:
+    def _tagged(self, ctx) -> dict[str, dict[str, str]]:
+        """Our repositories the tagging API lists: name → tags."""
         pages = ctx.client("resourcegroupstaggingapi").get_paginator("get_resources").paginate(
             TagFilters=tagging.owner_tag_filters(ctx.app, ctx.env, self.name), ResourceTypeFilters=["ecr:repository"])
-        return {item["ResourceARN"].split(":repository/", 1)[-1]
+        return {item["ResourceARN"].split(":repository/", 1)[-1]: tagging.tag_dict(item.get("Tags"))
                 for page in pages for item in page["ResourceTagMappingList"]}
 
     @staticmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -192,8 +193,8 @@ def test_apply_creates_the_repository_with_settings_tags_and_lifecycle_then_chan
     assert again == [] and len(harness.mutations(aws)) == 2 and outputs_again == outputs
     assert sorted(c.operation for c in harness.calls_since(aws, before, STEP.name)) == [
         "DescribeImages", "DescribeRepositories", "GetLifecyclePolicy", "GetResources",  # others of ours, by tag
-        "ListImages",  # the tags it holds, for the message: 1.4.1 is not among them
-        "ListTagsForResource"]  # images are counted only to delete
+        "ListImages"]  # the tags it holds, for the message: 1.4.1 is not among them; images are counted
+    # only to delete, and its tags came with the tagging API's answer
 
 
 def test_the_image_to_deploy_is_the_manifests_tag_by_its_digest(manifest, aws, ecr):
@@ -362,3 +363,16 @@ def test_repositories_of_others_cost_no_read_and_a_removed_one_of_ours_is_found_
     applied = harness.run_step(STEP, manifest, aws)[0]  # gamepulse-tools left the manifest
     assert [(c.action, c.name) for c in applied] == [("delete", "gamepulse-tools")]
     assert len(ecr.describe_repositories()["repositories"]) == 41
+
+
+def test_a_repository_the_tagging_api_does_not_list_yet_is_known_ours_by_its_own_tags(manifest, aws, ecr):
+    """The tagging API lags behind by seconds to minutes: a re-apply right after the create finds
+    the repository by name, reads its tags, and changes nothing."""
+    harness.run_step(STEP, manifest, aws)
+    answered = SimpleNamespace(status_code=200, headers={})
+    aws.register("before-call.resource-groups-tagging-api.GetResources",
+                 lambda **kwargs: (answered, {"ResourceTagMappingList": []}))  # not listed yet
+    before = len(aws.ledger.calls)
+    again, _, _ = harness.run_step(STEP, manifest, aws)
+    assert again == []
+    assert "ListTagsForResource" in [c.operation for c in harness.calls_since(aws, before, STEP.name)]
