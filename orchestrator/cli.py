@@ -6,6 +6,7 @@ import gc
 import json
 import os
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -33,12 +34,12 @@ class Options:
     use_sandbox: bool
 
 
+#: How long a command runs before the cyclic garbage collector starts (`collect_later`).
+COLLECTOR_OFF_SECONDS = 3.0
+
+
 def main() -> None:
-    # A run builds millions of objects that live as long as the process (botocore's service
-    # models, pydantic's validators) and few reference cycles. At its default pace the cyclic
-    # collector scans them some three hundred times, then all of them again at exit: a third
-    # of a plan's CPU. Collect less often, and never over what exists when the command ends.
-    gc.set_threshold(10_000, 50, 100)
+    collect_later(COLLECTOR_OFF_SECONDS)
     try:
         cli.main(prog_name="orchestrator", standalone_mode=False)
     except click.exceptions.Abort:
@@ -61,6 +62,21 @@ def main() -> None:
         sys.exit(1)
     finally:
         gc.freeze()
+
+
+def collect_later(seconds: float) -> threading.Timer:
+    """A run builds millions of objects that live as long as the process (botocore's service
+    models, pydantic's validators) and few reference cycles. At its default pace the cyclic
+    collector scans them some three hundred times while they are built, then all of them again
+    at exit. It stays off for the command's first `seconds`, which a plan or an unchanged apply
+    ends within, then runs less often than Python's default; never over what exists when the
+    command ends (`main`'s freeze)."""
+    gc.set_threshold(10_000, 50, 100)
+    gc.disable()
+    timer = threading.Timer(seconds, gc.enable)
+    timer.daemon = True  # never keeps a finished command alive
+    timer.start()
+    return timer
 
 
 def pipeline_safe(exit_code: int) -> int:
