@@ -1016,23 +1016,15 @@ def test_a_change_naming_what_it_needs_settles_only_those_waits_and_those_of_its
     assert sorted(written + store.events[-1][2]) == ["t0", "t1", "t2", "t3", "t3"]
 
 
-def test_a_change_made_while_another_settles_is_recorded_without_waiting_for_that_wait():
-    """t2 settles t1's wait; t3, made meanwhile (and after t2 in plan order), is recorded while
-    that wait still goes on: a wait never stands between AWS accepting a change and its record."""
+def settling_step(settling: threading.Event, before_the_wait_ends) -> "ThingStep":
+    """t1 has a wait; t2 needs t1 and settles that wait; t3, made beside them, is accepted once
+    the wait was polled once (while t2 settles it); `before_the_wait_ends()` runs at its second poll."""
     from orchestrator.model import Accepted, Wait
-    settling, t3_written, seen = threading.Event(), threading.Event(), {}
-
-    class Store(FakeStore):
-        def record_changes(self, lease, step, changes):
-            super().record_changes(lease, step, changes)
-            if "t3" in [change.name for change in changes]:
-                t3_written.set()
-
     polls = iter([False, True])
 
     def t1_ready():
         if next(polls):
-            seen["t3 written before the wait was over"] = t3_written.wait(timeout=10)
+            before_the_wait_ends()
             return True, "ready"
         settling.set()
         return False, "pending"
@@ -1052,8 +1044,25 @@ def test_a_change_made_while_another_settles_is_recorded_without_waiting_for_tha
                 assert settling.wait(timeout=30)
             return Accepted()
 
+    return Settling("a")
+
+
+def test_a_change_made_while_another_settles_is_recorded_without_waiting_for_that_wait():
+    """t2 settles t1's wait; t3, made meanwhile (and after t2 in plan order), is recorded while
+    that wait still goes on: a wait never stands between AWS accepting a change and its record."""
+    settling, t3_written, seen = threading.Event(), threading.Event(), {}
+
+    class Store(FakeStore):
+        def record_changes(self, lease, step, changes):
+            super().record_changes(lease, step, changes)
+            if "t3" in [change.name for change in changes]:
+                t3_written.set()
+
+    def before_the_wait_ends():
+        seen["t3 written before the wait was over"] = t3_written.wait(timeout=10)
+
     store = Store()
-    results = engine_for([Settling("a")], store=store, lease=FakeLease()).apply()
+    results = engine_for([settling_step(settling, before_the_wait_ends)], store=store, lease=FakeLease()).apply()
     assert results["a"].status == "ok"
     assert seen == {"t3 written before the wait was over": True}
     assert [c.name for c in results["a"].applied] == ["t1", "t2", "t3"]
@@ -1063,7 +1072,6 @@ def test_a_record_write_that_fails_while_a_change_settles_loses_no_change_aws_ac
     """t3 is accepted while t2 settles t1's wait; writing its record fails once (DynamoDB
     throttled past botocore's retries, say). The step fails on that error, but t2, which ends
     after it, and t3 are both recorded and shown as applied: nothing AWS accepted goes unrecorded."""
-    from orchestrator.model import Accepted, Wait
     settling, write_failed = threading.Event(), threading.Event()
 
     class Store(FakeStore):
@@ -1073,32 +1081,11 @@ def test_a_record_write_that_fails_while_a_change_settles_loses_no_change_aws_ac
                 raise RuntimeError("state table write throttled")
             super().record_changes(lease, step, changes)
 
-    polls = iter([False, True])
-
-    def t1_ready():
-        if next(polls):
-            assert write_failed.wait(timeout=10)  # t1's wait lasts until t3's record was tried
-            return True, "ready"
-        settling.set()
-        return False, "pending"
-
-    class Settling(ThingStep):
-        def plan(self, desired, observed, recorded):
-            return [Change("create", "thing", "t1", record={}, after=()),
-                    Change("create", "thing", "t2", record={}, after=("thing/t1",)),
-                    Change("create", "thing", "t3", record={}, after=())]
-
-        def apply(self, ctx, change, observed):
-            if change.name == "t1":
-                return Accepted(waits=(Wait("t1 ready", t1_ready),))
-            if change.name == "t2":
-                ctx.settle()
-            if change.name == "t3":
-                assert settling.wait(timeout=30)
-            return Accepted()
+    def before_the_wait_ends():  # t1's wait lasts until t3's record was tried
+        assert write_failed.wait(timeout=10)
 
     store = Store()
-    results = engine_for([Settling("a")], store=store, lease=FakeLease()).apply()
+    results = engine_for([settling_step(settling, before_the_wait_ends)], store=store, lease=FakeLease()).apply()
     assert results["a"].status == "failed" and "throttled" in results["a"].error
     assert [c.name for c in results["a"].applied] == ["t1", "t2", "t3"]
     recorded = {event[1] for event in store.events if event[0] == "recorded"}
