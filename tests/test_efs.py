@@ -639,12 +639,18 @@ def test_a_replace_killed_while_the_old_file_system_is_deleting_waits_until_it_i
     assert harness.plan_step(STEP, changed, rerun, upstream=network) == []
 
 
-def test_a_replace_killed_while_the_old_mount_target_is_deleting_waits_until_it_is_gone(manifest, aws, efs, network):
+def applied_with_second_zone_moved(manifest, aws, efs, network) -> tuple[str, dict, dict]:
+    """The step applied; then its file system's id, the mount target of the second zone (to be
+    replaced) and the network with that zone's private subnet moved (`moved_subnet`)."""
     _, outputs, _ = harness.run_step(STEP, manifest, aws, upstream=network)
     fs_id = outputs["file_system_id"]
     old = next(mt for mt in efs.describe_mount_targets(FileSystemId=fs_id)["MountTargets"]
                if mt["AvailabilityZoneName"] == ZONES[1])
-    moved = moved_subnet(network)
+    return fs_id, old, moved_subnet(network)
+
+
+def test_a_replace_killed_while_the_old_mount_target_is_deleting_waits_until_it_is_gone(manifest, aws, efs, network):
+    fs_id, old, moved = applied_with_second_zone_moved(manifest, aws, efs, network)
     harness.crash_after(aws, operation=("efs", "DeleteMountTarget"))
     with pytest.raises(harness.Crash):
         harness.run_step(STEP, manifest, aws, upstream=moved)
@@ -729,11 +735,7 @@ def test_mount_targets_and_access_points_are_created_together_not_each_after_the
 
 
 def test_a_replaced_mount_target_is_created_only_once_the_old_one_is_gone(manifest, aws, efs, network):
-    _, outputs, _ = harness.run_step(STEP, manifest, aws, upstream=network)
-    fs_id = outputs["file_system_id"]
-    old = next(mt for mt in efs.describe_mount_targets(FileSystemId=fs_id)["MountTargets"]
-               if mt["AvailabilityZoneName"] == ZONES[1])
-    moved = moved_subnet(network)
+    fs_id, old, moved = applied_with_second_zone_moved(manifest, aws, efs, network)
     sent = efs_requests(aws)
     # As on AWS, the deleted one is `deleting` for the first two polls, and its zone holds it till then.
     state = still_deleting(aws, "DescribeMountTargets", "MountTargets", old, "MountTargetId", ("FileSystemId", fs_id), 0)
