@@ -63,12 +63,12 @@ def _attribute(value: Any) -> dict:
 
 
 def _value(attribute: dict) -> Any:
-    """The Python value of a DynamoDB attribute value (numbers as Decimal, as `plain` takes them)."""
+    """The plain Python value of a DynamoDB attribute value (numbers as int or float)."""
     (kind, value), = attribute.items()
     if kind in ("S", "BOOL"):
         return value
     if kind == "N":
-        return Decimal(value)
+        return plain(Decimal(value))
     if kind == "NULL":
         return None
     if kind == "M":
@@ -91,7 +91,7 @@ def serialize(values: dict) -> dict:
 
 def fields(item: dict | None) -> dict:
     """A DynamoDB item as a plain dict, without its keys."""
-    return {key: plain(_value(value)) for key, value in (item or {}).items()
+    return {key: _value(value) for key, value in (item or {}).items()
             if key not in ("pk", "sk")}
 
 
