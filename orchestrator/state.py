@@ -517,7 +517,10 @@ def _transactions(writes: list[dict]) -> list[list[dict]]:
     """`writes`, in order, cut into as few transactions as DynamoDB takes beside the lock check:
     at most MAX_TRANSACTION_WRITES actions, and items of at most MAX_TRANSACTION_BYTES in all,
     each write measured by its whole action's JSON wire form (more than the item's size as
-    DynamoDB counts it)."""
+    DynamoDB counts it). A few writes need no measuring: each item is at most MAX_ITEM_BYTES
+    (`_put_op` refuses more), so they fit whatever their size."""
+    if len(writes) * (MAX_ITEM_BYTES + 1024) <= MAX_TRANSACTION_BYTES - LOCK_CHECK_BYTES:
+        return [writes] if writes else []
     batches: list[list[dict]] = []
     size = 0
     for write in writes:
