@@ -184,17 +184,14 @@ def graph_and_store(options: Options, manifest, targets, *, ensure_table: bool):
         graph = build_graph()
         graph.select(targets)  # unknown targets fail before any AWS call
         return graph, connected()
-    import contextvars
     import importlib
-    from concurrent.futures import ThreadPoolExecutor
 
     # The modules of ours both threads need are imported before they part: two threads importing
     # the same modules at once can deadlock where those import each other.
-    importlib.import_module("orchestrator.state")
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="connect") as pool:
-        store = pool.submit(contextvars.copy_context().run, connected)
-        graph = build_graph()
-        return graph, store.result()
+    state = importlib.import_module("orchestrator.state")
+    store = state.in_background(connected)
+    graph = build_graph()
+    return graph, store.result()
 
 
 def failed_steps(results: dict) -> list[str]:

@@ -126,10 +126,10 @@ class StateStore:
         `meanwhile()` runs while the lock item is read (the caller's check of the credentials'
         account: a read too); what the read found is acted on (the table created) only once it
         returned, and not at all when it raised."""
-        table = _in_background(self._describe) if self.manifest.state.deletion_protection else None
+        table = in_background(self._describe) if self.manifest.state.deletion_protection else None
         looked = None
         if meanwhile is not None:
-            looked = _in_background(self._lock.look)
+            looked = in_background(self._lock.look)
             meanwhile()
         try:
             self._lock.look() if looked is None else looked.result()
@@ -287,7 +287,7 @@ class StateStore:
     def load_steps_meanwhile(self) -> Future:
         """Start reading every step record in the background (while the lock is being taken:
         `Lock._try_acquire` says when that is safe); `adopt_steps` keeps what it read."""
-        return _in_background(self._query_steps, STEP_PREFIX)
+        return in_background(self._query_steps, STEP_PREFIX)
 
     def adopt_steps(self, records: Future) -> None:
         """Keep the step records read by `load_steps_meanwhile` as this run's, for the next
@@ -496,7 +496,7 @@ class StateStore:
         return {"pk": {"S": self.pk}, "sk": {"S": sk}}
 
 
-def _in_background(call, *args) -> Future:
+def in_background(call, *args) -> Future:
     """`call(*args)` on a thread of its own (with this thread's context: the step it is logged
     under); the future holds its result or exception."""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state")
