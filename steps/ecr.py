@@ -183,16 +183,17 @@ class EcrStep(Step):
     def observe(self, ctx, desired: EcrDesired) -> EcrFacts:
         """The wanted repositories by name, and any other of ours (one removed from the manifest)
         by one tagging-API query; never a listing of the account's repositories. ECR describes
-        carry no tags: a repository the query lists is ours by the tags it lists it with (as
-        storage takes a bucket's); the query lags behind by seconds to minutes, so any other
-        found (just created, or not ours) has its own tags read. Then each one's lifecycle policy
-        and, before a delete, whether it holds images."""
+        carry no tags: a wanted repository the query lists is ours by the tags it lists it with
+        (as storage takes a bucket's). The query lags behind by seconds to minutes, so any other
+        found (just created, or not ours), and any a destroy or the manifest's removal may
+        delete, has its own tags read: a delete never rests on tags that may since have changed.
+        Then each one's lifecycle policy and, before a delete, whether it holds images."""
         client = ctx.client("ecr")
         facts = EcrFacts()
         tagged = self._tagged(ctx)
         for item in _repositories_named(client, sorted(set(desired.repositories) | set(tagged))):
             name = item["repositoryName"]
-            tags = tagged.get(name)
+            tags = tagged.get(name) if name in desired.repositories and not ctx.destroying else None
             if tags is None:
                 tags = tagging.tag_dict(client.list_tags_for_resource(resourceArn=item["repositoryArn"]).get("tags"))
             if ctx.owns(tags):

@@ -376,3 +376,17 @@ def test_a_repository_the_tagging_api_does_not_list_yet_is_known_ours_by_its_own
     again, _, _ = harness.run_step(STEP, manifest, aws)
     assert again == []
     assert "ListTagsForResource" in [c.operation for c in harness.calls_since(aws, before, STEP.name)]
+
+
+def test_a_destroy_reads_each_repositorys_own_tags_not_the_tagging_apis_late_ones(manifest, aws, ecr):
+    """The tagging API still lists the repository with our tags, but they were taken off since
+    (it lags by minutes): it is no longer ours, and a destroy leaves it."""
+    harness.run_step(STEP, manifest, aws)
+    arn = repository(ecr)["repositoryArn"]
+    ours = ecr.list_tags_for_resource(resourceArn=arn)["tags"]
+    answered = SimpleNamespace(status_code=200, headers={})
+    aws.register("before-call.resource-groups-tagging-api.GetResources",
+                 lambda **kwargs: (answered, {"ResourceTagMappingList": [{"ResourceARN": arn, "Tags": ours}]}))
+    ecr.untag_resource(resourceArn=arn, tagKeys=["orchestrator:env"])
+    deleted, _, _ = harness.run_step(STEP, manifest, aws, destroy=True)
+    assert deleted == [] and repository(ecr)["repositoryArn"] == arn
