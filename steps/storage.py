@@ -12,7 +12,7 @@ the tags others added along with ours.
 
 S3 has no batch describe: `observe` lists the buckets under the prefix once, takes the tags of
 all of ours from one call to the tagging API (a bucket it does not return, such as one tagged a
-moment ago or someone else's, has its tags read from S3 itself), then reads the settings this
+moment ago or someone else's, and one that may be deleted, has its tags read from S3 itself), then reads the settings this
 step manages from each of ours, one call per setting. A bucket holding any object version
 (noncurrent versions and delete markers included) is deleted only with the `delete-data` flag.
 """
@@ -412,7 +412,9 @@ class StorageStep(Step):
             lambda: owned_bucket_tags(ctx.client("resourcegroupstaggingapi"), ctx.app, ctx.env, self.name),
             lambda: list_bucket_names(s3, f"{desired.prefix}-")])
         names = [name for name in listed if name in wanted or name.endswith(f"-{desired.account_id}")]
-        unshown = [name for name in names if name not in owned_tags]
+        # A bucket a destroy or the manifest's removal may delete has its own tags read: the
+        # query's may be minutes late, and a delete never rests on tags that may since have changed.
+        unshown = [name for name in names if name not in owned_tags or ctx.destroying or name not in wanted]
         tags_of = {**owned_tags, **dict(zip(unshown, ctx.each("s3", lambda name: read_tags(s3, name), unshown)))}
         ours = []
         for name in names:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import boto3
 import pytest
@@ -396,3 +397,20 @@ def test_bucket_reads_at_once_fail_as_the_bucket_by_bucket_loop_did(failures, ou
             read()
     else:
         assert [found.name for found in read() if found is not None] == outcome
+
+
+def test_a_bucket_left_out_of_the_manifest_is_judged_by_its_own_tags_not_the_tagging_apis_late_ones(
+        manifest, aws, s3):
+    """The tagging API still lists the config bucket with our tags, but they were taken off since
+    (it lags by minutes): it is no longer ours, and leaving it out of the manifest deletes nothing."""
+    harness.run_step(STEP, manifest, aws)
+    config = next(name for name in our_buckets(s3) if name != LOKI)
+    tags = s3.get_bucket_tagging(Bucket=config)["TagSet"]
+    arn = f"arn:aws:s3:::{config}"
+    answered = SimpleNamespace(status_code=200, headers={})
+    aws.register("before-call.resource-groups-tagging-api.GetResources",
+                 lambda **kwargs: (answered, {"ResourceTagMappingList": [{"ResourceARN": arn, "Tags": tags}]}))
+    s3.put_bucket_tagging(Bucket=config, Tagging={"TagSet": [t for t in tags if t["Key"] != "orchestrator:env"]})
+    only_loki = manifest.model_copy(update={"storage": StorageSpec(
+        buckets={"loki-chunks": manifest.storage.buckets["loki-chunks"]})})
+    assert harness.plan_step(STEP, only_loki, aws) == []
