@@ -96,6 +96,24 @@ class RolloutPoller:
         return "; ".join(part for part in parts if part and not part.endswith(": ")) or "ECS gave no reason"
 
 
+def active_services(ecs, cluster: str, names: list[str], **params) -> dict[str, dict]:
+    """The services `names` of `cluster` that exist (not INACTIVE: deleted), by name, as ECS
+    describes them now (with `params`, e.g. include=["TAGS"]), DESCRIBE_BATCH per call; none
+    when the cluster is gone."""
+    found: dict[str, dict] = {}
+    try:
+        for start in range(0, len(names), DESCRIBE_BATCH):
+            for service in ecs.describe_services(cluster=cluster, services=names[start:start + DESCRIBE_BATCH],
+                                                 **params)["services"]:
+                if service["status"] != "INACTIVE":
+                    found[service["serviceName"]] = service
+    except Exception as error:
+        if error_code(error) != "ClusterNotFoundException":
+            raise
+        return {}
+    return found
+
+
 # --- status --live ---------------------------------------------------------------------------
 
 
@@ -103,16 +121,7 @@ def live_services(ecs, elb, cluster: str, names: list[str]) -> dict:
     """What `status --live` shows of the services `names` of `cluster`, as ECS and the load
     balancer say now: desired, running and pending tasks, the PRIMARY deployment's rollout
     state, the revision in service, target health."""
-    found: dict[str, dict] = {}
-    try:
-        for start in range(0, len(names), DESCRIBE_BATCH):
-            for service in ecs.describe_services(cluster=cluster,
-                                                 services=names[start:start + DESCRIBE_BATCH])["services"]:
-                if service["status"] != "INACTIVE":
-                    found[service["serviceName"]] = service
-    except Exception as error:
-        if error_code(error) != "ClusterNotFoundException":
-            raise
+    found = active_services(ecs, cluster, names)
     services = {name: _live_state(found.get(name), elb) for name in names}
     return {"title": "services", "services": services,
             "lines": [f"{name:<12} {state['line']}" for name, state in services.items()]}

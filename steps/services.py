@@ -320,19 +320,12 @@ class ServicesStep(Step):
         try:
             listed = [arn.rsplit("/", 1)[-1] for page in ecs.get_paginator("list_services").paginate(
                 cluster=desired.cluster) for arn in page["serviceArns"]]
-            names += sorted(set(listed) - set(names))
-            found = {}
-            for start in range(0, len(names), rollouts.DESCRIBE_BATCH):
-                batch = names[start:start + rollouts.DESCRIBE_BATCH]
-                for service in ecs.describe_services(cluster=desired.cluster, services=batch,
-                                                     include=["TAGS"])["services"]:
-                    if service["status"] != "INACTIVE":
-                        found[service["serviceName"]] = service
         except Exception as error:
             if error_code(error) == "ClusterNotFoundException":
                 return {}
             raise
-        return found
+        names += sorted(set(listed) - set(names))
+        return rollouts.active_services(ecs, desired.cluster, names, include=["TAGS"])
 
     def _observe_bundles(self, s3, bucket: str, services: list[str], facts: ServicesFacts) -> None:
         """Every version of the bundle objects of `services` (the bucket is versioned): what goes with them."""
