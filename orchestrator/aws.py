@@ -92,6 +92,12 @@ class Aws:
 
     def __init__(self, region: str, profile: str | None = None, endpoint_url: str | None = None,
                  max_attempts: int = 6):
+        # urllib3 first, from here, rather than nine imports deep inside botocore's: importing it
+        # compiles its URL regular expressions, a deep recursion, and CPython gives each thread's
+        # frames 16 KiB blocks that it unmaps as soon as the stack shrinks back out of one. Nine
+        # imports deeper, that recursion straddled a block's edge: a plan mapped and unmapped a
+        # block ~2,700 times (and took as many page faults), here ~60.
+        import urllib3  # noqa: F401
         import botocore.session
         from botocore.config import Config
 
