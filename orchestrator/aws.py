@@ -14,9 +14,9 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import structlog
+from orchestrator.log import get_logger
 
-log = structlog.get_logger("orchestrator.aws")
+log = get_logger("orchestrator.aws")
 
 #: Which step the current thread is working for; the ledger files each call under it.
 current_step: contextvars.ContextVar[str] = contextvars.ContextVar("current_step", default="engine")

@@ -8,12 +8,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-import structlog
-
 from orchestrator import tags as tagging
 from orchestrator import waiters
 from orchestrator.aws import Aws
-from orchestrator.log import redactor
+from orchestrator.log import get_logger, redactor
 
 #: In the thread making a change: the keys of the earlier changes whose waits its handler's
 #: `settle` takes (see `StepContext.making`); None: every pending wait.
@@ -48,7 +46,7 @@ class StepContext:
 
     def __post_init__(self) -> None:
         if self.log is None:
-            self.log = structlog.get_logger("orchestrator.step").bind(step=self.step)
+            self.log = get_logger("orchestrator.step").bind(step=self.step)
         self._pending_lock = threading.Lock()  # `pending`, shared by the threads making changes
         self._settling = threading.Lock()  # one settle at a time: a wait two changes need is polled once
         self._failed: dict[str, BaseException] = {}  # change key → how settling its waits failed

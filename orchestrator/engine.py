@@ -24,18 +24,16 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
-import structlog
-
 from orchestrator.aws import Aws, current_step, error_code
 from orchestrator.context import StepContext
 from orchestrator.errors import Interrupted, LockLost, OrchestratorError
 from orchestrator.graph import StepGraph
-from orchestrator.log import redactor
+from orchestrator.log import get_logger, redactor
 from orchestrator.model import Accepted, Change, Inputs, Step, as_plain, is_unknown, recordable
 from orchestrator.render import refusal
 from orchestrator.scheduler import run_concurrently
 
-log = structlog.get_logger("orchestrator.engine")
+log = get_logger("orchestrator.engine")
 
 #: How many of a step's changes that name what they need (`Change.after`) are made at once: AWS
 #: throttles mutating calls harder than reads (IAM, CloudWatch: a few per second per account).

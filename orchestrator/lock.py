@@ -38,13 +38,13 @@ from datetime import timezone
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Callable
 
-import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from orchestrator import waiters
 from orchestrator.aws import error_code
 from orchestrator.errors import LockHeld, LockLost
 from orchestrator.items import attribute, fields, iso, serialize
+from orchestrator.log import get_logger
 from orchestrator.retry import eventually
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 #: This machine's monotonic clock: it only measures time since DynamoDB's last answer.
 ticks = time.monotonic
 
-log = structlog.get_logger("orchestrator.lock")
+log = get_logger("orchestrator.lock")
 
 LOCK = "lock"
 #: How often a run waiting for the lock (`wait_seconds`) looks again.

@@ -12,18 +12,18 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterable, TypeVar
 
-import structlog
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
 from tenacity import wait_random_exponential
 
 from orchestrator.aws import error_code
+from orchestrator.log import get_logger
 
 T = TypeVar("T")
 
 #: Replaced in tests so retry loops run without waiting.
 sleep: Callable[[float], None] = time.sleep
 
-log = structlog.get_logger("orchestrator.retry")
+log = get_logger("orchestrator.retry")
 
 
 def eventually(fn: Callable[..., T], *args, retry_on: Iterable[str] = (),

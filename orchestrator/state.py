@@ -49,7 +49,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import structlog
 from botocore.exceptions import ClientError
 
 from orchestrator import tags as tagging
@@ -58,13 +57,14 @@ from orchestrator.aws import STATE, Aws, error_code
 from orchestrator.errors import OrchestratorError
 from orchestrator.items import fields, iso, plain, serialize, storable
 from orchestrator.lock import AwsTime, Lease, Lock, conflicted, user
+from orchestrator.log import get_logger
 from orchestrator.model import Change, recordable
 from orchestrator.retry import eventually
 
 #: This machine's monotonic clock: it measures how long a run took.
 ticks = time.monotonic
 
-log = structlog.get_logger("orchestrator.state")
+log = get_logger("orchestrator.state")
 
 STEP_PREFIX = "step#"
 RECORD_INFIX = "#rec#"

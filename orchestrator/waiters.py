@@ -14,10 +14,9 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterable, TypeVar
 
-import structlog
-
 from orchestrator.aws import error_code
 from orchestrator.errors import OrchestratorError
+from orchestrator.log import get_logger
 from orchestrator.model import Wait
 
 T = TypeVar("T")
@@ -45,7 +44,7 @@ def settle(waits: Iterable[Wait], *, max_delay: float = 15.0, log=None,
     `WaitTimeout` naming it and its last status. `stop()`, called between rounds, raises to end
     the wait early (Ctrl-C, a lost lock).
     """
-    log = log or structlog.get_logger("orchestrator.wait")
+    log = log or get_logger("orchestrator.wait")
     pending = list(waits)
     final: dict[str, str] = {}
     started = clock()
