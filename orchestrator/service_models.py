@@ -8,35 +8,55 @@ files was a third of its CPU:
   parses into plain dicts (same order; nothing in botocore needs more of one);
 - once parsed, each file is kept in the user's cache folder as a pickle, and a later run loads
   that in about a third of the time the JSON takes. A service model is kept without its
-  documentation strings, which botocore reads only to write help texts (a third of the bytes).
+  documentation strings, which botocore reads only to write help texts (a third of the bytes);
+- a service model's shapes (ec2 has 4,613; a plan uses at most a few hundred of any service's)
+  are kept one pickle each, inside the kept file, and a run decodes a shape only when botocore
+  first asks for it (`LazyShapes`): loading ec2's model then takes about 1 ms instead of some 8,
+  and the shapes no run asks for cost no memory beyond their bytes. botocore reads
+  `model["shapes"]` only as a mapping (look-ups, `in`, iteration), so a mapping that decodes on
+  first access is what it sees; a JSON-parsed model is a plain dict. The one exception is the
+  merge of a service's sdk-extras (s3's, rds's, ...), whose `deep_merge` merges only into a dict:
+  `ServiceModels` has the mapping merge the extras' shapes itself. Iterating the shapes decodes
+  none, but botocore's `ServiceModel.error_shapes` (a client's first error response, or
+  `client.exceptions`) looks every one up, and so decodes them all once: about twice the cost of
+  loading the whole model, paid only by a client that gets an error response (none in a plan of
+  an applied environment; several in one of a new environment, which costs what it did before).
 
 The cache is keyed by each data file's path, size and modification time, so an upgrade of
 botocore (or a model of the user's own in ~/.aws/models) is read afresh; files no run wrote for a
 month are removed. A cache folder that cannot be read or written, or that another user could
-write in, is passed over: the file is then read as JSON. Kept files hold plain data only and are
-loaded by an unpickler that refuses anything else, so even a planted one can run no code.
+write in, is passed over: the file is then read as JSON. Kept files, and each shape kept in one,
+hold plain data only and are loaded by an unpickler that refuses anything else, so even a planted
+one can run no code. A kept file that cannot be loaded is read as JSON instead; a shape that
+cannot be decoded (its bytes damaged in a file that still loads, or planted) makes the model read
+its JSON file for the shapes not yet decoded, and the kept file is removed for the next run to
+write again.
 """
 from __future__ import annotations
 
 import contextlib
 import gzip
 import hashlib
+import io
 import json
 import os
 import pickle
 import stat
 import tempfile
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 
 import botocore
 from botocore.exceptions import DataNotFoundError
 from botocore.loaders import JSONFileLoader, Loader, instance_cache
+from botocore.utils import deep_merge
 
 #: The extensions botocore's data files come with, in botocore's order: plain, then gzipped.
 OPENERS = ((".json", open), (".json.gz", gzip.open))
-#: The form of the kept files (what `without_documentation` leaves out): a new form, a new folder.
-FORM = 1
+#: The form of the kept files (what `without_documentation` leaves out, a service model's shapes
+#: kept one pickle each): a new form, a new folder.
+FORM = 2
 #: Kept files no run has written for this long are removed (by a run that writes one).
 KEPT_FOR_SECONDS = 30 * 24 * 3600
 
@@ -76,7 +96,10 @@ class ServiceModels(Loader):
             except DataNotFoundError:  # botocore's own answer: UnknownServiceError, naming the known ones
                 return super().load_service_model(service_name, type_name)
         model = self.load_data(os.path.join(service_name, api_version, type_name))
-        self._extras_processor.process(model, self._find_extras(service_name, type_name, api_version))
+        extras = self._find_extras(service_name, type_name, api_version)
+        if isinstance(model.get("shapes"), LazyShapes):
+            extras = [model["shapes"].merge_extras(each) for each in extras]
+        self._extras_processor.process(model, extras)
         return model
 
 
@@ -94,13 +117,13 @@ class CachedJsonFiles(JSONFileLoader):
             except OSError:
                 continue
             kept = self._kept(path, info)
+            model = os.path.basename(file_path) == "service-2"
             data = self._read(kept)
+            if data is not None and model:
+                data = with_lazy_shapes(data, path, opener, kept)
             if data is None:
-                with opener(path, "rb") as file:
-                    data = json.loads(file.read().decode("utf-8"))
-                if os.path.basename(file_path) == "service-2":
-                    data = without_documentation(data)
-                self._keep(kept, data)
+                data = parsed(path, opener, model)
+                self._keep(kept, with_shapes_apart(data) if model else data)
             return data
         return None
 
@@ -145,10 +168,107 @@ class CachedJsonFiles(JSONFileLoader):
                     os.unlink(temporary)
 
 
+def parsed(path: str, opener, model: bool):
+    """A data file parsed from its JSON; a service model without its documentation."""
+    with opener(path, "rb") as file:
+        data = json.loads(file.read().decode("utf-8"))
+    return without_documentation(data) if model else data
+
+
+def with_shapes_apart(model: dict) -> dict:
+    """A service model as it is kept: each shape a pickle of its own, for `LazyShapes`."""
+    return {**model, "shapes": {name: pickle.dumps(shape, protocol=pickle.HIGHEST_PROTOCOL)
+                                for name, shape in model.get("shapes", {}).items()}}
+
+
+def with_lazy_shapes(data, path: str, opener, kept_at: Path | None) -> dict | None:
+    """A kept service model as botocore reads it: its shapes decoded when first asked for; None
+    for a kept file that holds no service model (to be read from the JSON instead)."""
+    if type(data) is not dict or type(data.get("shapes")) is not dict:
+        return None
+    data["shapes"] = LazyShapes(data["shapes"], path, opener, kept_at)
+    return data
+
+
+class LazyShapes(MutableMapping):
+    """A service model's shapes by name, each decoded from its kept pickle (by `PlainData`) the
+    first time it is looked up, and from then on the same dict: the merge of a service's
+    sdk-extras changes shapes in place. Names, `in` and iteration never decode a shape.
+
+    A shape that cannot be decoded is damaged (or planted): the shapes not yet decoded are then
+    read from the model's JSON file, and the kept file is removed. Threads may decode the same
+    shape at once; each gets an equal dict, and one of them is kept."""
+
+    def __init__(self, kept: dict, path: str, opener, kept_at: Path | None):
+        self._shapes = kept  # name -> the shape's pickle (bytes) until decoded, then its dict
+        self._path, self._opener, self._kept_at = path, opener, kept_at
+
+    def __getitem__(self, name):
+        shape = self._shapes[name]
+        if type(shape) is bytes:
+            shape = self._decoded(shape)
+            shape = self._shapes[name] = self._from_json(name) if shape is None else shape
+        return shape
+
+    def __setitem__(self, name, shape):
+        self._shapes[name] = shape
+
+    def __delitem__(self, name):
+        del self._shapes[name]
+
+    def __contains__(self, name):
+        return name in self._shapes
+
+    def __iter__(self):
+        return iter(self._shapes)
+
+    def __len__(self):
+        return len(self._shapes)
+
+    def __repr__(self):
+        return f"LazyShapes({len(self._shapes)} shapes, {self.decoded()} decoded)"
+
+    def merge_extras(self, extras: dict) -> dict:
+        """Merges the shapes a service's sdk-extras file adds or changes (s3's, docdb's, ...) as
+        botocore's `ExtrasProcessor` would, and returns the rest of the file for it to merge:
+        its `deep_merge` merges only into a dict, and would replace these shapes whole."""
+        merge = extras.get("merge")
+        if not isinstance(merge, dict) or not isinstance(merge.get("shapes"), dict):
+            return extras
+        for name, shape in merge["shapes"].items():
+            if name in self and isinstance(self[name], dict) and isinstance(shape, dict):
+                deep_merge(self[name], shape)
+            else:
+                self[name] = shape
+        return {**extras, "merge": {key: value for key, value in merge.items() if key != "shapes"}}
+
+    def decoded(self) -> int:
+        """How many shapes were decoded so far."""
+        return sum(1 for shape in self._shapes.values() if type(shape) is not bytes)
+
+    @staticmethod
+    def _decoded(kept: bytes) -> dict | None:
+        try:
+            shape = PlainData(io.BytesIO(kept)).load()
+        except Exception:  # noqa: BLE001 -- damaged or not plain data: `_from_json`
+            return None
+        return shape if type(shape) is dict else None
+
+    def _from_json(self, name: str) -> dict:
+        fresh = parsed(self._path, self._opener, model=True)["shapes"]
+        for each, shape in self._shapes.items():
+            if type(shape) is bytes:
+                self._shapes[each] = fresh[each]
+        if self._kept_at is not None:
+            with contextlib.suppress(OSError):
+                self._kept_at.unlink()
+        return self._shapes[name]
+
+
 class PlainData(pickle.Unpickler):
-    """Loads a kept file: dicts, lists, strings, numbers, booleans and None, nothing else. An
-    unpickler finds a class or function only through `find_class`; refusing every one means
-    no pickle can make it run code."""
+    """Loads a kept file (or a shape kept in one): dicts, lists, strings, bytes (a kept shape),
+    numbers, booleans and None, nothing else. An unpickler finds a class or function only
+    through `find_class`; refusing every one means no pickle can make it run code."""
 
     def find_class(self, module, name):
         raise pickle.UnpicklingError(f"a kept data file names {module}.{name}; it holds plain data only")

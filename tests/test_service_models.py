@@ -1,19 +1,22 @@
 """botocore's data files, read by orchestrator.service_models: the same models botocore reads
 (less the documentation strings botocore uses only for help texts), kept in the user's cache for
-the next run, and still read when the cache is damaged, unwritable or out of date."""
+the next run, and still read when the cache is damaged, unwritable or out of date. A kept service
+model's shapes are decoded only when botocore asks for one."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
 import time
 
 import pytest
-from botocore.exceptions import UnknownServiceError
+from botocore.exceptions import ClientError, UnknownServiceError
 from botocore.loaders import create_loader
 
 from orchestrator import service_models
-from orchestrator.service_models import without_documentation
+from orchestrator.aws import Aws
+from orchestrator.service_models import LazyShapes, without_documentation
 
 #: A new loader on each call, as each run makes (conftest shares one across the suite's runs).
 new_loader = getattr(service_models.loader, "__wrapped__", service_models.loader)
@@ -145,3 +148,100 @@ def test_a_cache_folder_others_may_write_in_is_never_read_nor_written(tmp_path, 
     fresh = new_loader(None, shared).load_service_model("sts", "service-2")
     assert "Planted" not in fresh["operations"] and "GetCallerIdentity" in fresh["operations"]
     assert all(pickle.loads(kept.read_bytes()) == planted for kept in shared.glob("*.pickle"))  # nothing written
+
+
+def kept_model(cache, service: str) -> dict:
+    """A service model as a later run loads it: from the file an earlier run kept."""
+    new_loader(None, cache).load_service_model(service, "service-2")
+    model = new_loader(None, cache).load_service_model(service, "service-2")
+    assert isinstance(model["shapes"], LazyShapes)
+    return model
+
+
+@pytest.mark.parametrize("service", ["ec2", "s3", "iam", "rds", "secretsmanager"])
+def test_a_kept_model_whose_shapes_are_decoded_on_demand_is_botocores(tmp_path, service):
+    """Every shape decoded, the model is botocore's own, less documentation: the sdk-extras of
+    s3 (changing a shape), rds (adding members to shapes, with their documentation) and
+    secretsmanager (changing its metadata) merged as botocore merges them."""
+    reference = without_documentation(json.loads(json.dumps(create_loader().load_service_model(service, "service-2"))))
+    model = kept_model(tmp_path, service)
+    assert model["shapes"].decoded() < len(model["shapes"])
+    assert list(model) == list(reference) and list(model["shapes"]) == list(reference["shapes"])
+    assert without_documentation(model) == reference
+    assert model["shapes"].decoded() == len(model["shapes"])
+
+
+def test_s3s_sdk_extras_change_its_kept_shapes(tmp_path):
+    model = kept_model(tmp_path, "s3")
+    assert model["shapes"]["Expires"] == {"type": "timestamp"}  # the model's own says string
+
+
+@pytest.fixture
+def run_loader(tmp_path, monkeypatch):
+    """The loader of a run whose cache holds ec2's and iam's models kept by an earlier one; the
+    clients the factory makes read through it."""
+    for service in ("ec2", "iam"):
+        new_loader(None, tmp_path).load_service_model(service, "service-2")
+    loader = new_loader(None, tmp_path)
+    monkeypatch.setattr(service_models, "loader", lambda data_path, cache: loader)
+    return loader
+
+
+def test_a_client_decodes_only_the_shapes_its_calls_use(run_loader, mock):
+    ec2 = Aws("us-east-1").client("ec2")
+    vpcs = ec2.describe_vpcs()["Vpcs"]
+    shapes = run_loader.load_service_model("ec2", "service-2")["shapes"]
+    assert vpcs and isinstance(shapes, LazyShapes)
+    assert shapes.decoded() < 50 < 4000 < len(shapes)
+
+
+def test_a_client_on_lazy_shapes_calls_pages_waits_and_raises_modeled_errors(run_loader, mock):
+    aws = Aws("us-east-1")
+    ec2, iam = aws.client("ec2"), aws.client("iam")
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    ec2.get_waiter("vpc_available").wait(VpcIds=[vpc], WaiterConfig={"Delay": 0, "MaxAttempts": 2})
+    pages = list(ec2.get_paginator("describe_vpcs").paginate(PaginationConfig={"PageSize": 5}))
+    assert vpc in [each["VpcId"] for page in pages for each in page["Vpcs"]]
+    with pytest.raises(ClientError) as missing:
+        ec2.describe_vpcs(VpcIds=["vpc-0000000000000000f"])
+    assert missing.value.response["Error"]["Code"] == "InvalidVpcID.NotFound"
+    with pytest.raises(iam.exceptions.NoSuchEntityException):  # found among all of iam's shapes
+        iam.get_role(RoleName="nobody")
+
+
+def test_a_damaged_kept_shape_is_read_from_the_json_and_kept_again(tmp_path):
+    """A kept file whole but one shape's bytes damaged (a disk error, say): the shapes not yet
+    decoded come from the JSON file, and the next run keeps the model again."""
+    reference = new_loader(None, None).load_service_model("sts", "service-2")
+    kept = only_kept_model(tmp_path, "sts")
+    model = pickle.loads(kept.read_bytes())
+    model["shapes"]["GetCallerIdentityResponse"] = model["shapes"]["GetCallerIdentityResponse"][:-3]
+    kept.write_bytes(pickle.dumps(model))
+    loaded = new_loader(None, tmp_path).load_service_model("sts", "service-2")
+    assert loaded["shapes"]["AssumeRoleRequest"] == reference["shapes"]["AssumeRoleRequest"]
+    assert loaded["shapes"]["GetCallerIdentityResponse"] == reference["shapes"]["GetCallerIdentityResponse"]
+    assert loaded == reference and not kept.exists()
+    assert isinstance(kept_model(tmp_path, "sts")["shapes"], LazyShapes) and kept.exists()
+
+
+def test_a_kept_shape_that_names_code_is_never_run(tmp_path):
+    reference = new_loader(None, None).load_service_model("sts", "service-2")
+    kept = only_kept_model(tmp_path, "sts")
+    marker = tmp_path / "ran"
+    model = pickle.loads(kept.read_bytes())
+    model["shapes"]["AssumeRoleRequest"] = pickle.dumps(Runs(str(marker)))
+    kept.write_bytes(pickle.dumps(model))
+    loaded = new_loader(None, tmp_path).load_service_model("sts", "service-2")
+    assert loaded["shapes"]["AssumeRoleRequest"] == reference["shapes"]["AssumeRoleRequest"]
+    assert not marker.exists()
+    with pytest.raises(pickle.UnpicklingError, match="plain data only"):
+        service_models.PlainData(io.BytesIO(pickle.dumps(Runs(str(marker))))).load()
+    assert not marker.exists()
+
+
+def only_kept_model(cache, service: str):
+    """The file a run keeps of `service`'s model, alone in `cache`."""
+    new_loader(None, cache).load_service_model(service, "service-2")
+    kept = [each for each in cache.glob("*.pickle") if "operations" in pickle.loads(each.read_bytes())]
+    assert len(kept) == 1
+    return kept[0]
