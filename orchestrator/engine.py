@@ -140,7 +140,7 @@ class Engine:
         self._retiring: dict[str, tuple[StepContext, Any, list[Change], str]] = {}
         #: Per step planned: the upstream outputs it was planned with, its desired and observed
         #: facts (apply reuses them when the upstream outputs are still the same).
-        self._planned: dict[str, tuple[dict, Any, Any, list[Change]]] = {}
+        self._planned: dict[str, tuple[dict, Any, Any, list[Change], str]] = {}
         #: Per step observed early (`_observe_early`): the upstream outputs (from the records) it
         #: was observed with, its desired facts, and what its observe returned or raised.
         self._early: dict[str, tuple[dict, Any, Any, BaseException | None]] = {}
@@ -389,15 +389,16 @@ class Engine:
         result.refused = [change for change in result.changes if self.refuses(change)]
         result.outputs = self._outputs(step, desired, observed)
         result.desired_digest = desired_hash(desired)
-        self._planned[name] = (inputs.outputs, desired, observed, result.changes)
+        self._planned[name] = (inputs.outputs, desired, observed, result.changes, result.desired_digest)
 
     def _apply_step(self, name: str, result: StepResult) -> None:
         step = self.graph.steps[name]
         ctx = self._context(name)
         inputs = self._inputs(name)
-        planned_with, desired, observed, changes = self._planned.pop(name, (None, None, None, None))
+        planned_with, desired, observed, changes, digest = self._planned.pop(name, (None,) * 5)
         if planned_with != inputs.outputs:  # an upstream step changed what this one was planned with
             desired = step.desired(self.manifest, inputs)
+            digest = desired_hash(desired)
             if observed is None or not step.observes_by_manifest:
                 observed = step.observe(ctx, desired)
             changes = step.plan(desired, observed, self._recorded(name))
@@ -417,9 +418,9 @@ class Engine:
             self._record(name, unwritten)
             raise
         result.status = "ok"
-        self._finish_record(name, result, desired_hash(desired), records=unwritten)
+        self._finish_record(name, result, digest, records=unwritten)
         if later:
-            self._retiring[name] = (ctx, observed, later, desired_hash(desired))
+            self._retiring[name] = (ctx, observed, later, digest)
 
     def _moved(self, dependant: str) -> bool:
         """The dependant no longer uses what a step retires: it succeeded in this run, or it was
