@@ -23,11 +23,11 @@ files was a third of its CPU:
   an applied environment; several in one of a new environment, which costs what it did before).
 
 The cache is keyed by each data file's path, size and modification time, so an upgrade of
-botocore (or a model of the user's own in ~/.aws/models) is read afresh; files no run wrote for a
-month are removed. A cache folder that cannot be read or written, or that another user could
-write in, is passed over: the file is then read as JSON. Kept files, and each shape kept in one,
-hold plain data only and are loaded by an unpickler that refuses anything else, so even a planted
-one can run no code. A kept file that cannot be loaded is read as JSON instead; a shape that
+botocore (or a model of the user's own in ~/.aws/models) is read afresh. Where the files are kept
+and how (`orchestrator.kept`): files no run wrote for a month are removed; a cache folder that
+cannot be read or written, or that another user could write in, is passed over, and the file is
+then read as JSON. Kept files, and each shape kept in one, hold plain data only and are loaded by
+an unpickler that refuses anything else (`PlainData`), so even a planted one can run no code. A kept file that cannot be loaded is read as JSON instead; a shape that
 cannot be decoded (its bytes damaged in a file that still loads, or planted) makes the model read
 its JSON file for the shapes not yet decoded, and the kept file is removed for the next run to
 write again.
@@ -41,9 +41,6 @@ import io
 import json
 import os
 import pickle
-import stat
-import tempfile
-import time
 from collections.abc import MutableMapping
 from pathlib import Path
 
@@ -52,29 +49,20 @@ from botocore.exceptions import DataNotFoundError
 from botocore.loaders import JSONFileLoader, Loader, instance_cache
 from botocore.utils import deep_merge
 
+from orchestrator.kept import PlainData, cache_root, keep, read_kept
+
 #: The extensions botocore's data files come with, in botocore's order: plain, then gzipped.
 OPENERS = ((".json", open), (".json.gz", gzip.open))
 #: The form of the kept files (what `without_documentation` leaves out, a service model's shapes
 #: kept one pickle each): a new form, a new folder.
 FORM = 2
-#: Kept files no run has written for this long are removed (by a run that writes one).
-KEPT_FOR_SECONDS = 30 * 24 * 3600
 
 
 def cache_folder() -> Path | None:
     """Where parsed data files are kept: this botocore's folder in the user's cache
-    (`$XDG_CACHE_HOME` when absolute, as the XDG spec asks, else ~/.cache), or None where the
-    user has no home."""
-    root = os.environ.get("XDG_CACHE_HOME", "")
-    if not os.path.isabs(root):
-        try:
-            home = Path.home()
-        except RuntimeError:  # no HOME and no passwd entry
-            return None
-        if not home.is_absolute() or home == Path("/"):
-            return None
-        root = str(home / ".cache")
-    return Path(root) / "gamepulse-orchestrator" / f"botocore-{botocore.__version__}-{FORM}"
+    (`orchestrator.kept`), or None where the user has no home."""
+    root = cache_root()
+    return None if root is None else root / f"botocore-{botocore.__version__}-{FORM}"
 
 
 def loader(data_path: str | None, cache: Path | None) -> Loader:
@@ -118,12 +106,12 @@ class CachedJsonFiles(JSONFileLoader):
                 continue
             kept = self._kept(path, info)
             model = os.path.basename(file_path) == "service-2"
-            data = self._read(kept)
+            data = read_kept(kept)
             if data is not None and model:
                 data = with_lazy_shapes(data, path, opener, kept)
             if data is None:
                 data = parsed(path, opener, model)
-                self._keep(kept, with_shapes_apart(data) if model else data)
+                keep(kept, with_shapes_apart(data) if model else data, family="botocore-*")
             return data
         return None
 
@@ -132,40 +120,6 @@ class CachedJsonFiles(JSONFileLoader):
             return None
         key = hashlib.sha256(f"{path}\0{info.st_size}\0{info.st_mtime_ns}".encode()).hexdigest()[:32]
         return self.cache / f"{key}.pickle"
-
-    @staticmethod
-    def _read(kept: Path | None):
-        if kept is None or not private(kept.parent):
-            return None
-        try:
-            with open(kept, "rb") as file:
-                return PlainData(file).load()
-        except FileNotFoundError:
-            return None
-        except Exception:  # noqa: BLE001 -- unreadable, damaged or not plain data: read the JSON, keep it again
-            return None
-
-    def _keep(self, kept: Path | None, data) -> None:
-        """Writes the parsed file where the next run finds it: whole or not at all (a temporary
-        file renamed into place), never failing the run."""
-        if kept is None:
-            return
-        temporary = None
-        try:
-            for folder in (kept.parent.parent, kept.parent):  # ours alone, whatever the umask
-                if not folder.is_dir():
-                    folder.mkdir(parents=True, mode=0o700, exist_ok=True)
-            if not private(kept.parent):
-                return
-            forget_unused(kept.parent)
-            with tempfile.NamedTemporaryFile(dir=kept.parent, prefix=".", suffix=".tmp", delete=False) as out:
-                temporary = out.name
-                pickle.dump(data, out, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(temporary, kept)
-        except OSError:
-            if temporary is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
 
 
 def parsed(path: str, opener, model: bool):
@@ -263,53 +217,6 @@ class LazyShapes(MutableMapping):
             with contextlib.suppress(OSError):
                 self._kept_at.unlink()
         return self._shapes[name]
-
-
-class PlainData(pickle.Unpickler):
-    """Loads a kept file (or a shape kept in one): dicts, lists, strings, bytes (a kept shape),
-    numbers, booleans and None, nothing else. An unpickler finds a class or function only
-    through `find_class`; refusing every one means no pickle can make it run code."""
-
-    def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"a kept data file names {module}.{name}; it holds plain data only")
-
-
-def private(folder: Path) -> bool:
-    """The cache folder and the folder holding it are the user's own, real folders (not links),
-    and nobody else may write in them: a folder another user could put files in (an
-    XDG_CACHE_HOME on a shared disk, say) is never read from or written to. Asked once per run,
-    once the folder exists."""
-    known = _PRIVATE.get(folder)
-    if known is None:
-        try:
-            stats = [os.lstat(each) for each in (folder.parent, folder)]
-        except OSError:
-            return False  # not there (yet): nothing to read, and `_keep` makes it private
-        known = _PRIVATE[folder] = all(stat.S_ISDIR(each.st_mode) and each.st_uid == os.getuid()
-                                       and not each.st_mode & 0o022 for each in stats)
-    return known
-
-
-_PRIVATE: dict[Path, bool] = {}
-_FORGOTTEN: set[Path] = set()
-
-
-def forget_unused(current: Path) -> None:
-    """Removes the kept files (of any botocore version) that no run wrote for a month, and the
-    folders of other versions they leave empty; once per run that writes one, so a cache in use
-    stays put."""
-    if current in _FORGOTTEN:
-        return
-    _FORGOTTEN.add(current)
-    too_old = time.time() - KEPT_FOR_SECONDS
-    for folder in current.parent.glob("botocore-*"):
-        for kept in folder.glob("*.pickle"):
-            with contextlib.suppress(OSError):
-                if kept.stat().st_mtime < too_old:
-                    kept.unlink()
-        if folder != current:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only when empty
 
 
 def without_documentation(model: dict) -> dict:

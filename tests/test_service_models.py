@@ -14,6 +14,7 @@ import pytest
 from botocore.exceptions import ClientError, UnknownServiceError
 from botocore.loaders import create_loader
 
+from orchestrator import kept as kept_data
 from orchestrator import service_models
 from orchestrator.aws import Aws
 from orchestrator.service_models import LazyShapes, without_documentation
@@ -105,7 +106,7 @@ def test_files_no_run_wrote_for_a_month_are_removed_whatever_their_botocore(tmp_
     for each in (old, recent):
         each.mkdir(parents=True)
         (each / "kept.pickle").write_bytes(b"")
-    month_ago = time.time() - service_models.KEPT_FOR_SECONDS - 60
+    month_ago = time.time() - kept_data.KEPT_FOR_SECONDS - 60
     os.utime(old / "kept.pickle", (month_ago, month_ago))
     new_loader(None, folder).load_service_model("sts", "service-2")
     assert not old.exists() and (recent / "kept.pickle").exists() and list(folder.glob("*.pickle"))
@@ -144,7 +145,7 @@ def test_a_cache_folder_others_may_write_in_is_never_read_nor_written(tmp_path, 
         kept.write_bytes(pickle.dumps(planted))
         os.utime(kept)
     (shared if opened == "the cache folder" else shared.parent).chmod(0o777)
-    service_models._PRIVATE.clear()  # a later run
+    kept_data._PRIVATE.clear()  # a later run
     fresh = new_loader(None, shared).load_service_model("sts", "service-2")
     assert "Planted" not in fresh["operations"] and "GetCallerIdentity" in fresh["operations"]
     assert all(pickle.loads(kept.read_bytes()) == planted for kept in shared.glob("*.pickle"))  # nothing written
