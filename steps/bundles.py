@@ -20,15 +20,21 @@ them and they join the grafana bundle's files, so they move its hash like any te
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import json
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.kept import cache_root, keep, read_kept
+from orchestrator.manifest import manifest_hash
 from orchestrator.model import Unknown, is_unknown
 from orchestrator.schema import AppContainerSpec
-from steps import grafana_content
+from steps import grafana_delivery
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -88,7 +94,8 @@ class Bundle:
 
 
 def render(manifest, facts: Facts) -> dict[str, Bundle]:
-    """Every service's bundle for this environment, in a fixed order."""
+    """Every service's bundle for this environment, in a fixed order. The files are those an
+    earlier run rendered from the same inputs where they were kept (`kept_or_rendered`)."""
     if manifest.observability is None:
         raise OrchestratorError("the manifest has no observability section, so there is no config to render")
     if GRAFANA_ADMIN_SECRET not in manifest.secrets.values:
@@ -101,18 +108,153 @@ def render(manifest, facts: Facts) -> dict[str, Bundle]:
             if secret and secret not in manifest.secrets.values:
                 raise OrchestratorError(f"alerting.{field_name} names {secret!r}, "
                                         "which the manifest's secrets.values does not list")
-    values = _values(manifest, facts)
+    containers = _containers(manifest, facts)
+    rendered = kept_or_rendered(manifest, facts, tuple(containers))
     bundles = {}
-    for service, container in _containers(manifest, facts).items():
-        files = _render_folder(service, values, manifest)
+    for service, container in containers.items():
+        files = rendered[service]
         notes: tuple[str, ...] = ()
         remarks: tuple[str, ...] = ()
-        if service == "grafana":  # dashboards and alerting, generated (steps/grafana_content.py)
-            files = dict(sorted({**files, **grafana_content.files(manifest)}.items()))
-            notes, remarks = (ADMIN_PASSWORD_NOTE,), grafana_content.delivery_notes(manifest)
+        if service == "grafana":
+            notes, remarks = (ADMIN_PASSWORD_NOTE,), grafana_delivery.delivery_notes(manifest)
         bundles[service] = Bundle(service=service, files=files, hash=bundle_hash(files), container=container,
                                   notes=notes, remarks=remarks)
     return bundles
+
+
+def _render_files(manifest, facts: Facts, services: tuple[str, ...]) -> dict[str, dict[str, bytes]]:
+    """Each service's files, rendered: its templates filled in, and for grafana the generated
+    dashboards and alerting (steps/grafana_content.py, which imports grafana-foundation-sdk: a
+    twentieth of a plan's CPU, spent only here)."""
+    from steps import grafana_content
+    values = _values(manifest, facts)
+    rendered = {}
+    for service in services:
+        files = _render_folder(service, values, manifest)
+        if service == "grafana":
+            files = dict(sorted({**files, **grafana_content.files(manifest)}.items()))
+        rendered[service] = files
+    return rendered
+
+
+# -- rendered files kept between runs ------------------------------------------------------------
+
+
+#: The form of a kept file (each service's files and their `files_digest`): a new form, a new folder.
+FORM = 1
+#: Our own code: any byte of it may change what is rendered.
+CODE = (Path(__file__).resolve().parent.parent / "orchestrator", Path(__file__).resolve().parent)
+#: The library the grafana bundle's dashboards and alerting are built with (its import name).
+SDK = "grafana_foundation_sdk"
+
+
+def kept_folder() -> Path | None:
+    """Where rendered files are kept between runs: `rendered-<FORM>/` in the user's cache
+    (`orchestrator.kept`), or None where the user has no home."""
+    root = cache_root()
+    return None if root is None else root / f"rendered-{FORM}"
+
+
+def kept_or_rendered(manifest, facts: Facts, services: tuple[str, ...]) -> dict[str, dict[str, bytes]]:
+    """Each service's files: those an earlier run rendered from the same inputs and kept (under
+    `rendering_key`), else rendered now and kept for the next run. A kept file is used only when
+    it holds exactly these services, each with files whose digest is the one kept beside them
+    (a damaged file is rendered again, and kept again); it can run no code (`orchestrator.kept`)."""
+    folder = kept_folder()
+    key = rendering_key(manifest, facts) if folder is not None else None
+    at = folder / f"{key}.pickle" if key is not None else None
+    files = _trusted(read_kept(at), services)
+    if files is None:
+        files = _render_files(manifest, facts, services)
+        keep(at, {service: {"files": each, "sha256": files_digest(each)} for service, each in files.items()},
+             family="rendered-*")
+    return files
+
+
+def _trusted(kept, services: tuple[str, ...]) -> dict[str, dict[str, bytes]] | None:
+    if type(kept) is not dict or list(kept) != list(services):
+        return None
+    files = {}
+    for service, entry in kept.items():
+        if type(entry) is not dict or type(entry.get("files")) is not dict:
+            return None
+        if not all(type(path) is str and type(content) is bytes for path, content in entry["files"].items()) \
+                or entry.get("sha256") != files_digest(entry["files"]):
+            return None
+        files[service] = entry["files"]
+    return files
+
+
+def rendering_key(manifest, facts: Facts) -> str | None:
+    """sha256 of everything the rendered files depend on, so that equal keys mean equal files; None
+    where one part cannot be told (then the files are rendered every time, and not kept):
+
+    - the manifest: `manifest_hash`, its canonical JSON, which holds every field of it; what
+      rendering reads beyond its fields is computed from them by our code (`prefix`, `https`,
+      `public_name`: orchestrator/schema.py), and its one private attribute (`redeploy`, a run's
+      request) is not read by rendering;
+    - the `Facts`, each value with its type;
+    - the bytes of every file under `CONFIGS` (the templates, and anything they are rendered with);
+    - the bytes of every module of our packages (`CODE`: orchestrator/, steps/): all the code that
+      renders, and any change to it, committed or not (about a millisecond to read and hash);
+    - what else runs: Python's version (json, the standard library), PyYAML's version and whether
+      its libyaml parser and emitter are used (with libyaml's version), and the installed
+      grafana-foundation-sdk (`_sdk_installed`).
+
+    Nothing else is read: rendering makes no AWS call and reads no environment variable, clock or
+    file outside `CONFIGS`."""
+    sdk = _sdk_installed()
+    if sdk is None:
+        return None
+    digest = hashlib.sha256()
+
+    def part(data: bytes) -> None:
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+
+    part(manifest_hash(manifest).encode())
+    part(json.dumps([[name, type(value).__qualname__, str(value)] for name, value in vars(facts).items()]).encode())
+    libyaml = yaml._yaml.get_version_string() if yaml.__with_libyaml__ else ""
+    for text in (sys.version, yaml.__version__, libyaml, _SAFE_LOADER.__name__, _SAFE_DUMPER.__name__):
+        part(text.encode())
+    part(sdk)
+    for folder, suffix in ((CONFIGS, ""), *((package, ".py") for package in CODE)):
+        for name, path in _files_under(folder, suffix):
+            part(name.encode())
+            with open(path, "rb") as file:
+                part(file.read())
+    return digest.hexdigest()
+
+
+def _files_under(folder: Path, suffix: str) -> list[tuple[str, str]]:
+    """(name from `folder`'s own, path) of every file in or below `folder` whose name ends with
+    `suffix`, by name (os.walk: a third of what pathlib's rglob costs)."""
+    found = []
+    for where, _, names in os.walk(folder):
+        relative = os.path.relpath(where, folder.parent)
+        found += [(f"{relative}/{name}", os.path.join(where, name)) for name in names if name.endswith(suffix)]
+    return sorted(found)
+
+
+def _sdk_installed() -> bytes | None:
+    """The installed grafana-foundation-sdk, told without importing it: where its package is, and
+    the RECORD of the distribution installed beside it, which lists every file the installer
+    wrote with its sha256 (PEP 376): an upgrade, a downgrade or another build is another RECORD.
+    None where that cannot be told (no such package, an editable or unrecorded install)."""
+    spec = importlib.util.find_spec(SDK)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    package = Path(list(spec.submodule_search_locations)[0])
+    records = list(package.parent.glob(f"{SDK}-*.dist-info/RECORD"))
+    if len(records) != 1:
+        return None
+    try:
+        record = records[0].read_bytes()
+    except OSError:
+        return None
+    if f"{SDK}/__init__.py,".encode() not in record:
+        return None
+    return str(package).encode() + b"\0" + record
 
 
 #: Grafana reads GF_SECURITY_ADMIN_PASSWORD only when it creates its database (on EFS), so the
@@ -123,11 +265,16 @@ ADMIN_PASSWORD_NOTE = (f"Grafana takes its admin password from the secret {GRAFA
 
 
 def bundle_hash(files: dict[str, bytes]) -> str:
-    """sha256 over the sorted paths and contents (each length-prefixed, so no two bundles collide by
-    moving bytes between a path and its content). Files rendered with a value not known before
-    apply (the cluster's ARN, the load balancer's name) have a hash not known either."""
+    """sha256 over the sorted paths and contents (`files_digest`). Files rendered with a value not
+    known before apply (the cluster's ARN, the load balancer's name) have a hash not known either."""
     if any(is_unknown(content.decode(errors="replace")) for content in files.values()):
         return Unknown("services.bundle_hash")
+    return files_digest(files)
+
+
+def files_digest(files: dict[str, bytes]) -> str:
+    """sha256 over the sorted paths and contents, each length-prefixed, so no two sets of files
+    collide by moving bytes between a path and its content."""
     digest = hashlib.sha256()
     for path in sorted(files):
         for part in (path.encode(), files[path]):
@@ -185,7 +332,7 @@ def _containers(manifest, facts: Facts) -> dict[str, Container]:
         "grafana": Container(
             image=images.grafana, config_dir=GRAFANA_PROVISIONING, command=(), ports=(GRAFANA,),
             environment=_grafana_environment(manifest, facts),
-            secrets={"GF_SECURITY_ADMIN_PASSWORD": GRAFANA_ADMIN_SECRET, **grafana_content.container_secrets(manifest)},
+            secrets={"GF_SECURITY_ADMIN_PASSWORD": GRAFANA_ADMIN_SECRET, **grafana_delivery.container_secrets(manifest)},
             data_dir="/var/lib/grafana"),  # the EFS access point /grafana (uid 472, the image's user)
     }
 
@@ -198,7 +345,7 @@ def _grafana_environment(manifest, facts: Facts) -> dict[str, str]:
         "GF_ANALYTICS_REPORTING_ENABLED": "false",
         # The address users reach Grafana at: the links in alert notifications are built on it.
         "GF_SERVER_ROOT_URL": grafana_url(manifest, facts),
-        **grafana_content.container_environment(manifest),
+        **grafana_delivery.container_environment(manifest),
     }
     if _grafana_sub_path(manifest):  # the load balancer forwards /grafana* unchanged: Grafana serves from that path
         environment["GF_SERVER_SERVE_FROM_SUB_PATH"] = "true"
