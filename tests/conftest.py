@@ -98,6 +98,16 @@ def shared_service_models(tmp_path_factory):
         yield
 
 
+@pytest.fixture(autouse=True)
+def rendered_files_not_kept(monkeypatch):
+    """In-process tests render the config files every time: several change the renderer in memory
+    (its YAML classes, a dashboard, `CONFIGS`), which the key of the kept files (steps.bundles),
+    made of files on disk, cannot see. The command lines the tests start keep them, in this
+    session's cache folder, as a user's runs do; tests/test_kept_rendering.py turns them on."""
+    from steps import bundles
+    monkeypatch.setattr(bundles, "kept_folder", lambda: None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def emulator_fixes():
     """The same fixes for moto's gaps that the sandbox applies (orchestrator/emulator.py), and the
