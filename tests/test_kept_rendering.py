@@ -234,6 +234,15 @@ def test_a_cache_folder_that_cannot_be_written_fails_nothing(tmp_path, monkeypat
     assert [path.name for path in tmp_path.iterdir()] == ["a file"]
 
 
+def test_a_code_file_that_cannot_be_read_renders_every_time_and_keeps_nothing(cache, manifest, renders, code_copy,
+                                                                              monkeypatch):
+    (code_copy / "steps" / "gone.py").symlink_to(code_copy / "steps" / "no-such-file.py")  # say, mid-save
+    first = render(manifest, FACTS)
+    assert render(manifest, FACTS) == first == rendered_afresh(manifest, FACTS, monkeypatch)
+    assert len(renders) == 3 * len(first)
+    assert not cache.exists() or not list(cache.iterdir())
+
+
 def test_a_kept_file_in_a_folder_others_may_write_in_is_never_used(cache, manifest, renders, monkeypatch):
     first = render(manifest, FACTS)
     [kept] = cache.glob("*.pickle")
