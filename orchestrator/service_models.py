@@ -27,10 +27,10 @@ botocore (or a model of the user's own in ~/.aws/models) is read afresh. Where t
 and how (`orchestrator.kept`): files no run wrote for a month are removed; a cache folder that
 cannot be read or written, or that another user could write in, is passed over, and the file is
 then read as JSON. Kept files, and each shape kept in one, hold plain data only and are loaded by
-an unpickler that refuses anything else (`PlainData`), so even a planted one can run no code. A kept file that cannot be loaded is read as JSON instead; a shape that
-cannot be decoded (its bytes damaged in a file that still loads, or planted) makes the model read
-its JSON file for the shapes not yet decoded, and the kept file is removed for the next run to
-write again.
+an unpickler that refuses anything else (`PlainData`), so even a planted one can run no code. A
+kept file that cannot be loaded is read as JSON instead; a shape that cannot be decoded (its bytes
+damaged in a file that still loads, or planted) makes the model read its JSON file for the shapes
+not yet decoded, and the kept file is removed for the next run to write again.
 """
 from __future__ import annotations
 

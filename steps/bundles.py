@@ -341,7 +341,8 @@ def _containers(manifest, facts: Facts) -> dict[str, Container]:
         "grafana": Container(
             image=images.grafana, config_dir=GRAFANA_PROVISIONING, command=(), ports=(GRAFANA,),
             environment=_grafana_environment(manifest, facts),
-            secrets={"GF_SECURITY_ADMIN_PASSWORD": GRAFANA_ADMIN_SECRET, **grafana_delivery.container_secrets(manifest)},
+            secrets={"GF_SECURITY_ADMIN_PASSWORD": GRAFANA_ADMIN_SECRET,
+                     **grafana_delivery.container_secrets(manifest)},
             data_dir="/var/lib/grafana"),  # the EFS access point /grafana (uid 472, the image's user)
     }
 

@@ -41,7 +41,8 @@ def renders(monkeypatch):
     """The services whose templates were rendered, in order (none when the files were kept)."""
     calls = []
     original = bundles._render_folder
-    monkeypatch.setattr(bundles, "_render_folder", lambda service, *rest: calls.append(service) or original(service, *rest))
+    monkeypatch.setattr(bundles, "_render_folder",
+                        lambda service, *rest: calls.append(service) or original(service, *rest))
     return calls
 
 
@@ -93,7 +94,8 @@ def test_a_plan_of_unchanged_inputs_never_imports_the_grafana_sdk_and_a_changed_
 
 def with_cpu_warning(manifest, percent: float):
     thresholds = manifest.alerting.thresholds
-    changed = thresholds.model_copy(update={"cpu_percent": thresholds.cpu_percent.model_copy(update={"warning": percent})})
+    cpu = thresholds.cpu_percent.model_copy(update={"warning": percent})
+    changed = thresholds.model_copy(update={"cpu_percent": cpu})
     return manifest.model_copy(update={"alerting": manifest.alerting.model_copy(update={"thresholds": changed})})
 
 
