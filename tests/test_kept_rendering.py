@@ -17,7 +17,7 @@ from orchestrator import kept as kept_data
 from orchestrator.manifest import load_manifest
 from steps import bundles, grafana_content
 from steps.bundles import Facts, render
-from tests.conftest import MANIFESTS
+from tests.conftest import FAKE_ENV, MANIFESTS
 from tests.test_cli import run
 from tests.test_log import PROBE
 
@@ -64,7 +64,10 @@ def never(*args, **kwargs):
 
 def test_a_second_render_of_the_same_inputs_is_the_kept_files_and_renders_nothing(cache, manifest, monkeypatch):
     first = render(manifest, FACTS)
-    assert [path.suffix for path in cache.iterdir()] == [".pickle"]
+    [kept] = cache.iterdir()
+    assert kept.suffix == ".pickle"
+    secrets = {FAKE_ENV["GAMEPULSE_DEV_DB_CONNECTION"], FAKE_ENV["GAMEPULSE_DEV_SLACK_WEBHOOK"]}
+    assert not any(secret.encode() in kept.read_bytes() for secret in secrets)  # variables are named, never read
     monkeypatch.setattr(bundles, "_render_folder", never)
     monkeypatch.setattr(grafana_content, "files", never)
     again = render(load_manifest(MANIFESTS, "dev"), FACTS)
