@@ -12,7 +12,7 @@ rendered config files, `steps.bundles`).
   never fails a run: a folder that cannot be made, read or written, or a file that cannot be
   loaded, is passed over (`read_kept` answers None) and the data is computed as without a cache.
 - Kept files no run wrote for a month are removed (`forget_unused`), with the folders of older
-  forms they leave empty.
+  forms they leave empty, and the temporary files of runs killed before their rename, after a day.
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ from pathlib import Path
 
 #: Kept files no run has written for this long are removed (by a run that writes one).
 KEPT_FOR_SECONDS = 30 * 24 * 3600
+#: A temporary file this old was left by a run killed before it renamed it into place: removed too.
+LEFT_FOR_SECONDS = 24 * 3600
 
 
 def cache_root() -> Path | None:
@@ -117,12 +119,13 @@ def forget_unused(current: Path, family: str) -> None:
     if current in _FORGOTTEN:
         return
     _FORGOTTEN.add(current)
-    too_old = time.time() - KEPT_FOR_SECONDS
+    now = time.time()
     for folder in current.parent.glob(family):
-        for kept in folder.glob("*.pickle"):
-            with contextlib.suppress(OSError):
-                if kept.stat().st_mtime < too_old:
-                    kept.unlink()
+        for pattern, kept_for in (("*.pickle", KEPT_FOR_SECONDS), (".*.tmp", LEFT_FOR_SECONDS)):
+            for kept in folder.glob(pattern):
+                with contextlib.suppress(OSError):
+                    if kept.stat().st_mtime < now - kept_for:
+                        kept.unlink()
         if folder != current:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only when empty

@@ -3,8 +3,9 @@
 Every event passes the redactor first: any value registered as a secret is replaced wherever
 it appears, so a secret that slips into an error message still never reaches the output.
 
-structlog is imported at the first event that is shown, not before: a `plan` shows none at the
-default level (its only events are `-v`'s debug "aws call" lines), and importing structlog
+structlog is imported at the first event that is shown, not before: a `plan` of an applied
+environment usually shows none at the default level (its events are `-v`'s debug "aws call"
+lines, and warnings when something is amiss), and importing structlog
 loads asyncio and some 60 modules a plan needs for nothing else: 2 % of a plan's CPU
 instructions (~10 ms). So the modules log through `get_logger`'s `Logger`, which drops a debug
 event at once while `configure` has set INFO and structlog is not loaded yet, and hands any
@@ -12,6 +13,7 @@ other event to structlog, set up then as `configure` asked.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
@@ -156,19 +158,17 @@ class Logger:
         setup = _waiting
         if setup is not None and not setup.verbose:
             return
-        self._emit("debug", event, args, fields)
+        self._emit("debug", event, *args, **fields)
 
-    def info(self, event: str, *args, **fields) -> None:
-        self._emit("info", event, args, fields)
+    def __getattr__(self, method: str):
+        """Every other method of structlog's logger (info, warning, error, exception, ...), called
+        on it as the event is logged."""
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return functools.partial(self._emit, method)
 
-    def warning(self, event: str, *args, **fields) -> None:
-        self._emit("warning", event, args, fields)
-
-    def error(self, event: str, *args, **fields) -> None:
-        self._emit("error", event, args, fields)
-
-    def _emit(self, level: str, event: str, args: tuple, fields: dict) -> None:
+    def _emit(self, method: str, event: str, *args, **fields) -> None:
         logger = _structlog().get_logger(self._name)
         if self._context:
             logger = logger.bind(**self._context)
-        getattr(logger, level)(event, *args, **fields)
+        getattr(logger, method)(event, *args, **fields)

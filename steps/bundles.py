@@ -35,6 +35,7 @@ from pathlib import Path
 
 import yaml
 
+from orchestrator import LOADED_AT_NS
 from orchestrator.errors import OrchestratorError
 from orchestrator.kept import cache_root, keep, read_kept
 from orchestrator.manifest import manifest_hash
@@ -146,8 +147,9 @@ def _render_files(manifest, facts: Facts, services: tuple[str, ...]) -> dict[str
 # -- rendered files kept between runs ------------------------------------------------------------
 
 
-#: The form of a kept file (each service's files and their `files_digest`): a new form, a new folder.
-FORM = 1
+#: The form of a kept file (the key it was rendered for, and each service's files with their
+#: `files_digest`): a new form, a new folder.
+FORM = 2
 #: Our own code: any byte of it may change what is rendered.
 CODE = (Path(__file__).resolve().parent.parent / "orchestrator", Path(__file__).resolve().parent)
 #: The library the grafana bundle's dashboards and alerting are built with (its import name).
@@ -162,26 +164,32 @@ def kept_folder() -> Path | None:
 
 
 def kept_or_rendered(manifest, facts: Facts, services: tuple[str, ...]) -> dict[str, dict[str, bytes]]:
-    """Each service's files: those an earlier run rendered from the same inputs and kept (under
-    `rendering_key`), else rendered now and kept for the next run. A kept file is used only when
-    it holds exactly these services, each with files whose digest is the one kept beside them
-    (a damaged file is rendered again, and kept again); it can run no code (`orchestrator.kept`)."""
+    """Each service's files: those the environment's last render kept, when it was rendered from
+    the same inputs (`rendering_key`), else rendered now and kept for the next run. One file per
+    environment and region, replaced by each render with other inputs (a new image tag, say), so
+    the folder holds no more than the environments this user works on."""
     folder = kept_folder()
     key = rendering_key(manifest, facts) if folder is not None else None
-    at = folder / f"{key}.pickle" if key is not None else None
-    files = _trusted(read_kept(at), services)
+    at = folder / f"{_sha256(f'{manifest.prefix}/{facts.region}')}.pickle" if key is not None else None
+    files = _trusted(read_kept(at), key, services)
     if files is None:
         files = _render_files(manifest, facts, services)
-        keep(at, {service: {"files": each, "sha256": files_digest(each)} for service, each in files.items()},
-             family="rendered-*")
+        keep(at, {"key": key, "services": {service: {"files": each, "sha256": files_digest(each)}
+                                           for service, each in files.items()}}, family="rendered-*")
     return files
 
 
-def _trusted(kept, services: tuple[str, ...]) -> dict[str, dict[str, bytes]] | None:
-    if type(kept) is not dict or list(kept) != list(services):
+def _trusted(kept, key: str | None, services: tuple[str, ...]) -> dict[str, dict[str, bytes]] | None:
+    """The kept files, when `kept` was rendered for `key` and holds exactly these services, each
+    with files whose digest is the one kept beside them: a file damaged in a way that still loads
+    would otherwise deploy a config nobody rendered (a damaged service model fails loudly, a
+    config file would not); it is rendered again, and kept again. A kept file can run no code
+    (`orchestrator.kept`)."""
+    if type(kept) is not dict or kept.get("key") != key or type(kept.get("services")) is not dict \
+            or list(kept["services"]) != list(services):
         return None
     files = {}
-    for service, entry in kept.items():
+    for service, entry in kept["services"].items():
         if type(entry) is not dict or type(entry.get("files")) is not dict:
             return None
         if not all(type(path) is str and type(content) is bytes for path, content in entry["files"].items()) \
@@ -208,7 +216,11 @@ def rendering_key(manifest, facts: Facts) -> str | None:
       grafana-foundation-sdk (`_sdk_installed`).
 
     Nothing else is read: rendering makes no AWS call and reads no environment variable, clock or
-    file outside `CONFIGS`."""
+    file outside `CONFIGS`.
+
+    A file of the key that changed after this process loaded our code (`orchestrator.LOADED_AT_NS`:
+    a `git pull` or an upgrade during a long apply) may not be the code that is running, nor the
+    template it rendered: then nothing is kept or used (None)."""
     sdk = _sdk_installed()
     if sdk is None:
         return None
@@ -229,10 +241,16 @@ def rendering_key(manifest, facts: Facts) -> str | None:
             for name, path in _files_under(folder, suffix):
                 part(name.encode())
                 with open(path, "rb") as file:
+                    if os.fstat(file.fileno()).st_mtime_ns >= LOADED_AT_NS:
+                        return None
                     part(file.read())
     except OSError:  # a file unreadable, or gone while an editor saves it: rendered, not kept
         return None
     return digest.hexdigest()
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _files_under(folder: Path, suffix: str) -> list[tuple[str, str]]:
@@ -258,6 +276,8 @@ def _sdk_installed() -> bytes | None:
     if len(records) != 1:
         return None
     try:
+        if records[0].stat().st_mtime_ns >= LOADED_AT_NS:  # installed during this run
+            return None
         record = records[0].read_bytes()
     except OSError:
         return None

@@ -124,6 +124,13 @@ def append_comment(path):
     path.write_bytes(path.read_bytes() + b"# edited\n")
 
 
+def before_this_run(path):
+    """As if `path` was written before this process loaded our code, as the files a run reads are
+    (one changed during a run is never kept: `test_a_code_file_changed_during_the_run_...`)."""
+    then = bundles.LOADED_AT_NS - 10**9
+    os.utime(path, ns=(then, then))
+
+
 @pytest.mark.parametrize("change", ["a manifest value", "a fact", "a template's bytes", "a code file's bytes"])
 def test_each_changed_input_renders_again(change, cache, manifest, renders, code_copy, configs_copy, monkeypatch):
     first = render(manifest, FACTS)
@@ -137,15 +144,38 @@ def test_each_changed_input_renders_again(change, cache, manifest, renders, code
     elif change == "a template's bytes":
         template = configs_copy / "prometheus" / "prometheus.yml"
         template.write_text(template.read_text().replace("port: 8888", "port: 8899", 1))
+        before_this_run(template)
     else:
         append_comment(code_copy / "steps" / "grafana_content.py")
+        before_this_run(code_copy / "steps" / "grafana_content.py")
     del renders[:]
     changed = render(manifest, facts)
     assert renders == list(first)  # every service rendered again
     assert changed == rendered_afresh(manifest, facts, monkeypatch)
     if change != "a code file's bytes":  # a comment renders the same files
         assert changed != first
-    assert len(list(cache.glob("*.pickle"))) == 2
+    del renders[:]
+    assert render(manifest, facts) == changed and renders == []  # kept, in place of the first
+    assert len(list(cache.glob("*.pickle"))) == 1
+
+
+def test_a_new_image_tag_replaces_the_environments_kept_file(cache, manifest, renders):
+    from orchestrator.manifest import with_image_tags
+    for tag in ("1.4.1", "1.4.2", "1.4.3"):
+        render(with_image_tags(manifest, {"gamepulse": tag}), FACTS)
+    assert len(renders) == 3 * len(bundles._SOURCES)  # each tag is another manifest
+    assert len(list(cache.glob("*.pickle"))) == 1  # one file per environment, however many deploys
+
+
+def test_a_code_file_changed_during_the_run_is_never_kept_nor_its_kept_file_used(cache, manifest, renders,
+                                                                               code_copy, monkeypatch):
+    first = render(manifest, FACTS)
+    [kept] = cache.glob("*.pickle")
+    written = kept.read_bytes()
+    append_comment(code_copy / "steps" / "grafana_content.py")  # a `git pull` during a long apply
+    assert render(manifest, FACTS) == first == rendered_afresh(manifest, FACTS, monkeypatch)
+    assert len(renders) == 3 * len(first)  # the kept file of the same inputs was not used either
+    assert list(cache.glob("*.pickle")) == [kept] and kept.read_bytes() == written  # nor what it rendered kept
 
 
 @pytest.fixture
@@ -158,6 +188,7 @@ def installed_sdk(tmp_path, monkeypatch):
     record = site / f"{bundles.SDK}-1.0.dist-info" / "RECORD"
     record.parent.mkdir()
     record.write_text(f"{bundles.SDK}/__init__.py,sha256=47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU,0\n")
+    before_this_run(record)
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.delitem(sys.modules, bundles.SDK, raising=False)  # else its spec is the imported one's
     return site
@@ -173,6 +204,7 @@ def test_another_sdk_installed_renders_again_and_one_that_cannot_be_told_is_neve
     upgraded = record.parent.with_name(f"{bundles.SDK}-2.0.dist-info")
     record.parent.rename(upgraded)
     (upgraded / "RECORD").write_text((upgraded / "RECORD").read_text().replace("47DEQ", "48DEQ"))
+    before_this_run(upgraded / "RECORD")
     render(manifest, FACTS)
     assert len(renders) == 2 * len(bundles._SOURCES)
 
@@ -180,7 +212,7 @@ def test_another_sdk_installed_renders_again_and_one_that_cannot_be_told_is_neve
     render(manifest, FACTS)
     render(manifest, FACTS)
     assert len(renders) == 4 * len(bundles._SOURCES)
-    assert len(list(cache.glob("*.pickle"))) == 2
+    assert len(list(cache.glob("*.pickle"))) == 1  # the 2.0 install's
 
 
 class Runs:
@@ -203,7 +235,7 @@ def planted(kept):
 
 def one_byte_changed(kept):
     data = pickle.loads(kept.read_bytes())
-    files = data["prometheus"]["files"]
+    files = data["services"]["prometheus"]["files"]
     content = files["prometheus.yml"]
     files["prometheus.yml"] = content[:-1] + bytes([content[-1] ^ 1])
     kept.write_bytes(pickle.dumps(data))
@@ -211,7 +243,7 @@ def one_byte_changed(kept):
 
 def other_services(kept):
     data = pickle.loads(kept.read_bytes())
-    del data["jaeger"]
+    del data["services"]["jaeger"]
     kept.write_bytes(pickle.dumps(data))
 
 
@@ -252,9 +284,9 @@ def test_a_kept_file_in_a_folder_others_may_write_in_is_never_used(cache, manife
     first = render(manifest, FACTS)
     [kept] = cache.glob("*.pickle")
     data = pickle.loads(kept.read_bytes())
-    files = data["loki"]["files"]
+    files = data["services"]["loki"]["files"]
     files["loki.yaml"] += b"# planted\n"
-    data["loki"]["sha256"] = bundles.files_digest(files)  # a consistent file, from another user
+    data["services"]["loki"]["sha256"] = bundles.files_digest(files)  # a consistent file, from another user
     kept.write_bytes(pickle.dumps(data))
     cache.chmod(0o777)
     monkeypatch.setattr(kept_data, "_PRIVATE", {})  # a later run
@@ -263,12 +295,19 @@ def test_a_kept_file_in_a_folder_others_may_write_in_is_never_used(cache, manife
     assert pickle.loads(kept.read_bytes()) == data  # nor written
 
 
-def test_kept_files_no_run_wrote_for_a_month_are_removed(cache, manifest, monkeypatch):
+def test_kept_files_no_run_wrote_for_a_month_are_removed_and_temporary_ones_left_behind_after_a_day(
+        cache, manifest, monkeypatch):
     old_form = cache.parent / "rendered-0"
     old_form.mkdir(parents=True)
     (old_form / "old.pickle").write_bytes(b"")
     month_ago = time.time() - kept_data.KEPT_FOR_SECONDS - 60
     os.utime(old_form / "old.pickle", (month_ago, month_ago))
+    cache.mkdir(parents=True, mode=0o700)
+    left, writing = cache / ".killed.tmp", cache / ".writing.tmp"  # a run killed mid-write; one writing now
+    left.write_bytes(b""), writing.write_bytes(b"")
+    day_ago = time.time() - kept_data.LEFT_FOR_SECONDS - 60
+    os.utime(left, (day_ago, day_ago))
     monkeypatch.setattr(kept_data, "_FORGOTTEN", set())
     render(manifest, FACTS)
     assert not old_form.exists() and len(list(cache.glob("*.pickle"))) == 1
+    assert not left.exists() and writing.exists()

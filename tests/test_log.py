@@ -92,9 +92,12 @@ def test_before_configure_every_event_goes_to_structlog_debug_included(structlog
         log.bind(what="nat gateway").info("waiting", waited_s=4.0)
         log.warning("quota not checked", step="alb")
         log.error("step failed", error="boom")
+        log.exception("lost", error="boom")
+    assert logs[4].pop("exc_info") is True  # structlog's own `exception`, reached through ours
     assert logs == [
         {"step": "vpc", "service": "ec2", "event": "aws call", "log_level": "debug"},
         {"step": "vpc", "what": "nat gateway", "waited_s": 4.0, "event": "waiting", "log_level": "info"},
         {"step": "alb", "event": "quota not checked", "log_level": "warning"},
         {"step": "vpc", "error": "boom", "event": "step failed", "log_level": "error"},
+        {"step": "vpc", "error": "boom", "event": "lost", "log_level": "error"},
     ]
