@@ -102,7 +102,7 @@ class StepContext:
         """While `change`'s handler runs (in this thread): what its `settle` takes. A change that
         names what it needs (`Change.after`) waits only for those changes and the earlier ones of
         its own key (a replace's delete); one that names none, for every earlier change."""
-        token = _needs.set(None if change.after is None else frozenset((*change.after, change.key)))
+        token = _needs.set(change.needs)
         try:
             yield
         finally:
@@ -141,6 +141,13 @@ class StepContext:
                     for key, _ in taken:
                         self._failed.setdefault(key, error)
                 raise
+
+    def trusts_listed_tags(self, wanted: bool) -> bool:
+        """Whether a resource's tags as the tagging API lists them may stand for its own: only for
+        one the manifest wants, outside a destroy. The API lags by seconds to minutes, and a
+        delete (destroy, or removal from the manifest) never rests on tags that may since have
+        changed: those resources have their own tags read."""
+        return wanted and not self.destroying
 
     @staticmethod
     def secret(value: str) -> str:

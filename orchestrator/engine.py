@@ -601,7 +601,7 @@ class Engine:
             if not isinstance(answer, BaseException):  # before any change that needs it starts
                 accepted(index, changes[index], answer)
 
-        def made_before(index: int, keys: tuple[str, ...]) -> bool:
+        def made_before(index: int, keys: frozenset[str]) -> bool:
             return all(earlier in answers for earlier in range(index) if changes[earlier].key in keys)
 
         def startable() -> list[int]:
@@ -610,7 +610,7 @@ class Engine:
                 change = changes[index]
                 if change.after is None:  # alone: once all before it ended; nothing past it
                     return [index] if index == waiting[0] and not running and not ready else ready
-                if len(running) + len(ready) < CHANGES_AT_ONCE and made_before(index, (*change.after, change.key)):
+                if len(running) + len(ready) < CHANGES_AT_ONCE and made_before(index, change.needs):
                     ready.append(index)
             return ready
 
@@ -652,10 +652,9 @@ class Engine:
             raise failed_write[0]
 
     def _record(self, step: str, unrecorded: list[Change]) -> None:
-        """Write the records of the changes accepted since the last write, together; empties the list."""
+        """Write the records of the changes accepted since the last write, together."""
         if unrecorded and self.store is not None and self.lease is not None:
             self.store.record_changes(self.lease, step, list(unrecorded))
-        unrecorded.clear()
 
     def _finish_record(self, name: str, result: StepResult, digest: str | None, records: list[Change] = ()) -> None:
         """Write the step's outcome, with `records` (changes accepted and not recorded yet)."""

@@ -129,6 +129,12 @@ class Change:
         return f"{self.kind}/{self.name}"
 
     @property
+    def needs(self) -> frozenset[str] | None:
+        """The keys of the earlier changes this one waits for (`after`, and the earlier changes
+        of its own key); None: every earlier change."""
+        return None if self.after is None else frozenset((*self.after, self.key))
+
+    @property
     def keeps_data(self) -> bool:
         """Refused for the data it holds: kept on purpose until its flag allows the delete."""
         return self.blocked in ALLOW_FLAGS

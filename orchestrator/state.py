@@ -468,7 +468,7 @@ class StateStore:
     def _put_op(self, record: dict, what: str) -> dict:
         """A Put of one record (which carries its `sk`), refused here if DynamoDB would refuse it
         for its size."""
-        item = serialize(storable({**record, "pk": self.pk}))
+        item = serialize({**record, "pk": self.pk})
         size = _item_size(item)
         if size > MAX_ITEM_BYTES:
             raise OrchestratorError(

@@ -193,7 +193,7 @@ class EcrStep(Step):
         tagged = self._tagged(ctx)
         for item in _repositories_named(client, sorted(set(desired.repositories) | set(tagged))):
             name = item["repositoryName"]
-            tags = tagged.get(name) if name in desired.repositories and not ctx.destroying else None
+            tags = tagged.get(name) if ctx.trusts_listed_tags(name in desired.repositories) else None
             if tags is None:
                 tags = tagging.tag_dict(client.list_tags_for_resource(resourceArn=item["repositoryArn"]).get("tags"))
             if ctx.owns(tags):

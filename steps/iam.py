@@ -59,7 +59,7 @@ def _propagation() -> Wait:
 
 
 def _propagated() -> Accepted:
-    """A change to `role` AWS accepted, settled once IAM has had time to show it to ECS."""
+    """An IAM change AWS accepted, settled once IAM has had time to show it to ECS."""
     return Accepted(waits=(_propagation(),))
 
 

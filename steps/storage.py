@@ -412,9 +412,7 @@ class StorageStep(Step):
             lambda: owned_bucket_tags(ctx.client("resourcegroupstaggingapi"), ctx.app, ctx.env, self.name),
             lambda: list_bucket_names(s3, f"{desired.prefix}-")])
         names = [name for name in listed if name in wanted or name.endswith(f"-{desired.account_id}")]
-        # A bucket a destroy or the manifest's removal may delete has its own tags read: the
-        # query's may be minutes late, and a delete never rests on tags that may since have changed.
-        unshown = [name for name in names if name not in owned_tags or ctx.destroying or name not in wanted]
+        unshown = [name for name in names if name not in owned_tags or not ctx.trusts_listed_tags(name in wanted)]
         tags_of = {**owned_tags, **dict(zip(unshown, ctx.each("s3", lambda name: read_tags(s3, name), unshown)))}
         ours = []
         for name in names:
