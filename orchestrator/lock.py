@@ -180,7 +180,7 @@ class Lock:
         while True:  # the lock changed between the read and the taking, but is free: once more (each
             # change raised its fence, so another run took or freed it: this ends once one holds it)
             now = round(self.store.time.earliest(), 3)
-            if seen.get("run_id") and seen.get("lease_until", now) >= now:
+            if seen.get("lease_until", now - 1) >= now:  # held, as the taking's condition reads it
                 return None, seen
             lease, seen = self._take(run_id, command, seen, now, also)
             if lease is not None:

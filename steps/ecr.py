@@ -185,21 +185,22 @@ class EcrStep(Step):
         by one tagging-API query; never a listing of the account's repositories. ECR describes
         carry no tags: a wanted repository the query lists is ours by the tags it lists it with
         (as storage takes a bucket's). The query lags behind by seconds to minutes, so any other
-        found (just created, or not ours), and any a destroy or the manifest's removal may
-        delete, has its own tags read: a delete never rests on tags that may since have changed.
+        found (just created, or not ours), and any a destroy, the manifest's removal or a
+        re-encryption may delete, has its own tags read: a delete never rests on tags that may since have changed.
         Then each one's lifecycle policy and, before a delete, whether it holds images."""
         client = ctx.client("ecr")
         facts = EcrFacts()
         tagged = self._tagged(ctx)
         for item in _repositories_named(client, sorted(set(desired.repositories) | set(tagged))):
             name = item["repositoryName"]
-            tags = tagged.get(name) if ctx.trusts_listed_tags(name in desired.repositories) else None
+            wanted = desired.repositories.get(name)
+            kept = wanted is not None and wanted.encryption == _encryption_of(item)  # not re-encrypted
+            tags = tagged.get(name) if ctx.trusts_listed_tags(kept) else None
             if tags is None:
                 tags = tagging.tag_dict(client.list_tags_for_resource(resourceArn=item["repositoryArn"]).get("tags"))
             if ctx.owns(tags):
-                wanted = desired.repositories.get(name)
                 # Whether it holds images matters only to a delete: destroy, removal, re-encryption.
-                may_delete = ctx.destroying or wanted is None or wanted.encryption != _encryption_of(item)
+                may_delete = ctx.destroying or not kept
                 facts.owned[name] = self._observed(client, item, tags, wanted=wanted is not None,
                                                    count_images=may_delete)
             elif name in desired.repositories:

@@ -390,3 +390,20 @@ def test_a_destroy_reads_each_repositorys_own_tags_not_the_tagging_apis_late_one
     ecr.untag_resource(resourceArn=arn, tagKeys=["orchestrator:env"])
     deleted, _, _ = harness.run_step(STEP, manifest, aws, destroy=True)
     assert deleted == [] and repository(ecr)["repositoryArn"] == arn
+
+
+def test_a_re_encryption_reads_the_repositorys_own_tags_not_the_tagging_apis_late_ones(manifest, aws, ecr):
+    """A new encryption replaces the repository (a delete): the tagging API still lists it with
+    our tags, taken off since, so it is no longer ours and stays, whatever the flags."""
+    harness.run_step(STEP, manifest, aws)
+    arn = repository(ecr)["repositoryArn"]
+    ours = ecr.list_tags_for_resource(resourceArn=arn)["tags"]
+    answered = SimpleNamespace(status_code=200, headers={})
+    aws.register("before-call.resource-groups-tagging-api.GetResources",
+                 lambda **kwargs: (answered, {"ResourceTagMappingList": [{"ResourceARN": arn, "Tags": ours}]}))
+    ecr.untag_resource(resourceArn=arn, tagKeys=["orchestrator:env"])
+    kms = with_repository(manifest, encryption="KMS")
+    with pytest.raises(OrchestratorError, match="gamepulse"):
+        harness.plan_step(STEP, kms, aws)
+    assert repository(ecr)["repositoryArn"] == arn
+    assert repository(ecr)["encryptionConfiguration"]["encryptionType"] == "AES256"
